@@ -1,0 +1,250 @@
+"""``analyze()``: the coupled channel groups of a model with their parameter and MAC shares.
+
+Counting rules:
+- parameters are the elements of floating-point initializers (and Constant outputs) that
+  some Conv/ConvTranspose/Gemm/MatMul/normalisation or elementwise op reads;
+- MACs are those of Conv, ConvTranspose, Gemm and MatMul (symbolic dims count as 1);
+- a group's ``params`` are the elements its channels cover in every member tensor (a tensor
+  sliced on two axes by the same group counts each element once); its ``macs`` are the MACs
+  those weight elements take part in, so pruning the whole group would save exactly that;
+- ``prunable_params`` / ``prunable_macs`` in the totals are the union over prunable groups.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from drpopt.ir.channels import Group, Lock
+from drpopt.ir.core import Graph, Node, Value
+from drpopt.ir.rules import apply_rules
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class Analysis:
+    """The result of ``analyze``: groups, totals, and the IR they refer to."""
+
+    graph: Graph
+    groups: list[Group]
+    params: int
+    macs: int
+    prunable_params: int
+    prunable_macs: int
+    unsupported: list[tuple[str, str]] = field(default_factory=list)  # (op_type, node name)
+    seconds: float = 0.0
+
+    @property
+    def prunable_groups(self) -> list[Group]:
+        return [g for g in self.groups if g.prunable]
+
+    @property
+    def locked_groups(self) -> list[Group]:
+        return [g for g in self.groups if not g.prunable]
+
+    def locked_by(self) -> dict[str, int]:
+        """How many locked groups each cause (a node, a graph input or output) locks."""
+        count: Counter[str] = Counter()
+        for g in self.locked_groups:
+            for cause in dict.fromkeys(_cause(lock) for lock in g.locks) or ["size 1"]:
+                count[cause] += 1
+        return dict(count.most_common())
+
+    def group(self, producer: str) -> Group:
+        """The group whose producers include the node ``producer``."""
+        for g in self.groups:
+            if producer in g.producers:
+                return g
+        raise KeyError(f"no group is produced by a node named {producer!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for ``--json`` (schema in the README)."""
+        return {
+            "schema": SCHEMA_VERSION,
+            "model": {
+                "source": self.graph.meta.get("source"),
+                "opset": self.graph.opsets.get(""),
+                "nodes": len(self.graph.nodes),
+            },
+            "groups": [_group_dict(g) for g in self.groups],
+            "totals": {
+                "params": self.params,
+                "macs": self.macs,
+                "prunable_params": self.prunable_params,
+                "prunable_macs": self.prunable_macs,
+                "groups": len(self.groups),
+                "prunable_groups": len(self.prunable_groups),
+                "locked_groups": len(self.locked_groups),
+                "prunable_channels": sum(g.size for g in self.prunable_groups),
+                "channels": sum(g.size for g in self.groups),
+                "locked_by": self.locked_by(),
+                "unsupported_ops": [{"op": op, "node": n} for op, n in self.unsupported],
+            },
+        }
+
+
+def _cause(lock: Lock) -> str:
+    if lock.kind in ("graph-input", "graph-output"):
+        return lock.message
+    if lock.node:
+        return f"{lock.op} '{lock.node}'"
+    return lock.message
+
+
+def _group_dict(g: Group) -> dict[str, Any]:
+    return {
+        "id": g.id,
+        "size": g.size,
+        "prunable": g.prunable,
+        "reason": g.reason,
+        "producers": g.producers,
+        "params": g.params,
+        "macs": g.macs,
+        "members": [
+            {
+                "role": m.role,
+                "node": m.node,
+                "tensor": m.tensor,
+                "attr": m.attr,
+                "axis": m.axis,
+                "start": m.start,
+                "block": m.block,
+                "length": m.length,
+            }
+            for m in g.members
+        ],
+        "locks": [
+            {"kind": lock.kind, "message": lock.message, "node": lock.node} for lock in g.locks
+        ],
+    }
+
+
+def analyze(model: Any, where: str | None = None) -> Analysis:
+    """Finds the coupled channel groups of an ONNX model (a path, an ``onnx.ModelProto``,
+    or an IR ``Graph``) and what each would save if pruned."""
+    start = time.perf_counter()
+    if isinstance(model, Graph):
+        graph = model
+    else:
+        from drpopt.ir.from_onnx import from_onnx
+
+        graph = from_onnx(model, where=where or _where(model))
+    cg = apply_rules(graph)
+    groups, _ = cg.groups()
+    uses = weight_uses(graph)
+    params = {v.name: v for v in graph.values.values() if _is_param(v)}
+    for g in groups:
+        _finish_group(g)
+        g.params, g.macs = _removed(graph, [g], params, uses)
+    prunable = [g for g in groups if g.prunable]
+    pp, pm = _removed(graph, prunable, params, uses)
+    graph.meta["analysis"] = True
+    return Analysis(
+        graph=graph,
+        groups=groups,
+        params=sum(v.numel or 0 for v in params.values()),
+        macs=sum(node_macs(n) for n in graph.nodes),
+        prunable_params=pp,
+        prunable_macs=pm,
+        unsupported=[(n.op_type, n.name) for n in cg.unsupported],
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _where(model: Any) -> str:
+    return os.fspath(model) if isinstance(model, str | os.PathLike) else "model"
+
+
+def _finish_group(g: Group) -> None:
+    if g.locks:
+        g.prunable = False
+        g.reason = "; ".join(dict.fromkeys(lock.message for lock in g.locks[:50]))
+        extra = len(g.locks) - 50
+        if extra > 0:
+            g.reason += f"; and {extra} more"
+    elif g.size < 2:
+        g.prunable = False
+        g.reason = "a single channel (a group keeps at least one)"
+
+
+def _is_param(v: Value) -> bool:
+    return (
+        v.const is not None
+        and v.const.dtype.kind == "f"
+        and v.const.size > 1
+        and any(n.op_type not in ("Reshape", "Slice", "Resize", "Pad") for n, _ in v.uses)
+    )
+
+
+def node_macs(node: Node) -> int:
+    """Multiply-accumulates of one Conv, ConvTranspose, Gemm or MatMul (0 for other ops)."""
+    op = node.op_type
+    if op in ("Conv", "ConvTranspose"):
+        x, w, y = node.input(0), node.input(1), node.outputs[0]
+        if w is None or w.shape is None or y.shape is None or x is None or x.shape is None:
+            return 0
+        kernel = math.prod(_int(d) for d in w.shape[2:])
+        if op == "Conv":
+            return math.prod(_int(d) for d in y.shape) * _int(w.shape[1]) * kernel
+        return math.prod(_int(d) for d in x.shape) * _int(w.shape[1]) * kernel
+    if op in ("Gemm", "MatMul"):
+        a, y = node.input(0), node.outputs[0]
+        if a is None or a.shape is None or y.shape is None or not a.shape:
+            return 0
+        k = _int(a.shape[0] if op == "Gemm" and node.attr("transA", 0) else a.shape[-1])
+        return math.prod(_int(d) for d in y.shape) * k
+    return 0
+
+
+def _int(d: Any) -> int:
+    return d if isinstance(d, int) and d > 0 else 1
+
+
+def weight_uses(graph: Graph) -> dict[str, float]:
+    """MACs each element of a weight tensor takes part in, summed over the nodes using it."""
+    uses: dict[str, float] = {}
+    for node in graph.nodes:
+        macs = node_macs(node)
+        if not macs:
+            continue
+        for i in (1, 0):
+            w = node.input(i)
+            if w is not None and w.const is not None and w.const.size:
+                uses[w.name] = uses.get(w.name, 0.0) + macs / w.const.size
+                break
+    return uses
+
+
+def _removed(
+    graph: Graph, groups: list[Group], params: dict[str, Value], uses: dict[str, float]
+) -> tuple[int, int]:
+    """Parameters and MACs covered by the channels of ``groups`` (each element once)."""
+    per_tensor: dict[str, dict[int, np.ndarray]] = {}
+    for g in groups:
+        for m in g.members:
+            if m.tensor is None or m.tensor not in params:
+                continue
+            shape = params[m.tensor].const.shape  # type: ignore[union-attr]
+            axes = per_tensor.setdefault(m.tensor, {})
+            mask = axes.get(m.axis)
+            if mask is None:
+                mask = axes[m.axis] = np.zeros(shape[m.axis], dtype=bool)
+            mask[m.start : m.start + m.length * m.block] = True
+    total_params = 0
+    total_macs = 0.0
+    for name, axes in per_tensor.items():
+        shape = params[name].const.shape  # type: ignore[union-attr]
+        kept = math.prod(
+            dim - int(axes[a].sum()) if a in axes else dim for a, dim in enumerate(shape)
+        )
+        removed = math.prod(shape) - kept
+        total_params += removed
+        total_macs += removed * uses.get(name, 0.0)
+    return total_params, round(total_macs)

@@ -1,0 +1,400 @@
+"""The channel dependency graph and the coupled channel groups.
+
+A *channel space* is one axis of one value, ``(value, axis)``, or a virtual space a rule
+makes (the conv groups of a grouped convolution, the channels a Slice drops). Coupling
+rules (``ir/rules.py``, one table keyed by op type) relate spaces in three ways:
+
+- ``identity(a, b)``: channel i of ``a`` is channel i of ``b`` (elementwise ops, BN, ...);
+- ``concat(out, parts)``: ``out`` is the parts one after another (Concat, Split, Slice);
+- ``expand(big, small, k)``: element i of ``small`` is the block ``[i*k, (i+1)*k)`` of
+  ``big`` (Flatten into a Gemm, depthwise channel multipliers, grouped convs).
+
+Spaces are cut into atomic segments wherever a concat boundary falls (propagated to a
+fixpoint through every relation), the segments become the nodes of a ``networkx`` graph,
+and its connected components are the coupled groups. Inside a group every segment maps
+group channel ``j`` to the block ``[start + j*block, start + (j+1)*block)`` of its space.
+
+Anything a rule cannot vouch for is *locked*: the lock travels with the component, so a
+group is never silently wrong, only (conservatively) not prunable, with the reason.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import networkx as nx
+
+from drpopt.ir.core import Graph, Node, Value
+
+ROLE_RANK = {"producer": 0, "consumer": 1, "follower": 2, "structure": 3, "param": 4}
+
+
+@dataclass(frozen=True)
+class Lock:
+    """Why a channel space may not be pruned. ``kind`` is a stable keyword for tooling."""
+
+    kind: str
+    message: str
+    node: str | None = None
+    op: str | None = None
+
+
+@dataclass
+class Member:
+    """One slice that a group's channels index: group channel ``j`` is the block
+    ``[start + j*block, start + (j+1)*block)`` of ``axis`` of ``tensor`` (a weight or other
+    constant), or of the attribute ``attr`` of ``node`` (``tensor`` is None then)."""
+
+    role: str
+    node: str | None
+    tensor: str | None
+    axis: int
+    start: int
+    block: int
+    length: int
+    attr: str | None = None
+
+    def indices(self, channels: list[int] | range) -> list[int]:
+        """The tensor indices along ``axis`` that the given group channels cover."""
+        return [self.start + j * self.block + r for j in channels for r in range(self.block)]
+
+
+@dataclass
+class Space:
+    value: Value | None
+    axis: int
+    length: int | None
+    label: str
+    cuts: set[int] = field(default_factory=set)
+    locks: list[Lock] = field(default_factory=list)
+    roles: list[tuple[str, str, str | None]] = field(default_factory=list)  # role, node, attr
+    seg0: int = 0  # index of its first segment in the segment table
+
+
+@dataclass
+class Group:
+    """A set of channels that must be pruned together."""
+
+    id: int
+    size: int
+    members: list[Member]
+    locks: list[Lock]
+    prunable: bool = True
+    reason: str | None = None
+    params: int = 0
+    macs: int = 0
+    order: int = 0  # position of its first producer in the graph, for stable numbering
+
+    @property
+    def producers(self) -> list[str]:
+        return list(dict.fromkeys(m.node for m in self.members if m.role == "producer" and m.node))
+
+
+class ChannelGraph:
+    """Builds the relations between channel spaces; ``rules`` call the methods below."""
+
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+        self.spaces: list[Space] = []
+        self._index: dict[tuple[str, int], int] = {}
+        self.relations: list[tuple] = []
+        self.unsupported: list[Node] = []
+        self.locked_values: dict[str, Lock] = {}
+
+    # ---- API for rules --------------------------------------------------------------
+    def space(self, value: Value, axis: int) -> int | None:
+        """The id of ``(value, axis)``; None for size-1 axes (nothing to prune or couple)."""
+        rank = value.rank
+        if rank is None:
+            return None
+        if axis < 0:
+            axis += rank
+        key = (value.name, axis)
+        sid = self._index.get(key)
+        if sid is not None:
+            return sid
+        dim = value.shape[axis]  # type: ignore[index]
+        if dim == 1 or dim == 0:
+            return None
+        length = dim if isinstance(dim, int) else None
+        sid = len(self.spaces)
+        self.spaces.append(Space(value, axis, length, f"{value.name}[{axis}]"))
+        self._index[key] = sid
+        if length is None:
+            self.spaces[sid].locks.append(
+                Lock("unknown-size", f"size of axis {axis} of '{value.name}' is not static")
+            )
+        return sid
+
+    def virtual(self, label: str, length: int) -> int:
+        sid = len(self.spaces)
+        self.spaces.append(Space(None, 0, length, label))
+        return sid
+
+    def identity(self, a: int | None, b: int | None, node: Node) -> None:
+        if a is None or b is None or a == b:
+            if (a is None) != (b is None):
+                # one side has size 1 where the other does not: a broadcast the rule missed
+                self._lock_pair(a, b, node, "sizes differ across the op")
+            return
+        la, lb = self.spaces[a].length, self.spaces[b].length
+        if la is None or lb is None or la != lb:
+            self._lock_pair(a, b, node, f"sizes {la} and {lb} differ across the op")
+            return
+        self.relations.append(("id", a, b))
+
+    def concat(self, out: int | None, parts: list[int | None], node: Node) -> None:
+        lens = [None if p is None else self.spaces[p].length for p in parts]
+        if out is None:
+            if any(p is not None for p in parts):
+                self._lock_all([p for p in parts if p is not None], node, "cannot map parts")
+            return
+        total = self.spaces[out].length
+        if any(p is None for p in parts) or total is None or None in lens or sum(lens) != total:
+            self._lock_all([out, *[p for p in parts if p is not None]], node, "part sizes unknown")
+            return
+        self.relations.append(("cat", out, list(parts)))
+
+    def expand(self, big: int | None, small: int | None, k: int, node: Node) -> None:
+        if k == 1:
+            self.identity(big, small, node)
+            return
+        if big is None or small is None:
+            self._lock_pair(big, small, node, "cannot map blocks")
+            return
+        lb, ls = self.spaces[big].length, self.spaces[small].length
+        if lb is None or ls is None or lb != ls * k:
+            self._lock_pair(big, small, node, f"block sizes do not match ({lb} vs {ls}x{k})")
+            return
+        self.relations.append(("exp", big, small, k))
+
+    def lock(self, sid: int | None, kind: str, message: str, node: Node | None = None) -> None:
+        if sid is not None:
+            self.spaces[sid].locks.append(
+                Lock(kind, message, node.name if node else None, node.op_type if node else None)
+            )
+
+    def lock_value(self, value: Value | None, kind: str, message: str, node: Node | None = None):
+        """Locks every axis of ``value`` (also axes whose spaces are made later)."""
+        if value is None:
+            return
+        lock = Lock(kind, message, node.name if node else None, node.op_type if node else None)
+        if value.rank is None:
+            self.locked_values.setdefault(value.name, lock)
+            return
+        for axis in range(value.rank):
+            sid = self.space(value, axis)
+            if sid is not None:
+                self.spaces[sid].locks.append(lock)
+
+    def role(self, sid: int | None, role: str, node: Node, attr: str | None = None) -> None:
+        if sid is not None:
+            self.spaces[sid].roles.append((role, node.name, attr))
+
+    def _lock_pair(self, a: int | None, b: int | None, node: Node, why: str) -> None:
+        self._lock_all([s for s in (a, b) if s is not None], node, why)
+
+    def _lock_all(self, sids: list[int], node: Node, why: str) -> None:
+        for s in sids:
+            self.lock(s, "mismatch", f"{node.op_type} '{node.name}': {why}", node)
+
+    # ---- solving --------------------------------------------------------------------
+    def propagate_cuts(self) -> None:
+        """Cuts every space at each boundary any related space has, to a fixpoint."""
+        touching: dict[int, list[int]] = {}
+        for ri, rel in enumerate(self.relations):
+            for sid in _rel_spaces(rel):
+                touching.setdefault(sid, []).append(ri)
+        queue = deque(range(len(self.relations)))
+        queued = [True] * len(self.relations)
+        spaces = self.spaces
+        while queue:
+            ri = queue.popleft()
+            queued[ri] = False
+            for sid in self._apply(self.relations[ri], spaces):
+                for rj in touching.get(sid, ()):
+                    if not queued[rj]:
+                        queued[rj] = True
+                        queue.append(rj)
+
+    @staticmethod
+    def _apply(rel: tuple, spaces: list[Space]) -> list[int]:
+        """Makes the cuts of one relation consistent; returns the spaces that changed."""
+        changed: list[int] = []
+
+        def add(sid: int, new: set[int]) -> None:
+            sp = spaces[sid]
+            new = {c for c in new if 0 < c < sp.length} - sp.cuts  # type: ignore[operator]
+            if new:
+                sp.cuts |= new
+                changed.append(sid)
+
+        kind = rel[0]
+        if kind == "id":
+            _, a, b = rel
+            add(a, spaces[b].cuts)
+            add(b, spaces[a].cuts)
+        elif kind == "cat":
+            _, out, parts = rel
+            offset = 0
+            want: set[int] = set()
+            for p in parts:
+                length = spaces[p].length
+                want.add(offset)
+                want |= {offset + c for c in spaces[p].cuts}
+                add(p, {c - offset for c in spaces[out].cuts if offset < c < offset + length})
+                offset += length
+            add(out, want)
+        else:
+            _, big, small, k = rel
+            add(big, {c * k for c in spaces[small].cuts})
+            add(small, {c // k for c in spaces[big].cuts if c % k == 0})
+        return changed
+
+    def groups(self) -> tuple[list[Group], nx.Graph]:
+        """Segments, the networkx segment graph, and its components as groups."""
+        self.propagate_cuts()
+        seg_space: list[int] = []
+        seg_start: list[int] = []
+        seg_len: list[int] = []
+        bounds: list[list[int]] = []
+        for sid, sp in enumerate(self.spaces):
+            sp.seg0 = len(seg_space)
+            length = sp.length or 0
+            b = [0, *sorted(sp.cuts), length] if length else [0, 0]
+            bounds.append(b)
+            for s, e in itertools.pairwise(b):
+                seg_space.append(sid)
+                seg_start.append(s)
+                seg_len.append(e - s)
+
+        g = nx.Graph()
+        g.add_nodes_from(range(len(seg_space)))
+        bad_expand: set[int] = set()
+        for rel in self.relations:
+            kind = rel[0]
+            if kind == "id":
+                _, a, b = rel
+                sa, sb = self.spaces[a].seg0, self.spaces[b].seg0
+                for j in range(len(bounds[a]) - 1):
+                    g.add_edge(sa + j, sb + j, src=sa + j, k=1)
+            elif kind == "cat":
+                _, out, parts = rel
+                so = self.spaces[out].seg0
+                j = 0
+                for p in parts:
+                    sp0 = self.spaces[p].seg0
+                    for i in range(len(bounds[p]) - 1):
+                        g.add_edge(sp0 + i, so + j, src=sp0 + i, k=1)
+                        j += 1
+            else:
+                _, big, small, k = rel
+                if any(c % k for c in self.spaces[big].cuts):
+                    bad_expand.update((big, small))
+                    continue
+                sb, ss = self.spaces[big].seg0, self.spaces[small].seg0
+                for j in range(len(bounds[small]) - 1):
+                    g.add_edge(ss + j, sb + j, src=ss + j, k=k)
+        for sid in bad_expand:
+            self.spaces[sid].locks.append(
+                Lock("mismatch", f"a cut inside an expanded block of '{self.spaces[sid].label}'")
+            )
+        if self.locked_values:
+            for (vname, _axis), sid in self._index.items():
+                if vname in self.locked_values:
+                    self.spaces[sid].locks.append(self.locked_values[vname])
+
+        groups: list[Group] = []
+        for comp in nx.connected_components(g):
+            group = self._make_group(comp, g, seg_space, seg_start, seg_len)
+            if group is not None:
+                groups.append(group)
+        groups.sort(key=lambda gr: gr.order)
+        for i, gr in enumerate(groups):
+            gr.id = i
+        return groups, g
+
+    def _make_group(self, comp, g, seg_space, seg_start, seg_len) -> Group | None:
+        spaces = self.spaces
+        if not any(r[0] == "producer" for s in comp for r in spaces[seg_space[s]].roles):
+            return None
+        # block factor of every segment relative to one root, by BFS over the edges
+        root = next(iter(comp))
+        factor: dict[int, Fraction] = {root: Fraction(1)}
+        consistent = True
+        todo = deque([root])
+        while todo:
+            u = todo.popleft()
+            for v, data in g[u].items():
+                f = factor[u] * data["k"] if data["src"] == u else factor[u] / data["k"]
+                if v not in factor:
+                    factor[v] = f
+                    todo.append(v)
+                elif factor[v] != f:
+                    consistent = False
+        unit = min(factor.values())
+        sizes = set()
+        norm: dict[int, int] = {}
+        for s, f in factor.items():
+            r = f / unit
+            if r.denominator != 1 or seg_len[s] % r.numerator:
+                consistent = False
+                r = Fraction(1)
+            norm[s] = int(r)
+            sizes.add(seg_len[s] // int(r))
+        locks: list[Lock] = []
+        if not consistent or len(sizes) != 1:
+            locks.append(Lock("mismatch", "channels map to each other inconsistently"))
+        size = min(sizes)
+        members: list[Member] = []
+        order = None
+        for s in sorted(comp):
+            sp = spaces[seg_space[s]]
+            locks.extend(sp.locks)
+            roles = sorted(sp.roles, key=lambda r: ROLE_RANK[r[0]])
+            if sp.value is None:
+                for _role, node, attr in roles:
+                    if attr is not None:
+                        members.append(
+                            Member("structure", node, None, 0, seg_start[s], norm[s], size, attr)
+                        )
+                continue
+            if sp.value.const is None:
+                if any(r[0] == "producer" for r in roles):
+                    pos = _position(self.graph, roles, "producer")
+                    order = pos if order is None else min(order, pos)
+                continue
+            role, node = (roles[0][0], roles[0][1]) if roles else ("param", _first_user(sp.value))
+            if role == "producer":
+                pos = _position(self.graph, roles, "producer")
+                order = pos if order is None else min(order, pos)
+            members.append(Member(role, node, sp.value.name, sp.axis, seg_start[s], norm[s], size))
+        members.sort(key=lambda m: (ROLE_RANK[m.role], m.tensor or "", m.axis, m.start))
+        return Group(0, size, members, _dedupe(locks), order=order if order is not None else 0)
+
+
+def _rel_spaces(rel: tuple) -> list[int]:
+    if rel[0] == "id":
+        return [rel[1], rel[2]]
+    if rel[0] == "cat":
+        return [rel[1], *rel[2]]
+    return [rel[1], rel[2]]
+
+
+def _first_user(value: Value) -> str | None:
+    return value.uses[0][0].name if value.uses else None
+
+
+def _position(graph: Graph, roles, role: str) -> int:
+    pos = graph.meta.get("_node_pos")
+    if pos is None:
+        pos = {n.name: i for i, n in enumerate(graph.nodes)}
+        graph.meta["_node_pos"] = pos
+    return min(pos.get(r[1], 0) for r in roles if r[0] == role)
+
+
+def _dedupe(locks: list[Lock]) -> list[Lock]:
+    return list(dict.fromkeys(locks))

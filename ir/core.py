@@ -1,0 +1,172 @@
+"""The framework-neutral graph: Graph, Node and Value with def-use kept by the IR.
+
+No protobuf and no torch here: frontends (``from_onnx``, later ``from_fx``) build this IR and
+``to_onnx`` writes it back. Analyses store their results in ``node.meta`` / ``value.meta``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+Dim = int | str | None
+
+
+@dataclass(eq=False)
+class Value:
+    """A tensor flowing through the graph.
+
+    ``shape`` holds ints for known dims, strings for symbolic ones (``"batch"``) and None for
+    unknown ones; ``shape`` itself is None when even the rank is unknown. ``const`` holds the
+    data of initializers and Constant outputs.
+    """
+
+    name: str
+    shape: tuple[Dim, ...] | None = None
+    dtype: np.dtype | None = None
+    const: np.ndarray | None = None
+    producer: Node | None = None
+    uses: list[tuple[Node, int]] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_const(self) -> bool:
+        return self.const is not None
+
+    @property
+    def rank(self) -> int | None:
+        return None if self.shape is None else len(self.shape)
+
+    def dim(self, axis: int) -> Dim:
+        """The size of ``axis`` (negative axes count from the end); None when unknown."""
+        if self.shape is None:
+            return None
+        return self.shape[axis]
+
+    @property
+    def static_shape(self) -> tuple[int, ...] | None:
+        """The shape when every dim is a known int, else None."""
+        if self.shape is None or not all(isinstance(d, int) for d in self.shape):
+            return None
+        return tuple(self.shape)  # type: ignore[arg-type]
+
+    @property
+    def numel(self) -> int | None:
+        shape = self.static_shape
+        return None if shape is None else math.prod(shape)
+
+    def __repr__(self) -> str:
+        return f"Value({self.name!r}, shape={self.shape})"
+
+
+@dataclass(eq=False)
+class Node:
+    """One operator application. ``inputs`` may hold None for omitted optional inputs."""
+
+    op_type: str
+    name: str
+    inputs: list[Value | None] = field(default_factory=list)
+    outputs: list[Value] = field(default_factory=list)
+    attrs: dict[str, Any] = field(default_factory=dict)
+    domain: str = ""
+    subgraphs: dict[str, Graph | list[Graph]] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def input(self, i: int) -> Value | None:
+        """Input ``i``, or None when absent or omitted."""
+        return self.inputs[i] if i < len(self.inputs) else None
+
+    def attr(self, name: str, default: Any = None) -> Any:
+        return self.attrs.get(name, default)
+
+    def __repr__(self) -> str:
+        return f"Node({self.op_type}, {self.name!r})"
+
+
+class Graph:
+    """An ordered list of nodes (topological in a well-formed model) with its values.
+
+    Values are unique by name. Def-use links (``value.producer``, ``value.uses``) are kept
+    up to date by the methods here; mutate through them, not by editing lists directly.
+    """
+
+    def __init__(self, name: str = "graph") -> None:
+        self.name = name
+        self.nodes: list[Node] = []
+        self.inputs: list[Value] = []
+        self.outputs: list[Value] = []
+        self.values: dict[str, Value] = {}
+        self.opsets: dict[str, int] = {}
+        self.metadata: dict[str, str] = {}
+        self.meta: dict[str, Any] = {}
+
+    # ---- construction ---------------------------------------------------------------
+    def value(self, name: str, **kwargs: Any) -> Value:
+        """The value called ``name``, created on first use (kwargs set its fields then)."""
+        v = self.values.get(name)
+        if v is None:
+            v = Value(name, **kwargs)
+            self.values[name] = v
+        return v
+
+    def add_node(
+        self,
+        op_type: str,
+        name: str,
+        inputs: Iterable[Value | None],
+        outputs: Iterable[Value],
+        attrs: dict[str, Any] | None = None,
+        domain: str = "",
+    ) -> Node:
+        """Appends a node and links its def-use edges."""
+        node = Node(op_type, name, list(inputs), list(outputs), dict(attrs or {}), domain)
+        for i, v in enumerate(node.inputs):
+            if v is not None:
+                v.uses.append((node, i))
+        for v in node.outputs:
+            v.producer = node
+        self.nodes.append(node)
+        return node
+
+    # ---- queries --------------------------------------------------------------------
+    @property
+    def initializers(self) -> list[Value]:
+        """Constant values that no node produces (ONNX initializers)."""
+        return [v for v in self.values.values() if v.const is not None and v.producer is None]
+
+    def uses(self, value: Value) -> list[tuple[Node, int]]:
+        return list(value.uses)
+
+    def __iter__(self) -> Iterator[Node]:
+        return iter(self.nodes)
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    # ---- mutation -------------------------------------------------------------------
+    def replace_all_uses_with(self, old: Value, new: Value) -> None:
+        """Points every consumer of ``old`` (graph outputs included) at ``new``."""
+        for node, i in old.uses:
+            node.inputs[i] = new
+            new.uses.append((node, i))
+        old.uses.clear()
+        self.outputs = [new if v is old else v for v in self.outputs]
+
+    def remove_node(self, node: Node) -> None:
+        """Removes ``node``; its outputs must be unused (raise ValueError otherwise)."""
+        for v in node.outputs:
+            if v.uses or v in self.outputs:
+                raise ValueError(
+                    f"cannot remove node {node.name!r}: output {v.name!r} is still used"
+                )
+        for i, v in enumerate(node.inputs):
+            if v is not None:
+                v.uses = [(n, j) for n, j in v.uses if not (n is node and j == i)]
+        for v in node.outputs:
+            v.producer = None
+            self.values.pop(v.name, None)
+        self.nodes.remove(node)

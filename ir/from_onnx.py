@@ -1,0 +1,272 @@
+"""ONNX frontend: a path or an ``onnx.ModelProto`` into the drpopt IR.
+
+Rules:
+- the file is checked before parsing (missing, a directory, empty) and a parse failure or a
+  model with no graph becomes a ``BadInputError`` that names the file and the fix;
+- external data is loaded from beside the file;
+- opsets 11 to the newest the installed onnx knows are accepted;
+- shape inference (with data propagation, so computed Reshape shapes resolve) fills value
+  shapes; symbolic dims stay strings;
+- Constant nodes keep their node and also give their output a ``const``;
+- names used inside If/Loop/Scan bodies but defined outside are recorded as uses by the
+  enclosing node with input index -1 (``node.meta["captured"]`` lists them).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from drpopt.errors import BadInputError, UnsupportedModelError
+from drpopt.ir.core import Graph, Node, Value
+
+log = logging.getLogger(__name__)
+
+MIN_OPSET = 11
+
+
+def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
+    """Reads an ONNX model from a path (with its external data), or returns a given proto."""
+    if isinstance(source, onnx.ModelProto):
+        return source
+    path = Path(source)
+    if not path.exists():
+        raise BadInputError(f"{path}: no such file; give the path of an .onnx model")
+    if path.is_dir():
+        raise BadInputError(f"{path}: is a directory; give the path of an .onnx model file")
+    if path.stat().st_size == 0:
+        raise BadInputError(f"{path}: the file is empty; export the model again")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # protobuf raises DecodeError, RuntimeWarning and others
+        raise BadInputError(
+            f"{path}: not a readable ONNX model (truncated or another format: {_short(err)}); "
+            "export it again with torch.onnx.export or check the path"
+        ) from err
+    if not model.graph.node and not model.graph.output:
+        raise BadInputError(
+            f"{path}: holds no ONNX graph (is it really an .onnx file?); export the model again"
+        )
+    if _uses_external_data(model):
+        try:
+            onnx.load_external_data_for_model(model, str(path.parent))
+        except Exception as err:
+            raise BadInputError(
+                f"{path}: its external weight data could not be read ({_short(err)}); "
+                "keep the .data file beside the model"
+            ) from err
+    return model
+
+
+def _short(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return (text[0] if text else type(err).__name__)[:160]
+
+
+def _uses_external_data(model: onnx.ModelProto) -> bool:
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+
+
+def default_opset(model: onnx.ModelProto) -> int | None:
+    for op in model.opset_import:
+        if op.domain in ("", "ai.onnx"):
+            return op.version
+    return None
+
+
+def check_opset(model: onnx.ModelProto, where: str = "model") -> int:
+    """Returns the default-domain opset; raises when it is outside the supported range."""
+    version = default_opset(model)
+    newest = onnx.defs.onnx_opset_version()
+    if version is None:
+        raise BadInputError(f"{where}: imports no default ONNX opset; export the model again")
+    if version < MIN_OPSET:
+        raise UnsupportedModelError(
+            f"{where}: opset {version} is older than {MIN_OPSET}; convert it first with "
+            f"onnx.version_converter.convert_version(model, {MIN_OPSET})"
+        )
+    if version > newest:
+        raise UnsupportedModelError(
+            f"{where}: opset {version} is newer than the installed onnx knows ({newest}); "
+            "upgrade onnx (pip install -U onnx)"
+        )
+    return version
+
+
+def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Runs ONNX shape inference, keeping the model as it was when inference fails."""
+    try:
+        return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception as err:
+        log.warning("shape inference failed (%s); continuing with the shapes the model has", err)
+        return model
+
+
+def from_onnx(source: str | os.PathLike | onnx.ModelProto, where: str | None = None) -> Graph:
+    """Loads a model into the IR (shape-inferred); ``where`` names it in error messages."""
+    model = load_model(source)
+    where = where or (str(source) if not isinstance(source, onnx.ModelProto) else "model")
+    opset = check_opset(model, where)
+    inferred = infer_shapes(model)
+    graph = _convert_graph(inferred.graph, parent=None)
+    graph.opsets = {op.domain: op.version for op in model.opset_import}
+    graph.opsets.setdefault("", opset)
+    graph.metadata = {p.key: p.value for p in model.metadata_props}
+    graph.meta["ir_version"] = model.ir_version
+    graph.meta["producer"] = f"{model.producer_name} {model.producer_version}".strip()
+    graph.meta["source"] = where
+    return graph
+
+
+# ---- conversion -------------------------------------------------------------------------
+def _dims(type_proto: onnx.TypeProto) -> tuple[Any, ...] | None:
+    if not type_proto.HasField("tensor_type"):
+        return None
+    tt = type_proto.tensor_type
+    if not tt.HasField("shape"):
+        return None
+    dims: list[Any] = []
+    for d in tt.shape.dim:
+        if d.HasField("dim_value"):
+            dims.append(int(d.dim_value))
+        elif d.HasField("dim_param"):
+            dims.append(d.dim_param)
+        else:
+            dims.append(None)
+    return tuple(dims)
+
+
+def _np_dtype(elem_type: int) -> np.dtype | None:
+    try:
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type))
+    except Exception:
+        return None
+
+
+def _set_info(value: Value, info: onnx.ValueInfoProto) -> None:
+    shape = _dims(info.type)
+    if shape is not None:
+        value.shape = shape
+    if info.type.HasField("tensor_type") and info.type.tensor_type.elem_type:
+        value.dtype = _np_dtype(info.type.tensor_type.elem_type)
+
+
+def _convert_graph(gp: onnx.GraphProto, parent: _Scope | None) -> Graph:
+    graph = Graph(gp.name or "graph")
+    scope = _Scope(graph, parent)
+    for init in gp.initializer:
+        arr = numpy_helper.to_array(init)
+        graph.value(init.name, shape=tuple(arr.shape), dtype=arr.dtype, const=arr)
+    for sparse in gp.sparse_initializer:
+        arr = numpy_helper.to_array(sparse)
+        name = sparse.values.name
+        graph.value(name, shape=tuple(arr.shape), dtype=arr.dtype, const=arr)
+    for info in gp.input:
+        v = graph.value(info.name)
+        if v.const is None:
+            _set_info(v, info)
+            graph.inputs.append(v)
+    for info in list(gp.value_info) + list(gp.output):
+        _set_info(graph.value(info.name), info)
+
+    for i, np_node in enumerate(gp.node):
+        name = np_node.name or f"{np_node.op_type}_{i}"
+        inputs = [scope.lookup(n) if n else None for n in np_node.input]
+        outputs = [graph.value(n) for n in np_node.output if n]
+        attrs: dict[str, Any] = {}
+        subgraphs: dict[str, Any] = {}
+        for a in np_node.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                subgraphs[a.name] = _convert_graph(a.g, scope)
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                subgraphs[a.name] = [_convert_graph(g, scope) for g in a.graphs]
+            else:
+                attrs[a.name] = _attr_value(a)
+        node = graph.add_node(np_node.op_type, name, inputs, outputs, attrs, np_node.domain)
+        node.subgraphs = subgraphs
+        if subgraphs:
+            captured = []
+            for sub in _iter_graphs(subgraphs):
+                captured.extend(sub.meta.get("captured_names", ()))
+            for cname in dict.fromkeys(captured):
+                v = scope.lookup(cname)
+                v.uses.append((node, -1))
+                node.meta.setdefault("captured", []).append(v)
+        if np_node.op_type == "Constant" and outputs:
+            outputs[0].const = _constant_value(np_node, attrs)
+            if outputs[0].const is not None:
+                outputs[0].shape = tuple(outputs[0].const.shape)
+                outputs[0].dtype = outputs[0].const.dtype
+    for info in gp.output:
+        graph.outputs.append(scope.lookup(info.name))
+    graph.meta["captured_names"] = sorted(scope.captured)
+    return graph
+
+
+def _iter_graphs(subgraphs: dict[str, Any]):
+    for g in subgraphs.values():
+        if isinstance(g, list):
+            yield from g
+        else:
+            yield g
+
+
+class _Scope:
+    """Name lookup through nested graphs; names found in an outer graph are 'captured'."""
+
+    def __init__(self, graph: Graph, parent: _Scope | None) -> None:
+        self.graph = graph
+        self.parent = parent
+        self.captured: set[str] = set()
+
+    def lookup(self, name: str) -> Value:
+        if name in self.graph.values:
+            return self.graph.values[name]
+        if self.parent is not None and self.parent.has(name):
+            self.captured.add(name)
+            return self.parent.lookup(name)
+        return self.graph.value(name)
+
+    def has(self, name: str) -> bool:
+        return name in self.graph.values or (self.parent is not None and self.parent.has(name))
+
+
+def _attr_value(a: onnx.AttributeProto) -> Any:
+    value = onnx.helper.get_attribute_value(a)
+    if isinstance(value, onnx.TensorProto):
+        return numpy_helper.to_array(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, list) and value and isinstance(value[0], bytes):
+        return [v.decode("utf-8", "replace") for v in value]
+    if isinstance(value, list) and value and isinstance(value[0], onnx.TensorProto):
+        return [numpy_helper.to_array(v) for v in value]
+    return value
+
+
+def _constant_value(node: onnx.NodeProto, attrs: dict[str, Any]) -> np.ndarray | None:
+    if "value" in attrs:
+        return np.asarray(attrs["value"])
+    for key, dtype in (
+        ("value_float", np.float32),
+        ("value_floats", np.float32),
+        ("value_int", np.int64),
+        ("value_ints", np.int64),
+    ):
+        if key in attrs:
+            return np.asarray(attrs[key], dtype=dtype)
+    return None
+
+
+def node_by_name(graph: Graph, name: str) -> Node:
+    """The node called ``name`` (KeyError naming close matches otherwise)."""
+    for n in graph.nodes:
+        if n.name == name:
+            return n
+    raise KeyError(f"no node named {name!r}")

@@ -1,0 +1,642 @@
+"""Coupling rules: one table, keyed by ONNX op type, of how each op ties channel spaces.
+
+A rule gets the node and the ``ChannelGraph`` and states relations between ``(value, axis)``
+spaces (``identity``, ``concat``, ``expand``), the roles weights play (``producer`` rows make
+the channels, ``consumer`` columns read them, ``follower`` slices ride along), and locks.
+An op with no entry here locks every space of its inputs and outputs (``apply_rules``).
+Size-1 axes have no space: a broadcast of size 1 couples nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+from drpopt.ir.channels import ChannelGraph
+from drpopt.ir.core import Graph, Node, Value
+
+Rule = Callable[[Node, ChannelGraph], None]
+RULES: dict[str, Rule] = {}
+
+UNARY_OPS = [
+    "Relu",
+    "LeakyRelu",
+    "Sigmoid",
+    "HardSigmoid",
+    "HardSwish",
+    "Tanh",
+    "Mish",
+    "Elu",
+    "Selu",
+    "Celu",
+    "Gelu",
+    "Softplus",
+    "Softsign",
+    "ThresholdedRelu",
+    "Erf",
+    "Exp",
+    "Log",
+    "Sqrt",
+    "Abs",
+    "Neg",
+    "Reciprocal",
+    "Floor",
+    "Ceil",
+    "Round",
+    "Sign",
+    "Sin",
+    "Cos",
+    "Not",
+    "IsNaN",
+    "IsInf",
+    "Identity",
+    "Cast",
+    "CastLike",
+    "Dropout",
+    "Clip",
+    "Shrink",
+    "BitwiseNot",
+]
+ELEMENTWISE_OPS = [
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Max",
+    "Min",
+    "Sum",
+    "Mean",
+    "Pow",
+    "Where",
+    "PRelu",
+    "Equal",
+    "Less",
+    "Greater",
+    "LessOrEqual",
+    "GreaterOrEqual",
+    "And",
+    "Or",
+    "Xor",
+    "Mod",
+    "BitShift",
+    "BitwiseAnd",
+    "BitwiseOr",
+    "BitwiseXor",
+]
+POOL_OPS = [
+    "MaxPool",
+    "AveragePool",
+    "LpPool",
+    "GlobalAveragePool",
+    "GlobalMaxPool",
+    "GlobalLpPool",
+]
+REDUCE_OPS = [
+    "ReduceMean",
+    "ReduceSum",
+    "ReduceMax",
+    "ReduceMin",
+    "ReduceProd",
+    "ReduceL1",
+    "ReduceL2",
+    "ReduceLogSum",
+    "ReduceLogSumExp",
+    "ReduceSumSquare",
+    "ArgMax",
+    "ArgMin",
+]
+RESHAPE_OPS = ["Reshape", "Flatten", "Squeeze", "Unsqueeze"]
+NO_DATA_OPS = ["Shape", "Size", "Constant"]
+
+
+def rule(*op_types: str) -> Callable[[Rule], Rule]:
+    """Registers a rule for the given op types (later registrations win)."""
+
+    def deco(fn: Rule) -> Rule:
+        for op in op_types:
+            RULES[op] = fn
+        return fn
+
+    return deco
+
+
+def register_rule(op_type: str, fn: Rule) -> None:
+    """Adds or replaces the rule of ``op_type`` (for custom ops)."""
+    RULES[op_type] = fn
+
+
+# ---- helpers ----------------------------------------------------------------------------
+def const_ints(value: Value | None) -> list[int] | None:
+    if value is None or value.const is None:
+        return None
+    return [int(x) for x in np.asarray(value.const).reshape(-1)]
+
+
+def same_axes(cg: ChannelGraph, node: Node, x: Value | None, y: Value, axes=None) -> None:
+    """Identity on every axis where the sizes agree; axes that change size are locked."""
+    if x is None:
+        return
+    if x.rank is None or y.rank is None or x.rank != y.rank:
+        cg.lock_value(x, "rule", f"{node.op_type} '{node.name}': rank unknown", node)
+        cg.lock_value(y, "rule", f"{node.op_type} '{node.name}': rank unknown", node)
+        return
+    for ax in range(x.rank) if axes is None else axes:
+        if x.shape[ax] == y.shape[ax]:  # type: ignore[index]
+            cg.identity(cg.space(x, ax), cg.space(y, ax), node)
+        else:
+            why = f"{node.op_type} '{node.name}' changes the size of axis {ax}"
+            cg.lock(cg.space(x, ax), "resized", why, node)
+            cg.lock(cg.space(y, ax), "resized", why, node)
+
+
+def broadcast(cg: ChannelGraph, node: Node, inputs: list[Value | None], out: Value) -> None:
+    """Numpy broadcasting: an input axis of the output's size couples with it; size 1 does not."""
+    if out.rank is None:
+        for x in inputs:
+            cg.lock_value(x, "rule", f"{node.op_type} '{node.name}': output rank unknown", node)
+        cg.lock_value(out, "rule", f"{node.op_type} '{node.name}': output rank unknown", node)
+        return
+    for x in inputs:
+        if x is None:
+            continue
+        if x.rank is None:
+            cg.lock_value(x, "rule", f"{node.op_type} '{node.name}': input rank unknown", node)
+            continue
+        off = out.rank - x.rank
+        for ax in range(x.rank):
+            if x.shape[ax] == 1:  # type: ignore[index]
+                continue
+            cg.identity(cg.space(x, ax), cg.space(out, off + ax), node)
+
+
+def lock_axis(cg: ChannelGraph, node: Node, values, axes, why: str) -> None:
+    for v in values:
+        if v is None or v.rank is None:
+            continue
+        for ax in axes:
+            if -v.rank <= ax < v.rank:
+                cg.lock(cg.space(v, ax), "rule", f"{node.op_type} '{node.name}' {why}", node)
+
+
+# ---- rules ------------------------------------------------------------------------------
+@rule(*NO_DATA_OPS)
+def _no_data(node: Node, cg: ChannelGraph) -> None:
+    """Shape/Size read only metadata; Constant has no input."""
+
+
+@rule(*UNARY_OPS)
+def _unary(node: Node, cg: ChannelGraph) -> None:
+    x = node.input(0)
+    for y in node.outputs[:1] if node.op_type != "Dropout" else node.outputs:
+        same_axes(cg, node, x, y)
+
+
+@rule(*ELEMENTWISE_OPS)
+def _elementwise(node: Node, cg: ChannelGraph) -> None:
+    broadcast(cg, node, node.inputs, node.outputs[0])
+    if node.op_type == "PRelu":
+        slope = node.input(1)
+        if slope is not None and slope.const is not None and slope.rank:
+            for ax in range(slope.rank):
+                cg.role(cg.space(slope, ax), "follower", node)
+
+
+@rule("Expand")
+def _expand(node: Node, cg: ChannelGraph) -> None:
+    broadcast(cg, node, [node.input(0)], node.outputs[0])
+
+
+@rule("Tile")
+def _tile(node: Node, cg: ChannelGraph) -> None:
+    x, y, reps = node.input(0), node.outputs[0], const_ints(node.input(1))
+    if reps is None or x is None or x.rank is None:
+        cg.lock_value(x, "rule", f"Tile '{node.name}' has computed repeats", node)
+        cg.lock_value(y, "rule", f"Tile '{node.name}' has computed repeats", node)
+        return
+    same_axes(cg, node, x, y)
+
+
+@rule(*POOL_OPS, "Resize", "Upsample", "SpaceToDepth", "DepthToSpace")
+def _pointwise_channels(node: Node, cg: ChannelGraph) -> None:
+    """Pooling and resizing keep channels apart; an axis whose size changes is locked."""
+    if node.op_type in ("SpaceToDepth", "DepthToSpace"):
+        lock_axis(cg, node, [node.input(0), node.outputs[0]], [1], "moves pixels into channels")
+    for y in node.outputs:
+        same_axes(cg, node, node.input(0), y)
+
+
+@rule("BatchNormalization", "InstanceNormalization")
+def _norm(node: Node, cg: ChannelGraph) -> None:
+    x, y = node.input(0), node.outputs[0]
+    same_axes(cg, node, x, y)
+    if x is None or x.rank is None or x.rank < 2:
+        return
+    channels = cg.space(x, 1)
+    for p in node.inputs[1:]:
+        if p is not None and p.rank == 1:
+            cg.identity(cg.space(p, 0), channels, node)
+            cg.role(cg.space(p, 0), "follower", node)
+    for stat in node.outputs[1:]:
+        if stat.rank == 1:
+            cg.identity(cg.space(stat, 0), channels, node)
+
+
+@rule("GroupNormalization", "LRN", "MeanVarianceNormalization")
+def _channel_mixing_norm(node: Node, cg: ChannelGraph) -> None:
+    x, y = node.input(0), node.outputs[0]
+    same_axes(cg, node, x, y)
+    lock_axis(
+        cg,
+        node,
+        [x, y, *node.inputs[1:]],
+        [1] if node.op_type != "MeanVarianceNormalization" else [0, 1],
+        "mixes channels",
+    )
+
+
+@rule("LayerNormalization")
+def _layernorm(node: Node, cg: ChannelGraph) -> None:
+    x, y = node.input(0), node.outputs[0]
+    same_axes(cg, node, x, y)
+    if x is None or x.rank is None:
+        return
+    axis = node.attr("axis", -1) % x.rank
+    broadcast(cg, node, [p for p in node.inputs[1:3] if p is not None], y)
+    lock_axis(cg, node, [x, y], range(axis, x.rank), "normalises over these axes")
+
+
+@rule("Softmax", "LogSoftmax", "Hardmax")
+def _softmax(node: Node, cg: ChannelGraph) -> None:
+    x, y = node.input(0), node.outputs[0]
+    same_axes(cg, node, x, y)
+    if x is None or x.rank is None:
+        return
+    axis = node.attr("axis", -1 if node_opset(node, cg.graph) >= 13 else 1) % x.rank
+    axes = [axis] if node_opset(node, cg.graph) >= 13 else range(axis, x.rank)
+    lock_axis(cg, node, [x, y], axes, "normalises over this axis")
+
+
+@rule(*REDUCE_OPS, "TopK", "CumSum")
+def _reduce(node: Node, cg: ChannelGraph) -> None:
+    x, y = node.input(0), node.outputs[0]
+    if x is None or x.rank is None or y.rank is None:
+        cg.lock_value(x, "rule", f"{node.op_type} '{node.name}': rank unknown", node)
+        return
+    if node.op_type in ("ArgMax", "ArgMin", "TopK", "CumSum"):
+        axis = node.attr("axis", -1 if node.op_type in ("TopK",) else 0)
+        if node.op_type == "CumSum":
+            axis = (const_ints(node.input(1)) or [0])[0]
+        axes = [axis % x.rank]
+    else:
+        axes = node.attr("axes")
+        if axes is None and len(node.inputs) > 1 and node.input(1) is not None:
+            axes = const_ints(node.input(1))
+            if axes is None:
+                cg.lock_value(x, "rule", f"{node.op_type} '{node.name}' has computed axes", node)
+                cg.lock_value(y, "rule", f"{node.op_type} '{node.name}' has computed axes", node)
+                return
+        if not axes:
+            axes = [] if node.attr("noop_with_empty_axes", 0) else list(range(x.rank))
+        axes = sorted(a % x.rank for a in axes)
+    lock_axis(cg, node, [x], axes, "reduces over this axis")
+    if node.op_type in ("TopK", "CumSum"):
+        lock_axis(cg, node, node.outputs, axes, "reduces over this axis")
+    keep = node.attr("keepdims", 1)
+    j = 0
+    for ax in range(x.rank):
+        if ax in axes:
+            if keep:
+                j += 1
+            continue
+        for out in node.outputs:
+            if out.rank == y.rank:
+                cg.identity(cg.space(x, ax), cg.space(out, j), node)
+        j += 1
+
+
+@rule("Conv")
+def _conv(node: Node, cg: ChannelGraph) -> None:
+    x, w, b, y = node.input(0), node.input(1), node.input(2), node.outputs[0]
+    if x is None or w is None or x.rank is None or w.rank is None or y.rank is None:
+        for v in (x, w, y):
+            cg.lock_value(v, "rule", f"Conv '{node.name}': rank unknown", node)
+        return
+    groups = int(node.attr("group", 1))
+    cg.identity(cg.space(y, 1), cg.space(w, 0), node)
+    cg.role(cg.space(w, 0), "producer", node)
+    if b is not None:
+        cg.identity(cg.space(b, 0), cg.space(y, 1), node)
+        cg.role(cg.space(b, 0), "follower", node)
+    cg.identity(cg.space(x, 0), cg.space(y, 0), node)
+    if groups == 1:
+        cg.identity(cg.space(x, 1), cg.space(w, 1), node)
+        cg.role(cg.space(w, 1), "consumer", node)
+        return
+    cin, cout = x.dim(1), w.dim(0)
+    if not isinstance(cin, int) or not isinstance(cout, int):
+        lock_axis(cg, node, [x, y], [1], "is grouped and its channel counts are unknown")
+        return
+    g = cg.virtual(f"{node.name}.groups", groups)
+    cg.role(g, "structure", node, attr="group")
+    cg.expand(cg.space(x, 1), g, cin // groups, node)
+    cg.expand(cg.space(y, 1), g, cout // groups, node)
+
+
+@rule("ConvTranspose")
+def _conv_transpose(node: Node, cg: ChannelGraph) -> None:
+    x, w, b, y = node.input(0), node.input(1), node.input(2), node.outputs[0]
+    if x is None or w is None or x.rank is None or w.rank is None or y.rank is None:
+        for v in (x, w, y):
+            cg.lock_value(v, "rule", f"ConvTranspose '{node.name}': rank unknown", node)
+        return
+    groups = int(node.attr("group", 1))
+    cg.identity(cg.space(x, 1), cg.space(w, 0), node)
+    cg.identity(cg.space(x, 0), cg.space(y, 0), node)
+    if b is not None:
+        cg.identity(cg.space(b, 0), cg.space(y, 1), node)
+        cg.role(cg.space(b, 0), "follower", node)
+    if groups == 1:
+        cg.identity(cg.space(y, 1), cg.space(w, 1), node)
+        cg.role(cg.space(w, 1), "producer", node)
+        cg.role(cg.space(w, 0), "consumer", node)
+        return
+    cin, cout = x.dim(1), y.dim(1)
+    if not isinstance(cin, int) or not isinstance(cout, int):
+        lock_axis(cg, node, [x, y], [1], "is grouped and its channel counts are unknown")
+        return
+    g = cg.virtual(f"{node.name}.groups", groups)
+    cg.role(g, "structure", node, attr="group")
+    cg.role(cg.space(w, 0), "producer", node)
+    cg.expand(cg.space(x, 1), g, cin // groups, node)
+    cg.expand(cg.space(y, 1), g, cout // groups, node)
+
+
+@rule("Gemm")
+def _gemm(node: Node, cg: ChannelGraph) -> None:
+    a, b, c, y = node.input(0), node.input(1), node.input(2), node.outputs[0]
+    if a is None or b is None or a.rank != 2 or b.rank != 2 or y.rank != 2:
+        for v in (a, b, y):
+            cg.lock_value(v, "rule", f"Gemm '{node.name}': operands are not 2-D", node)
+        return
+    ak, am = (0, 1) if node.attr("transA", 0) else (1, 0)
+    bn, bk = (0, 1) if node.attr("transB", 0) else (1, 0)
+    cg.identity(cg.space(a, ak), cg.space(b, bk), node)
+    cg.identity(cg.space(y, 0), cg.space(a, am), node)
+    cg.identity(cg.space(y, 1), cg.space(b, bn), node)
+    if b.const is not None:
+        cg.role(cg.space(b, bn), "producer", node)
+        cg.role(cg.space(b, bk), "consumer", node)
+    if c is not None:
+        broadcast(cg, node, [c], y)
+        if c.rank:
+            cg.role(cg.space(c, -1), "follower", node)
+
+
+@rule("MatMul")
+def _matmul(node: Node, cg: ChannelGraph) -> None:
+    a, b, y = node.input(0), node.input(1), node.outputs[0]
+    if a is None or b is None or a.rank is None or b.rank is None or y.rank is None:
+        for v in (a, b, y):
+            cg.lock_value(v, "rule", f"MatMul '{node.name}': rank unknown", node)
+        return
+    if a.rank < 2 or b.rank < 2:
+        for v in (a, b, y):
+            cg.lock_value(v, "rule", f"MatMul '{node.name}' has a 1-D operand", node)
+        return
+    cg.identity(cg.space(a, -1), cg.space(b, -2), node)
+    cg.identity(cg.space(y, -2), cg.space(a, -2), node)
+    cg.identity(cg.space(y, -1), cg.space(b, -1), node)
+    for x in (a, b):  # batch dims broadcast against the output's
+        off = y.rank - x.rank
+        for ax in range(x.rank - 2):
+            if x.shape[ax] != 1:
+                cg.identity(cg.space(x, ax), cg.space(y, off + ax), node)
+    if b.const is not None:
+        cg.role(cg.space(b, -1), "producer", node)
+        cg.role(cg.space(b, -2), "consumer", node)
+
+
+@rule("Concat")
+def _concat(node: Node, cg: ChannelGraph) -> None:
+    y = node.outputs[0]
+    if y.rank is None or any(x is not None and x.rank != y.rank for x in node.inputs):
+        for v in (*node.inputs, y):
+            cg.lock_value(v, "rule", f"Concat '{node.name}': rank unknown", node)
+        return
+    axis = node.attr("axis") % y.rank
+    parts = [x for x in node.inputs if x is not None and x.shape[axis] != 0]  # type: ignore[index]
+    cg.concat(cg.space(y, axis), [_part_space(cg, x, axis, node) for x in parts], node)
+    for x in parts:
+        same_axes(cg, node, x, y, axes=[a for a in range(y.rank) if a != axis])
+
+
+def _part_space(cg: ChannelGraph, x: Value, axis: int, node: Node) -> int:
+    """A part of a concat/split; a part of size 1 gets a virtual space of its own."""
+    sid = cg.space(x, axis)
+    if sid is None:
+        sid = cg.virtual(f"{x.name}[{axis}]", 1)
+    return sid
+
+
+@rule("Split")
+def _split(node: Node, cg: ChannelGraph) -> None:
+    x = node.input(0)
+    if x is None or x.rank is None or any(y.rank != x.rank for y in node.outputs):
+        for v in (x, *node.outputs):
+            cg.lock_value(v, "rule", f"Split '{node.name}': rank unknown", node)
+        return
+    axis = node.attr("axis", 0) % x.rank
+    parts = [y for y in node.outputs if y.shape[axis] != 0]  # type: ignore[index]
+    cg.concat(cg.space(x, axis), [_part_space(cg, y, axis, node) for y in parts], node)
+    for y in parts:
+        same_axes(cg, node, x, y, axes=[a for a in range(x.rank) if a != axis])
+
+
+@rule("Slice")
+def _slice(node: Node, cg: ChannelGraph) -> None:
+    x, y = node.input(0), node.outputs[0]
+    starts, ends = const_ints(node.input(1)), const_ints(node.input(2))
+    axes, steps = const_ints(node.input(3)), const_ints(node.input(4))
+    if x is None or x.rank is None or y.rank != x.rank or starts is None or ends is None:
+        cg.lock_value(x, "rule", f"Slice '{node.name}' has computed bounds", node)
+        cg.lock_value(y, "rule", f"Slice '{node.name}' has computed bounds", node)
+        return
+    if (node.input(3) is not None and axes is None) or (
+        node.input(4) is not None and steps is None
+    ):
+        cg.lock_value(x, "rule", f"Slice '{node.name}' has computed axes or steps", node)
+        cg.lock_value(y, "rule", f"Slice '{node.name}' has computed axes or steps", node)
+        return
+    axes = [a % x.rank for a in (axes if axes is not None else range(len(starts)))]
+    steps = steps if steps is not None else [1] * len(axes)
+    sliced = dict(zip(axes, zip(starts, ends, steps, strict=False), strict=False))
+    for ax in range(x.rank):
+        if ax not in sliced:
+            same_axes(cg, node, x, y, axes=[ax])
+            continue
+        start, end, step = sliced[ax]
+        dim = x.shape[ax]  # type: ignore[index]
+        if not isinstance(dim, int):
+            lock_axis(cg, node, [x, y], [ax], "slices an axis of unknown size")
+            continue
+        lo, hi, st = slice(start, end, step).indices(dim)
+        if st != 1:
+            lock_axis(cg, node, [x, y], [ax], "takes a strided slice of this axis")
+            continue
+        hi = max(hi, lo)
+        if lo == 0 and hi == dim:
+            same_axes(cg, node, x, y, axes=[ax])
+            continue
+        parts = []
+        if lo > 0:
+            parts.append(cg.virtual(f"{node.name}.dropped_head", lo))
+        parts.append(_part_space(cg, y, ax, node) if hi > lo else None)
+        if hi < dim:
+            parts.append(cg.virtual(f"{node.name}.dropped_tail", dim - hi))
+        parts = [p for p in parts if p is not None]
+        cg.concat(cg.space(x, ax), parts, node)
+
+
+@rule("Transpose")
+def _transpose(node: Node, cg: ChannelGraph) -> None:
+    x, y = node.input(0), node.outputs[0]
+    if x is None or x.rank is None:
+        cg.lock_value(x, "rule", f"Transpose '{node.name}': rank unknown", node)
+        cg.lock_value(y, "rule", f"Transpose '{node.name}': rank unknown", node)
+        return
+    perm = node.attr("perm") or list(reversed(range(x.rank)))
+    for i, p in enumerate(perm):
+        cg.identity(cg.space(x, p), cg.space(y, i), node)
+
+
+@rule("Pad")
+def _pad(node: Node, cg: ChannelGraph) -> None:
+    x, y = node.input(0), node.outputs[0]
+    pads = node.attr("pads") if node.attr("pads") is not None else const_ints(node.input(1))
+    axes = const_ints(node.input(3)) if node.input(3) is not None else None
+    if x is None or x.rank is None or pads is None or (node.input(3) is not None and axes is None):
+        cg.lock_value(x, "rule", f"Pad '{node.name}' has computed pads", node)
+        cg.lock_value(y, "rule", f"Pad '{node.name}' has computed pads", node)
+        return
+    axes = [a % x.rank for a in axes] if axes is not None else list(range(x.rank))
+    n = len(axes)
+    padded = {a for i, a in enumerate(axes) if pads[i] or pads[i + n]}
+    same_axes(cg, node, x, y, axes=[a for a in range(x.rank) if a not in padded])
+    lock_axis(cg, node, [x, y], sorted(padded), "pads this axis")
+
+
+@rule("Gather")
+def _gather(node: Node, cg: ChannelGraph) -> None:
+    x, idx, y = node.input(0), node.input(1), node.outputs[0]
+    if x is None or idx is None or x.rank is None or idx.rank is None or y.rank is None:
+        cg.lock_value(x, "rule", f"Gather '{node.name}': rank unknown", node)
+        cg.lock_value(y, "rule", f"Gather '{node.name}': rank unknown", node)
+        return
+    axis = node.attr("axis", 0) % x.rank
+    lock_axis(cg, node, [x], [axis], "gathers along this axis")
+    for ax in range(x.rank):
+        if ax < axis:
+            cg.identity(cg.space(x, ax), cg.space(y, ax), node)
+        elif ax > axis:
+            cg.identity(cg.space(x, ax), cg.space(y, ax - 1 + idx.rank), node)
+
+
+@rule(*RESHAPE_OPS)
+def _reshape(node: Node, cg: ChannelGraph) -> None:
+    """Maps axes by matching products of dims: an axis kept as is couples 1:1, axes merged
+    into one make the first of them an expansion of it (each element a block), axes split
+    from one the reverse; every other axis of a merge or split is locked."""
+    x, y = node.input(0), node.outputs[0]
+    computed = node.op_type == "Reshape" and const_ints(node.input(1)) is None
+    if computed or x is None or x.shape is None or y.shape is None:
+        why = "has a computed target shape" if computed else "has unknown shapes"
+        cg.lock_value(x, "reshape", f"{node.op_type} '{node.name}' {why}", node)
+        cg.lock_value(y, "reshape", f"{node.op_type} '{node.name}' {why}", node)
+        return
+    ins = [(a, d) for a, d in enumerate(x.shape) if d != 1]
+    outs = [(a, d) for a, d in enumerate(y.shape) if d != 1]
+    i = j = 0
+    while i < len(ins) and j < len(outs):
+        if ins[i][1] == outs[j][1]:
+            cg.identity(cg.space(x, ins[i][0]), cg.space(y, outs[j][0]), node)
+            i, j = i + 1, j + 1
+            continue
+        bi, bj = [ins[i]], [outs[j]]
+        pi, pj = ins[i][1], outs[j][1]
+        while isinstance(pi, int) and isinstance(pj, int) and pi != pj:
+            if pi < pj and i + len(bi) < len(ins):
+                bi.append(ins[i + len(bi)])
+                pi = pi * bi[-1][1] if isinstance(bi[-1][1], int) else None
+            elif pj < pi and j + len(bj) < len(outs):
+                bj.append(outs[j + len(bj)])
+                pj = pj * bj[-1][1] if isinstance(bj[-1][1], int) else None
+            else:
+                break
+        if not isinstance(pi, int) or pi != pj:
+            _lock_block(
+                cg, node, x, ins[i:], y, outs[j:], "maps axes in a way drpopt cannot follow"
+            )
+            return
+        _map_block(cg, node, x, bi, y, bj)
+        i, j = i + len(bi), j + len(bj)
+    if i < len(ins) or j < len(outs):
+        _lock_block(cg, node, x, ins[i:], y, outs[j:], "maps axes in a way drpopt cannot follow")
+
+
+def _map_block(cg: ChannelGraph, node: Node, x: Value, bi, y: Value, bj) -> None:
+    if len(bj) == 1:  # merge: the first input axis is the coarse index
+        rest = math.prod(d for _, d in bi[1:])
+        cg.expand(cg.space(y, bj[0][0]), cg.space(x, bi[0][0]), rest, node)
+        _lock_block(cg, node, x, bi[1:], y, [], f"merges axis {bi[0][0]} with the axes after it")
+    elif len(bi) == 1:  # split: the first output axis is the coarse index
+        rest = math.prod(d for _, d in bj[1:])
+        cg.expand(cg.space(x, bi[0][0]), cg.space(y, bj[0][0]), rest, node)
+        _lock_block(cg, node, x, [], y, bj[1:], f"splits axis {bi[0][0]} into several axes")
+    else:
+        _lock_block(cg, node, x, bi, y, bj, "mixes several axes into several others")
+
+
+def _lock_block(cg: ChannelGraph, node: Node, x: Value, bi, y: Value, bj, why: str) -> None:
+    msg = f"{node.op_type} '{node.name}' {why}"
+    for a, _ in bi:
+        cg.lock(cg.space(x, a), "reshape", msg, node)
+    for a, _ in bj:
+        cg.lock(cg.space(y, a), "reshape", msg, node)
+
+
+# ---- driver -----------------------------------------------------------------------------
+def node_opset(node: Node, graph: Graph) -> int:
+    return graph.opsets.get(node.domain or "", graph.opsets.get("", 17))
+
+
+def rule_for(node: Node) -> Rule | None:
+    if node.domain not in ("", "ai.onnx"):
+        return RULES.get(f"{node.domain}::{node.op_type}")
+    return RULES.get(node.op_type)
+
+
+def apply_rules(graph: Graph) -> ChannelGraph:
+    """Runs every node's rule over ``graph``; nodes without one lock what they touch."""
+    cg = ChannelGraph(graph)
+    for v in graph.inputs:
+        cg.lock_value(v, "graph-input", f"graph input '{v.name}'")
+    for node in graph.nodes:
+        fn = rule_for(node)
+        if fn is None or node.subgraphs:
+            if fn is None:
+                cg.unsupported.append(node)
+            why = "has no coupling rule" if fn is None else "has subgraphs"
+            kind = "no-rule" if fn is None else "subgraph"
+            for v in (*node.inputs, *node.outputs):
+                cg.lock_value(v, kind, f"{node.op_type} '{node.name}' {why}", node)
+        else:
+            fn(node, cg)
+        for v in node.meta.get("captured", ()):
+            cg.lock_value(
+                v, "subgraph", f"used inside a subgraph of {node.op_type} '{node.name}'", node
+            )
+    for v in graph.outputs:
+        cg.lock_value(v, "graph-output", f"graph output '{v.name}'")
+    return cg
