@@ -65,8 +65,8 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _short(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return (text[0] if text else type(err).__name__)[:160]
+    text = " ".join(str(err).split())
+    return (text or type(err).__name__)[:160]
 
 
 def _uses_external_data(model: onnx.ModelProto) -> bool:

@@ -184,14 +184,17 @@ class OnnxBuilder:
         self, x: str, sizes: Sequence[int], axis: int = 1, name: str | None = None
     ) -> list[str]:
         node = self._name("Split", name)
-        split = self.const(f"{node}.split", np.array(sizes, np.int64))
         shapes = []
         for s in sizes:
             shape = list(self.shapes[x])
             shape[axis] = s
             shapes.append(tuple(shape))
+        if self.opset < 13:  # split sizes were an attribute before opset 13
+            ins, attrs = [x], {"split": list(sizes)}
+        else:
+            ins, attrs = [x, self.const(f"{node}.split", np.array(sizes, np.int64))], {}
         outs = self.op(
-            "Split", [x, split], None, name=node, n_out=len(sizes), out_shapes=shapes, axis=axis
+            "Split", ins, None, name=node, n_out=len(sizes), out_shapes=shapes, axis=axis, **attrs
         )
         return outs if isinstance(outs, list) else [outs]
 
@@ -249,8 +252,9 @@ class OnnxBuilder:
         n, c, h, w = self.shapes[x]
         node = self._name("Resize", name)
         scales = self.const(f"{node}.scales", np.array([1, 1, scale, scale], np.float32))
+        roi = "" if self.opset >= 13 else self.const(f"{node}.roi", np.zeros(0, np.float32))
         return self.op(
-            "Resize", [x, "", scales], (n, c, h * scale, w * scale), name=node, mode="nearest"
+            "Resize", [x, roi, scales], (n, c, h * scale, w * scale), name=node, mode="nearest"
         )
 
     def flatten(self, x: str, axis: int = 1, name: str | None = None) -> str:

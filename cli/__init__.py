@@ -1,0 +1,1 @@
+"""The ``drpopt`` command line (typer); every command calls the public Python API."""

@@ -1,0 +1,104 @@
+"""Rich rendering of analysis results for people (``--json`` is the machine form)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from drpopt.ir.analysis import Analysis
+from drpopt.ir.channels import Group
+
+
+def human(n: float) -> str:
+    """1234567 -> '1.23M'."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(int(n))
+
+
+def _pct(part: float, whole: float) -> str:
+    return f"{100.0 * part / whole:.1f}%" if whole else "-"
+
+
+def _size(g: Group) -> str:
+    blocks = {m.block for m in g.members if m.role == "producer"}
+    if blocks and min(blocks) > 1:
+        return f"{g.size}x{min(blocks)}"
+    return str(g.size)
+
+
+def _producers(g: Group, limit: int = 3) -> str:
+    names = g.producers
+    text = ", ".join(names[:limit])
+    if len(names) > limit:
+        text += f" +{len(names) - limit}"
+    return text
+
+
+def group_table(result: Analysis, limit: int | None = None) -> Table:
+    table = Table(title="Coupled channel groups", title_justify="left", expand=False)
+    table.add_column("id", justify="right")
+    table.add_column("size", justify="right")
+    table.add_column("prunable")
+    table.add_column("producer layers", overflow="fold", max_width=48)
+    table.add_column("params", justify="right")
+    table.add_column("MACs", justify="right")
+    for g in result.groups[:limit]:
+        status = "[green]yes[/]" if g.prunable else f"[red]no[/]: {_short_reason(g)}"
+        table.add_row(str(g.id), _size(g), status, _producers(g), human(g.params), human(g.macs))
+    return table
+
+
+def _short_reason(g: Group) -> str:
+    reason = g.reason or ""
+    first = reason.split("; ")[0]
+    more = reason.count("; ")
+    return first + (f" (+{more} more)" if more else "")
+
+
+def render_analysis(console: Console, result: Analysis, limit: int | None = None) -> None:
+    """The group table, then totals: parameters, MACs, prunable shares, locks."""
+    console.print(group_table(result, limit))
+    if limit is not None and len(result.groups) > limit:
+        console.print(f"... {len(result.groups) - limit} more groups (use --json for all)")
+    totals = Table.grid(padding=(0, 2))
+    totals.add_column(style="bold")
+    totals.add_column(justify="right")
+    totals.add_column()
+    prunable = result.prunable_groups
+    totals.add_row("parameters", human(result.params), "")
+    totals.add_row(
+        "  in prunable groups",
+        human(result.prunable_params),
+        _pct(result.prunable_params, result.params),
+    )
+    totals.add_row("MACs", human(result.macs), "")
+    totals.add_row(
+        "  in prunable groups", human(result.prunable_macs), _pct(result.prunable_macs, result.macs)
+    )
+    totals.add_row(
+        "groups",
+        str(len(result.groups)),
+        f"{len(prunable)} prunable, {len(result.locked_groups)} locked",
+    )
+    totals.add_row(
+        "channels",
+        str(sum(g.size for g in result.groups)),
+        f"{sum(g.size for g in prunable)} prunable",
+    )
+    console.print(totals)
+    locked_by = result.locked_by()
+    if locked_by:
+        console.print("[bold]locked by[/]")
+        for cause, count in list(locked_by.items())[:10]:
+            console.print(f"  {cause}: {count} group{'s' if count != 1 else ''}")
+        if len(locked_by) > 10:
+            console.print(f"  ... and {len(locked_by) - 10} more causes")
+    if result.unsupported:
+        ops = sorted({op for op, _ in result.unsupported})
+        console.print(
+            f"[yellow]{len(result.unsupported)} node(s) without a coupling rule[/] "
+            f"({', '.join(ops)}): their channels are locked"
+        )
+    console.print(f"[dim]analysed {len(result.graph.nodes)} nodes in {result.seconds:.3f} s[/]")

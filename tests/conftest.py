@@ -1,0 +1,17 @@
+"""Shared fixtures: example models are built once per session (they are deterministic)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent / "ir"))
+
+
+@pytest.fixture(scope="session")
+def zoo_models():
+    from drpopt.zoo import MODELS
+
+    return {name: fn() for name, fn in MODELS.items()}

@@ -1,0 +1,166 @@
+"""The ONNX frontend: opsets, external data, symbolic dims, Constant weights, bad files."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from deadchannels import assert_groups_complete
+from onnx import helper, version_converter
+
+from drpopt import analyze
+from drpopt.errors import BadInputError, UnsupportedModelError
+from drpopt.ir import from_onnx
+from drpopt.zoo import build
+from drpopt.zoo.builder import OnnxBuilder
+
+
+def group_summary(analysis):
+    return [(g.size, g.prunable, tuple(g.producers)) for g in analysis.groups]
+
+
+def small_model(batch="N", opset: int = 17) -> onnx.ModelProto:
+    """Conv/BN/residual plus the ops whose form changed across opsets (Split, Resize,
+    Slice, Squeeze-free Flatten)."""
+    b = OnnxBuilder(opset=opset)
+    x = b.input("input", [batch, 3, 8, 8])
+    y = b.relu(b.bn(b.conv(x, 8, name="c1"), name="bn1"))
+    z = b.relu(b.conv(y, 8, name="c2"))
+    r = b.add(y, z, name="res")
+    s1, s2 = b.split(r, [3, 5], name="split")
+    u = b.resize(b.conv(s2, 6, name="c3"), 2, name="up")
+    v = b.conv(b.maxpool(u, 2, 2, pad=0), 6, name="c4")
+    w = b.slice(b.concat([s1, v], name="cat"), [1], [9], [1], name="take")
+    b.output(b.conv(w, 4, name="out"))
+    return b.build()
+
+
+def test_ir_keeps_def_use():
+    g = from_onnx(small_model())
+    conv = next(n for n in g.nodes if n.name == "c1")
+    out = conv.outputs[0]
+    assert out.producer is conv
+    assert [n.op_type for n, _ in out.uses] == ["BatchNormalization"]
+    assert g.values["c1.weight"].const.shape == (8, 3, 3, 3)
+    assert g.inputs[0].shape == ("N", 3, 8, 8)
+    assert g.values["res"].shape == ("N", 8, 8, 8)
+
+
+def test_replace_all_uses_and_remove_node():
+    g = from_onnx(small_model())
+    relu = next(n for n in g.nodes if n.op_type == "Relu")
+    bn_out = relu.inputs[0]
+    g.replace_all_uses_with(relu.outputs[0], bn_out)
+    assert not relu.outputs[0].uses
+    g.remove_node(relu)
+    assert relu not in g.nodes
+    assert all(n is not relu for n, _ in bn_out.uses)
+    with pytest.raises(ValueError, match="still used"):
+        g.remove_node(bn_out.producer)
+
+
+def test_symbolic_batch_gives_the_same_groups_as_static():
+    assert group_summary(analyze(small_model("N"))) == group_summary(analyze(small_model(1)))
+
+
+@pytest.mark.parametrize("opset", [11, 12, 13, 17])
+def test_supported_opsets(opset):
+    model = small_model(opset=opset)
+    assert model.opset_import[0].version == opset
+    a = analyze(model)
+    assert group_summary(a) == group_summary(analyze(small_model()))
+    assert a.unsupported == []
+    assert_groups_complete(a, model)
+
+
+@pytest.mark.parametrize("target", [18, onnx.defs.onnx_opset_version()])
+def test_models_upgraded_to_the_newest_opsets(target):
+    for model in (small_model(opset=11), build("yolox_s_like")):
+        upgraded = version_converter.convert_version(model, target)
+        assert upgraded.opset_import[0].version == target
+        assert group_summary(analyze(upgraded)) == group_summary(analyze(model))
+
+
+def test_old_opset_is_refused_with_the_fix():
+    model = small_model()
+    model.opset_import[0].version = 9
+    with pytest.raises(UnsupportedModelError, match="version_converter"):
+        analyze(model)
+
+
+def test_external_data(tmp_path):
+    model = build("resnet18")
+    path = tmp_path / "ext.onnx"
+    external = onnx.ModelProto()
+    external.CopyFrom(model)  # saving with external data rewrites the proto it is given
+    onnx.save_model(
+        external,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="ext.onnx.data",
+        size_threshold=0,
+    )
+    assert (tmp_path / "ext.onnx.data").exists()
+    a = analyze(path)
+    assert group_summary(a) == group_summary(analyze(model))
+    assert a.params == analyze(model).params
+    (tmp_path / "ext.onnx.data").unlink()
+    with pytest.raises(BadInputError, match="external weight data"):
+        analyze(path)
+
+
+def test_constant_node_weights_are_members():
+    b = OnnxBuilder()
+    x = b.input("input", [1, 3, 8, 8])
+    w = np.random.default_rng(0).standard_normal((8, 3, 3, 3)).astype(np.float32)
+    b.nodes.append(
+        helper.make_node(
+            "Constant", [], ["wc"], name="wconst", value=onnx.numpy_helper.from_array(w)
+        )
+    )
+    b.shapes["wc"] = w.shape
+    y = b.op("Conv", [x, "wc"], (1, 8, 8, 8), name="c1", pads=[1, 1, 1, 1])
+    b.output(b.conv(b.relu(y), 4, name="out"))
+    a = analyze(b.build())
+    g = a.group("c1")
+    assert g.prunable and ("wc", 0) in {(m.tensor, m.axis) for m in g.members}
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "no such file"),
+        (b"", "the file is empty"),
+        (b"this is not a model\n" * 20, "not a readable ONNX model"),
+        ("truncate", "not a readable ONNX model"),
+        ("dir", "is a directory"),
+    ],
+)
+def test_bad_files(tmp_path, content, message):
+    path = tmp_path / "m.onnx"
+    if content == "truncate":
+        data = build("resnet18").SerializeToString()
+        path.write_bytes(data[: len(data) // 3])
+    elif content == "dir":
+        path.mkdir()
+    elif content is not None:
+        path.write_bytes(content)
+    with pytest.raises(BadInputError, match=message):
+        analyze(path)
+
+
+def test_analysis_does_not_import_torch(tmp_path):
+    path = tmp_path / "m.onnx"
+    onnx.save(small_model(), str(path))
+    code = (
+        "import sys, drpopt; from drpopt.cli import main; drpopt.analyze(sys.argv[1]); "
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "False"

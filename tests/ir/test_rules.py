@@ -1,0 +1,217 @@
+"""Coupling rules one op at a time, on small graphs built in code."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from deadchannels import assert_groups_complete
+from onnx import helper
+
+from drpopt import analyze
+from drpopt.ir import register_rule
+from drpopt.ir.rules import RULES, broadcast
+from drpopt.zoo.builder import OnnxBuilder
+
+
+def stem(b: OnnxBuilder, c: int = 8, h: int = 8) -> str:
+    x = b.input("input", [1, 3, h, h])
+    return b.relu(b.conv(x, c, name="c1"), name="r1")
+
+
+def head(b: OnnxBuilder, x: str) -> None:
+    b.output(b.conv(x, 4, k=1, name="out"))
+
+
+def test_scalar_mul_couples_nothing_per_channel_mul_couples_its_constant():
+    b = OnnxBuilder()
+    x = stem(b)
+    y = b.mul(x, b.const("s", np.float32(2.0)), name="scale")
+    z = b.mul(y, b.const("pc", np.ones((8, 1, 1), np.float32)), name="perchannel")
+    head(b, z)
+    model = b.build()
+    a = analyze(model)
+    g = a.group("c1")
+    assert g.prunable and g.size == 8
+    assert ("pc", 0) in {(m.tensor, m.axis) for m in g.members}
+    assert "s" not in {m.tensor for m in g.members}
+    assert_groups_complete(a, model)
+
+
+def test_prelu_slope_follows_its_channels():
+    b = OnnxBuilder()
+    x = stem(b)
+    y = b.op("PRelu", [x, b.const("slope", np.full((8, 1, 1), 0.1, np.float32))], b.shapes[x])
+    head(b, y)
+    g = analyze(b.build()).group("c1")
+    assert ("follower", "slope", 0) in {(m.role, m.tensor, m.axis) for m in g.members}
+
+
+@pytest.mark.parametrize(
+    ("op", "attrs", "locked"),
+    [
+        ("Softmax", {"axis": 1}, True),
+        ("Softmax", {"axis": 3}, False),
+        ("ReduceMean", {"axes": [1], "keepdims": 1}, True),
+        ("ReduceMean", {"axes": [2, 3], "keepdims": 1}, False),
+        ("LRN", {"size": 3}, True),
+    ],
+)
+def test_ops_that_mix_channels_lock(op, attrs, locked):
+    b = OnnxBuilder()
+    x = stem(b)
+    shape = list(b.shapes[x])
+    if op == "ReduceMean":
+        for ax in attrs["axes"]:
+            shape[ax] = 1
+    y = b.op(op, [x], tuple(shape), name="mix", **attrs)
+    if shape[1] == 1:
+        y = b.add(y, x, name="back")
+    head(b, y)
+    g = analyze(b.build()).group("c1")
+    assert g.prunable is not locked
+    if locked:
+        assert "'mix'" in g.reason
+
+
+def test_pad_on_channels_locks_pad_on_space_does_not():
+    for pads, locked in (([0, 0, 1, 1, 0, 0, 1, 1], False), ([0, 1, 0, 0, 0, 1, 0, 0], True)):
+        b = OnnxBuilder()
+        x = stem(b)
+        shape = tuple(d + pads[i] + pads[i + 4] for i, d in enumerate(b.shapes[x]))
+        y = b.op("Pad", [x, b.const("pads", np.array(pads, np.int64))], shape, name="pad")
+        head(b, y)
+        g = analyze(b.build()).group("c1")
+        assert g.prunable is not locked, pads
+
+
+def test_channel_slice_keeps_both_parts_prunable_and_complete():
+    b = OnnxBuilder()
+    x = stem(b, c=12)
+    y = b.slice(x, [2], [9], [1], name="take")  # channels 2..8 of 12
+    head(b, b.relu(y))
+    model = b.build()
+    a = analyze(model)
+    groups = [g for g in a.groups if "c1" in g.producers]
+    sizes = sorted(g.size for g in groups)
+    assert sizes == [2, 3, 7]  # the head, the taken middle, the tail
+    middle = next(g for g in groups if g.size == 7)
+    rows = next(m for m in middle.members if m.tensor == "c1.weight")
+    assert (rows.start, rows.length) == (2, 7)
+    out_cols = next(m for m in middle.members if m.tensor == "out.weight")
+    assert (out_cols.start, out_cols.axis) == (0, 1)
+    assert_groups_complete(a, model)
+
+
+def test_strided_channel_slice_locks():
+    b = OnnxBuilder()
+    x = stem(b)
+    y = b.slice(x, [0], [8], [1], steps=[2], name="every_other")
+    head(b, y)
+    g = analyze(b.build()).group("c1")
+    assert not g.prunable and "every_other" in g.reason
+
+
+def test_transpose_to_channels_last_then_matmul():
+    b = OnnxBuilder()
+    x = stem(b)
+    t = b.transpose(x, [0, 2, 3, 1], name="nhwc")
+    y = b.matmul(t, 6, name="proj")
+    b.output(b.transpose(y, [0, 3, 1, 2], name="nchw"))
+    model = b.build()
+    a = analyze(model)
+    g = a.group("c1")
+    assert g.prunable
+    assert ("consumer", "proj.weight", 0) in {(m.role, m.tensor, m.axis) for m in g.members}
+    assert not a.group("proj").prunable  # reaches the graph output
+    assert_groups_complete(a, model)
+
+
+def test_reshape_with_computed_shape_locks_naming_the_node():
+    b = OnnxBuilder()
+    x = stem(b)
+    shp = b.op("Shape", [x], (4,), name="shape_of")
+    y = b.op("Reshape", [x, shp], b.shapes[x], name="dyn_reshape")
+    head(b, y)
+    g = analyze(b.build()).group("c1")
+    assert not g.prunable
+    assert "Reshape 'dyn_reshape' has a computed target shape" in g.reason
+
+
+def test_conv_transpose_couples_input_rows_and_output_columns():
+    b = OnnxBuilder()
+    x = stem(b)
+    y = b.relu(b.conv_transpose(x, 6, name="up"))
+    head(b, y)
+    model = b.build()
+    a = analyze(model)
+    up = a.group("up")
+    assert up.size == 6 and up.prunable
+    assert ("producer", "up.weight", 1) in {(m.role, m.tensor, m.axis) for m in up.members}
+    c1 = a.group("c1")
+    assert ("consumer", "up.weight", 0) in {(m.role, m.tensor, m.axis) for m in c1.members}
+    assert_groups_complete(a, model)
+
+
+def test_unknown_op_locks_and_is_reported_and_custom_rule_unlocks():
+    b = OnnxBuilder()
+    x = stem(b)
+    b.nodes.append(helper.make_node("Frobnicate", [x], ["fro"], name="fro", domain="acme"))
+    b.shapes["fro"] = b.shapes[x]
+    head(b, "fro")
+    model = b.build(check=False, infer_shapes=False)
+    model.opset_import.append(helper.make_opsetid("acme", 1))
+    # a custom op's output shape comes from the exporter's value_info
+    model.graph.value_info.append(helper.make_tensor_value_info("fro", 1, [1, 8, 8, 8]))
+    a = analyze(model)
+    assert a.unsupported == [("Frobnicate", "fro")]
+    g = a.group("c1")
+    assert not g.prunable and "Frobnicate 'fro' has no coupling rule" in g.reason
+
+    def frobnicate(node, cg):
+        broadcast(cg, node, [node.input(0)], node.outputs[0])
+
+    register_rule("acme::Frobnicate", frobnicate)
+    try:
+        a = analyze(model)
+        assert a.unsupported == [] and a.group("c1").prunable
+    finally:
+        RULES.pop("acme::Frobnicate")
+
+
+def test_values_used_inside_a_subgraph_are_locked():
+    b = OnnxBuilder()
+    x = stem(b)
+    cond = b.const("cond", np.array(True))
+    then_g = helper.make_graph(
+        [helper.make_node("Relu", [x], ["then_out"])],
+        "then",
+        [],
+        [helper.make_tensor_value_info("then_out", 1, None)],
+    )
+    else_g = helper.make_graph(
+        [helper.make_node("Sigmoid", [x], ["else_out"])],
+        "else",
+        [],
+        [helper.make_tensor_value_info("else_out", 1, None)],
+    )
+    b.nodes.append(
+        helper.make_node(
+            "If", [cond], ["branch"], name="branchy", then_branch=then_g, else_branch=else_g
+        )
+    )
+    b.output("branch")
+    head(b, x)
+    a = analyze(b.build(check=False))
+    g = a.group("c1")
+    assert not g.prunable
+    assert "used inside a subgraph of If 'branchy'" in g.reason
+
+
+def test_graph_input_channels_are_locked_but_not_reported_as_groups():
+    b = OnnxBuilder()
+    x = stem(b)
+    head(b, x)
+    a = analyze(b.build())
+    # the RGB input channels have no producing layer: they are no group at all
+    assert all("input" not in (m.tensor or "") for g in a.groups for m in g.members)
+    assert [g.producers for g in a.groups] == [["c1"], ["out"]]
