@@ -46,7 +46,14 @@ def group_table(result: Analysis, limit: int | None = None) -> Table:
     table.add_column("MACs", justify="right")
     for g in result.groups[:limit]:
         status = "[green]yes[/]" if g.prunable else f"[red]no[/]: {_short_reason(g)}"
-        table.add_row(str(g.id), _size(g), status, _producers(g), human(g.params), human(g.macs))
+        table.add_row(
+            str(g.id),
+            _size(g),
+            status,
+            _producers(g),
+            f"{human(g.params)} ({_pct(g.params, result.params)})",
+            f"{human(g.macs)} ({_pct(g.macs, result.macs)})",
+        )
     return table
 
 

@@ -1,8 +1,9 @@
 """``analyze()``: the coupled channel groups of a model with their parameter and MAC shares.
 
 Counting rules:
-- parameters are the elements of floating-point initializers (and Constant outputs) that
-  some Conv/ConvTranspose/Gemm/MatMul/normalisation or elementwise op reads;
+- parameters are the elements of floating-point initializers (and Constant outputs) that a
+  Conv/ConvTranspose/Gemm/MatMul/normalisation/PRelu reads, whatever their size, plus other
+  non-scalar float constants (a per-channel scale) that are not shape arguments;
 - MACs are those of Conv, ConvTranspose, Gemm and MatMul (symbolic dims count as 1);
 - a group's ``params`` are the elements its channels cover in every member tensor (a tensor
   sliced on two axes by the same group counts each element once); its ``macs`` are the MACs
@@ -174,13 +175,32 @@ def _finish_group(g: Group) -> None:
         g.reason = "a single channel (a group keeps at least one)"
 
 
+WEIGHT_OPS = frozenset(
+    [
+        "Conv",
+        "ConvTranspose",
+        "Gemm",
+        "MatMul",
+        "BatchNormalization",
+        "InstanceNormalization",
+        "LayerNormalization",
+        "GroupNormalization",
+        "PRelu",
+    ]
+)
+SHAPE_OPS = frozenset(
+    ["Reshape", "Slice", "Resize", "Pad", "Expand", "Tile", "ConstantOfShape", "Range"]
+)
+
+
 def _is_param(v: Value) -> bool:
-    return (
-        v.const is not None
-        and v.const.dtype.kind == "f"
-        and v.const.size > 1
-        and any(n.op_type not in ("Reshape", "Slice", "Resize", "Pad") for n, _ in v.uses)
-    )
+    """Weights of layers count whatever their size; other float constants count unless
+    they are scalars (Clip bounds, a scale) or feed only shape-like inputs."""
+    if v.const is None or v.const.dtype.kind != "f":
+        return False
+    if any(n.op_type in WEIGHT_OPS for n, _ in v.uses):
+        return True
+    return v.const.size > 1 and any(n.op_type not in SHAPE_OPS for n, _ in v.uses)
 
 
 def node_macs(node: Node) -> int:
