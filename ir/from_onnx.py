@@ -198,6 +198,8 @@ def _convert_graph(gp: onnx.GraphProto, parent: _Scope | None) -> Graph:
                 v = scope.lookup(cname)
                 v.uses.append((node, -1))
                 node.meta.setdefault("captured", []).append(v)
+        if np_node.op_type in ("Identity", "Cast") and inputs and inputs[0] is not None:
+            _fold_constant(node)
         if np_node.op_type == "Constant" and outputs:
             outputs[0].const = _constant_value(np_node, attrs)
             if outputs[0].const is not None:
@@ -262,6 +264,25 @@ def _constant_value(node: onnx.NodeProto, attrs: dict[str, Any]) -> np.ndarray |
         if key in attrs:
             return np.asarray(attrs[key], dtype=dtype)
     return None
+
+
+def _fold_constant(node: Node) -> None:
+    """Identity/Cast of a constant is a constant of its own (exporters write Identity to
+    share one deduplicated initializer between layers; the layers stay independent)."""
+    src = node.inputs[0]
+    if src is None or src.const is None:
+        return
+    out = node.outputs[0]
+    if node.op_type == "Cast":
+        try:
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(int(node.attrs["to"]))
+        except Exception:
+            return
+        out.const = np.asarray(src.const).astype(dtype)
+    else:
+        out.const = np.array(src.const, copy=True)
+    out.shape, out.dtype = tuple(out.const.shape), out.const.dtype
+    node.meta["folded"] = True
 
 
 def node_by_name(graph: Graph, name: str) -> Node:

@@ -12,10 +12,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-import numpy as np
-
 from drpopt.ir.channels import ChannelGraph
 from drpopt.ir.core import Graph, Node, Value
+from drpopt.ir.shape_expr import const_ints, resolve_reshape, shape_entries
 
 Rule = Callable[[Node, ChannelGraph], None]
 RULES: dict[str, Rule] = {}
@@ -128,12 +127,6 @@ def register_rule(op_type: str, fn: Rule) -> None:
 
 
 # ---- helpers ----------------------------------------------------------------------------
-def const_ints(value: Value | None) -> list[int] | None:
-    if value is None or value.const is None:
-        return None
-    return [int(x) for x in np.asarray(value.const).reshape(-1)]
-
-
 def same_axes(cg: ChannelGraph, node: Node, x: Value | None, y: Value, axes=None) -> None:
     """Identity on every axis where the sizes agree; axes that change size are locked."""
     if x is None:
@@ -549,14 +542,33 @@ def _reshape(node: Node, cg: ChannelGraph) -> None:
     into one make the first of them an expansion of it (each element a block), axes split
     from one the reverse; every other axis of a merge or split is locked."""
     x, y = node.input(0), node.outputs[0]
-    computed = node.op_type == "Reshape" and const_ints(node.input(1)) is None
-    if computed or x is None or x.shape is None or y.shape is None:
-        why = "has a computed target shape" if computed else "has unknown shapes"
-        cg.lock_value(x, "reshape", f"{node.op_type} '{node.name}' {why}", node)
-        cg.lock_value(y, "reshape", f"{node.op_type} '{node.name}' {why}", node)
+    entries = None
+    if node.op_type == "Reshape" and const_ints(node.input(1)) is None:
+        entries = shape_entries(node.input(1))
+        if entries is None:
+            why = "has a target shape computed in a way drpopt cannot read"
+            cg.lock_value(x, "reshape", f"Reshape '{node.name}' {why}", node)
+            cg.lock_value(y, "reshape", f"Reshape '{node.name}' {why}", node)
+            return
+    if node.op_type == "Reshape" and x is not None and x.shape is not None:
+        target = entries if entries is not None else const_ints(node.input(1))
+        resolved = resolve_reshape(x.shape, target, bool(node.attr("allowzero", 0)))
+        if resolved is not None and resolved != y.shape:
+            # shape inference often leaves exported reshapes unknown ('unk__0'): refine
+            y.shape = resolved
+    if x is None or x.shape is None or y.shape is None:
+        cg.lock_value(x, "reshape", f"{node.op_type} '{node.name}' has unknown shapes", node)
+        cg.lock_value(y, "reshape", f"{node.op_type} '{node.name}' has unknown shapes", node)
         return
+    out_shape = y.shape
+    if entries is not None:
+        # a size fixed inside a computed shape would not follow pruning: lock that axis
+        for k, e in enumerate(entries[: len(y.shape)]):
+            if isinstance(e, int) and e not in (-1, 0) and out_shape[k] != 1:
+                why = f"fixes the size of axis {k} inside a computed target shape"
+                cg.lock(cg.space(y, k), "reshape", f"Reshape '{node.name}' {why}", node)
     ins = [(a, d) for a, d in enumerate(x.shape) if d != 1]
-    outs = [(a, d) for a, d in enumerate(y.shape) if d != 1]
+    outs = [(a, d) for a, d in enumerate(out_shape) if d != 1]
     i = j = 0
     while i < len(ins) and j < len(outs):
         if ins[i][1] == outs[j][1]:
@@ -624,6 +636,8 @@ def apply_rules(graph: Graph) -> ChannelGraph:
         cg.lock_value(v, "graph-input", f"graph input '{v.name}'")
     for node in graph.nodes:
         fn = rule_for(node)
+        if node.meta.get("folded"):
+            continue  # a constant computed from constants: independent of its source
         if fn is None or node.subgraphs:
             if fn is None:
                 cg.unsupported.append(node)

@@ -48,6 +48,26 @@ def with_initializers(model: onnx.ModelProto, arrays: dict[str, np.ndarray]) -> 
     return out
 
 
+def materialize_folded(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Identity/Cast of an initializer becomes an initializer of its own, as the analysis
+    treats it (exporters share one deduplicated tensor between layers through Identity)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    inits = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}
+    keep = []
+    for node in out.graph.node:
+        if node.op_type in ("Identity", "Cast") and node.input[0] in inits:
+            arr = inits[node.input[0]]
+            if node.op_type == "Cast":
+                arr = arr.astype(onnx.helper.tensor_dtype_to_np_dtype(node.attribute[0].i))
+            out.graph.initializer.append(numpy_helper.from_array(arr.copy(), node.output[0]))
+        else:
+            keep.append(node)
+    del out.graph.node[:]
+    out.graph.node.extend(keep)
+    return out
+
+
 def _put(arr: np.ndarray, axis: int, idx: list[int], values: np.ndarray | float) -> None:
     index = [slice(None)] * arr.ndim
     index[axis] = idx  # type: ignore[call-overload]
@@ -60,6 +80,7 @@ def dead_channel_outputs(
     """Outputs before and after scrambling the producing side of some channels of each
     group (with their consumers zeroed in both runs when ``zero_consumers``)."""
     rng = np.random.default_rng(seed)
+    model = materialize_folded(model)
     arrays = {t.name: numpy_helper.to_array(t).copy() for t in model.graph.initializer}
     chosen = {}
     for g in groups:

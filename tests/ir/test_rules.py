@@ -126,15 +126,47 @@ def test_transpose_to_channels_last_then_matmul():
     assert_groups_complete(a, model)
 
 
-def test_reshape_with_computed_shape_locks_naming_the_node():
+def view_flatten_model(fixed_channels: int | None = None, unreadable: bool = False):
+    """``fc(x.view(x.size(0), -1))`` as exporters write it: Shape, Gather, Unsqueeze,
+    Concat, Reshape; optionally with a fixed channel count or an unreadable shape."""
     b = OnnxBuilder()
-    x = stem(b)
-    shp = b.op("Shape", [x], (4,), name="shape_of")
-    y = b.op("Reshape", [x, shp], b.shapes[x], name="dyn_reshape")
-    head(b, y)
-    g = analyze(b.build()).group("c1")
+    x = b.input("input", ["N", 3, 6, 6])
+    y = b.relu(b.conv(x, 8, name="c1"), name="r1")
+    shp = b.op("Shape", [y], (4,), name="shape_of")
+    n = b.op("Gather", [shp, b.const("zero", np.array(0, np.int64))], (), name="batch")
+    n1 = b.op("Unsqueeze", [n, b.const("ax0", np.array([0], np.int64))], (1,), name="batch1")
+    rest = [fixed_channels, -1] if fixed_channels else [-1]
+    target = b.concat([n1, b.const("rest", np.array(rest, np.int64))], axis=0, name="target")
+    if unreadable:
+        target = b.op("Abs", [target], (len(rest) + 1,), name="scramble")
+    flat = b.op("Reshape", [y, target], ("N", 8 * 36) if not fixed_channels else None, name="view")
+    b.shapes[flat] = (1, 8, 36) if fixed_channels else (1, 288)
+    if fixed_channels:
+        flat = b.op("Flatten", [flat], (1, 288), name="flat2", axis=1)
+    b.output(b.gemm(flat, 10, name="fc"))
+    return b.build()
+
+
+def test_exported_view_flatten_is_prunable_and_complete():
+    model = view_flatten_model()
+    a = analyze(model)
+    g = a.group("c1")
+    assert g.prunable
+    fc = next(m for m in g.members if m.tensor == "fc.weight")
+    assert (fc.axis, fc.block) == (1, 36)
+    assert_groups_complete(a, model)
+
+
+def test_computed_shape_with_a_fixed_channel_count_locks():
+    g = analyze(view_flatten_model(fixed_channels=8)).group("c1")
     assert not g.prunable
-    assert "Reshape 'dyn_reshape' has a computed target shape" in g.reason
+    assert "Reshape 'view' fixes the size of axis 1 inside a computed target shape" in g.reason
+
+
+def test_unreadable_computed_shape_locks_naming_the_node():
+    g = analyze(view_flatten_model(unreadable=True)).group("c1")
+    assert not g.prunable
+    assert "Reshape 'view' has a target shape computed in a way drpopt cannot read" in g.reason
 
 
 def test_conv_transpose_couples_input_rows_and_output_columns():
