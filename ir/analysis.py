@@ -13,6 +13,7 @@ Counting rules:
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import time
@@ -131,6 +132,18 @@ def analyze(model: Any, where: str | None = None) -> Analysis:
     """Finds the coupled channel groups of an ONNX model (a path, an ``onnx.ModelProto``,
     or an IR ``Graph``) and what each would save if pruned."""
     start = time.perf_counter()
+    # the analysis makes many small long-lived objects; collection passes over them would
+    # make it superlinear on large graphs, and it creates no cycles worth collecting early
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _analyze(model, where, start)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _analyze(model: Any, where: str | None, start: float) -> Analysis:
     if isinstance(model, Graph):
         graph = model
     else:

@@ -21,6 +21,7 @@ group is never silently wrong, only (conservatively) not prunable, with the reas
 from __future__ import annotations
 
 import itertools
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -322,33 +323,17 @@ class ChannelGraph:
         if not any(r[0] == "producer" for s in comp for r in spaces[seg_space[s]].roles):
             return None
         # block factor of every segment relative to one root, by BFS over the edges
-        root = next(iter(comp))
-        factor: dict[int, Fraction] = {root: Fraction(1)}
-        consistent = True
-        todo = deque([root])
-        while todo:
-            u = todo.popleft()
-            for v, data in g[u].items():
-                f = factor[u] * data["k"] if data["src"] == u else factor[u] / data["k"]
-                if v not in factor:
-                    factor[v] = f
-                    todo.append(v)
-                elif factor[v] != f:
-                    consistent = False
-        unit = min(factor.values())
-        sizes = set()
-        norm: dict[int, int] = {}
-        for s, f in factor.items():
-            r = f / unit
-            if r.denominator != 1 or seg_len[s] % r.numerator:
-                consistent = False
-                r = Fraction(1)
-            norm[s] = int(r)
-            sizes.add(seg_len[s] // int(r))
+        factor, consistent = _block_factors(comp, g)
+        norm = _units(factor)
+        sizes = {seg_len[s] // norm[s] for s in comp} if norm else set()
+        if norm is None or any(seg_len[s] % norm[s] for s in comp) or len(sizes) != 1:
+            consistent = False
         locks: list[Lock] = []
-        if not consistent or len(sizes) != 1:
+        if not consistent:
+            # a locked group: let every member cover its whole segment so counts stay true
             locks.append(Lock("mismatch", "channels map to each other inconsistently"))
-        size = min(sizes)
+            norm = {s: 1 for s in comp}
+        size = max(seg_len[s] // norm[s] for s in comp)
         members: list[Member] = []
         order = None
         for s in sorted(comp):
@@ -359,7 +344,16 @@ class ChannelGraph:
                 for _role, node, attr in roles:
                     if attr is not None:
                         members.append(
-                            Member("structure", node, None, 0, seg_start[s], norm[s], size, attr)
+                            Member(
+                                "structure",
+                                node,
+                                None,
+                                0,
+                                seg_start[s],
+                                norm[s],
+                                seg_len[s] // norm[s],
+                                attr,
+                            )
                         )
                 continue
             if sp.value.const is None:
@@ -374,6 +368,50 @@ class ChannelGraph:
             members.append(Member(role, node, sp.value.name, sp.axis, seg_start[s], norm[s], size))
         members.sort(key=lambda m: (ROLE_RANK[m.role], m.tensor or "", m.axis, m.start))
         return Group(0, size, members, _dedupe(locks), order=order if order is not None else 0)
+
+
+def _block_factors(comp, g) -> tuple[dict[int, int | Fraction], bool]:
+    """Entries per root entry of every segment, by BFS over the edges (ints while they stay
+    whole; Fractions only where an expansion is walked backwards unevenly)."""
+    root = next(iter(comp))
+    factor: dict[int, int | Fraction] = {root: 1}
+    consistent = True
+    todo = deque([root])
+    while todo:
+        u = todo.popleft()
+        fu = factor[u]
+        for v, data in g[u].items():
+            k = data["k"]
+            if k == 1:
+                f = fu
+            elif data["src"] == u:
+                f = fu * k
+            elif isinstance(fu, int) and fu % k == 0:
+                f = fu // k
+            else:
+                f = Fraction(fu) / k
+            if v not in factor:
+                factor[v] = f
+                todo.append(v)
+            elif factor[v] != f:
+                consistent = False
+    return factor, consistent
+
+
+def _units(factor: dict[int, int | Fraction]) -> dict[int, int] | None:
+    """Entries of each segment in one pruning unit: the smallest unit that covers whole
+    entries everywhere (scale by the lcm of denominators, divide by the gcd)."""
+    lcm = 1
+    for f in factor.values():
+        if isinstance(f, Fraction):
+            lcm = math.lcm(lcm, f.denominator)
+    scaled = {s: int(f * lcm) for s, f in factor.items()}
+    gcd = 0
+    for n in scaled.values():
+        gcd = math.gcd(gcd, n)
+    if gcd <= 0:
+        return None
+    return {s: n // gcd for s, n in scaled.items()}
 
 
 def _rel_spaces(rel: tuple) -> list[int]:

@@ -9,6 +9,8 @@ path) leaks the scrambled values into the output and fails the check.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -118,3 +120,42 @@ def assert_groups_complete(analysis: Analysis, model: onnx.ModelProto, seed: int
     before, after = dead_channel_outputs(model, groups, seed)
     for b, a in zip(before, after, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * (1 + float(np.abs(b).max())))
+
+
+def assert_members_tile(a: Analysis, model: onnx.ModelProto) -> None:
+    """Every member slice lies inside its tensor, slices of one axis never overlap, and the
+    producer rows of each Conv/Gemm weight (with more than one output) are cut exactly into
+    the groups; the ``group`` attribute of a grouped conv likewise."""
+    dims = {t.name: list(t.dims) for t in model.graph.initializer}
+    covered: dict[tuple[str, int], list[tuple[int, int]]] = {}
+    for g in a.groups:
+        for m in g.members:
+            assert m.block >= 1 and (m.length == g.size or not g.prunable)
+            key = (m.tensor, m.axis) if m.tensor is not None else (f"{m.node}:{m.attr}", 0)
+            if m.tensor is not None:
+                assert m.start + m.block * m.length <= dims[m.tensor][m.axis]
+            if m.role in ("producer", "structure"):
+                covered.setdefault(key, []).append((m.start, m.start + m.block * m.length))
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "Gemm"):
+            continue
+        rows = dims[node.input[1]][0]
+        spans = sorted(covered.get((node.input[1], 0), []))
+        if rows > 1:
+            assert spans and spans[0][0] == 0 and spans[-1][1] == rows, (node.name, spans)
+            assert all(e == s for (_, e), (s, _) in itertools.pairwise(spans)), (node.name, spans)
+        group = next((at.i for at in node.attribute if at.name == "group"), 1)
+        if group > 1:
+            spans = sorted(covered.get((f"{node.name}:group", 0), []))
+            assert spans and spans[0][0] == 0 and spans[-1][1] == group, (node.name, spans)
+            assert all(e == s for (_, e), (s, _) in itertools.pairwise(spans)), (node.name, spans)
+    seen: dict[tuple[str, int], list[tuple[int, int]]] = {}
+    for g in a.groups:
+        for m in g.members:
+            if m.tensor is not None:
+                seen.setdefault((m.tensor, m.axis), []).append(
+                    (m.start, m.start + m.block * m.length)
+                )
+    for key, spans in seen.items():
+        spans.sort()
+        assert all(e <= s for (_, e), (s, _) in itertools.pairwise(spans)), (key, spans)

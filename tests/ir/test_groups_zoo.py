@@ -13,6 +13,7 @@ import math
 import networkx as nx
 import onnx
 import pytest
+from deadchannels import assert_members_tile
 from onnx import numpy_helper
 
 import drpopt
@@ -151,43 +152,7 @@ def test_group_and_total_counts_are_sane(name: str) -> None:
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_members_tile_their_axes(name: str) -> None:
-    """Every member slice lies inside its tensor, slices of one axis never overlap, and the
-    producer rows of each Conv/Gemm weight (with more than one output) are cut exactly into
-    the groups; the ``group`` attribute of a grouped conv likewise."""
-    a, model = _analysis(name), _model(name)
-    dims = {t.name: list(t.dims) for t in model.graph.initializer}
-    covered: dict[tuple[str, int], list[tuple[int, int]]] = {}
-    for g in a.groups:
-        for m in g.members:
-            assert m.length == g.size and m.block >= 1
-            key = (m.tensor, m.axis) if m.tensor is not None else (f"{m.node}:{m.attr}", 0)
-            if m.tensor is not None:
-                assert m.start + m.block * m.length <= dims[m.tensor][m.axis]
-            if m.role in ("producer", "structure"):
-                covered.setdefault(key, []).append((m.start, m.start + m.block * m.length))
-    for node in model.graph.node:
-        if node.op_type not in ("Conv", "Gemm"):
-            continue
-        rows = dims[node.input[1]][0]
-        spans = sorted(covered.get((node.input[1], 0), []))
-        if rows > 1:
-            assert spans and spans[0][0] == 0 and spans[-1][1] == rows, (node.name, spans)
-            assert all(e == s for (_, e), (s, _) in itertools.pairwise(spans)), (node.name, spans)
-        group = next((at.i for at in node.attribute if at.name == "group"), 1)
-        if group > 1:
-            spans = sorted(covered.get((f"{node.name}:group", 0), []))
-            assert spans and spans[0][0] == 0 and spans[-1][1] == group, (node.name, spans)
-            assert all(e == s for (_, e), (s, _) in itertools.pairwise(spans)), (node.name, spans)
-    seen: dict[tuple[str, int], list[tuple[int, int]]] = {}
-    for g in a.groups:
-        for m in g.members:
-            if m.tensor is not None:
-                seen.setdefault((m.tensor, m.axis), []).append(
-                    (m.start, m.start + m.block * m.length)
-                )
-    for key, spans in seen.items():
-        spans.sort()
-        assert all(e <= s for (_, e), (s, _) in itertools.pairwise(spans)), (key, spans)
+    assert_members_tile(_analysis(name), _model(name))
 
 
 @pytest.mark.parametrize("name", list(MODELS))
