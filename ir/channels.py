@@ -63,6 +63,19 @@ class Member:
         return [self.start + j * self.block + r for j in channels for r in range(self.block)]
 
 
+@dataclass(frozen=True)
+class Segment:
+    """One piece of a channel space in a group: group channel ``j`` is the block
+    ``[start + j*block, start + (j+1)*block)`` of ``axis`` of ``value`` (or of the virtual
+    space ``label`` when ``value`` is None: conv groups, channels a Slice drops)."""
+
+    value: str | None
+    axis: int
+    start: int
+    block: int
+    label: str
+
+
 @dataclass
 class Space:
     value: Value | None
@@ -88,6 +101,7 @@ class Group:
     params: int = 0
     macs: int = 0
     order: int = 0  # position of its first producer in the graph, for stable numbering
+    segments: list[Segment] = field(default_factory=list, repr=False)
 
     @property
     def producers(self) -> list[str]:
@@ -367,7 +381,24 @@ class ChannelGraph:
                 order = pos if order is None else min(order, pos)
             members.append(Member(role, node, sp.value.name, sp.axis, seg_start[s], norm[s], size))
         members.sort(key=lambda m: (ROLE_RANK[m.role], m.tensor or "", m.axis, m.start))
-        return Group(0, size, members, _dedupe(locks), order=order if order is not None else 0)
+        segments = [
+            Segment(
+                spaces[seg_space[s]].value.name if spaces[seg_space[s]].value else None,
+                spaces[seg_space[s]].axis,
+                seg_start[s],
+                norm[s],
+                spaces[seg_space[s]].label,
+            )
+            for s in sorted(comp)
+        ]
+        return Group(
+            0,
+            size,
+            members,
+            _dedupe(locks),
+            order=order if order is not None else 0,
+            segments=segments,
+        )
 
 
 def _block_factors(comp, g) -> tuple[dict[int, int | Fraction], bool]:

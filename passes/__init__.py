@@ -1,11 +1,23 @@
-"""Compiler passes over the IR (BN folding, scoring, masks, compaction, export, verify).
+"""Compiler passes over the drpopt IR, and the PassManager that runs them.
 
-The pass registry is the ``PASSES`` list below; it grows with the pass pipeline (issue 3).
-Nothing here is public yet beyond the empty registry.
+``PASSES`` below is the registry: the CLI (``drpopt passes``, ``drpopt run``) and pipeline
+strings find passes by their ``name`` here.
 """
 
 from __future__ import annotations
 
-PASSES: list[type] = []
+from drpopt.passes.base import Pass, PassResult
+from drpopt.passes.manager import PassFailedError, PassManager, PipelineResult
+from drpopt.passes.pipeline import parse_pipeline
 
-__all__ = ["PASSES"]
+PASSES: list[type[Pass]] = []
+
+__all__ = [
+    "PASSES",
+    "Pass",
+    "PassFailedError",
+    "PassManager",
+    "PassResult",
+    "PipelineResult",
+    "parse_pipeline",
+]

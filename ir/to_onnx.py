@@ -1,0 +1,109 @@
+"""ONNX backend: the drpopt IR back to an ``onnx.ModelProto``.
+
+Rules:
+- initializers are the constant values no node produces, in the order first seen;
+- a Constant node is written from its output's current ``const`` (so a pass that slices
+  the constant slices the node);
+- value shapes are written as ``value_info`` only when ``with_shapes`` (a pass that changes
+  shapes drops them and lets ``cleanup`` re-infer);
+- the opsets, ir_version, producer and ``metadata_props`` of the source model are kept.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from drpopt.ir.core import Graph, Node, Value
+
+
+def to_onnx(graph: Graph, with_shapes: bool = False) -> onnx.ModelProto:
+    """Writes ``graph`` as a model."""
+    gp = _graph_proto(graph, with_shapes)
+    opsets = [helper.make_opsetid(domain, version) for domain, version in graph.opsets.items()]
+    model = helper.make_model(gp, opset_imports=opsets)
+    model.ir_version = int(graph.meta.get("ir_version", model.ir_version))
+    producer = str(graph.meta.get("producer", "")).split(" ")
+    model.producer_name = producer[0] or "drpopt"
+    if len(producer) > 1:
+        model.producer_version = producer[1]
+    for key, value in graph.metadata.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    return model
+
+
+def _elem_type(value: Value) -> int:
+    if value.dtype is None:
+        return onnx.TensorProto.FLOAT
+    return helper.np_dtype_to_tensor_dtype(np.dtype(value.dtype))
+
+
+def _value_info(value: Value, with_shape: bool = True) -> onnx.ValueInfoProto:
+    shape = None
+    if with_shape and value.shape is not None:
+        shape = [d if isinstance(d, int | str) else None for d in value.shape]
+    return helper.make_tensor_value_info(value.name, _elem_type(value), shape)
+
+
+def _graph_proto(graph: Graph, with_shapes: bool) -> onnx.GraphProto:
+    nodes = [_node_proto(n, with_shapes) for n in graph.nodes]
+    produced = {v.name for n in graph.nodes for v in n.outputs}
+    initializers = []
+    seen: set[str] = set()
+    used = [v for n in graph.nodes for v in n.inputs if v is not None]
+    used += [v for n in graph.nodes for v in n.meta.get("captured", ())]
+    for v in [*used, *graph.outputs]:
+        if v.const is not None and v.name not in produced and v.name not in seen:
+            seen.add(v.name)
+            initializers.append(numpy_helper.from_array(np.asarray(v.const), v.name))
+    inputs = [_value_info(v) for v in graph.inputs]
+    outputs = [_value_info(v) for v in graph.outputs]  # outputs are locked: shapes hold
+    value_info = []
+    if with_shapes:
+        io = {v.name for v in graph.inputs} | {v.name for v in graph.outputs} | seen
+        value_info = [
+            _value_info(v)
+            for v in graph.values.values()
+            if v.name in produced and v.name not in io and v.shape is not None
+        ]
+    return helper.make_graph(
+        nodes, graph.name, inputs, outputs, initializers, value_info=value_info
+    )
+
+
+def _node_proto(node: Node, with_shapes: bool) -> onnx.NodeProto:
+    attrs: dict[str, Any] = {}
+    for key, value in node.attrs.items():
+        attrs[key] = _attr(value)
+    if node.op_type == "Constant" and node.outputs and node.outputs[0].const is not None:
+        attrs = {"value": numpy_helper.from_array(np.asarray(node.outputs[0].const))}
+    for key, sub in node.subgraphs.items():
+        attrs[key] = (
+            [_graph_proto(g, with_shapes) for g in sub]
+            if isinstance(sub, list)
+            else _graph_proto(sub, with_shapes)
+        )
+    return helper.make_node(
+        node.op_type,
+        [v.name if v is not None else "" for v in node.inputs],
+        [v.name for v in node.outputs],
+        name=node.name,
+        domain=node.domain or None,
+        **attrs,
+    )
+
+
+def _attr(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return numpy_helper.from_array(value)
+    if isinstance(value, list) and value and isinstance(value[0], np.ndarray):
+        return [numpy_helper.from_array(v) for v in value]
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    return value

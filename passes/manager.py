@@ -1,0 +1,150 @@
+"""The PassManager: runs passes in order, with timing and IR dumps as instruments.
+
+Rules:
+- the input may be an ``ir.Graph``, an ``onnx.ModelProto`` or a path; it is loaded once;
+- ``graph.meta["reference"]`` holds the model ``verify`` compares against: the input, then
+  the model right after each pass that does not preserve outputs (``apply-masks``);
+- a failing pass raises ``PassFailedError`` naming it and the passes that ran before it;
+  the exit code is the cause's (1 for a failed check, 2 for bad input);
+- ``time_passes`` records wall time per pass; ``dump_dir`` writes the model after each
+  pass as ``NN-name.onnx``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from drpopt.errors import DrpoptError
+from drpopt.ir.core import Graph
+from drpopt.passes.base import Pass, PassResult
+
+log = logging.getLogger(__name__)
+
+
+class PassFailedError(DrpoptError):
+    """A pass failed; ``pass_name`` and ``ran_before`` say where."""
+
+    def __init__(self, pass_name: str, ran_before: list[str], cause: BaseException) -> None:
+        before = f" after {', '.join(ran_before)}" if ran_before else " (the first pass)"
+        super().__init__(f"pass '{pass_name}' failed{before}: {cause}")
+        self.pass_name = pass_name
+        self.ran_before = ran_before
+        self.exit_code = getattr(cause, "exit_code", 2)
+
+
+@dataclass
+class PassRecord:
+    """One pass run: its spec, whether it changed the model, and how long it took."""
+
+    spec: str
+    modified: bool
+    seconds: float
+
+
+@dataclass
+class PipelineResult:
+    """The final graph and one record per pass."""
+
+    model: Graph
+    modified: bool
+    records: list[PassRecord] = field(default_factory=list)
+
+    def to_onnx(self) -> onnx.ModelProto:
+        from drpopt.ir.to_onnx import to_onnx
+
+        return to_onnx(self.model)
+
+
+def load_graph(model: Any) -> Graph:
+    """An IR graph from a Graph, ModelProto or path; the input becomes the reference."""
+    if isinstance(model, Graph):
+        model.meta.setdefault("reference", None)
+        return model
+    from drpopt.ir.from_onnx import from_onnx, load_model
+
+    where = os.fspath(model) if isinstance(model, str | os.PathLike) else "model"
+    proto = load_model(model)
+    graph = from_onnx(proto, where=where)
+    graph.meta["reference"] = proto
+    return graph
+
+
+def reference_model(graph: Graph) -> onnx.ModelProto:
+    """The model ``verify`` compares against (the graph itself when none was recorded)."""
+    ref = graph.meta.get("reference")
+    if ref is None:
+        from drpopt.ir.to_onnx import to_onnx
+
+        ref = to_onnx(graph)
+        graph.meta["reference"] = ref
+    return ref
+
+
+class PassManager:
+    """Runs a sequence of passes; call it on a Graph, an ONNX model or a path."""
+
+    def __init__(
+        self,
+        passes: Sequence[Pass],
+        time_passes: bool = False,
+        dump_dir: str | os.PathLike | None = None,
+        on_pass: Callable[[int, Pass], None] | None = None,
+    ) -> None:
+        self.passes = list(passes)
+        self.time_passes = time_passes
+        self.dump_dir = Path(dump_dir) if dump_dir is not None else None
+        self.on_pass = on_pass
+
+    def __call__(self, model: Any) -> PipelineResult:
+        graph = load_graph(model)
+        records: list[PassRecord] = []
+        modified = False
+        needs_reference = {
+            i
+            for i, p in enumerate(self.passes)
+            if any(q.name == "verify" for q in self.passes[i + 1 :])
+        }
+        if self.dump_dir is not None:
+            self.dump_dir.mkdir(parents=True, exist_ok=True)
+        for i, p in enumerate(self.passes):
+            if self.on_pass is not None:
+                self.on_pass(i, p)
+            start = time.perf_counter()
+            try:
+                result = p.call(graph)
+            except Exception as err:
+                if isinstance(err, DrpoptError):
+                    raise PassFailedError(p.spec(), [r.spec for r in records], err) from err
+                if hasattr(err, "add_note"):
+                    err.add_note(f"while running pass '{p.spec()}'")
+                raise
+            if not isinstance(result, PassResult):
+                raise TypeError(f"pass '{p.name}' returned {type(result).__name__}, not PassResult")
+            seconds = time.perf_counter() - start
+            graph = result.model
+            modified |= result.modified
+            records.append(PassRecord(p.spec(), result.modified, seconds))
+            log.info(
+                "%s: %s in %.3f s",
+                p.spec(),
+                "modified" if result.modified else "unchanged",
+                seconds,
+            )
+            if result.modified and not p.preserves_outputs and i in needs_reference:
+                from drpopt.ir.to_onnx import to_onnx
+
+                graph.meta["reference"] = to_onnx(graph)
+            if self.dump_dir is not None:
+                from drpopt.ir.to_onnx import to_onnx
+
+                path = self.dump_dir / f"{i:02d}-{p.name}.onnx"
+                onnx.save(to_onnx(graph), str(path))
+        return PipelineResult(graph, modified, records)
