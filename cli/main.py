@@ -114,6 +114,15 @@ def demo(
             console.print(f"saved the example model to {save}; try: drpopt analyze {save}")
 
 
+def _register_commands() -> None:
+    from drpopt.cli import pipeline_cmds
+
+    pipeline_cmds.register(app)
+
+
+_register_commands()
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

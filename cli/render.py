@@ -109,3 +109,37 @@ def render_analysis(console: Console, result: Analysis, limit: int | None = None
             f"({', '.join(ops)}): their channels are locked"
         )
     console.print(f"[dim]analysed {len(result.graph.nodes)} nodes in {result.seconds:.3f} s[/]")
+
+
+def pass_timings(records) -> Table:
+    """Wall time per pass (``--time-passes``)."""
+    table = Table(title="Pass timings", title_justify="left")
+    table.add_column("pass")
+    table.add_column("changed")
+    table.add_column("seconds", justify="right")
+    total = 0.0
+    for r in records:
+        table.add_row(r.spec, "yes" if r.modified else "no", f"{r.seconds:.3f}")
+        total += r.seconds
+    table.add_row("[bold]total[/]", "", f"[bold]{total:.3f}[/]")
+    return table
+
+
+def sparsity_table(layers, shapes_before: dict[str, list[int]], limit: int = 40) -> Table:
+    """Per weighted layer: weight shape before and after, and the share of zero weights."""
+    table = Table(title="Per-layer result", title_justify="left")
+    table.add_column("layer", overflow="fold", max_width=40)
+    table.add_column("weight before", justify="right")
+    table.add_column("after", justify="right")
+    table.add_column("zeros", justify="right")
+    for s in layers[:limit]:
+        before = shapes_before.get(s.node)
+        table.add_row(
+            s.node,
+            "x".join(map(str, before)) if before else "-",
+            "x".join(map(str, s.shape)),
+            f"{100.0 * s.sparsity:.1f}%",
+        )
+    if len(layers) > limit:
+        table.add_row(f"... {len(layers) - limit} more layers", "", "", "")
+    return table

@@ -159,8 +159,7 @@ def _analyze(model: Any, where: str | None, start: float) -> Analysis:
         g.params, g.macs = _removed(graph, [g], params, uses)
     prunable = [g for g in groups if g.prunable]
     pp, pm = _removed(graph, prunable, params, uses)
-    graph.meta["analysis"] = True
-    return Analysis(
+    result = Analysis(
         graph=graph,
         groups=groups,
         params=sum(v.numel or 0 for v in params.values()),
@@ -170,6 +169,8 @@ def _analyze(model: Any, where: str | None, start: float) -> Analysis:
         unsupported=[(n.op_type, n.name) for n in cg.unsupported],
         seconds=time.perf_counter() - start,
     )
+    graph.meta["analysis"] = result
+    return result
 
 
 def _where(model: Any) -> str:

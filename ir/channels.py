@@ -74,6 +74,7 @@ class Segment:
     start: int
     block: int
     label: str
+    space_length: int
 
 
 @dataclass
@@ -388,6 +389,7 @@ class ChannelGraph:
                 seg_start[s],
                 norm[s],
                 spaces[seg_space[s]].label,
+                spaces[seg_space[s]].length or 0,
             )
             for s in sorted(comp)
         ]

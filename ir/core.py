@@ -156,6 +156,52 @@ class Graph:
         old.uses.clear()
         self.outputs = [new if v is old else v for v in self.outputs]
 
+    def materialize(self, value: Value) -> None:
+        """Turns a constant computed by a node (Identity or Cast of a constant) into an
+        initializer of its own, so it can change without touching its source."""
+        node = value.producer
+        if node is None:
+            return
+        if value.const is None or len(node.outputs) != 1:
+            raise ValueError(f"value {value.name!r} is not a folded constant")
+        for i, v in enumerate(node.inputs):
+            if v is not None:
+                v.uses = [(n, j) for n, j in v.uses if not (n is node and j == i)]
+        self.nodes.remove(node)
+        value.producer = None
+
+    def fresh_name(self, base: str) -> str:
+        """A value name not used yet, derived from ``base``."""
+        if base not in self.values:
+            return base
+        i = 1
+        while f"{base}_{i}" in self.values:
+            i += 1
+        return f"{base}_{i}"
+
+    def set_const_input(self, node: Node, index: int, array: np.ndarray) -> Value:
+        """Gives ``node`` a constant input ``array`` at ``index``: changed in place when only
+        this node uses the old constant, else as a new initializer (others keep theirs)."""
+        old = node.input(index)
+        only_here = old is not None and all(n is node for n, _ in old.uses)
+        if only_here and old.const is not None and old.producer is None and old not in self.outputs:
+            old.const = array
+            old.shape, old.dtype = tuple(array.shape), array.dtype
+            return old
+        new = self.value(
+            self.fresh_name(f"{node.name}.input{index}"),
+            const=array,
+            shape=tuple(array.shape),
+            dtype=array.dtype,
+        )
+        while len(node.inputs) <= index:
+            node.inputs.append(None)
+        if old is not None:
+            old.uses = [(n, j) for n, j in old.uses if not (n is node and j == index)]
+        node.inputs[index] = new
+        new.uses.append((node, index))
+        return new
+
     def remove_node(self, node: Node) -> None:
         """Removes ``node``; its outputs must be unused (raise ValueError otherwise)."""
         for v in node.outputs:

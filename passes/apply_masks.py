@@ -1,0 +1,91 @@
+"""``apply-masks``: zero the pruned channels of the plan in every member; shapes unchanged.
+
+This is the *sparse ONNX* DRP-AI's compiler consumes (dense shapes with zeros).
+
+Rules:
+- zeroed: producer rows, consumer columns, followers (biases, BN scale and shift, PRelu
+  slopes) of every pruned channel; BN mean and variance are left as they are (the zero
+  scale already makes the channel zero, and a zero variance would only risk 0/0);
+- ``param`` constants (a per-channel ``Mul`` scale, a ``Div`` divisor) are left as they are:
+  the zeroed consumer columns already cut the channel off, and zeroing a divisor would
+  make NaN;
+- a constant shared through an exporter's Identity becomes an initializer of its own first;
+- the plan (JSON) and the per-layer sparsity go into the model's ``metadata_props``
+  (``drpopt.plan``, ``drpopt.sparsity``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from drpopt.errors import BadInputError
+from drpopt.ir.core import Graph
+from drpopt.passes.base import Pass, PassResult
+from drpopt.passes.common import along, get_analysis, invalidate, layer_sparsity
+from drpopt.passes.plan import Plan
+
+BN_STATS = (3, 4)  # BatchNormalization inputs left alone: running mean and variance
+
+
+def _is_bn_statistic(node, tensor: str) -> bool:
+    if node is None or node.op_type != "BatchNormalization":
+        return False
+    return any(node.input(i) is not None and node.input(i).name == tensor for i in BN_STATS)
+
+
+def require_plan(graph: Graph, pass_name: str) -> Plan:
+    plan = graph.meta.get("plan")
+    if plan is None:
+        raise BadInputError(
+            f"'{pass_name}' needs a sparsity plan: run 'mask' before it "
+            f"(e.g. 'mask:rate=0.7,{pass_name}') or give mask:plan=plan.json"
+        )
+    return plan
+
+
+def record_metadata(graph: Graph, plan: Plan) -> None:
+    graph.metadata["drpopt.plan"] = plan.to_json(indent=None)
+    graph.metadata["drpopt.sparsity"] = json.dumps(
+        {s.node: round(s.sparsity, 6) for s in layer_sparsity(graph)}
+    )
+
+
+@dataclass
+class ApplyMasksPass(Pass):
+    """Zero the pruned channels in every member slice (sparse ONNX: shapes unchanged)."""
+
+    name: ClassVar[str] = "apply-masks"
+    preserves_outputs: ClassVar[bool] = False
+
+    def call(self, model: Graph) -> PassResult:
+        plan = require_plan(model, self.name)
+        resolved = plan.resolve(get_analysis(model))
+        nodes = {n.name: n for n in model.nodes}
+        changed = False
+        copied: set[str] = set()
+        for group, gp in resolved:
+            pruned = gp.pruned
+            if not pruned:
+                continue
+            for m in group.members:
+                if m.tensor is None or m.role not in ("producer", "consumer", "follower"):
+                    continue
+                if _is_bn_statistic(nodes.get(m.node or ""), m.tensor):
+                    continue
+                value = model.values[m.tensor]
+                if value.producer is not None and value.producer.op_type != "Constant":
+                    model.materialize(value)
+                if m.tensor not in copied:
+                    value.const = np.array(value.const, copy=True)
+                    copied.add(m.tensor)
+                value.const[along(value.const, m.axis, m.indices(pruned))] = 0
+                changed = True
+        if changed:
+            invalidate(model)
+            model.meta["plan"] = plan
+        record_metadata(model, plan)
+        return PassResult(model, changed)

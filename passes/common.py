@@ -1,0 +1,109 @@
+"""Helpers the passes share: the cached analysis, weighted layers, per-layer sparsity."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from drpopt.ir.analysis import Analysis, analyze
+from drpopt.ir.core import Graph, Node
+
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def get_analysis(graph: Graph) -> Analysis:
+    """The coupled-group analysis of ``graph``, computed once until a transform drops it."""
+    cached = graph.meta.get("analysis")
+    if isinstance(cached, Analysis) and cached.graph is graph:
+        return cached
+    return analyze(graph)
+
+
+def invalidate(graph: Graph) -> None:
+    """Call after changing the graph: the analysis no longer describes it."""
+    for key in ("analysis", "_node_pos", "_node_by_name", "_edges"):
+        graph.meta.pop(key, None)
+
+
+def weight_of(node: Node):
+    """The constant weight of a Conv/ConvTranspose/Gemm/MatMul, or None."""
+    if node.op_type not in WEIGHTED_OPS:
+        return None
+    w = node.input(1)
+    return w if w is not None and w.const is not None else None
+
+
+def edge_layers(graph: Graph) -> tuple[set[str], set[str]]:
+    """(first, last) weighted layers: those a graph input reaches, and those that reach a
+    graph output, without passing through another weighted layer."""
+    first = _reach(graph, forward=True)
+    last = _reach(graph, forward=False)
+    return first, last
+
+
+def _reach(graph: Graph, forward: bool) -> set[str]:
+    found: set[str] = set()
+    start = graph.inputs if forward else graph.outputs
+    seen = set()
+    todo = deque(start)
+    while todo:
+        v = todo.popleft()
+        if v.name in seen:
+            continue
+        seen.add(v.name)
+        nodes = [n for n, _ in v.uses] if forward else ([v.producer] if v.producer else [])
+        for n in nodes:
+            if weight_of(n) is not None:
+                found.add(n.name)
+                continue
+            nxt = (
+                n.outputs if forward else [i for i in n.inputs if i is not None and i.const is None]
+            )
+            todo.extend(nxt)
+    return found
+
+
+def along(arr: np.ndarray, axis: int, index) -> tuple:
+    """An index tuple selecting ``index`` along ``axis``."""
+    sl = [slice(None)] * arr.ndim
+    sl[axis] = index
+    return tuple(sl)
+
+
+@dataclass
+class LayerSparsity:
+    """Zeros in one weighted layer's weight."""
+
+    node: str
+    op: str
+    tensor: str
+    shape: tuple[int, ...]
+    zeros: int
+    total: int
+
+    @property
+    def sparsity(self) -> float:
+        return self.zeros / self.total if self.total else 0.0
+
+
+def layer_sparsity(graph: Graph) -> list[LayerSparsity]:
+    """Per weighted layer: the weight's shape and how many of its elements are zero."""
+    out = []
+    for node in graph.nodes:
+        w = weight_of(node)
+        if w is None:
+            continue
+        arr = np.asarray(w.const)
+        out.append(
+            LayerSparsity(
+                node.name,
+                node.op_type,
+                w.name,
+                tuple(arr.shape),
+                int(arr.size - np.count_nonzero(arr)),
+                int(arr.size),
+            )
+        )
+    return out

@@ -1,0 +1,143 @@
+"""``compact``: physically remove the pruned channels of the plan, so the smaller model runs
+in any runtime and computes what the masked (sparse) model computes.
+
+Rules:
+- every channel space of every pruned group gets a keep-mask; every constant with such a
+  space is sliced along it (weights, biases, BN parameters, per-channel constants);
+- a grouped convolution's ``group`` becomes the number of conv groups kept;
+- ``Split`` sizes, channel ``Slice`` starts and ends, constant ``Reshape`` targets, constant
+  ``Resize`` sizes and ``Expand`` shapes are rewritten from the kept counts (a constant
+  shared with another node is copied first, so the other node keeps its own);
+- Concat, Flatten, pooling and elementwise ops need nothing: they follow their inputs;
+- value shapes are updated; run ``cleanup`` after it to re-infer them and check the graph.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from drpopt.ir.core import Graph, Node
+from drpopt.ir.shape_expr import const_ints
+from drpopt.passes.apply_masks import record_metadata, require_plan
+from drpopt.passes.base import Pass, PassResult
+from drpopt.passes.common import get_analysis, invalidate
+from drpopt.passes.plan import keep_masks
+
+Masks = dict[tuple[str | None, int | str], np.ndarray]
+
+
+@dataclass
+class CompactPass(Pass):
+    """Remove the pruned channels from every member of each group (compact ONNX)."""
+
+    name: ClassVar[str] = "compact"
+
+    def call(self, model: Graph) -> PassResult:
+        plan = require_plan(model, self.name)
+        masks = keep_masks(plan.resolve(get_analysis(model)))
+        if not masks:
+            return PassResult(model, False)
+        for node in list(model.nodes):
+            _update_node(model, node, masks)
+        for (name, axis), mask in masks.items():
+            if name is None:
+                continue
+            value = model.values[name]
+            if value.const is not None:
+                if value.producer is not None and value.producer.op_type != "Constant":
+                    model.materialize(value)
+                value.const = np.compress(mask, value.const, axis=int(axis))
+                value.shape = tuple(value.const.shape)
+            elif value.shape is not None:
+                shape = list(value.shape)
+                shape[int(axis)] = int(mask.sum())
+                value.shape = tuple(shape)
+        invalidate(model)
+        model.meta["plan"] = plan
+        model.meta["compacted"] = True
+        record_metadata(model, plan)
+        return PassResult(model, True)
+
+
+def _kept(masks: Masks, name: str | None, axis: int) -> np.ndarray | None:
+    return masks.get((name, axis)) if name is not None else None
+
+
+def _update_node(graph: Graph, node: Node, masks: Masks) -> None:
+    op = node.op_type
+    if op in ("Conv", "ConvTranspose") and int(node.attr("group", 1)) > 1:
+        mask = masks.get((None, f"{node.name}.groups"))
+        if mask is not None:
+            node.attrs["group"] = int(mask.sum())
+    elif op == "Split":
+        _update_split(graph, node, masks)
+    elif op == "Slice":
+        _update_slice(graph, node, masks)
+    elif op == "Reshape":
+        _update_shape_input(graph, node, masks, 1, node.outputs[0].name, right_aligned=False)
+    elif op == "Resize" and node.input(3) is not None:
+        _update_shape_input(graph, node, masks, 3, node.outputs[0].name, right_aligned=False)
+    elif op == "Expand":
+        _update_shape_input(graph, node, masks, 1, node.outputs[0].name, right_aligned=True)
+
+
+def _update_split(graph: Graph, node: Node, masks: Masks) -> None:
+    x = node.input(0)
+    if x is None or x.rank is None:
+        return
+    axis = int(node.attr("axis", 0)) % x.rank
+    if (x.name, axis) not in masks:
+        return
+    sizes = []
+    for y in node.outputs:
+        mask = _kept(masks, y.name, axis)
+        sizes.append(int(mask.sum()) if mask is not None else int(y.shape[axis]))  # type: ignore[index]
+    node.attrs.pop("num_outputs", None)  # explicit sizes from now on (opset 18 form)
+    if "split" in node.attrs or graph.opsets.get("", 13) < 13:
+        node.attrs["split"] = sizes
+    else:
+        graph.set_const_input(node, 1, np.array(sizes, dtype=np.int64))
+
+
+def _update_slice(graph: Graph, node: Node, masks: Masks) -> None:
+    x = node.input(0)
+    starts, ends = const_ints(node.input(1)), const_ints(node.input(2))
+    if x is None or x.rank is None or starts is None or ends is None:
+        return
+    axes = const_ints(node.input(3)) if node.input(3) is not None else list(range(len(starts)))
+    if axes is None:
+        return
+    new_starts, new_ends, changed = list(starts), list(ends), False
+    for i, a in enumerate(axes):
+        mask = _kept(masks, x.name, a % x.rank)
+        if mask is None:
+            continue
+        lo, hi, _ = slice(starts[i], ends[i]).indices(mask.size)
+        new_starts[i] = int(mask[:lo].sum())
+        new_ends[i] = new_starts[i] + int(mask[lo:hi].sum())
+        changed = True
+    if changed:
+        graph.set_const_input(node, 1, np.array(new_starts, dtype=np.int64))
+        graph.set_const_input(node, 2, np.array(new_ends, dtype=np.int64))
+
+
+def _update_shape_input(
+    graph: Graph, node: Node, masks: Masks, index: int, out: str, right_aligned: bool
+) -> None:
+    target = const_ints(node.input(index))
+    y = node.outputs[0]
+    if target is None or y.rank is None:
+        return
+    new = list(target)
+    off = y.rank - len(target) if right_aligned else 0
+    changed = False
+    for k in range(len(target)):
+        mask = _kept(masks, out, k + off)
+        if mask is not None and target[k] not in (-1, 0) and target[k] != 1:
+            new[k] = int(mask.sum())
+            changed = True
+    if changed:
+        graph.set_const_input(node, index, np.array(new, dtype=np.int64))
