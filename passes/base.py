@@ -54,7 +54,7 @@ class Pass:
         out = []
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else None
+            default = _default(f)
             out.append((f.name, _type_name(hints.get(f.name, str)), default))
         return out
 
@@ -63,7 +63,7 @@ class Pass:
         parts = [self.name]
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.default is not dataclasses.MISSING and value == f.default:
+            if value == _default(f):
                 continue
             if isinstance(value, list | tuple):
                 value = "|".join(str(v) for v in value)
@@ -88,6 +88,14 @@ class Pass:
             return cls(**kwargs)
         except (TypeError, ValueError) as err:
             raise BadInputError(f"pass '{cls.name}': {err}") from err
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
 
 
 def _type_name(tp: Any) -> str:

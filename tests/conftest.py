@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent / "ir"))
+sys.path.insert(0, str(Path(__file__).parent / "ir"))  # shared check helpers (deadchannels)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,200 @@
+"""score, mask and the plan: rules, no-op cases, alignment, exclusions, save/load."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from drpopt.errors import BadInputError, DrpoptError
+from drpopt.passes import MaskPass, PassManager, Plan, ScorePass, parse_pipeline
+from drpopt.passes.common import get_analysis
+from drpopt.passes.mask import kept_count
+from drpopt.passes.plan import group_key
+from drpopt.passes.targets import TARGETS, TargetProfile
+from drpopt.zoo import build
+from drpopt.zoo.builder import OnnxBuilder
+
+
+def plan_for(model, *passes):
+    return PassManager(list(passes))(model).model
+
+
+def test_l2_scores_follow_weight_norms():
+    b = OnnxBuilder()
+    x = b.input("input", [1, 3, 8, 8])
+    y = b.relu(b.conv(x, 4, name="c1"))
+    b.output(b.conv(y, 2, name="out"))
+    model = b.build()
+    w = {t.name: t for t in model.graph.initializer}
+    from onnx import numpy_helper
+
+    arr = numpy_helper.to_array(w["c1.weight"]).copy()
+    arr[2] *= 10.0  # channel 2 is the strongest
+    arr[0] *= 0.01  # channel 0 the weakest
+    w["c1.weight"].CopyFrom(numpy_helper.from_array(arr, "c1.weight"))
+    graph = plan_for(model, ScorePass(criterion="l2"))
+    (scores,) = graph.meta["scores"].values()
+    assert int(np.argmax(scores)) == 2 and int(np.argmin(scores)) == 0
+    graph = plan_for(model, ScorePass(), MaskPass(rate=0.5, keep_first=False, keep_last=False))
+    (gp,) = graph.meta["plan"].groups
+    assert 2 in gp.keep and 0 not in gp.keep and len(gp.keep) == 2
+
+
+def test_bn_gamma_uses_batchnorm_scales():
+    graph = plan_for(build("resnet18"), ScorePass(criterion="bn-gamma"))
+    analysis = get_analysis(graph)
+    g = analysis.group("layer1.0.conv1")
+    gamma = np.abs(graph.values["layer1.0.bn1.weight"].const)
+    np.testing.assert_allclose(graph.meta["scores"][group_key(g)], gamma / gamma.mean())
+
+
+def test_random_scores_are_seeded():
+    a = plan_for(build("se"), ScorePass(criterion="random", seed=3)).meta["scores"]
+    b = plan_for(build("se"), ScorePass(criterion="random", seed=3)).meta["scores"]
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_analysis_passes_do_not_modify():
+    result = PassManager([ScorePass(), MaskPass(rate=0.5)])(build("resnet18"))
+    assert not result.modified
+    assert [r.modified for r in result.records] == [False, False]
+
+
+@pytest.mark.parametrize(
+    ("size", "rate", "align", "expected"),
+    [
+        (64, 0.7, 1, 19),
+        (64, 0.7, 8, 16),
+        (64, 0.0, 8, 64),
+        (16, 0.99, 8, 8),
+        (4, 0.5, 8, 4),
+        (10, 0.5, 1, 5),
+    ],
+)
+def test_kept_count_alignment(size, rate, align, expected):
+    profile = TargetProfile("t", "", align=align, min_channels=1, max_rate=0.95)
+    assert kept_count(size, rate, profile) == expected
+
+
+def test_drpai_alignment_on_every_group():
+    graph = plan_for(build("yolox_s_like"), ScorePass(), MaskPass(rate=0.7, target="drpai"))
+    plan = graph.meta["plan"]
+    assert plan.groups
+    for gp in plan.groups:
+        assert len(gp.keep) % TARGETS["drpai"].align == 0 and len(gp.keep) >= 8
+
+
+def test_uniform_rate_is_reached_and_global_differs_per_group():
+    model = build("resnet50")
+    uni = plan_for(model, ScorePass(), MaskPass(rate=0.5, keep_first=False, keep_last=False))
+    glo = plan_for(
+        model,
+        ScorePass(),
+        MaskPass(rate=0.5, allocation="global", keep_first=False, keep_last=False),
+    )
+    for graph in (uni, glo):
+        plan = graph.meta["plan"]
+        share = plan.pruned_channels / plan.settings["eligible_channels"]
+        assert 0.45 <= share <= 0.55
+    rates = {len(g.keep) / g.size for g in glo.meta["plan"].groups}
+    assert len(rates) > 1
+
+
+def test_first_and_last_layers_stay_dense_by_default():
+    graph = plan_for(build("resnet18"), ScorePass(), MaskPass(rate=0.5))
+    pruned_producers = {p for g in graph.meta["plan"].groups for p in g.producers}
+    assert "stem.conv" not in pruned_producers  # first layer
+    assert "layer4.1.conv2" not in pruned_producers  # feeds fc, the prediction layer
+    assert "layer1.0.conv1" in pruned_producers
+
+
+def test_exclude_patterns():
+    graph = plan_for(
+        build("resnet18"), ScorePass(), MaskPass(rate=0.5, exclude=["layer1.*", "layer2.0.conv1"])
+    )
+    producers = {p for g in graph.meta["plan"].groups for p in g.producers}
+    assert not any(p.startswith("layer1.") for p in producers)
+    assert "layer2.0.conv1" not in producers and "layer2.1.conv1" in producers
+
+
+@pytest.mark.parametrize("rate", [-0.1, 1.0, 1.5, float("nan")])
+def test_bad_rate_is_rejected_before_running(rate):
+    with pytest.raises(BadInputError, match=r"outside \[0, 1\)"):
+        MaskPass(rate=rate)
+    with pytest.raises(BadInputError, match=r"outside \[0, 1\)"):
+        parse_pipeline(f"score,mask:rate={rate}")
+
+
+def test_plan_round_trip_and_reuse(tmp_path):
+    model = build("mobilenetv2")
+    graph = plan_for(model, ScorePass(), MaskPass(rate=0.6))
+    plan = graph.meta["plan"]
+    path = tmp_path / "plan.json"
+    path.write_text(plan.to_json())
+    data = json.loads(path.read_text())
+    assert data["format"] == "drpopt-plan" and data["groups"][0]["keep"]
+    again = plan_for(model, MaskPass(plan=str(path))).meta["plan"]
+    assert [(g.key, g.keep) for g in again.groups] == [(g.key, g.keep) for g in plan.groups]
+
+
+def test_plan_for_another_model_is_refused(tmp_path):
+    plan = plan_for(build("resnet18"), ScorePass(), MaskPass(rate=0.5)).meta["plan"]
+    path = tmp_path / "plan.json"
+    path.write_text(plan.to_json())
+    with pytest.raises(DrpoptError, match="does not match this model") as info:
+        PassManager([MaskPass(plan=str(path))])(build("mobilenetv2"))
+    assert info.value.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{", "not valid JSON"),
+        ('{"format": "other"}', "not a drpopt plan"),
+        ('{"format": "drpopt-plan", "version": 9, "groups": []}', "plan version"),
+        (
+            '{"format": "drpopt-plan", "version": 1, '
+            '"groups": [{"key": "a", "size": 2, "keep": []}]}',
+            "keeps 0 channels",
+        ),
+    ],
+)
+def test_bad_plan_files(tmp_path, content, message):
+    path = tmp_path / "plan.json"
+    path.write_text(content)
+    with pytest.raises(BadInputError, match=message):
+        Plan.load(path)
+
+
+def test_pipeline_parsing_errors():
+    with pytest.raises(BadInputError, match="unknown pass 'frobnicate'; valid passes: score"):
+        parse_pipeline("score,frobnicate")
+    with pytest.raises(BadInputError, match="has no argument 'speed'"):
+        parse_pipeline("mask:speed=3")
+    with pytest.raises(BadInputError, match="is not key=value"):
+        parse_pipeline("mask:0.7")
+    with pytest.raises(BadInputError, match="not a number"):
+        parse_pipeline("mask:rate=lots")
+    with pytest.raises(BadInputError, match="is not one of"):
+        parse_pipeline("score:criterion=l7")
+    with pytest.raises(BadInputError, match="unknown target"):
+        parse_pipeline("mask:target=tpu")
+    with pytest.raises(BadInputError, match="empty pass"):
+        parse_pipeline("score,,mask")
+
+
+def test_pipeline_string_and_toml_agree(tmp_path):
+    spec = "score:criterion=l1,mask:rate=0.7:exclude=stem.*|fc:allocation=global"
+    from_string = parse_pipeline(spec)
+    toml = tmp_path / "p.toml"
+    toml.write_text(
+        '[[pass]]\nname = "score"\ncriterion = "l1"\n\n'
+        '[[pass]]\nname = "mask"\nrate = 0.7\nexclude = ["stem.*", "fc"]\nallocation = "global"\n'
+    )
+    assert parse_pipeline(toml) == from_string
+    (tmp_path / "q.toml").write_text(f'pipeline = "{spec}"\n')
+    assert parse_pipeline(str(tmp_path / "q.toml")) == from_string
+    mask_spec = "mask:rate=0.7:allocation=global:exclude=stem.*|fc"
+    assert [p.spec() for p in from_string] == [spec.split(",")[0], mask_spec]
