@@ -115,9 +115,10 @@ def demo(
 
 
 def _register_commands() -> None:
-    from drpopt.cli import pipeline_cmds
+    from drpopt.cli import pipeline_cmds, verify_cmd
 
     pipeline_cmds.register(app)
+    verify_cmd.register(app)
 
 
 _register_commands()

@@ -151,7 +151,11 @@ class Graph:
     def replace_all_uses_with(self, old: Value, new: Value) -> None:
         """Points every consumer of ``old`` (graph outputs included) at ``new``."""
         for node, i in old.uses:
-            node.inputs[i] = new
+            if i == -1:  # read inside a subgraph: those reads are uses of their own
+                captured = node.meta.get("captured", [])
+                node.meta["captured"] = [new if v is old else v for v in captured]
+            else:
+                node.inputs[i] = new
             new.uses.append((node, i))
         old.uses.clear()
         self.outputs = [new if v is old else v for v in self.outputs]
@@ -194,12 +198,7 @@ class Graph:
             shape=tuple(array.shape),
             dtype=array.dtype,
         )
-        while len(node.inputs) <= index:
-            node.inputs.append(None)
-        if old is not None:
-            old.uses = [(n, j) for n, j in old.uses if not (n is node and j == index)]
-        node.inputs[index] = new
-        new.uses.append((node, index))
+        self.set_input(node, index, new)
         return new
 
     def remove_node(self, node: Node) -> None:
@@ -212,7 +211,21 @@ class Graph:
         for i, v in enumerate(node.inputs):
             if v is not None:
                 v.uses = [(n, j) for n, j in v.uses if not (n is node and j == i)]
+                unread = not v.uses and v.producer is None
+                if unread and v not in self.inputs and v not in self.outputs:
+                    self.values.pop(v.name, None)  # an initializer nothing reads now
         for v in node.outputs:
             v.producer = None
             self.values.pop(v.name, None)
         self.nodes.remove(node)
+
+    def set_input(self, node: Node, index: int, value: Value | None) -> None:
+        """Points input ``index`` of ``node`` at ``value``, keeping the use lists right."""
+        while len(node.inputs) <= index:
+            node.inputs.append(None)
+        old = node.inputs[index]
+        if old is not None:
+            old.uses = [(n, j) for n, j in old.uses if not (n is node and j == index)]
+        node.inputs[index] = value
+        if value is not None:
+            value.uses.append((node, index))

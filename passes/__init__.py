@@ -8,24 +8,32 @@ from __future__ import annotations
 
 from drpopt.passes.apply_masks import ApplyMasksPass
 from drpopt.passes.base import Pass, PassResult
+from drpopt.passes.cleanup import CleanupPass
 from drpopt.passes.compact import CompactPass
+from drpopt.passes.fold_batchnorm import FoldBatchNormPass
 from drpopt.passes.manager import PassFailedError, PassManager, PipelineResult
 from drpopt.passes.mask import MaskPass
 from drpopt.passes.pipeline import parse_pipeline
 from drpopt.passes.plan import Plan
 from drpopt.passes.score import ScorePass
+from drpopt.passes.verify import VerifyPass, compare_models
 
 PASSES: list[type[Pass]] = [
+    FoldBatchNormPass,
     ScorePass,
     MaskPass,
     ApplyMasksPass,
     CompactPass,
+    CleanupPass,
+    VerifyPass,
 ]
 
 __all__ = [
     "PASSES",
     "ApplyMasksPass",
+    "CleanupPass",
     "CompactPass",
+    "FoldBatchNormPass",
     "MaskPass",
     "Pass",
     "PassFailedError",
@@ -34,5 +42,7 @@ __all__ = [
     "PipelineResult",
     "Plan",
     "ScorePass",
+    "VerifyPass",
+    "compare_models",
     "parse_pipeline",
 ]

@@ -112,6 +112,10 @@ class PassManager:
             for i, p in enumerate(self.passes)
             if any(q.name == "verify" for q in self.passes[i + 1 :])
         }
+        if needs_reference and graph.meta.get("reference") is None:
+            from drpopt.ir.to_onnx import to_onnx
+
+            graph.meta["reference"] = to_onnx(graph)  # a Graph given directly: snapshot it now
         if self.dump_dir is not None:
             self.dump_dir.mkdir(parents=True, exist_ok=True)
         for i, p in enumerate(self.passes):

@@ -62,6 +62,31 @@ def test_replace_all_uses_and_remove_node():
         g.remove_node(bn_out.producer)
 
 
+def test_replace_all_uses_reaches_into_subgraphs():
+    b = OnnxBuilder()
+    x = b.input("input", [1, 3, 8, 8])
+    y = b.relu(b.conv(x, 8, name="c1"), name="r1")
+    cond = b.const("cond", np.array(True))
+    body = helper.make_graph(
+        [helper.make_node("Sigmoid", [y], ["sub_out"])],
+        "body",
+        [],
+        [helper.make_tensor_value_info("sub_out", 1, None)],
+    )
+    b.nodes.append(
+        helper.make_node("If", [cond], ["branch"], name="iff", then_branch=body, else_branch=body)
+    )
+    b.output("branch")
+    g = from_onnx(b.build(check=False))
+    iff = next(n for n in g.nodes if n.op_type == "If")
+    relu = next(n for n in g.nodes if n.op_type == "Relu")
+    g.replace_all_uses_with(relu.outputs[0], relu.inputs[0])
+    assert iff.inputs[0].name == "cond"  # the If's own input is untouched
+    assert iff.meta["captured"] == [relu.inputs[0]]
+    body_node = iff.subgraphs["then_branch"].nodes[0]
+    assert body_node.inputs[0] is relu.inputs[0]
+
+
 def test_symbolic_batch_gives_the_same_groups_as_static():
     assert group_summary(analyze(small_model("N"))) == group_summary(analyze(small_model(1)))
 
