@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import json
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -81,44 +80,12 @@ def analyze(
         )
 
 
-@app.command()
-@handle_errors
-def demo(
-    model: Annotated[
-        str, typer.Option("--model", help="Bundled example model to run on.")
-    ] = "yolox_s_like",
-    save: Annotated[
-        Path | None, typer.Option("--save", help="Also keep the example ONNX at this path.")
-    ] = None,
-) -> None:
-    """Run drpopt on a bundled example model (built in code, nothing downloaded)."""
-    from drpopt.cli.files import save_model
-    from drpopt.cli.render import render_analysis
-    from drpopt.errors import BadInputError
-    from drpopt.ir.analysis import analyze as run_analysis
-    from drpopt.zoo import MODELS
-
-    if model not in MODELS:
-        raise BadInputError(f"unknown example model {model!r}; choose one of: {', '.join(MODELS)}")
-    console = _console()
-    with console.status(f"building the example model '{model}'"):
-        proto = MODELS[model]()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / f"{model}.onnx"
-        save_model(proto, path)
-        console.rule(f"[bold]drpopt analyze {model}.onnx")
-        result = run_analysis(path, where=f"{model}.onnx")
-        render_analysis(console, result)
-        if save is not None:
-            save_model(proto, save)
-            console.print(f"saved the example model to {save}; try: drpopt analyze {save}")
-
-
 def _register_commands() -> None:
-    from drpopt.cli import pipeline_cmds, verify_cmd
+    from drpopt.cli import demo_cmd, pipeline_cmds, verify_cmd
 
     pipeline_cmds.register(app)
     verify_cmd.register(app)
+    demo_cmd.register(app)
 
 
 _register_commands()
