@@ -142,10 +142,14 @@ class PassManager:
                 "modified" if result.modified else "unchanged",
                 seconds,
             )
-            if result.modified and not p.preserves_outputs and i in needs_reference:
-                from drpopt.ir.to_onnx import to_onnx
+            if result.modified and not p.preserves_outputs:
+                # outputs changed on purpose: later checks compare against this model
+                if i in needs_reference:
+                    from drpopt.ir.to_onnx import to_onnx
 
-                graph.meta["reference"] = to_onnx(graph)
+                    graph.meta["reference"] = to_onnx(graph)
+                else:
+                    graph.meta["reference"] = None  # a later PassManager snapshots it
             if self.dump_dir is not None:
                 from drpopt.ir.to_onnx import to_onnx
 
