@@ -38,6 +38,13 @@ TARGETS: dict[str, TargetProfile] = {
         "generic",
         "channels only, any runtime: compact ONNX with pruned channels removed",
     ),
+    "cpu": TargetProfile(
+        "cpu",
+        "onnxruntime on x86 CPUs: compact ONNX with kept channel counts a multiple of 16, the "
+        "block of its fast NCHWc convolutions (unaligned counts fall back to a slower path)",
+        align=16,
+        min_channels=16,
+    ),
     "drpai": TargetProfile(
         "drpai",
         "Renesas DRP-AI (RZ/V2H): sparse ONNX (dense shapes, zeros) for the DRP-AI compiler's "

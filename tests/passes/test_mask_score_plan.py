@@ -78,12 +78,14 @@ def test_kept_count_alignment(size, rate, align, expected):
     assert kept_count(size, rate, profile) == expected
 
 
-def test_drpai_alignment_on_every_group():
-    graph = plan_for(build("yolox_s_like"), ScorePass(), MaskPass(rate=0.7, target="drpai"))
+@pytest.mark.parametrize("target", ["drpai", "cpu"])
+def test_target_alignment_on_every_group(target):
+    graph = plan_for(build("yolox_s_like"), ScorePass(), MaskPass(rate=0.7, target=target))
     plan = graph.meta["plan"]
-    assert plan.groups
+    assert plan.groups and plan.target == target
+    align = TARGETS[target].align
     for gp in plan.groups:
-        assert len(gp.keep) % TARGETS["drpai"].align == 0 and len(gp.keep) >= 8
+        assert len(gp.keep) % align == 0 and len(gp.keep) >= align
 
 
 def test_uniform_rate_is_reached_and_global_differs_per_group():
