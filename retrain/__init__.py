@@ -1,8 +1,12 @@
-"""Masked fine-tuning in the user's own training loop (Pruner, schedules, EMA, checkpoints).
+"""Masked fine-tuning in the user's own training loop.
 
-Not built yet: it arrives with the torch-side issue. Importing it is harmless.
+``Pruner`` owns the masks (gradual schedules, enforcement through every optimizer step),
+``Schedule`` says when to prune how far.
 """
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from drpopt.retrain.pruner import Pruner
+from drpopt.retrain.schedule import Schedule
+
+__all__ = ["Pruner", "Schedule"]

@@ -1,0 +1,319 @@
+"""The Pruner: owns the channel masks of a torch model during fine-tuning in the user's loop.
+
+Rules:
+- groups come from the torch frontend (``ir/from_torch.py``) and the same analysis as the
+  ONNX side; groups that are locked, touch a dense layer (``target``, ``exclude``,
+  ``keep_first``/``keep_last``) or whose producing weights are not parameters are left
+  whole;
+- each masked parameter gets a buffer ``<param>_drpopt_mask`` on its module, and the root
+  module a buffer ``drpopt_state`` (schedule step, current rate): ``model.state_dict()`` is
+  the whole checkpoint, and resuming restores masks and schedule position exactly;
+- ``update()`` (start of every iteration) advances the schedule; at an update step the
+  channels are scored (``l1``/``l2``/``bn-gamma``/``random``, as the ``score`` pass) and each
+  group keeps its best channels among those still kept (a pruned channel is never revived
+  unless ``allow_unprune``); under torch.distributed the choice of rank 0 is broadcast;
+- masks are enforced at all times: pruned weights are zeroed when masks change and after
+  every optimizer step (a global step hook, so optimizers built before the Pruner work), and
+  gradients of pruned weights are zeroed by tensor hooks;
+- ``finalize()`` zeroes the weights for good, removes hooks and buffers, and leaves a plain
+  module whose ``state_dict`` has the original keys.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from drpopt.errors import BadInputError
+from drpopt.ir.analysis import analyze
+from drpopt.ir.channels import Group
+from drpopt.ir.from_torch import TorchTrace, trace_module, unwrap
+from drpopt.passes.mask import MaskPass, kept_count
+from drpopt.passes.plan import GroupPlan, Plan, group_key
+from drpopt.passes.score import group_scores
+from drpopt.retrain.schedule import Schedule
+
+log = logging.getLogger(__name__)
+
+MASK_SUFFIX = "_drpopt_mask"
+STATE_BUFFER = "drpopt_state"
+MASKED_ROLES = ("producer", "consumer", "follower")
+
+
+@dataclass
+class _Masked:
+    name: str
+    module: Any
+    attr: str
+    param: Any
+    mask: Any
+
+
+def _owner(model: Any, name: str) -> tuple[Any, str]:
+    *path, attr = name.split(".")
+    module = model
+    for part in path:
+        module = getattr(module, part)
+    return module, attr
+
+
+class Pruner:
+    """Gradual (or one-shot) structured pruning of ``model`` to ``final_rate``."""
+
+    def __init__(
+        self,
+        model: Any,
+        example_inputs: Any,
+        final_rate: float = 0.7,
+        schedule: str | Schedule = "oneshot",
+        start_step: int = 0,
+        end_step: int | None = None,
+        frequency: int = 1,
+        target: str = "generic",
+        criterion: str = "l2",
+        allocation: str = "uniform",
+        exclude: list[str] | tuple[str, ...] = (),
+        keep_first: bool | None = None,
+        keep_last: bool | None = None,
+        allow_unprune: bool = False,
+        seed: int = 0,
+        trace: TorchTrace | None = None,
+    ) -> None:
+        import torch
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        self.model = unwrap(model)
+        self.schedule = (
+            schedule
+            if isinstance(schedule, Schedule)
+            else Schedule(
+                schedule,  # type: ignore[arg-type]
+                final_rate,
+                start_step,
+                start_step if end_step is None else end_step,
+                frequency,
+            )
+        )
+        self.selector = MaskPass(
+            rate=self.schedule.final_rate,
+            allocation=allocation,  # type: ignore[arg-type]
+            target=target,
+            keep_first=keep_first,
+            keep_last=keep_last,
+            exclude=list(exclude),
+        )
+        if criterion not in ("l1", "l2", "bn-gamma", "random"):
+            raise BadInputError(f"criterion {criterion!r} is not one of l1, l2, bn-gamma, random")
+        self.criterion = criterion
+        self.allow_unprune = allow_unprune
+        self._rng = np.random.default_rng(seed)
+        self.trace = trace or trace_module(self.model, example_inputs)
+        self.graph = self.trace.graph
+        self.analysis = analyze(self.graph)
+        params = dict(self.model.named_parameters())
+        self.groups: list[Group] = [
+            g
+            for g in self.analysis.groups
+            if self.selector._eligible(self.graph, g) and self._mappable(g, params)
+        ]
+        self.keys = [group_key(g) for g in self.groups]
+        self._masked: dict[str, _Masked] = {}
+        for g in self.groups:
+            for m in g.members:
+                if m.role in MASKED_ROLES and m.tensor in params and m.tensor not in self._masked:
+                    module, attr = _owner(self.model, m.tensor)
+                    p = params[m.tensor]
+                    buf_name = attr + MASK_SUFFIX
+                    if not hasattr(module, buf_name):
+                        module.register_buffer(buf_name, torch.ones_like(p, requires_grad=False))
+                    self._masked[m.tensor] = _Masked(
+                        m.tensor, module, attr, p, getattr(module, buf_name)
+                    )
+        if not hasattr(self.model, STATE_BUFFER):
+            self.model.register_buffer(STATE_BUFFER, torch.zeros(2, dtype=torch.float64))
+        self._hooks: list[Any] = []
+        for entry in self._masked.values():
+            self._hooks.append(entry.param.register_hook(_grad_hook(entry)))
+        self._optimizers: weakref.WeakSet = weakref.WeakSet()
+        self._hooks.append(register_optimizer_step_post_hook(self._after_step))
+        log.info(
+            "Pruner: %d groups, %d masked parameters, %s",
+            len(self.groups),
+            len(self._masked),
+            self.trace.path,
+        )
+
+    def _after_step(self, optimizer: Any, *_args: Any, **_kwargs: Any) -> None:
+        self._optimizers.add(optimizer)
+        self.apply_masks()
+
+    # ---- state ----------------------------------------------------------------------
+    @property
+    def state(self) -> Any:
+        return getattr(self.model, STATE_BUFFER)
+
+    @property
+    def step(self) -> int:
+        return int(self.state[0].item())
+
+    @property
+    def rate(self) -> float:
+        """The rate the masks were last computed for."""
+        return float(self.state[1].item())
+
+    @staticmethod
+    def _mappable(g: Group, params: dict[str, Any]) -> bool:
+        return any(m.role == "producer" and m.tensor in params for m in g.members)
+
+    def keep_sets(self) -> dict[str, list[int]]:
+        """The channels each group keeps, read from the mask buffers."""
+        out = {}
+        for g, key in zip(self.groups, self.keys, strict=True):
+            m = next(m for m in g.members if m.role == "producer" and m.tensor in self._masked)
+            mask = self._masked[m.tensor].mask.detach().cpu().numpy()
+            moved = np.moveaxis(mask, m.axis, 0)[m.start : m.start + g.size * m.block]
+            alive = moved.reshape(g.size, -1).any(axis=1)
+            out[key] = [int(j) for j in np.flatnonzero(alive)]
+        return out
+
+    @property
+    def plan(self) -> Plan:
+        """The current masks as a sparsity plan (the format the ONNX passes apply)."""
+        keep = self.keep_sets()
+        return Plan(
+            [
+                GroupPlan(key, g.size, keep[key], g.producers)
+                for g, key in zip(self.groups, self.keys, strict=True)
+                if len(keep[key]) < g.size
+            ],
+            rate=self.rate,
+            criterion=self.criterion,
+            allocation=self.selector.allocation,
+            target=self.selector.profile.name,
+            settings={"align": self.selector.profile.align, "step": self.step},
+        )
+
+    # ---- the schedule -----------------------------------------------------------------
+    def update(self) -> None:
+        """Call at the start of every iteration: advances the schedule, prunes at its steps."""
+        step = self.step
+        if self.schedule.is_update_step(step):
+            target = self.schedule.rate(step)
+            if target > self.rate + 1e-12 or (self.allow_unprune and target != self.rate):
+                self.prune_to(target)
+        self.state[0] += 1
+
+    def prune_to(self, rate: float) -> None:
+        """Recomputes the masks for ``rate`` now and applies them."""
+        import torch
+
+        keep = self.keep_sets()
+        self._load_weights()
+        new: dict[str, list[int]] = {}
+        for g, key in zip(self.groups, self.keys, strict=True):
+            scores = group_scores(self.graph, g, self.criterion, self._rng)
+            candidates = list(range(g.size)) if self.allow_unprune else keep[key]
+            k = min(kept_count(g.size, rate, self.selector.profile), len(candidates))
+            order = sorted(candidates, key=lambda j: (-scores[j], j))
+            new[key] = sorted(order[:k])
+        new = _broadcast(new)
+        self._write_masks(new)
+        self.state[1] = rate
+        self.apply_masks()
+        with torch.no_grad():
+            _zero_optimizer_state(self._optimizers, self._masked.values())
+
+    def _load_weights(self) -> None:
+        """The trace graph's constants take the parameters' current values (for scoring)."""
+        for name, entry in self._masked.items():
+            value = self.graph.values.get(name)
+            if value is not None:
+                value.const = entry.param.detach().float().cpu().numpy()
+
+    def _write_masks(self, keep: dict[str, list[int]]) -> None:
+        import torch
+
+        arrays = {
+            name: np.ones(tuple(e.param.shape), dtype=np.float32)
+            for name, e in self._masked.items()
+        }
+        for g, key in zip(self.groups, self.keys, strict=True):
+            pruned = sorted(set(range(g.size)) - set(keep[key]))
+            if not pruned:
+                continue
+            for m in g.members:
+                if m.role in MASKED_ROLES and m.tensor in arrays:
+                    index = [slice(None)] * arrays[m.tensor].ndim
+                    index[m.axis] = m.indices(pruned)
+                    arrays[m.tensor][tuple(index)] = 0.0
+        with torch.no_grad():
+            for name, e in self._masked.items():
+                e.mask.copy_(torch.from_numpy(arrays[name]).to(e.mask))
+
+    def apply_masks(self) -> None:
+        """Zeroes every pruned weight (cheap; safe to call any time)."""
+        import torch
+
+        with torch.no_grad():
+            for e in self._masked.values():
+                e.param.mul_(e.mask)
+
+    # ---- the end ----------------------------------------------------------------------
+    def remove(self) -> None:
+        """Detaches the hooks (masks stay as buffers)."""
+        for h in self._hooks:
+            h.remove()
+        self._hooks.clear()
+
+    def finalize(self) -> Any:
+        """Zeroes pruned weights for good and returns a plain module (original state keys)."""
+        self.apply_masks()
+        self.remove()
+        for e in self._masked.values():
+            name = e.attr + MASK_SUFFIX
+            if name in e.module._buffers:
+                del e.module._buffers[name]
+        self.model._buffers.pop(STATE_BUFFER, None)
+        return self.model
+
+    @property
+    def masked_parameters(self) -> list[str]:
+        return list(self._masked)
+
+
+def _grad_hook(entry: _Masked):
+    def hook(grad):
+        return grad * entry.mask
+
+    return hook
+
+
+def _zero_optimizer_state(optimizers, entries) -> None:
+    """Momentum and Adam moments of pruned weights are zeroed in the optimizers seen so far."""
+    import torch
+
+    masks = {id(e.param): e.mask for e in entries}
+    for obj in list(optimizers):
+        if isinstance(obj, torch.optim.Optimizer):
+            for p, st in obj.state.items():
+                mask = masks.get(id(p))
+                if mask is None:
+                    continue
+                for v in st.values():
+                    if isinstance(v, torch.Tensor) and v.shape == mask.shape:
+                        v.mul_(mask)
+
+
+def _broadcast(keep: dict[str, list[int]]) -> dict[str, list[int]]:
+    """Rank 0's choice on every rank (identical masks under torch.distributed)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        box = [keep]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+    return keep
