@@ -1,8 +1,10 @@
-"""``drpopt demo``: the whole ONNX flow on a bundled example model, nothing downloaded.
+"""``drpopt demo``: the whole flow on bundled data, nothing downloaded.
 
-Builds the example (random weights, in code), analyses its coupled channel groups, prunes it
-one-shot to the rate (score, mask, apply-masks, compact, cleanup, verify), and compares
-parameters, MACs and onnxruntime latency of the dense and the compact model.
+Default: scikit-learn's digits; train a small CNN, prune it gradually to the rate while
+fine-tuning, fold the masks, export sparse and compact ONNX, verify both in onnxruntime,
+compare accuracy, parameters, MACs and latency (``drpopt.retrain.demo``).
+``--model NAME``: the ONNX flow on a bundled example model (random weights): analyse,
+prune one-shot, verify, time.
 """
 
 from __future__ import annotations
@@ -47,75 +49,151 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def demo(
         model: Annotated[
-            str, typer.Option("--model", help="Bundled example model to run on.")
-        ] = "yolox_s_like",
+            str | None,
+            typer.Option(
+                "--model",
+                help="Instead of the digits flow, prune a bundled ONNX example "
+                "(yolox_s_like, resnet50, ...) one-shot.",
+            ),
+        ] = None,
         rate: Annotated[float, typer.Option("--rate", help="Pruning rate for the demo.")] = 0.7,
+        out: Annotated[
+            Path | None, typer.Option("--out", help="Keep the demo's ONNX files in this folder.")
+        ] = None,
         save: Annotated[
-            Path | None, typer.Option("--save", help="Also keep the example ONNX at this path.")
+            Path | None, typer.Option("--save", help="With --model: keep the example ONNX here.")
         ] = None,
     ) -> None:
-        """Run the whole flow on a bundled example model (built in code, nothing downloaded)."""
-        from rich.table import Table
-
-        from drpopt.cli.files import save_model
-        from drpopt.cli.render import render_analysis
-        from drpopt.errors import BadInputError
-        from drpopt.ir.analysis import analyze
-        from drpopt.ir.to_onnx import to_onnx
-        from drpopt.passes import PassManager, parse_pipeline
+        """The whole flow on bundled data: train, prune 70% while fine-tuning, export, verify."""
         from drpopt.passes.mask import check_rate
-        from drpopt.zoo import MODELS
 
-        if model not in MODELS:
-            raise BadInputError(
-                f"unknown example model {model!r}; choose one of: {', '.join(MODELS)}"
-            )
         check_rate(rate)
         console = _console()
-        with console.status(f"building the example model '{model}'"):
-            proto = MODELS[model]()
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / f"{model}.onnx"
-            save_model(proto, path)
-            console.rule(f"[bold]1. drpopt analyze {model}.onnx")
-            before = analyze(path, where=f"{model}.onnx")
-            render_analysis(console, before, limit=15)
+        if model is not None:
+            _onnx_demo(console, model, rate, save)
+        else:
+            _digits_demo(console, rate, out)
 
-            spec = f"score,mask:rate={rate},apply-masks,compact,cleanup,verify"
-            console.rule(f"[bold]2. drpopt run {model}.onnx -p {spec}")
-            with console.status("pruning"):
-                result = PassManager(parse_pipeline(spec))(path)
-            small = to_onnx(result.model)
-            after = analyze(small)
-            report = result.model.meta["verify"]
-            with console.status("timing both models in onnxruntime"):
-                dense_ms, small_ms = _latency_ms(proto), _latency_ms(small)
-            table = Table(title="Dense vs pruned (compact ONNX)", title_justify="left")
-            table.add_column("")
-            table.add_column("dense", justify="right")
-            table.add_column("pruned", justify="right")
-            table.add_column("pruned/dense", justify="right")
-            for label, a, b in (
-                ("parameters", before.params, after.params),
-                ("MACs", before.macs, after.macs),
-            ):
-                table.add_row(label, human(a), human(b), f"{100.0 * b / a:.1f}%")
-            table.add_row(
-                "onnxruntime latency (2 threads)",
-                f"{dense_ms:.2f} ms",
-                f"{small_ms:.2f} ms",
-                f"{100.0 * small_ms / dense_ms:.1f}%",
-            )
-            console.print(table)
-            plan = result.model.meta["plan"]
+
+def _digits_demo(console, rate: float, out: Path | None) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from drpopt.retrain.demo import DemoConfig, run_demo
+
+    console.rule("[bold]drpopt demo: scikit-learn digits, a residual CNN, pruned while fine-tuned")
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        tasks: dict[str, int] = {}
+
+        def report(label: str, done: int, total: int) -> None:
+            if label not in tasks:
+                tasks[label] = progress.add_task(label, total=total)
+            progress.update(tasks[label], completed=done)
+
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = out if out is not None else Path(tmp)
+            r = run_demo(folder, DemoConfig(rate=rate), progress=report)
+    table = Table(title="Dense vs pruned", title_justify="left")
+    table.add_column("")
+    table.add_column("dense", justify="right")
+    table.add_column("pruned", justify="right")
+    table.add_column("pruned/dense", justify="right")
+    table.add_row(
+        "test accuracy (torch)",
+        f"{100 * r.dense_accuracy:.2f}%",
+        f"{100 * r.pruned_accuracy:.2f}%",
+        f"{100 * (r.pruned_accuracy - r.dense_accuracy):+.2f} pt",
+    )
+    table.add_row(
+        "test accuracy (onnxruntime)",
+        "",
+        f"sparse {100 * r.onnx_sparse_accuracy:.2f}%, compact {100 * r.onnx_compact_accuracy:.2f}%",
+        "",
+    )
+    for label, a, b in (
+        ("parameters", r.dense_params, r.pruned_params),
+        ("MACs", r.dense_macs, r.pruned_macs),
+    ):
+        table.add_row(label, human(a), human(b), f"{100.0 * b / a:.1f}%")
+    table.add_row(
+        "onnxruntime latency (batch 1)",
+        f"{r.dense_latency_ms:.3f} ms",
+        f"{r.compact_latency_ms:.3f} ms",
+        f"{100.0 * r.compact_latency_ms / r.dense_latency_ms:.1f}%",
+    )
+    console.print(table)
+    console.print(
+        f"{r.groups} coupled groups, {r.prunable_groups} pruned (first and last layers stay "
+        f"dense); {r.pruned_channels} of {r.eligible_channels} channels removed"
+    )
+    errors = ", ".join(f"{k} {v:.1e}" for k, v in r.max_rel_error.items())
+    console.print(f"onnxruntime vs torch, worst relative error: {errors}")
+    if out is not None:
+        console.print(f"wrote {r.sparse_path} (sparse, for DRP-AI) and {r.compact_path} (compact)")
+    console.print(f"[dim]finished in {r.seconds:.1f} s[/]")
+
+
+def _onnx_demo(console, model: str, rate: float, save: Path | None) -> None:
+    from rich.table import Table
+
+    from drpopt.cli.files import save_model
+    from drpopt.cli.render import render_analysis
+    from drpopt.errors import BadInputError
+    from drpopt.ir.analysis import analyze
+    from drpopt.ir.to_onnx import to_onnx
+    from drpopt.passes import PassManager, parse_pipeline
+    from drpopt.zoo import MODELS
+
+    if model not in MODELS:
+        raise BadInputError(f"unknown example model {model!r}; choose one of: {', '.join(MODELS)}")
+    with console.status(f"building the example model '{model}'"):
+        proto = MODELS[model]()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{model}.onnx"
+        save_model(proto, path)
+        console.rule(f"[bold]1. drpopt analyze {model}.onnx")
+        before = analyze(path, where=f"{model}.onnx")
+        render_analysis(console, before, limit=15)
+        spec = f"score,mask:rate={rate},apply-masks,compact,cleanup,verify"
+        console.rule(f"[bold]2. drpopt run {model}.onnx -p {spec}")
+        with console.status("pruning"):
+            result = PassManager(parse_pipeline(spec))(path)
+        small = to_onnx(result.model)
+        after = analyze(small)
+        report = result.model.meta["verify"]
+        with console.status("timing both models in onnxruntime"):
+            dense_ms, small_ms = _latency_ms(proto), _latency_ms(small)
+        table = Table(title="Dense vs pruned (compact ONNX)", title_justify="left")
+        table.add_column("")
+        table.add_column("dense", justify="right")
+        table.add_column("pruned", justify="right")
+        table.add_column("pruned/dense", justify="right")
+        for label, a, b in (
+            ("parameters", before.params, after.params),
+            ("MACs", before.macs, after.macs),
+        ):
+            table.add_row(label, human(a), human(b), f"{100.0 * b / a:.1f}%")
+        table.add_row(
+            "onnxruntime latency (2 threads)",
+            f"{dense_ms:.2f} ms",
+            f"{small_ms:.2f} ms",
+            f"{100.0 * small_ms / dense_ms:.1f}%",
+        )
+        console.print(table)
+        plan = result.model.meta["plan"]
+        console.print(
+            f"pruned {plan.pruned_channels} of {plan.settings['eligible_channels']} eligible "
+            "channels; first and last layers left dense"
+        )
+        console.print(f"verified against the masked model: {report.summary()}")
+        if save is not None:
+            save_model(proto, save)
             console.print(
-                f"pruned {plan.pruned_channels} of {plan.settings['eligible_channels']} eligible "
-                f"channels; first and last layers left dense"
+                f"saved the example model to {save}; try: drpopt prune {save} -r 0.7 -o small.onnx"
             )
-            console.print(f"verified against the masked model: {report.summary()}")
-            if save is not None:
-                save_model(proto, save)
-                console.print(
-                    f"saved the example model to {save}; "
-                    f"try: drpopt prune {save} -r 0.7 -o small.onnx"
-                )

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from drpopt.errors import CheckFailedError, DrpoptError
 
@@ -41,7 +42,11 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except DrpoptError as err:
-            _console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False)
+            text = " / ".join(line.strip() for line in str(err).splitlines() if line.strip())
+            if len(text) > 600:
+                text = text[:600] + " ..."
+            message = Text.assemble(("error:", "bold red"), " ", text)
+            _console(stderr=True).print(message, highlight=False)
             raise typer.Exit(err.exit_code) from None
 
     return wrapper
@@ -81,10 +86,11 @@ def analyze(
 
 
 def _register_commands() -> None:
-    from drpopt.cli import demo_cmd, pipeline_cmds, verify_cmd
+    from drpopt.cli import demo_cmd, export_cmd, pipeline_cmds, verify_cmd
 
     pipeline_cmds.register(app)
     verify_cmd.register(app)
+    export_cmd.register(app)
     demo_cmd.register(app)
 
 

@@ -285,6 +285,18 @@ class Pruner:
         return list(self._masked)
 
 
+def _weak_step_hook(pruner: Pruner):
+    """A global optimizer hook that does not keep the Pruner (and its model) alive."""
+    ref = weakref.ref(pruner)
+
+    def hook(optimizer: Any, *args: Any, **kwargs: Any) -> None:
+        live = ref()
+        if live is not None:
+            live._after_step(optimizer)
+
+    return hook
+
+
 def _grad_hook(entry: _Masked):
     def hook(grad):
         return grad * entry.mask
