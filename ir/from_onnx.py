@@ -5,8 +5,9 @@ Rules:
   model with no graph becomes a ``BadInputError`` that names the file and the fix;
 - external data is loaded from beside the file;
 - opsets 11 to the newest the installed onnx knows are accepted;
-- shape inference (with data propagation, so computed Reshape shapes resolve) fills value
-  shapes; symbolic dims stay strings;
+- small integer constant subgraphs (exporters' shape arithmetic) are evaluated first
+  (``ir/fold.py``), their outputs become constants, and shape inference (with data
+  propagation) fills value shapes; symbolic dims stay strings;
 - Constant nodes keep their node and also give their output a ``const``;
 - names used inside If/Loop/Scan bodies but defined outside are recorded as uses by the
   enclosing node with input index -1 (``node.meta["captured"]`` lists them).
@@ -25,6 +26,7 @@ from onnx import numpy_helper
 
 from drpopt.errors import BadInputError, UnsupportedModelError
 from drpopt.ir.core import Graph, Node, Value
+from drpopt.ir.fold import fold_constants, with_folded_initializers
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +115,22 @@ def from_onnx(source: str | os.PathLike | onnx.ModelProto, where: str | None = N
     model = load_model(source)
     where = where or (str(source) if not isinstance(source, onnx.ModelProto) else "model")
     opset = check_opset(model, where)
-    inferred = infer_shapes(model)
+    folded = fold_constants(model)
+    inferred = infer_shapes(with_folded_initializers(model, folded) if folded else model)
+    if folded:  # keep the model's own nodes; take the shapes inference found
+        base = onnx.ModelProto()
+        base.CopyFrom(model)
+        del base.graph.value_info[:]
+        base.graph.value_info.extend(inferred.graph.value_info)
+        for out, inf in zip(base.graph.output, inferred.graph.output, strict=False):
+            out.type.CopyFrom(inf.type)
+        inferred = base
     graph = _convert_graph(inferred.graph, parent=None)
+    for name, arr in folded.items():
+        value = graph.values.get(name)
+        if value is not None and value.producer is not None:
+            value.const, value.shape, value.dtype = arr, tuple(arr.shape), arr.dtype
+            value.producer.meta["folded"] = True
     graph.opsets = {op.domain: op.version for op in model.opset_import}
     graph.opsets.setdefault("", opset)
     graph.metadata = {p.key: p.value for p in model.metadata_props}

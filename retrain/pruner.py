@@ -84,7 +84,10 @@ class Pruner:
         trace: TorchTrace | None = None,
     ) -> None:
         import torch
-        from torch.optim.optimizer import register_optimizer_step_post_hook
+        from torch.optim.optimizer import (
+            register_optimizer_step_post_hook,
+            register_optimizer_step_pre_hook,
+        )
 
         self.model = unwrap(model)
         self.schedule = (
@@ -139,7 +142,10 @@ class Pruner:
         for entry in self._masked.values():
             self._hooks.append(entry.param.register_hook(_grad_hook(entry)))
         self._optimizers: weakref.WeakSet = weakref.WeakSet()
-        self._hooks.append(register_optimizer_step_post_hook(self._after_step))
+        self._hooks.append(register_optimizer_step_pre_hook(_weak_hook(self, "_before_step")))
+        self._hooks.append(register_optimizer_step_post_hook(_weak_hook(self, "_after_step")))
+        self._hooks.append(self.model.register_load_state_dict_post_hook(_binarize_hook(self)))
+        self.example_inputs = example_inputs
         log.info(
             "Pruner: %d groups, %d masked parameters, %s",
             len(self.groups),
@@ -147,9 +153,26 @@ class Pruner:
             self.trace.path,
         )
 
-    def _after_step(self, optimizer: Any, *_args: Any, **_kwargs: Any) -> None:
+    def _before_step(self, optimizer: Any) -> None:
+        if optimizer not in self._optimizers:
+            # first sight (a fresh or resumed optimizer): moments of pruned weights go to zero
+            self._optimizers.add(optimizer)
+            import torch
+
+            with torch.no_grad():
+                _zero_optimizer_state([optimizer], self._masked.values())
+
+    def _after_step(self, optimizer: Any) -> None:
         self._optimizers.add(optimizer)
         self.apply_masks()
+
+    def binarize_masks(self) -> None:
+        """Masks back to exact 0/1 (a checkpoint from an averaging EMA holds 0.9991s)."""
+        import torch
+
+        with torch.no_grad():
+            for e in self._masked.values():
+                e.mask.copy_((e.mask > 0.5).to(e.mask.dtype))
 
     # ---- state ----------------------------------------------------------------------
     @property
@@ -285,14 +308,27 @@ class Pruner:
         return list(self._masked)
 
 
-def _weak_step_hook(pruner: Pruner):
-    """A global optimizer hook that does not keep the Pruner (and its model) alive."""
+def _weak_hook(pruner: Pruner, method: str):
+    """A global optimizer hook that does not keep the Pruner (and its model) alive: keep a
+    reference to the Pruner while training."""
     ref = weakref.ref(pruner)
 
     def hook(optimizer: Any, *args: Any, **kwargs: Any) -> None:
         live = ref()
         if live is not None:
-            live._after_step(optimizer)
+            getattr(live, method)(optimizer)
+
+    return hook
+
+
+def _binarize_hook(pruner: Pruner):
+    ref = weakref.ref(pruner)
+
+    def hook(module: Any, incompatible: Any) -> None:
+        live = ref()
+        if live is not None:
+            live.binarize_masks()
+            live.apply_masks()
 
     return hook
 

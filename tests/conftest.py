@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
+
+# torch's OpenMP threads spin-wait; with anything else on the second core (onnxruntime's
+# pool, a parallel job) they collapse by 50x. The tests' models are tiny: one thread.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 

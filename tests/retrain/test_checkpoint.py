@@ -103,12 +103,6 @@ def test_resume_mid_schedule_equals_uninterrupted(uninterrupted, stop_at: int) -
         fresh_pruner.remove()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pruner.py: an optimizer is known to the Pruner only after its first step, so "
-    "masks computed by the first update() after a resume leave that optimizer's momentum "
-    "of newly pruned weights nonzero (weights are still exact: the step hook re-zeroes them)",
-)
 def test_resume_at_update_step_zeroes_optimizer_state(uninterrupted) -> None:
     _, expected_opt = uninterrupted
     model, opt, pruner = _build(0)
