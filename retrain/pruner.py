@@ -220,6 +220,12 @@ class Pruner:
             settings={"align": self.selector.profile.align, "step": self.step},
         )
 
+    def info(self) -> Any:
+        """Per-layer and total sparsity, parameters, MACs, current and final rate."""
+        from drpopt.retrain.info import pruner_info
+
+        return pruner_info(self)
+
     # ---- the schedule -----------------------------------------------------------------
     def update(self) -> None:
         """Call at the start of every iteration: advances the schedule, prunes at its steps."""
