@@ -9,9 +9,7 @@ prune one-shot, verify, time.
 
 from __future__ import annotations
 
-import statistics
 import tempfile
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -20,25 +18,22 @@ import typer
 from drpopt.cli.render import human
 
 
-def _latency_ms(model, runs: int = 20) -> float:
-    import numpy as np
-    import onnxruntime as ort
+def _comparison(title: str, rows: list[tuple[str, str, str, str]]):
+    """A dense-vs-pruned table: label, dense, pruned, pruned/dense."""
+    from rich.table import Table
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 2
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    inp = sess.get_inputs()[0]
-    shape = [d if isinstance(d, int) else 1 for d in inp.shape]
-    feed = {inp.name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
-    for _ in range(3):
-        sess.run(None, feed)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        sess.run(None, feed)
-        times.append(time.perf_counter() - start)
-    return 1000.0 * statistics.median(times)
+    table = Table(title=title, title_justify="left")
+    table.add_column("")
+    table.add_column("dense", justify="right")
+    table.add_column("pruned", justify="right")
+    table.add_column("pruned/dense", justify="right")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def _ratio_row(label: str, a: float, b: float, fmt=human) -> tuple[str, str, str, str]:
+    return (label, fmt(a), fmt(b), f"{100.0 * b / a:.1f}%")
 
 
 def register(app: typer.Typer) -> None:
@@ -77,7 +72,6 @@ def register(app: typer.Typer) -> None:
 
 def _digits_demo(console, rate: float, out: Path | None) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.table import Table
 
     from drpopt.retrain.demo import DemoConfig, run_demo
 
@@ -99,33 +93,31 @@ def _digits_demo(console, rate: float, out: Path | None) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             folder = out if out is not None else Path(tmp)
             r = run_demo(folder, DemoConfig(rate=rate), progress=report)
-    table = Table(title="Dense vs pruned", title_justify="left")
-    table.add_column("")
-    table.add_column("dense", justify="right")
-    table.add_column("pruned", justify="right")
-    table.add_column("pruned/dense", justify="right")
-    table.add_row(
-        "test accuracy (torch)",
-        f"{100 * r.dense_accuracy:.2f}%",
-        f"{100 * r.pruned_accuracy:.2f}%",
-        f"{100 * (r.pruned_accuracy - r.dense_accuracy):+.2f} pt",
-    )
-    table.add_row(
-        "test accuracy (onnxruntime)",
-        "",
-        f"sparse {100 * r.onnx_sparse_accuracy:.2f}%, compact {100 * r.onnx_compact_accuracy:.2f}%",
-        "",
-    )
-    for label, a, b in (
-        ("parameters", r.dense_params, r.pruned_params),
-        ("MACs", r.dense_macs, r.pruned_macs),
-    ):
-        table.add_row(label, human(a), human(b), f"{100.0 * b / a:.1f}%")
-    table.add_row(
-        "onnxruntime latency (batch 1)",
-        f"{r.dense_latency_ms:.3f} ms",
-        f"{r.compact_latency_ms:.3f} ms",
-        f"{100.0 * r.compact_latency_ms / r.dense_latency_ms:.1f}%",
+    table = _comparison(
+        "Dense vs pruned",
+        [
+            (
+                "test accuracy (torch)",
+                f"{100 * r.dense_accuracy:.2f}%",
+                f"{100 * r.pruned_accuracy:.2f}%",
+                f"{100 * (r.pruned_accuracy - r.dense_accuracy):+.2f} pt",
+            ),
+            (
+                "test accuracy (onnxruntime)",
+                "",
+                f"sparse {100 * r.onnx_sparse_accuracy:.2f}%, "
+                f"compact {100 * r.onnx_compact_accuracy:.2f}%",
+                "",
+            ),
+            _ratio_row("parameters", r.dense_params, r.pruned_params),
+            _ratio_row("MACs", r.dense_macs, r.pruned_macs),
+            _ratio_row(
+                "onnxruntime latency (batch 1)",
+                r.dense_latency_ms,
+                r.compact_latency_ms,
+                lambda ms: f"{ms:.3f} ms",
+            ),
+        ],
     )
     console.print(table)
     console.print(
@@ -140,7 +132,6 @@ def _digits_demo(console, rate: float, out: Path | None) -> None:
 
 
 def _onnx_demo(console, model: str, rate: float, save: Path | None) -> None:
-    from rich.table import Table
 
     from drpopt.cli.files import save_model
     from drpopt.cli.render import render_analysis
@@ -148,6 +139,7 @@ def _onnx_demo(console, model: str, rate: float, save: Path | None) -> None:
     from drpopt.ir.analysis import analyze
     from drpopt.ir.to_onnx import to_onnx
     from drpopt.passes import PassManager, parse_pipeline
+    from drpopt.passes.verify import latency_ms
     from drpopt.zoo import MODELS
 
     if model not in MODELS:
@@ -168,22 +160,16 @@ def _onnx_demo(console, model: str, rate: float, save: Path | None) -> None:
         after = analyze(small)
         report = result.model.meta["verify"]
         with console.status("timing both models in onnxruntime"):
-            dense_ms, small_ms = _latency_ms(proto), _latency_ms(small)
-        table = Table(title="Dense vs pruned (compact ONNX)", title_justify="left")
-        table.add_column("")
-        table.add_column("dense", justify="right")
-        table.add_column("pruned", justify="right")
-        table.add_column("pruned/dense", justify="right")
-        for label, a, b in (
-            ("parameters", before.params, after.params),
-            ("MACs", before.macs, after.macs),
-        ):
-            table.add_row(label, human(a), human(b), f"{100.0 * b / a:.1f}%")
-        table.add_row(
-            "onnxruntime latency (2 threads)",
-            f"{dense_ms:.2f} ms",
-            f"{small_ms:.2f} ms",
-            f"{100.0 * small_ms / dense_ms:.1f}%",
+            dense_ms, small_ms = latency_ms(proto), latency_ms(small)
+        table = _comparison(
+            "Dense vs pruned (compact ONNX)",
+            [
+                _ratio_row("parameters", before.params, after.params),
+                _ratio_row("MACs", before.macs, after.macs),
+                _ratio_row(
+                    "onnxruntime latency (2 threads)", dense_ms, small_ms, lambda ms: f"{ms:.2f} ms"
+                ),
+            ],
         )
         console.print(table)
         plan = result.model.meta["plan"]

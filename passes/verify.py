@@ -372,3 +372,32 @@ class VerifyPass(Pass):
         if not report.ok:
             raise CheckFailedError(report.summary())
         return PassResult(model, False)
+
+
+def latency_ms(
+    model: onnx.ModelProto | str | Path,
+    feeds: dict[str, np.ndarray] | None = None,
+    runs: int = 30,
+    threads: int = 2,
+) -> float:
+    """Median onnxruntime CPU latency in ms over ``runs`` runs after a short warm-up
+    (random inputs unless ``feeds``)."""
+    import statistics
+    import time
+
+    import onnxruntime as ort
+
+    proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    feeds = feeds if feeds is not None else random_inputs(proto)
+    for _ in range(5):
+        sess.run(None, feeds)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        sess.run(None, feeds)
+        times.append(time.perf_counter() - start)
+    return 1000.0 * statistics.median(times)

@@ -10,7 +10,6 @@ latency. Nothing is downloaded. Everything is seeded.
 from __future__ import annotations
 
 import math
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -117,24 +116,6 @@ def _sgd(model, lr, total_steps):
     return opt, sched
 
 
-def _latency_ms(path: Path, x: np.ndarray, runs: int = 50) -> float:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 2
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    for _ in range(5):
-        sess.run(None, {name: x})
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        sess.run(None, {name: x})
-        times.append(time.perf_counter() - start)
-    return 1000.0 * statistics.median(times)
-
-
 def _onnx_accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> float:
     import onnxruntime as ort
 
@@ -154,6 +135,7 @@ def run_demo(
     """Runs the whole flow, writing ``dense.onnx``, ``sparse.onnx``, ``compact.onnx``."""
     import torch
 
+    from drpopt.passes.verify import latency_ms
     from drpopt.retrain.export import export_onnx
     from drpopt.retrain.pruner import Pruner
     from drpopt.zoo.torch_models import digits_cnn
@@ -228,8 +210,8 @@ def run_demo(
             pruned_params=compact.params,
             dense_macs=dense_export.macs,
             pruned_macs=compact.macs,
-            dense_latency_ms=_latency_ms(out / "dense.onnx", one),
-            compact_latency_ms=_latency_ms(out / "compact.onnx", one),
+            dense_latency_ms=latency_ms(out / "dense.onnx", {"input": one}, runs=50),
+            compact_latency_ms=latency_ms(out / "compact.onnx", {"input": one}, runs=50),
             groups=len(pruner.analysis.groups),
             prunable_groups=len(pruner.groups),
             pruned_channels=plan.pruned_channels,
