@@ -625,7 +625,9 @@ def node_opset(node: Node, graph: Graph) -> int:
 
 def rule_for(node: Node) -> Rule | None:
     if node.domain not in ("", "ai.onnx"):
-        return RULES.get(f"{node.domain}::{node.op_type}")
+        # the fx frontend names unknown ops "fx::<name>" already
+        key = node.op_type if "::" in node.op_type else f"{node.domain}::{node.op_type}"
+        return RULES.get(key)
     return RULES.get(node.op_type)
 
 
