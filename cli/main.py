@@ -86,10 +86,19 @@ def analyze(
 
 
 def _register_commands() -> None:
-    from drpopt.cli import demo_cmd, export_cmd, pipeline_cmds, verify_cmd
+    from drpopt.cli import (
+        demo_cmd,
+        export_cmd,
+        pipeline_cmds,
+        report_cmd,
+        target_cmds,
+        verify_cmd,
+    )
 
     pipeline_cmds.register(app)
     verify_cmd.register(app)
+    target_cmds.register(app)
+    report_cmd.register(app)
     export_cmd.register(app)
     demo_cmd.register(app)
 

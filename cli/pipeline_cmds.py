@@ -166,6 +166,8 @@ def register(app: typer.Typer) -> None:
             )
         )
         steps = [f"score:criterion={criterion}", mask, "apply-masks"]
+        if profile.pattern_rate > 0:  # the target's fine-grained pattern inside kept channels
+            steps.append(f"sparsify:target={target}")
         steps += ["compact"] if compact else []
         steps += ["cleanup", f"verify:rtol={rtol}"]
         passes = parse_pipeline(",".join(steps))

@@ -16,6 +16,7 @@ from drpopt.passes.mask import MaskPass
 from drpopt.passes.pipeline import parse_pipeline
 from drpopt.passes.plan import Plan
 from drpopt.passes.score import ScorePass
+from drpopt.passes.sparsify import SparsifyPass
 from drpopt.passes.verify import VerifyPass, compare_models
 
 PASSES: list[type[Pass]] = [
@@ -23,6 +24,7 @@ PASSES: list[type[Pass]] = [
     ScorePass,
     MaskPass,
     ApplyMasksPass,
+    SparsifyPass,
     CompactPass,
     CleanupPass,
     VerifyPass,
@@ -42,6 +44,7 @@ __all__ = [
     "PipelineResult",
     "Plan",
     "ScorePass",
+    "SparsifyPass",
     "VerifyPass",
     "compare_models",
     "parse_pipeline",

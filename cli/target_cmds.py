@@ -1,0 +1,102 @@
+"""``drpopt targets`` and ``drpopt check``: target profiles, and whether a model meets one."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+
+def register(app: typer.Typer) -> None:
+    """Adds ``targets`` and ``check`` to ``app``."""
+    from drpopt.cli.main import _console, handle_errors
+
+    @app.command("targets")
+    @handle_errors
+    def targets_cmd() -> None:
+        """List the target profiles (shipped; a .toml path works wherever a name does)."""
+        from drpopt.passes.targets import TARGETS
+
+        table = Table(title="Target profiles", title_justify="left")
+        for col in ("target", "channels", "pattern", "rate", "output", "what it is for"):
+            table.add_column(col, overflow="fold")
+        for p in TARGETS.values():
+            pattern = {
+                "channel": "-",
+                "nm": f"{p.n}:{p.m}",
+                "block": f"blocks of {p.block}, {p.sparsity_rate:.0%}",
+                "unstructured": f"weights, {p.sparsity_rate:.0%} ({p.sparsity_scope})",
+            }[p.granularity]
+            table.add_row(
+                p.name,
+                f"align {p.align}, min {p.min_channels}",
+                pattern,
+                f"{p.default_rate} (max {p.max_rate}/group)",
+                p.output,
+                p.description.split(":")[0],
+            )
+        _console().print(table)
+
+    @app.command("check")
+    @handle_errors
+    def check_cmd(
+        model: Annotated[Path, typer.Argument(help="ONNX model file")],
+        target: Annotated[
+            str, typer.Option("--target", help="Profile name or .toml path.")
+        ] = "drpai",
+        min_sparsity: Annotated[
+            float | None,
+            typer.Option(
+                "--min-sparsity", help="Required share of zero weights (default: the profile's)."
+            ),
+        ] = None,
+        as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    ) -> None:
+        """Measure MODEL's sparsity per layer against a target; exit 1 if it falls short."""
+        from drpopt.cli.render import human
+        from drpopt.errors import BadInputError, CheckFailedError
+        from drpopt.passes.check import check_model
+        from drpopt.passes.manager import load_graph
+        from drpopt.passes.targets import get_target
+
+        if min_sparsity is not None and not 0 <= min_sparsity <= 1:
+            raise BadInputError(f"--min-sparsity {min_sparsity} is outside [0, 1]")
+        profile = get_target(target)
+        report = check_model(load_graph(model), profile, min_sparsity)
+        if as_json:
+            sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
+        else:
+            console = _console()
+            table = Table(title=f"Sparsity against target '{profile.name}'", title_justify="left")
+            for col in ("layer", "weight", "zeros", "zero channels", "pattern"):
+                table.add_column(
+                    col, justify="left" if col == "layer" else "right", overflow="fold"
+                )
+            for layer in report.layers:
+                pattern = (
+                    "-"
+                    if not layer.groups
+                    else (
+                        "ok" if layer.conforms else f"[red]{layer.violations}/{layer.groups} bad[/]"
+                    )
+                )
+                table.add_row(
+                    layer.node,
+                    "x".join(map(str, layer.shape)),
+                    f"{100 * layer.sparsity:.1f}%",
+                    f"{layer.zero_channels}/{layer.channels}",
+                    pattern,
+                )
+            console.print(table)
+            total = sum(layer.total for layer in report.layers)
+            console.print(
+                f"{len(report.layers)} layers checked ({human(total)} weights), "
+                f"{len(report.skipped)} left dense by the profile"
+            )
+            console.print(report.summary())
+        if not report.ok:
+            raise CheckFailedError(report.summary())

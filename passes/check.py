@@ -1,0 +1,171 @@
+"""``check``: does a model (drpopt's or another tool's) have the sparsity a target wants?
+
+Rules:
+- the layers checked are the weighted layers the profile targets (first layer, final
+  prediction layers and ``dense_ops`` excluded, as when pruning);
+- per layer: the share of zero weights, the share of all-zero output channels, and the
+  pattern violations: ``nm``: groups of ``m`` consecutive weights along the input-channel
+  axis with more than ``n`` nonzeros; ``block``: blocks of ``block`` input channels of one
+  output channel that are only partly zero; ``channel``/``unstructured``: none;
+- the model meets the profile when the checked layers' weights are at least
+  ``min_sparsity`` zero in total (default: the larger of the profile's recommended rate
+  and its pattern's rate) and no layer violates the pattern; the report names the worst
+  layers otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from drpopt.ir.core import Graph
+from drpopt.passes.common import weight_of
+from drpopt.passes.sparsify import input_axis, targeted_layers
+from drpopt.passes.targets import TargetProfile
+
+
+@dataclass
+class LayerCheck:
+    """One layer: how sparse, in what structure, and whether it fits the pattern."""
+
+    node: str
+    op: str
+    tensor: str
+    shape: tuple[int, ...]
+    zeros: int
+    total: int
+    zero_channels: int
+    channels: int
+    violations: int
+    groups: int
+
+    @property
+    def sparsity(self) -> float:
+        return self.zeros / self.total if self.total else 0.0
+
+    @property
+    def conforms(self) -> bool:
+        return self.violations == 0
+
+
+@dataclass
+class CheckReport:
+    """Every checked layer, the totals, and the verdict."""
+
+    target: str
+    granularity: str
+    min_sparsity: float
+    layers: list[LayerCheck] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def sparsity(self) -> float:
+        total = sum(layer.total for layer in self.layers)
+        return sum(layer.zeros for layer in self.layers) / total if total else 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.sparsity + 1e-9 >= self.min_sparsity and all(x.conforms for x in self.layers)
+
+    def worst(self, k: int = 3) -> list[LayerCheck]:
+        """Layers that break the pattern first, then the least sparse."""
+        return sorted(self.layers, key=lambda x: (x.conforms, x.sparsity))[:k]
+
+    def summary(self) -> str:
+        verdict = "meets" if self.ok else "does not meet"
+        text = (
+            f"the model {verdict} target '{self.target}': {100 * self.sparsity:.1f}% of the "
+            f"checked weights are zero (needs {100 * self.min_sparsity:.1f}%)"
+        )
+        bad = [x for x in self.layers if not x.conforms]
+        if bad:
+            text += f"; {len(bad)} layer(s) break the {self.granularity} pattern"
+        if not self.ok:
+            names = ", ".join(
+                f"{x.node} ({100 * x.sparsity:.0f}%"
+                + (f", {x.violations} violations)" if x.violations else ")")
+                for x in self.worst()
+            )
+            text += f"; worst: {names}"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "granularity": self.granularity,
+            "min_sparsity": self.min_sparsity,
+            "sparsity": self.sparsity,
+            "ok": self.ok,
+            "layers": [
+                {**asdict(x), "sparsity": x.sparsity, "conforms": x.conforms} for x in self.layers
+            ],
+            "skipped": self.skipped,
+        }
+
+
+def output_axis(node) -> int:
+    """The weight axis that indexes output channels."""
+    if node.op_type == "Conv":
+        return 0
+    if node.op_type == "Gemm":
+        return 0 if node.attr("transB", 0) else 1
+    return 1  # ConvTranspose [I, O/g, ...], MatMul [K, N]
+
+
+def _violations(w: np.ndarray, axis: int, profile: TargetProfile) -> tuple[int, int]:
+    """(violating groups, groups) of the profile's pattern in ``w``."""
+    nz = np.moveaxis(w != 0, axis, -1)
+    size = nz.shape[-1]
+    if profile.granularity == "nm":
+        pad = (-size) % profile.m
+        padded = np.concatenate([nz, np.zeros((*nz.shape[:-1], pad), bool)], axis=-1)
+        counts = padded.reshape(*nz.shape[:-1], -1, profile.m).sum(axis=-1)
+        return int((counts > profile.n).sum()), int(counts.size)
+    if profile.granularity == "block":
+        rows = nz.reshape(nz.shape[0], -1, size)
+        pad = (-size) % profile.block
+        rows = np.concatenate([rows, np.zeros((*rows.shape[:-1], pad), bool)], axis=-1)
+        blocks = rows.reshape(rows.shape[0], rows.shape[1], -1, profile.block)
+        live = blocks.sum(axis=(1, 3))
+        full = np.ones_like(blocks).sum(axis=(1, 3))
+        partial = (live > 0) & (live < full)
+        return int(partial.sum()), int(live.size)
+    return 0, 0
+
+
+def check_model(
+    graph: Graph, profile: TargetProfile, min_sparsity: float | None = None
+) -> CheckReport:
+    """Measures ``graph``'s sparsity against ``profile``."""
+    need = max(profile.default_rate, profile.pattern_rate) if min_sparsity is None else min_sparsity
+    report = CheckReport(profile.name, profile.granularity, need)
+    targeted = {n.name for n in targeted_layers(graph, profile, [])}
+    for node in graph.nodes:
+        value = weight_of(node)
+        if value is None:
+            continue
+        if node.name not in targeted:
+            report.skipped.append(node.name)
+            continue
+        w = np.asarray(value.const)
+        out_axis = output_axis(node)
+        rows = np.moveaxis(w != 0, out_axis, 0).reshape(w.shape[out_axis], -1)
+        depthwise = node.op_type == "Conv" and w.shape[1] == 1 and int(node.attr("group", 1)) > 1
+        violations, groups = (0, 0) if depthwise else _violations(w, input_axis(node), profile)
+        report.layers.append(
+            LayerCheck(
+                node.name,
+                node.op_type,
+                value.name,
+                tuple(int(d) for d in w.shape),
+                int(w.size - np.count_nonzero(w)),
+                int(w.size),
+                int((~rows.any(axis=1)).sum()),
+                int(rows.shape[0]),
+                violations,
+                groups,
+            )
+        )
+    return report

@@ -1,0 +1,151 @@
+"""Target profiles as data, fine-grained patterns (sparsify) and `drpopt check`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from typer.testing import CliRunner
+
+from drpopt.cli.main import app
+from drpopt.errors import BadInputError
+from drpopt.ir.from_onnx import from_onnx
+from drpopt.ir.to_onnx import to_onnx
+from drpopt.passes import PassManager, SparsifyPass, parse_pipeline
+from drpopt.passes.check import check_model
+from drpopt.passes.common import layer_sparsity
+from drpopt.passes.targets import TARGETS, get_target, load_profile
+
+runner = CliRunner()
+
+
+def test_shipped_profiles():
+    assert {"generic", "cpu", "drpai", "nm-2-4"} <= set(TARGETS)
+    drpai = TARGETS["drpai"]
+    assert drpai.output == "sparse" and drpai.default_rate == 0.7 and drpai.granularity != "channel"
+    assert TARGETS["nm-2-4"].pattern_rate == 0.5
+
+
+def test_user_profile_from_toml(tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text(
+        'name = "mine"\n[channels]\nalign = 4\n[sparsity]\ngranularity = "block"\n'
+        'block = 8\nrate = 0.25\n[export]\nform = "sparse"\n'
+    )
+    p = get_target(str(path))
+    assert (p.name, p.align, p.granularity, p.block, p.pattern_rate) == (
+        "mine",
+        4,
+        "block",
+        8,
+        0.25,
+    )
+    path.write_text('name = "bad"\n[sparsity]\ngranularity = "diagonal"\n')
+    with pytest.raises(BadInputError, match="granularity 'diagonal'"):
+        load_profile(path)
+    with pytest.raises(BadInputError, match="unknown target 'tpu'"):
+        get_target("tpu")
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "sparsify:target=nm-2-4",
+        "sparsify:granularity=nm:n=1:m=4",
+        "sparsify:granularity=nm:n=4:m=8",
+        "sparsify:granularity=block:block=4:rate=0.5",
+        "sparsify:granularity=unstructured:rate=0.6",
+        "sparsify:granularity=unstructured:rate=0.6:scope=global",
+    ],
+)
+@pytest.mark.parametrize("name", ["resnet18", "mobilenetv2", "yolox_s_like"])
+def test_patterns_are_exact_and_reach_their_rate(name, spec, zoo_models):
+    graph = PassManager(parse_pipeline(spec))(zoo_models[name]).model
+    (p,) = parse_pipeline(spec)
+    report = check_model(graph, p.profile, min_sparsity=0.0)
+    assert all(layer.conforms for layer in report.layers), report.summary()
+    checked = [
+        layer for layer in report.layers if layer.groups or p.profile.granularity == "unstructured"
+    ]
+    if p.profile.granularity == "nm":
+        for layer in checked:
+            # at most n of every m: sparsity at least 1 - n/m up to a ragged tail group
+            assert layer.sparsity >= 1 - p.profile.n / p.profile.m - 0.13, layer
+    else:
+        assert report.sparsity == pytest.approx(p.profile.pattern_rate, abs=0.06)
+
+
+def test_sparsify_never_revives_and_keeps_channel_masks(zoo_models):
+    model = zoo_models["resnet18"]
+    masked = PassManager(parse_pipeline("score,mask:rate=0.5,apply-masks"))(model).model
+    before = {s.tensor: masked.values[s.tensor].const.copy() for s in layer_sparsity(masked)}
+    PassManager([SparsifyPass(target="nm-2-4")])(masked)
+    for tensor, old in before.items():
+        new = masked.values[tensor].const
+        assert not np.any((old == 0) & (new != 0)), tensor
+
+
+def test_sparse_pattern_model_still_equals_its_compact_form(zoo_models):
+    spec = (
+        "score,mask:rate=0.6:target=drpai,apply-masks,sparsify:target=drpai,compact,cleanup,verify"
+    )
+    result = PassManager(parse_pipeline(spec))(zoo_models["yolox_s_like"])
+    assert result.model.meta["verify"].ok
+    meta = {p.key: p.value for p in to_onnx(result.model).metadata_props}
+    assert json.loads(meta["drpopt.pattern"])["granularity"] == "unstructured"
+
+
+def test_check_reads_a_model_pruned_by_another_tool(tmp_path):
+    """A plain torch.nn.utils.prune result exported to ONNX: figures counted independently."""
+    torch = pytest.importorskip("torch")
+    from torch.nn.utils import prune
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 32, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(32, 32, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(32, 8, 1),
+    ).eval()
+    prune.l1_unstructured(model[2], "weight", amount=0.8)
+    prune.ln_structured(model[4], "weight", amount=0.5, n=2, dim=0)
+    for i in (2, 4):
+        prune.remove(model[i], "weight")
+    path = tmp_path / "other.onnx"
+    torch.onnx.export(model, (torch.randn(1, 3, 8, 8),), str(path), dynamo=False)
+    report = check_model(from_onnx(path), get_target("generic"), min_sparsity=0.5)
+    by_tensor = {layer.tensor: layer for layer in report.layers}
+    onnx_model = onnx.load(str(path))
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in onnx_model.graph.initializer}
+    for tensor, layer in by_tensor.items():
+        w = weights[tensor]
+        assert layer.zeros == int((w == 0).sum())
+        assert layer.zero_channels == int((~(w != 0).reshape(w.shape[0], -1).any(1)).sum())
+    assert sorted(round(layer.sparsity, 2) for layer in report.layers) == [0.5, 0.8]
+    assert report.ok
+
+
+def test_check_cli(tmp_path, zoo_models):
+    dense = tmp_path / "dense.onnx"
+    onnx.save(zoo_models["resnet18"], str(dense))
+    pruned = tmp_path / "pruned.onnx"
+    ok = runner.invoke(app, ["prune", str(dense), "--target", "drpai", "-o", str(pruned)])
+    assert ok.exit_code == 0, ok.output
+    good = runner.invoke(app, ["check", str(pruned), "--target", "drpai", "--json"])
+    assert good.exit_code == 0
+    data = json.loads(good.stdout)
+    assert data["ok"] and data["sparsity"] >= 0.7 and data["layers"]
+    bad = runner.invoke(app, ["check", str(dense), "--target", "drpai"])
+    assert bad.exit_code == 1
+    assert "does not meet target 'drpai'" in bad.stderr and "worst:" in bad.stderr
+    nm = runner.invoke(app, ["check", str(pruned), "--target", "nm-2-4"])
+    assert nm.exit_code == 1 and "break the nm pattern" in nm.stderr
+    missing = runner.invoke(app, ["check", str(tmp_path / "nope.onnx")])
+    assert missing.exit_code == 2 and len(missing.stderr.strip().splitlines()) == 1
+    listed = runner.invoke(app, ["targets"], env={"COLUMNS": "200"})
+    assert listed.exit_code == 0 and all(name in listed.output for name in TARGETS)
