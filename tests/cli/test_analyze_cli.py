@@ -134,3 +134,17 @@ def test_console_script_and_module_entry_points(yolox_path, tmp_path):
         )
         assert bad.returncode == 2
         assert bad.stderr.strip().count("\n") == 0 and "Traceback" not in bad.stderr
+
+
+def test_outputs_get_the_usual_file_mode(tmp_path):
+    import os
+    import stat
+
+    from drpopt.cli.files import atomic_write_bytes
+
+    out = tmp_path / "x.bin"
+    atomic_write_bytes(out, b"data")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~mask
+    assert out.read_bytes() == b"data"
