@@ -17,7 +17,13 @@ from rich.table import Table
 
 from drpopt.cli.files import atomic_write_bytes, refuse_overwrite, save_model
 from drpopt.cli.main import _console, handle_errors
-from drpopt.cli.render import human, pass_timings, sparsity_table
+from drpopt.cli.render import (
+    broken_plugin_line,
+    human,
+    pass_timings,
+    sparsity_table,
+    with_source,
+)
 
 
 def _run_pipeline(
@@ -51,17 +57,21 @@ def register(app: typer.Typer) -> None:
     @app.command("passes")
     @handle_errors
     def passes_cmd() -> None:
-        """List the passes a pipeline can use, with their arguments."""
-        from drpopt.passes import PASSES
+        """List the passes a pipeline can use (built-in and plugin), with their arguments."""
+        from drpopt.passes.pipeline import registry
+        from drpopt.passes.plugins import PASS_GROUP, pass_source, records
 
         table = Table(title="Passes", title_justify="left")
         table.add_column("pass", style="bold")
         table.add_column("what it does")
         table.add_column("arguments (default)")
-        for p in PASSES:
+        for p in registry().values():
             args = ", ".join(f"{n}={d}" for n, _, d in p.arguments()) or "-"
-            table.add_row(p.name, p.summary(), args)
+            table.add_row(p.name, with_source(p.summary(), pass_source(p.name)), args)
         _console().print(table)
+        for r in records(PASS_GROUP):
+            if r.broken:
+                _console().print(broken_plugin_line(r), highlight=False)
         _console().print(
             "pipeline: passes separated by ',', arguments as name:key=value:key=value, "
             "lists with '|'; e.g. fold-batchnorm,score:criterion=l2,mask:rate=0.7,apply-masks"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from drpopt.ir.analysis import Analysis
 from drpopt.ir.channels import Group
@@ -143,3 +144,16 @@ def sparsity_table(layers, shapes_before: dict[str, list[int]], limit: int = 40)
     if len(layers) > limit:
         table.add_row(f"... {len(layers) - limit} more layers", "", "", "")
     return table
+
+
+def broken_plugin_line(record) -> Text:
+    """One line naming a plugin entry point that was skipped and why."""
+    return Text.assemble(
+        ("broken plugin", "bold red"),
+        f" '{record.name}' ({record.dist}, {record.value}): {record.error}",
+    )
+
+
+def with_source(summary: str, source: str) -> Text:
+    """A pass summary, marked with the distribution of a plugin pass."""
+    return Text.assemble(summary, (f" (plugin: {source})", "dim")) if source else Text(summary)

@@ -18,13 +18,17 @@ def register(app: typer.Typer) -> None:
     @app.command("targets")
     @handle_errors
     def targets_cmd() -> None:
-        """List the target profiles (shipped; a .toml path works wherever a name does)."""
-        from drpopt.passes.targets import TARGETS
+        """List the target profiles (shipped and plugin; a .toml path works wherever a name
+        does)."""
+        from drpopt.cli.render import broken_plugin_line
+        from drpopt.passes.plugins import TARGET_GROUP, records
+        from drpopt.passes.targets import all_targets
 
         table = Table(title="Target profiles", title_justify="left")
-        for col in ("target", "channels", "pattern", "rate", "output", "what it is for"):
+        cols = ("target", "channels", "pattern", "rate", "output", "what it is for", "from")
+        for col in cols:
             table.add_column(col, overflow="fold")
-        for p in TARGETS.values():
+        for p in all_targets().values():
             pattern = {
                 "channel": "-",
                 "nm": f"{p.n}:{p.m}",
@@ -38,8 +42,12 @@ def register(app: typer.Typer) -> None:
                 f"{p.default_rate} (max {p.max_rate}/group)",
                 p.output,
                 p.description.split(":")[0],
+                "drpopt" if p.source.startswith("drpopt profile") else p.source,
             )
         _console().print(table)
+        for r in records(TARGET_GROUP):
+            if r.broken:
+                _console().print(broken_plugin_line(r), highlight=False)
 
     @app.command("check")
     @handle_errors

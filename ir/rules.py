@@ -623,7 +623,24 @@ def node_opset(node: Node, graph: Graph) -> int:
     return graph.opsets.get(node.domain or "", graph.opsets.get("", 17))
 
 
+_plugins_loaded = False
+
+
+def load_rule_plugins() -> None:
+    """Registers the rules of plugins (entry point group ``drpopt.rules``), once."""
+    global _plugins_loaded
+    if not _plugins_loaded:
+        _plugins_loaded = True
+        from drpopt.passes.plugins import RULE_GROUP, load_plugins
+
+        load_plugins(RULE_GROUP)
+
+
 def rule_for(node: Node) -> Rule | None:
+    """The coupling rule of ``node``: by ``domain::OpType`` for custom domains, else by
+    op type (plugin rules included)."""
+    if not _plugins_loaded:
+        load_rule_plugins()
     if node.domain not in ("", "ai.onnx"):
         # the fx frontend names unknown ops "fx::<name>" already
         key = node.op_type if "::" in node.op_type else f"{node.domain}::{node.op_type}"

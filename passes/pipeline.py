@@ -27,10 +27,15 @@ else:  # pragma: no cover
 
 
 def registry() -> dict[str, type[Pass]]:
-    """Pass name -> class, from the ``PASSES`` list of ``drpopt.passes``."""
+    """Pass name -> class: the ``PASSES`` list of ``drpopt.passes``, then plugin passes
+    (entry point group ``drpopt.passes``; a plugin never replaces a built-in)."""
     from drpopt.passes import PASSES
+    from drpopt.passes.plugins import plugin_passes
 
-    return {p.name: p for p in PASSES}
+    reg = {p.name: p for p in PASSES}
+    for name, cls in plugin_passes().items():
+        reg.setdefault(name, cls)
+    return reg
 
 
 def _lookup(name: str) -> type[Pass]:

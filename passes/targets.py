@@ -1,7 +1,8 @@
 """Target profiles: what a device wants from a sparsity plan, as data (TOML).
 
 Shipped profiles live in ``passes/profiles/*.toml`` (``generic``, ``cpu``, ``drpai``,
-``nm-2-4``); a user profile is any ``.toml`` path with the same tables. A profile names:
+``nm-2-4``); plugins add more (``drpopt.passes.plugins``, loaded by ``all_targets`` and
+``get_target``); a user profile is any ``.toml`` path with the same tables. A profile names:
 
 - ``[channels]``: ``align`` (kept channel counts a multiple of it; a group smaller than
   ``align`` stays whole) and ``min_channels``;
@@ -146,8 +147,17 @@ def _shipped() -> dict[str, TargetProfile]:
 TARGETS: dict[str, TargetProfile] = _shipped()
 
 
+def all_targets() -> dict[str, TargetProfile]:
+    """``TARGETS`` with the profiles of plugins (entry point group ``drpopt.targets``)."""
+    from drpopt.passes.plugins import TARGET_GROUP, load_plugins
+
+    load_plugins(TARGET_GROUP)
+    return TARGETS
+
+
 def get_target(name: str) -> TargetProfile:
-    """A shipped profile by name, or a user profile by ``.toml`` path."""
+    """A shipped or plugin profile by name, or a user profile by ``.toml`` path."""
+    all_targets()
     if name in TARGETS:
         return TARGETS[name]
     if name.endswith(".toml") or Path(name).is_file():
