@@ -15,6 +15,15 @@ Rules:
 - masks are enforced at all times: pruned weights are zeroed when masks change and after
   every optimizer step (a global step hook, so optimizers built before the Pruner work), and
   gradients of pruned weights are zeroed by tensor hooks;
+- a fine-grained pattern (``granularity`` ``nm``/``block``/``unstructured``, default: the
+  target profile's) composes with the channel groups: its weights (the profile's targeted
+  Conv/Linear layers) get mask buffers too, and the pattern is multiplied into the same
+  masks (``retrain/patterns.py``), so enforcement, checkpoints, EMA and export are unchanged.
+  One rule drives both parts: the channel part follows the schedule to ``final_rate`` (0: no
+  channel pruning) and the pattern part follows the same schedule (same kind, steps and
+  progress) to its own final rate (``nm``: ``1 - n/m``, exact ``n:m`` at the schedule's last
+  step; ``block``/``unstructured``: ``pattern_rate``, the share of the channel-kept weights
+  zeroed); at every update step channels are chosen first, then the pattern;
 - ``finalize()`` zeroes the weights for good, removes hooks and buffers, and leaves a plain
   module whose ``state_dict`` has the original keys.
 """
@@ -23,7 +32,7 @@ from __future__ import annotations
 
 import logging
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -35,6 +44,8 @@ from drpopt.ir.from_torch import TorchTrace, trace_module, unwrap
 from drpopt.passes.mask import MaskPass, kept_count
 from drpopt.passes.plan import GroupPlan, Plan, group_key
 from drpopt.passes.score import group_scores
+from drpopt.passes.targets import GRANULARITIES, TargetProfile, _check
+from drpopt.retrain.patterns import PatternLayer, pattern_layers, pattern_masks
 from drpopt.retrain.schedule import Schedule
 
 log = logging.getLogger(__name__)
@@ -62,7 +73,13 @@ def _owner(model: Any, name: str) -> tuple[Any, str]:
 
 
 class Pruner:
-    """Gradual (or one-shot) structured pruning of ``model`` to ``final_rate``."""
+    """Gradual (or one-shot) structured pruning of ``model`` to ``final_rate``.
+
+    ``granularity``, ``pattern_rate``, ``n``, ``m``, ``block`` and ``scope`` override the
+    target profile's fine-grained pattern (see the module docstring); ``pattern_rate`` is for
+    ``block``/``unstructured`` (``nm`` zeroes ``1 - n/m``), ``scope`` (``layer``/``global``)
+    for ``unstructured``.
+    """
 
     def __init__(
         self,
@@ -82,6 +99,12 @@ class Pruner:
         allow_unprune: bool = False,
         seed: int = 0,
         trace: TorchTrace | None = None,
+        granularity: str | None = None,
+        pattern_rate: float | None = None,
+        n: int | None = None,
+        m: int | None = None,
+        block: int | None = None,
+        scope: str | None = None,
     ) -> None:
         import torch
         from torch.optim.optimizer import (
@@ -89,6 +112,8 @@ class Pruner:
             register_optimizer_step_pre_hook,
         )
 
+        # ``m`` is reused as a loop name below: keep the pattern arguments apart first
+        pattern_args = (granularity, pattern_rate, n, m, block, scope)
         self.model = unwrap(model)
         self.schedule = (
             schedule
@@ -136,6 +161,25 @@ class Pruner:
                     self._masked[m.tensor] = _Masked(
                         m.tensor, module, attr, p, getattr(module, buf_name)
                     )
+        self.pattern = _pattern_profile(self.selector.profile, *pattern_args)
+        self.pattern_schedule = replace(
+            self.schedule, final_rate=self.pattern.pattern_rate, initial_rate=0.0
+        )
+        self.pattern_layers: list[PatternLayer] = (
+            pattern_layers(self.graph, self.pattern, list(exclude), params)
+            if self.pattern.pattern_rate > 0
+            else []
+        )
+        for layer in self.pattern_layers:
+            if layer.param not in self._masked:
+                module, attr = _owner(self.model, layer.param)
+                p = params[layer.param]
+                buf_name = attr + MASK_SUFFIX
+                if not hasattr(module, buf_name):
+                    module.register_buffer(buf_name, torch.ones_like(p, requires_grad=False))
+                self._masked[layer.param] = _Masked(
+                    layer.param, module, attr, p, getattr(module, buf_name)
+                )
         if not hasattr(self.model, STATE_BUFFER):
             self.model.register_buffer(STATE_BUFFER, torch.zeros(2, dtype=torch.float64))
         self._hooks: list[Any] = []
@@ -232,14 +276,24 @@ class Pruner:
         step = self.step
         if self.schedule.is_update_step(step):
             target = self.schedule.rate(step)
-            if target > self.rate + 1e-12 or (self.allow_unprune and target != self.rate):
-                self.prune_to(target)
+            pattern = self.pattern_schedule.rate(step) if self.pattern_layers else 0.0
+            if (
+                target > self.rate + 1e-12
+                or (self.allow_unprune and target != self.rate)
+                or pattern > 0
+            ):
+                final = step >= self.schedule.end or self.schedule.kind == "oneshot"
+                self.prune_to(target, pattern, final)
         self.state[0] += 1
 
-    def prune_to(self, rate: float) -> None:
-        """Recomputes the masks for ``rate`` now and applies them."""
+    def prune_to(self, rate: float, pattern: float | None = None, final: bool = True) -> None:
+        """Recomputes the masks for ``rate`` now and applies them, with the fine-grained
+        pattern at ``pattern`` (default: its final rate; ``final``: exact ``n:m``)."""
         import torch
 
+        if pattern is None:
+            pattern = self.pattern.pattern_rate
+        previous = {name: e.mask.detach().cpu().numpy() > 0.5 for name, e in self._masked.items()}
         keep = self.keep_sets()
         self._load_weights()
         new: dict[str, list[int]] = {}
@@ -251,6 +305,8 @@ class Pruner:
             new[key] = sorted(order[:k])
         new = _broadcast(new)
         self._write_masks(new)
+        if self.pattern_layers and pattern > 0:
+            self._write_pattern(previous, pattern, final)
         self.state[1] = rate
         self.apply_masks()
         with torch.no_grad():
@@ -283,6 +339,21 @@ class Pruner:
             for name, e in self._masked.items():
                 e.mask.copy_(torch.from_numpy(arrays[name]).to(e.mask))
 
+    def _write_pattern(self, previous: dict[str, np.ndarray], rate: float, final: bool) -> None:
+        """Multiplies the pattern into the (freshly written) channel masks; never revives."""
+        import torch
+
+        names = [x.param for x in self.pattern_layers]
+        channel = {k: self._masked[k].mask.detach().cpu().numpy() > 0.5 for k in names}
+        prev = {k: previous[k] | self.allow_unprune for k in names}
+        weights = {k: self._masked[k].param.detach().float().cpu().numpy() for k in names}
+        keep = pattern_masks(weights, channel, prev, self.pattern_layers, self.pattern, rate, final)
+        keep = _broadcast(keep)
+        with torch.no_grad():
+            for name, k in keep.items():
+                e = self._masked[name]
+                e.mask.copy_(torch.from_numpy(k.astype(np.float32)).to(e.mask))
+
     def apply_masks(self) -> None:
         """Zeroes every pruned weight (cheap; safe to call any time)."""
         import torch
@@ -312,6 +383,33 @@ class Pruner:
     @property
     def masked_parameters(self) -> list[str]:
         return list(self._masked)
+
+
+def _pattern_profile(
+    base: TargetProfile,
+    granularity: str | None,
+    rate: float | None,
+    n: int | None,
+    m: int | None,
+    block: int | None,
+    scope: str | None,
+) -> TargetProfile:
+    """The target profile with the given pattern overrides, checked."""
+    if granularity is not None and granularity not in GRANULARITIES:
+        raise BadInputError(f"granularity {granularity!r} is not one of {', '.join(GRANULARITIES)}")
+    overrides = {
+        "granularity": granularity,
+        "sparsity_rate": rate,
+        "n": n,
+        "m": m,
+        "block": block,
+        "sparsity_scope": scope,
+    }
+    merged = replace(base, **{k: v for k, v in overrides.items() if v is not None})
+    profile = _check(merged, f"Pruner pattern ({base.name})")
+    if profile.pattern_rate >= 1.0:
+        raise BadInputError(f"pattern rate {profile.pattern_rate} must be below 1")
+    return profile
 
 
 def _weak_hook(pruner: Pruner, method: str):

@@ -1,0 +1,121 @@
+"""Fine-grained patterns for the Pruner: n:m, blocks or single weights inside kept channels.
+
+The torch-side twin of the ``sparsify`` pass (same helpers, same layout: the dense-shaped
+weight, input-channel axis as in ``passes/sparsify.input_axis``). Rules:
+- the pattern rate ``q`` is the share of a layer's channel-kept weights (``scope=layer``) or
+  of all targeted layers' channel-kept weights (``scope=global``, ``unstructured`` only) that
+  the pattern zeroes; weights the pattern already zeroed count towards it, and nothing is
+  revived: each call only adds zeros to ``alive = channel mask & previous mask``;
+- ``unstructured``: the smallest ``|w|`` of the alive weights go first (global scope: one
+  ranking, i.e. one magnitude threshold, across layers);
+- ``block``: the alive (output row, input block) pairs with the smallest L2 norm go first,
+  whole blocks at a time (a block that channel pruning cut through stays partial, as with
+  the ``sparsify`` pass);
+- ``nm``: the candidates are the alive weights the full ``n:m`` pattern drops; before the
+  final step the smallest of them go first, up to ``q``; at the final step all of them go,
+  so the final masks hold the exact ``n:m`` pattern;
+- depthwise convs get no ``nm``/``block`` pattern (as in ``sparsify``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from drpopt.passes.sparsify import block_mask, block_scores, input_axis, nm_mask
+from drpopt.passes.targets import TargetProfile
+
+
+@dataclass(frozen=True)
+class PatternLayer:
+    """A weight the pattern touches: its parameter name, node and input-channel axis."""
+
+    param: str
+    node: str
+    axis: int
+    depthwise: bool
+
+
+def pattern_layers(graph, profile: TargetProfile, exclude: list[str], params: dict) -> list:
+    """The profile's targeted layers whose weight is a parameter of the same shape."""
+    from drpopt.passes.sparsify import targeted_layers
+
+    out = []
+    for node in targeted_layers(graph, profile, exclude):
+        name = node.input(1).name
+        p = params.get(name)
+        if p is None or tuple(p.shape) != tuple(np.shape(node.input(1).const)):
+            continue
+        depthwise = node.op_type == "Conv" and p.shape[1] == 1 and int(node.attr("group", 1)) > 1
+        out.append(PatternLayer(name, node.name, input_axis(node), depthwise))
+    return out
+
+
+def _kill_smallest(scores: np.ndarray, candidates: np.ndarray, k: int) -> np.ndarray:
+    """Boolean array marking the ``k`` candidates with the smallest scores."""
+    out = np.zeros(scores.shape, dtype=bool)
+    idx = np.flatnonzero(candidates)
+    if k <= 0 or idx.size == 0:
+        return out
+    order = idx[np.argsort(scores.ravel()[idx], kind="stable")[:k]]
+    out.ravel()[order] = True
+    return out
+
+
+def pattern_masks(
+    weights: dict[str, np.ndarray],
+    channel: dict[str, np.ndarray],
+    previous: dict[str, np.ndarray],
+    layers: list[PatternLayer],
+    profile: TargetProfile,
+    rate: float,
+    final: bool,
+) -> dict[str, np.ndarray]:
+    """Keep-masks (bool) of the ``layers``: channel mask, previous mask and the pattern at
+    ``rate`` (``final``: the schedule's last step, where ``nm`` becomes exact)."""
+    g = profile.granularity
+    out: dict[str, np.ndarray] = {}
+    alive_of = {
+        layer.param: channel[layer.param].astype(bool) & previous[layer.param].astype(bool)
+        for layer in layers
+    }
+    if g == "unstructured" and profile.sparsity_scope == "global":
+        universe = sum(int(channel[x.param].astype(bool).sum()) for x in layers)
+        dead = sum(int((channel[x.param].astype(bool) & ~alive_of[x.param]).sum()) for x in layers)
+        k = int(round(rate * universe)) - dead
+        if not layers:
+            return out
+        mags = np.concatenate([np.abs(weights[x.param]).ravel() for x in layers])
+        alive = np.concatenate([alive_of[x.param].ravel() for x in layers])
+        killed = _kill_smallest(mags, alive, k)
+        start = 0
+        for x in layers:
+            size = alive_of[x.param].size
+            part = killed[start : start + size].reshape(alive_of[x.param].shape)
+            out[x.param] = alive_of[x.param] & ~part
+            start += size
+        return out
+    for x in layers:
+        w, alive, chan = weights[x.param], alive_of[x.param], channel[x.param].astype(bool)
+        universe, dead = int(chan.sum()), int((chan & ~alive).sum())
+        if g in ("nm", "block") and x.depthwise:
+            out[x.param] = alive
+        elif g == "unstructured":
+            k = int(round(rate * universe)) - dead
+            out[x.param] = alive & ~_kill_smallest(np.abs(w), alive, k)
+        elif g == "nm":
+            candidates = alive & ~nm_mask(np.where(alive, w, 0.0), x.axis, profile.n, profile.m)
+            k = int(candidates.sum()) if final else int(round(rate * universe)) - dead
+            out[x.param] = alive & ~_kill_smallest(np.abs(w), candidates, k)
+        elif g == "block":
+            scores = block_scores(np.where(alive, w, 0.0), x.axis, profile.block)
+            live = block_scores(alive.astype(np.float64), x.axis, profile.block) > 0
+            universe_b = block_scores(chan.astype(np.float64), x.axis, profile.block) > 0
+            k = int(round(rate * universe_b.sum())) - int((universe_b & ~live).sum())
+            killed = _kill_smallest(scores, live, k)
+            keep = block_mask(np.ones(w.shape), x.axis, profile.block, killed | ~live)
+            out[x.param] = alive & keep
+        else:
+            out[x.param] = alive
+    return out
