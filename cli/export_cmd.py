@@ -60,13 +60,21 @@ def register(app: typer.Typer) -> None:
             typer.Option("--checkpoint", "-c", help="State dict to load (torch.save file)."),
         ] = None,
         compact: Annotated[
-            bool,
+            bool | None,
             typer.Option(
                 "--compact/--sparse",
-                help="Remove pruned channels, or keep dense shapes with zeros (default).",
+                help="Remove pruned channels, or keep dense shapes with zeros "
+                "(default: the target's form; sparse without --target).",
             ),
-        ] = False,
-        opset: Annotated[int, typer.Option("--opset", help="ONNX opset.", min=7)] = 17,
+        ] = None,
+        opset: Annotated[
+            int | None,
+            typer.Option("--opset", help="ONNX opset (default: the target's, else 17).", min=7),
+        ] = None,
+        target: Annotated[
+            str | None,
+            typer.Option("--target", help="Target profile: its export form and opset."),
+        ] = None,
         builder_arg: Annotated[
             list[str] | None,
             typer.Option("--builder-arg", "-a", help="key=value passed to BUILDER (repeat)."),
@@ -87,6 +95,14 @@ def register(app: typer.Typer) -> None:
         from drpopt.cli.files import refuse_overwrite
         from drpopt.retrain.export import export_onnx
 
+        if target is not None:
+            from drpopt.passes.targets import get_target
+
+            profile = get_target(target)
+            compact = profile.output == "compact" if compact is None else compact
+            opset = profile.opset if opset is None else opset
+        compact = bool(compact)
+        opset = 17 if opset is None else opset
         shapes = [parse_shape(s) for s in input_shape]
         kwargs = parse_builder_args(builder_arg or [])
         if checkpoint is not None:

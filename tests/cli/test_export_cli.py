@@ -258,3 +258,28 @@ def test_bad_input_is_one_line_and_exit_2(app, files, tmp_path, case, message):
 def test_registered_once(app):
     names = [c.name for c in app.registered_commands]
     assert names.count("export") == 1
+
+
+@pytest.mark.parametrize(
+    ("target", "form", "opset"), [("generic", "compact", 17), ("drpai", "sparse", 17)]
+)
+def test_target_profile_sets_form_and_opset(app, files, tmp_path, target, form, opset):
+    out = tmp_path / f"{target}.onnx"
+    result = invoke(
+        app,
+        f"{files['builder']}:build",
+        "-c",
+        str(files["checkpoint"]),
+        "-s",
+        SHAPE,
+        "-o",
+        str(out),
+        "--target",
+        target,
+        "--json",
+        "--builder-arg",
+        "width=16",
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["form"] == form
+    assert onnx.load(str(out)).opset_import[0].version == opset
