@@ -140,20 +140,3 @@ def fold_constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
                 consts[name] = arr
                 folded[name] = arr
     return folded
-
-
-def with_folded_initializers(
-    model: onnx.ModelProto, folded: dict[str, np.ndarray]
-) -> onnx.ModelProto:
-    """A copy where folded outputs are initializers (their nodes dropped): what shape
-    inference should see."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    if not folded:
-        return out
-    keep = [n for n in out.graph.node if not (n.output and all(o in folded for o in n.output))]
-    del out.graph.node[:]
-    out.graph.node.extend(keep)
-    for name, arr in folded.items():
-        out.graph.initializer.append(numpy_helper.from_array(arr, name))
-    return out

@@ -22,15 +22,16 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 from drpopt.errors import BadInputError, UnsupportedModelError
 from drpopt.ir.core import Graph, Node, Value
-from drpopt.ir.fold import fold_constants, with_folded_initializers
+from drpopt.ir.fold import fold_constants
 
 log = logging.getLogger(__name__)
 
 MIN_OPSET = 11
+SMALL_CONSTANT = 4096  # elements: constants this small may be shape arguments
 
 
 def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
@@ -101,6 +102,32 @@ def check_opset(model: onnx.ModelProto, where: str = "model") -> int:
     return version
 
 
+def _shape_copy(model: onnx.ModelProto, folded: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """What shape inference needs and no more: the nodes, small constants (they may be
+    shape arguments), folded values as constants, large weights as typed inputs (their data
+    never matters for shapes; serialising it dominated load time)."""
+    light = onnx.ModelProto()
+    light.ir_version = model.ir_version
+    light.opset_import.extend(model.opset_import)
+    light.functions.extend(model.functions)
+    src, g = model.graph, light.graph
+    g.name = src.name
+    g.node.extend(n for n in src.node if not (n.output and all(o in folded for o in n.output)))
+    g.input.extend(src.input)
+    declared = {i.name for i in src.input}
+    for t in src.initializer:
+        if np.prod(t.dims, dtype=np.int64) <= SMALL_CONSTANT:
+            g.initializer.append(t)
+        elif t.name not in declared:
+            g.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    g.sparse_initializer.extend(src.sparse_initializer)
+    for name, arr in folded.items():
+        g.initializer.append(numpy_helper.from_array(arr, name))
+    g.output.extend(src.output)
+    g.value_info.extend(src.value_info)
+    return light
+
+
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """Runs ONNX shape inference, keeping the model as it was when inference fails."""
     try:
@@ -116,16 +143,8 @@ def from_onnx(source: str | os.PathLike | onnx.ModelProto, where: str | None = N
     where = where or (str(source) if not isinstance(source, onnx.ModelProto) else "model")
     opset = check_opset(model, where)
     folded = fold_constants(model)
-    inferred = infer_shapes(with_folded_initializers(model, folded) if folded else model)
-    if folded:  # keep the model's own nodes; take the shapes inference found
-        base = onnx.ModelProto()
-        base.CopyFrom(model)
-        del base.graph.value_info[:]
-        base.graph.value_info.extend(inferred.graph.value_info)
-        for out, inf in zip(base.graph.output, inferred.graph.output, strict=False):
-            out.type.CopyFrom(inf.type)
-        inferred = base
-    graph = _convert_graph(inferred.graph, parent=None)
+    inferred = infer_shapes(_shape_copy(model, folded))
+    graph = _convert_graph(model.graph, parent=None, shapes=inferred.graph)
     for name, arr in folded.items():
         value = graph.values.get(name)
         if value is not None and value.producer is not None:
@@ -173,7 +192,9 @@ def _set_info(value: Value, info: onnx.ValueInfoProto) -> None:
         value.dtype = _np_dtype(info.type.tensor_type.elem_type)
 
 
-def _convert_graph(gp: onnx.GraphProto, parent: _Scope | None) -> Graph:
+def _convert_graph(
+    gp: onnx.GraphProto, parent: _Scope | None, shapes: onnx.GraphProto | None = None
+) -> Graph:
     graph = Graph(gp.name or "graph")
     scope = _Scope(graph, parent)
     for init in gp.initializer:
@@ -190,6 +211,9 @@ def _convert_graph(gp: onnx.GraphProto, parent: _Scope | None) -> Graph:
             graph.inputs.append(v)
     for info in list(gp.value_info) + list(gp.output):
         _set_info(graph.value(info.name), info)
+    if shapes is not None:  # what shape inference found (on a light copy of this graph)
+        for info in list(shapes.value_info) + list(shapes.output):
+            _set_info(graph.value(info.name), info)
 
     for i, np_node in enumerate(gp.node):
         name = np_node.name or f"{np_node.op_type}_{i}"
