@@ -8,18 +8,7 @@ from rich.text import Text
 
 from drpopt.ir.analysis import Analysis
 from drpopt.ir.channels import Group
-
-
-def human(n: float) -> str:
-    """1234567 -> '1.23M'."""
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f}{unit}"
-    return str(int(n))
-
-
-def _pct(part: float, whole: float) -> str:
-    return f"{100.0 * part / whole:.1f}%" if whole else "-"
+from drpopt.passes.common import human, pct
 
 
 def _size(g: Group) -> str:
@@ -52,8 +41,8 @@ def group_table(result: Analysis, limit: int | None = None) -> Table:
             _size(g),
             status,
             _producers(g),
-            f"{human(g.params)} ({_pct(g.params, result.params)})",
-            f"{human(g.macs)} ({_pct(g.macs, result.macs)})",
+            f"{human(g.params)} ({pct(g.params, result.params)})",
+            f"{human(g.macs)} ({pct(g.macs, result.macs)})",
         )
     return table
 
@@ -79,11 +68,11 @@ def render_analysis(console: Console, result: Analysis, limit: int | None = None
     totals.add_row(
         "  in prunable groups",
         human(result.prunable_params),
-        _pct(result.prunable_params, result.params),
+        pct(result.prunable_params, result.params),
     )
     totals.add_row("MACs", human(result.macs), "")
     totals.add_row(
-        "  in prunable groups", human(result.prunable_macs), _pct(result.prunable_macs, result.macs)
+        "  in prunable groups", human(result.prunable_macs), pct(result.prunable_macs, result.macs)
     )
     totals.add_row(
         "groups",

@@ -136,7 +136,16 @@ def _distinct_copy(model: Any) -> Any:
     return clone
 
 
-def _export(model: Any, args: tuple, kwargs: dict, opset: int) -> onnx.ModelProto:
+def _export(
+    model: Any,
+    args: tuple,
+    kwargs: dict,
+    opset: int,
+    input_names: list[str] | None = None,
+    output_names: list[str] | None = None,
+) -> onnx.ModelProto:
+    """torch.onnx.export (TorchScript) with constant folding off, so initializers keep
+    their ``state_dict`` names; the mode (train/eval) is the model's own."""
     import torch
 
     buf = io.BytesIO()
@@ -151,6 +160,8 @@ def _export(model: Any, args: tuple, kwargs: dict, opset: int) -> onnx.ModelProt
             do_constant_folding=False,
             opset_version=opset,
             training=torch.onnx.TrainingMode.PRESERVE,
+            input_names=input_names,
+            output_names=output_names,
         )
     return onnx.load_from_string(buf.getvalue())
 

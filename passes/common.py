@@ -107,3 +107,16 @@ def layer_sparsity(graph: Graph) -> list[LayerSparsity]:
             )
         )
     return out
+
+
+def human(n: float) -> str:
+    """1234567 -> '1.23M' (for tables and reports)."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(int(n))
+
+
+def pct(part: float, whole: float) -> str:
+    """``part`` as a percentage of ``whole`` ('-' when ``whole`` is 0)."""
+    return f"{100.0 * part / whole:.1f}%" if whole else "-"

@@ -27,7 +27,7 @@ import onnx
 from drpopt.errors import DrpoptError
 from drpopt.ir.analysis import Analysis, analyze, node_macs
 from drpopt.ir.core import Graph
-from drpopt.passes.common import LayerSparsity, layer_sparsity
+from drpopt.passes.common import LayerSparsity, human, layer_sparsity, pct
 
 log = logging.getLogger(__name__)
 
@@ -95,17 +95,6 @@ def collect(model: Any, name: str | None = None) -> ModelStats:
 
 
 # ---- numbers ----------------------------------------------------------------------------
-def _human(n: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f}{unit}"
-    return str(int(n))
-
-
-def _pct(part: float, whole: float) -> str:
-    return f"{100.0 * part / whole:.1f}%" if whole else "-"
-
-
 def _e(x: Any) -> str:
     return html.escape(str(x), quote=True)
 
@@ -206,8 +195,8 @@ def chart_data(m: ModelStats, c: ModelStats | None) -> tuple[list[str], list[str
             lambda v: f"{100 * v:.1f}%",
             1.0,
         ),
-        Chart("Weight parameters per layer", series(lambda st, s: float(s.total)), _human),
-        Chart("MACs per layer", series(lambda st, s: float(st.macs.get(s.node, 0))), _human),
+        Chart("Weight parameters per layer", series(lambda st, s: float(s.total)), human),
+        Chart("MACs per layer", series(lambda st, s: float(st.macs.get(s.node, 0))), human),
     ]
     return labels, [st.name for st, _ in sides], charts
 
@@ -226,9 +215,9 @@ def _charts(m: ModelStats, c: ModelStats | None) -> str:
 def _header(m: ModelStats, c: ModelStats | None) -> str:
     rows = [
         ("nodes", len(m.graph.nodes), len(c.graph.nodes) if c else 0, str),
-        ("parameters", m.analysis.params, c.analysis.params if c else 0, _human),
-        ("nonzero weights (weighted layers)", m.nonzero, c.nonzero if c else 0, _human),
-        ("MACs", m.analysis.macs, c.analysis.macs if c else 0, _human),
+        ("parameters", m.analysis.params, c.analysis.params if c else 0, human),
+        ("nonzero weights (weighted layers)", m.nonzero, c.nonzero if c else 0, human),
+        ("MACs", m.analysis.macs, c.analysis.macs if c else 0, human),
     ]
     head = f"<th></th><th>{_e(m.name)}</th>"
     if c:
@@ -238,7 +227,7 @@ def _header(m: ModelStats, c: ModelStats | None) -> str:
         cells = f'<td class="n" title="{a}">{_e(fmt(a))}</td>'
         if c:
             cells += f'<td class="n" title="{b}">{_e(fmt(b))}</td>'
-            cells += f'<td class="n ratio">{_pct(a, b)}</td>'
+            cells += f'<td class="n ratio">{pct(a, b)}</td>'
         body.append(f"<tr><th>{_e(label)}</th>{cells}</tr>")
     title = _e(m.name) + (f" vs {_e(c.name)}" if c else "")
     return (
@@ -269,14 +258,14 @@ def _groups(m: ModelStats) -> str:
         rows.append(
             f'<tr class="group"><td class="n">{g.id}</td><td class="n">{_size(g)}</td>'
             f'<td>{status}</td><td title="{_e(", ".join(g.producers))}">{_e(prods)}</td>'
-            f'<td class="n">{_human(g.params)} ({_pct(g.params, a.params)})</td>'
-            f'<td class="n">{_human(g.macs)} ({_pct(g.macs, a.macs)})</td></tr>'
+            f'<td class="n">{human(g.params)} ({pct(g.params, a.params)})</td>'
+            f'<td class="n">{human(g.macs)} ({pct(g.macs, a.macs)})</td></tr>'
         )
     return (
         f"<h2>Coupled channel groups of {_e(m.name)}</h2>"
         f'<p class="note">{len(a.groups)} groups, {len(a.prunable_groups)} prunable; '
-        f"prunable groups cover {_pct(a.prunable_params, a.params)} of the parameters and "
-        f"{_pct(a.prunable_macs, a.macs)} of the MACs</p>"
+        f"prunable groups cover {pct(a.prunable_params, a.params)} of the parameters and "
+        f"{pct(a.prunable_macs, a.macs)} of the MACs</p>"
         '<table id="groups"><tr><th>id</th><th>size</th><th>prunable</th><th>producers</th>'
         f"<th>params</th><th>MACs</th></tr>{''.join(rows)}</table>"
     )

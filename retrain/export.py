@@ -26,11 +26,9 @@ import copy
 import hashlib
 import importlib
 import importlib.util
-import io
 import logging
 import os
 import sys
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +42,7 @@ from drpopt.errors import BadInputError, CheckFailedError
 from drpopt.ir.analysis import Analysis, analyze
 from drpopt.ir.core import Graph
 from drpopt.ir.from_onnx import from_onnx
-from drpopt.ir.from_torch import _distinct_copy, split_inputs, trace_module, unwrap
+from drpopt.ir.from_torch import _distinct_copy, _export, split_inputs, trace_module, unwrap
 from drpopt.passes.plan import GroupPlan, Plan, group_key
 from drpopt.retrain.pruner import MASK_SUFFIX, STATE_BUFFER
 
@@ -207,25 +205,15 @@ def _torch_export(
     model: Any, args: tuple, kwargs: dict, opset: int, n_inputs: int, n_outputs: int
 ) -> onnx.ModelProto:
     """``model`` exported from a distinct-valued copy, its real values put back by name."""
-    import torch
-
     clone = _distinct_copy(model).eval()
-    buf = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            clone,
-            args,
-            buf,
-            kwargs=kwargs or None,
-            dynamo=False,
-            do_constant_folding=False,
-            opset_version=opset,
-            training=torch.onnx.TrainingMode.PRESERVE,
-            input_names=_names("input", n_inputs),
-            output_names=_names("output", n_outputs),
-        )
-    proto = onnx.load_from_string(buf.getvalue())
+    proto = _export(
+        clone,
+        args,
+        kwargs,
+        opset,
+        input_names=_names("input", n_inputs),
+        output_names=_names("output", n_outputs),
+    )
     real = {n: t for n, t in (*model.named_parameters(), *model.named_buffers())}
     for init in proto.graph.initializer:
         tensor = real.get(init.name)
