@@ -30,9 +30,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from drpopt.retrain.demo import _epochs, _sgd, accuracy, load_digits_split
+from drpopt.retrain.demo import _epochs, _sgd, accuracy, train_dense
 from drpopt.retrain.pruner import Pruner
-from drpopt.zoo.torch_models import digits_cnn
 
 MODES = {
     "channel": {"granularity": "channel"},
@@ -92,12 +91,7 @@ def run(seeds: list[int], targets: list[float], dense_epochs: int, ft_epochs: in
     torch.set_num_threads(1)
     try:
         for seed in seeds:
-            torch.manual_seed(seed)
-            train, test = load_digits_split(seed)
-            base = digits_cnn()
-            steps = dense_epochs * math.ceil(len(train[1]) / 64)
-            opt, sched = _sgd(base, 0.05, steps)
-            _epochs(base, train, dense_epochs, opt, sched, seed)
+            base, train, test = train_dense(seed, dense_epochs)
             example = test[0][:1]
             names = prunable(base, example)
             ft_steps = ft_epochs * math.ceil(len(train[1]) / 64)

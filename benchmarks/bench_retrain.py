@@ -24,21 +24,16 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
-from drpopt.retrain.demo import _epochs, _sgd, accuracy, load_digits_split
+from drpopt.retrain.demo import _epochs, _sgd, accuracy, train_dense
 from drpopt.retrain.pruner import Pruner
-from drpopt.zoo.torch_models import digits_cnn, resnet18_like
+from drpopt.zoo.torch_models import resnet18_like
 
 
 def accuracy_runs(seeds: list[int], dense_epochs: int, ft_epochs: int, rate: float) -> dict:
     """Accuracy per seed for the baseline, gradual and one-shot fine-tuning."""
     results: dict[str, list[float]] = {"dense": [], "gradual": [], "oneshot": []}
     for seed in seeds:
-        torch.manual_seed(seed)
-        train, test = load_digits_split(seed)
-        base = digits_cnn()
-        steps = dense_epochs * math.ceil(len(train[1]) / 64)
-        opt, sched = _sgd(base, 0.05, steps)
-        _epochs(base, train, dense_epochs, opt, sched, seed)
+        base, train, test = train_dense(seed, dense_epochs)
         ft_steps = ft_epochs * math.ceil(len(train[1]) / 64)
         example = test[0][:1]
         for mode in results:

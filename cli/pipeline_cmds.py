@@ -289,31 +289,17 @@ def _print_summary(console: Console, s: dict) -> None:
     grid.add_column(justify="right")
     grid.add_row("", "before", "after", "after/before")
     if s["form"] == "compact":
-        grid.add_row(
-            "parameters",
-            human(s["params_before"]),
-            human(s["params_after"]),
-            ratio(s["params_after"], s["params_before"]),
-        )
-        grid.add_row(
-            "MACs",
-            human(s["macs_before"]),
-            human(s["macs_after"]),
-            ratio(s["macs_after"], s["macs_before"]),
-        )
+        rows = [
+            ("parameters", "params_after", "params_before"),
+            ("MACs", "macs_after", "macs_before"),
+        ]
     else:
-        grid.add_row(
-            "nonzero weights",
-            human(s["params_before"]),
-            human(s["nonzero_weights_after"]),
-            ratio(s["nonzero_weights_after"], s["params_before"]),
-        )
-        grid.add_row(
-            "MACs (zeros skipped)",
-            human(s["macs_before"]),
-            human(s["effective_macs_after"]),
-            ratio(s["effective_macs_after"], s["macs_before"]),
-        )
+        rows = [
+            ("nonzero weights", "nonzero_weights_after", "params_before"),
+            ("MACs (zeros skipped)", "effective_macs_after", "macs_before"),
+        ]
+    for label, after, before in rows:
+        grid.add_row(label, human(s[before]), human(s[after]), ratio(s[after], s[before]))
     console.print(grid)
     if s.get("verify_summary"):
         if s["form"] == "compact":

@@ -108,6 +108,20 @@ def _epochs(model, data, epochs, opt, sched, seed, before_iter=None, progress=No
                 progress(label, done, steps)
 
 
+def train_dense(seed: int, epochs: int, lr: float = 0.05, progress: ProgressFn | None = None):
+    """(model, train split, test split): the digits CNN trained densely from ``seed``."""
+    import torch
+
+    from drpopt.zoo.torch_models import digits_cnn
+
+    torch.manual_seed(seed)
+    train, test = load_digits_split(seed)
+    model = digits_cnn()
+    opt, sched = _sgd(model, lr, epochs * math.ceil(len(train[1]) / 64))
+    _epochs(model, train, epochs, opt, sched, seed, progress=progress, label="dense training")
+    return model, train, test
+
+
 def _sgd(model, lr, total_steps):
     import torch
 
@@ -138,7 +152,6 @@ def run_demo(
     from drpopt.passes.verify import latency_ms
     from drpopt.retrain.export import export_onnx
     from drpopt.retrain.pruner import Pruner
-    from drpopt.zoo.torch_models import digits_cnn
 
     cfg = config or DemoConfig()
     start = time.perf_counter()
@@ -150,20 +163,7 @@ def run_demo(
     # core (an onnxruntime pool, another process), and this model is too small to gain
     torch.set_num_threads(1)
     try:
-        train, test = load_digits_split(cfg.seed)
-        model = digits_cnn()
-        steps = cfg.dense_epochs * math.ceil(len(train[1]) / cfg.batch_size)
-        opt, sched = _sgd(model, cfg.lr, steps)
-        _epochs(
-            model,
-            train,
-            cfg.dense_epochs,
-            opt,
-            sched,
-            cfg.seed,
-            progress=progress,
-            label="dense training",
-        )
+        model, train, test = train_dense(cfg.seed, cfg.dense_epochs, cfg.lr, progress)
         dense_acc = accuracy(model, *test)
         example = test[0][:1]
         dense_export = export_onnx(model, example, out / "dense.onnx")

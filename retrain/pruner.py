@@ -152,15 +152,8 @@ class Pruner:
         self._masked: dict[str, _Masked] = {}
         for g in self.groups:
             for m in g.members:
-                if m.role in MASKED_ROLES and m.tensor in params and m.tensor not in self._masked:
-                    module, attr = _owner(self.model, m.tensor)
-                    p = params[m.tensor]
-                    buf_name = attr + MASK_SUFFIX
-                    if not hasattr(module, buf_name):
-                        module.register_buffer(buf_name, torch.ones_like(p, requires_grad=False))
-                    self._masked[m.tensor] = _Masked(
-                        m.tensor, module, attr, p, getattr(module, buf_name)
-                    )
+                if m.role in MASKED_ROLES and m.tensor in params:
+                    self._attach_mask(m.tensor, params[m.tensor])
         self.pattern = _pattern_profile(self.selector.profile, *pattern_args)
         self.pattern_schedule = replace(
             self.schedule, final_rate=self.pattern.pattern_rate, initial_rate=0.0
@@ -171,15 +164,7 @@ class Pruner:
             else []
         )
         for layer in self.pattern_layers:
-            if layer.param not in self._masked:
-                module, attr = _owner(self.model, layer.param)
-                p = params[layer.param]
-                buf_name = attr + MASK_SUFFIX
-                if not hasattr(module, buf_name):
-                    module.register_buffer(buf_name, torch.ones_like(p, requires_grad=False))
-                self._masked[layer.param] = _Masked(
-                    layer.param, module, attr, p, getattr(module, buf_name)
-                )
+            self._attach_mask(layer.param, params[layer.param])
         if not hasattr(self.model, STATE_BUFFER):
             self.model.register_buffer(STATE_BUFFER, torch.zeros(2, dtype=torch.float64))
         self._hooks: list[Any] = []
@@ -196,6 +181,18 @@ class Pruner:
             len(self._masked),
             self.trace.path,
         )
+
+    def _attach_mask(self, name: str, param: Any) -> None:
+        """Gives ``param`` its mask buffer (all ones; kept if a checkpoint already made it)."""
+        import torch
+
+        if name in self._masked:
+            return
+        module, attr = _owner(self.model, name)
+        buf_name = attr + MASK_SUFFIX
+        if not hasattr(module, buf_name):
+            module.register_buffer(buf_name, torch.ones_like(param, requires_grad=False))
+        self._masked[name] = _Masked(name, module, attr, param, getattr(module, buf_name))
 
     def _before_step(self, optimizer: Any) -> None:
         if optimizer not in self._optimizers:
