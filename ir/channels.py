@@ -119,6 +119,7 @@ class ChannelGraph:
         self.relations: list[tuple] = []
         self.unsupported: list[Node] = []
         self.locked_values: dict[str, Lock] = {}
+        self.shape_memo: dict = {}  # shape_entries results, shared by every rule
 
     # ---- API for rules --------------------------------------------------------------
     def space(self, value: Value, axis: int) -> int | None:

@@ -150,6 +150,7 @@ def from_onnx(source: str | os.PathLike | onnx.ModelProto, where: str | None = N
         if value is not None and value.producer is not None:
             value.const, value.shape, value.dtype = arr, tuple(arr.shape), arr.dtype
             value.producer.meta["folded"] = True
+    unshare_constants(graph)
     graph.opsets = {op.domain: op.version for op in model.opset_import}
     graph.opsets.setdefault("", opset)
     graph.metadata = {p.key: p.value for p in model.metadata_props}
@@ -320,9 +321,36 @@ def _fold_constant(node: Node) -> None:
             return
         out.const = np.asarray(src.const).astype(dtype)
     else:
-        out.const = np.array(src.const, copy=True)
+        out.const = src.const  # shared, never written in place (passes copy on write)
     out.shape, out.dtype = tuple(out.const.shape), out.const.dtype
     node.meta["folded"] = True
+
+
+def unshare_constants(graph: Graph) -> None:
+    """Gives every use of a constant read by several node inputs a value of its own.
+
+    Exporters share one tensor between unrelated layers (torch's Identity sharing of equal
+    biases, onnxsim/onnxslim deduplicating equal initializers); a shared value would tie
+    those layers into one channel group and be sliced for one of them. The clones hold the
+    same array object (no copy: passes copy on write), and ``to_onnx`` writes an array
+    that is still shared once, so an unpruned model keeps its size.
+    """
+    for value in list(graph.values.values()):
+        if value.const is None or value in graph.outputs:
+            continue
+        uses = [(n, i) for n, i in value.uses if i >= 0]
+        if len(uses) < 2:
+            continue
+        for node, i in uses[1:]:
+            clone = graph.value(
+                graph.fresh_name(f"{value.name}__{node.name}"),
+                const=value.const,
+                shape=value.shape,
+                dtype=value.dtype,
+            )
+            if value.producer is not None:  # a Constant node's output: keep the node's
+                clone.meta["shared_from"] = value.name
+            graph.set_input(node, i, clone)
 
 
 def node_by_name(graph: Graph, name: str) -> Node:

@@ -544,7 +544,7 @@ def _reshape(node: Node, cg: ChannelGraph) -> None:
     x, y = node.input(0), node.outputs[0]
     entries = None
     if node.op_type == "Reshape" and const_ints(node.input(1)) is None:
-        entries = shape_entries(node.input(1))
+        entries = shape_entries(node.input(1), cg.shape_memo)
         if entries is None:
             why = "has a target shape computed in a way drpopt cannot read"
             cg.lock_value(x, "reshape", f"Reshape '{node.name}' {why}", node)

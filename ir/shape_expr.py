@@ -41,23 +41,79 @@ class Dim:
 
 Entry = int | Dim | _Derived
 
-_MAX_DEPTH = 32
+Memo = dict  # Value -> list[Entry] | None, shared by the calls of one analysis
+
+_UNARY_SHAPE_OPS = frozenset(["Cast", "Identity", "Gather", "Slice", "Unsqueeze", "Squeeze"])
+_BINARY_SHAPE_OPS = frozenset(["Mul", "Add", "Sub", "Div"])
 
 
-def shape_entries(value: Value | None, depth: int = 0) -> list[Entry] | None:
-    """The entries of a computed 1-D shape tensor, or None when they cannot be read."""
-    if value is None or depth > _MAX_DEPTH:
+def shape_entries(value: Value | None, memo: Memo | None = None) -> list[Entry] | None:
+    """The entries of a computed 1-D shape tensor, or None when they cannot be read.
+
+    Evaluated iteratively (no recursion, whatever the depth of the shape arithmetic) and
+    lazily: an op's inputs are only visited when the op is one that shape arithmetic uses,
+    and a value that cannot be a shape tensor (floating point, or of rank 2 or more) stops
+    the walk at once. ``memo`` shares results between calls, so a whole analysis visits
+    each value at most once.
+    """
+    if value is None:
         return None
+    memo = {} if memo is None else memo
+    if value in memo:
+        return memo[value]
+    stack: list[tuple[Value, bool]] = [(value, False)]
+    on_stack: set[int] = set()
+    while stack:
+        v, expanded = stack.pop()
+        if v in memo:
+            continue
+        deps = _deps(v)
+        if not expanded and deps:
+            on_stack.add(id(v))
+            stack.append((v, True))
+            for d in deps:
+                if d not in memo:
+                    if id(d) in on_stack:  # a cycle (malformed model): nothing to read
+                        memo[d] = None
+                    else:
+                        stack.append((d, False))
+            continue
+        on_stack.discard(id(v))
+        memo[v] = _evaluate(v, memo)
+    return memo[value]
+
+
+def _may_be_shape(value: Value) -> bool:
+    if value.dtype is not None and np.dtype(value.dtype).kind not in "iu":
+        return False
+    return value.rank is None or value.rank <= 1
+
+
+def _deps(value: Value) -> list[Value]:
+    """The inputs ``_evaluate`` reads for ``value`` (none for leaves and unreadable ops)."""
+    node = value.producer
+    if value.const is not None or node is None or not _may_be_shape(value):
+        return []
+    op = node.op_type
+    if op in _UNARY_SHAPE_OPS:
+        x = node.input(0)
+        return [x] if x is not None else []
+    if op in _BINARY_SHAPE_OPS or op == "Concat":
+        return [v for v in node.inputs if v is not None]
+    return []
+
+
+def _evaluate(value: Value, memo: Memo) -> list[Entry] | None:
+    """One value's entries from its inputs' (already in ``memo``)."""
     if value.const is not None:
         arr = np.asarray(value.const)
         if arr.dtype.kind not in "iu" or arr.ndim > 1:
             return None
         return [int(x) for x in arr.reshape(-1)]
     node = value.producer
-    if node is None:
+    if node is None or not _may_be_shape(value):
         return None
     op = node.op_type
-    args = [shape_entries(v, depth + 1) for v in node.inputs[:1]]
     if op == "Shape":
         x = node.input(0)
         if x is None or x.rank is None:
@@ -65,20 +121,18 @@ def shape_entries(value: Value | None, depth: int = 0) -> list[Entry] | None:
         start = node.attr("start", 0)
         end = node.attr("end", x.rank)
         return [Dim(x, a) for a in range(*slice(start, end).indices(x.rank))]
-    if op in ("Cast", "Identity"):
-        return args[0]
     if op == "Concat":
-        parts = [shape_entries(v, depth + 1) for v in node.inputs]
+        parts = [memo.get(v) for v in node.inputs if v is not None]
         if any(p is None for p in parts):
             return None
         return [e for p in parts for e in p]  # type: ignore[union-attr]
-    if op in ("Gather", "Slice", "Unsqueeze", "Squeeze"):
-        src = args[0]
+    if op in _UNARY_SHAPE_OPS:
+        src = memo.get(node.input(0)) if node.input(0) is not None else None
         if src is None:
             return None
-        return _index_op(op, node, src)
-    if op in ("Mul", "Add", "Sub", "Div"):
-        a, b = shape_entries(node.input(0), depth + 1), shape_entries(node.input(1), depth + 1)
+        return src if op in ("Cast", "Identity") else _index_op(op, node, src)
+    if op in _BINARY_SHAPE_OPS:
+        a, b = memo.get(node.input(0)), memo.get(node.input(1))
         if a is None or b is None:
             return None
         if len(a) != len(b) and 1 not in (len(a), len(b)):

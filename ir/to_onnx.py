@@ -50,16 +50,28 @@ def _value_info(value: Value, with_shape: bool = True) -> onnx.ValueInfoProto:
 
 
 def _graph_proto(graph: Graph, with_shapes: bool) -> onnx.GraphProto:
-    nodes = [_node_proto(n, with_shapes) for n in graph.nodes]
     produced = {v.name for n in graph.nodes for v in n.outputs}
-    initializers = []
-    seen: set[str] = set()
     used = [v for n in graph.nodes for v in n.inputs if v is not None]
     used += [v for n in graph.nodes for v in n.meta.get("captured", ())]
+    initializers = []
+    seen: set[str] = set()
+    # values that still hold one array object (constants the frontend un-shared and no pass
+    # changed since) are written as one initializer again
+    canonical: dict[int, str] = {}
+    rename: dict[str, str] = {}
+    keep_names = {v.name for v in graph.outputs}
+    keep_names |= {v.name for n in graph.nodes for v in n.meta.get("captured", ())}
     for v in [*used, *graph.outputs]:
-        if v.const is not None and v.name not in produced and v.name not in seen:
-            seen.add(v.name)
-            initializers.append(numpy_helper.from_array(np.asarray(v.const), v.name))
+        if v.const is None or v.name in produced or v.name in seen:
+            continue
+        seen.add(v.name)
+        first = canonical.setdefault(id(v.const), v.name)
+        if first != v.name and v.name not in keep_names and first not in keep_names:
+            rename[v.name] = first
+            continue
+        initializers.append(numpy_helper.from_array(np.asarray(v.const), v.name))
+    seen = {name for name in seen if name not in rename}
+    nodes = [_node_proto(n, with_shapes, rename) for n in graph.nodes]
     inputs = [_value_info(v) for v in graph.inputs]
     outputs = [_value_info(v) for v in graph.outputs]  # outputs are locked: shapes hold
     value_info = []
@@ -75,7 +87,7 @@ def _graph_proto(graph: Graph, with_shapes: bool) -> onnx.GraphProto:
     )
 
 
-def _node_proto(node: Node, with_shapes: bool) -> onnx.NodeProto:
+def _node_proto(node: Node, with_shapes: bool, rename: dict[str, str]) -> onnx.NodeProto:
     attrs: dict[str, Any] = {}
     for key, value in node.attrs.items():
         attrs[key] = _attr(value)
@@ -89,7 +101,7 @@ def _node_proto(node: Node, with_shapes: bool) -> onnx.NodeProto:
         )
     return helper.make_node(
         node.op_type,
-        [v.name if v is not None else "" for v in node.inputs],
+        [rename.get(v.name, v.name) if v is not None else "" for v in node.inputs],
         [v.name for v in node.outputs],
         name=node.name,
         domain=node.domain or None,
