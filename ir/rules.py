@@ -177,6 +177,8 @@ def lock_axis(cg: ChannelGraph, node: Node, values, axes, why: str) -> None:
 @rule(*NO_DATA_OPS)
 def _no_data(node: Node, cg: ChannelGraph) -> None:
     """Shape/Size read only metadata; Constant has no input."""
+    for v in (*node.inputs, *node.outputs):
+        cg.independent(v)
 
 
 @rule(*UNARY_OPS)
@@ -522,18 +524,54 @@ def _pad(node: Node, cg: ChannelGraph) -> None:
 
 @rule("Gather")
 def _gather(node: Node, cg: ChannelGraph) -> None:
+    """Other axes pass through; along the gathered axis constant indices that pick one
+    entry or a contiguous ascending range map channels exactly (like a Slice); any other
+    selection (a permutation, repeats, computed indices) locks the axis on both sides."""
     x, idx, y = node.input(0), node.input(1), node.outputs[0]
     if x is None or idx is None or x.rank is None or idx.rank is None or y.rank is None:
         cg.lock_value(x, "rule", f"Gather '{node.name}': rank unknown", node)
         cg.lock_value(y, "rule", f"Gather '{node.name}': rank unknown", node)
         return
     axis = node.attr("axis", 0) % x.rank
-    lock_axis(cg, node, [x], [axis], "gathers along this axis")
     for ax in range(x.rank):
         if ax < axis:
             cg.identity(cg.space(x, ax), cg.space(y, ax), node)
         elif ax > axis:
             cg.identity(cg.space(x, ax), cg.space(y, ax - 1 + idx.rank), node)
+    picked = gathered_range(x, idx, axis)
+    if picked is None:
+        why = "gathers along this axis (not one entry or a contiguous range of constants)"
+        lock_axis(cg, node, [x], [axis], why)
+        lock_axis(cg, node, [y], range(axis, axis + idx.rank), why)
+        return
+    lo, hi = picked
+    dim = x.shape[axis]  # type: ignore[index]
+    parts: list[int | None] = []
+    if lo > 0:
+        parts.append(cg.virtual(f"{node.name}.dropped_head", lo))
+    if idx.rank == 0:
+        parts.append(cg.virtual(f"{node.name}.picked", 1))
+    else:
+        parts.append(_part_space(cg, y, axis, node))
+    if hi < dim:
+        parts.append(cg.virtual(f"{node.name}.dropped_tail", dim - hi))
+    cg.concat(cg.space(x, axis), parts, node)
+
+
+def gathered_range(x: Value, idx: Value, axis: int) -> tuple[int, int] | None:
+    """``(lo, hi)`` when a Gather's constant indices pick entry ``lo`` (a scalar index) or
+    the contiguous ascending range ``[lo, hi)`` of ``axis``; None otherwise."""
+    indices = const_ints(idx)
+    dim = x.shape[axis] if x.shape is not None else None
+    if indices is None or not isinstance(dim, int) or idx.rank not in (0, 1) or not indices:
+        return None
+    if any(not -dim <= i < dim for i in indices):
+        return None
+    indices = [i % dim for i in indices]
+    lo = indices[0]
+    if indices != list(range(lo, lo + len(indices))):
+        return None
+    return lo, lo + len(indices)
 
 
 @rule(*RESHAPE_OPS)
@@ -649,13 +687,16 @@ def rule_for(node: Node) -> Rule | None:
 
 
 def apply_rules(graph: Graph) -> ChannelGraph:
-    """Runs every node's rule over ``graph``; nodes without one lock what they touch."""
+    """Runs every node's rule over ``graph``; nodes without one lock what they touch, and
+    every axis of a node's inputs and outputs that its rule did not mention is locked."""
     cg = ChannelGraph(graph)
     for v in graph.inputs:
         cg.lock_value(v, "graph-input", f"graph input '{v.name}'")
+    cg.touched.clear()
     for node in graph.nodes:
         fn = rule_for(node)
         if node.meta.get("folded"):
+            cg.touched.clear()
             continue  # a constant computed from constants: independent of its source
         if fn is None or node.subgraphs:
             if fn is None:
@@ -666,6 +707,7 @@ def apply_rules(graph: Graph) -> ChannelGraph:
                 cg.lock_value(v, kind, f"{node.op_type} '{node.name}' {why}", node)
         else:
             fn(node, cg)
+        cg.lock_untouched(node)
         for v in node.meta.get("captured", ()):
             cg.lock_value(
                 v, "subgraph", f"used inside a subgraph of {node.op_type} '{node.name}'", node

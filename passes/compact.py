@@ -20,6 +20,7 @@ from typing import ClassVar
 import numpy as np
 
 from drpopt.ir.core import Graph, Node
+from drpopt.ir.rules import gathered_range
 from drpopt.ir.shape_expr import const_ints
 from drpopt.passes.apply_masks import record_metadata, require_plan
 from drpopt.passes.base import Pass, PassResult
@@ -76,6 +77,8 @@ def _update_node(graph: Graph, node: Node, masks: Masks) -> None:
         _update_split(graph, node, masks)
     elif op == "Slice":
         _update_slice(graph, node, masks)
+    elif op == "Gather":
+        _update_gather(graph, node, masks)
     elif op == "Reshape":
         _update_shape_input(graph, node, masks, 1, node.outputs[0].name, right_aligned=False)
     elif op == "Resize" and node.input(3) is not None:
@@ -122,6 +125,27 @@ def _update_slice(graph: Graph, node: Node, masks: Masks) -> None:
     if changed:
         graph.set_const_input(node, 1, np.array(new_starts, dtype=np.int64))
         graph.set_const_input(node, 2, np.array(new_ends, dtype=np.int64))
+
+
+def _update_gather(graph: Graph, node: Node, masks: Masks) -> None:
+    """Constant indices that pick one entry or a contiguous range of a pruned axis are
+    renumbered to the kept entries (the analysis locks every other kind of Gather)."""
+    x, idx = node.input(0), node.input(1)
+    if x is None or idx is None or x.rank is None:
+        return
+    axis = int(node.attr("axis", 0)) % x.rank
+    mask = _kept(masks, x.name, axis)
+    picked = gathered_range(x, idx, axis) if mask is not None else None
+    if picked is None:
+        return
+    lo, hi = picked
+    start = int(mask[:lo].sum())  # type: ignore[index]
+    if idx.rank == 0:
+        new = np.array(start, dtype=np.asarray(idx.const).dtype)
+    else:
+        count = int(mask[lo:hi].sum())  # type: ignore[index]
+        new = np.arange(start, start + count, dtype=np.asarray(idx.const).dtype)
+    graph.set_const_input(node, 1, new)
 
 
 def _update_shape_input(
