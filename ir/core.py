@@ -102,6 +102,7 @@ class Graph:
         self.values: dict[str, Value] = {}
         self.opsets: dict[str, int] = {}
         self.metadata: dict[str, str] = {}
+        self.functions: list[Any] = []  # model-local functions (onnx.FunctionProto), kept
         self.meta: dict[str, Any] = {}
 
     # ---- construction ---------------------------------------------------------------

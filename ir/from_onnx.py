@@ -154,6 +154,7 @@ def from_onnx(source: str | os.PathLike | onnx.ModelProto, where: str | None = N
     graph.opsets = {op.domain: op.version for op in model.opset_import}
     graph.opsets.setdefault("", opset)
     graph.metadata = {p.key: p.value for p in model.metadata_props}
+    graph.functions = list(model.functions)
     graph.meta["ir_version"] = model.ir_version
     graph.meta["producer"] = f"{model.producer_name} {model.producer_version}".strip()
     graph.meta["source"] = where

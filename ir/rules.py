@@ -253,13 +253,43 @@ def _channel_mixing_norm(node: Node, cg: ChannelGraph) -> None:
 
 @rule("LayerNormalization")
 def _layernorm(node: Node, cg: ChannelGraph) -> None:
+    """Over the last axis alone, that axis is a channel axis coupled with the scale and bias
+    (ONNX models: ``apply-masks`` then restricts the statistics to the kept channels, so
+    sparse equals compact); over several axes, or in a torch model whose forward always
+    counts every channel, the normalised axes are locked."""
     x, y = node.input(0), node.outputs[0]
     same_axes(cg, node, x, y)
     if x is None or x.rank is None:
         return
     axis = node.attr("axis", -1) % x.rank
-    broadcast(cg, node, [p for p in node.inputs[1:3] if p is not None], y)
+    params = [p for p in node.inputs[1:3] if p is not None]
+    stats_used = any(o.uses or o in cg.graph.outputs for o in node.outputs[1:])
+    per_channel = all(p.rank == 1 and p.const is not None for p in params)
+    if axis == x.rank - 1 and per_channel and not stats_used and "torch_path" not in cg.graph.meta:
+        channels = cg.space(x, axis)
+        for p in params:
+            cg.identity(cg.space(p, 0), channels, node)
+            cg.role(cg.space(p, 0), "follower", node)
+        return
+    broadcast(cg, node, params, y)
     lock_axis(cg, node, [x, y], range(axis, x.rank), "normalises over these axes")
+
+
+@rule("drpopt::MaskedLayerNormalization")
+def _masked_layernorm(node: Node, cg: ChannelGraph) -> None:
+    """The sparse form of a LayerNormalization over pruned channels (passes/masked_norm.py):
+    scale, bias and mask follow the channel axis."""
+    x, y = node.input(0), node.outputs[0]
+    same_axes(cg, node, x, y)
+    if x is None or x.rank is None:
+        return
+    channels = cg.space(x, -1)
+    for p in node.inputs[1:4]:
+        if p is not None and p.rank == 1:
+            cg.identity(cg.space(p, 0), channels, node)
+            cg.role(cg.space(p, 0), "follower", node)
+        else:
+            cg.lock_value(p, "rule", f"MaskedLayerNormalization '{node.name}': not 1-D", node)
 
 
 @rule("Softmax", "LogSoftmax", "Hardmax")

@@ -25,6 +25,7 @@ def to_onnx(graph: Graph, with_shapes: bool = False) -> onnx.ModelProto:
     gp = _graph_proto(graph, with_shapes)
     opsets = [helper.make_opsetid(domain, version) for domain, version in graph.opsets.items()]
     model = helper.make_model(gp, opset_imports=opsets)
+    model.functions.extend(graph.functions)
     model.ir_version = int(graph.meta.get("ir_version", model.ir_version))
     producer = str(graph.meta.get("producer", "")).split(" ")
     model.producer_name = producer[0] or "drpopt"

@@ -25,6 +25,7 @@ from drpopt.ir.shape_expr import const_ints
 from drpopt.passes.apply_masks import record_metadata, require_plan
 from drpopt.passes.base import Pass, PassResult
 from drpopt.passes.common import get_analysis, invalidate
+from drpopt.passes.masked_norm import DOMAIN, OP, unmask_layernorm
 from drpopt.passes.plan import keep_masks
 
 Masks = dict[tuple[str | None, int | str], np.ndarray]
@@ -56,6 +57,9 @@ class CompactPass(Pass):
                 shape = list(value.shape)
                 shape[int(axis)] = int(mask.sum())
                 value.shape = tuple(shape)
+        for node in model.nodes:
+            if node.domain == DOMAIN and node.op_type == OP:
+                unmask_layernorm(node)
         invalidate(model)
         model.meta["plan"] = plan
         model.meta["compacted"] = True
