@@ -58,6 +58,10 @@ def _eval(node: onnx.NodeProto, vals: list) -> list[np.ndarray] | None:
         return [np.concatenate([np.asarray(v) for v in vals], axis=_attr(node, "axis", 0))]
     if op == "Gather":
         return [np.take(np.asarray(x), np.asarray(vals[1]), axis=_attr(node, "axis", 0))]
+    if op == "Mod":
+        a, b = np.asarray(vals[0]), np.asarray(vals[1])
+        out = np.fmod(a, b) if _attr(node, "fmod", 0) else np.mod(a, b)
+        return [np.asarray(out).astype(np.result_type(a, b))]
     if op in ("Add", "Sub", "Mul", "Div"):
         a, b = np.asarray(vals[0]), np.asarray(vals[1])
         if op == "Div":
@@ -101,6 +105,7 @@ FOLDABLE = frozenset(
         "Sub",
         "Mul",
         "Div",
+        "Mod",
         "Reshape",
         "Range",
         "Slice",

@@ -540,6 +540,12 @@ def _transpose(node: Node, cg: ChannelGraph) -> None:
 def _pad(node: Node, cg: ChannelGraph) -> None:
     x, y = node.input(0), node.outputs[0]
     pads = node.attr("pads") if node.attr("pads") is not None else const_ints(node.input(1))
+    if pads is None and node.input(1) is not None:
+        # pads computed from shapes (Swin's window padding): only literal zeros leave an
+        # axis unpadded; every entry computed at run time counts as padding it
+        entries = shape_entries(node.input(1), cg.shape_memo)
+        if entries is not None:
+            pads = [e if isinstance(e, int) else 1 for e in entries]
     axes = const_ints(node.input(3)) if node.input(3) is not None else None
     if x is None or x.rank is None or pads is None or (node.input(3) is not None and axes is None):
         cg.lock_value(x, "rule", f"Pad '{node.name}' has computed pads", node)

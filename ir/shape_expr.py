@@ -14,6 +14,7 @@ unknown.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass
 from typing import Final
@@ -43,8 +44,21 @@ Entry = int | Dim | _Derived
 
 Memo = dict  # Value -> list[Entry] | None, shared by the calls of one analysis
 
-_UNARY_SHAPE_OPS = frozenset(["Cast", "Identity", "Gather", "Slice", "Unsqueeze", "Squeeze"])
-_BINARY_SHAPE_OPS = frozenset(["Mul", "Add", "Sub", "Div"])
+_UNARY_SHAPE_OPS = frozenset(
+    [
+        "Cast",
+        "Identity",
+        "Gather",
+        "Slice",
+        "Unsqueeze",
+        "Squeeze",
+        "Reshape",
+        "Transpose",
+        "ConstantOfShape",
+    ]
+)
+_BINARY_SHAPE_OPS = frozenset(["Mul", "Add", "Sub", "Div", "Mod"])
+_MAX_ENTRIES = 4096  # shape arithmetic only
 
 
 def shape_entries(value: Value | None, memo: Memo | None = None) -> list[Entry] | None:
@@ -52,15 +66,23 @@ def shape_entries(value: Value | None, memo: Memo | None = None) -> list[Entry] 
 
     Evaluated iteratively (no recursion, whatever the depth of the shape arithmetic) and
     lazily: an op's inputs are only visited when the op is one that shape arithmetic uses,
-    and a value that cannot be a shape tensor (floating point, or of rank 2 or more) stops
+    and a value that cannot be a shape tensor (floating point, or of rank 3 or more) stops
     the walk at once. ``memo`` shares results between calls, so a whole analysis visits
-    each value at most once.
+    each value at most once. Intermediate values may be 2-D (torch's ``F.pad`` writes its
+    pads as ``Reshape(-1, 2)``, a reversing ``Slice``, ``Transpose`` and ``Reshape(-1)``).
     """
     if value is None:
         return None
     memo = {} if memo is None else memo
-    if value in memo:
-        return memo[value]
+    if value not in memo:
+        _fill(value, memo)
+    arr = memo[value]
+    if arr is None or arr.ndim > 1:
+        return None
+    return list(arr.reshape(-1))
+
+
+def _fill(value: Value, memo: Memo) -> None:
     stack: list[tuple[Value, bool]] = [(value, False)]
     on_stack: set[int] = set()
     while stack:
@@ -79,14 +101,25 @@ def shape_entries(value: Value | None, memo: Memo | None = None) -> list[Entry] 
                         stack.append((d, False))
             continue
         on_stack.discard(id(v))
-        memo[v] = _evaluate(v, memo)
-    return memo[value]
+        try:
+            memo[v] = _as_array(_evaluate(v, memo))
+        except (ValueError, IndexError, TypeError):  # malformed shape arithmetic
+            memo[v] = None
+
+
+def _as_array(result) -> np.ndarray | None:
+    """numpy hands back a bare element where a 0-D result is meant."""
+    if result is None or isinstance(result, np.ndarray):
+        return result
+    scalar = np.empty((), dtype=object)
+    scalar[()] = result
+    return scalar
 
 
 def _may_be_shape(value: Value) -> bool:
     if value.dtype is not None and np.dtype(value.dtype).kind not in "iu":
         return False
-    return value.rank is None or value.rank <= 1
+    return value.rank is None or value.rank <= 2
 
 
 def _deps(value: Value) -> list[Value]:
@@ -103,13 +136,20 @@ def _deps(value: Value) -> list[Value]:
     return []
 
 
-def _evaluate(value: Value, memo: Memo) -> list[Entry] | None:
-    """One value's entries from its inputs' (already in ``memo``)."""
+def _objects(values, shape=None) -> np.ndarray:
+    flat = list(values)
+    arr = np.empty(len(flat), dtype=object)
+    arr[:] = flat
+    return arr if shape is None else arr.reshape(shape)
+
+
+def _evaluate(value: Value, memo: Memo) -> np.ndarray | None:
+    """One value's entries (an object array) from its inputs' (already in ``memo``)."""
     if value.const is not None:
         arr = np.asarray(value.const)
-        if arr.dtype.kind not in "iu" or arr.ndim > 1:
+        if arr.dtype.kind not in "iu" or arr.ndim > 2 or arr.size > _MAX_ENTRIES:
             return None
-        return [int(x) for x in arr.reshape(-1)]
+        return _objects((int(x) for x in arr.reshape(-1)), arr.shape)
     node = value.producer
     if node is None or not _may_be_shape(value):
         return None
@@ -120,27 +160,92 @@ def _evaluate(value: Value, memo: Memo) -> list[Entry] | None:
             return None
         start = node.attr("start", 0)
         end = node.attr("end", x.rank)
-        return [Dim(x, a) for a in range(*slice(start, end).indices(x.rank))]
+        axes = range(*slice(start, end).indices(x.rank))
+        if x.dtype is not None and np.dtype(x.dtype).kind in "iu":  # a shape of a shape
+            if x.static_shape is not None:
+                return _objects(x.static_shape[a] for a in axes)
+        return _objects(Dim(x, a) for a in axes)
+    inputs = [memo.get(v) if v is not None else None for v in node.inputs]
     if op == "Concat":
-        parts = [memo.get(v) for v in node.inputs if v is not None]
-        if any(p is None for p in parts):
+        if any(p is None for p in inputs) or not inputs:
             return None
-        return [e for p in parts for e in p]  # type: ignore[union-attr]
-    if op in _UNARY_SHAPE_OPS:
-        src = memo.get(node.input(0)) if node.input(0) is not None else None
-        if src is None:
-            return None
-        return src if op in ("Cast", "Identity") else _index_op(op, node, src)
+        return np.concatenate(inputs, axis=node.attr("axis", 0))
     if op in _BINARY_SHAPE_OPS:
-        a, b = memo.get(node.input(0)), memo.get(node.input(1))
+        a, b = inputs[0], inputs[1] if len(inputs) > 1 else None
         if a is None or b is None:
             return None
-        if len(a) != len(b) and 1 not in (len(a), len(b)):
+        return np.frompyfunc(lambda x, y: _arith(op, x, y), 2, 1)(a, b)
+    src = inputs[0] if inputs else None
+    if src is None:
+        return None
+    return _structural(op, node, src)
+
+
+def _structural(op: str, node: Node, src: np.ndarray) -> np.ndarray | None:
+    """Ops that move entries without computing new ones."""
+    if op in ("Cast", "Identity"):
+        return src
+    if op in ("Unsqueeze", "Squeeze"):
+        axes = node.attr("axes")
+        if axes is None and node.input(1) is not None:
+            axes = const_ints(node.input(1))
+        if op == "Unsqueeze":
+            if axes is None:
+                return None
+            out = src
+            for a in sorted(a % (src.ndim + len(axes)) for a in axes):
+                out = np.expand_dims(out, a)
+            return out
+        return np.squeeze(src, axis=tuple(axes)) if axes else np.squeeze(src)
+    if op == "Gather":
+        idx = node.input(1)
+        if idx is None or idx.const is None:
             return None
-        n = max(len(a), len(b))
-        a, b = (a * n if len(a) == 1 else a), (b * n if len(b) == 1 else b)
-        return [_arith(op, x, y) for x, y in zip(a, b, strict=True)]
-    return None
+        return np.take(src, np.asarray(idx.const), axis=node.attr("axis", 0))
+    if op == "Reshape":
+        target = const_ints(node.input(1))
+        if target is None:
+            return None
+        target = [src.shape[k] if t == 0 and k < src.ndim else t for k, t in enumerate(target)]
+        return src.reshape(target)
+    if op == "Transpose":
+        return src.transpose(node.attr("perm") or list(reversed(range(src.ndim))))
+    if op == "ConstantOfShape":
+        if not all(isinstance(d, int) for d in src.reshape(-1)):
+            return None
+        fill = node.attr("value")
+        fill = np.asarray(fill).reshape(-1) if fill is not None else np.zeros(1, np.int64)
+        if fill.dtype.kind not in "iu":
+            return None
+        shape = [int(d) for d in src.reshape(-1)]
+        if math.prod(shape) > _MAX_ENTRIES:
+            return None
+        return _objects([int(fill[0])] * math.prod(shape), shape)
+    return _slice(node, src)
+
+
+def _slice(node: Node, src: np.ndarray) -> np.ndarray | None:
+    starts, ends = const_ints(node.input(1)), const_ints(node.input(2))
+    axes = const_ints(node.input(3)) if node.input(3) is not None else None
+    steps = const_ints(node.input(4)) if node.input(4) is not None else None
+    if node.attr("starts") is not None:  # opset < 10 form
+        starts, ends, axes = node.attr("starts"), node.attr("ends"), node.attr("axes")
+    if starts is None or ends is None:
+        return None
+    axes = axes if axes is not None else list(range(len(starts)))
+    steps = steps if steps is not None else [1] * len(starts)
+    index: list[slice] = [slice(None)] * src.ndim
+    for s, e, a, st in zip(starts, ends, axes, steps, strict=False):
+        index[a % src.ndim] = slice(*_clamp(s, e, st, src.shape[a % src.ndim]))
+    return src[tuple(index)]
+
+
+def _clamp(start: int, end: int, step: int, dim: int) -> tuple[int | None, int | None, int]:
+    """ONNX Slice bounds as a Python slice (huge sentinels mean 'to the end')."""
+    lo, hi, st = slice(start, end, step).indices(dim)
+    if st < 0 and hi < 0:
+        return lo, None, st
+    return lo, hi, st
 
 
 def _arith(op: str, x: Entry, y: Entry) -> Entry:
@@ -152,6 +257,8 @@ def _arith(op: str, x: Entry, y: Entry) -> Entry:
         return x + y
     if op == "Sub":
         return x - y
+    if op == "Mod":
+        return x % y if y else DERIVED
     return x // y if y else DERIVED
 
 
@@ -160,24 +267,6 @@ def const_ints(value: Value | None) -> list[int] | None:
     if value is None or value.const is None:
         return None
     return [int(x) for x in np.asarray(value.const).reshape(-1)]
-
-
-def _index_op(op: str, node: Node, src: list[Entry]) -> list[Entry] | None:
-    if op in ("Unsqueeze", "Squeeze"):
-        return src  # on 0-D/1-D shape pieces these only change the rank
-    if op == "Gather":
-        idx = const_ints(node.input(1))
-        if idx is None or node.attr("axis", 0) != 0:
-            return None
-        try:
-            return [src[i] for i in idx]
-        except IndexError:
-            return None
-    starts, ends = const_ints(node.input(1)), const_ints(node.input(2))
-    steps = const_ints(node.input(4)) if node.input(4) is not None else [1]
-    if starts is None or ends is None or steps is None:
-        return None
-    return src[slice(starts[0], ends[0], steps[0])]
 
 
 def resolve_reshape(in_shape: tuple, entries: list[Entry], allowzero: bool = False) -> tuple | None:
