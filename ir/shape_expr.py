@@ -161,9 +161,9 @@ def _evaluate(value: Value, memo: Memo) -> np.ndarray | None:
         start = node.attr("start", 0)
         end = node.attr("end", x.rank)
         axes = range(*slice(start, end).indices(x.rank))
-        if x.dtype is not None and np.dtype(x.dtype).kind in "iu":  # a shape of a shape
-            if x.static_shape is not None:
-                return _objects(x.static_shape[a] for a in axes)
+        shape_of_shape = x.dtype is not None and np.dtype(x.dtype).kind in "iu"
+        if shape_of_shape and x.static_shape is not None:
+            return _objects(x.static_shape[a] for a in axes)
         return _objects(Dim(x, a) for a in axes)
     inputs = [memo.get(v) if v is not None else None for v in node.inputs]
     if op == "Concat":
