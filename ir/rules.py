@@ -554,6 +554,14 @@ def _pad(node: Node, cg: ChannelGraph) -> None:
     axes = [a % x.rank for a in axes] if axes is not None else list(range(x.rank))
     n = len(axes)
     padded = {a for i, a in enumerate(axes) if pads[i] or pads[i + n]}
+    if x.shape is not None and (y.shape is None or len(y.shape) == x.rank):
+        # shape inference leaves every dim unknown after computed pads: unpadded axes keep
+        # their size
+        old = y.shape or (None,) * x.rank
+        y.shape = tuple(
+            x.shape[a] if a not in padded and not isinstance(old[a], int) else old[a]
+            for a in range(x.rank)
+        )
     same_axes(cg, node, x, y, axes=[a for a in range(x.rank) if a not in padded])
     lock_axis(cg, node, [x, y], sorted(padded), "pads this axis")
 
