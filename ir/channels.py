@@ -124,6 +124,10 @@ class ChannelGraph:
         self.touched: set[tuple[str, int]] = set()
         # locks for spaces that may not exist (yet): attached when groups are built
         self.pending_locks: dict[tuple[str, int], Lock] = {}
+        # reshape splits/merges: the level each maps at (set by the analysis), and the
+        # mappings made, as (node, value, axis carrying the channels, level, axes)
+        self.reshape_levels: dict[Node, int] = {}
+        self.splits: list[tuple[Node, Value, int, int, int]] = []
 
     # ---- API for rules --------------------------------------------------------------
     def space(self, value: Value, axis: int) -> int | None:

@@ -12,9 +12,18 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
+
 from drpopt.ir.channels import ChannelGraph
 from drpopt.ir.core import Graph, Node, Value
-from drpopt.ir.shape_expr import const_ints, resolve_reshape, shape_entries
+from drpopt.ir.shape_expr import (
+    DERIVED,
+    Dim,
+    const_ints,
+    literal_source,
+    resolve_reshape,
+    shape_entries,
+)
 
 Rule = Callable[[Node, ChannelGraph], None]
 RULES: dict[str, Rule] = {}
@@ -186,6 +195,48 @@ def _unary(node: Node, cg: ChannelGraph) -> None:
     x = node.input(0)
     for y in node.outputs[:1] if node.op_type != "Dropout" else node.outputs:
         same_axes(cg, node, x, y)
+
+
+@rule("Cast", "CastLike")
+def _cast(node: Node, cg: ChannelGraph) -> None:
+    """A cast couples like any unary op; a tensor size cast to floating point is data (an
+    attention scale ``1/sqrt(head_dim)``), so the axes it reads may not change size."""
+    _unary(node, cg)
+    x, y = node.input(0), node.outputs[0]
+    if x is None or x.dtype is None or y.dtype is None:
+        return
+    if np.dtype(x.dtype).kind not in "iu" or np.dtype(y.dtype).kind != "f":
+        return
+    entries = shape_entries(x, cg.shape_memo)
+    why = f"{node.op_type} '{node.name}' uses its size as a number"
+    if entries is None or any(isinstance(e, type(DERIVED)) for e in entries):
+        for v in _shapes_read(x):
+            cg.lock_value(v, "shape-as-data", why, node)
+        return
+    for e in entries:
+        if isinstance(e, Dim):
+            cg.lock(cg.space(e.value, e.axis), "shape-as-data", why, node)
+
+
+def _shapes_read(value: Value, limit: int = 256) -> list[Value]:
+    """The tensors whose ``Shape`` an integer value is computed from (a bounded walk)."""
+    found: list[Value] = []
+    seen: set[int] = set()
+    todo = [value]
+    while todo and len(seen) < limit:
+        v = todo.pop()
+        if id(v) in seen or v.producer is None:
+            continue
+        seen.add(id(v))
+        node = v.producer
+        if node.op_type in ("Shape", "Size"):
+            if node.input(0) is not None:
+                found.append(node.input(0))
+            continue
+        if v.dtype is not None and np.dtype(v.dtype).kind not in "iu":
+            continue
+        todo.extend(i for i in node.inputs if i is not None)
+    return found
 
 
 @rule(*ELEMENTWISE_OPS)
@@ -638,15 +689,25 @@ def _reshape(node: Node, cg: ChannelGraph) -> None:
         if resolved is not None and resolved != y.shape:
             # shape inference often leaves exported reshapes unknown ('unk__0'): refine
             y.shape = resolved
+    if node.op_type == "Flatten" and x is not None and x.shape is not None:
+        axis = node.attr("axis", 1) % (x.rank or 1) if x.rank else 0
+        flat = (_product(x.shape[:axis]), _product(x.shape[axis:]))
+        if y.shape is None or any(not isinstance(d, int) for d in y.shape):
+            y.shape = tuple(
+                f if f is not None else d for f, d in zip(flat, y.shape or flat, strict=False)
+            )
     if x is None or x.shape is None or y.shape is None:
         cg.lock_value(x, "reshape", f"{node.op_type} '{node.name}' has unknown shapes", node)
         cg.lock_value(y, "reshape", f"{node.op_type} '{node.name}' has unknown shapes", node)
         return
     out_shape = y.shape
     if entries is not None:
-        # a size fixed inside a computed shape would not follow pruning: lock that axis
+        # a size fixed inside a computed shape follows pruning only where compaction can
+        # rewrite the constant it comes from; lock the axis otherwise
         for k, e in enumerate(entries[: len(y.shape)]):
             if isinstance(e, int) and e not in (-1, 0) and out_shape[k] != 1:
+                if literal_source(node.input(1), k, cg.shape_memo) is not None:
+                    continue
                 why = f"fixes the size of axis {k} inside a computed target shape"
                 cg.lock(cg.space(y, k), "reshape", f"Reshape '{node.name}' {why}", node)
     ins = [(a, d) for a, d in enumerate(x.shape) if d != 1]
@@ -679,17 +740,58 @@ def _reshape(node: Node, cg: ChannelGraph) -> None:
         _lock_block(cg, node, x, ins[i:], y, outs[j:], "maps axes in a way drpopt cannot follow")
 
 
+def _product(dims) -> int | str | None:
+    """The product of dims: an int, a lone symbol (times 1), or None."""
+    ints = [d for d in dims if isinstance(d, int)]
+    other = [d for d in dims if not isinstance(d, int)]
+    if not other:
+        return math.prod(ints)
+    if len(other) == 1 and isinstance(other[0], str) and math.prod(ints) == 1:
+        return other[0]
+    return None
+
+
+MAX_REPEATS = 64  # parts a level-t mapping may repeat (3 for q/k/v, 3 x heads ...)
+
+
 def _map_block(cg: ChannelGraph, node: Node, x: Value, bi, y: Value, bj) -> None:
-    if len(bj) == 1:  # merge: the first input axis is the coarse index
-        rest = math.prod(d for _, d in bi[1:])
-        cg.expand(cg.space(y, bj[0][0]), cg.space(x, bi[0][0]), rest, node)
-        _lock_block(cg, node, x, bi[1:], y, [], f"merges axis {bi[0][0]} with the axes after it")
-    elif len(bi) == 1:  # split: the first output axis is the coarse index
-        rest = math.prod(d for _, d in bj[1:])
-        cg.expand(cg.space(x, bi[0][0]), cg.space(y, bj[0][0]), rest, node)
-        _lock_block(cg, node, x, [], y, bj[1:], f"splits axis {bi[0][0]} into several axes")
+    """One axis (``single``) against several (``many``) of the same total size.
+
+    At level t (default 1) the t-th of the many axes carries the channels: ``single`` is
+    ``prod(many[:t-1])`` repeats of ``prod(many[t-1:])`` entries, each repeat an expansion
+    of axis t with blocks of ``prod(many[t:])``; the other axes are locked. Level 1 is the
+    coarse index (a Flatten, attention heads); the analysis raises a level when the coarse
+    axis ends up locked (torchvision's q/k/v axis of size 3 before the heads)."""
+    if len(bj) == 1:
+        single, many, kind = (y, bj[0][0]), (x, bi), "merges"
+    elif len(bi) == 1:
+        single, many, kind = (x, bi[0][0]), (y, bj), "splits"
     else:
         _lock_block(cg, node, x, bi, y, bj, "mixes several axes into several others")
+        return
+    value, axes = many
+    level = min(cg.reshape_levels.get(node, 1), len(axes))
+    repeats = math.prod(d for _, d in axes[: level - 1])
+    block = math.prod(d for _, d in axes[level:])
+    if repeats > MAX_REPEATS:
+        level, repeats, block = 1, 1, math.prod(d for _, d in axes[1:])
+    whole = cg.space(single[0], single[1])
+    target = cg.space(value, axes[level - 1][0])
+    if repeats == 1:
+        cg.expand(whole, target, block, node)
+    else:
+        length = math.prod(d for _, d in axes[level - 1 :])
+        parts = [cg.virtual(f"{node.name}.repeat{r}", length) for r in range(repeats)]
+        cg.concat(whole, parts, node)  # type: ignore[arg-type]
+        for part in parts:
+            cg.expand(part, target, block, node)
+    cg.splits.append((node, value, axes[level - 1][0], level, len(axes)))
+    others = [a for a in axes if a[0] != axes[level - 1][0]]
+    why = f"{kind} axis {single[1]} of '{single[0].name}' with other axes"
+    if kind == "merges":
+        _lock_block(cg, node, x, others, y, [], why)
+    else:
+        _lock_block(cg, node, x, [], y, others, why)
 
 
 def _lock_block(cg: ChannelGraph, node: Node, x: Value, bi, y: Value, bj, why: str) -> None:
@@ -730,10 +832,12 @@ def rule_for(node: Node) -> Rule | None:
     return RULES.get(node.op_type)
 
 
-def apply_rules(graph: Graph) -> ChannelGraph:
+def apply_rules(graph: Graph, reshape_levels: dict[Node, int] | None = None) -> ChannelGraph:
     """Runs every node's rule over ``graph``; nodes without one lock what they touch, and
-    every axis of a node's inputs and outputs that its rule did not mention is locked."""
+    every axis of a node's inputs and outputs that its rule did not mention is locked.
+    ``reshape_levels`` says which axis carries the channels in a reshape's split or merge."""
     cg = ChannelGraph(graph)
+    cg.reshape_levels = dict(reshape_levels or {})
     for v in graph.inputs:
         cg.lock_value(v, "graph-input", f"graph input '{v.name}'")
     cg.touched.clear()

@@ -269,6 +269,41 @@ def const_ints(value: Value | None) -> list[int] | None:
     return [int(x) for x in np.asarray(value.const).reshape(-1)]
 
 
+def literal_source(value: Value | None, k: int, memo: Memo | None = None):
+    """Where entry ``k`` of a computed 1-D shape comes from when it is a literal that a
+    rewrite can change: ``(node, input index, offset)`` of a constant fed to a ``Concat``
+    (through Cast/Identity/Unsqueeze of a constant), else None."""
+    memo = {} if memo is None else memo
+    while value is not None and value.const is None:
+        node = value.producer
+        if node is None or node.op_type != "Concat" or node.attr("axis", 0) not in (0, -1):
+            return None
+        offset = k
+        for i, part in enumerate(node.inputs):
+            entries = shape_entries(part, memo)
+            if entries is None:
+                return None
+            if offset < len(entries):
+                source = _through_wrappers(part)
+                if source is not None and source.const is not None:
+                    return node, i, offset
+                value, k = part, offset
+                break
+            offset -= len(entries)
+        else:
+            return None
+    return None
+
+
+def _through_wrappers(value: Value | None) -> Value | None:
+    """The constant behind Cast/Identity/Unsqueeze (Constant outputs count as constants)."""
+    while value is not None and value.const is None and value.producer is not None:
+        if value.producer.op_type not in ("Cast", "Identity", "Unsqueeze"):
+            return None
+        value = value.producer.input(0)
+    return value
+
+
 def resolve_reshape(in_shape: tuple, entries: list[Entry], allowzero: bool = False) -> tuple | None:
     """The output shape of a Reshape of ``in_shape`` to ``entries``, with symbolic dims kept
     as strings; None when some entry is unknown."""

@@ -21,7 +21,7 @@ import numpy as np
 
 from drpopt.ir.core import Graph, Node
 from drpopt.ir.rules import gathered_range
-from drpopt.ir.shape_expr import const_ints
+from drpopt.ir.shape_expr import const_ints, literal_source, shape_entries
 from drpopt.passes.apply_masks import record_metadata, require_plan
 from drpopt.passes.base import Pass, PassResult
 from drpopt.passes.common import get_analysis, invalidate
@@ -85,6 +85,7 @@ def _update_node(graph: Graph, node: Node, masks: Masks) -> None:
         _update_gather(graph, node, masks)
     elif op == "Reshape":
         _update_shape_input(graph, node, masks, 1, node.outputs[0].name, right_aligned=False)
+        _update_computed_target(graph, node, masks)
     elif op == "Resize" and node.input(3) is not None:
         _update_shape_input(graph, node, masks, 3, node.outputs[0].name, right_aligned=False)
     elif op == "Expand":
@@ -129,6 +130,30 @@ def _update_slice(graph: Graph, node: Node, masks: Masks) -> None:
     if changed:
         graph.set_const_input(node, 1, np.array(new_starts, dtype=np.int64))
         graph.set_const_input(node, 2, np.array(new_ends, dtype=np.int64))
+
+
+def _update_computed_target(graph: Graph, node: Node, masks: Masks) -> None:
+    """A computed Reshape target with a literal size of a pruned axis (torchvision's MHA:
+    ``Concat(Shape slices, [3, 768], ...)``): the constant that holds it is rewritten."""
+    target, y = node.input(1), node.outputs[0]
+    if target is None or target.const is not None or y.rank is None:
+        return
+    memo: dict = {}
+    entries = shape_entries(target, memo)
+    if entries is None:
+        return
+    for k, entry in enumerate(entries):
+        mask = _kept(masks, y.name, k)
+        if mask is None or not isinstance(entry, int) or entry in (-1, 0, 1):
+            continue
+        source = literal_source(target, k, memo)
+        if source is None:
+            continue
+        concat, index, offset = source
+        part = shape_entries(concat.input(index), memo)
+        new = np.array(part, dtype=np.int64)
+        new[offset] = int(mask.sum())
+        graph.set_const_input(concat, index, new.reshape(np.shape(concat.input(index).const)))
 
 
 def _update_gather(graph: Graph, node: Node, masks: Masks) -> None:
