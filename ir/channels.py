@@ -29,6 +29,7 @@ from fractions import Fraction
 import networkx as nx
 
 from drpopt.ir.core import Graph, Node, Value
+from drpopt.ir.shape_expr import NumericMemo
 
 ROLE_RANK = {"producer": 0, "consumer": 1, "follower": 2, "structure": 3, "param": 4}
 
@@ -120,6 +121,7 @@ class ChannelGraph:
         self.unsupported: list[Node] = []
         self.locked_values: dict[str, Lock] = {}
         self.shape_memo: dict = {}  # shape_entries results, shared by every rule
+        self.numeric_memo: dict = NumericMemo()  # shape_values results, likewise
         # (value name, axis) a rule mentioned while it ran, for the central default lock
         self.touched: set[tuple[str, int]] = set()
         # locks for spaces that may not exist (yet): attached when groups are built

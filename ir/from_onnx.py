@@ -137,6 +137,54 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         return model
 
 
+MAX_SHAPE_ROUNDS = 2
+
+
+def _static_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    shapes: dict[str, tuple[int, ...]] = {}
+    g = model.graph
+    for info in [*g.input, *g.value_info, *g.output]:
+        dims = _dims(info.type)
+        if dims is not None and all(isinstance(d, int) for d in dims):
+            shapes[info.name] = dims  # type: ignore[assignment]
+    return shapes
+
+
+def _refine_shapes(
+    model: onnx.ModelProto, folded: dict[str, np.ndarray], inferred: onnx.ModelProto
+) -> onnx.ModelProto:
+    """ONNX shape inference stops at shapes computed by ops it does not propagate (Mod,
+    ConstantOfShape, a reversing Slice: torch's F.pad, Swin's window padding), and every
+    shape after them is unknown. When the inputs have static shapes, the values that shape
+    arithmetic takes are folded with the shapes found so far and inference runs again,
+    until nothing new is learnt (a few rounds)."""
+    weights = {t.name for t in model.graph.initializer}
+    for info in model.graph.input:
+        dims = _dims(info.type)
+        symbolic = dims is None or not all(isinstance(d, int) for d in dims)
+        if symbolic and info.name not in weights:
+            return inferred  # symbolic inputs: shapes are symbolic, nothing to learn
+    outputs = [o for n in model.graph.node for o in n.output if o]
+    static = _static_shapes(inferred)
+    known = sum(1 for o in outputs if o in static or o in folded)
+    values: dict[str, np.ndarray] = {}
+    for _ in range(MAX_SHAPE_ROUNDS):
+        if known >= len(outputs):
+            break
+        values = {**fold_constants(model, static), **folded}
+        trial = infer_shapes(_shape_copy(model, values))
+        trial_static = _static_shapes(trial)
+        now = sum(1 for o in outputs if o in trial_static or o in values)
+        if now <= known:
+            break
+        inferred, known, static = trial, now, {**trial_static, **_const_shapes(values)}
+    return inferred
+
+
+def _const_shapes(values: dict[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(np.shape(arr)) for name, arr in values.items()}
+
+
 def from_onnx(source: str | os.PathLike | onnx.ModelProto, where: str | None = None) -> Graph:
     """Loads a model into the IR (shape-inferred); ``where`` names it in error messages."""
     model = load_model(source)
@@ -144,6 +192,7 @@ def from_onnx(source: str | os.PathLike | onnx.ModelProto, where: str | None = N
     opset = check_opset(model, where)
     folded = fold_constants(model)
     inferred = infer_shapes(_shape_copy(model, folded))
+    inferred = _refine_shapes(model, folded, inferred)
     graph = _convert_graph(model.graph, parent=None, shapes=inferred.graph)
     for name, arr in folded.items():
         value = graph.values.get(name)

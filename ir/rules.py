@@ -23,6 +23,7 @@ from drpopt.ir.shape_expr import (
     literal_source,
     resolve_reshape,
     shape_entries,
+    shape_values,
 )
 
 Rule = Callable[[Node, ChannelGraph], None]
@@ -199,13 +200,15 @@ def _unary(node: Node, cg: ChannelGraph) -> None:
 
 @rule("Cast", "CastLike")
 def _cast(node: Node, cg: ChannelGraph) -> None:
-    """A cast couples like any unary op; a tensor size cast to floating point is data (an
-    attention scale ``1/sqrt(head_dim)``), so the axes it reads may not change size."""
+    """A cast couples like any unary op. A tensor size cast to floating point is data (an
+    attention scale ``1/sqrt(head_dim)``): when its value is known for the model's static
+    shapes, ``compact`` freezes it to that constant (so sparse and compact agree); otherwise
+    the axes it reads may not change size and are locked."""
     _unary(node, cg)
-    x, y = node.input(0), node.outputs[0]
-    if x is None or x.dtype is None or y.dtype is None:
+    if frozen_size_cast(node, cg.numeric_memo) is not None:
         return
-    if np.dtype(x.dtype).kind not in "iu" or np.dtype(y.dtype).kind != "f":
+    x = node.input(0)
+    if not is_size_cast(node) or x is None:
         return
     entries = shape_entries(x, cg.shape_memo)
     why = f"{node.op_type} '{node.name}' uses its size as a number"
@@ -216,6 +219,30 @@ def _cast(node: Node, cg: ChannelGraph) -> None:
     for e in entries:
         if isinstance(e, Dim):
             cg.lock(cg.space(e.value, e.axis), "shape-as-data", why, node)
+
+
+def is_size_cast(node: Node) -> bool:
+    """A Cast of a computed (non-constant) integer to floating point."""
+    x, y = node.input(0), node.outputs[0]
+    if node.op_type not in ("Cast", "CastLike") or x is None or x.const is not None:
+        return False
+    if x.dtype is None or y.dtype is None:
+        return False
+    return np.dtype(x.dtype).kind in "iu" and np.dtype(y.dtype).kind == "f"
+
+
+def frozen_size_cast(node: Node, memo=None) -> np.ndarray | None:
+    """The value a size cast to float reads, for the model's static shapes, or None."""
+    if not is_size_cast(node):
+        return None
+    x = node.input(0)
+    numbers = shape_values(x, memo)
+    if numbers is None or x.shape is None or any(not isinstance(d, int) for d in x.shape):
+        return None
+    try:
+        return np.array(numbers, dtype=x.dtype).reshape(x.shape)
+    except ValueError:
+        return None
 
 
 def _shapes_read(value: Value, limit: int = 256) -> list[Value]:
@@ -535,6 +562,14 @@ def _slice(node: Node, cg: ChannelGraph) -> None:
     x, y = node.input(0), node.outputs[0]
     starts, ends = const_ints(node.input(1)), const_ints(node.input(2))
     axes, steps = const_ints(node.input(3)), const_ints(node.input(4))
+    if (
+        (starts is None or ends is None)
+        and x is not None
+        and x.shape is not None
+        and (axes is not None or node.input(3) is None)
+    ):
+        _slice_computed(node, cg, x, y, axes)
+        return
     if x is None or x.rank is None or y.rank != x.rank or starts is None or ends is None:
         cg.lock_value(x, "rule", f"Slice '{node.name}' has computed bounds", node)
         cg.lock_value(y, "rule", f"Slice '{node.name}' has computed bounds", node)
@@ -575,6 +610,35 @@ def _slice(node: Node, cg: ChannelGraph) -> None:
         cg.concat(cg.space(x, ax), parts, node)
 
 
+def _slice_computed(node: Node, cg: ChannelGraph, x: Value, y: Value, axes) -> None:
+    """Bounds computed at run time (Swin's crop of window padding): the sliced axes are
+    locked, every other axis passes through (and keeps its size where inference lost it)."""
+    rank = x.rank or 0
+    n = len(shape_entries(node.input(1), cg.shape_memo) or []) if axes is None else len(axes)
+    sliced = {a % rank for a in axes} if axes is not None else set(range(n))
+    if not sliced and axes is None:
+        sliced = set(range(rank))
+    old = y.shape if y.shape is not None and len(y.shape) == rank else (None,) * rank
+    starts = shape_values(node.input(1), cg.numeric_memo)
+    ends = shape_values(node.input(2), cg.numeric_memo)
+    steps = const_ints(node.input(4)) if node.input(4) is not None else None
+    bounds = {}
+    if starts is not None and ends is not None and axes is not None and steps is None:
+        for a, s, e in zip(axes, starts, ends, strict=False):
+            dim = x.shape[a % rank]
+            if isinstance(dim, int):
+                lo, hi, _ = slice(s, e).indices(dim)
+                bounds[a % rank] = max(hi - lo, 0)
+    y.shape = tuple(
+        bounds.get(a, old[a])
+        if a in sliced
+        else (x.shape[a] if old[a] is None or not isinstance(old[a], int) else old[a])
+        for a in range(rank)
+    )
+    same_axes(cg, node, x, y, axes=[a for a in range(rank) if a not in sliced])
+    lock_axis(cg, node, [x, y], sorted(sliced), "slices this axis with computed bounds")
+
+
 @rule("Transpose")
 def _transpose(node: Node, cg: ChannelGraph) -> None:
     x, y = node.input(0), node.outputs[0]
@@ -595,6 +659,11 @@ def _pad(node: Node, cg: ChannelGraph) -> None:
         # pads computed from shapes (Swin's window padding): only literal zeros leave an
         # axis unpadded; every entry computed at run time counts as padding it
         entries = shape_entries(node.input(1), cg.shape_memo)
+        numbers = shape_values(node.input(1), cg.numeric_memo)
+        if numbers is not None and x is not None and x.static_shape is not None:
+            half = len(numbers) // 2
+            if half == x.rank and (y.shape is None or y.static_shape is None):
+                y.shape = tuple(d + numbers[a] + numbers[a + half] for a, d in enumerate(x.shape))
         if entries is not None:
             pads = [e if isinstance(e, int) else 1 for e in entries]
     axes = const_ints(node.input(3)) if node.input(3) is not None else None
@@ -686,6 +755,11 @@ def _reshape(node: Node, cg: ChannelGraph) -> None:
     if node.op_type == "Reshape" and x is not None and x.shape is not None:
         target = entries if entries is not None else const_ints(node.input(1))
         resolved = resolve_reshape(x.shape, target, bool(node.attr("allowzero", 0)))
+        if resolved is None and entries is not None:
+            # sizes computed from static shapes (Swin's window partition): use their values
+            numbers = shape_values(node.input(1), cg.numeric_memo)
+            if numbers is not None:
+                resolved = resolve_reshape(x.shape, numbers, bool(node.attr("allowzero", 0)))
         if resolved is not None and resolved != y.shape:
             # shape inference often leaves exported reshapes unknown ('unk__0'): refine
             y.shape = resolved

@@ -44,6 +44,21 @@ Entry = int | Dim | _Derived
 
 Memo = dict  # Value -> list[Entry] | None, shared by the calls of one analysis
 
+
+class NumericMemo(dict):
+    """A memo under which ``Shape`` of a tensor reads its static sizes as numbers: the
+    values a shape computation takes for this model's input shapes (``shape_values``)."""
+
+
+def shape_values(value: Value | None, memo: NumericMemo | None = None) -> list[int] | None:
+    """The numbers a computed 1-D shape tensor holds for the model's static shapes, or None
+    when some entry depends on a size that is not static."""
+    entries = shape_entries(value, NumericMemo() if memo is None else memo)
+    if entries is None or not all(isinstance(e, int) for e in entries):
+        return None
+    return entries  # type: ignore[return-value]
+
+
 _UNARY_SHAPE_OPS = frozenset(
     [
         "Cast",
@@ -162,8 +177,8 @@ def _evaluate(value: Value, memo: Memo) -> np.ndarray | None:
         end = node.attr("end", x.rank)
         axes = range(*slice(start, end).indices(x.rank))
         shape_of_shape = x.dtype is not None and np.dtype(x.dtype).kind in "iu"
-        if shape_of_shape and x.static_shape is not None:
-            return _objects(x.static_shape[a] for a in axes)
+        if (shape_of_shape or isinstance(memo, NumericMemo)) and x.shape is not None:
+            return _objects(x.shape[a] if isinstance(x.shape[a], int) else Dim(x, a) for a in axes)
         return _objects(Dim(x, a) for a in axes)
     inputs = [memo.get(v) if v is not None else None for v in node.inputs]
     if op == "Concat":

@@ -9,6 +9,7 @@ Rules:
   ``Resize`` sizes and ``Expand`` shapes are rewritten from the kept counts (a constant
   shared with another node is copied first, so the other node keeps its own);
 - Concat, Flatten, pooling and elementwise ops need nothing: they follow their inputs;
+- a size cast to float (an attention scale from a head dim) is frozen to its original value;
 - value shapes are updated; run ``cleanup`` after it to re-infer them and check the graph.
 """
 
@@ -20,8 +21,8 @@ from typing import ClassVar
 import numpy as np
 
 from drpopt.ir.core import Graph, Node
-from drpopt.ir.rules import gathered_range
-from drpopt.ir.shape_expr import const_ints, literal_source, shape_entries
+from drpopt.ir.rules import frozen_size_cast, gathered_range
+from drpopt.ir.shape_expr import NumericMemo, const_ints, literal_source, shape_entries
 from drpopt.passes.apply_masks import record_metadata, require_plan
 from drpopt.passes.base import Pass, PassResult
 from drpopt.passes.common import get_analysis, invalidate
@@ -42,6 +43,11 @@ class CompactPass(Pass):
         masks = keep_masks(plan.resolve(get_analysis(model)))
         if not masks:
             return PassResult(model, False)
+        memo = NumericMemo()
+        for node in list(model.nodes):  # sizes used as numbers keep their original values
+            frozen = frozen_size_cast(node, memo)
+            if frozen is not None:
+                model.set_const_input(node, 0, frozen)
         for node in list(model.nodes):
             _update_node(model, node, masks)
         for (name, axis), mask in masks.items():
