@@ -247,11 +247,11 @@ SHAPE_OPS = frozenset(
 def _is_param(v: Value) -> bool:
     """Weights of layers count whatever their size; other float constants count unless
     they are scalars (Clip bounds, a scale) or feed only shape-like inputs."""
-    if v.const is None or v.const.dtype.kind != "f":
+    if not v.is_const or v.dtype is None or np.dtype(v.dtype).kind != "f":
         return False
     if any(n.op_type in WEIGHT_OPS for n, _ in v.uses):
         return True
-    return v.const.size > 1 and any(n.op_type not in SHAPE_OPS for n, _ in v.uses)
+    return (v.numel or 0) > 1 and any(n.op_type not in SHAPE_OPS for n, _ in v.uses)
 
 
 def node_macs(node: Node) -> int:
@@ -287,8 +287,8 @@ def weight_uses(graph: Graph) -> dict[str, float]:
             continue
         for i in (1, 0):
             w = node.input(i)
-            if w is not None and w.const is not None and w.const.size:
-                uses[w.name] = uses.get(w.name, 0.0) + macs / w.const.size
+            if w is not None and w.is_const and w.numel:
+                uses[w.name] = uses.get(w.name, 0.0) + macs / w.numel
                 break
     return uses
 
@@ -302,7 +302,7 @@ def _removed(
         for m in g.members:
             if m.tensor is None or m.tensor not in params:
                 continue
-            shape = params[m.tensor].const.shape  # type: ignore[union-attr]
+            shape = params[m.tensor].shape  # type: ignore[union-attr]
             axes = per_tensor.setdefault(m.tensor, {})
             mask = axes.get(m.axis)
             if mask is None:
@@ -311,7 +311,7 @@ def _removed(
     total_params = 0
     total_macs = 0.0
     for name, axes in per_tensor.items():
-        shape = params[name].const.shape  # type: ignore[union-attr]
+        shape = params[name].shape  # type: ignore[union-attr]
         kept = math.prod(
             dim - int(axes[a].sum()) if a in axes else dim for a, dim in enumerate(shape)
         )

@@ -418,7 +418,7 @@ class ChannelGraph:
                             )
                         )
                 continue
-            if sp.value.const is None:
+            if not sp.value.is_const:
                 if any(r[0] == "producer" for r in roles):
                     pos = _position(self.graph, roles, "producer")
                     order = pos if order is None else min(order, pos)

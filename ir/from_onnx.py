@@ -15,6 +15,7 @@ Rules:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from pathlib import Path
@@ -249,15 +250,15 @@ def _convert_graph(
     graph = Graph(gp.name or "graph")
     scope = _Scope(graph, parent)
     for init in gp.initializer:
-        arr = numpy_helper.to_array(init)
-        graph.value(init.name, shape=tuple(arr.shape), dtype=arr.dtype, const=arr)
+        value = graph.value(init.name, shape=tuple(init.dims), dtype=_np_dtype(init.data_type))
+        value.set_lazy(functools.partial(numpy_helper.to_array, init))
     for sparse in gp.sparse_initializer:
         arr = numpy_helper.to_array(sparse)
         name = sparse.values.name
         graph.value(name, shape=tuple(arr.shape), dtype=arr.dtype, const=arr)
     for info in gp.input:
         v = graph.value(info.name)
-        if v.const is None:
+        if not v.is_const:
             _set_info(v, info)
             graph.inputs.append(v)
     for info in list(gp.value_info) + list(gp.output):
@@ -293,7 +294,7 @@ def _convert_graph(
             _fold_constant(node)
         if np_node.op_type == "Constant" and outputs:
             outputs[0].const = _constant_value(np_node, attrs)
-            if outputs[0].const is not None:
+            if outputs[0].is_const:
                 outputs[0].shape = tuple(outputs[0].const.shape)
                 outputs[0].dtype = outputs[0].const.dtype
     for info in gp.output:
@@ -361,7 +362,7 @@ def _fold_constant(node: Node) -> None:
     """Identity/Cast of a constant is a constant of its own (exporters write Identity to
     share one deduplicated initializer between layers; the layers stay independent)."""
     src = node.inputs[0]
-    if src is None or src.const is None:
+    if src is None or not src.is_const:
         return
     out = node.outputs[0]
     if node.op_type == "Cast":
@@ -370,9 +371,10 @@ def _fold_constant(node: Node) -> None:
         except Exception:
             return
         out.const = np.asarray(src.const).astype(dtype)
+        out.shape, out.dtype = tuple(out.const.shape), out.const.dtype
     else:
-        out.const = src.const  # shared, never written in place (passes copy on write)
-    out.shape, out.dtype = tuple(out.const.shape), out.const.dtype
+        out.share_const(src)  # shared, never written in place (passes copy on write)
+        out.shape, out.dtype = src.shape, src.dtype
     node.meta["folded"] = True
 
 
@@ -386,18 +388,16 @@ def unshare_constants(graph: Graph) -> None:
     that is still shared once, so an unpruned model keeps its size.
     """
     for value in list(graph.values.values()):
-        if value.const is None or value in graph.outputs:
+        if not value.is_const or value in graph.outputs:
             continue
         uses = [(n, i) for n, i in value.uses if i >= 0]
         if len(uses) < 2:
             continue
         for node, i in uses[1:]:
             clone = graph.value(
-                graph.fresh_name(f"{value.name}__{node.name}"),
-                const=value.const,
-                shape=value.shape,
-                dtype=value.dtype,
+                graph.fresh_name(f"{value.name}__{node.name}"), shape=value.shape, dtype=value.dtype
             )
+            clone.share_const(value)
             if value.producer is not None:  # a Constant node's output: keep the node's
                 clone.meta["shared_from"] = value.name
             graph.set_input(node, i, clone)

@@ -224,7 +224,7 @@ def _cast(node: Node, cg: ChannelGraph) -> None:
 def is_size_cast(node: Node) -> bool:
     """A Cast of a computed (non-constant) integer to floating point."""
     x, y = node.input(0), node.outputs[0]
-    if node.op_type not in ("Cast", "CastLike") or x is None or x.const is not None:
+    if node.op_type not in ("Cast", "CastLike") or x is None or x.is_const:
         return False
     if x.dtype is None or y.dtype is None:
         return False
@@ -271,7 +271,7 @@ def _elementwise(node: Node, cg: ChannelGraph) -> None:
     broadcast(cg, node, node.inputs, node.outputs[0])
     if node.op_type == "PRelu":
         slope = node.input(1)
-        if slope is not None and slope.const is not None and slope.rank:
+        if slope is not None and slope.is_const and slope.rank:
             for ax in range(slope.rank):
                 cg.role(cg.space(slope, ax), "follower", node)
 
@@ -342,7 +342,7 @@ def _layernorm(node: Node, cg: ChannelGraph) -> None:
     axis = node.attr("axis", -1) % x.rank
     params = [p for p in node.inputs[1:3] if p is not None]
     stats_used = any(o.uses or o in cg.graph.outputs for o in node.outputs[1:])
-    per_channel = all(p.rank == 1 and p.const is not None for p in params)
+    per_channel = all(p.rank == 1 and p.is_const for p in params)
     if axis == x.rank - 1 and per_channel and not stats_used and "torch_path" not in cg.graph.meta:
         channels = cg.space(x, axis)
         for p in params:
@@ -488,7 +488,7 @@ def _gemm(node: Node, cg: ChannelGraph) -> None:
     cg.identity(cg.space(a, ak), cg.space(b, bk), node)
     cg.identity(cg.space(y, 0), cg.space(a, am), node)
     cg.identity(cg.space(y, 1), cg.space(b, bn), node)
-    if b.const is not None:
+    if b.is_const:
         cg.role(cg.space(b, bn), "producer", node)
         cg.role(cg.space(b, bk), "consumer", node)
     if c is not None:
@@ -516,7 +516,7 @@ def _matmul(node: Node, cg: ChannelGraph) -> None:
         for ax in range(x.rank - 2):
             if x.shape[ax] != 1:
                 cg.identity(cg.space(x, ax), cg.space(y, off + ax), node)
-    if b.const is not None:
+    if b.is_const:
         cg.role(cg.space(b, -1), "producer", node)
         cg.role(cg.space(b, -2), "consumer", node)
 

@@ -140,7 +140,7 @@ def _may_be_shape(value: Value) -> bool:
 def _deps(value: Value) -> list[Value]:
     """The inputs ``_evaluate`` reads for ``value`` (none for leaves and unreadable ops)."""
     node = value.producer
-    if value.const is not None or node is None or not _may_be_shape(value):
+    if value.is_const or node is None or not _may_be_shape(value):
         return []
     op = node.op_type
     if op in _UNARY_SHAPE_OPS:
@@ -160,7 +160,7 @@ def _objects(values, shape=None) -> np.ndarray:
 
 def _evaluate(value: Value, memo: Memo) -> np.ndarray | None:
     """One value's entries (an object array) from its inputs' (already in ``memo``)."""
-    if value.const is not None:
+    if value.is_const:
         arr = np.asarray(value.const)
         if arr.dtype.kind not in "iu" or arr.ndim > 2 or arr.size > _MAX_ENTRIES:
             return None
@@ -214,7 +214,7 @@ def _structural(op: str, node: Node, src: np.ndarray) -> np.ndarray | None:
         return np.squeeze(src, axis=tuple(axes)) if axes else np.squeeze(src)
     if op == "Gather":
         idx = node.input(1)
-        if idx is None or idx.const is None:
+        if idx is None or not idx.is_const:
             return None
         return np.take(src, np.asarray(idx.const), axis=node.attr("axis", 0))
     if op == "Reshape":
@@ -279,7 +279,7 @@ def _arith(op: str, x: Entry, y: Entry) -> Entry:
 
 def const_ints(value: Value | None) -> list[int] | None:
     """The flattened values of an integer constant, or None when it is not constant."""
-    if value is None or value.const is None:
+    if value is None or not value.is_const:
         return None
     return [int(x) for x in np.asarray(value.const).reshape(-1)]
 
@@ -289,7 +289,7 @@ def literal_source(value: Value | None, k: int, memo: Memo | None = None):
     rewrite can change: ``(node, input index, offset)`` of a constant fed to a ``Concat``
     (through Cast/Identity/Unsqueeze of a constant), else None."""
     memo = {} if memo is None else memo
-    while value is not None and value.const is None:
+    while value is not None and not value.is_const:
         node = value.producer
         if node is None or node.op_type != "Concat" or node.attr("axis", 0) not in (0, -1):
             return None
@@ -300,7 +300,7 @@ def literal_source(value: Value | None, k: int, memo: Memo | None = None):
                 return None
             if offset < len(entries):
                 source = _through_wrappers(part)
-                if source is not None and source.const is not None:
+                if source is not None and source.is_const:
                     return node, i, offset
                 value, k = part, offset
                 break
@@ -312,7 +312,7 @@ def literal_source(value: Value | None, k: int, memo: Memo | None = None):
 
 def _through_wrappers(value: Value | None) -> Value | None:
     """The constant behind Cast/Identity/Unsqueeze (Constant outputs count as constants)."""
-    while value is not None and value.const is None and value.producer is not None:
+    while value is not None and not value.is_const and value.producer is not None:
         if value.producer.op_type not in ("Cast", "Identity", "Unsqueeze"):
             return None
         value = value.producer.input(0)

@@ -63,14 +63,14 @@ def _graph_proto(graph: Graph, with_shapes: bool) -> onnx.GraphProto:
     keep_names = {v.name for v in graph.outputs}
     keep_names |= {v.name for n in graph.nodes for v in n.meta.get("captured", ())}
     for v in [*used, *graph.outputs]:
-        if v.const is None or v.name in produced or v.name in seen:
+        if not v.is_const or v.name in produced or v.name in seen:
             continue
         seen.add(v.name)
-        first = canonical.setdefault(id(v.const), v.name)
+        first = canonical.setdefault(_identity(v), v.name)
         if first != v.name and v.name not in keep_names and first not in keep_names:
             rename[v.name] = first
             continue
-        initializers.append(numpy_helper.from_array(np.asarray(v.const), v.name))
+        initializers.append(_tensor_proto(v))
     seen = {name for name in seen if name not in rename}
     nodes = [_node_proto(n, with_shapes, rename) for n in graph.nodes]
     inputs = [_value_info(v) for v in graph.inputs]
@@ -88,11 +88,30 @@ def _graph_proto(graph: Graph, with_shapes: bool) -> onnx.GraphProto:
     )
 
 
+def _identity(v: Value) -> int:
+    """What makes two constants one: the same array, or the same not-yet-read weight."""
+    lazy = v.__dict__.get("_lazy")
+    return id(lazy) if lazy is not None else id(v.const)
+
+
+def _tensor_proto(v: Value) -> onnx.TensorProto:
+    """The initializer of ``v``: a weight never read since loading is copied as it was
+    (no conversion to numpy and back), anything else serialised from its array."""
+    lazy = v.__dict__.get("_lazy")
+    source = getattr(lazy, "args", (None,))[0] if lazy is not None else None
+    if isinstance(source, onnx.TensorProto):
+        proto = onnx.TensorProto()
+        proto.CopyFrom(source)
+        proto.name = v.name
+        return proto
+    return numpy_helper.from_array(np.asarray(v.const), v.name)
+
+
 def _node_proto(node: Node, with_shapes: bool, rename: dict[str, str]) -> onnx.NodeProto:
     attrs: dict[str, Any] = {}
     for key, value in node.attrs.items():
         attrs[key] = _attr(value)
-    if node.op_type == "Constant" and node.outputs and node.outputs[0].const is not None:
+    if node.op_type == "Constant" and node.outputs and node.outputs[0].is_const:
         attrs = {"value": numpy_helper.from_array(np.asarray(node.outputs[0].const))}
     for key, sub in node.subgraphs.items():
         attrs[key] = (

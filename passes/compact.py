@@ -54,7 +54,7 @@ class CompactPass(Pass):
             if name is None:
                 continue
             value = model.values[name]
-            if value.const is not None:
+            if value.is_const:
                 if value.producer is not None and value.producer.op_type != "Constant":
                     model.materialize(value)
                 value.const = np.compress(mask, value.const, axis=int(axis))
@@ -142,7 +142,7 @@ def _update_computed_target(graph: Graph, node: Node, masks: Masks) -> None:
     """A computed Reshape target with a literal size of a pruned axis (torchvision's MHA:
     ``Concat(Shape slices, [3, 768], ...)``): the constant that holds it is rewritten."""
     target, y = node.input(1), node.outputs[0]
-    if target is None or target.const is not None or y.rank is None:
+    if target is None or target.is_const or y.rank is None:
         return
     memo: dict = {}
     entries = shape_entries(target, memo)

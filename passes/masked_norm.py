@@ -93,7 +93,7 @@ def mask_layernorm(graph: Graph, node: Node, keep: np.ndarray) -> None:
 def unmask_layernorm(node: Node) -> bool:
     """A masked LayerNormalization whose mask keeps every channel becomes a plain one."""
     mask = node.input(3)
-    if mask is None or mask.const is None or not np.all(np.asarray(mask.const) == 1):
+    if mask is None or not mask.is_const or not np.all(np.asarray(mask.const) == 1):
         return False
     mask.uses = [(n, j) for n, j in mask.uses if n is not node]
     node.inputs = node.inputs[:3]
