@@ -18,6 +18,9 @@ from onnx import helper, numpy_helper
 log = logging.getLogger(__name__)
 
 MAX_ELEMENTS = 4096  # shape arithmetic only: never fold real tensors
+_INT_TYPES = frozenset(
+    [onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.INT8, onnx.TensorProto.UINT8]
+)
 
 
 def _attr(node: onnx.NodeProto, name: str, default=None):
@@ -158,7 +161,8 @@ def fold_constants(
     """
     consts: dict[str, np.ndarray] = {}
     for init in model.graph.initializer:
-        if np.prod(init.dims, dtype=np.int64) <= MAX_ELEMENTS:
+        # shape arithmetic runs on integers: float weights (biases) are never read here
+        if init.data_type in _INT_TYPES and np.prod(init.dims, dtype=np.int64) <= MAX_ELEMENTS:
             consts[init.name] = numpy_helper.to_array(init)
     folded: dict[str, np.ndarray] = {}
     for node in model.graph.node:
