@@ -162,7 +162,9 @@ def fold_constants(
     consts: dict[str, np.ndarray] = {}
     for init in model.graph.initializer:
         # shape arithmetic runs on integers: float weights (biases) are never read here
-        if init.data_type in _INT_TYPES and np.prod(init.dims, dtype=np.int64) <= MAX_ELEMENTS:
+        small = np.prod(init.dims, dtype=np.int64) <= MAX_ELEMENTS
+        inline = init.data_location != onnx.TensorProto.EXTERNAL
+        if init.data_type in _INT_TYPES and small and inline:
             consts[init.name] = numpy_helper.to_array(init)
     folded: dict[str, np.ndarray] = {}
     for node in model.graph.node:

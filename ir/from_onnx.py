@@ -35,8 +35,12 @@ MIN_OPSET = 11
 SMALL_CONSTANT = 4096  # elements: constants this small may be shape arguments
 
 
-def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
-    """Reads an ONNX model from a path (with its external data), or returns a given proto."""
+def load_model(
+    source: str | os.PathLike | onnx.ModelProto, external_data: bool = True
+) -> onnx.ModelProto:
+    """Reads an ONNX model from a path (with its external data unless ``external_data`` is
+    False: then tensors stored beside the file stay there until read), or returns a given
+    proto."""
     if isinstance(source, onnx.ModelProto):
         return source
     path = Path(source)
@@ -57,7 +61,7 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
         raise BadInputError(
             f"{path}: holds no ONNX graph (is it really an .onnx file?); export the model again"
         )
-    if _uses_external_data(model):
+    if external_data and _uses_external_data(model):
         try:
             onnx.load_external_data_for_model(model, str(path.parent))
         except Exception as err:
@@ -66,6 +70,18 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
                 "keep the .data file beside the model"
             ) from err
     return model
+
+
+def _check_external(tensor: onnx.TensorProto, base_dir: str) -> None:
+    """The file holding an external tensor must be there (it is read only when needed)."""
+    location = next((e.value for e in tensor.external_data if e.key == "location"), None)
+    path = Path(base_dir or ".") / (location or "")
+    if not location or not path.is_file():
+        raise BadInputError(
+            f"the external weight data of '{tensor.name}' is stored outside the model in "
+            f"'{location}', which is not beside it ({path}); keep the .data file beside "
+            "the model"
+        )
 
 
 def _short(err: BaseException) -> str:
@@ -117,7 +133,8 @@ def _shape_copy(model: onnx.ModelProto, folded: dict[str, np.ndarray]) -> onnx.M
     g.input.extend(src.input)
     declared = {i.name for i in src.input}
     for t in src.initializer:
-        if np.prod(t.dims, dtype=np.int64) <= SMALL_CONSTANT:
+        inline = t.data_location != onnx.TensorProto.EXTERNAL
+        if inline and np.prod(t.dims, dtype=np.int64) <= SMALL_CONSTANT:
             g.initializer.append(t)
         elif t.name not in declared:
             g.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
@@ -188,13 +205,14 @@ def _const_shapes(values: dict[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
 
 def from_onnx(source: str | os.PathLike | onnx.ModelProto, where: str | None = None) -> Graph:
     """Loads a model into the IR (shape-inferred); ``where`` names it in error messages."""
-    model = load_model(source)
+    model = load_model(source, external_data=False)
     where = where or (str(source) if not isinstance(source, onnx.ModelProto) else "model")
+    base_dir = "" if isinstance(source, onnx.ModelProto) else str(Path(source).parent)
     opset = check_opset(model, where)
     folded = fold_constants(model)
     inferred = infer_shapes(_shape_copy(model, folded))
     inferred = _refine_shapes(model, folded, inferred)
-    graph = _convert_graph(model.graph, parent=None, shapes=inferred.graph)
+    graph = _convert_graph(model.graph, parent=None, shapes=inferred.graph, base_dir=base_dir)
     for name, arr in folded.items():
         value = graph.values.get(name)
         if value is not None and value.producer is not None:
@@ -245,13 +263,19 @@ def _set_info(value: Value, info: onnx.ValueInfoProto) -> None:
 
 
 def _convert_graph(
-    gp: onnx.GraphProto, parent: _Scope | None, shapes: onnx.GraphProto | None = None
+    gp: onnx.GraphProto,
+    parent: _Scope | None,
+    shapes: onnx.GraphProto | None = None,
+    base_dir: str = "",
 ) -> Graph:
     graph = Graph(gp.name or "graph")
     scope = _Scope(graph, parent)
     for init in gp.initializer:
         value = graph.value(init.name, shape=tuple(init.dims), dtype=_np_dtype(init.data_type))
-        value.set_lazy(functools.partial(numpy_helper.to_array, init))
+        value.set_lazy(functools.partial(numpy_helper.to_array, init, base_dir))
+        if init.data_location == onnx.TensorProto.EXTERNAL:
+            _check_external(init, base_dir)
+            graph.meta["external_data"] = True
     for sparse in gp.sparse_initializer:
         arr = numpy_helper.to_array(sparse)
         name = sparse.values.name

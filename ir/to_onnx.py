@@ -99,7 +99,7 @@ def _tensor_proto(v: Value) -> onnx.TensorProto:
     (no conversion to numpy and back), anything else serialised from its array."""
     lazy = v.__dict__.get("_lazy")
     source = getattr(lazy, "args", (None,))[0] if lazy is not None else None
-    if isinstance(source, onnx.TensorProto):
+    if isinstance(source, onnx.TensorProto) and source.data_location != onnx.TensorProto.EXTERNAL:
         proto = onnx.TensorProto()
         proto.CopyFrom(source)
         proto.name = v.name
