@@ -441,10 +441,35 @@ def _conv(node: Node, cg: ChannelGraph) -> None:
     if not isinstance(cin, int) or not isinstance(cout, int):
         lock_axis(cg, node, [x, y], [1], "is grouped and its channel counts are unknown")
         return
+    if cin // groups > 1 and cout // groups > 1 and groups <= MAX_GROUPS:
+        _within_groups(node, cg, x, w, y, groups)
+        return
     g = cg.virtual(f"{node.name}.groups", groups)
     cg.role(g, "structure", node, attr="group")
     cg.expand(cg.space(x, 1), g, cin // groups, node)
     cg.expand(cg.space(y, 1), g, cout // groups, node)
+
+
+MAX_GROUPS = 256
+
+
+def _within_groups(node: Node, cg: ChannelGraph, x: Value, w: Value, y: Value, groups: int):
+    """A grouped convolution (ResNeXt, RegNet) prunes the same positions inside every
+    conv group, so each group keeps an equal count and ``group`` stays: input channel j of
+    every group is column j of the weight; output position j of every group is one unit."""
+    cin, cout = x.dim(1), w.dim(0)
+    assert isinstance(cin, int) and isinstance(cout, int)
+    columns = cg.space(w, 1)
+    parts = [cg.virtual(f"{node.name}.in{r}", cin // groups) for r in range(groups)]
+    cg.concat(cg.space(x, 1), parts, node)  # type: ignore[arg-type]
+    for part in parts:
+        cg.identity(part, columns, node)
+    cg.role(columns, "consumer", node)
+    position = cg.virtual(f"{node.name}.out_position", cout // groups)
+    parts = [cg.virtual(f"{node.name}.out{r}", cout // groups) for r in range(groups)]
+    cg.concat(cg.space(y, 1), parts, node)  # type: ignore[arg-type]
+    for part in parts:
+        cg.identity(part, position, node)
 
 
 @rule("ConvTranspose")

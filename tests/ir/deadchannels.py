@@ -147,9 +147,15 @@ def assert_members_tile(a: Analysis, model: onnx.ModelProto) -> None:
         group = next((at.i for at in node.attribute if at.name == "group"), 1)
         if group > 1:
             spans = sorted(covered.get((f"{node.name}:group", 0), []))
+            weight = node.input[1]
+            if not spans and any(
+                m.tensor == weight and m.axis == 1 and m.role == "consumer"
+                for g in a.groups
+                for m in g.members
+            ):
+                continue  # pruned inside every conv group (equal counts): group stays
             if not spans:
                 # conv groups cut by a split inside one group: no unit, every row locked
-                weight = node.input[1]
                 assert all(
                     not g.prunable for g in a.groups for m in g.members if m.tensor == weight
                 ), node.name

@@ -139,7 +139,9 @@ def test_grouped_conv_group_count():
     _, _, compact = masked_and_compact(build("grouped_conv"), rate=0.5)
     graph = compact.model
     gconv = next(n for n in graph.nodes if n.name == "gconv")
-    assert gconv.attrs["group"] == 2
+    # equal counts inside every conv group: the group count stays, each group is halved
+    assert gconv.attrs["group"] == 4
+    assert graph.values["gconv.weight"].const.shape[:2] == (16, 2)
     dw = next(n for n in graph.nodes if n.name == "dwconv")
     assert dw.attrs["group"] == graph.values["dwconv.weight"].const.shape[0]
     assert compact.model.meta["verify"].ok
