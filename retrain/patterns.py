@@ -14,7 +14,8 @@ weight, input-channel axis as in ``passes/sparsify.input_axis``). Rules:
 - ``nm``: the candidates are the alive weights the full ``n:m`` pattern drops; before the
   final step the smallest of them go first, up to ``q``; at the final step all of them go,
   so the final masks hold the exact ``n:m`` pattern;
-- depthwise convs get no ``nm``/``block`` pattern (as in ``sparsify``).
+- depthwise convs get no ``nm``/``block`` pattern (as in ``sparsify``);
+- ``rate`` may be a dict (parameter name to rate): each layer its own rate (layer scope).
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def pattern_masks(
     previous: dict[str, np.ndarray],
     layers: list[PatternLayer],
     profile: TargetProfile,
-    rate: float,
+    rate: float | dict[str, float],
     final: bool,
 ) -> dict[str, np.ndarray]:
     """Keep-masks (bool) of the ``layers``: channel mask, previous mask and the pattern at
@@ -80,7 +81,8 @@ def pattern_masks(
         layer.param: channel[layer.param].astype(bool) & previous[layer.param].astype(bool)
         for layer in layers
     }
-    if g == "unstructured" and profile.sparsity_scope == "global":
+    per_layer = rate if isinstance(rate, dict) else None
+    if g == "unstructured" and profile.sparsity_scope == "global" and per_layer is None:
         universe = sum(int(channel[x.param].astype(bool).sum()) for x in layers)
         dead = sum(int((channel[x.param].astype(bool) & ~alive_of[x.param]).sum()) for x in layers)
         k = int(round(rate * universe)) - dead
@@ -97,6 +99,8 @@ def pattern_masks(
             start += size
         return out
     for x in layers:
+        if per_layer is not None:
+            rate = per_layer.get(x.param, 0.0)
         w, alive, chan = weights[x.param], alive_of[x.param], channel[x.param].astype(bool)
         universe, dead = int(chan.sum()), int((chan & ~alive).sum())
         if g in ("nm", "block") and x.depthwise:
