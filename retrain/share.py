@@ -8,8 +8,10 @@ Rules (the drop-in ``drpopt.retrain.drpai``):
 - the share counts the weights (``<layer>.weight``) of the pruning layers;
 - for a share ``s`` the channel rate ``c`` is the largest one whose kept weights, with the
   profile's own pattern rate ``q0`` on top, still leave at least ``1 - s`` of them
-  (``K(c) * (1 - q0) >= 1 - s``); channel-only profiles pick the ``c`` whose ``K(c)`` is
-  nearest ``1 - s``; ``nm`` profiles use ``q0 = 1 - n/m``;
+  (``K(c) * (1 - q0) >= 1 - s``, ``K`` over the counted weights that channel pruning can
+  touch, so layers whose channels are locked, such as a transformer's attention, do not
+  push the others further); channel-only profiles pick the ``c`` whose ``K(c)`` is nearest
+  ``1 - s``; ``nm`` profiles use ``q0 = 1 - n/m``;
 - then each pattern layer ``l`` gets the pattern rate that brings it to ``s`` exactly:
   ``q_l = max(0, 1 - (1 - s) / K_l(c))`` (``unstructured``/``block``), so every pruning layer
   ends near ``s`` zeros and so does their total;
@@ -67,6 +69,9 @@ class ShareSplit:
         self.groups = groups
         self.shapes = shapes  # the counted weights: parameter name -> shape
         self.profile = profile
+        self.channel_prunable = {
+            m.tensor for g in groups for m in g.members if m.role in MASKED_ROLES
+        } & set(shapes)
 
     def kept_fractions(self, rate: float) -> dict[str, float]:
         """Each counted weight's kept fraction after channel pruning at ``rate``."""
@@ -95,9 +100,9 @@ class ShareSplit:
     def kept(self, rate: float) -> float:
         """The kept fraction of all counted weights after channel pruning at ``rate``."""
         fr = self.kept_fractions(rate)
-        sizes = {n: int(np.prod(s)) for n, s in self.shapes.items()}
+        sizes = {n: int(np.prod(s)) for n, s in self.shapes.items() if n in self.channel_prunable}
         total = sum(sizes.values())
-        return sum(fr[n] * sizes[n] for n in fr) / total if total else 1.0
+        return sum(fr[n] * sizes[n] for n in sizes) / total if total else 1.0
 
     def channel_rate(self, share: float) -> float:
         """The channel rate for weight share ``share``."""
