@@ -68,9 +68,7 @@ def convert_legacy_entries(state_dict: dict[str, Any], prefix: str = "") -> None
             state_dict[key] = legacy_state(value)
 
 
-def legacy_load_hook(
-    module: Any, state_dict: dict, prefix: str, *args: Any, **kwargs: Any
-) -> None:
+def legacy_load_hook(module: Any, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
     """A ``load_state_dict`` pre-hook (root module): old float masks and state converted."""
     convert_legacy_entries(state_dict, prefix)
 

@@ -294,7 +294,9 @@ def _short(err: BaseException) -> str:
 
 
 # ---- verification -----------------------------------------------------------------------
-def _run_onnxruntime(proto: onnx.ModelProto, inputs: list[Any]) -> list[np.ndarray]:
+def _run_onnxruntime(
+    proto: onnx.ModelProto, inputs: list[Any], input_names: list[str] | None = None
+) -> list[np.ndarray]:
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -306,7 +308,9 @@ def _run_onnxruntime(proto: onnx.ModelProto, inputs: list[Any]) -> list[np.ndarr
         wanted = {i.name for i in session.get_inputs()}  # the exporter drops unused inputs
         feeds = {
             name: t.detach().cpu().numpy()
-            for name, t in zip(_names("input", len(inputs)), inputs, strict=True)
+            for name, t in zip(
+                _io_names(input_names, "input", len(inputs), "input"), inputs, strict=True
+            )
             if name in wanted
         }
         return session.run(None, feeds)
@@ -318,12 +322,17 @@ def _run_onnxruntime(proto: onnx.ModelProto, inputs: list[Any]) -> list[np.ndarr
 
 
 def _verify(
-    proto: onnx.ModelProto, inputs: list[Any], expected: list[Any], rtol: float, atol: float
+    proto: onnx.ModelProto,
+    inputs: list[Any],
+    expected: list[Any],
+    rtol: float,
+    atol: float,
+    input_names: list[str] | None = None,
 ) -> tuple[float, float, list[str]]:
     """(max abs error, max rel error, failures) of onnxruntime against torch per output."""
     from drpopt.passes.verify import _compare
 
-    got = _run_onnxruntime(proto, inputs)
+    got = _run_onnxruntime(proto, inputs, input_names)
     names = [o.name for o in proto.graph.output]
     if len(got) != len(expected):
         return (
@@ -387,9 +396,9 @@ def export_onnx(
     from drpopt.cli.files import save_model
     from drpopt.ir.to_onnx import to_onnx
     from drpopt.passes import CleanupPass, CompactPass, PassManager
-    from drpopt.passes.fold_batchnorm import FoldBatchNormPass
     from drpopt.passes.apply_masks import record_metadata
     from drpopt.passes.common import get_analysis, layer_sparsity
+    from drpopt.passes.fold_batchnorm import FoldBatchNormPass
 
     if rtol < 0 or atol < 0:
         raise BadInputError(f"tolerances must not be negative (rtol {rtol}, atol {atol})")
@@ -421,7 +430,7 @@ def export_onnx(
     final = result.model
     out = to_onnx(final)
 
-    max_abs, max_rel, failures = _verify(out, inputs, expected, rtol, atol)
+    max_abs, max_rel, failures = _verify(out, inputs, expected, rtol, atol, input_names)
     if failures:
         hint = ""
         if compact and live:

@@ -134,7 +134,6 @@ class Pruner:
         block: int | None = None,
         scope: str | None = None,
     ) -> None:
-        import torch
         from torch.optim.optimizer import (
             register_optimizer_step_post_hook,
             register_optimizer_step_pre_hook,
@@ -382,7 +381,9 @@ class Pruner:
     def _write_masks(self, keep: dict[str, list[int]]) -> None:
         import torch
 
-        arrays = {name: np.ones(tuple(e.param.shape), dtype=bool) for name, e in self._masked.items()}
+        arrays = {
+            name: np.ones(tuple(e.param.shape), dtype=bool) for name, e in self._masked.items()
+        }
         for g, key in zip(self.groups, self.keys, strict=True):
             pruned = sorted(set(range(g.size)) - set(keep[key]))
             if not pruned:

@@ -40,7 +40,6 @@ def listed_layers(graph: Graph, params: Iterable[str], target: str = "drpai") ->
     """Module name -> trace node names of the layers ``target`` prunes (graph order)."""
     names = set(params)
     selector = MaskPass(rate=0.5, target=target)
-    out: dict[str, list[str]] = {}
     producers: dict[str, list[str]] = {}
     for g in analyze(graph).groups:
         if not selector._eligible(graph, g):
@@ -124,9 +123,7 @@ class ShareSplit:
                 lo = mid
             else:
                 hi = mid
-        if p.granularity == "channel" and abs(self.kept(hi) - target) < abs(
-            self.kept(lo) - target
-        ):
+        if p.granularity == "channel" and abs(self.kept(hi) - target) < abs(self.kept(lo) - target):
             return hi
         return lo
 

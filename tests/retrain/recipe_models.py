@@ -9,8 +9,6 @@ ResNet-50 and YOLOX-s come from ``drpopt.zoo.torch_models``.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -150,7 +148,11 @@ class VisionTransformer(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def vit_b_16_like(img_size: int = 32, patch: int = 16, dim: int = 48, depth: int = 2, heads: int = 3, **kw) -> VisionTransformer:
+def vit_b_16_like(
+    img_size: int = 32, patch: int = 16, dim: int = 48, depth: int = 2, heads: int = 3, **kw
+) -> VisionTransformer:
     """ViT-B/16's layout at a small width and depth (``vit_b_16_like(224, 16, 768, 12, 12)``
     is vit_base_patch16_224)."""
-    return VisionTransformer(img_size, patch, embed_dim=dim, depth=depth, num_heads=heads, num_classes=10, **kw)
+    return VisionTransformer(
+        img_size, patch, embed_dim=dim, depth=depth, num_heads=heads, num_classes=10, **kw
+    )
