@@ -22,6 +22,9 @@ import pytest
 import torch
 from recipe_models import vit_b_16_like
 
+from drpopt.ir.from_onnx import from_onnx
+from drpopt.passes.check import check_model
+from drpopt.passes.targets import get_target
 from drpopt.retrain.drpai import (
     PrunedModelEMA,
     Pruner,
@@ -200,6 +203,8 @@ def test_yolox_recipe_ema_resume_and_export(tmp_path, ema_first: bool) -> None:
     import onnx
 
     assert not any(n.op_type == "BatchNormalization" for n in onnx.load(out).graph.node)
+    report = check_model(from_onnx(out), get_target("drpai"))
+    assert report.ok, report.summary()
 
     # strict resume from the EMA checkpoint: masks restored, training continues, masks hold
     model2 = yolox_s_like(width=0.125, num_classes=3).train()
