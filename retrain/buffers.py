@@ -7,7 +7,9 @@ Rules:
   for dense models (YOLOX's ``ModelEMA`` averages every floating state-dict entry) leaves
   them alone;
 - checkpoints of older drpopt versions (float masks, possibly averaged by such an EMA, and a
-  float ``[step, rate]`` state) load: masks are binarised at 0.5, the state converted;
+  float ``[step, rate]`` state) load: masks are binarised at 0.5, the state converted; a
+  mask or state the model has and the checkpoint lacks (an older drop-in kept no masks for
+  fine-grained-only layers) keeps its current value, also under strict loading;
 - copies made by ``deepcopy_model`` share the source's mask and state buffers (the same
   tensors), so an EMA copy always holds the model's current masks; a copy made before a
   Pruner was attached gets the buffers when it is.
@@ -69,8 +71,11 @@ def convert_legacy_entries(state_dict: dict[str, Any], prefix: str = "") -> None
 
 
 def legacy_load_hook(module: Any, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
-    """A ``load_state_dict`` pre-hook (root module): old float masks and state converted."""
+    """A ``load_state_dict`` pre-hook (root module): old float masks and state converted,
+    pruning buffers the checkpoint lacks kept as they are."""
     convert_legacy_entries(state_dict, prefix)
+    for name, buf in pruning_buffers(module).items():
+        state_dict.setdefault(prefix + name, buf.detach().clone())
 
 
 def register_copy(source: Any, clone: Any) -> None:

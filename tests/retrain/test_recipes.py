@@ -9,6 +9,8 @@ Rules checked (``drpopt.retrain.drpai`` with only the import line changed):
 - after a few steps at ``final_pr=0.7`` between 65% and 80% of the pruning layers' weights
   are zero and ``get_model_info`` reports that share; masks hold through the optimizer and
   the EMA; both reload idioms reproduce outputs exactly;
+- YOLOv8 (with its loss) and TopFormer (conv stem plus attention blocks) prune to the same
+  share from the calls their trainer callbacks make;
 - masks and the pruning state are not floating point; old float checkpoints still load.
 """
 
@@ -20,7 +22,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from recipe_models import vit_b_16_like
+from recipe_models import TopFormer, YOLOv8, vit_b_16_like, yolov8_loss
 
 from drpopt.ir.from_onnx import from_onnx
 from drpopt.passes.check import check_model
@@ -266,6 +268,19 @@ def test_old_float_checkpoint_loads() -> None:
     plain = load_pruned_state_dict(resnet50_like(width=8, num_classes=10), old).eval()
     assert torch.equal(plain(x), model(x))
 
+    # an older drop-in's checkpoint has no masks for fine-grained-only layers: strict
+    # loading still works, and those masks keep their values
+    lacking = dict(old)
+    gone = next(k for k in lacking if k.endswith(MASK_SUFFIX))
+    del lacking[gone]
+    third = resnet50_like(width=8, num_classes=10)
+    p3 = Pruner(third, make_pruning_layer_list(third, input_size=[(1, 3, 32, 32)]), 0.0)
+    try:
+        third.load_state_dict(lacking)
+        assert bool(third.state_dict()[gone].all())
+    finally:
+        p3.remove()
+
 
 # ---- ViT-B/16 -------------------------------------------------------------------------------
 def test_vit_recipe_input_size() -> None:
@@ -309,3 +324,46 @@ def test_optimizer_hooks_are_scoped_to_the_pruned_model() -> None:
         assert calls == [1]
     finally:
         pruner.remove()
+
+
+# ---- YOLOv8 and TopFormer: the same calls from the frameworks' trainer callbacks ------------
+def _train_share(model, layers, loss_fn, x, steps: int = 2) -> float:
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    pruner = Pruner(model, pruning_layer_list=layers, final_pr=0.7)
+    try:
+        for _ in range(steps):
+            pruner.update()  # on_train_batch_start / before_train_iter
+            loss = loss_fn(model(x))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        masks = _masks(model)
+        assert _pruned_are_zero(model.state_dict(), masks)
+        assert get_model_info(model).pruning_sparsity == pytest.approx(_share(model, layers))
+        return _share(model, layers)
+    finally:
+        pruner.remove()
+
+
+def test_yolov8_recipe_with_its_loss() -> None:
+    torch.manual_seed(0)
+    model = YOLOv8(nc=3, w=0.125).train()
+    x = _images(0, (2, 3, 64, 64))
+    targets = torch.tensor([[0, 1, 4, 4, 40, 30], [1, 2, 10, 10, 60, 60]], dtype=torch.float)
+    layers = make_pruning_layer_list(model, input_data=[x])
+    assert "model.0" not in layers  # the stem stays dense
+    assert not any(name.endswith(("cv2.0.2", "cv3.0.2")) for name in layers)  # predictions
+    share = _train_share(model, layers, lambda out: yolov8_loss(model, out, targets), x)
+    assert 0.65 <= share <= 0.80
+    model.eval()
+    assert model(x).shape == (2, 4 + 3, 8 * 8 + 4 * 4 + 2 * 2)
+
+
+def test_topformer_recipe() -> None:
+    torch.manual_seed(0)
+    model = TopFormer(num_classes=5, width=8).train()
+    x = _images(0, (2, 3, 64, 64))
+    layers = make_pruning_layer_list(model, input_data=[x])
+    assert "trans.0.mlp.fc1.c" in layers and "trans.0.attn.to_q.c" in layers
+    share = _train_share(model, layers, lambda out: out.pow(2).mean(), x)
+    assert 0.65 <= share <= 0.80
