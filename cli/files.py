@@ -49,6 +49,36 @@ def refuse_overwrite(output: Path, inputs: list[Path], force: bool = False) -> N
             )
 
 
-def save_model(model: onnx.ModelProto, path: Path) -> None:
-    """Serialises an ONNX model atomically."""
-    atomic_write_bytes(Path(path), model.SerializeToString())
+EXTERNAL_OVER = 1_800_000_000  # bytes: protobuf cannot hold a model of 2 GB or more
+
+
+def save_model(model: onnx.ModelProto, path: Path, external: bool | None = None) -> None:
+    """Serialises an ONNX model atomically. With ``external`` (default: when the model is
+    too large for one protobuf) the weights go to ``<name>.data`` beside it."""
+    path = Path(path)
+    if external is None:
+        external = model.ByteSize() > EXTERNAL_OVER
+    if not external:
+        atomic_write_bytes(path, model.SerializeToString())
+        return
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir() or not parent.exists():
+        atomic_write_bytes(path, b"")  # the same one-line errors as a plain write
+    tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=parent))
+    try:
+        onnx.save_model(
+            model,
+            str(tmpdir / path.name),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=f"{path.name}.data",
+            size_threshold=1024,
+        )
+        data = tmpdir / f"{path.name}.data"
+        if data.exists():
+            os.replace(data, parent / data.name)
+        os.replace(tmpdir / path.name, path)
+    finally:
+        for leftover in tmpdir.glob("*"):
+            leftover.unlink()
+        tmpdir.rmdir()

@@ -150,15 +150,11 @@ def _analyze(model: Any, where: str | None, start: float) -> Analysis:
         from drpopt.ir.from_onnx import from_onnx
 
         graph = from_onnx(model, where=where or _where(model))
-    cg = apply_rules(graph)
-    groups, _ = cg.groups()
     uses = weight_uses(graph)
     params = {v.name: v for v in graph.values.values() if _is_param(v)}
+    cg, groups, pp, pm = _best_mapping(graph, params, uses)
     for g in groups:
-        _finish_group(g)
         g.params, g.macs = _removed(graph, [g], params, uses)
-    prunable = [g for g in groups if g.prunable]
-    pp, pm = _removed(graph, prunable, params, uses)
     result = Analysis(
         graph=graph,
         groups=groups,
@@ -171,6 +167,47 @@ def _analyze(model: Any, where: str | None, start: float) -> Analysis:
     )
     graph.meta["analysis"] = result
     return result
+
+
+def _solve(graph: Graph, levels: dict[Node, int], params, uses):
+    cg = apply_rules(graph, levels)
+    groups, _ = cg.groups()
+    for g in groups:
+        _finish_group(g)
+    pp, pm = _removed(graph, [g for g in groups if g.prunable], params, uses)
+    return cg, groups, pp, pm
+
+
+def _best_mapping(graph: Graph, params, uses, rounds: int = 3):
+    """Solves the channel graph; where a reshape's split or merge leaves the axis that
+    carries the channels locked (q/k/v stacked on an axis of 3 before the heads), solves
+    again with the next axis carrying them, and keeps whichever prunes more parameters."""
+    levels: dict[Node, int] = {}
+    best = _solve(graph, levels, params, uses)
+    for _ in range(rounds):
+        cg, groups = best[0], best[1]
+        where = {(s.value, s.axis): g for g in groups for s in g.segments if s.value}
+        stuck = {
+            node: (level, where.get((value.name, axis)))
+            for node, value, axis, level, n in cg.splits
+            if level < n and not getattr(where.get((value.name, axis)), "prunable", False)
+        }
+        # a mapping locked only because another stuck one locks its component waits for
+        # that one to move (the heads after torchvision's q/k/v split stay heads)
+        names = {node.name for node in stuck}
+        raise_ = {
+            node: level + 1
+            for node, (level, group) in stuck.items()
+            if group is not None and not any(lk.node in names - {node.name} for lk in group.locks)
+        }
+        if not raise_:
+            break
+        trial_levels = {**levels, **raise_}
+        trial = _solve(graph, trial_levels, params, uses)
+        if trial[2] <= best[2]:
+            break
+        best, levels = trial, trial_levels
+    return best
 
 
 def _where(model: Any) -> str:
@@ -210,11 +247,11 @@ SHAPE_OPS = frozenset(
 def _is_param(v: Value) -> bool:
     """Weights of layers count whatever their size; other float constants count unless
     they are scalars (Clip bounds, a scale) or feed only shape-like inputs."""
-    if v.const is None or v.const.dtype.kind != "f":
+    if not v.is_const or v.dtype is None or np.dtype(v.dtype).kind != "f":
         return False
     if any(n.op_type in WEIGHT_OPS for n, _ in v.uses):
         return True
-    return v.const.size > 1 and any(n.op_type not in SHAPE_OPS for n, _ in v.uses)
+    return (v.numel or 0) > 1 and any(n.op_type not in SHAPE_OPS for n, _ in v.uses)
 
 
 def node_macs(node: Node) -> int:
@@ -250,8 +287,8 @@ def weight_uses(graph: Graph) -> dict[str, float]:
             continue
         for i in (1, 0):
             w = node.input(i)
-            if w is not None and w.const is not None and w.const.size:
-                uses[w.name] = uses.get(w.name, 0.0) + macs / w.const.size
+            if w is not None and w.is_const and w.numel:
+                uses[w.name] = uses.get(w.name, 0.0) + macs / w.numel
                 break
     return uses
 
@@ -265,7 +302,7 @@ def _removed(
         for m in g.members:
             if m.tensor is None or m.tensor not in params:
                 continue
-            shape = params[m.tensor].const.shape  # type: ignore[union-attr]
+            shape = params[m.tensor].shape  # type: ignore[union-attr]
             axes = per_tensor.setdefault(m.tensor, {})
             mask = axes.get(m.axis)
             if mask is None:
@@ -274,7 +311,7 @@ def _removed(
     total_params = 0
     total_macs = 0.0
     for name, axes in per_tensor.items():
-        shape = params[name].const.shape  # type: ignore[union-attr]
+        shape = params[name].shape  # type: ignore[union-attr]
         kept = math.prod(
             dim - int(axes[a].sum()) if a in axes else dim for a, dim in enumerate(shape)
         )

@@ -29,6 +29,7 @@ from fractions import Fraction
 import networkx as nx
 
 from drpopt.ir.core import Graph, Node, Value
+from drpopt.ir.shape_expr import NumericMemo
 
 ROLE_RANK = {"producer": 0, "consumer": 1, "follower": 2, "structure": 3, "param": 4}
 
@@ -119,6 +120,16 @@ class ChannelGraph:
         self.relations: list[tuple] = []
         self.unsupported: list[Node] = []
         self.locked_values: dict[str, Lock] = {}
+        self.shape_memo: dict = {}  # shape_entries results, shared by every rule
+        self.numeric_memo: dict = NumericMemo()  # shape_values results, likewise
+        # (value name, axis) a rule mentioned while it ran, for the central default lock
+        self.touched: set[tuple[str, int]] = set()
+        # locks for spaces that may not exist (yet): attached when groups are built
+        self.pending_locks: dict[tuple[str, int], Lock] = {}
+        # reshape splits/merges: the level each maps at (set by the analysis), and the
+        # mappings made, as (node, value, axis carrying the channels, level, axes)
+        self.reshape_levels: dict[Node, int] = {}
+        self.splits: list[tuple[Node, Value, int, int, int]] = []
 
     # ---- API for rules --------------------------------------------------------------
     def space(self, value: Value, axis: int) -> int | None:
@@ -129,6 +140,7 @@ class ChannelGraph:
         if axis < 0:
             axis += rank
         key = (value.name, axis)
+        self.touched.add(key)
         sid = self._index.get(key)
         if sid is not None:
             return sid
@@ -186,6 +198,39 @@ class ChannelGraph:
             self._lock_pair(big, small, node, f"block sizes do not match ({lb} vs {ls}x{k})")
             return
         self.relations.append(("exp", big, small, k))
+
+    def independent(self, value: Value | None, axes=None) -> None:
+        """Declares that the current node neither couples nor constrains these axes of
+        ``value`` (all axes when ``axes`` is None): a Shape reads only metadata."""
+        if value is None or value.rank is None:
+            return
+        for ax in range(value.rank) if axes is None else axes:
+            self.touched.add((value.name, ax % value.rank))
+
+    def lock_untouched(self, node: Node) -> None:
+        """Locks every axis of the node's inputs and outputs that its rule neither related
+        nor declared independent (a rule that forgets an axis never leaves it free)."""
+        touched = self.touched
+        for v in (*node.inputs, *node.outputs):
+            if v is None or v.rank is None or v.name in self.locked_values:
+                continue
+            for ax in range(v.rank):
+                key = (v.name, ax)
+                if key in touched or v.shape[ax] == 1:  # type: ignore[index]
+                    continue
+                lock = Lock(
+                    "rule",
+                    f"{node.op_type} '{node.name}': its rule does not say how axis {ax} of "
+                    f"'{v.name}' maps",
+                    node.name,
+                    node.op_type,
+                )
+                sid = self._index.get(key)
+                if sid is not None:
+                    self.spaces[sid].locks.append(lock)
+                else:
+                    self.pending_locks.setdefault(key, lock)
+        touched.clear()
 
     def lock(self, sid: int | None, kind: str, message: str, node: Node | None = None) -> None:
         if sid is not None:
@@ -318,10 +363,12 @@ class ChannelGraph:
             self.spaces[sid].locks.append(
                 Lock("mismatch", f"a cut inside an expanded block of '{self.spaces[sid].label}'")
             )
-        if self.locked_values:
-            for (vname, _axis), sid in self._index.items():
-                if vname in self.locked_values:
-                    self.spaces[sid].locks.append(self.locked_values[vname])
+        if self.locked_values or self.pending_locks:
+            for key, sid in self._index.items():
+                if key[0] in self.locked_values:
+                    self.spaces[sid].locks.append(self.locked_values[key[0]])
+                if key in self.pending_locks:
+                    self.spaces[sid].locks.append(self.pending_locks[key])
 
         groups: list[Group] = []
         for comp in nx.connected_components(g):
@@ -371,7 +418,7 @@ class ChannelGraph:
                             )
                         )
                 continue
-            if sp.value.const is None:
+            if not sp.value.is_const:
                 if any(r[0] == "producer" for r in roles):
                     pos = _position(self.graph, roles, "producer")
                     order = pos if order is None else min(order, pos)

@@ -35,7 +35,20 @@ class Value:
 
     @property
     def is_const(self) -> bool:
-        return self.const is not None
+        """Whether the value is a constant (without reading a lazily loaded weight)."""
+        d = self.__dict__
+        return d.get("_const") is not None or d.get("_lazy") is not None
+
+    def set_lazy(self, loader: Any) -> None:
+        """Makes the value a constant whose array ``loader()`` makes on first read (weights
+        stay in the loaded model until a pass reads or changes them)."""
+        self.__dict__["_const"] = None
+        self.__dict__["_lazy"] = loader
+
+    def share_const(self, other: Value) -> None:
+        """Holds the same constant as ``other`` (loaded or not): no copy."""
+        self.__dict__["_const"] = other.__dict__.get("_const")
+        self.__dict__["_lazy"] = other.__dict__.get("_lazy")
 
     @property
     def rank(self) -> int | None:
@@ -61,6 +74,25 @@ class Value:
 
     def __repr__(self) -> str:
         return f"Value({self.name!r}, shape={self.shape})"
+
+
+def _get_const(self: Value) -> np.ndarray | None:
+    d = self.__dict__
+    const = d.get("_const")
+    if const is None and d.get("_lazy") is not None:
+        const = d["_const"] = d["_lazy"]()
+        d["_lazy"] = None
+    return const
+
+
+def _set_const(self: Value, array: np.ndarray | None) -> None:
+    self.__dict__["_const"] = array
+    self.__dict__["_lazy"] = None
+
+
+# ``const`` reads a lazily loaded weight on first use (the dataclass field stays the
+# constructor argument; the property replaces its class default)
+Value.const = property(_get_const, _set_const)  # type: ignore[assignment]
 
 
 @dataclass(eq=False)
@@ -102,6 +134,7 @@ class Graph:
         self.values: dict[str, Value] = {}
         self.opsets: dict[str, int] = {}
         self.metadata: dict[str, str] = {}
+        self.functions: list[Any] = []  # model-local functions (onnx.FunctionProto), kept
         self.meta: dict[str, Any] = {}
 
     # ---- construction ---------------------------------------------------------------

@@ -18,6 +18,9 @@ from onnx import helper, numpy_helper
 log = logging.getLogger(__name__)
 
 MAX_ELEMENTS = 4096  # shape arithmetic only: never fold real tensors
+_INT_TYPES = frozenset(
+    [onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.INT8, onnx.TensorProto.UINT8]
+)
 
 
 def _attr(node: onnx.NodeProto, name: str, default=None):
@@ -58,6 +61,10 @@ def _eval(node: onnx.NodeProto, vals: list) -> list[np.ndarray] | None:
         return [np.concatenate([np.asarray(v) for v in vals], axis=_attr(node, "axis", 0))]
     if op == "Gather":
         return [np.take(np.asarray(x), np.asarray(vals[1]), axis=_attr(node, "axis", 0))]
+    if op == "Mod":
+        a, b = np.asarray(vals[0]), np.asarray(vals[1])
+        out = np.fmod(a, b) if _attr(node, "fmod", 0) else np.mod(a, b)
+        return [np.asarray(out).astype(np.result_type(a, b))]
     if op in ("Add", "Sub", "Mul", "Div"):
         a, b = np.asarray(vals[0]), np.asarray(vals[1])
         if op == "Div":
@@ -67,6 +74,30 @@ def _eval(node: onnx.NodeProto, vals: list) -> list[np.ndarray] | None:
         return [np.asarray(out).astype(np.result_type(a, b))]
     if op == "Reshape":
         return [np.reshape(np.asarray(x), [int(d) for d in np.asarray(vals[1]).reshape(-1)])]
+    if op == "Transpose":
+        perm = _attr(node, "perm")
+        return [np.transpose(np.asarray(x), perm)]
+    if op == "ConstantOfShape":
+        value = _attr(node, "value")
+        fill = numpy_helper.to_array(value).reshape(-1) if value is not None else np.zeros(1)
+        shape = [int(d) for d in np.asarray(x).reshape(-1)]
+        if np.prod(shape, dtype=np.int64) > MAX_ELEMENTS:
+            return None
+        dtype = fill.dtype if value is not None else np.float32
+        return [np.full(shape, fill[0], dtype=dtype)]
+    if op in ("Equal", "Less", "Greater"):
+        fn = {"Equal": np.equal, "Less": np.less, "Greater": np.greater}[op]
+        return [fn(np.asarray(vals[0]), np.asarray(vals[1]))]
+    if op == "Not":
+        return [np.logical_not(np.asarray(x))]
+    if op == "Where":
+        return [np.where(np.asarray(vals[0]), np.asarray(vals[1]), np.asarray(vals[2]))]
+    if op in ("Max", "Min"):
+        fn = np.maximum if op == "Max" else np.minimum
+        out = np.asarray(vals[0])
+        for v in vals[1:]:
+            out = fn(out, np.asarray(v))
+        return [out]
     if op == "Range":
         return [np.arange(np.asarray(vals[0]), np.asarray(vals[1]), np.asarray(vals[2]))]
     if op == "Slice":
@@ -101,18 +132,39 @@ FOLDABLE = frozenset(
         "Sub",
         "Mul",
         "Div",
+        "Mod",
         "Reshape",
+        "Transpose",
+        "ConstantOfShape",
+        "Max",
+        "Min",
+        "Equal",
+        "Less",
+        "Greater",
+        "Not",
+        "Where",
         "Range",
         "Slice",
     ]
 )
 
 
-def fold_constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """Values of the outputs of foldable nodes whose inputs are all (small) constants."""
+def fold_constants(
+    model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]] | None = None
+) -> dict[str, np.ndarray]:
+    """Values of the outputs of foldable nodes whose inputs are all (small) constants.
+
+    With ``shapes`` (the static shapes shape inference found), ``Shape``/``Size`` of those
+    tensors count as constants too: the values shape arithmetic takes for this model's
+    input shapes (torch's computed pads, window partitions), for a further round of shape
+    inference; they are never written into the model.
+    """
     consts: dict[str, np.ndarray] = {}
     for init in model.graph.initializer:
-        if np.prod(init.dims, dtype=np.int64) <= MAX_ELEMENTS:
+        # shape arithmetic runs on integers: float weights (biases) are never read here
+        small = np.prod(init.dims, dtype=np.int64) <= MAX_ELEMENTS
+        inline = init.data_location != onnx.TensorProto.EXTERNAL
+        if init.data_type in _INT_TYPES and small and inline:
             consts[init.name] = numpy_helper.to_array(init)
     folded: dict[str, np.ndarray] = {}
     for node in model.graph.node:
@@ -121,7 +173,26 @@ def fold_constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
             if isinstance(value, onnx.TensorProto) and np.prod(value.dims) <= MAX_ELEMENTS:
                 consts[node.output[0]] = numpy_helper.to_array(value)
             continue
-        if node.op_type not in FOLDABLE or node.domain not in ("", "ai.onnx"):
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        if shapes is not None and node.op_type in ("Shape", "Size") and node.input:
+            shape = shapes.get(node.input[0])
+            if shape is None and node.input[0] in consts:
+                shape = tuple(np.shape(consts[node.input[0]]))
+            if shape is not None:
+                if node.op_type == "Size":
+                    consts[node.output[0]] = folded[node.output[0]] = np.array(
+                        int(np.prod(shape)), np.int64
+                    )
+                else:
+                    rank = len(shape)
+                    lo, hi, _ = slice(_attr(node, "start", 0), _attr(node, "end", rank)).indices(
+                        rank
+                    )
+                    arr = np.array(shape[lo:hi], dtype=np.int64)
+                    consts[node.output[0]] = folded[node.output[0]] = arr
+            continue
+        if node.op_type not in FOLDABLE:
             continue
         names = list(node.input)
         if not names or any(n and n not in consts for n in names):

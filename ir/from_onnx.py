@@ -15,6 +15,7 @@ Rules:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from pathlib import Path
@@ -34,8 +35,12 @@ MIN_OPSET = 11
 SMALL_CONSTANT = 4096  # elements: constants this small may be shape arguments
 
 
-def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
-    """Reads an ONNX model from a path (with its external data), or returns a given proto."""
+def load_model(
+    source: str | os.PathLike | onnx.ModelProto, external_data: bool = True
+) -> onnx.ModelProto:
+    """Reads an ONNX model from a path (with its external data unless ``external_data`` is
+    False: then tensors stored beside the file stay there until read), or returns a given
+    proto."""
     if isinstance(source, onnx.ModelProto):
         return source
     path = Path(source)
@@ -56,7 +61,7 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
         raise BadInputError(
             f"{path}: holds no ONNX graph (is it really an .onnx file?); export the model again"
         )
-    if _uses_external_data(model):
+    if external_data and _uses_external_data(model):
         try:
             onnx.load_external_data_for_model(model, str(path.parent))
         except Exception as err:
@@ -65,6 +70,18 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
                 "keep the .data file beside the model"
             ) from err
     return model
+
+
+def _check_external(tensor: onnx.TensorProto, base_dir: str) -> None:
+    """The file holding an external tensor must be there (it is read only when needed)."""
+    location = next((e.value for e in tensor.external_data if e.key == "location"), None)
+    path = Path(base_dir or ".") / (location or "")
+    if not location or not path.is_file():
+        raise BadInputError(
+            f"the external weight data of '{tensor.name}' is stored outside the model in "
+            f"'{location}', which is not beside it ({path}); keep the .data file beside "
+            "the model"
+        )
 
 
 def _short(err: BaseException) -> str:
@@ -116,7 +133,8 @@ def _shape_copy(model: onnx.ModelProto, folded: dict[str, np.ndarray]) -> onnx.M
     g.input.extend(src.input)
     declared = {i.name for i in src.input}
     for t in src.initializer:
-        if np.prod(t.dims, dtype=np.int64) <= SMALL_CONSTANT:
+        inline = t.data_location != onnx.TensorProto.EXTERNAL
+        if inline and np.prod(t.dims, dtype=np.int64) <= SMALL_CONSTANT:
             g.initializer.append(t)
         elif t.name not in declared:
             g.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
@@ -137,22 +155,74 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         return model
 
 
+MAX_SHAPE_ROUNDS = 2
+
+
+def _static_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    shapes: dict[str, tuple[int, ...]] = {}
+    g = model.graph
+    for info in [*g.input, *g.value_info, *g.output]:
+        dims = _dims(info.type)
+        if dims is not None and all(isinstance(d, int) for d in dims):
+            shapes[info.name] = dims  # type: ignore[assignment]
+    return shapes
+
+
+def _refine_shapes(
+    model: onnx.ModelProto, folded: dict[str, np.ndarray], inferred: onnx.ModelProto
+) -> onnx.ModelProto:
+    """ONNX shape inference stops at shapes computed by ops it does not propagate (Mod,
+    ConstantOfShape, a reversing Slice: torch's F.pad, Swin's window padding), and every
+    shape after them is unknown. When the inputs have static shapes, the values that shape
+    arithmetic takes are folded with the shapes found so far and inference runs again,
+    until nothing new is learnt (a few rounds)."""
+    weights = {t.name for t in model.graph.initializer}
+    for info in model.graph.input:
+        dims = _dims(info.type)
+        symbolic = dims is None or not all(isinstance(d, int) for d in dims)
+        if symbolic and info.name not in weights:
+            return inferred  # symbolic inputs: shapes are symbolic, nothing to learn
+    outputs = [o for n in model.graph.node for o in n.output if o]
+    static = _static_shapes(inferred)
+    known = sum(1 for o in outputs if o in static or o in folded)
+    values: dict[str, np.ndarray] = {}
+    for _ in range(MAX_SHAPE_ROUNDS):
+        if known >= len(outputs):
+            break
+        values = {**fold_constants(model, static), **folded}
+        trial = infer_shapes(_shape_copy(model, values))
+        trial_static = _static_shapes(trial)
+        now = sum(1 for o in outputs if o in trial_static or o in values)
+        if now <= known:
+            break
+        inferred, known, static = trial, now, {**trial_static, **_const_shapes(values)}
+    return inferred
+
+
+def _const_shapes(values: dict[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(np.shape(arr)) for name, arr in values.items()}
+
+
 def from_onnx(source: str | os.PathLike | onnx.ModelProto, where: str | None = None) -> Graph:
     """Loads a model into the IR (shape-inferred); ``where`` names it in error messages."""
-    model = load_model(source)
+    model = load_model(source, external_data=False)
     where = where or (str(source) if not isinstance(source, onnx.ModelProto) else "model")
+    base_dir = "" if isinstance(source, onnx.ModelProto) else str(Path(source).parent)
     opset = check_opset(model, where)
     folded = fold_constants(model)
     inferred = infer_shapes(_shape_copy(model, folded))
-    graph = _convert_graph(model.graph, parent=None, shapes=inferred.graph)
+    inferred = _refine_shapes(model, folded, inferred)
+    graph = _convert_graph(model.graph, parent=None, shapes=inferred.graph, base_dir=base_dir)
     for name, arr in folded.items():
         value = graph.values.get(name)
         if value is not None and value.producer is not None:
             value.const, value.shape, value.dtype = arr, tuple(arr.shape), arr.dtype
             value.producer.meta["folded"] = True
+    unshare_constants(graph)
     graph.opsets = {op.domain: op.version for op in model.opset_import}
     graph.opsets.setdefault("", opset)
     graph.metadata = {p.key: p.value for p in model.metadata_props}
+    graph.functions = list(model.functions)
     graph.meta["ir_version"] = model.ir_version
     graph.meta["producer"] = f"{model.producer_name} {model.producer_version}".strip()
     graph.meta["source"] = where
@@ -193,20 +263,26 @@ def _set_info(value: Value, info: onnx.ValueInfoProto) -> None:
 
 
 def _convert_graph(
-    gp: onnx.GraphProto, parent: _Scope | None, shapes: onnx.GraphProto | None = None
+    gp: onnx.GraphProto,
+    parent: _Scope | None,
+    shapes: onnx.GraphProto | None = None,
+    base_dir: str = "",
 ) -> Graph:
     graph = Graph(gp.name or "graph")
     scope = _Scope(graph, parent)
     for init in gp.initializer:
-        arr = numpy_helper.to_array(init)
-        graph.value(init.name, shape=tuple(arr.shape), dtype=arr.dtype, const=arr)
+        value = graph.value(init.name, shape=tuple(init.dims), dtype=_np_dtype(init.data_type))
+        value.set_lazy(functools.partial(numpy_helper.to_array, init, base_dir))
+        if init.data_location == onnx.TensorProto.EXTERNAL:
+            _check_external(init, base_dir)
+            graph.meta["external_data"] = True
     for sparse in gp.sparse_initializer:
         arr = numpy_helper.to_array(sparse)
         name = sparse.values.name
         graph.value(name, shape=tuple(arr.shape), dtype=arr.dtype, const=arr)
     for info in gp.input:
         v = graph.value(info.name)
-        if v.const is None:
+        if not v.is_const:
             _set_info(v, info)
             graph.inputs.append(v)
     for info in list(gp.value_info) + list(gp.output):
@@ -242,7 +318,7 @@ def _convert_graph(
             _fold_constant(node)
         if np_node.op_type == "Constant" and outputs:
             outputs[0].const = _constant_value(np_node, attrs)
-            if outputs[0].const is not None:
+            if outputs[0].is_const:
                 outputs[0].shape = tuple(outputs[0].const.shape)
                 outputs[0].dtype = outputs[0].const.dtype
     for info in gp.output:
@@ -310,7 +386,7 @@ def _fold_constant(node: Node) -> None:
     """Identity/Cast of a constant is a constant of its own (exporters write Identity to
     share one deduplicated initializer between layers; the layers stay independent)."""
     src = node.inputs[0]
-    if src is None or src.const is None:
+    if src is None or not src.is_const:
         return
     out = node.outputs[0]
     if node.op_type == "Cast":
@@ -319,10 +395,36 @@ def _fold_constant(node: Node) -> None:
         except Exception:
             return
         out.const = np.asarray(src.const).astype(dtype)
+        out.shape, out.dtype = tuple(out.const.shape), out.const.dtype
     else:
-        out.const = np.array(src.const, copy=True)
-    out.shape, out.dtype = tuple(out.const.shape), out.const.dtype
+        out.share_const(src)  # shared, never written in place (passes copy on write)
+        out.shape, out.dtype = src.shape, src.dtype
     node.meta["folded"] = True
+
+
+def unshare_constants(graph: Graph) -> None:
+    """Gives every use of a constant read by several node inputs a value of its own.
+
+    Exporters share one tensor between unrelated layers (torch's Identity sharing of equal
+    biases, onnxsim/onnxslim deduplicating equal initializers); a shared value would tie
+    those layers into one channel group and be sliced for one of them. The clones hold the
+    same array object (no copy: passes copy on write), and ``to_onnx`` writes an array
+    that is still shared once, so an unpruned model keeps its size.
+    """
+    for value in list(graph.values.values()):
+        if not value.is_const or value in graph.outputs:
+            continue
+        uses = [(n, i) for n, i in value.uses if i >= 0]
+        if len(uses) < 2:
+            continue
+        for node, i in uses[1:]:
+            clone = graph.value(
+                graph.fresh_name(f"{value.name}__{node.name}"), shape=value.shape, dtype=value.dtype
+            )
+            clone.share_const(value)
+            if value.producer is not None:  # a Constant node's output: keep the node's
+                clone.meta["shared_from"] = value.name
+            graph.set_input(node, i, clone)
 
 
 def node_by_name(graph: Graph, name: str) -> Node:

@@ -201,7 +201,7 @@ def _trace_fx(module: Any, args: tuple, kwargs: dict, names: set[str]) -> Graph:
     from drpopt.ir.from_fx import FxTraceError, from_fx
 
     graph = from_fx(module, kwargs or args)
-    consts = {v.name for v in graph.values.values() if v.const is not None}
+    consts = {v.name for v in graph.values.values() if v.is_const}
     stray = sorted(
         v.name for v in graph.values.values() if v.meta.get("parameter") and v.name not in names
     )

@@ -12,9 +12,19 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
+
 from drpopt.ir.channels import ChannelGraph
 from drpopt.ir.core import Graph, Node, Value
-from drpopt.ir.shape_expr import const_ints, resolve_reshape, shape_entries
+from drpopt.ir.shape_expr import (
+    DERIVED,
+    Dim,
+    const_ints,
+    literal_source,
+    resolve_reshape,
+    shape_entries,
+    shape_values,
+)
 
 Rule = Callable[[Node, ChannelGraph], None]
 RULES: dict[str, Rule] = {}
@@ -177,6 +187,8 @@ def lock_axis(cg: ChannelGraph, node: Node, values, axes, why: str) -> None:
 @rule(*NO_DATA_OPS)
 def _no_data(node: Node, cg: ChannelGraph) -> None:
     """Shape/Size read only metadata; Constant has no input."""
+    for v in (*node.inputs, *node.outputs):
+        cg.independent(v)
 
 
 @rule(*UNARY_OPS)
@@ -186,12 +198,80 @@ def _unary(node: Node, cg: ChannelGraph) -> None:
         same_axes(cg, node, x, y)
 
 
+@rule("Cast", "CastLike")
+def _cast(node: Node, cg: ChannelGraph) -> None:
+    """A cast couples like any unary op. A tensor size cast to floating point is data (an
+    attention scale ``1/sqrt(head_dim)``): when its value is known for the model's static
+    shapes, ``compact`` freezes it to that constant (so sparse and compact agree); otherwise
+    the axes it reads may not change size and are locked."""
+    _unary(node, cg)
+    if frozen_size_cast(node, cg.numeric_memo) is not None:
+        return
+    x = node.input(0)
+    if not is_size_cast(node) or x is None:
+        return
+    entries = shape_entries(x, cg.shape_memo)
+    why = f"{node.op_type} '{node.name}' uses its size as a number"
+    if entries is None or any(isinstance(e, type(DERIVED)) for e in entries):
+        for v in _shapes_read(x):
+            cg.lock_value(v, "shape-as-data", why, node)
+        return
+    for e in entries:
+        if isinstance(e, Dim):
+            cg.lock(cg.space(e.value, e.axis), "shape-as-data", why, node)
+
+
+def is_size_cast(node: Node) -> bool:
+    """A Cast of a computed (non-constant) integer to floating point."""
+    x, y = node.input(0), node.outputs[0]
+    if node.op_type not in ("Cast", "CastLike") or x is None or x.is_const:
+        return False
+    if x.dtype is None or y.dtype is None:
+        return False
+    return np.dtype(x.dtype).kind in "iu" and np.dtype(y.dtype).kind == "f"
+
+
+def frozen_size_cast(node: Node, memo=None) -> np.ndarray | None:
+    """The value a size cast to float reads, for the model's static shapes, or None."""
+    if not is_size_cast(node):
+        return None
+    x = node.input(0)
+    numbers = shape_values(x, memo)
+    if numbers is None or x.shape is None or any(not isinstance(d, int) for d in x.shape):
+        return None
+    try:
+        return np.array(numbers, dtype=x.dtype).reshape(x.shape)
+    except ValueError:
+        return None
+
+
+def _shapes_read(value: Value, limit: int = 256) -> list[Value]:
+    """The tensors whose ``Shape`` an integer value is computed from (a bounded walk)."""
+    found: list[Value] = []
+    seen: set[int] = set()
+    todo = [value]
+    while todo and len(seen) < limit:
+        v = todo.pop()
+        if id(v) in seen or v.producer is None:
+            continue
+        seen.add(id(v))
+        node = v.producer
+        if node.op_type in ("Shape", "Size"):
+            if node.input(0) is not None:
+                found.append(node.input(0))
+            continue
+        if v.dtype is not None and np.dtype(v.dtype).kind not in "iu":
+            continue
+        todo.extend(i for i in node.inputs if i is not None)
+    return found
+
+
 @rule(*ELEMENTWISE_OPS)
 def _elementwise(node: Node, cg: ChannelGraph) -> None:
     broadcast(cg, node, node.inputs, node.outputs[0])
     if node.op_type == "PRelu":
         slope = node.input(1)
-        if slope is not None and slope.const is not None and slope.rank:
+        if slope is not None and slope.is_const and slope.rank:
             for ax in range(slope.rank):
                 cg.role(cg.space(slope, ax), "follower", node)
 
@@ -251,13 +331,43 @@ def _channel_mixing_norm(node: Node, cg: ChannelGraph) -> None:
 
 @rule("LayerNormalization")
 def _layernorm(node: Node, cg: ChannelGraph) -> None:
+    """Over the last axis alone, that axis is a channel axis coupled with the scale and bias
+    (ONNX models: ``apply-masks`` then restricts the statistics to the kept channels, so
+    sparse equals compact); over several axes, or in a torch model whose forward always
+    counts every channel, the normalised axes are locked."""
     x, y = node.input(0), node.outputs[0]
     same_axes(cg, node, x, y)
     if x is None or x.rank is None:
         return
     axis = node.attr("axis", -1) % x.rank
-    broadcast(cg, node, [p for p in node.inputs[1:3] if p is not None], y)
+    params = [p for p in node.inputs[1:3] if p is not None]
+    stats_used = any(o.uses or o in cg.graph.outputs for o in node.outputs[1:])
+    per_channel = all(p.rank == 1 and p.is_const for p in params)
+    if axis == x.rank - 1 and per_channel and not stats_used and "torch_path" not in cg.graph.meta:
+        channels = cg.space(x, axis)
+        for p in params:
+            cg.identity(cg.space(p, 0), channels, node)
+            cg.role(cg.space(p, 0), "follower", node)
+        return
+    broadcast(cg, node, params, y)
     lock_axis(cg, node, [x, y], range(axis, x.rank), "normalises over these axes")
+
+
+@rule("drpopt::MaskedLayerNormalization")
+def _masked_layernorm(node: Node, cg: ChannelGraph) -> None:
+    """The sparse form of a LayerNormalization over pruned channels (passes/masked_norm.py):
+    scale, bias and mask follow the channel axis."""
+    x, y = node.input(0), node.outputs[0]
+    same_axes(cg, node, x, y)
+    if x is None or x.rank is None:
+        return
+    channels = cg.space(x, -1)
+    for p in node.inputs[1:4]:
+        if p is not None and p.rank == 1:
+            cg.identity(cg.space(p, 0), channels, node)
+            cg.role(cg.space(p, 0), "follower", node)
+        else:
+            cg.lock_value(p, "rule", f"MaskedLayerNormalization '{node.name}': not 1-D", node)
 
 
 @rule("Softmax", "LogSoftmax", "Hardmax")
@@ -378,7 +488,7 @@ def _gemm(node: Node, cg: ChannelGraph) -> None:
     cg.identity(cg.space(a, ak), cg.space(b, bk), node)
     cg.identity(cg.space(y, 0), cg.space(a, am), node)
     cg.identity(cg.space(y, 1), cg.space(b, bn), node)
-    if b.const is not None:
+    if b.is_const:
         cg.role(cg.space(b, bn), "producer", node)
         cg.role(cg.space(b, bk), "consumer", node)
     if c is not None:
@@ -406,7 +516,7 @@ def _matmul(node: Node, cg: ChannelGraph) -> None:
         for ax in range(x.rank - 2):
             if x.shape[ax] != 1:
                 cg.identity(cg.space(x, ax), cg.space(y, off + ax), node)
-    if b.const is not None:
+    if b.is_const:
         cg.role(cg.space(b, -1), "producer", node)
         cg.role(cg.space(b, -2), "consumer", node)
 
@@ -452,6 +562,14 @@ def _slice(node: Node, cg: ChannelGraph) -> None:
     x, y = node.input(0), node.outputs[0]
     starts, ends = const_ints(node.input(1)), const_ints(node.input(2))
     axes, steps = const_ints(node.input(3)), const_ints(node.input(4))
+    if (
+        (starts is None or ends is None)
+        and x is not None
+        and x.shape is not None
+        and (axes is not None or node.input(3) is None)
+    ):
+        _slice_computed(node, cg, x, y, axes)
+        return
     if x is None or x.rank is None or y.rank != x.rank or starts is None or ends is None:
         cg.lock_value(x, "rule", f"Slice '{node.name}' has computed bounds", node)
         cg.lock_value(y, "rule", f"Slice '{node.name}' has computed bounds", node)
@@ -492,6 +610,35 @@ def _slice(node: Node, cg: ChannelGraph) -> None:
         cg.concat(cg.space(x, ax), parts, node)
 
 
+def _slice_computed(node: Node, cg: ChannelGraph, x: Value, y: Value, axes) -> None:
+    """Bounds computed at run time (Swin's crop of window padding): the sliced axes are
+    locked, every other axis passes through (and keeps its size where inference lost it)."""
+    rank = x.rank or 0
+    n = len(shape_entries(node.input(1), cg.shape_memo) or []) if axes is None else len(axes)
+    sliced = {a % rank for a in axes} if axes is not None else set(range(n))
+    if not sliced and axes is None:
+        sliced = set(range(rank))
+    old = y.shape if y.shape is not None and len(y.shape) == rank else (None,) * rank
+    starts = shape_values(node.input(1), cg.numeric_memo)
+    ends = shape_values(node.input(2), cg.numeric_memo)
+    steps = const_ints(node.input(4)) if node.input(4) is not None else None
+    bounds = {}
+    if starts is not None and ends is not None and axes is not None and steps is None:
+        for a, s, e in zip(axes, starts, ends, strict=False):
+            dim = x.shape[a % rank]
+            if isinstance(dim, int):
+                lo, hi, _ = slice(s, e).indices(dim)
+                bounds[a % rank] = max(hi - lo, 0)
+    y.shape = tuple(
+        bounds.get(a, old[a])
+        if a in sliced
+        else (x.shape[a] if old[a] is None or not isinstance(old[a], int) else old[a])
+        for a in range(rank)
+    )
+    same_axes(cg, node, x, y, axes=[a for a in range(rank) if a not in sliced])
+    lock_axis(cg, node, [x, y], sorted(sliced), "slices this axis with computed bounds")
+
+
 @rule("Transpose")
 def _transpose(node: Node, cg: ChannelGraph) -> None:
     x, y = node.input(0), node.outputs[0]
@@ -508,6 +655,17 @@ def _transpose(node: Node, cg: ChannelGraph) -> None:
 def _pad(node: Node, cg: ChannelGraph) -> None:
     x, y = node.input(0), node.outputs[0]
     pads = node.attr("pads") if node.attr("pads") is not None else const_ints(node.input(1))
+    if pads is None and node.input(1) is not None:
+        # pads computed from shapes (Swin's window padding): only literal zeros leave an
+        # axis unpadded; every entry computed at run time counts as padding it
+        entries = shape_entries(node.input(1), cg.shape_memo)
+        numbers = shape_values(node.input(1), cg.numeric_memo)
+        if numbers is not None and x is not None and x.static_shape is not None:
+            half = len(numbers) // 2
+            if half == x.rank and (y.shape is None or y.static_shape is None):
+                y.shape = tuple(d + numbers[a] + numbers[a + half] for a, d in enumerate(x.shape))
+        if entries is not None:
+            pads = [e if isinstance(e, int) else 1 for e in entries]
     axes = const_ints(node.input(3)) if node.input(3) is not None else None
     if x is None or x.rank is None or pads is None or (node.input(3) is not None and axes is None):
         cg.lock_value(x, "rule", f"Pad '{node.name}' has computed pads", node)
@@ -516,24 +674,68 @@ def _pad(node: Node, cg: ChannelGraph) -> None:
     axes = [a % x.rank for a in axes] if axes is not None else list(range(x.rank))
     n = len(axes)
     padded = {a for i, a in enumerate(axes) if pads[i] or pads[i + n]}
+    if x.shape is not None and (y.shape is None or len(y.shape) == x.rank):
+        # shape inference leaves every dim unknown after computed pads: unpadded axes keep
+        # their size
+        old = y.shape or (None,) * x.rank
+        y.shape = tuple(
+            x.shape[a] if a not in padded and not isinstance(old[a], int) else old[a]
+            for a in range(x.rank)
+        )
     same_axes(cg, node, x, y, axes=[a for a in range(x.rank) if a not in padded])
     lock_axis(cg, node, [x, y], sorted(padded), "pads this axis")
 
 
 @rule("Gather")
 def _gather(node: Node, cg: ChannelGraph) -> None:
+    """Other axes pass through; along the gathered axis constant indices that pick one
+    entry or a contiguous ascending range map channels exactly (like a Slice); any other
+    selection (a permutation, repeats, computed indices) locks the axis on both sides."""
     x, idx, y = node.input(0), node.input(1), node.outputs[0]
     if x is None or idx is None or x.rank is None or idx.rank is None or y.rank is None:
         cg.lock_value(x, "rule", f"Gather '{node.name}': rank unknown", node)
         cg.lock_value(y, "rule", f"Gather '{node.name}': rank unknown", node)
         return
     axis = node.attr("axis", 0) % x.rank
-    lock_axis(cg, node, [x], [axis], "gathers along this axis")
     for ax in range(x.rank):
         if ax < axis:
             cg.identity(cg.space(x, ax), cg.space(y, ax), node)
         elif ax > axis:
             cg.identity(cg.space(x, ax), cg.space(y, ax - 1 + idx.rank), node)
+    picked = gathered_range(x, idx, axis)
+    if picked is None:
+        why = "gathers along this axis (not one entry or a contiguous range of constants)"
+        lock_axis(cg, node, [x], [axis], why)
+        lock_axis(cg, node, [y], range(axis, axis + idx.rank), why)
+        return
+    lo, hi = picked
+    dim = x.shape[axis]  # type: ignore[index]
+    parts: list[int | None] = []
+    if lo > 0:
+        parts.append(cg.virtual(f"{node.name}.dropped_head", lo))
+    if idx.rank == 0:
+        parts.append(cg.virtual(f"{node.name}.picked", 1))
+    else:
+        parts.append(_part_space(cg, y, axis, node))
+    if hi < dim:
+        parts.append(cg.virtual(f"{node.name}.dropped_tail", dim - hi))
+    cg.concat(cg.space(x, axis), parts, node)
+
+
+def gathered_range(x: Value, idx: Value, axis: int) -> tuple[int, int] | None:
+    """``(lo, hi)`` when a Gather's constant indices pick entry ``lo`` (a scalar index) or
+    the contiguous ascending range ``[lo, hi)`` of ``axis``; None otherwise."""
+    indices = const_ints(idx)
+    dim = x.shape[axis] if x.shape is not None else None
+    if indices is None or not isinstance(dim, int) or idx.rank not in (0, 1) or not indices:
+        return None
+    if any(not -dim <= i < dim for i in indices):
+        return None
+    indices = [i % dim for i in indices]
+    lo = indices[0]
+    if indices != list(range(lo, lo + len(indices))):
+        return None
+    return lo, lo + len(indices)
 
 
 @rule(*RESHAPE_OPS)
@@ -544,7 +746,7 @@ def _reshape(node: Node, cg: ChannelGraph) -> None:
     x, y = node.input(0), node.outputs[0]
     entries = None
     if node.op_type == "Reshape" and const_ints(node.input(1)) is None:
-        entries = shape_entries(node.input(1))
+        entries = shape_entries(node.input(1), cg.shape_memo)
         if entries is None:
             why = "has a target shape computed in a way drpopt cannot read"
             cg.lock_value(x, "reshape", f"Reshape '{node.name}' {why}", node)
@@ -553,18 +755,33 @@ def _reshape(node: Node, cg: ChannelGraph) -> None:
     if node.op_type == "Reshape" and x is not None and x.shape is not None:
         target = entries if entries is not None else const_ints(node.input(1))
         resolved = resolve_reshape(x.shape, target, bool(node.attr("allowzero", 0)))
+        if resolved is None and entries is not None:
+            # sizes computed from static shapes (Swin's window partition): use their values
+            numbers = shape_values(node.input(1), cg.numeric_memo)
+            if numbers is not None:
+                resolved = resolve_reshape(x.shape, numbers, bool(node.attr("allowzero", 0)))
         if resolved is not None and resolved != y.shape:
             # shape inference often leaves exported reshapes unknown ('unk__0'): refine
             y.shape = resolved
+    if node.op_type == "Flatten" and x is not None and x.shape is not None:
+        axis = node.attr("axis", 1) % (x.rank or 1) if x.rank else 0
+        flat = (_product(x.shape[:axis]), _product(x.shape[axis:]))
+        if y.shape is None or any(not isinstance(d, int) for d in y.shape):
+            y.shape = tuple(
+                f if f is not None else d for f, d in zip(flat, y.shape or flat, strict=False)
+            )
     if x is None or x.shape is None or y.shape is None:
         cg.lock_value(x, "reshape", f"{node.op_type} '{node.name}' has unknown shapes", node)
         cg.lock_value(y, "reshape", f"{node.op_type} '{node.name}' has unknown shapes", node)
         return
     out_shape = y.shape
     if entries is not None:
-        # a size fixed inside a computed shape would not follow pruning: lock that axis
+        # a size fixed inside a computed shape follows pruning only where compaction can
+        # rewrite the constant it comes from; lock the axis otherwise
         for k, e in enumerate(entries[: len(y.shape)]):
             if isinstance(e, int) and e not in (-1, 0) and out_shape[k] != 1:
+                if literal_source(node.input(1), k, cg.shape_memo) is not None:
+                    continue
                 why = f"fixes the size of axis {k} inside a computed target shape"
                 cg.lock(cg.space(y, k), "reshape", f"Reshape '{node.name}' {why}", node)
     ins = [(a, d) for a, d in enumerate(x.shape) if d != 1]
@@ -597,17 +814,58 @@ def _reshape(node: Node, cg: ChannelGraph) -> None:
         _lock_block(cg, node, x, ins[i:], y, outs[j:], "maps axes in a way drpopt cannot follow")
 
 
+def _product(dims) -> int | str | None:
+    """The product of dims: an int, a lone symbol (times 1), or None."""
+    ints = [d for d in dims if isinstance(d, int)]
+    other = [d for d in dims if not isinstance(d, int)]
+    if not other:
+        return math.prod(ints)
+    if len(other) == 1 and isinstance(other[0], str) and math.prod(ints) == 1:
+        return other[0]
+    return None
+
+
+MAX_REPEATS = 64  # parts a level-t mapping may repeat (3 for q/k/v, 3 x heads ...)
+
+
 def _map_block(cg: ChannelGraph, node: Node, x: Value, bi, y: Value, bj) -> None:
-    if len(bj) == 1:  # merge: the first input axis is the coarse index
-        rest = math.prod(d for _, d in bi[1:])
-        cg.expand(cg.space(y, bj[0][0]), cg.space(x, bi[0][0]), rest, node)
-        _lock_block(cg, node, x, bi[1:], y, [], f"merges axis {bi[0][0]} with the axes after it")
-    elif len(bi) == 1:  # split: the first output axis is the coarse index
-        rest = math.prod(d for _, d in bj[1:])
-        cg.expand(cg.space(x, bi[0][0]), cg.space(y, bj[0][0]), rest, node)
-        _lock_block(cg, node, x, [], y, bj[1:], f"splits axis {bi[0][0]} into several axes")
+    """One axis (``single``) against several (``many``) of the same total size.
+
+    At level t (default 1) the t-th of the many axes carries the channels: ``single`` is
+    ``prod(many[:t-1])`` repeats of ``prod(many[t-1:])`` entries, each repeat an expansion
+    of axis t with blocks of ``prod(many[t:])``; the other axes are locked. Level 1 is the
+    coarse index (a Flatten, attention heads); the analysis raises a level when the coarse
+    axis ends up locked (torchvision's q/k/v axis of size 3 before the heads)."""
+    if len(bj) == 1:
+        single, many, kind = (y, bj[0][0]), (x, bi), "merges"
+    elif len(bi) == 1:
+        single, many, kind = (x, bi[0][0]), (y, bj), "splits"
     else:
         _lock_block(cg, node, x, bi, y, bj, "mixes several axes into several others")
+        return
+    value, axes = many
+    level = min(cg.reshape_levels.get(node, 1), len(axes))
+    repeats = math.prod(d for _, d in axes[: level - 1])
+    block = math.prod(d for _, d in axes[level:])
+    if repeats > MAX_REPEATS:
+        level, repeats, block = 1, 1, math.prod(d for _, d in axes[1:])
+    whole = cg.space(single[0], single[1])
+    target = cg.space(value, axes[level - 1][0])
+    if repeats == 1:
+        cg.expand(whole, target, block, node)
+    else:
+        length = math.prod(d for _, d in axes[level - 1 :])
+        parts = [cg.virtual(f"{node.name}.repeat{r}", length) for r in range(repeats)]
+        cg.concat(whole, parts, node)  # type: ignore[arg-type]
+        for part in parts:
+            cg.expand(part, target, block, node)
+    cg.splits.append((node, value, axes[level - 1][0], level, len(axes)))
+    others = [a for a in axes if a[0] != axes[level - 1][0]]
+    why = f"{kind} axis {single[1]} of '{single[0].name}' with other axes"
+    if kind == "merges":
+        _lock_block(cg, node, x, others, y, [], why)
+    else:
+        _lock_block(cg, node, x, [], y, others, why)
 
 
 def _lock_block(cg: ChannelGraph, node: Node, x: Value, bi, y: Value, bj, why: str) -> None:
@@ -648,14 +906,19 @@ def rule_for(node: Node) -> Rule | None:
     return RULES.get(node.op_type)
 
 
-def apply_rules(graph: Graph) -> ChannelGraph:
-    """Runs every node's rule over ``graph``; nodes without one lock what they touch."""
+def apply_rules(graph: Graph, reshape_levels: dict[Node, int] | None = None) -> ChannelGraph:
+    """Runs every node's rule over ``graph``; nodes without one lock what they touch, and
+    every axis of a node's inputs and outputs that its rule did not mention is locked.
+    ``reshape_levels`` says which axis carries the channels in a reshape's split or merge."""
     cg = ChannelGraph(graph)
+    cg.reshape_levels = dict(reshape_levels or {})
     for v in graph.inputs:
         cg.lock_value(v, "graph-input", f"graph input '{v.name}'")
+    cg.touched.clear()
     for node in graph.nodes:
         fn = rule_for(node)
         if node.meta.get("folded"):
+            cg.touched.clear()
             continue  # a constant computed from constants: independent of its source
         if fn is None or node.subgraphs:
             if fn is None:
@@ -666,6 +929,7 @@ def apply_rules(graph: Graph) -> ChannelGraph:
                 cg.lock_value(v, kind, f"{node.op_type} '{node.name}' {why}", node)
         else:
             fn(node, cg)
+        cg.lock_untouched(node)
         for v in node.meta.get("captured", ()):
             cg.lock_value(
                 v, "subgraph", f"used inside a subgraph of {node.op_type} '{node.name}'", node

@@ -14,6 +14,7 @@ unknown.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass
 from typing import Final
@@ -41,52 +42,225 @@ class Dim:
 
 Entry = int | Dim | _Derived
 
-_MAX_DEPTH = 32
+Memo = dict  # Value -> list[Entry] | None, shared by the calls of one analysis
 
 
-def shape_entries(value: Value | None, depth: int = 0) -> list[Entry] | None:
-    """The entries of a computed 1-D shape tensor, or None when they cannot be read."""
-    if value is None or depth > _MAX_DEPTH:
+class NumericMemo(dict):
+    """A memo under which ``Shape`` of a tensor reads its static sizes as numbers: the
+    values a shape computation takes for this model's input shapes (``shape_values``)."""
+
+
+def shape_values(value: Value | None, memo: NumericMemo | None = None) -> list[int] | None:
+    """The numbers a computed 1-D shape tensor holds for the model's static shapes, or None
+    when some entry depends on a size that is not static."""
+    entries = shape_entries(value, NumericMemo() if memo is None else memo)
+    if entries is None or not all(isinstance(e, int) for e in entries):
         return None
-    if value.const is not None:
-        arr = np.asarray(value.const)
-        if arr.dtype.kind not in "iu" or arr.ndim > 1:
-            return None
-        return [int(x) for x in arr.reshape(-1)]
+    return entries  # type: ignore[return-value]
+
+
+_UNARY_SHAPE_OPS = frozenset(
+    [
+        "Cast",
+        "Identity",
+        "Gather",
+        "Slice",
+        "Unsqueeze",
+        "Squeeze",
+        "Reshape",
+        "Transpose",
+        "ConstantOfShape",
+    ]
+)
+_BINARY_SHAPE_OPS = frozenset(["Mul", "Add", "Sub", "Div", "Mod"])
+_MAX_ENTRIES = 4096  # shape arithmetic only
+
+
+def shape_entries(value: Value | None, memo: Memo | None = None) -> list[Entry] | None:
+    """The entries of a computed 1-D shape tensor, or None when they cannot be read.
+
+    Evaluated iteratively (no recursion, whatever the depth of the shape arithmetic) and
+    lazily: an op's inputs are only visited when the op is one that shape arithmetic uses,
+    and a value that cannot be a shape tensor (floating point, or of rank 3 or more) stops
+    the walk at once. ``memo`` shares results between calls, so a whole analysis visits
+    each value at most once. Intermediate values may be 2-D (torch's ``F.pad`` writes its
+    pads as ``Reshape(-1, 2)``, a reversing ``Slice``, ``Transpose`` and ``Reshape(-1)``).
+    """
+    if value is None:
+        return None
+    memo = {} if memo is None else memo
+    if value not in memo:
+        _fill(value, memo)
+    arr = memo[value]
+    if arr is None or arr.ndim > 1:
+        return None
+    return list(arr.reshape(-1))
+
+
+def _fill(value: Value, memo: Memo) -> None:
+    stack: list[tuple[Value, bool]] = [(value, False)]
+    on_stack: set[int] = set()
+    while stack:
+        v, expanded = stack.pop()
+        if v in memo:
+            continue
+        deps = _deps(v)
+        if not expanded and deps:
+            on_stack.add(id(v))
+            stack.append((v, True))
+            for d in deps:
+                if d not in memo:
+                    if id(d) in on_stack:  # a cycle (malformed model): nothing to read
+                        memo[d] = None
+                    else:
+                        stack.append((d, False))
+            continue
+        on_stack.discard(id(v))
+        try:
+            memo[v] = _as_array(_evaluate(v, memo))
+        except (ValueError, IndexError, TypeError):  # malformed shape arithmetic
+            memo[v] = None
+
+
+def _as_array(result) -> np.ndarray | None:
+    """numpy hands back a bare element where a 0-D result is meant."""
+    if result is None or isinstance(result, np.ndarray):
+        return result
+    scalar = np.empty((), dtype=object)
+    scalar[()] = result
+    return scalar
+
+
+def _may_be_shape(value: Value) -> bool:
+    if value.dtype is not None and np.dtype(value.dtype).kind not in "iu":
+        return False
+    return value.rank is None or value.rank <= 2
+
+
+def _deps(value: Value) -> list[Value]:
+    """The inputs ``_evaluate`` reads for ``value`` (none for leaves and unreadable ops)."""
     node = value.producer
-    if node is None:
+    if value.is_const or node is None or not _may_be_shape(value):
+        return []
+    op = node.op_type
+    if op in _UNARY_SHAPE_OPS:
+        x = node.input(0)
+        return [x] if x is not None else []
+    if op in _BINARY_SHAPE_OPS or op == "Concat":
+        return [v for v in node.inputs if v is not None]
+    return []
+
+
+def _objects(values, shape=None) -> np.ndarray:
+    flat = list(values)
+    arr = np.empty(len(flat), dtype=object)
+    arr[:] = flat
+    return arr if shape is None else arr.reshape(shape)
+
+
+def _evaluate(value: Value, memo: Memo) -> np.ndarray | None:
+    """One value's entries (an object array) from its inputs' (already in ``memo``)."""
+    if value.is_const:
+        arr = np.asarray(value.const)
+        if arr.dtype.kind not in "iu" or arr.ndim > 2 or arr.size > _MAX_ENTRIES:
+            return None
+        return _objects((int(x) for x in arr.reshape(-1)), arr.shape)
+    node = value.producer
+    if node is None or not _may_be_shape(value):
         return None
     op = node.op_type
-    args = [shape_entries(v, depth + 1) for v in node.inputs[:1]]
     if op == "Shape":
         x = node.input(0)
         if x is None or x.rank is None:
             return None
         start = node.attr("start", 0)
         end = node.attr("end", x.rank)
-        return [Dim(x, a) for a in range(*slice(start, end).indices(x.rank))]
-    if op in ("Cast", "Identity"):
-        return args[0]
+        axes = range(*slice(start, end).indices(x.rank))
+        shape_of_shape = x.dtype is not None and np.dtype(x.dtype).kind in "iu"
+        if (shape_of_shape or isinstance(memo, NumericMemo)) and x.shape is not None:
+            return _objects(x.shape[a] if isinstance(x.shape[a], int) else Dim(x, a) for a in axes)
+        return _objects(Dim(x, a) for a in axes)
+    inputs = [memo.get(v) if v is not None else None for v in node.inputs]
     if op == "Concat":
-        parts = [shape_entries(v, depth + 1) for v in node.inputs]
-        if any(p is None for p in parts):
+        if any(p is None for p in inputs) or not inputs:
             return None
-        return [e for p in parts for e in p]  # type: ignore[union-attr]
-    if op in ("Gather", "Slice", "Unsqueeze", "Squeeze"):
-        src = args[0]
-        if src is None:
-            return None
-        return _index_op(op, node, src)
-    if op in ("Mul", "Add", "Sub", "Div"):
-        a, b = shape_entries(node.input(0), depth + 1), shape_entries(node.input(1), depth + 1)
+        return np.concatenate(inputs, axis=node.attr("axis", 0))
+    if op in _BINARY_SHAPE_OPS:
+        a, b = inputs[0], inputs[1] if len(inputs) > 1 else None
         if a is None or b is None:
             return None
-        if len(a) != len(b) and 1 not in (len(a), len(b)):
+        return np.frompyfunc(lambda x, y: _arith(op, x, y), 2, 1)(a, b)
+    src = inputs[0] if inputs else None
+    if src is None:
+        return None
+    return _structural(op, node, src)
+
+
+def _structural(op: str, node: Node, src: np.ndarray) -> np.ndarray | None:
+    """Ops that move entries without computing new ones."""
+    if op in ("Cast", "Identity"):
+        return src
+    if op in ("Unsqueeze", "Squeeze"):
+        axes = node.attr("axes")
+        if axes is None and node.input(1) is not None:
+            axes = const_ints(node.input(1))
+        if op == "Unsqueeze":
+            if axes is None:
+                return None
+            out = src
+            for a in sorted(a % (src.ndim + len(axes)) for a in axes):
+                out = np.expand_dims(out, a)
+            return out
+        return np.squeeze(src, axis=tuple(axes)) if axes else np.squeeze(src)
+    if op == "Gather":
+        idx = node.input(1)
+        if idx is None or not idx.is_const:
             return None
-        n = max(len(a), len(b))
-        a, b = (a * n if len(a) == 1 else a), (b * n if len(b) == 1 else b)
-        return [_arith(op, x, y) for x, y in zip(a, b, strict=True)]
-    return None
+        return np.take(src, np.asarray(idx.const), axis=node.attr("axis", 0))
+    if op == "Reshape":
+        target = const_ints(node.input(1))
+        if target is None:
+            return None
+        target = [src.shape[k] if t == 0 and k < src.ndim else t for k, t in enumerate(target)]
+        return src.reshape(target)
+    if op == "Transpose":
+        return src.transpose(node.attr("perm") or list(reversed(range(src.ndim))))
+    if op == "ConstantOfShape":
+        if not all(isinstance(d, int) for d in src.reshape(-1)):
+            return None
+        fill = node.attr("value")
+        fill = np.asarray(fill).reshape(-1) if fill is not None else np.zeros(1, np.int64)
+        if fill.dtype.kind not in "iu":
+            return None
+        shape = [int(d) for d in src.reshape(-1)]
+        if math.prod(shape) > _MAX_ENTRIES:
+            return None
+        return _objects([int(fill[0])] * math.prod(shape), shape)
+    return _slice(node, src)
+
+
+def _slice(node: Node, src: np.ndarray) -> np.ndarray | None:
+    starts, ends = const_ints(node.input(1)), const_ints(node.input(2))
+    axes = const_ints(node.input(3)) if node.input(3) is not None else None
+    steps = const_ints(node.input(4)) if node.input(4) is not None else None
+    if node.attr("starts") is not None:  # opset < 10 form
+        starts, ends, axes = node.attr("starts"), node.attr("ends"), node.attr("axes")
+    if starts is None or ends is None:
+        return None
+    axes = axes if axes is not None else list(range(len(starts)))
+    steps = steps if steps is not None else [1] * len(starts)
+    index: list[slice] = [slice(None)] * src.ndim
+    for s, e, a, st in zip(starts, ends, axes, steps, strict=False):
+        index[a % src.ndim] = slice(*_clamp(s, e, st, src.shape[a % src.ndim]))
+    return src[tuple(index)]
+
+
+def _clamp(start: int, end: int, step: int, dim: int) -> tuple[int | None, int | None, int]:
+    """ONNX Slice bounds as a Python slice (huge sentinels mean 'to the end')."""
+    lo, hi, st = slice(start, end, step).indices(dim)
+    if st < 0 and hi < 0:
+        return lo, None, st
+    return lo, hi, st
 
 
 def _arith(op: str, x: Entry, y: Entry) -> Entry:
@@ -98,32 +272,51 @@ def _arith(op: str, x: Entry, y: Entry) -> Entry:
         return x + y
     if op == "Sub":
         return x - y
+    if op == "Mod":
+        return x % y if y else DERIVED
     return x // y if y else DERIVED
 
 
 def const_ints(value: Value | None) -> list[int] | None:
     """The flattened values of an integer constant, or None when it is not constant."""
-    if value is None or value.const is None:
+    if value is None or not value.is_const:
         return None
     return [int(x) for x in np.asarray(value.const).reshape(-1)]
 
 
-def _index_op(op: str, node: Node, src: list[Entry]) -> list[Entry] | None:
-    if op in ("Unsqueeze", "Squeeze"):
-        return src  # on 0-D/1-D shape pieces these only change the rank
-    if op == "Gather":
-        idx = const_ints(node.input(1))
-        if idx is None or node.attr("axis", 0) != 0:
+def literal_source(value: Value | None, k: int, memo: Memo | None = None):
+    """Where entry ``k`` of a computed 1-D shape comes from when it is a literal that a
+    rewrite can change: ``(node, input index, offset)`` of a constant fed to a ``Concat``
+    (through Cast/Identity/Unsqueeze of a constant), else None."""
+    memo = {} if memo is None else memo
+    while value is not None and not value.is_const:
+        node = value.producer
+        if node is None or node.op_type != "Concat" or node.attr("axis", 0) not in (0, -1):
             return None
-        try:
-            return [src[i] for i in idx]
-        except IndexError:
+        offset = k
+        for i, part in enumerate(node.inputs):
+            entries = shape_entries(part, memo)
+            if entries is None:
+                return None
+            if offset < len(entries):
+                source = _through_wrappers(part)
+                if source is not None and source.is_const:
+                    return node, i, offset
+                value, k = part, offset
+                break
+            offset -= len(entries)
+        else:
             return None
-    starts, ends = const_ints(node.input(1)), const_ints(node.input(2))
-    steps = const_ints(node.input(4)) if node.input(4) is not None else [1]
-    if starts is None or ends is None or steps is None:
-        return None
-    return src[slice(starts[0], ends[0], steps[0])]
+    return None
+
+
+def _through_wrappers(value: Value | None) -> Value | None:
+    """The constant behind Cast/Identity/Unsqueeze (Constant outputs count as constants)."""
+    while value is not None and not value.is_const and value.producer is not None:
+        if value.producer.op_type not in ("Cast", "Identity", "Unsqueeze"):
+            return None
+        value = value.producer.input(0)
+    return value
 
 
 def resolve_reshape(in_shape: tuple, entries: list[Entry], allowzero: bool = False) -> tuple | None:

@@ -25,6 +25,7 @@ def to_onnx(graph: Graph, with_shapes: bool = False) -> onnx.ModelProto:
     gp = _graph_proto(graph, with_shapes)
     opsets = [helper.make_opsetid(domain, version) for domain, version in graph.opsets.items()]
     model = helper.make_model(gp, opset_imports=opsets)
+    model.functions.extend(graph.functions)
     model.ir_version = int(graph.meta.get("ir_version", model.ir_version))
     producer = str(graph.meta.get("producer", "")).split(" ")
     model.producer_name = producer[0] or "drpopt"
@@ -50,16 +51,28 @@ def _value_info(value: Value, with_shape: bool = True) -> onnx.ValueInfoProto:
 
 
 def _graph_proto(graph: Graph, with_shapes: bool) -> onnx.GraphProto:
-    nodes = [_node_proto(n, with_shapes) for n in graph.nodes]
     produced = {v.name for n in graph.nodes for v in n.outputs}
-    initializers = []
-    seen: set[str] = set()
     used = [v for n in graph.nodes for v in n.inputs if v is not None]
     used += [v for n in graph.nodes for v in n.meta.get("captured", ())]
+    initializers = []
+    seen: set[str] = set()
+    # values that still hold one array object (constants the frontend un-shared and no pass
+    # changed since) are written as one initializer again
+    canonical: dict[int, str] = {}
+    rename: dict[str, str] = {}
+    keep_names = {v.name for v in graph.outputs}
+    keep_names |= {v.name for n in graph.nodes for v in n.meta.get("captured", ())}
     for v in [*used, *graph.outputs]:
-        if v.const is not None and v.name not in produced and v.name not in seen:
-            seen.add(v.name)
-            initializers.append(numpy_helper.from_array(np.asarray(v.const), v.name))
+        if not v.is_const or v.name in produced or v.name in seen:
+            continue
+        seen.add(v.name)
+        first = canonical.setdefault(_identity(v), v.name)
+        if first != v.name and v.name not in keep_names and first not in keep_names:
+            rename[v.name] = first
+            continue
+        initializers.append(_tensor_proto(v))
+    seen = {name for name in seen if name not in rename}
+    nodes = [_node_proto(n, with_shapes, rename) for n in graph.nodes]
     inputs = [_value_info(v) for v in graph.inputs]
     outputs = [_value_info(v) for v in graph.outputs]  # outputs are locked: shapes hold
     value_info = []
@@ -75,11 +88,30 @@ def _graph_proto(graph: Graph, with_shapes: bool) -> onnx.GraphProto:
     )
 
 
-def _node_proto(node: Node, with_shapes: bool) -> onnx.NodeProto:
+def _identity(v: Value) -> int:
+    """What makes two constants one: the same array, or the same not-yet-read weight."""
+    lazy = v.__dict__.get("_lazy")
+    return id(lazy) if lazy is not None else id(v.const)
+
+
+def _tensor_proto(v: Value) -> onnx.TensorProto:
+    """The initializer of ``v``: a weight never read since loading is copied as it was
+    (no conversion to numpy and back), anything else serialised from its array."""
+    lazy = v.__dict__.get("_lazy")
+    source = getattr(lazy, "args", (None,))[0] if lazy is not None else None
+    if isinstance(source, onnx.TensorProto) and source.data_location != onnx.TensorProto.EXTERNAL:
+        proto = onnx.TensorProto()
+        proto.CopyFrom(source)
+        proto.name = v.name
+        return proto
+    return numpy_helper.from_array(np.asarray(v.const), v.name)
+
+
+def _node_proto(node: Node, with_shapes: bool, rename: dict[str, str]) -> onnx.NodeProto:
     attrs: dict[str, Any] = {}
     for key, value in node.attrs.items():
         attrs[key] = _attr(value)
-    if node.op_type == "Constant" and node.outputs and node.outputs[0].const is not None:
+    if node.op_type == "Constant" and node.outputs and node.outputs[0].is_const:
         attrs = {"value": numpy_helper.from_array(np.asarray(node.outputs[0].const))}
     for key, sub in node.subgraphs.items():
         attrs[key] = (
@@ -89,7 +121,7 @@ def _node_proto(node: Node, with_shapes: bool) -> onnx.NodeProto:
         )
     return helper.make_node(
         node.op_type,
-        [v.name if v is not None else "" for v in node.inputs],
+        [rename.get(v.name, v.name) if v is not None else "" for v in node.inputs],
         [v.name for v in node.outputs],
         name=node.name,
         domain=node.domain or None,

@@ -10,6 +10,8 @@ Rules:
   the zeroed consumer columns already cut the channel off, and zeroing a divisor would
   make NaN;
 - a constant shared through an exporter's Identity becomes an initializer of its own first;
+- a LayerNormalization over a pruned channel axis is rewritten to count only the kept
+  channels (``masked_norm.py``), so the sparse model computes what the compact one does;
 - the plan (JSON) and the per-layer sparsity go into the model's ``metadata_props``
   (``drpopt.plan``, ``drpopt.sparsity``).
 """
@@ -26,7 +28,8 @@ from drpopt.errors import BadInputError
 from drpopt.ir.core import Graph
 from drpopt.passes.base import Pass, PassResult
 from drpopt.passes.common import along, get_analysis, invalidate, layer_sparsity
-from drpopt.passes.plan import Plan
+from drpopt.passes.masked_norm import mask_layernorm
+from drpopt.passes.plan import Plan, keep_masks
 
 BN_STATS = (3, 4)  # BatchNormalization inputs left alone: running mean and variance
 
@@ -85,7 +88,19 @@ class ApplyMasksPass(Pass):
                 value.const[along(value.const, m.axis, m.indices(pruned))] = 0
                 changed = True
         if changed:
+            self._mask_normalisations(model, keep_masks(resolved))
             invalidate(model)
             model.meta["plan"] = plan
         record_metadata(model, plan)
         return PassResult(model, changed)
+
+    @staticmethod
+    def _mask_normalisations(model: Graph, masks) -> None:
+        """LayerNormalizations over a pruned channel axis count only the kept channels."""
+        for node in [n for n in model.nodes if n.op_type == "LayerNormalization"]:
+            x = node.input(0)
+            if x is None or x.rank is None:
+                continue
+            keep = masks.get((x.name, x.rank - 1))
+            if keep is not None and not keep.all():
+                mask_layernorm(model, node, keep)

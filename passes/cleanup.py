@@ -71,6 +71,7 @@ class CleanupPass(Pass):
         graph = from_onnx(cleaned, where=where)
         graph.meta.update({k: v for k, v in model.meta.items() if k != "analysis"})
         graph.metadata = dict(model.metadata)
+        graph.functions = list(model.functions)
         graph.opsets = dict(model.opsets)
 
         removed_nodes = len(model.nodes) - len(graph.nodes)

@@ -32,7 +32,7 @@ def weight_of(node: Node):
     if node.op_type not in WEIGHTED_OPS:
         return None
     w = node.input(1)
-    return w if w is not None and w.const is not None else None
+    return w if w is not None and w.is_const else None
 
 
 def edge_layers(graph: Graph) -> tuple[set[str], set[str]]:
@@ -59,7 +59,7 @@ def _reach(graph: Graph, forward: bool) -> set[str]:
                 found.add(n.name)
                 continue
             nxt = (
-                n.outputs if forward else [i for i in n.inputs if i is not None and i.const is None]
+                n.outputs if forward else [i for i in n.inputs if i is not None and not i.is_const]
             )
             todo.extend(nxt)
     return found

@@ -9,6 +9,7 @@ Rules:
   ``Resize`` sizes and ``Expand`` shapes are rewritten from the kept counts (a constant
   shared with another node is copied first, so the other node keeps its own);
 - Concat, Flatten, pooling and elementwise ops need nothing: they follow their inputs;
+- a size cast to float (an attention scale from a head dim) is frozen to its original value;
 - value shapes are updated; run ``cleanup`` after it to re-infer them and check the graph.
 """
 
@@ -20,10 +21,12 @@ from typing import ClassVar
 import numpy as np
 
 from drpopt.ir.core import Graph, Node
-from drpopt.ir.shape_expr import const_ints
+from drpopt.ir.rules import frozen_size_cast, gathered_range
+from drpopt.ir.shape_expr import NumericMemo, const_ints, literal_source, shape_entries
 from drpopt.passes.apply_masks import record_metadata, require_plan
 from drpopt.passes.base import Pass, PassResult
 from drpopt.passes.common import get_analysis, invalidate
+from drpopt.passes.masked_norm import DOMAIN, OP, unmask_layernorm
 from drpopt.passes.plan import keep_masks
 
 Masks = dict[tuple[str | None, int | str], np.ndarray]
@@ -40,13 +43,18 @@ class CompactPass(Pass):
         masks = keep_masks(plan.resolve(get_analysis(model)))
         if not masks:
             return PassResult(model, False)
+        memo = NumericMemo()
+        for node in list(model.nodes):  # sizes used as numbers keep their original values
+            frozen = frozen_size_cast(node, memo)
+            if frozen is not None:
+                model.set_const_input(node, 0, frozen)
         for node in list(model.nodes):
             _update_node(model, node, masks)
         for (name, axis), mask in masks.items():
             if name is None:
                 continue
             value = model.values[name]
-            if value.const is not None:
+            if value.is_const:
                 if value.producer is not None and value.producer.op_type != "Constant":
                     model.materialize(value)
                 value.const = np.compress(mask, value.const, axis=int(axis))
@@ -55,6 +63,9 @@ class CompactPass(Pass):
                 shape = list(value.shape)
                 shape[int(axis)] = int(mask.sum())
                 value.shape = tuple(shape)
+        for node in model.nodes:
+            if node.domain == DOMAIN and node.op_type == OP:
+                unmask_layernorm(node)
         invalidate(model)
         model.meta["plan"] = plan
         model.meta["compacted"] = True
@@ -76,8 +87,11 @@ def _update_node(graph: Graph, node: Node, masks: Masks) -> None:
         _update_split(graph, node, masks)
     elif op == "Slice":
         _update_slice(graph, node, masks)
+    elif op == "Gather":
+        _update_gather(graph, node, masks)
     elif op == "Reshape":
         _update_shape_input(graph, node, masks, 1, node.outputs[0].name, right_aligned=False)
+        _update_computed_target(graph, node, masks)
     elif op == "Resize" and node.input(3) is not None:
         _update_shape_input(graph, node, masks, 3, node.outputs[0].name, right_aligned=False)
     elif op == "Expand":
@@ -122,6 +136,51 @@ def _update_slice(graph: Graph, node: Node, masks: Masks) -> None:
     if changed:
         graph.set_const_input(node, 1, np.array(new_starts, dtype=np.int64))
         graph.set_const_input(node, 2, np.array(new_ends, dtype=np.int64))
+
+
+def _update_computed_target(graph: Graph, node: Node, masks: Masks) -> None:
+    """A computed Reshape target with a literal size of a pruned axis (torchvision's MHA:
+    ``Concat(Shape slices, [3, 768], ...)``): the constant that holds it is rewritten."""
+    target, y = node.input(1), node.outputs[0]
+    if target is None or target.is_const or y.rank is None:
+        return
+    memo: dict = {}
+    entries = shape_entries(target, memo)
+    if entries is None:
+        return
+    for k, entry in enumerate(entries):
+        mask = _kept(masks, y.name, k)
+        if mask is None or not isinstance(entry, int) or entry in (-1, 0, 1):
+            continue
+        source = literal_source(target, k, memo)
+        if source is None:
+            continue
+        concat, index, offset = source
+        part = shape_entries(concat.input(index), memo)
+        new = np.array(part, dtype=np.int64)
+        new[offset] = int(mask.sum())
+        graph.set_const_input(concat, index, new.reshape(np.shape(concat.input(index).const)))
+
+
+def _update_gather(graph: Graph, node: Node, masks: Masks) -> None:
+    """Constant indices that pick one entry or a contiguous range of a pruned axis are
+    renumbered to the kept entries (the analysis locks every other kind of Gather)."""
+    x, idx = node.input(0), node.input(1)
+    if x is None or idx is None or x.rank is None:
+        return
+    axis = int(node.attr("axis", 0)) % x.rank
+    mask = _kept(masks, x.name, axis)
+    picked = gathered_range(x, idx, axis) if mask is not None else None
+    if picked is None:
+        return
+    lo, hi = picked
+    start = int(mask[:lo].sum())  # type: ignore[index]
+    if idx.rank == 0:
+        new = np.array(start, dtype=np.asarray(idx.const).dtype)
+    else:
+        count = int(mask[lo:hi].sum())  # type: ignore[index]
+        new = np.arange(start, start + count, dtype=np.asarray(idx.const).dtype)
+    graph.set_const_input(node, 1, new)
 
 
 def _update_shape_input(

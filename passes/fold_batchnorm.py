@@ -59,7 +59,7 @@ class FoldBatchNormPass(Pass):
 
 # ---- matching ---------------------------------------------------------------------------
 def _float_const(v: Value | None) -> np.ndarray | None:
-    if v is None or v.const is None:
+    if v is None or not v.is_const:
         return None
     arr = np.asarray(v.const)
     return arr if arr.dtype.kind == "f" else None

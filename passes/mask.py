@@ -9,9 +9,10 @@ Rules:
 - a group keeps its highest-scoring channels; the kept count is rounded to a multiple of the
   target's ``align`` (a group smaller than ``align`` stays whole), never below ``align``,
   ``min_channels`` or ``(1 - max_rate)`` of the group, never zero;
-- groups touching the first layer (``keep_first``), the final prediction layers
-  (``keep_last``) or a layer matching an ``exclude`` pattern (fnmatch, ``|``-separated)
-  stay whole, as do locked groups;
+- the output channels of the first layer (``keep_first``) and of the final prediction
+  layers (``keep_last``) stay whole (the channels a prediction layer reads are pruned), as
+  do groups touching a layer matching an ``exclude`` pattern (fnmatch, ``|``-separated)
+  and locked groups;
 - ``plan=PATH`` loads a saved plan instead of computing one (it must match the model);
 - the result is ``graph.meta["plan"]``; scores are computed with ``l2`` when no ``score``
   pass ran before.
@@ -143,9 +144,11 @@ class MaskPass(Pass):
         first, last = edge_layers(graph) if "_edges" not in graph.meta else graph.meta["_edges"]
         graph.meta["_edges"] = (first, last)
         nodes = {m.node for m in g.members if m.role in ("producer", "consumer") and m.node}
-        if self.profile.keep_first and nodes & first:
+        # the edge layers' own output channels stay; what a prediction layer reads does not
+        producers = set(g.producers)
+        if self.profile.keep_first and producers & first:
             return False
-        if self.profile.keep_last and nodes & last:
+        if self.profile.keep_last and producers & last:
             return False
         return not any(fnmatch.fnmatchcase(n, pat) for n in nodes for pat in self.exclude)
 

@@ -111,7 +111,9 @@ def test_compare_compact_with_masked_shows_ratios_plan_and_match(models):
     assert f"{ratio:.1f}%" in text
     assert "compact.onnx" in text and "masked.onnx" in text
     assert re.search(r'id="verdict" class="ok">outputs match', page)
-    assert "rate" in text and "groups pruned" in text and "10 of 10" in text
+    assert (
+        "rate" in text and "groups pruned" in text and re.search(r"pruned(\d+) of \1 planned", text)
+    )
     assert not re.search(r"https?://", page)
 
 

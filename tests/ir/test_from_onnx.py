@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 from deadchannels import assert_groups_complete
-from onnx import helper, version_converter
+from onnx import helper, numpy_helper, version_converter
 
 from drpopt import analyze
 from drpopt.errors import BadInputError, UnsupportedModelError
@@ -133,9 +133,47 @@ def test_external_data(tmp_path):
     a = analyze(path)
     assert group_summary(a) == group_summary(analyze(model))
     assert a.params == analyze(model).params
+    # analysing reads no weight: they stay in the .data file until a pass needs them
+    weight = a.graph.values["stem.conv.weight"]
+    assert weight.is_const and weight.__dict__["_const"] is None
+    np.testing.assert_array_equal(
+        weight.const,
+        next(numpy_helper.to_array(t) for t in model.graph.initializer if t.name == weight.name),
+    )
     (tmp_path / "ext.onnx.data").unlink()
     with pytest.raises(BadInputError, match="external weight data"):
         analyze(path)
+
+
+def test_a_model_with_external_data_prunes_and_is_written_with_external_data(tmp_path):
+    from drpopt.cli.files import save_model
+    from drpopt.ir.to_onnx import to_onnx
+    from drpopt.passes import ApplyMasksPass, CompactPass, MaskPass, PassManager, ScorePass
+
+    model = build("resnet18")
+    path = tmp_path / "big.onnx"
+    external = onnx.ModelProto()
+    external.CopyFrom(model)  # saving with external data rewrites the proto it is given
+    onnx.save_model(
+        external, str(path), save_as_external_data=True, location="big.onnx.data", size_threshold=0
+    )
+    passes = [ScorePass(), MaskPass(rate=0.5), ApplyMasksPass(), CompactPass()]
+    pruned = to_onnx(PassManager(passes)(str(path)).model)
+    out = tmp_path / "out" / "small.onnx"
+    out.parent.mkdir()
+    save_model(pruned, out, external=True)
+    assert (out.parent / "small.onnx.data").stat().st_size > 1000
+    assert out.stat().st_size < 100_000  # the graph alone
+    reference = PassManager(passes)(model).model
+    feeds = {"input": np.random.default_rng(0).standard_normal((1, 3, 64, 64), np.float32)}
+    import onnxruntime as ort
+
+    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, feeds)
+    want = ort.InferenceSession(
+        to_onnx(reference).SerializeToString(), providers=["CPUExecutionProvider"]
+    ).run(None, feeds)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-6)
+    assert not list(out.parent.glob(".*"))  # no temporary left behind
 
 
 def test_constant_node_weights_are_members():

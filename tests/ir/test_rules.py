@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
-from deadchannels import assert_groups_complete
+from deadchannels import assert_groups_complete, random_feeds
 from onnx import helper
+from test_default_locks import assert_same, prune
 
 from drpopt import analyze
 from drpopt.ir import register_rule
@@ -157,10 +159,31 @@ def test_exported_view_flatten_is_prunable_and_complete():
     assert_groups_complete(a, model)
 
 
-def test_computed_shape_with_a_fixed_channel_count_locks():
-    g = analyze(view_flatten_model(fixed_channels=8)).group("c1")
-    assert not g.prunable
-    assert "Reshape 'view' fixes the size of axis 1 inside a computed target shape" in g.reason
+def test_computed_shape_with_a_fixed_channel_count_is_rewritten():
+    """``x.view(x.size(0), 8, -1)``: the literal 8 sits in a constant of the Concat, which
+    compaction rewrites, so the channels stay prunable and compact == sparse."""
+    model = view_flatten_model(fixed_channels=8)
+    a = analyze(model)
+    assert a.group("c1").prunable
+    assert_groups_complete(a, model)
+    sparse, compact = prune(model)
+    assert_same(sparse, compact, random_feeds(model))
+
+
+def test_computed_shape_with_a_literal_that_cannot_be_rewritten_locks():
+    model = view_flatten_model(fixed_channels=8)
+    for node in model.graph.node:  # the literal now passes through arithmetic
+        if node.name == "view":
+            node.input[1] = "target_plus"
+    at = next(i for i, n in enumerate(model.graph.node) if n.name == "view")
+    model.graph.node.insert(
+        at, helper.make_node("Add", ["target", "zeros3"], ["target_plus"], name="arith")
+    )
+    model.graph.initializer.append(
+        onnx.numpy_helper.from_array(np.array([0, 0, 0], np.int64), "zeros3")
+    )
+    g = analyze(model).group("c1")
+    assert not g.prunable and "Reshape 'view'" in g.reason
 
 
 def test_unreadable_computed_shape_locks_naming_the_node():

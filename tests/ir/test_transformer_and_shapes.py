@@ -1,0 +1,196 @@
+"""LayerNorm over channels, torch's computed pads, and shape code that stays linear:
+checked by running the models (sparse == compact) and by counting evaluation steps."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from deadchannels import random_feeds, run_model
+from onnx import TensorProto, helper
+
+from drpopt import analyze
+from drpopt.ir import shape_expr
+from drpopt.ir.from_onnx import from_onnx
+from drpopt.ir.rules import apply_rules
+from drpopt.ir.to_onnx import to_onnx
+from drpopt.passes import ApplyMasksPass, CompactPass, MaskPass, PassManager, ScorePass
+from drpopt.zoo.builder import OnnxBuilder
+
+FREE = {"keep_first": False, "keep_last": False}
+
+
+def sparse_and_compact(model: onnx.ModelProto, rate: float = 0.5):
+    masked = PassManager([ScorePass(), MaskPass(rate=rate, **FREE), ApplyMasksPass()])(model)
+    sparse = to_onnx(masked.model)
+    compact = to_onnx(PassManager([CompactPass()])(masked.model).model)
+    onnx.checker.check_model(compact, full_check=True)
+    return sparse, compact
+
+
+def assert_same(a, b, feeds) -> None:
+    for x, y in zip(run_model(a, feeds), run_model(b, feeds), strict=True):
+        spread = float(np.sqrt(np.mean(x.astype(np.float64) ** 2)))
+        assert spread > 1e-6, "degenerate reference output"
+        assert float(np.abs(x - y).max()) / spread < 1e-4
+
+
+def convnext_block(with_bias: bool = True) -> onnx.ModelProto:
+    """ConvNeXt's block as torchvision exports it: depthwise conv, NHWC LayerNorm, MLP as
+    MatMul + Add, GELU, layer scale, residual add; a conv head."""
+    b = OnnxBuilder(seed=11)
+    x = b.input("input", (1, 3, 8, 8))
+    stem = b.conv(x, 16, name="stem")
+    y = b.conv(stem, 16, k=3, groups=16, name="dw")
+    y = b.transpose(y, (0, 2, 3, 1))
+    scale = b.const("ln.weight", b.rng.standard_normal(16).astype(np.float32))
+    ln_in = [y, scale] + ([b.const("ln.bias", np.full(16, 0.1, np.float32))] if with_bias else [])
+    y = b.op("LayerNormalization", ln_in, (1, 8, 8, 16), name="ln", axis=-1, epsilon=1e-6)
+    y = b.matmul(y, 64, name="fc1")
+    y = b.unary("Gelu", y) if b.opset >= 20 else b.unary("Sigmoid", y)
+    y = b.matmul(y, 16, name="fc2")
+    y = b.transpose(y, (0, 3, 1, 2))
+    layer_scale = b.const("gamma", np.full((16, 1, 1), 0.5, np.float32))
+    y = b.add(b.mul(y, layer_scale), stem, name="residual")
+    b.output(b.conv(y, 5, name="head"))
+    return b.build()
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_layernorm_over_channels_prunes_exactly(with_bias):
+    model = convnext_block(with_bias)
+    a = analyze(model)
+    stream = a.group("stem")
+    assert stream.prunable, stream.reason
+    assert any(m.tensor == "ln.weight" and m.role == "follower" for m in stream.members)
+    assert a.group("fc1").prunable  # the MLP's hidden channels
+    sparse, compact = sparse_and_compact(model)
+    ops = {n.op_type for n in sparse.graph.node}
+    assert "MaskedLayerNormalization" in ops and "LayerNormalization" not in ops
+    assert "LayerNormalization" in {n.op_type for n in compact.graph.node}
+    assert not compact.functions or "MaskedLayerNormalization" not in {
+        n.op_type for n in compact.graph.node
+    }
+    assert_same(sparse, compact, random_feeds(model))
+    assert analyze(compact).params < a.params
+
+
+def test_masked_layernorm_is_a_layernorm_over_kept_channels():
+    """Against numpy: the sparse node equals LayerNorm over the kept channels alone."""
+    from drpopt.passes.masked_norm import DOMAIN, OP, function_proto
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 5, 8)).astype(np.float32)
+    keep = np.array([1, 0, 1, 1, 0, 1, 0, 1], np.float32)
+    scale = rng.standard_normal(8).astype(np.float32) * keep
+    bias = rng.standard_normal(8).astype(np.float32) * keep
+    node = helper.make_node(OP, ["x", "s", "b", "m"], ["y"], domain=DOMAIN, epsilon=1e-5)
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [onnx.numpy_helper.from_array(a, n) for a, n in ((scale, "s"), (bias, "b"), (keep, "m"))],
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, 1)],
+        functions=[function_proto(17)],
+    )
+    (y,) = run_model(model, {"x": x})
+    kept = keep.astype(bool)
+    xs = x[..., kept]
+    ref = (xs - xs.mean(-1, keepdims=True)) / np.sqrt(xs.var(-1, keepdims=True) + 1e-5)
+    np.testing.assert_allclose(y[..., kept], ref * scale[kept] + bias[kept], atol=1e-5)
+    assert np.all(y[..., ~kept] == 0)
+
+
+def test_torch_pad_with_computed_pads_leaves_channels_prunable():
+    """torch.nn.functional.pad with pads computed from the input size, as exported by
+    torch's own exporter (ConstantOfShape, Reshape(-1, 2), reversing Slice, Transpose)."""
+    torch = pytest.importorskip("torch")
+    import io
+
+    class Padded(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = torch.nn.Conv2d(3, 8, 3)
+            self.b = torch.nn.Conv2d(8, 4, 3)
+
+        def forward(self, x):
+            y = torch.relu(self.a(x))
+            pad_w = (7 - y.shape[3] % 7) % 7
+            pad_h = (7 - y.shape[2] % 7) % 7
+            return self.b(torch.nn.functional.pad(y, (0, pad_w, 0, pad_h)))
+
+    buf = io.BytesIO()
+    torch.onnx.export(
+        Padded().eval(), (torch.randn(1, 3, 12, 12),), buf, opset_version=17, dynamo=False
+    )
+    model = onnx.load_from_string(buf.getvalue())
+    assert "ConstantOfShape" in {n.op_type for n in model.graph.node}
+    a = analyze(model)
+    group = next(g for g in a.groups if any(p.endswith("a/Conv") for p in g.producers))
+    assert group.prunable, group.reason
+    sparse, compact = sparse_and_compact(model)
+    assert_same(sparse, compact, random_feeds(model))
+
+
+def _counting(monkeypatch) -> list[int]:
+    calls = [0]
+    real = shape_expr._evaluate
+
+    def counted(value, memo):
+        calls[0] += 1
+        return real(value, memo)
+
+    monkeypatch.setattr(shape_expr, "_evaluate", counted)
+    return calls
+
+
+def silu_chain(depth: int) -> onnx.ModelProto:
+    """A conv, ``depth`` SiLUs (x * sigmoid(x)), then ``x.view(x.shape[0], -1)``: the
+    pattern that made the recursive shape code take 2^depth steps."""
+    b = OnnxBuilder(seed=0)
+    y = b.conv(b.input("input", (1, 3, 4, 4)), 4, name="conv")
+    for _ in range(depth):
+        y = b.silu(y)
+    shape = b.op("Shape", [y], (4,), name="shape")
+    batch = b.op("Gather", [shape, b.const("zero", np.array(0))], (), name="batch", axis=0)
+    batch = b.op("Unsqueeze", [batch, b.const("ax0", np.array([0]))], (1,), name="unsq")
+    target = b.op("Concat", [batch, b.const("minus1", np.array([-1]))], (2,), name="cat", axis=0)
+    b.output(b.op("Reshape", [y, target], (1, 64), name="flat"))
+    return b.build(check=False, infer_shapes=False)
+
+
+@pytest.mark.parametrize("depth", [10, 40, 160])
+def test_shape_code_is_linear_in_an_elementwise_chain(depth, monkeypatch):
+    calls = _counting(monkeypatch)
+    apply_rules(from_onnx(silu_chain(depth)))
+    assert calls[0] <= 3 * depth + 20
+
+
+def test_deep_shape_arithmetic_needs_no_recursion(monkeypatch):
+    """5000 chained Adds on a shape entry: evaluated iteratively, each value once."""
+    depth = 5000
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s0"]),
+    ]
+    one = onnx.numpy_helper.from_array(np.array([0, 0], np.int64), "zeros")
+    for i in range(depth):
+        nodes.append(helper.make_node("Add", [f"s{i}", "zeros"], [f"s{i + 1}"]))
+    nodes.append(helper.make_node("Reshape", ["x", f"s{depth}"], ["y"]))
+    graph = helper.make_graph(
+        nodes,
+        "deep",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [one],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    g = from_onnx(model)
+    calls = _counting(monkeypatch)
+    reshape = g.nodes[-1]
+    entries = shape_expr.shape_entries(reshape.input(1), {})
+    assert entries is not None and len(entries) == 2
+    assert calls[0] <= 2 * depth + 10  # each Add and its (un-shared) constant once
