@@ -593,6 +593,23 @@ def _f_split(c: _Converter, n: Any, key: str, args: Any, kwargs: Any) -> Any:
     return tuple(outs)
 
 
+@_fn("unbind")
+def _f_unbind(c: _Converter, n: Any, key: str, args: Any, kwargs: Any) -> Any:
+    """``x.unbind(dim)`` as ONNX writes it: a Split into size-1 parts, each squeezed."""
+    x = args[0]
+    if x.rank is None or x.shape is None:
+        return c.unsupported(n, "unbind of a tensor of unknown shape")
+    axis = int(_get(args, kwargs, 1, "dim", 0)) % x.rank
+    count = int(x.shape[axis])
+    part = tuple(1 if a == axis else int(d) for a, d in enumerate(x.shape))
+    parts = [c.tmp(f"{n.name}.part{i}", part, x.dtype) for i in range(count)]
+    c.emit("Split", n, [x, c.ints(f"{n.name}.split", [1] * count)], parts, axis=axis)
+    outs = [c.out(n, i) for i in range(count)]
+    for p, y in zip(parts, outs, strict=True):
+        c.emit("Squeeze", n, [p, c.ints(f"{n.name}.axes", [axis])], [y])
+    return tuple(outs)
+
+
 @_fn("mean", "sum")
 def _f_reduce(c: _Converter, n: Any, key: str, args: Any, kwargs: Any) -> Any:
     x = args[0]
