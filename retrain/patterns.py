@@ -23,7 +23,6 @@ weight, input-channel axis as in ``passes/sparsify.input_axis``). Rules:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -127,7 +126,7 @@ def pattern_masks(
         if g in ("nm", "block") and x.depthwise:
             out[x.param] = alive
         elif g == "unstructured":
-            k = math.ceil(rate * universe - 1e-9) - dead
+            k = int(round(rate * universe)) - dead
             keep = alive & ~_kill_smallest(np.abs(w), alive, k)
             out[x.param] = _keep_rows(keep, alive, w, 1 - x.axis if x.axis in (0, 1) else 0)
         elif g == "nm":
