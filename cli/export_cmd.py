@@ -90,6 +90,22 @@ def register(app: typer.Typer) -> None:
             ),
         ] = False,
         as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+        input_names: Annotated[
+            list[str] | None,
+            typer.Option("--input-names", help="Graph input name (repeat), e.g. images."),
+        ] = None,
+        output_names: Annotated[
+            list[str] | None,
+            typer.Option("--output-names", help="Graph output name (repeat)."),
+        ] = None,
+        fold_bn: Annotated[
+            bool | None,
+            typer.Option(
+                "--fold-batchnorm/--keep-batchnorm",
+                help="Fold BatchNorm into the layer before it (default: on for sparse "
+                "--target exports such as drpai, off otherwise).",
+            ),
+        ] = None,
     ) -> None:
         """Export BUILDER's model with CHECKPOINT's weights as sparse or compact ONNX."""
         from drpopt.cli.files import refuse_overwrite
@@ -101,6 +117,8 @@ def register(app: typer.Typer) -> None:
             profile = get_target(target)
             compact = profile.output == "compact" if compact is None else compact
             opset = profile.opset if opset is None else opset
+        if fold_bn is None:
+            fold_bn = target is not None and not compact
         compact = bool(compact)
         opset = 17 if opset is None else opset
         shapes = [parse_shape(s) for s in input_shape]
@@ -117,7 +135,17 @@ def register(app: typer.Typer) -> None:
         inputs = example_inputs(shapes)
         console = _console(stderr=as_json)
         with console.status("exporting"):
-            result = export_onnx(model, inputs, output, compact=compact, opset=opset, rtol=rtol)
+            result = export_onnx(
+                model,
+                inputs,
+                output,
+                compact=compact,
+                opset=opset,
+                rtol=rtol,
+                input_names=input_names,
+                output_names=output_names,
+                fold_batchnorm=fold_bn,
+            )
         summary = _summary(result, builder, checkpoint)
         if as_json:
             sys.stdout.write(json.dumps(summary, indent=2) + "\n")

@@ -125,10 +125,22 @@ def _linear(c: _Converter, n: Any, mod: Any) -> Value:
 
 
 def _linear_ops(c: _Converter, n: Any, x: Value, w: Value, b: Value | None) -> Value:
+    """``y = x @ w.T + b``: one Gemm for 2-D inputs; for N-D inputs (tokens ``[B, N, C]``)
+    the leading axes are merged around a Gemm, so the weight stays the parameter itself (a
+    ``MatMul`` of ``Transpose(weight)`` would hide it from the channel rules)."""
     y = c.out(n)
     if x.rank == 2:
         ins = [x, w] + ([b] if b is not None else [])
         c.emit("Gemm", n, ins, [y], alpha=1.0, beta=1.0, transB=1)
+        return y
+    if x.shape is not None and y.shape is not None and x.rank is not None and x.rank > 2:
+        rows = int(np.prod(x.shape[:-1]))
+        flat = c.tmp(f"{n.name}.rows", (rows, x.shape[-1]), x.dtype)
+        c.emit("Reshape", n, [x, c.ints(f"{n.name}.rows_shape", [rows, x.shape[-1]])], [flat])
+        out = c.tmp(f"{n.name}.gemm", (rows, y.shape[-1]), y.dtype)
+        ins = [flat, w] + ([b] if b is not None else [])
+        c.emit("Gemm", n, ins, [out], alpha=1.0, beta=1.0, transB=1)
+        c.emit("Reshape", n, [out, c.ints(f"{n.name}.out_shape", list(y.shape))], [y])
         return y
     wt = c.tmp(f"{n.name}.weight_t", tuple(reversed(w.shape or ())), w.dtype)
     c.emit("Transpose", n, [w], [wt], perm=[1, 0])
@@ -578,6 +590,23 @@ def _f_split(c: _Converter, n: Any, key: str, args: Any, kwargs: Any) -> Any:
     outs = [c.out(n, i) for i in range(len(metas))]
     sizes = [int(v.shape[axis]) for v in outs]  # type: ignore[index]
     c.emit("Split", n, [x, c.ints(f"{n.name}.split", sizes)], outs, axis=axis)
+    return tuple(outs)
+
+
+@_fn("unbind")
+def _f_unbind(c: _Converter, n: Any, key: str, args: Any, kwargs: Any) -> Any:
+    """``x.unbind(dim)`` as ONNX writes it: a Split into size-1 parts, each squeezed."""
+    x = args[0]
+    if x.rank is None or x.shape is None:
+        return c.unsupported(n, "unbind of a tensor of unknown shape")
+    axis = int(_get(args, kwargs, 1, "dim", 0)) % x.rank
+    count = int(x.shape[axis])
+    part = tuple(1 if a == axis else int(d) for a, d in enumerate(x.shape))
+    parts = [c.tmp(f"{n.name}.part{i}", part, x.dtype) for i in range(count)]
+    c.emit("Split", n, [x, c.ints(f"{n.name}.split", [1] * count)], parts, axis=axis)
+    outs = [c.out(n, i) for i in range(count)]
+    for p, y in zip(parts, outs, strict=True):
+        c.emit("Squeeze", n, [p, c.ints(f"{n.name}.axes", [axis])], [y])
     return tuple(outs)
 
 

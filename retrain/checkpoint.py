@@ -22,7 +22,14 @@ from typing import Any
 
 from drpopt.errors import BadInputError
 from drpopt.ir.from_torch import unwrap
-from drpopt.retrain.pruner import MASK_SUFFIX, STATE_BUFFER
+from drpopt.retrain.buffers import (
+    MASK_SUFFIX,
+    STATE_BUFFER,
+    convert_legacy_entries,
+    kept,
+    pruning_buffers,
+    register_copy,
+)
 
 _WRAPPER_KEYS = ("model", "state_dict", "model_state_dict", "ema")
 _PREFIX = "module."
@@ -77,7 +84,7 @@ def _names(keys: list[str]) -> str:
 
 
 def _kept(mask: Any) -> Any:
-    return mask > 0.5
+    return kept(mask)
 
 
 def load_pruned_state_dict(model: Any, state_dict: Any) -> Any:
@@ -96,12 +103,13 @@ def load_pruned_state_dict(model: Any, state_dict: Any) -> Any:
     module = unwrap(model)
     own = module.state_dict()
     sd = unwrap_state_dict(state_dict, set(own))
+    convert_legacy_entries(sd)
     masks = {k[: -len(MASK_SUFFIX)]: v for k, v in sd.items() if is_mask_key(k)}
     out: dict[str, Any] = {}
     for key, value in sd.items():
         if is_pruning_key(key):
             if key in own:
-                out[key] = _kept(value).to(value.dtype) if is_mask_key(key) else value
+                out[key] = _kept(value).to(own[key].dtype) if is_mask_key(key) else value
             continue
         mask = masks.get(key)
         if mask is not None and isinstance(value, torch.Tensor):
@@ -154,8 +162,9 @@ def _apply_own_masks(module: Any) -> None:
             param = sub._parameters[attr]
             if mask is None or param is None:
                 continue
-            mask.copy_(_kept(mask).to(mask.dtype))
-            param.mul_(mask.to(param.dtype))
+            if mask.dtype != torch.bool:
+                mask.copy_(_kept(mask).to(mask.dtype))
+            param.mul_(_kept(mask).to(param.dtype))
 
 
 # ---- copies for EMA ---------------------------------------------------------------------
@@ -204,6 +213,10 @@ def deepcopy_model(model: Any) -> Any:
     """A deep copy of ``model`` (DDP unwrapped) that keeps its pruned weights exactly zero.
 
     Rules:
+    - the copy shares the model's mask and pruning-state buffers (the same tensors, not
+      floating point): it always holds the model's current masks, which an EMA written for
+      dense models never averages; a Pruner attached to the model later shares its new
+      buffers with the copy too;
     - a forward pre-hook and a state-dict pre-hook on each module owning a masked parameter
       multiply the parameter by (its mask buffer > 0.5) in place, so forward outputs and
       saved state dicts respect the masks even after an EMA averaged every floating entry
@@ -212,6 +225,10 @@ def deepcopy_model(model: Any) -> Any:
       correct) and do nothing while the model is traced or exported;
     - a model without masks is copied unchanged (plain ``copy.deepcopy``).
     """
-    clone = copy.deepcopy(unwrap(model))
+    source = unwrap(model)
+    shared = pruning_buffers(source)
+    memo = {id(buf): buf for buf in shared.values()}
+    clone = copy.deepcopy(source, memo)
+    register_copy(source, clone)
     install_mask_hooks(clone)
     return clone

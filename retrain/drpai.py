@@ -11,16 +11,23 @@ Rules (the idioms of the public examples):
 - ``make_pruning_layer_list(model, input_data=...)`` traces once; the returned list holds
   the trace, so ``Pruner`` does not trace again. ``input_data`` is a list of tensors or a
   dict of forward kwargs (``{"x": imgs, "targets": targets}`` for YOLOX in training mode);
-  ``input_size=[shape, ...]`` makes random inputs instead;
+  ``input_size=[shape, ...]`` makes random inputs instead; the list names the layers the
+  DRP-AI profile prunes (channels and fine-grained, ``retrain/share.py``);
+- ``final_pr`` is the share of zero weights in the pruning layers, reached with the target
+  profile's pattern (default ``target="drpai"``: aligned channels, then fine-grained zeros
+  inside the kept channels; ``retrain/share.py`` says how the two split it);
 - ``Pruner(model, pruning_layer_list=..., final_pr=0.7)`` prunes one-shot to ``final_pr`` at
   the first ``update()``; ``schedule="cubic"|"linear"`` with ``end_step`` prunes gradually;
 - ``Pruner(model, pruning_layer_list=..., final_pr=0.0)`` before ``model.load_state_dict``
   of a pruned checkpoint: the mask buffers exist, so strict loading restores the masks, and
   later ``update()`` calls never change them (a lower rate never revives channels);
-- masks loaded through ``load_state_dict`` are binarised at 0.5 (a checkpoint saved from an
-  EMA copy holds averaged masks) and applied at once;
+- masks are bool buffers, shared with ``deepcopy_model`` copies, so an EMA that averages
+  every floating entry leaves them alone; float masks of older checkpoints (or averaged
+  ones) are binarised at 0.5 on loading and applied at once;
 - a layer removed from the list keeps its output channels (the groups it produces);
-- ``get_model_info`` prints a rich table and returns the :class:`ModelInfo`.
+- ``get_model_info`` prints a rich table and returns the :class:`ModelInfo`; its second
+  argument may be ``input_data`` or a list of shapes (``get_model_info(model, [(1, 3, 640,
+  640)])``, as the recipes' ``torch2onnx.py`` calls it).
 """
 
 from __future__ import annotations
@@ -32,24 +39,26 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from drpopt.errors import BadInputError
-from drpopt.ir.analysis import analyze
 from drpopt.ir.from_torch import TorchTrace, trace_module, unwrap
-from drpopt.passes.mask import MaskPass
 from drpopt.retrain import info as _info
+from drpopt.retrain.buffers import STATE_SCALE
 from drpopt.retrain.checkpoint import (
     _apply_own_masks,
     deepcopy_model,
     is_pruning_key,
     load_pruned_state_dict,
 )
+from drpopt.retrain.ema import ModelEMA
 from drpopt.retrain.info import ModelInfo
 from drpopt.retrain.pruner import Pruner as _BasePruner
 from drpopt.retrain.schedule import Schedule
+from drpopt.retrain.share import ShareSplit, listed_layers
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "ModelInfo",
+    "PrunedModelEMA",
     "Pruner",
     "PruningLayerList",
     "deepcopy_model",
@@ -65,10 +74,11 @@ _ATTACHED: weakref.WeakValueDictionary[int, Pruner] = weakref.WeakValueDictionar
 class PruningLayerList(list):
     """The prunable layers (module names) of a model, holding the trace they came from.
 
-    Rules: a layer is listed when it produces the channels of a group the default settings
-    would prune (not locked, not the first or last layers); ``example_inputs`` and ``trace``
-    are kept for the Pruner; ``layers`` is the list as first made: the groups a removed
-    name produces are left dense.
+    Rules: a layer is listed when the DRP-AI profile prunes it: it produces the channels of
+    a group the analysis may prune, or the profile's fine-grained pattern touches it (not
+    the first or the final prediction layers); ``example_inputs`` and ``trace`` are kept for
+    the Pruner; ``layers`` is the list as first made: a removed name is left dense (no
+    pattern, the groups it produces whole).
     """
 
     def __init__(self, names: Iterable[str], trace: TorchTrace, example_inputs: Any) -> None:
@@ -84,10 +94,28 @@ class PruningLayerList(list):
         return [name for name in self.layers if name not in now]
 
 
+def _is_shape(obj: Any) -> bool:
+    return (
+        isinstance(obj, Sequence)
+        and not isinstance(obj, str)
+        and len(obj) > 0
+        and all(isinstance(d, numbers.Integral) and not isinstance(d, bool) for d in obj)
+    )
+
+
 def _inputs(input_data: Any, input_size: Any) -> Any:
-    """Forward inputs from ``input_data`` (as given) or random tensors of ``input_size``."""
+    """Forward inputs from ``input_data`` (as given) or random tensors of ``input_size``;
+    ``input_data`` that is a list of shapes (no tensors) is read as ``input_size``."""
     import torch
 
+    if (
+        input_data is not None
+        and input_size is None
+        and isinstance(input_data, list | tuple)
+        and input_data
+        and (all(_is_shape(s) for s in input_data) or _is_shape(input_data))
+    ):
+        input_data, input_size = None, input_data
     if input_data is not None:
         if isinstance(input_data, torch.Tensor | dict):
             return input_data
@@ -121,18 +149,9 @@ def make_pruning_layer_list(
     module = unwrap(model)
     example = _inputs(input_data, input_size)
     trace = trace_module(module, example)
-    analysis = analyze(trace.graph)
-    selector = MaskPass(rate=0.5)
-    params = {n for n, _ in module.named_parameters()}
-    names: dict[str, list[str]] = {}
-    for g in analysis.groups:
-        if not selector._eligible(trace.graph, g):
-            continue
-        for m in g.members:
-            if m.role == "producer" and m.tensor in params and m.node:
-                names.setdefault(m.tensor.rsplit(".", 1)[0], []).append(m.node)
+    names = listed_layers(trace.graph, (n for n, _ in module.named_parameters()))
     layers = PruningLayerList(names, trace, example)
-    layers.nodes = {k: list(dict.fromkeys(v)) for k, v in names.items()}
+    layers.nodes = names
     log.info("%d prunable layers (%s)", len(layers), trace.path)
     return layers
 
@@ -143,8 +162,8 @@ def _check_rate(final_pr: Any) -> float:
     rate = float(final_pr)
     if not (0.0 <= rate < 1.0):
         raise BadInputError(
-            f"final_pr {final_pr} is outside [0, 1): it is the fraction of channels pruned "
-            "(give e.g. 0.7 to prune 70%)"
+            f"final_pr {final_pr} is outside [0, 1): it is the share of the pruning layers' "
+            "weights made zero (give e.g. 0.7 to prune 70%)"
         )
     return rate
 
@@ -199,6 +218,7 @@ class Pruner(_BasePruner):
                 f"{sorted(missing)[:5]}); call make_pruning_layer_list on this model"
             )
         kwargs.pop("trace", None)
+        kwargs.setdefault("target", "drpai")
         super().__init__(
             module,
             pruning_layer_list.example_inputs,
@@ -213,12 +233,20 @@ class Pruner(_BasePruner):
         self.pruning_layer_list = pruning_layer_list
         self.example_inputs = pruning_layer_list.example_inputs
         self._drop_removed_layers()
+        params = dict(self.model.named_parameters())
+        self.share_params = [
+            f"{name}.weight" for name in pruning_layer_list if f"{name}.weight" in params
+        ]
+        shapes = {n: tuple(params[n].shape) for n in self.share_params}
+        shapes.update({x.param: tuple(params[x.param].shape) for x in self.pattern_layers})
+        self.splitter = ShareSplit(self.groups, shapes, self.pattern)
         self._hooks.append(self.model.register_load_state_dict_post_hook(_after_load))
         _ATTACHED[id(self.model)] = self
 
     def _drop_removed_layers(self) -> None:
-        """Groups produced by a layer the user removed from the list are left dense; their
-        mask buffers stay (all ones), so checkpoints keep the same keys."""
+        """Layers the user removed from the list are left dense: the groups they produce and
+        their fine-grained pattern; their mask buffers stay (all ones), so checkpoints keep
+        the same keys."""
         removed = self.pruning_layer_list.removed()
         drop = {n for name in removed for n in self.pruning_layer_list.nodes.get(name, [])}
         if not drop:
@@ -230,11 +258,30 @@ class Pruner(_BasePruner):
         ]
         self.groups = [g for g, _ in kept]
         self.keys = [key for _, key in kept]
+        self.pattern_layers = [x for x in self.pattern_layers if x.node not in drop]
         log.info("layers removed from the list stay dense: %s", ", ".join(removed))
 
     @property
     def final_pr(self) -> float:
         return self.schedule.final_rate
+
+    @property
+    def rate(self) -> float:
+        """The weight share the masks were last computed for (``final_pr`` once pruned)."""
+        return int(self.state[2].item()) / STATE_SCALE
+
+    def update(self) -> None:
+        """Call at the start of every iteration: advances the schedule; at its update steps
+        the share it asks for is split into a channel rate and per-layer pattern rates."""
+        step = self.step
+        if self.schedule.is_update_step(step):
+            share = self.schedule.rate(step)
+            if share > self.rate + 1e-12:
+                rate, pattern = self.splitter.split(share, [x.param for x in self.pattern_layers])
+                final = step >= self.schedule.end or self.schedule.kind == "oneshot"
+                self.prune_to(max(rate, self.channel_rate), pattern, final)
+                self.state[2] = int(round(share * STATE_SCALE))
+        self.state[0] += 1
 
     def info(self) -> ModelInfo:
         """The model's per-layer sparsity and MACs on the pruner's own trace."""
@@ -245,6 +292,20 @@ class Pruner(_BasePruner):
         super().remove()
         if _ATTACHED.get(id(self.model)) is self:
             del _ATTACHED[id(self.model)]
+
+
+class PrunedModelEMA(ModelEMA):
+    """The recipes' ``PrunedModelEMA(ModelEMA)``: YOLOX's EMA over a ``deepcopy_model`` copy.
+
+    ``PrunedModelEMA(model, decay=0.9999, updates=0)`` as YOLOX's ``ModelEMA``; the copy
+    shares the model's masks, and every update keeps the EMA's pruned weights exactly zero
+    (see :class:`drpopt.retrain.ema.ModelEMA`).
+    """
+
+    def __init__(
+        self, model: Any, decay: float = 0.9999, updates: int = 0, tau: float = 2000
+    ) -> None:
+        super().__init__(model, decay=decay, tau=tau, updates=updates)
 
 
 def _after_load(module: Any, _incompatible: Any) -> None:

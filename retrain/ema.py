@@ -3,9 +3,10 @@
 Rules:
 - the decay ramps up as YOLOX's: ``d(n) = decay * (1 - exp(-n / tau))`` after ``n`` updates;
 - floating parameters and buffers are averaged: ``ema = d * ema + (1 - d) * model``;
-- mask buffers (``*_drpopt_mask``), the ``drpopt_state`` buffer and integer buffers
+- mask buffers (``*_drpopt_mask``, bool) and the ``drpopt_state`` buffer (int64) are the
+  model's own tensors, shared by the copy (``deepcopy_model``), and integer buffers
   (``num_batches_tracked``) are copied, never averaged; masks the model gained since the
-  copy was made (a Pruner attached later) are added to the copy;
+  copy was made (a Pruner attached later) are shared with the copy too;
 - after each update the averaged weights are multiplied by their masks, so pruned weights
   of the EMA are exactly zero;
 - a DDP/DataParallel-wrapped model is unwrapped.
@@ -18,6 +19,7 @@ from typing import Any
 
 from drpopt.errors import BadInputError
 from drpopt.ir.from_torch import unwrap
+from drpopt.retrain.buffers import share_buffers
 from drpopt.retrain.checkpoint import (
     _names,
     deepcopy_model,
@@ -57,8 +59,10 @@ class ModelEMA:
         with torch.no_grad():
             self.updates += 1
             d = self.current_decay()
-            msd = unwrap(model).state_dict()
-            self._add_new_masks(msd)
+            source = unwrap(model)
+            msd = source.state_dict()
+            if share_buffers(source, self.ema):
+                install_mask_hooks(self.ema)
             esd = self.ema.state_dict()
             missing = sorted(k for k in esd if k not in msd and not is_pruning_key(k))
             if missing:

@@ -13,8 +13,13 @@ Rules:
   of equal contents; the real values are then written into the initializers by name, which
   keeps every initializer named after its parameter or buffer;
 - the plan and per-layer sparsity go into ``metadata_props`` (``drpopt.plan``,
-  ``drpopt.sparsity``); ``compact`` removes the pruned channels (``CompactPass``), and
-  ``CleanupPass`` always runs (shape inference, ``onnx.checker``);
+  ``drpopt.sparsity``); ``compact`` removes the pruned channels (``CompactPass``);
+  ``fold_batchnorm`` folds each BatchNorm into the Conv/Gemm before it
+  (``FoldBatchNormPass``, as the recipes' eval-mode exports do), and ``CleanupPass`` always
+  runs (shape inference, ``onnx.checker``);
+- ``input_names`` / ``output_names`` name the graph's inputs and outputs as the caller's
+  own exporter does (YOLOX's ``torch2onnx.py``: ``images`` / ``output``); by default they
+  are ``input`` / ``output`` (``_0``, ``_1``, ... when there are several);
 - onnxruntime's outputs on the example inputs must match torch's: ``max|ort - torch| <=
   atol + rtol * max|torch|`` per output, else ``CheckFailedError``; only then is the file
   written, atomically.
@@ -201,8 +206,27 @@ def _names(prefix: str, count: int) -> list[str]:
     return [prefix] if count == 1 else [f"{prefix}_{i}" for i in range(count)]
 
 
+def _io_names(given: list[str] | None, prefix: str, count: int, what: str) -> list[str]:
+    if given is None:
+        return _names(prefix, count)
+    names = list(given)
+    if len(names) != count or len(set(names)) != len(names) or not all(names):
+        raise BadInputError(
+            f"{len(names)} {what} names {names} for {count} {what}s; give one distinct name "
+            f"per {what} (e.g. --{what}-names images)"
+        )
+    return names
+
+
 def _torch_export(
-    model: Any, args: tuple, kwargs: dict, opset: int, n_inputs: int, n_outputs: int
+    model: Any,
+    args: tuple,
+    kwargs: dict,
+    opset: int,
+    n_inputs: int,
+    n_outputs: int,
+    input_names: list[str] | None = None,
+    output_names: list[str] | None = None,
 ) -> onnx.ModelProto:
     """``model`` exported from a distinct-valued copy, its real values put back by name."""
     clone = _distinct_copy(model).eval()
@@ -211,8 +235,8 @@ def _torch_export(
         args,
         kwargs,
         opset,
-        input_names=_names("input", n_inputs),
-        output_names=_names("output", n_outputs),
+        input_names=_io_names(input_names, "input", n_inputs, "input"),
+        output_names=_io_names(output_names, "output", n_outputs, "output"),
     )
     real = {n: t for n, t in (*model.named_parameters(), *model.named_buffers())}
     for init in proto.graph.initializer:
@@ -233,7 +257,11 @@ def _first_tensor(args: tuple, kwargs: dict) -> Any:
 
 
 def _export_with_fallback(
-    work: Any, args: tuple, kwargs: dict, opset: int
+    work: Any,
+    args: tuple,
+    kwargs: dict,
+    opset: int,
+    names: tuple[list[str] | None, list[str] | None] = (None, None),
 ) -> tuple[onnx.ModelProto, list[Any], list[Any], str]:
     """(proto, input tensors, torch outputs, path): all inputs first, then the first tensor."""
     import torch
@@ -247,7 +275,9 @@ def _export_with_fallback(
             with torch.no_grad():
                 outputs = _tensor_leaves(work(*a, **kw))
             inputs = _tensor_leaves((a, kw))
-            proto = _torch_export(work, a, kw, opset, len(inputs), len(outputs))
+            proto = _torch_export(work, a, kw, opset, len(inputs), len(outputs), *names)
+        except BadInputError:
+            raise
         except Exception as err:
             errors.append(f"{how}: {_short(err)}")
             log.info("export with %s failed: %s", how, err)
@@ -264,7 +294,9 @@ def _short(err: BaseException) -> str:
 
 
 # ---- verification -----------------------------------------------------------------------
-def _run_onnxruntime(proto: onnx.ModelProto, inputs: list[Any]) -> list[np.ndarray]:
+def _run_onnxruntime(
+    proto: onnx.ModelProto, inputs: list[Any], input_names: list[str] | None = None
+) -> list[np.ndarray]:
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -276,7 +308,9 @@ def _run_onnxruntime(proto: onnx.ModelProto, inputs: list[Any]) -> list[np.ndarr
         wanted = {i.name for i in session.get_inputs()}  # the exporter drops unused inputs
         feeds = {
             name: t.detach().cpu().numpy()
-            for name, t in zip(_names("input", len(inputs)), inputs, strict=True)
+            for name, t in zip(
+                _io_names(input_names, "input", len(inputs), "input"), inputs, strict=True
+            )
             if name in wanted
         }
         return session.run(None, feeds)
@@ -288,12 +322,17 @@ def _run_onnxruntime(proto: onnx.ModelProto, inputs: list[Any]) -> list[np.ndarr
 
 
 def _verify(
-    proto: onnx.ModelProto, inputs: list[Any], expected: list[Any], rtol: float, atol: float
+    proto: onnx.ModelProto,
+    inputs: list[Any],
+    expected: list[Any],
+    rtol: float,
+    atol: float,
+    input_names: list[str] | None = None,
 ) -> tuple[float, float, list[str]]:
     """(max abs error, max rel error, failures) of onnxruntime against torch per output."""
     from drpopt.passes.verify import _compare
 
-    got = _run_onnxruntime(proto, inputs)
+    got = _run_onnxruntime(proto, inputs, input_names)
     names = [o.name for o in proto.graph.output]
     if len(got) != len(expected):
         return (
@@ -342,10 +381,15 @@ def export_onnx(
     rtol: float = 1e-4,
     atol: float = 1e-6,
     plan: Plan | None = None,
+    input_names: list[str] | None = None,
+    output_names: list[str] | None = None,
+    fold_batchnorm: bool = False,
 ) -> ExportResult:
     """Exports ``model`` (a pruned torch module) to ``path`` as sparse or compact ONNX.
 
-    ``plan`` overrides the plan read from the zero weights. Raises ``CheckFailedError``
+    ``plan`` overrides the plan read from the zero weights; ``input_names`` /
+    ``output_names`` name the graph's inputs and outputs; ``fold_batchnorm`` folds BatchNorm
+    into the layer before it. Raises ``CheckFailedError``
     when onnxruntime's outputs differ from torch's (nothing is written then) and
     ``BadInputError`` when the model cannot be exported or the output cannot be written.
     """
@@ -354,6 +398,7 @@ def export_onnx(
     from drpopt.passes import CleanupPass, CompactPass, PassManager
     from drpopt.passes.apply_masks import record_metadata
     from drpopt.passes.common import get_analysis, layer_sparsity
+    from drpopt.passes.fold_batchnorm import FoldBatchNormPass
 
     if rtol < 0 or atol < 0:
         raise BadInputError(f"tolerances must not be negative (rtol {rtol}, atol {atol})")
@@ -363,7 +408,9 @@ def export_onnx(
         raise BadInputError(f"{parent}: the output directory does not exist; create it first")
     work, source = prepared_copy(model)
     args, kwargs = _float32_inputs(example_inputs)
-    proto, inputs, expected, trace_path = _export_with_fallback(work, args, kwargs, opset)
+    proto, inputs, expected, trace_path = _export_with_fallback(
+        work, args, kwargs, opset, (input_names, output_names)
+    )
 
     graph: Graph = from_onnx(proto, where=type(work).__name__)
     analysis = get_analysis(graph)
@@ -376,12 +423,14 @@ def export_onnx(
     live = _live_followers(analysis, plan, params)
     graph.meta["plan"] = plan
     record_metadata(graph, plan)
-    passes = [CompactPass(), CleanupPass()] if compact else [CleanupPass()]
+    passes = [CompactPass()] if compact else []
+    passes += [FoldBatchNormPass()] if fold_batchnorm else []
+    passes.append(CleanupPass())
     result = PassManager(passes)(graph)
     final = result.model
     out = to_onnx(final)
 
-    max_abs, max_rel, failures = _verify(out, inputs, expected, rtol, atol)
+    max_abs, max_rel, failures = _verify(out, inputs, expected, rtol, atol, input_names)
     if failures:
         hint = ""
         if compact and live:

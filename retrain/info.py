@@ -12,7 +12,10 @@ Rules:
   nonzero fraction;
 - totals sum the rows; ``model_params`` / ``model_zeros`` count every parameter;
 - with a Pruner, its current rate, final rate and step are reported too, and its trace is
-  reused when no example inputs are given.
+  reused when no example inputs are given;
+- the pruning layers (the drop-in Pruner's list, else the layers the DRP-AI profile prunes,
+  ``retrain/share.py``) are named, and ``pruning_sparsity`` is the share of their weights
+  that are zero: what ``final_pr`` of the drop-in means.
 """
 
 from __future__ import annotations
@@ -64,6 +67,31 @@ class ModelInfo:
     final_rate: float | None = None
     step: int | None = None
     trace_path: str = ""
+    pruning_layers: list[str] = field(default_factory=list)
+
+    def _pruning_rows(self) -> list[LayerInfo]:
+        names = set(self.pruning_layers)
+        return [row for row in self.layers if row.name in names and row.weight.endswith("weight")]
+
+    @property
+    def pruning_params(self) -> int:
+        """Weights of the pruning layers."""
+        return sum(row.params for row in self._pruning_rows())
+
+    @property
+    def pruning_zeros(self) -> int:
+        """Zero weights of the pruning layers."""
+        return sum(row.zeros for row in self._pruning_rows())
+
+    @property
+    def pruning_sparsity(self) -> float:
+        """The share of the pruning layers' weights that are zero (``final_pr``'s meaning)."""
+        return self.pruning_zeros / self.pruning_params if self.pruning_params else 0.0
+
+    @property
+    def model_sparsity(self) -> float:
+        """The share of all the model's parameters that are zero."""
+        return self.model_zeros / self.model_params if self.model_params else 0.0
 
     @property
     def params(self) -> int:
@@ -107,7 +135,11 @@ class ModelInfo:
                 "effective_macs": self.effective_macs,
                 "model_params": self.model_params,
                 "model_zeros": self.model_zeros,
+                "pruning_params": self.pruning_params,
+                "pruning_zeros": self.pruning_zeros,
+                "pruning_sparsity": self.pruning_sparsity,
             },
+            "pruning_layers": list(self.pruning_layers),
             "input_shapes": [list(s) for s in self.input_shapes],
             "pruning": {
                 "current_rate": self.current_rate,
@@ -130,11 +162,13 @@ class ModelInfo:
                 f"step {self.step})"
             )
         shapes = ", ".join("x".join(str(d) for d in s) for s in self.input_shapes)
-        table = Table(
-            title=title,
-            caption=f"MACs for inputs {shapes}" if shapes else None,
-            show_footer=True,
-        )
+        lines = [f"MACs for inputs {shapes}"] if shapes else []
+        if self.pruning_layers:
+            lines.append(
+                f"pruning layers: {len(self.pruning_layers)}, {100 * self.pruning_sparsity:.1f}% "
+                f"of their weights zero; whole model {100 * self.model_sparsity:.1f}%"
+            )
+        table = Table(title=title, caption="\n".join(lines) or None, show_footer=True)
         table.add_column("layer", "total", overflow="fold")
         table.add_column("op")
         table.add_column("shape", no_wrap=True)
@@ -301,6 +335,13 @@ def get_model_info(model: Any, example_inputs: Any = None, pruner: Any = None) -
         _input_shapes(trace),
         trace_path=trace.path,
     )
+    layer_list = getattr(pruner, "pruning_layer_list", None)
+    if layer_list is not None:
+        info.pruning_layers = list(layer_list)
+    else:
+        from drpopt.retrain.share import listed_layers
+
+        info.pruning_layers = list(listed_layers(trace.graph, params))
     if pruner is not None:
         info.current_rate = float(pruner.rate)
         info.final_rate = float(pruner.schedule.final_rate)

@@ -14,7 +14,11 @@ weight, input-channel axis as in ``passes/sparsify.input_axis``). Rules:
 - ``nm``: the candidates are the alive weights the full ``n:m`` pattern drops; before the
   final step the smallest of them go first, up to ``q``; at the final step all of them go,
   so the final masks hold the exact ``n:m`` pattern;
-- depthwise convs get no ``nm``/``block`` pattern (as in ``sparsify``).
+- depthwise convs get no ``nm``/``block`` pattern (as in ``sparsify``);
+- ``rate`` may be a dict (parameter name to rate): each layer its own rate (layer scope);
+- ``unstructured`` never empties a kept output channel: a row the ranking would zero whole
+  keeps its largest weight, so the kept channel counts stay those channel pruning chose
+  (on the profile's alignment).
 """
 
 from __future__ import annotations
@@ -63,13 +67,27 @@ def _kill_smallest(scores: np.ndarray, candidates: np.ndarray, k: int) -> np.nda
     return out
 
 
+def _keep_rows(keep: np.ndarray, alive: np.ndarray, w: np.ndarray, axis: int) -> np.ndarray:
+    """``keep`` with the largest alive weight restored in every output row (``axis``) that
+    had alive weights and lost them all."""
+    k = np.moveaxis(keep, axis, 0).reshape(keep.shape[axis], -1).copy()
+    a = np.moveaxis(alive, axis, 0).reshape(k.shape)
+    emptied = a.any(axis=1) & ~k.any(axis=1)
+    if emptied.any():
+        mags = np.where(a, np.abs(np.moveaxis(w, axis, 0).reshape(k.shape)), -1.0)
+        rows = np.flatnonzero(emptied)
+        k[rows, mags[rows].argmax(axis=1)] = True
+    moved = np.moveaxis(keep, axis, 0).shape
+    return np.moveaxis(k.reshape(moved), 0, axis)
+
+
 def pattern_masks(
     weights: dict[str, np.ndarray],
     channel: dict[str, np.ndarray],
     previous: dict[str, np.ndarray],
     layers: list[PatternLayer],
     profile: TargetProfile,
-    rate: float,
+    rate: float | dict[str, float],
     final: bool,
 ) -> dict[str, np.ndarray]:
     """Keep-masks (bool) of the ``layers``: channel mask, previous mask and the pattern at
@@ -80,7 +98,8 @@ def pattern_masks(
         layer.param: channel[layer.param].astype(bool) & previous[layer.param].astype(bool)
         for layer in layers
     }
-    if g == "unstructured" and profile.sparsity_scope == "global":
+    per_layer = rate if isinstance(rate, dict) else None
+    if g == "unstructured" and profile.sparsity_scope == "global" and per_layer is None:
         universe = sum(int(channel[x.param].astype(bool).sum()) for x in layers)
         dead = sum(int((channel[x.param].astype(bool) & ~alive_of[x.param]).sum()) for x in layers)
         k = int(round(rate * universe)) - dead
@@ -93,17 +112,23 @@ def pattern_masks(
         for x in layers:
             size = alive_of[x.param].size
             part = killed[start : start + size].reshape(alive_of[x.param].shape)
-            out[x.param] = alive_of[x.param] & ~part
+            ax = 1 - x.axis if x.axis in (0, 1) else 0
+            out[x.param] = _keep_rows(
+                alive_of[x.param] & ~part, alive_of[x.param], weights[x.param], ax
+            )
             start += size
         return out
     for x in layers:
+        if per_layer is not None:
+            rate = per_layer.get(x.param, 0.0)
         w, alive, chan = weights[x.param], alive_of[x.param], channel[x.param].astype(bool)
         universe, dead = int(chan.sum()), int((chan & ~alive).sum())
         if g in ("nm", "block") and x.depthwise:
             out[x.param] = alive
         elif g == "unstructured":
             k = int(round(rate * universe)) - dead
-            out[x.param] = alive & ~_kill_smallest(np.abs(w), alive, k)
+            keep = alive & ~_kill_smallest(np.abs(w), alive, k)
+            out[x.param] = _keep_rows(keep, alive, w, 1 - x.axis if x.axis in (0, 1) else 0)
         elif g == "nm":
             candidates = alive & ~nm_mask(np.where(alive, w, 0.0), x.axis, profile.n, profile.m)
             k = int(candidates.sum()) if final else int(round(rate * universe)) - dead

@@ -5,16 +5,20 @@ Rules:
   ONNX side; groups that are locked, touch a dense layer (``target``, ``exclude``,
   ``keep_first``/``keep_last``) or whose producing weights are not parameters are left
   whole;
-- each masked parameter gets a buffer ``<param>_drpopt_mask`` on its module, and the root
-  module a buffer ``drpopt_state`` (schedule step, current rate): ``model.state_dict()`` is
-  the whole checkpoint, and resuming restores masks and schedule position exactly;
+- each masked parameter gets a ``bool`` buffer ``<param>_drpopt_mask`` on its module, and
+  the root module an ``int64`` buffer ``drpopt_state`` (schedule step, current rates; see
+  ``retrain/buffers.py``): ``model.state_dict()`` is the whole checkpoint, resuming restores
+  masks and schedule position exactly, and an EMA that averages every floating-point entry
+  leaves the pruning state alone;
 - ``update()`` (start of every iteration) advances the schedule; at an update step the
   channels are scored (``l1``/``l2``/``bn-gamma``/``random``, as the ``score`` pass) and each
   group keeps its best channels among those still kept (a pruned channel is never revived
   unless ``allow_unprune``); under torch.distributed the choice of rank 0 is broadcast;
 - masks are enforced at all times: pruned weights are zeroed when masks change and after
-  every optimizer step (a global step hook, so optimizers built before the Pruner work), and
-  gradients of pruned weights are zeroed by tensor hooks;
+  every step of an optimizer that holds a masked parameter (a global step hook, so
+  optimizers built before the Pruner work; other optimizers are left alone), and gradients
+  of pruned weights are zeroed by tensor hooks; only parameters with a mask are touched,
+  with one fused multiply per step;
 - a fine-grained pattern (``granularity`` ``nm``/``block``/``unstructured``, default: the
   target profile's) composes with the channel groups: its weights (the profile's targeted
   Conv/Linear layers) get mask buffers too, and the pattern is multiplied into the same
@@ -23,7 +27,9 @@ Rules:
   channel pruning) and the pattern part follows the same schedule (same kind, steps and
   progress) to its own final rate (``nm``: ``1 - n/m``, exact ``n:m`` at the schedule's last
   step; ``block``/``unstructured``: ``pattern_rate``, the share of the channel-kept weights
-  zeroed); at every update step channels are chosen first, then the pattern;
+  zeroed); at every update step channels are chosen first, then the pattern; the pattern
+  layers get their mask buffers whenever the profile has a pattern (also at rate 0, so a
+  pruned checkpoint loads strictly into ``Pruner(..., final_rate=0)``);
 - ``finalize()`` zeroes the weights for good, removes hooks and buffers, and leaves a plain
   module whose ``state_dict`` has the original keys.
 """
@@ -45,13 +51,23 @@ from drpopt.passes.mask import MaskPass, kept_count
 from drpopt.passes.plan import GroupPlan, Plan, group_key
 from drpopt.passes.score import group_scores
 from drpopt.passes.targets import GRANULARITIES, TargetProfile, _check
+from drpopt.retrain.buffers import (
+    MASK_SUFFIX,
+    STATE_BUFFER,
+    STATE_SCALE,
+    kept,
+    legacy_load_hook,
+    legacy_state,
+    new_state,
+    share_with_copies,
+)
 from drpopt.retrain.patterns import PatternLayer, pattern_layers, pattern_masks
 from drpopt.retrain.schedule import Schedule
 
 log = logging.getLogger(__name__)
 
-MASK_SUFFIX = "_drpopt_mask"
-STATE_BUFFER = "drpopt_state"
+__all__ = ["MASK_SUFFIX", "STATE_BUFFER", "Pruner"]
+
 MASKED_ROLES = ("producer", "consumer", "follower")
 
 
@@ -62,6 +78,18 @@ class _Masked:
     attr: str
     param: Any
     mask: Any
+    factor: Any = None  # the mask in the parameter's dtype (what the multiplies use)
+    version: int = -1  # the mask's _version when ``factor`` was made
+
+    def fresh_factor(self) -> Any:
+        """``factor``, remade if the mask buffer was written since (load, prune, swap)."""
+        mask = getattr(self.module, self.attr + MASK_SUFFIX, None)
+        if mask is not None and mask is not self.mask:
+            self.mask, self.version = mask, -1  # replaced (e.g. a load with assign=True)
+        if self.factor is None or self.version != self.mask._version:
+            self.factor = kept(self.mask).to(self.param.dtype)
+            self.version = self.mask._version
+        return self.factor
 
 
 def _owner(model: Any, name: str) -> tuple[Any, str]:
@@ -106,7 +134,6 @@ class Pruner:
         block: int | None = None,
         scope: str | None = None,
     ) -> None:
-        import torch
         from torch.optim.optimizer import (
             register_optimizer_step_post_hook,
             register_optimizer_step_pre_hook,
@@ -160,21 +187,26 @@ class Pruner:
         )
         self.pattern_layers: list[PatternLayer] = (
             pattern_layers(self.graph, self.pattern, list(exclude), params)
-            if self.pattern.pattern_rate > 0
+            if self.pattern.granularity != "channel"
             else []
         )
         for layer in self.pattern_layers:
             self._attach_mask(layer.param, params[layer.param])
         if not hasattr(self.model, STATE_BUFFER):
-            self.model.register_buffer(STATE_BUFFER, torch.zeros(2, dtype=torch.float64))
-        self._hooks: list[Any] = []
+            self.model.register_buffer(STATE_BUFFER, new_state())
+        else:
+            self.model.register_buffer(STATE_BUFFER, legacy_state(self.state))
+        self._hooks: list[Any] = [self.model.register_load_state_dict_pre_hook(legacy_load_hook)]
         for entry in self._masked.values():
             self._hooks.append(entry.param.register_hook(_grad_hook(entry)))
         self._optimizers: weakref.WeakSet = weakref.WeakSet()
+        self._owns: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._param_ids = {id(e.param) for e in self._masked.values()}
         self._hooks.append(register_optimizer_step_pre_hook(_weak_hook(self, "_before_step")))
         self._hooks.append(register_optimizer_step_post_hook(_weak_hook(self, "_after_step")))
         self._hooks.append(self.model.register_load_state_dict_post_hook(_binarize_hook(self)))
         self.example_inputs = example_inputs
+        share_with_copies(self.model)
         log.info(
             "Pruner: %d groups, %d masked parameters, %s",
             len(self.groups),
@@ -191,10 +223,27 @@ class Pruner:
         module, attr = _owner(self.model, name)
         buf_name = attr + MASK_SUFFIX
         if not hasattr(module, buf_name):
-            module.register_buffer(buf_name, torch.ones_like(param, requires_grad=False))
+            mask = torch.ones(param.shape, dtype=torch.bool, device=param.device)
+            module.register_buffer(buf_name, mask)
+        elif getattr(module, buf_name).dtype != torch.bool:  # an older drpopt's float mask
+            module.register_buffer(buf_name, kept(getattr(module, buf_name)).detach().clone())
         self._masked[name] = _Masked(name, module, attr, param, getattr(module, buf_name))
 
+    def _holds_masked(self, optimizer: Any) -> bool:
+        """Whether ``optimizer`` updates one of the masked parameters (cached per groups)."""
+        groups = getattr(optimizer, "param_groups", None)
+        if groups is None:
+            return False
+        cached = self._owns.get(optimizer)
+        if cached is not None and cached[0] == len(groups):
+            return cached[1]
+        holds = any(id(p) in self._param_ids for g in groups for p in g["params"])
+        self._owns[optimizer] = (len(groups), holds)
+        return holds
+
     def _before_step(self, optimizer: Any) -> None:
+        if not self._holds_masked(optimizer):
+            return
         if optimizer not in self._optimizers:
             # first sight (a fresh or resumed optimizer): moments of pruned weights go to zero
             self._optimizers.add(optimizer)
@@ -204,6 +253,8 @@ class Pruner:
                 _zero_optimizer_state([optimizer], self._masked.values())
 
     def _after_step(self, optimizer: Any) -> None:
+        if not self._holds_masked(optimizer):
+            return
         self._optimizers.add(optimizer)
         self.apply_masks()
 
@@ -213,7 +264,8 @@ class Pruner:
 
         with torch.no_grad():
             for e in self._masked.values():
-                e.mask.copy_((e.mask > 0.5).to(e.mask.dtype))
+                if e.mask.dtype != torch.bool:
+                    e.mask.copy_(kept(e.mask).to(e.mask.dtype))
 
     # ---- state ----------------------------------------------------------------------
     @property
@@ -225,9 +277,14 @@ class Pruner:
         return int(self.state[0].item())
 
     @property
+    def channel_rate(self) -> float:
+        """The channel rate the masks were last computed for."""
+        return int(self.state[1].item()) / STATE_SCALE
+
+    @property
     def rate(self) -> float:
-        """The rate the masks were last computed for."""
-        return float(self.state[1].item())
+        """The rate the masks were last computed for (the channel rate)."""
+        return self.channel_rate
 
     @staticmethod
     def _mappable(g: Group, params: dict[str, Any]) -> bool:
@@ -238,7 +295,7 @@ class Pruner:
         out = {}
         for g, key in zip(self.groups, self.keys, strict=True):
             m = next(m for m in g.members if m.role == "producer" and m.tensor in self._masked)
-            mask = self._masked[m.tensor].mask.detach().cpu().numpy()
+            mask = kept(self._masked[m.tensor].mask).detach().cpu().numpy()
             moved = np.moveaxis(mask, m.axis, 0)[m.start : m.start + g.size * m.block]
             alive = moved.reshape(g.size, -1).any(axis=1)
             out[key] = [int(j) for j in np.flatnonzero(alive)]
@@ -254,7 +311,7 @@ class Pruner:
                 for g, key in zip(self.groups, self.keys, strict=True)
                 if len(keep[key]) < g.size
             ],
-            rate=self.rate,
+            rate=self.channel_rate,
             criterion=self.criterion,
             allocation=self.selector.allocation,
             target=self.selector.profile.name,
@@ -275,22 +332,25 @@ class Pruner:
             target = self.schedule.rate(step)
             pattern = self.pattern_schedule.rate(step) if self.pattern_layers else 0.0
             if (
-                target > self.rate + 1e-12
-                or (self.allow_unprune and target != self.rate)
+                target > self.channel_rate + 1e-12
+                or (self.allow_unprune and target != self.channel_rate)
                 or pattern > 0
             ):
                 final = step >= self.schedule.end or self.schedule.kind == "oneshot"
                 self.prune_to(target, pattern, final)
         self.state[0] += 1
 
-    def prune_to(self, rate: float, pattern: float | None = None, final: bool = True) -> None:
+    def prune_to(
+        self, rate: float, pattern: float | dict[str, float] | None = None, final: bool = True
+    ) -> None:
         """Recomputes the masks for ``rate`` now and applies them, with the fine-grained
-        pattern at ``pattern`` (default: its final rate; ``final``: exact ``n:m``)."""
+        pattern at ``pattern`` (default: its final rate; a dict gives each pattern layer's
+        parameter its own rate; ``final``: exact ``n:m``)."""
         import torch
 
         if pattern is None:
             pattern = self.pattern.pattern_rate
-        previous = {name: e.mask.detach().cpu().numpy() > 0.5 for name, e in self._masked.items()}
+        previous = {name: kept(e.mask).detach().cpu().numpy() for name, e in self._masked.items()}
         keep = self.keep_sets()
         self._load_weights()
         new: dict[str, list[int]] = {}
@@ -302,9 +362,11 @@ class Pruner:
             new[key] = sorted(order[:k])
         new = _broadcast(new)
         self._write_masks(new)
-        if self.pattern_layers and pattern > 0:
+        if self.pattern_layers and (
+            any(v > 0 for v in pattern.values()) if isinstance(pattern, dict) else pattern > 0
+        ):
             self._write_pattern(previous, pattern, final)
-        self.state[1] = rate
+        self.state[1] = int(round(rate * STATE_SCALE))
         self.apply_masks()
         with torch.no_grad():
             _zero_optimizer_state(self._optimizers, self._masked.values())
@@ -320,8 +382,7 @@ class Pruner:
         import torch
 
         arrays = {
-            name: np.ones(tuple(e.param.shape), dtype=np.float32)
-            for name, e in self._masked.items()
+            name: np.ones(tuple(e.param.shape), dtype=bool) for name, e in self._masked.items()
         }
         for g, key in zip(self.groups, self.keys, strict=True):
             pruned = sorted(set(range(g.size)) - set(keep[key]))
@@ -331,17 +392,19 @@ class Pruner:
                 if m.role in MASKED_ROLES and m.tensor in arrays:
                     index = [slice(None)] * arrays[m.tensor].ndim
                     index[m.axis] = m.indices(pruned)
-                    arrays[m.tensor][tuple(index)] = 0.0
+                    arrays[m.tensor][tuple(index)] = False
         with torch.no_grad():
             for name, e in self._masked.items():
                 e.mask.copy_(torch.from_numpy(arrays[name]).to(e.mask))
 
-    def _write_pattern(self, previous: dict[str, np.ndarray], rate: float, final: bool) -> None:
+    def _write_pattern(
+        self, previous: dict[str, np.ndarray], rate: float | dict[str, float], final: bool
+    ) -> None:
         """Multiplies the pattern into the (freshly written) channel masks; never revives."""
         import torch
 
         names = [x.param for x in self.pattern_layers]
-        channel = {k: self._masked[k].mask.detach().cpu().numpy() > 0.5 for k in names}
+        channel = {k: kept(self._masked[k].mask).detach().cpu().numpy() for k in names}
         prev = {k: previous[k] | self.allow_unprune for k in names}
         weights = {k: self._masked[k].param.detach().float().cpu().numpy() for k in names}
         keep = pattern_masks(weights, channel, prev, self.pattern_layers, self.pattern, rate, final)
@@ -349,15 +412,17 @@ class Pruner:
         with torch.no_grad():
             for name, k in keep.items():
                 e = self._masked[name]
-                e.mask.copy_(torch.from_numpy(k.astype(np.float32)).to(e.mask))
+                e.mask.copy_(torch.from_numpy(np.ascontiguousarray(k, dtype=bool)).to(e.mask))
 
     def apply_masks(self) -> None:
         """Zeroes every pruned weight (cheap; safe to call any time)."""
         import torch
 
+        entries = list(self._masked.values())
+        if not entries:
+            return
         with torch.no_grad():
-            for e in self._masked.values():
-                e.param.mul_(e.mask)
+            torch._foreach_mul_([e.param for e in entries], [e.fresh_factor() for e in entries])
 
     # ---- the end ----------------------------------------------------------------------
     def remove(self) -> None:
@@ -436,7 +501,7 @@ def _binarize_hook(pruner: Pruner):
 
 def _grad_hook(entry: _Masked):
     def hook(grad):
-        return grad * entry.mask
+        return grad * entry.fresh_factor()
 
     return hook
 
@@ -445,7 +510,7 @@ def _zero_optimizer_state(optimizers, entries) -> None:
     """Momentum and Adam moments of pruned weights are zeroed in the optimizers seen so far."""
     import torch
 
-    masks = {id(e.param): e.mask for e in entries}
+    masks = {id(e.param): e.fresh_factor() for e in entries}
     for obj in list(optimizers):
         if isinstance(obj, torch.optim.Optimizer):
             for p, st in obj.state.items():

@@ -283,3 +283,24 @@ def test_target_profile_sets_form_and_opset(app, files, tmp_path, target, form, 
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["form"] == form
     assert onnx.load(str(out)).opset_import[0].version == opset
+
+
+def test_recipe_names_and_batchnorm_folding_for_the_drpai_target(app, files, tmp_path):
+    """As YOLOX's torch2onnx.py exports: input named ``images``; BatchNorm folded."""
+    base = [f"{files['builder']}:build", "-c", str(files["checkpoint"]), "-s", SHAPE]
+    base += ["-a", "width=16", "--target", "drpai"]
+    out = tmp_path / "drpai.onnx"
+    result = invoke(app, *base, "-o", str(out), "--input-names", "images")
+    assert result.exit_code == 0, result.output
+    proto = onnx.load(str(out))
+    assert [i.name for i in proto.graph.input] == ["images"]
+    assert not any(n.op_type == "BatchNormalization" for n in proto.graph.node)
+    kept = tmp_path / "kept.onnx"
+    result = invoke(app, *base, "-o", str(kept), "--keep-batchnorm")
+    assert result.exit_code == 0, result.output
+    proto = onnx.load(str(kept))
+    assert [i.name for i in proto.graph.input] == ["input"]
+    assert any(n.op_type == "BatchNormalization" for n in proto.graph.node)
+    two = ["--input-names", "images", "--input-names", "x"]
+    bad = invoke(app, *base, "-o", str(tmp_path / "no.onnx"), *two)
+    assert bad.exit_code == 2 and "names" in bad.output

@@ -195,9 +195,40 @@ def test_functional_ops_map_to_onnx_ops():
     ops = [n.op_type for n in g.nodes]
     for op in ("Conv", "Sigmoid", "Mul", "Split", "Relu", "Concat", "Resize", "MaxPool"):
         assert op in ops, op
-    for op in ("Slice", "Reshape", "Transpose", "MatMul", "Add", "ReduceMean"):
+    # a Linear on [N, L, C] tokens: Reshape, Gemm on the parameter itself, Reshape back
+    for op in ("Slice", "Reshape", "Transpose", "Gemm", "ReduceMean"):
         assert op in ops, op
+    assert "MatMul" not in ops
     assert not any(op.startswith("fx::") for op in ops)
     assert g.outputs[0].shape == (1, 6)
     a = analyze(g)
     assert group_of(a, "conv.weight").prunable
+
+
+def test_token_linear_keeps_its_weight_a_channel_producer():
+    """A Linear on ``[B, N, C]`` tokens (a transformer MLP) reads its own parameter, so the
+    hidden channels between fc1 and fc2 form a prunable group; ``unbind`` is a Split."""
+    from drpopt.ir.analysis import analyze
+
+    class Mlp(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc0 = nn.Linear(8, 8)
+            self.fc1 = nn.Linear(8, 32)
+            self.fc2 = nn.Linear(32, 8)
+            self.head = nn.Linear(8, 4)
+
+        def forward(self, x):
+            a, b = x.unsqueeze(0).expand(2, -1, -1, -1).unbind(0)
+            x = self.fc0(a + b)
+            x = x + self.fc2(torch.nn.functional.gelu(self.fc1(x)))
+            return self.head(x)
+
+    g = from_fx(Mlp().eval(), torch.randn(2, 5, 8))
+    assert not any(n.op_type.startswith("fx::") for n in g.nodes if n.op_type != "fx::expand")
+    groups = [x for x in analyze(g).groups if x.prunable]
+    hidden = [
+        x for x in groups if "fc1.weight" in {m.tensor for m in x.members if m.role == "producer"}
+    ]
+    assert len(hidden) == 1 and hidden[0].size == 32
+    assert {m.tensor for m in hidden[0].members if m.role == "consumer"} == {"fc2.weight"}

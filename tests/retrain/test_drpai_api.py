@@ -87,7 +87,8 @@ def test_layer_list_from_input_data_and_input_size() -> None:
     model = digits_cnn()
     from_data = make_pruning_layer_list(model, input_data=[torch.randn(2, 1, 8, 8)])
     assert isinstance(from_data, PruningLayerList) and isinstance(from_data, list)
-    assert list(from_data) == ["conv2", "conv3", "conv4"]  # conv1 and fc2 stay dense
+    # conv1 and fc2 stay dense; fc1 gets the fine-grained pattern only
+    assert list(from_data) == ["conv2", "conv3", "conv4", "fc1"]
     assert from_data.trace.graph.nodes
     one_shape = make_pruning_layer_list(model, input_size=[1, 1, 8, 8])
     shapes = make_pruning_layer_list(model, input_size=[(1, 1, 8, 8)])
@@ -96,7 +97,8 @@ def test_layer_list_from_input_data_and_input_size() -> None:
     kw = Keywords()
     x = torch.randn(1, 3, 8, 8)
     from_dict = make_pruning_layer_list(kw, input_data={"x": x, "scale": torch.ones(1)})
-    assert list(from_dict) == ["conv2"]  # the first layer and those feeding the last stay
+    # the first and last layers stay dense; conv3 (feeding the last) gets the pattern only
+    assert list(from_dict) == ["conv2", "conv3"]
     assert "all example inputs" in from_dict.trace.path
     assert len(from_dict.trace.graph.inputs) == 2
     with pytest.raises(BadInputError, match="input_data or input_size"):
@@ -229,7 +231,8 @@ def test_removed_layer_stays_dense() -> None:
         # ...but none of its output channels
         assert (model.conv4.weight != 0).flatten(1).any(dim=1).all()
         assert bool(model.bn4.weight_drpopt_mask.all())
-        assert len(pruner.groups) == 1
+        assert not any("/conv4/Conv" in g.producers for g in pruner.groups)
+        assert not any(x.param == "conv4.weight" for x in pruner.pattern_layers)
     finally:
         pruner.remove()
 

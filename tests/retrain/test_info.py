@@ -170,7 +170,7 @@ def test_pruner_rates_and_sparsity_of_its_masks() -> None:
             if row.weight in masks:
                 mask = masks[row.weight]
                 assert row.zeros == int((mask == 0).sum())
-                assert row.effective_macs == round(row.macs * float(mask.mean()))
+                assert row.effective_macs == round(row.macs * float(mask.float().mean()))
         # conv2 loses half its output channels, conv3 half its inputs and outputs
         assert info.layer("conv2").sparsity == pytest.approx(0.5)
         assert info.layer("conv3").sparsity == pytest.approx(0.75)
