@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -137,10 +138,22 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         return model
 
 
-def from_onnx(source: str | os.PathLike | onnx.ModelProto, where: str | None = None) -> Graph:
-    """Loads a model into the IR (shape-inferred); ``where`` names it in error messages."""
+def from_onnx(
+    source: str | os.PathLike | onnx.ModelProto,
+    where: str | None = None,
+    input_shapes: Mapping[str | None, Sequence[int]] | None = None,
+) -> Graph:
+    """Loads a model into the IR (shape-inferred); ``where`` names it in error messages.
+
+    ``input_shapes`` ({input name or None: dims}) fixes symbolic input dims before shape
+    inference (``ir/input_shapes.py``); ``graph.meta["input_shapes"]`` records the input
+    dims the shapes were computed for (unknown ones as their symbol).
+    """
+    from drpopt.ir.input_shapes import fix_input_shapes, input_dims
+
     model = load_model(source)
     where = where or (str(source) if not isinstance(source, onnx.ModelProto) else "model")
+    model = fix_input_shapes(model, input_shapes or {})
     opset = check_opset(model, where)
     folded = fold_constants(model)
     inferred = infer_shapes(_shape_copy(model, folded))
@@ -156,6 +169,7 @@ def from_onnx(source: str | os.PathLike | onnx.ModelProto, where: str | None = N
     graph.meta["ir_version"] = model.ir_version
     graph.meta["producer"] = f"{model.producer_name} {model.producer_version}".strip()
     graph.meta["source"] = where
+    graph.meta["input_shapes"] = input_dims(model)
     return graph
 
 

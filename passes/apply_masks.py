@@ -65,7 +65,7 @@ class ApplyMasksPass(Pass):
         plan = require_plan(model, self.name)
         resolved = plan.resolve(get_analysis(model))
         nodes = {n.name: n for n in model.nodes}
-        changed = False
+        changed = restructured = False
         copied: set[str] = set()
         for group, gp in resolved:
             pruned = gp.pruned
@@ -79,13 +79,15 @@ class ApplyMasksPass(Pass):
                 value = model.values[m.tensor]
                 if value.producer is not None and value.producer.op_type != "Constant":
                     model.materialize(value)
+                    restructured = True
                 if m.tensor not in copied:
                     value.const = np.array(value.const, copy=True)
                     copied.add(m.tensor)
                 value.const[along(value.const, m.axis, m.indices(pruned))] = 0
                 changed = True
         if changed:
-            invalidate(model)
+            if restructured:  # zeros alone leave the groups as they were: keep the analysis
+                invalidate(model)
             model.meta["plan"] = plan
         record_metadata(model, plan)
         return PassResult(model, changed)
