@@ -37,6 +37,7 @@ def load_for_pipeline(model: Path, input_shapes: dict | None, inputs, steps=None
 
     if steps is not None:
         steps.update("loading the model")
+    _check_valid(model)
     graph = load_graph(model, input_shapes or {})
     reference = graph.meta["reference"]
     warning = shape_warning(reference, input_shapes or {})
@@ -47,6 +48,23 @@ def load_for_pipeline(model: Path, input_shapes: dict | None, inputs, steps=None
     if steps is not None:
         steps.update("loaded", advance=1)
     return graph
+
+
+def _check_valid(model: Path) -> None:
+    """A model onnx.checker rejects (dangling inputs, cycles, duplicate names) is bad input:
+    say so before any work, not as a failure of a pass that rewrote it."""
+    import onnx
+
+    from drpopt.ir.from_onnx import load_model
+
+    proto = load_model(model)
+    try:
+        onnx.checker.check_model(proto)
+    except ValueError:  # over 2 GB: the checker needs the path; the passes will tell
+        return
+    except Exception as err:
+        text = " ".join(str(err).split())[:300]
+        raise BadInputError(f"{model}: not a valid ONNX model ({text}); export it again") from err
 
 
 def _run(graph, passes, steps, time_passes: bool = False, dump_dir: Path | None = None):

@@ -284,7 +284,8 @@ def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray], which: str) -> li
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # failures become our one-line errors, not native log lines
+    ort.set_default_logger_severity(4)
     try:
         session = ort.InferenceSession(
             model.SerializeToString(), opts, providers=["CPUExecutionProvider"]
@@ -295,7 +296,9 @@ def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray], which: str) -> li
         ) from err
     names = {i.name for i in session.get_inputs()}
     try:
-        return session.run(None, {k: v for k, v in feeds.items() if k in names})
+        run_opts = ort.RunOptions()
+        run_opts.log_severity_level = 4
+        return session.run(None, {k: v for k, v in feeds.items() if k in names}, run_opts)
     except Exception as err:
         raise ModelRunError(
             which,
