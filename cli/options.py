@@ -19,6 +19,7 @@ import contextlib
 import functools
 import inspect
 import logging
+import os
 import sys
 import threading
 import traceback
@@ -40,7 +41,8 @@ except ImportError:  # pragma: no cover
     _CLICK = ()
 
 STATE: dict[str, Any] = {"verbose": 0, "quiet": False}
-PROGRESS_DELAY = 1.0  # seconds of work before a progress bar shows
+# seconds of work before a progress bar shows (tests set DRPOPT_PROGRESS_DELAY=0)
+PROGRESS_DELAY = float(os.environ.get("DRPOPT_PROGRESS_DELAY", "1.0"))
 
 
 # ---- signature surgery -------------------------------------------------------------------
@@ -364,7 +366,7 @@ def inputs_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                     typer.Option(
                         "--mean",
                         metavar="M[,M,M]",
-                        help="Subtracted per channel after scaling [default: 0].",
+                        help="Subtracted per channel after scaling (default: 0).",
                     ),
                 ],
                 None,
@@ -376,7 +378,7 @@ def inputs_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                     typer.Option(
                         "--std",
                         metavar="S[,S,S]",
-                        help="Divided per channel after the mean [default: 1].",
+                        help="Divided per channel after the mean (default: 1).",
                     ),
                 ],
                 None,
@@ -388,7 +390,7 @@ def inputs_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                     typer.Option(
                         "--scale",
                         metavar="FACTOR",
-                        help="Pixel values times this first [default: 1/255].",
+                        help="Pixel values times this first (default: 1/255).",
                     ),
                 ],
                 None,
@@ -454,7 +456,8 @@ class Steps:
 
     def __enter__(self) -> Steps:
         if self.enabled:
-            self.timer = threading.Timer(PROGRESS_DELAY, self._start)
+            delay = float(os.environ.get("DRPOPT_PROGRESS_DELAY", PROGRESS_DELAY))
+            self.timer = threading.Timer(delay, self._start)
             self.timer.daemon = True
             self.timer.start()
         return self

@@ -170,7 +170,7 @@ def register(app: typer.Typer) -> None:
             refuse_overwrite(output, [model], force)
             probe_writable(output)
         console = _console(stderr=as_json)
-        with progress(len(passes) + 2, "loading") as steps:
+        with progress(len(passes) + 1, "loading") as steps:
             graph = load_for_pipeline(model, input_shapes, inputs, steps)
             result = _run(graph, passes, steps, time_passes, dump_dir)
             proto = to_onnx(result.model) if output is not None else None
@@ -217,7 +217,7 @@ def register(app: typer.Typer) -> None:
                 "-r",
                 metavar="RATE",
                 help="Fraction of eligible channels to remove, in [0, 1) "
-                "[default: the target's: generic 0.5, drpai 0.7].",
+                "(default: the target's: generic 0.5, drpai 0.7).",
                 show_default=False,
             ),
         ] = None,
@@ -325,7 +325,7 @@ def register(app: typer.Typer) -> None:
         passes1 = parse_pipeline(",".join(first))
         passes2 = parse_pipeline(",".join(second))
         console = _console(stderr=as_json)
-        total = len(passes1) + len(passes2) + 4 + (0 if compact else 1)
+        total = 2 + len(passes1) + len(passes2) + (0 if compact else 3)
         with progress(total, "loading") as steps:
             graph = load_for_pipeline(model, input_shapes, inputs, steps)
             before = model_figures(graph)
