@@ -157,9 +157,12 @@ def register(app: typer.Typer) -> None:
         from drpopt.passes import parse_pipeline
         from drpopt.passes.figures import model_figures
 
+        from drpopt.passes.plugins import pass_source
+
         passes = parse_pipeline(pipeline)
         names = [p.name for p in passes]
-        if output is None and dump_dir is None and "verify" not in names and not time_passes:
+        observable = "verify" in names or any(pass_source(n) for n in names)  # plugins: effects
+        if output is None and dump_dir is None and not observable and not time_passes:
             raise BadInputError(
                 f"-p {pipeline}: without -o the result is discarded and nothing is checked; "
                 "give -o OUT.onnx (or add verify, --dump-dir or --time-passes)"
