@@ -49,15 +49,25 @@ class _Group(TyperGroup):
 
 
 def _plain_flags() -> None:
-    """Help reads like the README: flags show no ``<bool>``, required arguments no braces."""
-    show = TyperOption.display_type_rich
+    """Help reads like the README: an option's value is shown as a name (``--rate RATE``,
+    ``--output OUTPUT``), flags show nothing, arguments are upper case without braces
+    (typer's defaults are ``<float>``, ``<bool>`` and ``{model}``)."""
 
-    def display_type_rich(self, ctx):  # type: ignore[no-untyped-def]
-        if self.metavar is None and (self.is_flag or self.count):
+    def option_type(self, ctx):  # type: ignore[no-untyped-def]
+        if self.metavar is not None:
+            return self.metavar
+        if self.is_flag or self.count:
             return None
-        return show(self, ctx)
+        return (self.name or "value").upper().replace("_", "-") + ("..." if self.multiple else "")
 
-    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+    TyperOption.display_type_rich = option_type  # type: ignore[method-assign]
+    if hasattr(TyperArgument, "display_type_rich"):
+        TyperArgument.display_type_rich = lambda self, ctx: None  # type: ignore[method-assign]
+
+    def display_name(self) -> str:  # type: ignore[no-untyped-def]
+        return self.metavar if self.metavar is not None else (self.name or "").upper()
+
+    TyperArgument.display_name_raw = property(display_name)  # type: ignore[assignment]
     if hasattr(TyperArgument, "_usage_display_name"):
         TyperArgument._usage_display_name = lambda self: (
             (  # type: ignore[method-assign]

@@ -156,7 +156,6 @@ def register(app: typer.Typer) -> None:
         from drpopt.ir.to_onnx import to_onnx
         from drpopt.passes import parse_pipeline
         from drpopt.passes.figures import model_figures
-
         from drpopt.passes.plugins import pass_source
 
         passes = parse_pipeline(pipeline)
