@@ -141,6 +141,7 @@ def analyze(
     input_shapes: dict | None = None,
 ) -> None:
     """Find the coupled channel groups of MODEL and what pruning each would save."""
+    from drpopt.cli.options import steps
     from drpopt.cli.render import analysis_dict, render_analysis
     from drpopt.ir.analysis import analyze as run_analysis
     from drpopt.ir.from_onnx import load_model
@@ -150,7 +151,8 @@ def analyze(
     warning = shape_warning(proto, input_shapes or {})
     if warning:
         warn(warning)
-    result = run_analysis(proto, where=str(model))
+    with steps(1, "analysing the channel groups"):
+        result = run_analysis(proto, where=str(model))
     if as_json:
         sys.stdout.write(json.dumps(analysis_dict(result), indent=2) + "\n")
     else:

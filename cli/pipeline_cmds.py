@@ -29,9 +29,12 @@ from drpopt.cli.render import (
 from drpopt.errors import BadInputError
 
 
-def load_for_pipeline(model: Path, input_shapes: dict | None, inputs, steps=None):
+def load_for_pipeline(
+    model: Path, input_shapes: dict | None, inputs, steps=None, verifies: bool = False
+):
     """The IR graph of ``model`` at ``input_shapes`` (a warning names symbolic dims left),
-    with ``--inputs`` loaded into ``graph.meta["verify_inputs"]``."""
+    with ``--inputs`` loaded into ``graph.meta["verify_inputs"]``. ``verifies``: random
+    inputs will be needed, so unknown spatial dims fail now, before any pass runs."""
     from drpopt.cli.options import shape_warning, warn
     from drpopt.passes.manager import load_graph
 
@@ -40,6 +43,10 @@ def load_for_pipeline(model: Path, input_shapes: dict | None, inputs, steps=None
     _check_valid(model)
     graph = load_graph(model, input_shapes or {})
     reference = graph.meta["reference"]
+    if verifies and inputs is None:
+        from drpopt.passes.verify import random_inputs
+
+        random_inputs(reference)  # raises, naming the dims and --input-shape
     warning = shape_warning(reference, input_shapes or {})
     if warning:
         warn(warning)
@@ -173,7 +180,7 @@ def register(app: typer.Typer) -> None:
             probe_writable(output)
         console = _console(stderr=as_json)
         with progress(len(passes) + 1, "loading") as steps:
-            graph = load_for_pipeline(model, input_shapes, inputs, steps)
+            graph = load_for_pipeline(model, input_shapes, inputs, steps, "verify" in names)
             result = _run(graph, passes, steps, time_passes, dump_dir)
             proto = to_onnx(result.model) if output is not None else None
             if proto is not None:
@@ -329,7 +336,7 @@ def register(app: typer.Typer) -> None:
         console = _console(stderr=as_json)
         total = 2 + len(passes1) + len(passes2) + (0 if compact else 3)
         with progress(total, "loading") as steps:
-            graph = load_for_pipeline(model, input_shapes, inputs, steps)
+            graph = load_for_pipeline(model, input_shapes, inputs, steps, verifies=True)
             before = model_figures(graph)
             layers_before = {s.node: list(s.shape) for s in layer_sparsity(graph)}
             r1 = _run(graph, passes1, steps, time_passes)

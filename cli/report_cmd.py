@@ -185,8 +185,10 @@ def register(app: typer.Typer) -> None:
             chromium = None if use_mpl else find_chromium()
             if not use_mpl and chromium is None:
                 raise BadInputError("writing PNG needs matplotlib (pip install matplotlib)")
+        from drpopt.cli.options import steps
+
         console = _console(stderr=as_json)
-        with console.status("reading the models"):
+        with steps(2, "reading the models"):
             stats = collect(model, input_shapes=input_shapes)
             warning = shape_warning(stats.proto, input_shapes or {})
             if warning:
@@ -207,7 +209,7 @@ def register(app: typer.Typer) -> None:
             sys.stdout.write(json.dumps(data, indent=2) + "\n")
         if output is None:
             return
-        with console.status("building the report"):
+        with steps(1, "building the report"):
             page = build_report(stats, other, rtol=rtol, inputs=feeds)
             shot = matplotlib_png(stats, other) if use_mpl else None
             if chromium is not None:

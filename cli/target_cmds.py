@@ -104,8 +104,11 @@ def register(app: typer.Typer) -> None:
         warning = shape_warning(graph.meta["reference"], input_shapes or {})
         if warning:
             warn(warning)
-        report = check_model(graph, profile, min_sparsity)
-        figures = model_figures(graph)
+        from drpopt.cli.options import steps
+
+        with steps(1, "checking the layers"):
+            report = check_model(graph, profile, min_sparsity)
+            figures = model_figures(graph)
         if as_json:
             data = report.to_dict()
             data["figures"] = figures

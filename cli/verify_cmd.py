@@ -99,16 +99,19 @@ def register(app: typer.Typer) -> None:
         feeds = desc = None
         if inputs is not None:
             feeds, desc = inputs.load(ref_proto)
-        report = compare_models(
-            ref_proto,
-            model_proto,
-            feeds,
-            rtol=rtol,
-            atol=atol,
-            seed=seed,
-            samples=samples,
-            inputs_desc=desc,
-        )
+        from drpopt.cli.options import steps
+
+        with steps(1, "running both models in onnxruntime"):
+            report = compare_models(
+                ref_proto,
+                model_proto,
+                feeds,
+                rtol=rtol,
+                atol=atol,
+                seed=seed,
+                samples=samples,
+                inputs_desc=desc,
+            )
         if as_json:
             data = report.to_dict()
             data["mode"] = "drift" if report_only else "check"
