@@ -280,7 +280,10 @@ def _fit_inputs(model: onnx.ModelProto, given: dict[str, np.ndarray]) -> dict[st
 
 
 # ---- running ----------------------------------------------------------------------------
-def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray], which: str) -> list[np.ndarray]:
+def _run(
+    model: onnx.ModelProto, runs: list[dict[str, np.ndarray]], which: str
+) -> list[list[np.ndarray]]:
+    """The outputs of ``model`` for each feed dict of ``runs`` (one session for all)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -295,10 +298,13 @@ def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray], which: str) -> li
             which, f"onnxruntime cannot load the {which}: {_short(err)}; check it is valid ONNX"
         ) from err
     names = {i.name for i in session.get_inputs()}
+    run_opts = ort.RunOptions()
+    run_opts.log_severity_level = 4
     try:
-        run_opts = ort.RunOptions()
-        run_opts.log_severity_level = 4
-        return session.run(None, {k: v for k, v in feeds.items() if k in names}, run_opts)
+        return [
+            session.run(None, {k: v for k, v in feeds.items() if k in names}, run_opts)
+            for feeds in runs
+        ]
     except Exception as err:
         raise ModelRunError(
             which,
@@ -422,8 +428,8 @@ def compare_models(
 
     ref_names = [o.name for o in reference.graph.output]
     out_names = [o.name for o in model.graph.output]
-    ref_runs = [_run(reference, f, "reference model") for f in runs]
-    out_runs = [_run(model, f, "model") for f in runs]
+    ref_runs = _run(reference, runs, "reference model")
+    out_runs = _run(model, runs, "model")
     ref_values = {n: [np.asarray(r[i]) for r in ref_runs] for i, n in enumerate(ref_names)}
     out_values = {n: [np.asarray(r[i]) for r in out_runs] for i, n in enumerate(out_names)}
     if set(ref_names) != set(out_names):
