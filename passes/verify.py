@@ -334,7 +334,9 @@ def _compare(name: str, ref: np.ndarray, out: np.ndarray, rtol: float, atol: flo
     spread = float(finite.std()) if finite.size else 0.0
     rms = float(np.sqrt(np.mean(finite * finite))) if finite.size else 0.0
     degenerate = ""
-    if rms < NEAR_ZERO:
+    if not finite.size:
+        degenerate = "NaN or Inf everywhere"
+    elif rms < NEAR_ZERO:
         degenerate = f"near zero (RMS {rms:.3g})"
     elif spread <= CONSTANT * max_ref:
         degenerate = (
