@@ -100,3 +100,19 @@ def test_readme_console_commands_run_as_written(tmp_path, monkeypatch):
         assert argv[0] == "drpopt", line
         result = runner.invoke(app, argv[1:], env={"COLUMNS": "120"})
         assert result.exit_code == 0, f"$ {line}\n{result.output}\n{result.stderr}"
+
+
+def test_pytest_m_slow_selects_tests():
+    """`pytest -m slow` (the README's Development section) must select something: exit 5
+    means no test carries the mark."""
+    import subprocess
+    import sys
+
+    root = README.parent
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "slow",
+         "-p", "no:cacheprovider"],
+        cwd=root, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-500:]
+    assert "test_fuzz_corpus_in_real_processes" in done.stdout
