@@ -329,13 +329,12 @@ def inputs_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         )
         return {"inputs": InputsSpec(Path(path), pre)}
 
-    S = Annotated
     return _add_params(
         fn,
         [
             _opt(
                 "inputs",
-                S[
+                Annotated[
                     Path | None,
                     typer.Option(
                         "--inputs",
@@ -349,7 +348,7 @@ def inputs_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             ),
             _opt(
                 "image_size",
-                S[
+                Annotated[
                     str | None,
                     typer.Option(
                         "--image-size",
@@ -361,7 +360,7 @@ def inputs_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             ),
             _opt(
                 "mean",
-                S[
+                Annotated[
                     str | None,
                     typer.Option(
                         "--mean",
@@ -373,7 +372,7 @@ def inputs_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             ),
             _opt(
                 "std",
-                S[
+                Annotated[
                     str | None,
                     typer.Option(
                         "--std",
@@ -385,7 +384,7 @@ def inputs_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             ),
             _opt(
                 "scale",
-                S[
+                Annotated[
                     float | None,
                     typer.Option(
                         "--scale",
@@ -397,7 +396,7 @@ def inputs_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             ),
             _opt(
                 "layout",
-                S[
+                Annotated[
                     str | None,
                     typer.Option(
                         "--layout",
@@ -409,7 +408,7 @@ def inputs_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             ),
             _opt(
                 "bgr",
-                S[bool, typer.Option("--bgr", help="Feed channels as BGR (default RGB).")],
+                Annotated[bool, typer.Option("--bgr", help="Feed channels as BGR (default RGB).")],
                 False,
             ),
         ],
