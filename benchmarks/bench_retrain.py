@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     acc = accuracy_runs(seeds, dense_epochs, ft_epochs, 0.7)
     table = Table(title="1. digits accuracy, 70% of eligible channels pruned", title_justify="left")
-    for col in ("fine-tuning", "accuracy mean", "min", "max", "drop vs baseline (pt)"):
+    for col in ("fine-tuning", "accuracy mean", "min", "max", "change vs baseline (pt)"):
         table.add_column(col, justify="right" if col != "fine-tuning" else "left")
     base = statistics.mean(acc["dense"])
     for mode, label in (
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{100 * statistics.mean(vals):.2f}%",
             f"{100 * min(vals):.2f}%",
             f"{100 * max(vals):.2f}%",
-            f"{100 * (base - statistics.mean(vals)):+.2f}",
+            f"{100 * (statistics.mean(vals) - base):+.2f}",  # a drop is negative
         )
     console.print(table)
     rounds, steps = (3, 5) if args.quick else (5, 10)

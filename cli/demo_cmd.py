@@ -51,26 +51,53 @@ def register(app: typer.Typer) -> None:
                 "(yolox_s_like, resnet50, ...) one-shot.",
             ),
         ] = None,
-        rate: Annotated[float, typer.Option("--rate", help="Pruning rate for the demo.")] = 0.7,
+        rate: Annotated[
+            float, typer.Option("--rate", "-r", metavar="RATE", help="Pruning rate for the demo.")
+        ] = 0.7,
         out: Annotated[
-            Path | None, typer.Option("--out", help="Keep the demo's ONNX files in this folder.")
+            Path | None,
+            typer.Option(
+                "--output",
+                "-o",
+                "--out",
+                metavar="DIR",
+                help="Keep the demo's ONNX files in this folder (digits flow).",
+            ),
         ] = None,
         save: Annotated[
-            Path | None, typer.Option("--save", help="With --model: keep the example ONNX here.")
+            Path | None,
+            typer.Option(
+                "--save", metavar="FILE", help="With --model: keep the example ONNX here."
+            ),
         ] = None,
+        as_json: Annotated[
+            bool, typer.Option("--json", help="Print the results as JSON (progress on stderr).")
+        ] = False,
     ) -> None:
         """The whole flow on bundled data: train, prune 70% while fine-tuning, export, verify."""
+        import json
+        import sys
+
+        from drpopt.errors import BadInputError
         from drpopt.passes.mask import check_rate
 
         check_rate(rate)
-        console = _console()
+        if save is not None and model is None:
+            raise BadInputError("--save keeps the example model of --model; give --model NAME")
+        if out is not None and model is not None:
+            raise BadInputError("-o keeps the digits flow's ONNX files; with --model use --save")
+        if out is not None and out.exists() and not out.is_dir():
+            raise BadInputError(f"{out}: is not a folder; -o takes a folder for the demo's files")
+        console = _console(stderr=as_json)
         if model is not None:
-            _onnx_demo(console, model, rate, save)
+            data = _onnx_demo(console, model, rate, save)
         else:
-            _digits_demo(console, rate, out)
+            data = _digits_demo(console, rate, out)
+        if as_json:
+            sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
-def _digits_demo(console, rate: float, out: Path | None) -> None:
+def _digits_demo(console, rate: float, out: Path | None) -> dict:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from drpopt.retrain.demo import DemoConfig, run_demo
@@ -129,9 +156,12 @@ def _digits_demo(console, rate: float, out: Path | None) -> None:
     if out is not None:
         console.print(f"wrote {r.sparse_path} (sparse, for DRP-AI) and {r.compact_path} (compact)")
     console.print(f"[dim]finished in {r.seconds:.1f} s[/]")
+    from dataclasses import asdict, is_dataclass
+
+    return asdict(r) if is_dataclass(r) else dict(vars(r))
 
 
-def _onnx_demo(console, model: str, rate: float, save: Path | None) -> None:
+def _onnx_demo(console, model: str, rate: float, save: Path | None) -> dict:
 
     from drpopt.cli.files import save_model
     from drpopt.cli.render import render_analysis
@@ -174,7 +204,7 @@ def _onnx_demo(console, model: str, rate: float, save: Path | None) -> None:
         console.print(table)
         plan = result.model.meta["plan"]
         console.print(
-            f"pruned {plan.pruned_channels} of {plan.settings['eligible_channels']} eligible "
+            f"pruned {plan.pruned_channels} of {sum(g.size for g in plan.groups)} eligible "
             "channels; first and last layers left dense"
         )
         console.print(f"verified against the masked model: {report.summary()}")
@@ -183,3 +213,13 @@ def _onnx_demo(console, model: str, rate: float, save: Path | None) -> None:
             console.print(
                 f"saved the example model to {save}; try: drpopt prune {save} -r 0.7 -o small.onnx"
             )
+    return {
+        "model": model,
+        "rate": rate,
+        "params": [before.params, after.params],
+        "macs": [before.macs, after.macs],
+        "latency_ms": [dense_ms, small_ms],
+        "pruned_channels": plan.pruned_channels,
+        "eligible_channels": sum(g.size for g in plan.groups),
+        "verify": report.to_dict(),
+    }

@@ -188,11 +188,22 @@ def parse_builder_args(items: list[str]) -> dict[str, Any]:
 
 def build_model(spec: str, kwargs: dict[str, Any]) -> Any:
     """The module the builder returns (``BadInputError`` if it fails or is no module)."""
+    import os
+    import sys
+
     import torch
 
     from drpopt.retrain.export import load_builder
 
-    fn = load_builder(spec)
+    cwd = os.getcwd()
+    added = cwd not in sys.path and "" not in sys.path
+    if added:  # like `python -m`: modules in the current directory are found
+        sys.path.insert(0, cwd)
+    try:
+        fn = load_builder(spec)
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
     try:
         model = fn(**kwargs)
     except Exception as err:  # the user's code

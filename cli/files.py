@@ -19,7 +19,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.exists():
         raise BadInputError(f"{parent}: the output directory does not exist; create it first")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    if not parent.is_dir():
+        raise BadInputError(f"{parent}: is not a directory; give a writable output path")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    except OSError as err:
+        raise BadInputError(
+            f"{path}: cannot write there ({err.strerror or err}); choose a writable output path"
+        ) from err
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -27,10 +34,37 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, OSError):
+            raise BadInputError(
+                f"{path}: cannot write there ({err.strerror or err}); choose a writable output path"
+            ) from err
         raise
+
+
+def probe_writable(path: Path) -> None:
+    """Raises ``BadInputError`` now (before any long work) when ``path`` cannot be written:
+    a directory, a missing or read-only folder, a special file system."""
+    path = Path(path)
+    if path.is_dir():
+        raise BadInputError(f"{path}: is a directory; give a file path for the output")
+    if path.exists() and not path.is_file():
+        raise BadInputError(f"{path}: is not a regular file; give a file path for the output")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.exists():
+        raise BadInputError(f"{parent}: the output directory does not exist; create it first")
+    if not parent.is_dir():
+        raise BadInputError(f"{parent}: is not a directory; give a writable output path")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=parent)
+    except OSError as err:
+        raise BadInputError(
+            f"{path}: cannot write there ({err.strerror or err}); choose a writable output path"
+        ) from err
+    os.close(fd)
+    os.unlink(tmp)
 
 
 def _umask() -> int:

@@ -6,7 +6,6 @@ Errors print one line (``error: ...``) on stderr, never a traceback.
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 from collections.abc import Callable
@@ -15,47 +14,120 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.text import Text
+from typer.core import TyperArgument, TyperGroup, TyperOption
 
-from drpopt.errors import CheckFailedError, DrpoptError
+try:  # typer >= 0.20 vendors click
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover
+    from click import ClickException
+
+from drpopt.cli.options import common, quiet, shape_option, shape_warning, warn
+from drpopt.errors import CheckFailedError
+
+
+class _Group(TyperGroup):
+    """Usage errors as one line on stderr (exit 2), like every other failure."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except ClickException as err:
+            if not standalone_mode:
+                raise
+            ctx = getattr(err, "ctx", None)
+            where = f" ({ctx.command_path} -h shows the usage)" if ctx is not None else ""
+            sys.stderr.write(f"error: {err.format_message()}{where}\n")
+            sys.exit(err.exit_code)
+        except typer.Abort:
+            if not standalone_mode:
+                raise
+            sys.stderr.write("error: aborted\n")
+            sys.exit(1)
+        if not standalone_mode:
+            return rv
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _plain_flags() -> None:
+    """Help reads like the README: an option's value is shown as a name (``--rate RATE``,
+    ``--output OUTPUT``), flags show nothing, arguments are upper case without braces
+    (typer's defaults are ``<float>``, ``<bool>`` and ``{model}``)."""
+
+    def option_type(self, ctx):  # type: ignore[no-untyped-def]
+        if self.metavar is not None:
+            return self.metavar
+        if self.is_flag or self.count:
+            return None
+        return (self.name or "value").upper().replace("_", "-") + ("..." if self.multiple else "")
+
+    TyperOption.display_type_rich = option_type  # type: ignore[method-assign]
+    if hasattr(TyperArgument, "display_type_rich"):
+        TyperArgument.display_type_rich = lambda self, ctx: None  # type: ignore[method-assign]
+
+    def display_name(self) -> str:  # type: ignore[no-untyped-def]
+        return self.metavar if self.metavar is not None else (self.name or "").upper()
+
+    TyperArgument.display_name_raw = property(display_name)  # type: ignore[assignment]
+    if hasattr(TyperArgument, "_usage_display_name"):
+        TyperArgument._usage_display_name = lambda self: (
+            (  # type: ignore[method-assign]
+                self.display_name_raw if self.required else f"[{self.display_name_raw}]"
+            )
+            + ("..." if self.nargs != 1 else "")
+        )
+
+
+_plain_flags()
 
 app = typer.Typer(
+    cls=_Group,
     name="drpopt",
     help="Structured pruning for CNNs: coupled channel analysis, DRP-AI-friendly sparsity, "
     "sparse and compact ONNX.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 
+def _version(value: bool) -> None:
+    if value:
+        from drpopt import __version__
+
+        sys.stdout.write(f"drpopt {__version__}\n")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Structured pruning for CNNs: coupled channel analysis, DRP-AI-friendly sparsity,
+    sparse and compact ONNX. Exit codes: 0 success, 1 a check failed, 2 bad input."""
+
+
 def _console(stderr: bool = False) -> Console:
-    # errors stay on one line whatever the terminal width
-    return Console(stderr=stderr, soft_wrap=stderr)
+    # errors stay on one line whatever the terminal width; -q silences stdout tables
+    if stderr:
+        return Console(stderr=True, soft_wrap=True, quiet=quiet())
+    return Console(quiet=quiet())
 
 
-def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turns drpopt errors into one line on stderr and the error's exit code."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except DrpoptError as err:
-            text = " / ".join(line.strip() for line in str(err).splitlines() if line.strip())
-            if len(text) > 600:
-                text = text[:600] + " ..."
-            message = Text.assemble(("error:", "bold red"), " ", text)
-            _console(stderr=True).print(message, highlight=False)
-            raise typer.Exit(err.exit_code) from None
-
-    return wrapper
+# every command: -q/-v, and any failure as one line with its exit code (cli/options.py)
+handle_errors: Callable[[Callable[..., Any]], Callable[..., Any]] = common
 
 
 @app.command()
 @handle_errors
+@shape_option
 def analyze(
-    model: Annotated[Path, typer.Argument(help="ONNX model file (.onnx)")],
+    model: Annotated[Path, typer.Argument(metavar="MODEL", help="ONNX model file (.onnx)")],
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the analysis as JSON on stdout.")
     ] = False,
@@ -63,16 +135,26 @@ def analyze(
         bool, typer.Option("--strict", help="Exit 1 if any op has no coupling rule.")
     ] = False,
     limit: Annotated[
-        int | None, typer.Option("--limit", help="Show at most this many groups.", min=1)
+        int | None,
+        typer.Option("--limit", metavar="N", help="Show at most this many groups.", min=1),
     ] = None,
+    input_shapes: dict | None = None,
 ) -> None:
     """Find the coupled channel groups of MODEL and what pruning each would save."""
-    from drpopt.cli.render import render_analysis
+    from drpopt.cli.options import steps
+    from drpopt.cli.render import analysis_dict, render_analysis
     from drpopt.ir.analysis import analyze as run_analysis
+    from drpopt.ir.from_onnx import load_model
+    from drpopt.ir.input_shapes import fix_input_shapes
 
-    result = run_analysis(model, where=str(model))
+    proto = fix_input_shapes(load_model(model), input_shapes or {})
+    warning = shape_warning(proto, input_shapes or {})
+    if warning:
+        warn(warning)
+    with steps(1, "analysing the channel groups"):
+        result = run_analysis(proto, where=str(model))
     if as_json:
-        sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
+        sys.stdout.write(json.dumps(analysis_dict(result), indent=2) + "\n")
     else:
         render_analysis(_console(), result, limit=limit)
     if strict and result.unsupported:

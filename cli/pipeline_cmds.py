@@ -15,40 +15,77 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from drpopt.cli.files import atomic_write_bytes, refuse_overwrite, save_model
+from drpopt.cli.files import atomic_write_bytes, probe_writable, refuse_overwrite, save_model
 from drpopt.cli.main import _console, handle_errors
+from drpopt.cli.options import inputs_options, shape_option
 from drpopt.cli.render import (
     broken_plugin_line,
     human,
     pass_timings,
+    shapes_line,
     sparsity_table,
     with_source,
 )
+from drpopt.errors import BadInputError
 
 
-def _run_pipeline(
-    console: Console,
-    model: Path,
-    passes,
-    time_passes: bool,
-    dump_dir: Path | None,
-    stats: bool = False,
+def load_for_pipeline(
+    model: Path, input_shapes: dict | None, inputs, steps=None, verifies: bool = False
 ):
-    from drpopt.passes import PassManager
+    """The IR graph of ``model`` at ``input_shapes`` (a warning names symbolic dims left),
+    with ``--inputs`` loaded into ``graph.meta["verify_inputs"]``. ``verifies``: random
+    inputs will be needed, so unknown spatial dims fail now, before any pass runs."""
+    from drpopt.cli.options import shape_warning, warn
     from drpopt.passes.manager import load_graph
 
-    with console.status("loading the model") as status:
-        graph = load_graph(model)
-        if stats:
-            graph.meta["input_stats"] = _stats(graph)
+    if steps is not None:
+        steps.update("loading the model")
+    _check_valid(model)
+    graph = load_graph(model, input_shapes or {})
+    reference = graph.meta["reference"]
+    if verifies and inputs is None:
+        from drpopt.passes.verify import random_inputs
 
-        def on_pass(i: int, p) -> None:
-            status.update(f"pass {i + 1}/{len(passes)}: {p.spec()}")
+        random_inputs(reference)  # raises, naming the dims and --input-shape
+    warning = shape_warning(reference, input_shapes or {})
+    if warning:
+        warn(warning)
+    if inputs is not None:
+        graph.meta["verify_inputs"] = inputs.load(reference)
+    if steps is not None:
+        steps.update("loaded", advance=1)
+    return graph
 
-        result = PassManager(passes, time_passes=time_passes, dump_dir=dump_dir, on_pass=on_pass)(
-            graph
-        )
-    return graph, result
+
+def _check_valid(model: Path) -> None:
+    """A model onnx.checker rejects (dangling inputs, cycles, duplicate names) is bad input:
+    say so before any work, not as a failure of a pass that rewrote it."""
+    import onnx
+
+    from drpopt.ir.from_onnx import load_model
+
+    proto = load_model(model)
+    try:
+        onnx.checker.check_model(proto)
+    except ValueError:  # over 2 GB: the checker needs the path; the passes will tell
+        return
+    except Exception as err:
+        text = " ".join(str(err).split())[:300]
+        raise BadInputError(f"{model}: not a valid ONNX model ({text}); export it again") from err
+
+
+def _run(graph, passes, steps, time_passes: bool = False, dump_dir: Path | None = None):
+    from drpopt.passes import PassManager
+
+    def on_pass(i: int, p) -> None:
+        if i:
+            steps.update(p.spec(), advance=1)
+        else:
+            steps.update(p.spec())
+
+    result = PassManager(passes, time_passes=time_passes, dump_dir=dump_dir, on_pass=on_pass)(graph)
+    steps.update("done", advance=1)
+    return result
 
 
 def register(app: typer.Typer) -> None:
@@ -56,11 +93,27 @@ def register(app: typer.Typer) -> None:
 
     @app.command("passes")
     @handle_errors
-    def passes_cmd() -> None:
+    def passes_cmd(
+        as_json: Annotated[bool, typer.Option("--json", help="Print the passes as JSON.")] = False,
+    ) -> None:
         """List the passes a pipeline can use (built-in and plugin), with their arguments."""
         from drpopt.passes.pipeline import registry
         from drpopt.passes.plugins import PASS_GROUP, pass_source, records
 
+        if as_json:
+            data = [
+                {
+                    "name": p.name,
+                    "summary": p.summary(),
+                    "source": pass_source(p.name) or "drpopt",
+                    "arguments": [
+                        {"name": n, "default": _jsonable(d)} for n, _, d in p.arguments()
+                    ],
+                }
+                for p in registry().values()
+            ]
+            sys.stdout.write(json.dumps(data, indent=2) + "\n")
+            return
         table = Table(title="Passes", title_justify="left")
         table.add_column("pass", style="bold")
         table.add_column("what it does")
@@ -79,94 +132,193 @@ def register(app: typer.Typer) -> None:
 
     @app.command("run")
     @handle_errors
+    @shape_option
+    @inputs_options
     def run_cmd(
-        model: Annotated[Path, typer.Argument(help="ONNX model file")],
+        model: Annotated[Path, typer.Argument(metavar="MODEL", help="ONNX model file")],
         pipeline: Annotated[
-            str, typer.Option("--pipeline", "-p", help="Pass list or a .toml pipeline file.")
+            str,
+            typer.Option(
+                "--pipeline", "-p", metavar="PASSES", help="Pass list or a .toml pipeline file."
+            ),
         ],
         output: Annotated[
-            Path | None, typer.Option("--output", "-o", help="Write the result here.")
+            Path | None,
+            typer.Option("--output", "-o", metavar="FILE", help="Write the result here."),
         ] = None,
         time_passes: Annotated[bool, typer.Option("--time-passes", help="Time each pass.")] = False,
         dump_dir: Annotated[
-            Path | None, typer.Option("--dump-dir", help="Write the model after each pass here.")
+            Path | None,
+            typer.Option("--dump-dir", metavar="DIR", help="Write the model after each pass here."),
         ] = None,
         force: Annotated[bool, typer.Option("--force", help="Allow -o to equal MODEL.")] = False,
+        as_json: Annotated[
+            bool, typer.Option("--json", help="Print what each pass did as JSON.")
+        ] = False,
+        input_shapes: dict | None = None,
+        inputs=None,
     ) -> None:
         """Run a pass pipeline on MODEL (e.g. -p fold-batchnorm,cleanup,verify)."""
+        from drpopt.cli.options import steps as progress
         from drpopt.ir.to_onnx import to_onnx
         from drpopt.passes import parse_pipeline
+        from drpopt.passes.figures import model_figures
+        from drpopt.passes.plugins import pass_source
 
         passes = parse_pipeline(pipeline)
+        names = [p.name for p in passes]
+        observable = "verify" in names or any(pass_source(n) for n in names)  # plugins: effects
+        if output is None and dump_dir is None and not observable and not time_passes:
+            raise BadInputError(
+                f"-p {pipeline}: without -o the result is discarded and nothing is checked; "
+                "give -o OUT.onnx (or add verify, --dump-dir or --time-passes)"
+            )
+        if inputs is not None and "verify" not in names:
+            raise BadInputError("--inputs feeds the verify pass; add verify to the pipeline")
         if output is not None:
             refuse_overwrite(output, [model], force)
-        console = _console()
-        _, result = _run_pipeline(console, model, passes, time_passes, dump_dir)
+            probe_writable(output)
+        console = _console(stderr=as_json)
+        with progress(len(passes) + 1, "loading") as steps:
+            graph = load_for_pipeline(model, input_shapes, inputs, steps, "verify" in names)
+            result = _run(graph, passes, steps, time_passes, dump_dir)
+            proto = to_onnx(result.model) if output is not None else None
+            if proto is not None:
+                save_model(proto, output)
+        verify = result.model.meta.get("verify") if "verify" in names else None
+        summary = {
+            "input": str(model),
+            "output": str(output) if output is not None else None,
+            "passes": [
+                {"pass": r.spec, "modified": r.modified, "seconds": round(r.seconds, 4)}
+                for r in result.records
+            ],
+            "figures": model_figures(result.model),
+            "verify": verify.to_dict() if verify is not None else None,
+        }
+        if as_json:
+            sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+            return
         if time_passes:
             console.print(pass_timings(result.records))
         for r in result.records:
             console.print(f"{r.spec}: {'modified' if r.modified else 'unchanged'}")
+        if verify is not None:
+            console.print(f"verify: {verify.summary()}", highlight=False)
+        console.print(shapes_line(summary["figures"]["input_shapes"]), highlight=False)
         if output is not None:
-            save_model(to_onnx(result.model), output)
             console.print(f"wrote {output}")
 
     @app.command("prune")
     @handle_errors
+    @shape_option
+    @inputs_options
     def prune_cmd(
-        model: Annotated[Path, typer.Argument(help="ONNX model file")],
+        model: Annotated[Path, typer.Argument(metavar="MODEL", help="ONNX model file")],
         output: Annotated[
-            Path, typer.Option("--output", "-o", help="Write the pruned model here.")
+            Path,
+            typer.Option("--output", "-o", metavar="FILE", help="Write the pruned model here."),
         ],
         rate: Annotated[
             float | None,
             typer.Option(
-                "--rate", "-r", help="Fraction of prunable channels to remove, in [0, 1)."
+                "--rate",
+                "-r",
+                metavar="RATE",
+                help="Fraction of eligible channels to remove, in [0, 1) "
+                "(default: the target's: generic 0.5, drpai 0.7).",
+                show_default=False,
             ),
         ] = None,
-        target: Annotated[str, typer.Option("--target", help="Target profile.")] = "generic",
-        compact: Annotated[
-            bool | None,
+        target: Annotated[
+            str, typer.Option("--target", metavar="NAME", help="Target profile or .toml path.")
+        ] = "generic",
+        compact_flag: Annotated[
+            bool,
+            typer.Option("--compact", help="Remove pruned channels (any runtime)."),
+        ] = False,
+        sparse_flag: Annotated[
+            bool,
             typer.Option(
-                "--compact/--sparse",
-                help="Remove pruned channels, or keep dense shapes with zeros "
-                "(default: the target's choice: generic compact, drpai sparse).",
+                "--sparse",
+                help="Keep dense shapes with zeros (DRP-AI). Default: the target's form "
+                "(generic compact, drpai sparse).",
             ),
-        ] = None,
+        ] = False,
         criterion: Annotated[
-            str, typer.Option("--criterion", help="l1, l2, bn-gamma, random.")
+            str, typer.Option("--criterion", metavar="NAME", help="l1, l2, bn-gamma, random.")
         ] = "l2",
         allocation: Annotated[
-            str, typer.Option("--allocation", help="uniform or global.")
+            str, typer.Option("--allocation", metavar="NAME", help="uniform or global.")
         ] = "uniform",
         exclude: Annotated[
-            list[str] | None, typer.Option("--exclude", help="Layer name pattern to leave dense.")
+            list[str] | None,
+            typer.Option(
+                "--exclude",
+                metavar="PATTERN",
+                help="Layer name pattern (fnmatch) to leave dense; must match a layer.",
+            ),
         ] = None,
         plan: Annotated[
-            Path | None, typer.Option("--plan", help="Apply this saved plan instead.")
+            Path | None,
+            typer.Option("--plan", metavar="FILE", help="Apply this saved plan instead."),
         ] = None,
         plan_out: Annotated[
-            Path | None, typer.Option("--plan-out", help="Save the plan as JSON here.")
+            Path | None,
+            typer.Option("--plan-out", metavar="FILE", help="Save the plan as JSON here."),
         ] = None,
-        rtol: Annotated[float, typer.Option("--rtol", help="Verification tolerance.")] = 1e-4,
+        rtol: Annotated[
+            float,
+            typer.Option(
+                "--rtol",
+                metavar="TOL",
+                help="Verification tolerance, relative to the reference output's spread.",
+            ),
+        ] = 1e-4,
         time_passes: Annotated[bool, typer.Option("--time-passes", help="Time each pass.")] = False,
         force: Annotated[bool, typer.Option("--force", help="Allow -o to equal MODEL.")] = False,
         as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+        input_shapes: dict | None = None,
+        inputs=None,
     ) -> None:
         """Prune MODEL one-shot: score, mask, zero, optionally compact, clean up, verify."""
+        from drpopt.cli.options import steps as progress
         from drpopt.ir.to_onnx import to_onnx
         from drpopt.passes import parse_pipeline
         from drpopt.passes.common import layer_sparsity
+        from drpopt.passes.figures import model_figures
+        from drpopt.passes.manager import load_graph
         from drpopt.passes.mask import check_rate
         from drpopt.passes.targets import get_target
 
+        if compact_flag and sparse_flag:
+            raise BadInputError("--compact and --sparse exclude each other; give one")
+        if plan is not None:
+            given = [
+                name
+                for name, value, default in (
+                    ("--rate", rate, None),
+                    ("--criterion", criterion, "l2"),
+                    ("--allocation", allocation, "uniform"),
+                    ("--exclude", exclude or None, None),
+                )
+                if value != default
+            ]
+            if given:
+                raise BadInputError(
+                    f"{', '.join(given)} have no effect with --plan (the plan fixes the "
+                    "channels); drop them or drop --plan"
+                )
         profile = get_target(target)
         if plan is None:
             rate = profile.default_rate if rate is None else rate
             check_rate(rate)
         refuse_overwrite(output, [model], force)
+        probe_writable(output)
         if plan_out is not None:
-            refuse_overwrite(plan_out, [model], force)
-        compact = profile.output == "compact" if compact is None else compact
+            refuse_overwrite(plan_out, [model, output], force)
+            probe_writable(plan_out)
+        compact = profile.output == "compact" if not (compact_flag or sparse_flag) else compact_flag
         mask = (
             f"mask:plan={plan}"
             if plan is not None
@@ -175,65 +327,84 @@ def register(app: typer.Typer) -> None:
                 + (f":exclude={'|'.join(exclude)}" if exclude else "")
             )
         )
-        steps = [f"score:criterion={criterion}", mask, "apply-masks"]
+        first = [f"score:criterion={criterion}", mask, "apply-masks"]
         if profile.pattern_rate > 0:  # the target's fine-grained pattern inside kept channels
-            steps.append(f"sparsify:target={target}")
-        steps += ["compact"] if compact else []
-        steps += ["cleanup", f"verify:rtol={rtol}"]
-        passes = parse_pipeline(",".join(steps))
+            first.append(f"sparsify:target={target}")
+        second = (["compact"] if compact else []) + ["cleanup", f"verify:rtol={rtol}"]
+        passes1 = parse_pipeline(",".join(first))
+        passes2 = parse_pipeline(",".join(second))
         console = _console(stderr=as_json)
-        graph, result = _run_pipeline(console, model, passes, time_passes, None, stats=True)
-        pruned = result.model
-        final_plan = pruned.meta["plan"]
-        proto = to_onnx(pruned)
-        if not compact:
-            _check_sparse_matches_compact(proto, final_plan, rtol)
-        save_model(proto, output)
-        if plan_out is not None:
-            atomic_write_bytes(plan_out, final_plan.to_json().encode())
-        summary = _summary(model, output, graph.meta["input_stats"], pruned, final_plan, compact)
+        total = 2 + len(passes1) + len(passes2) + (0 if compact else 3)
+        with progress(total, "loading") as steps:
+            graph = load_for_pipeline(model, input_shapes, inputs, steps, verifies=True)
+            before = model_figures(graph)
+            layers_before = {s.node: list(s.shape) for s in layer_sparsity(graph)}
+            r1 = _run(graph, passes1, steps, time_passes)
+            if compact:
+                r2 = _run(r1.model, passes2, steps, time_passes)
+                records = r1.records + r2.records
+            else:
+                # the masked model as ONNX; compact the graph itself (its analysis cached:
+                # nothing is analysed twice), clean up and verify the sparse model from it
+                masked = to_onnx(r1.model)
+                compact_proto = to_onnx(
+                    _run(r1.model, parse_pipeline("compact,cleanup"), steps).model
+                )
+                g2 = load_graph(masked)
+                g2.meta.update(
+                    plan=r1.model.meta["plan"], verify_inputs=graph.meta.get("verify_inputs")
+                )
+                r2 = _run(g2, passes2, steps, time_passes)
+                records = r1.records + r2.records
+            pruned = r2.model
+            final_plan = pruned.meta["plan"]
+            proto = to_onnx(pruned)
+            if not compact:
+                steps.update("checking the sparse model against its compact form")
+                _check_sparse_matches_compact(proto, compact_proto, rtol, pruned.meta)
+                steps.update("checked", advance=1)
+            steps.update("writing")
+            save_model(proto, output)
+            if plan_out is not None:
+                atomic_write_bytes(plan_out, final_plan.to_json().encode())
+            steps.update("written", advance=1)
+        summary = _summary(model, output, before, pruned, final_plan, compact, profile)
+        summary["layers_before"] = layers_before
         if as_json:
             sys.stdout.write(json.dumps(summary, indent=2) + "\n")
             return
         if time_passes:
-            console.print(pass_timings(result.records))
-        console.print(sparsity_table(layer_sparsity(pruned), summary["layers_before"]))
+            console.print(pass_timings(records))
+        console.print(sparsity_table(layer_sparsity(pruned), layers_before))
         _print_summary(console, summary)
 
 
-def _check_sparse_matches_compact(sparse, plan, rtol: float) -> None:
+def _jsonable(value):
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return str(value)
+
+
+def _check_sparse_matches_compact(sparse, compact, rtol: float, meta: dict) -> None:
     """The sparse model must compute what its channel-removed form computes: proof that
     its zeros are whole channels a runtime (or DRP-AI) may skip."""
     from drpopt.errors import CheckFailedError
-    from drpopt.ir.to_onnx import to_onnx
-    from drpopt.passes import CleanupPass, CompactPass, PassManager, compare_models
-    from drpopt.passes.manager import load_graph
+    from drpopt.passes import compare_models
 
-    graph = load_graph(sparse)
-    graph.meta["plan"] = plan
-    compact = to_onnx(PassManager([CompactPass(), CleanupPass()])(graph).model)
-    report = compare_models(sparse, compact, rtol=rtol)
+    feeds = desc = None
+    if meta.get("verify_inputs") is not None:
+        feeds, desc = meta["verify_inputs"]
+    report = compare_models(sparse, compact, feeds, rtol=rtol, inputs_desc=desc)
     if not report.ok:
         raise CheckFailedError(f"the sparse model and its compact form differ: {report.summary()}")
 
 
-def _stats(graph) -> dict:
-    from drpopt.passes.common import get_analysis, layer_sparsity
+def _summary(model, output, before: dict, pruned, plan, compact: bool, profile) -> dict:
+    from drpopt.passes.figures import model_figures, pattern_note, plan_figures
 
-    a = get_analysis(graph)
-    return {
-        "params": a.params,
-        "macs": a.macs,
-        "layers": {s.node: list(s.shape) for s in layer_sparsity(graph)},
-    }
-
-
-def _summary(model, output, stats0, pruned, plan, compact) -> dict:
-    from drpopt.passes.common import get_analysis, layer_sparsity
-
-    after = get_analysis(pruned)
-    layers = layer_sparsity(pruned)
-    nonzero = sum(s.total - s.zeros for s in layers)
+    after = model_figures(pruned)
     verify = pruned.meta.get("verify")
     return {
         "input": str(model),
@@ -241,37 +412,22 @@ def _summary(model, output, stats0, pruned, plan, compact) -> dict:
         "form": "compact" if compact else "sparse",
         "rate": plan.rate,
         "target": plan.target,
-        "pruned_channels": plan.pruned_channels,
-        "eligible_channels": plan.settings.get("eligible_channels"),
-        "params_before": stats0["params"],
-        "params_after": after.params,
-        "nonzero_weights_after": nonzero,
-        "macs_before": stats0["macs"],
-        "macs_after": after.macs,
-        "effective_macs_after": _effective_macs(pruned),
-        "layers_before": stats0["layers"],
+        **plan_figures(plan),
+        "input_shapes": after["input_shapes"],
+        "before": {k: v for k, v in before.items() if k != "input_shapes"},
+        "after": {k: v for k, v in after.items() if k != "input_shapes"},
+        "pattern": pattern_note(profile, after),
         "verify": verify.to_dict() if verify is not None else None,
         "verify_summary": verify.summary() if verify is not None else None,
     }
 
 
-def _effective_macs(graph) -> int:
-    """MACs with zero weights skipped (what a sparse accelerator can save)."""
-    import numpy as np
-
-    from drpopt.ir.analysis import node_macs
-    from drpopt.passes.common import weight_of
-
-    total = 0.0
-    for node in graph.nodes:
-        macs = node_macs(node)
-        w = weight_of(node)
-        if w is not None and macs:
-            arr = np.asarray(w.const)
-            total += macs * (np.count_nonzero(arr) / max(arr.size, 1))
-        else:
-            total += macs
-    return int(round(total))
+FIGURE_ROWS = (
+    ("parameters", "params"),
+    ("nonzero weights", "nonzero_params"),
+    ("MACs (dense)", "macs"),
+    ("MACs (zeros skipped)", "macs_nonzero"),
+)
 
 
 def _print_summary(console: Console, s: dict) -> None:
@@ -279,7 +435,8 @@ def _print_summary(console: Console, s: dict) -> None:
         return f"{100.0 * a / b:.1f}%" if b else "-"
 
     console.print(
-        f"pruned {s['pruned_channels']} of {s['eligible_channels']} eligible channels "
+        f"pruned {s['pruned_channels']} of {s['eligible_channels']} eligible channels in "
+        f"{s['pruned_groups']} of {s['eligible_groups']} groups "
         f"(rate {s['rate']}, target {s['target']}, {s['form']} ONNX)"
     )
     grid = Table.grid(padding=(0, 2))
@@ -288,22 +445,19 @@ def _print_summary(console: Console, s: dict) -> None:
     grid.add_column(justify="right")
     grid.add_column(justify="right")
     grid.add_row("", "before", "after", "after/before")
-    if s["form"] == "compact":
-        rows = [
-            ("parameters", "params_after", "params_before"),
-            ("MACs", "macs_after", "macs_before"),
-        ]
-    else:
-        rows = [
-            ("nonzero weights", "nonzero_weights_after", "params_before"),
-            ("MACs (zeros skipped)", "effective_macs_after", "macs_before"),
-        ]
-    for label, after, before in rows:
-        grid.add_row(label, human(s[before]), human(s[after]), ratio(s[after], s[before]))
+    b, a = s["before"], s["after"]
+    for label, key in FIGURE_ROWS:
+        grid.add_row(label, human(b[key]), human(a[key]), ratio(a[key], b[key]))
     console.print(grid)
+    if s.get("pattern"):
+        console.print(s["pattern"], highlight=False)
+    console.print(shapes_line(s["input_shapes"]), highlight=False)
     if s.get("verify_summary"):
         if s["form"] == "compact":
             console.print(f"verified against the masked model: {s['verify_summary']}")
         else:
-            console.print("verified: the sparse model computes what its compact form computes")
+            console.print(
+                f"verified against the masked model: {s['verify_summary']}; and the sparse "
+                "model computes what its compact form computes"
+            )
     console.print(f"wrote {s['output']}")

@@ -27,7 +27,15 @@ def _producers(g: Group, limit: int = 3) -> str:
 
 
 def group_table(result: Analysis, limit: int | None = None) -> Table:
-    table = Table(title="Coupled channel groups", title_justify="left", expand=False)
+    table = Table(
+        title="Coupled channel groups",
+        title_justify="left",
+        expand=False,
+        caption="params, MACs: what pruning the whole group would remove (share of the "
+        "model's); groups share layers (rows in one, columns in the next), so shares add up "
+        "to more than 100%",
+        caption_justify="left",
+    )
     table.add_column("id", justify="right")
     table.add_column("size", justify="right")
     table.add_column("prunable")
@@ -54,8 +62,33 @@ def _short_reason(g: Group) -> str:
     return first + (f" (+{more} more)" if more else "")
 
 
+def analysis_dict(result: Analysis) -> dict:
+    """``Analysis.to_dict()`` plus the shared figures (``passes/figures.py``) and the input
+    shapes they were computed for."""
+    from drpopt.passes.figures import model_figures
+
+    data = result.to_dict()
+    fig = model_figures(result.graph)
+    data["model"]["input_shapes"] = fig["input_shapes"]
+    data["totals"]["nonzero_params"] = fig["nonzero_params"]
+    data["totals"]["macs_nonzero"] = fig["macs_nonzero"]
+    return data
+
+
+def shapes_line(shapes: dict | None) -> str:
+    """``computed for input shapes x: 1x3x640x640`` (symbols stay: they count as 1)."""
+    from drpopt.ir.input_shapes import describe
+
+    if not shapes:
+        return "computed for: no graph inputs"
+    return f"computed for input shapes {describe(shapes)}"
+
+
 def render_analysis(console: Console, result: Analysis, limit: int | None = None) -> None:
     """The group table, then totals: parameters, MACs, prunable shares, locks."""
+    from drpopt.passes.figures import model_figures
+
+    fig = model_figures(result.graph)
     console.print(group_table(result, limit))
     if limit is not None and len(result.groups) > limit:
         console.print(f"... {len(result.groups) - limit} more groups (use --json for all)")
@@ -70,7 +103,15 @@ def render_analysis(console: Console, result: Analysis, limit: int | None = None
         human(result.prunable_params),
         pct(result.prunable_params, result.params),
     )
+    if fig["nonzero_params"] != fig["params"]:
+        totals.add_row(
+            "  nonzero", human(fig["nonzero_params"]), pct(fig["nonzero_params"], fig["params"])
+        )
     totals.add_row("MACs", human(result.macs), "")
+    if fig["macs_nonzero"] != result.macs:
+        totals.add_row(
+            "  zeros skipped", human(fig["macs_nonzero"]), pct(fig["macs_nonzero"], result.macs)
+        )
     totals.add_row(
         "  in prunable groups", human(result.prunable_macs), pct(result.prunable_macs, result.macs)
     )
@@ -98,6 +139,7 @@ def render_analysis(console: Console, result: Analysis, limit: int | None = None
             f"[yellow]{len(result.unsupported)} node(s) without a coupling rule[/] "
             f"({', '.join(ops)}): their channels are locked"
         )
+    console.print(shapes_line(fig["input_shapes"]), highlight=False)
     console.print(f"[dim]analysed {len(result.graph.nodes)} nodes in {result.seconds:.3f} s[/]")
 
 

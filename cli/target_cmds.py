@@ -11,18 +11,36 @@ import typer
 from rich.table import Table
 
 
+def _purpose(description: str) -> str:
+    """The profile's purpose: its description up to the first ': ' (a '2:4' stays whole)."""
+    return description.split(": ")[0]
+
+
 def register(app: typer.Typer) -> None:
     """Adds ``targets`` and ``check`` to ``app``."""
     from drpopt.cli.main import _console, handle_errors
+    from drpopt.cli.options import shape_option
 
     @app.command("targets")
     @handle_errors
-    def targets_cmd() -> None:
+    def targets_cmd(
+        as_json: Annotated[
+            bool, typer.Option("--json", help="Print the profiles as JSON.")
+        ] = False,
+    ) -> None:
         """List the target profiles (shipped and plugin; a .toml path works wherever a name
         does)."""
         from drpopt.cli.render import broken_plugin_line
         from drpopt.passes.plugins import TARGET_GROUP, records
         from drpopt.passes.targets import all_targets
+
+        if as_json:
+            data = [
+                {k: v for k, v in vars(p).items() if isinstance(v, str | int | float | bool | list)}
+                for p in all_targets().values()
+            ]
+            sys.stdout.write(json.dumps(data, indent=2) + "\n")
+            return
 
         table = Table(title="Target profiles", title_justify="left")
         cols = ("target", "channels", "pattern", "rate", "output", "what it is for", "from")
@@ -41,7 +59,7 @@ def register(app: typer.Typer) -> None:
                 pattern,
                 f"{p.default_rate} (max {p.max_rate}/group)",
                 p.output,
-                p.description.split(":")[0],
+                _purpose(p.description),
                 "drpopt" if p.source.startswith("drpopt profile") else p.source,
             )
         _console().print(table)
@@ -51,18 +69,22 @@ def register(app: typer.Typer) -> None:
 
     @app.command("check")
     @handle_errors
+    @shape_option
     def check_cmd(
-        model: Annotated[Path, typer.Argument(help="ONNX model file")],
+        model: Annotated[Path, typer.Argument(metavar="MODEL", help="ONNX model file")],
         target: Annotated[
-            str, typer.Option("--target", help="Profile name or .toml path.")
+            str, typer.Option("--target", metavar="NAME", help="Profile name or .toml path.")
         ] = "drpai",
         min_sparsity: Annotated[
             float | None,
             typer.Option(
-                "--min-sparsity", help="Required share of zero weights (default: the profile's)."
+                "--min-sparsity",
+                metavar="SHARE",
+                help="Required share of zero weights (default: the profile's).",
             ),
         ] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+        input_shapes: dict | None = None,
     ) -> None:
         """Measure MODEL's sparsity per layer against a target; exit 1 if it falls short."""
         from drpopt.cli.render import human
@@ -73,10 +95,24 @@ def register(app: typer.Typer) -> None:
 
         if min_sparsity is not None and not 0 <= min_sparsity <= 1:
             raise BadInputError(f"--min-sparsity {min_sparsity} is outside [0, 1]")
+        from drpopt.cli.options import shape_warning, warn
+        from drpopt.cli.render import shapes_line
+        from drpopt.passes.figures import model_figures, pattern_note
+
         profile = get_target(target)
-        report = check_model(load_graph(model), profile, min_sparsity)
+        graph = load_graph(model, input_shapes or {})
+        warning = shape_warning(graph.meta["reference"], input_shapes or {})
+        if warning:
+            warn(warning)
+        from drpopt.cli.options import steps
+
+        with steps(1, "checking the layers"):
+            report = check_model(graph, profile, min_sparsity)
+            figures = model_figures(graph)
         if as_json:
-            sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
+            data = report.to_dict()
+            data["figures"] = figures
+            sys.stdout.write(json.dumps(data, indent=2) + "\n")
         else:
             console = _console()
             table = Table(title=f"Sparsity against target '{profile.name}'", title_justify="left")
@@ -105,6 +141,18 @@ def register(app: typer.Typer) -> None:
                 f"{len(report.layers)} layers checked ({human(total)} weights), "
                 f"{len(report.skipped)} left dense by the profile"
             )
-            console.print(report.summary())
+            zero = 1 - figures["nonzero_params"] / figures["params"] if figures["params"] else 0
+            console.print(
+                f"parameters {human(figures['params'])}, nonzero {human(figures['nonzero_params'])}"
+                f" (total weight sparsity {100 * zero:.1f}%); MACs {human(figures['macs'])} "
+                f"dense, {human(figures['macs_nonzero'])} with zeros skipped",
+                highlight=False,
+            )
+            note = pattern_note(profile)
+            if note:
+                console.print(note.replace("adds", "asks for"), highlight=False)
+            console.print(shapes_line(figures["input_shapes"]), highlight=False)
+            if report.ok:
+                console.print(report.summary())
         if not report.ok:
             raise CheckFailedError(report.summary())

@@ -128,28 +128,29 @@ def _group_dict(g: Group) -> dict[str, Any]:
     }
 
 
-def analyze(model: Any, where: str | None = None) -> Analysis:
+def analyze(model: Any, where: str | None = None, input_shapes: Any = None) -> Analysis:
     """Finds the coupled channel groups of an ONNX model (a path, an ``onnx.ModelProto``,
-    or an IR ``Graph``) and what each would save if pruned."""
+    or an IR ``Graph``) and what each would save if pruned; ``input_shapes`` ({input name
+    or None: dims}) fixes symbolic input dims first (see ``from_onnx``)."""
     start = time.perf_counter()
     # the analysis makes many small long-lived objects; collection passes over them would
     # make it superlinear on large graphs, and it creates no cycles worth collecting early
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _analyze(model, where, start)
+        return _analyze(model, where, start, input_shapes)
     finally:
         if gc_was_enabled:
             gc.enable()
 
 
-def _analyze(model: Any, where: str | None, start: float) -> Analysis:
+def _analyze(model: Any, where: str | None, start: float, input_shapes: Any = None) -> Analysis:
     if isinstance(model, Graph):
         graph = model
     else:
         from drpopt.ir.from_onnx import from_onnx
 
-        graph = from_onnx(model, where=where or _where(model))
+        graph = from_onnx(model, where=where or _where(model), input_shapes=input_shapes)
     uses = weight_uses(graph)
     params = {v.name: v for v in graph.values.values() if _is_param(v)}
     cg, groups, pp, pm = _best_mapping(graph, params, uses)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -203,11 +204,23 @@ def _const_shapes(values: dict[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
     return {name: tuple(np.shape(arr)) for name, arr in values.items()}
 
 
-def from_onnx(source: str | os.PathLike | onnx.ModelProto, where: str | None = None) -> Graph:
-    """Loads a model into the IR (shape-inferred); ``where`` names it in error messages."""
+def from_onnx(
+    source: str | os.PathLike | onnx.ModelProto,
+    where: str | None = None,
+    input_shapes: Mapping[str | None, Sequence[int]] | None = None,
+) -> Graph:
+    """Loads a model into the IR (shape-inferred); ``where`` names it in error messages.
+
+    ``input_shapes`` ({input name or None: dims}) fixes symbolic input dims before shape
+    inference (``ir/input_shapes.py``); ``graph.meta["input_shapes"]`` records the input
+    dims the shapes were computed for (unknown ones as their symbol).
+    """
+    from drpopt.ir.input_shapes import fix_input_shapes, input_dims
+
     model = load_model(source, external_data=False)
     where = where or (str(source) if not isinstance(source, onnx.ModelProto) else "model")
     base_dir = "" if isinstance(source, onnx.ModelProto) else str(Path(source).parent)
+    model = fix_input_shapes(model, input_shapes or {})
     opset = check_opset(model, where)
     folded = fold_constants(model)
     inferred = infer_shapes(_shape_copy(model, folded))
@@ -226,6 +239,7 @@ def from_onnx(source: str | os.PathLike | onnx.ModelProto, where: str | None = N
     graph.meta["ir_version"] = model.ir_version
     graph.meta["producer"] = f"{model.producer_name} {model.producer_version}".strip()
     graph.meta["source"] = where
+    graph.meta["input_shapes"] = input_dims(model)
     return graph
 
 

@@ -68,7 +68,7 @@ class ApplyMasksPass(Pass):
         plan = require_plan(model, self.name)
         resolved = plan.resolve(get_analysis(model))
         nodes = {n.name: n for n in model.nodes}
-        changed = False
+        changed = restructured = False
         copied: set[str] = set()
         for group, gp in resolved:
             pruned = gp.pruned
@@ -82,21 +82,25 @@ class ApplyMasksPass(Pass):
                 value = model.values[m.tensor]
                 if value.producer is not None and value.producer.op_type != "Constant":
                     model.materialize(value)
+                    restructured = True
                 if m.tensor not in copied:
                     value.const = np.array(value.const, copy=True)
                     copied.add(m.tensor)
                 value.const[along(value.const, m.axis, m.indices(pruned))] = 0
                 changed = True
         if changed:
-            self._mask_normalisations(model, keep_masks(resolved))
-            invalidate(model)
+            if self._mask_normalisations(model, keep_masks(resolved)):
+                restructured = True
+            if restructured:  # zeros alone leave the groups as they were: keep the analysis
+                invalidate(model)
             model.meta["plan"] = plan
         record_metadata(model, plan)
         return PassResult(model, changed)
 
     @staticmethod
-    def _mask_normalisations(model: Graph, masks) -> None:
+    def _mask_normalisations(model: Graph, masks) -> bool:
         """LayerNormalizations over a pruned channel axis count only the kept channels."""
+        changed = False
         for node in [n for n in model.nodes if n.op_type == "LayerNormalization"]:
             x = node.input(0)
             if x is None or x.rank is None:
@@ -104,3 +108,5 @@ class ApplyMasksPass(Pass):
             keep = masks.get((x.name, x.rank - 1))
             if keep is not None and not keep.all():
                 mask_layernorm(model, node, keep)
+                changed = True
+        return changed

@@ -63,15 +63,18 @@ class PipelineResult:
         return to_onnx(self.model)
 
 
-def load_graph(model: Any) -> Graph:
-    """An IR graph from a Graph, ModelProto or path; the input becomes the reference."""
+def load_graph(model: Any, input_shapes: Any = None) -> Graph:
+    """An IR graph from a Graph, ModelProto or path; the input becomes the reference.
+    ``input_shapes`` ({input name or None: dims}) fixes symbolic input dims first: the
+    graph and the reference both have them."""
     if isinstance(model, Graph):
         model.meta.setdefault("reference", None)
         return model
     from drpopt.ir.from_onnx import from_onnx, load_model
+    from drpopt.ir.input_shapes import fix_input_shapes
 
     where = os.fspath(model) if isinstance(model, str | os.PathLike) else "model"
-    proto = load_model(model)
+    proto = fix_input_shapes(load_model(model), input_shapes or {})
     graph = from_onnx(proto, where=where)
     graph.meta["reference"] = proto
     return graph
@@ -97,14 +100,16 @@ class PassManager:
         time_passes: bool = False,
         dump_dir: str | os.PathLike | None = None,
         on_pass: Callable[[int, Pass], None] | None = None,
+        input_shapes: Any = None,
     ) -> None:
         self.passes = list(passes)
+        self.input_shapes = input_shapes
         self.time_passes = time_passes
         self.dump_dir = Path(dump_dir) if dump_dir is not None else None
         self.on_pass = on_pass
 
     def __call__(self, model: Any) -> PipelineResult:
-        graph = load_graph(model)
+        graph = load_graph(model, self.input_shapes)
         records: list[PassRecord] = []
         modified = False
         needs_reference = {

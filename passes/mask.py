@@ -98,6 +98,13 @@ class MaskPass(Pass):
 
     def call(self, model: Graph) -> PassResult:
         analysis = get_analysis(model)
+        names = [n.name for n in model.nodes]
+        for pat in self.exclude:
+            if not any(fnmatch.fnmatchcase(n, pat) for n in names):
+                raise BadInputError(
+                    f"exclude pattern {pat!r} matches no layer (names look like "
+                    f"{', '.join(names[:3])}); fix the pattern (fnmatch: * and ? wildcards)"
+                )
         if self.plan is not None:
             plan = Plan.load(self.plan)
             plan.resolve(analysis)  # fails now when the plan does not fit
@@ -114,9 +121,7 @@ class MaskPass(Pass):
         groups = []
         for g in eligible:
             key = group_key(g)
-            k = counts[key]
-            if k >= g.size:
-                continue
+            k = min(counts[key], g.size)  # every eligible group is listed, kept whole or not
             order = np.argsort(-scores[key], kind="stable")
             keep = sorted(int(j) for j in order[:k])
             groups.append(GroupPlan(key, g.size, keep, g.producers))

@@ -59,7 +59,16 @@ class ModelStats:
 
     @property
     def nonzero(self) -> int:
-        return sum(s.total - s.zeros for s in self.layers)
+        return int(self.figures()["nonzero_params"])
+
+    def figures(self) -> dict[str, Any]:
+        """The shared figures (``passes/figures.py``): the same numbers as ``prune``."""
+        from drpopt.passes.figures import model_figures
+
+        cached = getattr(self, "_figures", None)
+        if cached is None:
+            cached = self._figures = model_figures(self.graph)
+        return cached
 
     def plan(self) -> dict[str, Any] | None:
         """The ``drpopt.plan`` metadata as data; ``{"error": ...}`` when unreadable."""
@@ -73,16 +82,18 @@ class ModelStats:
         return data if isinstance(data, dict) else {"error": "not a JSON object"}
 
 
-def collect(model: Any, name: str | None = None) -> ModelStats:
-    """Reads ``model`` (a path or an ``onnx.ModelProto``); ``BadInputError`` if unreadable."""
+def collect(model: Any, name: str | None = None, input_shapes: Any = None) -> ModelStats:
+    """Reads ``model`` (a path or an ``onnx.ModelProto``) at ``input_shapes`` ({input name or
+    None: dims}, fixing symbolic dims); ``BadInputError`` if unreadable."""
     from drpopt.ir.from_onnx import from_onnx, load_model
+    from drpopt.ir.input_shapes import fix_input_shapes
 
     if isinstance(model, ModelStats):
         return model
     if name is None:
         is_path = isinstance(model, str | os.PathLike)
         name = os.path.basename(os.fspath(model)) if is_path else model.graph.name or "model"
-    proto = load_model(model)
+    proto = fix_input_shapes(load_model(model), input_shapes or {})
     graph = from_onnx(proto, where=name)
     return ModelStats(
         name,
@@ -213,12 +224,15 @@ def _charts(m: ModelStats, c: ModelStats | None) -> str:
 
 # ---- sections ---------------------------------------------------------------------------
 def _header(m: ModelStats, c: ModelStats | None) -> str:
-    rows = [
-        ("nodes", len(m.graph.nodes), len(c.graph.nodes) if c else 0, str),
-        ("parameters", m.analysis.params, c.analysis.params if c else 0, human),
-        ("nonzero weights (weighted layers)", m.nonzero, c.nonzero if c else 0, human),
-        ("MACs", m.analysis.macs, c.analysis.macs if c else 0, human),
-    ]
+    mf, cf = m.figures(), (c.figures() if c else {})
+    rows = [("nodes", len(m.graph.nodes), len(c.graph.nodes) if c else 0, str)]
+    for label, key in (
+        ("parameters", "params"),
+        ("nonzero weights", "nonzero_params"),
+        ("MACs (dense)", "macs"),
+        ("MACs (zeros skipped)", "macs_nonzero"),
+    ):
+        rows.append((label, mf[key], cf.get(key, 0), human))
     head = f"<th></th><th>{_e(m.name)}</th>"
     if c:
         head += f"<th>{_e(c.name)}</th><th>ratio {_e(m.name)} / {_e(c.name)}</th>"
@@ -230,8 +244,13 @@ def _header(m: ModelStats, c: ModelStats | None) -> str:
             cells += f'<td class="n ratio">{pct(a, b)}</td>'
         body.append(f"<tr><th>{_e(label)}</th>{cells}</tr>")
     title = _e(m.name) + (f" vs {_e(c.name)}" if c else "")
+    from drpopt.ir.input_shapes import describe
+
+    shown = _e(describe(mf["input_shapes"] or {}))
+    shapes = f'<p class="note" id="shapes">computed for input shapes {shown}</p>'
     return (
         f'<h1>drpopt report: {title}</h1><table id="summary"><tr>{head}</tr>{"".join(body)}</table>'
+        + shapes
     )
 
 
@@ -322,29 +341,50 @@ def incomparable(model: onnx.ModelProto, reference: onnx.ModelProto) -> str | No
     return None
 
 
-def _verify(m: ModelStats, c: ModelStats, rtol: float, atol: float) -> str:
+def compare_stats(
+    m: ModelStats, c: ModelStats, rtol: float, atol: float, inputs: Any = None
+) -> tuple[Any, str | None, bool]:
+    """(report or None, why not compared, drift): ``m`` against ``c`` on ``inputs``
+    (``(samples, description)``) or random ones. ``drift`` is True when ``c`` carries no plan
+    and ``m`` does (an original against its pruned model: differences are expected and are
+    reported, not judged)."""
     from drpopt.passes.verify import compare_models
 
-    out = f"<h2>Verification: {_e(m.name)} against {_e(c.name)}</h2>"
+    drift = c.plan() is None and m.plan() is not None
     why = incomparable(m.proto, c.proto)
-    if why is None:
-        try:
-            report = compare_models(c.proto, m.proto, rtol=rtol, atol=atol)
-        except DrpoptError as err:
-            why = " ".join(str(err).split())
-            log.warning("report: the models could not be compared: %s", why)
-        else:
-            cls = "ok" if report.ok else "bad"
-            out += f'<p id="verdict" class="{cls}">{_e(report.summary())}</p>'
-            mp, cp = m.plan(), c.plan()
-            if cp is None and mp is not None:
-                out += (
-                    f'<p class="note">{_e(c.name)} carries no drpopt plan: if it is the '
-                    "unpruned original, differing outputs are expected; compare against the "
-                    "masked (sparse) model to check that compaction kept the function</p>"
-                )
-            return out
-    return out + f'<p id="verdict" class="note">not compared: {_e(why)}</p>'
+    if why is not None:
+        return None, why, drift
+    feeds, desc = inputs if inputs is not None else (None, None)
+    try:
+        report = compare_models(c.proto, m.proto, feeds, rtol=rtol, atol=atol, inputs_desc=desc)
+    except DrpoptError as err:
+        why = " ".join(str(err).split())
+        log.warning("report: the models could not be compared: %s", why)
+        return None, why, drift
+    return report, None, drift
+
+
+def _verify(m: ModelStats, c: ModelStats, rtol: float, atol: float, inputs: Any = None) -> str:
+    out = f"<h2>Verification: {_e(m.name)} against {_e(c.name)}</h2>"
+    report, why, drift = compare_stats(m, c, rtol, atol, inputs)
+    if report is None:
+        return out + f'<p id="verdict" class="note">not compared: {_e(why)}</p>'
+    if drift:
+        rows = "".join(
+            f'<tr><td>{_e(o.name)}</td><td class="n">{o.max_abs:.3g}</td>'
+            f'<td class="n">{o.mean_abs:.3g}</td><td class="n">{o.max_rel:.3g}</td>'
+            f'<td class="n">{o.cosine:.6f}</td></tr>'
+            for o in report.outputs.values()
+        )
+        return out + (
+            f'<p id="verdict" class="note">drift (not a check): {_e(c.name)} carries no drpopt '
+            f"plan, so it is taken as the unpruned original and differences are expected; "
+            f'inputs: {_e(report.inputs)}</p><table id="drift"><tr><th>output</th>'
+            "<th>max abs</th><th>mean abs</th><th>max / spread</th><th>cosine</th></tr>"
+            f"{rows}</table>"
+        )
+    cls = "ok" if report.ok else "bad"
+    return out + f'<p id="verdict" class="{cls}">{_e(report.summary())}</p>'
 
 
 def charts_page(model: Any, compare: Any = None) -> tuple[str, tuple[int, int]]:
@@ -362,9 +402,16 @@ def charts_page(model: Any, compare: Any = None) -> tuple[str, tuple[int, int]]:
     return page, size
 
 
-def build_report(model: Any, compare: Any = None, rtol: float = 1e-4, atol: float = 1e-6) -> str:
+def build_report(
+    model: Any,
+    compare: Any = None,
+    rtol: float = 1e-4,
+    atol: float = 1e-6,
+    inputs: Any = None,
+) -> str:
     """The HTML report of ``model`` (a path, an ``onnx.ModelProto`` or ``ModelStats``), with
-    ``compare`` (e.g. the dense or masked original) beside it when given."""
+    ``compare`` (e.g. the dense or masked original) beside it when given; ``inputs``
+    (``(samples, description)``) feed the verification instead of random inputs."""
     m = collect(model)
     c = collect(compare) if compare is not None else None
     sections = [
@@ -374,7 +421,7 @@ def build_report(model: Any, compare: Any = None, rtol: float = 1e-4, atol: floa
         _plan(m),
     ]
     if c is not None:
-        sections.append(_verify(m, c, rtol, atol))
+        sections.append(_verify(m, c, rtol, atol, inputs))
     from drpopt import __version__
 
     title = _e(m.name) + (f" vs {_e(c.name)}" if c else "")

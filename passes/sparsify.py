@@ -149,7 +149,7 @@ class SparsifyPass(Pass):
                 else np.zeros(0)
             )
             cut = _magnitude_cut(allw, p.sparsity_rate)
-        changed = False
+        changed = restructured = False
         for node in layers:
             value = weight_of(node)
             w = np.asarray(value.const)
@@ -160,12 +160,14 @@ class SparsifyPass(Pass):
             if not np.array_equal(new, w):
                 if value.producer is not None and value.producer.op_type != "Constant":
                     model.materialize(value)
+                    restructured = True
                 if sum(1 for n, _ in value.uses) > 1:
                     model.set_const_input(node, 1, new)
+                    restructured = True
                 else:
                     value.const = new
                 changed = True
-        if changed:
+        if restructured:  # zeros alone leave the groups as they were: keep the analysis
             invalidate(model)
         model.metadata["drpopt.pattern"] = json.dumps(
             {

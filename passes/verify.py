@@ -33,12 +33,21 @@ class ModelRunError(BadInputError):
 
 
 # ---- report -----------------------------------------------------------------------------
+NEAR_ZERO = 1e-6  # a reference output whose RMS is below this proves nothing
+CONSTANT = 1e-6  # nor one whose spread is below this share of its largest value
+
+
 @dataclass
 class OutputReport:
-    """The comparison of one output.
+    """The comparison of one output over every input sample.
 
-    ``max_abs`` is the largest absolute difference, ``max_rel`` that divided by the largest
-    absolute reference value (``max_ref``); ``ok`` iff ``max_abs <= atol + rtol * max_ref``.
+    ``spread`` is the reference's standard deviation (over all elements of all samples):
+    the scale errors are measured in. ``max_abs`` / ``mean_abs`` are the largest and mean
+    absolute differences, ``max_rel`` is ``max_abs / spread``, ``cosine`` the cosine
+    similarity of the two outputs (flattened), ``max_ref`` the largest finite
+    ``|reference|``. ``ok`` iff the reference is not degenerate and
+    ``max_abs <= atol + rtol * spread``. ``degenerate`` says why the reference proves nothing
+    (constant or near zero over the inputs); integer and boolean outputs must be equal.
     A shape mismatch or a NaN/Inf where the reference has none gives ``max_abs = inf``.
     """
 
@@ -49,10 +58,14 @@ class OutputReport:
     max_ref: float
     ok: bool
     message: str = ""
+    mean_abs: float = 0.0
+    spread: float = 0.0
+    cosine: float = 1.0
+    degenerate: str = ""
 
     def excess(self, rtol: float, atol: float) -> float:
         """``max_abs`` over the tolerance it had (above 1 fails); orders outputs by badness."""
-        return _ratio(self.max_abs, atol + rtol * self.max_ref)
+        return _ratio(self.max_abs, atol + rtol * self.spread)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready; infinities and NaN become the strings "inf" and "nan"."""
@@ -60,9 +73,13 @@ class OutputReport:
             "name": self.name,
             "shape": list(self.shape) if self.shape is not None else None,
             "max_abs": _json_float(self.max_abs),
+            "mean_abs": _json_float(self.mean_abs),
             "max_rel": _json_float(self.max_rel),
+            "spread": _json_float(self.spread),
             "max_ref": _json_float(self.max_ref),
+            "cosine": _json_float(self.cosine),
             "ok": self.ok,
+            "degenerate": self.degenerate or None,
             "message": self.message,
         }
 
@@ -73,6 +90,8 @@ class VerifyReport:
 
     ``problems`` lists what fails beyond single outputs (output names that differ, inputs
     the model needs that the reference does not have); any problem makes ``ok`` False.
+    ``inputs`` says what the models were fed; ``degenerate`` names the reference outputs
+    that prove nothing (any makes ``ok`` False: the check refuses rather than passes).
     """
 
     outputs: dict[str, OutputReport]
@@ -81,20 +100,43 @@ class VerifyReport:
     rtol: float
     atol: float
     problems: list[str] = field(default_factory=list)
+    inputs: str = ""
+
+    @property
+    def degenerate(self) -> list[str]:
+        return [n for n, o in self.outputs.items() if o.degenerate]
 
     def summary(self) -> str:
-        """One line: the verdict with the worst output and its errors."""
+        """One line: the verdict with the worst output and its errors, and the inputs."""
+        fed = f" on {self.inputs}" if self.inputs else ""
+        if self.degenerate and not self.problems:
+            o = self.outputs[self.degenerate[0]]
+            more = len(self.degenerate) - 1
+            random = "random" in self.inputs
+            hint = (
+                "give real inputs (--inputs) and the input shapes the model is used at "
+                "(--input-shape)"
+                if random
+                else "on these inputs the reference gives no signal (if it is a pruned model, "
+                "pruning removed it: prune less, or retrain before verifying)"
+            )
+            return (
+                f"cannot verify: the reference output '{o.name}' is {o.degenerate}{fed}"
+                + (f" (and {more} more output(s))" if more > 0 else "")
+                + f"; an output that does not vary proves nothing: {hint}"
+            )
         head = "outputs match" if self.ok else "outputs differ from the reference"
-        parts = [f"{head} (rtol {self.rtol:g}, atol {self.atol:g})"]
+        parts = [f"{head} (rtol {self.rtol:g} of the reference's spread, atol {self.atol:g})"]
         if self.worst is not None:
             w = self.outputs[self.worst]
-            detail = f"worst output '{w.name}': max abs error {w.max_abs:.3g}, "
-            detail += f"max rel error {w.max_rel:.3g}"
+            detail = f"worst output '{w.name}': max error {w.max_rel:.3g} x spread "
+            detail += f"(max abs {w.max_abs:.3g}, mean abs {w.mean_abs:.3g}, "
+            detail += f"spread {w.spread:.3g}, cosine {w.cosine:.6f})"
             if w.message:
                 detail += f" ({w.message})"
             parts.append(detail)
         parts.extend(self.problems)
-        return "; ".join(parts)
+        return "; ".join(parts) + fed
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: the verdict, the worst output, tolerances, problems, every output."""
@@ -103,6 +145,8 @@ class VerifyReport:
             "worst": self.worst,
             "rtol": self.rtol,
             "atol": self.atol,
+            "inputs": self.inputs,
+            "degenerate": self.degenerate,
             "problems": list(self.problems),
             "outputs": [o.to_dict() for o in self.outputs.values()],
         }
@@ -171,12 +215,25 @@ def _np_dtype(info: onnx.ValueInfoProto) -> np.dtype:
 
 def random_inputs(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
     """One array per graph input: standard normal for floats, zeros for integers, False for
-    booleans, empty strings for strings; symbolic or unknown dims are 1."""
+    booleans, empty strings for strings. An unknown batch dim (axis 0) is 1; any other
+    unknown dim raises ``BadInputError`` naming it and ``--input-shape`` (random data at a
+    guessed size proves little)."""
+    from drpopt.ir.input_shapes import concrete, example, input_dims, show, symbolic_input_dims
+
+    unknown = symbolic_input_dims(model, skip_batch=True)
+    if unknown:
+        dims = input_dims(model)
+        name, axes = next(iter(unknown.items()))
+        raise BadInputError(
+            f"input '{name}' {show(dims[name])} has unknown dims (axes "
+            f"{', '.join(map(str, axes))}): random inputs need real sizes; give "
+            f"--input-shape {name}:{example(dims[name])} (or --inputs with real data)"
+        )
     rng = np.random.default_rng(seed)
     feeds = {}
+    shapes = input_dims(model)
     for info in _graph_inputs(model):
-        tt = info.type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") else 1 for d in tt.shape.dim]
+        dims = list(concrete(shapes[info.name]))
         dtype = _np_dtype(info)
         if dtype.kind in "fc":
             feeds[info.name] = rng.standard_normal(dims).astype(dtype)
@@ -185,6 +242,16 @@ def random_inputs(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray
         else:
             feeds[info.name] = np.zeros(dims, dtype=dtype)
     return feeds
+
+
+def describe_random(model: onnx.ModelProto, samples: int, seed: int) -> str:
+    """What ``random_inputs`` feeds, for reports: shapes, distribution, seed."""
+    from drpopt.ir.input_shapes import concrete, input_dims
+
+    shapes = ", ".join(
+        f"{name}: {'x'.join(map(str, concrete(d)))}" for name, d in input_dims(model).items()
+    )
+    return f"{samples} random input sample(s) ({shapes}; standard normal, seed {seed})"
 
 
 def _fit_inputs(model: onnx.ModelProto, given: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -213,11 +280,15 @@ def _fit_inputs(model: onnx.ModelProto, given: dict[str, np.ndarray]) -> dict[st
 
 
 # ---- running ----------------------------------------------------------------------------
-def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray], which: str) -> list[np.ndarray]:
+def _run(
+    model: onnx.ModelProto, runs: list[dict[str, np.ndarray]], which: str
+) -> list[list[np.ndarray]]:
+    """The outputs of ``model`` for each feed dict of ``runs`` (one session for all)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # failures become our one-line errors, not native log lines
+    ort.set_default_logger_severity(4)
     try:
         session = ort.InferenceSession(
             model.SerializeToString(), opts, providers=["CPUExecutionProvider"]
@@ -227,8 +298,13 @@ def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray], which: str) -> li
             which, f"onnxruntime cannot load the {which}: {_short(err)}; check it is valid ONNX"
         ) from err
     names = {i.name for i in session.get_inputs()}
+    run_opts = ort.RunOptions()
+    run_opts.log_severity_level = 4
     try:
-        return session.run(None, {k: v for k, v in feeds.items() if k in names})
+        return [
+            session.run(None, {k: v for k, v in feeds.items() if k in names}, run_opts)
+            for feeds in runs
+        ]
     except Exception as err:
         raise ModelRunError(
             which,
@@ -241,18 +317,33 @@ def _short(err: BaseException) -> str:
 
 
 def _compare(name: str, ref: np.ndarray, out: np.ndarray, rtol: float, atol: float) -> OutputReport:
+    """One output (all samples concatenated on a new first axis, or a single array)."""
     shape = tuple(int(d) for d in ref.shape)
     if ref.shape != out.shape:
         message = f"shape {tuple(out.shape)} differs from the reference's {shape}"
-        return OutputReport(name, shape, math.inf, math.inf, 0.0, False, message)
-    if ref.dtype.kind in "OUS" or out.dtype.kind in "OUS":
+        return OutputReport(name, shape, math.inf, math.inf, 0.0, False, message, math.inf)
+    if ref.dtype.kind not in "fc" or out.dtype.kind not in "fc":
         same = bool(np.array_equal(ref, out))
-        max_abs = 0.0 if same else math.inf
-        return OutputReport(name, shape, max_abs, max_abs, 0.0, same, "" if same else "differ")
-    r = ref.astype(np.float64)
-    o = out.astype(np.float64)
-    finite_ref = np.abs(r[np.isfinite(r)])
-    max_ref = float(finite_ref.max()) if finite_ref.size else 0.0
+        err = 0.0 if same else math.inf
+        msg = "" if same else "differ (integer, boolean or string outputs must be equal)"
+        return OutputReport(name, shape, err, err, 0.0, same, msg, err)
+    r = ref.astype(np.float64).ravel()
+    o = out.astype(np.float64).ravel()
+    finite = r[np.isfinite(r)]
+    max_ref = float(np.abs(finite).max()) if finite.size else 0.0
+    spread = float(finite.std()) if finite.size else 0.0
+    rms = float(np.sqrt(np.mean(finite * finite))) if finite.size else 0.0
+    degenerate = ""
+    if not finite.size:
+        degenerate = "NaN or Inf everywhere"
+    elif rms < NEAR_ZERO:
+        degenerate = f"near zero (RMS {rms:.3g})"
+    elif spread <= CONSTANT * max_ref:
+        degenerate = (
+            f"constant ({finite[0]:.6g} everywhere)"
+            if spread == 0
+            else (f"constant to {spread / max_ref:.1g} of its value")
+        )
     with np.errstate(invalid="ignore", over="ignore"):
         # equal entries (infinities included) and NaN where the reference has NaN agree
         agree = (r == o) | (np.isnan(r) & np.isnan(o))
@@ -261,11 +352,27 @@ def _compare(name: str, ref: np.ndarray, out: np.ndarray, rtol: float, atol: flo
     bad = ~np.isfinite(diff)
     if bad.any():
         message = f"{int(bad.sum())} NaN/Inf value(s) where the reference differs"
-        max_abs = math.inf
+        max_abs = mean_abs = math.inf
     else:
         max_abs = float(diff.max()) if diff.size else 0.0
-    ok = max_abs <= atol + rtol * max_ref
-    return OutputReport(name, shape, max_abs, _ratio(max_abs, max_ref), max_ref, ok, message)
+        mean_abs = float(diff.mean()) if diff.size else 0.0
+    both = np.isfinite(r) & np.isfinite(o)
+    nr, no = float(np.linalg.norm(r[both])), float(np.linalg.norm(o[both]))
+    cosine = float(np.dot(r[both], o[both]) / (nr * no)) if nr > 0 and no > 0 else float(nr == no)
+    ok = not degenerate and max_abs <= atol + rtol * spread
+    return OutputReport(
+        name,
+        shape,
+        max_abs,
+        _ratio(max_abs, spread),
+        max_ref,
+        ok,
+        message,
+        mean_abs,
+        spread,
+        cosine,
+        degenerate,
+    )
 
 
 def _ratio(num: float, den: float) -> float:
@@ -275,21 +382,29 @@ def _ratio(num: float, den: float) -> float:
     return math.inf if num > 0 else 0.0
 
 
+Samples = dict[str, np.ndarray] | list[dict[str, np.ndarray]]
+
+
 def compare_models(
     reference: onnx.ModelProto,
     model: onnx.ModelProto,
-    inputs: dict[str, np.ndarray] | None = None,
+    inputs: Samples | None = None,
     rtol: float = 1e-4,
     atol: float = 1e-6,
     seed: int = 0,
+    samples: int = 2,
+    inputs_desc: str | None = None,
 ) -> VerifyReport:
     """Runs both models in onnxruntime (CPU) on the same inputs and compares each output.
 
     Rules:
-    - ``inputs`` (by input name) or random ones (:func:`random_inputs` of the reference,
-      fixed by ``seed``) feed both models; a missing input raises ``BadInputError``;
-    - an output passes iff ``max|out - ref| <= atol + rtol * max|ref|`` (NaN where the
-      reference has NaN and equal infinities agree; any other NaN/Inf fails);
+    - ``inputs`` (one feed dict by input name, or a list of them: one run each) or
+      ``samples`` random ones (:func:`random_inputs` of the reference, seeds ``seed``,
+      ``seed + 1``, ...) feed both models; a missing input raises ``BadInputError``;
+    - each output is compared over all runs at once: an output passes iff the reference
+      varies (not constant, not near zero: else the report *refuses*, ``ok`` False) and
+      ``max|out - ref| <= atol + rtol * std(ref)`` (NaN where the reference has NaN and
+      equal infinities agree; any other NaN/Inf fails); cosine similarity is reported too;
     - outputs are matched by name: names only one model has, or a shape that differs,
       fail the check with a message saying so;
     - ``worst`` is the output furthest beyond (or closest to) its tolerance;
@@ -297,17 +412,28 @@ def compare_models(
     """
     if rtol < 0 or atol < 0:
         raise BadInputError(f"tolerances must not be negative (rtol {rtol}, atol {atol})")
-    feeds = random_inputs(reference, seed) if inputs is None else _fit_inputs(reference, inputs)
+    if inputs is None:
+        runs = [random_inputs(reference, seed + i) for i in range(max(samples, 1))]
+        desc = inputs_desc or describe_random(reference, len(runs), seed)
+    else:
+        given = [inputs] if isinstance(inputs, dict) else list(inputs)
+        if not given:
+            raise BadInputError("inputs: no input samples given")
+        runs = [_fit_inputs(reference, g) for g in given]
+        desc = inputs_desc or f"{len(runs)} given input sample(s)"
+    feeds = runs[0]
     problems: list[str] = []
     extra_inputs = [i.name for i in _graph_inputs(model) if i.name not in feeds]
     if extra_inputs:
         problems.append(f"the model has input(s) the reference lacks: {', '.join(extra_inputs)}")
-        return VerifyReport({}, False, None, rtol, atol, problems)
+        return VerifyReport({}, False, None, rtol, atol, problems, desc)
 
     ref_names = [o.name for o in reference.graph.output]
     out_names = [o.name for o in model.graph.output]
-    ref_values = dict(zip(ref_names, _run(reference, feeds, "reference model"), strict=True))
-    out_values = dict(zip(out_names, _run(model, feeds, "model"), strict=True))
+    ref_runs = _run(reference, runs, "reference model")
+    out_runs = _run(model, runs, "model")
+    ref_values = {n: [np.asarray(r[i]) for r in ref_runs] for i, n in enumerate(ref_names)}
+    out_values = {n: [np.asarray(r[i]) for r in out_runs] for i, n in enumerate(out_names)}
     if set(ref_names) != set(out_names):
         only_ref = [n for n in ref_names if n not in out_values]
         only_out = [n for n in out_names if n not in ref_values]
@@ -318,14 +444,30 @@ def compare_models(
         )
 
     reports = {
-        name: _compare(name, ref_values[name], np.asarray(out_values[name]), rtol, atol)
+        name: _compare_runs(name, ref_values[name], out_values[name], rtol, atol)
         for name in ref_names
         if name in out_values
     }
     worst = max(reports, key=lambda n: reports[n].excess(rtol, atol), default=None)
     ok = not problems and all(r.ok for r in reports.values())
-    report = VerifyReport(reports, ok, worst, rtol, atol, problems)
+    report = VerifyReport(reports, ok, worst, rtol, atol, problems, desc)
     log.info("verify: %s", report.summary())
+    return report
+
+
+def _compare_runs(
+    name: str, refs: list[np.ndarray], outs: list[np.ndarray], rtol: float, atol: float
+) -> OutputReport:
+    """Compares one output over several runs (shapes may differ between runs)."""
+    if len(refs) == 1:
+        return _compare(name, refs[0], outs[0], rtol, atol)
+    for r, o in zip(refs, outs, strict=True):
+        if r.shape != o.shape:
+            return _compare(name, r, o, rtol, atol)
+    flat_r = np.concatenate([r.ravel() for r in refs])
+    flat_o = np.concatenate([o.ravel() for o in outs])
+    report = _compare(name, flat_r, flat_o, rtol, atol)
+    report.shape = tuple(int(d) for d in refs[0].shape)
     return report
 
 
@@ -337,8 +479,10 @@ class VerifyPass(Pass):
     Rules:
     - the reference is ``reference_model(graph)``: the pipeline's input, or the model right
       after the last pass that changes outputs on purpose (``apply-masks``);
-    - both run on ``inputs`` (an .npz with one array per input name) or on random inputs
-      fixed by ``seed``; see :func:`compare_models` for how outputs are compared;
+    - both run on ``inputs`` (an .npz with one array per input name, or a folder of
+      images: ``passes/inputs.py``), on ``graph.meta["verify_inputs"]`` (``(samples,
+      description)``, set by the CLI), or on ``samples`` random inputs from ``seed``; see
+      :func:`compare_models` for how outputs are compared (degenerate references refuse);
     - the :class:`VerifyReport` is stored in ``graph.meta["verify"]``; ``modified`` is False;
     - a failed comparison raises ``CheckFailedError`` naming the worst output with its
       largest absolute and relative error; a model onnxruntime cannot run fails likewise.
@@ -350,19 +494,29 @@ class VerifyPass(Pass):
     atol: float = 1e-6
     inputs: str | None = None
     seed: int = 0
+    samples: int = 2
 
     def call(self, model: Graph) -> PassResult:
         from drpopt.ir.to_onnx import to_onnx
+        from drpopt.passes.inputs import load_samples
         from drpopt.passes.manager import reference_model
 
         reference = reference_model(model)
-        feeds = None
+        feeds, desc = None, None
         if self.inputs is not None:
-            names = [i.name for i in _graph_inputs(reference)]
-            feeds = load_inputs(self.inputs, names)
+            feeds, desc = load_samples(self.inputs, reference)
+        elif model.meta.get("verify_inputs") is not None:  # set by the CLI's --inputs
+            feeds, desc = model.meta["verify_inputs"]
         try:
             report = compare_models(
-                reference, to_onnx(model), feeds, rtol=self.rtol, atol=self.atol, seed=self.seed
+                reference,
+                to_onnx(model),
+                feeds,
+                rtol=self.rtol,
+                atol=self.atol,
+                seed=self.seed,
+                samples=self.samples,
+                inputs_desc=desc,
             )
         except ModelRunError as err:
             if err.which == "reference model":

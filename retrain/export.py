@@ -349,7 +349,12 @@ def _verify(
         if not report.ok:
             failures.append(
                 f"output '{name}': max abs error {report.max_abs:.3g}, max rel error "
-                f"{report.max_rel:.3g}" + (f" ({report.message})" if report.message else "")
+                f"{report.max_rel:.3g}"
+                + (
+                    f" ({report.degenerate or report.message})"
+                    if report.degenerate or report.message
+                    else ""
+                )
             )
     return worst_abs, worst_rel, failures
 
