@@ -80,6 +80,8 @@ class ApplyMasksPass(Pass):
                 if value.producer is not None and value.producer.op_type != "Constant":
                     model.materialize(value)
                 if m.tensor not in copied:
+                    # the dense weights stay reachable for bias-correct and reconstruct
+                    model.meta.setdefault("dense_weights", {}).setdefault(m.tensor, value.const)
                     value.const = np.array(value.const, copy=True)
                     copied.add(m.tensor)
                 value.const[along(value.const, m.axis, m.indices(pruned))] = 0

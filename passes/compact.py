@@ -56,6 +56,7 @@ class CompactPass(Pass):
                 shape[int(axis)] = int(mask.sum())
                 value.shape = tuple(shape)
         invalidate(model)
+        model.meta.pop("dense_weights", None)  # shapes changed: the dense model is gone
         model.meta["plan"] = plan
         model.meta["compacted"] = True
         record_metadata(model, plan)
