@@ -152,7 +152,7 @@ class CalibrationData:
                     raise BadInputError(
                         f"{path}: no images in this folder (looked for {', '.join(IMAGE_SUFFIXES)})"
                     )
-            elif path.suffix.lower() == ".npz" or path.is_file():
+            elif path.is_file():
                 from drpopt.passes.verify import load_inputs
 
                 self.arrays = load_inputs(path)
