@@ -133,8 +133,13 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
         criterion: Annotated[
-            str, typer.Option("--criterion", help="l1, l2, bn-gamma, random.")
-        ] = "l2",
+            str | None,
+            typer.Option(
+                "--criterion",
+                help="l1, l2, bn-gamma, random, activation, reconstruction "
+                "(default: l2; activation with --calib).",
+            ),
+        ] = None,
         allocation: Annotated[
             str, typer.Option("--allocation", help="uniform or global.")
         ] = "uniform",
@@ -151,6 +156,30 @@ def register(app: typer.Typer) -> None:
         time_passes: Annotated[bool, typer.Option("--time-passes", help="Time each pass.")] = False,
         force: Annotated[bool, typer.Option("--force", help="Allow -o to equal MODEL.")] = False,
         as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+        calib: Annotated[
+            Path | None,
+            typer.Option(
+                "--calib",
+                help="Calibration inputs (an .npz of input batches or a folder of images): "
+                "data-aware scores, reconstruction, and a drift report on held-out batches.",
+            ),
+        ] = None,
+        calib_opts: Annotated[
+            str,
+            typer.Option(
+                "--calib-opts",
+                help="calibrate arguments, e.g. 'size=224|224:mean=0.485|0.456|0.406:"
+                "std=0.229|0.224|0.225:order=rgb:layout=nchw:batch=16:holdout=0.2'.",
+            ),
+        ] = "",
+        post: Annotated[
+            str | None,
+            typer.Option(
+                "--post",
+                help="reconstruct, bias-correct or none after masking "
+                "(default: reconstruct with --calib, none without).",
+            ),
+        ] = None,
     ) -> None:
         """Prune MODEL one-shot: score, mask, zero, optionally compact, clean up, verify."""
         from drpopt.ir.to_onnx import to_onnx
@@ -175,12 +204,15 @@ def register(app: typer.Typer) -> None:
                 + (f":exclude={'|'.join(exclude)}" if exclude else "")
             )
         )
-        steps = [f"score:criterion={criterion}", mask, "apply-masks"]
+        from drpopt.cli.calib_opts import calib_passes
+
+        pre, criterion, after_masks = calib_passes(calib, calib_opts, criterion, post)
+        steps = [f"score:criterion={criterion}", mask, "apply-masks", *after_masks]
         if profile.pattern_rate > 0:  # the target's fine-grained pattern inside kept channels
             steps.append(f"sparsify:target={target}")
         steps += ["compact"] if compact else []
         steps += ["cleanup", f"verify:rtol={rtol}"]
-        passes = parse_pipeline(",".join(steps))
+        passes = pre + parse_pipeline(",".join(steps))
         console = _console(stderr=as_json)
         graph, result = _run_pipeline(console, model, passes, time_passes, None, stats=True)
         pruned = result.model
@@ -192,13 +224,25 @@ def register(app: typer.Typer) -> None:
         if plan_out is not None:
             atomic_write_bytes(plan_out, final_plan.to_json().encode())
         summary = _summary(model, output, graph.meta["input_stats"], pruned, final_plan, compact)
+        if calib is not None:
+            from drpopt.cli.calib_opts import drift_summary
+
+            summary["drift"] = drift_summary(model, proto, pruned)
         if as_json:
             sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+            if calib is not None:
+                from drpopt.cli.calib_opts import warn_drift
+
+                warn_drift(summary["drift"])
             return
         if time_passes:
             console.print(pass_timings(result.records))
         console.print(sparsity_table(layer_sparsity(pruned), summary["layers_before"]))
         _print_summary(console, summary)
+        if calib is not None:
+            from drpopt.cli.calib_opts import print_drift
+
+            print_drift(console, summary["drift"])
 
 
 def _check_sparse_matches_compact(sparse, plan, rtol: float) -> None:

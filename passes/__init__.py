@@ -24,8 +24,8 @@ from drpopt.passes.verify import VerifyPass, compare_models
 
 PASSES: list[type[Pass]] = [
     FoldBatchNormPass,
-    CalibratePass,
     ScorePass,
+    CalibratePass,
     MaskPass,
     ApplyMasksPass,
     BiasCorrectPass,
