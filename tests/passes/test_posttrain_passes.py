@@ -263,3 +263,21 @@ def test_a_pipeline_string_with_verify(tmp_path, zoo_models):
     )
     result = PassManager(passes)(model)
     assert result.model.meta["verify"].ok
+
+
+def test_reconstruct_goes_layer_by_layer_and_holds_on_unseen_data(zoo_models, monkeypatch):
+    model = zoo_models["resnet18"]
+    data, unseen = calib(model, n=16), calib(model, n=16, seed=5)
+    calls = []
+    original = ReconstructPass._refit
+
+    def counting(self, *args):
+        calls.append(len(args[2]))
+        return original(self, *args)
+
+    monkeypatch.setattr(ReconstructPass, "_refit", counting)
+    graph = masked(model, data, post=ReconstructPass(positions=8))
+    assert len(calls) > 4  # one pass over the data per level of consumers
+    (dense,) = values(model, ["fc"], unseen)
+    plain = rel(values(to_onnx(masked(model, data)), ["fc"], unseen)[0], dense)
+    assert rel(values(to_onnx(graph), ["fc"], unseen)[0], dense) < 0.2 * plain
