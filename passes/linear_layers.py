@@ -104,9 +104,15 @@ class Linear:
         return np.broadcast_to(np.asarray(add[1].const, np.float64).ravel(), (cout,)).copy()
 
     def set_bias(self, graph: Graph, b: np.ndarray, dense: dict[str, np.ndarray]) -> None:
-        """Sets the effective bias to ``b``, adding a bias where the layer has none (its
-        dense value, zeros, goes into ``dense`` so later passes see the dense model)."""
+        """Sets the effective bias to ``b``, adding a bias where the layer has none; the
+        dense value (the old bias, or zeros) goes into ``dense`` so later passes can still
+        build the dense model."""
         dtype = np.asarray(self.node.inputs[1].const).dtype  # type: ignore[union-attr]
+        existing = self.node.input(2) if self.kind != "matmul" else None
+        if self.kind == "matmul" and self._matmul_add() is not None:
+            existing = self._matmul_add()[1]
+        if existing is not None and existing.const is not None:
+            dense.setdefault(existing.name, np.asarray(existing.const))  # the dense bias
         if self.kind == "conv":
             old = self.node.input(2)
             v = graph.set_const_input(self.node, 2, b.astype(dtype))

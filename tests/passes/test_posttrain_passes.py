@@ -281,3 +281,14 @@ def test_reconstruct_goes_layer_by_layer_and_holds_on_unseen_data(zoo_models, mo
     (dense,) = values(model, ["fc"], unseen)
     plain = rel(values(to_onnx(masked(model, data)), ["fc"], unseen)[0], dense)
     assert rel(values(to_onnx(graph), ["fc"], unseen)[0], dense) < 0.2 * plain
+
+
+def test_reconstruct_after_bias_correct_still_targets_the_dense_model():
+    model = chain()
+    data = calib(model)
+    alone = to_onnx(masked(model, data, post=ReconstructPass()))
+    passes = [ScorePass(), MaskPass(rate=0.5, **OPEN), ApplyMasksPass(), BiasCorrectPass()]
+    graph = run(model, [*passes, ReconstructPass()], data)
+    (a,) = values(alone, ["c3"], data)
+    (b,) = values(to_onnx(graph), ["c3"], data)
+    np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-3 * np.abs(a).max())
