@@ -238,6 +238,7 @@ def check_compact_equals_sparse(sparse: onnx.ModelProto, graph, data) -> None:
         ("mobilenetv2", "cpu"),
         ("resnet18", "drpai"),
         ("resnet18", "nm-2-4"),
+        ("yolox_s_like", "drpai"),
     ],
 )
 def test_compact_equals_sparse_after_bias_correct_and_reconstruct(zoo_models, name, target):
