@@ -177,7 +177,7 @@ def miou(logits: np.ndarray, y: np.ndarray) -> float:
 
 
 def score(kind: str, logits: np.ndarray, y: np.ndarray) -> float:
-    return float((logits.argmax(1) == y).mean()) if kind == "digits" else miou(logits, y)
+    return miou(logits, y) if kind == "segmenter" else float((logits.argmax(1) == y).mean())
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -220,13 +220,13 @@ def accuracy_runs(kind: str, seeds, rates, quick: bool) -> dict:
     return results
 
 
-def table(kind: str, results: dict, rates) -> Table:
-    metric = "accuracy" if kind == "digits" else "mean IoU"
+def table(kind: str, results: dict, rates, methods=METHODS) -> Table:
+    metric = "mean IoU" if kind == "segmenter" else "accuracy"
     t = Table(title=f"{kind}: one-shot, no fine-tuning ({metric}, mean ± std over seeds)")
     t.add_column("method")
     for r in rates:
         t.add_column(f"rate {r}", justify="right")
-    t.add_column("cosine @0.3" if kind != "digits" else "time @0.5 (s)", justify="right")
+    t.add_column("cosine @0.3" if kind == "segmenter" else "time @0.5 (s)", justify="right")
 
     def fmt(vals):
         if len(vals) < 2:
@@ -235,15 +235,17 @@ def table(kind: str, results: dict, rates) -> Table:
 
     dense = [v[0] for v in results[("dense", 0.0)]]
     t.add_row("dense", *[fmt(dense)] * len(rates), "-")
-    for method in METHODS:
+    for method in methods:
         cells = [fmt([v[0] for v in results[(method, r)]]) for r in rates]
-        if kind != "digits" and 0.3 in rates:
+        if kind == "segmenter" and 0.3 in rates:
             extra = fmt([v[1] for v in results[(method, 0.3)]])
-        elif 0.5 in rates:
+        elif 0.5 in rates and kind == "digits":
             extra = f"{statistics.mean(v[2] for v in results[(method, 0.5)]):.2f}"
         else:
             extra = "-"
         t.add_row(method, *cells, extra)
+    if "activation+recon" not in methods:
+        return t
     rec = []
     for r in rates:
         d = statistics.mean(dense)
@@ -252,6 +254,49 @@ def table(kind: str, results: dict, rates) -> Table:
         rec.append(f"{(best - mag) / (d - mag):.0%}" if d - mag > 1e-9 else "-")
     t.add_row("recovered", *rec, "")
     return t
+
+
+# ---- torch -------------------------------------------------------------------------------
+TORCH_METHODS = ("l2", "l2+bn-recal", "l2+reconstruct", "taylor", "taylor+reconstruct")
+
+
+def torch_runs(seeds, rates, quick: bool) -> dict:
+    """The Pruner one-shot on the digits CNN, then the torch post-training helpers."""
+    import torch
+    import torch.nn.functional as F
+
+    from drpopt.retrain import Pruner
+    from drpopt.retrain.demo import accuracy, train_dense
+    from drpopt.retrain.posttrain import (
+        prune_with_scores,
+        recalibrate_bn,
+        reconstruct_consumers,
+        taylor_scores,
+    )
+
+    results: dict = {}
+    for seed in seeds:
+        base, (xtr, ytr), (xte, yte) = train_dense(seed, 6 if quick else 15)
+        idx = torch.from_numpy(np.random.default_rng(seed).choice(len(ytr), 256, replace=False))
+        batches = [xtr[idx[i : i + 64]] for i in range(0, 256, 64)]
+        labelled = [(xtr[idx[i : i + 64]], ytr[idx[i : i + 64]]) for i in range(0, 256, 64)]
+        results.setdefault(("dense", 0.0), []).append((accuracy(base, xte, yte), 1.0, 0.0))
+        for rate in rates:
+            for method in TORCH_METHODS:
+                model = copy.deepcopy(base)
+                pruner = Pruner(model, xtr[:1], final_rate=rate)
+                if method.startswith("taylor"):
+                    prune_with_scores(
+                        pruner, taylor_scores(pruner, labelled, F.cross_entropy), rate
+                    )
+                else:
+                    pruner.update()
+                if method.endswith("bn-recal"):
+                    recalibrate_bn(model, batches)
+                if method.endswith("reconstruct"):
+                    reconstruct_consumers(pruner, base, batches)
+                results.setdefault((method, rate), []).append((accuracy(model, xte, yte), 1.0, 0.0))
+    return results
 
 
 # ---- part 2 -------------------------------------------------------------------------------
@@ -336,7 +381,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="one seed, shorter training")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--rates", default="0.3,0.5,0.7")
-    ap.add_argument("--models", default="digits,segmenter")
+    ap.add_argument("--models", default="digits,segmenter,torch")
     ap.add_argument("--resnet50", default=None, help="a ResNet-50 ONNX: measure cost only")
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--images", type=int, default=256)
@@ -356,8 +401,12 @@ def main() -> None:
     rates = [float(r) for r in args.rates.split(",")]
     for kind in args.models.split(","):
         start = time.perf_counter()
-        results = accuracy_runs(kind, seeds, rates, args.quick)
-        console.print(table(kind, results, rates))
+        if kind == "torch":
+            results = torch_runs(seeds, rates, args.quick)
+            console.print(table("torch Pruner, digits", results, rates, TORCH_METHODS))
+        else:
+            results = accuracy_runs(kind, seeds, rates, args.quick)
+            console.print(table(kind, results, rates))
         console.print(f"({kind}: {time.perf_counter() - start:.0f} s)")
 
 
