@@ -5,7 +5,7 @@ Rules:
 - both passes run after ``mask``: before ``apply-masks`` they apply the masks themselves,
   after it they find the dense weights ``apply-masks`` set aside (``meta["dense_weights"]``);
 - a compacted or ``sparsify``-ed graph is refused (its dense model or its pattern would be
-  lost), as is a masked graph whose dense weights are gone (a sparse file read back);
+  lost); a model masked in an earlier run (a sparse file read back) is its own reference;
 - a *consumer layer* is a Conv/Gemm/MatMul reading a pruned group's channels (its input
   keep-mask has a False); the pruned channels' consumer columns are zero in the masked model,
   and ``reapply_masks`` zeroes pruned slices again after a pass rewrote weights (a new bias
@@ -47,12 +47,7 @@ def prepare(graph: Graph, pass_name: str) -> onnx.ModelProto:
             f"'{pass_name}' must run before 'sparsify' (it would refill the pattern's zeros)"
         )
     dense_weights = graph.meta.get("dense_weights")
-    if dense_weights is None:
-        if "drpopt.plan" in graph.metadata:
-            raise BadInputError(
-                f"'{pass_name}': this model is already masked and its dense weights are gone; "
-                "run it on the dense model in the same pipeline as 'apply-masks'"
-            )
+    if dense_weights is None:  # not masked yet: the model as it is now is the reference
         dense = to_onnx(graph)
         ApplyMasksPass().call(graph)
         graph.meta.setdefault("dense_weights", {})

@@ -101,6 +101,8 @@ def data_scores(
             consumers[g.id] = found
     moments = {key: ChannelMoments(key[1]) for key in fetch_act}
     names = sorted({v for v, _ in fetch_act} | set(covs))
+    if not names:  # no activation to look at: every channel ties
+        return {g.id: np.ones(g.size) for g in groups}
     proto = to_onnx(graph)
     rng = np.random.default_rng(seed)
     for (outs,) in run_batches([proto], [names], data, f"scoring ({criterion})"):

@@ -293,3 +293,20 @@ def test_reconstruct_after_bias_correct_still_targets_the_dense_model():
     (a,) = values(alone, ["c3"], data)
     (b,) = values(to_onnx(graph), ["c3"], data)
     np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-3 * np.abs(a).max())
+
+
+def test_a_graph_with_nothing_prunable_is_left_alone():
+    b = OnnxBuilder()
+    b.output(b.conv(b.input("x", ["N", 3, 8, 8]), 4))  # one layer: its channels are locked
+    model = b.build()
+    passes = parse_pipeline(
+        "score:criterion=reconstruction,mask:rate=0.5,apply-masks,bias-correct,reconstruct"
+    )
+    result = PassManager(passes)(_with_data(model))
+    assert result.model.meta["scores"] == {} and not result.modified
+
+
+def _with_data(model):
+    graph = load_graph(model)
+    graph.meta["calibration"] = calib(model, n=4)
+    return graph
