@@ -310,3 +310,19 @@ def _with_data(model):
     graph = load_graph(model)
     graph.meta["calibration"] = calib(model, n=4)
     return graph
+
+
+def test_output_drift_measures_cosine_and_relative_error():
+    from drpopt.passes.drift import output_drift
+
+    model = chain()
+    doubled = onnx.ModelProto()
+    doubled.CopyFrom(model)
+    for t in doubled.graph.initializer:
+        if t.name.startswith("c3."):
+            t.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(t) * 2, t.name))
+    data = calib(model)
+    (same,) = output_drift(model, model, data)
+    assert same.cosine == pytest.approx(1.0) and same.rel_error == 0.0 and not same.large
+    (d,) = output_drift(model, doubled, data)  # y -> 2y: same direction, twice as large
+    assert d.cosine == pytest.approx(1.0) and d.rel_error == pytest.approx(1.0) and d.large
