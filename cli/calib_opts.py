@@ -40,7 +40,7 @@ def calib_passes(
     args["data"] = str(calib)
     calibrate = CalibratePass.from_args(args)
     post = post or "reconstruct"
-    return [calibrate], criterion or "activation", [] if post == "none" else [post]
+    return [calibrate], criterion or "reconstruction", [] if post == "none" else [post]
 
 
 def drift_summary(model_path: Path, pruned_proto, pruned_graph) -> dict:

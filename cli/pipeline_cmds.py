@@ -137,7 +137,7 @@ def register(app: typer.Typer) -> None:
             typer.Option(
                 "--criterion",
                 help="l1, l2, bn-gamma, random, activation, reconstruction "
-                "(default: l2; activation with --calib).",
+                "(default: l2; reconstruction with --calib).",
             ),
         ] = None,
         allocation: Annotated[

@@ -170,6 +170,27 @@ def _run_chunked(sess, names: list[str], feeds: dict[str, np.ndarray], chunk: in
     return [np.concatenate([p[i] for p in parts]) for i in range(len(names))]
 
 
+def fetch_chunks(graph, names: list[str], batch: int, budget: int | None = None) -> list[list[str]]:
+    """``names`` cut into lists whose activations for one batch fit ``budget`` bytes
+    (``DRPOPT_CALIB_MEMORY_MB``, default 1024); each list costs one pass over the data."""
+    if budget is None:
+        budget = int(float(os.environ.get("DRPOPT_CALIB_MEMORY_MB", "1024")) * 2**20)
+    chunks: list[list[str]] = [[]]
+    used = 0
+    for name in names:
+        v = graph.values.get(name)
+        dims = [d if isinstance(d, int) else 1 for d in (v.shape or ())] if v else []
+        if dims:
+            dims[0] = batch  # the first axis is the batch (a fixed 1 runs in chunks)
+        size = 4 * int(np.prod(dims)) if dims else 0
+        if chunks[-1] and used + size > budget:
+            chunks.append([])
+            used = 0
+        chunks[-1].append(name)
+        used += size
+    return chunks
+
+
 class ChannelMoments:
     """Per-channel sums over every axis but ``axis``: mean, mean |x| and mean x^2."""
 
@@ -181,8 +202,10 @@ class ChannelMoments:
         self.sq: np.ndarray | None = None
 
     def add(self, x: np.ndarray) -> None:
-        moved = np.moveaxis(np.asarray(x, np.float64), self.axis, 0).reshape(x.shape[self.axis], -1)
-        s, a, q = moved.sum(1), np.abs(moved).sum(1), (moved * moved).sum(1)
+        moved = np.moveaxis(np.asarray(x), self.axis, 0).reshape(x.shape[self.axis], -1)
+        s = moved.sum(1, dtype=np.float64)
+        a = np.abs(moved).sum(1, dtype=np.float64)
+        q = np.einsum("ij,ij->i", moved, moved, dtype=np.float64)
         if self.sum is None:
             self.sum, self.abs, self.sq = s, a, q
         else:

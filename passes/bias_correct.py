@@ -21,7 +21,7 @@ from typing import ClassVar
 import numpy as np
 
 from drpopt.ir.core import Graph
-from drpopt.passes.activations import run_batches
+from drpopt.passes.activations import fetch_chunks, run_batches
 from drpopt.passes.base import Pass, PassResult
 from drpopt.passes.calibrate import CalibrationData, require_calibration
 from drpopt.passes.consumers import (
@@ -62,14 +62,19 @@ def correct_biases(model: Graph, dense, consumers: list[Consumer], data: Calibra
     sums: dict[str, list[np.ndarray]] = {}
     batches = 0
     fetch = list(dict.fromkeys(c.layer.x for c in consumers))
-    for (outs,) in run_batches([dense], [fetch], data, "bias correction"):
-        for c in consumers:
-            means = c.layer.mean_features(outs[c.layer.x])
-            n = outs[c.layer.x].shape[0]
-            acc = sums.setdefault(c.layer.node.name, [np.zeros_like(m) for m in means])
-            for a, m in zip(acc, means, strict=True):
-                a += m * n
-        batches += next(iter(outs.values())).shape[0]
+    for chunk in fetch_chunks(model, fetch, data.batch_size):
+        batches = 0
+        for (outs,) in run_batches([dense], [chunk], data, "bias correction"):
+            for c in consumers:
+                if c.layer.x not in outs:
+                    continue
+                x = outs[c.layer.x]
+                means = c.layer.mean_features(x)
+                acc = sums.setdefault(c.layer.node.name, [np.zeros_like(m) for m in means])
+                for a, m in zip(acc, means, strict=True):
+                    a += m * x.shape[0]
+            batches += next(iter(outs.values())).shape[0]
+            outs.clear()
     dense_added = model.meta.setdefault("dense_weights", {})
     for c in consumers:
         layer = c.layer

@@ -23,7 +23,7 @@ import numpy as np
 from drpopt.ir.channels import Group
 from drpopt.ir.core import Graph
 from drpopt.ir.to_onnx import to_onnx
-from drpopt.passes.activations import ChannelMoments, run_batches
+from drpopt.passes.activations import ChannelMoments, fetch_chunks, run_batches
 from drpopt.passes.calibrate import CalibrationData
 from drpopt.passes.linear_layers import as_linear
 
@@ -76,8 +76,6 @@ def data_scores(
     graph: Graph, groups: list[Group], criterion: str, data: CalibrationData, seed: int = 0
 ) -> dict[int, np.ndarray]:
     """Scores per group id (higher means keep) for ``activation`` or ``reconstruction``."""
-    spaces = {g.id: _activation_spaces(graph, g) for g in groups}
-    fetch_act = {(v, a) for sp in spaces.values() for v, a, _, _ in sp}
     consumers: dict[int, list] = {}
     covs: dict[str, _Cov] = {}
     if criterion == "reconstruction":
@@ -99,17 +97,24 @@ def data_scores(
                 covs.setdefault(x.name, _Cov(axis, full))
                 found.append((layer, seg))
             consumers[g.id] = found
+    # activations: every group for ``activation``, the groups without a consumer otherwise
+    spaces = {g.id: _activation_spaces(graph, g) for g in groups if not consumers.get(g.id)}
+    fetch_act = {(v, a) for sp in spaces.values() for v, a, _, _ in sp}
     moments = {key: ChannelMoments(key[1]) for key in fetch_act}
     names = sorted({v for v, _ in fetch_act} | set(covs))
     if not names:  # no activation to look at: every channel ties
         return {g.id: np.ones(g.size) for g in groups}
     proto = to_onnx(graph)
     rng = np.random.default_rng(seed)
-    for (outs,) in run_batches([proto], [names], data, f"scoring ({criterion})"):
-        for (v, _axis), mom in moments.items():
-            mom.add(outs[v])
-        for v, cov in covs.items():
-            cov.add(outs[v], rng)
+    for chunk in fetch_chunks(graph, names, data.batch_size):
+        desc = f"scoring ({criterion})" + (f" {len(chunk)} tensors" if chunk != names else "")
+        for (outs,) in run_batches([proto], [chunk], data, desc):
+            for v in chunk:
+                for axis in (a for (u, a) in moments if u == v):
+                    moments[(v, axis)].add(outs[v])
+                if v in covs:
+                    covs[v].add(outs[v], rng)
+            outs.clear()
     out: dict[int, np.ndarray] = {}
     unexplained = {v: cov.unexplained() for v, cov in covs.items()}
     for g in groups:
@@ -122,7 +127,7 @@ def data_scores(
             total += _normalised(per)
             used += 1
         if not used:
-            for v, a, start, block in spaces[g.id]:
+            for v, a, start, block in spaces.get(g.id, []):
                 mean_abs = moments[(v, a)].mean_abs
                 idx = start + np.arange(g.size)[:, None] * block + np.arange(block)
                 total += _normalised(mean_abs[idx].sum(axis=1))

@@ -110,3 +110,14 @@ def test_calibrate_pass_attaches_data_with_a_holdout(tmp_path):
     assert not result.modified
     with pytest.raises(BadInputError, match="data=PATH"):
         parse_pipeline("calibrate")
+
+
+def test_fetch_chunks_bound_the_bytes_of_one_batch():
+    from drpopt.passes.activations import fetch_chunks
+    from drpopt.passes.manager import load_graph
+
+    graph = load_graph(small_model())
+    names = ["c1", "c2", "c3"]  # 6, 5, 4 channels of 8x8 floats per sample
+    assert fetch_chunks(graph, names, 2, budget=10**9) == [names]
+    budget = 2 * 4 * 64 * 9  # batch 2: c1 alone (6 channels), then c2 + c3 (5 + 4)
+    assert fetch_chunks(graph, names, 2, budget=budget) == [["c1"], ["c2", "c3"]]
