@@ -17,8 +17,9 @@ the cost of calibration and reconstruction on a ResNet-50.
 2. Cost. ``--resnet50 PATH`` (e.g. torchvision's, ``python /work/shared/corpus/materialize.py
    /work/shared/corpus/resnet50.onnx r50.onnx``): its input is made ``N x 3 x size x size``,
    ``--images`` crops of scikit-learn's two sample photos calibrate it, and the wall time
-   and peak memory (max RSS of the process, against the RSS after loading) of activation
-   scoring and of reconstruction at rate 0.5 are printed, each in a fresh process.
+   and peak memory (max RSS of the process, against the RSS after loading) of the two data
+   scores, of bias correction and of reconstruction at rate 0.5 are printed, each in a
+   fresh process.
 """
 
 from __future__ import annotations
@@ -340,11 +341,11 @@ def cost_stage(path: str, size: int, images: int, stage: str) -> dict:
     graph = load_graph(model)
     graph.meta["calibration"] = CalibrationData({"input": crops}, batch_size=32)
     base = rss_mb()
-    steps = "fold-batchnorm,score:criterion=activation,mask:rate=0.5,apply-masks"
-    if stage == "score":
-        passes = parse_pipeline(steps)
+    steps = "fold-batchnorm,score:criterion={c},mask:rate=0.5,apply-masks"
+    if stage in ("activation", "reconstruction"):
+        passes = parse_pipeline(steps.format(c=stage))
     else:
-        passes = parse_pipeline(steps.replace("activation", "l2") + ",reconstruct")
+        passes = parse_pipeline(steps.format(c="l2") + "," + stage)
     start = time.perf_counter()
     result = PassManager(passes, time_passes=True)(graph)
     total = time.perf_counter() - start
@@ -361,7 +362,7 @@ def cost_runs(path: str, size: int, images: int, console: Console) -> None:
     t = Table(title=f"ResNet-50 ({path}) at {size}x{size}, {images} calibration images, rate 0.5")
     for col in ("stage", "wall s", "per pass (s)", "RSS after load MB", "peak RSS MB"):
         t.add_column(col)
-    for stage in ("score", "reconstruct"):
+    for stage in ("activation", "reconstruction", "bias-correct", "reconstruct"):
         cmd = [sys.executable, __file__, "--cost-stage", stage, "--resnet50", path]
         cmd += ["--size", str(size), "--images", str(images)]
         done = subprocess.run(cmd, capture_output=True, text=True, check=True)
