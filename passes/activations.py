@@ -96,6 +96,7 @@ def session(model: onnx.ModelProto):
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    opts.enable_cpu_mem_arena = False  # memory goes back after each batch
     threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
     if threads:
         opts.intra_op_num_threads = threads
@@ -172,9 +173,9 @@ def _run_chunked(sess, names: list[str], feeds: dict[str, np.ndarray], chunk: in
 
 def fetch_chunks(graph, names: list[str], batch: int, budget: int | None = None) -> list[list[str]]:
     """``names`` cut into lists whose activations for one batch fit ``budget`` bytes
-    (``DRPOPT_CALIB_MEMORY_MB``, default 1024); each list costs one pass over the data."""
+    (``DRPOPT_CALIB_MEMORY_MB``, default 512); each list costs one pass over the data."""
     if budget is None:
-        budget = int(float(os.environ.get("DRPOPT_CALIB_MEMORY_MB", "1024")) * 2**20)
+        budget = int(float(os.environ.get("DRPOPT_CALIB_MEMORY_MB", "512")) * 2**20)
     chunks: list[list[str]] = [[]]
     used = 0
     for name in names:
