@@ -246,8 +246,14 @@ def register(app: typer.Typer) -> None:
             ),
         ] = False,
         criterion: Annotated[
-            str, typer.Option("--criterion", metavar="NAME", help="l1, l2, bn-gamma, random.")
-        ] = "l2",
+            str | None,
+            typer.Option(
+                "--criterion",
+                metavar="NAME",
+                help="l1, l2, bn-gamma, random, activation, reconstruction "
+                "(default: l2; reconstruction with --calib).",
+            ),
+        ] = None,
         allocation: Annotated[
             str, typer.Option("--allocation", metavar="NAME", help="uniform or global.")
         ] = "uniform",
@@ -280,6 +286,30 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
         input_shapes: dict | None = None,
         inputs=None,
+        calib: Annotated[
+            Path | None,
+            typer.Option(
+                "--calib",
+                help="Calibration inputs (an .npz of input batches or a folder of images): "
+                "data-aware scores, reconstruction, and a drift report on held-out batches.",
+            ),
+        ] = None,
+        calib_opts: Annotated[
+            str,
+            typer.Option(
+                "--calib-opts",
+                help="calibrate arguments, e.g. 'size=224|224:mean=0.485|0.456|0.406:"
+                "std=0.229|0.224|0.225:order=rgb:layout=nchw:batch=16:holdout=0.2'.",
+            ),
+        ] = "",
+        post: Annotated[
+            str | None,
+            typer.Option(
+                "--post",
+                help="reconstruct, bias-correct or none after masking "
+                "(default: reconstruct with --calib, none without).",
+            ),
+        ] = None,
     ) -> None:
         """Prune MODEL one-shot: score, mask, zero, optionally compact, clean up, verify."""
         from drpopt.cli.options import steps as progress
@@ -327,11 +357,14 @@ def register(app: typer.Typer) -> None:
                 + (f":exclude={'|'.join(exclude)}" if exclude else "")
             )
         )
-        first = [f"score:criterion={criterion}", mask, "apply-masks"]
+        from drpopt.cli.calib_opts import calib_passes
+
+        pre, criterion, after_masks = calib_passes(calib, calib_opts, criterion, post)
+        first = [f"score:criterion={criterion}", mask, "apply-masks", *after_masks]
         if profile.pattern_rate > 0:  # the target's fine-grained pattern inside kept channels
             first.append(f"sparsify:target={target}")
         second = (["compact"] if compact else []) + ["cleanup", f"verify:rtol={rtol}"]
-        passes1 = parse_pipeline(",".join(first))
+        passes1 = pre + parse_pipeline(",".join(first))
         passes2 = parse_pipeline(",".join(second))
         console = _console(stderr=as_json)
         total = 2 + len(passes1) + len(passes2) + (0 if compact else 3)
@@ -370,13 +403,25 @@ def register(app: typer.Typer) -> None:
             steps.update("written", advance=1)
         summary = _summary(model, output, before, pruned, final_plan, compact, profile)
         summary["layers_before"] = layers_before
+        if calib is not None:
+            from drpopt.cli.calib_opts import drift_summary
+
+            summary["drift"] = drift_summary(model, proto, r1.model)
         if as_json:
             sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+            if calib is not None:
+                from drpopt.cli.calib_opts import warn_drift
+
+                warn_drift(summary["drift"])
             return
         if time_passes:
             console.print(pass_timings(records))
         console.print(sparsity_table(layer_sparsity(pruned), layers_before))
         _print_summary(console, summary)
+        if calib is not None:
+            from drpopt.cli.calib_opts import print_drift
+
+            print_drift(console, summary["drift"])
 
 
 def _jsonable(value):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from drpopt.passes.apply_masks import ApplyMasksPass
 from drpopt.passes.base import Pass, PassResult
+from drpopt.passes.bias_correct import BiasCorrectPass
+from drpopt.passes.calibrate import CalibratePass, CalibrationData, Preprocess
 from drpopt.passes.cleanup import CleanupPass
 from drpopt.passes.compact import CompactPass
 from drpopt.passes.fold_batchnorm import FoldBatchNormPass
@@ -15,6 +17,7 @@ from drpopt.passes.manager import PassFailedError, PassManager, PipelineResult
 from drpopt.passes.mask import MaskPass
 from drpopt.passes.pipeline import parse_pipeline
 from drpopt.passes.plan import Plan
+from drpopt.passes.reconstruct import ReconstructPass
 from drpopt.passes.score import ScorePass
 from drpopt.passes.sparsify import SparsifyPass
 from drpopt.passes.verify import VerifyPass, compare_models
@@ -22,8 +25,11 @@ from drpopt.passes.verify import VerifyPass, compare_models
 PASSES: list[type[Pass]] = [
     FoldBatchNormPass,
     ScorePass,
+    CalibratePass,
     MaskPass,
     ApplyMasksPass,
+    BiasCorrectPass,
+    ReconstructPass,
     SparsifyPass,
     CompactPass,
     CleanupPass,
@@ -33,6 +39,9 @@ PASSES: list[type[Pass]] = [
 __all__ = [
     "PASSES",
     "ApplyMasksPass",
+    "BiasCorrectPass",
+    "CalibratePass",
+    "CalibrationData",
     "CleanupPass",
     "CompactPass",
     "FoldBatchNormPass",
@@ -43,6 +52,8 @@ __all__ = [
     "PassResult",
     "PipelineResult",
     "Plan",
+    "Preprocess",
+    "ReconstructPass",
     "ScorePass",
     "SparsifyPass",
     "VerifyPass",

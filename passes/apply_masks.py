@@ -84,6 +84,8 @@ class ApplyMasksPass(Pass):
                     model.materialize(value)
                     restructured = True
                 if m.tensor not in copied:
+                    # the dense weights stay reachable for bias-correct and reconstruct
+                    model.meta.setdefault("dense_weights", {}).setdefault(m.tensor, value.const)
                     value.const = np.array(value.const, copy=True)
                     copied.add(m.tensor)
                 value.const[along(value.const, m.axis, m.indices(pruned))] = 0

@@ -67,6 +67,7 @@ class CompactPass(Pass):
             if node.domain == DOMAIN and node.op_type == OP:
                 unmask_layernorm(node)
         invalidate(model)
+        model.meta.pop("dense_weights", None)  # shapes changed: the dense model is gone
         model.meta["plan"] = plan
         model.meta["compacted"] = True
         record_metadata(model, plan)

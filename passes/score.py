@@ -7,6 +7,8 @@ Rules:
 - ``bn-gamma``: the |gamma| of the BatchNormalization scales that follow the group (summed
   the same way); a group with no BN falls back to ``l2``;
 - ``random``: uniform noise from ``seed``, a control for the other criteria;
+- ``activation`` and ``reconstruction`` need calibration data (``calibrate`` before
+  ``score``): see ``score_data.py``;
 - scores land in ``graph.meta["scores"]`` keyed by group key, with the criterion in
   ``graph.meta["score_criterion"]``; locked groups get no score.
 """
@@ -27,7 +29,9 @@ from drpopt.passes.plan import group_key
 
 log = logging.getLogger(__name__)
 
-Criterion = Literal["l1", "l2", "bn-gamma", "random"]
+Criterion = Literal["l1", "l2", "bn-gamma", "random", "activation", "reconstruction"]
+CRITERIA = ("l1", "l2", "bn-gamma", "random", "activation", "reconstruction")
+DATA_CRITERIA = ("activation", "reconstruction")
 
 
 def member_norms(arr: np.ndarray, m: Member, size: int, p: int) -> np.ndarray:
@@ -85,19 +89,29 @@ def _node(graph: Graph, name: str | None):
 
 @dataclass
 class ScorePass(Pass):
-    """Score channel importance per coupled group (l1, l2, bn-gamma, random)."""
+    """Score channel importance per coupled group (l1, l2, bn-gamma, random, activation, ...)."""
 
     name: ClassVar[str] = "score"
     criterion: Criterion = "l2"
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.criterion not in ("l1", "l2", "bn-gamma", "random"):
-            raise ValueError(f"criterion {self.criterion!r} is not one of l1, l2, bn-gamma, random")
+        if self.criterion not in CRITERIA:
+            raise ValueError(f"criterion {self.criterion!r} is not one of {', '.join(CRITERIA)}")
 
     def call(self, model: Graph) -> PassResult:
         analysis = get_analysis(model)
         rng = np.random.default_rng(self.seed)
+        if self.criterion in DATA_CRITERIA:
+            from drpopt.passes.calibrate import require_calibration
+            from drpopt.passes.score_data import data_scores
+
+            data = require_calibration(model, f"score:criterion={self.criterion}")
+            groups = [g for g in analysis.groups if g.prunable]
+            by_id = data_scores(model, groups, self.criterion, data, self.seed)
+            model.meta["scores"] = {group_key(g): by_id[g.id] for g in groups}
+            model.meta["score_criterion"] = self.criterion
+            return PassResult(model, False)
         model.meta["scores"] = {
             group_key(g): group_scores(model, g, self.criterion, rng)
             for g in analysis.groups

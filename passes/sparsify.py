@@ -141,6 +141,7 @@ class SparsifyPass(Pass):
         if p.granularity == "channel" or p.pattern_rate <= 0:
             return PassResult(model, False)
         layers = targeted_layers(model, p, self.exclude)
+        model.meta["sparsified"] = True  # reconstruct after this would break the pattern
         cut = None
         if p.granularity == "unstructured" and p.sparsity_scope == "global":
             allw = (

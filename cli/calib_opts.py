@@ -1,0 +1,87 @@
+"""``drpopt prune --calib``: the data-aware passes it adds and the drift report it prints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from drpopt.errors import BadInputError
+
+POSTS = ("reconstruct", "bias-correct", "none")
+
+
+def calib_passes(
+    calib: Path | None, opts: str, criterion: str | None, post: str | None
+) -> tuple[list, str, list[str]]:
+    """(passes before ``score``, the criterion, pass specs after ``apply-masks``)."""
+    from drpopt.passes.calibrate import CalibratePass
+
+    if post is not None and post not in POSTS:
+        raise BadInputError(f"--post {post!r} is not one of {', '.join(POSTS)}")
+    if calib is None:
+        if opts:
+            raise BadInputError("--calib-opts needs --calib DATA")
+        if post not in (None, "none") or criterion in ("activation", "reconstruction"):
+            what = f"--post {post}" if post not in (None, "none") else f"--criterion {criterion}"
+            raise BadInputError(
+                f"{what} needs calibration data: give --calib DATA (an .npz or a folder of images)"
+            )
+        return [], criterion or "l2", []
+    args: dict[str, str] = {"holdout": "0.2"}
+    for part in [p for p in opts.split(":") if p]:
+        key, sep, value = part.partition("=")
+        if not sep:
+            raise BadInputError(f"--calib-opts: {part!r} is not key=value")
+        args[key.strip()] = value.strip()
+    if "data" in args:
+        raise BadInputError("--calib-opts: give the data with --calib, not data=")
+    args["data"] = str(calib)
+    calibrate = CalibratePass.from_args(args)
+    post = post or "reconstruct"
+    return [calibrate], criterion or "reconstruction", [] if post == "none" else [post]
+
+
+def drift_summary(model_path: Path, pruned_proto, pruned_graph) -> dict:
+    """Per output drift of the pruned model from the dense one on the held-out batches."""
+    from drpopt.ir.from_onnx import load_model
+    from drpopt.passes.drift import output_drift
+
+    held = pruned_graph.meta.get("calibration_holdout")
+    data = held if held is not None else pruned_graph.meta["calibration"]
+    drift = output_drift(load_model(model_path), pruned_proto, data)
+    return {
+        "samples": len(data),
+        "held_out": held is not None,
+        "outputs": [d.to_dict() for d in drift],
+        "large": [d.name for d in drift if d.large],
+    }
+
+
+def print_drift(console: Console, drift: dict) -> None:
+    """The drift table, and a warning on stderr when an output drifts far."""
+    where = "held-out" if drift["held_out"] else "calibration (no batch held out)"
+    table = Table(title=f"drift on {drift['samples']} {where} samples", title_justify="left")
+    table.add_column("output")
+    table.add_column("cosine", justify="right")
+    table.add_column("rel. error", justify="right")
+    for d in drift["outputs"]:
+        cos, rel = d["cosine"], d["rel_error"]
+        table.add_row(
+            d["name"],
+            f"{cos:.4f}" if isinstance(cos, float) else cos,
+            f"{rel:.4f}" if isinstance(rel, float) else rel,
+        )
+    console.print(table)
+    warn_drift(drift)
+
+
+def warn_drift(drift: dict) -> None:
+    if drift["large"]:
+        Console(stderr=True, soft_wrap=True).print(
+            f"warning: large drift from the dense model on {', '.join(drift['large'])} "
+            "(cosine < 0.9 or relative error > 0.5): try a lower --rate, more calibration "
+            "data, or fine-tuning",
+            highlight=False,
+        )
