@@ -83,6 +83,19 @@ def refuse_overwrite(output: Path, inputs: list[Path], force: bool = False) -> N
             )
 
 
+def stores_external_data(path: Path) -> bool:
+    """Whether the model file keeps its weights beside it (its outputs then do too). Such
+    a file holds only the graph, so reading it without the weights is cheap."""
+    path = Path(path)
+    try:
+        if not path.is_file() or path.stat().st_size > 64_000_000:
+            return False
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        return False
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+
+
 EXTERNAL_OVER = 1_800_000_000  # bytes: protobuf cannot hold a model of 2 GB or more
 
 

@@ -15,7 +15,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from drpopt.cli.files import atomic_write_bytes, probe_writable, refuse_overwrite, save_model
+from drpopt.cli.files import (
+    atomic_write_bytes,
+    probe_writable,
+    refuse_overwrite,
+    save_model,
+    stores_external_data,
+)
 from drpopt.cli.main import _console, handle_errors
 from drpopt.cli.options import inputs_options, shape_option
 from drpopt.cli.render import (
@@ -184,7 +190,7 @@ def register(app: typer.Typer) -> None:
             result = _run(graph, passes, steps, time_passes, dump_dir)
             proto = to_onnx(result.model) if output is not None else None
             if proto is not None:
-                save_model(proto, output)
+                save_model(proto, output, external=stores_external_data(model) or None)
         verify = result.model.meta.get("verify") if "verify" in names else None
         summary = {
             "input": str(model),
@@ -397,7 +403,7 @@ def register(app: typer.Typer) -> None:
                 _check_sparse_matches_compact(proto, compact_proto, rtol, pruned.meta)
                 steps.update("checked", advance=1)
             steps.update("writing")
-            save_model(proto, output)
+            save_model(proto, output, external=stores_external_data(model) or None)
             if plan_out is not None:
                 atomic_write_bytes(plan_out, final_plan.to_json().encode())
             steps.update("written", advance=1)

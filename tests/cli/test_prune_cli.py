@@ -162,3 +162,27 @@ def test_run_with_timings_and_dumps(yolox, tmp_path):
 def test_run_rejects_a_bad_pipeline_before_reading_the_model(tmp_path):
     result = runner.invoke(app, ["run", str(tmp_path / "missing.onnx"), "-p", "fold-bn"])
     assert result.exit_code == 2 and "unknown pass 'fold-bn'" in result.stderr
+
+
+def test_a_model_with_external_data_is_pruned_to_one_with_external_data(tmp_path):
+    """The weights of the output go beside it, as the input's were (issue 8, big models)."""
+    import onnxruntime as ort
+
+    from drpopt.zoo import build
+
+    path = tmp_path / "ext.onnx"
+    onnx.save_model(
+        build("resnet18"),
+        str(path),
+        save_as_external_data=True,
+        location="ext.data",
+        size_threshold=0,
+    )
+    out = tmp_path / "small.onnx"
+    result = runner.invoke(app, ["prune", str(path), "-r", "0.5", "--compact", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "small.onnx.data").exists()
+    model = onnx.load(str(out), load_external_data=False)
+    assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    x = np.zeros((1, 3, 64, 64), np.float32)
+    ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"input": x})
