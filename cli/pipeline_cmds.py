@@ -334,7 +334,7 @@ def register(app: typer.Typer) -> None:
                 name
                 for name, value, default in (
                     ("--rate", rate, None),
-                    ("--criterion", criterion, "l2"),
+                    ("--criterion", criterion, None),
                     ("--allocation", allocation, "uniform"),
                     ("--exclude", exclude or None, None),
                 )

@@ -12,6 +12,7 @@ Rules:
 - the output channels of the first layer (``keep_first``) and of the final prediction
   layers (``keep_last``) stay whole (the channels a prediction layer reads are pruned), as
   do groups touching a layer matching an ``exclude`` pattern (fnmatch, ``|``-separated)
+  or a layer of an op type in the profile's ``dense_ops``
   and locked groups;
 - ``plan=PATH`` loads a saved plan instead of computing one (it must match the model);
 - the result is ``graph.meta["plan"]``; scores are computed with ``l2`` when no ``score``
@@ -155,6 +156,10 @@ class MaskPass(Pass):
             return False
         if self.profile.keep_last and producers & last:
             return False
+        if self.profile.dense_ops:
+            kinds = {n.name: n.op_type for n in graph.nodes}
+            if any(kinds.get(n) in self.profile.dense_ops for n in nodes):
+                return False
         return not any(fnmatch.fnmatchcase(n, pat) for n in nodes for pat in self.exclude)
 
     def _global_counts(self, groups: list[Group], scores: dict[str, np.ndarray]) -> dict[str, int]:

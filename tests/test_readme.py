@@ -65,6 +65,8 @@ def _setup(root: Path) -> None:
     onnx.save(dynamic_cnn(), str(root / "det.onnx"))
     rng = np.random.default_rng(0)
     np.savez(root / "inputs.npz", input=rng.standard_normal((1, 3, 64, 64)).astype(np.float32))
+    calib = rng.standard_normal((16, 3, 64, 64)).astype(np.float32)
+    np.savez(root / "calib.npz", input=calib)  # calibration batches for model.onnx
     (root / "images").mkdir()
     for i in range(2):
         write_png(root / "images" / f"{i}.png", rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))

@@ -203,3 +203,18 @@ def test_pipeline_string_and_toml_agree(tmp_path):
     assert parse_pipeline(str(tmp_path / "q.toml")) == from_string
     mask_spec = "mask:rate=0.7:allocation=global:exclude=stem.*|fc"
     assert [p.spec() for p in from_string] == [spec.split(",")[0], mask_spec]
+
+
+def test_profile_dense_ops_are_honoured(tmp_path):
+    """A profile's ``dense_ops`` leaves every group touching such a layer whole (it was
+    documented but ignored: half of all Conv channels were pruned)."""
+    profile = tmp_path / "noconv.toml"
+    profile.write_text(
+        'name = "noconv"\n[layers]\ndense_ops = ["Conv"]\nkeep_first = false\nkeep_last = false\n'
+    )
+    graph = plan_for(build("resnet18"), ScorePass(), MaskPass(rate=0.5, target=str(profile)))
+    assert graph.meta["plan"].pruned_channels == 0
+    gemm_only = tmp_path / "nogemm.toml"
+    gemm_only.write_text('name = "nogemm"\n[layers]\ndense_ops = ["Gemm"]\n')
+    graph = plan_for(build("resnet18"), ScorePass(), MaskPass(rate=0.5, target=str(gemm_only)))
+    assert graph.meta["plan"].pruned_channels > 0
