@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from drpopt.errors import BadInputError, CheckFailedError, DrpoptError, UnsupportedModelError
 from drpopt.ir.analysis import Analysis, analyze
+from drpopt.ir.rules import set_plugin_loader
+from drpopt.plugins import load_rule_plugins as _load_rule_plugins
+
+set_plugin_loader(_load_rule_plugins)
 
 __version__ = "0.1.0"
 

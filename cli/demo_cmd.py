@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from drpopt.cli.render import human
+from drpopt.passes.common import human
 
 
 def _comparison(title: str, rows: list[tuple[str, str, str, str]]):
@@ -163,10 +163,10 @@ def _digits_demo(console, rate: float, out: Path | None) -> dict:
 
 def _onnx_demo(console, model: str, rate: float, save: Path | None) -> dict:
 
-    from drpopt.cli.files import save_model
     from drpopt.cli.render import render_analysis
     from drpopt.errors import BadInputError
     from drpopt.ir.analysis import analyze
+    from drpopt.ir.files import save_model
     from drpopt.ir.to_onnx import to_onnx
     from drpopt.passes import PassManager, parse_pipeline
     from drpopt.passes.verify import latency_ms

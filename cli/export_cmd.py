@@ -108,7 +108,7 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Export BUILDER's model with CHECKPOINT's weights as sparse or compact ONNX."""
-        from drpopt.cli.files import refuse_overwrite
+        from drpopt.ir.files import refuse_overwrite
         from drpopt.retrain.export import export_onnx
 
         if target is not None:
@@ -346,7 +346,7 @@ def _summary(result: Any, builder: str, checkpoint: Path | None) -> dict[str, An
 
 
 def _print_summary(console: Console, s: dict[str, Any]) -> None:
-    from drpopt.cli.render import human
+    from drpopt.passes.common import human
 
     def ratio(a: float, b: float) -> str:
         return f"{100.0 * a / b:.1f}%" if b else "-"

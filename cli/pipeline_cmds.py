@@ -15,13 +15,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from drpopt.cli.files import (
-    atomic_write_bytes,
-    probe_writable,
-    refuse_overwrite,
-    save_model,
-    stores_external_data,
-)
 from drpopt.cli.main import _console, handle_errors
 from drpopt.cli.options import inputs_options, shape_option
 from drpopt.cli.render import (
@@ -33,6 +26,13 @@ from drpopt.cli.render import (
     with_source,
 )
 from drpopt.errors import BadInputError
+from drpopt.ir.files import (
+    atomic_write_bytes,
+    probe_writable,
+    refuse_overwrite,
+    save_model,
+    stores_external_data,
+)
 
 
 def load_for_pipeline(
@@ -104,7 +104,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """List the passes a pipeline can use (built-in and plugin), with their arguments."""
         from drpopt.passes.pipeline import registry
-        from drpopt.passes.plugins import PASS_GROUP, pass_source, records
+        from drpopt.plugins import PASS_GROUP, pass_source, records
 
         if as_json:
             data = [
@@ -169,7 +169,7 @@ def register(app: typer.Typer) -> None:
         from drpopt.ir.to_onnx import to_onnx
         from drpopt.passes import parse_pipeline
         from drpopt.passes.figures import model_figures
-        from drpopt.passes.plugins import pass_source
+        from drpopt.plugins import pass_source
 
         passes = parse_pipeline(pipeline)
         names = [p.name for p in passes]

@@ -161,8 +161,8 @@ def register(app: typer.Typer) -> None:
         import json
         import sys
 
-        from drpopt.cli.files import atomic_write_bytes, probe_writable, refuse_overwrite
         from drpopt.cli.options import shape_warning, warn
+        from drpopt.ir.files import atomic_write_bytes, probe_writable, refuse_overwrite
         from drpopt.passes.report import build_report, charts_page, collect, compare_stats
 
         if output is None and not as_json:

@@ -31,8 +31,8 @@ def register(app: typer.Typer) -> None:
         """List the target profiles (shipped and plugin; a .toml path works wherever a name
         does)."""
         from drpopt.cli.render import broken_plugin_line
-        from drpopt.passes.plugins import TARGET_GROUP, records
         from drpopt.passes.targets import all_targets
+        from drpopt.plugins import TARGET_GROUP, records
 
         if as_json:
             data = [
@@ -87,9 +87,9 @@ def register(app: typer.Typer) -> None:
         input_shapes: dict | None = None,
     ) -> None:
         """Measure MODEL's sparsity per layer against a target; exit 1 if it falls short."""
-        from drpopt.cli.render import human
         from drpopt.errors import BadInputError, CheckFailedError
         from drpopt.passes.check import check_model
+        from drpopt.passes.common import human
         from drpopt.passes.manager import load_graph
         from drpopt.passes.targets import get_target
 

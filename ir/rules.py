@@ -907,6 +907,14 @@ def node_opset(node: Node, graph: Graph) -> int:
 
 
 _plugins_loaded = False
+_plugin_loader: Callable[[], None] | None = None
+
+
+def set_plugin_loader(loader: Callable[[], None]) -> None:
+    """Sets what loads rule plugins before the first rule is looked up. The package root
+    wires ``drpopt.plugins`` here, so ``ir`` imports nothing above it."""
+    global _plugin_loader, _plugins_loaded
+    _plugin_loader, _plugins_loaded = loader, False
 
 
 def load_rule_plugins() -> None:
@@ -914,9 +922,8 @@ def load_rule_plugins() -> None:
     global _plugins_loaded
     if not _plugins_loaded:
         _plugins_loaded = True
-        from drpopt.passes.plugins import RULE_GROUP, load_plugins
-
-        load_plugins(RULE_GROUP)
+        if _plugin_loader is not None:
+            _plugin_loader()
 
 
 def rule_for(node: Node) -> Rule | None:

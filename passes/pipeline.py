@@ -30,7 +30,7 @@ def registry() -> dict[str, type[Pass]]:
     """Pass name -> class: the ``PASSES`` list of ``drpopt.passes``, then plugin passes
     (entry point group ``drpopt.passes``; a plugin never replaces a built-in)."""
     from drpopt.passes import PASSES
-    from drpopt.passes.plugins import plugin_passes
+    from drpopt.plugins import plugin_passes
 
     reg = {p.name: p for p in PASSES}
     for name, cls in plugin_passes().items():

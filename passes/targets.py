@@ -1,7 +1,7 @@
 """Target profiles: what a device wants from a sparsity plan, as data (TOML).
 
 Shipped profiles live in ``passes/profiles/*.toml`` (``generic``, ``cpu``, ``drpai``,
-``nm-2-4``); plugins add more (``drpopt.passes.plugins``, loaded by ``all_targets`` and
+``nm-2-4``); plugins add more (``drpopt.plugins``, loaded by ``all_targets`` and
 ``get_target``); a user profile is any ``.toml`` path with the same tables. A profile names:
 
 - ``[channels]``: ``align`` (kept channel counts a multiple of it; a group smaller than
@@ -149,7 +149,7 @@ TARGETS: dict[str, TargetProfile] = _shipped()
 
 def all_targets() -> dict[str, TargetProfile]:
     """``TARGETS`` with the profiles of plugins (entry point group ``drpopt.targets``)."""
-    from drpopt.passes.plugins import TARGET_GROUP, load_plugins
+    from drpopt.plugins import TARGET_GROUP, load_plugins
 
     load_plugins(TARGET_GROUP)
     return TARGETS

@@ -398,7 +398,7 @@ def export_onnx(
     when onnxruntime's outputs differ from torch's (nothing is written then) and
     ``BadInputError`` when the model cannot be exported or the output cannot be written.
     """
-    from drpopt.cli.files import save_model
+    from drpopt.ir.files import save_model
     from drpopt.ir.to_onnx import to_onnx
     from drpopt.passes import CleanupPass, CompactPass, PassManager
     from drpopt.passes.apply_masks import record_metadata

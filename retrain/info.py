@@ -153,7 +153,7 @@ class ModelInfo:
         """A rich Table: a row per layer, then the totals."""
         from rich.table import Table
 
-        from drpopt.cli.render import human
+        from drpopt.passes.common import human
 
         title = "Model info"
         if self.current_rate is not None:

@@ -140,7 +140,7 @@ def test_outputs_get_the_usual_file_mode(tmp_path):
     import os
     import stat
 
-    from drpopt.cli.files import atomic_write_bytes
+    from drpopt.ir.files import atomic_write_bytes
 
     out = tmp_path / "x.bin"
     atomic_write_bytes(out, b"data")

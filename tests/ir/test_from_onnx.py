@@ -146,7 +146,7 @@ def test_external_data(tmp_path):
 
 
 def test_a_model_with_external_data_prunes_and_is_written_with_external_data(tmp_path):
-    from drpopt.cli.files import save_model
+    from drpopt.ir.files import save_model
     from drpopt.ir.to_onnx import to_onnx
     from drpopt.passes import ApplyMasksPass, CompactPass, MaskPass, PassManager, ScorePass
 

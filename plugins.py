@@ -80,6 +80,11 @@ def load_plugins(group: str | None = None) -> None:
                 )
 
 
+def load_rule_plugins() -> None:
+    """Loads the coupling-rule plugins (called by ``ir.rules`` before its first lookup)."""
+    load_plugins(RULE_GROUP)
+
+
 def records(group: str | None = None) -> list[PluginRecord]:
     """The loaded entry points of ``group`` (or all), broken ones included."""
     load_plugins(group)

@@ -1,0 +1,50 @@
+"""The layers import only downwards: ir < passes < retrain < cli (plugins and the package
+root sit above them); no module of a lower layer imports a higher one, even lazily."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LAYERS = ["ir", "passes", "retrain", "cli"]
+FORBIDDEN = {
+    "ir": {"passes", "retrain", "cli", "plugins", "zoo"},
+    "passes": {"retrain", "cli"},
+    "retrain": {"cli"},
+}
+
+
+def imported_packages(path: Path) -> set[tuple[str, int]]:
+    """The drpopt subpackages a file imports (module level or inside functions)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        names = []
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "drpopt" and len(parts) > 1:
+                found.add((parts[1], node.lineno))
+    return found
+
+
+@pytest.mark.parametrize("layer", sorted(FORBIDDEN))
+def test_a_layer_imports_nothing_above_it(layer):
+    bad = [
+        f"{path.relative_to(ROOT)}:{line} imports drpopt.{pkg}"
+        for path in sorted((ROOT / layer).glob("*.py"))
+        for pkg, line in imported_packages(path)
+        if pkg in FORBIDDEN[layer]
+    ]
+    assert not bad, "\n".join(bad)
+
+
+def test_the_check_sees_a_violation(tmp_path):
+    bad = tmp_path / "m.py"
+    bad.write_text("def f():\n    from drpopt.cli.main import app\n")
+    assert ("cli", 2) in imported_packages(bad)
