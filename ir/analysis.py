@@ -294,28 +294,37 @@ def weight_uses(graph: Graph) -> dict[str, float]:
     return uses
 
 
+def _union_length(intervals: list[tuple[int, int]], dim: int) -> int:
+    """How many of ``range(dim)`` the half-open intervals cover together."""
+    covered, end = 0, 0
+    for lo, hi in sorted(intervals):
+        lo, hi = max(lo, end), min(hi, dim)
+        if hi > lo:
+            covered += hi - lo
+            end = hi
+    return covered
+
+
 def _removed(
     graph: Graph, groups: list[Group], params: dict[str, Value], uses: dict[str, float]
 ) -> tuple[int, int]:
     """Parameters and MACs covered by the channels of ``groups`` (each element once)."""
-    per_tensor: dict[str, dict[int, np.ndarray]] = {}
+    spans: dict[str, dict[int, list[tuple[int, int]]]] = {}
     for g in groups:
         for m in g.members:
             if m.tensor is None or m.tensor not in params:
                 continue
-            shape = params[m.tensor].shape  # type: ignore[union-attr]
-            axes = per_tensor.setdefault(m.tensor, {})
-            mask = axes.get(m.axis)
-            if mask is None:
-                mask = axes[m.axis] = np.zeros(shape[m.axis], dtype=bool)
-            mask[m.start : m.start + m.length * m.block] = True
+            axes = spans.setdefault(m.tensor, {})
+            axes.setdefault(m.axis, []).append((m.start, m.start + m.length * m.block))
+    per_tensor = {
+        name: {a: _union_length(iv, params[name].shape[a]) for a, iv in axes.items()}  # type: ignore[index]
+        for name, axes in spans.items()
+    }
     total_params = 0
     total_macs = 0.0
     for name, axes in per_tensor.items():
         shape = params[name].shape  # type: ignore[union-attr]
-        kept = math.prod(
-            dim - int(axes[a].sum()) if a in axes else dim for a, dim in enumerate(shape)
-        )
+        kept = math.prod(dim - axes[a] if a in axes else dim for a, dim in enumerate(shape))
         removed = math.prod(shape) - kept
         total_params += removed
         total_macs += removed * uses.get(name, 0.0)

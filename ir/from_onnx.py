@@ -156,7 +156,7 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         return model
 
 
-MAX_SHAPE_ROUNDS = 2
+MAX_SHAPE_ROUNDS = 1
 
 
 def _static_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
