@@ -20,9 +20,11 @@ from onnx import helper, numpy_helper
 from drpopt.ir.core import Graph, Node, Value
 
 
-def to_onnx(graph: Graph, with_shapes: bool = False) -> onnx.ModelProto:
-    """Writes ``graph`` as a model."""
-    gp = _graph_proto(graph, with_shapes)
+def to_onnx(graph: Graph, with_shapes: bool = False, reshare: bool = True) -> onnx.ModelProto:
+    """Writes ``graph`` as a model. With ``reshare`` (default) constants that still hold one
+    array (shared in the source model, un-shared on load) are written once again; without
+    it every value is its own initializer, named as the analysis names it."""
+    gp = _graph_proto(graph, with_shapes, reshare)
     opsets = [helper.make_opsetid(domain, version) for domain, version in graph.opsets.items()]
     model = helper.make_model(gp, opset_imports=opsets)
     model.functions.extend(graph.functions)
@@ -50,7 +52,7 @@ def _value_info(value: Value, with_shape: bool = True) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(value.name, _elem_type(value), shape)
 
 
-def _graph_proto(graph: Graph, with_shapes: bool) -> onnx.GraphProto:
+def _graph_proto(graph: Graph, with_shapes: bool, reshare: bool = True) -> onnx.GraphProto:
     produced = {v.name for n in graph.nodes for v in n.outputs}
     used = [v for n in graph.nodes for v in n.inputs if v is not None]
     used += [v for n in graph.nodes for v in n.meta.get("captured", ())]
@@ -66,7 +68,7 @@ def _graph_proto(graph: Graph, with_shapes: bool) -> onnx.GraphProto:
         if not v.is_const or v.name in produced or v.name in seen:
             continue
         seen.add(v.name)
-        first = canonical.setdefault(_identity(v), v.name)
+        first = canonical.setdefault(_identity(v), v.name) if reshare else v.name
         if first != v.name and v.name not in keep_names and first not in keep_names:
             rename[v.name] = first
             continue

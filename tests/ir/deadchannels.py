@@ -70,6 +70,36 @@ def materialize_folded(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
+def _mask_layernorms(model: onnx.ModelProto, groups: list[Group], chosen) -> onnx.ModelProto:
+    """A LayerNormalization over a group's channels reads every channel for its statistics;
+    pruning gives it the masked form that ignores the pruned ones (passes/masked_norm.py).
+    The check does the same for the channels it kills, so only missing members leak."""
+    from drpopt.ir.from_onnx import from_onnx
+    from drpopt.ir.to_onnx import to_onnx
+    from drpopt.passes.masked_norm import mask_layernorm
+
+    lns = [n for n in model.graph.node if n.op_type == "LayerNormalization"]
+    if not lns:
+        return model
+    graph = from_onnx(model)
+    changed = False
+    for node in [n for n in graph.nodes if n.op_type == "LayerNormalization"]:
+        x = node.input(0)
+        if x is None or x.rank is None:
+            continue
+        for g in groups:
+            seg = next((s for s in g.segments if s.value == x.name and s.axis == x.rank - 1), None)
+            if seg is None:
+                continue
+            keep = np.ones(seg.space_length, dtype=bool)
+            for j in chosen[g.id]:
+                keep[seg.start + j * seg.block : seg.start + (j + 1) * seg.block] = False
+            mask_layernorm(graph, node, keep)
+            changed = True
+            break
+    return to_onnx(graph, reshare=False) if changed else model
+
+
 def _put(arr: np.ndarray, axis: int, idx: list[int], values: np.ndarray | float) -> None:
     index = [slice(None)] * arr.ndim
     index[axis] = idx  # type: ignore[call-overload]
@@ -88,6 +118,8 @@ def dead_channel_outputs(
     for g in groups:
         k = max(1, g.size // 2)
         chosen[g.id] = sorted(rng.choice(g.size, size=k, replace=False).tolist())
+    model = _mask_layernorms(model, groups, chosen)
+    arrays = {t.name: numpy_helper.to_array(t).copy() for t in model.graph.initializer}
     if zero_consumers:
         for g in groups:
             for m in g.members:
@@ -115,7 +147,12 @@ def dead_channel_outputs(
 
 
 def assert_groups_complete(analysis: Analysis, model: onnx.ModelProto, seed: int = 0) -> None:
-    """Scrambles dead channels of every prunable group; outputs must not move."""
+    """Scrambles dead channels of every prunable group; outputs must not move. The model
+    run is the analysis' own graph written back without re-sharing constants, so every
+    member names an initializer (the analysis un-shares exporters' shared constants)."""
+    from drpopt.ir.to_onnx import to_onnx
+
+    model = to_onnx(analysis.graph, reshare=False)
     groups = analysis.prunable_groups
     before, after = dead_channel_outputs(model, groups, seed)
     for b, a in zip(before, after, strict=True):
