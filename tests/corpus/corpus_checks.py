@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import math
 import signal
 import threading
@@ -42,7 +43,8 @@ class DegenerateOutput(AssertionError):
 @contextlib.contextmanager
 def time_limit(seconds: float, what: str) -> Iterator[None]:
     """Raises ``CheckTimeout`` in the main thread when the body runs past ``seconds``
-    (SIGALRM: Python code is interrupted at once, a long C call when it returns). A no-op
+    (SIGALRM: Python code is interrupted at once, a long C call when it returns; a C call
+    that never returns ends the process after ``3 * seconds + 60`` with every stack). A no-op
     where there is no SIGALRM, off the main thread, or for ``seconds <= 0``."""
     usable = (
         seconds > 0
@@ -58,9 +60,13 @@ def time_limit(seconds: float, what: str) -> Iterator[None]:
 
     previous = signal.signal(signal.SIGALRM, _fire)
     signal.setitimer(signal.ITIMER_REAL, seconds)
+    # backstop for a hang inside C code, which the alarm cannot interrupt: dump every
+    # thread's stack and end the run rather than hold CI until its own limit
+    faulthandler.dump_traceback_later(seconds * 3 + 60, exit=True)
     try:
         yield
     finally:
+        faulthandler.cancel_dump_traceback_later()
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
 

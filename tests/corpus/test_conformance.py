@@ -2,11 +2,11 @@
 
 Run with ``pytest -m corpus`` (``--corpus DIR`` for another folder of ``.onnx`` models). Per
 model: the analysis finishes within ``--corpus-timeout`` and every locked group names its
-reason; rate 0 changes nothing bit for bit; each plan of ``CONFIGS`` (rates 0.3/0.5/0.7,
-targets ``drpai`` and ``cpu``) applied as sparse and as compact ONNX gives the same outputs
-(1e-4 of the output's spread) and the compact model has the parameters and MACs the plan
-says; and the dead-channel check holds on every prunable group.
-"""
+reason (and the node, unless a graph input or output locks it); rate 0 changes nothing bit
+for bit; each plan of ``CONFIGS`` (rates 0.3/0.5/0.7, targets ``drpai`` and ``cpu``) applied
+as sparse and as compact ONNX gives the same outputs (1e-4 of the output's spread) and the
+compact model has the parameters and MACs the plan says; and the dead-channel check holds on
+every prunable group."""
 
 from __future__ import annotations
 
@@ -36,6 +36,13 @@ def test_analysis_finishes_and_names_every_lock(corpus_case, request):
         if not g.reason or not g.locks or not all(lock.message for lock in g.locks)
     ]
     assert not unnamed, f"{corpus_case.name}: locked groups without a reason: {unnamed[:10]}"
+    nameless = [
+        (g.id, lock.kind, lock.message)
+        for g in analysis.locked_groups
+        for lock in g.locks
+        if lock.kind not in ("graph-input", "graph-output") and not lock.node
+    ]
+    assert not nameless, f"{corpus_case.name}: locks that name no node: {nameless[:5]}"
 
 
 def test_rate_zero_is_bit_identical(corpus_case, request):
