@@ -81,16 +81,20 @@ def _compact_ratios(model, dense, keep: bool | None) -> tuple[float, float]:
 
 
 def _largest_lock(analysis) -> str:
-    """The locked group with the largest parameter share: share, reason, node."""
+    """One line: the locked group with the largest parameter share, its first lock and the
+    node that lock names, and how many other locks it has."""
     locked = analysis.locked_groups
     if not locked:
         return "none"
     g = max(locked, key=lambda g: (g.params, g.size))
-    node = next((lock.node for lock in g.locks if lock.node), None)
-    reason = (g.reason or "no reason given").splitlines()[0]
-    where = f" [{node}]" if node and node not in reason else ""
-    share = g.params / max(analysis.params, 1)
-    return f"{share:.1%} ({g.size} ch): {reason}{where}"
+    share = f"{g.params / max(analysis.params, 1):.1%} ({g.size} ch)"
+    if not g.locks:
+        return f"{share}: {(g.reason or 'no reason given').splitlines()[0]}"
+    lock = g.locks[0]
+    text = f"{share}: {lock.kind}: {lock.message.splitlines()[0]}"
+    if lock.node and lock.node not in text:
+        text += f" [{lock.node}]"
+    return text + (f" (+{len(g.locks) - 1} more)" if len(g.locks) > 1 else "")
 
 
 def measure_one(path: Path, runs: int) -> None:

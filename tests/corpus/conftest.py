@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gc
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,7 +83,6 @@ class CorpusCase:
     timeout: float
     analysis: Analysis | None = None
     analysis_error: str | None = None
-    analysis_seconds: float = 0.0
     _cache: dict[str, Any] = field(default_factory=dict)
 
     def require_analysis(self) -> Analysis:
@@ -168,7 +166,6 @@ def corpus_case(request: pytest.FixtureRequest):
     with time_limit(timeout * 2, f"loading {path.name}"):
         model = load_corpus_model(path)
     case = CorpusCase(path.stem, path, model, timeout)
-    start = time.perf_counter()
     try:
         with time_limit(timeout, f"analysis of {path.name}"):
             case.analysis = analyze(model)
@@ -176,7 +173,6 @@ def corpus_case(request: pytest.FixtureRequest):
         case.analysis_error = str(err)
     except Exception as err:  # reported by test_analysis, not here
         case.analysis_error = f"{type(err).__name__}: {err}"
-    case.analysis_seconds = time.perf_counter() - start
     yield case
     case._cache.clear()
     del case, model
