@@ -158,7 +158,7 @@ def expected_counts(masks: dict, before: Analysis) -> tuple[int, int]:
     for value in before.graph.values.values():
         if not _is_param(value):
             continue
-        shape = value.const.shape  # type: ignore[union-attr]
+        shape = value.static_shape or value.const.shape  # type: ignore[union-attr]
         axes = {int(a): m for (v, a), m in masks.items() if v == value.name}
         if not axes or not math.prod(shape):
             continue
