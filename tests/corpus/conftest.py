@@ -33,7 +33,7 @@ from drpopt.zoo.corpus import (
 
 # Known failures of the analysis or the passes, {model: {check: reason}}. A check is
 # "analyze", "rate0", "dead", "prune" (every plan) or "prune:<config>"; "*" is every check.
-# xfail(strict=False): remove an entry when its fix lands. State of main 6be482f.
+# xfail(strict=False): remove an entry when its fix lands. State of main 7763ef7.
 DEAD_LEAK = (
     "dead-channel check leaks: a group misses a consumer, or its members name the IR's "
     "private copies of Identity-shared constants that the ONNX model does not have (issue 8)"
@@ -42,7 +42,6 @@ KNOWN: dict[str, dict[str, str]] = {
     "swin_t": {
         "prune": "compact model fails in onnxruntime: attention MatMul 'Incompatible "
         "dimensions' (features.1.1/attn/MatMul_3) (issue 8)",
-        "dead": DEAD_LEAK,
     },
     **{
         name: {"dead": DEAD_LEAK}
