@@ -31,8 +31,8 @@ from drpopt.passes.plan import Plan, keep_masks
 
 TOLERANCE = 1e-4  # of the reference output's spread
 
-# When set, a compact model whose parameter count differs from the plan's is xfail (after
-# its outputs were verified) with this reason; None makes the count check strict again.
+# When set, a compact model whose parameter count (MACs equal) differs from the plan's is
+# xfail (after its outputs were verified) with this reason; None makes the count check strict again.
 KNOWN_COUNT_BUG: str | None = (
     "drpopt.analyze counts a constant that an exporter shares through Identity once per "
     "private copy and once per Identity output, so the dense count, and the plan's, is too "
