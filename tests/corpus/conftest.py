@@ -39,10 +39,6 @@ DEAD_LEAK = (
     "private copies of Identity-shared constants that the ONNX model does not have (issue 8)"
 )
 KNOWN: dict[str, dict[str, str]] = {
-    "swin_t": {
-        "prune": "compact MACs differ from the plan's (rate 0.5: 678775374 for 679221960) "
-        "(issue 8)",
-    },
     **{
         name: {"dead": DEAD_LEAK}
         for name in (

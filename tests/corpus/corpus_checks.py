@@ -155,10 +155,13 @@ class Pruned:
     before: Analysis
     expected_params: int
     expected_macs: int
+    macs_exact: bool  # False: a MatMul of two activations (attention) shrinks with the plan
 
 
 def expected_counts(masks: dict, before: Analysis) -> tuple[int, int]:
-    """Parameters and MACs after removing the masked channels, from the analysed input IR
+    """Parameters and MACs after removing the masked channels, from the analysed input IR;
+    MACs scale with the kept share of each weight, so a MatMul of two activations (attention)
+    keeps its full count here: an upper bound for such models
     (call it before a pass changes that IR). Constants an exporter shares through Identity
     count once per use, as ``drpopt analyze`` counts them."""
     removed = 0
@@ -193,12 +196,16 @@ def prune(model: onnx.ModelProto, config: PruneConfig, scores: dict | None = Non
     plan: Plan = graph.meta["plan"]
     masks = keep_masks(plan.resolve(before))
     params, macs = expected_counts(masks, before)  # before the passes change the IR
+    exact = all(
+        not node_macs(n) or (n.input(1) is not None and n.input(1).is_const)
+        for n in before.graph.nodes
+    )
     graph = ApplyMasksPass().call(graph).model
     masked = to_onnx(graph)
     compact = to_onnx(CompactPass().call(graph).model)
     compact = onnx.shape_inference.infer_shapes(compact, strict_mode=True)
     onnx.checker.check_model(compact, full_check=True)
-    return Pruned(plan, masked, compact, before, params, macs)
+    return Pruned(plan, masked, compact, before, params, macs, exact)
 
 
 def compact_counts(compact: onnx.ModelProto) -> tuple[int, int]:

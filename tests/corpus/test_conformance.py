@@ -79,9 +79,14 @@ def test_sparse_equals_compact(corpus_case, config, request):
         f"{name}: compact has {params} parameters and {macs} MACs, "
         f"the plan says {pruned.expected_params} and {pruned.expected_macs}"
     )
-    if KNOWN_COUNT_BUG and macs == pruned.expected_macs and params != pruned.expected_params:
+    # attention MatMuls shrink with pruned heads: the weight-based count is an upper bound
+    macs_ok = macs == pruned.expected_macs or (
+        not pruned.macs_exact and macs < pruned.expected_macs
+    )
+    assert macs_ok, counts
+    if KNOWN_COUNT_BUG and params != pruned.expected_params:
         pytest.xfail(f"{counts}: {KNOWN_COUNT_BUG}")
-    assert (params, macs) == (pruned.expected_params, pruned.expected_macs), counts
+    assert params == pruned.expected_params, counts
     if pruned.plan.pruned_channels:
         assert params < pruned.before.params and macs < pruned.before.macs, name
 
