@@ -15,6 +15,23 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent / "ir"))  # shared check helpers (deadchannels)
 
 
+def pytest_addoption(parser):
+    group = parser.getgroup("corpus", "real-model conformance suite (tests/corpus, -m corpus)")
+    group.addoption(
+        "--corpus",
+        default=None,
+        metavar="DIR",
+        help="folder of .onnx models (default: $DRPOPT_CORPUS, else ../shared/corpus)",
+    )
+    group.addoption(
+        "--corpus-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="seconds one model's analysis, or one check, may take before it fails",
+    )
+
+
 @pytest.fixture(scope="session")
 def zoo_models():
     from drpopt.zoo import MODELS
