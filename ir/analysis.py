@@ -159,7 +159,7 @@ def _analyze(model: Any, where: str | None, start: float, input_shapes: Any = No
     result = Analysis(
         graph=graph,
         groups=groups,
-        params=sum(v.numel or 0 for v in params.values()),
+        params=_distinct_params(params),
         macs=sum(node_macs(n) for n in graph.nodes),
         prunable_params=pp,
         prunable_macs=pm,
@@ -292,6 +292,13 @@ def weight_uses(graph: Graph) -> dict[str, float]:
                 uses[w.name] = uses.get(w.name, 0.0) + macs / w.numel
                 break
     return uses
+
+
+def _distinct_params(params: dict[str, Value]) -> int:
+    """Elements of the parameter tensors, a tensor shared by several values (an exporter's
+    shared constant, un-shared on load) counted once."""
+    sizes = {v.storage: v.numel or 0 for v in params.values()}
+    return sum(sizes.values())
 
 
 def _union_length(intervals: list[tuple[int, int]], dim: int) -> int:

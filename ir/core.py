@@ -39,6 +39,14 @@ class Value:
         d = self.__dict__
         return d.get("_const") is not None or d.get("_lazy") is not None
 
+    @property
+    def storage(self) -> int:
+        """What makes constants one tensor: the same array, or the same weight not read
+        yet (values un-shared on load, and Identity outputs of a constant, share it)."""
+        d = self.__dict__
+        lazy = d.get("_lazy")
+        return id(lazy) if lazy is not None else id(d.get("_const"))
+
     def set_lazy(self, loader: Any) -> None:
         """Makes the value a constant whose array ``loader()`` makes on first read (weights
         stay in the loaded model until a pass reads or changes them)."""

@@ -68,7 +68,7 @@ def _graph_proto(graph: Graph, with_shapes: bool, reshare: bool = True) -> onnx.
         if not v.is_const or v.name in produced or v.name in seen:
             continue
         seen.add(v.name)
-        first = canonical.setdefault(_identity(v), v.name) if reshare else v.name
+        first = canonical.setdefault(v.storage, v.name) if reshare else v.name
         if first != v.name and v.name not in keep_names and first not in keep_names:
             rename[v.name] = first
             continue
@@ -88,12 +88,6 @@ def _graph_proto(graph: Graph, with_shapes: bool, reshare: bool = True) -> onnx.
     return helper.make_graph(
         nodes, graph.name, inputs, outputs, initializers, value_info=value_info
     )
-
-
-def _identity(v: Value) -> int:
-    """What makes two constants one: the same array, or the same not-yet-read weight."""
-    lazy = v.__dict__.get("_lazy")
-    return id(lazy) if lazy is not None else id(v.const)
 
 
 def _tensor_proto(v: Value) -> onnx.TensorProto:

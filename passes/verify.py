@@ -41,8 +41,9 @@ CONSTANT = 1e-6  # nor one whose spread is below this share of its largest value
 class OutputReport:
     """The comparison of one output over every input sample.
 
-    ``spread`` is the reference's standard deviation (over all elements of all samples):
-    the scale errors are measured in. ``max_abs`` / ``mean_abs`` are the largest and mean
+    ``spread`` is the reference's range, max - min over all elements of all samples: the
+    scale errors are measured in (a standard deviation would make a peaked output, a
+    softmax over thousands of classes, fail on float rounding). ``max_abs`` / ``mean_abs`` are the largest and mean
     absolute differences, ``max_rel`` is ``max_abs / spread``, ``cosine`` the cosine
     similarity of the two outputs (flattened), ``max_ref`` the largest finite
     ``|reference|``. ``ok`` iff the reference is not degenerate and
@@ -331,7 +332,7 @@ def _compare(name: str, ref: np.ndarray, out: np.ndarray, rtol: float, atol: flo
     o = out.astype(np.float64).ravel()
     finite = r[np.isfinite(r)]
     max_ref = float(np.abs(finite).max()) if finite.size else 0.0
-    spread = float(finite.std()) if finite.size else 0.0
+    spread = float(finite.max() - finite.min()) if finite.size else 0.0
     rms = float(np.sqrt(np.mean(finite * finite))) if finite.size else 0.0
     degenerate = ""
     if not finite.size:

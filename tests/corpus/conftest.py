@@ -34,23 +34,7 @@ from drpopt.zoo.corpus import (
 # Known failures of the analysis or the passes, {model: {check: reason}}. A check is
 # "analyze", "rate0", "dead", "prune" (every plan) or "prune:<config>"; "*" is every check.
 # xfail(strict=False): remove an entry when its fix lands. State of main 7763ef7.
-DEAD_LEAK = (
-    "dead-channel check leaks: a group misses a consumer, or its members name the IR's "
-    "private copies of Identity-shared constants that the ONNX model does not have (issue 8)"
-)
-KNOWN: dict[str, dict[str, str]] = {
-    **{
-        name: {"dead": DEAD_LEAK}
-        for name in (
-            "convnext_tiny",
-            "maxvit_t",
-            "timm_cspdarknet53",
-            "timm_cspresnet50",
-            "timm_resnet26d",
-            "vit_b_16",
-        )
-    },
-}
+KNOWN: dict[str, dict[str, str]] = {}
 # Models too large for every plan within the CI budget: the plans they run.
 HEAVY_PARAMS = 50_000_000
 HEAVY_CONFIGS = ("rate0.5", "drpai")

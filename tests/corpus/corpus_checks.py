@@ -33,11 +33,7 @@ TOLERANCE = 1e-4  # of the reference output's spread
 
 # When set, a compact model whose parameter count (MACs equal) differs from the plan's is
 # xfail (after its outputs were verified) with this reason; None makes the count check strict again.
-KNOWN_COUNT_BUG: str | None = (
-    "drpopt.analyze counts a constant that an exporter shares through Identity once per "
-    "private copy and once per Identity output, so the dense count, and the plan's, is too "
-    "large (e.g. timm_resnet26d 17.40M for 14.59M) (issue 8)"
-)
+KNOWN_COUNT_BUG: str | None = None
 
 
 class CheckTimeout(Exception):
@@ -161,27 +157,49 @@ class Pruned:
 def expected_counts(masks: dict, before: Analysis) -> tuple[int, int]:
     """Parameters and MACs after removing the masked channels, from the analysed input IR;
     MACs scale with the kept share of each weight, so a MatMul of two activations (attention)
-    keeps its full count here: an upper bound for such models
-    (call it before a pass changes that IR). Constants an exporter shares through Identity
-    count once per use, as ``drpopt analyze`` counts them."""
-    removed = 0
+    keeps its full count here: an upper bound for such models (call it before a pass
+    changes that IR).
+
+    A tensor an exporter shares between layers (through Identity, or deduplicated) is one
+    tensor until a layer's copy is cut: each cut copy is a tensor of its own, and the shared
+    one stays while any layer still reads it uncut."""
+    params = [v for v in before.graph.values.values() if _is_param(v)]
     kept_share: dict[str, float] = {}
-    for value in before.graph.values.values():
-        if not _is_param(value):
-            continue
+    kept_elems: dict[str, int] = {}
+    for value in params:
         shape = value.static_shape or value.const.shape  # type: ignore[union-attr]
         axes = {int(a): m for (v, a), m in masks.items() if v == value.name}
         if not axes or not math.prod(shape):
             continue
         kept = math.prod(int(axes[a].sum()) if a in axes else d for a, d in enumerate(shape))
-        removed += math.prod(shape) - kept
+        kept_elems[value.name] = kept
         kept_share[value.name] = kept / math.prod(shape)
+    storages: dict[int, list] = {}
+    for value in params:
+        storages.setdefault(value.storage, []).append(value)
+    total = 0
+    for values in storages.values():
+        total += sum(kept_elems[v.name] for v in values if v.name in kept_elems)
+        if any(v.name not in kept_elems and _still_read(v, kept_elems) for v in values):
+            total += values[0].numel or 0
     macs = 0.0
     for node in before.graph.nodes:
         m = node_macs(node)
         w = node.input(1) if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") else None
         macs += m * kept_share.get(w.name, 1.0) if w is not None else m
-    return before.params - removed, round(macs)
+    return total, round(macs)
+
+
+def _still_read(value, cut: dict) -> bool:
+    """Whether an uncut constant is read after compaction: not only by Identity/Cast nodes
+    whose (cut) output becomes a tensor of its own."""
+    return (
+        any(
+            not (node.meta.get("folded") and all(o.name in cut for o in node.outputs))
+            for node, _ in value.uses
+        )
+        or not value.uses
+    )
 
 
 def prune(model: onnx.ModelProto, config: PruneConfig, scores: dict | None = None) -> Pruned:
