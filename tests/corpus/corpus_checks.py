@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from drpopt.ir.analysis import Analysis, _is_param, node_macs
+from drpopt.ir.analysis import Analysis, _distinct_params, _is_param, node_macs
 from drpopt.ir.from_onnx import from_onnx
 from drpopt.ir.to_onnx import to_onnx
 from drpopt.passes import ApplyMasksPass, CompactPass, MaskPass
@@ -230,5 +230,5 @@ def compact_counts(compact: onnx.ModelProto) -> tuple[int, int]:
     """(parameters, MACs) of a model as ``drpopt analyze`` counts them (its shapes inferred
     by the frontend; the coupling rules are not needed for counting)."""
     graph = from_onnx(compact)
-    params = sum(v.numel or 0 for v in graph.values.values() if _is_param(v))
+    params = _distinct_params({v.name: v for v in graph.values.values() if _is_param(v)})
     return params, sum(node_macs(n) for n in graph.nodes)
