@@ -43,9 +43,9 @@ class OutputReport:
 
     ``spread`` is the reference's range, max - min over all elements of all samples: the
     scale errors are measured in (a standard deviation would make a peaked output, a
-    softmax over thousands of classes, fail on float rounding). ``max_abs`` / ``mean_abs`` are the largest and mean
-    absolute differences, ``max_rel`` is ``max_abs / spread``, ``cosine`` the cosine
-    similarity of the two outputs (flattened), ``max_ref`` the largest finite
+    softmax over thousands of classes, fail on float rounding). ``max_abs`` / ``mean_abs``
+    are the largest and mean absolute differences, ``max_rel`` is ``max_abs / spread``,
+    ``cosine`` the cosine similarity of the two outputs (flattened), ``max_ref`` the largest finite
     ``|reference|``. ``ok`` iff the reference is not degenerate and
     ``max_abs <= atol + rtol * spread``. ``degenerate`` says why the reference proves nothing
     (constant or near zero over the inputs); integer and boolean outputs must be equal.
