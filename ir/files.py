@@ -11,9 +11,8 @@ import onnx
 from drpopt.errors import BadInputError
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Writes ``data`` to ``path`` so readers see the old file or the new one, never half."""
-    path = Path(path)
+def _output_dir(path: Path) -> Path:
+    """The folder an output goes to, after the checks every writer makes."""
     if path.is_dir():
         raise BadInputError(f"{path}: is a directory; give a file path for the output")
     parent = path.parent if str(path.parent) else Path(".")
@@ -21,12 +20,23 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise BadInputError(f"{parent}: the output directory does not exist; create it first")
     if not parent.is_dir():
         raise BadInputError(f"{parent}: is not a directory; give a writable output path")
+    return parent
+
+
+def _temp_beside(path: Path, suffix: str) -> tuple[int, str]:
+    """A temporary file in the output's folder (so the final rename is atomic)."""
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+        return tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=_output_dir(path))
     except OSError as err:
         raise BadInputError(
             f"{path}: cannot write there ({err.strerror or err}); choose a writable output path"
         ) from err
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Writes ``data`` to ``path`` so readers see the old file or the new one, never half."""
+    path = Path(path)
+    fd, tmp = _temp_beside(path, ".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -48,21 +58,9 @@ def probe_writable(path: Path) -> None:
     """Raises ``BadInputError`` now (before any long work) when ``path`` cannot be written:
     a directory, a missing or read-only folder, a special file system."""
     path = Path(path)
-    if path.is_dir():
-        raise BadInputError(f"{path}: is a directory; give a file path for the output")
-    if path.exists() and not path.is_file():
+    if path.exists() and not path.is_file() and not path.is_dir():
         raise BadInputError(f"{path}: is not a regular file; give a file path for the output")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.exists():
-        raise BadInputError(f"{parent}: the output directory does not exist; create it first")
-    if not parent.is_dir():
-        raise BadInputError(f"{parent}: is not a directory; give a writable output path")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=parent)
-    except OSError as err:
-        raise BadInputError(
-            f"{path}: cannot write there ({err.strerror or err}); choose a writable output path"
-        ) from err
+    fd, tmp = _temp_beside(path, ".probe")
     os.close(fd)
     os.unlink(tmp)
 
@@ -108,9 +106,7 @@ def save_model(model: onnx.ModelProto, path: Path, external: bool | None = None)
     if not external:
         atomic_write_bytes(path, model.SerializeToString())
         return
-    parent = path.parent if str(path.parent) else Path(".")
-    if path.is_dir() or not parent.exists():
-        atomic_write_bytes(path, b"")  # the same one-line errors as a plain write
+    parent = _output_dir(path)
     tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=parent))
     try:
         onnx.save_model(
