@@ -23,12 +23,11 @@ import numpy as np
 from drpopt.ir.core import Graph
 from drpopt.passes.activations import fetch_chunks, run_batches
 from drpopt.passes.base import Pass, PassResult
-from drpopt.passes.calibrate import CalibrationData, require_calibration
+from drpopt.passes.calibrate import CalibrationData
 from drpopt.passes.consumers import (
     Consumer,
-    consumer_layers,
+    begin,
     dense_const,
-    prepare,
     reapply_masks,
 )
 
@@ -43,14 +42,10 @@ class BiasCorrectPass(Pass):
     preserves_outputs: ClassVar[bool] = False
 
     def call(self, model: Graph) -> PassResult:
-        data = require_calibration(model, self.name)
-        plan = model.meta.get("plan")
-        if plan is not None and not plan.pruned_channels:
+        started = begin(model, self.name)
+        if started is None:
             return PassResult(model, False)
-        dense = prepare(model, self.name)
-        consumers = consumer_layers(model)
-        if not consumers:
-            return PassResult(model, False)
+        data, dense, consumers = started
         correct_biases(model, dense, consumers, data)
         reapply_masks(model)
         return PassResult(model, True)

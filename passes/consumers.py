@@ -76,6 +76,21 @@ def dense_const(graph: Graph, name: str) -> np.ndarray:
     return np.asarray(dense[name] if name in dense else graph.values[name].const)
 
 
+def begin(graph: Graph, pass_name: str):
+    """What a data-aware pass after ``mask`` starts from: ``(calibration data, the dense
+    model, the consumers of pruned channels)``, or None when there is nothing to do (a plan
+    that prunes nothing, no consumer)."""
+    from drpopt.passes.calibrate import require_calibration
+
+    data = require_calibration(graph, pass_name)
+    plan = graph.meta.get("plan")
+    if plan is not None and not plan.pruned_channels:
+        return None
+    dense = prepare(graph, pass_name)
+    consumers = consumer_layers(graph)
+    return (data, dense, consumers) if consumers else None
+
+
 def consumer_layers(graph: Graph) -> list[Consumer]:
     """The Conv/Gemm/MatMul layers reading pruned channels, in graph (topological) order."""
     plan = require_plan(graph, "consumer layers")

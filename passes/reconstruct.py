@@ -33,13 +33,12 @@ from drpopt.ir.to_onnx import to_onnx
 from drpopt.passes.activations import run_batches
 from drpopt.passes.base import Pass, PassResult
 from drpopt.passes.bias_correct import correct_biases
-from drpopt.passes.calibrate import require_calibration
 from drpopt.passes.consumers import (
     Consumer,
+    begin,
     consumer_layers,
     dense_const,
     levels,
-    prepare,
     reapply_masks,
 )
 
@@ -102,14 +101,10 @@ class ReconstructPass(Pass):
             raise BadInputError(f"reconstruct:positions {self.positions} must be at least 1")
 
     def call(self, model: Graph) -> PassResult:
-        data = require_calibration(model, self.name)
-        plan = model.meta.get("plan")
-        if plan is not None and not plan.pruned_channels:
+        started = begin(model, self.name)
+        if started is None:
             return PassResult(model, False)
-        dense = prepare(model, self.name)
-        consumers = consumer_layers(model)
-        if not consumers:
-            return PassResult(model, False)
+        data, dense, consumers = started
         fallback = [c for c in consumers if not self._fits(c)]
         if fallback:
             log.info(
