@@ -10,7 +10,9 @@ Rules:
   target's ``align`` (a group smaller than ``align`` stays whole), never below ``align``,
   ``min_channels`` or ``(1 - max_rate)`` of the group, never zero;
 - the output channels of the first layer (``keep_first``) and of the final prediction
-  layers (``keep_last``) stay whole (the channels a prediction layer reads are pruned), as
+  layers (``keep_last``) stay whole (the channels a prediction layer reads are pruned); a
+  group the first layer shares with later layers (ViT's patch embedding starts the whole
+  residual stream) is not the input layer's own and is pruned like any other; as
   do groups touching a layer matching an ``exclude`` pattern (fnmatch, ``|``-separated)
   or a layer of an op type in the profile's ``dense_ops``
   and locked groups;
@@ -152,7 +154,7 @@ class MaskPass(Pass):
         nodes = {m.node for m in g.members if m.role in ("producer", "consumer") and m.node}
         # the edge layers' own output channels stay; what a prediction layer reads does not
         producers = set(g.producers)
-        if self.profile.keep_first and producers & first:
+        if self.profile.keep_first and producers & first and producers <= first:
             return False
         if self.profile.keep_last and producers & last:
             return False
