@@ -321,7 +321,7 @@ def register(app: typer.Typer) -> None:
         from drpopt.cli.options import steps as progress
         from drpopt.ir.to_onnx import to_onnx
         from drpopt.passes import parse_pipeline
-        from drpopt.passes.common import layer_sparsity
+        from drpopt.passes.common import get_analysis, layer_sparsity
         from drpopt.passes.figures import model_figures
         from drpopt.passes.manager import load_graph
         from drpopt.passes.mask import check_rate
@@ -376,7 +376,7 @@ def register(app: typer.Typer) -> None:
         total = 2 + len(passes1) + len(passes2) + (0 if compact else 3)
         with progress(total, "loading") as steps:
             graph = load_for_pipeline(model, input_shapes, inputs, steps, verifies=True)
-            before = model_figures(graph)
+            before = model_figures(graph, analysis=get_analysis(graph))  # cached for score
             layers_before = {s.node: list(s.shape) for s in layer_sparsity(graph)}
             r1 = _run(graph, passes1, steps, time_passes)
             if compact:
@@ -481,6 +481,19 @@ FIGURE_ROWS = (
 )
 
 
+def share_line(fig: dict) -> str:
+    """Where the model's weights sit (``figures.group_shares``; each weight once)."""
+    parts = [("prunable groups", "prunable"), ("locked groups", "locked")]
+    if fig.get("ungrouped_params") or fig.get("ungrouped_macs"):
+        parts.append(("no group", "ungrouped"))
+    text = ", ".join(
+        f"{label} {100 * fig[f'{k}_params'] / max(fig['params'], 1):.1f}%"
+        f" / {100 * fig[f'{k}_macs'] / max(fig['macs'], 1):.1f}%"
+        for label, k in parts
+    )
+    return f"before, parameters / MACs in {text}"
+
+
 def _print_summary(console: Console, s: dict) -> None:
     def ratio(a, b):
         return f"{100.0 * a / b:.1f}%" if b else "-"
@@ -500,6 +513,7 @@ def _print_summary(console: Console, s: dict) -> None:
     for label, key in FIGURE_ROWS:
         grid.add_row(label, human(b[key]), human(a[key]), ratio(a[key], b[key]))
     console.print(grid)
+    console.print(share_line(b), highlight=False)
     if s.get("pattern"):
         console.print(s["pattern"], highlight=False)
     console.print(shapes_line(s["input_shapes"]), highlight=False)

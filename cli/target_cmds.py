@@ -89,7 +89,7 @@ def register(app: typer.Typer) -> None:
         """Measure MODEL's sparsity per layer against a target; exit 1 if it falls short."""
         from drpopt.errors import BadInputError, CheckFailedError
         from drpopt.passes.check import check_model
-        from drpopt.passes.common import human
+        from drpopt.passes.common import get_analysis, human
         from drpopt.passes.manager import load_graph
         from drpopt.passes.targets import get_target
 
@@ -108,7 +108,7 @@ def register(app: typer.Typer) -> None:
 
         with steps(1, "checking the layers"):
             report = check_model(graph, profile, min_sparsity)
-            figures = model_figures(graph)
+            figures = model_figures(graph, analysis=get_analysis(graph))
         if as_json:
             data = report.to_dict()
             data["figures"] = figures

@@ -12,10 +12,24 @@ Meaning (one line each; the README's "Figures" table repeats them):
   not a first or last layer the target keeps dense); ``pruned_channels``: those removed;
 - ``input_shapes``: the input dims the figures were computed for (symbols where unknown:
   counted as 1).
+
+Shares of the coupled groups (``group_shares``; each weight element counted once, so they
+add up to 100%):
+- a group *owns* the weight elements of its output channels: of every element, the group
+  that indexes it in the role ranked first (producer < consumer < follower < structure <
+  param; then the lower axis), so a conv's rows belong to the group it produces, not to the
+  group its input channels form; ``owned_macs`` are the MACs those elements take part in;
+- ``prunable_*`` / ``locked_*``: owned by prunable / locked groups; ``ungrouped_*``: the
+  rest (constants no group indexes, and MACs of a product of two activations, attention);
+  prunable + locked + ungrouped = the model's total;
+- ``removes_*`` of a group: what pruning the whole group would remove (its own elements and
+  the columns it indexes in the next layers); ``removable_*``: the same for all prunable
+  groups at once (each element once). These overlap between groups and do not add up.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -31,11 +45,14 @@ def _is_param(v: Value) -> bool:
     return analysis._is_param(v)  # the analysis's rule: figures and groups agree
 
 
-def model_figures(graph: Graph, plan: Any = None) -> dict[str, Any]:
-    """The figures of ``graph`` (and of ``plan`` when given) as plain data."""
+def model_figures(graph: Graph, plan: Any = None, analysis: Any = None) -> dict[str, Any]:
+    """The figures of ``graph`` (and of ``plan`` when given) as plain data; with the
+    ``analysis`` of ``graph`` also the group shares (``group_shares``' totals)."""
     params = nonzero = 0
+    seen: set[int] = set()
     for v in graph.values.values():
-        if _is_param(v):
+        if _is_param(v) and v.storage not in seen:  # a shared tensor counts once
+            seen.add(v.storage)
             arr = np.asarray(v.const)
             params += int(arr.size)
             nonzero += int(np.count_nonzero(arr))
@@ -59,9 +76,121 @@ def model_figures(graph: Graph, plan: Any = None) -> dict[str, Any]:
         "macs_nonzero": int(round(skipped)),
         "input_shapes": graph.meta.get("input_shapes"),
     }
+    if analysis is not None:
+        out.update(group_shares(analysis).totals())
     if plan is not None:
         out.update(plan_figures(plan))
     return out
+
+
+ROLE_RANK = {"producer": 0, "consumer": 1, "follower": 2, "structure": 3, "param": 4}
+
+
+@dataclass
+class GroupShares:
+    """Parameters and MACs per group, each weight element owned by exactly one group (see
+    the module docstring), and the model's totals split into prunable, locked, ungrouped."""
+
+    params: int
+    macs: int
+    owned_params: dict[int, int] = field(default_factory=dict)  # group id -> elements
+    owned_macs: dict[int, int] = field(default_factory=dict)
+    prunable_params: int = 0
+    prunable_macs: int = 0
+    locked_params: int = 0
+    locked_macs: int = 0
+    removable_params: int = 0
+    removable_macs: int = 0
+
+    @property
+    def ungrouped_params(self) -> int:
+        return self.params - self.prunable_params - self.locked_params
+
+    @property
+    def ungrouped_macs(self) -> int:
+        return self.macs - self.prunable_macs - self.locked_macs
+
+    def totals(self) -> dict[str, int]:
+        """The split as flat figures (``--json`` totals, ``prune``'s ``before``)."""
+        return {
+            f"{part}_{what}": getattr(self, f"{part}_{what}")
+            for part in ("prunable", "locked", "ungrouped", "removable")
+            for what in ("params", "macs")
+        }
+
+
+def group_shares(analysis: Any) -> GroupShares:
+    """Owned parameters and MACs of every group of ``analysis`` (an ``ir.analysis.Analysis``)
+    and the totals they add up to; cached on the analysis."""
+    cached = getattr(analysis, "_drpopt_shares", None)
+    if isinstance(cached, GroupShares):
+        return cached
+    from drpopt.ir.analysis import weight_uses
+
+    graph = analysis.graph
+    params = {v.name: v for v in graph.values.values() if _is_param(v)}
+    uses = weight_uses(graph)
+    ids = [g.id for g in analysis.groups]
+    index = {gid: i for i, gid in enumerate(ids)}
+    n = len(ids) + 1  # the last slot: no group
+    by_tensor: dict[str, list[tuple[int, int, int, int]]] = {}
+    for g in analysis.groups:
+        for m in g.members:
+            if m.tensor is not None and m.tensor in params:
+                rank = ROLE_RANK.get(m.role, len(ROLE_RANK))
+                span = (m.start, m.start + m.length * m.block)
+                by_tensor.setdefault(m.tensor, []).append((m.axis, rank, index[g.id], *span))
+    count = np.zeros(n, dtype=np.int64)
+    macs = np.zeros(n, dtype=np.float64)
+    seen: set[int] = set()
+    for name, members in by_tensor.items():
+        v = params[name]
+        shape = tuple(d if isinstance(d, int) and d > 0 else 1 for d in v.shape or ())
+        owner = _owners(shape, members, n)
+        per_group = np.bincount(owner.ravel(), minlength=n)
+        if v.storage not in seen:  # a shared tensor's elements count once
+            seen.add(v.storage)
+            count += per_group
+        macs += per_group * uses.get(name, 0.0)
+    prunable = np.array([g.prunable for g in analysis.groups] + [False])
+    locked = np.array([not g.prunable for g in analysis.groups] + [False])
+    p_macs = int(round(float(macs[prunable].sum())))
+    l_macs = int(round(float(macs[prunable | locked].sum()))) - p_macs
+    shares = GroupShares(
+        params=analysis.params,
+        macs=analysis.macs,
+        owned_params={gid: int(count[i]) for gid, i in index.items()},
+        owned_macs={gid: int(round(float(macs[i]))) for gid, i in index.items()},
+        prunable_params=int(count[prunable].sum()),
+        prunable_macs=p_macs,
+        locked_params=int(count[locked].sum()),
+        locked_macs=min(l_macs, analysis.macs - p_macs),
+        removable_params=analysis.prunable_params,
+        removable_macs=analysis.prunable_macs,
+    )
+    analysis._drpopt_shares = shares
+    return shares
+
+
+def _owners(shape: tuple[int, ...], members: list[tuple[int, int, int, int, int]], n: int):
+    """The owning group's index of every element of a tensor of ``shape`` (``n - 1``: none),
+    from its members ``(axis, role rank, group index, start, stop)``."""
+    ndim = len(shape)
+    big = np.iinfo(np.int64).max
+    best = np.full(shape, big, dtype=np.int64)
+    keys: dict[int, np.ndarray] = {}
+    for axis, rank, gi, lo, hi in members:
+        if not -ndim <= axis < ndim:
+            continue
+        axis %= ndim
+        key = keys.setdefault(axis, np.full(shape[axis], big, dtype=np.int64))
+        seg = key[max(lo, 0) : min(hi, shape[axis])]
+        np.minimum(seg, (rank * ndim + axis) * n + gi, out=seg)
+    for axis, key in keys.items():
+        view = [1] * ndim
+        view[axis] = shape[axis]
+        np.minimum(best, key.reshape(view), out=best)
+    return np.where(best == big, n - 1, best % n)
 
 
 def plan_figures(plan: Any) -> dict[str, int]:

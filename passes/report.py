@@ -67,7 +67,7 @@ class ModelStats:
 
         cached = getattr(self, "_figures", None)
         if cached is None:
-            cached = self._figures = model_figures(self.graph)
+            cached = self._figures = model_figures(self.graph, analysis=self.analysis)
         return cached
 
     def plan(self) -> dict[str, Any] | None:
@@ -260,7 +260,11 @@ def _size(g) -> str:
 
 
 def _groups(m: ModelStats) -> str:
+    from drpopt.passes.figures import group_shares
+
     a = m.analysis
+    shares = group_shares(a)
+    fig = m.figures()
     rows = []
     for g in a.groups:
         if g.prunable:
@@ -274,19 +278,33 @@ def _groups(m: ModelStats) -> str:
         prods = ", ".join(g.producers[:3]) + (
             f" +{len(g.producers) - 3}" if len(g.producers) > 3 else ""
         )
+        params, macs = shares.owned_params[g.id], shares.owned_macs[g.id]
         rows.append(
             f'<tr class="group"><td class="n">{g.id}</td><td class="n">{_size(g)}</td>'
             f'<td>{status}</td><td title="{_e(", ".join(g.producers))}">{_e(prods)}</td>'
-            f'<td class="n">{human(g.params)} ({pct(g.params, a.params)})</td>'
-            f'<td class="n">{human(g.macs)} ({pct(g.macs, a.macs)})</td></tr>'
+            f'<td class="n">{human(params)} ({pct(params, a.params)})</td>'
+            f'<td class="n">{human(macs)} ({pct(macs, a.macs)})</td>'
+            f'<td class="n">{pct(g.macs, a.macs)}</td></tr>'
         )
+    split = "; ".join(
+        f"{label} {pct(fig[f'{part}_params'], a.params)} of the parameters and "
+        f"{pct(fig[f'{part}_macs'], a.macs)} of the MACs"
+        for label, part in (
+            ("prunable groups own", "prunable"),
+            ("locked groups", "locked"),
+            ("no group", "ungrouped"),
+        )
+        if part != "ungrouped" or fig["ungrouped_params"] or fig["ungrouped_macs"]
+    )
     return (
         f"<h2>Coupled channel groups of {_e(m.name)}</h2>"
         f'<p class="note">{len(a.groups)} groups, {len(a.prunable_groups)} prunable; '
-        f"prunable groups cover {pct(a.prunable_params, a.params)} of the parameters and "
-        f"{pct(a.prunable_macs, a.macs)} of the MACs</p>"
+        f"{split}. A group owns the weights of the channels it produces (each weight once, "
+        "so the shares add up to 100%); <i>removes</i> is the share of the MACs that pruning "
+        "the whole group would remove (its own and the next layers' input columns: these "
+        "overlap).</p>"
         '<table id="groups"><tr><th>id</th><th>size</th><th>prunable</th><th>producers</th>'
-        f"<th>params</th><th>MACs</th></tr>{''.join(rows)}</table>"
+        f"<th>params</th><th>MACs</th><th>removes</th></tr>{''.join(rows)}</table>"
     )
 
 

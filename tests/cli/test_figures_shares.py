@@ -1,0 +1,131 @@
+"""One set of figures (issue 9, item 5): every weight element belongs to exactly one group
+(the one producing its output channel), so per-group shares add up to 100% and prunable +
+locked + ungrouped = the model's total; analyze --json, report --json, check --json and
+prune's "before" agree on them for the same file."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import onnx
+import pytest
+from dynmodels import dynamic_cnn
+from typer.testing import CliRunner
+
+from drpopt.cli.main import app
+from drpopt.ir.analysis import analyze, node_macs
+from drpopt.zoo import build
+
+runner = CliRunner()
+SHARE_KEYS = [f"{p}_{w}" for p in ("prunable", "locked", "ungrouped") for w in ("params", "macs")]
+FIGURE_KEYS = ["params", "nonzero_params", "macs", "macs_nonzero", *SHARE_KEYS]
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    """x[1,3,8,8] -> conv0 (16) -> conv1 (16) -> conv2 (8) -> y: three groups (the last one
+    locked by the graph output)."""
+    path = tmp_path_factory.mktemp("chain") / "chain.onnx"
+    onnx.save(dynamic_cnn(dims=(1, 3, 8, 8), constants=False), str(path))
+    return path
+
+
+def _json(args):
+    result = runner.invoke(app, args)
+    assert result.exit_code in (0, 1), result.output
+    return json.loads(result.stdout)
+
+
+def test_a_group_owns_the_weights_of_the_channels_it_produces(chain):
+    data = _json(["analyze", str(chain), "--json"])
+    a = analyze(str(chain))
+    macs = {n.input(1).name: node_macs(n) for n in a.graph.nodes if n.op_type == "Conv"}
+    by_size = {}
+    for g in data["groups"]:
+        by_size.setdefault((g["size"], g["prunable"]), []).append(g)
+    g0, g1 = by_size[(16, True)]
+    (g_out,) = by_size[(8, False)]  # the graph output's channels
+    assert (g0["params"], g0["macs"]) == (16 * 3 * 9 + 16, macs["w0"])
+    assert (g1["params"], g1["macs"]) == (16 * 16 * 9 + 16, macs["w1"])
+    assert (g_out["params"], g_out["macs"]) == (8 * 16 + 8, macs["w2"])
+    # what pruning the whole group removes: its rows and the next layer's columns
+    assert g0["removes_params"] == 16 * 3 * 9 + 16 + 16 * 16 * 9
+    assert g0["removes_macs"] == macs["w0"] + macs["w1"]
+    t = data["totals"]
+    assert sum(g["params"] for g in data["groups"]) == t["params"] == 2904
+    assert sum(g["macs"] for g in data["groups"]) == t["macs"]
+    assert t["prunable_params"] == g0["params"] + g1["params"]
+    assert t["locked_params"] == g_out["params"]
+    assert t["removable_params"] == 16 * 3 * 9 + 16 + 16 * 16 * 9 + 16 + 8 * 16
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenetv2", "yolox_s_like", "se", "densenet"])
+def test_shares_add_up_on_zoo_models(name):
+    from drpopt.passes.figures import group_shares
+
+    a = analyze(build(name))
+    s = group_shares(a)
+    assert sum(s.owned_params.values()) + s.ungrouped_params == a.params
+    assert abs(sum(s.owned_macs.values()) + s.ungrouped_macs - a.macs) <= len(a.groups)
+    assert s.prunable_params + s.locked_params + s.ungrouped_params == a.params
+    assert s.prunable_macs + s.locked_macs + s.ungrouped_macs == a.macs
+    assert min(s.ungrouped_params, s.ungrouped_macs, s.locked_params, s.locked_macs) >= 0
+    assert s.prunable_params <= s.removable_params <= a.params
+
+
+def _percentages(text: str, label: str) -> list[float]:
+    return [float(x) for x in re.findall(rf"^\s*{label}\s+\S+\s+([\d.]+)%", text, re.M)]
+
+
+def test_analyze_text_shares_add_up_to_100(chain):
+    text = runner.invoke(app, ["analyze", str(chain)], env={"COLUMNS": "200"}).stdout
+    prunable = _percentages(text, "in prunable groups")
+    locked = _percentages(text, "in locked groups")
+    assert len(prunable) == len(locked) == 2  # parameters, MACs
+    for p, lk in zip(prunable, locked, strict=True):
+        assert abs(p + lk - 100.0) <= 0.11, text
+    rows = re.findall(r"^│\s*\d+\s*│.*?│.*?│.*?│\s*\S+ \(([\d.]+)%\)\s*│", text, re.M)
+    assert rows and abs(sum(map(float, rows)) - 100.0) <= 0.5, text
+    assert "each weight counted once" in text
+
+
+def test_same_figures_in_analyze_report_check_and_prune(chain, tmp_path):
+    a = _json(["analyze", str(chain), "--json"])["totals"]
+    r = _json(["report", str(chain), "--json"])["figures"]
+    c = _json(["check", str(chain), "--target", "generic", "--json"])["figures"]
+    p = runner.invoke(app, ["prune", str(chain), "-o", str(tmp_path / "p.onnx"), "--json"])
+    assert p.exit_code == 0, p.output
+    before = json.loads(p.stdout)["before"]
+    for key in FIGURE_KEYS:
+        assert a[key] == r[key] == c[key] == before[key], key
+    text = runner.invoke(
+        app, ["prune", str(chain), "-o", str(tmp_path / "q.onnx")], env={"COLUMNS": "200"}
+    ).stdout
+    pp = 100 * a["prunable_params"] / a["params"]
+    assert f"in prunable groups {pp:.1f}%" in text
+
+
+REC = Path(
+    os.environ.get(
+        "DRPOPT_PPOCR_REC",
+        "/root/.pyenv/versions/3.11.7/lib/python3.11/site-packages/rapidocr_onnxruntime/"
+        "models/ch_PP-OCRv4_rec_infer.onnx",
+    )
+)
+
+
+@pytest.mark.skipif(not REC.is_file(), reason="PP-OCR rec model (rapidocr-onnxruntime) absent")
+def test_ppocr_rec_prunable_and_locked_shares_add_up():
+    """The issue's case: rec's MACs read 'in prunable groups 100%' (the union of what
+    prunable groups touch) while a locked group carried 22.5% of the parameters."""
+    data = _json(["analyze", str(REC), "--input-shape", "x:1,3,48,320", "--json"])
+    t = data["totals"]
+    for what in ("params", "macs"):
+        parts = [t[f"{p}_{what}"] for p in ("prunable", "locked", "ungrouped")]
+        assert sum(parts) == t[what] and min(parts) >= 0
+        assert sum(g[what] for g in data["groups"]) <= t[what]
+    assert t["locked_params"] > 0.2 * t["params"]  # the locked CTC head, stated as such
+    assert t["prunable_macs"] < 0.99 * t["macs"]
