@@ -261,6 +261,25 @@ def shape_warning(model: Any, given: dict) -> str | None:
     )
 
 
+def probe_folder(path: Path, option: str) -> None:
+    """Makes the output folder ``path`` (``option`` names it in the error) now, before any
+    long work; ``BadInputError`` when it is a file or cannot be made or written."""
+    from drpopt.errors import BadInputError
+    from drpopt.ir.files import probe_writable
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise BadInputError(f"{path}: is not a folder; {option} takes a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        why = err.strerror or type(err).__name__
+        raise BadInputError(
+            f"{path}: cannot make the folder ({why}); choose a writable {option} folder"
+        ) from err
+    probe_writable(path / "probe.onnx")
+
+
 def warn(message: str) -> None:
     """A one-line warning on stderr (shown under -q too: it changes what figures mean)."""
     sys.stderr.write(f"warning: {message}\n")

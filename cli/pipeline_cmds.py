@@ -184,6 +184,10 @@ def register(app: typer.Typer) -> None:
         if output is not None:
             refuse_overwrite(output, [model], force)
             probe_writable(output)
+        if dump_dir is not None:
+            from drpopt.cli.options import probe_folder
+
+            probe_folder(dump_dir, "--dump-dir")
         console = _console(stderr=as_json)
         with progress(len(passes) + 1, "loading") as steps:
             graph = load_for_pipeline(model, input_shapes, inputs, steps, "verify" in names)
@@ -296,6 +300,7 @@ def register(app: typer.Typer) -> None:
             Path | None,
             typer.Option(
                 "--calib",
+                metavar="DATA",
                 help="Calibration inputs (an .npz of input batches or a folder of images): "
                 "data-aware scores, reconstruction, and a drift report on held-out batches.",
             ),
@@ -304,6 +309,7 @@ def register(app: typer.Typer) -> None:
             str,
             typer.Option(
                 "--calib-opts",
+                metavar="OPTS",
                 help="calibrate arguments, e.g. 'size=224|224:mean=0.485|0.456|0.406:"
                 "std=0.229|0.224|0.225:order=rgb:layout=nchw:batch=16:holdout=0.2'.",
             ),
@@ -312,6 +318,7 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option(
                 "--post",
+                metavar="NAME",
                 help="reconstruct, bias-correct or none after masking "
                 "(default: reconstruct with --calib, none without).",
             ),

@@ -1,0 +1,132 @@
+"""Issue 9 audit, the conventions a new user meets: every option's value has a readable
+name and a stated default, every reporting command's --json is JSON alone on stdout, output
+folders fail up front in one line, a failure is printed once (stderr, not stdout), demo's
+figures are the shared ones, and bench_retrain prints a drop as negative."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+import typer.main
+from typer.testing import CliRunner
+
+import drpopt
+from drpopt.cli.main import app
+from drpopt.zoo import build
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("audit") / "model.onnx"
+    onnx.save(build("se"), str(path))
+    return path
+
+
+def _options():
+    group = typer.main.get_command(app)
+    for name, command in group.commands.items():
+        for p in command.params:
+            if p.param_type_name == "option" and not p.is_flag and not p.count:
+                yield name, p
+
+
+def test_every_option_value_has_a_readable_metavar():
+    missing = [f"{name} {p.opts[0]}" for name, p in _options() if p.metavar is None]
+    assert not missing, f"options without a metavar (help shows a made-up one): {missing}"
+    for name, p in _options():
+        assert p.metavar == p.metavar.strip() and "<" not in p.metavar, (name, p.metavar)
+
+
+def test_every_default_is_shown():
+    hidden = [
+        f"{name} {p.opts[0]}={p.default!r}"
+        for name, p in _options()
+        if p.default not in (None, [], (), "")
+        and not p.show_default
+        and "default" not in (p.help or "").lower()
+    ]
+    assert not hidden, f"defaults not shown in --help: {hidden}"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["run", "M", "-p", "fold-batchnorm,cleanup,verify"],
+        ["passes"],
+        ["targets"],
+        ["report", "M"],
+        ["analyze", "M"],
+        ["check", "M", "--target", "generic"],
+        ["verify", "M", "M"],
+        ["demo", "--model", "se"],
+        ["prune", "M", "-o", "O"],
+    ],
+    ids=lambda a: a[0],
+)
+def test_json_is_json_alone_on_stdout(model, tmp_path, args):
+    argv = [{"M": str(model), "O": str(tmp_path / "o.onnx")}.get(a, a) for a in args]
+    result = runner.invoke(app, [*argv, "--json"])
+    assert result.exit_code in ((0, 1) if args[0] == "check" else (0,)), result.output
+    json.loads(result.stdout)  # nothing else on stdout: tables and progress go to stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["run", "M", "-p", "cleanup", "--dump-dir", "/proc/drpopt-x"], "--dump-dir"),
+        (["run", "M", "-p", "cleanup", "--dump-dir", "/dev/null"], "--dump-dir"),
+        (["demo", "-o", "/proc/drpopt-x"], "-o"),
+        (["demo", "-o", "/dev/null"], "-o"),
+    ],
+)
+def test_output_folders_fail_up_front_in_one_line(model, args, option):
+    argv = [str(model) if a == "M" else a for a in args]
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and option in lines[0], lines
+    assert result.stdout == ""  # nothing started before the check
+
+
+def test_a_failure_is_printed_once_on_stderr(model, tmp_path):
+    for args in (
+        ["prune", str(tmp_path / "missing.onnx"), "-o", str(tmp_path / "o.onnx")],
+        ["prune", str(model), "-o", str(tmp_path / "o.onnx"), "--compact", "--sparse"],
+        ["verify", str(model), str(tmp_path / "missing.onnx")],
+        ["analyze", str(tmp_path)],
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "drpopt", *args], capture_output=True, text=True, check=False
+        )
+        assert done.returncode == 2, done.stderr
+        assert done.stdout == "", f"{args}: failure also on stdout: {done.stdout!r}"
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error:"), done.stderr
+
+
+def test_demo_reports_the_shared_figures():
+    from drpopt.ir.analysis import analyze
+    from drpopt.passes.figures import model_figures
+
+    data = json.loads(runner.invoke(app, ["demo", "--model", "se", "--json"]).stdout)
+    a = analyze(build("se"))
+    assert data["before"] == json.loads(json.dumps(model_figures(a.graph, analysis=a)))
+    assert data["params"] == [data["before"]["params"], data["after"]["params"]]
+    assert 0 < data["pruned_channels"] < data["eligible_channels"]
+
+
+def test_bench_retrain_prints_a_drop_as_negative():
+    path = Path(drpopt.__file__).parent / "benchmarks" / "bench_retrain.py"
+    spec = importlib.util.spec_from_file_location("bench_retrain_under_test", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.change_pt(0.9572, 0.9600) == "-0.28"
+    assert bench.change_pt(0.9628, 0.9600) == "+0.28"
