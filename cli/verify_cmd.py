@@ -48,7 +48,7 @@ def register(app: typer.Typer) -> None:
             typer.Option(
                 "--rtol",
                 metavar="TOL",
-                help="Tolerance relative to the reference output's spread (standard deviation).",
+                help="Tolerance relative to the reference output's spread (its range, max - min).",
             ),
         ] = 1e-4,
         atol: Annotated[
@@ -178,7 +178,7 @@ def render_report(
             console.print(f"[bold red]{escape(problem)}[/]", highlight=False)
         console.print(
             "drift reported, not checked: max / spread is the largest error over the "
-            "reference output's standard deviation",
+            "reference output's spread (its range, max - min)",
             highlight=False,
         )
     elif report.ok:

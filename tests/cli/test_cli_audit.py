@@ -130,3 +130,26 @@ def test_bench_retrain_prints_a_drop_as_negative():
     spec.loader.exec_module(bench)
     assert bench.change_pt(0.9572, 0.9600) == "-0.28"
     assert bench.change_pt(0.9628, 0.9600) == "+0.28"
+
+
+def test_verify_original_against_pruned_is_drift_with_report_only(model, tmp_path):
+    """An original against its pruned model: a mismatch (exit 1) as a check, and with
+    --report-only the drift per output (max, mean, max / spread, cosine), exit 0; the
+    spread is named for what it is, the reference's range."""
+    pruned = tmp_path / "p.onnx"
+    assert runner.invoke(app, ["prune", str(model), "-o", str(pruned)]).exit_code == 0
+    check = runner.invoke(app, ["verify", str(model), str(pruned)])
+    assert check.exit_code == 1 and "outputs differ" in check.stderr
+    drift = runner.invoke(
+        app, ["verify", str(model), str(pruned), "--report-only"], env={"COLUMNS": "200"}
+    )
+    assert drift.exit_code == 0, drift.output
+    assert "drift" in drift.stdout and "cosine" in drift.stdout and "mean abs" in drift.stdout
+    assert "range, max - min" in drift.stdout and "standard deviation" not in drift.stdout
+    data = json.loads(runner.invoke(app, ["verify", str(model), str(pruned), "--report-only",
+                                          "--json"]).stdout)  # fmt: skip
+    assert data["mode"] == "drift"
+    (out,) = data["outputs"]
+    assert out["max_rel"] == pytest.approx(out["max_abs"] / out["spread"])
+    help_text = runner.invoke(app, ["verify", "-h"], env={"COLUMNS": "200"}).stdout
+    assert "standard deviation" not in help_text

@@ -129,3 +129,22 @@ def test_ppocr_rec_prunable_and_locked_shares_add_up():
         assert sum(g[what] for g in data["groups"]) <= t[what]
     assert t["locked_params"] > 0.2 * t["params"]  # the locked CTC head, stated as such
     assert t["prunable_macs"] < 0.99 * t["macs"]
+
+
+def test_sparse_prune_counts_the_same_parameters_before_and_after(chain, tmp_path):
+    """A sparse model keeps every tensor: the same parameters and dense MACs before and
+    after (the issue's prune --sparse counted all parameters before and only Conv/Gemm
+    weights after); zeros show in nonzero weights and zeros-skipped MACs, in the report too."""
+    out = tmp_path / "s.onnx"
+    p = runner.invoke(app, ["prune", str(chain), "--sparse", "-o", str(out), "--json"])
+    assert p.exit_code == 0, p.output
+    s = json.loads(p.stdout)
+    assert s["after"]["params"] == s["before"]["params"]
+    assert s["after"]["macs"] == s["before"]["macs"]
+    assert s["after"]["nonzero_params"] < s["before"]["nonzero_params"]
+    assert s["after"]["macs_nonzero"] < s["after"]["macs"]
+    html = tmp_path / "r.html"
+    assert runner.invoke(app, ["report", str(out), "-o", str(html)]).exit_code == 0
+    page = html.read_text()
+    skipped = re.search(r"<th>MACs \(zeros skipped\)</th><td class=\"n\" title=\"(\d+)\"", page)
+    assert skipped and int(skipped.group(1)) == s["after"]["macs_nonzero"]
