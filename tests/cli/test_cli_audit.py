@@ -14,6 +14,7 @@ from pathlib import Path
 import onnx
 import pytest
 import typer.main
+from dynmodels import dynamic_cnn
 from typer.testing import CliRunner
 
 import drpopt
@@ -153,3 +154,23 @@ def test_verify_original_against_pruned_is_drift_with_report_only(model, tmp_pat
     assert out["max_rel"] == pytest.approx(out["max_abs"] / out["spread"])
     help_text = runner.invoke(app, ["verify", "-h"], env={"COLUMNS": "200"}).stdout
     assert "standard deviation" not in help_text
+
+
+def test_a_minus_one_dim_model_is_one_line_then_works_with_its_shape(tmp_path):
+    """The PP-OCR classifier's input (-1, 3, ?, ?): prune, verify and report --compare
+    ended in 'ValueError: negative dimensions are not allowed' (a traceback, exit 1)."""
+    path = tmp_path / "cls.onnx"
+    onnx.save(dynamic_cnn(dims=(-1, 3, "?", "?"), constants=True), str(path))
+    out = str(tmp_path / "o.onnx")
+    for args in (["prune", str(path), "-o", out], ["verify", str(path), str(path)]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        errors = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+        assert len(errors) == 1 and "--input-shape" in errors[0], result.stderr
+        fixed = runner.invoke(app, [*args, "--input-shape", "1,3,24,40"])
+        assert fixed.exit_code == 0, (args, fixed.output)
+    report = ["report", str(path), "--compare", str(path), "--json"]
+    data = json.loads(runner.invoke(app, report).stdout)["compare"]  # a report: says why not
+    assert data["verify"] is None and "--input-shape" in data["not_compared"]
+    data = json.loads(runner.invoke(app, [*report, "--input-shape", "1,3,24,40"]).stdout)
+    assert data["compare"]["verify"]["ok"] is True
