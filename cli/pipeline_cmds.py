@@ -19,6 +19,7 @@ from drpopt.cli.main import _console, handle_errors
 from drpopt.cli.options import inputs_options, shape_option
 from drpopt.cli.render import (
     broken_plugin_line,
+    figures_line,
     human,
     pass_timings,
     shapes_line,
@@ -206,6 +207,7 @@ def register(app: typer.Typer) -> None:
             "figures": model_figures(result.model),
             "verify": verify.to_dict() if verify is not None else None,
         }
+        summary["pattern"] = pattern_of(passes, summary["figures"])
         if as_json:
             sys.stdout.write(json.dumps(summary, indent=2) + "\n")
             return
@@ -215,6 +217,9 @@ def register(app: typer.Typer) -> None:
             console.print(f"{r.spec}: {'modified' if r.modified else 'unchanged'}")
         if verify is not None:
             console.print(f"verify: {verify.summary()}", highlight=False)
+        console.print(figures_line(summary["figures"]), highlight=False)
+        if summary["pattern"]:
+            console.print(summary["pattern"], highlight=False)
         console.print(shapes_line(summary["figures"]["input_shapes"]), highlight=False)
         if output is not None:
             console.print(f"wrote {output}")
@@ -435,6 +440,15 @@ def register(app: typer.Typer) -> None:
             from drpopt.cli.calib_opts import print_drift
 
             print_drift(console, summary["drift"])
+
+
+def pattern_of(passes, figures: dict) -> str | None:
+    """The fine-grained pattern a ``sparsify`` pass of ``passes`` applied, in words with the
+    total sparsity (``figures.pattern_note``), or None."""
+    from drpopt.passes.figures import pattern_note
+
+    notes = [pattern_note(p.profile, figures) for p in passes if p.name == "sparsify"]
+    return next((n for n in notes if n), None)
 
 
 def _jsonable(value):

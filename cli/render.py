@@ -90,6 +90,17 @@ def analysis_dict(result: Analysis) -> dict:
     return data
 
 
+def figures_line(fig: dict) -> str:
+    """Parameters, nonzero weights (total weight sparsity) and MACs dense and with zeros
+    skipped, in one line (``passes/figures.py``'s figures)."""
+    zero = 1 - fig["nonzero_params"] / fig["params"] if fig["params"] else 0.0
+    return (
+        f"parameters {human(fig['params'])}, nonzero {human(fig['nonzero_params'])} "
+        f"(total weight sparsity {100 * zero:.1f}%); MACs {human(fig['macs'])} dense, "
+        f"{human(fig['macs_nonzero'])} with zeros skipped"
+    )
+
+
 def shapes_line(shapes: dict | None) -> str:
     """``computed for input shapes x: 1x3x640x640`` (symbols stay: they count as 1)."""
     from drpopt.ir.input_shapes import describe

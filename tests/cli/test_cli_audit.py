@@ -174,3 +174,26 @@ def test_a_minus_one_dim_model_is_one_line_then_works_with_its_shape(tmp_path):
     assert data["verify"] is None and "--input-shape" in data["not_compared"]
     data = json.loads(runner.invoke(app, [*report, "--input-shape", "1,3,24,40"]).stdout)
     assert data["compare"]["verify"]["ok"] is True
+
+
+def test_run_states_the_pattern_it_applied_and_the_figures(model, tmp_path):
+    """`run` with a drpai `sparsify` applies the single-weight pattern: its summary says so,
+    with the total sparsity, in the figures `check` reads back from the file."""
+    out = tmp_path / "s.onnx"
+    spec = "score,mask:rate=0.5:target=drpai,apply-masks,sparsify:target=drpai"
+    result = runner.invoke(app, ["run", str(model), "-p", spec, "-o", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    s = json.loads(result.stdout)
+    fig = s["figures"]
+    zero = 1 - fig["nonzero_params"] / fig["params"]
+    assert "50% of single weights" in s["pattern"]
+    assert f"total weight sparsity {100 * zero:.1f}%" in s["pattern"]
+    c = json.loads(runner.invoke(app, ["check", str(out), "--json"]).stdout)["figures"]
+    assert all(c[k] == fig[k] for k in ("params", "nonzero_params", "macs", "macs_nonzero"))
+    text = runner.invoke(
+        app, ["run", str(model), "-p", spec, "-o", str(out), "--force"], env={"COLUMNS": "200"}
+    ).stdout
+    assert s["pattern"] in text and f"(total weight sparsity {100 * zero:.1f}%)" in text
+    plain = runner.invoke(app, ["run", str(model), "-p", "cleanup", "--json", "-o", str(out),
+                                "--force"])  # fmt: skip
+    assert json.loads(plain.stdout)["pattern"] is None
