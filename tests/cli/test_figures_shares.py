@@ -148,3 +148,39 @@ def test_sparse_prune_counts_the_same_parameters_before_and_after(chain, tmp_pat
     page = html.read_text()
     skipped = re.search(r"<th>MACs \(zeros skipped\)</th><td class=\"n\" title=\"(\d+)\"", page)
     assert skipped and int(skipped.group(1)) == s["after"]["macs_nonzero"]
+
+
+def _shared_weight_model() -> onnx.ModelProto:
+    """x -> conv(w) -> relu -> conv(w) -> y: one weight tensor read by two layers."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((4, 4, 3, 3)).astype(np.float32), "w")
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c0"], name="conv0", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c0"], ["r0"], name="relu0"),
+        helper.make_node("Conv", ["r0", "w"], ["y"], name="conv1", pads=[1, 1, 1, 1]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "shared",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
+        [w],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_shared_weight_counts_once_everywhere(tmp_path):
+    """prune and report disagreed on a file's parameters (1.17M vs 1.16M): one counted a
+    tensor shared by two layers twice."""
+    path = tmp_path / "shared.onnx"
+    onnx.save(_shared_weight_model(), str(path))
+    a = _json(["analyze", str(path), "--json"])["totals"]
+    r = _json(["report", str(path), "--json"])["figures"]
+    c = _json(["check", str(path), "--target", "generic", "--json"])["figures"]
+    assert a["params"] == r["params"] == c["params"] == 4 * 4 * 9
+    assert a["macs"] == r["macs"] == 2 * 4 * 4 * 9 * 64
+    assert a["prunable_params"] + a["locked_params"] + a["ungrouped_params"] == a["params"]
+    assert a["prunable_macs"] + a["locked_macs"] + a["ungrouped_macs"] == a["macs"]
