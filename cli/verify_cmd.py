@@ -119,7 +119,17 @@ def register(app: typer.Typer) -> None:
         else:
             render_report(_console(), report, reference, model, report_only)
         if not report.ok and not report_only:
-            raise CheckFailedError(f"{model} vs {reference}: {report.summary()}")
+            hint = ""
+            if _has_plan(model_proto) and not _has_plan(ref_proto):
+                hint = (
+                    "MODEL carries a drpopt plan and REFERENCE none: a pruned model drifts from "
+                    "its original, --report-only reports the drift; "
+                )
+            raise CheckFailedError(f"{model} vs {reference}: {hint}{report.summary()}")
+
+
+def _has_plan(proto) -> bool:
+    return any(p.key == "drpopt.plan" for p in proto.metadata_props)
 
 
 def _command_name(info: CommandInfo) -> str | None:
