@@ -359,16 +359,46 @@ def incomparable(model: onnx.ModelProto, reference: onnx.ModelProto) -> str | No
     return None
 
 
+def _plan_channels(plan: dict[str, Any]) -> list[tuple[str, tuple[int, ...]]]:
+    groups = [g for g in plan.get("groups", []) if isinstance(g, dict)]
+    return sorted((str(g.get("key")), tuple(g.get("keep", []))) for g in groups)
+
+
+def _plan_words(plan: dict[str, Any]) -> str:
+    return f"rate {plan.get('rate')}, target {plan.get('target')}"
+
+
+def drift_reason(m: ModelStats, c: ModelStats) -> str | None:
+    """Why ``m`` is expected to differ from ``c`` (so their comparison is drift, reported and
+    not judged), or None when ``m`` should compute what ``c`` computes: ``c`` carries no plan
+    and ``m`` does (an original against its pruned model), or the two carry plans that keep
+    different channels (two different prunings)."""
+    pm, pc = m.plan(), c.plan()
+    if pm is None:
+        return None
+    if pc is None:
+        return (
+            f"{c.name} carries no drpopt plan, so it is taken as the unpruned original and "
+            "differences are expected"
+        )
+    if "error" in pm or "error" in pc or _plan_channels(pm) == _plan_channels(pc):
+        return None
+    return (
+        f"the models carry different plans ({_plan_words(pm)} vs {_plan_words(pc)}), so "
+        "their outputs differ by design; to check a compact model, compare it with the "
+        "sparse model of the same plan (prune --plan)"
+    )
+
+
 def compare_stats(
     m: ModelStats, c: ModelStats, rtol: float, atol: float, inputs: Any = None
-) -> tuple[Any, str | None, bool]:
-    """(report or None, why not compared, drift): ``m`` against ``c`` on ``inputs``
-    (``(samples, description)``) or random ones. ``drift`` is True when ``c`` carries no plan
-    and ``m`` does (an original against its pruned model: differences are expected and are
-    reported, not judged)."""
+) -> tuple[Any, str | None, str | None]:
+    """(report or None, why not compared, why drift): ``m`` against ``c`` on ``inputs``
+    (``(samples, description)``) or random ones. The third is ``drift_reason``: when set,
+    differences are expected and are reported, not judged."""
     from drpopt.passes.verify import compare_models
 
-    drift = c.plan() is None and m.plan() is not None
+    drift = drift_reason(m, c)
     why = incomparable(m.proto, c.proto)
     if why is not None:
         return None, why, drift
@@ -395,8 +425,7 @@ def _verify(m: ModelStats, c: ModelStats, rtol: float, atol: float, inputs: Any 
             for o in report.outputs.values()
         )
         return out + (
-            f'<p id="verdict" class="note">drift (not a check): {_e(c.name)} carries no drpopt '
-            f"plan, so it is taken as the unpruned original and differences are expected; "
+            f'<p id="verdict" class="note">drift (not a check): {_e(drift)}; '
             f'inputs: {_e(report.inputs)}</p><table id="drift"><tr><th>output</th>'
             "<th>max abs</th><th>mean abs</th><th>max / spread</th><th>cosine</th></tr>"
             f"{rows}</table>"

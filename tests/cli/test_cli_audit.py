@@ -199,3 +199,28 @@ def test_run_states_the_pattern_it_applied_and_the_figures(model, tmp_path):
     plain = runner.invoke(app, ["run", str(model), "-p", "cleanup", "--json", "-o", str(out),
                                 "--force"])  # fmt: skip
     assert json.loads(plain.stdout)["pattern"] is None
+
+
+def test_report_of_two_different_plans_is_drift_not_a_failed_check(model, tmp_path):
+    """`report small.onnx --compare sparse.onnx` paired two different prunings and judged
+    their (expected) difference as a failed check; the same plan stays a check."""
+    plan = tmp_path / "plan.json"
+    small, sparse, masked = (tmp_path / f"{n}.onnx" for n in ("small", "sparse", "masked"))
+    for args in (
+        ["prune", str(model), "-r", "0.5", "--compact", "-o", str(small), "--plan-out", str(plan)],
+        ["prune", str(model), "-r", "0.25", "--sparse", "-o", str(sparse)],
+        ["prune", str(model), "--plan", str(plan), "--sparse", "-o", str(masked)],
+    ):
+        assert runner.invoke(app, args).exit_code == 0, args
+    other = json.loads(runner.invoke(app, ["report", str(small), "--compare", str(sparse),
+                                           "--json"]).stdout)["compare"]  # fmt: skip
+    assert other["mode"] == "drift" and "different plans" in other["drift_reason"]
+    same = json.loads(runner.invoke(app, ["report", str(small), "--compare", str(masked),
+                                          "--json"]).stdout)["compare"]  # fmt: skip
+    assert same["mode"] == "check" and same["verify"]["ok"] is True
+    page = tmp_path / "r.html"
+    assert runner.invoke(app, ["report", str(small), "--compare", str(sparse), "-o",
+                               str(page)]).exit_code == 0  # fmt: skip
+    assert 'id="verdict" class="note">drift (not a check): the models carry different plans' in (
+        page.read_text()
+    )
