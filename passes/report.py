@@ -368,26 +368,50 @@ def _plan_words(plan: dict[str, Any]) -> str:
     return f"rate {plan.get('rate')}, target {plan.get('target')}"
 
 
+def _pattern(m: ModelStats) -> str | None:
+    text = m.graph.metadata.get("drpopt.pattern")
+    if text is None:
+        return None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        return "unreadable"
+    if not isinstance(data, dict):
+        return "unreadable"
+    return f"{data.get('granularity')} at rate {data.get('rate')} (target {data.get('target')})"
+
+
 def drift_reason(m: ModelStats, c: ModelStats) -> str | None:
     """Why ``m`` is expected to differ from ``c`` (so their comparison is drift, reported and
-    not judged), or None when ``m`` should compute what ``c`` computes: ``c`` carries no plan
-    and ``m`` does (an original against its pruned model), or the two carry plans that keep
-    different channels (two different prunings)."""
+    not judged), or None when ``m`` should compute what ``c`` computes: one carries a plan
+    and the other none (an original against its pruned model), the two carry plans that
+    keep different channels (two different prunings), or only one carries a fine-grained
+    pattern (``sparsify``'s single weights, n:m, blocks) or the two carry different ones."""
     pm, pc = m.plan(), c.plan()
-    if pm is None:
+    if pm is None and pc is None:
         return None
-    if pc is None:
+    if pm is None or pc is None:
+        original, pruned = (c, m) if pc is None else (m, c)
         return (
-            f"{c.name} carries no drpopt plan, so it is taken as the unpruned original and "
-            "differences are expected"
+            f"{original.name} carries no drpopt plan, so it is taken as the unpruned original "
+            f"of {pruned.name} and differences are expected"
         )
-    if "error" in pm or "error" in pc or _plan_channels(pm) == _plan_channels(pc):
+    if "error" in pm or "error" in pc:
         return None
-    return (
-        f"the models carry different plans ({_plan_words(pm)} vs {_plan_words(pc)}), so "
-        "their outputs differ by design; to check a compact model, compare it with the "
-        "sparse model of the same plan (prune --plan)"
-    )
+    if _plan_channels(pm) != _plan_channels(pc):
+        return (
+            f"the models carry different plans ({_plan_words(pm)} vs {_plan_words(pc)}), so "
+            "their outputs differ by design; to check a compact model, compare it with the "
+            "sparse model of the same plan (prune --plan)"
+        )
+    tm, tc = _pattern(m), _pattern(c)
+    if tm != tc:
+        return (
+            f"the same plan, but fine-grained patterns differ ({m.name}: {tm or 'none'}, "
+            f"{c.name}: {tc or 'none'}), so their outputs differ by design; to check, compare "
+            "models pruned with the same --target"
+        )
+    return None
 
 
 def compare_stats(

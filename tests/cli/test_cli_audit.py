@@ -224,3 +224,26 @@ def test_report_of_two_different_plans_is_drift_not_a_failed_check(model, tmp_pa
     assert 'id="verdict" class="note">drift (not a check): the models carry different plans' in (
         page.read_text()
     )
+
+
+def test_report_same_plan_with_and_without_a_pattern_is_drift(model, tmp_path):
+    plan = tmp_path / "plan.json"
+    sparse, plain, same = (tmp_path / f"{n}.onnx" for n in ("sparse", "plain", "same"))
+    for args in (
+        ["prune", str(model), "--target", "drpai", "-o", str(sparse), "--plan-out", str(plan)],
+        ["prune", str(model), "--plan", str(plan), "--compact", "-o", str(plain)],
+        ["prune", str(model), "--plan", str(plan), "--compact", "--target", "drpai", "-o",
+         str(same)],
+    ):  # fmt: skip
+        assert runner.invoke(app, args).exit_code == 0, args
+
+    def compare(a, b):
+        out = runner.invoke(app, ["report", str(a), "--compare", str(b), "--json"]).stdout
+        return json.loads(out)["compare"]
+
+    differs = compare(plain, sparse)
+    assert differs["mode"] == "drift" and "patterns differ" in differs["drift_reason"]
+    checked = compare(same, sparse)
+    assert checked["mode"] == "check" and checked["verify"]["ok"] is True
+    reverse = compare(model, plain)  # the original first: still an original vs its pruning
+    assert reverse["mode"] == "drift" and "unpruned original" in reverse["drift_reason"]
