@@ -96,11 +96,19 @@ def test_same_figures_in_analyze_report_check_and_prune(chain, tmp_path):
     a = _json(["analyze", str(chain), "--json"])["totals"]
     r = _json(["report", str(chain), "--json"])["figures"]
     c = _json(["check", str(chain), "--target", "generic", "--json"])["figures"]
-    p = runner.invoke(app, ["prune", str(chain), "-o", str(tmp_path / "p.onnx"), "--json"])
+    plan = tmp_path / "plan.json"
+    p = runner.invoke(
+        app,
+        ["prune", str(chain), "-o", str(tmp_path / "p.onnx"), "--plan-out", str(plan), "--json"],
+    )
     assert p.exit_code == 0, p.output
-    before = json.loads(p.stdout)["before"]
+    summary = json.loads(p.stdout)
+    before = summary["before"]
     for key in FIGURE_KEYS:
         assert a[key] == r[key] == c[key] == before[key], key
+    saved = json.loads(plan.read_text())
+    assert summary["eligible_channels"] == saved["settings"]["eligible_channels"]
+    assert summary["eligible_channels"] == sum(g["size"] for g in saved["groups"])
     text = runner.invoke(
         app, ["prune", str(chain), "-o", str(tmp_path / "q.onnx")], env={"COLUMNS": "200"}
     ).stdout
