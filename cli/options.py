@@ -130,7 +130,12 @@ def common(fn: Callable[..., Any]) -> Callable[..., Any]:
             _opt(
                 "quiet",
                 Annotated[
-                    bool, typer.Option("--quiet", "-q", help="Print only results and errors.")
+                    bool,
+                    typer.Option(
+                        "--quiet",
+                        "-q",
+                        help="Print only errors and --json output (no tables, no progress).",
+                    ),
                 ],
                 False,
             ),

@@ -247,3 +247,10 @@ def test_report_same_plan_with_and_without_a_pattern_is_drift(model, tmp_path):
     assert checked["mode"] == "check" and checked["verify"]["ok"] is True
     reverse = compare(model, plain)  # the original first: still an original vs its pruning
     assert reverse["mode"] == "drift" and "unpruned original" in reverse["drift_reason"]
+
+
+def test_quiet_prints_only_errors_and_json(model):
+    assert runner.invoke(app, ["analyze", str(model), "-q"]).stdout == ""
+    json.loads(runner.invoke(app, ["analyze", str(model), "-q", "--json"]).stdout)
+    bad = runner.invoke(app, ["analyze", str(model) + ".missing", "-q"])
+    assert bad.exit_code == 2 and bad.stderr.startswith("error:")
