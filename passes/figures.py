@@ -29,6 +29,7 @@ add up to 100%):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,18 +141,22 @@ def group_shares(analysis: Any) -> GroupShares:
                 rank = ROLE_RANK.get(m.role, len(ROLE_RANK))
                 span = (m.start, m.start + m.length * m.block)
                 by_tensor.setdefault(m.tensor, []).append((m.axis, rank, index[g.id], *span))
+    prunable_index = {index[g.id] for g in analysis.groups if g.prunable}
     count = np.zeros(n, dtype=np.int64)
     macs = np.zeros(n, dtype=np.float64)
+    removable = removable_macs = 0.0
     seen: set[int] = set()
     for name, members in by_tensor.items():
         v = params[name]
         shape = tuple(d if isinstance(d, int) and d > 0 else 1 for d in v.shape or ())
-        owner = _owners(shape, members, n)
-        per_group = np.bincount(owner.ravel(), minlength=n)
+        per_group = _owned_counts(shape, members, n)
+        removed = _covered(shape, [m for m in members if m[2] in prunable_index])
         if v.storage not in seen:  # a shared tensor's elements count once
             seen.add(v.storage)
             count += per_group
+            removable += removed
         macs += per_group * uses.get(name, 0.0)
+        removable_macs += removed * uses.get(name, 0.0)
     prunable = np.array([g.prunable for g in analysis.groups] + [False])
     locked = np.array([not g.prunable for g in analysis.groups] + [False])
     p_macs = int(round(float(macs[prunable].sum())))
@@ -165,19 +170,20 @@ def group_shares(analysis: Any) -> GroupShares:
         prunable_macs=p_macs,
         locked_params=int(count[locked].sum()),
         locked_macs=min(l_macs, analysis.macs - p_macs),
-        removable_params=analysis.prunable_params,
-        removable_macs=analysis.prunable_macs,
+        removable_params=int(removable),
+        removable_macs=min(int(round(removable_macs)), analysis.macs),
     )
     analysis._drpopt_shares = shares
     return shares
 
 
-def _owners(shape: tuple[int, ...], members: list[tuple[int, int, int, int, int]], n: int):
-    """The owning group's index of every element of a tensor of ``shape`` (``n - 1``: none),
-    from its members ``(axis, role rank, group index, start, stop)``."""
+Member = tuple[int, int, int, int, int]  # (axis, role rank, group index, start, stop)
+
+
+def _axis_keys(shape: tuple[int, ...], members: list[Member], n: int, big: int):
+    """Per covered axis, the best (lowest) owner key of every index along it; a key orders
+    by role rank, then axis, then group, and ``key % n`` is the group index."""
     ndim = len(shape)
-    big = np.iinfo(np.int64).max
-    best = np.full(shape, big, dtype=np.int64)
     keys: dict[int, np.ndarray] = {}
     for axis, rank, gi, lo, hi in members:
         if not -ndim <= axis < ndim:
@@ -186,11 +192,48 @@ def _owners(shape: tuple[int, ...], members: list[tuple[int, int, int, int, int]
         key = keys.setdefault(axis, np.full(shape[axis], big, dtype=np.int64))
         seg = key[max(lo, 0) : min(hi, shape[axis])]
         np.minimum(seg, (rank * ndim + axis) * n + gi, out=seg)
+    return keys
+
+
+def _owned_counts(shape: tuple[int, ...], members: list[Member], n: int) -> np.ndarray:
+    """How many elements of a tensor of ``shape`` each group owns (index ``n - 1``: none).
+
+    An element's owner has the lowest key over its covered axes (keys of different axes
+    never tie), so the elements owned through index ``i`` of axis ``a`` number the product,
+    over the other covered axes, of their indices with a higher key: counted by sorting,
+    without materialising the tensor."""
+    big = np.iinfo(np.int64).max
+    keys = _axis_keys(shape, members, n, big)
+    size = math.prod(shape)
+    counts = np.zeros(n, dtype=np.float64)
+    if not keys:
+        counts[n - 1] = size
+        return counts.astype(np.int64)
+    rest = size // math.prod(shape[a] for a in keys)  # uncovered axes multiply every count
+    ordered = {a: np.sort(k) for a, k in keys.items()}
     for axis, key in keys.items():
-        view = [1] * ndim
-        view[axis] = shape[axis]
-        np.minimum(best, key.reshape(view), out=best)
-    return np.where(best == big, n - 1, best % n)
+        mult = np.ones(len(key), dtype=np.float64)
+        for other, sorted_key in ordered.items():
+            if other != axis:
+                mult *= len(sorted_key) - np.searchsorted(sorted_key, key, side="right")
+        valid = key != big
+        counts += np.bincount(key[valid] % n, weights=mult[valid], minlength=n)
+    counts[n - 1] += math.prod(int(np.count_nonzero(k == big)) for k in keys.values())
+    return np.rint(counts * rest).astype(np.int64)
+
+
+def _covered(shape: tuple[int, ...], members: list[Member]) -> int:
+    """Elements of a tensor of ``shape`` that at least one of ``members`` indexes."""
+    ndim = len(shape)
+    cover: dict[int, np.ndarray] = {}
+    for axis, _, _, lo, hi in members:
+        if -ndim <= axis < ndim:
+            axis %= ndim
+            cover.setdefault(axis, np.zeros(shape[axis], dtype=bool))[max(lo, 0) : hi] = True
+    kept = math.prod(
+        shape[a] - int(np.count_nonzero(cover[a])) if a in cover else shape[a] for a in range(ndim)
+    )
+    return math.prod(shape) - kept
 
 
 def plan_figures(plan: Any) -> dict[str, int]:

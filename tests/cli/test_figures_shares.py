@@ -192,3 +192,36 @@ def test_a_shared_weight_counts_once_everywhere(tmp_path):
     assert a["macs"] == r["macs"] == 2 * 4 * 4 * 9 * 64
     assert a["prunable_params"] + a["locked_params"] + a["ungrouped_params"] == a["params"]
     assert a["prunable_macs"] + a["locked_macs"] + a["ungrouped_macs"] == a["macs"]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_owned_counts_match_a_brute_force_count(seed):
+    """The sorting count of `_owned_counts` against materialising every element's owner."""
+    import numpy as np
+
+    from drpopt.passes.figures import ROLE_RANK, _covered, _owned_counts
+
+    rng = np.random.default_rng(seed)
+    shape = tuple(int(d) for d in rng.integers(1, 7, size=int(rng.integers(1, 5))))
+    n = 6  # five groups and "none"
+    members = []
+    for _ in range(int(rng.integers(0, 6))):
+        axis = int(rng.integers(0, len(shape)))
+        lo = int(rng.integers(0, shape[axis]))
+        hi = int(rng.integers(lo + 1, shape[axis] + 1))
+        members.append(
+            (axis, int(rng.integers(0, len(ROLE_RANK))), int(rng.integers(0, 5)), lo, hi)
+        )
+    ndim = len(shape)
+    expect = np.zeros(n, dtype=np.int64)
+    covered = 0
+    for index in np.ndindex(*shape):
+        keys = [
+            (rank * ndim + axis) * n + gi
+            for axis, rank, gi, lo, hi in members
+            if lo <= index[axis] < hi
+        ]
+        expect[min(keys) % n if keys else n - 1] += 1
+        covered += bool(keys)
+    assert _owned_counts(shape, members, n).tolist() == expect.tolist()
+    assert _covered(shape, members) == covered
