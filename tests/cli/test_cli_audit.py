@@ -254,3 +254,11 @@ def test_quiet_prints_only_errors_and_json(model):
     json.loads(runner.invoke(app, ["analyze", str(model), "-q", "--json"]).stdout)
     bad = runner.invoke(app, ["analyze", str(model) + ".missing", "-q"])
     assert bad.exit_code == 2 and bad.stderr.startswith("error:")
+
+
+def test_demo_folder_with_model_is_an_error(tmp_path):
+    """`demo --model NAME --out DIR` ignored DIR (the folder is the digits flow's)."""
+    result = runner.invoke(app, ["demo", "--model", "se", "--out", str(tmp_path / "dd")])
+    assert result.exit_code == 2 and "with --model use --save" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "dd").exists()
