@@ -262,3 +262,28 @@ def test_demo_folder_with_model_is_an_error(tmp_path):
     assert result.exit_code == 2 and "with --model use --save" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "dd").exists()
+
+
+@pytest.mark.parametrize("bad", ["/proc/drpopt-x.out", "/dev/null/x.out", "DIR"])
+def test_every_output_option_refuses_special_paths_in_one_line(model, tmp_path, bad, monkeypatch):
+    """Each option that writes (not only -o of prune/run/report) fails before any work,
+    exit 2, one line, naming the path."""
+    (tmp_path / "mymodels_audit.py").write_text(
+        "import torch\n\n\ndef build_model():\n    return torch.nn.Conv2d(3, 4, 3)\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    out = str(tmp_path) if bad == "DIR" else bad
+    ok = str(tmp_path / "ok.onnx")
+    for args in (
+        ["prune", str(model), "-o", ok, "--plan-out", out],
+        ["report", str(model), "-o", str(tmp_path / "r.html"), "--png", out],
+        ["export", "mymodels_audit:build_model", "-s", "1,3,8,8", "-o", out],
+        ["export", str(tmp_path / "mymodels_audit.py") + ":build_model", "-s", "1,3,8,8",
+         "-o", out],
+    ):  # fmt: skip
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        lines = result.stderr.strip().splitlines()
+        named = (f"error: {out}", f"error: {Path(out).parent}")
+        assert len(lines) == 1 and lines[0].startswith(named), (args, lines)
+        assert result.stdout == "", args
