@@ -22,7 +22,9 @@ from drpopt.cli.render import (
     figures_line,
     human,
     pass_timings,
+    pattern_of,
     shapes_line,
+    share_line,
     sparsity_table,
     with_source,
 )
@@ -442,15 +444,6 @@ def register(app: typer.Typer) -> None:
             print_drift(console, summary["drift"])
 
 
-def pattern_of(passes, figures: dict) -> str | None:
-    """The fine-grained pattern a ``sparsify`` pass of ``passes`` applied, in words with the
-    total sparsity (``figures.pattern_note``), or None."""
-    from drpopt.passes.figures import pattern_note
-
-    notes = [pattern_note(p.profile, figures) for p in passes if p.name == "sparsify"]
-    return next((n for n in notes if n), None)
-
-
 def _jsonable(value):
     if value is None or isinstance(value, bool | int | float | str):
         return value
@@ -500,19 +493,6 @@ FIGURE_ROWS = (
     ("MACs (dense)", "macs"),
     ("MACs (zeros skipped)", "macs_nonzero"),
 )
-
-
-def share_line(fig: dict) -> str:
-    """Where the model's weights sit (``figures.group_shares``; each weight once)."""
-    parts = [("prunable groups", "prunable"), ("locked groups", "locked")]
-    if fig.get("ungrouped_params") or fig.get("ungrouped_macs"):
-        parts.append(("no group", "ungrouped"))
-    text = ", ".join(
-        f"{label} {100 * fig[f'{k}_params'] / max(fig['params'], 1):.1f}%"
-        f" / {100 * fig[f'{k}_macs'] / max(fig['macs'], 1):.1f}%"
-        for label, k in parts
-    )
-    return f"before, parameters / MACs in {text}"
 
 
 def _print_summary(console: Console, s: dict) -> None:

@@ -101,6 +101,28 @@ def figures_line(fig: dict) -> str:
     )
 
 
+def share_line(fig: dict) -> str:
+    """Where the model's weights sit (``figures.group_shares``; each weight once)."""
+    parts = [("prunable groups", "prunable"), ("locked groups", "locked")]
+    if fig.get("ungrouped_params") or fig.get("ungrouped_macs"):
+        parts.append(("no group", "ungrouped"))
+    text = ", ".join(
+        f"{label} {100 * fig[f'{k}_params'] / max(fig['params'], 1):.1f}%"
+        f" / {100 * fig[f'{k}_macs'] / max(fig['macs'], 1):.1f}%"
+        for label, k in parts
+    )
+    return f"before, parameters / MACs in {text}"
+
+
+def pattern_of(passes, figures: dict) -> str | None:
+    """The fine-grained pattern a ``sparsify`` pass of ``passes`` applied, in words with the
+    total sparsity (``figures.pattern_note``), or None."""
+    from drpopt.passes.figures import pattern_note
+
+    notes = [pattern_note(p.profile, figures) for p in passes if p.name == "sparsify"]
+    return next((n for n in notes if n), None)
+
+
 def shapes_line(shapes: dict | None) -> str:
     """``computed for input shapes x: 1x3x640x640`` (symbols stay: they count as 1)."""
     from drpopt.ir.input_shapes import describe
