@@ -134,7 +134,7 @@ def group_shares(analysis: Any) -> GroupShares:
     ids = [g.id for g in analysis.groups]
     index = {gid: i for i, gid in enumerate(ids)}
     n = len(ids) + 1  # the last slot: no group
-    by_tensor: dict[str, list[tuple[int, int, int, int]]] = {}
+    by_tensor: dict[str, list[Member]] = {}
     for g in analysis.groups:
         for m in g.members:
             if m.tensor is not None and m.tensor in params:
@@ -161,8 +161,9 @@ def group_shares(analysis: Any) -> GroupShares:
     locked = np.array([not g.prunable for g in analysis.groups] + [False])
     p_macs = int(round(float(macs[prunable].sum())))
     l_macs = int(round(float(macs[prunable | locked].sum()))) - p_macs
+    total = sum({v.storage: v.numel or 0 for v in params.values()}.values())  # as figures
     shares = GroupShares(
-        params=analysis.params,
+        params=total,
         macs=analysis.macs,
         owned_params={gid: int(count[i]) for gid, i in index.items()},
         owned_macs={gid: int(round(float(macs[i]))) for gid, i in index.items()},
