@@ -315,7 +315,9 @@ def _union_length(intervals: list[tuple[int, int]], dim: int) -> int:
 def _removed(
     graph: Graph, groups: list[Group], params: dict[str, Value], uses: dict[str, float]
 ) -> tuple[int, int]:
-    """Parameters and MACs covered by the channels of ``groups`` (each element once)."""
+    """Parameters and MACs covered by the channels of ``groups`` (each element once: a
+    tensor shared by several layers, un-shared per use on load, is one tensor whose element
+    counts when any of its uses covers it; MACs count per use, as each layer runs)."""
     spans: dict[str, dict[int, list[tuple[int, int]]]] = {}
     for g in groups:
         for m in g.members:
@@ -323,16 +325,21 @@ def _removed(
                 continue
             axes = spans.setdefault(m.tensor, {})
             axes.setdefault(m.axis, []).append((m.start, m.start + m.length * m.block))
-    per_tensor = {
-        name: {a: _union_length(iv, params[name].shape[a]) for a, iv in axes.items()}  # type: ignore[index]
-        for name, axes in spans.items()
-    }
-    total_params = 0
     total_macs = 0.0
-    for name, axes in per_tensor.items():
+    by_storage: dict[int, tuple[tuple, dict[int, list[tuple[int, int]]]]] = {}
+    for name, axes in spans.items():
         shape = params[name].shape  # type: ignore[union-attr]
-        kept = math.prod(dim - axes[a] if a in axes else dim for a, dim in enumerate(shape))
-        removed = math.prod(shape) - kept
-        total_params += removed
-        total_macs += removed * uses.get(name, 0.0)
+        total_macs += _covered(shape, axes) * uses.get(name, 0.0)
+        merged = by_storage.setdefault(params[name].storage, (shape, {}))[1]
+        for a, iv in axes.items():
+            merged.setdefault(a, []).extend(iv)
+    total_params = sum(_covered(shape, axes) for shape, axes in by_storage.values())
     return total_params, round(total_macs)
+
+
+def _covered(shape, axes: dict[int, list[tuple[int, int]]]) -> int:
+    """Elements of a tensor of ``shape`` with an index inside the intervals of some axis."""
+    kept = math.prod(
+        dim - _union_length(axes[a], dim) if a in axes else dim for a, dim in enumerate(shape)
+    )
+    return math.prod(shape) - kept
