@@ -187,11 +187,11 @@ def main(argv: list[str] | None = None) -> None:
     ]
     if not args.quick:
         cases.append(("large_50k", lambda: large_model(50000), 1))
-    for kind in ("elementwise", "shape"):  # deep chains: SiLUs, or shape arithmetic
-        cases.append((f"{kind}_1k", lambda k=kind: chain_model(1000, k), 3))
-        cases.append((f"{kind}_10k", lambda k=kind: chain_model(10000, k), 3))
+    for label, kind in (("silu", "elementwise"), ("shape", "shape")):  # deep chains
+        cases.append((f"{label}_1k", lambda k=kind: chain_model(1000, k), 3))
+        cases.append((f"{label}_10k", lambda k=kind: chain_model(10000, k), 3))
         if not args.quick:
-            cases.append((f"{kind}_50k", lambda k=kind: chain_model(50000, k), 1))
+            cases.append((f"{label}_50k", lambda k=kind: chain_model(50000, k), 1))
     with tempfile.TemporaryDirectory(prefix="drpopt-bench-") as d:
         tmp = Path(d)
         path = tmp / "yolox_s.onnx"
