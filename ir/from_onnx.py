@@ -272,8 +272,9 @@ def _convert_graph(
     for info in [*found.value_info, *found.output]:
         _set_info(graph.value(info.name), info)
 
+    names: set[str] = set()
     for i, np_node in enumerate(gp.node):
-        name = np_node.name or f"{np_node.op_type}_{i}"
+        name = _unique(np_node.name or f"{np_node.op_type}_{i}", names)
         inputs = [scope.lookup(n) if n else None for n in np_node.input]
         outputs = [graph.value(n) for n in np_node.output if n]
         attrs: dict[str, Any] = {}
@@ -306,6 +307,18 @@ def _convert_graph(
         graph.outputs.append(scope.lookup(info.name))
     graph.meta["captured_names"] = sorted(scope.captured)
     return graph
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    """``name``, or ``name_k`` when a node already has it (ONNX does not require unique node
+    names; plans, locks and group labels name nodes)."""
+    if name in taken:
+        k = 2
+        while f"{name}_{k}" in taken:
+            k += 1
+        name = f"{name}_{k}"
+    taken.add(name)
+    return name
 
 
 def _iter_graphs(subgraphs: dict[str, Any]):

@@ -227,3 +227,20 @@ def test_analysis_does_not_import_torch(tmp_path):
         [sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "False"
+
+
+def test_node_names_are_made_unique_on_load():
+    """ONNX allows repeated (or empty) node names; plans and locks name nodes, so the IR's
+    are unique: a repeated name gets a suffix, an empty one its op and position."""
+    from drpopt.zoo.builder import OnnxBuilder
+
+    b = OnnxBuilder(seed=0)
+    x = b.input("input", (1, 3, 8, 8))
+    y = b.relu(b.conv(x, 8, name="conv"), name="act")
+    y = b.relu(b.conv(y, 8, name="conv2"), name="act2")
+    model = b.build()
+    for node in model.graph.node:
+        node.name = {"Conv": "same", "Relu": ""}.get(node.op_type, node.name)
+    names = [n.name for n in from_onnx(model).nodes]
+    assert len(set(names)) == len(names)
+    assert names[:2] == ["same", "Relu_1"] and "same_2" in names
