@@ -349,7 +349,17 @@ class _Scope:
         return name in self.graph.values or (self.parent is not None and self.parent.has(name))
 
 
+_AP = onnx.AttributeProto
+
+
 def _attr_value(a: onnx.AttributeProto) -> Any:
+    kind = a.type  # the common kinds read directly (get_attribute_value tries each field)
+    if kind == _AP.INT:
+        return a.i
+    if kind == _AP.INTS:
+        return list(a.ints)
+    if kind == _AP.FLOAT:
+        return a.f
     value = onnx.helper.get_attribute_value(a)
     if isinstance(value, onnx.TensorProto):
         return numpy_helper.to_array(value)
