@@ -15,6 +15,7 @@ whose outputs are already static costs one check.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import numpy as np
@@ -48,7 +49,8 @@ def propagate_shapes(graph: Graph, opset: int) -> int:
         ins = [v for v in node.inputs if v is not None]
         if not all(_static(v.shape) and v.dtype is not None for v in ins):
             continue
-        shape = _fast_shape(node, ins) if len(outs) == 1 and outs[0].dtype is not None else None
+        one = len(outs) == 1 and outs[0].dtype is not None
+        shape = _fast_shape(node, ins, memo) if one else None
         if shape is not None:
             if shape != outs[0].shape:
                 outs[0].shape = shape
@@ -89,11 +91,19 @@ _DATA_INPUTS: dict[str, tuple[int, ...]] = {
 }
 
 
-def _fast_shape(node: Node, ins: list[Value]) -> tuple[int, ...] | None:
-    """The output shape of the ops that need no data to infer it (most of a transformer),
-    without building protos; None leaves the node to ONNX's inference."""
+def _fast_shape(node: Node, ins: list[Value], memo: NumericMemo) -> tuple[int, ...] | None:
+    """The output shape of the common ops (most of a transformer, the convs after a
+    computed slice), without building protos; None leaves the node to ONNX's inference."""
     op = node.op_type
     try:
+        if op == "Conv" and node.attr("auto_pad", "NOTSET") in ("NOTSET", b"NOTSET"):
+            return _conv_shape(node, ins[0].shape, ins[1].shape)  # type: ignore[arg-type]
+        if op == "Concat":
+            return _concat_shape(node, [tuple(v.shape) for v in ins])  # type: ignore[arg-type]
+        if op == "Slice" and node.attr("starts") is None:
+            return _slice_shape(node, memo)
+        if op in _DATA_SHAPE:
+            return _DATA_SHAPE[op](node, ins, memo)
         if op in _SAME_SHAPE:
             return tuple(ins[0].shape)  # type: ignore[arg-type]
         if op in _BROADCAST:
@@ -111,6 +121,117 @@ def _fast_shape(node: Node, ins: list[Value]) -> tuple[int, ...] | None:
     except ValueError:  # shapes that do not broadcast: let ONNX say so
         return None
     return None
+
+
+def _reshape(node: Node, ins: list[Value], memo: NumericMemo) -> tuple[int, ...] | None:
+    target = shape_values(ins[1], memo)
+    x = ins[0].shape
+    if target is None or node.attr("allowzero", 0):
+        return None
+    dims = [x[k] if t == 0 and k < len(x) else t for k, t in enumerate(target)]  # type: ignore[index]
+    if dims.count(-1) > 1 or any(d < -1 for d in dims):
+        return None
+    if -1 in dims:
+        rest = math.prod(d for d in dims if d != -1)
+        total = math.prod(x)  # type: ignore[arg-type]
+        if rest == 0 or total % rest:
+            return None
+        dims[dims.index(-1)] = total // rest
+    return tuple(dims)
+
+
+def _unsqueeze(node: Node, ins: list[Value], memo: NumericMemo) -> tuple[int, ...] | None:
+    axes = node.attr("axes")
+    if axes is None:
+        axes = shape_values(ins[1], memo) if len(ins) > 1 else None
+    if axes is None:
+        return None
+    shape = list(ins[0].shape)  # type: ignore[arg-type]
+    rank = len(shape) + len(axes)
+    for a in sorted(a % rank for a in axes):
+        shape.insert(a, 1)
+    return tuple(shape)
+
+
+def _constant_of_shape(node: Node, ins: list[Value], memo: NumericMemo):
+    dims = shape_values(ins[0], memo)
+    return tuple(dims) if dims is not None and all(d >= 0 for d in dims) else None
+
+
+def _expand(node: Node, ins: list[Value], memo: NumericMemo) -> tuple[int, ...] | None:
+    dims = shape_values(ins[1], memo)
+    if dims is None:
+        return None
+    return tuple(np.broadcast_shapes(tuple(ins[0].shape), tuple(dims)))  # type: ignore[arg-type]
+
+
+def _range(node: Node, ins: list[Value], memo: NumericMemo) -> tuple[int, ...] | None:
+    args = [shape_values(v, memo) for v in ins]
+    if len(args) != 3 or any(a is None or len(a) != 1 for a in args):
+        return None
+    start, limit, delta = (a[0] for a in args)  # type: ignore[index]
+    return (max(math.ceil((limit - start) / delta), 0),) if delta else None
+
+
+def _gather(node: Node, ins: list[Value], memo: NumericMemo) -> tuple[int, ...] | None:
+    data, idx = ins[0].shape, ins[1].shape
+    axis = node.attr("axis", 0) % len(data)  # type: ignore[arg-type]
+    return (*data[:axis], *idx, *data[axis + 1 :])  # type: ignore[index]
+
+
+_DATA_SHAPE = {
+    "Reshape": _reshape,
+    "Unsqueeze": _unsqueeze,
+    "ConstantOfShape": _constant_of_shape,
+    "Expand": _expand,
+    "Range": _range,
+    "Gather": _gather,
+    "ScatterND": lambda node, ins, memo: tuple(ins[0].shape),
+}
+
+
+def _conv_shape(node: Node, x: tuple[int, ...], w: tuple[int, ...]) -> tuple[int, ...] | None:
+    n = len(x) - 2
+    if len(w) != len(x) or n < 1:
+        return None
+    pads = node.attr("pads") or [0] * (2 * n)
+    strides = node.attr("strides") or [1] * n
+    dilations = node.attr("dilations") or [1] * n
+    spatial = []
+    for i in range(n):
+        span = dilations[i] * (w[2 + i] - 1) + 1
+        spatial.append((x[2 + i] + pads[i] + pads[i + n] - span) // strides[i] + 1)
+    return (x[0], w[0], *spatial)
+
+
+def _concat_shape(node: Node, shapes: list[tuple[int, ...]]) -> tuple[int, ...] | None:
+    rank = len(shapes[0])
+    axis = node.attr("axis", 0) % rank
+    if any(
+        len(s) != rank or s[:axis] + s[axis + 1 :] != shapes[0][:axis] + shapes[0][axis + 1 :]
+        for s in shapes
+    ):
+        return None
+    return (*shapes[0][:axis], sum(s[axis] for s in shapes), *shapes[0][axis + 1 :])
+
+
+def _slice_shape(node: Node, memo: NumericMemo) -> tuple[int, ...] | None:
+    """Slice with starts/ends (and axes/steps) whose numbers shape arithmetic gives."""
+    shape = list(node.input(0).shape)  # type: ignore[union-attr]
+    args = [shape_values(node.input(i), memo) for i in (1, 2, 3, 4)]
+    if any(
+        node.input(i) is not None and a is None for i, a in zip((1, 2, 3, 4), args, strict=True)
+    ):
+        return None
+    starts, ends, axes, steps = args
+    if starts is None or ends is None or len(starts) != len(ends):
+        return None
+    axes = axes if axes is not None else list(range(len(starts)))
+    steps = steps if steps is not None else [1] * len(starts)
+    for start, end, axis, step in zip(starts, ends, axes, steps, strict=True):
+        axis %= len(shape)
+        shape[axis] = len(range(*slice(start, end, step).indices(shape[axis])))
+    return tuple(shape)
 
 
 def _infer(node: Node, ins: list[Value], outs: list[Value], opset, opsets, memo) -> int:
