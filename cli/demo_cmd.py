@@ -188,7 +188,7 @@ def _onnx_demo(console, model: str, rate: float, save: Path | None) -> dict:
             result = PassManager(parse_pipeline(spec))(path)
         small = to_onnx(result.model)
         after = analyze(small)
-        report = result.model.meta["verify"]
+        report = result.verify
         with console.status("timing both models in onnxruntime"):
             dense_ms, small_ms = latency_ms(proto), latency_ms(small)
         table = _comparison(
@@ -202,7 +202,7 @@ def _onnx_demo(console, model: str, rate: float, save: Path | None) -> dict:
             ],
         )
         console.print(table)
-        plan = result.model.meta["plan"]
+        plan = result.plan
         console.print(
             f"pruned {plan.pruned_channels} of {sum(g.size for g in plan.groups)} eligible "
             "channels; first and last layers left dense"

@@ -1,7 +1,9 @@
 """The framework-neutral graph: Graph, Node and Value with def-use kept by the IR.
 
 No protobuf and no torch here: frontends (``from_onnx``, later ``from_fx``) build this IR and
-``to_onnx`` writes it back. Analyses store their results in ``node.meta`` / ``value.meta``.
+``to_onnx`` writes it back. ``Graph.version`` changes on every mutation made through the
+methods here (and on every write of a constant the graph owns), so cached analyses
+(``passes/analyses.py``) can tell when they no longer describe the graph.
 """
 
 from __future__ import annotations
@@ -52,11 +54,18 @@ class Value:
         stay in the loaded model until a pass reads or changes them)."""
         self.__dict__["_const"] = None
         self.__dict__["_lazy"] = loader
+        self._touch_owner()
 
     def share_const(self, other: Value) -> None:
         """Holds the same constant as ``other`` (loaded or not): no copy."""
         self.__dict__["_const"] = other.__dict__.get("_const")
         self.__dict__["_lazy"] = other.__dict__.get("_lazy")
+        self._touch_owner()
+
+    def _touch_owner(self) -> None:
+        owner = self.__dict__.get("_graph")
+        if owner is not None:
+            owner.touch()
 
     @property
     def rank(self) -> int | None:
@@ -94,8 +103,12 @@ def _get_const(self: Value) -> np.ndarray | None:
 
 
 def _set_const(self: Value, array: np.ndarray | None) -> None:
-    self.__dict__["_const"] = array
-    self.__dict__["_lazy"] = None
+    d = self.__dict__
+    d["_const"] = array
+    d["_lazy"] = None
+    owner = d.get("_graph")
+    if owner is not None:
+        owner.touch()
 
 
 # ``const`` reads a lazily loaded weight on first use (the dataclass field stays the
@@ -132,6 +145,9 @@ class Graph:
 
     Values are unique by name. Def-use links (``value.producer``, ``value.uses``) are kept
     up to date by the methods here; mutate through them, not by editing lists directly.
+    ``version`` increases on every such mutation and on every write of the constant of a
+    value made by ``value()``; code that edits fields directly (shapes, attributes) calls
+    ``touch()`` (a pass that reports ``modified`` is touched for it).
     """
 
     def __init__(self, name: str = "graph") -> None:
@@ -144,6 +160,16 @@ class Graph:
         self.metadata: dict[str, str] = {}
         self.functions: list[Any] = []  # model-local functions (onnx.FunctionProto), kept
         self.meta: dict[str, Any] = {}
+        self._version = 0
+
+    @property
+    def version(self) -> int:
+        """A counter that every mutation increases (what cached analyses are stamped with)."""
+        return self._version
+
+    def touch(self) -> None:
+        """Marks the graph changed: analyses computed before no longer describe it."""
+        self._version += 1
 
     # ---- construction ---------------------------------------------------------------
     def value(self, name: str, **kwargs: Any) -> Value:
@@ -151,7 +177,9 @@ class Graph:
         v = self.values.get(name)
         if v is None:
             v = Value(name, **kwargs)
+            v.__dict__["_graph"] = self  # its constant's writes change this graph's version
             self.values[name] = v
+            self._version += 1
         return v
 
     def add_node(
@@ -171,6 +199,7 @@ class Graph:
         for v in node.outputs:
             v.producer = node
         self.nodes.append(node)
+        self._version += 1
         return node
 
     # ---- queries --------------------------------------------------------------------
@@ -200,6 +229,7 @@ class Graph:
             new.uses.append((node, i))
         old.uses.clear()
         self.outputs = [new if v is old else v for v in self.outputs]
+        self._version += 1
 
     def materialize(self, value: Value) -> None:
         """Turns a constant computed by a node (Identity or Cast of a constant) into an
@@ -214,6 +244,7 @@ class Graph:
                 v.uses = [(n, j) for n, j in v.uses if not (n is node and j == i)]
         self.nodes.remove(node)
         value.producer = None
+        self._version += 1
 
     def fresh_name(self, base: str) -> str:
         """A value name not used yet, derived from ``base``."""
@@ -259,6 +290,7 @@ class Graph:
             v.producer = None
             self.values.pop(v.name, None)
         self.nodes.remove(node)
+        self._version += 1
 
     def set_input(self, node: Node, index: int, value: Value | None) -> None:
         """Points input ``index`` of ``node`` at ``value``, keeping the use lists right."""
@@ -270,3 +302,4 @@ class Graph:
         node.inputs[index] = value
         if value is not None:
             value.uses.append((node, index))
+        self._version += 1

@@ -26,9 +26,11 @@ from typing import ClassVar
 
 import numpy as np
 
+from drpopt.ir.analysis import Analysis
 from drpopt.ir.core import Graph, Node
 from drpopt.passes.base import Pass, PassResult
-from drpopt.passes.common import edge_layers, invalidate, layer_sparsity, weight_of
+from drpopt.passes.common import edge_layers, layer_sparsity, weight_of
+from drpopt.passes.context import context_of
 from drpopt.passes.targets import GRANULARITIES, TargetProfile, get_target
 
 
@@ -141,7 +143,7 @@ class SparsifyPass(Pass):
         if p.granularity == "channel" or p.pattern_rate <= 0:
             return PassResult(model, False)
         layers = targeted_layers(model, p, self.exclude)
-        model.meta["sparsified"] = True  # reconstruct after this would break the pattern
+        context_of(model).sparsified = True  # reconstruct after this would break the pattern
         cut = None
         if p.granularity == "unstructured" and p.sparsity_scope == "global":
             allw = (
@@ -168,8 +170,6 @@ class SparsifyPass(Pass):
                 else:
                     value.const = new
                 changed = True
-        if restructured:  # zeros alone leave the groups as they were: keep the analysis
-            invalidate(model)
         model.metadata["drpopt.pattern"] = json.dumps(
             {
                 "granularity": p.granularity,
@@ -182,7 +182,8 @@ class SparsifyPass(Pass):
                 "layers": {s.node: round(s.sparsity, 6) for s in layer_sparsity(model)},
             }
         )
-        return PassResult(model, changed)
+        # zeros alone leave the groups as they were: the channel analysis stays
+        return PassResult(model, changed, preserves=() if restructured else (Analysis,))
 
     def _keep(self, node: Node, w: np.ndarray, cut: float | None) -> np.ndarray | None:
         p = self.profile
