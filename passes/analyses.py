@@ -56,12 +56,20 @@ class NodeIndex:
     by_name: dict[str, Node]
 
 
+# what ir/analysis.py and ir/channels.py still leave in graph.meta while they run (the
+# result and a node-position table): dropped before and after, so nothing outlives a
+# mutation there either (a bridge until those modules stop writing them)
+_IR_LEFTOVERS = ("analysis", "_node_pos")
+
+
 def _channel_analysis(graph: Graph) -> Analysis:
-    # bridge until ir/channels.py keeps its node positions in a versioned cache: a position
-    # table left by an earlier analysis of this graph may predate a mutation
-    graph.meta.pop("_node_pos", None)
-    graph.meta.pop("analysis", None)  # ir/analysis.py leaves its result there too
-    return analyze(graph)
+    for key in _IR_LEFTOVERS:
+        graph.meta.pop(key, None)
+    try:
+        return analyze(graph)
+    finally:
+        for key in _IR_LEFTOVERS:
+            graph.meta.pop(key, None)
 
 
 def _edge_layers(graph: Graph) -> EdgeLayers:

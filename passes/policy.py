@@ -9,9 +9,10 @@ Rules:
 - ``rate`` is the fraction of the eligible channels to remove, in [0, 1);
 - ``allocation=uniform``: each group prunes ``rate`` of its own channels;
   ``allocation=global``: scores are normalised per group (divided by the mean score of the
-  group's candidates) and one threshold across all groups removes ``rate`` of their channels
-  overall (channels that are no longer candidates count as removed first), so groups end
-  up with different rates;
+  group's candidates) and the ``rate`` share of all their channels with the lowest
+  normalised scores is removed (ties: the earlier group and channel first; channels that
+  are no longer candidates count as removed first), so groups end up with different
+  rates (each group's count then follows the rounding rules below);
 - a group keeps its highest-scoring candidates (ties: the lower index); the kept count is
   rounded to a multiple of ``align`` (a group smaller than ``align`` stays whole), never
   below ``align``, ``min_channels`` or ``(1 - max_rate)`` of the group, never zero, never
@@ -169,14 +170,13 @@ def choose_channels(
     """The channels each of ``groups`` (eligible ones) keeps, by group key, sorted.
 
     ``scores``: group key -> one score per channel (higher: keep). ``candidates``: group
-    key -> the channels still allowed (a gradual schedule never revives one); default all.
+    key -> the channels still allowed (a gradual schedule never revives one); a group not
+    listed (or no mapping) may keep any channel.
     """
-    cands = {
-        group_key(g): (
-            list(range(g.size)) if candidates is None else sorted(candidates[group_key(g)])
-        )
-        for g in groups
-    }
+    cands = {}
+    for g in groups:
+        allowed = None if candidates is None else candidates.get(group_key(g))
+        cands[group_key(g)] = list(range(g.size)) if allowed is None else sorted(allowed)
     if policy.allocation == "global":
         counts = _global_counts(groups, scores, policy, cands)
     else:
@@ -208,12 +208,14 @@ def _global_counts(
         alive[cands[key]] = True
         mean = float(score[alive].mean()) if alive.any() else 0.0
         normed[key] = np.where(alive, score / max(mean, 1e-12), -np.inf)
-    every = np.sort(np.concatenate(list(normed.values())))
-    n_prune = int(round(policy.rate * every.size))
-    threshold = every[n_prune - 1] if n_prune > 0 else -np.inf
-    counts = {}
-    for g in groups:
-        key = group_key(g)
-        below = int((normed[key] <= threshold).sum())
-        counts[key] = policy.kept_count(g.size, below / g.size)
-    return counts
+    keys = list(normed)
+    values = np.concatenate([normed[k] for k in keys])
+    owner = np.concatenate([np.full(normed[k].size, i) for i, k in enumerate(keys)])
+    n_prune = int(round(policy.rate * values.size))
+    # the n_prune lowest, ties broken by group order then channel: exactly n_prune go
+    lowest = np.lexsort((np.arange(values.size), values))[:n_prune]
+    below = np.bincount(owner[lowest], minlength=len(keys))
+    return {
+        key: policy.kept_count(g.size, int(below[i]) / g.size)
+        for i, (key, g) in enumerate(zip(keys, groups, strict=True))
+    }
