@@ -36,7 +36,7 @@ import numpy as np
 from drpopt.errors import BadInputError
 from drpopt.ir.channels import Group
 from drpopt.passes.plan import group_key
-from drpopt.passes.targets import TargetProfile, get_target
+from drpopt.passes.targets import GRANULARITIES, TargetProfile, _check, get_target
 
 Allocation = Literal["uniform", "global"]
 ALLOCATIONS = ("uniform", "global")
@@ -137,6 +137,24 @@ class SelectionPolicy:
         for key in ("rate", "allocation", "target"):
             out.pop(key)
         return out
+
+
+PATTERN_SETTINGS = ("granularity", "n", "m", "block", "sparsity_rate", "sparsity_scope")
+
+
+def pattern_profile(base: TargetProfile, where: str, **overrides: Any) -> TargetProfile:
+    """``base`` with the fine-grained pattern overrides (``PATTERN_SETTINGS``; None: the
+    profile's), checked once; what ``sparsify`` and the ``Pruner`` zero inside kept channels."""
+    unknown = set(overrides) - set(PATTERN_SETTINGS)
+    if unknown:
+        raise BadInputError(f"{where}: unknown pattern setting(s): {', '.join(sorted(unknown))}")
+    granularity = overrides.get("granularity")
+    if granularity is not None and granularity not in GRANULARITIES:
+        raise BadInputError(
+            f"{where}: granularity {granularity!r} is not one of {', '.join(GRANULARITIES)}"
+        )
+    merged = replace(base, **{k: v for k, v in overrides.items() if v is not None})
+    return _check(merged, where)
 
 
 def is_eligible(

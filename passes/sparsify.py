@@ -31,7 +31,8 @@ from drpopt.ir.core import Graph, Node
 from drpopt.passes.base import Pass, PassResult
 from drpopt.passes.common import edge_layers, layer_sparsity, weight_of
 from drpopt.passes.context import context_of
-from drpopt.passes.targets import GRANULARITIES, TargetProfile, get_target
+from drpopt.passes.policy import pattern_profile
+from drpopt.passes.targets import TargetProfile, get_target
 
 
 def input_axis(node: Node) -> int:
@@ -122,21 +123,16 @@ class SparsifyPass(Pass):
     exclude: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        base = get_target(self.target)
-        overrides = {
-            "granularity": self.granularity,
-            "n": self.n,
-            "m": self.m,
-            "block": self.block,
-            "sparsity_rate": self.rate,
-            "sparsity_scope": self.scope,
-        }
-        merged = {**base.__dict__, **{k: v for k, v in overrides.items() if v is not None}}
-        if merged["granularity"] not in GRANULARITIES:
-            raise ValueError(f"granularity {merged['granularity']!r} is not one of {GRANULARITIES}")
-        from drpopt.passes.targets import _check
-
-        self.profile = _check(TargetProfile(**merged), f"sparsify:{self.target}")
+        self.profile = pattern_profile(
+            get_target(self.target),
+            f"sparsify:{self.target}",
+            granularity=self.granularity,
+            n=self.n,
+            m=self.m,
+            block=self.block,
+            sparsity_rate=self.rate,
+            sparsity_scope=self.scope,
+        )
 
     def call(self, model: Graph) -> PassResult:
         p = self.profile

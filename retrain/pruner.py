@@ -51,9 +51,9 @@ from drpopt.ir.channels import Group
 from drpopt.ir.from_torch import TorchTrace, trace_module, unwrap
 from drpopt.passes.mask import eligible_groups
 from drpopt.passes.plan import GroupPlan, Plan, group_key
-from drpopt.passes.policy import SelectionPolicy, choose_channels
+from drpopt.passes.policy import SelectionPolicy, choose_channels, pattern_profile
 from drpopt.passes.score import group_scores
-from drpopt.passes.targets import GRANULARITIES, TargetProfile, _check, get_target
+from drpopt.passes.targets import TargetProfile, get_target
 from drpopt.retrain.buffers import (
     MASK_SUFFIX,
     STATE_BUFFER,
@@ -474,18 +474,16 @@ def _pattern_profile(
     scope: str | None,
 ) -> TargetProfile:
     """The target profile with the given pattern overrides, checked."""
-    if granularity is not None and granularity not in GRANULARITIES:
-        raise BadInputError(f"granularity {granularity!r} is not one of {', '.join(GRANULARITIES)}")
-    overrides = {
-        "granularity": granularity,
-        "sparsity_rate": rate,
-        "n": n,
-        "m": m,
-        "block": block,
-        "sparsity_scope": scope,
-    }
-    merged = replace(base, **{k: v for k, v in overrides.items() if v is not None})
-    profile = _check(merged, f"Pruner pattern ({base.name})")
+    profile = pattern_profile(
+        base,
+        f"Pruner pattern ({base.name})",
+        granularity=granularity,
+        sparsity_rate=rate,
+        n=n,
+        m=m,
+        block=block,
+        sparsity_scope=scope,
+    )
     if profile.pattern_rate >= 1.0:
         raise BadInputError(f"pattern rate {profile.pattern_rate} must be below 1")
     return profile
