@@ -9,6 +9,7 @@ methods here (and on every write of a constant the graph owns), so cached analys
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,7 +64,8 @@ class Value:
         self._touch_owner()
 
     def _touch_owner(self) -> None:
-        owner = self.__dict__.get("_graph")
+        ref = self.__dict__.get("_graph")
+        owner = ref() if ref is not None else None
         if owner is not None:
             owner.touch()
 
@@ -106,7 +108,8 @@ def _set_const(self: Value, array: np.ndarray | None) -> None:
     d = self.__dict__
     d["_const"] = array
     d["_lazy"] = None
-    owner = d.get("_graph")
+    ref = d.get("_graph")
+    owner = ref() if ref is not None else None
     if owner is not None:
         owner.touch()
 
@@ -161,6 +164,7 @@ class Graph:
         self.functions: list[Any] = []  # model-local functions (onnx.FunctionProto), kept
         self.meta: dict[str, Any] = {}
         self._version = 0
+        self._ref = weakref.ref(self)  # what its values point back with (not keeping it alive)
 
     @property
     def version(self) -> int:
@@ -177,7 +181,7 @@ class Graph:
         v = self.values.get(name)
         if v is None:
             v = Value(name, **kwargs)
-            v.__dict__["_graph"] = self  # its constant's writes change this graph's version
+            v.__dict__["_graph"] = self._ref  # its constant's writes change this graph's version
             self.values[name] = v
             self._version += 1
         return v

@@ -10,13 +10,13 @@ Rules:
 - a pass declares what its changes leave valid (``Pass.preserves``, or
   ``PassResult.preserves`` when it depends on what the pass did): only those kinds are
   re-stamped after it; everything else computed before it is gone;
-- the manager holds graphs weakly: a graph that is dropped takes its analyses with it.
+- the cache lives on the graph object (a private attribute, not ``graph.meta``): a graph
+  that is dropped takes its analyses with it, and the manager keeps no graph alive.
 """
 
 from __future__ import annotations
 
 import logging
-import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -83,6 +83,8 @@ def _node_index(graph: Graph) -> NodeIndex:
     return NodeIndex({n.name: n for n in graph.nodes})
 
 
+_SLOT = "_drpopt_analyses"  # the per-graph cache: {kind: (version stamped, result)}
+
 COMPUTE: dict[type, Callable[[Graph], Any]] = {
     Analysis: _channel_analysis,
     EdgeLayers: _edge_layers,
@@ -94,14 +96,18 @@ class AnalysisManager:
     """Caches analyses per (graph, version); see the module docstring for the rules."""
 
     def __init__(self) -> None:
-        self._cache: weakref.WeakKeyDictionary[Graph, dict[type, tuple[int, Any]]] = (
-            weakref.WeakKeyDictionary()
-        )
-        self.computed = 0  # how many analyses were computed (a measure, for tests)
+        self.computed = 0  # how many analyses were computed (a measure)
+
+    @staticmethod
+    def _entries(graph: Graph) -> dict[type, tuple[int, Any]]:
+        entries = graph.__dict__.get(_SLOT)
+        if entries is None:
+            entries = graph.__dict__[_SLOT] = {}
+        return entries
 
     def cached(self, graph: Graph, kind: type[T]) -> T | None:
         """The analysis of ``kind`` if one describes ``graph`` as it is now, else None."""
-        entry = self._cache.get(graph, {}).get(kind)
+        entry = self._entries(graph).get(kind)
         if entry is None or entry[0] != graph.version:
             return None
         return entry[1]
@@ -121,23 +127,21 @@ class AnalysisManager:
 
     def put(self, graph: Graph, result: Any) -> None:
         """Stores ``result`` as the analysis of its type for ``graph`` as it is now."""
-        self._cache.setdefault(graph, {})[type(result)] = (graph.version, result)
+        self._entries(graph)[type(result)] = (graph.version, result)
 
     def invalidate(self, graph: Graph) -> None:
         """Forgets every analysis of ``graph``."""
-        self._cache.pop(graph, None)
+        self._entries(graph).clear()
 
     def stamps(self, graph: Graph) -> dict[type, int]:
         """The version each cached analysis of ``graph`` was stamped with."""
-        return {k: v for k, (v, _) in self._cache.get(graph, {}).items()}
+        return {k: v for k, (v, _) in self._entries(graph).items()}
 
     def preserve(self, graph: Graph, kinds: Iterable[type], since: int) -> None:
         """Re-stamps the analyses of ``kinds`` made at ``since`` or later (during a pass that
         declared it preserves them) as describing ``graph`` now; drops the others."""
         keep = set(kinds)
-        entries = self._cache.get(graph)
-        if not entries:
-            return
+        entries = self._entries(graph)
         for kind, (stamp, result) in list(entries.items()):
             if kind in keep and stamp >= since:
                 entries[kind] = (graph.version, result)

@@ -136,3 +136,16 @@ def test_scores_are_refused_once_the_graph_changed():
     assert ANALYSES.cached(graph, Scores) is None
     with pytest.raises(LookupError, match="Scores"):
         ANALYSES.get(graph, Scores)
+
+
+def test_cached_analyses_do_not_keep_a_graph_alive():
+    import gc
+    import weakref
+
+    graph = from_onnx(build("se"))
+    PassManager([ScorePass(), MaskPass(rate=0.5)])(graph)
+    node_by_name(graph)
+    ref = weakref.ref(graph)
+    del graph
+    gc.collect()
+    assert ref() is None
