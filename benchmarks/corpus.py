@@ -15,7 +15,13 @@ so that a hang or a crash becomes a ``timeout`` / ``crash`` row instead of stopp
 - ``params`` / ``MACs``: compact over dense at rate 0.5 (``mask:rate=0.5`` then ``compact``,
   counted by ``drpopt.analyze`` on the compact model), with the default mask settings and
   with ``keep_first=false:keep_last=false`` (``all``);
-- ``largest lock``: the locked group with the largest parameter share, its reason and node.
+- ``params 0.5 per layer``: the default ``params 0.5`` with the dense model counted per
+  layer, a weight shared by several layers (an exporter's deduplicated constants) once per
+  layer, as the torch model that was exported counts it (and as Torch-Pruning's figures do);
+  compaction gives each layer its own cut copy. Empty where no weight is shared;
+- ``largest lock``: the locked group with the largest parameter share, its reason and node,
+  leaving out the prediction outputs (which stay whole by design) unless nothing else is
+  locked.
 
 Prints a rich table (progress on stderr); ``--out FILE`` also writes it, as JSON when FILE
 ends in ``.json``, else as markdown (written atomically).
@@ -48,6 +54,7 @@ COLUMNS = [
     ("params 0.5", "params_default"),
     ("MACs 0.5", "macs_default"),
     ("params 0.5 all", "params_all"),
+    ("params 0.5 per layer", "params_per_layer"),
     ("MACs 0.5 all", "macs_all"),
     ("largest lock", "largest_lock"),
 ]
@@ -80,12 +87,24 @@ def _compact_ratios(model, dense, keep: bool | None) -> tuple[float, float]:
     return small.params / max(dense.params, 1), small.macs / max(dense.macs, 1)
 
 
+def _per_layer_params(analysis) -> int:
+    """Parameters with a shared weight counted once per layer that reads it (the analysis
+    un-shares constants per use on load, so each use is a value of its own)."""
+    from drpopt.ir.analysis import _is_param
+
+    return sum(v.numel or 0 for v in analysis.graph.values.values() if _is_param(v))
+
+
 def _largest_lock(analysis) -> str:
     """One line: the locked group with the largest parameter share, its first lock and the
-    node that lock names, and how many other locks it has."""
+    node that lock names, and how many other locks it has; a group locked only because it
+    is a graph output (the prediction layer) is named only when nothing else is locked."""
     locked = analysis.locked_groups
     if not locked:
         return "none"
+    inner = [g for g in locked if any(lk.kind != "graph-output" for lk in g.locks)]
+    if inner:
+        locked = inner
     g = max(locked, key=lambda g: (g.params, g.size))
     share = f"{g.params / max(analysis.params, 1):.1%} ({g.size} ch)"
     if not g.locks:
@@ -132,6 +151,9 @@ def measure_one(path: Path, runs: int) -> None:
             _emit(stage=f"compact-{label}", **{f"params_{label}": "error", f"error_{label}": msg})
             continue
         _emit(stage=f"compact-{label}", **{f"params_{label}": params, f"macs_{label}": macs})
+        per_layer = _per_layer_params(analysis)
+        if label == "default" and per_layer != analysis.params:
+            _emit(stage="per-layer", params_per_layer=params * analysis.params / per_layer)
 
 
 def run_model(path: Path, timeout: float, runs: int) -> dict[str, Any]:
@@ -169,7 +191,14 @@ def _cell(row: dict[str, Any], key: str) -> str:
         return f"{value:.3f}"
     if key == "ratio":
         return f"{value:.2f}"
-    if key in ("prunable_channels", "params_default", "macs_default", "params_all", "macs_all"):
+    if key in (
+        "prunable_channels",
+        "params_default",
+        "macs_default",
+        "params_all",
+        "macs_all",
+        "params_per_layer",
+    ):
         return value if isinstance(value, str) else f"{value:.3f}"
     return str(value)
 

@@ -334,31 +334,35 @@ class ChannelGraph:
 
         g = nx.Graph()
         g.add_nodes_from(range(len(seg_space)))
+        edges: list[tuple[int, int]] = []
+        # expansion edges only: (small segment, big segment) -> entries per small entry
+        self.expansions: dict[tuple[int, int], int] = {}
         bad_expand: set[int] = set()
+        spaces = self.spaces
         for rel in self.relations:
             kind = rel[0]
             if kind == "id":
                 _, a, b = rel
-                sa, sb = self.spaces[a].seg0, self.spaces[b].seg0
-                for j in range(len(bounds[a]) - 1):
-                    g.add_edge(sa + j, sb + j, src=sa + j, k=1)
+                sa, sb = spaces[a].seg0, spaces[b].seg0
+                edges.extend((sa + j, sb + j) for j in range(len(bounds[a]) - 1))
             elif kind == "cat":
                 _, out, parts = rel
-                so = self.spaces[out].seg0
-                j = 0
+                j = spaces[out].seg0
                 for p in parts:
-                    sp0 = self.spaces[p].seg0
-                    for i in range(len(bounds[p]) - 1):
-                        g.add_edge(sp0 + i, so + j, src=sp0 + i, k=1)
-                        j += 1
+                    sp0 = spaces[p].seg0
+                    n = len(bounds[p]) - 1
+                    edges.extend((sp0 + i, j + i) for i in range(n))
+                    j += n
             else:
                 _, big, small, k = rel
-                if any(c % k for c in self.spaces[big].cuts):
+                if any(c % k for c in spaces[big].cuts):
                     bad_expand.update((big, small))
                     continue
-                sb, ss = self.spaces[big].seg0, self.spaces[small].seg0
+                sb, ss = spaces[big].seg0, spaces[small].seg0
                 for j in range(len(bounds[small]) - 1):
-                    g.add_edge(ss + j, sb + j, src=ss + j, k=k)
+                    edges.append((ss + j, sb + j))
+                    self.expansions[(ss + j, sb + j)] = k
+        g.add_edges_from(edges)
         for sid in bad_expand:
             self.spaces[sid].locks.append(
                 Lock("mismatch", f"a cut inside an expanded block of '{self.spaces[sid].label}'")
@@ -385,7 +389,7 @@ class ChannelGraph:
         if not any(r[0] == "producer" for s in comp for r in spaces[seg_space[s]].roles):
             return None
         # block factor of every segment relative to one root, by BFS over the edges
-        factor, consistent = _block_factors(comp, g)
+        factor, consistent = _block_factors(comp, g, self.expansions)
         norm = _units(factor)
         sizes = {seg_len[s] // norm[s] for s in comp} if norm else set()
         if norm is None or any(seg_len[s] % norm[s] for s in comp) or len(sizes) != 1:
@@ -450,30 +454,32 @@ class ChannelGraph:
         )
 
 
-def _block_factors(comp, g) -> tuple[dict[int, int | Fraction], bool]:
+def _block_factors(comp, g, expansions) -> tuple[dict[int, int | Fraction], bool]:
     """Entries per root entry of every segment, by BFS over the edges (ints while they stay
     whole; Fractions only where an expansion is walked backwards unevenly)."""
     root = next(iter(comp))
     factor: dict[int, int | Fraction] = {root: 1}
     consistent = True
     todo = deque([root])
+    adj = g.adj
     while todo:
         u = todo.popleft()
         fu = factor[u]
-        for v, data in g[u].items():
-            k = data["k"]
-            if k == 1:
-                f = fu
-            elif data["src"] == u:
-                f = fu * k
-            elif isinstance(fu, int) and fu % k == 0:
-                f = fu // k
-            else:
-                f = Fraction(fu) / k
-            if v not in factor:
+        for v in adj[u]:
+            f = fu
+            if expansions:
+                k = expansions.get((u, v))
+                if k is not None:  # u is the small side
+                    f = fu * k
+                else:
+                    k = expansions.get((v, u))
+                    if k is not None:
+                        f = fu // k if isinstance(fu, int) and fu % k == 0 else Fraction(fu) / k
+            old = factor.get(v)
+            if old is None:
                 factor[v] = f
                 todo.append(v)
-            elif factor[v] != f:
+            elif old != f:
                 consistent = False
     return factor, consistent
 

@@ -10,6 +10,7 @@ integer/shape ops whose inputs are all constants, and returns their values by ou
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 import onnx
@@ -149,20 +150,12 @@ FOLDABLE = frozenset(
 )
 
 
-def fold_constants(
-    model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]] | None = None
-) -> dict[str, np.ndarray]:
-    """Values of the outputs of foldable nodes whose inputs are all (small) constants.
-
-    With ``shapes`` (the static shapes shape inference found), ``Shape``/``Size`` of those
-    tensors count as constants too: the values shape arithmetic takes for this model's
-    input shapes (torch's computed pads, window partitions), for a further round of shape
-    inference; they are never written into the model.
-    """
+def fold_constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Values of the outputs of foldable nodes whose inputs are all (small) constants."""
     consts: dict[str, np.ndarray] = {}
     for init in model.graph.initializer:
         # shape arithmetic runs on integers: float weights (biases) are never read here
-        small = np.prod(init.dims, dtype=np.int64) <= MAX_ELEMENTS
+        small = math.prod(init.dims) <= MAX_ELEMENTS
         inline = init.data_location != onnx.TensorProto.EXTERNAL
         if init.data_type in _INT_TYPES and small and inline:
             consts[init.name] = numpy_helper.to_array(init)
@@ -170,27 +163,10 @@ def fold_constants(
     for node in model.graph.node:
         if node.op_type == "Constant":
             value = _attr(node, "value")
-            if isinstance(value, onnx.TensorProto) and np.prod(value.dims) <= MAX_ELEMENTS:
+            if isinstance(value, onnx.TensorProto) and math.prod(value.dims) <= MAX_ELEMENTS:
                 consts[node.output[0]] = numpy_helper.to_array(value)
             continue
         if node.domain not in ("", "ai.onnx"):
-            continue
-        if shapes is not None and node.op_type in ("Shape", "Size") and node.input:
-            shape = shapes.get(node.input[0])
-            if shape is None and node.input[0] in consts:
-                shape = tuple(np.shape(consts[node.input[0]]))
-            if shape is not None:
-                if node.op_type == "Size":
-                    consts[node.output[0]] = folded[node.output[0]] = np.array(
-                        int(np.prod(shape)), np.int64
-                    )
-                else:
-                    rank = len(shape)
-                    lo, hi, _ = slice(_attr(node, "start", 0), _attr(node, "end", rank)).indices(
-                        rank
-                    )
-                    arr = np.array(shape[lo:hi], dtype=np.int64)
-                    consts[node.output[0]] = folded[node.output[0]] = arr
             continue
         if node.op_type not in FOLDABLE:
             continue

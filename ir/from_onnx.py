@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -135,7 +136,7 @@ def _shape_copy(model: onnx.ModelProto, folded: dict[str, np.ndarray]) -> onnx.M
     declared = {i.name for i in src.input}
     for t in src.initializer:
         inline = t.data_location != onnx.TensorProto.EXTERNAL
-        if inline and np.prod(t.dims, dtype=np.int64) <= SMALL_CONSTANT:
+        if inline and math.prod(t.dims) <= SMALL_CONSTANT:
             g.initializer.append(t)
         elif t.name not in declared:
             g.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
@@ -156,54 +157,6 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         return model
 
 
-MAX_SHAPE_ROUNDS = 1
-
-
-def _static_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
-    shapes: dict[str, tuple[int, ...]] = {}
-    g = model.graph
-    for info in [*g.input, *g.value_info, *g.output]:
-        dims = _dims(info.type)
-        if dims is not None and all(isinstance(d, int) for d in dims):
-            shapes[info.name] = dims  # type: ignore[assignment]
-    return shapes
-
-
-def _refine_shapes(
-    model: onnx.ModelProto, folded: dict[str, np.ndarray], inferred: onnx.ModelProto
-) -> onnx.ModelProto:
-    """ONNX shape inference stops at shapes computed by ops it does not propagate (Mod,
-    ConstantOfShape, a reversing Slice: torch's F.pad, Swin's window padding), and every
-    shape after them is unknown. When the inputs have static shapes, the values that shape
-    arithmetic takes are folded with the shapes found so far and inference runs again,
-    until nothing new is learnt (a few rounds)."""
-    weights = {t.name for t in model.graph.initializer}
-    for info in model.graph.input:
-        dims = _dims(info.type)
-        symbolic = dims is None or not all(isinstance(d, int) for d in dims)
-        if symbolic and info.name not in weights:
-            return inferred  # symbolic inputs: shapes are symbolic, nothing to learn
-    outputs = [o for n in model.graph.node for o in n.output if o]
-    static = _static_shapes(inferred)
-    known = sum(1 for o in outputs if o in static or o in folded)
-    values: dict[str, np.ndarray] = {}
-    for _ in range(MAX_SHAPE_ROUNDS):
-        if known >= len(outputs):
-            break
-        values = {**fold_constants(model, static), **folded}
-        trial = infer_shapes(_shape_copy(model, values))
-        trial_static = _static_shapes(trial)
-        now = sum(1 for o in outputs if o in trial_static or o in values)
-        if now <= known:
-            break
-        inferred, known, static = trial, now, {**trial_static, **_const_shapes(values)}
-    return inferred
-
-
-def _const_shapes(values: dict[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
-    return {name: tuple(np.shape(arr)) for name, arr in values.items()}
-
-
 def from_onnx(
     source: str | os.PathLike | onnx.ModelProto,
     where: str | None = None,
@@ -216,6 +169,7 @@ def from_onnx(
     dims the shapes were computed for (unknown ones as their symbol).
     """
     from drpopt.ir.input_shapes import fix_input_shapes, input_dims
+    from drpopt.ir.propagate import propagate_shapes
 
     model = load_model(source, external_data=False)
     where = where or (str(source) if not isinstance(source, onnx.ModelProto) else "model")
@@ -224,7 +178,6 @@ def from_onnx(
     opset = check_opset(model, where)
     folded = fold_constants(model)
     inferred = infer_shapes(_shape_copy(model, folded))
-    inferred = _refine_shapes(model, folded, inferred)
     graph = _convert_graph(model.graph, parent=None, shapes=inferred.graph, base_dir=base_dir)
     for name, arr in folded.items():
         value = graph.values.get(name)
@@ -234,6 +187,10 @@ def from_onnx(
     unshare_constants(graph)
     graph.opsets = {op.domain: op.version for op in model.opset_import}
     graph.opsets.setdefault("", opset)
+    if all(v.static_shape is not None for v in graph.inputs):
+        # inference stops at shapes computed by Mod, ConstantOfShape, a reversing Slice
+        # (torch's F.pad, Swin's window padding): go on node by node with the numbers
+        propagate_shapes(graph, opset)
     graph.metadata = {p.key: p.value for p in model.metadata_props}
     graph.functions = list(model.functions)
     graph.meta["ir_version"] = model.ir_version
@@ -247,33 +204,44 @@ def from_onnx(
 def _dims(type_proto: onnx.TypeProto) -> tuple[Any, ...] | None:
     if not type_proto.HasField("tensor_type"):
         return None
-    tt = type_proto.tensor_type
+    return _tensor_dims(type_proto.tensor_type)
+
+
+def _tensor_dims(tt) -> tuple[Any, ...] | None:
     if not tt.HasField("shape"):
         return None
     dims: list[Any] = []
     for d in tt.shape.dim:
-        if d.HasField("dim_value"):
-            dims.append(int(d.dim_value))
-        elif d.HasField("dim_param"):
-            dims.append(d.dim_param)
-        else:
-            dims.append(None)
+        which = d.WhichOneof("value")
+        dims.append(d.dim_value if which == "dim_value" else d.dim_param if which else None)
     return tuple(dims)
 
 
+_DTYPES: dict[int, np.dtype | None] = {}
+
+
 def _np_dtype(elem_type: int) -> np.dtype | None:
-    try:
-        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type))
-    except Exception:
-        return None
+    dtype = _DTYPES.get(elem_type, False)
+    if dtype is False:
+        try:
+            dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type))
+        except Exception:
+            dtype = None
+        _DTYPES[elem_type] = dtype
+    return dtype  # type: ignore[return-value]
 
 
 def _set_info(value: Value, info: onnx.ValueInfoProto) -> None:
-    shape = _dims(info.type)
+    t = info.type
+    if not t.HasField("tensor_type"):
+        return
+    tt = t.tensor_type
+    shape = _tensor_dims(tt)
     if shape is not None:
         value.shape = shape
-    if info.type.HasField("tensor_type") and info.type.tensor_type.elem_type:
-        value.dtype = _np_dtype(info.type.tensor_type.elem_type)
+    elem = tt.elem_type
+    if elem:
+        value.dtype = _np_dtype(elem)
 
 
 def _convert_graph(
@@ -299,11 +267,10 @@ def _convert_graph(
         if not v.is_const:
             _set_info(v, info)
             graph.inputs.append(v)
-    for info in list(gp.value_info) + list(gp.output):
+    # what shape inference found (on a light copy of this graph, its value_info included)
+    found = shapes if shapes is not None else gp
+    for info in [*found.value_info, *found.output]:
         _set_info(graph.value(info.name), info)
-    if shapes is not None:  # what shape inference found (on a light copy of this graph)
-        for info in list(shapes.value_info) + list(shapes.output):
-            _set_info(graph.value(info.name), info)
 
     for i, np_node in enumerate(gp.node):
         name = np_node.name or f"{np_node.op_type}_{i}"

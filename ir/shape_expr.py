@@ -15,6 +15,7 @@ unknown.
 from __future__ import annotations
 
 import math
+import operator
 from collections import Counter
 from dataclasses import dataclass
 from typing import Final
@@ -72,7 +73,9 @@ _UNARY_SHAPE_OPS = frozenset(
         "ConstantOfShape",
     ]
 )
-_BINARY_SHAPE_OPS = frozenset(["Mul", "Add", "Sub", "Div", "Mod"])
+_BINARY_SHAPE_OPS = frozenset(
+    ["Mul", "Add", "Sub", "Div", "Mod", "Max", "Min", "Equal", "Less", "Greater"]
+)
 _MAX_ENTRIES = 4096  # shape arithmetic only
 
 
@@ -132,7 +135,7 @@ def _as_array(result) -> np.ndarray | None:
 
 
 def _may_be_shape(value: Value) -> bool:
-    if value.dtype is not None and np.dtype(value.dtype).kind not in "iu":
+    if value.dtype is not None and np.dtype(value.dtype).kind not in "iub":
         return False
     return value.rank is None or value.rank <= 2
 
@@ -146,7 +149,7 @@ def _deps(value: Value) -> list[Value]:
     if op in _UNARY_SHAPE_OPS:
         x = node.input(0)
         return [x] if x is not None else []
-    if op in _BINARY_SHAPE_OPS or op == "Concat":
+    if op in _BINARY_SHAPE_OPS or op in ("Concat", "Where"):
         return [v for v in node.inputs if v is not None]
     return []
 
@@ -162,7 +165,7 @@ def _evaluate(value: Value, memo: Memo) -> np.ndarray | None:
     """One value's entries (an object array) from its inputs' (already in ``memo``)."""
     if value.is_const:
         arr = np.asarray(value.const)
-        if arr.dtype.kind not in "iu" or arr.ndim > 2 or arr.size > _MAX_ENTRIES:
+        if arr.dtype.kind not in "iub" or arr.ndim > 2 or arr.size > _MAX_ENTRIES:
             return None
         return _objects((int(x) for x in arr.reshape(-1)), arr.shape)
     node = value.producer
@@ -190,6 +193,10 @@ def _evaluate(value: Value, memo: Memo) -> np.ndarray | None:
         if a is None or b is None:
             return None
         return np.frompyfunc(lambda x, y: _arith(op, x, y), 2, 1)(a, b)
+    if op == "Where":  # torch writes expand/repeat sizes as Where(size == -1, 1, size)
+        if len(inputs) != 3 or any(p is None for p in inputs):
+            return None
+        return np.frompyfunc(_where, 3, 1)(*inputs)
     src = inputs[0] if inputs else None
     if src is None:
         return None
@@ -263,9 +270,21 @@ def _clamp(start: int, end: int, step: int, dim: int) -> tuple[int | None, int |
     return lo, hi, st
 
 
+def _where(cond: Entry, x: Entry, y: Entry) -> Entry:
+    if not isinstance(cond, int):
+        return DERIVED
+    return x if cond else y
+
+
 def _arith(op: str, x: Entry, y: Entry) -> Entry:
     if not isinstance(x, int) or not isinstance(y, int):
         return DERIVED
+    if op in _COMPARE:
+        return int(_COMPARE[op](x, y))
+    if op == "Max":
+        return max(x, y)
+    if op == "Min":
+        return min(x, y)
     if op == "Mul":
         return x * y
     if op == "Add":
@@ -275,6 +294,9 @@ def _arith(op: str, x: Entry, y: Entry) -> Entry:
     if op == "Mod":
         return x % y if y else DERIVED
     return x // y if y else DERIVED
+
+
+_COMPARE = {"Equal": operator.eq, "Less": operator.lt, "Greater": operator.gt}
 
 
 def const_ints(value: Value | None) -> list[int] | None:

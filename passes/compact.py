@@ -64,6 +64,7 @@ class CompactPass(Pass):
                 shape = list(value.shape)
                 shape[int(axis)] = int(mask.sum())
                 value.shape = tuple(shape)
+        _fix_computed_targets(model)
         for node in model.nodes:
             if node.domain == DOMAIN and node.op_type == OP:
                 unmask_layernorm(node)
@@ -161,6 +162,63 @@ def _update_computed_target(graph: Graph, node: Node, masks: Masks) -> None:
         new = np.array(part, dtype=np.int64)
         new[offset] = int(mask.sum())
         graph.set_const_input(concat, index, new.reshape(np.shape(concat.input(index).const)))
+
+
+def _fix_computed_targets(graph: Graph) -> None:
+    """A computed Reshape target whose sizes come from another tensor's channels (Swin's
+    ``reshape(B, N, 3, heads, C // heads)``, ``C`` read from the residual stream) would
+    compute wrong sizes once that stream and the heads are pruned apart. With the new
+    shapes in place, each target is evaluated again; entries that no longer give the
+    output's new static size are overridden (a constant target, or ``Where`` over the
+    computed one so symbolic entries stay computed)."""
+    memo = NumericMemo()
+    for node in list(graph.nodes):
+        if node.op_type != "Reshape":
+            continue
+        x, target, y = node.input(0), node.input(1), node.outputs[0]
+        if x is None or target is None or target.is_const or y.shape is None:
+            continue
+        entries = shape_entries(target, memo)
+        if entries is None or len(entries) != len(y.shape):
+            continue
+        allowzero = bool(node.attr("allowzero", 0))
+        fix = {}
+        for k, (entry, want) in enumerate(zip(entries, y.shape, strict=True)):
+            if not isinstance(entry, int) or not isinstance(want, int) or entry == -1:
+                continue
+            got = x.shape[k] if entry == 0 and not allowzero and x.shape else entry
+            if got != want:
+                fix[k] = want
+        if not fix:
+            continue
+        if len(fix) == len(entries) or all(isinstance(e, int) for e in entries):
+            new = [fix.get(k, e) for k, e in enumerate(entries)]
+            graph.set_const_input(node, 1, np.array(new, dtype=np.int64))
+            continue
+        _override_entries(graph, node, target, fix)
+
+
+def _override_entries(graph: Graph, node: Node, target, fix: dict[int, int]) -> None:
+    """``Where(positions, sizes, target)`` in front of ``node``'s target input."""
+    n = len(target.shape) and int(target.shape[0])
+    where = np.zeros(n, dtype=bool)
+    sizes = np.zeros(n, dtype=np.int64)
+    for k, want in fix.items():
+        where[k], sizes[k] = True, want
+    base = f"{node.name}.target"
+    cond = graph.value(
+        graph.fresh_name(f"{base}.where"), const=where, shape=(n,), dtype=where.dtype
+    )
+    vals = graph.value(
+        graph.fresh_name(f"{base}.sizes"), const=sizes, shape=(n,), dtype=sizes.dtype
+    )
+    out = graph.value(graph.fresh_name(base), shape=(n,), dtype=np.dtype(np.int64))
+    where_node = graph.add_node(
+        "Where", graph.fresh_name(f"{base}_Where"), [cond, vals, target], [out]
+    )
+    graph.nodes.remove(where_node)
+    graph.nodes.insert(graph.nodes.index(node), where_node)
+    graph.set_input(node, 1, out)
 
 
 def _update_gather(graph: Graph, node: Node, masks: Masks) -> None:

@@ -17,9 +17,10 @@ Rules:
   rounded to a multiple of ``align`` (a group smaller than ``align`` stays whole), never
   below ``align``, ``min_channels`` or ``(1 - max_rate)`` of the group, never zero, never
   more than its candidates;
-- eligible groups: prunable (not locked), not producing the first layer's output channels
-  (``keep_first``) or a final prediction layer's (``keep_last``; the channels a prediction
-  layer reads are pruned), no producer or consumer of an op type in ``dense_ops`` or whose
+- eligible groups: prunable (not locked), not the first layer's own output channels
+  (``keep_first``; a group it shares with later layers, a residual stream it starts, is
+  pruned) nor a final prediction layer's (``keep_last``; the channels a prediction layer
+  reads are pruned), no producer or consumer of an op type in ``dense_ops`` or whose
   name matches an ``exclude`` pattern (fnmatch).
 """
 
@@ -169,8 +170,9 @@ def is_eligible(
     if not group.prunable:
         return False
     producers = set(group.producers)
-    if policy.keep_first and producers & set(first):
-        return False
+    first = set(first)
+    if policy.keep_first and producers & first and producers <= first:
+        return False  # only the first layer's own channels: a stream it starts is pruned
     if policy.keep_last and producers & set(last):
         return False
     nodes = {m.node for m in group.members if m.role in ("producer", "consumer") and m.node}

@@ -11,8 +11,9 @@ Shipped profiles live in ``passes/profiles/*.toml`` (``generic``, ``cpu``, ``drp
   ``block`` (blocks of ``block`` input channels kept or zeroed together per output channel)
   or ``unstructured`` (per weight), with its ``rate`` and ``scope`` (``layer`` or ``global``);
 - ``[rate]``: the recommended ``default`` and the per-group ``max``;
-- ``[layers]``: ``keep_first``, ``keep_last`` (leave the first layer and the final prediction
-  layers dense) and ``dense_ops`` (op types never pruned);
+- ``[layers]``: ``keep_first``, ``keep_last`` (leave the first layer's own output channels
+  and the final prediction layers dense; a group the first layer shares with later layers,
+  a residual stream it starts, is pruned) and ``dense_ops`` (op types never pruned);
 - ``[export]``: ``form`` (``sparse``: dense shapes with zeros; ``compact``: channels removed)
   and ``opset``.
 

@@ -87,16 +87,18 @@ def _mask_layernorms(model: onnx.ModelProto, groups: list[Group], chosen) -> onn
         x = node.input(0)
         if x is None or x.rank is None:
             continue
-        for g in groups:
-            seg = next((s for s in g.segments if s.value == x.name and s.axis == x.rank - 1), None)
-            if seg is None:
-                continue
-            keep = np.ones(seg.space_length, dtype=bool)
-            for j in chosen[g.id]:
-                keep[seg.start + j * seg.block : seg.start + (j + 1) * seg.block] = False
+        keep = None
+        for g in groups:  # a LayerNorm over a concat reads a group in several segments
+            for seg in g.segments:
+                if seg.value != x.name or seg.axis != x.rank - 1:
+                    continue
+                if keep is None:
+                    keep = np.ones(seg.space_length, dtype=bool)
+                for j in chosen[g.id]:
+                    keep[seg.start + j * seg.block : seg.start + (j + 1) * seg.block] = False
+        if keep is not None:
             mask_layernorm(graph, node, keep)
             changed = True
-            break
     return to_onnx(graph, reshare=False) if changed else model
 
 

@@ -194,3 +194,26 @@ def test_deep_shape_arithmetic_needs_no_recursion(monkeypatch):
     entries = shape_expr.shape_entries(reshape.input(1), {})
     assert entries is not None and len(entries) == 2
     assert calls[0] <= 2 * depth + 10  # each Add and its (un-shared) constant once
+
+
+@pytest.mark.parametrize("size", [32, 40])
+def test_swin_window_attention_prunes_heads_and_streams(size):
+    """torchvision's Swin: window padding from ``x.shape``, shifted-window masks built by
+    slice assignment and ``C // heads`` read from the stream. Every shape is static after
+    loading (per-node propagation past Mod/ConstantOfShape/Where), streams and heads are
+    prunable, and compact (with the recomputed Reshape targets) equals sparse."""
+    from deadchannels import assert_groups_complete
+    from swin_torch import export
+
+    model = export(size)
+    a = analyze(model)
+    unknown = [v.name for n in a.graph.nodes for v in n.outputs if v.static_shape is None]
+    assert not unknown, unknown[:5]
+    heads = sorted(g.size for g in a.prunable_groups if "qkv" in g.producers[0])
+    assert heads == [2, 2, 4]  # whole heads of each block: q, k, v and proj together
+    streams = sorted(g.size for g in a.prunable_groups if "embed" in g.producers[0])
+    assert streams == [32]
+    assert a.prunable_params / a.params > 0.9
+    assert_groups_complete(a, model)
+    sparse, compact = sparse_and_compact(model)
+    assert_same(sparse, compact, random_feeds(model))

@@ -106,9 +106,13 @@ def test_uniform_rate_is_reached_and_global_differs_per_group():
 
 
 def test_first_and_last_layers_stay_dense_by_default():
+    graph = plan_for(build("resnet50"), ScorePass(), MaskPass(rate=0.5))
+    assert "stem.conv" not in {p for g in graph.plan.groups for p in g.producers}
     graph = plan_for(build("resnet18"), ScorePass(), MaskPass(rate=0.5))
     pruned_producers = {p for g in graph.plan.groups for p in g.producers}
-    assert "stem.conv" not in pruned_producers  # first layer
+    # resnet18's stem starts layer1's residual stream: that group is not the input layer's
+    # own (keeping it would keep the stream dense, ViT's whole embedding width) and is pruned
+    assert {"stem.conv", "layer1.0.conv2", "layer1.1.conv2"} <= pruned_producers
     # the channels the prediction layer (fc) reads are pruned: only its outputs stay
     assert "layer4.1.conv2" in pruned_producers
     assert not any("fc" in p for p in pruned_producers)
