@@ -178,6 +178,8 @@ class PassManager:
             if not isinstance(result, PassResult):
                 raise TypeError(f"pass '{p.name}' returned {type(result).__name__}, not PassResult")
             seconds = time.perf_counter() - start
+            if result.modified and not getattr(type(p).call, "__drpopt_tracked__", False):
+                graph.touch()  # a pass that is no Pass subclass: nothing it saw survives
             graph = result.model
             modified |= result.modified
             records.append(PassRecord(p.spec(), result.modified, seconds))

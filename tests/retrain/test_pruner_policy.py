@@ -52,3 +52,20 @@ def test_mask_pass_and_pruner_choose_the_same_channels(allocation):
         for k, g in zip(pruner.keys, pruner.groups, strict=True)
         if k not in from_pruner
     )
+
+
+def test_pruner_honours_the_profile_dense_ops(tmp_path):
+    """The Pruner reads every channel setting of the profile through the same policy."""
+    import torch
+
+    from drpopt.retrain import Pruner
+
+    profile = tmp_path / "noconv.toml"
+    profile.write_text(
+        'name = "noconv"\n[layers]\ndense_ops = ["Conv"]\nkeep_first = false\nkeep_last = false\n'
+    )
+    torch.manual_seed(0)
+    model = resnet18_like()
+    pruner = Pruner(model, example_input("resnet18"), 0.5, target=str(profile))
+    assert pruner.groups == [] and pruner.policy.dense_ops == ("Conv",)
+    assert _pruner("uniform").groups  # the same model prunes without the profile
