@@ -14,7 +14,9 @@ Prints two rich tables:
 2. in-process ``drpopt.analyze(path)`` on yolox_s_like, yolox_s and ``large_model`` of 1k,
    10k and 50k nodes (``--quick`` skips 50k), split into load + shape inference
    (``drpopt.ir.from_onnx.from_onnx``) and the rest (``drpopt.analyze(graph)``), with time
-   per node and its ratio to the 1k model's (a linearity check: about 1 means linear).
+   per node and its ratio to the 1k model's (a linearity check: about 1 means linear); the
+   same for ``chain_model`` of 1k, 10k and 50k nodes: a long elementwise chain (SiLUs) and a
+   deep shape-arithmetic chain, each feeding ``x.view(x.shape[0], -1)``.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from rich.table import Table
 import drpopt
 from drpopt.ir.from_onnx import from_onnx
 from drpopt.zoo.models import yolox_s, yolox_s_like
-from drpopt.zoo.random_graphs import large_model
+from drpopt.zoo.random_graphs import chain_model, large_model
 
 TORCH_CHECK = (
     "import sys, drpopt; drpopt.analyze(sys.argv[1]); "
@@ -128,7 +130,7 @@ def scaling_table(tmp: Path, cases: list[tuple[str, Callable[[], onnx.ModelProto
         "x1k",
     ):
         table.add_column(col, justify="left" if col == "model" else "right")
-    ref: tuple[float, float, float] | None = None
+    refs: dict[str, tuple[float, float, float]] = {}  # each family's 1k-node figures
     for name, make, runs in cases:
         path = tmp / f"{name}.onnx"
         onnx.save(make(), str(path))
@@ -144,8 +146,10 @@ def scaling_table(tmp: Path, cases: list[tuple[str, Callable[[], onnx.ModelProto
         t_rest = statistics.median(rests)
         nodes = len(result.graph.nodes)
         per = (total / nodes * 1e6, t_load / nodes * 1e6, t_rest / nodes * 1e6)
-        if name == "large_1k":
-            ref = per
+        family = name.rsplit("_", 1)[0]
+        if name.endswith("_1k"):
+            refs[family] = per
+        ref = refs.get(family)
         ratios = [f"{p / r:.2f}" if ref else "" for p, r in zip(per, ref or per, strict=True)]
         table.add_row(
             name,
@@ -164,7 +168,7 @@ def scaling_table(tmp: Path, cases: list[tuple[str, Callable[[], onnx.ModelProto
     table.caption = (
         "median times; total = drpopt.analyze(path); load = from_onnx(path) (parse + shape "
         "inference + IR);\nrest = drpopt.analyze(graph); x1k = time per node over "
-        "large_model(1000)'s (1.00 = linear)"
+        "the same family's 1k-node model's (1.00 = linear)"
     )
     return table
 
@@ -183,6 +187,11 @@ def main(argv: list[str] | None = None) -> None:
     ]
     if not args.quick:
         cases.append(("large_50k", lambda: large_model(50000), 1))
+    for kind in ("elementwise", "shape"):  # deep chains: SiLUs, or shape arithmetic
+        cases.append((f"{kind}_1k", lambda k=kind: chain_model(1000, k), 3))
+        cases.append((f"{kind}_10k", lambda k=kind: chain_model(10000, k), 3))
+        if not args.quick:
+            cases.append((f"{kind}_50k", lambda k=kind: chain_model(50000, k), 1))
     with tempfile.TemporaryDirectory(prefix="drpopt-bench-") as d:
         tmp = Path(d)
         path = tmp / "yolox_s.onnx"

@@ -29,6 +29,12 @@ from drpopt.retrain.pruner import Pruner
 from drpopt.zoo.torch_models import resnet18_like
 
 
+def change_pt(accuracy: float, baseline: float) -> str:
+    """The change of an accuracy against the baseline in percentage points, signed: a drop
+    is negative (``-0.28``), a gain positive (``+0.28``)."""
+    return f"{100 * (accuracy - baseline):+.2f}"
+
+
 def accuracy_runs(seeds: list[int], dense_epochs: int, ft_epochs: int, rate: float) -> dict:
     """Accuracy per seed for the baseline, gradual and one-shot fine-tuning."""
     results: dict[str, list[float]] = {"dense": [], "gradual": [], "oneshot": []}
@@ -120,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{100 * statistics.mean(vals):.2f}%",
             f"{100 * min(vals):.2f}%",
             f"{100 * max(vals):.2f}%",
-            f"{100 * (statistics.mean(vals) - base):+.2f}",  # a drop is negative
+            change_pt(statistics.mean(vals), base),
         )
     console.print(table)
     rounds, steps = (3, 5) if args.quick else (5, 10)

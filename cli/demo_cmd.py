@@ -47,6 +47,7 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option(
                 "--model",
+                metavar="NAME",
                 help="Instead of the digits flow, prune a bundled ONNX example "
                 "(yolox_s_like, resnet50, ...) one-shot.",
             ),
@@ -86,8 +87,10 @@ def register(app: typer.Typer) -> None:
             raise BadInputError("--save keeps the example model of --model; give --model NAME")
         if out is not None and model is not None:
             raise BadInputError("-o keeps the digits flow's ONNX files; with --model use --save")
-        if out is not None and out.exists() and not out.is_dir():
-            raise BadInputError(f"{out}: is not a folder; -o takes a folder for the demo's files")
+        if out is not None:
+            from drpopt.cli.options import probe_folder
+
+            probe_folder(out, "-o")
         console = _console(stderr=as_json)
         if model is not None:
             data = _onnx_demo(console, model, rate, save)
@@ -169,6 +172,7 @@ def _onnx_demo(console, model: str, rate: float, save: Path | None) -> dict:
     from drpopt.ir.files import save_model
     from drpopt.ir.to_onnx import to_onnx
     from drpopt.passes import PassManager, parse_pipeline
+    from drpopt.passes.figures import model_figures, plan_figures
     from drpopt.passes.verify import latency_ms
     from drpopt.zoo import MODELS
 
@@ -187,24 +191,25 @@ def _onnx_demo(console, model: str, rate: float, save: Path | None) -> dict:
         with console.status("pruning"):
             result = PassManager(parse_pipeline(spec))(path)
         small = to_onnx(result.model)
-        after = analyze(small)
+        fig_before = model_figures(before.graph, analysis=before)
+        fig_after = model_figures(result.model)
         report = result.verify
         with console.status("timing both models in onnxruntime"):
             dense_ms, small_ms = latency_ms(proto), latency_ms(small)
         table = _comparison(
             "Dense vs pruned (compact ONNX)",
             [
-                _ratio_row("parameters", before.params, after.params),
-                _ratio_row("MACs", before.macs, after.macs),
+                _ratio_row("parameters", fig_before["params"], fig_after["params"]),
+                _ratio_row("MACs", fig_before["macs"], fig_after["macs"]),
                 _ratio_row(
                     "onnxruntime latency (2 threads)", dense_ms, small_ms, lambda ms: f"{ms:.2f} ms"
                 ),
             ],
         )
         console.print(table)
-        plan = result.plan
+        plan = plan_figures(result.plan)
         console.print(
-            f"pruned {plan.pruned_channels} of {sum(g.size for g in plan.groups)} eligible "
+            f"pruned {plan['pruned_channels']} of {plan['eligible_channels']} eligible "
             "channels; first and last layers left dense"
         )
         console.print(f"verified against the masked model: {report.summary()}")
@@ -216,10 +221,11 @@ def _onnx_demo(console, model: str, rate: float, save: Path | None) -> dict:
     return {
         "model": model,
         "rate": rate,
-        "params": [before.params, after.params],
-        "macs": [before.macs, after.macs],
+        "params": [fig_before["params"], fig_after["params"]],
+        "macs": [fig_before["macs"], fig_after["macs"]],
         "latency_ms": [dense_ms, small_ms],
-        "pruned_channels": plan.pruned_channels,
-        "eligible_channels": sum(g.size for g in plan.groups),
+        **plan,
+        "before": fig_before,
+        "after": fig_after,
         "verify": report.to_dict(),
     }

@@ -43,7 +43,8 @@ def register(app: typer.Typer) -> None:
         builder: Annotated[
             str,
             typer.Argument(
-                help="module:function or path/to/file.py:function that returns the model."
+                metavar="BUILDER",
+                help="module:function or path/to/file.py:function that returns the model.",
             ),
         ],
         input_shape: Annotated[
@@ -51,13 +52,18 @@ def register(app: typer.Typer) -> None:
             typer.Option(
                 "--input-shape",
                 "-s",
+                metavar="DIMS",
                 help="Example input shape, e.g. 1,3,224,224 (repeat for several inputs).",
             ),
         ],
-        output: Annotated[Path, typer.Option("--output", "-o", help="Write the ONNX here.")],
+        output: Annotated[
+            Path, typer.Option("--output", "-o", metavar="FILE", help="Write the ONNX here.")
+        ],
         checkpoint: Annotated[
             Path | None,
-            typer.Option("--checkpoint", "-c", help="State dict to load (torch.save file)."),
+            typer.Option(
+                "--checkpoint", "-c", metavar="FILE", help="State dict to load (torch.save file)."
+            ),
         ] = None,
         compact: Annotated[
             bool | None,
@@ -69,18 +75,28 @@ def register(app: typer.Typer) -> None:
         ] = None,
         opset: Annotated[
             int | None,
-            typer.Option("--opset", help="ONNX opset (default: the target's, else 17).", min=7),
+            typer.Option(
+                "--opset", metavar="N", help="ONNX opset (default: the target's, else 17).", min=7
+            ),
         ] = None,
         target: Annotated[
             str | None,
-            typer.Option("--target", help="Target profile: its export form and opset."),
+            typer.Option(
+                "--target", metavar="NAME", help="Target profile: its export form and opset."
+            ),
         ] = None,
         builder_arg: Annotated[
             list[str] | None,
-            typer.Option("--builder-arg", "-a", help="key=value passed to BUILDER (repeat)."),
+            typer.Option(
+                "--builder-arg",
+                "-a",
+                metavar="KEY=VALUE",
+                help="key=value passed to BUILDER (repeat).",
+            ),
         ] = None,
         rtol: Annotated[
-            float, typer.Option("--rtol", help="Tolerance relative to max|torch output|.")
+            float,
+            typer.Option("--rtol", metavar="TOL", help="Tolerance relative to max|torch output|."),
         ] = 1e-4,
         trust_checkpoint: Annotated[
             bool,
@@ -92,11 +108,13 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
         input_names: Annotated[
             list[str] | None,
-            typer.Option("--input-names", help="Graph input name (repeat), e.g. images."),
+            typer.Option(
+                "--input-names", metavar="NAME", help="Graph input name (repeat), e.g. images."
+            ),
         ] = None,
         output_names: Annotated[
             list[str] | None,
-            typer.Option("--output-names", help="Graph output name (repeat)."),
+            typer.Option("--output-names", metavar="NAME", help="Graph output name (repeat)."),
         ] = None,
         fold_bn: Annotated[
             bool | None,

@@ -140,7 +140,14 @@ def analyze(
     ] = None,
     input_shapes: dict | None = None,
 ) -> None:
-    """Find the coupled channel groups of MODEL and what pruning each would save."""
+    """Find the coupled channel groups of MODEL, the parameters and MACs each owns, and what
+    locks the rest.
+
+    A group owns the weights of the channels it produces (each weight in exactly one group),
+    so the shares add up: in prunable + in locked groups + in no group = 100%. --json adds
+    removes_params/removes_macs per group: what pruning the whole group would remove. The
+    README's "Figures" table gives every figure's meaning.
+    """
     from drpopt.cli.options import steps
     from drpopt.cli.render import analysis_dict, render_analysis
     from drpopt.ir.analysis import analyze as run_analysis

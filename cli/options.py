@@ -130,7 +130,12 @@ def common(fn: Callable[..., Any]) -> Callable[..., Any]:
             _opt(
                 "quiet",
                 Annotated[
-                    bool, typer.Option("--quiet", "-q", help="Print only results and errors.")
+                    bool,
+                    typer.Option(
+                        "--quiet",
+                        "-q",
+                        help="Print only errors and --json output (no tables, no progress).",
+                    ),
                 ],
                 False,
             ),
@@ -259,6 +264,25 @@ def shape_warning(model: Any, given: dict) -> str | None:
         f"symbolic input dims of {', '.join(parts)} count as 1, so MACs and shapes are not "
         f"those of real use; give the real ones: --input-shape {name}:{example(dims[name])}"
     )
+
+
+def probe_folder(path: Path, option: str) -> None:
+    """Makes the output folder ``path`` (``option`` names it in the error) now, before any
+    long work; ``BadInputError`` when it is a file or cannot be made or written."""
+    from drpopt.errors import BadInputError
+    from drpopt.ir.files import probe_writable
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise BadInputError(f"{path}: is not a folder; {option} takes a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        why = err.strerror or type(err).__name__
+        raise BadInputError(
+            f"{path}: cannot make the folder ({why}); choose a writable {option} folder"
+        ) from err
+    probe_writable(path / "probe.onnx")
 
 
 def warn(message: str) -> None:

@@ -19,9 +19,12 @@ from drpopt.cli.main import _console, handle_errors
 from drpopt.cli.options import inputs_options, shape_option
 from drpopt.cli.render import (
     broken_plugin_line,
+    figures_line,
     human,
     pass_timings,
+    pattern_of,
     shapes_line,
+    share_line,
     sparsity_table,
     with_source,
 )
@@ -190,6 +193,10 @@ def register(app: typer.Typer) -> None:
         if output is not None:
             refuse_overwrite(output, [model], force)
             probe_writable(output)
+        if dump_dir is not None:
+            from drpopt.cli.options import probe_folder
+
+            probe_folder(dump_dir, "--dump-dir")
         console = _console(stderr=as_json)
         with progress(len(passes) + 1, "loading") as steps:
             graph, context = load_for_pipeline(
@@ -210,6 +217,7 @@ def register(app: typer.Typer) -> None:
             "figures": model_figures(result.model),
             "verify": verify.to_dict() if verify is not None else None,
         }
+        summary["pattern"] = pattern_of(passes, summary["figures"])
         if as_json:
             sys.stdout.write(json.dumps(summary, indent=2) + "\n")
             return
@@ -219,6 +227,9 @@ def register(app: typer.Typer) -> None:
             console.print(f"{r.spec}: {'modified' if r.modified else 'unchanged'}")
         if verify is not None:
             console.print(f"verify: {verify.summary()}", highlight=False)
+        console.print(figures_line(summary["figures"]), highlight=False)
+        if summary["pattern"]:
+            console.print(summary["pattern"], highlight=False)
         console.print(shapes_line(summary["figures"]["input_shapes"]), highlight=False)
         if output is not None:
             console.print(f"wrote {output}")
@@ -304,6 +315,7 @@ def register(app: typer.Typer) -> None:
             Path | None,
             typer.Option(
                 "--calib",
+                metavar="DATA",
                 help="Calibration inputs (an .npz of input batches or a folder of images): "
                 "data-aware scores, reconstruction, and a drift report on held-out batches.",
             ),
@@ -312,6 +324,7 @@ def register(app: typer.Typer) -> None:
             str,
             typer.Option(
                 "--calib-opts",
+                metavar="OPTS",
                 help="calibrate arguments, e.g. 'size=224|224:mean=0.485|0.456|0.406:"
                 "std=0.229|0.224|0.225:order=rgb:layout=nchw:batch=16:holdout=0.2'.",
             ),
@@ -320,6 +333,7 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option(
                 "--post",
+                metavar="NAME",
                 help="reconstruct, bias-correct or none after masking "
                 "(default: reconstruct with --calib, none without).",
             ),
@@ -329,7 +343,7 @@ def register(app: typer.Typer) -> None:
         from drpopt.cli.options import steps as progress
         from drpopt.ir.to_onnx import to_onnx
         from drpopt.passes import parse_pipeline
-        from drpopt.passes.common import layer_sparsity
+        from drpopt.passes.common import get_analysis, layer_sparsity
         from drpopt.passes.context import PipelineContext
         from drpopt.passes.figures import model_figures
         from drpopt.passes.manager import load_graph
@@ -385,7 +399,7 @@ def register(app: typer.Typer) -> None:
         total = 2 + len(passes1) + len(passes2) + (0 if compact else 3)
         with progress(total, "loading") as steps:
             graph, context = load_for_pipeline(model, input_shapes, inputs, steps, verifies=True)
-            before = model_figures(graph)
+            before = model_figures(graph, analysis=get_analysis(graph))  # cached for score
             layers_before = {s.node: list(s.shape) for s in layer_sparsity(graph)}
             r1 = _run(graph, passes1, steps, time_passes, context=context)
             if compact:
@@ -512,6 +526,7 @@ def _print_summary(console: Console, s: dict) -> None:
     for label, key in FIGURE_ROWS:
         grid.add_row(label, human(b[key]), human(a[key]), ratio(a[key], b[key]))
     console.print(grid)
+    console.print(share_line(b), highlight=False)
     if s.get("pattern"):
         console.print(s["pattern"], highlight=False)
     console.print(shapes_line(s["input_shapes"]), highlight=False)

@@ -26,14 +26,23 @@ def _producers(g: Group, limit: int = 3) -> str:
     return text
 
 
+GROUP_CAPTION = (
+    "params, MACs: what the group owns, the weights of the channels it produces (each "
+    "weight once: the shares add up to 100% over all groups and the ungrouped rest); "
+    "--json adds removes_params/removes_macs, what pruning the whole group would remove"
+)
+
+
 def group_table(result: Analysis, limit: int | None = None) -> Table:
+    """The coupled groups: size, prunable or why not, producers, owned params and MACs."""
+    from drpopt.passes.figures import group_shares
+
+    shares = group_shares(result)
     table = Table(
         title="Coupled channel groups",
         title_justify="left",
         expand=False,
-        caption="params, MACs: what pruning the whole group would remove (share of the "
-        "model's); groups share layers (rows in one, columns in the next), so shares add up "
-        "to more than 100%",
+        caption=GROUP_CAPTION,
         caption_justify="left",
     )
     table.add_column("id", justify="right")
@@ -44,13 +53,14 @@ def group_table(result: Analysis, limit: int | None = None) -> Table:
     table.add_column("MACs", justify="right")
     for g in result.groups[:limit]:
         status = "[green]yes[/]" if g.prunable else f"[red]no[/]: {_short_reason(g)}"
+        params, macs = shares.owned_params[g.id], shares.owned_macs[g.id]
         table.add_row(
             str(g.id),
             _size(g),
             status,
             _producers(g),
-            f"{human(g.params)} ({pct(g.params, result.params)})",
-            f"{human(g.macs)} ({pct(g.macs, result.macs)})",
+            f"{human(params)} ({pct(params, result.params)})",
+            f"{human(macs)} ({pct(macs, result.macs)})",
         )
     return table
 
@@ -63,16 +73,54 @@ def _short_reason(g: Group) -> str:
 
 
 def analysis_dict(result: Analysis) -> dict:
-    """``Analysis.to_dict()`` plus the shared figures (``passes/figures.py``) and the input
-    shapes they were computed for."""
-    from drpopt.passes.figures import model_figures
+    """The ``--json`` form: ``Analysis.to_dict()`` with the shared figures
+    (``passes/figures.py``): per group ``params``/``macs`` are what it owns (they add up) and
+    ``removes_params``/``removes_macs`` what pruning it whole removes; the totals split the
+    model into prunable, locked and ungrouped, plus the input shapes."""
+    from drpopt.passes.figures import group_shares, model_figures
 
     data = result.to_dict()
-    fig = model_figures(result.graph)
+    fig = model_figures(result.graph, analysis=result)
+    shares = group_shares(result)
+    for g in data["groups"]:
+        g["removes_params"], g["removes_macs"] = g["params"], g["macs"]
+        g["params"], g["macs"] = shares.owned_params[g["id"]], shares.owned_macs[g["id"]]
     data["model"]["input_shapes"] = fig["input_shapes"]
-    data["totals"]["nonzero_params"] = fig["nonzero_params"]
-    data["totals"]["macs_nonzero"] = fig["macs_nonzero"]
+    data["totals"].update({k: v for k, v in fig.items() if k != "input_shapes"})
     return data
+
+
+def figures_line(fig: dict) -> str:
+    """Parameters, nonzero weights (total weight sparsity) and MACs dense and with zeros
+    skipped, in one line (``passes/figures.py``'s figures)."""
+    zero = 1 - fig["nonzero_params"] / fig["params"] if fig["params"] else 0.0
+    return (
+        f"parameters {human(fig['params'])}, nonzero {human(fig['nonzero_params'])} "
+        f"(total weight sparsity {100 * zero:.1f}%); MACs {human(fig['macs'])} dense, "
+        f"{human(fig['macs_nonzero'])} with zeros skipped"
+    )
+
+
+def share_line(fig: dict) -> str:
+    """Where the model's weights sit (``figures.group_shares``; each weight once)."""
+    parts = [("prunable groups", "prunable"), ("locked groups", "locked")]
+    if fig.get("ungrouped_params") or fig.get("ungrouped_macs"):
+        parts.append(("no group", "ungrouped"))
+    text = ", ".join(
+        f"{label} {100 * fig[f'{k}_params'] / max(fig['params'], 1):.1f}%"
+        f" / {100 * fig[f'{k}_macs'] / max(fig['macs'], 1):.1f}%"
+        for label, k in parts
+    )
+    return f"before, parameters / MACs in {text}"
+
+
+def pattern_of(passes, figures: dict) -> str | None:
+    """The fine-grained pattern a ``sparsify`` pass of ``passes`` applied, in words with the
+    total sparsity (``figures.pattern_note``), or None."""
+    from drpopt.passes.figures import pattern_note
+
+    notes = [pattern_note(p.profile, figures) for p in passes if p.name == "sparsify"]
+    return next((n for n in notes if n), None)
 
 
 def shapes_line(shapes: dict | None) -> str:
@@ -84,11 +132,19 @@ def shapes_line(shapes: dict | None) -> str:
     return f"computed for input shapes {describe(shapes)}"
 
 
+SHARE_ROWS = (
+    ("in prunable groups", "prunable"),
+    ("in locked groups", "locked"),
+    ("in no group", "ungrouped"),
+)
+TOTALS_NOTE = "in prunable / locked / no group: each weight counted once (they add up to 100%)"
+
+
 def render_analysis(console: Console, result: Analysis, limit: int | None = None) -> None:
     """The group table, then totals: parameters, MACs, prunable shares, locks."""
     from drpopt.passes.figures import model_figures
 
-    fig = model_figures(result.graph)
+    fig = model_figures(result.graph, analysis=result)
     console.print(group_table(result, limit))
     if limit is not None and len(result.groups) > limit:
         console.print(f"... {len(result.groups) - limit} more groups (use --json for all)")
@@ -97,24 +153,23 @@ def render_analysis(console: Console, result: Analysis, limit: int | None = None
     totals.add_column(justify="right")
     totals.add_column()
     prunable = result.prunable_groups
-    totals.add_row("parameters", human(result.params), "")
-    totals.add_row(
-        "  in prunable groups",
-        human(result.prunable_params),
-        pct(result.prunable_params, result.params),
-    )
-    if fig["nonzero_params"] != fig["params"]:
-        totals.add_row(
-            "  nonzero", human(fig["nonzero_params"]), pct(fig["nonzero_params"], fig["params"])
-        )
-    totals.add_row("MACs", human(result.macs), "")
-    if fig["macs_nonzero"] != result.macs:
-        totals.add_row(
-            "  zeros skipped", human(fig["macs_nonzero"]), pct(fig["macs_nonzero"], result.macs)
-        )
-    totals.add_row(
-        "  in prunable groups", human(result.prunable_macs), pct(result.prunable_macs, result.macs)
-    )
+    for what, key, total in (
+        ("parameters", "params", fig["params"]),
+        ("MACs", "macs", fig["macs"]),
+    ):
+        totals.add_row(what, human(total), "")
+        for label, part in SHARE_ROWS:
+            value = fig[f"{part}_{key}"]
+            if part != "ungrouped" or value:
+                totals.add_row(f"  {label}", human(value), pct(value, total))
+        if key == "params" and fig["nonzero_params"] != total:
+            totals.add_row(
+                "  nonzero", human(fig["nonzero_params"]), pct(fig["nonzero_params"], total)
+            )
+        if key == "macs" and fig["macs_nonzero"] != total:
+            totals.add_row(
+                "  zeros skipped", human(fig["macs_nonzero"]), pct(fig["macs_nonzero"], total)
+            )
     totals.add_row(
         "groups",
         str(len(result.groups)),
@@ -139,6 +194,7 @@ def render_analysis(console: Console, result: Analysis, limit: int | None = None
             f"[yellow]{len(result.unsupported)} node(s) without a coupling rule[/] "
             f"({', '.join(ops)}): their channels are locked"
         )
+    console.print(f"[dim]{TOTALS_NOTE}[/]", highlight=False)
     console.print(shapes_line(fig["input_shapes"]), highlight=False)
     console.print(f"[dim]analysed {len(result.graph.nodes)} nodes in {result.seconds:.3f} s[/]")
 

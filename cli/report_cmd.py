@@ -156,7 +156,8 @@ def register(app: typer.Typer) -> None:
 
         With --compare, MODEL's outputs are checked against OTHER's when both have the same
         input and output names and shapes (a compact model against its masked original); when
-        OTHER carries no drpopt plan and MODEL does, the drift is reported instead.
+        OTHER carries no drpopt plan and MODEL does, or the two carry different plans, the
+        drift is reported instead.
         """
         import json
         import sys
@@ -203,6 +204,7 @@ def register(app: typer.Typer) -> None:
                     "model": str(compare),
                     "figures": other.figures(),
                     "mode": "drift" if drift else "check",
+                    "drift_reason": drift,
                     "verify": rep.to_dict() if rep is not None else None,
                     "not_compared": why,
                 }

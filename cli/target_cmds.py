@@ -89,14 +89,14 @@ def register(app: typer.Typer) -> None:
         """Measure MODEL's sparsity per layer against a target; exit 1 if it falls short."""
         from drpopt.errors import BadInputError, CheckFailedError
         from drpopt.passes.check import check_model
-        from drpopt.passes.common import human
+        from drpopt.passes.common import get_analysis, human
         from drpopt.passes.manager import load_graph
         from drpopt.passes.targets import get_target
 
         if min_sparsity is not None and not 0 <= min_sparsity <= 1:
             raise BadInputError(f"--min-sparsity {min_sparsity} is outside [0, 1]")
         from drpopt.cli.options import shape_warning, warn
-        from drpopt.cli.render import shapes_line
+        from drpopt.cli.render import figures_line, shapes_line
         from drpopt.passes.figures import model_figures, pattern_note
 
         profile = get_target(target)
@@ -111,7 +111,7 @@ def register(app: typer.Typer) -> None:
 
         with steps(1, "checking the layers"):
             report = check_model(graph, profile, min_sparsity)
-            figures = model_figures(graph)
+            figures = model_figures(graph, analysis=get_analysis(graph))
         if as_json:
             data = report.to_dict()
             data["figures"] = figures
@@ -144,13 +144,7 @@ def register(app: typer.Typer) -> None:
                 f"{len(report.layers)} layers checked ({human(total)} weights), "
                 f"{len(report.skipped)} left dense by the profile"
             )
-            zero = 1 - figures["nonzero_params"] / figures["params"] if figures["params"] else 0
-            console.print(
-                f"parameters {human(figures['params'])}, nonzero {human(figures['nonzero_params'])}"
-                f" (total weight sparsity {100 * zero:.1f}%); MACs {human(figures['macs'])} "
-                f"dense, {human(figures['macs_nonzero'])} with zeros skipped",
-                highlight=False,
-            )
+            console.print(figures_line(figures), highlight=False)
             note = pattern_note(profile)
             if note:
                 console.print(note.replace("adds", "asks for"), highlight=False)

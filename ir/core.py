@@ -47,6 +47,9 @@ class Value:
         """What makes constants one tensor: the same array, or the same weight not read
         yet (values un-shared on load, and Identity outputs of a constant, share it)."""
         d = self.__dict__
+        token = d.get("_token")  # set on load, shared by share_const: stable once read
+        if token is not None:
+            return id(token)
         lazy = d.get("_lazy")
         return id(lazy) if lazy is not None else id(d.get("_const"))
 
@@ -55,12 +58,14 @@ class Value:
         stay in the loaded model until a pass reads or changes them)."""
         self.__dict__["_const"] = None
         self.__dict__["_lazy"] = loader
+        self.__dict__["_token"] = object()
         self._touch_owner()
 
     def share_const(self, other: Value) -> None:
         """Holds the same constant as ``other`` (loaded or not): no copy."""
         self.__dict__["_const"] = other.__dict__.get("_const")
         self.__dict__["_lazy"] = other.__dict__.get("_lazy")
+        self.__dict__["_token"] = other.__dict__.get("_token")
         self._touch_owner()
 
     def _touch_owner(self) -> None:
@@ -108,6 +113,7 @@ def _set_const(self: Value, array: np.ndarray | None) -> None:
     d = self.__dict__
     d["_const"] = array
     d["_lazy"] = None
+    d["_token"] = None
     ref = d.get("_graph")
     owner = ref() if ref is not None else None
     if owner is not None:

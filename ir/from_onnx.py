@@ -405,7 +405,9 @@ def unshare_constants(graph: Graph) -> None:
             clone.share_const(value)
             if value.producer is not None:  # a Constant node's output: keep the node's
                 clone.meta["shared_from"] = value.name
-            graph.set_input(node, i, clone)
+            node.inputs[i] = clone  # use lists fixed once below: linear in the uses
+            clone.uses.append((node, i))
+        value.uses = [uses[0], *((n, i) for n, i in value.uses if i < 0)]
 
 
 def node_by_name(graph: Graph, name: str) -> Node:

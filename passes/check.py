@@ -103,8 +103,8 @@ class CheckReport:
         verdict = "meets" if self.ok else "does not meet"
         text = (
             f"the model {verdict} target '{self.target}': {100 * self.sparsity:.1f}% of the "
-            f"checked weights are zero (needs {100 * self.min_sparsity:.1f}%; whole model "
-            f"{100 * self.model_sparsity:.1f}%)"
+            f"checked weights are zero (needs {100 * self.min_sparsity:.1f}%; "
+            f"{100 * self.model_sparsity:.1f}% over the whole model's weighted layers)"
         )
         bad = [x for x in self.layers if x.violations]
         if bad:

@@ -8,7 +8,8 @@ Rules:
   by node name, else by weight tensor name, and drawn side by side;
 - the coupled-group table and the ``drpopt.plan`` metadata are those of ``model``;
 - with ``compare`` the outputs are checked (``compare_models(compare, model)``) only when both
-  models have the same input and output names and shapes; otherwise the page says why not.
+  models have the same input and output names and shapes, and reported as drift when the two
+  differ by design (``passes/report_compare.py``); otherwise the page says why not.
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ from typing import Any
 
 import onnx
 
-from drpopt.errors import DrpoptError
 from drpopt.ir.analysis import Analysis, analyze, node_macs
 from drpopt.ir.core import Graph
 from drpopt.passes.common import LayerSparsity, human, layer_sparsity, pct
+from drpopt.passes.report_compare import compare_stats
+from drpopt.passes.report_compare import drift_reason as drift_reason  # re-exported
+from drpopt.passes.report_compare import incomparable as incomparable  # re-exported
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +70,7 @@ class ModelStats:
 
         cached = getattr(self, "_figures", None)
         if cached is None:
-            cached = self._figures = model_figures(self.graph)
+            cached = self._figures = model_figures(self.graph, analysis=self.analysis)
         return cached
 
     def plan(self) -> dict[str, Any] | None:
@@ -260,7 +263,11 @@ def _size(g) -> str:
 
 
 def _groups(m: ModelStats) -> str:
+    from drpopt.passes.figures import group_shares
+
     a = m.analysis
+    shares = group_shares(a)
+    fig = m.figures()
     rows = []
     for g in a.groups:
         if g.prunable:
@@ -274,19 +281,33 @@ def _groups(m: ModelStats) -> str:
         prods = ", ".join(g.producers[:3]) + (
             f" +{len(g.producers) - 3}" if len(g.producers) > 3 else ""
         )
+        params, macs = shares.owned_params[g.id], shares.owned_macs[g.id]
         rows.append(
             f'<tr class="group"><td class="n">{g.id}</td><td class="n">{_size(g)}</td>'
             f'<td>{status}</td><td title="{_e(", ".join(g.producers))}">{_e(prods)}</td>'
-            f'<td class="n">{human(g.params)} ({pct(g.params, a.params)})</td>'
-            f'<td class="n">{human(g.macs)} ({pct(g.macs, a.macs)})</td></tr>'
+            f'<td class="n">{human(params)} ({pct(params, a.params)})</td>'
+            f'<td class="n">{human(macs)} ({pct(macs, a.macs)})</td>'
+            f'<td class="n">{pct(g.macs, a.macs)}</td></tr>'
         )
+    split = "; ".join(
+        f"{label} {pct(fig[f'{part}_params'], a.params)} of the parameters and "
+        f"{pct(fig[f'{part}_macs'], a.macs)} of the MACs"
+        for label, part in (
+            ("prunable groups own", "prunable"),
+            ("locked groups", "locked"),
+            ("no group", "ungrouped"),
+        )
+        if part != "ungrouped" or fig["ungrouped_params"] or fig["ungrouped_macs"]
+    )
     return (
         f"<h2>Coupled channel groups of {_e(m.name)}</h2>"
         f'<p class="note">{len(a.groups)} groups, {len(a.prunable_groups)} prunable; '
-        f"prunable groups cover {pct(a.prunable_params, a.params)} of the parameters and "
-        f"{pct(a.prunable_macs, a.macs)} of the MACs</p>"
+        f"{split}. A group owns the weights of the channels it produces (each weight once, "
+        "so the shares add up to 100%); <i>removes</i> is the share of the MACs that pruning "
+        "the whole group would remove (its own and the next layers' input columns: these "
+        "overlap).</p>"
         '<table id="groups"><tr><th>id</th><th>size</th><th>prunable</th><th>producers</th>'
-        f"<th>params</th><th>MACs</th></tr>{''.join(rows)}</table>"
+        f"<th>params</th><th>MACs</th><th>removes</th></tr>{''.join(rows)}</table>"
     )
 
 
@@ -313,57 +334,6 @@ def _plan(m: ModelStats) -> str:
     return out + f'<table id="plan">{body}</table>'
 
 
-def _io(proto: onnx.ModelProto) -> tuple[dict[str, Any], dict[str, Any]]:
-    def dims(info: onnx.ValueInfoProto) -> tuple | None:
-        t = info.type.tensor_type
-        if not t.HasField("shape"):
-            return None
-        return tuple(
-            d.dim_value if d.HasField("dim_value") else d.dim_param or "?" for d in t.shape.dim
-        )
-
-    init = {t.name for t in proto.graph.initializer}
-    inputs = {i.name: dims(i) for i in proto.graph.input if i.name not in init}
-    return inputs, {o.name: dims(o) for o in proto.graph.output}
-
-
-def incomparable(model: onnx.ModelProto, reference: onnx.ModelProto) -> str | None:
-    """Why the outputs of the two models cannot be compared, or None when they can: the
-    input and output names must agree, and so must the shapes both models declare."""
-    for kind, a, b in zip(("input", "output"), _io(model), _io(reference), strict=True):
-        if set(a) != set(b):
-            return f"{kind} names differ ({', '.join(a) or 'none'} vs {', '.join(b) or 'none'})"
-        for name, shape in a.items():
-            other = b[name]
-            if shape is not None and other is not None and shape != other:
-                show = ["x".join(map(str, s)) for s in (shape, other)]
-                return f"{kind} '{name}' has shape {show[0]} vs {show[1]}"
-    return None
-
-
-def compare_stats(
-    m: ModelStats, c: ModelStats, rtol: float, atol: float, inputs: Any = None
-) -> tuple[Any, str | None, bool]:
-    """(report or None, why not compared, drift): ``m`` against ``c`` on ``inputs``
-    (``(samples, description)``) or random ones. ``drift`` is True when ``c`` carries no plan
-    and ``m`` does (an original against its pruned model: differences are expected and are
-    reported, not judged)."""
-    from drpopt.passes.verify import compare_models
-
-    drift = c.plan() is None and m.plan() is not None
-    why = incomparable(m.proto, c.proto)
-    if why is not None:
-        return None, why, drift
-    feeds, desc = inputs if inputs is not None else (None, None)
-    try:
-        report = compare_models(c.proto, m.proto, feeds, rtol=rtol, atol=atol, inputs_desc=desc)
-    except DrpoptError as err:
-        why = " ".join(str(err).split())
-        log.warning("report: the models could not be compared: %s", why)
-        return None, why, drift
-    return report, None, drift
-
-
 def _verify(m: ModelStats, c: ModelStats, rtol: float, atol: float, inputs: Any = None) -> str:
     out = f"<h2>Verification: {_e(m.name)} against {_e(c.name)}</h2>"
     report, why, drift = compare_stats(m, c, rtol, atol, inputs)
@@ -377,8 +347,7 @@ def _verify(m: ModelStats, c: ModelStats, rtol: float, atol: float, inputs: Any 
             for o in report.outputs.values()
         )
         return out + (
-            f'<p id="verdict" class="note">drift (not a check): {_e(c.name)} carries no drpopt '
-            f"plan, so it is taken as the unpruned original and differences are expected; "
+            f'<p id="verdict" class="note">drift (not a check): {_e(drift)}; '
             f'inputs: {_e(report.inputs)}</p><table id="drift"><tr><th>output</th>'
             "<th>max abs</th><th>mean abs</th><th>max / spread</th><th>cosine</th></tr>"
             f"{rows}</table>"

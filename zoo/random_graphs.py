@@ -336,3 +336,33 @@ def large_model(n_nodes: int, seed: int = 0) -> onnx.ModelProto:
         g.block(g.pick(g.blocks))
     g.head(g.merge_open(), "gap", 10)
     return b.build(check=False, infer_shapes=False)
+
+
+def chain_model(n_nodes: int, kind: str = "elementwise") -> onnx.ModelProto:
+    """A conv then a chain of about ``n_nodes`` nodes, then ``x.view(x.shape[0], -1)`` and
+    a Gemm: the graphs that made recursive shape code exponential or quadratic.
+
+    ``kind="elementwise"``: SiLUs (``x * sigmoid(x)``) on the feature map, its ``Shape``
+    read after the chain. ``kind="shape"``: the chain is shape arithmetic instead, the batch
+    entry of ``Shape(x)`` through alternating ``Add 0`` / ``Mul 1`` before the Reshape.
+    Neither checked nor shape-inferred (the analysis infers shapes itself).
+    """
+    if kind not in ("elementwise", "shape"):
+        raise ValueError(f"kind must be 'elementwise' or 'shape', not {kind!r}")
+    b = OnnxBuilder(f"{kind}_chain_{n_nodes}", seed=0)
+    y = b.conv(b.input("input", (1, 3, 4, 4)), 4, name="conv")
+    steps = max(1, (n_nodes - 10) // 2)
+    if kind == "elementwise":
+        for _ in range(steps):
+            y = b.silu(y)
+    shape = b.op("Shape", [y], (4,), name="shape")
+    batch = b.op("Gather", [shape, b.const("zero", np.array(0))], (), name="batch", axis=0)
+    if kind == "shape":
+        zero, one = b.const("add0", np.array(0)), b.const("mul1", np.array(1))
+        for _ in range(steps):
+            batch = b.op("Mul", [b.op("Add", [batch, zero], ()), one], ())
+    batch = b.op("Unsqueeze", [batch, b.const("ax0", np.array([0]))], (1,), name="unsq")
+    target = b.op("Concat", [batch, b.const("minus1", np.array([-1]))], (2,), name="cat", axis=0)
+    flat = b.op("Reshape", [y, target], (1, 64), name="flat")
+    b.output(b.gemm(flat, 10, name="fc"))
+    return b.build(check=False, infer_shapes=False)

@@ -217,3 +217,30 @@ def test_swin_window_attention_prunes_heads_and_streams(size):
     assert_groups_complete(a, model)
     sparse, compact = sparse_and_compact(model)
     assert_same(sparse, compact, random_feeds(model))
+
+
+def test_a_constant_read_by_thousands_of_nodes_is_unshared_in_one_pass(monkeypatch):
+    """A constant read by every node of a 4000-deep shape-arithmetic chain (onnxsim-style
+    deduplication): each use gets its own value; use lists are rebuilt once per constant
+    (``Graph.set_input`` per use rescanned them: quadratic, minutes at 50k nodes)."""
+    from drpopt.ir.core import Graph
+    from drpopt.zoo.random_graphs import chain_model
+
+    calls = [0]
+    real = Graph.set_input
+
+    def counted(self, node, index, value):
+        calls[0] += 1
+        return real(self, node, index, value)
+
+    monkeypatch.setattr(Graph, "set_input", counted)
+    g = from_onnx(chain_model(4000, "shape"))
+    assert calls[0] == 0
+    adds = [n for n in g.nodes if n.op_type == "Add"]
+    assert len(adds) > 1900
+    zeros = {id(n.input(1)) for n in adds}
+    assert len(zeros) == len(adds)  # one value per use
+    assert all(n.input(1).uses == [(n, 1)] for n in adds)
+    assert len({n.input(1).storage for n in adds}) == 1  # the same array, no copies
+    a = analyze(g)
+    assert [grp.size for grp in a.prunable_groups] == [4]
