@@ -47,6 +47,7 @@ from rich.table import Table
 from drpopt.ir.to_onnx import to_onnx
 from drpopt.passes import CalibrationData, PassManager, parse_pipeline
 from drpopt.passes.activations import session
+from drpopt.passes.context import context_of
 from drpopt.passes.manager import load_graph
 
 METHODS = {
@@ -188,7 +189,7 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 def prune(dense: onnx.ModelProto, method: str, rate: float, calib: np.ndarray) -> onnx.ModelProto:
     graph = load_graph(dense)
-    graph.meta["calibration"] = CalibrationData({"input": calib}, batch_size=64)
+    context_of(graph).calibration = CalibrationData({"input": calib}, batch_size=64)
     passes = parse_pipeline("fold-batchnorm," + METHODS[method].format(r=rate))
     return to_onnx(PassManager(passes)(graph).model)
 
@@ -339,7 +340,7 @@ def cost_stage(path: str, size: int, images: int, stage: str) -> dict:
     model = resized(onnx.load(path), size)
     crops = sample_crops(images, size)
     graph = load_graph(model)
-    graph.meta["calibration"] = CalibrationData({"input": crops}, batch_size=32)
+    context_of(graph).calibration = CalibrationData({"input": crops}, batch_size=32)
     base = rss_mb()
     steps = "fold-batchnorm,score:criterion={c},mask:rate=0.5,apply-masks"
     if stage in ("activation", "reconstruction"):

@@ -43,13 +43,14 @@ def calib_passes(
     return [calibrate], criterion or "reconstruction", [] if post == "none" else [post]
 
 
-def drift_summary(model_path: Path, pruned_proto, pruned_graph) -> dict:
-    """Per output drift of the pruned model from the dense one on the held-out batches."""
+def drift_summary(model_path: Path, pruned_proto, context) -> dict:
+    """Per output drift of the pruned model from the dense one on the held-out batches
+    (the calibration data of the pipeline ``context``)."""
     from drpopt.ir.from_onnx import load_model
     from drpopt.passes.drift import output_drift
 
-    held = pruned_graph.meta.get("calibration_holdout")
-    data = held if held is not None else pruned_graph.meta["calibration"]
+    held = context.calibration_holdout
+    data = held if held is not None else context.calibration
     drift = output_drift(load_model(model_path), pruned_proto, data)
     return {
         "samples": len(data),

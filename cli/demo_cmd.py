@@ -193,7 +193,7 @@ def _onnx_demo(console, model: str, rate: float, save: Path | None) -> dict:
         small = to_onnx(result.model)
         fig_before = model_figures(before.graph, analysis=before)
         fig_after = model_figures(result.model)
-        report = result.model.meta["verify"]
+        report = result.verify
         with console.status("timing both models in onnxruntime"):
             dense_ms, small_ms = latency_ms(proto), latency_ms(small)
         table = _comparison(
@@ -207,7 +207,7 @@ def _onnx_demo(console, model: str, rate: float, save: Path | None) -> dict:
             ],
         )
         console.print(table)
-        plan = plan_figures(result.model.meta["plan"])
+        plan = plan_figures(result.plan)
         console.print(
             f"pruned {plan['pruned_channels']} of {plan['eligible_channels']} eligible "
             "channels; first and last layers left dense"

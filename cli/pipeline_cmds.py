@@ -41,17 +41,20 @@ from drpopt.ir.files import (
 def load_for_pipeline(
     model: Path, input_shapes: dict | None, inputs, steps=None, verifies: bool = False
 ):
-    """The IR graph of ``model`` at ``input_shapes`` (a warning names symbolic dims left),
-    with ``--inputs`` loaded into ``graph.meta["verify_inputs"]``. ``verifies``: random
-    inputs will be needed, so unknown spatial dims fail now, before any pass runs."""
+    """``(graph, context)``: the IR graph of ``model`` at ``input_shapes`` (a warning names
+    symbolic dims left) and a pipeline context with the model as the reference and
+    ``--inputs`` as ``verify_inputs``. ``verifies``: random inputs will be needed, so
+    unknown spatial dims fail now, before any pass runs."""
     from drpopt.cli.options import shape_warning, warn
+    from drpopt.passes.context import PipelineContext
     from drpopt.passes.manager import load_graph
 
     if steps is not None:
         steps.update("loading the model")
     _check_valid(model)
-    graph = load_graph(model, input_shapes or {})
-    reference = graph.meta["reference"]
+    context = PipelineContext()
+    graph = load_graph(model, input_shapes or {}, context)
+    reference = context.reference
     if verifies and inputs is None:
         from drpopt.passes.verify import random_inputs
 
@@ -60,10 +63,10 @@ def load_for_pipeline(
     if warning:
         warn(warning)
     if inputs is not None:
-        graph.meta["verify_inputs"] = inputs.load(reference)
+        context.verify_inputs = inputs.load(reference)
     if steps is not None:
         steps.update("loaded", advance=1)
-    return graph
+    return graph, context
 
 
 def _check_valid(model: Path) -> None:
@@ -83,7 +86,9 @@ def _check_valid(model: Path) -> None:
         raise BadInputError(f"{model}: not a valid ONNX model ({text}); export it again") from err
 
 
-def _run(graph, passes, steps, time_passes: bool = False, dump_dir: Path | None = None):
+def _run(
+    graph, passes, steps, time_passes: bool = False, dump_dir: Path | None = None, context=None
+):
     from drpopt.passes import PassManager
 
     def on_pass(i: int, p) -> None:
@@ -92,7 +97,8 @@ def _run(graph, passes, steps, time_passes: bool = False, dump_dir: Path | None 
         else:
             steps.update(p.spec())
 
-    result = PassManager(passes, time_passes=time_passes, dump_dir=dump_dir, on_pass=on_pass)(graph)
+    manager = PassManager(passes, time_passes=time_passes, dump_dir=dump_dir, on_pass=on_pass)
+    result = manager(graph, context=context)
     steps.update("done", advance=1)
     return result
 
@@ -193,12 +199,14 @@ def register(app: typer.Typer) -> None:
             probe_folder(dump_dir, "--dump-dir")
         console = _console(stderr=as_json)
         with progress(len(passes) + 1, "loading") as steps:
-            graph = load_for_pipeline(model, input_shapes, inputs, steps, "verify" in names)
-            result = _run(graph, passes, steps, time_passes, dump_dir)
+            graph, context = load_for_pipeline(
+                model, input_shapes, inputs, steps, "verify" in names
+            )
+            result = _run(graph, passes, steps, time_passes, dump_dir, context)
             proto = to_onnx(result.model) if output is not None else None
             if proto is not None:
                 save_model(proto, output, external=stores_external_data(model) or None)
-        verify = result.model.meta.get("verify") if "verify" in names else None
+        verify = result.verify if "verify" in names else None
         summary = {
             "input": str(model),
             "output": str(output) if output is not None else None,
@@ -336,6 +344,7 @@ def register(app: typer.Typer) -> None:
         from drpopt.ir.to_onnx import to_onnx
         from drpopt.passes import parse_pipeline
         from drpopt.passes.common import get_analysis, layer_sparsity
+        from drpopt.passes.context import PipelineContext
         from drpopt.passes.figures import model_figures
         from drpopt.passes.manager import load_graph
         from drpopt.passes.mask import check_rate
@@ -389,44 +398,47 @@ def register(app: typer.Typer) -> None:
         console = _console(stderr=as_json)
         total = 2 + len(passes1) + len(passes2) + (0 if compact else 3)
         with progress(total, "loading") as steps:
-            graph = load_for_pipeline(model, input_shapes, inputs, steps, verifies=True)
+            graph, context = load_for_pipeline(model, input_shapes, inputs, steps, verifies=True)
             before = model_figures(graph, analysis=get_analysis(graph))  # cached for score
             layers_before = {s.node: list(s.shape) for s in layer_sparsity(graph)}
-            r1 = _run(graph, passes1, steps, time_passes)
+            r1 = _run(graph, passes1, steps, time_passes, context=context)
             if compact:
-                r2 = _run(r1.model, passes2, steps, time_passes)
+                r2 = _run(r1.model, passes2, steps, time_passes, context=r1.context.fork())
                 records = r1.records + r2.records
             else:
                 # the masked model as ONNX; compact the graph itself (its analysis cached:
                 # nothing is analysed twice), clean up and verify the sparse model from it
                 masked = to_onnx(r1.model)
                 compact_proto = to_onnx(
-                    _run(r1.model, parse_pipeline("compact,cleanup"), steps).model
+                    _run(
+                        r1.model,
+                        parse_pipeline("compact,cleanup"),
+                        steps,
+                        context=r1.context.fork(reference=None),
+                    ).model
                 )
                 g2 = load_graph(masked)
-                g2.meta.update(
-                    plan=r1.model.meta["plan"], verify_inputs=graph.meta.get("verify_inputs")
-                )
-                r2 = _run(g2, passes2, steps, time_passes)
+                second = PipelineContext(plan=r1.plan, verify_inputs=context.verify_inputs)
+                r2 = _run(g2, passes2, steps, time_passes, context=second)
                 records = r1.records + r2.records
             pruned = r2.model
-            final_plan = pruned.meta["plan"]
+            final_plan = r2.plan
             proto = to_onnx(pruned)
             if not compact:
                 steps.update("checking the sparse model against its compact form")
-                _check_sparse_matches_compact(proto, compact_proto, rtol, pruned.meta)
+                _check_sparse_matches_compact(proto, compact_proto, rtol, context.verify_inputs)
                 steps.update("checked", advance=1)
             steps.update("writing")
             save_model(proto, output, external=stores_external_data(model) or None)
             if plan_out is not None:
                 atomic_write_bytes(plan_out, final_plan.to_json().encode())
             steps.update("written", advance=1)
-        summary = _summary(model, output, before, pruned, final_plan, compact, profile)
+        summary = _summary(model, output, before, pruned, r2.context, compact, profile)
         summary["layers_before"] = layers_before
         if calib is not None:
             from drpopt.cli.calib_opts import drift_summary
 
-            summary["drift"] = drift_summary(model, proto, r1.model)
+            summary["drift"] = drift_summary(model, proto, r1.context)
         if as_json:
             sys.stdout.write(json.dumps(summary, indent=2) + "\n")
             if calib is not None:
@@ -452,25 +464,25 @@ def _jsonable(value):
     return str(value)
 
 
-def _check_sparse_matches_compact(sparse, compact, rtol: float, meta: dict) -> None:
+def _check_sparse_matches_compact(sparse, compact, rtol: float, verify_inputs) -> None:
     """The sparse model must compute what its channel-removed form computes: proof that
     its zeros are whole channels a runtime (or DRP-AI) may skip."""
     from drpopt.errors import CheckFailedError
     from drpopt.passes import compare_models
 
     feeds = desc = None
-    if meta.get("verify_inputs") is not None:
-        feeds, desc = meta["verify_inputs"]
+    if verify_inputs is not None:
+        feeds, desc = verify_inputs
     report = compare_models(sparse, compact, feeds, rtol=rtol, inputs_desc=desc)
     if not report.ok:
         raise CheckFailedError(f"the sparse model and its compact form differ: {report.summary()}")
 
 
-def _summary(model, output, before: dict, pruned, plan, compact: bool, profile) -> dict:
+def _summary(model, output, before: dict, pruned, context, compact: bool, profile) -> dict:
     from drpopt.passes.figures import model_figures, pattern_note, plan_figures
 
     after = model_figures(pruned)
-    verify = pruned.meta.get("verify")
+    plan, verify = context.plan, context.verify
     return {
         "input": str(model),
         "output": str(output),

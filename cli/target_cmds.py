@@ -100,8 +100,11 @@ def register(app: typer.Typer) -> None:
         from drpopt.passes.figures import model_figures, pattern_note
 
         profile = get_target(target)
-        graph = load_graph(model, input_shapes or {})
-        warning = shape_warning(graph.meta["reference"], input_shapes or {})
+        from drpopt.passes.context import PipelineContext
+
+        loaded = PipelineContext()
+        graph = load_graph(model, input_shapes or {}, loaded)
+        warning = shape_warning(loaded.reference, input_shapes or {})
         if warning:
             warn(warning)
         from drpopt.cli.options import steps

@@ -1,12 +1,15 @@
 """The framework-neutral graph: Graph, Node and Value with def-use kept by the IR.
 
 No protobuf and no torch here: frontends (``from_onnx``, later ``from_fx``) build this IR and
-``to_onnx`` writes it back. Analyses store their results in ``node.meta`` / ``value.meta``.
+``to_onnx`` writes it back. ``Graph.version`` changes on every mutation made through the
+methods here (and on every write of a constant the graph owns), so cached analyses
+(``passes/analyses.py``) can tell when they no longer describe the graph.
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,12 +59,20 @@ class Value:
         self.__dict__["_const"] = None
         self.__dict__["_lazy"] = loader
         self.__dict__["_token"] = object()
+        self._touch_owner()
 
     def share_const(self, other: Value) -> None:
         """Holds the same constant as ``other`` (loaded or not): no copy."""
         self.__dict__["_const"] = other.__dict__.get("_const")
         self.__dict__["_lazy"] = other.__dict__.get("_lazy")
         self.__dict__["_token"] = other.__dict__.get("_token")
+        self._touch_owner()
+
+    def _touch_owner(self) -> None:
+        ref = self.__dict__.get("_graph")
+        owner = ref() if ref is not None else None
+        if owner is not None:
+            owner.touch()
 
     @property
     def rank(self) -> int | None:
@@ -99,9 +110,14 @@ def _get_const(self: Value) -> np.ndarray | None:
 
 
 def _set_const(self: Value, array: np.ndarray | None) -> None:
-    self.__dict__["_const"] = array
-    self.__dict__["_lazy"] = None
-    self.__dict__["_token"] = None
+    d = self.__dict__
+    d["_const"] = array
+    d["_lazy"] = None
+    d["_token"] = None
+    ref = d.get("_graph")
+    owner = ref() if ref is not None else None
+    if owner is not None:
+        owner.touch()
 
 
 # ``const`` reads a lazily loaded weight on first use (the dataclass field stays the
@@ -138,6 +154,9 @@ class Graph:
 
     Values are unique by name. Def-use links (``value.producer``, ``value.uses``) are kept
     up to date by the methods here; mutate through them, not by editing lists directly.
+    ``version`` increases on every such mutation and on every write of the constant of a
+    value made by ``value()``; code that edits fields directly (shapes, attributes) calls
+    ``touch()`` (a pass that reports ``modified`` is touched for it).
     """
 
     def __init__(self, name: str = "graph") -> None:
@@ -150,6 +169,17 @@ class Graph:
         self.metadata: dict[str, str] = {}
         self.functions: list[Any] = []  # model-local functions (onnx.FunctionProto), kept
         self.meta: dict[str, Any] = {}
+        self._version = 0
+        self._ref = weakref.ref(self)  # what its values point back with (not keeping it alive)
+
+    @property
+    def version(self) -> int:
+        """A counter that every mutation increases (what cached analyses are stamped with)."""
+        return self._version
+
+    def touch(self) -> None:
+        """Marks the graph changed: analyses computed before no longer describe it."""
+        self._version += 1
 
     # ---- construction ---------------------------------------------------------------
     def value(self, name: str, **kwargs: Any) -> Value:
@@ -157,7 +187,9 @@ class Graph:
         v = self.values.get(name)
         if v is None:
             v = Value(name, **kwargs)
+            v.__dict__["_graph"] = self._ref  # its constant's writes change this graph's version
             self.values[name] = v
+            self._version += 1
         return v
 
     def add_node(
@@ -177,6 +209,7 @@ class Graph:
         for v in node.outputs:
             v.producer = node
         self.nodes.append(node)
+        self._version += 1
         return node
 
     # ---- queries --------------------------------------------------------------------
@@ -206,6 +239,7 @@ class Graph:
             new.uses.append((node, i))
         old.uses.clear()
         self.outputs = [new if v is old else v for v in self.outputs]
+        self._version += 1
 
     def materialize(self, value: Value) -> None:
         """Turns a constant computed by a node (Identity or Cast of a constant) into an
@@ -220,6 +254,7 @@ class Graph:
                 v.uses = [(n, j) for n, j in v.uses if not (n is node and j == i)]
         self.nodes.remove(node)
         value.producer = None
+        self._version += 1
 
     def fresh_name(self, base: str) -> str:
         """A value name not used yet, derived from ``base``."""
@@ -265,6 +300,7 @@ class Graph:
             v.producer = None
             self.values.pop(v.name, None)
         self.nodes.remove(node)
+        self._version += 1
 
     def set_input(self, node: Node, index: int, value: Value | None) -> None:
         """Points input ``index`` of ``node`` at ``value``, keeping the use lists right."""
@@ -276,3 +312,4 @@ class Graph:
         node.inputs[index] = value
         if value is not None:
             value.uses.append((node, index))
+        self._version += 1

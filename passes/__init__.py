@@ -6,17 +6,20 @@ strings find passes by their ``name`` here.
 
 from __future__ import annotations
 
+from drpopt.passes.analyses import ANALYSES, AnalysisManager, Scores
 from drpopt.passes.apply_masks import ApplyMasksPass
 from drpopt.passes.base import Pass, PassResult
 from drpopt.passes.bias_correct import BiasCorrectPass
 from drpopt.passes.calibrate import CalibratePass, CalibrationData, Preprocess
 from drpopt.passes.cleanup import CleanupPass
 from drpopt.passes.compact import CompactPass
+from drpopt.passes.context import PipelineContext, context_of
 from drpopt.passes.fold_batchnorm import FoldBatchNormPass
 from drpopt.passes.manager import PassFailedError, PassManager, PipelineResult
 from drpopt.passes.mask import MaskPass
 from drpopt.passes.pipeline import parse_pipeline
 from drpopt.passes.plan import Plan
+from drpopt.passes.policy import SelectionPolicy, choose_channels
 from drpopt.passes.reconstruct import ReconstructPass
 from drpopt.passes.score import ScorePass
 from drpopt.passes.sparsify import SparsifyPass
@@ -37,7 +40,9 @@ PASSES: list[type[Pass]] = [
 ]
 
 __all__ = [
+    "ANALYSES",
     "PASSES",
+    "AnalysisManager",
     "ApplyMasksPass",
     "BiasCorrectPass",
     "CalibratePass",
@@ -50,13 +55,18 @@ __all__ = [
     "PassFailedError",
     "PassManager",
     "PassResult",
+    "PipelineContext",
     "PipelineResult",
     "Plan",
     "Preprocess",
     "ReconstructPass",
     "ScorePass",
+    "Scores",
+    "SelectionPolicy",
     "SparsifyPass",
     "VerifyPass",
+    "choose_channels",
     "compare_models",
+    "context_of",
     "parse_pipeline",
 ]

@@ -25,9 +25,11 @@ from typing import ClassVar
 import numpy as np
 
 from drpopt.errors import BadInputError
+from drpopt.ir.analysis import Analysis
 from drpopt.ir.core import Graph
 from drpopt.passes.base import Pass, PassResult
-from drpopt.passes.common import along, get_analysis, invalidate, layer_sparsity
+from drpopt.passes.common import along, get_analysis, layer_sparsity
+from drpopt.passes.context import context_of
 from drpopt.passes.masked_norm import mask_layernorm
 from drpopt.passes.plan import Plan, keep_masks
 
@@ -41,7 +43,7 @@ def _is_bn_statistic(node, tensor: str) -> bool:
 
 
 def require_plan(graph: Graph, pass_name: str) -> Plan:
-    plan = graph.meta.get("plan")
+    plan = context_of(graph).plan
     if plan is None:
         raise BadInputError(
             f"'{pass_name}' needs a sparsity plan: run 'mask' before it "
@@ -85,19 +87,20 @@ class ApplyMasksPass(Pass):
                     restructured = True
                 if m.tensor not in copied:
                     # the dense weights stay reachable for bias-correct and reconstruct
-                    model.meta.setdefault("dense_weights", {}).setdefault(m.tensor, value.const)
+                    context = context_of(model)
+                    if context.dense_weights is None:
+                        context.dense_weights = {}
+                    context.dense_weights.setdefault(m.tensor, value.const)
                     value.const = np.array(value.const, copy=True)
                     copied.add(m.tensor)
                 value.const[along(value.const, m.axis, m.indices(pruned))] = 0
                 changed = True
-        if changed:
-            if self._mask_normalisations(model, keep_masks(resolved)):
-                restructured = True
-            if restructured:  # zeros alone leave the groups as they were: keep the analysis
-                invalidate(model)
-            model.meta["plan"] = plan
+        if changed and self._mask_normalisations(model, keep_masks(resolved)):
+            restructured = True
         record_metadata(model, plan)
-        return PassResult(model, changed)
+        # zeros alone leave the groups as they were (compact resolves the plan on them);
+        # scores change with the weights and go
+        return PassResult(model, changed, preserves=() if restructured else (Analysis,))
 
     @staticmethod
     def _mask_normalisations(model: Graph, masks) -> bool:

@@ -2,15 +2,20 @@
 
 A pass is a dataclass whose fields are its arguments (so a pipeline string
 ``mask:rate=0.7`` builds ``MaskPass(rate=0.7)``) with one method, ``call(graph)``, that
-returns ``PassResult(graph, modified)``. Analyses store results in ``graph.meta`` and report
-``modified=False``; transforms read them. A pass whose output is not meant to compute the
-same outputs as its input (``apply-masks`` prunes on purpose) sets ``preserves_outputs =
-False``: the ``verify`` pass then compares against the model as it was right after it.
+returns ``PassResult(graph, modified)``. Cached analyses (groups, scores) live in the
+analysis manager (``passes/analyses.py``), stamped with the graph's version; what passes
+hand each other (the plan, the verification reference) lives in the pipeline context
+(``passes/context.py``). After a pass that reports ``modified`` the graph is touched and
+only the analyses it declares in ``preserves`` (or ``PassResult.preserves``) stay valid.
+A pass whose output is not meant to compute the same outputs as its input (``apply-masks``
+prunes on purpose) sets ``preserves_outputs = False``: the ``verify`` pass then compares
+against the model as it was right after it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import types
 import typing
@@ -23,10 +28,35 @@ from drpopt.ir.core import Graph
 
 @dataclass
 class PassResult:
-    """What a pass returns: the (possibly new) graph and whether it changed anything."""
+    """What a pass returns: the (possibly new) graph and whether it changed anything.
+    ``preserves`` (analysis types), when given, replaces the pass's declared ``preserves``
+    for this run (a pass whose changes sometimes restructure the graph)."""
 
     model: Graph
     modified: bool
+    preserves: tuple[type, ...] | None = None
+
+
+def _tracked(call):
+    """Wraps a pass's ``call``: after a change, the graph is touched and only the analyses
+    the pass preserves stay valid (however the pass is called)."""
+
+    @functools.wraps(call)
+    def wrapper(self: Pass, model: Graph, *args: Any, **kwargs: Any) -> PassResult:
+        if not isinstance(model, Graph):
+            return call(self, model, *args, **kwargs)
+        from drpopt.passes.analyses import ANALYSES
+
+        since = model.version
+        result = call(self, model, *args, **kwargs)
+        if isinstance(result, PassResult) and result.modified:
+            model.touch()
+            keep = result.preserves if result.preserves is not None else self.preserves
+            ANALYSES.preserve(model, keep, since)
+        return result
+
+    wrapper.__drpopt_tracked__ = True  # type: ignore[attr-defined]
+    return wrapper
 
 
 @dataclass
@@ -35,6 +65,13 @@ class Pass:
 
     name: ClassVar[str] = ""
     preserves_outputs: ClassVar[bool] = True
+    preserves: ClassVar[tuple[type, ...]] = ()  # analyses still valid after it changes the graph
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        call = cls.__dict__.get("call")
+        if call is not None and not getattr(call, "__drpopt_tracked__", False):
+            cls.call = _tracked(call)  # type: ignore[method-assign]
 
     def call(self, model: Graph) -> PassResult:  # pragma: no cover - abstract
         raise NotImplementedError

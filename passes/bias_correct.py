@@ -30,6 +30,7 @@ from drpopt.passes.consumers import (
     dense_const,
     reapply_masks,
 )
+from drpopt.passes.context import context_of
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,10 @@ def correct_biases(model: Graph, dense, consumers: list[Consumer], data: Calibra
                     a += m * x.shape[0]
             batches += next(iter(outs.values())).shape[0]
             outs.clear()
-    dense_added = model.meta.setdefault("dense_weights", {})
+    context = context_of(model)
+    if context.dense_weights is None:
+        context.dense_weights = {}
+    dense_added = context.dense_weights
     for c in consumers:
         layer = c.layer
         mats = layer.matrices(dense_const(model, layer.weight))

@@ -1,9 +1,9 @@
 """Calibration data: model inputs streamed in batches, from an ``.npz`` or a folder of images.
 
-``calibrate`` attaches a :class:`CalibrationData` to ``graph.meta["calibration"]`` (an
-analysis: the graph is unchanged); the data-aware passes (``score:criterion=activation``
-and ``reconstruction``, ``bias-correct``, ``reconstruct``) read it from there. From Python,
-set ``graph.meta["calibration"] = CalibrationData.from_path(...)`` directly.
+``calibrate`` puts a :class:`CalibrationData` in the pipeline context's ``calibration`` (the
+graph is unchanged); the data-aware passes (``score:criterion=activation`` and
+``reconstruction``, ``bias-correct``, ``reconstruct``) read it from there. From Python,
+give ``PassManager(...)(graph, context=PipelineContext(calibration=CalibrationData(...)))``.
 
 Rules:
 - ``.npz``: one array per model input, named like the input, the first axis being samples
@@ -33,6 +33,7 @@ import numpy as np
 from drpopt.errors import BadInputError
 from drpopt.ir.core import Graph
 from drpopt.passes.base import Pass, PassResult
+from drpopt.passes.context import context_of
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +256,7 @@ class CalibrationData:
 
 def require_calibration(graph: Graph, what: str) -> CalibrationData:
     """The calibration data attached to ``graph``, or a BadInputError naming the fix."""
-    data = graph.meta.get("calibration")
+    data = context_of(graph).calibration
     if data is None:
         raise BadInputError(
             f"{what} needs calibration data: run 'calibrate:data=DATA' before it "
@@ -299,7 +300,8 @@ class CalibratePass(Pass):
         )
         data = CalibrationData(self.data, self.batch, pre, self.limit)
         fit, held = data.split(self.holdout)
-        model.meta["calibration"] = fit
-        model.meta["calibration_holdout"] = held
+        context = context_of(model)
+        context.calibration = fit
+        context.calibration_holdout = held
         log.info("calibration: %d samples (%d held out)", len(fit), len(held) if held else 0)
         return PassResult(model, False)

@@ -23,6 +23,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# what graph.meta holds about the model itself (set by the frontends), carried to the
+# cleaned graph; anything else there is not carried
+GRAPH_OWNED = ("source", "producer", "ir_version", "input_shapes", "external_data", "torch_path")
+
 
 @dataclass
 class CleanupPass(Pass):
@@ -37,9 +41,12 @@ class CleanupPass(Pass):
     - ONNX shape inference runs on the result (a failure is logged and the shapes the model
       has are kept), then ``onnx.checker.check_model``; a model the checker rejects raises
       ``CheckFailedError`` naming the problem;
-    - the result is a new Graph: ``graph.meta`` (all but the cached ``analysis``),
+    - the result is a new Graph: the graph-owned entries of ``graph.meta`` (``GRAPH_OWNED``:
+      where it came from, its input shapes, ...; no cached analysis, nothing stale),
       ``graph.metadata`` (``metadata_props``), opset imports, ir_version and producer are
-      carried over; ``modified`` is True only when a node or an initializer was removed.
+      carried over; analyses of the old graph do not describe the new one (the pipeline
+      context, with the plan, is the pipeline's, not the graph's); ``modified`` is True only
+      when a node or an initializer was removed.
     """
 
     name: ClassVar[str] = "cleanup"
@@ -69,7 +76,7 @@ class CleanupPass(Pass):
 
         where = str(model.meta.get("source", "model"))
         graph = from_onnx(cleaned, where=where)
-        graph.meta.update({k: v for k, v in model.meta.items() if k != "analysis"})
+        graph.meta.update({k: v for k, v in model.meta.items() if k in GRAPH_OWNED})
         graph.metadata = dict(model.metadata)
         graph.functions = list(model.functions)
         graph.opsets = dict(model.opsets)

@@ -7,24 +7,25 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from drpopt.ir.analysis import Analysis, analyze
+from drpopt.ir.analysis import Analysis
 from drpopt.ir.core import Graph, Node
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 def get_analysis(graph: Graph) -> Analysis:
-    """The coupled-group analysis of ``graph``, computed once until a transform drops it."""
-    cached = graph.meta.get("analysis")
-    if isinstance(cached, Analysis) and cached.graph is graph:
-        return cached
-    return analyze(graph)
+    """The coupled-group analysis of ``graph`` as it is now (cached per graph version by
+    the analysis manager, ``passes/analyses.py``)."""
+    from drpopt.passes.analyses import get_analysis as cached_analysis
+
+    return cached_analysis(graph)
 
 
 def invalidate(graph: Graph) -> None:
-    """Call after changing the graph: the analysis no longer describes it."""
-    for key in ("analysis", "_node_pos", "_node_by_name", "_edges"):
-        graph.meta.pop(key, None)
+    """Call after changing the graph behind the IR's back: no analysis describes it now."""
+    from drpopt.passes.analyses import invalidate as forget
+
+    forget(graph)
 
 
 def weight_of(node: Node):

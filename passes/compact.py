@@ -25,7 +25,8 @@ from drpopt.ir.rules import frozen_size_cast, gathered_range
 from drpopt.ir.shape_expr import NumericMemo, const_ints, literal_source, shape_entries
 from drpopt.passes.apply_masks import record_metadata, require_plan
 from drpopt.passes.base import Pass, PassResult
-from drpopt.passes.common import get_analysis, invalidate
+from drpopt.passes.common import get_analysis
+from drpopt.passes.context import context_of
 from drpopt.passes.masked_norm import DOMAIN, OP, unmask_layernorm
 from drpopt.passes.plan import keep_masks
 
@@ -67,10 +68,9 @@ class CompactPass(Pass):
         for node in model.nodes:
             if node.domain == DOMAIN and node.op_type == OP:
                 unmask_layernorm(node)
-        invalidate(model)
-        model.meta.pop("dense_weights", None)  # shapes changed: the dense model is gone
-        model.meta["plan"] = plan
-        model.meta["compacted"] = True
+        context = context_of(model)
+        context.dense_weights = None  # shapes changed: the dense model is gone
+        context.compacted = True
         record_metadata(model, plan)
         return PassResult(model, True)
 

@@ -3,7 +3,8 @@ and the consumer layers of the pruned groups in topological order.
 
 Rules:
 - both passes run after ``mask``: before ``apply-masks`` they apply the masks themselves,
-  after it they find the dense weights ``apply-masks`` set aside (``meta["dense_weights"]``);
+  after it they find the dense weights ``apply-masks`` set aside (the pipeline context's
+  ``dense_weights``);
 - a compacted or ``sparsify``-ed graph is refused (its dense model or its pattern would be
   lost); a model masked in an earlier run (a sparse file read back) is its own reference;
 - a *consumer layer* is a Conv/Gemm/MatMul reading a pruned group's channels (its input
@@ -25,6 +26,7 @@ from drpopt.ir.core import Graph
 from drpopt.ir.to_onnx import to_onnx
 from drpopt.passes.apply_masks import ApplyMasksPass, require_plan
 from drpopt.passes.common import get_analysis, invalidate
+from drpopt.passes.context import context_of
 from drpopt.passes.linear_layers import Linear, as_linear
 from drpopt.passes.plan import keep_masks
 
@@ -40,17 +42,18 @@ class Consumer:
 def prepare(graph: Graph, pass_name: str) -> onnx.ModelProto:
     """Masks ``graph`` (when not yet masked) and returns the dense model as ONNX."""
     require_plan(graph, pass_name)
-    if graph.meta.get("compacted"):
+    context = context_of(graph)
+    if context.compacted:
         raise BadInputError(f"'{pass_name}' must run before 'compact' (it needs dense shapes)")
-    if graph.meta.get("sparsified"):
+    if context.sparsified:
         raise BadInputError(
             f"'{pass_name}' must run before 'sparsify' (it would refill the pattern's zeros)"
         )
-    dense_weights = graph.meta.get("dense_weights")
-    if dense_weights is None:  # not masked yet: the model as it is now is the reference
+    if context.dense_weights is None:  # not masked yet: the model as it is now is the reference
         dense = to_onnx(graph)
         ApplyMasksPass().call(graph)
-        graph.meta.setdefault("dense_weights", {})
+        if context.dense_weights is None:
+            context.dense_weights = {}
         return dense
     return dense_model(graph)
 
@@ -58,7 +61,7 @@ def prepare(graph: Graph, pass_name: str) -> onnx.ModelProto:
 def dense_model(graph: Graph) -> onnx.ModelProto:
     """The graph as ONNX with the weights ``apply-masks`` zeroed restored."""
     proto = to_onnx(graph)
-    dense = graph.meta.get("dense_weights") or {}
+    dense = context_of(graph).dense_weights or {}
     for t in proto.graph.initializer:
         if t.name in dense:
             t.CopyFrom(numpy_helper.from_array(np.asarray(dense[t.name]), t.name))
@@ -72,7 +75,7 @@ def dense_model(graph: Graph) -> onnx.ModelProto:
 
 def dense_const(graph: Graph, name: str) -> np.ndarray:
     """A constant's dense value (its current value when ``apply-masks`` left it alone)."""
-    dense = graph.meta.get("dense_weights") or {}
+    dense = context_of(graph).dense_weights or {}
     return np.asarray(dense[name] if name in dense else graph.values[name].const)
 
 
@@ -83,7 +86,7 @@ def begin(graph: Graph, pass_name: str):
     from drpopt.passes.calibrate import require_calibration
 
     data = require_calibration(graph, pass_name)
-    plan = graph.meta.get("plan")
+    plan = context_of(graph).plan
     if plan is not None and not plan.pruned_channels:
         return None
     dense = prepare(graph, pass_name)

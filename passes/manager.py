@@ -2,8 +2,12 @@
 
 Rules:
 - the input may be an ``ir.Graph``, an ``onnx.ModelProto`` or a path; it is loaded once;
-- ``graph.meta["reference"]`` holds the model ``verify`` compares against: the input, then
-  the model right after each pass that does not preserve outputs (``apply-masks``);
+- the passes share one :class:`~drpopt.passes.context.PipelineContext` (given, or a fresh
+  one), bound while they run and returned in the result: the plan, the verify report, ...;
+- ``context.reference`` holds the model ``verify`` compares against: the input, then the
+  model right after each pass that does not preserve outputs (``apply-masks``);
+- after a pass that changes the graph, only the analyses it declares preserved stay valid
+  (``passes/analyses.py``);
 - a failing pass raises ``PassFailedError`` naming it and the passes that ran before it;
   the exit code is the cause's (1 for a failed check, 2 for bad input);
 - ``time_passes`` records wall time per pass; ``dump_dir`` writes the model after each
@@ -25,6 +29,7 @@ import onnx
 from drpopt.errors import DrpoptError
 from drpopt.ir.core import Graph
 from drpopt.passes.base import Pass, PassResult
+from drpopt.passes.context import PipelineContext, context_of, remember
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +56,30 @@ class PassRecord:
 
 @dataclass
 class PipelineResult:
-    """The final graph and one record per pass."""
+    """The final graph, one record per pass, and the pipeline context (plan, verify report)."""
 
     model: Graph
     modified: bool
     records: list[PassRecord] = field(default_factory=list)
+    context: PipelineContext = field(default_factory=PipelineContext)
+
+    @property
+    def plan(self) -> Any:
+        """The sparsity plan the pipeline made or applied (None when none)."""
+        return self.context.plan
+
+    @property
+    def scores(self) -> dict[str, Any] | None:
+        """The final graph's channel scores by group key, if valid scores exist for it."""
+        from drpopt.passes.analyses import ANALYSES, Scores
+
+        found = ANALYSES.cached(self.model, Scores)
+        return None if found is None else found.by_group
+
+    @property
+    def verify(self) -> Any:
+        """The last verify report (None when no verify ran)."""
+        return self.context.verify
 
     def to_onnx(self) -> onnx.ModelProto:
         from drpopt.ir.to_onnx import to_onnx
@@ -63,12 +87,14 @@ class PipelineResult:
         return to_onnx(self.model)
 
 
-def load_graph(model: Any, input_shapes: Any = None) -> Graph:
-    """An IR graph from a Graph, ModelProto or path; the input becomes the reference.
-    ``input_shapes`` ({input name or None: dims}) fixes symbolic input dims first: the
-    graph and the reference both have them."""
+def load_graph(
+    model: Any, input_shapes: Any = None, context: PipelineContext | None = None
+) -> Graph:
+    """An IR graph from a Graph, ModelProto or path; a loaded model becomes the reference of
+    ``context`` (default: the context the new graph remembers). ``input_shapes`` ({input
+    name or None: dims}) fixes symbolic input dims first: the graph and the reference both
+    have them."""
     if isinstance(model, Graph):
-        model.meta.setdefault("reference", None)
         return model
     from drpopt.ir.from_onnx import from_onnx, load_model
     from drpopt.ir.input_shapes import fix_input_shapes
@@ -76,19 +102,19 @@ def load_graph(model: Any, input_shapes: Any = None) -> Graph:
     where = os.fspath(model) if isinstance(model, str | os.PathLike) else "model"
     proto = fix_input_shapes(load_model(model), input_shapes or {})
     graph = from_onnx(proto, where=where)
-    graph.meta["reference"] = proto
+    (context_of(graph) if context is None else context).reference = proto
     return graph
 
 
 def reference_model(graph: Graph) -> onnx.ModelProto:
-    """The model ``verify`` compares against (the graph itself when none was recorded)."""
-    ref = graph.meta.get("reference")
-    if ref is None:
+    """The model ``verify`` compares against: the pipeline context's reference (the graph
+    itself, snapshot now, when none was recorded)."""
+    context = context_of(graph)
+    if context.reference is None:
         from drpopt.ir.to_onnx import to_onnx
 
-        ref = to_onnx(graph)
-        graph.meta["reference"] = ref
-    return ref
+        context.reference = to_onnx(graph)
+    return context.reference
 
 
 class PassManager:
@@ -108,8 +134,22 @@ class PassManager:
         self.dump_dir = Path(dump_dir) if dump_dir is not None else None
         self.on_pass = on_pass
 
-    def __call__(self, model: Any) -> PipelineResult:
-        graph = load_graph(model, self.input_shapes)
+    def __call__(self, model: Any, context: PipelineContext | None = None) -> PipelineResult:
+        """Runs the passes on ``model`` sharing ``context`` (None: the context the graph
+        remembers from an earlier pipeline or pass, else a fresh one)."""
+        if context is None:
+            context = context_of(model) if isinstance(model, Graph) else PipelineContext()
+        with context.bound():
+            result = self._run(model, context)
+        remember(result.model, context)
+        return result
+
+    def run(self, model: Any, context: PipelineContext | None = None) -> PipelineResult:
+        """The same as calling the manager."""
+        return self(model, context)
+
+    def _run(self, model: Any, context: PipelineContext) -> PipelineResult:
+        graph = load_graph(model, self.input_shapes, context)
         records: list[PassRecord] = []
         modified = False
         needs_reference = {
@@ -117,10 +157,10 @@ class PassManager:
             for i, p in enumerate(self.passes)
             if any(q.name == "verify" for q in self.passes[i + 1 :])
         }
-        if needs_reference and graph.meta.get("reference") is None:
+        if needs_reference and context.reference is None:
             from drpopt.ir.to_onnx import to_onnx
 
-            graph.meta["reference"] = to_onnx(graph)  # a Graph given directly: snapshot it now
+            context.reference = to_onnx(graph)  # a Graph given directly: snapshot it now
         if self.dump_dir is not None:
             self.dump_dir.mkdir(parents=True, exist_ok=True)
         for i, p in enumerate(self.passes):
@@ -138,6 +178,8 @@ class PassManager:
             if not isinstance(result, PassResult):
                 raise TypeError(f"pass '{p.name}' returned {type(result).__name__}, not PassResult")
             seconds = time.perf_counter() - start
+            if result.modified and not getattr(type(p).call, "__drpopt_tracked__", False):
+                graph.touch()  # a pass that is no Pass subclass: nothing it saw survives
             graph = result.model
             modified |= result.modified
             records.append(PassRecord(p.spec(), result.modified, seconds))
@@ -152,12 +194,12 @@ class PassManager:
                 if i in needs_reference:
                     from drpopt.ir.to_onnx import to_onnx
 
-                    graph.meta["reference"] = to_onnx(graph)
+                    context.reference = to_onnx(graph)
                 else:
-                    graph.meta["reference"] = None  # a later PassManager snapshots it
+                    context.reference = None  # a later verify snapshots it
             if self.dump_dir is not None:
                 from drpopt.ir.to_onnx import to_onnx
 
                 path = self.dump_dir / f"{i:02d}-{p.name}.onnx"
                 onnx.save(to_onnx(graph), str(path))
-        return PipelineResult(graph, modified, records)
+        return PipelineResult(graph, modified, records, context)

@@ -41,6 +41,7 @@ from drpopt.passes.consumers import (
     levels,
     reapply_masks,
 )
+from drpopt.passes.context import context_of
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,10 @@ class ReconstructPass(Pass):
         for c, lv in zip(fit, levels(model, fit), strict=True):
             by_level[lv].append(c)
         rng = np.random.default_rng(self.seed)
-        dense_added = model.meta.setdefault("dense_weights", {})
+        context = context_of(model)
+        if context.dense_weights is None:
+            context.dense_weights = {}
+        dense_added = context.dense_weights
         for lv in sorted(by_level):
             layer_set = by_level[lv]
             self._refit(model, dense, layer_set, data, rng, dense_added, lv, len(by_level))

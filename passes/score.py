@@ -9,8 +9,10 @@ Rules:
 - ``random``: uniform noise from ``seed``, a control for the other criteria;
 - ``activation`` and ``reconstruction`` need calibration data (``calibrate`` before
   ``score``): see ``score_data.py``;
-- scores land in ``graph.meta["scores"]`` keyed by group key, with the criterion in
-  ``graph.meta["score_criterion"]``; locked groups get no score.
+- the result is a ``Scores`` analysis (group key -> per-channel scores, the criterion and
+  seed) cached for this graph version (``passes/analyses.py``): any change to the graph
+  makes it stale; the request (criterion, seed) is kept in the pipeline context so ``mask``
+  scores a changed graph the same way; locked groups get no score.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ import numpy as np
 
 from drpopt.ir.channels import Group, Member
 from drpopt.ir.core import Graph
+from drpopt.passes.analyses import ANALYSES, Scores, node_by_name
 from drpopt.passes.base import Pass, PassResult
 from drpopt.passes.common import get_analysis
+from drpopt.passes.context import context_of
 from drpopt.passes.plan import group_key
 
 log = logging.getLogger(__name__)
@@ -80,11 +84,7 @@ def group_scores(
 def _node(graph: Graph, name: str | None):
     if name is None:
         return None
-    index = graph.meta.get("_node_by_name")
-    if index is None or len(index) != len(graph.nodes):
-        index = {n.name: n for n in graph.nodes}
-        graph.meta["_node_by_name"] = index
-    return index.get(name)
+    return node_by_name(graph).get(name)
 
 
 @dataclass
@@ -102,20 +102,16 @@ class ScorePass(Pass):
     def call(self, model: Graph) -> PassResult:
         analysis = get_analysis(model)
         rng = np.random.default_rng(self.seed)
+        groups = [g for g in analysis.groups if g.prunable]
         if self.criterion in DATA_CRITERIA:
             from drpopt.passes.calibrate import require_calibration
             from drpopt.passes.score_data import data_scores
 
             data = require_calibration(model, f"score:criterion={self.criterion}")
-            groups = [g for g in analysis.groups if g.prunable]
             by_id = data_scores(model, groups, self.criterion, data, self.seed)
-            model.meta["scores"] = {group_key(g): by_id[g.id] for g in groups}
-            model.meta["score_criterion"] = self.criterion
-            return PassResult(model, False)
-        model.meta["scores"] = {
-            group_key(g): group_scores(model, g, self.criterion, rng)
-            for g in analysis.groups
-            if g.prunable
-        }
-        model.meta["score_criterion"] = self.criterion
+            by_group = {group_key(g): by_id[g.id] for g in groups}
+        else:
+            by_group = {group_key(g): group_scores(model, g, self.criterion, rng) for g in groups}
+        ANALYSES.put(model, Scores(self.criterion, self.seed, by_group))
+        context_of(model).score_request = (self.criterion, self.seed)
         return PassResult(model, False)

@@ -26,10 +26,13 @@ from typing import ClassVar
 
 import numpy as np
 
+from drpopt.ir.analysis import Analysis
 from drpopt.ir.core import Graph, Node
 from drpopt.passes.base import Pass, PassResult
-from drpopt.passes.common import edge_layers, invalidate, layer_sparsity, weight_of
-from drpopt.passes.targets import GRANULARITIES, TargetProfile, get_target
+from drpopt.passes.common import edge_layers, layer_sparsity, weight_of
+from drpopt.passes.context import context_of
+from drpopt.passes.policy import pattern_profile
+from drpopt.passes.targets import TargetProfile, get_target
 
 
 def input_axis(node: Node) -> int:
@@ -120,28 +123,23 @@ class SparsifyPass(Pass):
     exclude: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        base = get_target(self.target)
-        overrides = {
-            "granularity": self.granularity,
-            "n": self.n,
-            "m": self.m,
-            "block": self.block,
-            "sparsity_rate": self.rate,
-            "sparsity_scope": self.scope,
-        }
-        merged = {**base.__dict__, **{k: v for k, v in overrides.items() if v is not None}}
-        if merged["granularity"] not in GRANULARITIES:
-            raise ValueError(f"granularity {merged['granularity']!r} is not one of {GRANULARITIES}")
-        from drpopt.passes.targets import _check
-
-        self.profile = _check(TargetProfile(**merged), f"sparsify:{self.target}")
+        self.profile = pattern_profile(
+            get_target(self.target),
+            f"sparsify:{self.target}",
+            granularity=self.granularity,
+            n=self.n,
+            m=self.m,
+            block=self.block,
+            sparsity_rate=self.rate,
+            sparsity_scope=self.scope,
+        )
 
     def call(self, model: Graph) -> PassResult:
         p = self.profile
         if p.granularity == "channel" or p.pattern_rate <= 0:
             return PassResult(model, False)
         layers = targeted_layers(model, p, self.exclude)
-        model.meta["sparsified"] = True  # reconstruct after this would break the pattern
+        context_of(model).sparsified = True  # reconstruct after this would break the pattern
         cut = None
         if p.granularity == "unstructured" and p.sparsity_scope == "global":
             allw = (
@@ -168,8 +166,6 @@ class SparsifyPass(Pass):
                 else:
                     value.const = new
                 changed = True
-        if restructured:  # zeros alone leave the groups as they were: keep the analysis
-            invalidate(model)
         model.metadata["drpopt.pattern"] = json.dumps(
             {
                 "granularity": p.granularity,
@@ -182,7 +178,8 @@ class SparsifyPass(Pass):
                 "layers": {s.node: round(s.sparsity, 6) for s in layer_sparsity(model)},
             }
         )
-        return PassResult(model, changed)
+        # zeros alone leave the groups as they were: the channel analysis stays
+        return PassResult(model, changed, preserves=() if restructured else (Analysis,))
 
     def _keep(self, node: Node, w: np.ndarray, cut: float | None) -> np.ndarray | None:
         p = self.profile

@@ -481,10 +481,11 @@ class VerifyPass(Pass):
     - the reference is ``reference_model(graph)``: the pipeline's input, or the model right
       after the last pass that changes outputs on purpose (``apply-masks``);
     - both run on ``inputs`` (an .npz with one array per input name, or a folder of
-      images: ``passes/inputs.py``), on ``graph.meta["verify_inputs"]`` (``(samples,
-      description)``, set by the CLI), or on ``samples`` random inputs from ``seed``; see
-      :func:`compare_models` for how outputs are compared (degenerate references refuse);
-    - the :class:`VerifyReport` is stored in ``graph.meta["verify"]``; ``modified`` is False;
+      images: ``passes/inputs.py``), on the pipeline context's ``verify_inputs``
+      (``(samples, description)``, set by the CLI), or on ``samples`` random inputs from
+      ``seed``; see :func:`compare_models` for how outputs are compared (degenerate
+      references refuse);
+    - the :class:`VerifyReport` is the pipeline context's ``verify``; ``modified`` is False;
     - a failed comparison raises ``CheckFailedError`` naming the worst output with its
       largest absolute and relative error; a model onnxruntime cannot run fails likewise.
     """
@@ -499,6 +500,7 @@ class VerifyPass(Pass):
 
     def call(self, model: Graph) -> PassResult:
         from drpopt.ir.to_onnx import to_onnx
+        from drpopt.passes.context import context_of
         from drpopt.passes.inputs import load_samples
         from drpopt.passes.manager import reference_model
 
@@ -506,8 +508,8 @@ class VerifyPass(Pass):
         feeds, desc = None, None
         if self.inputs is not None:
             feeds, desc = load_samples(self.inputs, reference)
-        elif model.meta.get("verify_inputs") is not None:  # set by the CLI's --inputs
-            feeds, desc = model.meta["verify_inputs"]
+        elif context_of(model).verify_inputs is not None:  # set by the CLI's --inputs
+            feeds, desc = context_of(model).verify_inputs
         try:
             report = compare_models(
                 reference,
@@ -523,7 +525,7 @@ class VerifyPass(Pass):
             if err.which == "reference model":
                 raise
             raise CheckFailedError(f"verify: {err}") from err
-        model.meta["verify"] = report
+        context_of(model).verify = report
         if not report.ok:
             raise CheckFailedError(report.summary())
         return PassResult(model, False)

@@ -403,6 +403,7 @@ def export_onnx(
     from drpopt.passes import CleanupPass, CompactPass, PassManager
     from drpopt.passes.apply_masks import record_metadata
     from drpopt.passes.common import get_analysis, layer_sparsity
+    from drpopt.passes.context import PipelineContext
     from drpopt.passes.fold_batchnorm import FoldBatchNormPass
 
     if rtol < 0 or atol < 0:
@@ -426,12 +427,11 @@ def export_onnx(
         source = "given plan"
     dense_params, dense_macs = analysis.params, analysis.macs
     live = _live_followers(analysis, plan, params)
-    graph.meta["plan"] = plan
     record_metadata(graph, plan)
     passes = [CompactPass()] if compact else []
     passes += [FoldBatchNormPass()] if fold_batchnorm else []
     passes.append(CleanupPass())
-    result = PassManager(passes)(graph)
+    result = PassManager(passes)(graph, context=PipelineContext(plan=plan))
     final = result.model
     out = to_onnx(final)
 

@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 
-from drpopt.passes.mask import kept_count
 from drpopt.passes.score import member_norms
 
 log = logging.getLogger(__name__)
@@ -82,13 +81,7 @@ def taylor_scores(
 
 def prune_with_scores(pruner: Any, scores: dict[str, np.ndarray], rate: float) -> None:
     """One-shot masks at ``rate`` from ``scores`` (higher means keep) for every group."""
-    profile = pruner.selector.profile
-    keep = {}
-    for g, key in zip(pruner.groups, pruner.keys, strict=True):
-        k = kept_count(g.size, rate, profile)
-        order = sorted(range(g.size), key=lambda j: (-scores[key][j], j))
-        keep[key] = sorted(order[:k])
-    pruner._write_masks(keep)
+    pruner._write_masks(pruner.choose(scores, rate))
     pruner.state[1] = rate
     pruner.apply_masks()
 

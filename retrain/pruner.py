@@ -2,17 +2,19 @@
 
 Rules:
 - groups come from the torch frontend (``ir/from_torch.py``) and the same analysis as the
-  ONNX side; groups that are locked, touch a dense layer (``target``, ``exclude``,
-  ``keep_first``/``keep_last``) or whose producing weights are not parameters are left
-  whole;
+  ONNX side; the target profile and the arguments resolve once into the ``SelectionPolicy``
+  of the ``mask`` pass (``passes/policy.py``): groups it leaves whole (locked, a dense layer
+  by ``keep_first``/``keep_last``, ``dense_ops`` or ``exclude``) and groups whose producing
+  weights are not parameters are left whole;
 - each masked parameter gets a ``bool`` buffer ``<param>_drpopt_mask`` on its module, and
   the root module an ``int64`` buffer ``drpopt_state`` (schedule step, current rates; see
   ``retrain/buffers.py``): ``model.state_dict()`` is the whole checkpoint, resuming restores
   masks and schedule position exactly, and an EMA that averages every floating-point entry
   leaves the pruning state alone;
 - ``update()`` (start of every iteration) advances the schedule; at an update step the
-  channels are scored (``l1``/``l2``/``bn-gamma``/``random``, as the ``score`` pass) and each
-  group keeps its best channels among those still kept (a pruned channel is never revived
+  channels are scored (``l1``/``l2``/``bn-gamma``/``random``, as the ``score`` pass) and
+  ``choose_channels`` (the ``mask`` pass's function: ``uniform`` or ``global`` allocation)
+  picks each group's channels among those still kept (a pruned channel is never revived
   unless ``allow_unprune``); under torch.distributed the choice of rank 0 is broadcast;
 - masks are enforced at all times: pruned weights are zeroed when masks change and after
   every step of an optimizer that holds a masked parameter (a global step hook, so
@@ -47,10 +49,11 @@ from drpopt.errors import BadInputError
 from drpopt.ir.analysis import analyze
 from drpopt.ir.channels import Group
 from drpopt.ir.from_torch import TorchTrace, trace_module, unwrap
-from drpopt.passes.mask import MaskPass, kept_count
+from drpopt.passes.mask import eligible_groups
 from drpopt.passes.plan import GroupPlan, Plan, group_key
+from drpopt.passes.policy import SelectionPolicy, choose_channels, pattern_profile
 from drpopt.passes.score import group_scores
-from drpopt.passes.targets import GRANULARITIES, TargetProfile, _check
+from drpopt.passes.targets import TargetProfile, get_target
 from drpopt.retrain.buffers import (
     MASK_SUFFIX,
     STATE_BUFFER,
@@ -153,13 +156,14 @@ class Pruner:
                 frequency,
             )
         )
-        self.selector = MaskPass(
+        self.profile = get_target(target)
+        self.policy = SelectionPolicy.resolve(
+            self.profile,
             rate=self.schedule.final_rate,
-            allocation=allocation,  # type: ignore[arg-type]
-            target=target,
+            allocation=allocation,
+            exclude=exclude,
             keep_first=keep_first,
             keep_last=keep_last,
-            exclude=list(exclude),
         )
         if criterion not in ("l1", "l2", "bn-gamma", "random"):
             raise BadInputError(f"criterion {criterion!r} is not one of l1, l2, bn-gamma, random")
@@ -172,8 +176,8 @@ class Pruner:
         params = dict(self.model.named_parameters())
         self.groups: list[Group] = [
             g
-            for g in self.analysis.groups
-            if self.selector._eligible(self.graph, g) and self._mappable(g, params)
+            for g in eligible_groups(self.graph, self.analysis.groups, self.policy)
+            if self._mappable(g, params)
         ]
         self.keys = [group_key(g) for g in self.groups]
         self._masked: dict[str, _Masked] = {}
@@ -181,7 +185,7 @@ class Pruner:
             for m in g.members:
                 if m.role in MASKED_ROLES and m.tensor in params:
                     self._attach_mask(m.tensor, params[m.tensor])
-        self.pattern = _pattern_profile(self.selector.profile, *pattern_args)
+        self.pattern = _pattern_profile(self.profile, *pattern_args)
         self.pattern_schedule = replace(
             self.schedule, final_rate=self.pattern.pattern_rate, initial_rate=0.0
         )
@@ -313,9 +317,9 @@ class Pruner:
             ],
             rate=self.channel_rate,
             criterion=self.criterion,
-            allocation=self.selector.allocation,
-            target=self.selector.profile.name,
-            settings={"align": self.selector.profile.align, "step": self.step},
+            allocation=self.policy.allocation,
+            target=self.policy.target,
+            settings={**self.policy.settings(), "step": self.step},
         )
 
     def info(self) -> Any:
@@ -352,14 +356,8 @@ class Pruner:
             pattern = self.pattern.pattern_rate
         previous = {name: kept(e.mask).detach().cpu().numpy() for name, e in self._masked.items()}
         keep = self.keep_sets()
-        self._load_weights()
-        new: dict[str, list[int]] = {}
-        for g, key in zip(self.groups, self.keys, strict=True):
-            scores = group_scores(self.graph, g, self.criterion, self._rng)
-            candidates = list(range(g.size)) if self.allow_unprune else keep[key]
-            k = min(kept_count(g.size, rate, self.selector.profile), len(candidates))
-            order = sorted(candidates, key=lambda j: (-scores[j], j))
-            new[key] = sorted(order[:k])
+        scores = self.scores()
+        new = self.choose(scores, rate, None if self.allow_unprune else keep)
         new = _broadcast(new)
         self._write_masks(new)
         if self.pattern_layers and (
@@ -370,6 +368,25 @@ class Pruner:
         self.apply_masks()
         with torch.no_grad():
             _zero_optimizer_state(self._optimizers, self._masked.values())
+
+    def scores(self) -> dict[str, np.ndarray]:
+        """Each group's channel scores (``criterion``) from the parameters as they are now."""
+        self._load_weights()
+        return {
+            key: group_scores(self.graph, g, self.criterion, self._rng)
+            for g, key in zip(self.groups, self.keys, strict=True)
+        }
+
+    def choose(
+        self,
+        scores: dict[str, np.ndarray],
+        rate: float,
+        candidates: dict[str, list[int]] | None = None,
+    ) -> dict[str, list[int]]:
+        """The channels each group keeps at ``rate`` from ``scores`` (higher: keep), by the
+        policy the ``mask`` pass uses (``choose_channels``); ``candidates``: the channels
+        still allowed per group (default: all)."""
+        return choose_channels(self.groups, scores, self.policy.with_rate(rate), candidates)
 
     def _load_weights(self) -> None:
         """The trace graph's constants take the parameters' current values (for scoring)."""
@@ -457,18 +474,16 @@ def _pattern_profile(
     scope: str | None,
 ) -> TargetProfile:
     """The target profile with the given pattern overrides, checked."""
-    if granularity is not None and granularity not in GRANULARITIES:
-        raise BadInputError(f"granularity {granularity!r} is not one of {', '.join(GRANULARITIES)}")
-    overrides = {
-        "granularity": granularity,
-        "sparsity_rate": rate,
-        "n": n,
-        "m": m,
-        "block": block,
-        "sparsity_scope": scope,
-    }
-    merged = replace(base, **{k: v for k, v in overrides.items() if v is not None})
-    profile = _check(merged, f"Pruner pattern ({base.name})")
+    profile = pattern_profile(
+        base,
+        f"Pruner pattern ({base.name})",
+        granularity=granularity,
+        sparsity_rate=rate,
+        n=n,
+        m=m,
+        block=block,
+        sparsity_scope=scope,
+    )
     if profile.pattern_rate >= 1.0:
         raise BadInputError(f"pattern rate {profile.pattern_rate} must be below 1")
     return profile

@@ -28,9 +28,10 @@ import numpy as np
 
 from drpopt.ir.analysis import analyze
 from drpopt.ir.core import Graph
-from drpopt.passes.mask import MaskPass, kept_count
+from drpopt.passes.mask import eligible_groups, kept_count
+from drpopt.passes.policy import SelectionPolicy
 from drpopt.passes.sparsify import targeted_layers
-from drpopt.passes.targets import TargetProfile
+from drpopt.passes.targets import TargetProfile, get_target
 
 MASKED_ROLES = ("producer", "consumer", "follower")
 _STEPS = 40
@@ -39,17 +40,16 @@ _STEPS = 40
 def listed_layers(graph: Graph, params: Iterable[str], target: str = "drpai") -> dict[str, list]:
     """Module name -> trace node names of the layers ``target`` prunes (graph order)."""
     names = set(params)
-    selector = MaskPass(rate=0.5, target=target)
+    profile = get_target(target)
+    policy = SelectionPolicy.resolve(profile, rate=0.5)
     producers: dict[str, list[str]] = {}
-    for g in analyze(graph).groups:
-        if not selector._eligible(graph, g):
-            continue
+    for g in eligible_groups(graph, analyze(graph).groups, policy):
         for m in g.members:
             if m.role == "producer" and m.tensor in names and m.node:
                 producers.setdefault(m.tensor.rsplit(".", 1)[0], []).append(m.node)
     pattern: dict[str, list[str]] = {}
-    if selector.profile.granularity != "channel":
-        for node in targeted_layers(graph, selector.profile, []):
+    if profile.granularity != "channel":
+        for node in targeted_layers(graph, profile, []):
             w = node.input(1)
             if w is not None and w.name in names:
                 pattern.setdefault(w.name.rsplit(".", 1)[0], []).append(node.name)

@@ -23,6 +23,7 @@ from deadchannels import random_feeds, run_model
 from drpopt import analyze
 from drpopt.ir.analysis import Analysis
 from drpopt.passes import ScorePass
+from drpopt.passes.analyses import scores_of
 from drpopt.zoo.corpus import (
     DEFAULT_CANDIDATES,
     ENV_VAR,
@@ -76,7 +77,7 @@ class CorpusCase:
         if "scores" not in self._cache:
             graph = self.require_analysis().graph
             ScorePass().call(graph)
-            self._cache["scores"] = graph.meta["scores"]
+            self._cache["scores"] = scores_of(graph)
         return self._cache["scores"]
 
     def skip_unless_planned(self, config: str) -> None:

@@ -26,7 +26,9 @@ from drpopt.ir.analysis import Analysis, _distinct_params, _is_param, node_macs
 from drpopt.ir.from_onnx import from_onnx
 from drpopt.ir.to_onnx import to_onnx
 from drpopt.passes import ApplyMasksPass, CompactPass, MaskPass
+from drpopt.passes.analyses import ANALYSES, Scores
 from drpopt.passes.common import get_analysis
+from drpopt.passes.context import context_of
 from drpopt.passes.plan import Plan, keep_masks
 
 TOLERANCE = 1e-4  # of the reference output's spread
@@ -207,11 +209,11 @@ def prune(model: onnx.ModelProto, config: PruneConfig, scores: dict | None = Non
     depend on the rate), applies it as sparse and as compact ONNX, and checks the compact
     model is valid ONNX (strict shape inference, full checker)."""
     graph = from_onnx(model)
-    if scores is not None:
-        graph.meta["scores"] = scores
     before = get_analysis(graph)
+    if scores is not None:  # l2 scores of another IR of the same model: the same groups
+        ANALYSES.put(graph, Scores("l2", 0, scores))
     config.mask_pass().call(graph)
-    plan: Plan = graph.meta["plan"]
+    plan: Plan = context_of(graph).plan
     masks = keep_masks(plan.resolve(before))
     params, macs = expected_counts(masks, before)  # before the passes change the IR
     exact = all(

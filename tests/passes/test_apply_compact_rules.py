@@ -45,7 +45,7 @@ def test_trivial_graph_has_nothing_to_prune():
     x = b.input("input", [1, 3, 8, 8])
     b.output(b.conv(x, 4, name="only"))  # its input and output are both locked
     masked, _, compact = masked_and_compact(b.build(), rate=0.5)
-    assert masked.model.meta["plan"].groups == []
+    assert masked.plan.groups == []
     assert not compact.modified
 
 
@@ -59,7 +59,7 @@ def test_passes_need_a_plan():
 def test_apply_masks_zeroes_members_and_leaves_bn_statistics():
     model = build("resnet18")
     masked, masked_proto, _ = masked_and_compact(model, rate=0.5)
-    plan = masked.model.meta["plan"]
+    plan = masked.plan
     gp = next(g for g in plan.groups if "layer1.0.conv1" in g.producers)
     pruned = gp.pruned
     values = {t.name: onnx.numpy_helper.to_array(t) for t in masked_proto.graph.initializer}
@@ -103,7 +103,7 @@ def test_split_sizes_follow_the_kept_channels(opset):
     split = next(n for n in graph.nodes if n.op_type == "Split")
     sizes = split.attrs.get("split") or list(split.input(1).const)
     assert sizes == [2, 4]
-    assert compact.model.meta["verify"].ok
+    assert compact.verify.ok
 
 
 def test_channel_slice_bounds_and_reshape_constants():
@@ -119,7 +119,7 @@ def test_channel_slice_bounds_and_reshape_constants():
     sl = next(n for n in graph.nodes if n.op_type == "Slice")
     starts, ends = int(sl.input(1).const[0]), int(sl.input(2).const[0])
     assert ends - starts == graph.values[sl.outputs[0].name].shape[1] == 4
-    assert compact.model.meta["verify"].ok
+    assert compact.verify.ok
 
 
 def test_shared_slice_constants_are_copied_not_changed_for_both():
@@ -132,7 +132,7 @@ def test_shared_slice_constants_are_copied_not_changed_for_both():
     b.output(b.conv(b.concat([s1, s2], name="cat"), 4, name="out"))
     model = b.build()
     _, _, compact = masked_and_compact(model, rate=0.5)
-    assert compact.model.meta["verify"].ok
+    assert compact.verify.ok
 
 
 def test_grouped_conv_group_count():
@@ -144,7 +144,7 @@ def test_grouped_conv_group_count():
     assert graph.values["gconv.weight"].const.shape[:2] == (16, 2)
     dw = next(n for n in graph.nodes if n.name == "dwconv")
     assert dw.attrs["group"] == graph.values["dwconv.weight"].const.shape[0]
-    assert compact.model.meta["verify"].ok
+    assert compact.verify.ok
 
 
 def test_exporter_shared_initializer_is_unshared_before_masking():
@@ -161,5 +161,5 @@ def test_exporter_shared_initializer_is_unshared_before_masking():
         if n.name == "c2":
             n.input[2] = "c2.bias.shared"
     _, _, compact = masked_and_compact(model, rate=0.5)
-    assert compact.model.meta["verify"].ok
+    assert compact.verify.ok
     assert not any(n.op_type == "Identity" for n in compact.model.nodes)

@@ -105,8 +105,8 @@ def test_calibrate_pass_attaches_data_with_a_holdout(tmp_path):
     result = PassManager(parse_pipeline(f"calibrate:data={tmp_path / 'c.npz'}:holdout=0.3"))(
         small_model()
     )
-    assert len(result.model.meta["calibration"]) == 7
-    assert len(result.model.meta["calibration_holdout"]) == 3
+    assert len(result.context.calibration) == 7
+    assert len(result.context.calibration_holdout) == 3
     assert not result.modified
     with pytest.raises(BadInputError, match="data=PATH"):
         parse_pipeline("calibrate")

@@ -29,7 +29,7 @@ def prune_both(model: onnx.ModelProto, criterion: str = "l2", **mask_args):
     passes = [ScorePass(criterion=criterion), MaskPass(**mask_args), ApplyMasksPass()]
     masked_run = PassManager(passes)(model)
     graph = masked_run.model
-    plan = graph.meta["plan"]
+    plan = masked_run.plan
     masks = keep_masks(plan.resolve(get_analysis(graph)))
     masked = to_onnx(graph)
     compact = to_onnx(PassManager([CompactPass()])(graph).model)

@@ -8,9 +8,11 @@ import pytest
 from deadchannels import random_feeds, run_model
 from onnx import helper, numpy_helper
 
+from drpopt.ir.analysis import Analysis
 from drpopt.ir.core import Graph
 from drpopt.ir.from_onnx import from_onnx
 from drpopt.ir.to_onnx import to_onnx
+from drpopt.passes.analyses import ANALYSES, get_analysis
 from drpopt.passes.fold_batchnorm import FoldBatchNormPass
 from drpopt.zoo import MODELS
 from drpopt.zoo.builder import OnnxBuilder
@@ -284,12 +286,12 @@ def test_a_chain_of_two_bns_folds_completely():
 
 def test_drops_the_cached_analysis_only_when_it_folds():
     graph = from_onnx(conv_bn())
-    graph.meta["analysis"] = object()
+    get_analysis(graph)
     assert FoldBatchNormPass()(graph).modified
-    assert "analysis" not in graph.meta
-    graph.meta["analysis"] = marker = object()
+    assert ANALYSES.cached(graph, Analysis) is None
+    marker = get_analysis(graph)
     result = FoldBatchNormPass()(graph)
-    assert not result.modified and graph.meta["analysis"] is marker
+    assert not result.modified and ANALYSES.cached(graph, Analysis) is marker
 
 
 # ---- no-op and trivial graphs -----------------------------------------------------------

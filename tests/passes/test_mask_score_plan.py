@@ -18,7 +18,8 @@ from drpopt.zoo.builder import OnnxBuilder
 
 
 def plan_for(model, *passes):
-    return PassManager(list(passes))(model).model
+    """The pipeline result (``.model``, ``.plan``, ``.scores``) of ``passes`` on ``model``."""
+    return PassManager(list(passes))(model)
 
 
 def test_l2_scores_follow_weight_norms():
@@ -35,24 +36,24 @@ def test_l2_scores_follow_weight_norms():
     arr[0] *= 0.01  # channel 0 the weakest
     w["c1.weight"].CopyFrom(numpy_helper.from_array(arr, "c1.weight"))
     graph = plan_for(model, ScorePass(criterion="l2"))
-    (scores,) = graph.meta["scores"].values()
+    (scores,) = graph.scores.values()
     assert int(np.argmax(scores)) == 2 and int(np.argmin(scores)) == 0
     graph = plan_for(model, ScorePass(), MaskPass(rate=0.5, keep_first=False, keep_last=False))
-    (gp,) = graph.meta["plan"].groups
+    (gp,) = graph.plan.groups
     assert 2 in gp.keep and 0 not in gp.keep and len(gp.keep) == 2
 
 
 def test_bn_gamma_uses_batchnorm_scales():
     graph = plan_for(build("resnet18"), ScorePass(criterion="bn-gamma"))
-    analysis = get_analysis(graph)
+    analysis = get_analysis(graph.model)
     g = analysis.group("layer1.0.conv1")
-    gamma = np.abs(graph.values["layer1.0.bn1.weight"].const)
-    np.testing.assert_allclose(graph.meta["scores"][group_key(g)], gamma / gamma.mean())
+    gamma = np.abs(graph.model.values["layer1.0.bn1.weight"].const)
+    np.testing.assert_allclose(graph.scores[group_key(g)], gamma / gamma.mean())
 
 
 def test_random_scores_are_seeded():
-    a = plan_for(build("se"), ScorePass(criterion="random", seed=3)).meta["scores"]
-    b = plan_for(build("se"), ScorePass(criterion="random", seed=3)).meta["scores"]
+    a = plan_for(build("se"), ScorePass(criterion="random", seed=3)).scores
+    b = plan_for(build("se"), ScorePass(criterion="random", seed=3)).scores
     assert all(np.array_equal(a[k], b[k]) for k in a)
 
 
@@ -81,7 +82,7 @@ def test_kept_count_alignment(size, rate, align, expected):
 @pytest.mark.parametrize("target", ["drpai", "cpu"])
 def test_target_alignment_on_every_group(target):
     graph = plan_for(build("yolox_s_like"), ScorePass(), MaskPass(rate=0.7, target=target))
-    plan = graph.meta["plan"]
+    plan = graph.plan
     assert plan.groups and plan.target == target
     align = TARGETS[target].align
     for gp in plan.groups:
@@ -97,18 +98,18 @@ def test_uniform_rate_is_reached_and_global_differs_per_group():
         MaskPass(rate=0.5, allocation="global", keep_first=False, keep_last=False),
     )
     for graph in (uni, glo):
-        plan = graph.meta["plan"]
+        plan = graph.plan
         share = plan.pruned_channels / plan.settings["eligible_channels"]
         assert 0.45 <= share <= 0.55
-    rates = {len(g.keep) / g.size for g in glo.meta["plan"].groups}
+    rates = {len(g.keep) / g.size for g in glo.plan.groups}
     assert len(rates) > 1
 
 
 def test_first_and_last_layers_stay_dense_by_default():
     graph = plan_for(build("resnet50"), ScorePass(), MaskPass(rate=0.5))
-    assert "stem.conv" not in {p for g in graph.meta["plan"].groups for p in g.producers}
+    assert "stem.conv" not in {p for g in graph.plan.groups for p in g.producers}
     graph = plan_for(build("resnet18"), ScorePass(), MaskPass(rate=0.5))
-    pruned_producers = {p for g in graph.meta["plan"].groups for p in g.producers}
+    pruned_producers = {p for g in graph.plan.groups for p in g.producers}
     # resnet18's stem starts layer1's residual stream: that group is not the input layer's
     # own (keeping it would keep the stream dense, ViT's whole embedding width) and is pruned
     assert {"stem.conv", "layer1.0.conv2", "layer1.1.conv2"} <= pruned_producers
@@ -122,7 +123,7 @@ def test_exclude_patterns():
     graph = plan_for(
         build("resnet18"), ScorePass(), MaskPass(rate=0.5, exclude=["layer1.*", "layer2.0.conv1"])
     )
-    producers = {p for g in graph.meta["plan"].groups for p in g.producers}
+    producers = {p for g in graph.plan.groups for p in g.producers}
     assert not any(p.startswith("layer1.") for p in producers)
     assert "layer2.0.conv1" not in producers and "layer2.1.conv1" in producers
 
@@ -138,17 +139,17 @@ def test_bad_rate_is_rejected_before_running(rate):
 def test_plan_round_trip_and_reuse(tmp_path):
     model = build("mobilenetv2")
     graph = plan_for(model, ScorePass(), MaskPass(rate=0.6))
-    plan = graph.meta["plan"]
+    plan = graph.plan
     path = tmp_path / "plan.json"
     path.write_text(plan.to_json())
     data = json.loads(path.read_text())
     assert data["format"] == "drpopt-plan" and data["groups"][0]["keep"]
-    again = plan_for(model, MaskPass(plan=str(path))).meta["plan"]
+    again = plan_for(model, MaskPass(plan=str(path))).plan
     assert [(g.key, g.keep) for g in again.groups] == [(g.key, g.keep) for g in plan.groups]
 
 
 def test_plan_for_another_model_is_refused(tmp_path):
-    plan = plan_for(build("resnet18"), ScorePass(), MaskPass(rate=0.5)).meta["plan"]
+    plan = plan_for(build("resnet18"), ScorePass(), MaskPass(rate=0.5)).plan
     path = tmp_path / "plan.json"
     path.write_text(plan.to_json())
     with pytest.raises(DrpoptError, match="does not match this model") as info:
@@ -217,8 +218,8 @@ def test_profile_dense_ops_are_honoured(tmp_path):
         'name = "noconv"\n[layers]\ndense_ops = ["Conv"]\nkeep_first = false\nkeep_last = false\n'
     )
     graph = plan_for(build("resnet18"), ScorePass(), MaskPass(rate=0.5, target=str(profile)))
-    assert graph.meta["plan"].pruned_channels == 0
+    assert graph.plan.pruned_channels == 0
     gemm_only = tmp_path / "nogemm.toml"
     gemm_only.write_text('name = "nogemm"\n[layers]\ndense_ops = ["Gemm"]\n')
     graph = plan_for(build("resnet18"), ScorePass(), MaskPass(rate=0.5, target=str(gemm_only)))
-    assert graph.meta["plan"].pruned_channels > 0
+    assert graph.plan.pruned_channels > 0

@@ -25,6 +25,8 @@ from drpopt.passes import (
     parse_pipeline,
 )
 from drpopt.passes.activations import run_batches
+from drpopt.passes.analyses import scores_of
+from drpopt.passes.context import context_of
 from drpopt.passes.manager import load_graph
 from drpopt.zoo.builder import OnnxBuilder
 
@@ -51,7 +53,7 @@ def calib(model: onnx.ModelProto, n: int = 32, seed: int = 0) -> CalibrationData
 
 def run(model, passes, data):
     graph = load_graph(model)
-    graph.meta["calibration"] = data
+    context_of(graph).calibration = data
     return PassManager(passes)(graph).model
 
 
@@ -86,7 +88,7 @@ def test_activation_keeps_a_small_weight_large_bias_channel():
     keep = {}
     for criterion in ("l2", "activation"):
         g = masked(model, data, rate=0.25, criterion=criterion)
-        plan = g.meta["plan"]
+        plan = context_of(g).plan
         keep[criterion] = next(gp.keep for gp in plan.groups if gp.key.startswith("c1."))
     assert 0 not in keep["l2"]
     assert 0 in keep["activation"]
@@ -103,9 +105,9 @@ def test_reconstruction_criterion_ranks_redundant_channels_last():
         w[name].CopyFrom(onnx.numpy_helper.from_array(arr, name))
     data = calib(model)
     graph = run(model, [ScorePass(criterion="reconstruction")], data)
-    scores = graph.meta["scores"]["c1.weight[0]@0"]
+    scores = scores_of(graph)["c1.weight[0]@0"]
     assert set(np.argsort(scores)[:2]) == {0, 1}
-    l2 = run(model, [ScorePass(criterion="l2")], data).meta["scores"]["c1.weight[0]@0"]
+    l2 = scores_of(run(model, [ScorePass(criterion="l2")], data))["c1.weight[0]@0"]
     assert not set(np.argsort(l2)[:2]) & {0, 1}
 
 
@@ -144,7 +146,7 @@ def test_bias_correct_and_reconstruct_change_nothing_without_pruned_channels():
     data = calib(model)
     for post in (BiasCorrectPass(), ReconstructPass()):
         graph = run(model, [MaskPass(rate=0.0, **OPEN), post], data)
-        assert graph.meta["plan"].pruned_channels == 0
+        assert context_of(graph).plan.pruned_channels == 0
         after = to_onnx(graph)
         for a, b in zip(model.graph.initializer, after.graph.initializer, strict=True):
             np.testing.assert_array_equal(
@@ -249,7 +251,7 @@ def test_compact_equals_sparse_after_bias_correct_and_reconstruct(zoo_models, na
         steps += ":keep_first=false:keep_last=false" if target == "generic" else ""
         steps += f",apply-masks,{post},sparsify:target={target}"
         graph = run(model, parse_pipeline(steps), data)
-        if graph.meta["plan"].pruned_channels == 0:
+        if context_of(graph).plan.pruned_channels == 0:
             pytest.fail(f"{name}: nothing pruned, the check would prove nothing")
         check_compact_equals_sparse(to_onnx(graph), graph, data)
 
@@ -263,7 +265,7 @@ def test_a_pipeline_string_with_verify(tmp_path, zoo_models):
         "mask:rate=0.5,apply-masks,reconstruct,compact,cleanup,verify"
     )
     result = PassManager(passes)(model)
-    assert result.model.meta["verify"].ok
+    assert result.verify.ok
 
 
 def test_reconstruct_goes_layer_by_layer_and_holds_on_unseen_data(zoo_models, monkeypatch):
@@ -303,12 +305,12 @@ def test_a_graph_with_nothing_prunable_is_left_alone():
         "score:criterion=reconstruction,mask:rate=0.5,apply-masks,bias-correct,reconstruct"
     )
     result = PassManager(passes)(_with_data(model))
-    assert result.model.meta["scores"] == {} and not result.modified
+    assert result.scores == {} and not result.modified
 
 
 def _with_data(model):
     graph = load_graph(model)
-    graph.meta["calibration"] = calib(model, n=4)
+    context_of(graph).calibration = calib(model, n=4)
     return graph
 
 

@@ -92,7 +92,7 @@ def test_sparse_pattern_model_still_equals_its_compact_form(zoo_models):
         "score,mask:rate=0.6:target=drpai,apply-masks,sparsify:target=drpai,compact,cleanup,verify"
     )
     result = PassManager(parse_pipeline(spec))(zoo_models["yolox_s_like"])
-    assert result.model.meta["verify"].ok
+    assert result.verify.ok
     meta = {p.key: p.value for p in to_onnx(result.model).metadata_props}
     assert json.loads(meta["drpopt.pattern"])["granularity"] == "unstructured"
 

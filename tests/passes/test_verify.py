@@ -17,6 +17,7 @@ from drpopt.ir.core import Graph
 from drpopt.ir.from_onnx import from_onnx
 from drpopt.passes.base import Pass, PassResult
 from drpopt.passes.cleanup import CleanupPass
+from drpopt.passes.context import context_of
 from drpopt.passes.fold_batchnorm import FoldBatchNormPass
 from drpopt.passes.manager import PassFailedError, PassManager
 from drpopt.passes.verify import (
@@ -234,7 +235,7 @@ def test_pipeline_fold_cleanup_verify_passes(zoo_models):
     model = zoo_models["yolox_s_like"]
     result = PassManager([FoldBatchNormPass(), CleanupPass(), VerifyPass()])(model)
     assert [r.modified for r in result.records] == [True, False, False]
-    report = result.model.meta["verify"]
+    report = result.verify
     assert isinstance(report, VerifyReport) and report.ok
     assert report.worst in {o.name for o in model.graph.output}
     assert not any(n.op_type == "BatchNormalization" for n in result.model.nodes)
@@ -258,15 +259,15 @@ def test_pipeline_verify_fails_after_a_perturbed_weight(zoo_models):
 def test_verify_pass_on_its_own_stores_the_report(tmp_path, zoo_models):
     model = zoo_models["resnet18"]
     graph = from_onnx(model)
-    graph.meta["reference"] = model
+    context_of(graph).reference = model
     result = VerifyPass()(graph)
     assert result.modified is False and result.model is graph
-    assert graph.meta["verify"].ok
+    assert context_of(graph).verify.ok
 
     path = tmp_path / "inputs.npz"
     np.savez(path, input=np.ones((1, 3, 64, 64), np.float32))
     VerifyPass(inputs=str(path))(graph)
-    assert graph.meta["verify"].ok
+    assert context_of(graph).verify.ok
 
     np.savez(path, image=np.ones((1, 3, 64, 64), np.float32))
     with pytest.raises(PassFailedError, match="no array for input") as info:
@@ -284,10 +285,10 @@ def test_verify_pass_arguments_and_tolerance():
     graph = from_onnx(const_model(REF))
     changed = REF.copy()
     changed[0, 0] += 0.01
-    graph.meta["reference"] = const_model(changed)
+    context_of(graph).reference = const_model(changed)
     with pytest.raises(CheckFailedError, match="worst output 'y'"):
         VerifyPass()(graph)
-    assert not graph.meta["verify"].ok
+    assert not context_of(graph).verify.ok
     assert VerifyPass(rtol=1e-2)(graph).modified is False
 
 
@@ -298,12 +299,12 @@ def test_verify_pass_on_a_trivial_graph():
     )
     model.ir_version = 8
     result = PassManager([VerifyPass()])(model)
-    assert result.model.meta["verify"].ok and result.modified is False
+    assert result.verify.ok and result.modified is False
 
 
 def test_a_broken_transformed_model_is_a_failed_check():
     graph = from_onnx(const_model(REF))
-    graph.meta["reference"] = const_model(REF)
+    context_of(graph).reference = const_model(REF)
     graph.nodes[0].op_type = "NoSuchOp"
     with pytest.raises(CheckFailedError, match="cannot load the model"):
         VerifyPass()(graph)

@@ -13,6 +13,7 @@ from dynmodels import dynamic_cnn
 
 from drpopt.errors import BadInputError
 from drpopt.ir.input_shapes import fix_input_shapes
+from drpopt.passes.context import context_of
 from drpopt.passes.inputs import ImagePreprocess, load_samples, read_png, write_png
 from drpopt.passes.manager import PassFailedError, PassManager
 from drpopt.passes.verify import VerifyPass, compare_models
@@ -152,6 +153,6 @@ def test_verify_pass_uses_given_samples():
     from drpopt.passes.manager import load_graph
 
     graph = load_graph(model)
-    graph.meta["verify_inputs"] = (graph_samples, "one given sample")
+    context_of(graph).verify_inputs = (graph_samples, "one given sample")
     result = PassManager([VerifyPass()])(graph)
-    assert result.model.meta["verify"].inputs == "one given sample"
+    assert result.verify.inputs == "one given sample"

@@ -1,0 +1,241 @@
+"""One channel policy: which groups may be pruned, and which channels each one keeps.
+
+The target profile plus the caller's overrides resolve once into a :class:`SelectionPolicy`;
+:func:`choose_channels` (pure: groups, scores and policy in, kept channels out) serves both
+the ``mask`` pass and the torch ``Pruner``, so both choose the same channels from the same
+scores.
+
+Rules:
+- ``rate`` is the fraction of the eligible channels to remove, in [0, 1);
+- ``allocation=uniform``: each group prunes ``rate`` of its own channels;
+  ``allocation=global``: scores are normalised per group (divided by the mean score of the
+  group's candidates) and the ``rate`` share of all their channels with the lowest
+  normalised scores is removed (ties: the earlier group and channel first; channels that
+  are no longer candidates count as removed first), so groups end up with different
+  rates (each group's count then follows the rounding rules below);
+- a group keeps its highest-scoring candidates (ties: the lower index); the kept count is
+  rounded to a multiple of ``align`` (a group smaller than ``align`` stays whole), never
+  below ``align``, ``min_channels`` or ``(1 - max_rate)`` of the group, never zero, never
+  more than its candidates;
+- eligible groups: prunable (not locked), not the first layer's own output channels
+  (``keep_first``; a group it shares with later layers, a residual stream it starts, is
+  pruned) nor a final prediction layer's (``keep_last``; the channels a prediction layer
+  reads are pruned), no producer or consumer of an op type in ``dense_ops`` or whose
+  name matches an ``exclude`` pattern (fnmatch).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Literal
+
+import numpy as np
+
+from drpopt.errors import BadInputError
+from drpopt.ir.channels import Group
+from drpopt.passes.plan import group_key
+from drpopt.passes.targets import GRANULARITIES, TargetProfile, _check, get_target
+
+Allocation = Literal["uniform", "global"]
+ALLOCATIONS = ("uniform", "global")
+
+
+def check_rate(rate: float, what: str = "rate") -> None:
+    """A rate must lie in [0, 1) (BadInputError naming the fix otherwise)."""
+    if math.isnan(rate) or not (0.0 <= rate < 1.0):
+        raise BadInputError(
+            f"{what} {rate} is outside [0, 1): it is the fraction of channels removed "
+            "(give e.g. 0.7 to remove 70%)"
+        )
+
+
+@dataclass(frozen=True)
+class SelectionPolicy:
+    """How channels are chosen: the profile's channel settings with the overrides applied."""
+
+    rate: float = 0.5
+    allocation: Allocation = "uniform"
+    align: int = 1
+    min_channels: int = 1
+    max_rate: float = 0.95
+    keep_first: bool = True
+    keep_last: bool = True
+    exclude: tuple[str, ...] = ()
+    dense_ops: tuple[str, ...] = ()
+    target: str = "generic"
+
+    def __post_init__(self) -> None:
+        check_rate(self.rate)
+        check_rate(self.max_rate, "max_rate")
+        if self.allocation not in ALLOCATIONS:
+            raise BadInputError(
+                f"allocation {self.allocation!r} is not one of {', '.join(ALLOCATIONS)}"
+            )
+        if self.align < 1 or self.min_channels < 1:
+            raise BadInputError(
+                f"align ({self.align}) and min_channels ({self.min_channels}) must be at least 1"
+            )
+
+    @classmethod
+    def resolve(
+        cls,
+        target: str | TargetProfile = "generic",
+        rate: float | None = None,
+        allocation: str = "uniform",
+        exclude: Iterable[str] = (),
+        **overrides: Any,
+    ) -> SelectionPolicy:
+        """The policy of ``target`` (a name, a .toml path or a profile) with ``overrides``
+        (align, min_channels, max_rate, keep_first, keep_last, dense_ops; None: the
+        profile's); ``rate`` None is the profile's recommended rate."""
+        profile = target if isinstance(target, TargetProfile) else get_target(target)
+        known = {"align", "min_channels", "max_rate", "keep_first", "keep_last", "dense_ops"}
+        unknown = set(overrides) - known
+        if unknown:
+            raise BadInputError(f"unknown policy setting(s): {', '.join(sorted(unknown))}")
+        given = {k: v for k, v in overrides.items() if v is not None}
+        if "dense_ops" in given:
+            given["dense_ops"] = tuple(given["dense_ops"])
+        base: dict[str, Any] = {
+            "align": profile.align,
+            "min_channels": profile.min_channels,
+            "max_rate": profile.max_rate,
+            "keep_first": profile.keep_first,
+            "keep_last": profile.keep_last,
+            "dense_ops": tuple(profile.dense_ops),
+        }
+        return cls(
+            rate=profile.default_rate if rate is None else float(rate),
+            allocation=allocation,  # type: ignore[arg-type]
+            exclude=tuple(exclude),
+            target=profile.name,
+            **{**base, **given},
+        )
+
+    def with_rate(self, rate: float) -> SelectionPolicy:
+        """The same policy at another rate (a schedule's intermediate steps)."""
+        return replace(self, rate=rate)
+
+    def kept_count(self, size: int, rate: float | None = None) -> int:
+        """How many of ``size`` channels a group keeps at ``rate`` (default: the policy's)."""
+        rate = self.rate if rate is None else rate
+        align = self.align
+        if size < align or rate <= 0:
+            return size
+        want = size * (1.0 - min(rate, self.max_rate))
+        floor = max(align, self.min_channels, math.ceil(size * (1.0 - self.max_rate)))
+        floor = math.ceil(floor / align) * align
+        return min(max(int(round(want / align)) * align, floor), size)
+
+    def settings(self) -> dict[str, Any]:
+        """The settings a plan records (what was done, for a reader of the plan)."""
+        out = asdict(self)
+        out["exclude"] = list(self.exclude)
+        out["dense_ops"] = list(self.dense_ops)
+        for key in ("rate", "allocation", "target"):
+            out.pop(key)
+        return out
+
+
+PATTERN_SETTINGS = ("granularity", "n", "m", "block", "sparsity_rate", "sparsity_scope")
+
+
+def pattern_profile(base: TargetProfile, where: str, **overrides: Any) -> TargetProfile:
+    """``base`` with the fine-grained pattern overrides (``PATTERN_SETTINGS``; None: the
+    profile's), checked once; what ``sparsify`` and the ``Pruner`` zero inside kept channels."""
+    unknown = set(overrides) - set(PATTERN_SETTINGS)
+    if unknown:
+        raise BadInputError(f"{where}: unknown pattern setting(s): {', '.join(sorted(unknown))}")
+    granularity = overrides.get("granularity")
+    if granularity is not None and granularity not in GRANULARITIES:
+        raise BadInputError(
+            f"{where}: granularity {granularity!r} is not one of {', '.join(GRANULARITIES)}"
+        )
+    merged = replace(base, **{k: v for k, v in overrides.items() if v is not None})
+    return _check(merged, where)
+
+
+def is_eligible(
+    group: Group,
+    policy: SelectionPolicy,
+    first: Iterable[str],
+    last: Iterable[str],
+    op_types: Mapping[str, str],
+) -> bool:
+    """Whether ``policy`` lets ``group`` be pruned (see the module docstring); ``first`` /
+    ``last``: the edge layers' names, ``op_types``: node name -> op type."""
+    if not group.prunable:
+        return False
+    producers = set(group.producers)
+    first = set(first)
+    if policy.keep_first and producers & first and producers <= first:
+        return False  # only the first layer's own channels: a stream it starts is pruned
+    if policy.keep_last and producers & set(last):
+        return False
+    nodes = {m.node for m in group.members if m.role in ("producer", "consumer") and m.node}
+    if policy.dense_ops and any(op_types.get(n) in policy.dense_ops for n in nodes):
+        return False
+    return not any(fnmatch.fnmatchcase(n, pat) for n in nodes for pat in policy.exclude)
+
+
+def choose_channels(
+    groups: Sequence[Group],
+    scores: Mapping[str, np.ndarray],
+    policy: SelectionPolicy,
+    candidates: Mapping[str, Sequence[int]] | None = None,
+) -> dict[str, list[int]]:
+    """The channels each of ``groups`` (eligible ones) keeps, by group key, sorted.
+
+    ``scores``: group key -> one score per channel (higher: keep). ``candidates``: group
+    key -> the channels still allowed (a gradual schedule never revives one); a group not
+    listed (or no mapping) may keep any channel.
+    """
+    cands = {}
+    for g in groups:
+        allowed = None if candidates is None else candidates.get(group_key(g))
+        cands[group_key(g)] = list(range(g.size)) if allowed is None else sorted(allowed)
+    if policy.allocation == "global":
+        counts = _global_counts(groups, scores, policy, cands)
+    else:
+        counts = {group_key(g): policy.kept_count(g.size) for g in groups}
+    out = {}
+    for g in groups:
+        key = group_key(g)
+        score = np.asarray(scores[key], dtype=np.float64)
+        k = min(counts[key], len(cands[key]))
+        order = sorted(cands[key], key=lambda j: (-score[j], j))
+        out[key] = sorted(order[:k])
+    return out
+
+
+def _global_counts(
+    groups: Sequence[Group],
+    scores: Mapping[str, np.ndarray],
+    policy: SelectionPolicy,
+    cands: Mapping[str, list[int]],
+) -> dict[str, int]:
+    """Per group, the kept count one global threshold over normalised scores gives."""
+    if not groups or policy.rate <= 0:
+        return {group_key(g): g.size for g in groups}
+    normed = {}
+    for g in groups:
+        key = group_key(g)
+        score = np.asarray(scores[key], dtype=np.float64)
+        alive = np.zeros(g.size, dtype=bool)
+        alive[cands[key]] = True
+        mean = float(score[alive].mean()) if alive.any() else 0.0
+        normed[key] = np.where(alive, score / max(mean, 1e-12), -np.inf)
+    keys = list(normed)
+    values = np.concatenate([normed[k] for k in keys])
+    owner = np.concatenate([np.full(normed[k].size, i) for i, k in enumerate(keys)])
+    n_prune = int(round(policy.rate * values.size))
+    # the n_prune lowest, ties broken by group order then channel: exactly n_prune go
+    lowest = np.lexsort((np.arange(values.size), values))[:n_prune]
+    below = np.bincount(owner[lowest], minlength=len(keys))
+    return {
+        key: policy.kept_count(g.size, int(below[i]) / g.size)
+        for i, (key, g) in enumerate(zip(keys, groups, strict=True))
+    }
