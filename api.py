@@ -47,14 +47,14 @@ def _no_step(description: str, advance: int) -> None:
 # ---- analyze -----------------------------------------------------------------------------
 def analyze(model: Any, input_shapes: dict | None = None) -> Analysis:
     """The coupled channel groups of ``model`` (symbolic input dims fixed by ``input_shapes``,
-    ``{input name or None: dims}``)."""
+    ``{input name or None: dims}``); ``drpopt.analyze`` for every model kind."""
     from drpopt.ir.analysis import analyze as run_analysis
-    from drpopt.ir.input_shapes import fix_input_shapes
 
-    if model_kind(model) == "drpopt":
-        return run_analysis(model)
-    where = os.fspath(model) if model_kind(model) == "path" else "model"
-    return run_analysis(fix_input_shapes(to_proto(model), input_shapes or {}), where=where)
+    kind = model_kind(model)
+    if kind in ("onnx_ir", "graphsurgeon"):
+        return run_analysis(to_proto(model), where=kind, input_shapes=input_shapes)
+    where = os.fspath(model) if kind == "path" else None
+    return run_analysis(model, where=where, input_shapes=input_shapes)
 
 
 # ---- loading -----------------------------------------------------------------------------
