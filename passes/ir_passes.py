@@ -17,8 +17,8 @@ Rules:
 - transforms (``ApplyMasks``, ``Compact``, ``FoldBatchNorm``, ``Cleanup``, ``Sparsify``,
   ``BiasCorrect``, ``Reconstruct``) are ``FunctionalPass``: the input model is left as it
   was and a new ``onnx_ir.Model`` is returned, carrying the context;
-- ``requires``: ``ApplyMasks``, ``Compact`` and ``Sparsify`` need a plan (run ``Mask``
-  first), ``BiasCorrect`` and ``Reconstruct`` need calibration data and a plan;
+- ``requires``: ``ApplyMasks`` and ``Compact`` need a plan (run ``Mask`` first),
+  ``BiasCorrect`` and ``Reconstruct`` calibration data and a plan;
   ``ensures``: ``Score`` leaves scores, ``Mask`` a plan, ``Verify`` a report that passed;
 - ``Drpopt(...)`` runs several drpopt passes (objects or a pipeline string) as one
   functional pass: one conversion for all of them.
