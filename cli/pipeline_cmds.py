@@ -98,7 +98,9 @@ def register(app: typer.Typer) -> None:
                 _console().print(broken_plugin_line(r), highlight=False)
         _console().print(
             "pipeline: passes separated by ',', arguments as name:key=value:key=value, "
-            "lists with '|'; e.g. fold-batchnorm,score:criterion=l2,mask:rate=0.7,apply-masks"
+            "lists with '|', a value holding , : or | quoted (\"...\" or '...'); e.g. "
+            "fold-batchnorm,score:criterion=l2,mask:rate=0.7,apply-masks or "
+            "mask:plan='runs/1:p.json',apply-masks"
         )
 
     @app.command("run")
