@@ -87,3 +87,47 @@ def test_calib_opts_take_quoted_values(r18, tmp_path):
          "--calib-opts", "batch=2:colour='a:b'"],
     )  # fmt: skip
     assert result.exit_code == 2 and "no argument 'colour'" in result.stderr
+
+
+def test_the_rate_is_checked_once_as_a_float(r18, tmp_path, monkeypatch):
+    """`--rate` reaches the mask pass as the float given, checked once (by the pass)."""
+    import drpopt.passes.mask as mask
+
+    seen: list = []
+    real = mask.check_rate
+
+    def counting(rate):
+        seen.append(rate)
+        return real(rate)
+
+    monkeypatch.setattr(mask, "check_rate", counting)
+    rate = "0.30000000000000004"
+    result = runner.invoke(app, ["prune", str(r18), "--rate", rate, "-o", str(tmp_path / "o.onnx")])
+    assert result.exit_code == 0, result.stderr
+    assert seen == [float(rate)] and isinstance(seen[0], float)
+
+
+def test_run_reads_a_quoted_plan_path(r18, tmp_path):
+    plan = tmp_path / "run:1" / "plan,v1.json"
+    plan.parent.mkdir()
+    first = runner.invoke(
+        app,
+        [
+            "prune",
+            str(r18),
+            "--rate",
+            "0.5",
+            "-o",
+            str(tmp_path / "a.onnx"),
+            "--plan-out",
+            str(plan),
+        ],
+    )
+    assert first.exit_code == 0, first.stderr
+    out = tmp_path / "b.onnx"
+    result = runner.invoke(
+        app, ["run", str(r18), "-p", f"mask:plan='{plan}',apply-masks,verify", "-o", str(out)]
+    )
+    assert result.exit_code == 0, result.stderr
+    same = runner.invoke(app, ["verify", str(tmp_path / "a.onnx"), str(out)])
+    assert same.exit_code == 0, same.output  # the plan was applied: same outputs
