@@ -163,12 +163,19 @@ def _digits_demo(console, rate: float, out: Path | None) -> dict:
 
 def _onnx_demo(console, model: str, rate: float, save: Path | None) -> dict:
 
+    from drpopt import api
     from drpopt.cli.render import render_analysis
     from drpopt.errors import BadInputError
     from drpopt.ir.analysis import analyze
     from drpopt.ir.files import save_model
-    from drpopt.ir.to_onnx import to_onnx
-    from drpopt.passes import PassManager, parse_pipeline
+    from drpopt.passes import (
+        ApplyMasksPass,
+        CleanupPass,
+        CompactPass,
+        MaskPass,
+        ScorePass,
+        VerifyPass,
+    )
     from drpopt.passes.verify import latency_ms
     from drpopt.zoo import MODELS
 
@@ -182,11 +189,19 @@ def _onnx_demo(console, model: str, rate: float, save: Path | None) -> dict:
         console.rule(f"[bold]1. drpopt analyze {model}.onnx")
         before = analyze(path, where=f"{model}.onnx")
         render_analysis(console, before, limit=15)
-        spec = f"score,mask:rate={rate},apply-masks,compact,cleanup,verify"
+        passes = [
+            ScorePass(),
+            MaskPass(rate=rate),
+            ApplyMasksPass(),
+            CompactPass(),
+            CleanupPass(),
+            VerifyPass(),
+        ]  # values, not a string built from them; the rule shows the equivalent command
+        spec = ",".join(p.spec() for p in passes)
         console.rule(f"[bold]2. drpopt run {model}.onnx -p {spec}")
         with console.status("pruning"):
-            result = PassManager(parse_pipeline(spec))(path)
-        small = to_onnx(result.model)
+            result = api.run(path, passes)
+        small = result.model
         after = analyze(small)
         report = result.verify
         with console.status("timing both models in onnxruntime"):
