@@ -9,38 +9,23 @@ from rich.table import Table
 
 from drpopt.errors import BadInputError
 
-POSTS = ("reconstruct", "bias-correct", "none")
 
-
-def calib_passes(
-    calib: Path | None, opts: str, criterion: str | None, post: str | None
-) -> tuple[list, str, list[str]]:
-    """(passes before ``score``, the criterion, pass specs after ``apply-masks``)."""
+def calibrate_pass(calib: Path | None, opts: str):
+    """The ``calibrate`` pass of ``--calib DATA`` and ``--calib-opts`` (the calibrate
+    arguments in pipeline syntax, e.g. ``batch=8:size=224|224``; quote a value holding
+    ``:``), or None without ``--calib``."""
     from drpopt.passes.calibrate import CalibratePass
+    from drpopt.passes.pipeline import build_pass, parse_args
+    from drpopt.passes.pipeline_syntax import split_top
 
-    if post is not None and post not in POSTS:
-        raise BadInputError(f"--post {post!r} is not one of {', '.join(POSTS)}")
     if calib is None:
         if opts:
             raise BadInputError("--calib-opts needs --calib DATA")
-        if post not in (None, "none") or criterion in ("activation", "reconstruction"):
-            what = f"--post {post}" if post not in (None, "none") else f"--criterion {criterion}"
-            raise BadInputError(
-                f"{what} needs calibration data: give --calib DATA (an .npz or a folder of images)"
-            )
-        return [], criterion or "l2", []
-    args: dict[str, str] = {"holdout": "0.2"}
-    for part in [p for p in opts.split(":") if p]:
-        key, sep, value = part.partition("=")
-        if not sep:
-            raise BadInputError(f"--calib-opts: {part!r} is not key=value")
-        args[key.strip()] = value.strip()
+        return None
+    args = parse_args([p for p in split_top(opts, ":") if p.strip()], "--calib-opts")
     if "data" in args:
         raise BadInputError("--calib-opts: give the data with --calib, not data=")
-    args["data"] = str(calib)
-    calibrate = CalibratePass.from_args(args)
-    post = post or "reconstruct"
-    return [calibrate], criterion or "reconstruction", [] if post == "none" else [post]
+    return build_pass(CalibratePass, {"holdout": "0.2", **args, "data": str(calib)})
 
 
 def drift_summary(model_path: Path, pruned_proto, context) -> dict:

@@ -166,12 +166,19 @@ def _digits_demo(console, rate: float, out: Path | None) -> dict:
 
 def _onnx_demo(console, model: str, rate: float, save: Path | None) -> dict:
 
+    from drpopt import api
     from drpopt.cli.render import render_analysis
     from drpopt.errors import BadInputError
     from drpopt.ir.analysis import analyze
     from drpopt.ir.files import save_model
-    from drpopt.ir.to_onnx import to_onnx
-    from drpopt.passes import PassManager, parse_pipeline
+    from drpopt.passes import (
+        ApplyMasksPass,
+        CleanupPass,
+        CompactPass,
+        MaskPass,
+        ScorePass,
+        VerifyPass,
+    )
     from drpopt.passes.figures import model_figures, plan_figures
     from drpopt.passes.verify import latency_ms
     from drpopt.zoo import MODELS
@@ -186,13 +193,21 @@ def _onnx_demo(console, model: str, rate: float, save: Path | None) -> dict:
         console.rule(f"[bold]1. drpopt analyze {model}.onnx")
         before = analyze(path, where=f"{model}.onnx")
         render_analysis(console, before, limit=15)
-        spec = f"score,mask:rate={rate},apply-masks,compact,cleanup,verify"
+        passes = [
+            ScorePass(),
+            MaskPass(rate=rate),
+            ApplyMasksPass(),
+            CompactPass(),
+            CleanupPass(),
+            VerifyPass(),
+        ]  # values, not a string built from them; the rule shows the equivalent command
+        spec = ",".join(p.spec() for p in passes)
         console.rule(f"[bold]2. drpopt run {model}.onnx -p {spec}")
         with console.status("pruning"):
-            result = PassManager(parse_pipeline(spec))(path)
-        small = to_onnx(result.model)
+            result = api.run(path, passes)
+        small = result.model
         fig_before = model_figures(before.graph, analysis=before)
-        fig_after = model_figures(result.model)
+        fig_after = model_figures(analyze(small).graph)
         report = result.verify
         with console.status("timing both models in onnxruntime"):
             dense_ms, small_ms = latency_ms(proto), latency_ms(small)

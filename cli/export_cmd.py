@@ -126,19 +126,18 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Export BUILDER's model with CHECKPOINT's weights as sparse or compact ONNX."""
+        from drpopt import api
         from drpopt.ir.files import refuse_overwrite
-        from drpopt.retrain.export import export_onnx
 
-        if target is not None:
-            from drpopt.passes.targets import get_target
-
-            profile = get_target(target)
-            compact = profile.output == "compact" if compact is None else compact
-            opset = profile.opset if opset is None else opset
-        if fold_bn is None:
-            fold_bn = target is not None and not compact
-        compact = bool(compact)
-        opset = 17 if opset is None else opset
+        options = api.ExportOptions(  # the target's form, opset and folding, resolved once
+            form=None if compact is None else "compact" if compact else "sparse",
+            opset=opset,
+            target=target,
+            fold_batchnorm=fold_bn,
+            rtol=rtol,
+            input_names=input_names,
+            output_names=output_names,
+        )
         shapes = [parse_shape(s) for s in input_shape]
         kwargs = parse_builder_args(builder_arg or [])
         if checkpoint is not None:
@@ -153,17 +152,7 @@ def register(app: typer.Typer) -> None:
         inputs = example_inputs(shapes)
         console = _console(stderr=as_json)
         with console.status("exporting"):
-            result = export_onnx(
-                model,
-                inputs,
-                output,
-                compact=compact,
-                opset=opset,
-                rtol=rtol,
-                input_names=input_names,
-                output_names=output_names,
-                fold_batchnorm=fold_bn,
-            )
+            result = api.export(model, inputs, output, options)
         summary = _summary(result, builder, checkpoint)
         if as_json:
             sys.stdout.write(json.dumps(summary, indent=2) + "\n")

@@ -41,66 +41,25 @@ from drpopt.ir.files import (
 def load_for_pipeline(
     model: Path, input_shapes: dict | None, inputs, steps=None, verifies: bool = False
 ):
-    """``(graph, context)``: the IR graph of ``model`` at ``input_shapes`` (a warning names
-    symbolic dims left) and a pipeline context with the model as the reference and
-    ``--inputs`` as ``verify_inputs``. ``verifies``: random inputs will be needed, so
-    unknown spatial dims fail now, before any pass runs."""
+    """``api.load`` with progress, and a warning naming the symbolic input dims left."""
+    from drpopt import api
     from drpopt.cli.options import shape_warning, warn
-    from drpopt.passes.context import PipelineContext
-    from drpopt.passes.manager import load_graph
+    from drpopt.passes.manager import reference_model
 
     if steps is not None:
         steps.update("loading the model")
-    _check_valid(model)
-    context = PipelineContext()
-    graph = load_graph(model, input_shapes or {}, context)
-    reference = context.reference
-    if verifies and inputs is None:
-        from drpopt.passes.verify import random_inputs
-
-        random_inputs(reference)  # raises, naming the dims and --input-shape
-    warning = shape_warning(reference, input_shapes or {})
+    graph = api.load(model, input_shapes or {}, inputs, verifies=verifies)
+    warning = shape_warning(reference_model(graph), input_shapes or {})
     if warning:
         warn(warning)
-    if inputs is not None:
-        context.verify_inputs = inputs.load(reference)
     if steps is not None:
         steps.update("loaded", advance=1)
-    return graph, context
+    return graph
 
 
-def _check_valid(model: Path) -> None:
-    """A model onnx.checker rejects (dangling inputs, cycles, duplicate names) is bad input:
-    say so before any work, not as a failure of a pass that rewrote it."""
-    import onnx
-
-    from drpopt.ir.from_onnx import load_model
-
-    proto = load_model(model)
-    try:
-        onnx.checker.check_model(proto)
-    except ValueError:  # over 2 GB: the checker needs the path; the passes will tell
-        return
-    except Exception as err:
-        text = " ".join(str(err).split())[:300]
-        raise BadInputError(f"{model}: not a valid ONNX model ({text}); export it again") from err
-
-
-def _run(
-    graph, passes, steps, time_passes: bool = False, dump_dir: Path | None = None, context=None
-):
-    from drpopt.passes import PassManager
-
-    def on_pass(i: int, p) -> None:
-        if i:
-            steps.update(p.spec(), advance=1)
-        else:
-            steps.update(p.spec())
-
-    manager = PassManager(passes, time_passes=time_passes, dump_dir=dump_dir, on_pass=on_pass)
-    result = manager(graph, context=context)
-    steps.update("done", advance=1)
-    return result
+def _on_step(steps):
+    """An ``api`` progress callback that moves ``steps``."""
+    return lambda description, advance: steps.update(description, advance=advance)
 
 
 def register(app: typer.Typer) -> None:
@@ -142,7 +101,9 @@ def register(app: typer.Typer) -> None:
                 _console().print(broken_plugin_line(r), highlight=False)
         _console().print(
             "pipeline: passes separated by ',', arguments as name:key=value:key=value, "
-            "lists with '|'; e.g. fold-batchnorm,score:criterion=l2,mask:rate=0.7,apply-masks"
+            "lists with '|', a value holding , : or | quoted (\"...\" or '...'); e.g. "
+            "fold-batchnorm,score:criterion=l2,mask:rate=0.7,apply-masks or "
+            "mask:plan='runs/1:p.json',apply-masks"
         )
 
     @app.command("run")
@@ -174,13 +135,13 @@ def register(app: typer.Typer) -> None:
         inputs=None,
     ) -> None:
         """Run a pass pipeline on MODEL (e.g. -p fold-batchnorm,cleanup,verify)."""
+        from drpopt import api
         from drpopt.cli.options import steps as progress
         from drpopt.ir.to_onnx import to_onnx
-        from drpopt.passes import parse_pipeline
         from drpopt.passes.figures import model_figures
         from drpopt.plugins import pass_source
 
-        passes = parse_pipeline(pipeline)
+        passes = api.passes_of(pipeline)  # the user's pipeline string: parsed once, here
         names = [p.name for p in passes]
         observable = "verify" in names or any(pass_source(n) for n in names)  # plugins: effects
         if output is None and dump_dir is None and not observable and not time_passes:
@@ -199,12 +160,12 @@ def register(app: typer.Typer) -> None:
             probe_folder(dump_dir, "--dump-dir")
         console = _console(stderr=as_json)
         with progress(len(passes) + 1, "loading") as steps:
-            graph, context = load_for_pipeline(
-                model, input_shapes, inputs, steps, "verify" in names
-            )
-            result = _run(graph, passes, steps, time_passes, dump_dir, context)
-            proto = to_onnx(result.model) if output is not None else None
-            if proto is not None:
+            graph = load_for_pipeline(model, input_shapes, inputs, steps, "verify" in names)
+            options = api.RunOptions(time_passes=time_passes, dump_dir=dump_dir)
+            result = api.run(graph, passes, options, on_step=_on_step(steps))
+            steps.update("done", advance=1)
+            if output is not None:
+                proto = to_onnx(result.graph)
                 save_model(proto, output, external=stores_external_data(model) or None)
         verify = result.verify if "verify" in names else None
         summary = {
@@ -214,7 +175,7 @@ def register(app: typer.Typer) -> None:
                 {"pass": r.spec, "modified": r.modified, "seconds": round(r.seconds, 4)}
                 for r in result.records
             ],
-            "figures": model_figures(result.model),
+            "figures": model_figures(result.graph),
             "verify": verify.to_dict() if verify is not None else None,
         }
         summary["pattern"] = pattern_of(passes, summary["figures"])
@@ -287,7 +248,8 @@ def register(app: typer.Typer) -> None:
             typer.Option(
                 "--exclude",
                 metavar="PATTERN",
-                help="Layer name pattern (fnmatch) to leave dense; must match a layer.",
+                help="Layer name pattern (fnmatch) to leave dense; must match a layer. "
+                "Repeat it or separate patterns with ','.",
             ),
         ] = None,
         plan: Annotated[
@@ -340,105 +302,49 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Prune MODEL one-shot: score, mask, zero, optionally compact, clean up, verify."""
+        from drpopt import api
+        from drpopt.cli.calib_opts import calibrate_pass
         from drpopt.cli.options import steps as progress
-        from drpopt.ir.to_onnx import to_onnx
-        from drpopt.passes import parse_pipeline
-        from drpopt.passes.common import get_analysis, layer_sparsity
-        from drpopt.passes.context import PipelineContext
-        from drpopt.passes.figures import model_figures
-        from drpopt.passes.manager import load_graph
-        from drpopt.passes.mask import check_rate
-        from drpopt.passes.targets import get_target
+        from drpopt.passes.common import layer_sparsity
 
         if compact_flag and sparse_flag:
             raise BadInputError("--compact and --sparse exclude each other; give one")
-        if plan is not None:
-            given = [
-                name
-                for name, value, default in (
-                    ("--rate", rate, None),
-                    ("--criterion", criterion, None),
-                    ("--allocation", allocation, "uniform"),
-                    ("--exclude", exclude or None, None),
-                )
-                if value != default
-            ]
-            if given:
-                raise BadInputError(
-                    f"{', '.join(given)} have no effect with --plan (the plan fixes the "
-                    "channels); drop them or drop --plan"
-                )
-        profile = get_target(target)
-        if plan is None:
-            rate = profile.default_rate if rate is None else rate
-            check_rate(rate)
+        options = api.PruneOptions(  # every value checked here, once, before any work
+            rate=rate,
+            target=target,
+            form="compact" if compact_flag else "sparse" if sparse_flag else None,
+            criterion=criterion,
+            allocation=allocation,
+            exclude=[p.strip() for e in exclude or [] for p in e.split(",") if p.strip()],
+            plan=plan,
+            rtol=rtol,
+            calibrate=calibrate_pass(calib, calib_opts),
+            post=post,
+        )
         refuse_overwrite(output, [model], force)
         probe_writable(output)
         if plan_out is not None:
             refuse_overwrite(plan_out, [model, output], force)
             probe_writable(plan_out)
-        compact = profile.output == "compact" if not (compact_flag or sparse_flag) else compact_flag
-        mask = (
-            f"mask:plan={plan}"
-            if plan is not None
-            else (
-                f"mask:rate={rate}:target={target}:allocation={allocation}"
-                + (f":exclude={'|'.join(exclude)}" if exclude else "")
-            )
-        )
-        from drpopt.cli.calib_opts import calib_passes
-
-        pre, criterion, after_masks = calib_passes(calib, calib_opts, criterion, post)
-        first = [f"score:criterion={criterion}", mask, "apply-masks", *after_masks]
-        if profile.pattern_rate > 0:  # the target's fine-grained pattern inside kept channels
-            first.append(f"sparsify:target={target}")
-        second = (["compact"] if compact else []) + ["cleanup", f"verify:rtol={rtol}"]
-        passes1 = pre + parse_pipeline(",".join(first))
-        passes2 = parse_pipeline(",".join(second))
         console = _console(stderr=as_json)
-        total = 2 + len(passes1) + len(passes2) + (0 if compact else 3)
-        with progress(total, "loading") as steps:
-            graph, context = load_for_pipeline(model, input_shapes, inputs, steps, verifies=True)
-            before = model_figures(graph, analysis=get_analysis(graph))  # cached for score
-            layers_before = {s.node: list(s.shape) for s in layer_sparsity(graph)}
-            r1 = _run(graph, passes1, steps, time_passes, context=context)
-            if compact:
-                r2 = _run(r1.model, passes2, steps, time_passes, context=r1.context.fork())
-                records = r1.records + r2.records
-            else:
-                # the masked model as ONNX; compact the graph itself (its analysis cached:
-                # nothing is analysed twice), clean up and verify the sparse model from it
-                masked = to_onnx(r1.model)
-                compact_proto = to_onnx(
-                    _run(
-                        r1.model,
-                        parse_pipeline("compact,cleanup"),
-                        steps,
-                        context=r1.context.fork(reference=None),
-                    ).model
-                )
-                g2 = load_graph(masked)
-                second = PipelineContext(plan=r1.plan, verify_inputs=context.verify_inputs)
-                r2 = _run(g2, passes2, steps, time_passes, context=second)
-                records = r1.records + r2.records
-            pruned = r2.model
-            final_plan = r2.plan
-            proto = to_onnx(pruned)
-            if not compact:
-                steps.update("checking the sparse model against its compact form")
-                _check_sparse_matches_compact(proto, compact_proto, rtol, context.verify_inputs)
-                steps.update("checked", advance=1)
+        with progress(api.prune_steps(options), "loading") as steps:
+            graph = load_for_pipeline(model, input_shapes, inputs, steps, verifies=True)
+            result = api.prune(graph, options, on_step=_on_step(steps))
             steps.update("writing")
-            save_model(proto, output, external=stores_external_data(model) or None)
+            save_model(result.proto, output, external=stores_external_data(model) or None)
             if plan_out is not None:
-                atomic_write_bytes(plan_out, final_plan.to_json().encode())
+                atomic_write_bytes(plan_out, result.plan.to_json().encode())
             steps.update("written", advance=1)
-        summary = _summary(model, output, before, pruned, r2.context, compact, profile)
-        summary["layers_before"] = layers_before
+        pruned, records, proto = result.graph, result.records, result.proto
+        summary = _summary(
+            model, output, result.before, pruned, result, options.compact, options.profile
+        )
+        summary["layers_before"] = result.layers_before
+        layers_before = result.layers_before
         if calib is not None:
             from drpopt.cli.calib_opts import drift_summary
 
-            summary["drift"] = drift_summary(model, proto, r1.context)
+            summary["drift"] = drift_summary(model, proto, result.context)
         if as_json:
             sys.stdout.write(json.dumps(summary, indent=2) + "\n")
             if calib is not None:
@@ -464,25 +370,11 @@ def _jsonable(value):
     return str(value)
 
 
-def _check_sparse_matches_compact(sparse, compact, rtol: float, verify_inputs) -> None:
-    """The sparse model must compute what its channel-removed form computes: proof that
-    its zeros are whole channels a runtime (or DRP-AI) may skip."""
-    from drpopt.errors import CheckFailedError
-    from drpopt.passes import compare_models
-
-    feeds = desc = None
-    if verify_inputs is not None:
-        feeds, desc = verify_inputs
-    report = compare_models(sparse, compact, feeds, rtol=rtol, inputs_desc=desc)
-    if not report.ok:
-        raise CheckFailedError(f"the sparse model and its compact form differ: {report.summary()}")
-
-
-def _summary(model, output, before: dict, pruned, context, compact: bool, profile) -> dict:
+def _summary(model, output, before: dict, pruned, result, compact: bool, profile) -> dict:
     from drpopt.passes.figures import model_figures, pattern_note, plan_figures
 
     after = model_figures(pruned)
-    plan, verify = context.plan, context.verify
+    plan, verify = result.plan, result.verify
     return {
         "input": str(model),
         "output": str(output),

@@ -18,7 +18,6 @@ from rich.table import Table
 from typer.models import CommandInfo
 
 from drpopt.cli.options import inputs_options, shape_option
-from drpopt.errors import BadInputError
 from drpopt.passes.verify import VerifyReport
 
 
@@ -80,38 +79,23 @@ def register(app: typer.Typer) -> None:
         An output matches when max|B - A| <= atol + rtol * std(A); a reference output that is
         constant or near zero over the inputs proves nothing, and the check refuses (exit 1).
         """
+        from drpopt import api
         from drpopt.cli.main import _console
-        from drpopt.cli.options import shape_warning, warn
+        from drpopt.cli.options import shape_warning, steps, warn
         from drpopt.errors import CheckFailedError
         from drpopt.ir.from_onnx import load_model
         from drpopt.ir.input_shapes import fix_input_shapes
-        from drpopt.passes.verify import compare_models
 
-        if inputs is not None and (seed != 0 or samples != 2):
-            raise BadInputError(
-                "--seed and --samples choose random inputs; drop them with --inputs"
-            )
+        options = api.CheckOptions(  # checked once, here
+            rtol=rtol, atol=atol, seed=seed, samples=samples, inputs=inputs
+        )
         ref_proto = fix_input_shapes(load_model(reference), input_shapes or {})
         model_proto = fix_input_shapes(load_model(model), input_shapes or {})
         warning = shape_warning(ref_proto, input_shapes or {})
         if warning and inputs is None:
             warn(warning)
-        feeds = desc = None
-        if inputs is not None:
-            feeds, desc = inputs.load(ref_proto)
-        from drpopt.cli.options import steps
-
         with steps(1, "running both models in onnxruntime"):
-            report = compare_models(
-                ref_proto,
-                model_proto,
-                feeds,
-                rtol=rtol,
-                atol=atol,
-                seed=seed,
-                samples=samples,
-                inputs_desc=desc,
-            )
+            report = api.check(ref_proto, model_proto, options)
         if as_json:
             data = report.to_dict()
             data["mode"] = "drift" if report_only else "check"

@@ -2,6 +2,10 @@
 
 ``PASSES`` below is the registry: the CLI (``drpopt passes``, ``drpopt run``) and pipeline
 strings find passes by their ``name`` here.
+
+The same passes as ``onnx_ir.passes`` passes (``Score``, ``Mask``, ``ApplyMasks``,
+``Compact``, ``FoldBatchNorm``, ``Cleanup``, ..., and ``Drpopt`` for a whole pipeline) come
+from ``passes/ir_passes.py``, imported on first use (onnx_ir loads only then).
 """
 
 from __future__ import annotations
@@ -70,3 +74,26 @@ __all__ = [
     "context_of",
     "parse_pipeline",
 ]
+
+_IR_PASSES = (
+    "ApplyMasks",
+    "BiasCorrect",
+    "Calibrate",
+    "Cleanup",
+    "Compact",
+    "Drpopt",
+    "FoldBatchNorm",
+    "Mask",
+    "Reconstruct",
+    "Score",
+    "Sparsify",
+    "Verify",
+)
+
+
+def __getattr__(name: str):  # the onnx_ir adapters, imported on first use
+    if name in _IR_PASSES:
+        from drpopt.passes import ir_passes
+
+        return getattr(ir_passes, name)
+    raise AttributeError(f"module 'drpopt.passes' has no attribute {name!r}")

@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 
 from drpopt.errors import BadInputError
 from drpopt.ir.core import Graph
+from drpopt.passes.pipeline_syntax import spec_value
 
 
 @dataclass
@@ -102,9 +103,7 @@ class Pass:
             value = getattr(self, f.name)
             if value == _default(f):
                 continue
-            if isinstance(value, list | tuple):
-                value = "|".join(str(v) for v in value)
-            parts.append(f"{f.name}={value}")
+            parts.append(f"{f.name}={spec_value(value)}")  # quoted where needed
         return ":".join(parts)
 
     @classmethod

@@ -48,3 +48,9 @@ def test_the_check_sees_a_violation(tmp_path):
     bad = tmp_path / "m.py"
     bad.write_text("def f():\n    from drpopt.cli.main import app\n")
     assert ("cli", 2) in imported_packages(bad)
+
+
+def test_the_api_sits_under_the_cli():
+    """``drpopt.api`` is the door the CLI uses: it never imports the CLI back."""
+    bad = [f"api.py:{line}" for pkg, line in imported_packages(ROOT / "api.py") if pkg == "cli"]
+    assert not bad, "\n".join(bad)
