@@ -166,7 +166,6 @@ def _analyze(model: Any, where: str | None, start: float, input_shapes: Any = No
         unsupported=[(n.op_type, n.name) for n in cg.unsupported],
         seconds=time.perf_counter() - start,
     )
-    graph.meta["analysis"] = result
     return result
 
 

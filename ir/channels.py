@@ -384,6 +384,13 @@ class ChannelGraph:
             gr.id = i
         return groups, g
 
+    def _position(self, roles) -> int:
+        """The position in the graph of the first producer among ``roles``."""
+        pos = self.__dict__.get("_node_pos")
+        if pos is None:
+            pos = self.__dict__["_node_pos"] = {n.name: i for i, n in enumerate(self.graph.nodes)}
+        return min(pos.get(r[1], 0) for r in roles if r[0] == "producer")
+
     def _make_group(self, comp, g, seg_space, seg_start, seg_len) -> Group | None:
         spaces = self.spaces
         if not any(r[0] == "producer" for s in comp for r in spaces[seg_space[s]].roles):
@@ -424,12 +431,12 @@ class ChannelGraph:
                 continue
             if not sp.value.is_const:
                 if any(r[0] == "producer" for r in roles):
-                    pos = _position(self.graph, roles, "producer")
+                    pos = self._position(roles)
                     order = pos if order is None else min(order, pos)
                 continue
             role, node = (roles[0][0], roles[0][1]) if roles else ("param", _first_user(sp.value))
             if role == "producer":
-                pos = _position(self.graph, roles, "producer")
+                pos = self._position(roles)
                 order = pos if order is None else min(order, pos)
             members.append(Member(role, node, sp.value.name, sp.axis, seg_start[s], norm[s], size))
         members.sort(key=lambda m: (ROLE_RANK[m.role], m.tensor or "", m.axis, m.start))
@@ -510,14 +517,6 @@ def _rel_spaces(rel: tuple) -> list[int]:
 
 def _first_user(value: Value) -> str | None:
     return value.uses[0][0].name if value.uses else None
-
-
-def _position(graph: Graph, roles, role: str) -> int:
-    pos = graph.meta.get("_node_pos")
-    if pos is None:
-        pos = {n.name: i for i, n in enumerate(graph.nodes)}
-        graph.meta["_node_pos"] = pos
-    return min(pos.get(r[1], 0) for r in roles if r[0] == role)
 
 
 def _dedupe(locks: list[Lock]) -> list[Lock]:

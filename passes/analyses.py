@@ -56,20 +56,8 @@ class NodeIndex:
     by_name: dict[str, Node]
 
 
-# what ir/analysis.py and ir/channels.py still leave in graph.meta while they run (the
-# result and a node-position table): dropped before and after, so nothing outlives a
-# mutation there either (a bridge until those modules stop writing them)
-_IR_LEFTOVERS = ("analysis", "_node_pos")
-
-
 def _channel_analysis(graph: Graph) -> Analysis:
-    for key in _IR_LEFTOVERS:
-        graph.meta.pop(key, None)
-    try:
-        return analyze(graph)
-    finally:
-        for key in _IR_LEFTOVERS:
-            graph.meta.pop(key, None)
+    return analyze(graph)
 
 
 def _edge_layers(graph: Graph) -> EdgeLayers:
