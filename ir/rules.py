@@ -16,6 +16,7 @@ import numpy as np
 
 from drpopt.ir.channels import ChannelGraph
 from drpopt.ir.core import Graph, Node, Value
+from drpopt.ir.patterns import layernorm_statistic
 from drpopt.ir.shape_expr import (
     DERIVED,
     Dim,
@@ -387,6 +388,8 @@ def _reduce(node: Node, cg: ChannelGraph) -> None:
     if x is None or x.rank is None or y.rank is None:
         cg.lock_value(x, "rule", f"{node.op_type} '{node.name}': rank unknown", node)
         return
+    if node.op_type == "ReduceMean" and _layernorm_statistic(node, cg):
+        return
     if node.op_type in ("ArgMax", "ArgMin", "TopK", "CumSum"):
         axis = node.attr("axis", -1 if node.op_type in ("TopK",) else 0)
         if node.op_type == "CumSum":
@@ -417,6 +420,19 @@ def _reduce(node: Node, cg: ChannelGraph) -> None:
             if out.rank == y.rank:
                 cg.identity(cg.space(x, ax), cg.space(out, j), node)
         j += 1
+
+
+def _layernorm_statistic(node: Node, cg: ChannelGraph) -> bool:
+    """A mean or variance of a LayerNorm written out in plain ops (opset < 17 exports):
+    matched as a whole (``ir/patterns.py``), its channel axis is a LayerNorm's (``apply-masks``
+    gives the pattern the masked form), so the reduction neither couples nor locks it."""
+    if "torch_path" in cg.graph.meta or layernorm_statistic(node, cg.graph) is None:
+        return False
+    x, y = node.input(0), node.outputs[0]
+    cg.independent(x, [x.rank - 1])  # type: ignore[operator]
+    for ax in range(x.rank - 1):  # type: ignore[operator]
+        cg.identity(cg.space(x, ax), cg.space(y, ax), node)
+    return True
 
 
 @rule("Conv")

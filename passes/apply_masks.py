@@ -27,10 +27,11 @@ import numpy as np
 from drpopt.errors import BadInputError
 from drpopt.ir.analysis import Analysis
 from drpopt.ir.core import Graph
+from drpopt.ir.patterns import decomposed_layernorms
 from drpopt.passes.base import Pass, PassResult
 from drpopt.passes.common import along, get_analysis, layer_sparsity
 from drpopt.passes.context import context_of
-from drpopt.passes.masked_norm import mask_layernorm
+from drpopt.passes.masked_norm import fold_layernorm, mask_layernorm
 from drpopt.passes.plan import Plan, keep_masks
 
 BN_STATS = (3, 4)  # BatchNormalization inputs left alone: running mean and variance
@@ -104,8 +105,15 @@ class ApplyMasksPass(Pass):
 
     @staticmethod
     def _mask_normalisations(model: Graph, masks) -> bool:
-        """LayerNormalizations over a pruned channel axis count only the kept channels."""
+        """LayerNormalizations over a pruned channel axis count only the kept channels (also
+        those written out in plain ops, which become one masked node)."""
         changed = False
+        for pattern in decomposed_layernorms(model):
+            x = pattern.x
+            keep = masks.get((x.name, x.rank - 1))  # type: ignore[operator]
+            if keep is not None and not keep.all():
+                mask_layernorm(model, fold_layernorm(model, pattern), keep)
+                changed = True
         for node in [n for n in model.nodes if n.op_type == "LayerNormalization"]:
             x = node.input(0)
             if x is None or x.rank is None:

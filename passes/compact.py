@@ -27,7 +27,7 @@ from drpopt.passes.apply_masks import record_metadata, require_plan
 from drpopt.passes.base import Pass, PassResult
 from drpopt.passes.common import get_analysis
 from drpopt.passes.context import context_of
-from drpopt.passes.masked_norm import DOMAIN, OP, unmask_layernorm
+from drpopt.passes.masked_norm import DOMAIN, OP, unmask_layernorm, write_out_layernorm
 from drpopt.passes.plan import keep_masks
 
 Masks = dict[tuple[str | None, int | str], np.ndarray]
@@ -65,9 +65,14 @@ class CompactPass(Pass):
                 shape[int(axis)] = int(mask.sum())
                 value.shape = tuple(shape)
         _fix_computed_targets(model)
-        for node in model.nodes:
-            if node.domain == DOMAIN and node.op_type == OP:
-                unmask_layernorm(node)
+        before_17 = model.opsets.get("", 17) < 17  # no LayerNormalization op there
+        for node in list(model.nodes):
+            masked = node.domain == DOMAIN and node.op_type == OP
+            if masked and unmask_layernorm(node) and before_17:
+                write_out_layernorm(model, node)
+        if not any(n.domain == DOMAIN for n in model.nodes):  # the function is unused now
+            model.functions = [f for f in model.functions if f.domain != DOMAIN]
+            model.opsets.pop(DOMAIN, None)
         context = context_of(model)
         context.dense_weights = None  # shapes changed: the dense model is gone
         context.compacted = True

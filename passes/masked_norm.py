@@ -31,26 +31,35 @@ OP = "MaskedLayerNormalization"
 
 
 def function_proto(opset: int) -> onnx.FunctionProto:
-    """The ONNX function that defines ``drpopt.MaskedLayerNormalization``."""
-    axes = helper.make_node("Constant", [], ["Axes"], value_ints=[-1])
-    nodes = [
-        axes,
+    """The ONNX function that defines ``drpopt.MaskedLayerNormalization``, written with the
+    ops of the model's own default opset (onnxruntime inlines it at that version): before
+    opset 13 ReduceSum takes its axes as an attribute, before 15 there is no CastLike (the
+    epsilon is then float32, as models of those opsets are)."""
+
+    def reduce_sum(x: str, out: str) -> onnx.NodeProto:
+        if opset >= 13:
+            return helper.make_node("ReduceSum", [x, "Axes"], [out], keepdims=1)
+        return helper.make_node("ReduceSum", [x], [out], axes=[-1], keepdims=1)
+
+    nodes = [helper.make_node("Constant", [], ["Axes"], value_ints=[-1])] if opset >= 13 else []
+    nodes += [
         helper.make_node("Mul", ["X", "Mask"], ["XM"]),
         helper.make_node("ReduceSum", ["Mask"], ["K"], keepdims=0),
-        helper.make_node("ReduceSum", ["XM", "Axes"], ["S"], keepdims=1),
+        reduce_sum("XM", "S"),
         helper.make_node("Div", ["S", "K"], ["Mean"]),
         helper.make_node("Sub", ["XM", "Mean"], ["D0"]),
         helper.make_node("Mul", ["D0", "Mask"], ["D"]),
         helper.make_node("Mul", ["D", "D"], ["D2"]),
-        helper.make_node("ReduceSum", ["D2", "Axes"], ["SS"], keepdims=1),
+        reduce_sum("D2", "SS"),
         helper.make_node("Div", ["SS", "K"], ["Var"]),
         helper.make_node("Constant", [], ["Eps0"], value_float=1e-5),
     ]
     nodes[-1].attribute[0].ref_attr_name = "epsilon"
     nodes[-1].attribute[0].ClearField("f")
+    if opset >= 15:
+        nodes.append(helper.make_node("CastLike", ["Eps0", "X"], ["Eps"]))
     nodes += [
-        helper.make_node("CastLike", ["Eps0", "X"], ["Eps"]),
-        helper.make_node("Add", ["Var", "Eps"], ["VE"]),
+        helper.make_node("Add", ["Var", "Eps" if opset >= 15 else "Eps0"], ["VE"]),
         helper.make_node("Sqrt", ["VE"], ["Std"]),
         helper.make_node("Div", ["D", "Std"], ["N"]),
         helper.make_node("Mul", ["N", "Scale"], ["NS"]),
@@ -69,7 +78,7 @@ def function_proto(opset: int) -> onnx.FunctionProto:
 
 def _ensure_function(graph: Graph) -> None:
     if not any(f.domain == DOMAIN and f.name == OP for f in graph.functions):
-        graph.functions.append(function_proto(max(graph.opsets.get("", 17), 17)))
+        graph.functions.append(function_proto(graph.opsets.get("", 17)))
     graph.opsets.setdefault(DOMAIN, 1)
 
 
@@ -106,3 +115,60 @@ def _const(graph: Graph, base: str, array: np.ndarray):
     return graph.value(
         graph.fresh_name(base), const=array, shape=tuple(array.shape), dtype=array.dtype
     )
+
+
+def fold_layernorm(graph: Graph, ln) -> Node:
+    """Replaces a LayerNorm written out in plain ops (``ir.patterns.DecomposedLayerNorm``)
+    by one ``LayerNormalization``-shaped node (unit scale, no bias: the pattern's own scale
+    and bias ops stay after it), for ``mask_layernorm`` to turn into its masked form."""
+    x, out = ln.x, ln.div.outputs[0]
+    dtype = np.dtype(x.dtype if x.dtype is not None else np.float32)
+    scale = _const(graph, f"{ln.div.name}.scale", np.ones(int(x.shape[-1]), dtype=dtype))
+    result = graph.value(graph.fresh_name(f"{out.name}.ln"), shape=out.shape, dtype=out.dtype)
+    node = graph.add_node(
+        "LayerNormalization",
+        f"{ln.div.name}.LayerNorm",
+        [x, scale],
+        [result],
+        {"axis": -1, "epsilon": ln.epsilon},
+    )
+    graph.nodes.remove(node)  # where the division was: its readers come after it
+    graph.nodes.insert(graph.nodes.index(ln.div), node)
+    graph.replace_all_uses_with(out, result)
+    for n in reversed(ln.nodes):
+        graph.remove_node(n)
+    return node
+
+
+def write_out_layernorm(graph: Graph, node: Node) -> None:
+    """A ``LayerNormalization`` (over the last axis) as the plain ops of opsets before 17,
+    where the op does not exist: mean, centred, variance, sqrt, divide, scale, shift."""
+    x, scale, bias, y = node.input(0), node.input(1), node.input(2), node.outputs[0]
+    dtype = np.dtype(x.dtype if x is not None and x.dtype is not None else np.float32)
+    base = node.name
+    stats = (*x.shape[:-1], 1) if x is not None and x.shape is not None else None
+    eps = _const(graph, f"{base}.epsilon", np.array(node.attr("epsilon", 1e-5), dtype=dtype))
+    steps = [
+        ("ReduceMean", ["x"], "mean", stats, {"axes": [-1], "keepdims": 1}),
+        ("Sub", ["x", "mean"], "centred", y.shape, {}),
+        ("Mul", ["centred", "centred"], "square", y.shape, {}),
+        ("ReduceMean", ["square"], "var", stats, {"axes": [-1], "keepdims": 1}),
+        ("Add", ["var", "eps"], "var_eps", stats, {}),
+        ("Sqrt", ["var_eps"], "std", stats, {}),
+        ("Div", ["centred", "std"], "normalised", y.shape, {}),
+        ("Mul", ["normalised", "scale"], "scaled", y.shape, {}),
+    ]
+    if bias is not None:
+        steps.append(("Add", ["scaled", "bias"], "shifted", y.shape, {}))
+    values = {"x": x, "eps": eps, "scale": scale, "bias": bias}
+    new: list[Node] = []
+    for op, ins, out, shape, attrs in steps:
+        values[out] = graph.value(graph.fresh_name(f"{base}.{out}"), shape=shape, dtype=dtype)
+        name = graph.fresh_name(f"{base}.{out}_{op}")
+        new.append(graph.add_node(op, name, [values[i] for i in ins], [values[out]], attrs))
+    position = graph.nodes.index(node)
+    graph.replace_all_uses_with(y, values[steps[-1][2]])
+    graph.remove_node(node)
+    for n in new:
+        graph.nodes.remove(n)
+    graph.nodes[position:position] = new

@@ -75,14 +75,19 @@ def _mask_layernorms(model: onnx.ModelProto, groups: list[Group], chosen) -> onn
     pruning gives it the masked form that ignores the pruned ones (passes/masked_norm.py).
     The check does the same for the channels it kills, so only missing members leak."""
     from drpopt.ir.from_onnx import from_onnx
+    from drpopt.ir.patterns import decomposed_layernorms
     from drpopt.ir.to_onnx import to_onnx
-    from drpopt.passes.masked_norm import mask_layernorm
+    from drpopt.passes.masked_norm import fold_layernorm, mask_layernorm
 
-    lns = [n for n in model.graph.node if n.op_type == "LayerNormalization"]
-    if not lns:
+    ops = {n.op_type for n in model.graph.node}
+    if "LayerNormalization" not in ops and "ReduceMean" not in ops:
         return model
     graph = from_onnx(model)
     changed = False
+    grouped = {(s.value, s.axis) for g in groups for s in g.segments}
+    for pattern in decomposed_layernorms(graph):  # written out in plain ops (opset < 17)
+        if (pattern.x.name, pattern.x.rank - 1) in grouped:
+            fold_layernorm(graph, pattern)
     for node in [n for n in graph.nodes if n.op_type == "LayerNormalization"]:
         x = node.input(0)
         if x is None or x.rank is None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+import torch
 from deadchannels import random_feeds, run_model
 from onnx import TensorProto, helper
 
@@ -244,3 +245,88 @@ def test_a_constant_read_by_thousands_of_nodes_is_unshared_in_one_pass(monkeypat
     assert len({n.input(1).storage for n in adds}) == 1  # the same array, no copies
     a = analyze(g)
     assert [grp.size for grp in a.prunable_groups] == [4]
+
+
+class _Block(torch.nn.Module):
+    """A pre-norm transformer MLP block with a residual stream."""
+
+    def __init__(self, dim: int = 16) -> None:
+        super().__init__()
+        self.embed = torch.nn.Linear(8, dim)
+        self.norm = torch.nn.LayerNorm(dim)
+        self.fc1, self.fc2 = torch.nn.Linear(dim, 4 * dim), torch.nn.Linear(4 * dim, dim)
+        self.head_norm = torch.nn.LayerNorm(dim)
+        self.head = torch.nn.Linear(dim, 5)
+
+    def forward(self, x):
+        x = self.embed(x)
+        x = x + self.fc2(torch.nn.functional.gelu(self.fc1(self.norm(x))))
+        return self.head(self.head_norm(x))
+
+
+def _export(module, opset: int) -> onnx.ModelProto:
+    import io
+
+    torch.manual_seed(0)
+    buf = io.BytesIO()
+    with torch.no_grad():
+        torch.onnx.export(
+            module.eval(), (torch.randn(2, 7, 8),), buf, opset_version=opset, dynamo=False
+        )
+    return onnx.load_from_string(buf.getvalue())
+
+
+@pytest.mark.parametrize("opset", [12, 14])
+def test_layernorm_written_out_in_plain_ops_prunes_like_a_layernorm(opset):
+    """Before opset 17 exporters write LayerNorm as ReduceMean, Sub, Pow, ReduceMean, Add,
+    Sqrt, Div (torch; paddle2onnx in PP-OCR). Matched whole, the residual stream it
+    normalises is prunable; the sparse model gets the masked form (a model-local function
+    in the model's own opset), the compact one plain ops again (no LayerNormalization op
+    before 17), and the two compute the same thing."""
+    from deadchannels import assert_groups_complete
+
+    from drpopt.ir.patterns import decomposed_layernorms
+
+    torch.manual_seed(0)
+    model = _export(_Block(), opset)
+    a = analyze(model)
+    assert len(decomposed_layernorms(a.graph)) == 2
+    stream = [g for g in a.prunable_groups if "embed" in " ".join(g.producers)]
+    assert [g.size for g in stream] == [16]  # the stream both LayerNorms read
+    assert_groups_complete(a, model)
+    sparse, compact = sparse_and_compact(model)
+    ops = {n.op_type for n in compact.graph.node}
+    assert "LayerNormalization" not in ops and not compact.functions
+    assert any(n.op_type == "MaskedLayerNormalization" for n in sparse.graph.node)
+    assert_same(sparse, compact, random_feeds(model))
+
+
+def test_a_partial_layernorm_pattern_stays_locked():
+    """A ReduceMean over the channels that is not a whole LayerNorm locks the axis."""
+    b = OnnxBuilder(seed=3)
+    x = b.matmul(b.input("input", (1, 4, 8)), 16, name="fc")
+    mean = b.op("ReduceMean", [x], (1, 4, 1), name="mean", axes=[-1], keepdims=1)
+    b.output(b.matmul(b.op("Sub", [x, mean], (1, 4, 16), name="centre"), 3, name="out"))
+    a = analyze(b.build())
+    group = next(g for g in a.groups if "fc" in g.producers)
+    assert not group.prunable and "reduces over this axis" in group.reason
+
+
+def test_pp_ocr_rec_stream_under_written_out_layernorms_prunes():
+    """PP-OCR's recogniser (paddle2onnx, opset 12): the SVTR blocks' LayerNorms are plain
+    ops; with a fixed input shape their stream is prunable and sparse equals compact."""
+    from dynmodels import ppocr_models
+
+    from drpopt.ir.input_shapes import fix_input_shapes
+
+    path = ppocr_models().get("rec")
+    if path is None:
+        pytest.skip("rapidocr-onnxruntime (PP-OCR models) not installed")
+    model = fix_input_shapes(onnx.load(path), {None: [1, 3, 48, 320]})
+    a = analyze(model)
+    assert not [g for g in a.locked_groups if "ReduceMean" in (g.reason or "")]
+    sparse, compact = sparse_and_compact(model)
+    feeds = random_feeds(model)
+    (x,), (y,) = run_model(sparse, feeds), run_model(compact, feeds)
+    spread = float(np.ptp(x))  # a softmax over 6625 classes: its RMS is float noise
+    assert spread > 0.01 and float(np.abs(x - y).max()) / spread < 1e-4
