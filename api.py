@@ -76,7 +76,7 @@ def load(
 
     reference = reference_model(graph)
     if verifies and inputs is None:
-        from drpopt.passes.verify import random_inputs
+        from drpopt.passes.feeds import random_inputs
 
         random_inputs(reference)  # raises, naming the dims and --input-shape
     if inputs is not None:

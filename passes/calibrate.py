@@ -154,7 +154,7 @@ class CalibrationData:
                         f"{path}: no images in this folder (looked for {', '.join(IMAGE_SUFFIXES)})"
                     )
             elif path.is_file():
-                from drpopt.passes.verify import load_inputs
+                from drpopt.passes.feeds import load_inputs
 
                 self.arrays = load_inputs(path)
             else:

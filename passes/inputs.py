@@ -56,7 +56,7 @@ def load_samples(
 ) -> tuple[list[dict[str, np.ndarray]], str]:
     """(input samples, what they are) from an ``.npz`` or a folder of images."""
     from drpopt.ir.input_shapes import graph_inputs
-    from drpopt.passes.verify import load_inputs
+    from drpopt.passes.feeds import load_inputs
 
     path = Path(path)
     names = [i.name for i in graph_inputs(model)]
