@@ -200,7 +200,7 @@ def build_model(spec: str, kwargs: dict[str, Any]) -> Any:
 
     import torch
 
-    from drpopt.retrain.export import load_builder
+    from drpopt.retrain.builders import load_builder
 
     cwd = os.getcwd()
     added = cwd not in sys.path and "" not in sys.path
