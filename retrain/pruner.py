@@ -64,6 +64,13 @@ from drpopt.retrain.buffers import (
     new_state,
     share_with_copies,
 )
+from drpopt.retrain.hooks import (
+    binarize_hook,
+    broadcast,
+    grad_hook,
+    weak_hook,
+    zero_optimizer_state,
+)
 from drpopt.retrain.patterns import PatternLayer, pattern_layers, pattern_masks
 from drpopt.retrain.schedule import Schedule
 
@@ -202,13 +209,13 @@ class Pruner:
             self.model.register_buffer(STATE_BUFFER, legacy_state(self.state))
         self._hooks: list[Any] = [self.model.register_load_state_dict_pre_hook(legacy_load_hook)]
         for entry in self._masked.values():
-            self._hooks.append(entry.param.register_hook(_grad_hook(entry)))
+            self._hooks.append(entry.param.register_hook(grad_hook(entry)))
         self._optimizers: weakref.WeakSet = weakref.WeakSet()
         self._owns: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._param_ids = {id(e.param) for e in self._masked.values()}
-        self._hooks.append(register_optimizer_step_pre_hook(_weak_hook(self, "_before_step")))
-        self._hooks.append(register_optimizer_step_post_hook(_weak_hook(self, "_after_step")))
-        self._hooks.append(self.model.register_load_state_dict_post_hook(_binarize_hook(self)))
+        self._hooks.append(register_optimizer_step_pre_hook(weak_hook(self, "_before_step")))
+        self._hooks.append(register_optimizer_step_post_hook(weak_hook(self, "_after_step")))
+        self._hooks.append(self.model.register_load_state_dict_post_hook(binarize_hook(self)))
         self.example_inputs = example_inputs
         share_with_copies(self.model)
         log.info(
@@ -254,7 +261,7 @@ class Pruner:
             import torch
 
             with torch.no_grad():
-                _zero_optimizer_state([optimizer], self._masked.values())
+                zero_optimizer_state([optimizer], self._masked.values())
 
     def _after_step(self, optimizer: Any) -> None:
         if not self._holds_masked(optimizer):
@@ -358,7 +365,7 @@ class Pruner:
         keep = self.keep_sets()
         scores = self.scores()
         new = self.choose(scores, rate, None if self.allow_unprune else keep)
-        new = _broadcast(new)
+        new = broadcast(new)
         self._write_masks(new)
         if self.pattern_layers and (
             any(v > 0 for v in pattern.values()) if isinstance(pattern, dict) else pattern > 0
@@ -367,7 +374,7 @@ class Pruner:
         self.state[1] = int(round(rate * STATE_SCALE))
         self.apply_masks()
         with torch.no_grad():
-            _zero_optimizer_state(self._optimizers, self._masked.values())
+            zero_optimizer_state(self._optimizers, self._masked.values())
 
     def scores(self) -> dict[str, np.ndarray]:
         """Each group's channel scores (``criterion``) from the parameters as they are now."""
@@ -425,7 +432,7 @@ class Pruner:
         prev = {k: previous[k] | self.allow_unprune for k in names}
         weights = {k: self._masked[k].param.detach().float().cpu().numpy() for k in names}
         keep = pattern_masks(weights, channel, prev, self.pattern_layers, self.pattern, rate, final)
-        keep = _broadcast(keep)
+        keep = broadcast(keep)
         with torch.no_grad():
             for name, k in keep.items():
                 e = self._masked[name]
@@ -487,62 +494,3 @@ def _pattern_profile(
     if profile.pattern_rate >= 1.0:
         raise BadInputError(f"pattern rate {profile.pattern_rate} must be below 1")
     return profile
-
-
-def _weak_hook(pruner: Pruner, method: str):
-    """A global optimizer hook that does not keep the Pruner (and its model) alive: keep a
-    reference to the Pruner while training."""
-    ref = weakref.ref(pruner)
-
-    def hook(optimizer: Any, *args: Any, **kwargs: Any) -> None:
-        live = ref()
-        if live is not None:
-            getattr(live, method)(optimizer)
-
-    return hook
-
-
-def _binarize_hook(pruner: Pruner):
-    ref = weakref.ref(pruner)
-
-    def hook(module: Any, incompatible: Any) -> None:
-        live = ref()
-        if live is not None:
-            live.binarize_masks()
-            live.apply_masks()
-
-    return hook
-
-
-def _grad_hook(entry: _Masked):
-    def hook(grad):
-        return grad * entry.fresh_factor()
-
-    return hook
-
-
-def _zero_optimizer_state(optimizers, entries) -> None:
-    """Momentum and Adam moments of pruned weights are zeroed in the optimizers seen so far."""
-    import torch
-
-    masks = {id(e.param): e.fresh_factor() for e in entries}
-    for obj in list(optimizers):
-        if isinstance(obj, torch.optim.Optimizer):
-            for p, st in obj.state.items():
-                mask = masks.get(id(p))
-                if mask is None:
-                    continue
-                for v in st.values():
-                    if isinstance(v, torch.Tensor) and v.shape == mask.shape:
-                        v.mul_(mask)
-
-
-def _broadcast(keep: dict[str, list[int]]) -> dict[str, list[int]]:
-    """Rank 0's choice on every rank (identical masks under torch.distributed)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        box = [keep]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-    return keep
