@@ -1,16 +1,31 @@
-"""Folding of small constant subgraphs (the shape arithmetic exporters write), so shape
-inference and the coupling rules see literal values.
+"""Numeric constant folding: the one place drpopt evaluates ops on constant data.
 
 torch's exporter writes ``x[..., ::2, ::2]`` as ``Slice`` whose bounds come from
 ``Unsqueeze(Constant)``; ONNX shape inference does not evaluate those, and every shape after
 them becomes unknown. ``fold_constants`` evaluates, with numpy, the nodes of a small set of
-integer/shape ops whose inputs are all constants, and returns their values by output name.
+integer/shape ops (``FOLDABLE``) whose inputs are all constants, and returns their values by
+output name; ``evaluate`` computes one such op from its attributes and input arrays.
+
+Rules:
+- a size limit (``MAX_ELEMENTS``): only small integer initializers and Constant values are
+  read, and no result larger than the limit is kept (shape arithmetic, never real tensors);
+- ``fold_constants`` runs on the ``onnx.ModelProto`` before shape inference
+  (``ir/from_onnx.py``), so inference sees literal shapes;
+- ``from_onnx`` folds Cast of a constant (a weight stored in another dtype) through
+  ``evaluate`` without the limit: the analysis and the passes need that weight's data. An
+  Identity of a constant is not computed at all: its output shares the source's storage
+  (``Value.share_const``), so a weight exporters share through Identity stays one tensor;
+- ``ir/shape_expr.py`` stays separate on purpose: it evaluates shape tensors whose entries
+  may be symbolic (``Dim``: the size of an axis unknown until run time, or ``DERIVED``),
+  which numeric folding cannot represent; it shares only this module's size limit.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -19,35 +34,58 @@ from onnx import helper, numpy_helper
 log = logging.getLogger(__name__)
 
 MAX_ELEMENTS = 4096  # shape arithmetic only: never fold real tensors
+_TENSOR = onnx.AttributeProto.TENSOR
 _INT_TYPES = frozenset(
     [onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.INT8, onnx.TensorProto.UINT8]
 )
 
 
-def _attr(node: onnx.NodeProto, name: str, default=None):
+def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
+    """A node's attributes as Python values (tensors as numpy arrays, as in the IR)."""
+    out: dict[str, Any] = {}
     for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
+        value = helper.get_attribute_value(a)
+        out[a.name] = numpy_helper.to_array(value) if isinstance(value, onnx.TensorProto) else value
+    return out
 
 
-def _axes(node: onnx.NodeProto, vals: list, index: int = 1) -> list[int] | None:
-    axes = _attr(node, "axes")
+def _axes(attrs: Mapping[str, Any], vals: list, index: int = 1) -> list[int] | None:
+    axes = attrs.get("axes")
     if axes is None and len(vals) > index and vals[index] is not None:
         axes = [int(a) for a in np.asarray(vals[index]).reshape(-1)]
     return axes
 
 
-def _eval(node: onnx.NodeProto, vals: list) -> list[np.ndarray] | None:
-    op = node.op_type
+def evaluate(
+    op: str,
+    attrs: Mapping[str, Any],
+    inputs: Sequence[np.ndarray | None],
+    max_elements: int | None = MAX_ELEMENTS,
+) -> list[np.ndarray] | None:
+    """The outputs of default-domain op ``op`` on constant ``inputs`` (None for omitted ones),
+    or None when it is not foldable here or a result would exceed ``max_elements`` (None: no
+    limit). ``attrs`` holds attribute values as the IR does (tensors as numpy arrays).
+    Malformed nodes raise what numpy raises."""
+    outs = _eval(op, attrs, list(inputs), max_elements)
+    if outs is None:
+        return None
+    outs = [np.asarray(o) for o in outs]
+    if max_elements is not None and any(o.size > max_elements for o in outs):
+        return None
+    return outs
+
+
+def _eval(
+    op: str, attrs: Mapping[str, Any], vals: list, max_elements: int | None
+) -> list[np.ndarray] | None:
     x = vals[0] if vals else None
     if op in ("Identity",):
         return [x]
     if op == "Cast":
-        return [np.asarray(x).astype(helper.tensor_dtype_to_np_dtype(_attr(node, "to")))]
+        return [np.asarray(x).astype(helper.tensor_dtype_to_np_dtype(attrs["to"]))]
     if op == "Unsqueeze":
         out = np.asarray(x)
-        axes = _axes(node, vals)
+        axes = _axes(attrs, vals)
         if axes is None:
             return None
         rank = out.ndim + len(axes)
@@ -55,16 +93,16 @@ def _eval(node: onnx.NodeProto, vals: list) -> list[np.ndarray] | None:
             out = np.expand_dims(out, a)
         return [out]
     if op == "Squeeze":
-        axes = _axes(node, vals)
+        axes = _axes(attrs, vals)
         out = np.asarray(x)
         return [np.squeeze(out, axis=tuple(axes)) if axes else np.squeeze(out)]
     if op == "Concat":
-        return [np.concatenate([np.asarray(v) for v in vals], axis=_attr(node, "axis", 0))]
+        return [np.concatenate([np.asarray(v) for v in vals], axis=attrs.get("axis", 0))]
     if op == "Gather":
-        return [np.take(np.asarray(x), np.asarray(vals[1]), axis=_attr(node, "axis", 0))]
+        return [np.take(np.asarray(x), np.asarray(vals[1]), axis=attrs.get("axis", 0))]
     if op == "Mod":
         a, b = np.asarray(vals[0]), np.asarray(vals[1])
-        out = np.fmod(a, b) if _attr(node, "fmod", 0) else np.mod(a, b)
+        out = np.fmod(a, b) if attrs.get("fmod", 0) else np.mod(a, b)
         return [np.asarray(out).astype(np.result_type(a, b))]
     if op in ("Add", "Sub", "Mul", "Div"):
         a, b = np.asarray(vals[0]), np.asarray(vals[1])
@@ -76,13 +114,13 @@ def _eval(node: onnx.NodeProto, vals: list) -> list[np.ndarray] | None:
     if op == "Reshape":
         return [np.reshape(np.asarray(x), [int(d) for d in np.asarray(vals[1]).reshape(-1)])]
     if op == "Transpose":
-        perm = _attr(node, "perm")
+        perm = attrs.get("perm")
         return [np.transpose(np.asarray(x), perm)]
     if op == "ConstantOfShape":
-        value = _attr(node, "value")
-        fill = numpy_helper.to_array(value).reshape(-1) if value is not None else np.zeros(1)
+        value = attrs.get("value")
+        fill = np.asarray(value).reshape(-1) if value is not None else np.zeros(1)
         shape = [int(d) for d in np.asarray(x).reshape(-1)]
-        if np.prod(shape, dtype=np.int64) > MAX_ELEMENTS:
+        if max_elements is not None and np.prod(shape, dtype=np.int64) > max_elements:
             return None
         dtype = fill.dtype if value is not None else np.float32
         return [np.full(shape, fill[0], dtype=dtype)]
@@ -162,8 +200,10 @@ def fold_constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     folded: dict[str, np.ndarray] = {}
     for node in model.graph.node:
         if node.op_type == "Constant":
-            value = _attr(node, "value")
-            if isinstance(value, onnx.TensorProto) and math.prod(value.dims) <= MAX_ELEMENTS:
+            value = next(
+                (a.t for a in node.attribute if a.name == "value" and a.type == _TENSOR), None
+            )
+            if value is not None and math.prod(value.dims) <= MAX_ELEMENTS:
                 consts[node.output[0]] = numpy_helper.to_array(value)
             continue
         if node.domain not in ("", "ai.onnx"):
@@ -175,15 +215,12 @@ def fold_constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
             continue
         vals = [consts[n] if n else None for n in names]
         try:
-            outs = _eval(node, vals)
+            outs = evaluate(node.op_type, _attrs(node), vals)
         except Exception as err:  # a malformed node: leave it to shape inference
             log.debug("could not fold %s: %s", node.name, err)
             continue
         if not outs:
             continue
         for name, arr in zip(node.output, outs, strict=False):
-            arr = np.asarray(arr)
-            if arr.size <= MAX_ELEMENTS:
-                consts[name] = arr
-                folded[name] = arr
+            consts[name] = folded[name] = arr
     return folded

@@ -8,7 +8,9 @@ Rules:
 - small integer constant subgraphs (exporters' shape arithmetic) are evaluated first
   (``ir/fold.py``), their outputs become constants, and shape inference (with data
   propagation) fills value shapes; symbolic dims stay strings;
-- Constant nodes keep their node and also give their output a ``const``;
+- Constant nodes keep their node and also give their output a ``const``; Identity of a
+  constant shares its storage (no copy) and Cast of a constant is computed by
+  ``ir/fold.evaluate`` (numeric folding lives in ``ir/fold.py`` only);
 - names used inside If/Loop/Scan bodies but defined outside are recorded as uses by the
   enclosing node with input index -1 (``node.meta["captured"]`` lists them).
 """
@@ -29,12 +31,12 @@ from onnx import helper, numpy_helper
 
 from drpopt.errors import BadInputError, UnsupportedModelError
 from drpopt.ir.core import Graph, Node, Value
-from drpopt.ir.fold import fold_constants
+from drpopt.ir.fold import MAX_ELEMENTS, evaluate, fold_constants
 
 log = logging.getLogger(__name__)
 
 MIN_OPSET = 11
-SMALL_CONSTANT = 4096  # elements: constants this small may be shape arguments
+SMALL_CONSTANT = MAX_ELEMENTS  # constants this small may be shape arguments
 
 
 def load_model(
@@ -388,17 +390,24 @@ def _constant_value(node: onnx.NodeProto, attrs: dict[str, Any]) -> np.ndarray |
 
 def _fold_constant(node: Node) -> None:
     """Identity/Cast of a constant is a constant of its own (exporters write Identity to
-    share one deduplicated initializer between layers; the layers stay independent)."""
+    share one deduplicated initializer between layers; the layers stay independent).
+
+    Identity is not computed: its output shares the source's storage, so the shared weight
+    stays one tensor (``to_onnx`` writes it once) and is read only when a pass needs it.
+    Cast is computed by ``ir/fold.evaluate`` without its size limit (a weight stored in
+    another dtype: the analysis and the passes need its data)."""
     src = node.inputs[0]
     if src is None or not src.is_const:
         return
     out = node.outputs[0]
     if node.op_type == "Cast":
         try:
-            dtype = onnx.helper.tensor_dtype_to_np_dtype(int(node.attrs["to"]))
-        except Exception:
+            outs = evaluate("Cast", node.attrs, [src.const], max_elements=None)
+        except Exception:  # no or an unknown ``to``: left as a node
             return
-        out.const = np.asarray(src.const).astype(dtype)
+        if not outs:
+            return
+        out.const = outs[0]
         out.shape, out.dtype = tuple(out.const.shape), out.const.dtype
     else:
         out.share_const(src)  # shared, never written in place (passes copy on write)

@@ -10,6 +10,11 @@ returns None when the tensor is computed by anything else.
 ``resolve_reshape`` turns such entries into the output shape (``0`` copies, ``-1`` is
 solved, symbolic dims cancel), for models whose exported shapes shape inference leaves
 unknown.
+
+Why this is not ``ir/fold.py`` (drpopt's numeric constant folding): the entries here may be
+symbolic (``Dim``, a size known only at run time, or ``DERIVED``), and ``Shape`` outputs are
+read as such entries; numeric folding only computes on arrays of numbers. Both share one
+size limit (``fold.MAX_ELEMENTS``).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import Final
 import numpy as np
 
 from drpopt.ir.core import Node, Value
+from drpopt.ir.fold import MAX_ELEMENTS
 
 
 class _Derived:
@@ -76,7 +82,7 @@ _UNARY_SHAPE_OPS = frozenset(
 _BINARY_SHAPE_OPS = frozenset(
     ["Mul", "Add", "Sub", "Div", "Mod", "Max", "Min", "Equal", "Less", "Greater"]
 )
-_MAX_ENTRIES = 4096  # shape arithmetic only
+_MAX_ENTRIES = MAX_ELEMENTS  # shape arithmetic only
 
 
 def shape_entries(value: Value | None, memo: Memo | None = None) -> list[Entry] | None:

@@ -1,25 +1,27 @@
 """``cleanup``: dead nodes and unused initializers removed, shapes re-inferred, model checked.
 
-Built on onnx-graphsurgeon's ``cleanup()`` (and ``toposort()`` when the order is not
-topological, after transforms that appended nodes) over the model ``to_onnx`` writes.
+Decided on drpopt's IR (no onnx-graphsurgeon): one reverse walk from the graph outputs
+over producers, node inputs and the values If/Loop/Scan bodies capture (``uses`` with index
+-1, ``node.meta["captured"]``) marks what is live; the live nodes are sorted only when their
+order is not topological (a stable Kahn sort). The kept nodes and initializers are written
+once as an ``onnx.ModelProto`` (what ONNX shape inference and ``onnx.checker`` read) and read
+back once by ``from_onnx``, which refolds shape arithmetic for the shapes the model has now.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import onnx
 
 from drpopt.errors import CheckFailedError
-from drpopt.ir.core import Graph
+from drpopt.ir.core import Graph, Node, Value
 from drpopt.ir.from_onnx import from_onnx, infer_shapes
 from drpopt.ir.to_onnx import to_onnx
 from drpopt.passes.base import Pass, PassResult
-
-if TYPE_CHECKING:
-    import onnx_graphsurgeon as gs
 
 log = logging.getLogger(__name__)
 
@@ -33,41 +35,37 @@ class CleanupPass(Pass):
     """Remove dead nodes and unused initializers, re-infer shapes and check the model.
 
     Rules:
-    - a node is dead when none of its outputs reaches a graph output (also through
-      If/Loop/Scan bodies); dead nodes go, repeatedly, so whole dead branches go;
+    - a node is dead when none of its outputs reaches a graph output (also through the
+      values If/Loop/Scan bodies capture: an If nothing reads is dead, and so is what only
+      its branches read); dead nodes go in one linear walk, so whole dead branches go;
+      nodes inside bodies are kept as they are;
     - initializers no remaining node reads go; graph inputs stay, even unused ones;
     - nodes keep their order when it is topological, else they are sorted topologically
-      (graphsurgeon's ``toposort``, which also reorders independent nodes);
+      (Kahn's algorithm taking ready nodes in their current order, so independent nodes
+      keep their order);
     - ONNX shape inference runs on the result (a failure is logged and the shapes the model
-      has are kept), then ``onnx.checker.check_model``; a model the checker rejects raises
-      ``CheckFailedError`` naming the problem;
+      has are kept), then ``onnx.checker.check_model``; a model the checker rejects (or a
+      cycle) raises ``CheckFailedError`` naming the problem;
     - the result is a new Graph: the graph-owned entries of ``graph.meta`` (``GRAPH_OWNED``:
       where it came from, its input shapes, ...; no cached analysis, nothing stale),
-      ``graph.metadata`` (``metadata_props``), opset imports, ir_version and producer are
-      carried over; analyses of the old graph do not describe the new one (the pipeline
-      context, with the plan, is the pipeline's, not the graph's); ``modified`` is True only
-      when a node or an initializer was removed.
+      ``graph.metadata`` (``metadata_props``), opset imports, model-local functions,
+      ir_version and producer are carried over; analyses of the old graph do not describe
+      the new one (the pipeline context, with the plan, is the pipeline's, not the graph's);
+      ``modified`` is True only when a node or an initializer was removed.
     """
 
     name: ClassVar[str] = "cleanup"
 
     def call(self, model: Graph) -> PassResult:
-        import onnx_graphsurgeon as gs
-
-        source = to_onnx(model)
-        try:
-            gs_graph = gs.import_onnx(source)
-            gs_graph.cleanup(remove_unused_graph_inputs=False)
-            cleaned = _export(gs_graph, source)
-            problem = _check(cleaned)
-            if problem is not None:  # perhaps only the order: sort (this reorders) and retry
-                cleaned = _export(gs_graph.toposort(), source)
-        except Exception as err:  # graphsurgeon raises plain exceptions on malformed graphs
-            raise CheckFailedError(
-                f"cleanup: onnx-graphsurgeon cannot clean graph {model.name!r}: {_short(err)}; "
-                "a previous pass left a malformed graph (run with --dump-dir to find it)"
-            ) from err
-        problem = _check(cleaned) if problem is not None else None
+        live_nodes, live_values = _live(model)
+        kept = [n for n in model.nodes if id(n) in live_nodes]
+        order = kept if _is_topological(kept) else _toposort(kept, model.name)
+        removed_nodes = len(model.nodes) - len(kept)
+        removed_inits = sum(
+            1 for v in model.initializers if id(v) not in live_values and v not in model.inputs
+        )
+        cleaned = infer_shapes(_write(model, order))
+        problem = _check(cleaned)
         if problem is not None:
             raise CheckFailedError(
                 f"cleanup: graph {model.name!r} fails onnx.checker: {problem}; "
@@ -81,8 +79,6 @@ class CleanupPass(Pass):
         graph.functions = list(model.functions)
         graph.opsets = dict(model.opsets)
 
-        removed_nodes = len(model.nodes) - len(graph.nodes)
-        removed_inits = len(model.initializers) - len(graph.initializers)
         modified = removed_nodes > 0 or removed_inits > 0
         if modified:
             log.info(
@@ -93,13 +89,81 @@ class CleanupPass(Pass):
         return PassResult(graph, modified)
 
 
-def _export(gs_graph: gs.Graph, source: onnx.ModelProto) -> onnx.ModelProto:
-    """The graphsurgeon graph as a shape-inferred model with the source's model fields."""
-    import onnx_graphsurgeon as gs
+def _live(graph: Graph) -> tuple[set[int], set[int]]:
+    """Ids of the nodes and values a graph output depends on (reverse reachability)."""
+    own = {id(n) for n in graph.nodes}
+    nodes: set[int] = set()
+    values: set[int] = set()
+    stack: list[Value] = list(graph.outputs)
+    while stack:
+        value = stack.pop()
+        if id(value) in values:
+            continue
+        values.add(id(value))
+        node = value.producer
+        if node is None or id(node) in nodes or id(node) not in own:
+            continue
+        nodes.add(id(node))
+        stack.extend(v for v in node.inputs if v is not None)
+        stack.extend(node.meta.get("captured", ()))
+    return nodes, values
 
-    model = gs.export_onnx(gs_graph, do_type_check=False)
-    _restore_model_fields(model, source)
-    return infer_shapes(model)
+
+def _reads(node: Node) -> list[Value]:
+    return [*(v for v in node.inputs if v is not None), *node.meta.get("captured", ())]
+
+
+def _is_topological(nodes: list[Node]) -> bool:
+    """Whether every value a node reads is produced by an earlier node (or by none here)."""
+    members = {id(n) for n in nodes}
+    seen: set[int] = set()
+    for node in nodes:
+        for v in _reads(node):
+            p = v.producer
+            if p is not None and id(p) in members and id(p) not in seen:
+                return False
+        seen.add(id(node))
+    return True
+
+
+def _toposort(nodes: list[Node], where: str) -> list[Node]:
+    """``nodes`` sorted topologically, a ready node taken in its current order first."""
+    index = {id(n): i for i, n in enumerate(nodes)}
+    waiting = [0] * len(nodes)
+    users: list[list[int]] = [[] for _ in nodes]
+    for i, node in enumerate(nodes):
+        producers = {index[id(v.producer)] for v in _reads(node) if id(v.producer) in index}
+        waiting[i] = len(producers)
+        for p in producers:
+            users[p].append(i)
+    ready = [i for i, w in enumerate(waiting) if w == 0]
+    heapq.heapify(ready)
+    order: list[Node] = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(nodes[i])
+        for u in users[i]:
+            waiting[u] -= 1
+            if waiting[u] == 0:
+                heapq.heappush(ready, u)
+    if len(order) != len(nodes):
+        stuck = next(n for i, n in enumerate(nodes) if waiting[i] > 0)
+        raise CheckFailedError(
+            f"cleanup: graph {where!r} has a cycle through node {stuck.name!r}; "
+            "a previous pass left a malformed graph (run with --dump-dir to find it)"
+        )
+    return order
+
+
+def _write(graph: Graph, order: list[Node]) -> onnx.ModelProto:
+    """``graph`` with only ``order``'s nodes, in that order, as a model (``to_onnx`` writes
+    the initializers those nodes and the outputs read, and nothing else)."""
+    view = Graph(graph.name)
+    view.nodes = order
+    view.inputs, view.outputs, view.values = graph.inputs, graph.outputs, graph.values
+    view.opsets, view.metadata, view.functions = graph.opsets, graph.metadata, graph.functions
+    view.meta = graph.meta
+    return to_onnx(view)
 
 
 def _check(model: onnx.ModelProto) -> str | None:
@@ -113,15 +177,3 @@ def _check(model: onnx.ModelProto) -> str | None:
 
 def _short(err: BaseException) -> str:
     return " ".join(str(err).split())[:500] or type(err).__name__
-
-
-def _restore_model_fields(model: onnx.ModelProto, source: onnx.ModelProto) -> None:
-    """Puts back what graphsurgeon does not carry: model metadata, opsets, ir_version."""
-    model.ir_version = source.ir_version
-    model.producer_name = source.producer_name
-    model.producer_version = source.producer_version
-    del model.opset_import[:]
-    model.opset_import.extend(source.opset_import)
-    del model.metadata_props[:]
-    model.metadata_props.extend(source.metadata_props)
-    model.graph.name = source.graph.name

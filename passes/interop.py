@@ -11,7 +11,10 @@ Rules and costs (drpopt's IR is still its own, ``ir/core.py``):
   without a copy), graphsurgeon by ``export_onnx`` / ``import_onnx``;
 - proto -> drpopt graph is ``ir.from_onnx`` (weights read into numpy, one copy), drpopt
   graph -> proto is ``ir.to_onnx`` (one copy back);
-- onnx_ir and graphsurgeon are imported only when a model of that kind is given.
+- onnx_ir and graphsurgeon are imported only when a model of that kind is given;
+  onnx-graphsurgeon is an optional dependency (``pip install drpopt[graphsurgeon]``): only
+  this module uses it, and without it a graphsurgeon model asked for is a one-line
+  ``BadInputError`` saying what to install.
 """
 
 from __future__ import annotations
@@ -41,15 +44,24 @@ def model_kind(model: Any) -> Kind:
 
         if isinstance(model, onnx_ir.Model):
             return "onnx_ir"
-    if module.startswith("onnx_graphsurgeon"):
-        import onnx_graphsurgeon as gs
-
-        if isinstance(model, gs.Graph):
-            return "graphsurgeon"
+    if module.startswith("onnx_graphsurgeon") and isinstance(model, _graphsurgeon().Graph):
+        return "graphsurgeon"
     raise BadInputError(
         f"a {type(model).__name__} is not a model drpopt reads; give a path, an "
         "onnx.ModelProto, an onnx_ir.Model or an onnx_graphsurgeon.Graph"
     )
+
+
+def _graphsurgeon() -> Any:
+    """The ``onnx_graphsurgeon`` module (an optional dependency), imported on first need."""
+    try:
+        import onnx_graphsurgeon
+    except ImportError as err:
+        raise BadInputError(
+            "onnx-graphsurgeon is not installed; pip install onnx-graphsurgeon "
+            "(or drpopt[graphsurgeon]) to hand drpopt graphsurgeon graphs"
+        ) from err
+    return onnx_graphsurgeon
 
 
 def to_proto(model: Any) -> onnx.ModelProto:
@@ -64,9 +76,7 @@ def to_proto(model: Any) -> onnx.ModelProto:
 
         return onnx_ir.serde.serialize_model(model)
     if kind == "graphsurgeon":
-        import onnx_graphsurgeon as gs
-
-        return gs.export_onnx(model)
+        return _graphsurgeon().export_onnx(model)
     from drpopt.ir.to_onnx import to_onnx
 
     return to_onnx(model)
@@ -81,9 +91,7 @@ def from_proto(proto: onnx.ModelProto, kind: Kind) -> Any:
 
         return onnx_ir.serde.deserialize_model(proto)
     if kind == "graphsurgeon":
-        import onnx_graphsurgeon as gs
-
-        return gs.import_onnx(proto)
+        return _graphsurgeon().import_onnx(proto)
     from drpopt.ir.from_onnx import from_onnx
 
     return from_onnx(proto)
