@@ -593,8 +593,11 @@ def _slice(node: Node, cg: ChannelGraph) -> None:
         and x.shape is not None
         and (axes is not None or node.input(3) is None)
     ):
-        _slice_computed(node, cg, x, y, axes)
-        return
+        numbers = _static_bounds(node, x, y, cg.numeric_memo)
+        if numbers is None:
+            _slice_computed(node, cg, x, y, axes)
+            return
+        starts, ends = numbers
     if x is None or x.rank is None or y.rank != x.rank or starts is None or ends is None:
         cg.lock_value(x, "rule", f"Slice '{node.name}' has computed bounds", node)
         cg.lock_value(y, "rule", f"Slice '{node.name}' has computed bounds", node)
@@ -633,6 +636,22 @@ def _slice(node: Node, cg: ChannelGraph) -> None:
             parts.append(cg.virtual(f"{node.name}.dropped_tail", dim - hi))
         parts = [p for p in parts if p is not None]
         cg.concat(cg.space(x, ax), parts, node)
+
+
+def _static_bounds(
+    node: Node, x: Value, y: Value, memo: dict
+) -> tuple[list[int], list[int]] | None:
+    """The numbers computed Slice bounds take for this model's static shapes, when input
+    and output shapes are static (``torch.chunk`` exported as ``Slice`` with bounds
+    ``(C + 1) // 2 * k`` read from the sliced tensor's own shape: a channel split like any
+    other; ``compact`` writes the kept bounds as constants). None otherwise."""
+    if x.static_shape is None or y.static_shape is None:
+        return None
+    starts = shape_values(node.input(1), memo)  # type: ignore[arg-type]
+    ends = shape_values(node.input(2), memo)  # type: ignore[arg-type]
+    if starts is None or ends is None or len(starts) != len(ends):
+        return None
+    return starts, ends
 
 
 def _slice_computed(node: Node, cg: ChannelGraph, x: Value, y: Value, axes) -> None:

@@ -22,7 +22,13 @@ import numpy as np
 
 from drpopt.ir.core import Graph, Node
 from drpopt.ir.rules import frozen_size_cast, gathered_range
-from drpopt.ir.shape_expr import NumericMemo, const_ints, literal_source, shape_entries
+from drpopt.ir.shape_expr import (
+    NumericMemo,
+    const_ints,
+    literal_source,
+    shape_entries,
+    shape_values,
+)
 from drpopt.passes.apply_masks import record_metadata, require_plan
 from drpopt.passes.base import Pass, PassResult
 from drpopt.passes.common import get_analysis, invalidate
@@ -49,7 +55,7 @@ class CompactPass(Pass):
             if frozen is not None:
                 model.set_const_input(node, 0, frozen)
         for node in list(model.nodes):
-            _update_node(model, node, masks)
+            _update_node(model, node, masks, memo)
         for (name, axis), mask in masks.items():
             if name is None:
                 continue
@@ -79,7 +85,7 @@ def _kept(masks: Masks, name: str | None, axis: int) -> np.ndarray | None:
     return masks.get((name, axis)) if name is not None else None
 
 
-def _update_node(graph: Graph, node: Node, masks: Masks) -> None:
+def _update_node(graph: Graph, node: Node, masks: Masks, memo: NumericMemo) -> None:
     op = node.op_type
     if op in ("Conv", "ConvTranspose") and int(node.attr("group", 1)) > 1:
         mask = masks.get((None, f"{node.name}.groups"))
@@ -88,7 +94,7 @@ def _update_node(graph: Graph, node: Node, masks: Masks) -> None:
     elif op == "Split":
         _update_split(graph, node, masks)
     elif op == "Slice":
-        _update_slice(graph, node, masks)
+        _update_slice(graph, node, masks, memo)
     elif op == "Gather":
         _update_gather(graph, node, masks)
     elif op == "Reshape":
@@ -118,9 +124,14 @@ def _update_split(graph: Graph, node: Node, masks: Masks) -> None:
         graph.set_const_input(node, 1, np.array(sizes, dtype=np.int64))
 
 
-def _update_slice(graph: Graph, node: Node, masks: Masks) -> None:
+def _update_slice(graph: Graph, node: Node, masks: Masks, memo: NumericMemo) -> None:
+    """Slice bounds on a pruned axis are renumbered to the kept channels; computed bounds
+    (``torch.chunk``'s ``(C + 1) // 2``, read from the sliced tensor's own shape) become
+    constants, since they would compute the split of the compact tensor's size."""
     x = node.input(0)
     starts, ends = const_ints(node.input(1)), const_ints(node.input(2))
+    if (starts is None or ends is None) and x is not None and x.static_shape is not None:
+        starts, ends = shape_values(node.input(1), memo), shape_values(node.input(2), memo)
     if x is None or x.rank is None or starts is None or ends is None:
         return
     axes = const_ints(node.input(3)) if node.input(3) is not None else list(range(len(starts)))

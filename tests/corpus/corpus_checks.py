@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from drpopt.ir.analysis import Analysis, _distinct_params, _is_param, node_macs
+from drpopt.ir.analysis import WEIGHT_OPS, Analysis, _distinct_params, _is_param, node_macs
 from drpopt.ir.from_onnx import from_onnx
 from drpopt.ir.to_onnx import to_onnx
 from drpopt.passes import ApplyMasksPass, CompactPass, MaskPass
@@ -172,6 +172,8 @@ def expected_counts(masks: dict, before: Analysis) -> tuple[int, int]:
         if not axes or not math.prod(shape):
             continue
         kept = math.prod(int(axes[a].sum()) if a in axes else d for a, d in enumerate(shape))
+        if kept <= 1 and not any(n.op_type in WEIGHT_OPS for n, _ in value.uses):
+            kept = 0  # cut to one element: a scalar, which the count leaves out (_is_param)
         kept_elems[value.name] = kept
         kept_share[value.name] = kept / math.prod(shape)
     storages: dict[int, list] = {}
