@@ -44,10 +44,16 @@ class Case:
     locked: set[str] = field(default_factory=set)  # substrings of the allowed lock reasons
 
 
-def _yolov8(split: bool, dry_run: bool) -> onnx.ModelProto:
+def _yolov8(split: bool, dry_run: bool, seg: bool = False) -> onnx.ModelProto:
     from yolov8_torch import export
 
-    return export(split=split, dry_run=dry_run)
+    return export(split=split, dry_run=dry_run, seg=seg)
+
+
+def _detector(name: str) -> onnx.ModelProto:
+    import detect_torch
+
+    return getattr(detect_torch, name)()
 
 
 def _segmenter(name: str) -> onnx.ModelProto:
@@ -87,11 +93,17 @@ def _text_image(height: int, width: int, seed: int = 0) -> np.ndarray:
 
 DFL = "dfl/conv/Conv"  # DFL's fixed conv reads the 4 box sides of every level as one axis
 OUTPUT = "graph output"
+GROUPNORM = "mixes several axes into several others"
 
 # name -> (builder, min prunable share, max params ratio at 0.5, allowed lock reasons)
 MODELS = {
     "yolov8_split": (lambda: _yolov8(True, True), 0.99, 0.3, {DFL, OUTPUT}),
     "yolov8_chunk_anchors": (lambda: _yolov8(False, False), 0.99, 0.3, {DFL, OUTPUT}),
+    "yolov8_seg": (lambda: _yolov8(True, True, seg=True), 0.99, 0.3, {DFL, OUTPUT}),
+    "yolov5": (lambda: _detector("yolov5"), 0.99, 0.3, {OUTPUT}),
+    # torch exports GroupNorm (opset < 18) as Reshape(N, G, -1) -> InstanceNormalization ->
+    # Reshape back: the head towers stay dense
+    "fcos": (lambda: _detector("fcos"), 0.99, 0.6, {GROUPNORM, OUTPUT}),
     "deeplabv3": (lambda: _segmenter("deeplabv3"), 0.99, 0.3, {OUTPUT}),
     "lraspp": (lambda: _segmenter("lraspp"), 0.99, 0.35, {OUTPUT}),
     "unet": (lambda: _segmenter("unet"), 0.99, 0.3, {OUTPUT}),

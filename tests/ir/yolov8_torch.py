@@ -168,12 +168,47 @@ class Detect(nn.Module):
         return torch.cat((dbox * self.strides, cls.sigmoid()), 1)
 
 
+class Proto(nn.Module):
+    def __init__(self, c1, c_=256, c2=32):
+        super().__init__()
+        self.cv1 = Conv(c1, c_, k=3)
+        self.upsample = nn.ConvTranspose2d(c_, c_, 2, 2, 0, bias=True)
+        self.cv2 = Conv(c_, c_, k=3)
+        self.cv3 = Conv(c_, c2)
+
+    def forward(self, x):
+        return self.cv3(self.cv2(self.upsample(self.cv1(x))))
+
+
+class Segment(Detect):
+    """YOLOv8-seg's head: Detect plus mask coefficients per level and a prototype branch;
+    the export returns ``(cat([y, mc], 1), p)``."""
+
+    def __init__(self, nc=80, nm=32, npr=256, ch=()):
+        super().__init__(nc, ch)
+        self.nm, self.npr = nm, npr
+        self.proto = Proto(ch[0], self.npr, self.nm)
+        c4 = max(ch[0] // 4, self.nm)
+        self.cv4 = nn.ModuleList(
+            nn.Sequential(Conv(x, c4, 3), Conv(c4, c4, 3), nn.Conv2d(c4, self.nm, 1)) for x in ch
+        )
+
+    def forward(self, x):
+        p = self.proto(x[0])
+        bs = p.shape[0]
+        mc = torch.cat([self.cv4[i](x[i]).view(bs, self.nm, -1) for i in range(self.nl)], 2)
+        x = Detect.forward(self, x)
+        return torch.cat([x, mc], 1), p
+
+
 class TinyYOLOv8(nn.Module):
     """yolov8.yaml's layer graph (backbone 0-9, head 10-22) at widths 8-64, one bottleneck
     per C2f, ``nc`` classes."""
 
-    def __init__(self, nc: int = 8, w: int = 16) -> None:
+    def __init__(self, nc: int = 8, w: int = 16, seg: bool = False) -> None:
         super().__init__()
+        chans = (2 * w, 4 * w, 4 * w)
+        head = Segment(nc, 8, 2 * w, chans) if seg else Detect(nc, chans)
         self.layers = nn.ModuleList(
             [
                 Conv(3, w // 2, 3, 2),  # 0 P1/2
@@ -198,7 +233,7 @@ class TinyYOLOv8(nn.Module):
                 Conv(4 * w, 4 * w, 3, 2),  # 19
                 Concat(1),  # 20 cat head P5
                 C2f(8 * w, 4 * w, 1),  # 21 (P5/32-large)
-                Detect(nc, (2 * w, 4 * w, 4 * w)),  # 22
+                head,  # 22
             ]
         )
         # (from, index) as in the yaml: -1 is the previous layer
@@ -216,15 +251,16 @@ class TinyYOLOv8(nn.Module):
 
 
 def export(
-    size: int = 64, seed: int = 0, split: bool = True, dry_run: bool = True
+    size: int = 64, seed: int = 0, split: bool = True, dry_run: bool = True, seg: bool = False
 ) -> onnx.ModelProto:
     """TinyYOLOv8 with seeded weights (BN statistics randomised so no channel is idle),
     exported as ultralytics' ``export format=onnx`` does: eval, C2f switched to
     ``forward_split`` (``split=True``), TorchScript exporter, opset 17, static shapes.
     ``dry_run``: run the model once first, as ultralytics does, so the anchors are cached
-    constants; without it ``make_anchors`` is traced (Range/meshgrid from the shapes)."""
+    constants; without it ``make_anchors`` is traced (Range/meshgrid from the shapes).
+    ``seg``: the YOLOv8-seg head (outputs ``output0`` and the prototypes ``output1``)."""
     torch.manual_seed(seed)
-    model = TinyYOLOv8().eval()
+    model = TinyYOLOv8(seg=seg).eval()
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.running_mean.uniform_(-0.2, 0.2)
@@ -245,6 +281,6 @@ def export(
             opset_version=17,
             dynamo=False,
             input_names=["images"],
-            output_names=["output0"],
+            output_names=["output0", "output1"] if seg else ["output0"],
         )
     return onnx.load_from_string(buf.getvalue())
