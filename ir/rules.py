@@ -885,7 +885,8 @@ def _map_block(cg: ChannelGraph, node: Node, x: Value, bi, y: Value, bj) -> None
     elif len(bi) == 1:
         single, many, kind = (x, bi[0][0]), (y, bj), "splits"
     else:
-        _lock_block(cg, node, x, bi, y, bj, "mixes several axes into several others")
+        if not _map_factor(cg, node, x, bi, y, bj):
+            _lock_block(cg, node, x, bi, y, bj, "mixes several axes into several others")
         return
     value, axes = many
     level = min(cg.reshape_levels.get(node, 1), len(axes))
@@ -910,6 +911,28 @@ def _map_block(cg: ChannelGraph, node: Node, x: Value, bi, y: Value, bj) -> None
         _lock_block(cg, node, x, others, y, [], why)
     else:
         _lock_block(cg, node, x, [], y, others, why)
+
+
+def _map_factor(cg: ChannelGraph, node: Node, x: Value, bi, y: Value, bj) -> bool:
+    """Several axes against several, where the leading size of one side is a whole multiple
+    of the other's: ``(N, C, H, W) -> (N, G, C // G * H * W)``, torch's GroupNorm export
+    (opset < 18: InstanceNormalization over the groups), and back. Entry ``c`` of the
+    larger axis lies in entry ``c // (C // G)`` of the smaller, whatever the trailing sizes:
+    the larger is an expansion of the smaller with blocks of their ratio, so whole groups
+    prune together; every trailing axis is locked. False when neither divides."""
+    (ax, dx), (ay, dy) = bi[0], bj[0]
+    if not isinstance(dx, int) or not isinstance(dy, int) or dx == dy:
+        return False
+    if dx % dy == 0:
+        cg.expand(cg.space(x, ax), cg.space(y, ay), dx // dy, node)
+        why = f"splits axis {ax} of '{x.name}' and merges the rest with other axes"
+    elif dy % dx == 0:
+        cg.expand(cg.space(y, ay), cg.space(x, ax), dy // dx, node)
+        why = f"merges axis {ax} of '{x.name}' with part of another axis"
+    else:
+        return False
+    _lock_block(cg, node, x, bi[1:], y, bj[1:], why)
+    return True
 
 
 def _lock_block(cg: ChannelGraph, node: Node, x: Value, bi, y: Value, bj, why: str) -> None:
