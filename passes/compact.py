@@ -21,7 +21,7 @@ from typing import ClassVar
 import numpy as np
 
 from drpopt.ir.core import Graph, Node
-from drpopt.ir.rules import frozen_size_cast, gathered_range
+from drpopt.ir.rules import _shapes_read, frozen_size_cast, gathered_range
 from drpopt.ir.shape_expr import (
     NumericMemo,
     const_ints,
@@ -50,9 +50,10 @@ class CompactPass(Pass):
         if not masks:
             return PassResult(model, False)
         memo = NumericMemo()
+        resized = {name for name, _ in masks if name is not None}
         for node in list(model.nodes):  # sizes used as numbers keep their original values
             frozen = frozen_size_cast(node, memo)
-            if frozen is not None:
+            if frozen is not None and _reads_resized(node, resized):
                 model.set_const_input(node, 0, frozen)
         for node in list(model.nodes):
             _update_node(model, node, masks, memo)
@@ -79,6 +80,15 @@ class CompactPass(Pass):
         model.meta["compacted"] = True
         record_metadata(model, plan)
         return PassResult(model, True)
+
+
+def _reads_resized(node: Node, resized: set[str]) -> bool:
+    """Whether a size cast to float reads the shape of a tensor compaction resizes (an
+    attention scale from a pruned head dim). Sizes of untouched tensors (a detector's
+    anchor grid from the feature map's height and width) stay computed, so a model
+    exported with dynamic axes keeps them."""
+    read = _shapes_read(node.input(0))  # type: ignore[arg-type]
+    return not read or any(v.name in resized for v in read)
 
 
 def _kept(masks: Masks, name: str | None, axis: int) -> np.ndarray | None:

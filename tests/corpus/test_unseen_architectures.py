@@ -50,6 +50,35 @@ def _yolov8(split: bool, dry_run: bool, seg: bool = False) -> onnx.ModelProto:
     return export(split=split, dry_run=dry_run, seg=seg)
 
 
+def _yolov8_dynamic() -> onnx.ModelProto:
+    """``export format=onnx dynamic=True``: batch, height and width symbolic, the anchors
+    recomputed in the graph from the feature maps' shapes; analysed at 64x96."""
+    import io
+
+    import torch
+    from yolov8_torch import C2f, TinyYOLOv8, calibrate
+
+    torch.manual_seed(0)
+    model = calibrate(TinyYOLOv8(), (1, 3, 64, 64))
+    for m in model.modules():
+        if isinstance(m, C2f):
+            m.forward = m.forward_split
+    buf = io.BytesIO()
+    axes = {"images": {0: "batch", 2: "height", 3: "width"}, "output0": {0: "batch", 2: "n"}}
+    with torch.no_grad():
+        torch.onnx.export(
+            model,
+            (torch.randn(1, 3, 64, 64),),
+            buf,
+            opset_version=17,
+            dynamo=False,
+            input_names=["images"],
+            output_names=["output0"],
+            dynamic_axes=axes,
+        )
+    return fix_input_shapes(onnx.load_from_string(buf.getvalue()), {None: [1, 3, 64, 96]})
+
+
 def _detector(name: str) -> onnx.ModelProto:
     import detect_torch
 
@@ -104,6 +133,7 @@ OUTPUT = "graph output"
 MODELS = {
     "yolov8_split": (lambda: _yolov8(True, True), 0.99, 0.3, {DFL, OUTPUT}),
     "yolov8_chunk_anchors": (lambda: _yolov8(False, False), 0.99, 0.3, {DFL, OUTPUT}),
+    "yolov8_dynamic": (_yolov8_dynamic, 0.99, 0.3, {DFL, OUTPUT}),
     "yolov8_seg": (lambda: _yolov8(True, True, seg=True), 0.99, 0.3, {DFL, OUTPUT}),
     "yolov5": (lambda: _detector("yolov5"), 0.99, 0.3, {OUTPUT}),
     # the head towers (GroupNorm) are shared by the five levels: each use is pruned as a
@@ -340,3 +370,63 @@ def test_groupnorm_export_prunes_whole_groups():
     assert compare_outputs(sparse, compact) < TOLERANCE
     params, _ = compact_counts(pruned.compact)
     assert params == pruned.expected_params < pruned.before.params
+
+
+def _dynamo_export(name: str) -> onnx.ModelProto:
+    """The model exported by torch's default (dynamo, opset 20) exporter since torch 2.9."""
+    import detect_torch
+    import segment_torch
+    import torch
+    import yolov8_torch
+    from bn_calibrate import calibrate
+
+    build = {
+        "yolov8": (yolov8_torch.TinyYOLOv8, 64),
+        "fcos": (detect_torch.FCOSNet, 64),
+        "deeplabv3": (segment_torch.DeepLabV3, 48),
+    }
+    torch.manual_seed(0)
+    cls, size = build[name]
+    model = calibrate(cls(), (1, 3, size, size))
+    x = torch.randn(1, 3, size, size)
+    with torch.no_grad():
+        model(x)
+        return torch.onnx.export(model, (x,), dynamo=True, verbose=False).model_proto
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["yolov8", "fcos", "deeplabv3"])
+def test_dynamo_exports_prune_like_torchscript_ones(name):
+    """The same networks through the dynamo exporter (opset 20, other node names, SiLU and
+    interpolation decomposed differently): every check still holds (5-12 s per export)."""
+    model = _dynamo_export(name)
+    a = analyze(model)
+    assert a.prunable_params / a.params > 0.99
+    assert_groups_complete(a, model)
+    feeds = random_feeds(model)
+    for config in CONFIGS.values():
+        pruned = prune(model, config)
+        sparse, compact = run_model(pruned.masked, feeds), run_model(pruned.compact, feeds)
+        assert compare_outputs(sparse, compact) < TOLERANCE, config.name
+        assert compact_counts(pruned.compact)[0] == pruned.expected_params, config.name
+
+
+def test_folded_range_keeps_its_type():
+    """``torch.arange(w, dtype=float32)`` (YOLO anchors) is a float32 Range; folded with
+    numpy it must stay float32 (numpy widens float32 scalars to float64, and a float64
+    constant beside float32 tensors is a model shape inference and runtimes reject)."""
+    from onnx import helper, numpy_helper
+
+    from drpopt.ir.fold import fold_constants
+
+    consts = [
+        helper.make_node("Constant", [], [n], value=numpy_helper.from_array(np.float32(v), n))
+        for n, v in (("start", 0.5), ("limit", 4.0), ("delta", 1.0))
+    ]
+    rng = helper.make_node("Range", ["start", "limit", "delta"], ["r"])
+    graph = helper.make_graph(
+        [*consts, rng], "g", [], [helper.make_tensor_value_info("r", onnx.TensorProto.FLOAT, [4])]
+    )
+    folded = fold_constants(helper.make_model(graph))
+    assert folded["r"].dtype == np.float32
+    np.testing.assert_array_equal(folded["r"], [0.5, 1.5, 2.5, 3.5])

@@ -20,6 +20,7 @@ from collections import OrderedDict
 import onnx
 import torch
 import torch.nn.functional as F
+from bn_calibrate import calibrate
 from torch import nn
 
 # ---- FCOS (torchvision.models.detection.fcos, ops.feature_pyramid_network) ----------------
@@ -296,14 +297,7 @@ class TinyYOLOv5(nn.Module):
 
 def _export(model: nn.Module, size: int, seed: int, **kw) -> onnx.ModelProto:
     torch.manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d | nn.GroupNorm):
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.2, 0.2)
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 1.5)
-    model.eval()
+    calibrate(model, (1, 3, size, size))
     buf = io.BytesIO()
     with torch.no_grad():
         torch.onnx.export(

@@ -14,7 +14,7 @@ U-Net (milesial/Pytorch-UNet) compute them.
   ups, ``F.pad`` by the size difference read from ``x.size()``, concat of the skip.
 
 Each is exported with the TorchScript exporter at opset 17, seeded, BN statistics
-randomised so no channel is idle.
+calibrated (``bn_calibrate``).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import io
 import onnx
 import torch
 import torch.nn.functional as F
+from bn_calibrate import calibrate
 from torch import nn
 
 # ---- dilated ResNet backbone (torchvision.models.resnet) -------------------------------
@@ -376,21 +377,11 @@ class UNet(nn.Module):
 # ---- export --------------------------------------------------------------------------------
 
 
-def _randomize_bn(model: nn.Module) -> None:
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 1.5)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.2, 0.2)
-
-
 def export_module(model: nn.Module, shape: tuple[int, ...], seed: int = 0) -> onnx.ModelProto:
     """``model`` in eval mode exported as torchvision's reference scripts do (TorchScript
     exporter, opset 17, static input shape)."""
     torch.manual_seed(seed)
-    _randomize_bn(model)
-    model.eval()
+    calibrate(model, shape)
     buf = io.BytesIO()
     with torch.no_grad():
         torch.onnx.export(model, (torch.randn(*shape),), buf, opset_version=17, dynamo=False)

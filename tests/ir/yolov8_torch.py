@@ -17,6 +17,7 @@ import io
 
 import onnx
 import torch
+from bn_calibrate import calibrate
 from torch import nn
 
 
@@ -253,20 +254,15 @@ class TinyYOLOv8(nn.Module):
 def export(
     size: int = 64, seed: int = 0, split: bool = True, dry_run: bool = True, seg: bool = False
 ) -> onnx.ModelProto:
-    """TinyYOLOv8 with seeded weights (BN statistics randomised so no channel is idle),
+    """TinyYOLOv8 with seeded weights (BN statistics calibrated: ``bn_calibrate``),
     exported as ultralytics' ``export format=onnx`` does: eval, C2f switched to
     ``forward_split`` (``split=True``), TorchScript exporter, opset 17, static shapes.
     ``dry_run``: run the model once first, as ultralytics does, so the anchors are cached
     constants; without it ``make_anchors`` is traced (Range/meshgrid from the shapes).
     ``seg``: the YOLOv8-seg head (outputs ``output0`` and the prototypes ``output1``)."""
     torch.manual_seed(seed)
-    model = TinyYOLOv8(seg=seg).eval()
+    model = calibrate(TinyYOLOv8(seg=seg), (1, 3, size, size))
     for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 1.5)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.2, 0.2)
         if isinstance(m, C2f) and split:
             m.forward = m.forward_split
     buf = io.BytesIO()
