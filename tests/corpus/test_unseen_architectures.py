@@ -79,6 +79,12 @@ def _yolov8_dynamic() -> onnx.ModelProto:
     return fix_input_shapes(onnx.load_from_string(buf.getvalue()), {None: [1, 3, 64, 96]})
 
 
+def _mobilevit() -> onnx.ModelProto:
+    from mobilevit_torch import mobilevit
+
+    return mobilevit()
+
+
 def _detector(name: str) -> onnx.ModelProto:
     import detect_torch
 
@@ -139,6 +145,9 @@ MODELS = {
     # the head towers (GroupNorm) are shared by the five levels: each use is pruned as a
     # copy of its own, so the compact model keeps more than the per-group share
     "fcos": (lambda: _detector("fcos"), 0.99, 0.55, {OUTPUT}),
+    # patches unfolded by reshape(B * C * n_h, ...) and folded back: the transformer width
+    # maps through them as blocks of the channels
+    "mobilevit": (_mobilevit, 0.99, 0.3, {OUTPUT}),
     "deeplabv3": (lambda: _segmenter("deeplabv3"), 0.99, 0.3, {OUTPUT}),
     "lraspp": (lambda: _segmenter("lraspp"), 0.99, 0.35, {OUTPUT}),
     "unet": (lambda: _segmenter("unet"), 0.99, 0.3, {OUTPUT}),
