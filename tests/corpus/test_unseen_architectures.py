@@ -79,6 +79,12 @@ def _yolov8_dynamic() -> onnx.ModelProto:
     return fix_input_shapes(onnx.load_from_string(buf.getvalue()), {None: [1, 3, 64, 96]})
 
 
+def _detr() -> onnx.ModelProto:
+    from detr_torch import detr
+
+    return detr()
+
+
 def _mobilevit() -> onnx.ModelProto:
     from mobilevit_torch import mobilevit
 
@@ -140,6 +146,9 @@ MODELS = {
     "yolov8_split": (lambda: _yolov8(True, True), 0.99, 0.3, {DFL, OUTPUT}),
     "yolov8_chunk_anchors": (lambda: _yolov8(False, False), 0.99, 0.3, {DFL, OUTPUT}),
     "yolov8_dynamic": (_yolov8_dynamic, 0.99, 0.3, {DFL, OUTPUT}),
+    # DETR: the sine position embedding interleaves sin/cos by strided slices (locked);
+    # the transformer width, heads and FFNs prune
+    "detr": (_detr, 0.97, 0.45, {"strided slice", OUTPUT}),
     "yolov8_seg": (lambda: _yolov8(True, True, seg=True), 0.99, 0.3, {DFL, OUTPUT}),
     "yolov5": (lambda: _detector("yolov5"), 0.99, 0.3, {OUTPUT}),
     # the head towers (GroupNorm) are shared by the five levels: each use is pruned as a
