@@ -1008,6 +1008,33 @@ def apply_rules(graph: Graph, reshape_levels: dict[Node, int] | None = None) -> 
             cg.lock_value(
                 v, "subgraph", f"used inside a subgraph of {node.op_type} '{node.name}'", node
             )
+    _tie_shared_weights(graph, cg)
     for v in graph.outputs:
         cg.lock_value(v, "graph-output", f"graph output '{v.name}'")
     return cg
+
+
+_LAYER_OPS = frozenset(["Conv", "ConvTranspose", "Gemm", "MatMul"])
+
+
+def _tie_shared_weights(graph: Graph, cg: ChannelGraph) -> None:
+    """A layer applied several times reads one weight tensor from several nodes
+    (torchvision's FCOS/RetinaNet run one conv tower over every pyramid level); the frontend
+    gives each use a value of its own. Their axes are tied, so every use prunes the same
+    channels and the compact model keeps one tensor (cut apart, each copy would be a tensor
+    of its own: a head shared by five levels compacts to more than the dense model). Only
+    layer weights (input 1 of the same op, same shape): biases and norm constants that an
+    exporter or onnxsim shares because they are equal (a zero bias read by 36 convs) stay
+    apart."""
+    copies: dict[tuple, list[tuple[Value, Node]]] = {}
+    for v in graph.values.values():
+        if len(v.uses) != 1 or v.shape is None or not v.is_const:
+            continue
+        node, index = v.uses[0]
+        if index == 1 and node.op_type in _LAYER_OPS:
+            copies.setdefault((v.storage, node.op_type, v.shape), []).append((v, node))
+    for uses in copies.values():
+        first = uses[0][0]
+        for v, node in uses[1:]:
+            for axis in range(len(v.shape)):  # type: ignore[arg-type]
+                cg.identity(cg.space(first, axis), cg.space(v, axis), node)

@@ -27,7 +27,13 @@ import numpy as np
 from drpopt.errors import BadInputError
 from drpopt.ir.core import Graph
 from drpopt.passes.base import Pass, PassResult
-from drpopt.passes.common import along, get_analysis, invalidate, layer_sparsity
+from drpopt.passes.common import (
+    along,
+    get_analysis,
+    invalidate,
+    layer_sparsity,
+    reshare_equal_copies,
+)
 from drpopt.passes.masked_norm import mask_layernorm
 from drpopt.passes.plan import Plan, keep_masks
 
@@ -70,6 +76,7 @@ class ApplyMasksPass(Pass):
         nodes = {n.name: n for n in model.nodes}
         changed = restructured = False
         copied: set[str] = set()
+        storages: dict[str, int] = {}  # copies of one tensor masked alike stay one
         for group, gp in resolved:
             pruned = gp.pruned
             if not pruned:
@@ -84,6 +91,7 @@ class ApplyMasksPass(Pass):
                     model.materialize(value)
                     restructured = True
                 if m.tensor not in copied:
+                    storages[m.tensor] = value.storage
                     # the dense weights stay reachable for bias-correct and reconstruct
                     model.meta.setdefault("dense_weights", {}).setdefault(m.tensor, value.const)
                     value.const = np.array(value.const, copy=True)
@@ -91,6 +99,7 @@ class ApplyMasksPass(Pass):
                 value.const[along(value.const, m.axis, m.indices(pruned))] = 0
                 changed = True
         if changed:
+            reshare_equal_copies(model, storages)
             if self._mask_normalisations(model, keep_masks(resolved)):
                 restructured = True
             if restructured:  # zeros alone leave the groups as they were: keep the analysis

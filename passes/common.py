@@ -27,6 +27,22 @@ def invalidate(graph: Graph) -> None:
         graph.meta.pop(key, None)
 
 
+def reshare_equal_copies(graph: Graph, storages: dict[str, int]) -> None:
+    """Values that held one tensor before a pass gave each its own array (``storages``:
+    name -> storage then) and still hold equal arrays hold one array again, so the model
+    writes one initializer (a layer applied several times, its copies masked or cut the
+    same way)."""
+    by_storage: dict[int, list] = {}
+    for name, storage in storages.items():
+        by_storage.setdefault(storage, []).append(graph.values[name])
+    for values in by_storage.values():
+        first = values[0]
+        for v in values[1:]:
+            a, b = v.const, first.const
+            if a is not b and a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a, b):
+                v.share_const(first)
+
+
 def weight_of(node: Node):
     """The constant weight of a Conv/ConvTranspose/Gemm/MatMul, or None."""
     if node.op_type not in WEIGHTED_OPS:

@@ -31,7 +31,7 @@ from drpopt.ir.shape_expr import (
 )
 from drpopt.passes.apply_masks import record_metadata, require_plan
 from drpopt.passes.base import Pass, PassResult
-from drpopt.passes.common import get_analysis, invalidate
+from drpopt.passes.common import get_analysis, invalidate, reshare_equal_copies
 from drpopt.passes.masked_norm import DOMAIN, OP, unmask_layernorm
 from drpopt.passes.plan import keep_masks
 
@@ -57,6 +57,11 @@ class CompactPass(Pass):
                 model.set_const_input(node, 0, frozen)
         for node in list(model.nodes):
             _update_node(model, node, masks, memo)
+        storages = {
+            name: model.values[name].storage
+            for name, _ in masks
+            if name is not None and model.values[name].is_const
+        }
         for (name, axis), mask in masks.items():
             if name is None:
                 continue
@@ -70,6 +75,7 @@ class CompactPass(Pass):
                 shape = list(value.shape)
                 shape[int(axis)] = int(mask.sum())
                 value.shape = tuple(shape)
+        reshare_equal_copies(model, storages)
         _fix_computed_targets(model)
         for node in model.nodes:
             if node.domain == DOMAIN and node.op_type == OP:
