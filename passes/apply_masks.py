@@ -76,7 +76,7 @@ class ApplyMasksPass(Pass):
         nodes = {n.name: n for n in model.nodes}
         changed = restructured = False
         copied: set[str] = set()
-        storages: dict[str, int] = {}  # copies of one tensor masked alike stay one
+        keys: dict[str, tuple] = {}  # copies of one tensor masked alike stay one
         for group, gp in resolved:
             pruned = gp.pruned
             if not pruned:
@@ -91,15 +91,17 @@ class ApplyMasksPass(Pass):
                     model.materialize(value)
                     restructured = True
                 if m.tensor not in copied:
-                    storages[m.tensor] = value.storage
+                    keys[m.tensor] = (value.storage,)
                     # the dense weights stay reachable for bias-correct and reconstruct
                     model.meta.setdefault("dense_weights", {}).setdefault(m.tensor, value.const)
                     value.const = np.array(value.const, copy=True)
                     copied.add(m.tensor)
-                value.const[along(value.const, m.axis, m.indices(pruned))] = 0
+                index = m.indices(pruned)
+                value.const[along(value.const, m.axis, index)] = 0
+                keys[m.tensor] += ((m.axis, tuple(index)),)
                 changed = True
         if changed:
-            reshare_equal_copies(model, storages)
+            reshare_equal_copies(model, {k: (v[0], *sorted(v[1:])) for k, v in keys.items()})
             if self._mask_normalisations(model, keep_masks(resolved)):
                 restructured = True
             if restructured:  # zeros alone leave the groups as they were: keep the analysis

@@ -27,15 +27,16 @@ def invalidate(graph: Graph) -> None:
         graph.meta.pop(key, None)
 
 
-def reshare_equal_copies(graph: Graph, storages: dict[str, int]) -> None:
-    """Values that held one tensor before a pass gave each its own array (``storages``:
-    name -> storage then) and still hold equal arrays hold one array again, so the model
-    writes one initializer (a layer applied several times, its copies masked or cut the
-    same way)."""
-    by_storage: dict[int, list] = {}
-    for name, storage in storages.items():
-        by_storage.setdefault(storage, []).append(graph.values[name])
-    for values in by_storage.values():
+def reshare_equal_copies(graph: Graph, keys: dict[str, tuple]) -> None:
+    """Values with the same key (the storage they shared before a pass gave each its own
+    array, and how the pass cut or masked them) hold one array again when their arrays are
+    equal, so the model writes one initializer: a layer applied several times stays one
+    tensor. Copies of a constant an exporter shared because it was equal (a zero bias of
+    unrelated layers) are cut differently and stay apart."""
+    by_key: dict[tuple, list] = {}
+    for name, key in keys.items():
+        by_key.setdefault(key, []).append(graph.values[name])
+    for values in by_key.values():
         first = values[0]
         for v in values[1:]:
             a, b = v.const, first.const

@@ -57,11 +57,11 @@ class CompactPass(Pass):
                 model.set_const_input(node, 0, frozen)
         for node in list(model.nodes):
             _update_node(model, node, masks, memo)
-        storages = {
-            name: model.values[name].storage
-            for name, _ in masks
-            if name is not None and model.values[name].is_const
-        }
+        keys: dict[str, tuple] = {}  # copies of one tensor cut alike stay one
+        for (name, axis), mask in masks.items():
+            if name is not None and model.values[name].is_const:
+                key = keys.setdefault(name, (model.values[name].storage,))
+                keys[name] = (*key, (int(axis), mask.tobytes()))
         for (name, axis), mask in masks.items():
             if name is None:
                 continue
@@ -75,7 +75,7 @@ class CompactPass(Pass):
                 shape = list(value.shape)
                 shape[int(axis)] = int(mask.sum())
                 value.shape = tuple(shape)
-        reshare_equal_copies(model, storages)
+        reshare_equal_copies(model, {k: (v[0], *sorted(v[1:])) for k, v in keys.items()})
         _fix_computed_targets(model)
         for node in model.nodes:
             if node.domain == DOMAIN and node.op_type == OP:
