@@ -91,7 +91,8 @@ class ApplyMasksPass(Pass):
                     model.materialize(value)
                     restructured = True
                 if m.tensor not in copied:
-                    keys[m.tensor] = (value.storage,)
+                    # the tensor it shared before this pass (compact re-shares by it too)
+                    keys[m.tensor] = (value.meta.setdefault("shared_storage", value.storage),)
                     # the dense weights stay reachable for bias-correct and reconstruct
                     model.meta.setdefault("dense_weights", {}).setdefault(m.tensor, value.const)
                     value.const = np.array(value.const, copy=True)

@@ -60,7 +60,8 @@ class CompactPass(Pass):
         keys: dict[str, tuple] = {}  # copies of one tensor cut alike stay one
         for (name, axis), mask in masks.items():
             if name is not None and model.values[name].is_const:
-                key = keys.setdefault(name, (model.values[name].storage,))
+                value = model.values[name]  # its storage before apply-masks copied it
+                key = keys.setdefault(name, (value.meta.get("shared_storage", value.storage),))
                 keys[name] = (*key, (int(axis), mask.tobytes()))
         for (name, axis), mask in masks.items():
             if name is None:
