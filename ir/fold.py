@@ -138,7 +138,8 @@ def _eval(
             out = fn(out, np.asarray(v))
         return [out]
     if op == "Range":
-        return [np.arange(np.asarray(vals[0]), np.asarray(vals[1]), np.asarray(vals[2]))]
+        start = np.asarray(vals[0])  # the output has the inputs' type (numpy widens float32)
+        return [np.arange(start, np.asarray(vals[1]), np.asarray(vals[2]), dtype=start.dtype)]
     if op == "Slice":
         starts, ends = np.asarray(vals[1]).reshape(-1), np.asarray(vals[2]).reshape(-1)
         arr = np.asarray(x)

@@ -275,9 +275,14 @@ def _type(v: Value) -> onnx.TypeProto:
 
 def _data(v: Value, memo: NumericMemo) -> np.ndarray | None:
     """The numbers a small integer input holds, for inference of the ops that read them
-    (Reshape targets, pads, slice bounds, sizes)."""
+    (Reshape targets, pads, slice bounds, sizes), or a small float constant (``Resize``
+    scales: ``nn.Upsample`` behind a shape ONNX inference lost)."""
     dtype = np.dtype(v.dtype)
-    if dtype.kind not in "iu" or len(v.shape) > 1 or (v.numel or 0) > MAX_DATA:  # type: ignore[arg-type]
+    if len(v.shape) > 1 or (v.numel or 0) > MAX_DATA:  # type: ignore[arg-type]
+        return None
+    if dtype.kind == "f":  # Resize scales
+        return np.asarray(v.const, dtype=dtype) if v.is_const else None
+    if dtype.kind not in "iu":
         return None
     values = shape_values(v, memo)
     if values is None or len(values) != (v.numel or 0):

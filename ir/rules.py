@@ -609,8 +609,11 @@ def _slice(node: Node, cg: ChannelGraph) -> None:
         and x.shape is not None
         and (axes is not None or node.input(3) is None)
     ):
-        _slice_computed(node, cg, x, y, axes)
-        return
+        numbers = _static_bounds(node, x, y, cg.numeric_memo)
+        if numbers is None:
+            _slice_computed(node, cg, x, y, axes)
+            return
+        starts, ends = numbers
     if x is None or x.rank is None or y.rank != x.rank or starts is None or ends is None:
         cg.lock_value(x, "rule", f"Slice '{node.name}' has computed bounds", node)
         cg.lock_value(y, "rule", f"Slice '{node.name}' has computed bounds", node)
@@ -649,6 +652,22 @@ def _slice(node: Node, cg: ChannelGraph) -> None:
             parts.append(cg.virtual(f"{node.name}.dropped_tail", dim - hi))
         parts = [p for p in parts if p is not None]
         cg.concat(cg.space(x, ax), parts, node)
+
+
+def _static_bounds(
+    node: Node, x: Value, y: Value, memo: dict
+) -> tuple[list[int], list[int]] | None:
+    """The numbers computed Slice bounds take for this model's static shapes, when input
+    and output shapes are static (``torch.chunk`` exported as ``Slice`` with bounds
+    ``(C + 1) // 2 * k`` read from the sliced tensor's own shape: a channel split like any
+    other; ``compact`` writes the kept bounds as constants). None otherwise."""
+    if x.static_shape is None or y.static_shape is None:
+        return None
+    starts = shape_values(node.input(1), memo)  # type: ignore[arg-type]
+    ends = shape_values(node.input(2), memo)  # type: ignore[arg-type]
+    if starts is None or ends is None or len(starts) != len(ends):
+        return None
+    return starts, ends
 
 
 def _slice_computed(node: Node, cg: ChannelGraph, x: Value, y: Value, axes) -> None:
@@ -882,7 +901,8 @@ def _map_block(cg: ChannelGraph, node: Node, x: Value, bi, y: Value, bj) -> None
     elif len(bi) == 1:
         single, many, kind = (x, bi[0][0]), (y, bj), "splits"
     else:
-        _lock_block(cg, node, x, bi, y, bj, "mixes several axes into several others")
+        if not _map_factor(cg, node, x, bi, y, bj):
+            _lock_block(cg, node, x, bi, y, bj, "mixes several axes into several others")
         return
     value, axes = many
     level = min(cg.reshape_levels.get(node, 1), len(axes))
@@ -907,6 +927,28 @@ def _map_block(cg: ChannelGraph, node: Node, x: Value, bi, y: Value, bj) -> None
         _lock_block(cg, node, x, others, y, [], why)
     else:
         _lock_block(cg, node, x, [], y, others, why)
+
+
+def _map_factor(cg: ChannelGraph, node: Node, x: Value, bi, y: Value, bj) -> bool:
+    """Several axes against several, where the leading size of one side is a whole multiple
+    of the other's: ``(N, C, H, W) -> (N, G, C // G * H * W)``, torch's GroupNorm export
+    (opset < 18: InstanceNormalization over the groups), and back. Entry ``c`` of the
+    larger axis lies in entry ``c // (C // G)`` of the smaller, whatever the trailing sizes:
+    the larger is an expansion of the smaller with blocks of their ratio, so whole groups
+    prune together; every trailing axis is locked. False when neither divides."""
+    (ax, dx), (ay, dy) = bi[0], bj[0]
+    if not isinstance(dx, int) or not isinstance(dy, int) or dx == dy:
+        return False
+    if dx % dy == 0:
+        cg.expand(cg.space(x, ax), cg.space(y, ay), dx // dy, node)
+        why = f"splits axis {ax} of '{x.name}' and merges the rest with other axes"
+    elif dy % dx == 0:
+        cg.expand(cg.space(y, ay), cg.space(x, ax), dy // dx, node)
+        why = f"merges axis {ax} of '{x.name}' with part of another axis"
+    else:
+        return False
+    _lock_block(cg, node, x, bi[1:], y, bj[1:], why)
+    return True
 
 
 def _lock_block(cg: ChannelGraph, node: Node, x: Value, bi, y: Value, bj, why: str) -> None:
@@ -982,6 +1024,33 @@ def apply_rules(graph: Graph, reshape_levels: dict[Node, int] | None = None) -> 
             cg.lock_value(
                 v, "subgraph", f"used inside a subgraph of {node.op_type} '{node.name}'", node
             )
+    _tie_shared_weights(graph, cg)
     for v in graph.outputs:
         cg.lock_value(v, "graph-output", f"graph output '{v.name}'")
     return cg
+
+
+_LAYER_OPS = frozenset(["Conv", "ConvTranspose", "Gemm", "MatMul"])
+
+
+def _tie_shared_weights(graph: Graph, cg: ChannelGraph) -> None:
+    """A layer applied several times reads one weight tensor from several nodes
+    (torchvision's FCOS/RetinaNet run one conv tower over every pyramid level); the frontend
+    gives each use a value of its own. Their axes are tied, so every use prunes the same
+    channels and the compact model keeps one tensor (cut apart, each copy would be a tensor
+    of its own: a head shared by five levels compacts to more than the dense model). Only
+    layer weights (input 1 of the same op, same shape): biases and norm constants that an
+    exporter or onnxsim shares because they are equal (a zero bias read by 36 convs) stay
+    apart."""
+    copies: dict[tuple, list[tuple[Value, Node]]] = {}
+    for v in graph.values.values():
+        if len(v.uses) != 1 or v.shape is None or not v.is_const:
+            continue
+        node, index = v.uses[0]
+        if index == 1 and node.op_type in _LAYER_OPS:
+            copies.setdefault((v.storage, node.op_type, v.shape), []).append((v, node))
+    for uses in copies.values():
+        first = uses[0][0]
+        for v, node in uses[1:]:
+            for axis in range(len(v.shape)):  # type: ignore[arg-type]
+                cg.identity(cg.space(first, axis), cg.space(v, axis), node)

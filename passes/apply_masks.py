@@ -29,7 +29,7 @@ from drpopt.ir.analysis import Analysis
 from drpopt.ir.core import Graph
 from drpopt.ir.patterns import decomposed_layernorms
 from drpopt.passes.base import Pass, PassResult
-from drpopt.passes.common import along, get_analysis, layer_sparsity
+from drpopt.passes.common import along, get_analysis, layer_sparsity, reshare_equal_copies
 from drpopt.passes.context import context_of
 from drpopt.passes.masked_norm import fold_layernorm, mask_layernorm
 from drpopt.passes.plan import Plan, keep_masks
@@ -73,6 +73,7 @@ class ApplyMasksPass(Pass):
         nodes = {n.name: n for n in model.nodes}
         changed = restructured = False
         copied: set[str] = set()
+        keys: dict[str, tuple] = {}  # copies of one tensor masked alike stay one
         for group, gp in resolved:
             pruned = gp.pruned
             if not pruned:
@@ -87,6 +88,8 @@ class ApplyMasksPass(Pass):
                     model.materialize(value)
                     restructured = True
                 if m.tensor not in copied:
+                    # the tensor it shared before this pass (compact re-shares by it too)
+                    keys[m.tensor] = (value.meta.setdefault("shared_storage", value.storage),)
                     # the dense weights stay reachable for bias-correct and reconstruct
                     context = context_of(model)
                     if context.dense_weights is None:
@@ -94,10 +97,15 @@ class ApplyMasksPass(Pass):
                     context.dense_weights.setdefault(m.tensor, value.const)
                     value.const = np.array(value.const, copy=True)
                     copied.add(m.tensor)
-                value.const[along(value.const, m.axis, m.indices(pruned))] = 0
+                index = m.indices(pruned)
+                value.const[along(value.const, m.axis, index)] = 0
+                keys[m.tensor] += ((m.axis, tuple(index)),)
                 changed = True
-        if changed and self._mask_normalisations(model, keep_masks(resolved)):
-            restructured = True
+        if changed:
+            # copies of one layer weight cut alike hold one array again
+            reshare_equal_copies(model, {k: (v[0], *sorted(v[1:])) for k, v in keys.items()})
+            if self._mask_normalisations(model, keep_masks(resolved)):
+                restructured = True
         record_metadata(model, plan)
         # zeros alone leave the groups as they were (compact resolves the plan on them);
         # scores change with the weights and go

@@ -28,6 +28,23 @@ def invalidate(graph: Graph) -> None:
     forget(graph)
 
 
+def reshare_equal_copies(graph: Graph, keys: dict[str, tuple]) -> None:
+    """Values with the same key (the storage they shared before a pass gave each its own
+    array, and how the pass cut or masked them) hold one array again when their arrays are
+    equal, so the model writes one initializer: a layer applied several times stays one
+    tensor. Copies of a constant an exporter shared because it was equal (a zero bias of
+    unrelated layers) are cut differently and stay apart."""
+    by_key: dict[tuple, list] = {}
+    for name, key in keys.items():
+        by_key.setdefault(key, []).append(graph.values[name])
+    for values in by_key.values():
+        first = values[0]
+        for v in values[1:]:
+            a, b = v.const, first.const
+            if a is not b and a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a, b):
+                v.share_const(first)
+
+
 def weight_of(node: Node):
     """The constant weight of a Conv/ConvTranspose/Gemm/MatMul, or None."""
     if node.op_type not in WEIGHTED_OPS:

@@ -21,11 +21,17 @@ from typing import ClassVar
 import numpy as np
 
 from drpopt.ir.core import Graph, Node
-from drpopt.ir.rules import frozen_size_cast, gathered_range
-from drpopt.ir.shape_expr import NumericMemo, const_ints, literal_source, shape_entries
+from drpopt.ir.rules import _shapes_read, frozen_size_cast, gathered_range
+from drpopt.ir.shape_expr import (
+    NumericMemo,
+    const_ints,
+    literal_source,
+    shape_entries,
+    shape_values,
+)
 from drpopt.passes.apply_masks import record_metadata, require_plan
 from drpopt.passes.base import Pass, PassResult
-from drpopt.passes.common import get_analysis
+from drpopt.passes.common import get_analysis, reshare_equal_copies
 from drpopt.passes.context import context_of
 from drpopt.passes.masked_norm import DOMAIN, OP, unmask_layernorm, write_out_layernorm
 from drpopt.passes.plan import keep_masks
@@ -45,12 +51,19 @@ class CompactPass(Pass):
         if not masks:
             return PassResult(model, False)
         memo = NumericMemo()
+        resized = {name for name, _ in masks if name is not None}
         for node in list(model.nodes):  # sizes used as numbers keep their original values
             frozen = frozen_size_cast(node, memo)
-            if frozen is not None:
+            if frozen is not None and _reads_resized(node, resized):
                 model.set_const_input(node, 0, frozen)
         for node in list(model.nodes):
-            _update_node(model, node, masks)
+            _update_node(model, node, masks, memo)
+        keys: dict[str, tuple] = {}  # copies of one tensor cut alike stay one
+        for (name, axis), mask in masks.items():
+            if name is not None and model.values[name].is_const:
+                value = model.values[name]  # its storage before apply-masks copied it
+                key = keys.setdefault(name, (value.meta.get("shared_storage", value.storage),))
+                keys[name] = (*key, (int(axis), mask.tobytes()))
         for (name, axis), mask in masks.items():
             if name is None:
                 continue
@@ -64,6 +77,7 @@ class CompactPass(Pass):
                 shape = list(value.shape)
                 shape[int(axis)] = int(mask.sum())
                 value.shape = tuple(shape)
+        reshare_equal_copies(model, {k: (v[0], *sorted(v[1:])) for k, v in keys.items()})
         _fix_computed_targets(model)
         before_17 = model.opsets.get("", 17) < 17  # no LayerNormalization op there
         for node in list(model.nodes):
@@ -80,11 +94,20 @@ class CompactPass(Pass):
         return PassResult(model, True)
 
 
+def _reads_resized(node: Node, resized: set[str]) -> bool:
+    """Whether a size cast to float reads the shape of a tensor compaction resizes (an
+    attention scale from a pruned head dim). Sizes of untouched tensors (a detector's
+    anchor grid from the feature map's height and width) stay computed, so a model
+    exported with dynamic axes keeps them."""
+    read = _shapes_read(node.input(0))  # type: ignore[arg-type]
+    return not read or any(v.name in resized for v in read)
+
+
 def _kept(masks: Masks, name: str | None, axis: int) -> np.ndarray | None:
     return masks.get((name, axis)) if name is not None else None
 
 
-def _update_node(graph: Graph, node: Node, masks: Masks) -> None:
+def _update_node(graph: Graph, node: Node, masks: Masks, memo: NumericMemo) -> None:
     op = node.op_type
     if op in ("Conv", "ConvTranspose") and int(node.attr("group", 1)) > 1:
         mask = masks.get((None, f"{node.name}.groups"))
@@ -93,7 +116,7 @@ def _update_node(graph: Graph, node: Node, masks: Masks) -> None:
     elif op == "Split":
         _update_split(graph, node, masks)
     elif op == "Slice":
-        _update_slice(graph, node, masks)
+        _update_slice(graph, node, masks, memo)
     elif op == "Gather":
         _update_gather(graph, node, masks)
     elif op == "Reshape":
@@ -123,9 +146,14 @@ def _update_split(graph: Graph, node: Node, masks: Masks) -> None:
         graph.set_const_input(node, 1, np.array(sizes, dtype=np.int64))
 
 
-def _update_slice(graph: Graph, node: Node, masks: Masks) -> None:
+def _update_slice(graph: Graph, node: Node, masks: Masks, memo: NumericMemo) -> None:
+    """Slice bounds on a pruned axis are renumbered to the kept channels; computed bounds
+    (``torch.chunk``'s ``(C + 1) // 2``, read from the sliced tensor's own shape) become
+    constants, since they would compute the split of the compact tensor's size."""
     x = node.input(0)
     starts, ends = const_ints(node.input(1)), const_ints(node.input(2))
+    if (starts is None or ends is None) and x is not None and x.static_shape is not None:
+        starts, ends = shape_values(node.input(1), memo), shape_values(node.input(2), memo)
     if x is None or x.rank is None or starts is None or ends is None:
         return
     axes = const_ints(node.input(3)) if node.input(3) is not None else list(range(len(starts)))

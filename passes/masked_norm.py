@@ -156,10 +156,15 @@ def write_out_layernorm(graph: Graph, node: Node) -> None:
         ("Add", ["var", "eps"], "var_eps", stats, {}),
         ("Sqrt", ["var_eps"], "std", stats, {}),
         ("Div", ["centred", "std"], "normalised", y.shape, {}),
-        ("Mul", ["normalised", "scale"], "scaled", y.shape, {}),
     ]
-    if bias is not None:
-        steps.append(("Add", ["scaled", "bias"], "shifted", y.shape, {}))
+    last = "normalised"
+    # a unit scale and a zero bias (those fold_layernorm gave a written-out LayerNorm,
+    # whose own scale and shift follow it) are left out: the model gets its ops back
+    if not (scale.is_const and np.all(np.asarray(scale.const) == 1)):
+        steps.append(("Mul", [last, "scale"], "scaled", y.shape, {}))
+        last = "scaled"
+    if bias is not None and not (bias.is_const and not np.any(np.asarray(bias.const))):
+        steps.append(("Add", [last, "bias"], "shifted", y.shape, {}))
     values = {"x": x, "eps": eps, "scale": scale, "bias": bias}
     new: list[Node] = []
     for op, ins, out, shape, attrs in steps:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from drpopt.ir.analysis import Analysis, _distinct_params, _is_param, node_macs
+from drpopt.ir.analysis import WEIGHT_OPS, Analysis, _distinct_params, _is_param, node_macs
 from drpopt.ir.from_onnx import from_onnx
 from drpopt.ir.to_onnx import to_onnx
 from drpopt.passes import ApplyMasksPass, CompactPass, MaskPass
@@ -163,8 +163,9 @@ def expected_counts(masks: dict, before: Analysis) -> tuple[int, int]:
     changes that IR).
 
     A tensor an exporter shares between layers (through Identity, or deduplicated) is one
-    tensor until a layer's copy is cut: each cut copy is a tensor of its own, and the shared
-    one stays while any layer still reads it uncut."""
+    tensor until a layer's copy is cut: each copy cut differently is a tensor of its own
+    (copies cut the same way stay one), and the shared one stays while any layer still
+    reads it uncut."""
     params = [v for v in before.graph.values.values() if _is_param(v)]
     kept_share: dict[str, float] = {}
     kept_elems: dict[str, int] = {}
@@ -174,14 +175,22 @@ def expected_counts(masks: dict, before: Analysis) -> tuple[int, int]:
         if not axes or not math.prod(shape):
             continue
         kept = math.prod(int(axes[a].sum()) if a in axes else d for a, d in enumerate(shape))
+        if kept <= 1 and not any(n.op_type in WEIGHT_OPS for n, _ in value.uses):
+            kept = 0  # cut to one element: a scalar, which the count leaves out (_is_param)
         kept_elems[value.name] = kept
         kept_share[value.name] = kept / math.prod(shape)
+    cut_of: dict[str, tuple] = {}
+    for (name, axis), mask in sorted(masks.items(), key=lambda kv: (str(kv[0][0]), str(kv[0][1]))):
+        if name is not None:
+            cut_of[name] = (*cut_of.get(name, ()), (axis, mask.tobytes()))
     storages: dict[int, list] = {}
     for value in params:
         storages.setdefault(value.storage, []).append(value)
     total = 0
     for values in storages.values():
-        total += sum(kept_elems[v.name] for v in values if v.name in kept_elems)
+        # copies cut the same way (a layer applied several times) stay one tensor
+        cuts = {cut_of[v.name]: v for v in values if v.name in kept_elems}
+        total += sum(kept_elems[v.name] for v in cuts.values())
         if any(v.name not in kept_elems and _still_read(v, kept_elems) for v in values):
             total += values[0].numel or 0
     macs = 0.0

@@ -1,0 +1,502 @@
+"""The conformance checks on architectures the corpus lacks, written the way their own
+projects write them (tests/ir/yolov8_torch.py, segment_torch.py) and exported by torch, and
+on the PP-OCR models rapidocr ships (when installed).
+
+Per model: the analysis names every lock; rate 0 is bit-identical; every plan of ``CONFIGS``
+gives compact outputs equal to the sparse ones (1e-4 of the spread) with the parameters and
+MACs the plan says; the dead-channel check holds on every prunable group; and the model's
+coverage (share of prunable parameters, what stays locked) is what the architecture allows.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from corpus_checks import (
+    CONFIGS,
+    TOLERANCE,
+    PruneConfig,
+    compact_counts,
+    compare_outputs,
+    prune,
+)
+from deadchannels import assert_groups_complete, random_feeds, run_model
+
+from drpopt import analyze
+from drpopt.ir.analysis import Analysis
+from drpopt.ir.input_shapes import fix_input_shapes
+
+
+@dataclass
+class Case:
+    """A model, the feeds its outputs are compared on, and what its analysis must show."""
+
+    model: onnx.ModelProto
+    feeds: dict[str, np.ndarray]
+    min_prunable: float  # prunable / all parameters
+    max_ratio: float  # compact / dense parameters at rate 0.5
+    locked: set[str] = field(default_factory=set)  # substrings of the allowed lock reasons
+
+
+def _yolov8(split: bool, dry_run: bool, seg: bool = False) -> onnx.ModelProto:
+    from yolov8_torch import export
+
+    return export(split=split, dry_run=dry_run, seg=seg)
+
+
+def _yolov8_dynamic() -> onnx.ModelProto:
+    """``export format=onnx dynamic=True``: batch, height and width symbolic, the anchors
+    recomputed in the graph from the feature maps' shapes; analysed at 64x96."""
+    import io
+
+    import torch
+    from yolov8_torch import C2f, TinyYOLOv8, calibrate
+
+    torch.manual_seed(0)
+    model = calibrate(TinyYOLOv8(), (1, 3, 64, 64))
+    for m in model.modules():
+        if isinstance(m, C2f):
+            m.forward = m.forward_split
+    buf = io.BytesIO()
+    axes = {"images": {0: "batch", 2: "height", 3: "width"}, "output0": {0: "batch", 2: "n"}}
+    with torch.no_grad():
+        torch.onnx.export(
+            model,
+            (torch.randn(1, 3, 64, 64),),
+            buf,
+            opset_version=17,
+            dynamo=False,
+            input_names=["images"],
+            output_names=["output0"],
+            dynamic_axes=axes,
+        )
+    return fix_input_shapes(onnx.load_from_string(buf.getvalue()), {None: [1, 3, 64, 96]})
+
+
+def _detr() -> onnx.ModelProto:
+    from detr_torch import detr
+
+    return detr()
+
+
+def _mobilevit() -> onnx.ModelProto:
+    from mobilevit_torch import mobilevit
+
+    return mobilevit()
+
+
+def _detector(name: str) -> onnx.ModelProto:
+    import detect_torch
+
+    return getattr(detect_torch, name)()
+
+
+def _crnn() -> onnx.ModelProto:
+    from ocr_torch import crnn
+
+    return crnn()
+
+
+def _segmenter(name: str) -> onnx.ModelProto:
+    import segment_torch
+
+    if name == "unet_bilinear":
+        return segment_torch.unet(bilinear=True)
+    return getattr(segment_torch, name)()
+
+
+# the PP-OCR models rapidocr ships (paddle2onnx exports: Constant weights, dynamic dims);
+# found without importing the package (it needs OpenCV)
+_SPEC = importlib.util.find_spec("rapidocr_onnxruntime")
+OCR_DIR = Path(_SPEC.origin).parent / "models" if _SPEC and _SPEC.origin else None
+
+
+def _ocr(name: str, shape: list[int], logits: bool = False) -> onnx.ModelProto:
+    if OCR_DIR is None or not (OCR_DIR / f"{name}.onnx").exists():
+        pytest.skip(f"{name}.onnx not installed (pip install rapidocr_onnxruntime)")
+    model = fix_input_shapes(onnx.load(str(OCR_DIR / f"{name}.onnx")), {None: shape})
+    if logits:  # DBNet's probability map saturates on synthetic input: compare its logits
+        for node in model.graph.node:
+            if node.output[0] == model.graph.output[0].name and node.op_type == "Sigmoid":
+                node.op_type = "Identity"
+    return model
+
+
+def _text_image(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """White page with dark striped blocks, normalised as PaddleOCR's preprocessing does."""
+    rng = np.random.default_rng(seed)
+    img = np.full((height, width), 255.0)
+    for _ in range(12):
+        y, x = rng.integers(0, height - 12), rng.integers(0, width - 40)
+        img[y : y + rng.integers(6, 12) : 2, x : x + rng.integers(10, 40)] = 0
+    return ((img / 255.0 - 0.485) / 0.229)[None, None].repeat(3, 1).astype(np.float32)
+
+
+DFL = "dfl/conv/Conv"  # DFL's fixed conv reads the 4 box sides of every level as one axis
+OUTPUT = "graph output"
+
+# name -> (builder, min prunable share, max params ratio at 0.5, allowed lock reasons)
+MODELS = {
+    "yolov8_split": (lambda: _yolov8(True, True), 0.99, 0.3, {DFL, OUTPUT}),
+    "yolov8_chunk_anchors": (lambda: _yolov8(False, False), 0.99, 0.3, {DFL, OUTPUT}),
+    "yolov8_dynamic": (_yolov8_dynamic, 0.99, 0.3, {DFL, OUTPUT}),
+    # DETR: the sine position embedding interleaves sin/cos by strided slices (locked);
+    # the transformer width, heads and FFNs prune
+    "detr": (_detr, 0.97, 0.45, {"strided slice", OUTPUT}),
+    "yolov8_seg": (lambda: _yolov8(True, True, seg=True), 0.99, 0.3, {DFL, OUTPUT}),
+    "yolov5": (lambda: _detector("yolov5"), 0.99, 0.3, {OUTPUT}),
+    # the head towers (GroupNorm: whole groups) run over all five levels: one tensor,
+    # tied channels, one compact copy
+    "fcos": (lambda: _detector("fcos"), 0.99, 0.3, {OUTPUT}),
+    # patches unfolded by reshape(B * C * n_h, ...) and folded back: the transformer width
+    # maps through them as blocks of the channels
+    "mobilevit": (_mobilevit, 0.99, 0.3, {OUTPUT}),
+    "deeplabv3": (lambda: _segmenter("deeplabv3"), 0.99, 0.3, {OUTPUT}),
+    "lraspp": (lambda: _segmenter("lraspp"), 0.99, 0.35, {OUTPUT}),
+    "unet": (lambda: _segmenter("unet"), 0.99, 0.3, {OUTPUT}),
+    "unet_bilinear": (lambda: _segmenter("unet_bilinear"), 0.99, 0.3, {OUTPUT}),
+    # EasyOCR's CRNN: the LSTMs have no coupling rule (their widths stay)
+    "crnn_bilstm": (_crnn, 0.6, 0.6, {"LSTM", OUTPUT}),
+    "ppocr_cls": (
+        lambda: _ocr("ch_ppocr_mobile_v2.0_cls_infer", [1, 3, 48, 192]),
+        0.99,
+        0.35,
+        {"Softmax", OUTPUT},
+    ),
+    "ppocr_rec": (
+        lambda: _ocr("ch_PP-OCRv4_rec_infer", [1, 3, 48, 320]),
+        0.99,
+        0.4,
+        {"ReduceMean", "Softmax", OUTPUT},  # LayerNorm statistics; the CTC softmax
+    ),
+    "ppocr_det": (
+        lambda: _ocr("ch_PP-OCRv4_det_infer", [1, 3, 96, 160], logits=True),
+        0.99,
+        0.3,
+        set(),
+    ),
+}
+SLOW: set[str] = set()  # all fit the default run (about 15 s together)
+
+
+@functools.cache
+def case(name: str) -> Case:
+    build, share, ratio, locked = MODELS[name]
+    model = build()
+    if name == "ppocr_det":
+        feeds = {model.graph.input[0].name: _text_image(96, 160)}
+    else:
+        feeds = random_feeds(model)
+    return Case(model, feeds, share, ratio, locked)
+
+
+@functools.cache
+def analysis(name: str) -> Analysis:
+    return analyze(case(name).model)
+
+
+def _params(names):
+    return [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in names]
+
+
+@pytest.mark.parametrize("name", _params(MODELS))
+def test_analysis_names_every_lock_and_covers_the_model(name):
+    a = analysis(name)
+    c = case(name)
+    unnamed = [g.id for g in a.locked_groups if not g.reason or not all(x.message for x in g.locks)]
+    assert not unnamed, f"{name}: locked groups without a reason: {unnamed}"
+    unexpected = [g.reason for g in a.locked_groups if not any(k in g.reason for k in c.locked)]
+    assert not unexpected, f"{name}: locked for an unexpected reason: {unexpected[:3]}"
+    assert a.prunable_params / a.params >= c.min_prunable, (name, a.prunable_params, a.params)
+
+
+@pytest.mark.parametrize("name", _params(MODELS))
+def test_rate_zero_is_bit_identical(name):
+    c = case(name)
+    pruned = prune(c.model, PruneConfig("rate0", 0.0))
+    reference = run_model(c.model, c.feeds)
+    compare_outputs(reference, reference, f"{name} reference")  # refuses degenerate outputs
+    for form, model in (("sparse", pruned.masked), ("compact", pruned.compact)):
+        out = run_model(model, c.feeds)
+        assert all(np.array_equal(a, b) for a, b in zip(reference, out, strict=True)), form
+
+
+@pytest.mark.parametrize("config", list(CONFIGS.values()), ids=list(CONFIGS))
+@pytest.mark.parametrize("name", _params(MODELS))
+def test_sparse_equals_compact(name, config):
+    c = case(name)
+    pruned = prune(c.model, config)
+    sparse = run_model(pruned.masked, c.feeds)
+    compact = run_model(pruned.compact, c.feeds)
+    err = compare_outputs(sparse, compact, f"{name} {config.name}: compact vs sparse")
+    assert err < TOLERANCE, f"{name} {config.name}: compact differs from sparse by {err:.3g}"
+    params, macs = compact_counts(pruned.compact)
+    assert params == pruned.expected_params, (params, pruned.expected_params)
+    assert macs == pruned.expected_macs or (not pruned.macs_exact and macs < pruned.expected_macs)
+    assert params < pruned.before.params and macs < pruned.before.macs
+    if config.name == "rate0.5":
+        ratio = params / pruned.before.params
+        assert ratio <= c.max_ratio, f"{name}: compact keeps {ratio:.3f} of the parameters"
+
+
+@pytest.mark.parametrize("name", _params(MODELS))
+def test_dead_channels_hold_on_every_prunable_group(name):
+    assert_groups_complete(analysis(name), case(name).model)
+
+
+# ---- the fixes these models needed, each on a small model of its own ----------------------
+
+
+def _chunk_model() -> onnx.ModelProto:
+    """``relu(conv(x)).chunk(2, 1)``: the first half is pruned through a conv, the second
+    goes through a channel softmax (locked, kept whole), then ``nn.Upsample``. torch writes the
+    chunk as two Slices with bounds ``(C + 1) // 2 * k`` computed from the tensor's shape,
+    and ONNX shape inference loses every shape after them."""
+    import io
+
+    import torch
+    from torch import nn
+
+    class Chunky(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c1 = nn.Conv2d(3, 16, 3, padding=1)
+            self.a = nn.Conv2d(8, 6, 3, padding=1)
+            self.up = nn.Upsample(scale_factor=2, mode="nearest")
+            self.out = nn.Conv2d(14, 4, 1)
+
+        def forward(self, x):
+            p, q = torch.relu(self.c1(x)).chunk(2, 1)
+            y = self.up(torch.cat([torch.relu(self.a(p)), torch.softmax(q, 1)], 1))
+            return self.out(y)
+
+    torch.manual_seed(0)
+    buf = io.BytesIO()
+    with torch.no_grad():
+        torch.onnx.export(
+            Chunky().eval(), (torch.randn(1, 3, 8, 8),), buf, opset_version=17, dynamo=False
+        )
+    return onnx.load_from_string(buf.getvalue())
+
+
+def test_chunk_with_computed_bounds_is_a_channel_split_and_compacts():
+    """Each half of a ``chunk`` is a segment of its producer (not locked for "computed
+    bounds"); pruned apart, compact writes the kept bounds as constants (the computed
+    ``(C' + 1) // 2`` of the compact tensor would split it in the wrong place)."""
+    model = _chunk_model()
+    assert any(
+        n.op_type == "Slice" and n.input[2] not in {t.name for t in model.graph.initializer}
+        for n in model.graph.node
+    )
+    a = analyze(model)
+    first = [g for g in a.prunable_groups if any(m.tensor == "c1.weight" for m in g.members)]
+    assert [g.size for g in first] == [8], [(g.size, g.reason) for g in a.groups]
+    assert_groups_complete(a, model)
+    pruned = prune(model, CONFIGS["rate0.5"])
+    feeds = random_feeds(model)
+    sparse, compact = run_model(pruned.masked, feeds), run_model(pruned.compact, feeds)
+    assert compare_outputs(sparse, compact) < TOLERANCE
+    assert compact_counts(pruned.compact)[0] == pruned.expected_params < pruned.before.params
+
+
+def test_resize_after_a_lost_shape_gets_a_static_shape():
+    """``nn.Upsample`` (Resize with constant float scales) behind a shape ONNX inference
+    lost: per-node propagation hands the scales to inference, so the upsampled shape and
+    everything after it are static (their MACs count, the Concat's parts are known)."""
+    from drpopt.ir.from_onnx import from_onnx
+
+    model = _chunk_model()
+    del model.graph.value_info[:]  # the exporter's own shapes, which onnxsim and others drop
+    graph = from_onnx(model)
+    resize = next(n for n in graph.nodes if n.op_type == "Resize")
+    assert resize.outputs[0].static_shape == (1, 14, 16, 16)
+    assert all(v.static_shape is not None for n in graph.nodes for v in n.outputs)
+
+
+def test_expected_counts_leave_out_a_per_channel_constant_cut_to_one_element():
+    """paddle2onnx adds a conv's bias as a ``(1, C, 1, 1)`` constant; an SE squeeze of 2
+    channels pruned to 1 leaves a one-element constant, which the parameter count treats as
+    a scalar: the plan's expected count must do the same (PP-OCR's cls model)."""
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((2, 3, 3, 3)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.standard_normal((1, 2, 1, 1)).astype(np.float32), "b1"),
+        numpy_helper.from_array(rng.standard_normal((4, 2, 1, 1)).astype(np.float32), "w2"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["c", "b1"], ["a"]),
+        helper.make_node("Relu", ["a"], ["r"]),
+        helper.make_node("Conv", ["r", "w2"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4, 8, 8])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    pruned = prune(model, CONFIGS["rate0.5"])
+    assert pruned.plan.pruned_channels == 1
+    params, _ = compact_counts(pruned.compact)
+    assert params == pruned.expected_params == 27 + 4  # w1 and w2 halved, b1 a scalar
+
+
+def test_groupnorm_export_prunes_whole_groups():
+    """torch (opset < 18) writes ``nn.GroupNorm(G, C)`` as ``Reshape(N, G, -1)`` ->
+    InstanceNormalization over the G groups -> ``Reshape`` back to ``x.shape`` -> per-channel
+    Mul/Add. Channel ``c`` lies in group ``c // (C // G)``: the conv's channels prune in
+    whole groups of ``C // G`` with the InstanceNorm's per-group scale and bias, and the
+    statistics of the kept groups do not change (compact equals sparse)."""
+    import io
+
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.GroupNorm(4, 16),
+        nn.ReLU(),
+        nn.Conv2d(16, 4, 1),
+    ).eval()
+    net[1].weight.data.uniform_(0.5, 1.5)
+    net[1].bias.data.uniform_(-0.2, 0.2)
+    buf = io.BytesIO()
+    with torch.no_grad():
+        torch.onnx.export(net, (torch.randn(1, 3, 8, 8),), buf, opset_version=17, dynamo=False)
+    model = onnx.load_from_string(buf.getvalue())
+    assert "InstanceNormalization" in {n.op_type for n in model.graph.node}
+    a = analyze(model)
+    (group,) = [g for g in a.prunable_groups if any(m.tensor == "0.weight" for m in g.members)]
+    assert group.size == 4
+    conv = next(m for m in group.members if m.tensor == "0.weight")
+    assert conv.block == 4 and conv.axis == 0
+    assert_groups_complete(a, model)
+    pruned = prune(model, CONFIGS["rate0.5"])
+    feeds = random_feeds(model)
+    sparse, compact = run_model(pruned.masked, feeds), run_model(pruned.compact, feeds)
+    assert compare_outputs(sparse, compact) < TOLERANCE
+    params, _ = compact_counts(pruned.compact)
+    assert params == pruned.expected_params < pruned.before.params
+
+
+def _dynamo_export(name: str) -> onnx.ModelProto:
+    """The model exported by torch's default (dynamo, opset 20) exporter since torch 2.9."""
+    import detect_torch
+    import segment_torch
+    import torch
+    import yolov8_torch
+    from bn_calibrate import calibrate
+
+    build = {
+        "yolov8": (yolov8_torch.TinyYOLOv8, 64),
+        "fcos": (detect_torch.FCOSNet, 64),
+        "deeplabv3": (segment_torch.DeepLabV3, 48),
+    }
+    torch.manual_seed(0)
+    cls, size = build[name]
+    model = calibrate(cls(), (1, 3, size, size))
+    x = torch.randn(1, 3, size, size)
+    with torch.no_grad():
+        model(x)
+        return torch.onnx.export(model, (x,), dynamo=True, verbose=False).model_proto
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["yolov8", "fcos", "deeplabv3"])
+def test_dynamo_exports_prune_like_torchscript_ones(name):
+    """The same networks through the dynamo exporter (opset 20, other node names, SiLU and
+    interpolation decomposed differently): every check still holds (5-12 s per export)."""
+    model = _dynamo_export(name)
+    a = analyze(model)
+    assert a.prunable_params / a.params > 0.99
+    assert_groups_complete(a, model)
+    feeds = random_feeds(model)
+    for config in CONFIGS.values():
+        pruned = prune(model, config)
+        sparse, compact = run_model(pruned.masked, feeds), run_model(pruned.compact, feeds)
+        assert compare_outputs(sparse, compact) < TOLERANCE, config.name
+        assert compact_counts(pruned.compact)[0] == pruned.expected_params, config.name
+
+
+def test_folded_range_keeps_its_type():
+    """``torch.arange(w, dtype=float32)`` (YOLO anchors) is a float32 Range; folded with
+    numpy it must stay float32 (numpy widens float32 scalars to float64, and a float64
+    constant beside float32 tensors is a model shape inference and runtimes reject)."""
+    from onnx import helper, numpy_helper
+
+    from drpopt.ir.fold import fold_constants
+
+    consts = [
+        helper.make_node("Constant", [], [n], value=numpy_helper.from_array(np.float32(v), n))
+        for n, v in (("start", 0.5), ("limit", 4.0), ("delta", 1.0))
+    ]
+    rng = helper.make_node("Range", ["start", "limit", "delta"], ["r"])
+    graph = helper.make_graph(
+        [*consts, rng], "g", [], [helper.make_tensor_value_info("r", onnx.TensorProto.FLOAT, [4])]
+    )
+    folded = fold_constants(helper.make_model(graph))
+    assert folded["r"].dtype == np.float32
+    np.testing.assert_array_equal(folded["r"], [0.5, 1.5, 2.5, 3.5])
+
+
+def test_a_layer_applied_at_several_levels_prunes_once_and_stays_one_tensor():
+    """A conv tower shared by pyramid levels (torchvision's FCOS/RetinaNet heads) reads one
+    weight from several Conv nodes. The uses prune the same channels and the sparse and
+    compact models keep one initializer: cut apart, each use's copy was a tensor of its
+    own, and a head-heavy model compacted at rate 0.3 to 1.6x its dense parameters."""
+    import io
+
+    import torch
+    from torch import nn
+
+    class Shared(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(3, 8, 3, padding=1)
+            self.down = nn.Conv2d(8, 8, 3, 2, 1)
+            self.tower = nn.Sequential(nn.Conv2d(8, 32, 3, padding=1), nn.ReLU())
+            self.out = nn.Conv2d(32, 2, 1)
+
+        def forward(self, x):
+            p3 = torch.relu(self.stem(x))
+            p4 = torch.relu(self.down(p3))
+            return self.out(self.tower(p3)), self.out(self.tower(p4))
+
+    torch.manual_seed(0)
+    buf = io.BytesIO()
+    with torch.no_grad():
+        torch.onnx.export(
+            Shared().eval(), (torch.randn(1, 3, 8, 8),), buf, opset_version=17, dynamo=False
+        )
+    model = onnx.load_from_string(buf.getvalue())
+    a = analyze(model)
+    producers = [
+        g
+        for g in a.prunable_groups
+        for m in g.members
+        if m.role == "producer" and "tower" in m.tensor
+    ]
+    assert [g.size for g in producers] == [32, 32] and producers[0] is producers[1]  # both uses
+    inputs = [g for g in a.prunable_groups if any("tower" in m.tensor for m in g.members)]
+    assert sorted(g.size for g in inputs) == [8, 32]  # p3 and p4 tied through the shared input
+    assert_groups_complete(a, model)
+    pruned = prune(model, CONFIGS["rate0.3"])
+    weights = [t for t in pruned.compact.graph.initializer if t.name.startswith("tower.0.w")]
+    assert len(weights) == 1 and weights[0].dims[0] < 32
+    sparse_weights = [t for t in pruned.masked.graph.initializer if "tower.0.w" in t.name]
+    assert len(sparse_weights) == 1
+    feeds = random_feeds(model)
+    sparse, compact = run_model(pruned.masked, feeds), run_model(pruned.compact, feeds)
+    assert compare_outputs(sparse, compact) < TOLERANCE
+    assert compact_counts(pruned.compact)[0] == pruned.expected_params
