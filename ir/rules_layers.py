@@ -1,0 +1,407 @@
+"""Coupling rules of the ops that compute: activations and casts, elementwise ops,
+normalisations, reductions, softmax, and the weighted layers (Conv, ConvTranspose, Gemm,
+MatMul). Registered into ``ir.rules.RULES`` on import (``ir/rules.py`` imports this)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from drpopt.ir.channels import ChannelGraph
+from drpopt.ir.core import Node, Value
+from drpopt.ir.patterns import layernorm_statistic
+from drpopt.ir.rules import (
+    ELEMENTWISE_OPS,
+    NO_DATA_OPS,
+    POOL_OPS,
+    REDUCE_OPS,
+    UNARY_OPS,
+    broadcast,
+    lock_axis,
+    node_opset,
+    rule,
+    same_axes,
+)
+from drpopt.ir.shape_expr import (
+    DERIVED,
+    Dim,
+    const_ints,
+    shape_entries,
+    shape_values,
+)
+
+
+@rule(*NO_DATA_OPS)
+def _no_data(node: Node, cg: ChannelGraph) -> None:
+    """Shape/Size read only metadata; Constant has no input."""
+    for v in (*node.inputs, *node.outputs):
+        cg.independent(v)
+
+
+@rule(*UNARY_OPS)
+def _unary(node: Node, cg: ChannelGraph) -> None:
+    x = node.input(0)
+    for y in node.outputs[:1] if node.op_type != "Dropout" else node.outputs:
+        same_axes(cg, node, x, y)
+
+
+@rule("Cast", "CastLike")
+def _cast(node: Node, cg: ChannelGraph) -> None:
+    """A cast couples like any unary op. A tensor size cast to floating point is data (an
+    attention scale ``1/sqrt(head_dim)``): when its value is known for the model's static
+    shapes, ``compact`` freezes it to that constant (so sparse and compact agree); otherwise
+    the axes it reads may not change size and are locked."""
+    _unary(node, cg)
+    if frozen_size_cast(node, cg.numeric_memo) is not None:
+        return
+    x = node.input(0)
+    if not is_size_cast(node) or x is None:
+        return
+    entries = shape_entries(x, cg.shape_memo)
+    why = f"{node.op_type} '{node.name}' uses its size as a number"
+    if entries is None or any(isinstance(e, type(DERIVED)) for e in entries):
+        for v in _shapes_read(x):
+            cg.lock_value(v, "shape-as-data", why, node)
+        return
+    for e in entries:
+        if isinstance(e, Dim):
+            cg.lock(cg.space(e.value, e.axis), "shape-as-data", why, node)
+
+
+def is_size_cast(node: Node) -> bool:
+    """A Cast of a computed (non-constant) integer to floating point."""
+    x, y = node.input(0), node.outputs[0]
+    if node.op_type not in ("Cast", "CastLike") or x is None or x.is_const:
+        return False
+    if x.dtype is None or y.dtype is None:
+        return False
+    return np.dtype(x.dtype).kind in "iu" and np.dtype(y.dtype).kind == "f"
+
+
+def frozen_size_cast(node: Node, memo=None) -> np.ndarray | None:
+    """The value a size cast to float reads, for the model's static shapes, or None."""
+    if not is_size_cast(node):
+        return None
+    x = node.input(0)
+    numbers = shape_values(x, memo)
+    if numbers is None or x.shape is None or any(not isinstance(d, int) for d in x.shape):
+        return None
+    try:
+        return np.array(numbers, dtype=x.dtype).reshape(x.shape)
+    except ValueError:
+        return None
+
+
+def _shapes_read(value: Value, limit: int = 256) -> list[Value]:
+    """The tensors whose ``Shape`` an integer value is computed from (a bounded walk)."""
+    found: list[Value] = []
+    seen: set[int] = set()
+    todo = [value]
+    while todo and len(seen) < limit:
+        v = todo.pop()
+        if id(v) in seen or v.producer is None:
+            continue
+        seen.add(id(v))
+        node = v.producer
+        if node.op_type in ("Shape", "Size"):
+            if node.input(0) is not None:
+                found.append(node.input(0))
+            continue
+        if v.dtype is not None and np.dtype(v.dtype).kind not in "iu":
+            continue
+        todo.extend(i for i in node.inputs if i is not None)
+    return found
+
+
+@rule(*ELEMENTWISE_OPS)
+def _elementwise(node: Node, cg: ChannelGraph) -> None:
+    broadcast(cg, node, node.inputs, node.outputs[0])
+    if node.op_type == "PRelu":
+        slope = node.input(1)
+        if slope is not None and slope.is_const and slope.rank:
+            for ax in range(slope.rank):
+                cg.role(cg.space(slope, ax), "follower", node)
+
+
+@rule("Expand")
+def _expand(node: Node, cg: ChannelGraph) -> None:
+    broadcast(cg, node, [node.input(0)], node.outputs[0])
+
+
+@rule("Tile")
+def _tile(node: Node, cg: ChannelGraph) -> None:
+    x, y, reps = node.input(0), node.outputs[0], const_ints(node.input(1))
+    if reps is None or x is None or x.rank is None:
+        cg.lock_value(x, "rule", f"Tile '{node.name}' has computed repeats", node)
+        cg.lock_value(y, "rule", f"Tile '{node.name}' has computed repeats", node)
+        return
+    same_axes(cg, node, x, y)
+
+
+@rule(*POOL_OPS, "Resize", "Upsample", "SpaceToDepth", "DepthToSpace")
+def _pointwise_channels(node: Node, cg: ChannelGraph) -> None:
+    """Pooling and resizing keep channels apart; an axis whose size changes is locked."""
+    if node.op_type in ("SpaceToDepth", "DepthToSpace"):
+        lock_axis(cg, node, [node.input(0), node.outputs[0]], [1], "moves pixels into channels")
+    for y in node.outputs:
+        same_axes(cg, node, node.input(0), y)
+
+
+@rule("BatchNormalization", "InstanceNormalization")
+def _norm(node: Node, cg: ChannelGraph) -> None:
+    x, y = node.input(0), node.outputs[0]
+    same_axes(cg, node, x, y)
+    if x is None or x.rank is None or x.rank < 2:
+        return
+    channels = cg.space(x, 1)
+    for p in node.inputs[1:]:
+        if p is not None and p.rank == 1:
+            cg.identity(cg.space(p, 0), channels, node)
+            cg.role(cg.space(p, 0), "follower", node)
+    for stat in node.outputs[1:]:
+        if stat.rank == 1:
+            cg.identity(cg.space(stat, 0), channels, node)
+
+
+@rule("GroupNormalization", "LRN", "MeanVarianceNormalization")
+def _channel_mixing_norm(node: Node, cg: ChannelGraph) -> None:
+    x, y = node.input(0), node.outputs[0]
+    same_axes(cg, node, x, y)
+    lock_axis(
+        cg,
+        node,
+        [x, y, *node.inputs[1:]],
+        [1] if node.op_type != "MeanVarianceNormalization" else [0, 1],
+        "mixes channels",
+    )
+
+
+@rule("LayerNormalization")
+def _layernorm(node: Node, cg: ChannelGraph) -> None:
+    """Over the last axis alone, that axis is a channel axis coupled with the scale and bias
+    (ONNX models: ``apply-masks`` then restricts the statistics to the kept channels, so
+    sparse equals compact); over several axes, or in a torch model whose forward always
+    counts every channel, the normalised axes are locked."""
+    x, y = node.input(0), node.outputs[0]
+    same_axes(cg, node, x, y)
+    if x is None or x.rank is None:
+        return
+    axis = node.attr("axis", -1) % x.rank
+    params = [p for p in node.inputs[1:3] if p is not None]
+    stats_used = any(o.uses or o in cg.graph.outputs for o in node.outputs[1:])
+    per_channel = all(p.rank == 1 and p.is_const for p in params)
+    if axis == x.rank - 1 and per_channel and not stats_used and "torch_path" not in cg.graph.meta:
+        channels = cg.space(x, axis)
+        for p in params:
+            cg.identity(cg.space(p, 0), channels, node)
+            cg.role(cg.space(p, 0), "follower", node)
+        return
+    broadcast(cg, node, params, y)
+    lock_axis(cg, node, [x, y], range(axis, x.rank), "normalises over these axes")
+
+
+@rule("drpopt::MaskedLayerNormalization")
+def _masked_layernorm(node: Node, cg: ChannelGraph) -> None:
+    """The sparse form of a LayerNormalization over pruned channels (passes/masked_norm.py):
+    scale, bias and mask follow the channel axis."""
+    x, y = node.input(0), node.outputs[0]
+    same_axes(cg, node, x, y)
+    if x is None or x.rank is None:
+        return
+    channels = cg.space(x, -1)
+    for p in node.inputs[1:4]:
+        if p is not None and p.rank == 1:
+            cg.identity(cg.space(p, 0), channels, node)
+            cg.role(cg.space(p, 0), "follower", node)
+        else:
+            cg.lock_value(p, "rule", f"MaskedLayerNormalization '{node.name}': not 1-D", node)
+
+
+@rule("Softmax", "LogSoftmax", "Hardmax")
+def _softmax(node: Node, cg: ChannelGraph) -> None:
+    x, y = node.input(0), node.outputs[0]
+    same_axes(cg, node, x, y)
+    if x is None or x.rank is None:
+        return
+    axis = node.attr("axis", -1 if node_opset(node, cg.graph) >= 13 else 1) % x.rank
+    axes = [axis] if node_opset(node, cg.graph) >= 13 else range(axis, x.rank)
+    lock_axis(cg, node, [x, y], axes, "normalises over this axis")
+
+
+@rule(*REDUCE_OPS, "TopK", "CumSum")
+def _reduce(node: Node, cg: ChannelGraph) -> None:
+    x, y = node.input(0), node.outputs[0]
+    if x is None or x.rank is None or y.rank is None:
+        cg.lock_value(x, "rule", f"{node.op_type} '{node.name}': rank unknown", node)
+        return
+    if node.op_type == "ReduceMean" and _layernorm_statistic(node, cg):
+        return
+    if node.op_type in ("ArgMax", "ArgMin", "TopK", "CumSum"):
+        axis = node.attr("axis", -1 if node.op_type in ("TopK",) else 0)
+        if node.op_type == "CumSum":
+            axis = (const_ints(node.input(1)) or [0])[0]
+        axes = [axis % x.rank]
+    else:
+        axes = node.attr("axes")
+        if axes is None and len(node.inputs) > 1 and node.input(1) is not None:
+            axes = const_ints(node.input(1))
+            if axes is None:
+                cg.lock_value(x, "rule", f"{node.op_type} '{node.name}' has computed axes", node)
+                cg.lock_value(y, "rule", f"{node.op_type} '{node.name}' has computed axes", node)
+                return
+        if not axes:
+            axes = [] if node.attr("noop_with_empty_axes", 0) else list(range(x.rank))
+        axes = sorted(a % x.rank for a in axes)
+    lock_axis(cg, node, [x], axes, "reduces over this axis")
+    if node.op_type in ("TopK", "CumSum"):
+        lock_axis(cg, node, node.outputs, axes, "reduces over this axis")
+    keep = node.attr("keepdims", 1)
+    j = 0
+    for ax in range(x.rank):
+        if ax in axes:
+            if keep:
+                j += 1
+            continue
+        for out in node.outputs:
+            if out.rank == y.rank:
+                cg.identity(cg.space(x, ax), cg.space(out, j), node)
+        j += 1
+
+
+def _layernorm_statistic(node: Node, cg: ChannelGraph) -> bool:
+    """A mean or variance of a LayerNorm written out in plain ops (opset < 17 exports):
+    matched as a whole (``ir/patterns.py``), its channel axis is a LayerNorm's (``apply-masks``
+    gives the pattern the masked form), so the reduction neither couples nor locks it."""
+    if "torch_path" in cg.graph.meta or layernorm_statistic(node, cg.graph) is None:
+        return False
+    x, y = node.input(0), node.outputs[0]
+    cg.independent(x, [x.rank - 1])  # type: ignore[operator]
+    for ax in range(x.rank - 1):  # type: ignore[operator]
+        cg.identity(cg.space(x, ax), cg.space(y, ax), node)
+    return True
+
+
+@rule("Conv")
+def _conv(node: Node, cg: ChannelGraph) -> None:
+    x, w, b, y = node.input(0), node.input(1), node.input(2), node.outputs[0]
+    if x is None or w is None or x.rank is None or w.rank is None or y.rank is None:
+        for v in (x, w, y):
+            cg.lock_value(v, "rule", f"Conv '{node.name}': rank unknown", node)
+        return
+    groups = int(node.attr("group", 1))
+    cg.identity(cg.space(y, 1), cg.space(w, 0), node)
+    cg.role(cg.space(w, 0), "producer", node)
+    if b is not None:
+        cg.identity(cg.space(b, 0), cg.space(y, 1), node)
+        cg.role(cg.space(b, 0), "follower", node)
+    cg.identity(cg.space(x, 0), cg.space(y, 0), node)
+    if groups == 1:
+        cg.identity(cg.space(x, 1), cg.space(w, 1), node)
+        cg.role(cg.space(w, 1), "consumer", node)
+        return
+    cin, cout = x.dim(1), w.dim(0)
+    if not isinstance(cin, int) or not isinstance(cout, int):
+        lock_axis(cg, node, [x, y], [1], "is grouped and its channel counts are unknown")
+        return
+    if cin // groups > 1 and cout // groups > 1 and groups <= MAX_GROUPS:
+        _within_groups(node, cg, x, w, y, groups)
+        return
+    g = cg.virtual(f"{node.name}.groups", groups)
+    cg.role(g, "structure", node, attr="group")
+    cg.expand(cg.space(x, 1), g, cin // groups, node)
+    cg.expand(cg.space(y, 1), g, cout // groups, node)
+
+
+MAX_GROUPS = 256
+
+
+def _within_groups(node: Node, cg: ChannelGraph, x: Value, w: Value, y: Value, groups: int):
+    """A grouped convolution (ResNeXt, RegNet) prunes the same positions inside every
+    conv group, so each group keeps an equal count and ``group`` stays: input channel j of
+    every group is column j of the weight; output position j of every group is one unit."""
+    cin, cout = x.dim(1), w.dim(0)
+    assert isinstance(cin, int) and isinstance(cout, int)
+    columns = cg.space(w, 1)
+    parts = [cg.virtual(f"{node.name}.in{r}", cin // groups) for r in range(groups)]
+    cg.concat(cg.space(x, 1), parts, node)  # type: ignore[arg-type]
+    for part in parts:
+        cg.identity(part, columns, node)
+    cg.role(columns, "consumer", node)
+    position = cg.virtual(f"{node.name}.out_position", cout // groups)
+    parts = [cg.virtual(f"{node.name}.out{r}", cout // groups) for r in range(groups)]
+    cg.concat(cg.space(y, 1), parts, node)  # type: ignore[arg-type]
+    for part in parts:
+        cg.identity(part, position, node)
+
+
+@rule("ConvTranspose")
+def _conv_transpose(node: Node, cg: ChannelGraph) -> None:
+    x, w, b, y = node.input(0), node.input(1), node.input(2), node.outputs[0]
+    if x is None or w is None or x.rank is None or w.rank is None or y.rank is None:
+        for v in (x, w, y):
+            cg.lock_value(v, "rule", f"ConvTranspose '{node.name}': rank unknown", node)
+        return
+    groups = int(node.attr("group", 1))
+    cg.identity(cg.space(x, 1), cg.space(w, 0), node)
+    cg.identity(cg.space(x, 0), cg.space(y, 0), node)
+    if b is not None:
+        cg.identity(cg.space(b, 0), cg.space(y, 1), node)
+        cg.role(cg.space(b, 0), "follower", node)
+    if groups == 1:
+        cg.identity(cg.space(y, 1), cg.space(w, 1), node)
+        cg.role(cg.space(w, 1), "producer", node)
+        cg.role(cg.space(w, 0), "consumer", node)
+        return
+    cin, cout = x.dim(1), y.dim(1)
+    if not isinstance(cin, int) or not isinstance(cout, int):
+        lock_axis(cg, node, [x, y], [1], "is grouped and its channel counts are unknown")
+        return
+    g = cg.virtual(f"{node.name}.groups", groups)
+    cg.role(g, "structure", node, attr="group")
+    cg.role(cg.space(w, 0), "producer", node)
+    cg.expand(cg.space(x, 1), g, cin // groups, node)
+    cg.expand(cg.space(y, 1), g, cout // groups, node)
+
+
+@rule("Gemm")
+def _gemm(node: Node, cg: ChannelGraph) -> None:
+    a, b, c, y = node.input(0), node.input(1), node.input(2), node.outputs[0]
+    if a is None or b is None or a.rank != 2 or b.rank != 2 or y.rank != 2:
+        for v in (a, b, y):
+            cg.lock_value(v, "rule", f"Gemm '{node.name}': operands are not 2-D", node)
+        return
+    ak, am = (0, 1) if node.attr("transA", 0) else (1, 0)
+    bn, bk = (0, 1) if node.attr("transB", 0) else (1, 0)
+    cg.identity(cg.space(a, ak), cg.space(b, bk), node)
+    cg.identity(cg.space(y, 0), cg.space(a, am), node)
+    cg.identity(cg.space(y, 1), cg.space(b, bn), node)
+    if b.is_const:
+        cg.role(cg.space(b, bn), "producer", node)
+        cg.role(cg.space(b, bk), "consumer", node)
+    if c is not None:
+        broadcast(cg, node, [c], y)
+        if c.rank:
+            cg.role(cg.space(c, -1), "follower", node)
+
+
+@rule("MatMul")
+def _matmul(node: Node, cg: ChannelGraph) -> None:
+    a, b, y = node.input(0), node.input(1), node.outputs[0]
+    if a is None or b is None or a.rank is None or b.rank is None or y.rank is None:
+        for v in (a, b, y):
+            cg.lock_value(v, "rule", f"MatMul '{node.name}': rank unknown", node)
+        return
+    if a.rank < 2 or b.rank < 2:
+        for v in (a, b, y):
+            cg.lock_value(v, "rule", f"MatMul '{node.name}' has a 1-D operand", node)
+        return
+    cg.identity(cg.space(a, -1), cg.space(b, -2), node)
+    cg.identity(cg.space(y, -2), cg.space(a, -2), node)
+    cg.identity(cg.space(y, -1), cg.space(b, -1), node)
+    for x in (a, b):  # batch dims broadcast against the output's
+        off = y.rank - x.rank
+        for ax in range(x.rank - 2):
+            if x.shape[ax] != 1:
+                cg.identity(cg.space(x, ax), cg.space(y, off + ax), node)
+    if b.is_const:
+        cg.role(cg.space(b, -1), "producer", node)
+        cg.role(cg.space(b, -2), "consumer", node)

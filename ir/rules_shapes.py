@@ -1,0 +1,420 @@
+"""Coupling rules of the ops that move channels without computing: Concat, Split, Slice,
+Transpose, Pad, Gather, and Reshape/Flatten/Squeeze/Unsqueeze (splits and merges at a
+level, heads). Registered into ``ir.rules.RULES`` on import (``ir/rules.py`` imports this)."""
+
+from __future__ import annotations
+
+import math
+
+from drpopt.ir.channels import ChannelGraph
+from drpopt.ir.core import Node, Value
+from drpopt.ir.rules import (
+    RESHAPE_OPS,
+    lock_axis,
+    rule,
+    same_axes,
+)
+from drpopt.ir.shape_expr import (
+    const_ints,
+    literal_source,
+    resolve_reshape,
+    shape_entries,
+    shape_values,
+)
+
+
+@rule("Concat")
+def _concat(node: Node, cg: ChannelGraph) -> None:
+    y = node.outputs[0]
+    if y.rank is None or any(x is not None and x.rank != y.rank for x in node.inputs):
+        for v in (*node.inputs, y):
+            cg.lock_value(v, "rule", f"Concat '{node.name}': rank unknown", node)
+        return
+    axis = node.attr("axis") % y.rank
+    parts = [x for x in node.inputs if x is not None and x.shape[axis] != 0]  # type: ignore[index]
+    cg.concat(cg.space(y, axis), [_part_space(cg, x, axis, node) for x in parts], node)
+    for x in parts:
+        same_axes(cg, node, x, y, axes=[a for a in range(y.rank) if a != axis])
+
+
+def _part_space(cg: ChannelGraph, x: Value, axis: int, node: Node) -> int:
+    """A part of a concat/split; a part of size 1 gets a virtual space of its own."""
+    sid = cg.space(x, axis)
+    if sid is None:
+        sid = cg.virtual(f"{x.name}[{axis}]", 1)
+    return sid
+
+
+@rule("Split")
+def _split(node: Node, cg: ChannelGraph) -> None:
+    x = node.input(0)
+    if x is None or x.rank is None or any(y.rank != x.rank for y in node.outputs):
+        for v in (x, *node.outputs):
+            cg.lock_value(v, "rule", f"Split '{node.name}': rank unknown", node)
+        return
+    axis = node.attr("axis", 0) % x.rank
+    parts = [y for y in node.outputs if y.shape[axis] != 0]  # type: ignore[index]
+    cg.concat(cg.space(x, axis), [_part_space(cg, y, axis, node) for y in parts], node)
+    for y in parts:
+        same_axes(cg, node, x, y, axes=[a for a in range(x.rank) if a != axis])
+
+
+@rule("Slice")
+def _slice(node: Node, cg: ChannelGraph) -> None:
+    x, y = node.input(0), node.outputs[0]
+    starts, ends = const_ints(node.input(1)), const_ints(node.input(2))
+    axes, steps = const_ints(node.input(3)), const_ints(node.input(4))
+    if (
+        (starts is None or ends is None)
+        and x is not None
+        and x.shape is not None
+        and (axes is not None or node.input(3) is None)
+    ):
+        numbers = _static_bounds(node, x, y, cg.numeric_memo)
+        if numbers is None:
+            _slice_computed(node, cg, x, y, axes)
+            return
+        starts, ends = numbers
+    if x is None or x.rank is None or y.rank != x.rank or starts is None or ends is None:
+        cg.lock_value(x, "rule", f"Slice '{node.name}' has computed bounds", node)
+        cg.lock_value(y, "rule", f"Slice '{node.name}' has computed bounds", node)
+        return
+    if (node.input(3) is not None and axes is None) or (
+        node.input(4) is not None and steps is None
+    ):
+        cg.lock_value(x, "rule", f"Slice '{node.name}' has computed axes or steps", node)
+        cg.lock_value(y, "rule", f"Slice '{node.name}' has computed axes or steps", node)
+        return
+    axes = [a % x.rank for a in (axes if axes is not None else range(len(starts)))]
+    steps = steps if steps is not None else [1] * len(axes)
+    sliced = dict(zip(axes, zip(starts, ends, steps, strict=False), strict=False))
+    for ax in range(x.rank):
+        if ax not in sliced:
+            same_axes(cg, node, x, y, axes=[ax])
+            continue
+        start, end, step = sliced[ax]
+        dim = x.shape[ax]  # type: ignore[index]
+        if not isinstance(dim, int):
+            lock_axis(cg, node, [x, y], [ax], "slices an axis of unknown size")
+            continue
+        lo, hi, st = slice(start, end, step).indices(dim)
+        if st != 1:
+            lock_axis(cg, node, [x, y], [ax], "takes a strided slice of this axis")
+            continue
+        hi = max(hi, lo)
+        if lo == 0 and hi == dim:
+            same_axes(cg, node, x, y, axes=[ax])
+            continue
+        parts = []
+        if lo > 0:
+            parts.append(cg.virtual(f"{node.name}.dropped_head", lo))
+        parts.append(_part_space(cg, y, ax, node) if hi > lo else None)
+        if hi < dim:
+            parts.append(cg.virtual(f"{node.name}.dropped_tail", dim - hi))
+        parts = [p for p in parts if p is not None]
+        cg.concat(cg.space(x, ax), parts, node)
+
+
+def _static_bounds(
+    node: Node, x: Value, y: Value, memo: dict
+) -> tuple[list[int], list[int]] | None:
+    """The numbers computed Slice bounds take for this model's static shapes, when input
+    and output shapes are static (``torch.chunk`` exported as ``Slice`` with bounds
+    ``(C + 1) // 2 * k`` read from the sliced tensor's own shape: a channel split like any
+    other; ``compact`` writes the kept bounds as constants). None otherwise."""
+    if x.static_shape is None or y.static_shape is None:
+        return None
+    starts = shape_values(node.input(1), memo)  # type: ignore[arg-type]
+    ends = shape_values(node.input(2), memo)  # type: ignore[arg-type]
+    if starts is None or ends is None or len(starts) != len(ends):
+        return None
+    return starts, ends
+
+
+def _slice_computed(node: Node, cg: ChannelGraph, x: Value, y: Value, axes) -> None:
+    """Bounds computed at run time (Swin's crop of window padding): the sliced axes are
+    locked, every other axis passes through (and keeps its size where inference lost it)."""
+    rank = x.rank or 0
+    n = len(shape_entries(node.input(1), cg.shape_memo) or []) if axes is None else len(axes)
+    sliced = {a % rank for a in axes} if axes is not None else set(range(n))
+    if not sliced and axes is None:
+        sliced = set(range(rank))
+    old = y.shape if y.shape is not None and len(y.shape) == rank else (None,) * rank
+    starts = shape_values(node.input(1), cg.numeric_memo)
+    ends = shape_values(node.input(2), cg.numeric_memo)
+    steps = const_ints(node.input(4)) if node.input(4) is not None else None
+    bounds = {}
+    if starts is not None and ends is not None and axes is not None and steps is None:
+        for a, s, e in zip(axes, starts, ends, strict=False):
+            dim = x.shape[a % rank]
+            if isinstance(dim, int):
+                lo, hi, _ = slice(s, e).indices(dim)
+                bounds[a % rank] = max(hi - lo, 0)
+    y.shape = tuple(
+        bounds.get(a, old[a])
+        if a in sliced
+        else (x.shape[a] if old[a] is None or not isinstance(old[a], int) else old[a])
+        for a in range(rank)
+    )
+    same_axes(cg, node, x, y, axes=[a for a in range(rank) if a not in sliced])
+    lock_axis(cg, node, [x, y], sorted(sliced), "slices this axis with computed bounds")
+
+
+@rule("Transpose")
+def _transpose(node: Node, cg: ChannelGraph) -> None:
+    x, y = node.input(0), node.outputs[0]
+    if x is None or x.rank is None:
+        cg.lock_value(x, "rule", f"Transpose '{node.name}': rank unknown", node)
+        cg.lock_value(y, "rule", f"Transpose '{node.name}': rank unknown", node)
+        return
+    perm = node.attr("perm") or list(reversed(range(x.rank)))
+    for i, p in enumerate(perm):
+        cg.identity(cg.space(x, p), cg.space(y, i), node)
+
+
+@rule("Pad")
+def _pad(node: Node, cg: ChannelGraph) -> None:
+    x, y = node.input(0), node.outputs[0]
+    pads = node.attr("pads") if node.attr("pads") is not None else const_ints(node.input(1))
+    if pads is None and node.input(1) is not None:
+        # pads computed from shapes (Swin's window padding): only literal zeros leave an
+        # axis unpadded; every entry computed at run time counts as padding it
+        entries = shape_entries(node.input(1), cg.shape_memo)
+        numbers = shape_values(node.input(1), cg.numeric_memo)
+        if numbers is not None and x is not None and x.static_shape is not None:
+            half = len(numbers) // 2
+            if half == x.rank and (y.shape is None or y.static_shape is None):
+                y.shape = tuple(d + numbers[a] + numbers[a + half] for a, d in enumerate(x.shape))
+        if entries is not None:
+            pads = [e if isinstance(e, int) else 1 for e in entries]
+    axes = const_ints(node.input(3)) if node.input(3) is not None else None
+    if x is None or x.rank is None or pads is None or (node.input(3) is not None and axes is None):
+        cg.lock_value(x, "rule", f"Pad '{node.name}' has computed pads", node)
+        cg.lock_value(y, "rule", f"Pad '{node.name}' has computed pads", node)
+        return
+    axes = [a % x.rank for a in axes] if axes is not None else list(range(x.rank))
+    n = len(axes)
+    padded = {a for i, a in enumerate(axes) if pads[i] or pads[i + n]}
+    if x.shape is not None and (y.shape is None or len(y.shape) == x.rank):
+        # shape inference leaves every dim unknown after computed pads: unpadded axes keep
+        # their size
+        old = y.shape or (None,) * x.rank
+        y.shape = tuple(
+            x.shape[a] if a not in padded and not isinstance(old[a], int) else old[a]
+            for a in range(x.rank)
+        )
+    same_axes(cg, node, x, y, axes=[a for a in range(x.rank) if a not in padded])
+    lock_axis(cg, node, [x, y], sorted(padded), "pads this axis")
+
+
+@rule("Gather")
+def _gather(node: Node, cg: ChannelGraph) -> None:
+    """Other axes pass through; along the gathered axis constant indices that pick one
+    entry or a contiguous ascending range map channels exactly (like a Slice); any other
+    selection (a permutation, repeats, computed indices) locks the axis on both sides."""
+    x, idx, y = node.input(0), node.input(1), node.outputs[0]
+    if x is None or idx is None or x.rank is None or idx.rank is None or y.rank is None:
+        cg.lock_value(x, "rule", f"Gather '{node.name}': rank unknown", node)
+        cg.lock_value(y, "rule", f"Gather '{node.name}': rank unknown", node)
+        return
+    axis = node.attr("axis", 0) % x.rank
+    for ax in range(x.rank):
+        if ax < axis:
+            cg.identity(cg.space(x, ax), cg.space(y, ax), node)
+        elif ax > axis:
+            cg.identity(cg.space(x, ax), cg.space(y, ax - 1 + idx.rank), node)
+    picked = gathered_range(x, idx, axis)
+    if picked is None:
+        why = "gathers along this axis (not one entry or a contiguous range of constants)"
+        lock_axis(cg, node, [x], [axis], why)
+        lock_axis(cg, node, [y], range(axis, axis + idx.rank), why)
+        return
+    lo, hi = picked
+    dim = x.shape[axis]  # type: ignore[index]
+    parts: list[int | None] = []
+    if lo > 0:
+        parts.append(cg.virtual(f"{node.name}.dropped_head", lo))
+    if idx.rank == 0:
+        parts.append(cg.virtual(f"{node.name}.picked", 1))
+    else:
+        parts.append(_part_space(cg, y, axis, node))
+    if hi < dim:
+        parts.append(cg.virtual(f"{node.name}.dropped_tail", dim - hi))
+    cg.concat(cg.space(x, axis), parts, node)
+
+
+def gathered_range(x: Value, idx: Value, axis: int) -> tuple[int, int] | None:
+    """``(lo, hi)`` when a Gather's constant indices pick entry ``lo`` (a scalar index) or
+    the contiguous ascending range ``[lo, hi)`` of ``axis``; None otherwise."""
+    indices = const_ints(idx)
+    dim = x.shape[axis] if x.shape is not None else None
+    if indices is None or not isinstance(dim, int) or idx.rank not in (0, 1) or not indices:
+        return None
+    if any(not -dim <= i < dim for i in indices):
+        return None
+    indices = [i % dim for i in indices]
+    lo = indices[0]
+    if indices != list(range(lo, lo + len(indices))):
+        return None
+    return lo, lo + len(indices)
+
+
+@rule(*RESHAPE_OPS)
+def _reshape(node: Node, cg: ChannelGraph) -> None:
+    """Maps axes by matching products of dims: an axis kept as is couples 1:1, axes merged
+    into one make the first of them an expansion of it (each element a block), axes split
+    from one the reverse; every other axis of a merge or split is locked."""
+    x, y = node.input(0), node.outputs[0]
+    entries = None
+    if node.op_type == "Reshape" and const_ints(node.input(1)) is None:
+        entries = shape_entries(node.input(1), cg.shape_memo)
+        if entries is None:
+            why = "has a target shape computed in a way drpopt cannot read"
+            cg.lock_value(x, "reshape", f"Reshape '{node.name}' {why}", node)
+            cg.lock_value(y, "reshape", f"Reshape '{node.name}' {why}", node)
+            return
+    if node.op_type == "Reshape" and x is not None and x.shape is not None:
+        target = entries if entries is not None else const_ints(node.input(1))
+        resolved = resolve_reshape(x.shape, target, bool(node.attr("allowzero", 0)))
+        if resolved is None and entries is not None:
+            # sizes computed from static shapes (Swin's window partition): use their values
+            numbers = shape_values(node.input(1), cg.numeric_memo)
+            if numbers is not None:
+                resolved = resolve_reshape(x.shape, numbers, bool(node.attr("allowzero", 0)))
+        if resolved is not None and resolved != y.shape:
+            # shape inference often leaves exported reshapes unknown ('unk__0'): refine
+            y.shape = resolved
+    if node.op_type == "Flatten" and x is not None and x.shape is not None:
+        axis = node.attr("axis", 1) % (x.rank or 1) if x.rank else 0
+        flat = (_product(x.shape[:axis]), _product(x.shape[axis:]))
+        if y.shape is None or any(not isinstance(d, int) for d in y.shape):
+            y.shape = tuple(
+                f if f is not None else d for f, d in zip(flat, y.shape or flat, strict=False)
+            )
+    if x is None or x.shape is None or y.shape is None:
+        cg.lock_value(x, "reshape", f"{node.op_type} '{node.name}' has unknown shapes", node)
+        cg.lock_value(y, "reshape", f"{node.op_type} '{node.name}' has unknown shapes", node)
+        return
+    out_shape = y.shape
+    if entries is not None:
+        # a size fixed inside a computed shape follows pruning only where compaction can
+        # rewrite the constant it comes from; lock the axis otherwise
+        for k, e in enumerate(entries[: len(y.shape)]):
+            if isinstance(e, int) and e not in (-1, 0) and out_shape[k] != 1:
+                if literal_source(node.input(1), k, cg.shape_memo) is not None:
+                    continue
+                why = f"fixes the size of axis {k} inside a computed target shape"
+                cg.lock(cg.space(y, k), "reshape", f"Reshape '{node.name}' {why}", node)
+    ins = [(a, d) for a, d in enumerate(x.shape) if d != 1]
+    outs = [(a, d) for a, d in enumerate(out_shape) if d != 1]
+    i = j = 0
+    while i < len(ins) and j < len(outs):
+        if ins[i][1] == outs[j][1]:
+            cg.identity(cg.space(x, ins[i][0]), cg.space(y, outs[j][0]), node)
+            i, j = i + 1, j + 1
+            continue
+        bi, bj = [ins[i]], [outs[j]]
+        pi, pj = ins[i][1], outs[j][1]
+        while isinstance(pi, int) and isinstance(pj, int) and pi != pj:
+            if pi < pj and i + len(bi) < len(ins):
+                bi.append(ins[i + len(bi)])
+                pi = pi * bi[-1][1] if isinstance(bi[-1][1], int) else None
+            elif pj < pi and j + len(bj) < len(outs):
+                bj.append(outs[j + len(bj)])
+                pj = pj * bj[-1][1] if isinstance(bj[-1][1], int) else None
+            else:
+                break
+        if not isinstance(pi, int) or pi != pj:
+            _lock_block(
+                cg, node, x, ins[i:], y, outs[j:], "maps axes in a way drpopt cannot follow"
+            )
+            return
+        _map_block(cg, node, x, bi, y, bj)
+        i, j = i + len(bi), j + len(bj)
+    if i < len(ins) or j < len(outs):
+        _lock_block(cg, node, x, ins[i:], y, outs[j:], "maps axes in a way drpopt cannot follow")
+
+
+def _product(dims) -> int | str | None:
+    """The product of dims: an int, a lone symbol (times 1), or None."""
+    ints = [d for d in dims if isinstance(d, int)]
+    other = [d for d in dims if not isinstance(d, int)]
+    if not other:
+        return math.prod(ints)
+    if len(other) == 1 and isinstance(other[0], str) and math.prod(ints) == 1:
+        return other[0]
+    return None
+
+
+MAX_REPEATS = 64  # parts a level-t mapping may repeat (3 for q/k/v, 3 x heads ...)
+
+
+def _map_block(cg: ChannelGraph, node: Node, x: Value, bi, y: Value, bj) -> None:
+    """One axis (``single``) against several (``many``) of the same total size.
+
+    At level t (default 1) the t-th of the many axes carries the channels: ``single`` is
+    ``prod(many[:t-1])`` repeats of ``prod(many[t-1:])`` entries, each repeat an expansion
+    of axis t with blocks of ``prod(many[t:])``; the other axes are locked. Level 1 is the
+    coarse index (a Flatten, attention heads); the analysis raises a level when the coarse
+    axis ends up locked (torchvision's q/k/v axis of size 3 before the heads)."""
+    if len(bj) == 1:
+        single, many, kind = (y, bj[0][0]), (x, bi), "merges"
+    elif len(bi) == 1:
+        single, many, kind = (x, bi[0][0]), (y, bj), "splits"
+    else:
+        if not _map_factor(cg, node, x, bi, y, bj):
+            _lock_block(cg, node, x, bi, y, bj, "mixes several axes into several others")
+        return
+    value, axes = many
+    level = min(cg.reshape_levels.get(node, 1), len(axes))
+    repeats = math.prod(d for _, d in axes[: level - 1])
+    block = math.prod(d for _, d in axes[level:])
+    if repeats > MAX_REPEATS:
+        level, repeats, block = 1, 1, math.prod(d for _, d in axes[1:])
+    whole = cg.space(single[0], single[1])
+    target = cg.space(value, axes[level - 1][0])
+    if repeats == 1:
+        cg.expand(whole, target, block, node)
+    else:
+        length = math.prod(d for _, d in axes[level - 1 :])
+        parts = [cg.virtual(f"{node.name}.repeat{r}", length) for r in range(repeats)]
+        cg.concat(whole, parts, node)  # type: ignore[arg-type]
+        for part in parts:
+            cg.expand(part, target, block, node)
+    cg.splits.append((node, value, axes[level - 1][0], level, len(axes)))
+    others = [a for a in axes if a[0] != axes[level - 1][0]]
+    why = f"{kind} axis {single[1]} of '{single[0].name}' with other axes"
+    if kind == "merges":
+        _lock_block(cg, node, x, others, y, [], why)
+    else:
+        _lock_block(cg, node, x, [], y, others, why)
+
+
+def _map_factor(cg: ChannelGraph, node: Node, x: Value, bi, y: Value, bj) -> bool:
+    """Several axes against several, where the leading size of one side is a whole multiple
+    of the other's: ``(N, C, H, W) -> (N, G, C // G * H * W)``, torch's GroupNorm export
+    (opset < 18: InstanceNormalization over the groups), and back. Entry ``c`` of the
+    larger axis lies in entry ``c // (C // G)`` of the smaller, whatever the trailing sizes:
+    the larger is an expansion of the smaller with blocks of their ratio, so whole groups
+    prune together; every trailing axis is locked. False when neither divides."""
+    (ax, dx), (ay, dy) = bi[0], bj[0]
+    if not isinstance(dx, int) or not isinstance(dy, int) or dx == dy:
+        return False
+    if dx % dy == 0:
+        cg.expand(cg.space(x, ax), cg.space(y, ay), dx // dy, node)
+        why = f"splits axis {ax} of '{x.name}' and merges the rest with other axes"
+    elif dy % dx == 0:
+        cg.expand(cg.space(y, ay), cg.space(x, ax), dy // dx, node)
+        why = f"merges axis {ax} of '{x.name}' with part of another axis"
+    else:
+        return False
+    _lock_block(cg, node, x, bi[1:], y, bj[1:], why)
+    return True
+
+
+def _lock_block(cg: ChannelGraph, node: Node, x: Value, bi, y: Value, bj, why: str) -> None:
+    msg = f"{node.op_type} '{node.name}' {why}"
+    for a, _ in bi:
+        cg.lock(cg.space(x, a), "reshape", msg, node)
+    for a, _ in bj:
+        cg.lock(cg.space(y, a), "reshape", msg, node)
