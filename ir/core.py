@@ -200,15 +200,20 @@ class Graph:
         outputs: Iterable[Value],
         attrs: dict[str, Any] | None = None,
         domain: str = "",
+        before: Node | None = None,
     ) -> Node:
-        """Appends a node and links its def-use edges."""
+        """Appends a node (or puts it just before ``before``, so the order stays
+        topological when it replaces or feeds that node) and links its def-use edges."""
         node = Node(op_type, name, list(inputs), list(outputs), dict(attrs or {}), domain)
         for i, v in enumerate(node.inputs):
             if v is not None:
                 v.uses.append((node, i))
         for v in node.outputs:
             v.producer = node
-        self.nodes.append(node)
+        if before is None:
+            self.nodes.append(node)
+        else:
+            self.nodes.insert(self.nodes.index(before), node)
         self._version += 1
         return node
 

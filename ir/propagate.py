@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
 
 import numpy as np
 import onnx
@@ -25,6 +24,7 @@ from onnx import helper, numpy_helper
 from drpopt.ir.core import Graph, Node, Value
 from drpopt.ir.rules import ELEMENTWISE_OPS, UNARY_OPS
 from drpopt.ir.shape_expr import NumericMemo, shape_values
+from drpopt.ir.to_onnx import _node_proto
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +247,7 @@ def _infer(node: Node, ins: list[Value], outs: list[Value], opset, opsets, memo)
             if arr is not None:
                 data[v.name] = numpy_helper.from_array(arr, v.name)
         result = onnx.shape_inference.infer_node_outputs(
-            schema, _proto(node), types, data, opset_imports=opsets
+            schema, _node_proto(node, False, {}), types, data, opset_imports=opsets
         )
     except Exception as err:  # an op inference rejects: leave its shapes as they were
         log.debug("no shape for %s '%s': %s", node.op_type, node.name, err)
@@ -288,23 +288,3 @@ def _data(v: Value, memo: NumericMemo) -> np.ndarray | None:
     if values is None or len(values) != (v.numel or 0):
         return None
     return np.asarray(values, dtype=dtype).reshape(v.shape)  # type: ignore[arg-type]
-
-
-def _attr(value: Any) -> Any:
-    if isinstance(value, np.ndarray):
-        return numpy_helper.from_array(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.floating):
-        return float(value)
-    return value
-
-
-def _proto(node: Node) -> onnx.NodeProto:
-    return helper.make_node(
-        node.op_type,
-        [v.name if v is not None else "" for v in node.inputs],
-        [v.name for v in node.outputs],
-        name=node.name,
-        **{k: _attr(a) for k, a in node.attrs.items()},
-    )

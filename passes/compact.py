@@ -246,11 +246,8 @@ def _override_entries(graph: Graph, node: Node, target, fix: dict[int, int]) -> 
         graph.fresh_name(f"{base}.sizes"), const=sizes, shape=(n,), dtype=sizes.dtype
     )
     out = graph.value(graph.fresh_name(base), shape=(n,), dtype=np.dtype(np.int64))
-    where_node = graph.add_node(
-        "Where", graph.fresh_name(f"{base}_Where"), [cond, vals, target], [out]
-    )
-    graph.nodes.remove(where_node)
-    graph.nodes.insert(graph.nodes.index(node), where_node)
+    name = graph.fresh_name(f"{base}_Where")
+    graph.add_node("Where", name, [cond, vals, target], [out], before=node)
     graph.set_input(node, 1, out)
 
 

@@ -131,9 +131,8 @@ def fold_layernorm(graph: Graph, ln) -> Node:
         [x, scale],
         [result],
         {"axis": -1, "epsilon": ln.epsilon},
+        before=ln.div,  # where the division was: its readers come after it
     )
-    graph.nodes.remove(node)  # where the division was: its readers come after it
-    graph.nodes.insert(graph.nodes.index(ln.div), node)
     graph.replace_all_uses_with(out, result)
     for n in reversed(ln.nodes):
         graph.remove_node(n)
@@ -166,14 +165,9 @@ def write_out_layernorm(graph: Graph, node: Node) -> None:
     if bias is not None and not (bias.is_const and not np.any(np.asarray(bias.const))):
         steps.append(("Add", [last, "bias"], "shifted", y.shape, {}))
     values = {"x": x, "eps": eps, "scale": scale, "bias": bias}
-    new: list[Node] = []
     for op, ins, out, shape, attrs in steps:
         values[out] = graph.value(graph.fresh_name(f"{base}.{out}"), shape=shape, dtype=dtype)
         name = graph.fresh_name(f"{base}.{out}_{op}")
-        new.append(graph.add_node(op, name, [values[i] for i in ins], [values[out]], attrs))
-    position = graph.nodes.index(node)
+        graph.add_node(op, name, [values[i] for i in ins], [values[out]], attrs, before=node)
     graph.replace_all_uses_with(y, values[steps[-1][2]])
     graph.remove_node(node)
-    for n in new:
-        graph.nodes.remove(n)
-    graph.nodes[position:position] = new

@@ -44,7 +44,7 @@ from drpopt.ir.core import Graph
 from drpopt.ir.from_onnx import from_onnx
 from drpopt.ir.from_torch import _distinct_copy, _export, split_inputs, trace_module, unwrap
 from drpopt.passes.plan import GroupPlan, Plan, group_key
-from drpopt.retrain.builders import load_builder  # noqa: F401 (public here too)
+from drpopt.retrain.builders import _short, load_builder  # noqa: F401 (load_builder: public here too)
 from drpopt.retrain.pruner import MASK_SUFFIX, STATE_BUFFER
 
 log = logging.getLogger(__name__)
@@ -283,10 +283,6 @@ def _export_with_fallback(
         f"{type(work).__name__} could not be exported by torch.onnx.export ({'; '.join(errors)}); "
         "give example inputs its forward accepts in eval mode"
     )
-
-
-def _short(err: BaseException) -> str:
-    return " ".join(str(err).split())[:200] or type(err).__name__
 
 
 # ---- verification -----------------------------------------------------------------------
