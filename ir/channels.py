@@ -25,6 +25,7 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 from fractions import Fraction
+from typing import NamedTuple
 
 import networkx as nx
 
@@ -64,8 +65,7 @@ class Member:
         return [self.start + j * self.block + r for j in channels for r in range(self.block)]
 
 
-@dataclass(frozen=True)
-class Segment:
+class Segment(NamedTuple):
     """One piece of a channel space in a group: group channel ``j`` is the block
     ``[start + j*block, start + (j+1)*block)`` of ``axis`` of ``value`` (or of the virtual
     space ``label`` when ``value`` is None: conv groups, channels a Slice drops)."""
@@ -269,8 +269,10 @@ class ChannelGraph:
         for ri, rel in enumerate(self.relations):
             for sid in _rel_spaces(rel):
                 touching.setdefault(sid, []).append(ri)
-        queue = deque(range(len(self.relations)))
-        queued = [True] * len(self.relations)
+        # every space starts uncut, so only a concat can make the first cuts; the others
+        # join the queue when a space they touch changes
+        queued = [rel[0] == "cat" for rel in self.relations]
+        queue = deque(ri for ri, q in enumerate(queued) if q)
         spaces = self.spaces
         while queue:
             ri = queue.popleft()
@@ -344,14 +346,18 @@ class ChannelGraph:
             if kind == "id":
                 _, a, b = rel
                 sa, sb = spaces[a].seg0, spaces[b].seg0
-                edges.extend((sa + j, sb + j) for j in range(len(bounds[a]) - 1))
+                n = len(bounds[a]) - 1
+                if n == 1:
+                    edges.append((sa, sb))
+                else:
+                    edges.extend(zip(range(sa, sa + n), range(sb, sb + n), strict=True))
             elif kind == "cat":
                 _, out, parts = rel
                 j = spaces[out].seg0
                 for p in parts:
                     sp0 = spaces[p].seg0
                     n = len(bounds[p]) - 1
-                    edges.extend((sp0 + i, j + i) for i in range(n))
+                    edges.extend(zip(range(sp0, sp0 + n), range(j, j + n), strict=True))
                     j += n
             else:
                 _, big, small, k = rel
@@ -375,8 +381,24 @@ class ChannelGraph:
                     self.spaces[sid].locks.append(self.pending_locks[key])
 
         groups: list[Group] = []
-        for comp in nx.connected_components(g):
-            group = self._make_group(comp, g, seg_space, seg_start, seg_len)
+        info = _SpaceInfo(self)
+        exp_segs = {s for pair in self.expansions for s in pair}
+        # components in the order networkx gives them; a lone segment (most attention and
+        # shape axes) is a group only when something produces it, which is checked first
+        seen = bytearray(len(seg_space))
+        adj = g.adj
+        for s in range(len(seg_space)):
+            if seen[s]:
+                continue
+            if not adj[s]:
+                if not info.produced[seg_space[s]]:
+                    continue
+                comp = {s}
+            else:
+                comp = nx.node_connected_component(g, s)
+                for t in comp:
+                    seen[t] = 1
+            group = self._make_group(comp, g, seg_space, seg_start, seg_len, info, exp_segs)
             if group is not None:
                 groups.append(group)
         groups.sort(key=lambda gr: gr.order)
@@ -384,20 +406,21 @@ class ChannelGraph:
             gr.id = i
         return groups, g
 
-    def _position(self, roles) -> int:
-        """The position in the graph of the first producer among ``roles``."""
-        pos = self.__dict__.get("_node_pos")
-        if pos is None:
-            pos = self.__dict__["_node_pos"] = {n.name: i for i, n in enumerate(self.graph.nodes)}
-        return min(pos.get(r[1], 0) for r in roles if r[0] == "producer")
-
-    def _make_group(self, comp, g, seg_space, seg_start, seg_len) -> Group | None:
-        spaces = self.spaces
-        if not any(r[0] == "producer" for s in comp for r in spaces[seg_space[s]].roles):
+    def _make_group(self, comp, g, seg_space, seg_start, seg_len, info, exp_segs):
+        produced = info.produced
+        if not any(produced[seg_space[s]] for s in comp):
             return None
-        # block factor of every segment relative to one root, by BFS over the edges
-        factor, consistent = _block_factors(comp, g, self.expansions)
-        norm = _units(factor)
+        spaces = self.spaces
+        by_space: dict[int, list[int]] = {}
+        for s in sorted(comp):
+            by_space.setdefault(seg_space[s], []).append(s)
+        consistent = True
+        if exp_segs.isdisjoint(comp):
+            norm: dict[int, int] | None = dict.fromkeys(comp, 1)
+        else:
+            # block factor of every segment relative to one root, by BFS over the edges
+            factor, consistent = _block_factors(comp, g, self.expansions)
+            norm = _units(factor)
         sizes = {seg_len[s] // norm[s] for s in comp} if norm else set()
         if norm is None or any(seg_len[s] % norm[s] for s in comp) or len(sizes) != 1:
             consistent = False
@@ -405,52 +428,48 @@ class ChannelGraph:
         if not consistent:
             # a locked group: let every member cover its whole segment so counts stay true
             locks.append(Lock("mismatch", "channels map to each other inconsistently"))
-            norm = {s: 1 for s in comp}
-        size = max(seg_len[s] // norm[s] for s in comp)
+            norm = dict.fromkeys(comp, 1)
+        size = max(seg_len[s] // norm[s] for s in comp)  # type: ignore[index]
         members: list[Member] = []
+        segments: list[Segment] = []
         order = None
-        for s in sorted(comp):
-            sp = spaces[seg_space[s]]
+        for sid, segs in by_space.items():
+            sp = spaces[sid]
             locks.extend(sp.locks)
-            roles = sorted(sp.roles, key=lambda r: ROLE_RANK[r[0]])
+            roles = info.roles(sid)
+            name = sp.value.name if sp.value is not None else None
+            segments.extend(
+                Segment(name, sp.axis, seg_start[s], norm[s], sp.label, sp.length or 0)  # type: ignore[index]
+                for s in segs
+            )
             if sp.value is None:
-                for _role, node, attr in roles:
-                    if attr is not None:
-                        members.append(
-                            Member(
-                                "structure",
-                                node,
-                                None,
-                                0,
-                                seg_start[s],
-                                norm[s],
-                                seg_len[s] // norm[s],
-                                attr,
-                            )
-                        )
+                members.extend(
+                    Member(
+                        "structure",
+                        node,
+                        None,
+                        0,
+                        seg_start[s],
+                        norm[s],
+                        seg_len[s] // norm[s],
+                        attr,
+                    )  # type: ignore[index]
+                    for s in segs
+                    for _role, node, attr in roles
+                    if attr is not None
+                )
                 continue
+            pos = info.position(sid)
+            if pos is not None:
+                order = pos if order is None else min(order, pos)
             if not sp.value.is_const:
-                if any(r[0] == "producer" for r in roles):
-                    pos = self._position(roles)
-                    order = pos if order is None else min(order, pos)
                 continue
             role, node = (roles[0][0], roles[0][1]) if roles else ("param", _first_user(sp.value))
-            if role == "producer":
-                pos = self._position(roles)
-                order = pos if order is None else min(order, pos)
-            members.append(Member(role, node, sp.value.name, sp.axis, seg_start[s], norm[s], size))
-        members.sort(key=lambda m: (ROLE_RANK[m.role], m.tensor or "", m.axis, m.start))
-        segments = [
-            Segment(
-                spaces[seg_space[s]].value.name if spaces[seg_space[s]].value else None,
-                spaces[seg_space[s]].axis,
-                seg_start[s],
-                norm[s],
-                spaces[seg_space[s]].label,
-                spaces[seg_space[s]].length or 0,
+            members.extend(
+                Member(role, node, name, sp.axis, seg_start[s], norm[s], size)  # type: ignore[index]
+                for s in segs
             )
-            for s in sorted(comp)
-        ]
+        members.sort(key=_member_key)
         return Group(
             0,
             size,
@@ -459,6 +478,40 @@ class ChannelGraph:
             order=order if order is not None else 0,
             segments=segments,
         )
+
+
+class _SpaceInfo:
+    """Per-space facts ``_make_group`` needs, worked out once per space, not per segment."""
+
+    def __init__(self, cg: ChannelGraph) -> None:
+        self._spaces = cg.spaces
+        self._node_pos = {n.name: i for i, n in enumerate(cg.graph.nodes)}
+        self._roles: dict[int, list[tuple[str, str, str | None]]] = {}
+        self._pos: dict[int, int | None] = {}
+        # whether some node produces each space (only those start groups)
+        self.produced = [any(r[0] == "producer" for r in sp.roles) for sp in cg.spaces]
+
+    def roles(self, sid: int) -> list[tuple[str, str, str | None]]:
+        roles = self._roles.get(sid)
+        if roles is None:
+            roles = self._roles[sid] = sorted(self._spaces[sid].roles, key=_role_rank)
+        return roles
+
+    def position(self, sid: int) -> int | None:
+        """The position in the graph of the first node producing space ``sid``."""
+        if sid not in self._pos:
+            pos = self._node_pos
+            found = [pos.get(r[1], 0) for r in self._spaces[sid].roles if r[0] == "producer"]
+            self._pos[sid] = min(found) if found else None
+        return self._pos[sid]
+
+
+def _role_rank(role: tuple[str, str, str | None]) -> int:
+    return ROLE_RANK[role[0]]
+
+
+def _member_key(m: Member) -> tuple[int, str, int, int]:
+    return (ROLE_RANK[m.role], m.tensor or "", m.axis, m.start)
 
 
 def _block_factors(comp, g, expansions) -> tuple[dict[int, int | Fraction], bool]:
