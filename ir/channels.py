@@ -117,7 +117,7 @@ class ChannelGraph:
         if lb is None or ls is None or lb != ls * k:
             self._lock_pair(big, small, node, f"block sizes do not match ({lb} vs {ls}x{k})")
             return
-        self.relations.append(("exp", big, small, k))
+        self.relations.append(("exp", big, small, k, node))
 
     def independent(self, value: Value | None, axes=None) -> None:
         """Declares that the current node neither couples nor constrains these axes of

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import networkx as nx
 
 from drpopt.ir.channel_types import ROLE_RANK, Group, Lock, Member, Segment, Space
-from drpopt.ir.core import Value
+from drpopt.ir.core import Node, Value
 
 if TYPE_CHECKING:
     from drpopt.ir.channels import ChannelGraph
@@ -72,7 +72,7 @@ def _apply(rel: tuple, spaces: list[Space]) -> list[int]:
             offset += length
         add(out, want)
     else:
-        _, big, small, k = rel
+        _, big, small, k, _node = rel
         add(big, {c * k for c in spaces[small].cuts})
         add(small, {c // k for c in spaces[big].cuts if c % k == 0})
     return changed
@@ -106,12 +106,13 @@ def segment_table(spaces: list[Space]) -> Segments:
 
 def segment_edges(
     relations: list[tuple], spaces: list[Space], bounds: list[list[int]]
-) -> tuple[list[tuple[int, int]], dict[tuple[int, int], int], set[int]]:
+) -> tuple[list[tuple[int, int]], dict[tuple[int, int], int], dict[int, Node]]:
     """Edges between segments the relations tie; the expansion edges ((small segment, big
-    segment) -> entries per small entry); the spaces of expansions cut inside a block."""
+    segment) -> entries per small entry); the spaces of expansions cut inside a block, each
+    with the node whose expansion it is."""
     edges: list[tuple[int, int]] = []
     expansions: dict[tuple[int, int], int] = {}
-    bad_expand: set[int] = set()
+    bad_expand: dict[int, Node] = {}
     for rel in relations:
         kind = rel[0]
         if kind == "id":
@@ -131,9 +132,10 @@ def segment_edges(
                 edges.extend(zip(range(sp0, sp0 + n), range(j, j + n), strict=True))
                 j += n
         else:
-            _, big, small, k = rel
+            _, big, small, k, node = rel
             if any(c % k for c in spaces[big].cuts):
-                bad_expand.update((big, small))
+                bad_expand.setdefault(big, node)
+                bad_expand.setdefault(small, node)
                 continue
             sb, ss = spaces[big].seg0, spaces[small].seg0
             for j in range(len(bounds[small]) - 1):
@@ -145,6 +147,7 @@ def segment_edges(
 def solve(cg: ChannelGraph) -> tuple[list[Group], nx.Graph]:
     """Segments, the networkx segment graph, and its components as groups."""
     spaces = cg.spaces
+    _roles_through_layout(cg.relations, spaces)
     propagate_cuts(cg.relations, spaces)
     table = segment_table(spaces)
     g = nx.Graph()
@@ -152,10 +155,11 @@ def solve(cg: ChannelGraph) -> tuple[list[Group], nx.Graph]:
     edges, expansions, bad_expand = segment_edges(cg.relations, spaces, table.bounds)
     cg.expansions = expansions
     g.add_edges_from(edges)
-    for sid in bad_expand:
-        spaces[sid].locks.append(
-            Lock("mismatch", f"a cut inside an expanded block of '{spaces[sid].label}'")
+    for sid, node in bad_expand.items():
+        why = (
+            f"{node.op_type} '{node.name}': a cut inside an expanded block of '{spaces[sid].label}'"
         )
+        spaces[sid].locks.append(Lock("mismatch", why, node.name, node.op_type))
     if cg.locked_values or cg.pending_locks:
         for key, sid in cg._index.items():
             if key[0] in cg.locked_values:
@@ -168,6 +172,25 @@ def solve(cg: ChannelGraph) -> tuple[list[Group], nx.Graph]:
     for i, gr in enumerate(groups):
         gr.id = i
     return groups, g
+
+
+LAYOUT_OPS = frozenset(["Reshape", "Transpose", "Identity", "Flatten", "Squeeze", "Unsqueeze"])
+
+
+def _roles_through_layout(relations: list[tuple], spaces: list[Space]) -> None:
+    """A weight a layer reads through a layout op the loader did not fold (onnx-caffe2's
+    ``Reshape(classifier_w, [1000, 1024])`` before the Gemm) takes the layer's role on the
+    axis that maps 1:1, so it is that layer's consumer (or producer), not a bare constant."""
+    for rel in relations:
+        if rel[0] != "id":
+            continue
+        for c, o in ((rel[1], rel[2]), (rel[2], rel[1])):
+            const, out = spaces[c], spaces[o]
+            if const.roles or const.value is None or not const.value.is_const:
+                continue
+            node = out.value.producer if out.value is not None else None
+            if node is not None and node.op_type in LAYOUT_OPS and node.input(0) is const.value:
+                const.roles.extend(r for r in out.roles if r[2] is None)
 
 
 def _components(g: nx.Graph, table: Segments, produced: list[bool]):
