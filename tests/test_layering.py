@@ -83,9 +83,6 @@ LIBRARY_FOLDERS = ("ir", "passes", "retrain", "cli", ".")
 # came in (issue 10); remove an entry once its function is split. An entry whose function
 # is gone or short again fails the check below, so the list only shrinks.
 LONG_FUNCTIONS_ALLOWED = {
-    # ir/channels.py (issue 8, speed of grouping and counting)
-    "ir/channels.py:ChannelGraph.groups",
-    "ir/channels.py:ChannelGraph._make_group",
     # ir/fold.py, ir/from_onnx.py (issue 8, speed of loading)
     "ir/fold.py:_eval",
     "ir/from_onnx.py:_convert_graph",
