@@ -28,6 +28,7 @@ from drpopt.ir.shape_expr import (
     shape_entries,
     shape_values,
 )
+from drpopt.ir.solve import weight_like
 
 
 @rule(*NO_DATA_OPS)
@@ -374,7 +375,7 @@ def _gemm(node: Node, cg: ChannelGraph) -> None:
     cg.identity(cg.space(a, ak), cg.space(b, bk), node)
     cg.identity(cg.space(y, 0), cg.space(a, am), node)
     cg.identity(cg.space(y, 1), cg.space(b, bn), node)
-    if b.is_const:
+    if weight_like(b):
         cg.role(cg.space(b, bn), "producer", node)
         cg.role(cg.space(b, bk), "consumer", node)
     if c is not None:
@@ -402,6 +403,6 @@ def _matmul(node: Node, cg: ChannelGraph) -> None:
         for ax in range(x.rank - 2):
             if x.shape[ax] != 1:
                 cg.identity(cg.space(x, ax), cg.space(y, off + ax), node)
-    if b.is_const:
+    if weight_like(b):
         cg.role(cg.space(b, -1), "producer", node)
         cg.role(cg.space(b, -2), "consumer", node)

@@ -178,19 +178,39 @@ LAYOUT_OPS = frozenset(["Reshape", "Transpose", "Identity", "Flatten", "Squeeze"
 
 
 def _roles_through_layout(relations: list[tuple], spaces: list[Space]) -> None:
-    """A weight a layer reads through a layout op the loader did not fold (onnx-caffe2's
-    ``Reshape(classifier_w, [1000, 1024])`` before the Gemm) takes the layer's role on the
-    axis that maps 1:1, so it is that layer's consumer (or producer), not a bare constant."""
-    for rel in relations:
+    """The roles a layer gives a weight it reads through layout ops (``weight_like``) pass
+    back along the 1:1 axis maps to the constant, so that it is the layer's consumer (or
+    producer), not a bare constant. Relations come in node order: walked backwards, a chain
+    of layout ops hands the roles down one op at a time."""
+    for rel in reversed(relations):
         if rel[0] != "id":
             continue
         for c, o in ((rel[1], rel[2]), (rel[2], rel[1])):
-            const, out = spaces[c], spaces[o]
-            if const.roles or const.value is None or not const.value.is_const:
+            src, out = spaces[c], spaces[o]
+            if src.roles or not out.roles or src.value is None or out.value is None:
                 continue
-            node = out.value.producer if out.value is not None else None
-            if node is not None and node.op_type in LAYOUT_OPS and node.input(0) is const.value:
-                const.roles.extend(r for r in out.roles if r[2] is None)
+            node = out.value.producer
+            if (
+                node is not None
+                and node.op_type in LAYOUT_OPS
+                and node.input(0) is src.value
+                and weight_like(src.value)
+            ):
+                src.roles.extend(r for r in out.roles if r[2] is None)
+
+
+def weight_like(value: Value) -> bool:
+    """A constant, or a constant seen through layout ops the loader did not fold (too large
+    to fold: onnx-caffe2's ``Reshape(classifier_w, [1000, 1024])`` before its Gemm). The
+    layer's roles on such a value pass to the constant's axes (``ir/solve.py``)."""
+    for _ in range(8):  # a few layout ops at most; bounded, whatever the graph
+        if value.is_const:
+            return True
+        node = value.producer
+        if node is None or node.op_type not in LAYOUT_OPS or node.input(0) is None:
+            return False
+        value = node.input(0)  # type: ignore[assignment]
+    return False
 
 
 def _components(g: nx.Graph, table: Segments, produced: list[bool]):
