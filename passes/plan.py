@@ -26,10 +26,15 @@ PLAN_VERSION = 1
 
 
 def group_key(group: Group) -> str:
-    """A stable name for a group: its first producer weight slice (else its first segment)."""
+    """A stable name for a group: its first producer weight slice, else its first weight
+    slice of any role, else its first segment. A slice of a named tensor belongs to one
+    group only (members tile their tensors), so two groups with weights never share a key;
+    labels of virtual spaces are built from node names and are not used while a weight is
+    there to name the group."""
     producers = [m for m in group.members if m.role == "producer" and m.tensor]
-    if producers:
-        m = min(producers, key=lambda m: (m.tensor, m.axis, m.start))
+    weights = producers or [m for m in group.members if m.tensor]
+    if weights:
+        m = min(weights, key=lambda m: (m.tensor, m.axis, m.start))
         return f"{m.tensor}[{m.axis}]@{m.start}"
     seg = min(group.segments, key=lambda s: (s.label, s.start))
     return f"{seg.label}@{seg.start}"

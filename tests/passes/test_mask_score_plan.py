@@ -223,3 +223,17 @@ def test_profile_dense_ops_are_honoured(tmp_path):
     gemm_only.write_text('name = "nogemm"\n[layers]\ndense_ops = ["Gemm"]\n')
     graph = plan_for(build("resnet18"), ScorePass(), MaskPass(rate=0.5, target=str(gemm_only)))
     assert graph.plan.pruned_channels > 0
+
+
+@pytest.mark.parametrize(
+    "name", ["resnet18", "yolox_s_like", "mobilenetv2", "grouped_conv", "channel_shuffle"]
+)
+def test_group_keys_name_one_group_each(name):
+    """A plan names groups by key: every group with a weight gets a key no other group
+    has (a weight slice belongs to one group), consumer-only groups included."""
+    from drpopt.ir.analysis import analyze
+    from drpopt.ir.from_onnx import from_onnx
+
+    groups = [g for g in analyze(from_onnx(build(name))).groups if any(m.tensor for m in g.members)]
+    keys = [group_key(g) for g in groups]
+    assert len(set(keys)) == len(keys)
