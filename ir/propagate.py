@@ -32,7 +32,12 @@ MAX_DATA = 64  # entries of an integer input handed to inference as data (shape 
 
 
 def _static(shape) -> bool:
-    return shape is not None and all(isinstance(d, int) and d >= 0 for d in shape)
+    if shape is None:
+        return False
+    for d in shape:  # a loop, not all(): this runs for every output of every node
+        if not isinstance(d, int) or d < 0:
+            return False
+    return True
 
 
 def propagate_shapes(graph: Graph, opset: int) -> int:
@@ -41,9 +46,16 @@ def propagate_shapes(graph: Graph, opset: int) -> int:
     opsets = [helper.make_opsetid(d, v) for d, v in (graph.opsets or {"": opset}).items()]
     learnt = 0
     for node in graph.nodes:
-        outs = [o for o in node.outputs if o is not None and o.name]
-        if not outs or all(_static(o.shape) for o in outs):
-            continue
+        outputs = node.outputs
+        if len(outputs) == 1:  # most nodes: one check when inference gave the shape
+            out = outputs[0]
+            if out is None or not out.name or _static(out.shape):
+                continue
+            outs = [out]
+        else:
+            outs = [o for o in outputs if o is not None and o.name]
+            if not outs or all(_static(o.shape) for o in outs):
+                continue
         if node.subgraphs or node.domain not in ("", "ai.onnx"):
             continue
         ins = [v for v in node.inputs if v is not None]
