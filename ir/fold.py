@@ -200,9 +200,9 @@ def fold_constants(
     consts: dict[str, Any] = {}  # numpy arrays, or Constant tensors not read yet
     for init in model.graph.initializer:
         # shape arithmetic runs on integers: float weights (biases) are never read here
-        if init.data_type in _INT_TYPES and init.data_location != _EXTERNAL:
-            if math.prod(init.dims) <= MAX_ELEMENTS:
-                consts[init.name] = tensor_array(init)
+        int_inline = init.data_type in _INT_TYPES and init.data_location != _EXTERNAL
+        if int_inline and math.prod(init.dims) <= MAX_ELEMENTS:
+            consts[init.name] = tensor_array(init)
     folded: dict[str, np.ndarray] = {}
     for index, node in enumerate(model.graph.node):
         op = node.op_type

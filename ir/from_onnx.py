@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
 from drpopt.errors import BadInputError, UnsupportedModelError
 from drpopt.ir.core import Graph, Node, Value
@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 MIN_OPSET = 11
 SMALL_CONSTANT = MAX_ELEMENTS  # constants this small may be shape arguments
 _GRAPH_ATTR, _GRAPHS_ATTR = onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS
+_INT_ATTR, _INTS_ATTR = onnx.AttributeProto.INT, onnx.AttributeProto.INTS
 _EXTERNAL = onnx.TensorProto.EXTERNAL
 
 
@@ -265,21 +266,31 @@ def _np_dtype(elem_type: int) -> np.dtype | None:
     return dtype  # type: ignore[return-value]
 
 
-def _set_info(value: Value, info: onnx.ValueInfoProto) -> None:
-    t = info.type
+_UNSET = object()  # a field the value info leaves as it is
+
+
+def _type_info(t: onnx.TypeProto) -> tuple[Any, Any]:
+    """(shape, dtype) a tensor type gives, ``_UNSET`` for what it does not say."""
     if not t.HasField("tensor_type"):
-        return
+        return _UNSET, _UNSET
     tt = t.tensor_type
+    shape: Any = _UNSET
     if tt.HasField("shape"):
         dims: list[Any] = []
         for d in tt.shape.dim:
             which = d.WhichOneof("value")
             dims.append(d.dim_value if which == "dim_value" else d.dim_param if which else None)
-        value.shape = tuple(dims)
+        shape = tuple(dims)
     elem = tt.elem_type
-    if elem:
-        value.dtype = _DTYPES[elem] if elem in _DTYPES else _np_dtype(elem)
+    return shape, _np_dtype(elem) if elem else _UNSET
 
+
+def _set_info(value: Value, info: onnx.ValueInfoProto) -> None:
+    shape, dtype = _type_info(info.type)
+    if shape is not _UNSET:
+        value.shape = shape
+    if dtype is not _UNSET:
+        value.dtype = dtype
 
 
 def _convert_graph(
@@ -310,10 +321,21 @@ def _convert_graph(
             graph.inputs.append(v)
     # what shape inference found (on a light copy of this graph, its value_info included)
     found = shapes if shapes is not None else gp
+    types: dict[bytes, tuple[Any, Any]] = {}  # many values have one type: read it once
     for infos in (found.value_info, found.output):
         for info in infos:
             name = info.name
-            _set_info(values[name] if name in values else new_value(name), info)
+            value = values[name] if name in values else new_value(name)
+            t = info.type
+            key = t.SerializeToString()
+            known = types.get(key)
+            if known is None:
+                known = types[key] = _type_info(t)
+            shape, dtype = known
+            if shape is not _UNSET:
+                value.shape = shape
+            if dtype is not _UNSET:
+                value.dtype = dtype
 
     names: set[str] = set()
     lookup, add_node = scope.lookup, graph.add_node
@@ -330,7 +352,11 @@ def _convert_graph(
         subgraphs: dict[str, Any] = {}
         for a in np_node.attribute:
             kind = a.type
-            if kind == _GRAPH_ATTR:
+            if kind == _INT_ATTR:  # the common kinds inline (this runs for every node)
+                attrs[a.name] = a.i
+            elif kind == _INTS_ATTR:
+                attrs[a.name] = list(a.ints)
+            elif kind == _GRAPH_ATTR:
                 subgraphs[a.name] = _convert_graph(a.g, scope)
             elif kind == _GRAPHS_ATTR:
                 subgraphs[a.name] = [_convert_graph(g, scope) for g in a.graphs]

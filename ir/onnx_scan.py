@@ -8,8 +8,8 @@ out tensor, a function that reads its bytes from the file on first use.
 
 Rules:
 - a tensor is left in the file only when it is plain (a numeric or bool ``data_type``
-  numpy reads as is, stored in ``raw_data`` of exactly the size its dims give, no segment,
-  not external) and has more than ``keep`` elements (the caller's limit: every constant
+  numpy reads as is, stored in ``raw_data``, no segment, not external) and that data is
+  over ``8 * keep`` bytes, so over ``keep`` elements (the caller's limit: every constant
   that folding or shape inference reads is parsed as ``onnx.load`` parses it);
 - the array a loader gives is the one ``numpy_helper.to_array`` gives for the full tensor
   (same dtype, shape and read-only buffer);
@@ -53,7 +53,7 @@ _PLAIN = frozenset(
     ]
 )
 _GRAPH, _INITIALIZER = 7, 5  # ModelProto.graph, GraphProto.initializer
-_DIMS, _DATA_TYPE, _SEGMENT, _RAW, _LOCATION = 1, 2, 3, 9, 14  # TensorProto fields
+_DATA_TYPE, _SEGMENT, _RAW, _LOCATION = 2, 3, 9, 14  # TensorProto fields
 
 
 class _Malformed(Exception):
@@ -87,10 +87,18 @@ def _records(buf, i: int, end: int):
     ``buf[i:end]``."""
     while i < end:
         start = i
-        tag, i = _varint(buf, i)
+        tag = buf[i]  # one-byte tags and lengths inline: a graph has a record per node
+        if tag < 0x80:
+            i += 1
+        else:
+            tag, i = _varint(buf, i)
         wire = tag & 7
         if wire == 2:
-            n, i = _varint(buf, i)
+            n = buf[i]
+            if n < 0x80:
+                i += 1
+            else:
+                n, i = _varint(buf, i)
             stop = i + n
         elif wire == 0:
             _, stop = _varint(buf, i)
@@ -106,40 +114,27 @@ def _records(buf, i: int, end: int):
         i = stop
 
 
-def _raw_span(buf, start: int, end: int, keep: int) -> tuple[int, int, int] | None:
-    """Where a large plain tensor's ``raw_data`` lies (record start, data start, data end)
-    and its dims; None when the tensor must be parsed whole."""
-    dims: list[int] = []
+def _raw_span(buf, start: int, end: int, least: int) -> tuple[int, int, int] | None:
+    """Where a plain tensor's ``raw_data`` of more than ``least`` bytes lies (record start,
+    data start, data end); None when the tensor must be parsed whole."""
     dtype = 0
     raw = None
     for field, wire, rec, a, b in _records(buf, start, end):
-        if field == _DIMS:
-            if wire == 0:
-                dims.append(_varint(buf, a)[0])
-            elif wire == 2:
-                j = a
-                while j < b:
-                    d, j = _varint(buf, j)
-                    dims.append(d)
-        elif field == _DATA_TYPE and wire == 0:
+        if field == _DATA_TYPE and wire == 0:
             dtype = _varint(buf, a)[0]
         elif field == _RAW and wire == 2:
             raw = (rec, a, b)
         elif field in (_SEGMENT, _LOCATION):
             return None
-    if raw is None or dtype not in _PLAIN or any(d >= 1 << 63 for d in dims):
-        return None
-    numel = 1
-    for d in dims:
-        numel *= d
-    itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(dtype)).itemsize
-    if numel <= keep or raw[2] - raw[1] != numel * itemsize:
+    if raw is None or dtype not in _PLAIN or raw[2] - raw[1] <= least:
         return None
     return raw
 
 
 def _light_graph(buf, start: int, end: int, keep: int, spans: dict[int, tuple[int, int]]) -> bytes:
-    """The graph record's bytes with the raw data of large initializers left out."""
+    """The graph record's bytes with the raw data of large initializers left out: more
+    than ``8 * keep`` bytes, so more than ``keep`` elements of any plain dtype."""
+    least = 8 * keep
     parts = []
     copied = start  # bytes from here on are not yet in ``parts``
     index = -1
@@ -147,9 +142,9 @@ def _light_graph(buf, start: int, end: int, keep: int, spans: dict[int, tuple[in
         if field != _INITIALIZER or wire != 2:
             continue
         index += 1
-        if b - a <= keep:  # too small to hold more than ``keep`` elements
+        if b - a <= least:
             continue
-        found = _raw_span(buf, a, b, keep)
+        found = _raw_span(buf, a, b, least)
         if found is None:
             continue
         raw_rec, raw_a, raw_b = found

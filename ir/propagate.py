@@ -34,7 +34,7 @@ MAX_DATA = 64  # entries of an integer input handed to inference as data (shape 
 def _static(shape) -> bool:
     if shape is None:
         return False
-    for d in shape:  # a loop, not all(): this runs for every output of every node
+    for d in shape:  # noqa: SIM110 (a loop, not all(): it runs for every node output)
         if not isinstance(d, int) or d < 0:
             return False
     return True
