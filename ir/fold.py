@@ -192,12 +192,36 @@ FOLDABLE = frozenset(
 )
 
 
+def _constant(node: onnx.NodeProto) -> np.ndarray | None:
+    """The value of a Constant node with a small ``value`` tensor, else None."""
+    value = next((a.t for a in node.attribute if a.name == "value" and a.type == _TENSOR), None)
+    if value is None or math.prod(value.dims) > MAX_ELEMENTS:
+        return None
+    return tensor_array(value)
+
+
+def _values(names: list[str], consts: dict[str, Any]) -> list[np.ndarray | None] | None:
+    """The arrays of ``names`` (Constant nodes read now), or None when one is not a small
+    constant after all."""
+    vals = []
+    for n in names:
+        arr = consts[n] if n else None
+        if isinstance(arr, onnx.NodeProto):
+            arr = _constant(arr)
+            if arr is None:
+                del consts[n]
+                return None
+            consts[n] = arr
+        vals.append(arr)
+    return vals
+
+
 def fold_constants(
     model: onnx.ModelProto, folded_nodes: list[int] | None = None
 ) -> dict[str, np.ndarray]:
     """Values of the outputs of foldable nodes whose inputs are all (small) constants;
     ``folded_nodes`` gets the index of each node all of whose outputs were folded."""
-    consts: dict[str, Any] = {}  # numpy arrays, or Constant tensors not read yet
+    consts: dict[str, Any] = {}  # numpy arrays, or Constant nodes not read yet
     for init in model.graph.initializer:
         # shape arithmetic runs on integers: float weights (biases) are never read here
         int_inline = init.data_type in _INT_TYPES and init.data_location != _EXTERNAL
@@ -207,23 +231,16 @@ def fold_constants(
     for index, node in enumerate(model.graph.node):
         op = node.op_type
         if op == "Constant":
-            value = next(
-                (a.t for a in node.attribute if a.name == "value" and a.type == _TENSOR), None
-            )
-            if value is not None and math.prod(value.dims) <= MAX_ELEMENTS:
-                consts[node.output[0]] = value  # read when a foldable node needs it
+            consts[node.output[0]] = node  # read when a foldable node needs it
             continue
         if op not in FOLDABLE or node.domain not in ("", "ai.onnx"):
             continue
         names = list(node.input)
         if not names or any(n and n not in consts for n in names):
             continue
-        vals = []
-        for n in names:
-            arr = consts[n] if n else None
-            if isinstance(arr, onnx.TensorProto):
-                arr = consts[n] = tensor_array(arr)
-            vals.append(arr)
+        vals = _values(names, consts)
+        if vals is None:
+            continue
         try:
             outs = evaluate(op, _attrs(node), vals)
         except Exception as err:  # a malformed node: leave it to shape inference
