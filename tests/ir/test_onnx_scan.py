@@ -31,7 +31,8 @@ def test_large_weights_stay_in_the_file_and_everything_else_is_parsed(tmp_path):
     full = onnx.load(str(path))
     assert len(light.graph.initializer) == len(full.graph.initializer)
     left = 0
-    for index, (got, want) in enumerate(zip(light.graph.initializer, full.graph.initializer)):
+    pairs = zip(light.graph.initializer, full.graph.initializer, strict=True)
+    for index, (got, want) in enumerate(pairs):
         if index in weights.spans:
             left += 1
             assert np.prod(want.dims) > MAX_ELEMENTS and not got.raw_data
