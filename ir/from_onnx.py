@@ -1,9 +1,8 @@
 """ONNX frontend: a path or an ``onnx.ModelProto`` into the drpopt IR.
 
 Rules:
-- the file is checked before parsing (missing, a directory, empty) and a parse failure or a
-  model with no graph becomes a ``BadInputError`` that names the file and the fix;
-- external data is loaded from beside the file;
+- a path is read by ``ir/onnx_load.read_for_analysis`` (checked first; external data and,
+  from a path, large weights are left in their files and read when a pass needs them);
 - opsets 11 to the newest the installed onnx knows are accepted;
 - small integer constant subgraphs (exporters' shape arithmetic) are evaluated first
   (``ir/fold.py``), their outputs become constants, and shape inference (with data
@@ -18,6 +17,7 @@ Rules:
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import math
 import os
@@ -32,7 +32,9 @@ from onnx import numpy_helper
 from drpopt.errors import BadInputError, UnsupportedModelError
 from drpopt.ir.core import Graph, Node, Value
 from drpopt.ir.fold import MAX_ELEMENTS, evaluate, fold_constants
-from drpopt.ir.onnx_scan import FileWeights, read_light, tensor_array
+from drpopt.ir.onnx_load import check_external, read_for_analysis
+from drpopt.ir.onnx_load import load_model as load_model  # re-exported: callers import it here
+from drpopt.ir.onnx_scan import FileWeights, tensor_array
 
 log = logging.getLogger(__name__)
 
@@ -41,86 +43,6 @@ SMALL_CONSTANT = MAX_ELEMENTS  # constants this small may be shape arguments
 _GRAPH_ATTR, _GRAPHS_ATTR = onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS
 _INT_ATTR, _INTS_ATTR = onnx.AttributeProto.INT, onnx.AttributeProto.INTS
 _EXTERNAL = onnx.TensorProto.EXTERNAL
-
-
-def load_model(
-    source: str | os.PathLike | onnx.ModelProto, external_data: bool = True
-) -> onnx.ModelProto:
-    """Reads an ONNX model from a path (with its external data unless ``external_data`` is
-    False: then tensors stored beside the file stay there until read), or returns a given
-    proto."""
-    if isinstance(source, onnx.ModelProto):
-        return source
-    path = _checked_path(source)
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as err:  # protobuf raises DecodeError, RuntimeWarning and others
-        raise BadInputError(
-            f"{path}: not a readable ONNX model (truncated or another format: {_short(err)}); "
-            "export it again with torch.onnx.export or check the path"
-        ) from err
-    _check_graph(model, path)
-    if external_data and _uses_external_data(model):
-        try:
-            onnx.load_external_data_for_model(model, str(path.parent))
-        except Exception as err:
-            raise BadInputError(
-                f"{path}: its external weight data could not be read ({_short(err)}); "
-                "keep the .data file beside the model"
-            ) from err
-    return model
-
-
-def _checked_path(source: str | os.PathLike) -> Path:
-    path = Path(source)
-    if not path.exists():
-        raise BadInputError(f"{path}: no such file; give the path of an .onnx model")
-    if path.is_dir():
-        raise BadInputError(f"{path}: is a directory; give the path of an .onnx model file")
-    if path.stat().st_size == 0:
-        raise BadInputError(f"{path}: the file is empty; export the model again")
-    return path
-
-
-def _check_graph(model: onnx.ModelProto, path: Path) -> None:
-    if not model.graph.node and not model.graph.output:
-        raise BadInputError(
-            f"{path}: holds no ONNX graph (is it really an .onnx file?); export the model again"
-        )
-
-
-def _read_for_analysis(
-    source: str | os.PathLike | onnx.ModelProto,
-) -> tuple[onnx.ModelProto, FileWeights | None]:
-    """The model without its external data, and from a path also without its large
-    weights (``ir/onnx_scan.py``: read from the file when a pass needs them)."""
-    if not isinstance(source, onnx.ModelProto):
-        light = read_light(_checked_path(source), keep=MAX_ELEMENTS)
-        if light is not None:
-            _check_graph(light[0], Path(source))
-            return light
-    return load_model(source, external_data=False), None
-
-
-def _check_external(tensor: onnx.TensorProto, base_dir: str) -> None:
-    """The file holding an external tensor must be there (it is read only when needed)."""
-    location = next((e.value for e in tensor.external_data if e.key == "location"), None)
-    path = Path(base_dir or ".") / (location or "")
-    if not location or not path.is_file():
-        raise BadInputError(
-            f"the external weight data of '{tensor.name}' is stored outside the model in "
-            f"'{location}', which is not beside it ({path}); keep the .data file beside "
-            "the model"
-        )
-
-
-def _short(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return (text or type(err).__name__)[:160]
-
-
-def _uses_external_data(model: onnx.ModelProto) -> bool:
-    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
 
 
 def default_opset(model: onnx.ModelProto) -> int | None:
@@ -216,10 +138,26 @@ def from_onnx(
     inference (``ir/input_shapes.py``); ``graph.meta["input_shapes"]`` records the input
     dims the shapes were computed for (unknown ones as their symbol).
     """
+    # many small long-lived objects and no cycles worth collecting early: collections
+    # during the load would only walk them again (as ``ir/analysis.analyze`` does)
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _from_onnx(source, where, input_shapes)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _from_onnx(
+    source: str | os.PathLike | onnx.ModelProto,
+    where: str | None,
+    input_shapes: Mapping[str | None, Sequence[int]] | None,
+) -> Graph:
     from drpopt.ir.input_shapes import fix_input_shapes, input_dims
     from drpopt.ir.propagate import propagate_shapes
 
-    model, weights = _read_for_analysis(source)
+    model, weights = read_for_analysis(source)
     where = where or (str(source) if not isinstance(source, onnx.ModelProto) else "model")
     base_dir = "" if isinstance(source, onnx.ModelProto) else str(Path(source).parent)
     model = fix_input_shapes(model, input_shapes or {})
@@ -308,7 +246,7 @@ def _convert_graph(
         loader = weights.loader(index, init) if weights is not None else None
         value.set_lazy(loader or functools.partial(tensor_array, init, base_dir))
         if init.data_location == _EXTERNAL:
-            _check_external(init, base_dir)
+            check_external(init, base_dir)
             graph.meta["external_data"] = True
     for sparse in gp.sparse_initializer:
         arr = numpy_helper.to_array(sparse)
