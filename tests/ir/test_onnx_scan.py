@@ -126,3 +126,22 @@ def _scaled(model: onnx.ModelProto) -> onnx.ModelProto:
         if t.data_type == onnx.TensorProto.FLOAT:
             t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * 2 + 1, t.name))
     return out
+
+
+def test_analysing_a_model_with_external_data_reads_none_of_it(tmp_path):
+    model = build("resnet18")
+    path = tmp_path / "ext.onnx"
+    external = onnx.ModelProto()
+    external.CopyFrom(model)  # saving with external data rewrites the proto it is given
+    onnx.save_model(
+        external, str(path), save_as_external_data=True, location="ext.data", size_threshold=0
+    )
+    with open(tmp_path / "ext.data", "r+b") as fh:
+        fh.truncate(0)  # any read of a weight would now fail
+    want = analyze(model).to_dict()
+    got = analyze(path).to_dict()
+    got["model"]["source"] = want["model"]["source"]
+    assert got == want
+    weight = from_onnx(path).values["stem.conv.weight"]
+    with pytest.raises(ValueError, match="exceeds available data"):  # onnx says so on a read
+        weight.const  # noqa: B018
