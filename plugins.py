@@ -4,7 +4,8 @@ A package adds to drpopt by declaring entry points in its ``pyproject.toml``:
 
 - ``drpopt.passes``: a ``Pass`` subclass, or a list of them; they join the pass registry;
 - ``drpopt.rules``: a dict ``{op_key: rule}`` (``"acme::Frobnicate"`` or ``"OpType"``) or a
-  callable ``register(register_rule)``;
+  callable ``register(register_rule)``; a rule is an ``ir.rules.OpRule`` (coupling and
+  compaction) or a bare coupling function (``compact`` then refuses to cut through the op);
 - ``drpopt.targets``: a ``TargetProfile``, a dict in the profile TOML schema, or a path to a
   ``.toml`` file; they join ``TARGETS``.
 
@@ -136,13 +137,15 @@ def _load_passes(obj: Any, record: PluginRecord) -> None:
 def _load_rules(obj: Any, record: PluginRecord) -> None:
     from drpopt.ir import rules
 
-    def register(op_key: str, fn: Callable) -> None:
-        if not isinstance(op_key, str) or not callable(fn):
-            raise _PluginError(f"rule for {op_key!r} is not a callable keyed by an op string")
+    def register(op_key: str, rule: rules.OpRule | Callable) -> None:
+        if not isinstance(op_key, str) or not (isinstance(rule, rules.OpRule) or callable(rule)):
+            raise _PluginError(
+                f"rule for {op_key!r} is not an OpRule or a callable keyed by an op string"
+            )
         if op_key in rules.RULES:
             _clash(record, f"rule '{op_key}'", "an existing rule")
             return
-        rules.register_rule(op_key, fn)
+        rules.register_rule(op_key, rule)
         record.provided.append(op_key)
 
     if isinstance(obj, dict):

@@ -19,13 +19,30 @@ import re
 import sys
 import zipfile
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from drpopt.cli.options import console_for, handle_errors
+from drpopt.cli.params import (
+    Builder,
+    BuilderArg,
+    Checkpoint,
+    CompactOrSparse,
+    ExportInputShape,
+    ExportOutput,
+    ExportRtol,
+    ExportTarget,
+    FoldBatchNorm,
+    InputNames,
+    JsonSummary,
+    Opset,
+    OutputNames,
+    TrustCheckpoint,
+)
 from drpopt.errors import BadInputError
 
 _ORIG, _MASK = "_orig", "_mask"
@@ -35,129 +52,59 @@ def register(app: typer.Typer) -> None:
     """Adds the ``export`` command to ``app`` (a second call on the same app does nothing)."""
     if any(c.name == "export" for c in app.registered_commands):
         return
-    from drpopt.cli.main import _console, handle_errors
+    app.command("export")(export_cmd)
 
-    @app.command("export")
-    @handle_errors
-    def export_cmd(
-        builder: Annotated[
-            str,
-            typer.Argument(
-                metavar="BUILDER",
-                help="module:function or path/to/file.py:function that returns the model.",
-            ),
-        ],
-        input_shape: Annotated[
-            list[str],
-            typer.Option(
-                "--input-shape",
-                "-s",
-                metavar="DIMS",
-                help="Example input shape, e.g. 1,3,224,224 (repeat for several inputs).",
-            ),
-        ],
-        output: Annotated[
-            Path, typer.Option("--output", "-o", metavar="FILE", help="Write the ONNX here.")
-        ],
-        checkpoint: Annotated[
-            Path | None,
-            typer.Option(
-                "--checkpoint", "-c", metavar="FILE", help="State dict to load (torch.save file)."
-            ),
-        ] = None,
-        compact: Annotated[
-            bool | None,
-            typer.Option(
-                "--compact/--sparse",
-                help="Remove pruned channels, or keep dense shapes with zeros "
-                "(default: the target's form; sparse without --target).",
-            ),
-        ] = None,
-        opset: Annotated[
-            int | None,
-            typer.Option(
-                "--opset", metavar="N", help="ONNX opset (default: the target's, else 17).", min=7
-            ),
-        ] = None,
-        target: Annotated[
-            str | None,
-            typer.Option(
-                "--target", metavar="NAME", help="Target profile: its export form and opset."
-            ),
-        ] = None,
-        builder_arg: Annotated[
-            list[str] | None,
-            typer.Option(
-                "--builder-arg",
-                "-a",
-                metavar="KEY=VALUE",
-                help="key=value passed to BUILDER (repeat).",
-            ),
-        ] = None,
-        rtol: Annotated[
-            float,
-            typer.Option("--rtol", metavar="TOL", help="Tolerance relative to max|torch output|."),
-        ] = 1e-4,
-        trust_checkpoint: Annotated[
-            bool,
-            typer.Option(
-                "--trust-checkpoint",
-                help="Load a checkpoint holding Python objects (full pickle: runs its code).",
-            ),
-        ] = False,
-        as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
-        input_names: Annotated[
-            list[str] | None,
-            typer.Option(
-                "--input-names", metavar="NAME", help="Graph input name (repeat), e.g. images."
-            ),
-        ] = None,
-        output_names: Annotated[
-            list[str] | None,
-            typer.Option("--output-names", metavar="NAME", help="Graph output name (repeat)."),
-        ] = None,
-        fold_bn: Annotated[
-            bool | None,
-            typer.Option(
-                "--fold-batchnorm/--keep-batchnorm",
-                help="Fold BatchNorm into the layer before it (default: on for sparse "
-                "--target exports such as drpai, off otherwise).",
-            ),
-        ] = None,
-    ) -> None:
-        """Export BUILDER's model with CHECKPOINT's weights as sparse or compact ONNX."""
-        from drpopt import api
-        from drpopt.ir.files import refuse_overwrite
 
-        options = api.ExportOptions(  # the target's form, opset and folding, resolved once
-            form=None if compact is None else "compact" if compact else "sparse",
-            opset=opset,
-            target=target,
-            fold_batchnorm=fold_bn,
-            rtol=rtol,
-            input_names=input_names,
-            output_names=output_names,
-        )
-        shapes = [parse_shape(s) for s in input_shape]
-        kwargs = parse_builder_args(builder_arg or [])
-        if checkpoint is not None:
-            if not checkpoint.is_file():
-                raise BadInputError(
-                    f"{checkpoint}: no such checkpoint; give a file written by torch.save"
-                )
-            refuse_overwrite(output, [checkpoint])
-        model = build_model(builder, kwargs)
-        if checkpoint is not None:
-            load_checkpoint(model, checkpoint, trust_checkpoint)
-        inputs = example_inputs(shapes)
-        console = _console(stderr=as_json)
-        with console.status("exporting"):
-            result = api.export(model, inputs, output, options)
-        summary = _summary(result, builder, checkpoint)
-        if as_json:
-            sys.stdout.write(json.dumps(summary, indent=2) + "\n")
-        else:
-            _print_summary(console, summary)
+@handle_errors
+def export_cmd(
+    builder: Builder,
+    input_shape: ExportInputShape,
+    output: ExportOutput,
+    checkpoint: Checkpoint = None,
+    compact: CompactOrSparse = None,
+    opset: Opset = None,
+    target: ExportTarget = None,
+    builder_arg: BuilderArg = None,
+    rtol: ExportRtol = 1e-4,
+    trust_checkpoint: TrustCheckpoint = False,
+    as_json: JsonSummary = False,
+    input_names: InputNames = None,
+    output_names: OutputNames = None,
+    fold_bn: FoldBatchNorm = None,
+) -> None:
+    """Export BUILDER's model with CHECKPOINT's weights as sparse or compact ONNX."""
+    from drpopt import api
+    from drpopt.ir.files import refuse_overwrite
+
+    options = api.ExportOptions(  # the target's form, opset and folding, resolved once
+        form=None if compact is None else "compact" if compact else "sparse",
+        opset=opset,
+        target=target,
+        fold_batchnorm=fold_bn,
+        rtol=rtol,
+        input_names=input_names,
+        output_names=output_names,
+    )
+    shapes = [parse_shape(s) for s in input_shape]
+    kwargs = parse_builder_args(builder_arg or [])
+    if checkpoint is not None:
+        if not checkpoint.is_file():
+            raise BadInputError(
+                f"{checkpoint}: no such checkpoint; give a file written by torch.save"
+            )
+        refuse_overwrite(output, [checkpoint])
+    model = build_model(builder, kwargs)
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint, trust_checkpoint)
+    inputs = example_inputs(shapes)
+    console = console_for(stderr=as_json)
+    with console.status("exporting"):
+        result = api.export(model, inputs, output, options)
+    summary = _summary(result, builder, checkpoint)
+    if as_json:
+        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+    else:
+        _print_summary(console, summary)
 
 
 # ---- arguments ---------------------------------------------------------------------------

@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from typer.core import TyperArgument, TyperGroup, TyperOption
 
 try:  # typer >= 0.20 vendors click
@@ -21,7 +18,8 @@ try:  # typer >= 0.20 vendors click
 except ImportError:  # pragma: no cover
     from click import ClickException
 
-from drpopt.cli.options import common, quiet, shape_option, shape_warning, warn
+from drpopt.cli.options import console_for, handle_errors, shape_option, shape_warning, warn
+from drpopt.cli.params import AnalyzeJson, AnalyzeModel, Limit, Strict
 from drpopt.errors import CheckFailedError
 
 
@@ -112,32 +110,14 @@ def _root(
     sparse and compact ONNX. Exit codes: 0 success, 1 a check failed, 2 bad input."""
 
 
-def _console(stderr: bool = False) -> Console:
-    # errors stay on one line whatever the terminal width; -q silences stdout tables
-    if stderr:
-        return Console(stderr=True, soft_wrap=True, quiet=quiet())
-    return Console(quiet=quiet())
-
-
-# every command: -q/-v, and any failure as one line with its exit code (cli/options.py)
-handle_errors: Callable[[Callable[..., Any]], Callable[..., Any]] = common
-
-
 @app.command()
 @handle_errors
 @shape_option
 def analyze(
-    model: Annotated[Path, typer.Argument(metavar="MODEL", help="ONNX model file (.onnx)")],
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print the analysis as JSON on stdout.")
-    ] = False,
-    strict: Annotated[
-        bool, typer.Option("--strict", help="Exit 1 if any op has no coupling rule.")
-    ] = False,
-    limit: Annotated[
-        int | None,
-        typer.Option("--limit", metavar="N", help="Show at most this many groups.", min=1),
-    ] = None,
+    model: AnalyzeModel,
+    as_json: AnalyzeJson = False,
+    strict: Strict = False,
+    limit: Limit = None,
     input_shapes: dict | None = None,
 ) -> None:
     """Find the coupled channel groups of MODEL, the parameters and MACs each owns, and what
@@ -163,7 +143,7 @@ def analyze(
     if as_json:
         sys.stdout.write(json.dumps(analysis_dict(result), indent=2) + "\n")
     else:
-        render_analysis(_console(), result, limit=limit)
+        render_analysis(console_for(), result, limit=limit)
     if strict and result.unsupported:
         ops = ", ".join(f"{op} '{name}'" for op, name in result.unsupported[:5])
         more = len(result.unsupported) - 5

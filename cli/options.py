@@ -27,10 +27,23 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import typer
+from rich.console import Console
 
+from drpopt.cli.params import (
+    Bgr,
+    ImageSize,
+    Inputs,
+    InputShape,
+    Layout,
+    Mean,
+    Quiet,
+    Scale,
+    Std,
+    Verbose,
+)
 from drpopt.errors import BadInputError, DrpoptError
 
 try:  # typer >= 0.20 vendors click
@@ -115,6 +128,24 @@ def fail(message: str, code: int) -> None:
     raise typer.Exit(code)
 
 
+def _report(err: BaseException) -> None:
+    """Ends the command with ``err`` as one ``error:`` line and its exit code (2 for
+    anything that is no ``DrpoptError``); under -v the traceback comes first."""
+    if STATE["verbose"] and not isinstance(err, KeyboardInterrupt):
+        traceback.print_exc(file=sys.stderr)
+    if isinstance(err, DrpoptError):
+        fail(one_line(err), err.exit_code)
+    if isinstance(err, KeyboardInterrupt):
+        fail("interrupted", 130)
+    if isinstance(err, RecursionError):
+        fail(f"the model is too deeply nested to process ({one_line(err, 200)})", 2)
+    fail(
+        f"cannot process the input ({type(err).__name__}: {one_line(err, 300)}); "
+        "run with -v for the traceback",
+        2,
+    )
+
+
 def common(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Adds -q/-v to a command and turns every failure into one line and an exit code."""
 
@@ -124,38 +155,7 @@ def common(fn: Callable[..., Any]) -> Callable[..., Any]:
         _setup_logging(STATE["verbose"], STATE["quiet"])
         return {}
 
-    inner = _add_params(
-        fn,
-        [
-            _opt(
-                "quiet",
-                Annotated[
-                    bool,
-                    typer.Option(
-                        "--quiet",
-                        "-q",
-                        help="Print only errors and --json output (no tables, no progress).",
-                    ),
-                ],
-                False,
-            ),
-            _opt(
-                "verbose",
-                Annotated[
-                    int,
-                    typer.Option(
-                        "--verbose",
-                        "-v",
-                        count=True,
-                        show_default=False,
-                        help="Log details; tracebacks on errors.",
-                    ),
-                ],
-                0,
-            ),
-        ],
-        pack,
-    )
+    inner = _add_params(fn, [_opt("quiet", Quiet, False), _opt("verbose", Verbose, 0)], pack)
 
     @functools.wraps(inner)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -163,27 +163,23 @@ def common(fn: Callable[..., Any]) -> Callable[..., Any]:
             return inner(*args, **kwargs)
         except (typer.Exit, typer.Abort, *_CLICK):
             raise
-        except DrpoptError as err:
-            if STATE["verbose"]:
-                traceback.print_exc(file=sys.stderr)
-            fail(one_line(err), err.exit_code)
-        except KeyboardInterrupt:
-            fail("interrupted", 130)
-        except RecursionError as err:
-            if STATE["verbose"]:
-                traceback.print_exc(file=sys.stderr)
-            fail(f"the model is too deeply nested to process ({one_line(err, 200)})", 2)
-        except Exception as err:
-            if STATE["verbose"]:
-                traceback.print_exc(file=sys.stderr)
-            fail(
-                f"cannot process the input ({type(err).__name__}: {one_line(err, 300)}); "
-                "run with -v for the traceback",
-                2,
-            )
+        except (Exception, KeyboardInterrupt) as err:
+            _report(err)
 
     wrapper.__signature__ = inner.__signature__  # type: ignore[attr-defined]
     return wrapper
+
+
+# every command: -q/-v, and any failure as one line with its exit code
+handle_errors = common
+
+
+def console_for(stderr: bool = False) -> Console:
+    """The console a command prints on: stdout, or stderr (when stdout carries --json).
+    Errors stay on one line whatever the terminal width; -q silences both."""
+    if stderr:
+        return Console(stderr=True, soft_wrap=True, quiet=quiet())
+    return Console(quiet=quiet())
 
 
 def quiet() -> bool:
@@ -218,34 +214,13 @@ def parse_input_shapes(items: list[str] | None) -> dict[str | None, tuple[int, .
     return out
 
 
-INPUT_SHAPE_HELP = (
-    "Input dims, NAME:1,3,640,640 (repeat per input) or just 1,3,640,640 for a "
-    "single-input model: fixes symbolic dims before shape inference; MACs and verification "
-    "use them."
-)
-
-
 def shape_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Adds ``--input-shape`` (repeatable); the command receives ``input_shapes``."""
 
     def pack(given: dict) -> dict:
         return {"input_shapes": parse_input_shapes(given.get("input_shape"))}
 
-    return _add_params(
-        fn,
-        [
-            _opt(
-                "input_shape",
-                Annotated[
-                    list[str] | None,
-                    typer.Option("--input-shape", metavar="[NAME:]DIMS", help=INPUT_SHAPE_HELP),
-                ],
-                None,
-            )
-        ],
-        pack,
-        ("input_shapes",),
-    )
+    return _add_params(fn, [_opt("input_shape", InputShape, None)], pack, ("input_shapes",))
 
 
 def shape_warning(model: Any, given: dict) -> str | None:
@@ -314,131 +289,58 @@ def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
     return values
 
 
-def inputs_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Adds ``--inputs`` and image preprocessing; the command receives ``inputs``."""
+_PREPROCESS = ("image_size", "mean", "std", "scale", "layout")
+
+
+def _inputs_spec(g: dict) -> InputsSpec | None:
+    """``--inputs`` and its preprocessing options (``g``, by parameter name) as a spec."""
     from drpopt.passes.inputs import ImagePreprocess
 
-    def pack(g: dict) -> dict:
-        path = g.get("inputs")
-        pre_given = any(
-            g.get(k) is not None for k in ("image_size", "mean", "std", "scale", "layout")
-        ) or g.get("bgr")
-        if path is None:
-            if pre_given:
-                raise BadInputError(
-                    "--image-size, --mean, --std, --scale, --layout and --bgr preprocess "
-                    "the images of --inputs FOLDER; give --inputs"
-                )
-            return {"inputs": None}
-        if pre_given and not Path(path).is_dir():
+    path = g.get("inputs")
+    pre_given = any(g.get(k) is not None for k in _PREPROCESS) or g.get("bgr")
+    if path is None:
+        if pre_given:
             raise BadInputError(
-                f"--inputs {path}: image preprocessing options apply to a folder of images, "
-                "not to an .npz"
+                "--image-size, --mean, --std, --scale, --layout and --bgr preprocess "
+                "the images of --inputs FOLDER; give --inputs"
             )
-        if not Path(path).exists():
-            raise BadInputError(f"--inputs {path}: no such file or folder")
-        size = None
-        if g.get("image_size"):
-            dims = parse_input_shapes([g["image_size"]])[None]
-            if len(dims) != 2:
-                raise BadInputError(f"--image-size {g['image_size']!r}: give H,W")
-            size = (dims[0], dims[1])
-        pre = ImagePreprocess(
-            size=size,
-            mean=_floats(g.get("mean"), "mean") or (0.0,),
-            std=_floats(g.get("std"), "std") or (1.0,),
-            scale=1.0 / 255.0 if g.get("scale") is None else float(g["scale"]),
-            layout=g.get("layout"),
-            channels="bgr" if g.get("bgr") else "rgb",
+        return None
+    if pre_given and not Path(path).is_dir():
+        raise BadInputError(
+            f"--inputs {path}: image preprocessing options apply to a folder of images, "
+            "not to an .npz"
         )
-        return {"inputs": InputsSpec(Path(path), pre)}
-
-    return _add_params(
-        fn,
-        [
-            _opt(
-                "inputs",
-                Annotated[
-                    Path | None,
-                    typer.Option(
-                        "--inputs",
-                        metavar="NPZ|FOLDER",
-                        help="Verify on these inputs: an .npz (one array per input name; an "
-                        "extra first axis = samples) or a folder of images. Default: 2 "
-                        "random samples (standard normal) at the input shapes.",
-                    ),
-                ],
-                None,
-            ),
-            _opt(
-                "image_size",
-                Annotated[
-                    str | None,
-                    typer.Option(
-                        "--image-size",
-                        metavar="H,W",
-                        help="Resize images to this (default: the input's height, width).",
-                    ),
-                ],
-                None,
-            ),
-            _opt(
-                "mean",
-                Annotated[
-                    str | None,
-                    typer.Option(
-                        "--mean",
-                        metavar="M[,M,M]",
-                        help="Subtracted per channel after scaling (default: 0).",
-                    ),
-                ],
-                None,
-            ),
-            _opt(
-                "std",
-                Annotated[
-                    str | None,
-                    typer.Option(
-                        "--std",
-                        metavar="S[,S,S]",
-                        help="Divided per channel after the mean (default: 1).",
-                    ),
-                ],
-                None,
-            ),
-            _opt(
-                "scale",
-                Annotated[
-                    float | None,
-                    typer.Option(
-                        "--scale",
-                        metavar="FACTOR",
-                        help="Pixel values times this first (default: 1/255).",
-                    ),
-                ],
-                None,
-            ),
-            _opt(
-                "layout",
-                Annotated[
-                    str | None,
-                    typer.Option(
-                        "--layout",
-                        metavar="nchw|nhwc",
-                        help="Image tensor layout (default: from the input).",
-                    ),
-                ],
-                None,
-            ),
-            _opt(
-                "bgr",
-                Annotated[bool, typer.Option("--bgr", help="Feed channels as BGR (default RGB).")],
-                False,
-            ),
-        ],
-        pack,
-        ("inputs",),
+    if not Path(path).exists():
+        raise BadInputError(f"--inputs {path}: no such file or folder")
+    size = None
+    if g.get("image_size"):
+        dims = parse_input_shapes([g["image_size"]])[None]
+        if len(dims) != 2:
+            raise BadInputError(f"--image-size {g['image_size']!r}: give H,W")
+        size = (dims[0], dims[1])
+    pre = ImagePreprocess(
+        size=size,
+        mean=_floats(g.get("mean"), "mean") or (0.0,),
+        std=_floats(g.get("std"), "std") or (1.0,),
+        scale=1.0 / 255.0 if g.get("scale") is None else float(g["scale"]),
+        layout=g.get("layout"),
+        channels="bgr" if g.get("bgr") else "rgb",
     )
+    return InputsSpec(Path(path), pre)
+
+
+def inputs_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Adds ``--inputs`` and image preprocessing; the command receives ``inputs``."""
+    extra = [
+        _opt("inputs", Inputs, None),
+        _opt("image_size", ImageSize, None),
+        _opt("mean", Mean, None),
+        _opt("std", Std, None),
+        _opt("scale", Scale, None),
+        _opt("layout", Layout, None),
+        _opt("bgr", Bgr, False),
+    ]
+    return _add_params(fn, extra, lambda g: {"inputs": _inputs_spec(g)}, ("inputs",))
 
 
 # ---- progress ----------------------------------------------------------------------------

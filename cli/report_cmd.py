@@ -8,14 +8,17 @@ anything is written.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
-from typing import Annotated
 
 import typer
 
+from drpopt.cli.options import console_for, handle_errors, inputs_options, shape_option
+from drpopt.cli.params import Compare, Png, ReportJson, ReportModel, ReportOutput, ReportRtol
 from drpopt.errors import BadInputError
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -114,111 +117,107 @@ def register(app: typer.Typer) -> None:
         (c.name or getattr(c.callback, "__name__", "")) == "report" for c in app.registered_commands
     ):
         return
-    from drpopt.cli.main import _console, handle_errors
-    from drpopt.cli.options import inputs_options, shape_option
+    app.command("report")(report)
 
-    @app.command("report")
-    @handle_errors
-    @shape_option
-    @inputs_options
-    def report(
-        model: Annotated[
-            Path, typer.Argument(metavar="MODEL", help="ONNX model file to describe.")
-        ],
-        output: Annotated[
-            Path | None,
-            typer.Option("--output", "-o", metavar="FILE", help="Write the HTML report here."),
-        ] = None,
-        compare: Annotated[
-            Path | None,
-            typer.Option(
-                "--compare",
-                metavar="OTHER",
-                help="A second model to show beside MODEL: the masked model a compact one "
-                "came from (checked), or the unpruned original (drift reported).",
-            ),
-        ] = None,
-        png: Annotated[
-            Path | None,
-            typer.Option("--png", metavar="FILE", help="Also write the charts alone as a PNG."),
-        ] = None,
-        rtol: Annotated[
-            float,
-            typer.Option("--rtol", metavar="TOL", help="Verification tolerance (x spread)."),
-        ] = 1e-4,
-        as_json: Annotated[
-            bool, typer.Option("--json", help="Print the figures (and comparison) as JSON.")
-        ] = False,
-        input_shapes: dict | None = None,
-        inputs=None,
-    ) -> None:
-        """Write an HTML report of MODEL: sizes, per-layer charts, groups, plan, verification.
 
-        With --compare, MODEL's outputs are checked against OTHER's when both have the same
-        input and output names and shapes (a compact model against its masked original); when
-        OTHER carries no drpopt plan and MODEL does, or the two carry different plans, the
-        drift is reported instead.
-        """
-        import json
-        import sys
+@handle_errors
+@shape_option
+@inputs_options
+def report(
+    model: ReportModel,
+    output: ReportOutput = None,
+    compare: Compare = None,
+    png: Png = None,
+    rtol: ReportRtol = 1e-4,
+    as_json: ReportJson = False,
+    input_shapes: dict | None = None,
+    inputs=None,
+) -> None:
+    """Write an HTML report of MODEL: sizes, per-layer charts, groups, plan, verification.
 
-        from drpopt.cli.options import shape_warning, warn
-        from drpopt.ir.files import atomic_write_bytes, probe_writable, refuse_overwrite
-        from drpopt.passes.report import build_report, charts_page, collect, compare_stats
+    With --compare, MODEL's outputs are checked against OTHER's when both have the same
+    input and output names and shapes (a compact model against its masked original); when
+    OTHER carries no drpopt plan and MODEL does, or the two carry different plans, the
+    drift is reported instead.
+    """
+    from drpopt.cli.options import shape_warning, steps, warn
+    from drpopt.ir.files import atomic_write_bytes
+    from drpopt.passes.report import build_report, charts_page, collect
 
-        if output is None and not as_json:
-            raise BadInputError("give -o report.html (or --json for the figures on stdout)")
-        if inputs is not None and compare is None:
-            raise BadInputError("--inputs feeds the comparison; give --compare OTHER too")
-        if png is not None and output is None:
-            raise BadInputError("--png writes the charts beside the HTML report; give -o too")
-        inputs_list = [model] + ([compare] if compare is not None else [])
-        if output is not None:
-            refuse_overwrite(output, inputs_list)
-            probe_writable(output)
-        chromium, use_mpl = None, False
-        if png is not None and output is not None:
-            refuse_overwrite(png, inputs_list)
-            if png.resolve() == output.resolve():
-                raise BadInputError(f"{png}: --png and -o name the same file; choose two paths")
-            probe_writable(png)
-            use_mpl = has_matplotlib()
-            chromium = None if use_mpl else find_chromium()
-            if not use_mpl and chromium is None:
-                raise BadInputError("writing PNG needs matplotlib (pip install matplotlib)")
-        from drpopt.cli.options import steps
+    chromium, use_mpl = _check_report_args(model, output, compare, png, as_json, inputs)
+    console = console_for(stderr=as_json)
+    with steps(2, "reading the models"):
+        stats = collect(model, input_shapes=input_shapes)
+        warning = shape_warning(stats.proto, input_shapes or {})
+        if warning:
+            warn(warning)
+        other = collect(compare, input_shapes=input_shapes) if compare is not None else None
+        feeds = inputs.load(other.proto) if inputs is not None and other is not None else None
+    if as_json:
+        _print_json(model, compare, stats, other, rtol, feeds)
+    if output is None:
+        return
+    with steps(1, "building the report"):
+        page = build_report(stats, other, rtol=rtol, inputs=feeds)
+        shot = matplotlib_png(stats, other) if use_mpl else None
+        if chromium is not None:
+            charts, size = charts_page(stats, other)
+            shot = screenshot(chromium, charts, size)
+    atomic_write_bytes(output, page.encode("utf-8"))
+    console.print(f"wrote {output}")
+    if png is not None and shot is not None:
+        atomic_write_bytes(png, shot)
+        console.print(f"wrote {png}")
 
-        console = _console(stderr=as_json)
-        with steps(2, "reading the models"):
-            stats = collect(model, input_shapes=input_shapes)
-            warning = shape_warning(stats.proto, input_shapes or {})
-            if warning:
-                warn(warning)
-            other = collect(compare, input_shapes=input_shapes) if compare is not None else None
-            feeds = inputs.load(other.proto) if inputs is not None and other is not None else None
-        if as_json:
-            data = {"model": str(model), "figures": stats.figures()}
-            if other is not None:
-                rep, why, drift = compare_stats(stats, other, rtol, 1e-6, feeds)
-                data["compare"] = {
-                    "model": str(compare),
-                    "figures": other.figures(),
-                    "mode": "drift" if drift else "check",
-                    "drift_reason": drift,
-                    "verify": rep.to_dict() if rep is not None else None,
-                    "not_compared": why,
-                }
-            sys.stdout.write(json.dumps(data, indent=2) + "\n")
-        if output is None:
-            return
-        with steps(1, "building the report"):
-            page = build_report(stats, other, rtol=rtol, inputs=feeds)
-            shot = matplotlib_png(stats, other) if use_mpl else None
-            if chromium is not None:
-                charts, size = charts_page(stats, other)
-                shot = screenshot(chromium, charts, size)
-        atomic_write_bytes(output, page.encode("utf-8"))
-        console.print(f"wrote {output}")
-        if png is not None and shot is not None:
-            atomic_write_bytes(png, shot)
-            console.print(f"wrote {png}")
+
+def _check_report_args(
+    model: Path,
+    output: Path | None,
+    compare: Path | None,
+    png: Path | None,
+    as_json: bool,
+    inputs,
+) -> tuple[str | None, bool]:
+    """Refuses contradictory options and unwritable outputs before any work; returns how
+    the PNG gets drawn: (the Chromium to use or None, whether matplotlib draws it)."""
+    from drpopt.ir.files import probe_writable, refuse_overwrite
+
+    if output is None and not as_json:
+        raise BadInputError("give -o report.html (or --json for the figures on stdout)")
+    if inputs is not None and compare is None:
+        raise BadInputError("--inputs feeds the comparison; give --compare OTHER too")
+    if png is not None and output is None:
+        raise BadInputError("--png writes the charts beside the HTML report; give -o too")
+    inputs_list = [model] + ([compare] if compare is not None else [])
+    if output is not None:
+        refuse_overwrite(output, inputs_list)
+        probe_writable(output)
+    chromium, use_mpl = None, False
+    if png is not None and output is not None:
+        refuse_overwrite(png, inputs_list)
+        if png.resolve() == output.resolve():
+            raise BadInputError(f"{png}: --png and -o name the same file; choose two paths")
+        probe_writable(png)
+        use_mpl = has_matplotlib()
+        chromium = None if use_mpl else find_chromium()
+        if not use_mpl and chromium is None:
+            raise BadInputError("writing PNG needs matplotlib (pip install matplotlib)")
+    return chromium, use_mpl
+
+
+def _print_json(model: Path, compare: Path | None, stats, other, rtol: float, feeds) -> None:
+    """``drpopt report --json``: MODEL's figures and, with --compare, the comparison."""
+    from drpopt.passes.report import compare_stats
+
+    data: dict = {"model": str(model), "figures": stats.figures()}
+    if other is not None:
+        rep, why, drift = compare_stats(stats, other, rtol, 1e-6, feeds)
+        data["compare"] = {
+            "model": str(compare),
+            "figures": other.figures(),
+            "mode": "drift" if drift else "check",
+            "drift_reason": drift,
+            "verify": rep.to_dict() if rep is not None else None,
+            "not_compared": why,
+        }
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")

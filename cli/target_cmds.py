@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
-from typing import Annotated
 
 import typer
+from rich.console import Console
 from rich.table import Table
+
+from drpopt.cli.options import console_for, handle_errors, shape_option
+from drpopt.cli.params import CheckJson, CheckTarget, MinSparsity, Model, TargetsJson
 
 
 def _purpose(description: str) -> str:
@@ -18,138 +20,129 @@ def _purpose(description: str) -> str:
 
 def register(app: typer.Typer) -> None:
     """Adds ``targets`` and ``check`` to ``app``."""
-    from drpopt.cli.main import _console, handle_errors
-    from drpopt.cli.options import shape_option
+    app.command("targets")(targets_cmd)
+    app.command("check")(check_cmd)
 
-    @app.command("targets")
-    @handle_errors
-    def targets_cmd(
-        as_json: Annotated[
-            bool, typer.Option("--json", help="Print the profiles as JSON.")
-        ] = False,
-    ) -> None:
-        """List the target profiles (shipped and plugin; a .toml path works wherever a name
-        does)."""
-        from drpopt.cli.render import broken_plugin_line
-        from drpopt.passes.targets import all_targets
-        from drpopt.plugins import TARGET_GROUP, records
 
-        if as_json:
-            data = [
-                {k: v for k, v in vars(p).items() if isinstance(v, str | int | float | bool | list)}
-                for p in all_targets().values()
-            ]
-            sys.stdout.write(json.dumps(data, indent=2) + "\n")
-            return
+@handle_errors
+def targets_cmd(as_json: TargetsJson = False) -> None:
+    """List the target profiles (shipped and plugin; a .toml path works wherever a name
+    does)."""
+    from drpopt.cli.render import broken_plugin_line
+    from drpopt.passes.targets import all_targets
+    from drpopt.plugins import TARGET_GROUP, records
 
-        table = Table(title="Target profiles", title_justify="left")
-        cols = ("target", "channels", "pattern", "rate", "output", "what it is for", "from")
-        for col in cols:
-            table.add_column(col, overflow="fold")
-        for p in all_targets().values():
-            pattern = {
-                "channel": "-",
-                "nm": f"{p.n}:{p.m}",
-                "block": f"blocks of {p.block}, {p.sparsity_rate:.0%}",
-                "unstructured": f"weights, {p.sparsity_rate:.0%} ({p.sparsity_scope})",
-            }[p.granularity]
-            table.add_row(
-                p.name,
-                f"align {p.align}, min {p.min_channels}",
-                pattern,
-                f"{p.default_rate} (max {p.max_rate}/group)",
-                p.output,
-                _purpose(p.description),
-                "drpopt" if p.source.startswith("drpopt profile") else p.source,
-            )
-        _console().print(table)
-        for r in records(TARGET_GROUP):
-            if r.broken:
-                _console().print(broken_plugin_line(r), highlight=False)
+    if as_json:
+        data = [
+            {k: v for k, v in vars(p).items() if isinstance(v, str | int | float | bool | list)}
+            for p in all_targets().values()
+        ]
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+        return
 
-    @app.command("check")
-    @handle_errors
-    @shape_option
-    def check_cmd(
-        model: Annotated[Path, typer.Argument(metavar="MODEL", help="ONNX model file")],
-        target: Annotated[
-            str, typer.Option("--target", metavar="NAME", help="Profile name or .toml path.")
-        ] = "drpai",
-        min_sparsity: Annotated[
-            float | None,
-            typer.Option(
-                "--min-sparsity",
-                metavar="SHARE",
-                help="Required share of zero weights (default: the profile's).",
-            ),
-        ] = None,
-        as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
-        input_shapes: dict | None = None,
-    ) -> None:
-        """Measure MODEL's sparsity per layer against a target; exit 1 if it falls short."""
-        from drpopt.errors import BadInputError, CheckFailedError
-        from drpopt.passes.check import check_model
-        from drpopt.passes.common import get_analysis, human
-        from drpopt.passes.manager import load_graph
-        from drpopt.passes.targets import get_target
+    table = Table(title="Target profiles", title_justify="left")
+    cols = ("target", "channels", "pattern", "rate", "output", "what it is for", "from")
+    for col in cols:
+        table.add_column(col, overflow="fold")
+    for p in all_targets().values():
+        pattern = {
+            "channel": "-",
+            "nm": f"{p.n}:{p.m}",
+            "block": f"blocks of {p.block}, {p.sparsity_rate:.0%}",
+            "unstructured": f"weights, {p.sparsity_rate:.0%} ({p.sparsity_scope})",
+        }[p.granularity]
+        table.add_row(
+            p.name,
+            f"align {p.align}, min {p.min_channels}",
+            pattern,
+            f"{p.default_rate} (max {p.max_rate}/group)",
+            p.output,
+            _purpose(p.description),
+            "drpopt" if p.source.startswith("drpopt profile") else p.source,
+        )
+    console_for().print(table)
+    for r in records(TARGET_GROUP):
+        if r.broken:
+            console_for().print(broken_plugin_line(r), highlight=False)
 
-        if min_sparsity is not None and not 0 <= min_sparsity <= 1:
-            raise BadInputError(f"--min-sparsity {min_sparsity} is outside [0, 1]")
-        from drpopt.cli.options import shape_warning, warn
-        from drpopt.cli.render import figures_line, shapes_line
-        from drpopt.passes.figures import model_figures, pattern_note
 
-        profile = get_target(target)
-        from drpopt.passes.context import PipelineContext
+@handle_errors
+@shape_option
+def check_cmd(
+    model: Model,
+    target: CheckTarget = "drpai",
+    min_sparsity: MinSparsity = None,
+    as_json: CheckJson = False,
+    input_shapes: dict | None = None,
+) -> None:
+    """Measure MODEL's sparsity per layer against a target; exit 1 if it falls short."""
+    from drpopt.cli.options import shape_warning, steps, warn
+    from drpopt.errors import BadInputError, CheckFailedError
+    from drpopt.passes.check import check_model
+    from drpopt.passes.common import get_analysis
+    from drpopt.passes.context import PipelineContext
+    from drpopt.passes.figures import model_figures
+    from drpopt.passes.manager import load_graph
+    from drpopt.passes.targets import get_target
 
-        loaded = PipelineContext()
-        graph = load_graph(model, input_shapes or {}, loaded)
-        warning = shape_warning(loaded.reference, input_shapes or {})
-        if warning:
-            warn(warning)
-        from drpopt.cli.options import steps
+    if min_sparsity is not None and not 0 <= min_sparsity <= 1:
+        raise BadInputError(f"--min-sparsity {min_sparsity} is outside [0, 1]")
+    profile = get_target(target)
+    loaded = PipelineContext()
+    graph = load_graph(model, input_shapes or {}, loaded)
+    warning = shape_warning(loaded.reference, input_shapes or {})
+    if warning:
+        warn(warning)
+    with steps(1, "checking the layers"):
+        report = check_model(graph, profile, min_sparsity)
+        figures = model_figures(graph, analysis=get_analysis(graph))
+    if as_json:
+        data = report.to_dict()
+        data["figures"] = figures
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    else:
+        _print_check(console_for(), report, profile, figures)
+    if not report.ok:
+        raise CheckFailedError(report.summary())
 
-        with steps(1, "checking the layers"):
-            report = check_model(graph, profile, min_sparsity)
-            figures = model_figures(graph, analysis=get_analysis(graph))
-        if as_json:
-            data = report.to_dict()
-            data["figures"] = figures
-            sys.stdout.write(json.dumps(data, indent=2) + "\n")
-        else:
-            console = _console()
-            table = Table(title=f"Sparsity against target '{profile.name}'", title_justify="left")
-            for col in ("layer", "weight", "zeros", "zero channels", "pattern"):
-                table.add_column(
-                    col, justify="left" if col == "layer" else "right", overflow="fold"
-                )
-            for layer in report.layers:
-                pattern = (
-                    "-"
-                    if not layer.groups
-                    else (
-                        "ok" if layer.conforms else f"[red]{layer.violations}/{layer.groups} bad[/]"
-                    )
-                )
-                table.add_row(
-                    layer.node,
-                    "x".join(map(str, layer.shape)),
-                    f"{100 * layer.sparsity:.1f}%",
-                    f"{layer.zero_channels}/{layer.channels}",
-                    pattern,
-                )
-            console.print(table)
-            total = sum(layer.total for layer in report.layers)
-            console.print(
-                f"{len(report.layers)} layers checked ({human(total)} weights), "
-                f"{len(report.skipped)} left dense by the profile"
-            )
-            console.print(figures_line(figures), highlight=False)
-            note = pattern_note(profile)
-            if note:
-                console.print(note.replace("adds", "asks for"), highlight=False)
-            console.print(shapes_line(figures["input_shapes"]), highlight=False)
-            if report.ok:
-                console.print(report.summary())
-        if not report.ok:
-            raise CheckFailedError(report.summary())
+
+def _check_table(report, profile) -> Table:
+    """One row per checked layer: shape, zeros, zero channels, whether its pattern fits."""
+    table = Table(title=f"Sparsity against target '{profile.name}'", title_justify="left")
+    for col in ("layer", "weight", "zeros", "zero channels", "pattern"):
+        table.add_column(col, justify="left" if col == "layer" else "right", overflow="fold")
+    for layer in report.layers:
+        pattern = (
+            "-"
+            if not layer.groups
+            else ("ok" if layer.conforms else f"[red]{layer.violations}/{layer.groups} bad[/]")
+        )
+        table.add_row(
+            layer.node,
+            "x".join(map(str, layer.shape)),
+            f"{100 * layer.sparsity:.1f}%",
+            f"{layer.zero_channels}/{layer.channels}",
+            pattern,
+        )
+    return table
+
+
+def _print_check(console: Console, report, profile, figures: dict) -> None:
+    """``drpopt check``'s table and lines for people."""
+    from drpopt.cli.render import figures_line, shapes_line
+    from drpopt.passes.common import human
+    from drpopt.passes.figures import pattern_note
+
+    console.print(_check_table(report, profile))
+    total = sum(layer.total for layer in report.layers)
+    console.print(
+        f"{len(report.layers)} layers checked ({human(total)} weights), "
+        f"{len(report.skipped)} left dense by the profile"
+    )
+    console.print(figures_line(figures), highlight=False)
+    note = pattern_note(profile)
+    if note:
+        console.print(note.replace("adds", "asks for"), highlight=False)
+    console.print(shapes_line(figures["input_shapes"]), highlight=False)
+    if report.ok:
+        console.print(report.summary())

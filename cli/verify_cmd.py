@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -17,99 +16,84 @@ from rich.markup import escape
 from rich.table import Table
 from typer.models import CommandInfo
 
-from drpopt.cli.options import inputs_options, shape_option
+from drpopt.cli.options import console_for, handle_errors, inputs_options, shape_option
+from drpopt.cli.params import (
+    Atol,
+    CheckedModel,
+    Reference,
+    ReportOnly,
+    Samples,
+    Seed,
+    VerifyJson,
+    VerifyRtol,
+)
 from drpopt.passes.verify import VerifyReport
 
 
 def register(app: typer.Typer) -> None:
-    """Adds the ``verify`` command to ``app`` (a second call on the same app does nothing).
-
-    Call it after ``handle_errors`` exists in ``drpopt.cli.main`` (it is imported here, late,
-    so that ``cli/main.py`` may import this module).
-    """
+    """Adds the ``verify`` command to ``app`` (a second call on the same app does nothing)."""
     if any(_command_name(c) == "verify" for c in app.registered_commands):
         return
-    from drpopt.cli.main import handle_errors
+    app.command("verify")(verify)
 
-    @app.command("verify")
-    @handle_errors
-    @shape_option
-    @inputs_options
-    def verify(
-        reference: Annotated[
-            Path, typer.Argument(metavar="REFERENCE", help="Reference ONNX model (A).")
-        ],
-        model: Annotated[
-            Path, typer.Argument(metavar="MODEL", help="ONNX model to check against it (B).")
-        ],
-        rtol: Annotated[
-            float,
-            typer.Option(
-                "--rtol",
-                metavar="TOL",
-                help="Tolerance relative to the reference output's spread (its range, max - min).",
-            ),
-        ] = 1e-4,
-        atol: Annotated[
-            float, typer.Option("--atol", metavar="TOL", help="Absolute tolerance.")
-        ] = 1e-6,
-        seed: Annotated[
-            int, typer.Option("--seed", metavar="N", help="Seed of the random inputs.")
-        ] = 0,
-        samples: Annotated[
-            int,
-            typer.Option("--samples", metavar="N", min=1, help="Random input samples to run."),
-        ] = 2,
-        report_only: Annotated[
-            bool,
-            typer.Option(
-                "--report-only",
-                help="Report the drift (max, mean error, cosine per output) and exit 0: for "
-                "an original against its pruned model, whose outputs differ by design.",
-            ),
-        ] = False,
-        as_json: Annotated[
-            bool, typer.Option("--json", help="Print the comparison as JSON on stdout.")
-        ] = False,
-        input_shapes: dict | None = None,
-        inputs=None,
-    ) -> None:
-        """Check that MODEL computes the outputs of REFERENCE (onnxruntime, same inputs).
 
-        An output matches when max|B - A| <= atol + rtol * std(A); a reference output that is
-        constant or near zero over the inputs proves nothing, and the check refuses (exit 1).
-        """
-        from drpopt import api
-        from drpopt.cli.main import _console
-        from drpopt.cli.options import shape_warning, steps, warn
-        from drpopt.errors import CheckFailedError
-        from drpopt.ir.from_onnx import load_model
-        from drpopt.ir.input_shapes import fix_input_shapes
+@handle_errors
+@shape_option
+@inputs_options
+def verify(
+    reference: Reference,
+    model: CheckedModel,
+    rtol: VerifyRtol = 1e-4,
+    atol: Atol = 1e-6,
+    seed: Seed = 0,
+    samples: Samples = 2,
+    report_only: ReportOnly = False,
+    as_json: VerifyJson = False,
+    input_shapes: dict | None = None,
+    inputs=None,
+) -> None:
+    """Check that MODEL computes the outputs of REFERENCE (onnxruntime, same inputs).
 
-        options = api.CheckOptions(  # checked once, here
-            rtol=rtol, atol=atol, seed=seed, samples=samples, inputs=inputs
+    An output matches when max|B - A| <= atol + rtol * std(A); a reference output that is
+    constant or near zero over the inputs proves nothing, and the check refuses (exit 1).
+    """
+    from drpopt import api
+    from drpopt.cli.options import shape_warning, steps, warn
+    from drpopt.ir.from_onnx import load_model
+    from drpopt.ir.input_shapes import fix_input_shapes
+
+    options = api.CheckOptions(  # checked once, here
+        rtol=rtol, atol=atol, seed=seed, samples=samples, inputs=inputs
+    )
+    ref_proto = fix_input_shapes(load_model(reference), input_shapes or {})
+    model_proto = fix_input_shapes(load_model(model), input_shapes or {})
+    warning = shape_warning(ref_proto, input_shapes or {})
+    if warning and inputs is None:
+        warn(warning)
+    with steps(1, "running both models in onnxruntime"):
+        report = api.check(ref_proto, model_proto, options)
+    if as_json:
+        data = report.to_dict()
+        data["mode"] = "drift" if report_only else "check"
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    else:
+        render_report(console_for(), report, reference, model, report_only)
+    if not report.ok and not report_only:
+        _fail(report, reference, model, ref_proto, model_proto)
+
+
+def _fail(report: VerifyReport, reference: Path, model: Path, ref_proto, model_proto) -> None:
+    """The failed check as a ``CheckFailedError``, with a hint when MODEL looks pruned
+    from REFERENCE (it carries a plan, the reference none)."""
+    from drpopt.errors import CheckFailedError
+
+    hint = ""
+    if _has_plan(model_proto) and not _has_plan(ref_proto):
+        hint = (
+            "MODEL carries a drpopt plan and REFERENCE none: a pruned model drifts from "
+            "its original, --report-only reports the drift; "
         )
-        ref_proto = fix_input_shapes(load_model(reference), input_shapes or {})
-        model_proto = fix_input_shapes(load_model(model), input_shapes or {})
-        warning = shape_warning(ref_proto, input_shapes or {})
-        if warning and inputs is None:
-            warn(warning)
-        with steps(1, "running both models in onnxruntime"):
-            report = api.check(ref_proto, model_proto, options)
-        if as_json:
-            data = report.to_dict()
-            data["mode"] = "drift" if report_only else "check"
-            sys.stdout.write(json.dumps(data, indent=2) + "\n")
-        else:
-            render_report(_console(), report, reference, model, report_only)
-        if not report.ok and not report_only:
-            hint = ""
-            if _has_plan(model_proto) and not _has_plan(ref_proto):
-                hint = (
-                    "MODEL carries a drpopt plan and REFERENCE none: a pruned model drifts from "
-                    "its original, --report-only reports the drift; "
-                )
-            raise CheckFailedError(f"{model} vs {reference}: {hint}{report.summary()}")
+    raise CheckFailedError(f"{model} vs {reference}: {hint}{report.summary()}")
 
 
 def _has_plan(proto) -> bool:

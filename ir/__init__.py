@@ -9,18 +9,21 @@ from drpopt.ir.analysis import Analysis, analyze
 from drpopt.ir.channels import Group, Lock, Member
 from drpopt.ir.core import Graph, Node, Value
 from drpopt.ir.from_onnx import from_onnx, load_model
-from drpopt.ir.rules import RULES, register_rule
+from drpopt.ir.rules import RULES, KeptChannels, OpRule, follow_members, register_rule
 
 __all__ = [
     "RULES",
     "Analysis",
     "Graph",
     "Group",
+    "KeptChannels",
     "Lock",
     "Member",
     "Node",
+    "OpRule",
     "Value",
     "analyze",
+    "follow_members",
     "from_onnx",
     "load_model",
     "register_rule",

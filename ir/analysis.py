@@ -338,6 +338,15 @@ def _removed(
 
 def _covered(shape, axes: dict[int, list[tuple[int, int]]]) -> int:
     """Elements of a tensor of ``shape`` with an index inside the intervals of some axis."""
+    if len(axes) == 1:  # the common case: one axis of the tensor
+        ((a, iv),) = axes.items()
+        dim = shape[a]
+        if len(iv) == 1:
+            lo, hi = iv[0]
+            covered = max(0, min(hi, dim) - max(lo, 0))
+        else:
+            covered = _union_length(iv, dim)
+        return covered * (math.prod(shape) // dim) if dim else 0
     kept = math.prod(
         dim - _union_length(axes[a], dim) if a in axes else dim for a, dim in enumerate(shape)
     )

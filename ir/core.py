@@ -149,6 +149,20 @@ class Node:
         return f"Node({self.op_type}, {self.name!r})"
 
 
+def _show(field: Any) -> str:
+    """A field of a value for an error message (a constant by its shape, not its data)."""
+    if isinstance(field, np.ndarray):
+        return f"an array of shape {field.shape}"
+    return "none" if field is None else repr(field)
+
+
+def _contradiction(v: Value, key: str, have: str, given: str) -> None:
+    raise ValueError(
+        f"value {v.name!r} already exists with {key} {have} and is asked for again with "
+        f"{key} {given}: a name is one value (a new value needs a fresh name)"
+    )
+
+
 class Graph:
     """An ordered list of nodes (topological in a well-formed model) with its values.
 
@@ -183,14 +197,44 @@ class Graph:
 
     # ---- construction ---------------------------------------------------------------
     def value(self, name: str, **kwargs: Any) -> Value:
-        """The value called ``name``, created on first use (kwargs set its fields then)."""
+        """The value called ``name``, created on first use (kwargs set its fields then).
+
+        Asking for an existing name with fields (``kwargs``) is a statement about that
+        value: a ``shape`` or ``dtype`` it does not know yet is filled in, one that
+        contradicts what it has raises ``ValueError``, and so does any other field (a
+        ``const`` above all) that differs; use ``fresh_name`` for a new value."""
         v = self.values.get(name)
         if v is None:
             v = Value(name, **kwargs)
             v.__dict__["_graph"] = self._ref  # its constant's writes change this graph's version
             self.values[name] = v
             self._version += 1
+        elif kwargs:
+            self._agree(v, kwargs)
         return v
+
+    def _agree(self, v: Value, fields: dict[str, Any]) -> None:
+        """Fills ``v``'s unknown shape or dtype from ``fields``; raises ``ValueError`` when
+        a field contradicts ``v`` (a constant counts as the same only if it is the same
+        array object: arrays are not compared, lazy weights not read)."""
+        for key, given in fields.items():
+            if key == "const":
+                if given is not v.__dict__.get("_const") or (given is None and v.is_const):
+                    have = "a constant" if v.is_const else "no constant"
+                    _contradiction(v, key, have, _show(given))
+                continue
+            if key == "shape" and given is not None:
+                given = tuple(given)
+            elif key == "dtype" and given is not None:
+                given = np.dtype(given)
+            have = getattr(v, key)
+            if key in ("shape", "dtype") and (have is None or given is None):
+                if have is None and given is not None:
+                    setattr(v, key, given)
+                    self._version += 1
+                continue
+            if have != given:
+                _contradiction(v, key, _show(have), _show(given))
 
     def add_node(
         self,

@@ -1,25 +1,56 @@
-"""Coupling rules: one table, keyed by ONNX op type, of how each op ties channel spaces.
+"""Op rules: one table, keyed by ONNX op type, of one ``OpRule`` per op: how the op ties
+channel spaces (``couple``) and how it is rewritten when channels go (``compact``).
 
-A rule gets the node and the ``ChannelGraph`` and states relations between ``(value, axis)``
-spaces (``identity``, ``concat``, ``expand``), the roles weights play (``producer`` rows make
-the channels, ``consumer`` columns read them, ``follower`` slices ride along), and locks.
-An op with no entry here locks every space of its inputs and outputs (``apply_rules``).
-Size-1 axes have no space: a broadcast of size 1 couples nothing.
+A coupling function gets the node and the ``ChannelGraph`` and states relations between
+``(value, axis)`` spaces (``identity``, ``concat``, ``expand``), the roles weights play
+(``producer`` rows make the channels, ``consumer`` columns read them, ``follower`` slices ride
+along), and locks. An op with no entry here locks every space of its inputs and outputs
+(``apply_rules``). Size-1 axes have no space: a broadcast of size 1 couples nothing.
 
 This module holds the table, the helpers rules share and the driver (``apply_rules``); the
-rules are in ``ir/rules_layers.py`` (ops that compute) and ``ir/rules_shapes.py`` (ops that
-move channels), imported at the end so they register.
+coupling functions are in ``ir/rules_layers.py`` (ops that compute) and ``ir/rules_shapes.py``
+(ops that move channels), the compaction hooks of the ops that need more than their members
+cut in ``ir/rules_compact.py``, all imported at the end so they register.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from drpopt.ir.channels import ChannelGraph
 from drpopt.ir.core import Graph, Node, Value
 
 Rule = Callable[[Node, ChannelGraph], None]
-RULES: dict[str, Rule] = {}
+CompactHook = Callable[[Graph, Node, "KeptChannels"], None]
+
+
+def follow_members(graph: Graph, node: Node, kept: KeptChannels) -> None:
+    """The compaction of an op with nothing of its own to rewrite: ``compact`` cuts every
+    constant in a pruned group and the op's outputs take the new shapes (elementwise ops,
+    pooling, Concat, a per-channel scale whose scale is a ``follower``)."""
+
+
+@dataclass(frozen=True)
+class OpRule:
+    """One op type's entry: how it couples channels and how it is rewritten when they go.
+
+    - ``couple(node, cg)`` states the op's relations, roles and locks (see above);
+    - ``compact(graph, node, kept)`` runs in ``compact`` before any tensor is cut (the old
+      shapes are still there): it rewrites what states channel counts or positions in the
+      node itself, attributes and constant inputs (``Split`` sizes, ``Slice`` bounds, a
+      grouped conv's ``group``); ``kept`` says which channels stay. ``follow_members`` when
+      there is nothing to rewrite; ``None`` when nobody said: ``compact`` then refuses a
+      model whose channels through the op were pruned, rather than guess;
+    - ``finish(graph, node, kept)`` (optional) runs after the cut, on the new shapes.
+    """
+
+    couple: Rule
+    compact: CompactHook | None = None
+    finish: CompactHook | None = None
+
+
+RULES: dict[str, OpRule] = {}
 
 UNARY_OPS = [
     "Relu",
@@ -113,19 +144,22 @@ NO_DATA_OPS = ["Shape", "Size", "Constant"]
 
 
 def rule(*op_types: str) -> Callable[[Rule], Rule]:
-    """Registers a rule for the given op types (later registrations win)."""
+    """Registers a built-in coupling function for the given op types (later registrations
+    win); their compaction is ``follow_members`` until ``rules_compact`` gives them a hook."""
 
     def deco(fn: Rule) -> Rule:
         for op in op_types:
-            RULES[op] = fn
+            RULES[op] = OpRule(fn, compact=follow_members)
         return fn
 
     return deco
 
 
-def register_rule(op_type: str, fn: Rule) -> None:
-    """Adds or replaces the rule of ``op_type`` (for custom ops)."""
-    RULES[op_type] = fn
+def register_rule(op_type: str, rule: OpRule | Rule) -> None:
+    """Adds or replaces the rule of ``op_type`` (``"domain::OpType"`` for custom ops): an
+    ``OpRule``, or a bare coupling function (an ``OpRule`` without compaction: ``compact``
+    refuses to cut channels through the op)."""
+    RULES[op_type] = rule if isinstance(rule, OpRule) else OpRule(rule)
 
 
 # ---- helpers ----------------------------------------------------------------------------
@@ -203,16 +237,19 @@ def load_rule_plugins() -> None:
             _plugin_loader()
 
 
-def rule_for(node: Node) -> Rule | None:
-    """The coupling rule of ``node``: by ``domain::OpType`` for custom domains, else by
-    op type (plugin rules included)."""
-    if not _plugins_loaded:
-        load_rule_plugins()
+def op_key(node: Node) -> str:
+    """The table key of ``node``: ``domain::OpType`` for custom domains, else the op type."""
     if node.domain not in ("", "ai.onnx"):
         # the fx frontend names unknown ops "fx::<name>" already
-        key = node.op_type if "::" in node.op_type else f"{node.domain}::{node.op_type}"
-        return RULES.get(key)
-    return RULES.get(node.op_type)
+        return node.op_type if "::" in node.op_type else f"{node.domain}::{node.op_type}"
+    return node.op_type
+
+
+def rule_for(node: Node) -> OpRule | None:
+    """The rule of ``node`` by ``op_key`` (plugin rules included), or None."""
+    if not _plugins_loaded:
+        load_rule_plugins()
+    return RULES.get(op_key(node))
 
 
 def apply_rules(graph: Graph, reshape_levels: dict[Node, int] | None = None) -> ChannelGraph:
@@ -225,7 +262,8 @@ def apply_rules(graph: Graph, reshape_levels: dict[Node, int] | None = None) -> 
         cg.lock_value(v, "graph-input", f"graph input '{v.name}'")
     cg.touched.clear()
     for node in graph.nodes:
-        fn = rule_for(node)
+        op_rule = rule_for(node)
+        fn = op_rule.couple if op_rule is not None else None
         if node.meta.get("folded"):
             cg.touched.clear()
             continue  # a constant computed from constants: independent of its source
@@ -275,10 +313,6 @@ def _tie_shared_weights(graph: Graph, cg: ChannelGraph) -> None:
                 cg.identity(cg.space(first, axis), cg.space(v, axis), node)
 
 
-# the rule tables register themselves on import (after everything above is defined)
-from drpopt.ir.rules_layers import (  # noqa: E402,F401 (used by passes/compact.py)
-    _shapes_read,
-    frozen_size_cast,
-    is_size_cast,
-)
-from drpopt.ir.rules_shapes import gathered_range  # noqa: E402,F401
+# the rules register themselves on import (after everything above is defined): the
+# compaction module imports the coupling modules, then gives their rules its hooks
+from drpopt.ir.rules_compact import KeptChannels  # noqa: E402

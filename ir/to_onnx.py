@@ -29,6 +29,8 @@ def to_onnx(graph: Graph, with_shapes: bool = False, reshare: bool = True) -> on
     model = helper.make_model(gp, opset_imports=opsets)
     model.functions.extend(graph.functions)
     model.ir_version = int(graph.meta.get("ir_version", model.ir_version))
+    if model.ir_version < 4:
+        _list_initializers_as_inputs(model.graph)
     producer = str(graph.meta.get("producer", "")).split(" ")
     model.producer_name = producer[0] or "drpopt"
     if len(producer) > 1:
@@ -37,6 +39,15 @@ def to_onnx(graph: Graph, with_shapes: bool = False, reshare: bool = True) -> on
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     return model
+
+
+def _list_initializers_as_inputs(gp: onnx.GraphProto) -> None:
+    """Before IR version 4 every initializer must also be a graph input (older exporters,
+    onnx-caffe2's models among them); the IR keeps weights as constants, not inputs."""
+    listed = {i.name for i in gp.input}
+    for t in gp.initializer:
+        if t.name not in listed:
+            gp.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
 
 
 def _elem_type(value: Value) -> int:

@@ -79,24 +79,7 @@ def data_scores(
     consumers: dict[int, list] = {}
     covs: dict[str, _Cov] = {}
     if criterion == "reconstruction":
-        nodes = {n.name: n for n in graph.nodes}
-        for g in groups:
-            found = []
-            for m in g.members:
-                node = nodes.get(m.node or "")
-                layer = as_linear(node) if node is not None and m.role == "consumer" else None
-                if layer is None or m.tensor != layer.weight:
-                    continue
-                x = node.inputs[0]
-                axis = layer.channel_axis % (x.rank or 2)
-                seg = next((s for s in g.segments if s.value == x.name and s.axis == axis), None)
-                if seg is None:
-                    continue
-                width = x.shape[axis] if x.shape else None
-                full = layer.groups == 1 and isinstance(width, int) and width <= MAX_COV
-                covs.setdefault(x.name, _Cov(axis, full))
-                found.append((layer, seg))
-            consumers[g.id] = found
+        consumers, covs = _consumers(graph, groups)
     # activations: every group for ``activation``, the groups without a consumer otherwise
     spaces = {g.id: _activation_spaces(graph, g) for g in groups if not consumers.get(g.id)}
     fetch_act = {(v, a) for sp in spaces.values() for v, a, _, _ in sp}
@@ -115,24 +98,58 @@ def data_scores(
                 if v in covs:
                     covs[v].add(outs[v], rng)
             outs.clear()
-    out: dict[int, np.ndarray] = {}
     unexplained = {v: cov.unexplained() for v, cov in covs.items()}
+    return {
+        g.id: _group_score(g, consumers.get(g.id, []), spaces.get(g.id, []), moments, unexplained)
+        for g in groups
+    }
+
+
+def _consumers(graph: Graph, groups: list[Group]) -> tuple[dict[int, list], dict[str, _Cov]]:
+    """Per group id, its consumer layers with the segment of their input the group owns,
+    and a covariance accumulator per consumer input (``reconstruction``)."""
+    consumers: dict[int, list] = {}
+    covs: dict[str, _Cov] = {}
+    nodes = {n.name: n for n in graph.nodes}
     for g in groups:
-        total = np.zeros(g.size)
-        used = 0
-        for layer, seg in consumers.get(g.id, []):
-            energy = column_energy(layer) * unexplained[seg.value]
-            idx = seg.start + np.arange(g.size)[:, None] * seg.block + np.arange(seg.block)
-            per = energy[idx].sum(axis=1)
-            total += _normalised(per)
-            used += 1
-        if not used:
-            for v, a, start, block in spaces.get(g.id, []):
-                mean_abs = moments[(v, a)].mean_abs
-                idx = start + np.arange(g.size)[:, None] * block + np.arange(block)
-                total += _normalised(mean_abs[idx].sum(axis=1))
-        out[g.id] = total
-    return out
+        found = []
+        for m in g.members:
+            node = nodes.get(m.node or "")
+            layer = as_linear(node) if node is not None and m.role == "consumer" else None
+            if layer is None or m.tensor != layer.weight:
+                continue
+            x = node.inputs[0]
+            axis = layer.channel_axis % (x.rank or 2)
+            seg = next((s for s in g.segments if s.value == x.name and s.axis == axis), None)
+            if seg is None:
+                continue
+            width = x.shape[axis] if x.shape else None
+            full = layer.groups == 1 and isinstance(width, int) and width <= MAX_COV
+            covs.setdefault(x.name, _Cov(axis, full))
+            found.append((layer, seg))
+        consumers[g.id] = found
+    return consumers, covs
+
+
+def _group_score(
+    g: Group, consumers: list, spaces: list, moments: dict, unexplained: dict
+) -> np.ndarray:
+    """A group's score: the normalised unexplained input energy its consumers lose, or
+    without a consumer the mean |activation| of its channels."""
+    total = np.zeros(g.size)
+    used = 0
+    for layer, seg in consumers:
+        energy = column_energy(layer) * unexplained[seg.value]
+        idx = seg.start + np.arange(g.size)[:, None] * seg.block + np.arange(seg.block)
+        per = energy[idx].sum(axis=1)
+        total += _normalised(per)
+        used += 1
+    if not used:
+        for v, a, start, block in spaces:
+            mean_abs = moments[(v, a)].mean_abs
+            idx = start + np.arange(g.size)[:, None] * block + np.arange(block)
+            total += _normalised(mean_abs[idx].sum(axis=1))
+    return total
 
 
 def column_energy(layer) -> np.ndarray:

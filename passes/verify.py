@@ -252,15 +252,8 @@ def compare_models(
     """
     if rtol < 0 or atol < 0:
         raise BadInputError(f"tolerances must not be negative (rtol {rtol}, atol {atol})")
-    if inputs is None:
-        runs = [random_inputs(reference, seed + i) for i in range(max(samples, 1))]
-        desc = inputs_desc or describe_random(reference, len(runs), seed)
-    else:
-        given = [inputs] if isinstance(inputs, dict) else list(inputs)
-        if not given:
-            raise BadInputError("inputs: no input samples given")
-        runs = [_fit_inputs(reference, g) for g in given]
-        desc = inputs_desc or f"{len(runs)} given input sample(s)"
+    runs, desc = _feeds(reference, inputs, seed, samples)
+    desc = inputs_desc or desc
     feeds = runs[0]
     problems: list[str] = []
     extra_inputs = [i.name for i in _graph_inputs(model) if i.name not in feeds]
@@ -275,13 +268,7 @@ def compare_models(
     ref_values = {n: [np.asarray(r[i]) for r in ref_runs] for i, n in enumerate(ref_names)}
     out_values = {n: [np.asarray(r[i]) for r in out_runs] for i, n in enumerate(out_names)}
     if set(ref_names) != set(out_names):
-        only_ref = [n for n in ref_names if n not in out_values]
-        only_out = [n for n in out_names if n not in ref_values]
-        problems.append(
-            "output names differ: "
-            f"only in the reference: {', '.join(only_ref) or 'none'}; "
-            f"only in the model: {', '.join(only_out) or 'none'}"
-        )
+        problems.append(_names_differ(ref_names, out_names))
 
     reports = {
         name: _compare_runs(name, ref_values[name], out_values[name], rtol, atol)
@@ -293,6 +280,32 @@ def compare_models(
     report = VerifyReport(reports, ok, worst, rtol, atol, problems, desc)
     log.info("verify: %s", report.summary())
     return report
+
+
+def _names_differ(ref_names: list[str], out_names: list[str]) -> str:
+    """The problem line of two models whose output names differ."""
+    only_ref = [n for n in ref_names if n not in out_names]
+    only_out = [n for n in out_names if n not in ref_names]
+    return (
+        "output names differ: "
+        f"only in the reference: {', '.join(only_ref) or 'none'}; "
+        f"only in the model: {', '.join(only_out) or 'none'}"
+    )
+
+
+def _feeds(
+    reference: onnx.ModelProto, inputs: Samples | None, seed: int, samples: int
+) -> tuple[list[dict[str, np.ndarray]], str]:
+    """The feed dicts of every run (the given ``inputs``, else ``samples`` random ones) and
+    a description of them."""
+    if inputs is None:
+        runs = [random_inputs(reference, seed + i) for i in range(max(samples, 1))]
+        return runs, describe_random(reference, len(runs), seed)
+    given = [inputs] if isinstance(inputs, dict) else list(inputs)
+    if not given:
+        raise BadInputError("inputs: no input samples given")
+    runs = [_fit_inputs(reference, g) for g in given]
+    return runs, f"{len(runs)} given input sample(s)"
 
 
 def _compare_runs(

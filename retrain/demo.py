@@ -149,10 +149,6 @@ def run_demo(
     """Runs the whole flow, writing ``dense.onnx``, ``sparse.onnx``, ``compact.onnx``."""
     import torch
 
-    from drpopt.passes.verify import latency_ms
-    from drpopt.retrain.export import export_onnx
-    from drpopt.retrain.pruner import Pruner
-
     cfg = config or DemoConfig()
     start = time.perf_counter()
     out = Path(out_dir)
@@ -163,67 +159,83 @@ def run_demo(
     # core (an onnxruntime pool, another process), and this model is too small to gain
     torch.set_num_threads(1)
     try:
-        model, train, test = train_dense(cfg.seed, cfg.dense_epochs, cfg.lr, progress)
-        dense_acc = accuracy(model, *test)
-        example = test[0][:1]
-        dense_export = export_onnx(model, example, out / "dense.onnx")
-
-        ft_steps = cfg.finetune_epochs * math.ceil(len(train[1]) / cfg.batch_size)
-        end = max(1, int(cfg.prune_until * ft_steps))
-        pruner = Pruner(
-            model,
-            example,
-            final_rate=cfg.rate,
-            schedule="cubic",
-            end_step=end,
-            frequency=max(1, end // 10),
-            target=cfg.target,
-            criterion=cfg.criterion,
-        )
-        opt, sched = _sgd(model, cfg.lr / 2, ft_steps)
-        _epochs(
-            model,
-            train,
-            cfg.finetune_epochs,
-            opt,
-            sched,
-            cfg.seed + 1,
-            before_iter=pruner.update,
-            progress=progress,
-            label="pruning + fine-tuning",
-        )
-        plan = pruner.plan
-        eligible = sum(g.size for g in pruner.groups)
-        model = pruner.finalize()
-        pruned_acc = accuracy(model, *test)
-
-        sparse = export_onnx(model, example, out / "sparse.onnx", compact=False)
-        compact = export_onnx(model, example, out / "compact.onnx", compact=True)
-        xt, yt = test[0].numpy(), test[1].numpy()
-        one = xt[:1]
-        return DemoResult(
-            dense_accuracy=dense_acc,
-            pruned_accuracy=pruned_acc,
-            onnx_sparse_accuracy=_onnx_accuracy(out / "sparse.onnx", xt, yt),
-            onnx_compact_accuracy=_onnx_accuracy(out / "compact.onnx", xt, yt),
-            dense_params=dense_export.params,
-            pruned_params=compact.params,
-            dense_macs=dense_export.macs,
-            pruned_macs=compact.macs,
-            dense_latency_ms=latency_ms(out / "dense.onnx", {"input": one}, runs=50),
-            compact_latency_ms=latency_ms(out / "compact.onnx", {"input": one}, runs=50),
-            groups=len(pruner.analysis.groups),
-            prunable_groups=len(pruner.groups),
-            pruned_channels=plan.pruned_channels,
-            eligible_channels=eligible,
-            sparse_path=str(out / "sparse.onnx"),
-            compact_path=str(out / "compact.onnx"),
-            max_rel_error={
-                "dense": dense_export.max_rel_error,
-                "sparse": sparse.max_rel_error,
-                "compact": compact.max_rel_error,
-            },
-            seconds=time.perf_counter() - start,
-        )
+        return _flow(out, cfg, progress, start)
     finally:
         torch.set_num_threads(threads)
+
+
+def _prune_while_finetuning(model, train, example, cfg: DemoConfig, progress: ProgressFn | None):
+    """Fine-tunes ``model`` while a cubic-schedule ``Pruner`` masks it up to the rate;
+    returns the pruner (not yet finalised)."""
+    from drpopt.retrain.pruner import Pruner
+
+    ft_steps = cfg.finetune_epochs * math.ceil(len(train[1]) / cfg.batch_size)
+    end = max(1, int(cfg.prune_until * ft_steps))
+    pruner = Pruner(
+        model,
+        example,
+        final_rate=cfg.rate,
+        schedule="cubic",
+        end_step=end,
+        frequency=max(1, end // 10),
+        target=cfg.target,
+        criterion=cfg.criterion,
+    )
+    opt, sched = _sgd(model, cfg.lr / 2, ft_steps)
+    _epochs(
+        model,
+        train,
+        cfg.finetune_epochs,
+        opt,
+        sched,
+        cfg.seed + 1,
+        before_iter=pruner.update,
+        progress=progress,
+        label="pruning + fine-tuning",
+    )
+    return pruner
+
+
+def _flow(out: Path, cfg: DemoConfig, progress: ProgressFn | None, start: float) -> DemoResult:
+    """Train, prune while fine-tuning, export dense, sparse and compact ONNX, measure."""
+    from drpopt.passes.verify import latency_ms
+    from drpopt.retrain.export import export_onnx
+
+    model, train, test = train_dense(cfg.seed, cfg.dense_epochs, cfg.lr, progress)
+    dense_acc = accuracy(model, *test)
+    example = test[0][:1]
+    dense_export = export_onnx(model, example, out / "dense.onnx")
+    pruner = _prune_while_finetuning(model, train, example, cfg, progress)
+    plan = pruner.plan
+    eligible = sum(g.size for g in pruner.groups)
+    model = pruner.finalize()
+    pruned_acc = accuracy(model, *test)
+
+    sparse = export_onnx(model, example, out / "sparse.onnx", compact=False)
+    compact = export_onnx(model, example, out / "compact.onnx", compact=True)
+    xt, yt = test[0].numpy(), test[1].numpy()
+    one = xt[:1]
+    return DemoResult(
+        dense_accuracy=dense_acc,
+        pruned_accuracy=pruned_acc,
+        onnx_sparse_accuracy=_onnx_accuracy(out / "sparse.onnx", xt, yt),
+        onnx_compact_accuracy=_onnx_accuracy(out / "compact.onnx", xt, yt),
+        dense_params=dense_export.params,
+        pruned_params=compact.params,
+        dense_macs=dense_export.macs,
+        pruned_macs=compact.macs,
+        dense_latency_ms=latency_ms(out / "dense.onnx", {"input": one}, runs=50),
+        compact_latency_ms=latency_ms(out / "compact.onnx", {"input": one}, runs=50),
+        groups=len(pruner.analysis.groups),
+        prunable_groups=len(pruner.groups),
+        pruned_channels=plan.pruned_channels,
+        eligible_channels=eligible,
+        sparse_path=str(out / "sparse.onnx"),
+        compact_path=str(out / "compact.onnx"),
+        max_rel_error={
+            "dense": dense_export.max_rel_error,
+            "sparse": sparse.max_rel_error,
+            "compact": compact.max_rel_error,
+        },
+        seconds=time.perf_counter() - start,
+    )

@@ -168,6 +168,26 @@ def _check_rate(final_pr: Any) -> float:
     return rate
 
 
+def _check_schedule(
+    schedule: str | Schedule | None, rate: float, end_step: int | None
+) -> str | Schedule:
+    """The schedule the Extension Pack ``Pruner`` was given, checked (None: ``"oneshot"``)."""
+    if schedule is None:
+        schedule = "oneshot"
+    if isinstance(schedule, Schedule):
+        if schedule.final_rate != rate:
+            raise BadInputError(
+                f"the schedule's final rate {schedule.final_rate} differs from final_pr {rate}"
+            )
+    elif schedule not in ("oneshot", "cubic", "linear"):
+        raise BadInputError(f"schedule {schedule!r} is not one of None, 'cubic', 'linear'")
+    elif schedule != "oneshot" and end_step is None:
+        raise BadInputError(
+            f"a {schedule} schedule needs end_step (the update() step the final rate is reached at)"
+        )
+    return schedule
+
+
 class Pruner(_BasePruner):
     """``Pruner(model, pruning_layer_list, final_pr=0.7)`` as in the Extension Pack examples.
 
@@ -195,20 +215,7 @@ class Pruner(_BasePruner):
                 "pruning_layer_list must come from make_pruning_layer_list(model, "
                 "input_data=...) (it holds the trace of the model)"
             )
-        if schedule is None:
-            schedule = "oneshot"
-        if isinstance(schedule, Schedule):
-            if schedule.final_rate != rate:
-                raise BadInputError(
-                    f"the schedule's final rate {schedule.final_rate} differs from final_pr {rate}"
-                )
-        elif schedule not in ("oneshot", "cubic", "linear"):
-            raise BadInputError(f"schedule {schedule!r} is not one of None, 'cubic', 'linear'")
-        elif schedule != "oneshot" and end_step is None:
-            raise BadInputError(
-                f"a {schedule} schedule needs end_step (the update() step the final rate is "
-                "reached at)"
-            )
+        schedule = _check_schedule(schedule, rate, end_step)
         module = unwrap(model)
         have = {n for n, _ in [*module.named_parameters(), *module.named_buffers()]}
         missing = {n for n in pruning_layer_list.trace.tensor_names - have if not is_pruning_key(n)}

@@ -369,6 +369,71 @@ def _live_followers(analysis: Analysis, plan: Plan, params: dict[str, np.ndarray
 
 
 # ---- the entry point --------------------------------------------------------------------
+def _output_path(path: str | os.PathLike, rtol: float, atol: float) -> Path:
+    """``path`` once the tolerances are valid and its folder exists."""
+    if rtol < 0 or atol < 0:
+        raise BadInputError(f"tolerances must not be negative (rtol {rtol}, atol {atol})")
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise BadInputError(f"{parent}: the output directory does not exist; create it first")
+    return path
+
+
+def _plan_of(
+    analysis: Analysis, work: Any, plan: Plan | None, source: str
+) -> tuple[Plan, str, list[str]]:
+    """The plan to export (``plan``, else the one the zero weights of ``work`` give), where
+    it came from, and the groups whose pruned channels still have live followers."""
+    params = {n: p.detach().numpy() for n, p in work.named_parameters()}
+    if plan is None:
+        plan = plan_from_analysis(analysis, params)
+    else:
+        source = "given plan"
+    return plan, source, _live_followers(analysis, plan, params)
+
+
+def _rewrite(graph: Graph, plan: Plan, compact: bool, fold_batchnorm: bool) -> Graph:
+    """The exported graph with ``plan`` recorded, compacted (``compact``), BatchNorm folded
+    (``fold_batchnorm``) and cleaned up."""
+    from drpopt.passes import CleanupPass, CompactPass, PassManager
+    from drpopt.passes.apply_masks import record_metadata
+    from drpopt.passes.context import PipelineContext
+    from drpopt.passes.fold_batchnorm import FoldBatchNormPass
+
+    record_metadata(graph, plan)
+    passes = [CompactPass()] if compact else []
+    passes += [FoldBatchNormPass()] if fold_batchnorm else []
+    passes.append(CleanupPass())
+    return PassManager(passes)(graph, context=PipelineContext(plan=plan)).model
+
+
+def _refuse_mismatch(
+    failures: list[str], live: list[str], compact: bool, rtol: float, atol: float
+) -> None:
+    """``CheckFailedError`` when onnxruntime's outputs differ from torch's (naming pruned
+    channels whose biases still live when that explains it); a warning about such
+    channels in a sparse export that matched."""
+    if failures:
+        hint = ""
+        if compact and live:
+            hint = (
+                "; pruned channels with zero weights but nonzero biases or BatchNorm "
+                f"parameters: {', '.join(live[:3])}{' ...' if len(live) > 3 else ''}; zero "
+                "those too (the Pruner does) or export sparse"
+            )
+        raise CheckFailedError(
+            f"the exported {'compact' if compact else 'sparse'} ONNX differs from torch "
+            f"(rtol {rtol:g}, atol {atol:g}): {'; '.join(failures)}{hint}"
+        )
+    if live and not compact:
+        log.warning(
+            "groups %s have pruned channels with nonzero biases or BatchNorm parameters; "
+            "their zeros are not whole dead channels",
+            ", ".join(live),
+        )
+
+
 def export_onnx(
     model: Any,
     example_inputs: Any,
@@ -392,63 +457,23 @@ def export_onnx(
     """
     from drpopt.ir.files import save_model
     from drpopt.ir.to_onnx import to_onnx
-    from drpopt.passes import CleanupPass, CompactPass, PassManager
-    from drpopt.passes.apply_masks import record_metadata
     from drpopt.passes.common import get_analysis, layer_sparsity
-    from drpopt.passes.context import PipelineContext
-    from drpopt.passes.fold_batchnorm import FoldBatchNormPass
 
-    if rtol < 0 or atol < 0:
-        raise BadInputError(f"tolerances must not be negative (rtol {rtol}, atol {atol})")
-    path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise BadInputError(f"{parent}: the output directory does not exist; create it first")
+    path = _output_path(path, rtol, atol)
     work, source = prepared_copy(model)
     args, kwargs = _float32_inputs(example_inputs)
     proto, inputs, expected, trace_path = _export_with_fallback(
         work, args, kwargs, opset, (input_names, output_names)
     )
-
     graph: Graph = from_onnx(proto, where=type(work).__name__)
     analysis = get_analysis(graph)
-    params = {n: p.detach().numpy() for n, p in work.named_parameters()}
-    if plan is None:
-        plan = plan_from_analysis(analysis, params)
-    else:
-        source = "given plan"
-    dense_params, dense_macs = analysis.params, analysis.macs
-    live = _live_followers(analysis, plan, params)
-    record_metadata(graph, plan)
-    passes = [CompactPass()] if compact else []
-    passes += [FoldBatchNormPass()] if fold_batchnorm else []
-    passes.append(CleanupPass())
-    result = PassManager(passes)(graph, context=PipelineContext(plan=plan))
-    final = result.model
+    plan, source, live = _plan_of(analysis, work, plan, source)
+    final = _rewrite(graph, plan, compact, fold_batchnorm)
     out = to_onnx(final)
-
     max_abs, max_rel, failures = _verify(out, inputs, expected, rtol, atol, input_names)
-    if failures:
-        hint = ""
-        if compact and live:
-            hint = (
-                "; pruned channels with zero weights but nonzero biases or BatchNorm "
-                f"parameters: {', '.join(live[:3])}{' ...' if len(live) > 3 else ''}; zero "
-                "those too (the Pruner does) or export sparse"
-            )
-        raise CheckFailedError(
-            f"the exported {'compact' if compact else 'sparse'} ONNX differs from torch "
-            f"(rtol {rtol:g}, atol {atol:g}): {'; '.join(failures)}{hint}"
-        )
-    if live and not compact:
-        log.warning(
-            "groups %s have pruned channels with nonzero biases or BatchNorm parameters; "
-            "their zeros are not whole dead channels",
-            ", ".join(live),
-        )
+    _refuse_mismatch(failures, live, compact, rtol, atol)
     save_model(out, path)
     stats = get_analysis(final)
-    nonzero = sum(s.total - s.zeros for s in layer_sparsity(final))
     exported = ExportResult(
         path=path,
         form="compact" if compact else "sparse",
@@ -457,9 +482,9 @@ def export_onnx(
         trace_path=trace_path,
         params=stats.params,
         macs=stats.macs,
-        nonzero_weights=nonzero,
-        dense_params=dense_params,
-        dense_macs=dense_macs,
+        nonzero_weights=sum(s.total - s.zeros for s in layer_sparsity(final)),
+        dense_params=analysis.params,
+        dense_macs=analysis.macs,
         max_abs_error=max_abs,
         max_rel_error=max_rel,
         rtol=rtol,

@@ -266,6 +266,59 @@ def _input_shapes(trace: TorchTrace) -> list[tuple[int, ...]]:
     return out
 
 
+def _layer_rows(
+    trace: TorchTrace, params: dict[str, Any]
+) -> tuple[dict[str, LayerInfo], dict[str, list[Node]]]:
+    """One row per weight parameter a layer of the trace uses (MACs still 0), and the trace
+    nodes that use each."""
+    rows: dict[str, LayerInfo] = {}
+    nodes: dict[str, list[Node]] = {}
+    for node in trace.graph.nodes:
+        if node.op_type not in WEIGHTED_OPS:
+            continue
+        name = _param_input(node, params)
+        if name is None:
+            continue
+        nodes.setdefault(name, []).append(node)
+        if name not in rows:
+            p = params[name]
+            rows[name] = LayerInfo(
+                name.rsplit(".", 1)[0] if "." in name else name,
+                node.op_type,
+                name,
+                tuple(p.shape),
+                p.numel(),
+                int((p.detach() == 0).sum().item()),
+                0,
+                0,
+            )
+    return rows, nodes
+
+
+def _count_macs(
+    module: Any, example_inputs: Any, rows: dict[str, LayerInfo], nodes: dict[str, list[Node]]
+) -> None:
+    """Fills each row's MACs: from the trace's shapes, or where they are unresolved from a
+    forward pass's (when there are example inputs)."""
+    unresolved = {name for name, ns in nodes.items() if not all(_resolved(n) for n in ns)}
+    owners = {name: rows[name].name for name in unresolved if name.endswith(".weight")}
+    calls = (
+        _torch_calls(module, example_inputs, owners)
+        if owners and example_inputs is not None
+        else {}
+    )
+    for name, row in rows.items():
+        recorded = calls.get(row.name) if name in unresolved else None
+        if recorded:
+            first = nodes[name][0]
+            row.macs = sum(node_macs(_with_shapes(first, x, y)) for x, y in recorded)
+        else:
+            row.macs = sum(node_macs(n) for n in nodes[name])
+            row.macs_exact = name not in unresolved
+        nonzero = (row.params - row.zeros) / row.params if row.params else 0.0
+        row.effective_macs = int(round(row.macs * nonzero))
+
+
 def get_model_info(model: Any, example_inputs: Any = None, pruner: Any = None) -> ModelInfo:
     """Per-layer parameters, zeros and MACs of ``model`` (see the module docstring).
 
@@ -288,44 +341,8 @@ def get_model_info(model: Any, example_inputs: Any = None, pruner: Any = None) -
             "forward kwargs) or a pruner whose trace it can reuse"
         )
     params = dict(module.named_parameters())
-    rows: dict[str, LayerInfo] = {}
-    nodes: dict[str, list[Node]] = {}
-    for node in trace.graph.nodes:
-        if node.op_type not in WEIGHTED_OPS:
-            continue
-        name = _param_input(node, params)
-        if name is None:
-            continue
-        nodes.setdefault(name, []).append(node)
-        if name not in rows:
-            p = params[name]
-            rows[name] = LayerInfo(
-                name.rsplit(".", 1)[0] if "." in name else name,
-                node.op_type,
-                name,
-                tuple(p.shape),
-                p.numel(),
-                int((p.detach() == 0).sum().item()),
-                0,
-                0,
-            )
-    unresolved = {name for name, ns in nodes.items() if not all(_resolved(n) for n in ns)}
-    owners = {name: rows[name].name for name in unresolved if name.endswith(".weight")}
-    calls = (
-        _torch_calls(module, example_inputs, owners)
-        if owners and example_inputs is not None
-        else {}
-    )
-    for name, row in rows.items():
-        recorded = calls.get(row.name) if name in unresolved else None
-        if recorded:
-            first = nodes[name][0]
-            row.macs = sum(node_macs(_with_shapes(first, x, y)) for x, y in recorded)
-        else:
-            row.macs = sum(node_macs(n) for n in nodes[name])
-            row.macs_exact = name not in unresolved
-        nonzero = (row.params - row.zeros) / row.params if row.params else 0.0
-        row.effective_macs = int(round(row.macs * nonzero))
+    rows, nodes = _layer_rows(trace, params)
+    _count_macs(module, example_inputs, rows, nodes)
     model_params = sum(p.numel() for p in params.values())
     model_zeros = sum(int((p.detach() == 0).sum().item()) for p in params.values())
     info = ModelInfo(

@@ -81,6 +81,36 @@ def _keep_rows(keep: np.ndarray, alive: np.ndarray, w: np.ndarray, axis: int) ->
     return np.moveaxis(k.reshape(moved), 0, axis)
 
 
+def _global_unstructured(
+    weights: dict[str, np.ndarray],
+    channel: dict[str, np.ndarray],
+    alive_of: dict[str, np.ndarray],
+    layers: list[PatternLayer],
+    rate: float,
+) -> dict[str, np.ndarray]:
+    """Keep-masks of unstructured sparsity with one magnitude threshold over all ``layers``
+    (``sparsity_scope = "global"``): ``rate`` of their channel-kept weights go in total."""
+    out: dict[str, np.ndarray] = {}
+    universe = sum(int(channel[x.param].astype(bool).sum()) for x in layers)
+    dead = sum(int((channel[x.param].astype(bool) & ~alive_of[x.param]).sum()) for x in layers)
+    k = int(round(rate * universe)) - dead
+    if not layers:
+        return out
+    mags = np.concatenate([np.abs(weights[x.param]).ravel() for x in layers])
+    alive = np.concatenate([alive_of[x.param].ravel() for x in layers])
+    killed = _kill_smallest(mags, alive, k)
+    start = 0
+    for x in layers:
+        size = alive_of[x.param].size
+        part = killed[start : start + size].reshape(alive_of[x.param].shape)
+        ax = 1 - x.axis if x.axis in (0, 1) else 0
+        out[x.param] = _keep_rows(
+            alive_of[x.param] & ~part, alive_of[x.param], weights[x.param], ax
+        )
+        start += size
+    return out
+
+
 def pattern_masks(
     weights: dict[str, np.ndarray],
     channel: dict[str, np.ndarray],
@@ -100,24 +130,7 @@ def pattern_masks(
     }
     per_layer = rate if isinstance(rate, dict) else None
     if g == "unstructured" and profile.sparsity_scope == "global" and per_layer is None:
-        universe = sum(int(channel[x.param].astype(bool).sum()) for x in layers)
-        dead = sum(int((channel[x.param].astype(bool) & ~alive_of[x.param]).sum()) for x in layers)
-        k = int(round(rate * universe)) - dead
-        if not layers:
-            return out
-        mags = np.concatenate([np.abs(weights[x.param]).ravel() for x in layers])
-        alive = np.concatenate([alive_of[x.param].ravel() for x in layers])
-        killed = _kill_smallest(mags, alive, k)
-        start = 0
-        for x in layers:
-            size = alive_of[x.param].size
-            part = killed[start : start + size].reshape(alive_of[x.param].shape)
-            ax = 1 - x.axis if x.axis in (0, 1) else 0
-            out[x.param] = _keep_rows(
-                alive_of[x.param] & ~part, alive_of[x.param], weights[x.param], ax
-            )
-            start += size
-        return out
+        return _global_unstructured(weights, channel, alive_of, layers, rate)
     for x in layers:
         if per_layer is not None:
             rate = per_layer.get(x.param, 0.0)

@@ -193,55 +193,80 @@ def reconstruct_consumers(
         for name, mod in _consumer_modules(pruner):
             dmod = dense_mods[name]
             mask = mod.weight_drpopt_mask.detach()
-            w_dense = dmod.weight.detach().double()
-            cout = w_dense.shape[0]
+            cout = dmod.weight.shape[0]
             groups = getattr(mod, "groups", 1)
             per_out = cout // groups
             flat_mask = mask.reshape(cout, -1)
             keeps = [flat_mask[g * per_out : (g + 1) * per_out].any(0) for g in range(groups)]
-            grams: list[Any] = [None] * groups
-            cross: list[Any] = [None] * groups
-            seen: dict[str, Any] = {}
-            h1 = mod.register_forward_hook(_store(seen, "x", lambda i, o: i[0]))
-            h2 = dmod.register_forward_hook(_store(seen, "y", lambda i, o: o))
-            try:
-                with torch.no_grad():
-                    for inputs in batches:
-                        _call(model, inputs)
-                        _call(dense, inputs)
-                        feats, idx = _features(mod, seen["x"], positions, gen)
-                        target = _targets(mod, seen["y"], idx).double()
-                        for g in range(groups):
-                            f = feats[g][:, keeps[g]].double()
-                            a = torch.cat([f, torch.ones(len(f), 1, dtype=f.dtype)], 1)
-                            t = target[:, g * per_out : (g + 1) * per_out]
-                            gram, cr = a.T @ a, a.T @ t
-                            grams[g] = gram if grams[g] is None else grams[g] + gram
-                            cross[g] = cr if cross[g] is None else cross[g] + cr
-            finally:
-                h1.remove()
-                h2.remove()
-            has_bias = mod.bias is not None
-            b_dense = dmod.bias.detach().double() if has_bias else torch.zeros(cout).double()
-            new_w = torch.zeros_like(w_dense.reshape(cout, -1))
-            new_b = b_dense.clone()
-            for g in range(groups):
-                rows = slice(g * per_out, (g + 1) * per_out)
-                w0 = w_dense.reshape(cout, -1)[rows][:, keeps[g]]
-                theta = _solve(grams[g], cross[g], w0, b_dense[rows], ridge, has_bias)
-                new_w[rows][:, keeps[g]] = theta[:-1].T
-                if has_bias:
-                    new_b[rows] = theta[-1]
-            with torch.no_grad():
-                mod.weight.copy_(new_w.reshape(mod.weight.shape).to(mod.weight))
-                if has_bias:
-                    mod.bias.copy_(new_b.to(mod.bias))
+            pair = (model, mod, dense, dmod)
+            grams, cross = _normal_equations(pair, batches, keeps, positions, gen)
+            _refit(mod, dmod, keeps, grams, cross, ridge)
             pruner.apply_masks()
             done.append(name)
     finally:
         model.train(modes[0])
         dense.train(modes[1])
     return done
+
+
+def _normal_equations(
+    pair: tuple[Any, Any, Any, Any], batches: list[Any], keeps: list[Any], positions: int, gen
+) -> tuple[list[Any], list[Any]]:
+    """Per group of the consumer: the Gram matrix of its kept input features (plus a ones
+    column) and their cross product with the dense module's outputs, over ``batches``.
+    ``pair``: (pruned model, its module, dense model, the dense module)."""
+    import torch
+
+    model, mod, dense, dmod = pair
+    groups = len(keeps)
+    per_out = dmod.weight.shape[0] // groups
+    grams: list[Any] = [None] * groups
+    cross: list[Any] = [None] * groups
+    seen: dict[str, Any] = {}
+    h1 = mod.register_forward_hook(_store(seen, "x", lambda i, o: i[0]))
+    h2 = dmod.register_forward_hook(_store(seen, "y", lambda i, o: o))
+    try:
+        with torch.no_grad():
+            for inputs in batches:
+                _call(model, inputs)
+                _call(dense, inputs)
+                feats, idx = _features(mod, seen["x"], positions, gen)
+                target = _targets(mod, seen["y"], idx).double()
+                for g in range(groups):
+                    f = feats[g][:, keeps[g]].double()
+                    a = torch.cat([f, torch.ones(len(f), 1, dtype=f.dtype)], 1)
+                    t = target[:, g * per_out : (g + 1) * per_out]
+                    gram, cr = a.T @ a, a.T @ t
+                    grams[g] = gram if grams[g] is None else grams[g] + gram
+                    cross[g] = cr if cross[g] is None else cross[g] + cr
+    finally:
+        h1.remove()
+        h2.remove()
+    return grams, cross
+
+
+def _refit(mod: Any, dmod: Any, keeps: list[Any], grams, cross, ridge: float) -> None:
+    """Writes the ridge solution of each group into ``mod``'s kept weights (and bias)."""
+    import torch
+
+    w_dense = dmod.weight.detach().double()
+    cout = w_dense.shape[0]
+    per_out = cout // len(keeps)
+    has_bias = mod.bias is not None
+    b_dense = dmod.bias.detach().double() if has_bias else torch.zeros(cout).double()
+    new_w = torch.zeros_like(w_dense.reshape(cout, -1))
+    new_b = b_dense.clone()
+    for g in range(len(keeps)):
+        rows = slice(g * per_out, (g + 1) * per_out)
+        w0 = w_dense.reshape(cout, -1)[rows][:, keeps[g]]
+        theta = _solve(grams[g], cross[g], w0, b_dense[rows], ridge, has_bias)
+        new_w[rows][:, keeps[g]] = theta[:-1].T
+        if has_bias:
+            new_b[rows] = theta[-1]
+    with torch.no_grad():
+        mod.weight.copy_(new_w.reshape(mod.weight.shape).to(mod.weight))
+        if has_bias:
+            mod.bias.copy_(new_b.to(mod.bias))
 
 
 def _store(seen: dict[str, Any], key: str, pick: Callable[[Any, Any], Any]):

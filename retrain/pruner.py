@@ -72,7 +72,7 @@ from drpopt.retrain.hooks import (
     zero_optimizer_state,
 )
 from drpopt.retrain.patterns import PatternLayer, pattern_layers, pattern_masks
-from drpopt.retrain.schedule import Schedule
+from drpopt.retrain.schedule import Schedule, as_schedule
 
 log = logging.getLogger(__name__)
 
@@ -144,25 +144,9 @@ class Pruner:
         block: int | None = None,
         scope: str | None = None,
     ) -> None:
-        from torch.optim.optimizer import (
-            register_optimizer_step_post_hook,
-            register_optimizer_step_pre_hook,
-        )
-
-        # ``m`` is reused as a loop name below: keep the pattern arguments apart first
         pattern_args = (granularity, pattern_rate, n, m, block, scope)
         self.model = unwrap(model)
-        self.schedule = (
-            schedule
-            if isinstance(schedule, Schedule)
-            else Schedule(
-                schedule,  # type: ignore[arg-type]
-                final_rate,
-                start_step,
-                start_step if end_step is None else end_step,
-                frequency,
-            )
-        )
+        self.schedule = as_schedule(schedule, final_rate, start_step, end_step, frequency)
         self.profile = get_target(target)
         self.policy = SelectionPolicy.resolve(
             self.profile,
@@ -180,6 +164,20 @@ class Pruner:
         self.trace = trace or trace_module(self.model, example_inputs)
         self.graph = self.trace.graph
         self.analysis = analyze(self.graph)
+        self._attach_masks(pattern_args, list(exclude))
+        self._install_hooks()
+        self.example_inputs = example_inputs
+        share_with_copies(self.model)
+        log.info(
+            "Pruner: %d groups, %d masked parameters, %s",
+            len(self.groups),
+            len(self._masked),
+            self.trace.path,
+        )
+
+    def _attach_masks(self, pattern_args: tuple, exclude: list[str]) -> None:
+        """Chooses the groups (and the fine-grained pattern's layers) to prune and gives
+        every parameter they touch a mask buffer."""
         params = dict(self.model.named_parameters())
         self.groups: list[Group] = [
             g
@@ -189,20 +187,29 @@ class Pruner:
         self.keys = [group_key(g) for g in self.groups]
         self._masked: dict[str, _Masked] = {}
         for g in self.groups:
-            for m in g.members:
-                if m.role in MASKED_ROLES and m.tensor in params:
-                    self._attach_mask(m.tensor, params[m.tensor])
+            for member in g.members:
+                if member.role in MASKED_ROLES and member.tensor in params:
+                    self._attach_mask(member.tensor, params[member.tensor])
         self.pattern = _pattern_profile(self.profile, *pattern_args)
         self.pattern_schedule = replace(
             self.schedule, final_rate=self.pattern.pattern_rate, initial_rate=0.0
         )
         self.pattern_layers: list[PatternLayer] = (
-            pattern_layers(self.graph, self.pattern, list(exclude), params)
+            pattern_layers(self.graph, self.pattern, exclude, params)
             if self.pattern.granularity != "channel"
             else []
         )
         for layer in self.pattern_layers:
             self._attach_mask(layer.param, params[layer.param])
+
+    def _install_hooks(self) -> None:
+        """The state buffer, and the hooks that keep masked weights, their gradients and
+        optimizer moments at zero and binarise masks loaded from a checkpoint."""
+        from torch.optim.optimizer import (
+            register_optimizer_step_post_hook,
+            register_optimizer_step_pre_hook,
+        )
+
         if not hasattr(self.model, STATE_BUFFER):
             self.model.register_buffer(STATE_BUFFER, new_state())
         else:
@@ -216,14 +223,6 @@ class Pruner:
         self._hooks.append(register_optimizer_step_pre_hook(weak_hook(self, "_before_step")))
         self._hooks.append(register_optimizer_step_post_hook(weak_hook(self, "_after_step")))
         self._hooks.append(self.model.register_load_state_dict_post_hook(binarize_hook(self)))
-        self.example_inputs = example_inputs
-        share_with_copies(self.model)
-        log.info(
-            "Pruner: %d groups, %d masked parameters, %s",
-            len(self.groups),
-            len(self._masked),
-            self.trace.path,
-        )
 
     def _attach_mask(self, name: str, param: Any) -> None:
         """Gives ``param`` its mask buffer (all ones; kept if a checkpoint already made it)."""

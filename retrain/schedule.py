@@ -63,3 +63,18 @@ class Schedule:
         if step >= self.end:
             return step == self.end
         return (step - self.start) % self.frequency == 0
+
+
+def as_schedule(
+    schedule: str | Schedule,
+    final_rate: float,
+    start_step: int,
+    end_step: int | None,
+    frequency: int,
+) -> Schedule:
+    """``schedule`` as a :class:`Schedule` (a name: from ``start_step`` to ``end_step``,
+    which defaults to ``start_step``)."""
+    if isinstance(schedule, Schedule):
+        return schedule
+    end = start_step if end_step is None else end_step
+    return Schedule(schedule, final_rate, start_step, end, frequency)  # type: ignore[arg-type]

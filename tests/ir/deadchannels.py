@@ -134,6 +134,8 @@ def dead_channel_outputs(
                     _put(arrays[m.tensor], m.axis, m.indices(chosen[g.id]), 0.0)
     feeds = random_feeds(model, seed)
     before = run_model(with_initializers(model, arrays), feeds)
+    # BN variances must stay positive, whatever the exporter named them (caffe2's '_riv')
+    variances = {n.input[4] for n in model.graph.node if n.op_type == "BatchNormalization"}
     for g in groups:
         for m in g.members:
             if m.role == "consumer" or m.tensor not in arrays:
@@ -146,7 +148,7 @@ def dead_channel_outputs(
             shape[m.axis] = len(idx)
             scale = float(arr.std()) + 0.1  # large enough to show, small enough not to overflow
             noise = (rng.standard_normal(shape) * scale).astype(arr.dtype)
-            if "var" in m.tensor:  # BN variances must stay positive
+            if m.tensor in variances or "var" in m.tensor:
                 noise = np.abs(noise) + 0.5
             _put(arr, m.axis, idx, noise)
     after = run_model(with_initializers(model, arrays), feeds)

@@ -1,6 +1,6 @@
 """Plugins through entry points: a tiny package installed with pip into a temporary folder,
-and the CLI run as a subprocess that sees it (passes, a custom-op rule, target profiles,
-broken and clashing entry points)."""
+and the CLI run as a subprocess that sees it (passes, custom-op rules with and without
+compaction, target profiles, broken and clashing entry points)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from pathlib import Path
 
 import onnx
 import pytest
+from channel_scale import channel_scale_model
+from deadchannels import random_feeds, run_model
 from onnx import helper
 
 from drpopt.zoo.builder import OnnxBuilder
@@ -59,7 +61,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from drpopt.ir.rules import broadcast
+from drpopt.ir.rules import OpRule, broadcast, same_axes
 from drpopt.passes.base import Pass, PassResult
 from drpopt.passes.targets import TargetProfile
 
@@ -89,7 +91,23 @@ def _frobnicate(node, cg):
     broadcast(cg, node, node.inputs, node.outputs[0])
 
 
-RULES = {"acme::Frobnicate": _frobnicate}
+def _couple_channel_scale(node, cg):  # y = x * scale per channel: scale cut with them
+    x, scale, y = node.input(0), node.input(1), node.outputs[0]
+    same_axes(cg, node, x, y)
+    cg.identity(cg.space(scale, 0), cg.space(x, 1), node)
+    cg.role(cg.space(scale, 0), "follower", node)
+
+
+def _compact_channel_scale(graph, node, kept):  # its shape attribute states the count
+    count = kept.count(node.outputs[0], 1)
+    if count is not None:
+        node.attrs["shape"] = [1, count, 1, 1]
+
+
+RULES = {
+    "acme::Frobnicate": _frobnicate,  # coupling only: compact refuses to cut through it
+    "acme::ChannelScale": OpRule(_couple_channel_scale, compact=_compact_channel_scale),
+}
 
 
 def register(register_rule):
@@ -181,6 +199,14 @@ def custom_op_path(tmp_path_factory) -> Path:
     )
     path = tmp_path_factory.mktemp("m") / "custom.onnx"
     onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def scale_path(tmp_path_factory) -> Path:
+    """A model with ``acme::ChannelScale`` (a model-local function onnxruntime runs)."""
+    path = tmp_path_factory.mktemp("m") / "scale.onnx"
+    onnx.save(channel_scale_model(), str(path))
     return path
 
 
@@ -285,3 +311,34 @@ def test_analyze_does_not_import_torch(plugin_env, custom_op_path):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+def test_prune_compacts_a_custom_op_through_its_plugin_rule(plugin_env, scale_path, tmp_path):
+    """The plugin's ``OpRule`` couples the op and rewrites it: the compact model computes
+    what the sparse model of the same plan computes (onnxruntime)."""
+    compact, sparse, plan = tmp_path / "compact.onnx", tmp_path / "sparse.onnx", tmp_path / "p.json"
+    done = drpopt(plugin_env, "prune", scale_path, "-o", compact, "--plan-out", plan, "-q")
+    assert done.returncode == 0, done.stderr
+    done = drpopt(plugin_env, "prune", scale_path, "--sparse", "--plan", plan, "-o", sparse, "-q")
+    assert done.returncode == 0, done.stderr
+    feeds = random_feeds(onnx.load(str(scale_path)))
+    reference = run_model(onnx.load(str(sparse)), feeds)
+    got = run_model(onnx.load(str(compact)), feeds)
+    for ref, out in zip(reference, got, strict=True):
+        spread = float(ref.max() - ref.min())
+        assert spread > 1e-3 * max(1.0, float(abs(ref).max())), "degenerate reference"
+        assert float(abs(ref - out).max()) / spread < 1e-5
+    weights = {t.name: tuple(t.dims) for t in onnx.load(str(compact)).graph.initializer}
+    assert weights["cs.scale"] == (8,) and weights["out.weight"][1] == 8
+
+
+def test_prune_refuses_a_custom_op_whose_rule_cannot_compact(plugin_env, tmp_path):
+    """A bare coupling function says nothing of compaction: one error line, no file."""
+    model, out = tmp_path / "frob.onnx", tmp_path / "out.onnx"
+    onnx.save(channel_scale_model("Frobnicate"), str(model))
+    done = drpopt(plugin_env, "prune", model, "-o", out)
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in done.stderr.splitlines() if "compaction hook" in line]
+    assert len(errors) == 1, done.stderr
+    assert "acme::Frobnicate 'cs' has pruned channels" in errors[0]
+    assert "Traceback" not in done.stderr and not out.exists()

@@ -1,0 +1,374 @@
+"""Solving a channel graph: cuts to a fixpoint, atomic segments, the networkx segment
+graph, and its connected components as coupled groups (see ``ir/channels.py``).
+
+Work is per space where it can be (a space cut into many segments sorts its roles and
+collects its locks once), and a lone segment nothing produces is skipped before any walk:
+most attention and shape axes are such segments.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import deque
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import TYPE_CHECKING
+
+import networkx as nx
+
+from drpopt.ir.channel_types import ROLE_RANK, Group, Lock, Member, Segment, Space
+from drpopt.ir.core import Node, Value
+
+if TYPE_CHECKING:
+    from drpopt.ir.channels import ChannelGraph
+
+
+def propagate_cuts(relations: list[tuple], spaces: list[Space]) -> None:
+    """Cuts every space at each boundary any related space has, to a fixpoint."""
+    touching: dict[int, list[int]] = {}
+    for ri, rel in enumerate(relations):
+        for sid in _rel_spaces(rel):
+            touching.setdefault(sid, []).append(ri)
+    # every space starts uncut, so only a concat can make the first cuts; the others
+    # join the queue when a space they touch changes
+    queued = [rel[0] == "cat" for rel in relations]
+    queue = deque(ri for ri, q in enumerate(queued) if q)
+    while queue:
+        ri = queue.popleft()
+        queued[ri] = False
+        for sid in _apply(relations[ri], spaces):
+            for rj in touching.get(sid, ()):
+                if not queued[rj]:
+                    queued[rj] = True
+                    queue.append(rj)
+
+
+def _apply(rel: tuple, spaces: list[Space]) -> list[int]:
+    """Makes the cuts of one relation consistent; returns the spaces that changed."""
+    changed: list[int] = []
+
+    def add(sid: int, new: set[int]) -> None:
+        sp = spaces[sid]
+        new = {c for c in new if 0 < c < sp.length} - sp.cuts  # type: ignore[operator]
+        if new:
+            sp.cuts |= new
+            changed.append(sid)
+
+    kind = rel[0]
+    if kind == "id":
+        _, a, b = rel
+        add(a, spaces[b].cuts)
+        add(b, spaces[a].cuts)
+    elif kind == "cat":
+        _, out, parts = rel
+        offset = 0
+        want: set[int] = set()
+        for p in parts:
+            length = spaces[p].length
+            want.add(offset)
+            want |= {offset + c for c in spaces[p].cuts}
+            add(p, {c - offset for c in spaces[out].cuts if offset < c < offset + length})
+            offset += length
+        add(out, want)
+    else:
+        _, big, small, k, _node = rel
+        add(big, {c * k for c in spaces[small].cuts})
+        add(small, {c // k for c in spaces[big].cuts if c % k == 0})
+    return changed
+
+
+@dataclass
+class Segments:
+    """The atomic segments of every space: segment ``s`` is ``[start[s], start[s] +
+    length[s])`` of space ``space[s]``; ``bounds[sid]`` are a space's cut points."""
+
+    space: list[int]
+    start: list[int]
+    length: list[int]
+    bounds: list[list[int]]
+
+
+def segment_table(spaces: list[Space]) -> Segments:
+    """Cuts every space into its segments (a space of unknown size is one empty segment)."""
+    table = Segments([], [], [], [])
+    for sid, sp in enumerate(spaces):
+        sp.seg0 = len(table.space)
+        length = sp.length or 0
+        b = [0, *sorted(sp.cuts), length] if length else [0, 0]
+        table.bounds.append(b)
+        for s, e in itertools.pairwise(b):
+            table.space.append(sid)
+            table.start.append(s)
+            table.length.append(e - s)
+    return table
+
+
+def segment_edges(
+    relations: list[tuple], spaces: list[Space], bounds: list[list[int]]
+) -> tuple[list[tuple[int, int]], dict[tuple[int, int], int], dict[int, Node]]:
+    """Edges between segments the relations tie; the expansion edges ((small segment, big
+    segment) -> entries per small entry); the spaces of expansions cut inside a block, each
+    with the node whose expansion it is."""
+    edges: list[tuple[int, int]] = []
+    expansions: dict[tuple[int, int], int] = {}
+    bad_expand: dict[int, Node] = {}
+    for rel in relations:
+        kind = rel[0]
+        if kind == "id":
+            _, a, b = rel
+            sa, sb = spaces[a].seg0, spaces[b].seg0
+            n = len(bounds[a]) - 1
+            if n == 1:
+                edges.append((sa, sb))
+            else:
+                edges.extend(zip(range(sa, sa + n), range(sb, sb + n), strict=True))
+        elif kind == "cat":
+            _, out, parts = rel
+            j = spaces[out].seg0
+            for p in parts:
+                sp0 = spaces[p].seg0
+                n = len(bounds[p]) - 1
+                edges.extend(zip(range(sp0, sp0 + n), range(j, j + n), strict=True))
+                j += n
+        else:
+            _, big, small, k, node = rel
+            if any(c % k for c in spaces[big].cuts):
+                bad_expand.setdefault(big, node)
+                bad_expand.setdefault(small, node)
+                continue
+            sb, ss = spaces[big].seg0, spaces[small].seg0
+            for j in range(len(bounds[small]) - 1):
+                edges.append((ss + j, sb + j))
+                expansions[(ss + j, sb + j)] = k
+    return edges, expansions, bad_expand
+
+
+def solve(cg: ChannelGraph) -> tuple[list[Group], nx.Graph]:
+    """Segments, the networkx segment graph, and its components as groups."""
+    spaces = cg.spaces
+    _roles_through_layout(cg.relations, spaces)
+    propagate_cuts(cg.relations, spaces)
+    table = segment_table(spaces)
+    g = nx.Graph()
+    g.add_nodes_from(range(len(table.space)))
+    edges, expansions, bad_expand = segment_edges(cg.relations, spaces, table.bounds)
+    cg.expansions = expansions
+    g.add_edges_from(edges)
+    for sid, node in bad_expand.items():
+        why = (
+            f"{node.op_type} '{node.name}': a cut inside an expanded block of '{spaces[sid].label}'"
+        )
+        spaces[sid].locks.append(Lock("mismatch", why, node.name, node.op_type))
+    if cg.locked_values or cg.pending_locks:
+        for key, sid in cg._index.items():
+            if key[0] in cg.locked_values:
+                spaces[sid].locks.append(cg.locked_values[key[0]])
+            if key in cg.pending_locks:
+                spaces[sid].locks.append(cg.pending_locks[key])
+    maker = _GroupMaker(cg, g, table, expansions)
+    groups = [grp for comp in _components(g, table, maker.produced) if (grp := maker.make(comp))]
+    groups.sort(key=lambda gr: gr.order)
+    for i, gr in enumerate(groups):
+        gr.id = i
+    return groups, g
+
+
+LAYOUT_OPS = frozenset(["Reshape", "Transpose", "Identity", "Flatten", "Squeeze", "Unsqueeze"])
+
+
+def _roles_through_layout(relations: list[tuple], spaces: list[Space]) -> None:
+    """A weight a layer reads through a layout op the loader did not fold (onnx-caffe2's
+    ``Reshape(classifier_w, [1000, 1024])`` before the Gemm) takes the layer's role on the
+    axis that maps 1:1, so it is that layer's consumer (or producer), not a bare constant."""
+    for rel in relations:
+        if rel[0] != "id":
+            continue
+        for c, o in ((rel[1], rel[2]), (rel[2], rel[1])):
+            const, out = spaces[c], spaces[o]
+            if const.roles or const.value is None or not const.value.is_const:
+                continue
+            node = out.value.producer if out.value is not None else None
+            if node is not None and node.op_type in LAYOUT_OPS and node.input(0) is const.value:
+                const.roles.extend(r for r in out.roles if r[2] is None)
+
+
+def _components(g: nx.Graph, table: Segments, produced: list[bool]):
+    """The components in the order networkx gives them; a lone segment is yielded only
+    when something produces its space (only those can be groups)."""
+    seen = bytearray(len(table.space))
+    adj = g.adj
+    for s in range(len(table.space)):
+        if seen[s]:
+            continue
+        if not adj[s]:
+            if produced[table.space[s]]:
+                yield {s}
+            continue
+        comp = nx.node_connected_component(g, s)
+        for t in comp:
+            seen[t] = 1
+        yield comp
+
+
+class _GroupMaker:
+    """Turns components into groups; per-space facts are worked out once per space."""
+
+    def __init__(self, cg: ChannelGraph, g: nx.Graph, table: Segments, expansions) -> None:
+        self.spaces = cg.spaces
+        self.g = g
+        self.table = table
+        self.expansions = expansions
+        self.exp_segs = {s for pair in expansions for s in pair}
+        self._node_pos = {n.name: i for i, n in enumerate(cg.graph.nodes)}
+        self._roles: dict[int, list[tuple[str, str, str | None]]] = {}
+        self._pos: dict[int, int | None] = {}
+        # whether some node produces each space (only those start groups)
+        self.produced = [any(r[0] == "producer" for r in sp.roles) for sp in cg.spaces]
+
+    def roles(self, sid: int) -> list[tuple[str, str, str | None]]:
+        roles = self._roles.get(sid)
+        if roles is None:
+            roles = self._roles[sid] = sorted(self.spaces[sid].roles, key=_role_rank)
+        return roles
+
+    def position(self, sid: int) -> int | None:
+        """The position in the graph of the first node producing space ``sid``."""
+        if sid not in self._pos:
+            pos = self._node_pos
+            found = [pos.get(r[1], 0) for r in self.spaces[sid].roles if r[0] == "producer"]
+            self._pos[sid] = min(found) if found else None
+        return self._pos[sid]
+
+    def units(self, comp: set[int]) -> tuple[dict[int, int], int, list[Lock]]:
+        """Entries of each segment per group channel, the group size, and a lock when the
+        segments map to each other inconsistently."""
+        seg_len = self.table.length
+        consistent = True
+        norm: dict[int, int] | None
+        if self.exp_segs.isdisjoint(comp):
+            norm = dict.fromkeys(comp, 1)
+        else:
+            # block factor of every segment relative to one root, by BFS over the edges
+            factor, consistent = _block_factors(comp, self.g, self.expansions)
+            norm = _units(factor)
+        sizes = {seg_len[s] // norm[s] for s in comp} if norm else set()
+        if norm is None or any(seg_len[s] % norm[s] for s in comp) or len(sizes) != 1:
+            consistent = False
+        if consistent:
+            return norm, sizes.pop(), []  # type: ignore[return-value]
+        # a locked group: let every member cover its whole segment so counts stay true
+        norm = dict.fromkeys(comp, 1)
+        lock = Lock("mismatch", "channels map to each other inconsistently")
+        return norm, max(seg_len[s] for s in comp), [lock]
+
+    def make(self, comp: set[int]) -> Group | None:
+        table, spaces = self.table, self.spaces
+        if not any(self.produced[table.space[s]] for s in comp):
+            return None
+        by_space: dict[int, list[int]] = {}
+        for s in sorted(comp):
+            by_space.setdefault(table.space[s], []).append(s)
+        norm, size, locks = self.units(comp)
+        members: list[Member] = []
+        segments: list[Segment] = []
+        order = None
+        for sid, segs in by_space.items():
+            sp = spaces[sid]
+            locks.extend(sp.locks)
+            self._add_members(sid, segs, norm, size, members, segments)
+            pos = self.position(sid) if sp.value is not None else None
+            if pos is not None:
+                order = pos if order is None else min(order, pos)
+        members.sort(key=_member_key)
+        order = order if order is not None else 0
+        return Group(0, size, members, _dedupe(locks), order=order, segments=segments)
+
+    def _add_members(self, sid, segs, norm, size, members, segments) -> None:
+        """The segments of space ``sid`` in a group, and its members: a slice of a
+        constant per segment, or of a node attribute for a virtual space."""
+        sp, start, seg_len = self.spaces[sid], self.table.start, self.table.length
+        roles = self.roles(sid)
+        name = sp.value.name if sp.value is not None else None
+        length = sp.length or 0
+        segments.extend(Segment(name, sp.axis, start[s], norm[s], sp.label, length) for s in segs)
+        if sp.value is None:
+            members.extend(
+                Member("structure", node, None, 0, start[s], norm[s], seg_len[s] // norm[s], attr)
+                for s in segs
+                for _role, node, attr in roles
+                if attr is not None
+            )
+        elif sp.value.is_const:
+            role, node = (roles[0][0], roles[0][1]) if roles else ("param", _first_user(sp.value))
+            members.extend(Member(role, node, name, sp.axis, start[s], norm[s], size) for s in segs)
+
+
+def _role_rank(role: tuple[str, str, str | None]) -> int:
+    return ROLE_RANK[role[0]]
+
+
+def _member_key(m: Member) -> tuple[int, str, int, int]:
+    return (ROLE_RANK[m.role], m.tensor or "", m.axis, m.start)
+
+
+def _block_factors(comp, g, expansions) -> tuple[dict[int, int | Fraction], bool]:
+    """Entries per root entry of every segment, by BFS over the edges (ints while they stay
+    whole; Fractions only where an expansion is walked backwards unevenly)."""
+    root = next(iter(comp))
+    factor: dict[int, int | Fraction] = {root: 1}
+    consistent = True
+    todo = deque([root])
+    adj = g.adj
+    while todo:
+        u = todo.popleft()
+        fu = factor[u]
+        for v in adj[u]:
+            f = fu
+            if expansions:
+                k = expansions.get((u, v))
+                if k is not None:  # u is the small side
+                    f = fu * k
+                else:
+                    k = expansions.get((v, u))
+                    if k is not None:
+                        f = fu // k if isinstance(fu, int) and fu % k == 0 else Fraction(fu) / k
+            old = factor.get(v)
+            if old is None:
+                factor[v] = f
+                todo.append(v)
+            elif old != f:
+                consistent = False
+    return factor, consistent
+
+
+def _units(factor: dict[int, int | Fraction]) -> dict[int, int] | None:
+    """Entries of each segment in one pruning unit: the smallest unit that covers whole
+    entries everywhere (scale by the lcm of denominators, divide by the gcd)."""
+    lcm = 1
+    for f in factor.values():
+        if isinstance(f, Fraction):
+            lcm = math.lcm(lcm, f.denominator)
+    scaled = {s: int(f * lcm) for s, f in factor.items()}
+    gcd = 0
+    for n in scaled.values():
+        gcd = math.gcd(gcd, n)
+    if gcd <= 0:
+        return None
+    return {s: n // gcd for s, n in scaled.items()}
+
+
+def _rel_spaces(rel: tuple) -> list[int]:
+    if rel[0] == "id":
+        return [rel[1], rel[2]]
+    if rel[0] == "cat":
+        return [rel[1], *rel[2]]
+    return [rel[1], rel[2]]
+
+
+def _first_user(value: Value) -> str | None:
+    return value.uses[0][0].name if value.uses else None
+
+
+def _dedupe(locks: list[Lock]) -> list[Lock]:
+    return list(dict.fromkeys(locks))
