@@ -50,7 +50,7 @@ DEFAULT = [
 ]
 # (module, function) of each phase of from_onnx, timed by wrapping it where from_onnx finds it
 PHASES = [
-    ("read", "drpopt.ir.from_onnx", "_read_for_analysis"),
+    ("read", "drpopt.ir.from_onnx", "read_for_analysis"),
     ("fold", "drpopt.ir.from_onnx", "fold_constants"),
     ("copy", "drpopt.ir.from_onnx", "_shape_copy"),
     ("infer", "drpopt.ir.from_onnx", "infer_shapes"),
