@@ -14,7 +14,8 @@ Rules:
 - the array a loader gives is the one ``numpy_helper.to_array`` gives for the full tensor
   (same dtype, shape and read-only buffer);
 - the file stays open until the weights' owner is collected, so replacing it (an atomic
-  write over the input) does not change what is read; a file cut short since is an error;
+  write over the input) does not change what is read; one written in place since (its
+  size or modification time changed) is an error naming it;
 - anything unexpected (a text-format file, a malformed record, a big-endian host) makes
   ``read_light`` return None and the caller loads the file the usual way.
 """
@@ -159,13 +160,14 @@ def _light_graph(buf, start: int, end: int, keep: int, spans: dict[int, tuple[in
 
 class FileWeights:
     """The tensors ``read_light`` left in the file: ``loader(index)`` per initializer index
-    of the main graph (None for one that was parsed whole)."""
+    of the main graph (None for one that was parsed whole). Owns ``fd``, the open file."""
 
-    def __init__(self, path: Path, spans: dict[int, tuple[int, int]]) -> None:
+    def __init__(self, path: Path, fd: int, spans: dict[int, tuple[int, int]]) -> None:
         self.path = path
         self.spans = spans
-        self._fd = os.open(path, os.O_RDONLY)
-        weakref.finalize(self, os.close, self._fd)
+        self._fd = fd
+        self._stamp = _stamp(fd)
+        weakref.finalize(self, os.close, fd)
 
     def loader(self, index: int, tensor: onnx.TensorProto) -> Callable[[], np.ndarray] | None:
         span = self.spans.get(index)
@@ -177,15 +179,24 @@ class FileWeights:
 
     def _read(self, offset: int, length: int, name: str) -> bytes:
         data = os.pread(self._fd, length, offset)
-        while len(data) < length:
+        while 0 < len(data) < length:
             more = os.pread(self._fd, length - len(data), offset + len(data))
             if not more:
-                raise BadInputError(
-                    f"{self.path}: the file changed while it was in use (the data of "
-                    f"'{name}' is cut short); run again on a model that is not being written"
-                )
+                break
             data += more
+        if len(data) != length or _stamp(self._fd) != self._stamp:
+            raise BadInputError(
+                f"{self.path}: the file changed while it was in use (reading the data of "
+                f"'{name}'); run again on a model file that is not being written"
+            )
         return data
+
+
+def _stamp(fd: int) -> tuple[int, int]:
+    """Size and modification time: a file written in place since reading has others (one
+    replaced by a rename keeps them: the open file is still the old one)."""
+    st = os.fstat(fd)
+    return st.st_size, st.st_mtime_ns
 
 
 def read_light(path: Path, keep: int) -> tuple[onnx.ModelProto, FileWeights] | None:
@@ -195,24 +206,36 @@ def read_light(path: Path, keep: int) -> tuple[onnx.ModelProto, FileWeights] | N
     if sys.byteorder != "little" or fmt not in (None, "protobuf"):
         return None
     try:
-        with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            spans: dict[int, tuple[int, int]] = {}
-            parts = []
-            graphs = 0
-            for field, wire, rec, a, b in _records(buf, 0, len(buf)):
-                if field == _GRAPH and wire == 2:
-                    graphs += 1
-                    body = _light_graph(buf, a, b, keep, spans)
-                    parts.append(b"\x3a" + _encode(len(body)) + body)  # field 7
-                else:
-                    parts.append(buf[rec:b])
-            if graphs != 1 or not spans:  # nothing left out: parse as usual
-                return None
-            model = onnx.ModelProto()
-            model.ParseFromString(b"".join(parts))
-    except Exception:  # malformed or unreadable: onnx.load says what is wrong
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # onnx.load says what is wrong
         return None
-    return model, FileWeights(Path(path), spans)
+    try:
+        with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as buf:
+            model, spans = _parse_light(buf, keep)
+        if model is not None:
+            return model, FileWeights(Path(path), fd, spans)
+    except Exception:  # malformed or unreadable: onnx.load says what is wrong
+        pass
+    os.close(fd)
+    return None
+
+
+def _parse_light(buf, keep: int) -> tuple[onnx.ModelProto | None, dict[int, tuple[int, int]]]:
+    spans: dict[int, tuple[int, int]] = {}
+    parts = []
+    graphs = 0
+    for field, wire, rec, a, b in _records(buf, 0, len(buf)):
+        if field == _GRAPH and wire == 2:
+            graphs += 1
+            body = _light_graph(buf, a, b, keep, spans)
+            parts.append(b"\x3a" + _encode(len(body)) + body)  # field 7
+        else:
+            parts.append(buf[rec:b])
+    if graphs != 1 or not spans:  # nothing left out: parse as usual
+        return None, spans
+    model = onnx.ModelProto()
+    model.ParseFromString(b"".join(parts))
+    return model, spans
 
 
 _RAW_DTYPES = {t: np.dtype(helper.tensor_dtype_to_np_dtype(t)) for t in _PLAIN}

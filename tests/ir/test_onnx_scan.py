@@ -77,12 +77,20 @@ def test_weights_are_read_from_the_file_the_model_came_from(tmp_path):
         np.testing.assert_array_equal(value.const, expected[value.name])
 
 
-def test_a_file_cut_short_after_reading_is_an_error_naming_it(tmp_path):
+@pytest.mark.parametrize("how", ["cut short", "same size"])
+def test_a_file_written_in_place_after_reading_is_an_error_naming_it(tmp_path, how):
     path = _saved(tmp_path, build("resnet18"))
     graph = from_onnx(path)
     with open(path, "r+b") as fh:
-        fh.truncate(1000)
-    with pytest.raises(BadInputError, match="changed while it was in use"):
+        if how == "cut short":
+            fh.truncate(1000)
+        else:
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(size // 2)
+            fh.write(b"\x00" * 64)
+    stat = os.stat(path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    with pytest.raises(BadInputError, match=f"{path.name}: the file changed while it was in use"):
         for value in graph.initializers:
             value.const  # noqa: B018
 
