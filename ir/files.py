@@ -9,6 +9,7 @@ from pathlib import Path
 import onnx
 
 from drpopt.errors import BadInputError
+from drpopt.ir.onnx_scan import read_light
 
 
 def _output_dir(path: Path) -> Path:
@@ -88,7 +89,8 @@ def stores_external_data(path: Path) -> bool:
     try:
         if not path.is_file() or path.stat().st_size > 64_000_000:
             return False
-        model = onnx.load(str(path), load_external_data=False)
+        light = read_light(path, keep=0)  # the weights stay in the file
+        model = light[0] if light else onnx.load(str(path), load_external_data=False)
     except Exception:
         return False
     return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)

@@ -31,10 +31,13 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from drpopt.ir.onnx_scan import tensor_array
+
 log = logging.getLogger(__name__)
 
 MAX_ELEMENTS = 4096  # shape arithmetic only: never fold real tensors
 _TENSOR = onnx.AttributeProto.TENSOR
+_EXTERNAL = onnx.TensorProto.EXTERNAL
 _INT_TYPES = frozenset(
     [onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.INT8, onnx.TensorProto.UINT8]
 )
@@ -189,39 +192,65 @@ FOLDABLE = frozenset(
 )
 
 
-def fold_constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """Values of the outputs of foldable nodes whose inputs are all (small) constants."""
-    consts: dict[str, np.ndarray] = {}
+def _constant(node: onnx.NodeProto) -> np.ndarray | None:
+    """The value of a Constant node with a small ``value`` tensor, else None."""
+    value = next((a.t for a in node.attribute if a.name == "value" and a.type == _TENSOR), None)
+    if value is None or math.prod(value.dims) > MAX_ELEMENTS:
+        return None
+    return tensor_array(value)
+
+
+def _values(names: list[str], consts: dict[str, Any]) -> list[np.ndarray | None] | None:
+    """The arrays of ``names`` (Constant nodes read now), or None when one is not a small
+    constant after all."""
+    vals = []
+    for n in names:
+        arr = consts[n] if n else None
+        if isinstance(arr, onnx.NodeProto):
+            arr = _constant(arr)
+            if arr is None:
+                del consts[n]
+                return None
+            consts[n] = arr
+        vals.append(arr)
+    return vals
+
+
+def fold_constants(
+    model: onnx.ModelProto, folded_nodes: list[int] | None = None
+) -> dict[str, np.ndarray]:
+    """Values of the outputs of foldable nodes whose inputs are all (small) constants;
+    ``folded_nodes`` gets the index of each node all of whose outputs were folded."""
+    consts: dict[str, Any] = {}  # numpy arrays, or Constant nodes not read yet
     for init in model.graph.initializer:
         # shape arithmetic runs on integers: float weights (biases) are never read here
-        small = math.prod(init.dims) <= MAX_ELEMENTS
-        inline = init.data_location != onnx.TensorProto.EXTERNAL
-        if init.data_type in _INT_TYPES and small and inline:
-            consts[init.name] = numpy_helper.to_array(init)
+        int_inline = init.data_type in _INT_TYPES and init.data_location != _EXTERNAL
+        if int_inline and math.prod(init.dims) <= MAX_ELEMENTS:
+            consts[init.name] = tensor_array(init)
     folded: dict[str, np.ndarray] = {}
-    for node in model.graph.node:
-        if node.op_type == "Constant":
-            value = next(
-                (a.t for a in node.attribute if a.name == "value" and a.type == _TENSOR), None
-            )
-            if value is not None and math.prod(value.dims) <= MAX_ELEMENTS:
-                consts[node.output[0]] = numpy_helper.to_array(value)
+    for index, node in enumerate(model.graph.node):
+        op = node.op_type
+        if op == "Constant":
+            consts[node.output[0]] = node  # read when a foldable node needs it
             continue
-        if node.domain not in ("", "ai.onnx"):
-            continue
-        if node.op_type not in FOLDABLE:
+        if op not in FOLDABLE or node.domain not in ("", "ai.onnx"):
             continue
         names = list(node.input)
         if not names or any(n and n not in consts for n in names):
             continue
-        vals = [consts[n] if n else None for n in names]
+        vals = _values(names, consts)
+        if vals is None:
+            continue
         try:
-            outs = evaluate(node.op_type, _attrs(node), vals)
+            outs = evaluate(op, _attrs(node), vals)
         except Exception as err:  # a malformed node: leave it to shape inference
             log.debug("could not fold %s: %s", node.name, err)
             continue
         if not outs:
             continue
-        for name, arr in zip(node.output, outs, strict=False):
+        outputs = list(node.output)
+        for name, arr in zip(outputs, outs, strict=False):
             consts[name] = folded[name] = arr
+        if folded_nodes is not None and outputs and all(o in folded for o in outputs):
+            folded_nodes.append(index)
     return folded

@@ -1,9 +1,8 @@
 """ONNX frontend: a path or an ``onnx.ModelProto`` into the drpopt IR.
 
 Rules:
-- the file is checked before parsing (missing, a directory, empty) and a parse failure or a
-  model with no graph becomes a ``BadInputError`` that names the file and the fix;
-- external data is loaded from beside the file;
+- a path is read by ``ir/onnx_load.read_for_analysis`` (checked first; external data and,
+  from a path, large weights are left in their files and read when a pass needs them);
 - opsets 11 to the newest the installed onnx knows are accepted;
 - small integer constant subgraphs (exporters' shape arithmetic) are evaluated first
   (``ir/fold.py``), their outputs become constants, and shape inference (with data
@@ -18,6 +17,7 @@ Rules:
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import math
 import os
@@ -27,74 +27,22 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
 from drpopt.errors import BadInputError, UnsupportedModelError
 from drpopt.ir.core import Graph, Node, Value
 from drpopt.ir.fold import MAX_ELEMENTS, evaluate, fold_constants
+from drpopt.ir.onnx_load import check_external, read_for_analysis
+from drpopt.ir.onnx_load import load_model as load_model  # re-exported: callers import it here
+from drpopt.ir.onnx_scan import FileWeights, tensor_array
 
 log = logging.getLogger(__name__)
 
 MIN_OPSET = 11
 SMALL_CONSTANT = MAX_ELEMENTS  # constants this small may be shape arguments
-
-
-def load_model(
-    source: str | os.PathLike | onnx.ModelProto, external_data: bool = True
-) -> onnx.ModelProto:
-    """Reads an ONNX model from a path (with its external data unless ``external_data`` is
-    False: then tensors stored beside the file stay there until read), or returns a given
-    proto."""
-    if isinstance(source, onnx.ModelProto):
-        return source
-    path = Path(source)
-    if not path.exists():
-        raise BadInputError(f"{path}: no such file; give the path of an .onnx model")
-    if path.is_dir():
-        raise BadInputError(f"{path}: is a directory; give the path of an .onnx model file")
-    if path.stat().st_size == 0:
-        raise BadInputError(f"{path}: the file is empty; export the model again")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as err:  # protobuf raises DecodeError, RuntimeWarning and others
-        raise BadInputError(
-            f"{path}: not a readable ONNX model (truncated or another format: {_short(err)}); "
-            "export it again with torch.onnx.export or check the path"
-        ) from err
-    if not model.graph.node and not model.graph.output:
-        raise BadInputError(
-            f"{path}: holds no ONNX graph (is it really an .onnx file?); export the model again"
-        )
-    if external_data and _uses_external_data(model):
-        try:
-            onnx.load_external_data_for_model(model, str(path.parent))
-        except Exception as err:
-            raise BadInputError(
-                f"{path}: its external weight data could not be read ({_short(err)}); "
-                "keep the .data file beside the model"
-            ) from err
-    return model
-
-
-def _check_external(tensor: onnx.TensorProto, base_dir: str) -> None:
-    """The file holding an external tensor must be there (it is read only when needed)."""
-    location = next((e.value for e in tensor.external_data if e.key == "location"), None)
-    path = Path(base_dir or ".") / (location or "")
-    if not location or not path.is_file():
-        raise BadInputError(
-            f"the external weight data of '{tensor.name}' is stored outside the model in "
-            f"'{location}', which is not beside it ({path}); keep the .data file beside "
-            "the model"
-        )
-
-
-def _short(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return (text or type(err).__name__)[:160]
-
-
-def _uses_external_data(model: onnx.ModelProto) -> bool:
-    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+_GRAPH_ATTR, _GRAPHS_ATTR = onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS
+_INT_ATTR, _INTS_ATTR = onnx.AttributeProto.INT, onnx.AttributeProto.INTS
+_EXTERNAL = onnx.TensorProto.EXTERNAL
 
 
 def default_opset(model: onnx.ModelProto) -> int | None:
@@ -123,31 +71,51 @@ def check_opset(model: onnx.ModelProto, where: str = "model") -> int:
     return version
 
 
-def _shape_copy(model: onnx.ModelProto, folded: dict[str, np.ndarray]) -> onnx.ModelProto:
-    """What shape inference needs and no more: the nodes, small constants (they may be
-    shape arguments), folded values as constants, large weights as typed inputs (their data
-    never matters for shapes; serialising it dominated load time)."""
+def _shape_copy(
+    model: onnx.ModelProto, folded: dict[str, np.ndarray], folded_nodes: list[int]
+) -> onnx.ModelProto:
+    """What shape inference needs and no more: the nodes but the folded ones
+    (``folded_nodes``, indices), small constants (they may be shape arguments), folded values
+    as constants, large weights as typed inputs (their data never matters for shapes;
+    serialising it dominated load time)."""
     light = onnx.ModelProto()
     light.ir_version = model.ir_version
     light.opset_import.extend(model.opset_import)
     light.functions.extend(model.functions)
     src, g = model.graph, light.graph
     g.name = src.name
-    g.node.extend(n for n in src.node if not (n.output and all(o in folded for o in n.output)))
+    start = 0
+    for index in folded_nodes:  # the runs of nodes between folded ones, copied in C
+        if index > start:
+            g.node.extend(src.node[start:index])
+        start = index + 1
+    g.node.extend(src.node[start:] if start else src.node)
     g.input.extend(src.input)
     declared = {i.name for i in src.input}
     for t in src.initializer:
-        inline = t.data_location != onnx.TensorProto.EXTERNAL
+        inline = t.data_location != _EXTERNAL
         if inline and math.prod(t.dims) <= SMALL_CONSTANT:
             g.initializer.append(t)
         elif t.name not in declared:
-            g.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+            _typed_input(g.input.add(), t)
     g.sparse_initializer.extend(src.sparse_initializer)
     for name, arr in folded.items():
         g.initializer.append(numpy_helper.from_array(arr, name))
     g.output.extend(src.output)
     g.value_info.extend(src.value_info)
     return light
+
+
+def _typed_input(info: onnx.ValueInfoProto, tensor: onnx.TensorProto) -> None:
+    """``helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims))``
+    written in place."""
+    info.name = tensor.name
+    tt = info.type.tensor_type
+    tt.elem_type = tensor.data_type
+    shape = tt.shape
+    shape.SetInParent()
+    for d in tensor.dims:
+        shape.dim.add().dim_value = d
 
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -170,17 +138,36 @@ def from_onnx(
     inference (``ir/input_shapes.py``); ``graph.meta["input_shapes"]`` records the input
     dims the shapes were computed for (unknown ones as their symbol).
     """
+    # many small long-lived objects and no cycles worth collecting early: collections
+    # during the load would only walk them again (as ``ir/analysis.analyze`` does)
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _from_onnx(source, where, input_shapes)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _from_onnx(
+    source: str | os.PathLike | onnx.ModelProto,
+    where: str | None,
+    input_shapes: Mapping[str | None, Sequence[int]] | None,
+) -> Graph:
     from drpopt.ir.input_shapes import fix_input_shapes, input_dims
     from drpopt.ir.propagate import propagate_shapes
 
-    model = load_model(source, external_data=False)
+    model, weights = read_for_analysis(source)
     where = where or (str(source) if not isinstance(source, onnx.ModelProto) else "model")
     base_dir = "" if isinstance(source, onnx.ModelProto) else str(Path(source).parent)
     model = fix_input_shapes(model, input_shapes or {})
     opset = check_opset(model, where)
-    folded = fold_constants(model)
-    inferred = infer_shapes(_shape_copy(model, folded))
-    graph = _convert_graph(model.graph, parent=None, shapes=inferred.graph, base_dir=base_dir)
+    folded_nodes: list[int] = []
+    folded = fold_constants(model, folded_nodes)
+    inferred = infer_shapes(_shape_copy(model, folded, folded_nodes))
+    graph = _convert_graph(
+        model.graph, parent=None, shapes=inferred.graph, base_dir=base_dir, weights=weights
+    )
     for name, arr in folded.items():
         value = graph.values.get(name)
         if value is not None and value.producer is not None:
@@ -203,22 +190,6 @@ def from_onnx(
 
 
 # ---- conversion -------------------------------------------------------------------------
-def _dims(type_proto: onnx.TypeProto) -> tuple[Any, ...] | None:
-    if not type_proto.HasField("tensor_type"):
-        return None
-    return _tensor_dims(type_proto.tensor_type)
-
-
-def _tensor_dims(tt) -> tuple[Any, ...] | None:
-    if not tt.HasField("shape"):
-        return None
-    dims: list[Any] = []
-    for d in tt.shape.dim:
-        which = d.WhichOneof("value")
-        dims.append(d.dim_value if which == "dim_value" else d.dim_param if which else None)
-    return tuple(dims)
-
-
 _DTYPES: dict[int, np.dtype | None] = {}
 
 
@@ -233,17 +204,31 @@ def _np_dtype(elem_type: int) -> np.dtype | None:
     return dtype  # type: ignore[return-value]
 
 
-def _set_info(value: Value, info: onnx.ValueInfoProto) -> None:
-    t = info.type
+_UNSET = object()  # a field the value info leaves as it is
+
+
+def _type_info(t: onnx.TypeProto) -> tuple[Any, Any]:
+    """(shape, dtype) a tensor type gives, ``_UNSET`` for what it does not say."""
     if not t.HasField("tensor_type"):
-        return
+        return _UNSET, _UNSET
     tt = t.tensor_type
-    shape = _tensor_dims(tt)
-    if shape is not None:
-        value.shape = shape
+    shape: Any = _UNSET
+    if tt.HasField("shape"):
+        dims: list[Any] = []
+        for d in tt.shape.dim:
+            which = d.WhichOneof("value")
+            dims.append(d.dim_value if which == "dim_value" else d.dim_param if which else None)
+        shape = tuple(dims)
     elem = tt.elem_type
-    if elem:
-        value.dtype = _np_dtype(elem)
+    return shape, _np_dtype(elem) if elem else _UNSET
+
+
+def _set_info(value: Value, info: onnx.ValueInfoProto) -> None:
+    shape, dtype = _type_info(info.type)
+    if shape is not _UNSET:
+        value.shape = shape
+    if dtype is not _UNSET:
+        value.dtype = dtype
 
 
 def _convert_graph(
@@ -251,62 +236,91 @@ def _convert_graph(
     parent: _Scope | None,
     shapes: onnx.GraphProto | None = None,
     base_dir: str = "",
+    weights: FileWeights | None = None,
 ) -> Graph:
     graph = Graph(gp.name or "graph")
     scope = _Scope(graph, parent)
-    for init in gp.initializer:
-        value = graph.value(init.name, shape=tuple(init.dims), dtype=_np_dtype(init.data_type))
-        value.set_lazy(functools.partial(numpy_helper.to_array, init, base_dir))
-        if init.data_location == onnx.TensorProto.EXTERNAL:
-            _check_external(init, base_dir)
+    values, new_value = graph.values, graph.value
+    for index, init in enumerate(gp.initializer):
+        value = new_value(init.name, shape=tuple(init.dims), dtype=_np_dtype(init.data_type))
+        loader = weights.loader(index, init) if weights is not None else None
+        value.set_lazy(loader or functools.partial(tensor_array, init, base_dir))
+        if init.data_location == _EXTERNAL:
+            check_external(init, base_dir)
             graph.meta["external_data"] = True
     for sparse in gp.sparse_initializer:
         arr = numpy_helper.to_array(sparse)
         name = sparse.values.name
-        graph.value(name, shape=tuple(arr.shape), dtype=arr.dtype, const=arr)
+        new_value(name, shape=tuple(arr.shape), dtype=arr.dtype, const=arr)
     for info in gp.input:
-        v = graph.value(info.name)
+        v = new_value(info.name)
         if not v.is_const:
             _set_info(v, info)
             graph.inputs.append(v)
     # what shape inference found (on a light copy of this graph, its value_info included)
     found = shapes if shapes is not None else gp
-    for info in [*found.value_info, *found.output]:
-        _set_info(graph.value(info.name), info)
+    types: dict[bytes, tuple[Any, Any]] = {}  # many values have one type: read it once
+    for infos in (found.value_info, found.output):
+        for info in infos:
+            name = info.name
+            value = values[name] if name in values else new_value(name)
+            t = info.type
+            key = t.SerializeToString()
+            known = types.get(key)
+            if known is None:
+                known = types[key] = _type_info(t)
+            shape, dtype = known
+            if shape is not _UNSET:
+                value.shape = shape
+            if dtype is not _UNSET:
+                value.dtype = dtype
 
     names: set[str] = set()
+    lookup, add_node = scope.lookup, graph.add_node
     for i, np_node in enumerate(gp.node):
-        name = _unique(np_node.name or f"{np_node.op_type}_{i}", names)
-        inputs = [scope.lookup(n) if n else None for n in np_node.input]
-        outputs = [graph.value(n) for n in np_node.output if n]
+        op = np_node.op_type
+        name = np_node.name or f"{op}_{i}"
+        if name in names:
+            name = _unique(name, names)
+        else:
+            names.add(name)
+        inputs = [(values[n] if n in values else lookup(n)) if n else None for n in np_node.input]
+        outputs = [values[n] if n in values else new_value(n) for n in np_node.output if n]
         attrs: dict[str, Any] = {}
         subgraphs: dict[str, Any] = {}
         for a in np_node.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
+            kind = a.type
+            if kind == _INT_ATTR:  # the common kinds inline (this runs for every node)
+                attrs[a.name] = a.i
+            elif kind == _INTS_ATTR:
+                attrs[a.name] = list(a.ints)
+            elif kind == _GRAPH_ATTR:
                 subgraphs[a.name] = _convert_graph(a.g, scope)
-            elif a.type == onnx.AttributeProto.GRAPHS:
+            elif kind == _GRAPHS_ATTR:
                 subgraphs[a.name] = [_convert_graph(g, scope) for g in a.graphs]
             else:
                 attrs[a.name] = _attr_value(a)
-        node = graph.add_node(np_node.op_type, name, inputs, outputs, attrs, np_node.domain)
-        node.subgraphs = subgraphs
+        node = add_node(op, name, inputs, outputs, attrs, np_node.domain)
         if subgraphs:
+            node.subgraphs = subgraphs
             captured = []
             for sub in _iter_graphs(subgraphs):
                 captured.extend(sub.meta.get("captured_names", ()))
             for cname in dict.fromkeys(captured):
-                v = scope.lookup(cname)
+                v = lookup(cname)
                 v.uses.append((node, -1))
                 node.meta.setdefault("captured", []).append(v)
-        if np_node.op_type in ("Identity", "Cast") and inputs and inputs[0] is not None:
-            _fold_constant(node)
-        if np_node.op_type == "Constant" and outputs:
-            outputs[0].const = _constant_value(np_node, attrs)
-            if outputs[0].is_const:
-                outputs[0].shape = tuple(outputs[0].const.shape)
-                outputs[0].dtype = outputs[0].const.dtype
+        if op == "Identity" or op == "Cast":
+            if inputs and inputs[0] is not None:
+                _fold_constant(node)
+        elif op == "Constant" and outputs:
+            out = outputs[0]
+            out.const = _constant_value(np_node, attrs)
+            if out.is_const:
+                out.shape = tuple(out.const.shape)
+                out.dtype = out.const.dtype
     for info in gp.output:
-        graph.outputs.append(scope.lookup(info.name))
+        graph.outputs.append(lookup(info.name))
     graph.meta["captured_names"] = sorted(scope.captured)
     return graph
 
@@ -362,6 +376,8 @@ def _attr_value(a: onnx.AttributeProto) -> Any:
         return list(a.ints)
     if kind == _AP.FLOAT:
         return a.f
+    if kind == _AP.TENSOR:
+        return tensor_array(a.t)
     value = onnx.helper.get_attribute_value(a)
     if isinstance(value, onnx.TensorProto):
         return numpy_helper.to_array(value)
@@ -425,7 +441,7 @@ def unshare_constants(graph: Graph) -> None:
     that is still shared once, so an unpruned model keeps its size.
     """
     for value in list(graph.values.values()):
-        if not value.is_const or value in graph.outputs:
+        if len(value.uses) < 2 or not value.is_const or value in graph.outputs:
             continue
         uses = [(n, i) for n, i in value.uses if i >= 0]
         if len(uses) < 2:

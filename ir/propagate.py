@@ -22,6 +22,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from drpopt.ir.core import Graph, Node, Value
+from drpopt.ir.fold import MAX_ELEMENTS
 from drpopt.ir.rules import ELEMENTWISE_OPS, UNARY_OPS
 from drpopt.ir.shape_expr import NumericMemo, shape_values
 from drpopt.ir.to_onnx import _node_proto
@@ -31,8 +32,24 @@ log = logging.getLogger(__name__)
 MAX_DATA = 64  # entries of an integer input handed to inference as data (shape tensors)
 
 
+def _numbers(value: Value | None, memo: NumericMemo) -> list[int] | None:
+    """``shape_values(value, memo)``, read directly when ``value`` is a constant (most
+    slice bounds, axes and reshape targets: no object arrays, no memo entry)."""
+    if value is not None and value.is_const:
+        arr = np.asarray(value.const)
+        if arr.dtype.kind not in "iub" or arr.ndim > 1 or arr.size > MAX_ELEMENTS:
+            return None
+        return [int(x) for x in arr.reshape(-1)]
+    return shape_values(value, memo)
+
+
 def _static(shape) -> bool:
-    return shape is not None and all(isinstance(d, int) and d >= 0 for d in shape)
+    if shape is None:
+        return False
+    for d in shape:  # noqa: SIM110 (a loop, not all(): it runs for every node output)
+        if not isinstance(d, int) or d < 0:
+            return False
+    return True
 
 
 def propagate_shapes(graph: Graph, opset: int) -> int:
@@ -41,9 +58,16 @@ def propagate_shapes(graph: Graph, opset: int) -> int:
     opsets = [helper.make_opsetid(d, v) for d, v in (graph.opsets or {"": opset}).items()]
     learnt = 0
     for node in graph.nodes:
-        outs = [o for o in node.outputs if o is not None and o.name]
-        if not outs or all(_static(o.shape) for o in outs):
-            continue
+        outputs = node.outputs
+        if len(outputs) == 1:  # most nodes: one check when inference gave the shape
+            out = outputs[0]
+            if out is None or not out.name or _static(out.shape):
+                continue
+            outs = [out]
+        else:
+            outs = [o for o in outputs if o is not None and o.name]
+            if not outs or all(_static(o.shape) for o in outs):
+                continue
         if node.subgraphs or node.domain not in ("", "ai.onnx"):
             continue
         ins = [v for v in node.inputs if v is not None]
@@ -124,7 +148,7 @@ def _fast_shape(node: Node, ins: list[Value], memo: NumericMemo) -> tuple[int, .
 
 
 def _reshape(node: Node, ins: list[Value], memo: NumericMemo) -> tuple[int, ...] | None:
-    target = shape_values(ins[1], memo)
+    target = _numbers(ins[1], memo)
     x = ins[0].shape
     if target is None or node.attr("allowzero", 0):
         return None
@@ -143,7 +167,7 @@ def _reshape(node: Node, ins: list[Value], memo: NumericMemo) -> tuple[int, ...]
 def _unsqueeze(node: Node, ins: list[Value], memo: NumericMemo) -> tuple[int, ...] | None:
     axes = node.attr("axes")
     if axes is None:
-        axes = shape_values(ins[1], memo) if len(ins) > 1 else None
+        axes = _numbers(ins[1], memo) if len(ins) > 1 else None
     if axes is None:
         return None
     shape = list(ins[0].shape)  # type: ignore[arg-type]
@@ -154,19 +178,19 @@ def _unsqueeze(node: Node, ins: list[Value], memo: NumericMemo) -> tuple[int, ..
 
 
 def _constant_of_shape(node: Node, ins: list[Value], memo: NumericMemo):
-    dims = shape_values(ins[0], memo)
+    dims = _numbers(ins[0], memo)
     return tuple(dims) if dims is not None and all(d >= 0 for d in dims) else None
 
 
 def _expand(node: Node, ins: list[Value], memo: NumericMemo) -> tuple[int, ...] | None:
-    dims = shape_values(ins[1], memo)
+    dims = _numbers(ins[1], memo)
     if dims is None:
         return None
     return tuple(np.broadcast_shapes(tuple(ins[0].shape), tuple(dims)))  # type: ignore[arg-type]
 
 
 def _range(node: Node, ins: list[Value], memo: NumericMemo) -> tuple[int, ...] | None:
-    args = [shape_values(v, memo) for v in ins]
+    args = [_numbers(v, memo) for v in ins]
     if len(args) != 3 or any(a is None or len(a) != 1 for a in args):
         return None
     start, limit, delta = (a[0] for a in args)  # type: ignore[index]
@@ -218,7 +242,7 @@ def _concat_shape(node: Node, shapes: list[tuple[int, ...]]) -> tuple[int, ...] 
 def _slice_shape(node: Node, memo: NumericMemo) -> tuple[int, ...] | None:
     """Slice with starts/ends (and axes/steps) whose numbers shape arithmetic gives."""
     shape = list(node.input(0).shape)  # type: ignore[union-attr]
-    args = [shape_values(node.input(i), memo) for i in (1, 2, 3, 4)]
+    args = [_numbers(node.input(i), memo) for i in (1, 2, 3, 4)]
     if any(
         node.input(i) is not None and a is None for i, a in zip((1, 2, 3, 4), args, strict=True)
     ):
@@ -284,7 +308,7 @@ def _data(v: Value, memo: NumericMemo) -> np.ndarray | None:
         return np.asarray(v.const, dtype=dtype) if v.is_const else None
     if dtype.kind not in "iu":
         return None
-    values = shape_values(v, memo)
+    values = _numbers(v, memo)
     if values is None or len(values) != (v.numel or 0):
         return None
     return np.asarray(values, dtype=dtype).reshape(v.shape)  # type: ignore[arg-type]

@@ -1,0 +1,256 @@
+"""Reading an ``.onnx`` file without copying its weights.
+
+``onnx.load`` copies every weight into the proto, yet the analysis needs only the graph,
+the shapes and dtypes of the weights and a few small constants. ``read_light`` walks the
+protobuf wire format of the file (memory-mapped), leaves out the ``raw_data`` of each large
+initializer of the main graph, and parses the rest; ``FileWeights.loader`` gives, per left
+out tensor, a function that reads its bytes from the file on first use.
+
+Rules:
+- a tensor is left in the file only when it is plain (a numeric or bool ``data_type``
+  numpy reads as is, stored in ``raw_data``, no segment, not external) and that data is
+  over ``8 * keep`` bytes, so over ``keep`` elements (the caller's limit: every constant
+  that folding or shape inference reads is parsed as ``onnx.load`` parses it);
+- the array a loader gives is the one ``numpy_helper.to_array`` gives for the full tensor
+  (same dtype, shape and read-only buffer);
+- the file stays open until the weights' owner is collected, so replacing it (an atomic
+  write over the input) does not change what is read; one written in place since (its
+  size or modification time changed) is an error naming it;
+- anything unexpected (a text-format file, a malformed record, a big-endian host) makes
+  ``read_light`` return None and the caller loads the file the usual way.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import sys
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from drpopt.errors import BadInputError
+
+_T = onnx.TensorProto
+_PLAIN = frozenset(
+    [
+        _T.FLOAT,
+        _T.DOUBLE,
+        _T.FLOAT16,
+        _T.BFLOAT16,
+        _T.INT8,
+        _T.UINT8,
+        _T.INT16,
+        _T.UINT16,
+        _T.INT32,
+        _T.UINT32,
+        _T.INT64,
+        _T.UINT64,
+        _T.BOOL,
+    ]
+)
+_GRAPH, _INITIALIZER = 7, 5  # ModelProto.graph, GraphProto.initializer
+_DATA_TYPE, _SEGMENT, _RAW, _LOCATION = 2, 3, 9, 14  # TensorProto fields
+
+
+class _Malformed(Exception):
+    """The bytes are not the protobuf wire format this reader expects."""
+
+
+def _varint(buf, i: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        byte = buf[i]
+        i += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, i
+        shift += 7
+        if shift > 63:
+            raise _Malformed("varint too long")
+
+
+def _encode(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _records(buf, i: int, end: int):
+    """(field, wire type, record start, value start, value end) of each record in
+    ``buf[i:end]``."""
+    while i < end:
+        start = i
+        tag = buf[i]  # one-byte tags and lengths inline: a graph has a record per node
+        if tag < 0x80:
+            i += 1
+        else:
+            tag, i = _varint(buf, i)
+        wire = tag & 7
+        if wire == 2:
+            n = buf[i]
+            if n < 0x80:
+                i += 1
+            else:
+                n, i = _varint(buf, i)
+            stop = i + n
+        elif wire == 0:
+            _, stop = _varint(buf, i)
+        elif wire == 5:
+            stop = i + 4
+        elif wire == 1:
+            stop = i + 8
+        else:  # groups: not in onnx.proto
+            raise _Malformed(f"wire type {wire}")
+        if stop > end:
+            raise _Malformed("record past its end")
+        yield tag >> 3, wire, start, i, stop
+        i = stop
+
+
+def _raw_span(buf, start: int, end: int, least: int) -> tuple[int, int, int] | None:
+    """Where a plain tensor's ``raw_data`` of more than ``least`` bytes lies (record start,
+    data start, data end); None when the tensor must be parsed whole."""
+    dtype = 0
+    raw = None
+    for field, wire, rec, a, b in _records(buf, start, end):
+        if field == _DATA_TYPE and wire == 0:
+            dtype = _varint(buf, a)[0]
+        elif field == _RAW and wire == 2:
+            raw = (rec, a, b)
+        elif field in (_SEGMENT, _LOCATION):
+            return None
+    if raw is None or dtype not in _PLAIN or raw[2] - raw[1] <= least:
+        return None
+    return raw
+
+
+def _light_graph(buf, start: int, end: int, keep: int, spans: dict[int, tuple[int, int]]) -> bytes:
+    """The graph record's bytes with the raw data of large initializers left out: more
+    than ``8 * keep`` bytes, so more than ``keep`` elements of any plain dtype."""
+    least = 8 * keep
+    parts = []
+    copied = start  # bytes from here on are not yet in ``parts``
+    index = -1
+    for field, wire, rec, a, b in _records(buf, start, end):
+        if field != _INITIALIZER or wire != 2:
+            continue
+        index += 1
+        if b - a <= least:
+            continue
+        found = _raw_span(buf, a, b, least)
+        if found is None:
+            continue
+        raw_rec, raw_a, raw_b = found
+        body = buf[a:raw_rec] + buf[raw_b:b]
+        parts.append(buf[copied:rec])
+        parts.append(b"\x2a" + _encode(len(body)) + body)  # field 5, length-delimited
+        copied = b
+        spans[index] = (raw_a, raw_b - raw_a)
+    parts.append(buf[copied:end])
+    return b"".join(parts)
+
+
+class FileWeights:
+    """The tensors ``read_light`` left in the file: ``loader(index)`` per initializer index
+    of the main graph (None for one that was parsed whole). Owns ``fd``, the open file."""
+
+    def __init__(self, path: Path, fd: int, spans: dict[int, tuple[int, int]]) -> None:
+        self.path = path
+        self.spans = spans
+        self._fd = fd
+        self._stamp = _stamp(fd)
+        weakref.finalize(self, os.close, fd)
+
+    def loader(self, index: int, tensor: onnx.TensorProto) -> Callable[[], np.ndarray] | None:
+        span = self.spans.get(index)
+        if span is None:
+            return None
+        dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
+        dims, name = tuple(tensor.dims), tensor.name
+        return lambda: np.frombuffer(self._read(*span, name), dtype=dtype).reshape(dims)
+
+    def _read(self, offset: int, length: int, name: str) -> bytes:
+        data = os.pread(self._fd, length, offset)
+        while 0 < len(data) < length:
+            more = os.pread(self._fd, length - len(data), offset + len(data))
+            if not more:
+                break
+            data += more
+        if len(data) != length or _stamp(self._fd) != self._stamp:
+            raise BadInputError(
+                f"{self.path}: the file changed while it was in use (reading the data of "
+                f"'{name}'); run again on a model file that is not being written"
+            )
+        return data
+
+
+def _stamp(fd: int) -> tuple[int, int]:
+    """Size and modification time: a file written in place since reading has others (one
+    replaced by a rename keeps them: the open file is still the old one)."""
+    st = os.fstat(fd)
+    return st.st_size, st.st_mtime_ns
+
+
+def read_light(path: Path, keep: int) -> tuple[onnx.ModelProto, FileWeights] | None:
+    """The model in ``path`` with its weights of more than ``keep`` elements left in the
+    file (see the module rules), or None when the file is to be loaded the usual way."""
+    fmt = onnx.serialization.registry.get_format_from_file_extension(Path(path).suffix)
+    if sys.byteorder != "little" or fmt not in (None, "protobuf"):
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # onnx.load says what is wrong
+        return None
+    try:
+        with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as buf:
+            model, spans = _parse_light(buf, keep)
+        if model is not None:
+            return model, FileWeights(Path(path), fd, spans)
+    except Exception:  # malformed or unreadable: onnx.load says what is wrong
+        pass
+    os.close(fd)
+    return None
+
+
+def _parse_light(buf, keep: int) -> tuple[onnx.ModelProto | None, dict[int, tuple[int, int]]]:
+    spans: dict[int, tuple[int, int]] = {}
+    parts = []
+    graphs = 0
+    for field, wire, rec, a, b in _records(buf, 0, len(buf)):
+        if field == _GRAPH and wire == 2:
+            graphs += 1
+            body = _light_graph(buf, a, b, keep, spans)
+            parts.append(b"\x3a" + _encode(len(body)) + body)  # field 7
+        else:
+            parts.append(buf[rec:b])
+    if graphs != 1 or not spans:  # nothing left out: parse as usual
+        return None, spans
+    model = onnx.ModelProto()
+    model.ParseFromString(b"".join(parts))
+    return model, spans
+
+
+_RAW_DTYPES = {t: np.dtype(helper.tensor_dtype_to_np_dtype(t)) for t in _PLAIN}
+
+
+def tensor_array(tensor: onnx.TensorProto, base_dir: str = "") -> np.ndarray:
+    """``numpy_helper.to_array(tensor, base_dir)``, without its general path for the common
+    case (a plain dtype in ``raw_data``): the same array, read-only over the same bytes."""
+    dtype = _RAW_DTYPES.get(tensor.data_type)
+    if (
+        dtype is not None
+        and tensor.data_location != _T.EXTERNAL
+        and tensor.HasField("raw_data")
+        and not tensor.HasField("segment")
+        and sys.byteorder == "little"
+    ):
+        return np.frombuffer(tensor.raw_data, dtype=dtype).reshape(tensor.dims)
+    return numpy_helper.to_array(tensor, base_dir)

@@ -1,0 +1,155 @@
+"""Reading a model file without its weights (``ir/onnx_scan.py``): what is left in the
+file, what is parsed, and that analysis reads no weight while the passes still get them."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+
+from drpopt import analyze
+from drpopt.errors import BadInputError
+from drpopt.ir import from_onnx
+from drpopt.ir.fold import MAX_ELEMENTS
+from drpopt.ir.onnx_scan import FileWeights, read_light, tensor_array
+from drpopt.zoo import build
+
+
+def _saved(tmp_path, model: onnx.ModelProto, name: str = "m.onnx"):
+    path = tmp_path / name
+    onnx.save_model(model, str(path))
+    return path
+
+
+def test_large_weights_stay_in_the_file_and_everything_else_is_parsed(tmp_path):
+    model = build("resnet18")
+    path = _saved(tmp_path, model)
+    light, weights = read_light(path, keep=MAX_ELEMENTS)
+    full = onnx.load(str(path))
+    assert len(light.graph.initializer) == len(full.graph.initializer)
+    left = 0
+    pairs = zip(light.graph.initializer, full.graph.initializer, strict=True)
+    for index, (got, want) in enumerate(pairs):
+        if index in weights.spans:
+            left += 1
+            assert np.prod(want.dims) > MAX_ELEMENTS and not got.raw_data
+            stripped = onnx.TensorProto()
+            stripped.CopyFrom(want)
+            stripped.ClearField("raw_data")
+            assert got == stripped
+            array = weights.loader(index, got)()
+            expected = numpy_helper.to_array(want)
+            assert array.dtype == expected.dtype and array.shape == expected.shape
+            assert array.flags.writeable == expected.flags.writeable
+            np.testing.assert_array_equal(array, expected)
+        else:
+            assert got == want  # small tensors (shape arguments) parsed whole
+    assert left > 10
+    assert list(light.graph.node) == list(full.graph.node)
+    assert light.opset_import == full.opset_import
+
+
+def test_analysing_a_path_reads_no_weight_and_gives_what_the_proto_gives(tmp_path, monkeypatch):
+    model = build("resnet18")
+    path = _saved(tmp_path, model)
+    want = analyze(model).to_dict()
+
+    def refuse(self, offset, length, name):
+        raise AssertionError(f"analysis read the weight {name}")
+
+    monkeypatch.setattr(FileWeights, "_read", refuse)
+    got = analyze(path).to_dict()
+    got["model"]["source"] = want["model"]["source"]
+    assert got == want
+
+
+def test_weights_are_read_from_the_file_the_model_came_from(tmp_path):
+    model = build("resnet18")
+    path = _saved(tmp_path, model)
+    graph = from_onnx(path)
+    other = _saved(tmp_path, _scaled(model), "other.onnx")
+    os.replace(other, path)  # an atomic write over the input (prune --force)
+    expected = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for value in graph.initializers:
+        np.testing.assert_array_equal(value.const, expected[value.name])
+
+
+@pytest.mark.parametrize("how", ["cut short", "same size"])
+def test_a_file_written_in_place_after_reading_is_an_error_naming_it(tmp_path, how):
+    path = _saved(tmp_path, build("resnet18"))
+    graph = from_onnx(path)
+    with open(path, "r+b") as fh:
+        if how == "cut short":
+            fh.truncate(1000)
+        else:
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(size // 2)
+            fh.write(b"\x00" * 64)
+    stat = os.stat(path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    with pytest.raises(BadInputError, match=f"{path.name}: the file changed while it was in use"):
+        for value in graph.initializers:
+            value.const  # noqa: B018
+
+
+def test_text_format_and_garbage_are_left_to_onnx_load(tmp_path):
+    path = tmp_path / "m.txt"
+    path.write_text("not a model")
+    assert read_light(path, keep=MAX_ELEMENTS) is None
+    garbage = tmp_path / "g.onnx"
+    garbage.write_bytes(b"\xff" * 64)
+    assert read_light(garbage, keep=MAX_ELEMENTS) is None
+    with pytest.raises(BadInputError, match="not a readable ONNX model"):
+        from_onnx(garbage)
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(12, dtype=np.float32).reshape(3, 4),
+        np.array(5, dtype=np.int64),
+        np.zeros((0, 3), np.int32),
+        np.array([True, False]),
+        np.arange(6, dtype=np.float16).reshape(2, 3),
+    ],
+)
+def test_tensor_array_is_numpy_helpers_array(array):
+    for tensor in (
+        numpy_helper.from_array(array, "x"),
+        helper.make_tensor("y", helper.np_dtype_to_tensor_dtype(array.dtype), array.shape, array),
+    ):
+        got, want = tensor_array(tensor), numpy_helper.to_array(tensor)
+        assert got.dtype == want.dtype and got.shape == want.shape
+        assert got.flags.writeable == want.flags.writeable
+        np.testing.assert_array_equal(got, want)
+
+
+def _scaled(model: onnx.ModelProto) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for t in out.graph.initializer:
+        if t.data_type == onnx.TensorProto.FLOAT:
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * 2 + 1, t.name))
+    return out
+
+
+def test_analysing_a_model_with_external_data_reads_none_of_it(tmp_path):
+    model = build("resnet18")
+    path = tmp_path / "ext.onnx"
+    external = onnx.ModelProto()
+    external.CopyFrom(model)  # saving with external data rewrites the proto it is given
+    onnx.save_model(
+        external, str(path), save_as_external_data=True, location="ext.data", size_threshold=0
+    )
+    with open(tmp_path / "ext.data", "r+b") as fh:
+        fh.truncate(0)  # any read of a weight would now fail
+    want = analyze(model).to_dict()
+    got = analyze(path).to_dict()
+    got["model"]["source"] = want["model"]["source"]
+    assert got == want
+    weight = from_onnx(path).values["stem.conv.weight"]
+    with pytest.raises(ValueError):  # onnx refuses the short read
+        weight.const  # noqa: B018
