@@ -159,6 +159,7 @@ def _from_onnx(
 
     model, weights = read_for_analysis(source)
     where = where or (str(source) if not isinstance(source, onnx.ModelProto) else "model")
+    _check_initializers(model.graph, where)
     base_dir = "" if isinstance(source, onnx.ModelProto) else str(Path(source).parent)
     model = fix_input_shapes(model, input_shapes or {})
     opset = check_opset(model, where)
@@ -187,6 +188,22 @@ def _from_onnx(
     graph.meta["source"] = where
     graph.meta["input_shapes"] = input_dims(model)
     return graph
+
+
+def _check_initializers(gp: onnx.GraphProto, where: str) -> None:
+    """Two initializers of one name must agree on shape and dtype (onnxruntime takes the
+    last of equal ones, and refuses the model otherwise)."""
+    seen: dict[str, tuple[int, tuple[int, ...]]] = {}
+    for init in gp.initializer:
+        here = (init.data_type, tuple(init.dims))
+        first = seen.setdefault(init.name, here)
+        if first != here:
+            kinds = [f"{_np_dtype(t)} {dims}" for t, dims in (first, here)]
+            raise BadInputError(
+                f"{where}: initializer '{init.name}' is defined twice, as {kinds[0]} and as "
+                f"{kinds[1]} (onnxruntime refuses such a model too); re-export the model, or "
+                "keep one of the two initializers"
+            )
 
 
 # ---- conversion -------------------------------------------------------------------------
