@@ -154,6 +154,29 @@ def render_analysis(
     console.print(group_table(result, limit))
     if limit is not None and len(result.groups) > limit:
         console.print(f"... {len(result.groups) - limit} more groups (use --json for all)")
+    console.print(_totals_table(result, fig, zeros))
+    locked_by = result.locked_by()
+    if locked_by:
+        console.print("[bold]locked by[/]")
+        for cause, count in list(locked_by.items())[:10]:
+            console.print(f"  {cause}: {count} group{'s' if count != 1 else ''}")
+        if len(locked_by) > 10:
+            console.print(f"  ... and {len(locked_by) - 10} more causes")
+    if result.unsupported:
+        ops = sorted({op for op, _ in result.unsupported})
+        console.print(
+            f"[yellow]{len(result.unsupported)} node(s) without a coupling rule[/] "
+            f"({', '.join(ops)}): their channels are locked"
+        )
+    console.print(f"[dim]{TOTALS_NOTE}[/]", highlight=False)
+    if not zeros:
+        console.print(f"[dim]{ZEROS_NOTE}[/]", highlight=False)
+    console.print(shapes_line(fig["input_shapes"]), highlight=False)
+    console.print(f"[dim]analysed {len(result.graph.nodes)} nodes in {result.seconds:.3f} s[/]")
+
+
+def _totals_table(result: Analysis, fig: dict, zeros: bool) -> Table:
+    """Parameters and MACs with their shares (and zeros when counted), groups, channels."""
     totals = Table.grid(padding=(0, 2))
     totals.add_column(style="bold")
     totals.add_column(justify="right")
@@ -186,25 +209,7 @@ def render_analysis(
         str(sum(g.size for g in result.groups)),
         f"{sum(g.size for g in prunable)} prunable",
     )
-    console.print(totals)
-    locked_by = result.locked_by()
-    if locked_by:
-        console.print("[bold]locked by[/]")
-        for cause, count in list(locked_by.items())[:10]:
-            console.print(f"  {cause}: {count} group{'s' if count != 1 else ''}")
-        if len(locked_by) > 10:
-            console.print(f"  ... and {len(locked_by) - 10} more causes")
-    if result.unsupported:
-        ops = sorted({op for op, _ in result.unsupported})
-        console.print(
-            f"[yellow]{len(result.unsupported)} node(s) without a coupling rule[/] "
-            f"({', '.join(ops)}): their channels are locked"
-        )
-    console.print(f"[dim]{TOTALS_NOTE}[/]", highlight=False)
-    if not zeros:
-        console.print(f"[dim]{ZEROS_NOTE}[/]", highlight=False)
-    console.print(shapes_line(fig["input_shapes"]), highlight=False)
-    console.print(f"[dim]analysed {len(result.graph.nodes)} nodes in {result.seconds:.3f} s[/]")
+    return totals
 
 
 def pass_timings(records) -> Table:
