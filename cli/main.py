@@ -127,8 +127,9 @@ def analyze(
     A group owns the weights of the channels it produces (each weight in exactly one group),
     so the shares add up: in prunable + in locked groups + in no group = 100%. --json adds
     removes_params/removes_macs per group: what pruning the whole group would remove. The
-    README's "Figures" table gives every figure's meaning. No weight is read (the model's
-    external data may be absent or unreadable) unless --count-zeros asks for the zeros.
+    README's "Figures" table gives every figure's meaning. No weight is read (an external
+    .data file must be beside the model, but may be truncated or unreadable) unless
+    --count-zeros asks for the zeros.
     """
     from drpopt.cli.options import steps
     from drpopt.cli.render import analysis_dict, render_analysis
