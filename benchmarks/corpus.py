@@ -15,10 +15,11 @@ so that a hang or a crash becomes a ``timeout`` / ``crash`` row instead of stopp
 - ``params`` / ``MACs``: compact over dense at rate 0.5 (``mask:rate=0.5`` then ``compact``,
   counted by ``drpopt.analyze`` on the compact model), with the default mask settings and
   with ``keep_first=false:keep_last=false`` (``all``);
-- ``params 0.5 per layer``: the default ``params 0.5`` with the dense model counted per
-  layer, a weight shared by several layers (an exporter's deduplicated constants) once per
-  layer, as the torch model that was exported counts it (and as Torch-Pruning's figures do);
-  compaction gives each layer its own cut copy. Empty where no weight is shared;
+- ``params 0.5 per layer``: the default ``params 0.5`` with both models counted per
+  layer, a weight shared by several layers (an exporter's deduplicated constants, or the
+  cut copies compaction shares again when they stay equal) once per layer that reads it,
+  as the torch model that was exported counts it (and as Torch-Pruning's figures do).
+  Empty where no weight is shared;
 - ``largest lock``: the locked group with the largest parameter share, its reason and node,
   leaving out the prediction outputs (which stay whole by design) unless nothing else is
   locked.
@@ -74,9 +75,10 @@ def _median_time(fn, runs: int) -> float:
     return statistics.median(times)
 
 
-def _compact_ratios(model, dense, keep: bool | None) -> tuple[float, float]:
-    """(params, MACs) of the compact model at rate 0.5 over those of ``dense`` (the input
-    model's analysis)."""
+def _compact_ratios(model, dense, keep: bool | None) -> tuple[float, float, float]:
+    """(params, MACs, params per layer) of the compact model at rate 0.5 over those of
+    ``dense`` (the input model's analysis); per layer, both models count a weight several
+    layers share once per layer (compaction may share equal cut copies again)."""
     import drpopt
     from drpopt.ir.to_onnx import to_onnx
     from drpopt.passes import CompactPass, MaskPass, PassManager
@@ -84,7 +86,8 @@ def _compact_ratios(model, dense, keep: bool | None) -> tuple[float, float]:
     flags = {} if keep is None else {"keep_first": keep, "keep_last": keep}
     result = PassManager([MaskPass(rate=0.5, **flags), CompactPass()])(model)
     small = drpopt.analyze(to_onnx(result.model))
-    return small.params / max(dense.params, 1), small.macs / max(dense.macs, 1)
+    per_layer = _per_layer_params(small) / max(_per_layer_params(dense), 1)
+    return small.params / max(dense.params, 1), small.macs / max(dense.macs, 1), per_layer
 
 
 def _per_layer_params(analysis) -> int:
@@ -145,15 +148,14 @@ def measure_one(path: Path, runs: int) -> None:
     )
     for label, keep in (("default", None), ("all", False)):
         try:
-            params, macs = _compact_ratios(model, analysis, keep)
+            params, macs, per_layer = _compact_ratios(model, analysis, keep)
         except Exception as err:  # a row says what failed; the run goes on
             msg = f"{type(err).__name__}: {str(err).splitlines()[0][:100]}"
             _emit(stage=f"compact-{label}", **{f"params_{label}": "error", f"error_{label}": msg})
             continue
         _emit(stage=f"compact-{label}", **{f"params_{label}": params, f"macs_{label}": macs})
-        per_layer = _per_layer_params(analysis)
-        if label == "default" and per_layer != analysis.params:
-            _emit(stage="per-layer", params_per_layer=params * analysis.params / per_layer)
+        if label == "default" and _per_layer_params(analysis) != analysis.params:
+            _emit(stage="per-layer", params_per_layer=per_layer)
 
 
 def run_model(path: Path, timeout: float, runs: int) -> dict[str, Any]:
