@@ -204,10 +204,19 @@ def _best_mapping(graph: Graph, params, uses, rounds: int = 3):
             break
         trial_levels = {**levels, **raise_}
         trial = _solve(graph, trial_levels, params, uses)
-        if trial[2] <= best[2]:
+        if _gain(trial) <= _gain(best):
             break
         best, levels = trial, trial_levels
     return best
+
+
+def _gain(solved) -> tuple[int, int]:
+    """What a mapping prunes: the parameters its prunable groups cover, then how many weight
+    axes they slice (a q/k/v weight whose input axis a prunable stream already covers gains
+    its output axis when the heads map: the same parameters, one more prunable axis)."""
+    groups = [g for g in solved[1] if g.prunable]
+    axes = {(m.tensor, m.axis) for g in groups for m in g.members if m.tensor}
+    return solved[2], len(axes)
 
 
 def _where(model: Any) -> str:

@@ -19,6 +19,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from drpopt.ir import rules_einsum  # noqa: F401  (registers the Einsum rule)
 from drpopt.ir.core import Graph, Node, Value
 from drpopt.ir.rules import RULES, CompactHook
 from drpopt.ir.rules_layers import _shapes_read, frozen_size_cast

@@ -138,6 +138,12 @@ def _text_image(height: int, width: int, seed: int = 0) -> np.ndarray:
     return ((img / 255.0 - 0.485) / 0.229)[None, None].repeat(3, 1).astype(np.float32)
 
 
+def _einsum_vit() -> onnx.ModelProto:
+    from einsum_torch import export
+
+    return export()
+
+
 def _caffe2(name: str) -> onnx.ModelProto:
     from caffe2_models import available, caffe2_model
 
@@ -190,6 +196,9 @@ MODELS = {
         0.3,
         set(),
     ),
+    # attention, MLP and q/k/v written with torch.einsum (Einsum nodes): heads, hidden
+    # and width prune through them
+    "einsum_vit": (lambda: _einsum_vit(), 0.99, 0.3, {OUTPUT}),
     # onnx-caffe2's exports (the onnx package's test data): LRN sums over neighbouring
     # channels (locked); the classifier weight is reshaped at run time before its Gemm
     "caffe2_inception_v1": (lambda: _caffe2("inception_v1"), 0.99, 0.3, {"LRN", *CAFFE2}),
