@@ -120,16 +120,15 @@ def _fill(value: Value, memo: Memo) -> None:
         if v in memo:
             continue
         if deps is None:
-            deps = _deps(v)
+            deps = [d for d in _deps(v) if d not in memo]
             if deps:
                 on_stack.add(id(v))
                 stack.append((v, deps))
                 for d in deps:
-                    if d not in memo:
-                        if id(d) in on_stack:  # a cycle (malformed model): nothing to read
-                            memo[d] = None
-                        else:
-                            stack.append((d, None))
+                    if id(d) in on_stack:  # a cycle (malformed model): nothing to read
+                        memo[d] = None
+                    else:
+                        stack.append((d, None))
                 continue
         on_stack.discard(id(v))
         try:
@@ -162,8 +161,10 @@ def _kind(dtype) -> str:
 
 def _may_be_shape(value: Value) -> bool:
     dtype = value.dtype
-    if dtype is not None and _kind(dtype) not in "iub":
-        return False
+    if dtype is not None:
+        kind = dtype.kind if isinstance(dtype, np.dtype) else np.dtype(dtype).kind
+        if kind not in "iub":
+            return False
     shape = value.shape
     return shape is None or len(shape) <= 2
 
@@ -385,7 +386,8 @@ def const_ints(value: Value | None) -> list[int] | None:
     """The flattened values of an integer constant, or None when it is not constant."""
     if value is None or not value.is_const:
         return None
-    return [int(x) for x in np.asarray(value.const).reshape(-1)]
+    flat = np.asarray(value.const).reshape(-1)
+    return flat.tolist() if flat.dtype.kind in "iu" else [int(x) for x in flat]
 
 
 def literal_source(value: Value | None, k: int, memo: Memo | None = None):
