@@ -83,6 +83,10 @@ _BINARY_SHAPE_OPS = frozenset(
     ["Mul", "Add", "Sub", "Div", "Mod", "Max", "Min", "Equal", "Less", "Greater"]
 )
 _MAX_ENTRIES = MAX_ELEMENTS  # shape arithmetic only
+# how many inputs ``_evaluate`` reads from the memo: the first, or all
+_READS = dict.fromkeys(_UNARY_SHAPE_OPS, 1) | dict.fromkeys(
+    [*_BINARY_SHAPE_OPS, "Concat", "Where"], 2
+)
 
 
 def shape_entries(value: Value | None, memo: Memo | None = None) -> list[Entry] | None:
@@ -114,23 +118,24 @@ Entries = tuple[tuple[int, ...], tuple]
 
 def _fill(value: Value, memo: Memo) -> None:
     stack: list[tuple[Value, list[Value] | None]] = [(value, None)]
-    on_stack: set[int] = set()
+    pop, push = stack.pop, stack.append
+    on_stack: set[Value] = set()  # values hash by identity
     while stack:
-        v, deps = stack.pop()
+        v, deps = pop()
         if v in memo:
             continue
         if deps is None:
             deps = [d for d in _deps(v) if d not in memo]
             if deps:
-                on_stack.add(id(v))
-                stack.append((v, deps))
+                on_stack.add(v)
+                push((v, deps))
                 for d in deps:
-                    if id(d) in on_stack:  # a cycle (malformed model): nothing to read
+                    if d in on_stack:  # a cycle (malformed model): nothing to read
                         memo[d] = None
                     else:
-                        stack.append((d, None))
+                        push((d, None))
                 continue
-        on_stack.discard(id(v))
+        on_stack.discard(v)
         try:
             memo[v] = _evaluate(v, memo)
         except (ValueError, IndexError, TypeError):  # malformed shape arithmetic
@@ -174,13 +179,14 @@ def _deps(value: Value) -> list[Value]:
     node = value.producer
     if node is None or value.is_const or not _may_be_shape(value):
         return []
-    op = node.op_type
-    if op in _UNARY_SHAPE_OPS:
-        x = node.input(0)
+    reads = _READS.get(node.op_type)
+    if reads is None:
+        return []
+    inputs = node.inputs
+    if reads == 1:
+        x = inputs[0] if inputs else None
         return [x] if x is not None else []
-    if op in _BINARY_SHAPE_OPS or op == "Concat" or op == "Where":
-        return [v for v in node.inputs if v is not None]
-    return []
+    return [v for v in inputs if v is not None]
 
 
 def _objects(values, shape=None) -> np.ndarray:
