@@ -203,7 +203,25 @@ def _gather(node: Node, ins: list[Value], memo: NumericMemo) -> tuple[int, ...] 
     return (*data[:axis], *idx, *data[axis + 1 :])  # type: ignore[index]
 
 
+def _pad(node: Node, ins: list[Value], memo: NumericMemo) -> tuple[int, ...] | None:
+    """Pad with its pads as an input (opset 11+; no ``axes``): ONNX's inference adds
+    ``pads[i] + pads[i + rank]`` to each dim when it is handed the pads as 1-D int64 data."""
+    x, pads_in = node.input(0), node.input(1)
+    if node.attr("pads") is not None or pads_in is None or node.input(3) is not None:
+        return None
+    if np.dtype(pads_in.dtype) != np.int64 or len(pads_in.shape) != 1:  # type: ignore[arg-type]
+        return None
+    shape, count = x.shape, pads_in.numel  # type: ignore[union-attr]
+    pads = _numbers(pads_in, memo) if count is not None and count <= MAX_DATA else None
+    if pads is None or len(pads) != count or count != 2 * len(shape):  # type: ignore[arg-type]
+        return None
+    rank = len(shape)  # type: ignore[arg-type]
+    out = tuple(d + pads[i] + pads[i + rank] for i, d in enumerate(shape))  # type: ignore[arg-type]
+    return out if all(d >= 0 for d in out) else None
+
+
 _DATA_SHAPE = {
+    "Pad": _pad,
     "Reshape": _reshape,
     "Unsqueeze": _unsqueeze,
     "ConstantOfShape": _constant_of_shape,
