@@ -131,7 +131,10 @@ def _fast_shape(node: Node, ins: list[Value], memo: NumericMemo) -> tuple[int, .
         if op in _SAME_SHAPE:
             return tuple(ins[0].shape)  # type: ignore[arg-type]
         if op in _BROADCAST:
-            return tuple(np.broadcast_shapes(*(tuple(v.shape) for v in ins)))  # type: ignore[arg-type]
+            shapes = [tuple(v.shape) for v in ins]  # type: ignore[arg-type]
+            if shapes and all(s == shapes[0] for s in shapes):  # most: no numpy call
+                return shapes[0]
+            return tuple(np.broadcast_shapes(*shapes))
         if op == "Transpose":
             shape = ins[0].shape
             perm = node.attr("perm") or list(reversed(range(len(shape))))  # type: ignore[arg-type]
