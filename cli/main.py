@@ -18,8 +18,8 @@ try:  # typer >= 0.20 vendors click
 except ImportError:  # pragma: no cover
     from click import ClickException
 
-from drpopt.cli.options import console_for, handle_errors, shape_option, shape_warning, warn
-from drpopt.cli.params import AnalyzeJson, AnalyzeModel, Limit, Strict
+from drpopt.cli.options import console_for, dims_warning, handle_errors, shape_option, warn
+from drpopt.cli.params import AnalyzeJson, AnalyzeModel, CountZeros, Limit, Strict
 from drpopt.errors import CheckFailedError
 
 
@@ -118,6 +118,7 @@ def analyze(
     as_json: AnalyzeJson = False,
     strict: Strict = False,
     limit: Limit = None,
+    count_zeros: CountZeros = False,
     input_shapes: dict | None = None,
 ) -> None:
     """Find the coupled channel groups of MODEL, the parameters and MACs each owns, and what
@@ -126,24 +127,24 @@ def analyze(
     A group owns the weights of the channels it produces (each weight in exactly one group),
     so the shares add up: in prunable + in locked groups + in no group = 100%. --json adds
     removes_params/removes_macs per group: what pruning the whole group would remove. The
-    README's "Figures" table gives every figure's meaning.
+    README's "Figures" table gives every figure's meaning. No weight is read (an external
+    .data file must be beside the model, but may be truncated or unreadable) unless
+    --count-zeros asks for the zeros.
     """
     from drpopt.cli.options import steps
     from drpopt.cli.render import analysis_dict, render_analysis
     from drpopt.ir.analysis import analyze as run_analysis
-    from drpopt.ir.from_onnx import load_model
-    from drpopt.ir.input_shapes import fix_input_shapes
 
-    proto = fix_input_shapes(load_model(model), input_shapes or {})
-    warning = shape_warning(proto, input_shapes or {})
+    with steps(1, "analysing the channel groups"):
+        result = run_analysis(model, where=str(model), input_shapes=input_shapes or {})
+    warning = dims_warning(result.graph.meta.get("input_shapes") or {})
     if warning:
         warn(warning)
-    with steps(1, "analysing the channel groups"):
-        result = run_analysis(proto, where=str(model))
     if as_json:
-        sys.stdout.write(json.dumps(analysis_dict(result), indent=2) + "\n")
+        data = analysis_dict(result, zeros=count_zeros)
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
     else:
-        render_analysis(console_for(), result, limit=limit)
+        render_analysis(console_for(), result, limit=limit, zeros=count_zeros)
     if strict and result.unsupported:
         ops = ", ".join(f"{op} '{name}'" for op, name in result.unsupported[:5])
         more = len(result.unsupported) - 5

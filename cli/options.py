@@ -225,12 +225,24 @@ def shape_option(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def shape_warning(model: Any, given: dict) -> str | None:
     """One line naming the unknown non-batch input dims ``model`` still has, or None."""
-    from drpopt.ir.input_shapes import example, input_dims, show, symbolic_input_dims
+    from drpopt.ir.input_shapes import input_dims
 
-    unknown = symbolic_input_dims(model, skip_batch=True)
+    return dims_warning(input_dims(model))
+
+
+def dims_warning(dims: dict[str, Any]) -> str | None:
+    """``shape_warning`` from the input dims (``input_dims``, a graph's
+    ``meta["input_shapes"]``): one line naming the unknown non-batch dims, or None."""
+    from drpopt.ir.input_shapes import example, show
+
+    unknown = {
+        name: [a for a, d in enumerate(ds) if a > 0 and not isinstance(d, int)]
+        for name, ds in dims.items()
+        if ds is not None
+    }
+    unknown = {name: axes for name, axes in unknown.items() if axes}
     if not unknown:
         return None
-    dims = input_dims(model)
     parts = []
     for name, axes in unknown.items():
         parts.append(f"'{name}' {show(dims[name])} (axes {', '.join(map(str, axes))})")

@@ -93,6 +93,14 @@ Bgr = Annotated[bool, typer.Option("--bgr", help="Feed channels as BGR (default 
 AnalyzeModel = Annotated[Path, typer.Argument(metavar="MODEL", help="ONNX model file (.onnx)")]
 AnalyzeJson = Annotated[bool, typer.Option("--json", help="Print the analysis as JSON on stdout.")]
 Strict = Annotated[bool, typer.Option("--strict", help="Exit 1 if any op has no coupling rule.")]
+CountZeros = Annotated[
+    bool,
+    typer.Option(
+        "--count-zeros",
+        help="Also count the zero weights (nonzero parameters, MACs with zeros skipped); "
+        "reads every weight, which the analysis alone never does.",
+    ),
+]
 Limit = Annotated[
     int | None,
     typer.Option("--limit", metavar="N", help="Show at most this many groups.", min=1),

@@ -72,15 +72,16 @@ def _short_reason(g: Group) -> str:
     return first + (f" (+{more} more)" if more else "")
 
 
-def analysis_dict(result: Analysis) -> dict:
+def analysis_dict(result: Analysis, zeros: bool = False) -> dict:
     """The ``--json`` form: ``Analysis.to_dict()`` with the shared figures
     (``passes/figures.py``): per group ``params``/``macs`` are what it owns (they add up) and
     ``removes_params``/``removes_macs`` what pruning it whole removes; the totals split the
-    model into prunable, locked and ungrouped, plus the input shapes."""
+    model into prunable, locked and ungrouped, plus the input shapes. ``nonzero_params`` and
+    ``macs_nonzero`` are None unless ``zeros`` (counting them reads every weight)."""
     from drpopt.passes.figures import group_shares, model_figures
 
     data = result.to_dict()
-    fig = model_figures(result.graph, analysis=result)
+    fig = model_figures(result.graph, analysis=result, zeros=zeros)
     shares = group_shares(result)
     for g in data["groups"]:
         g["removes_params"], g["removes_macs"] = g["params"], g["macs"]
@@ -138,49 +139,22 @@ SHARE_ROWS = (
     ("in no group", "ungrouped"),
 )
 TOTALS_NOTE = "in prunable / locked / no group: each weight counted once (they add up to 100%)"
+ZEROS_NOTE = "zeros not counted (the analysis reads no weight; --count-zeros counts them)"
 
 
-def render_analysis(console: Console, result: Analysis, limit: int | None = None) -> None:
-    """The group table, then totals: parameters, MACs, prunable shares, locks."""
+def render_analysis(
+    console: Console, result: Analysis, limit: int | None = None, zeros: bool = False
+) -> None:
+    """The group table, then totals: parameters, MACs, prunable shares, locks; with
+    ``zeros`` also the nonzero weights and the MACs with zeros skipped (reads every weight:
+    shown where they differ from the totals)."""
     from drpopt.passes.figures import model_figures
 
-    fig = model_figures(result.graph, analysis=result)
+    fig = model_figures(result.graph, analysis=result, zeros=zeros)
     console.print(group_table(result, limit))
     if limit is not None and len(result.groups) > limit:
         console.print(f"... {len(result.groups) - limit} more groups (use --json for all)")
-    totals = Table.grid(padding=(0, 2))
-    totals.add_column(style="bold")
-    totals.add_column(justify="right")
-    totals.add_column()
-    prunable = result.prunable_groups
-    for what, key, total in (
-        ("parameters", "params", fig["params"]),
-        ("MACs", "macs", fig["macs"]),
-    ):
-        totals.add_row(what, human(total), "")
-        for label, part in SHARE_ROWS:
-            value = fig[f"{part}_{key}"]
-            if part != "ungrouped" or value:
-                totals.add_row(f"  {label}", human(value), pct(value, total))
-        if key == "params" and fig["nonzero_params"] != total:
-            totals.add_row(
-                "  nonzero", human(fig["nonzero_params"]), pct(fig["nonzero_params"], total)
-            )
-        if key == "macs" and fig["macs_nonzero"] != total:
-            totals.add_row(
-                "  zeros skipped", human(fig["macs_nonzero"]), pct(fig["macs_nonzero"], total)
-            )
-    totals.add_row(
-        "groups",
-        str(len(result.groups)),
-        f"{len(prunable)} prunable, {len(result.locked_groups)} locked",
-    )
-    totals.add_row(
-        "channels",
-        str(sum(g.size for g in result.groups)),
-        f"{sum(g.size for g in prunable)} prunable",
-    )
-    console.print(totals)
+    console.print(_totals_table(result, fig, zeros))
     locked_by = result.locked_by()
     if locked_by:
         console.print("[bold]locked by[/]")
@@ -195,8 +169,47 @@ def render_analysis(console: Console, result: Analysis, limit: int | None = None
             f"({', '.join(ops)}): their channels are locked"
         )
     console.print(f"[dim]{TOTALS_NOTE}[/]", highlight=False)
+    if not zeros:
+        console.print(f"[dim]{ZEROS_NOTE}[/]", highlight=False)
     console.print(shapes_line(fig["input_shapes"]), highlight=False)
     console.print(f"[dim]analysed {len(result.graph.nodes)} nodes in {result.seconds:.3f} s[/]")
+
+
+def _totals_table(result: Analysis, fig: dict, zeros: bool) -> Table:
+    """Parameters and MACs with their shares (and zeros when counted), groups, channels."""
+    totals = Table.grid(padding=(0, 2))
+    totals.add_column(style="bold")
+    totals.add_column(justify="right")
+    totals.add_column()
+    prunable = result.prunable_groups
+    for what, key, total in (
+        ("parameters", "params", fig["params"]),
+        ("MACs", "macs", fig["macs"]),
+    ):
+        totals.add_row(what, human(total), "")
+        for label, part in SHARE_ROWS:
+            value = fig[f"{part}_{key}"]
+            if part != "ungrouped" or value:
+                totals.add_row(f"  {label}", human(value), pct(value, total))
+        if key == "params" and zeros and fig["nonzero_params"] != total:
+            totals.add_row(
+                "  nonzero", human(fig["nonzero_params"]), pct(fig["nonzero_params"], total)
+            )
+        if key == "macs" and zeros and fig["macs_nonzero"] != total:
+            totals.add_row(
+                "  zeros skipped", human(fig["macs_nonzero"]), pct(fig["macs_nonzero"], total)
+            )
+    totals.add_row(
+        "groups",
+        str(len(result.groups)),
+        f"{len(prunable)} prunable, {len(result.locked_groups)} locked",
+    )
+    totals.add_row(
+        "channels",
+        str(sum(g.size for g in result.groups)),
+        f"{sum(g.size for g in prunable)} prunable",
+    )
+    return totals
 
 
 def pass_timings(records) -> Table:

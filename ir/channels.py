@@ -54,17 +54,17 @@ class ChannelGraph:
     # ---- API for rules --------------------------------------------------------------
     def space(self, value: Value, axis: int) -> int | None:
         """The id of ``(value, axis)``; None for size-1 axes (nothing to prune or couple)."""
-        rank = value.rank
-        if rank is None:
+        shape = value.shape  # (this runs for every axis a rule mentions: kept lean)
+        if shape is None:
             return None
         if axis < 0:
-            axis += rank
+            axis += len(shape)
         key = (value.name, axis)
         self.touched.add(key)
         sid = self._index.get(key)
         if sid is not None:
             return sid
-        dim = value.shape[axis]  # type: ignore[index]
+        dim = shape[axis]
         if dim == 1 or dim == 0:
             return None
         length = dim if isinstance(dim, int) else None
@@ -122,21 +122,22 @@ class ChannelGraph:
     def independent(self, value: Value | None, axes=None) -> None:
         """Declares that the current node neither couples nor constrains these axes of
         ``value`` (all axes when ``axes`` is None): a Shape reads only metadata."""
-        if value is None or value.rank is None:
+        if value is None or value.shape is None:
             return
-        for ax in range(value.rank) if axes is None else axes:
-            self.touched.add((value.name, ax % value.rank))
+        rank, name = len(value.shape), value.name
+        self.touched.update((name, ax % rank) for ax in (range(rank) if axes is None else axes))
 
     def lock_untouched(self, node: Node) -> None:
         """Locks every axis of the node's inputs and outputs that its rule neither related
         nor declared independent (a rule that forgets an axis never leaves it free)."""
-        touched = self.touched
+        touched, locked = self.touched, self.locked_values
         for v in (*node.inputs, *node.outputs):
-            if v is None or v.rank is None or v.name in self.locked_values:
+            if v is None or v.shape is None or v.name in locked:
                 continue
-            for ax in range(v.rank):
-                key = (v.name, ax)
-                if key in touched or v.shape[ax] == 1:  # type: ignore[index]
+            name = v.name
+            for ax, dim in enumerate(v.shape):
+                key = (name, ax)
+                if dim == 1 or key in touched:
                     continue
                 lock = Lock(
                     "rule",

@@ -61,6 +61,15 @@ class Value:
         self.__dict__["_token"] = object()
         self._touch_owner()
 
+    def peek_const(self) -> np.ndarray | None:
+        """The constant, without keeping a lazily loaded weight: one not read yet is read
+        and handed over, not stored (a count over every weight holds one at a time)."""
+        d = self.__dict__
+        const = d.get("_const")
+        if const is None and d.get("_lazy") is not None:
+            return d["_lazy"]()
+        return const
+
     def share_const(self, other: Value) -> None:
         """Holds the same constant as ``other`` (loaded or not): no copy."""
         self.__dict__["_const"] = other.__dict__.get("_const")

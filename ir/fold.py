@@ -81,115 +81,148 @@ def evaluate(
 def _eval(
     op: str, attrs: Mapping[str, Any], vals: list, max_elements: int | None
 ) -> list[np.ndarray] | None:
-    x = vals[0] if vals else None
-    if op in ("Identity",):
-        return [x]
-    if op == "Cast":
-        return [np.asarray(x).astype(helper.tensor_dtype_to_np_dtype(attrs["to"]))]
-    if op == "Unsqueeze":
-        out = np.asarray(x)
-        axes = _axes(attrs, vals)
-        if axes is None:
-            return None
-        rank = out.ndim + len(axes)
-        for a in sorted(a % rank for a in axes):
-            out = np.expand_dims(out, a)
-        return [out]
-    if op == "Squeeze":
-        axes = _axes(attrs, vals)
-        out = np.asarray(x)
-        return [np.squeeze(out, axis=tuple(axes)) if axes else np.squeeze(out)]
-    if op == "Concat":
-        return [np.concatenate([np.asarray(v) for v in vals], axis=attrs.get("axis", 0))]
-    if op == "Gather":
-        return [np.take(np.asarray(x), np.asarray(vals[1]), axis=attrs.get("axis", 0))]
-    if op == "Mod":
-        a, b = np.asarray(vals[0]), np.asarray(vals[1])
-        out = np.fmod(a, b) if attrs.get("fmod", 0) else np.mod(a, b)
-        return [np.asarray(out).astype(np.result_type(a, b))]
-    if op in ("Add", "Sub", "Mul", "Div"):
+    """One op over numbers: the table below, one small function per op (None: not folded)."""
+    fn = _EVAL.get(op)
+    if fn is None:
+        return None
+    out = fn(attrs, vals, max_elements)
+    return None if out is None else [out]
+
+
+def _identity(attrs, vals, _limit):
+    return vals[0] if vals else None
+
+
+def _cast(attrs, vals, _limit):
+    return np.asarray(vals[0]).astype(helper.tensor_dtype_to_np_dtype(attrs["to"]))
+
+
+def _unsqueeze(attrs, vals, _limit):
+    out = np.asarray(vals[0])
+    axes = _axes(attrs, vals)
+    if axes is None:
+        return None
+    rank = out.ndim + len(axes)
+    for a in sorted(a % rank for a in axes):
+        out = np.expand_dims(out, a)
+    return out
+
+
+def _squeeze(attrs, vals, _limit):
+    axes = _axes(attrs, vals)
+    out = np.asarray(vals[0])
+    return np.squeeze(out, axis=tuple(axes)) if axes else np.squeeze(out)
+
+
+def _concat(attrs, vals, _limit):
+    return np.concatenate([np.asarray(v) for v in vals], axis=attrs.get("axis", 0))
+
+
+def _gather(attrs, vals, _limit):
+    return np.take(np.asarray(vals[0]), np.asarray(vals[1]), axis=attrs.get("axis", 0))
+
+
+def _mod(attrs, vals, _limit):
+    a, b = np.asarray(vals[0]), np.asarray(vals[1])
+    out = np.fmod(a, b) if attrs.get("fmod", 0) else np.mod(a, b)
+    return np.asarray(out).astype(np.result_type(a, b))
+
+
+def _arith(op: str):
+    def evaluate(attrs, vals, _limit):
         a, b = np.asarray(vals[0]), np.asarray(vals[1])
         if op == "Div":
             out = a // b if a.dtype.kind in "iu" and b.dtype.kind in "iu" else a / b
         else:
             out = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply}[op](a, b)
-        return [np.asarray(out).astype(np.result_type(a, b))]
-    if op == "Reshape":
-        return [np.reshape(np.asarray(x), [int(d) for d in np.asarray(vals[1]).reshape(-1)])]
-    if op == "Transpose":
-        perm = attrs.get("perm")
-        return [np.transpose(np.asarray(x), perm)]
-    if op == "ConstantOfShape":
-        value = attrs.get("value")
-        fill = np.asarray(value).reshape(-1) if value is not None else np.zeros(1)
-        shape = [int(d) for d in np.asarray(x).reshape(-1)]
-        if max_elements is not None and np.prod(shape, dtype=np.int64) > max_elements:
-            return None
-        dtype = fill.dtype if value is not None else np.float32
-        return [np.full(shape, fill[0], dtype=dtype)]
-    if op in ("Equal", "Less", "Greater"):
-        fn = {"Equal": np.equal, "Less": np.less, "Greater": np.greater}[op]
-        return [fn(np.asarray(vals[0]), np.asarray(vals[1]))]
-    if op == "Not":
-        return [np.logical_not(np.asarray(x))]
-    if op == "Where":
-        return [np.where(np.asarray(vals[0]), np.asarray(vals[1]), np.asarray(vals[2]))]
-    if op in ("Max", "Min"):
-        fn = np.maximum if op == "Max" else np.minimum
+        return np.asarray(out).astype(np.result_type(a, b))
+
+    return evaluate
+
+
+def _reshape(attrs, vals, _limit):
+    return np.reshape(np.asarray(vals[0]), [int(d) for d in np.asarray(vals[1]).reshape(-1)])
+
+
+def _transpose(attrs, vals, _limit):
+    return np.transpose(np.asarray(vals[0]), attrs.get("perm"))
+
+
+def _constant_of_shape(attrs, vals, limit):
+    value = attrs.get("value")
+    fill = np.asarray(value).reshape(-1) if value is not None else np.zeros(1)
+    shape = [int(d) for d in np.asarray(vals[0]).reshape(-1)]
+    if limit is not None and np.prod(shape, dtype=np.int64) > limit:
+        return None
+    dtype = fill.dtype if value is not None else np.float32
+    return np.full(shape, fill[0], dtype=dtype)
+
+
+def _compare(fn):
+    return lambda attrs, vals, _limit: fn(np.asarray(vals[0]), np.asarray(vals[1]))
+
+
+def _not(attrs, vals, _limit):
+    return np.logical_not(np.asarray(vals[0]))
+
+
+def _where(attrs, vals, _limit):
+    return np.where(np.asarray(vals[0]), np.asarray(vals[1]), np.asarray(vals[2]))
+
+
+def _extreme(fn):
+    def evaluate(attrs, vals, _limit):
         out = np.asarray(vals[0])
         for v in vals[1:]:
             out = fn(out, np.asarray(v))
-        return [out]
-    if op == "Range":
-        start = np.asarray(vals[0])  # the output has the inputs' type (numpy widens float32)
-        return [np.arange(start, np.asarray(vals[1]), np.asarray(vals[2]), dtype=start.dtype)]
-    if op == "Slice":
-        starts, ends = np.asarray(vals[1]).reshape(-1), np.asarray(vals[2]).reshape(-1)
-        arr = np.asarray(x)
-        axes = (
-            np.asarray(vals[3]).reshape(-1)
-            if len(vals) > 3 and vals[3] is not None
-            else range(len(starts))
-        )
-        steps = (
-            np.asarray(vals[4]).reshape(-1)
-            if len(vals) > 4 and vals[4] is not None
-            else [1] * len(starts)
-        )
-        index = [slice(None)] * arr.ndim
-        for s, e, a, st in zip(starts, ends, axes, steps, strict=False):
-            index[int(a)] = slice(int(s), int(e), int(st))
-        return [arr[tuple(index)]]
-    return None
+        return out
+
+    return evaluate
 
 
-FOLDABLE = frozenset(
-    [
-        "Identity",
-        "Cast",
-        "Unsqueeze",
-        "Squeeze",
-        "Concat",
-        "Gather",
-        "Add",
-        "Sub",
-        "Mul",
-        "Div",
-        "Mod",
-        "Reshape",
-        "Transpose",
-        "ConstantOfShape",
-        "Max",
-        "Min",
-        "Equal",
-        "Less",
-        "Greater",
-        "Not",
-        "Where",
-        "Range",
-        "Slice",
-    ]
-)
+def _range(attrs, vals, _limit):
+    start = np.asarray(vals[0])  # the output has the inputs' type (numpy widens float32)
+    return np.arange(start, np.asarray(vals[1]), np.asarray(vals[2]), dtype=start.dtype)
+
+
+def _slice(attrs, vals, _limit):
+    starts, ends = np.asarray(vals[1]).reshape(-1), np.asarray(vals[2]).reshape(-1)
+    arr = np.asarray(vals[0])
+    given = [np.asarray(v).reshape(-1) if v is not None else None for v in vals[3:5]]
+    given += [None] * (2 - len(given))
+    axes = given[0] if given[0] is not None else range(len(starts))
+    steps = given[1] if given[1] is not None else [1] * len(starts)
+    index = [slice(None)] * arr.ndim
+    for s, e, a, st in zip(starts, ends, axes, steps, strict=False):
+        index[int(a)] = slice(int(s), int(e), int(st))
+    return arr[tuple(index)]
+
+
+_EVAL = {
+    "Identity": _identity,
+    "Cast": _cast,
+    "Unsqueeze": _unsqueeze,
+    "Squeeze": _squeeze,
+    "Concat": _concat,
+    "Gather": _gather,
+    "Mod": _mod,
+    **{op: _arith(op) for op in ("Add", "Sub", "Mul", "Div")},
+    "Reshape": _reshape,
+    "Transpose": _transpose,
+    "ConstantOfShape": _constant_of_shape,
+    "Equal": _compare(np.equal),
+    "Less": _compare(np.less),
+    "Greater": _compare(np.greater),
+    "Not": _not,
+    "Where": _where,
+    "Max": _extreme(np.maximum),
+    "Min": _extreme(np.minimum),
+    "Range": _range,
+    "Slice": _slice,
+}
+
+
+FOLDABLE = frozenset(_EVAL)
 
 
 def _constant(node: onnx.NodeProto) -> np.ndarray | None:

@@ -159,6 +159,7 @@ def _from_onnx(
 
     model, weights = read_for_analysis(source)
     where = where or (str(source) if not isinstance(source, onnx.ModelProto) else "model")
+    _check_initializers(model.graph, where)
     base_dir = "" if isinstance(source, onnx.ModelProto) else str(Path(source).parent)
     model = fix_input_shapes(model, input_shapes or {})
     opset = check_opset(model, where)
@@ -187,6 +188,22 @@ def _from_onnx(
     graph.meta["source"] = where
     graph.meta["input_shapes"] = input_dims(model)
     return graph
+
+
+def _check_initializers(gp: onnx.GraphProto, where: str) -> None:
+    """Two initializers of one name must agree on shape and dtype (onnxruntime takes the
+    last of equal ones, and refuses the model otherwise)."""
+    seen: dict[str, tuple[int, tuple[int, ...]]] = {}
+    for init in gp.initializer:
+        here = (init.data_type, tuple(init.dims))
+        first = seen.setdefault(init.name, here)
+        if first != here:
+            kinds = [f"{_np_dtype(t)} {dims}" for t, dims in (first, here)]
+            raise BadInputError(
+                f"{where}: initializer '{init.name}' is defined twice, as {kinds[0]} and as "
+                f"{kinds[1]} (onnxruntime refuses such a model too); re-export the model, or "
+                "keep one of the two initializers"
+            )
 
 
 # ---- conversion -------------------------------------------------------------------------
@@ -240,7 +257,26 @@ def _convert_graph(
 ) -> Graph:
     graph = Graph(gp.name or "graph")
     scope = _Scope(graph, parent)
-    values, new_value = graph.values, graph.value
+    _read_constants(gp, graph, base_dir, weights)
+    for info in gp.input:
+        v = graph.value(info.name)
+        if not v.is_const:
+            _set_info(v, info)
+            graph.inputs.append(v)
+    # what shape inference found (on a light copy of this graph, its value_info included)
+    _read_types(shapes if shapes is not None else gp, graph)
+    _read_nodes(gp, graph, scope)
+    for info in gp.output:
+        graph.outputs.append(scope.lookup(info.name))
+    graph.meta["captured_names"] = sorted(scope.captured)
+    return graph
+
+
+def _read_constants(
+    gp: onnx.GraphProto, graph: Graph, base_dir: str, weights: FileWeights | None
+) -> None:
+    """Initializers as lazy constants (read on first use), sparse ones as arrays."""
+    new_value = graph.value
     for index, init in enumerate(gp.initializer):
         value = new_value(init.name, shape=tuple(init.dims), dtype=_np_dtype(init.data_type))
         loader = weights.loader(index, init) if weights is not None else None
@@ -252,13 +288,11 @@ def _convert_graph(
         arr = numpy_helper.to_array(sparse)
         name = sparse.values.name
         new_value(name, shape=tuple(arr.shape), dtype=arr.dtype, const=arr)
-    for info in gp.input:
-        v = new_value(info.name)
-        if not v.is_const:
-            _set_info(v, info)
-            graph.inputs.append(v)
-    # what shape inference found (on a light copy of this graph, its value_info included)
-    found = shapes if shapes is not None else gp
+
+
+def _read_types(found: onnx.GraphProto, graph: Graph) -> None:
+    """Shapes and dtypes of the values shape inference typed."""
+    values, new_value = graph.values, graph.value
     types: dict[bytes, tuple[Any, Any]] = {}  # many values have one type: read it once
     for infos in (found.value_info, found.output):
         for info in infos:
@@ -275,6 +309,11 @@ def _convert_graph(
             if dtype is not _UNSET:
                 value.dtype = dtype
 
+
+def _read_nodes(gp: onnx.GraphProto, graph: Graph, scope: _Scope) -> None:
+    """The nodes, named uniquely, with their attributes and subgraphs; Identity/Cast of a
+    constant and Constant nodes give constant outputs."""
+    values, new_value = graph.values, graph.value
     names: set[str] = set()
     lookup, add_node = scope.lookup, graph.add_node
     for i, np_node in enumerate(gp.node):
@@ -286,30 +325,10 @@ def _convert_graph(
             names.add(name)
         inputs = [(values[n] if n in values else lookup(n)) if n else None for n in np_node.input]
         outputs = [values[n] if n in values else new_value(n) for n in np_node.output if n]
-        attrs: dict[str, Any] = {}
-        subgraphs: dict[str, Any] = {}
-        for a in np_node.attribute:
-            kind = a.type
-            if kind == _INT_ATTR:  # the common kinds inline (this runs for every node)
-                attrs[a.name] = a.i
-            elif kind == _INTS_ATTR:
-                attrs[a.name] = list(a.ints)
-            elif kind == _GRAPH_ATTR:
-                subgraphs[a.name] = _convert_graph(a.g, scope)
-            elif kind == _GRAPHS_ATTR:
-                subgraphs[a.name] = [_convert_graph(g, scope) for g in a.graphs]
-            else:
-                attrs[a.name] = _attr_value(a)
+        attrs, subgraphs = _read_attributes(np_node, scope)
         node = add_node(op, name, inputs, outputs, attrs, np_node.domain)
         if subgraphs:
-            node.subgraphs = subgraphs
-            captured = []
-            for sub in _iter_graphs(subgraphs):
-                captured.extend(sub.meta.get("captured_names", ()))
-            for cname in dict.fromkeys(captured):
-                v = lookup(cname)
-                v.uses.append((node, -1))
-                node.meta.setdefault("captured", []).append(v)
+            _attach_subgraphs(node, subgraphs, lookup)
         if op == "Identity" or op == "Cast":
             if inputs and inputs[0] is not None:
                 _fold_constant(node)
@@ -319,10 +338,36 @@ def _convert_graph(
             if out.is_const:
                 out.shape = tuple(out.const.shape)
                 out.dtype = out.const.dtype
-    for info in gp.output:
-        graph.outputs.append(lookup(info.name))
-    graph.meta["captured_names"] = sorted(scope.captured)
-    return graph
+
+
+def _read_attributes(np_node: onnx.NodeProto, scope: _Scope) -> tuple[dict, dict]:
+    attrs: dict[str, Any] = {}
+    subgraphs: dict[str, Any] = {}
+    for a in np_node.attribute:
+        kind = a.type
+        if kind == _INT_ATTR:  # the common kinds inline (this runs for every node)
+            attrs[a.name] = a.i
+        elif kind == _INTS_ATTR:
+            attrs[a.name] = list(a.ints)
+        elif kind == _GRAPH_ATTR:
+            subgraphs[a.name] = _convert_graph(a.g, scope)
+        elif kind == _GRAPHS_ATTR:
+            subgraphs[a.name] = [_convert_graph(g, scope) for g in a.graphs]
+        else:
+            attrs[a.name] = _attr_value(a)
+    return attrs, subgraphs
+
+
+def _attach_subgraphs(node: Node, subgraphs: dict[str, Any], lookup) -> None:
+    """A node's If/Loop/Scan bodies, and the outer values they capture as its uses."""
+    node.subgraphs = subgraphs
+    captured = []
+    for sub in _iter_graphs(subgraphs):
+        captured.extend(sub.meta.get("captured_names", ()))
+    for cname in dict.fromkeys(captured):
+        v = lookup(cname)
+        v.uses.append((node, -1))
+        node.meta.setdefault("captured", []).append(v)
 
 
 def _unique(name: str, taken: set[str]) -> str:

@@ -253,4 +253,14 @@ def tensor_array(tensor: onnx.TensorProto, base_dir: str = "") -> np.ndarray:
         and sys.byteorder == "little"
     ):
         return np.frombuffer(tensor.raw_data, dtype=dtype).reshape(tensor.dims)
-    return numpy_helper.to_array(tensor, base_dir)
+    if tensor.data_location != _T.EXTERNAL:
+        return numpy_helper.to_array(tensor, base_dir)
+    try:
+        return numpy_helper.to_array(tensor, base_dir)
+    except Exception as err:  # onnx raises ValueError, OSError and others on a bad file
+        where = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        why = " ".join(str(err).split())[:160] or type(err).__name__
+        raise BadInputError(
+            f"{Path(base_dir or '.') / where}: the external data of '{tensor.name}' could not "
+            f"be read ({why}); keep the model's complete .data file beside it"
+        ) from err

@@ -265,6 +265,22 @@ def _reshape(node: Node, cg: ChannelGraph) -> None:
     into one make the first of them an expansion of it (each element a block), axes split
     from one the reverse; every other axis of a merge or split is locked."""
     x, y = node.input(0), node.outputs[0]
+    ok, entries = _reshape_output(node, cg, x, y)
+    if not ok:
+        return
+    if x is None or x.shape is None or y.shape is None:
+        cg.lock_value(x, "reshape", f"{node.op_type} '{node.name}' has unknown shapes", node)
+        cg.lock_value(y, "reshape", f"{node.op_type} '{node.name}' has unknown shapes", node)
+        return
+    if entries is not None:
+        _lock_fixed_entries(node, cg, y, entries)
+    _map_axes(node, cg, x, y)
+
+
+def _reshape_output(node: Node, cg: ChannelGraph, x: Value | None, y: Value):
+    """(False, None) when a computed target cannot be read (both sides locked); else (True,
+    the target's entries when computed). Refines the output's shape where inference left
+    it unknown: exported reshapes are often 'unk__0'."""
     entries = None
     if node.op_type == "Reshape" and const_ints(node.input(1)) is None:
         entries = shape_entries(node.input(1), cg.shape_memo)
@@ -272,7 +288,7 @@ def _reshape(node: Node, cg: ChannelGraph) -> None:
             why = "has a target shape computed in a way drpopt cannot read"
             cg.lock_value(x, "reshape", f"Reshape '{node.name}' {why}", node)
             cg.lock_value(y, "reshape", f"Reshape '{node.name}' {why}", node)
-            return
+            return False, None
     if node.op_type == "Reshape" and x is not None and x.shape is not None:
         target = entries if entries is not None else const_ints(node.input(1))
         resolved = resolve_reshape(x.shape, target, bool(node.attr("allowzero", 0)))
@@ -282,7 +298,6 @@ def _reshape(node: Node, cg: ChannelGraph) -> None:
             if numbers is not None:
                 resolved = resolve_reshape(x.shape, numbers, bool(node.attr("allowzero", 0)))
         if resolved is not None and resolved != y.shape:
-            # shape inference often leaves exported reshapes unknown ('unk__0'): refine
             y.shape = resolved
     if node.op_type == "Flatten" and x is not None and x.shape is not None:
         axis = node.attr("axis", 1) % (x.rank or 1) if x.rank else 0
@@ -291,22 +306,25 @@ def _reshape(node: Node, cg: ChannelGraph) -> None:
             y.shape = tuple(
                 f if f is not None else d for f, d in zip(flat, y.shape or flat, strict=False)
             )
-    if x is None or x.shape is None or y.shape is None:
-        cg.lock_value(x, "reshape", f"{node.op_type} '{node.name}' has unknown shapes", node)
-        cg.lock_value(y, "reshape", f"{node.op_type} '{node.name}' has unknown shapes", node)
-        return
+    return True, entries
+
+
+def _lock_fixed_entries(node: Node, cg: ChannelGraph, y: Value, entries) -> None:
+    """A size fixed inside a computed shape follows pruning only where compaction can
+    rewrite the constant it comes from; lock the axis otherwise."""
     out_shape = y.shape
-    if entries is not None:
-        # a size fixed inside a computed shape follows pruning only where compaction can
-        # rewrite the constant it comes from; lock the axis otherwise
-        for k, e in enumerate(entries[: len(y.shape)]):
-            if isinstance(e, int) and e not in (-1, 0) and out_shape[k] != 1:
-                if literal_source(node.input(1), k, cg.shape_memo) is not None:
-                    continue
-                why = f"fixes the size of axis {k} inside a computed target shape"
-                cg.lock(cg.space(y, k), "reshape", f"Reshape '{node.name}' {why}", node)
+    for k, e in enumerate(entries[: len(out_shape)]):
+        if isinstance(e, int) and e not in (-1, 0) and out_shape[k] != 1:
+            if literal_source(node.input(1), k, cg.shape_memo) is not None:
+                continue
+            why = f"fixes the size of axis {k} inside a computed target shape"
+            cg.lock(cg.space(y, k), "reshape", f"Reshape '{node.name}' {why}", node)
+
+
+def _map_axes(node: Node, cg: ChannelGraph, x: Value, y: Value) -> None:
+    """Walks both shapes (size-1 axes left out), matching runs of axes of equal product."""
     ins = [(a, d) for a, d in enumerate(x.shape) if d != 1]
-    outs = [(a, d) for a, d in enumerate(out_shape) if d != 1]
+    outs = [(a, d) for a, d in enumerate(y.shape) if d != 1]
     i = j = 0
     while i < len(ins) and j < len(outs):
         if ins[i][1] == outs[j][1]:

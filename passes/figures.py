@@ -4,10 +4,12 @@
 Meaning (one line each; the README's "Figures" table repeats them):
 - ``params``: elements of floating-point weights and other non-scalar float constants
   (biases, BN parameters, per-channel scales), the analysis's parameter rule;
-- ``nonzero_params``: those of them that are not zero;
+- ``nonzero_params``: those of them that are not zero (None where the zeros were not
+  counted: ``analyze`` reads no weight unless asked to);
 - ``macs``: multiply-accumulates of Conv, ConvTranspose, Gemm and MatMul at the stated input
   shapes (dense: zeros computed);
-- ``macs_nonzero``: the same with zero weights skipped (what a sparse engine can save);
+- ``macs_nonzero``: the same with zero weights skipped (what a sparse engine can save;
+  None with ``nonzero_params``);
 - ``eligible_channels``: channels of the groups the plan may prune (prunable, not excluded,
   not a first or last layer the target keeps dense); ``pruned_channels``: those removed;
 - ``input_shapes``: the input dims the figures were computed for (symbols where unknown:
@@ -46,17 +48,22 @@ def _is_param(v: Value) -> bool:
     return analysis._is_param(v)  # the analysis's rule: figures and groups agree
 
 
-def model_figures(graph: Graph, plan: Any = None, analysis: Any = None) -> dict[str, Any]:
+def model_figures(
+    graph: Graph, plan: Any = None, analysis: Any = None, zeros: bool = True
+) -> dict[str, Any]:
     """The figures of ``graph`` (and of ``plan`` when given) as plain data; with the
-    ``analysis`` of ``graph`` also the group shares (``group_shares``' totals)."""
+    ``analysis`` of ``graph`` also the group shares (``group_shares``' totals).
+
+    ``zeros`` counts the zero weights (``nonzero_params``, ``macs_nonzero``): that reads
+    every weight, one at a time (a weight not loaded yet is not kept loaded). Without it
+    no weight is read and those two figures are None; the others do not change."""
+    counts: dict[int, tuple[int, int]] = {}  # storage -> (elements, nonzero)
     params = nonzero = 0
-    seen: set[int] = set()
     for v in graph.values.values():
-        if _is_param(v) and v.storage not in seen:  # a shared tensor counts once
-            seen.add(v.storage)
-            arr = np.asarray(v.const)
-            params += int(arr.size)
-            nonzero += int(np.count_nonzero(arr))
+        if _is_param(v) and v.storage not in counts:  # a shared tensor counts once
+            size, nz = counts[v.storage] = _count(v, zeros)
+            params += size
+            nonzero += nz
     macs = 0
     skipped = 0.0
     for node in graph.nodes:
@@ -64,17 +71,16 @@ def model_figures(graph: Graph, plan: Any = None, analysis: Any = None) -> dict[
         if not m:
             continue
         macs += m
+        if not zeros:
+            continue
         w = weight_of(node)
-        if w is not None and np.asarray(w.const).size:
-            arr = np.asarray(w.const)
-            skipped += m * (np.count_nonzero(arr) / arr.size)
-        else:
-            skipped += m
+        size, nz = (0, 0) if w is None else counts.get(w.storage) or _count(w, True)
+        skipped += m * (nz / size) if size else m
     out: dict[str, Any] = {
         "params": params,
-        "nonzero_params": nonzero,
+        "nonzero_params": nonzero if zeros else None,
         "macs": macs,
-        "macs_nonzero": int(round(skipped)),
+        "macs_nonzero": int(round(skipped)) if zeros else None,
         "input_shapes": graph.meta.get("input_shapes"),
     }
     if analysis is not None:
@@ -82,6 +88,15 @@ def model_figures(graph: Graph, plan: Any = None, analysis: Any = None) -> dict[
     if plan is not None:
         out.update(plan_figures(plan))
     return out
+
+
+def _count(v: Value, zeros: bool) -> tuple[int, int]:
+    """(elements, nonzero elements) of a constant; without ``zeros`` the elements from its
+    shape and no read (nonzero 0)."""
+    if not zeros and v.numel is not None:
+        return v.numel, 0
+    arr = np.asarray(v.peek_const())
+    return int(arr.size), int(np.count_nonzero(arr)) if zeros else 0
 
 
 ROLE_RANK = {"producer": 0, "consumer": 1, "follower": 2, "structure": 3, "param": 4}
@@ -263,7 +278,7 @@ def pattern_note(profile: Any, figures: dict[str, Any] | None = None) -> str | N
         f"zeroed ({profile.sparsity_scope})",
     }.get(profile.granularity, profile.granularity)
     text = f"target '{profile.name}' adds a pattern inside kept channels: {what}"
-    if figures and figures.get("params"):
+    if figures and figures.get("params") and figures.get("nonzero_params") is not None:
         zero = 1 - figures["nonzero_params"] / figures["params"]
         text += f"; total weight sparsity {100 * zero:.1f}%"
     return text

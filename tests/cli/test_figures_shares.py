@@ -93,7 +93,9 @@ def test_analyze_text_shares_add_up_to_100(chain):
 
 
 def test_same_figures_in_analyze_report_check_and_prune(chain, tmp_path):
-    a = _json(["analyze", str(chain), "--json"])["totals"]
+    a = _json(["analyze", str(chain), "--json", "--count-zeros"])["totals"]
+    plain = _json(["analyze", str(chain), "--json"])["totals"]  # reads no weight
+    assert plain == {**a, "nonzero_params": None, "macs_nonzero": None}
     r = _json(["report", str(chain), "--json"])["figures"]
     c = _json(["check", str(chain), "--target", "generic", "--json"])["figures"]
     plan = tmp_path / "plan.json"
