@@ -103,7 +103,10 @@ def shape_entries(value: Value | None, memo: Memo | None = None) -> list[Entry] 
         return None
     memo = {} if memo is None else memo
     if value not in memo:
-        _fill(value, memo)
+        if value.is_const:  # a literal (most slice bounds, axes): no walk to set up
+            _store(value, memo)
+        else:
+            _fill(value, memo)
     t = memo[value]
     if t is None or len(t[0]) > 1:
         return None
@@ -136,10 +139,14 @@ def _fill(value: Value, memo: Memo) -> None:
                         push((d, None))
                 continue
         on_stack.discard(v)
-        try:
-            memo[v] = _evaluate(v, memo)
-        except (ValueError, IndexError, TypeError):  # malformed shape arithmetic
-            memo[v] = None
+        _store(v, memo)
+
+
+def _store(value: Value, memo: Memo) -> None:
+    try:
+        memo[value] = _evaluate(value, memo)
+    except (ValueError, IndexError, TypeError):  # malformed shape arithmetic
+        memo[value] = None
 
 
 def _as_array(result) -> np.ndarray | None:
