@@ -13,7 +13,8 @@ that a noisy machine slows every column alike (medians of ``--runs``):
   file), ``from proto``: ``from_onnx(model)`` on a loaded ``ModelProto``;
 - ``analyze path``: ``drpopt.analyze(path)`` (the issue's goal: at most 3x ``load``);
 - per phase of ``from_onnx(path)`` (median ms): read, fold, shape copy, ONNX shape
-  inference, conversion, un-sharing constants, per-node propagation.
+  inference, conversion, un-sharing constants, per-node propagation, and the part of the
+  propagation spent reading computed shape tensors (``ir/shape_expr.py``).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ PHASES = [
     ("convert", "drpopt.ir.from_onnx", "_convert_graph"),
     ("unshare", "drpopt.ir.from_onnx", "unshare_constants"),
     ("propagate", "drpopt.ir.propagate", "propagate_shapes"),
+    ("shapes", "drpopt.ir.shape_expr", "_fill"),  # within propagate: reading shape tensors
 ]
 
 

@@ -131,7 +131,10 @@ def _fast_shape(node: Node, ins: list[Value], memo: NumericMemo) -> tuple[int, .
         if op in _SAME_SHAPE:
             return tuple(ins[0].shape)  # type: ignore[arg-type]
         if op in _BROADCAST:
-            return tuple(np.broadcast_shapes(*(tuple(v.shape) for v in ins)))  # type: ignore[arg-type]
+            shapes = [tuple(v.shape) for v in ins]  # type: ignore[arg-type]
+            if shapes and all(s == shapes[0] for s in shapes):  # most: no numpy call
+                return shapes[0]
+            return tuple(np.broadcast_shapes(*shapes))
         if op == "Transpose":
             shape = ins[0].shape
             perm = node.attr("perm") or list(reversed(range(len(shape))))  # type: ignore[arg-type]
@@ -203,7 +206,25 @@ def _gather(node: Node, ins: list[Value], memo: NumericMemo) -> tuple[int, ...] 
     return (*data[:axis], *idx, *data[axis + 1 :])  # type: ignore[index]
 
 
+def _pad(node: Node, ins: list[Value], memo: NumericMemo) -> tuple[int, ...] | None:
+    """Pad with its pads as an input (opset 11+; no ``axes``): ONNX's inference adds
+    ``pads[i] + pads[i + rank]`` to each dim when it is handed the pads as 1-D int64 data."""
+    x, pads_in = node.input(0), node.input(1)
+    if node.attr("pads") is not None or pads_in is None or node.input(3) is not None:
+        return None
+    if np.dtype(pads_in.dtype) != np.int64 or len(pads_in.shape) != 1:  # type: ignore[arg-type]
+        return None
+    shape, count = x.shape, pads_in.numel  # type: ignore[union-attr]
+    pads = _numbers(pads_in, memo) if count is not None and count <= MAX_DATA else None
+    if pads is None or len(pads) != count or count != 2 * len(shape):  # type: ignore[arg-type]
+        return None
+    rank = len(shape)  # type: ignore[arg-type]
+    out = tuple(d + pads[i] + pads[i + rank] for i, d in enumerate(shape))  # type: ignore[arg-type]
+    return out if all(d >= 0 for d in out) else None
+
+
 _DATA_SHAPE = {
+    "Pad": _pad,
     "Reshape": _reshape,
     "Unsqueeze": _unsqueeze,
     "ConstantOfShape": _constant_of_shape,

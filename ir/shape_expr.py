@@ -83,6 +83,10 @@ _BINARY_SHAPE_OPS = frozenset(
     ["Mul", "Add", "Sub", "Div", "Mod", "Max", "Min", "Equal", "Less", "Greater"]
 )
 _MAX_ENTRIES = MAX_ELEMENTS  # shape arithmetic only
+# how many inputs ``_evaluate`` reads from the memo: the first, or all
+_READS = dict.fromkeys(_UNARY_SHAPE_OPS, 1) | dict.fromkeys(
+    [*_BINARY_SHAPE_OPS, "Concat", "Where"], 2
+)
 
 
 def shape_entries(value: Value | None, memo: Memo | None = None) -> list[Entry] | None:
@@ -99,36 +103,50 @@ def shape_entries(value: Value | None, memo: Memo | None = None) -> list[Entry] 
         return None
     memo = {} if memo is None else memo
     if value not in memo:
-        _fill(value, memo)
-    arr = memo[value]
-    if arr is None or arr.ndim > 1:
+        if value.is_const:  # a literal (most slice bounds, axes): no walk to set up
+            _store(value, memo)
+        else:
+            _fill(value, memo)
+    t = memo[value]
+    if t is None or len(t[0]) > 1:
         return None
-    return list(arr.reshape(-1))
+    return list(t[1])
+
+
+# A value's entries in the memo: (shape, entries in C order). Tensors of rank 0 and 1 (almost
+# every shape tensor) are computed on these tuples directly; others go through numpy object
+# arrays (``_np``), which define the semantics the fast paths reproduce.
+Entries = tuple[tuple[int, ...], tuple]
 
 
 def _fill(value: Value, memo: Memo) -> None:
-    stack: list[tuple[Value, bool]] = [(value, False)]
-    on_stack: set[int] = set()
+    stack: list[tuple[Value, list[Value] | None]] = [(value, None)]
+    pop, push = stack.pop, stack.append
+    on_stack: set[Value] = set()  # values hash by identity
     while stack:
-        v, expanded = stack.pop()
+        v, deps = pop()
         if v in memo:
             continue
-        deps = _deps(v)
-        if not expanded and deps:
-            on_stack.add(id(v))
-            stack.append((v, True))
-            for d in deps:
-                if d not in memo:
-                    if id(d) in on_stack:  # a cycle (malformed model): nothing to read
+        if deps is None:
+            deps = [d for d in _deps(v) if d not in memo]
+            if deps:
+                on_stack.add(v)
+                push((v, deps))
+                for d in deps:
+                    if d in on_stack:  # a cycle (malformed model): nothing to read
                         memo[d] = None
                     else:
-                        stack.append((d, False))
-            continue
-        on_stack.discard(id(v))
-        try:
-            memo[v] = _as_array(_evaluate(v, memo))
-        except (ValueError, IndexError, TypeError):  # malformed shape arithmetic
-            memo[v] = None
+                        push((d, None))
+                continue
+        on_stack.discard(v)
+        _store(v, memo)
+
+
+def _store(value: Value, memo: Memo) -> None:
+    try:
+        memo[value] = _evaluate(value, memo)
+    except (ValueError, IndexError, TypeError):  # malformed shape arithmetic
+        memo[value] = None
 
 
 def _as_array(result) -> np.ndarray | None:
@@ -140,24 +158,42 @@ def _as_array(result) -> np.ndarray | None:
     return scalar
 
 
+def _np(t: Entries) -> np.ndarray:
+    return _objects(t[1], t[0])
+
+
+def _from_np(result) -> Entries | None:
+    arr = _as_array(result)
+    return None if arr is None else (arr.shape, tuple(arr.reshape(-1)))
+
+
+def _kind(dtype) -> str:
+    return dtype.kind if isinstance(dtype, np.dtype) else np.dtype(dtype).kind
+
+
 def _may_be_shape(value: Value) -> bool:
-    if value.dtype is not None and np.dtype(value.dtype).kind not in "iub":
-        return False
-    return value.rank is None or value.rank <= 2
+    dtype = value.dtype
+    if dtype is not None:
+        kind = dtype.kind if isinstance(dtype, np.dtype) else np.dtype(dtype).kind
+        if kind not in "iub":
+            return False
+    shape = value.shape
+    return shape is None or len(shape) <= 2
 
 
 def _deps(value: Value) -> list[Value]:
     """The inputs ``_evaluate`` reads for ``value`` (none for leaves and unreadable ops)."""
     node = value.producer
-    if value.is_const or node is None or not _may_be_shape(value):
+    if node is None or value.is_const or not _may_be_shape(value):
         return []
-    op = node.op_type
-    if op in _UNARY_SHAPE_OPS:
-        x = node.input(0)
+    reads = _READS.get(node.op_type)
+    if reads is None:
+        return []
+    inputs = node.inputs
+    if reads == 1:
+        x = inputs[0] if inputs else None
         return [x] if x is not None else []
-    if op in _BINARY_SHAPE_OPS or op in ("Concat", "Where"):
-        return [v for v in node.inputs if v is not None]
-    return []
+    return [v for v in inputs if v is not None]
 
 
 def _objects(values, shape=None) -> np.ndarray:
@@ -167,13 +203,15 @@ def _objects(values, shape=None) -> np.ndarray:
     return arr if shape is None else arr.reshape(shape)
 
 
-def _evaluate(value: Value, memo: Memo) -> np.ndarray | None:
-    """One value's entries (an object array) from its inputs' (already in ``memo``)."""
+def _evaluate(value: Value, memo: Memo) -> Entries | None:
+    """One value's entries from its inputs' (already in ``memo``)."""
     if value.is_const:
         arr = np.asarray(value.const)
-        if arr.dtype.kind not in "iub" or arr.ndim > 2 or arr.size > _MAX_ENTRIES:
+        kind = arr.dtype.kind
+        if kind not in "iub" or arr.ndim > 2 or arr.size > _MAX_ENTRIES:
             return None
-        return _objects((int(x) for x in arr.reshape(-1)), arr.shape)
+        flat = arr.reshape(-1).tolist()  # Python ints (or bools, made ints)
+        return arr.shape, (tuple(int(x) for x in flat) if kind == "b" else tuple(flat))
     node = value.producer
     if node is None or not _may_be_shape(value):
         return None
@@ -185,32 +223,58 @@ def _evaluate(value: Value, memo: Memo) -> np.ndarray | None:
         start = node.attr("start", 0)
         end = node.attr("end", x.rank)
         axes = range(*slice(start, end).indices(x.rank))
-        shape_of_shape = x.dtype is not None and np.dtype(x.dtype).kind in "iu"
+        shape_of_shape = x.dtype is not None and _kind(x.dtype) in "iu"
         if (shape_of_shape or isinstance(memo, NumericMemo)) and x.shape is not None:
-            return _objects(x.shape[a] if isinstance(x.shape[a], int) else Dim(x, a) for a in axes)
-        return _objects(Dim(x, a) for a in axes)
+            dims = x.shape
+            flat = tuple(dims[a] if isinstance(dims[a], int) else Dim(x, a) for a in axes)
+        else:
+            flat = tuple(Dim(x, a) for a in axes)
+        return (len(flat),), flat
     inputs = [memo.get(v) if v is not None else None for v in node.inputs]
     if op == "Concat":
         if any(p is None for p in inputs) or not inputs:
             return None
-        return np.concatenate(inputs, axis=node.attr("axis", 0))
+        axis = node.attr("axis", 0)
+        if axis in (0, -1) and all(len(p[0]) == 1 for p in inputs):
+            flat = tuple(e for p in inputs for e in p[1])
+            return (len(flat),), flat
+        return _from_np(np.concatenate([_np(p) for p in inputs], axis=axis))
     if op in _BINARY_SHAPE_OPS:
         a, b = inputs[0], inputs[1] if len(inputs) > 1 else None
         if a is None or b is None:
             return None
-        return np.frompyfunc(lambda x, y: _arith(op, x, y), 2, 1)(a, b)
+        return _elementwise(lambda x, y: _arith(op, x, y), [a, b])
     if op == "Where":  # torch writes expand/repeat sizes as Where(size == -1, 1, size)
         if len(inputs) != 3 or any(p is None for p in inputs):
             return None
-        return np.frompyfunc(_where, 3, 1)(*inputs)
+        return _elementwise(_where, inputs)
     src = inputs[0] if inputs else None
     if src is None:
         return None
     return _structural(op, node, src)
 
 
-def _structural(op: str, node: Node, src: np.ndarray) -> np.ndarray | None:
-    """Ops that move entries without computing new ones."""
+def _elementwise(fn, args: list[Entries]) -> Entries:
+    """``fn`` entry by entry with numpy's broadcasting."""
+    n = None  # the length of a 1-D result (None: 0-D)
+    for shape, _ in args:
+        if len(shape) > 1:
+            return _from_np(np.frompyfunc(fn, len(args), 1)(*(_np(t) for t in args)))
+        if shape:
+            if n is None or n == 1:
+                n = shape[0]
+            elif shape[0] != 1 and shape[0] != n:
+                raise ValueError("shapes do not broadcast")
+    if n is None:
+        return (), (fn(*(t[1][0] for t in args)),)
+    cols = [t[1] if len(t[1]) == n else t[1] * n for t in args]  # 0-D or length 1: repeated
+    return (n,), tuple(map(fn, *cols))
+
+
+def _structural(op: str, node: Node, src: Entries) -> Entries | None:
+    """Ops that move entries without computing new ones (ranks 0 and 1 on the tuples,
+    others on numpy object arrays)."""
+    shape, flat = src
     if op in ("Cast", "Identity"):
         return src
     if op in ("Unsqueeze", "Squeeze"):
@@ -220,39 +284,60 @@ def _structural(op: str, node: Node, src: np.ndarray) -> np.ndarray | None:
         if op == "Unsqueeze":
             if axes is None:
                 return None
-            out = src
-            for a in sorted(a % (src.ndim + len(axes)) for a in axes):
-                out = np.expand_dims(out, a)
-            return out
-        return np.squeeze(src, axis=tuple(axes)) if axes else np.squeeze(src)
+            if not shape and len(axes) == 1:
+                return (1,), flat
+        elif shape == (1,) and (not axes or list(axes) in ([0], [-1])):
+            return (), flat
+        return _from_np(_np_squeeze(op, _np(src), axes))
     if op == "Gather":
         idx = node.input(1)
         if idx is None or not idx.is_const:
             return None
-        return np.take(src, np.asarray(idx.const), axis=node.attr("axis", 0))
+        ind = np.asarray(idx.const)
+        axis = node.attr("axis", 0)
+        if len(shape) == 1 and axis in (0, -1) and ind.ndim <= 1 and ind.dtype.kind in "iu":
+            return ind.shape, tuple(flat[i] for i in ind.reshape(-1).tolist())
+        return _from_np(np.take(_np(src), ind, axis=axis))
     if op == "Reshape":
         target = const_ints(node.input(1))
         if target is None:
             return None
-        target = [src.shape[k] if t == 0 and k < src.ndim else t for k, t in enumerate(target)]
-        return src.reshape(target)
+        target = [shape[k] if t == 0 and k < len(shape) else t for k, t in enumerate(target)]
+        if len(target) == 1 and target[0] in (-1, len(flat)):
+            return (len(flat),), flat
+        return _from_np(_np(src).reshape(target))
     if op == "Transpose":
-        return src.transpose(node.attr("perm") or list(reversed(range(src.ndim))))
+        perm = node.attr("perm")
+        if len(shape) <= 1 and (not perm or (shape and list(perm) in ([0], [-1]))):
+            return src
+        return _from_np(_np(src).transpose(perm or list(reversed(range(len(shape))))))
     if op == "ConstantOfShape":
-        if not all(isinstance(d, int) for d in src.reshape(-1)):
+        if not all(isinstance(d, int) for d in flat):
             return None
         fill = node.attr("value")
         fill = np.asarray(fill).reshape(-1) if fill is not None else np.zeros(1, np.int64)
         if fill.dtype.kind not in "iu":
             return None
-        shape = [int(d) for d in src.reshape(-1)]
-        if math.prod(shape) > _MAX_ENTRIES:
+        dims = tuple(int(d) for d in flat)
+        size = math.prod(dims)
+        if size > _MAX_ENTRIES:
             return None
-        return _objects([int(fill[0])] * math.prod(shape), shape)
+        if all(d >= 0 for d in dims):
+            return dims, (int(fill[0]),) * size
+        return _from_np(_objects([int(fill[0])] * size, dims))
     return _slice(node, src)
 
 
-def _slice(node: Node, src: np.ndarray) -> np.ndarray | None:
+def _np_squeeze(op: str, src: np.ndarray, axes) -> np.ndarray:
+    if op == "Unsqueeze":
+        out = src
+        for a in sorted(a % (src.ndim + len(axes)) for a in axes):
+            out = np.expand_dims(out, a)
+        return out
+    return np.squeeze(src, axis=tuple(axes)) if axes else np.squeeze(src)
+
+
+def _slice(node: Node, src: Entries) -> Entries | None:
     starts, ends = const_ints(node.input(1)), const_ints(node.input(2))
     axes = const_ints(node.input(3)) if node.input(3) is not None else None
     steps = const_ints(node.input(4)) if node.input(4) is not None else None
@@ -262,10 +347,15 @@ def _slice(node: Node, src: np.ndarray) -> np.ndarray | None:
         return None
     axes = axes if axes is not None else list(range(len(starts)))
     steps = steps if steps is not None else [1] * len(starts)
-    index: list[slice] = [slice(None)] * src.ndim
+    shape, flat = src
+    ndim = len(shape)
+    index: list[slice] = [slice(None)] * ndim
     for s, e, a, st in zip(starts, ends, axes, steps, strict=False):
-        index[a % src.ndim] = slice(*_clamp(s, e, st, src.shape[a % src.ndim]))
-    return src[tuple(index)]
+        index[a % ndim] = slice(*_clamp(s, e, st, shape[a % ndim]))
+    if ndim == 1:
+        picked = flat[index[0]]
+        return (len(picked),), picked
+    return _from_np(_np(src)[tuple(index)])
 
 
 def _clamp(start: int, end: int, step: int, dim: int) -> tuple[int | None, int | None, int]:
@@ -309,7 +399,8 @@ def const_ints(value: Value | None) -> list[int] | None:
     """The flattened values of an integer constant, or None when it is not constant."""
     if value is None or not value.is_const:
         return None
-    return [int(x) for x in np.asarray(value.const).reshape(-1)]
+    flat = np.asarray(value.const).reshape(-1)
+    return flat.tolist() if flat.dtype.kind in "iu" else [int(x) for x in flat]
 
 
 def literal_source(value: Value | None, k: int, memo: Memo | None = None):
