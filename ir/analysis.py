@@ -169,8 +169,8 @@ def _analyze(model: Any, where: str | None, start: float, input_shapes: Any = No
     return result
 
 
-def _solve(graph: Graph, levels: dict[Node, int], params, uses):
-    cg = apply_rules(graph, levels)
+def _solve(graph: Graph, levels: dict[Node, int], params, uses, memos=None):
+    cg = apply_rules(graph, levels, memos)
     groups, _ = cg.groups()
     for g in groups:
         _finish_group(g)
@@ -183,7 +183,14 @@ def _best_mapping(graph: Graph, params, uses, rounds: int = 3):
     carries the channels locked (q/k/v stacked on an axis of 3 before the heads), solves
     again with the next axis carrying them, and keeps whichever prunes more parameters."""
     levels: dict[Node, int] = {}
+    values = list(graph.values.values())
+    shapes = [v.shape for v in values]
     best = _solve(graph, levels, params, uses)
+    # the shape tensors read in the first round read the same in the next ones unless a
+    # rule refined a shape (a reshape inference left unknown): then they are read again
+    same = len(graph.values) == len(values)
+    same = same and all(a == v.shape for a, v in zip(shapes, values, strict=True))
+    memos = (best[0].shape_memo, best[0].numeric_memo) if same else None
     for _ in range(rounds):
         cg, groups = best[0], best[1]
         where = {(s.value, s.axis): g for g in groups for s in g.segments if s.value}
@@ -203,7 +210,7 @@ def _best_mapping(graph: Graph, params, uses, rounds: int = 3):
         if not raise_:
             break
         trial_levels = {**levels, **raise_}
-        trial = _solve(graph, trial_levels, params, uses)
+        trial = _solve(graph, trial_levels, params, uses, memos)
         if _gain(trial) <= _gain(best):
             break
         best, levels = trial, trial_levels

@@ -252,11 +252,16 @@ def rule_for(node: Node) -> OpRule | None:
     return RULES.get(op_key(node))
 
 
-def apply_rules(graph: Graph, reshape_levels: dict[Node, int] | None = None) -> ChannelGraph:
+def apply_rules(
+    graph: Graph, reshape_levels: dict[Node, int] | None = None, memos=None
+) -> ChannelGraph:
     """Runs every node's rule over ``graph``; nodes without one lock what they touch, and
     every axis of a node's inputs and outputs that its rule did not mention is locked.
-    ``reshape_levels`` says which axis carries the channels in a reshape's split or merge."""
+    ``reshape_levels`` says which axis carries the channels in a reshape's split or merge;
+    ``memos`` are an earlier run's ``(shape_memo, numeric_memo)`` over the same shapes."""
     cg = ChannelGraph(graph)
+    if memos is not None:
+        cg.shape_memo, cg.numeric_memo = memos
     cg.reshape_levels = dict(reshape_levels or {})
     for v in graph.inputs:
         cg.lock_value(v, "graph-input", f"graph input '{v.name}'")
