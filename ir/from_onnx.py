@@ -193,6 +193,9 @@ def _from_onnx(
 def _check_initializers(gp: onnx.GraphProto, where: str) -> None:
     """Two initializers of one name must agree on shape and dtype (onnxruntime takes the
     last of equal ones, and refuses the model otherwise)."""
+    names = [init.name for init in gp.initializer]
+    if len(set(names)) == len(names):  # the usual case: no name twice, nothing to compare
+        return
     seen: dict[str, tuple[int, tuple[int, ...]]] = {}
     for init in gp.initializer:
         here = (init.data_type, tuple(init.dims))
