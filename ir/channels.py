@@ -10,8 +10,9 @@ rules (``ir/rules.py``, one table keyed by op type) relate spaces in three ways:
   ``big`` (Flatten into a Gemm, depthwise channel multipliers, grouped convs).
 
 Spaces are cut into atomic segments wherever a concat boundary falls (propagated to a
-fixpoint through every relation), the segments become the nodes of a ``networkx`` graph,
-and its connected components are the coupled groups. Inside a group every segment maps
+fixpoint through every relation; spaces an identity ties share their segments), the
+segments become the nodes of a ``networkx`` graph, and its connected components are the
+coupled groups. Inside a group every segment maps
 group channel ``j`` to the block ``[start + j*block, start + (j+1)*block)`` of its space.
 
 Anything a rule cannot vouch for is *locked*: the lock travels with the component, so a

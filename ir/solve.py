@@ -1,9 +1,13 @@
-"""Solving a channel graph: cuts to a fixpoint, atomic segments, the networkx segment
-graph, and its connected components as coupled groups (see ``ir/channels.py``).
+"""Solving a channel graph: spaces an identity ties merged into classes, cuts to a
+fixpoint over the concats and expansions between classes, atomic segments per class, the
+networkx segment graph, and its connected components as coupled groups (see
+``ir/channels.py``).
 
-Work is per space where it can be (a space cut into many segments sorts its roles and
-collects its locks once), and a lone segment nothing produces is skipped before any walk:
-most attention and shape axes are such segments.
+Most relations are identities (an activation, a BN, an add): merging their spaces first
+(union-find) leaves the segment graph only the edges that change a channel's index, so a
+stage of RegNet cut into 55 conv groups is 55 segments, not 55 per value. Work is per
+space where it can be (roles sorted, locks collected once), and a lone segment nothing
+produces is skipped before any walk: most attention and shape axes are such segments.
 """
 
 from __future__ import annotations
@@ -72,7 +76,7 @@ def _apply(rel: tuple, spaces: list[Space]) -> list[int]:
             offset += length
         add(out, want)
     else:
-        _, big, small, k, _node = rel
+        big, small, k = rel[1], rel[2], rel[3]
         add(big, {c * k for c in spaces[small].cuts})
         add(small, {c // k for c in spaces[big].cuts if c % k == 0})
     return changed
@@ -132,10 +136,12 @@ def segment_edges(
                 edges.extend(zip(range(sp0, sp0 + n), range(j, j + n), strict=True))
                 j += n
         else:
-            _, big, small, k, node = rel
+            big, small, k, node = rel[1:5]
             if any(c % k for c in spaces[big].cuts):
-                bad_expand.setdefault(big, node)
-                bad_expand.setdefault(small, node)
+                # the spaces to lock: the relation's own ones when it is between classes
+                lock_big, lock_small = rel[5:7] if len(rel) > 5 else (big, small)
+                bad_expand.setdefault(lock_big, node)
+                bad_expand.setdefault(lock_small, node)
                 continue
             sb, ss = spaces[big].seg0, spaces[small].seg0
             for j in range(len(bounds[small]) - 1):
@@ -145,14 +151,20 @@ def segment_edges(
 
 
 def solve(cg: ChannelGraph) -> tuple[list[Group], nx.Graph]:
-    """Segments, the networkx segment graph, and its components as groups."""
+    """Classes of identical spaces, their segments, the networkx segment graph, and its
+    components as groups. Spaces an identity relation ties (elementwise ops, BN, an
+    activation) share one set of segments: only concats and expansions become edges."""
     spaces = cg.spaces
     _roles_through_layout(cg.relations, spaces)
-    propagate_cuts(cg.relations, spaces)
-    table = segment_table(spaces)
+    cls = _Classes(cg.relations, spaces)
+    propagate_cuts(cls.relations, cls.spaces)
+    table = segment_table(cls.spaces)
+    for sid, sp in enumerate(spaces):
+        csp = cls.spaces[cls.of[sid]]
+        sp.cuts, sp.seg0 = csp.cuts, csp.seg0
     g = nx.Graph()
     g.add_nodes_from(range(len(table.space)))
-    edges, expansions, bad_expand = segment_edges(cg.relations, spaces, table.bounds)
+    edges, expansions, bad_expand = segment_edges(cls.relations, cls.spaces, table.bounds)
     cg.expansions = expansions
     g.add_edges_from(edges)
     for sid, node in bad_expand.items():
@@ -166,12 +178,74 @@ def solve(cg: ChannelGraph) -> tuple[list[Group], nx.Graph]:
                 spaces[sid].locks.append(cg.locked_values[key[0]])
             if key in cg.pending_locks:
                 spaces[sid].locks.append(cg.pending_locks[key])
-    maker = _GroupMaker(cg, g, table, expansions)
-    groups = [grp for comp in _components(g, table, maker.produced) if (grp := maker.make(comp))]
+    maker = _GroupMaker(cg, g, table, expansions, cls)
+    groups = [grp for comp in _components(g, table, cls, maker) if (grp := maker.make(comp))]
     groups.sort(key=lambda gr: gr.order)
     for i, gr in enumerate(groups):
         gr.id = i
     return groups, g
+
+
+class _Classes:
+    """Spaces an identity relation ties, merged (union-find): they always have the same
+    cuts and their segments map one to one, so a class is cut and grouped once. The
+    concats and expansions between classes remain (``relations``, on class ids; an
+    expansion keeps its own spaces for the lock it may need). An identity between spaces of
+    different lengths ties nothing: both are locked, named by the relation's node."""
+
+    def __init__(self, relations: list[tuple], spaces: list[Space]) -> None:
+        parent = list(range(len(spaces)))
+
+        def find(a: int) -> int:
+            root = a
+            while parent[root] != root:
+                root = parent[root]
+            while parent[a] != root:  # path compression: later finds are direct
+                parent[a], a = root, parent[a]
+            return root
+
+        rest: list[tuple] = []
+        for rel in relations:
+            if rel[0] != "id":
+                rest.append(rel)
+                continue
+            a, b = rel[1], rel[2]
+            if spaces[a].length != spaces[b].length:
+                for s in (a, b):
+                    spaces[s].locks.append(
+                        Lock(
+                            "mismatch",
+                            f"'{spaces[a].label}' and '{spaces[b].label}' are "
+                            "said to be the same channels but differ in size",
+                        )
+                    )
+                continue
+            ra, rb = find(a), find(b)
+            if ra != rb:
+                parent[max(ra, rb)] = min(ra, rb)
+        index: dict[int, int] = {}
+        self.of: list[int] = []
+        self.members: list[list[int]] = []
+        self.spaces: list[Space] = []
+        for sid, sp in enumerate(spaces):
+            root = find(sid)
+            c = index.get(root)
+            if c is None:
+                c = index[root] = len(self.members)
+                self.members.append([])
+                self.spaces.append(Space(None, 0, sp.length, sp.label))
+            self.of.append(c)
+            self.members[c].append(sid)
+            if sp.cuts:
+                self.spaces[c].cuts |= sp.cuts
+        of = self.of
+        self.relations: list[tuple] = []
+        for rel in rest:
+            if rel[0] == "cat":
+                self.relations.append(("cat", of[rel[1]], [of[p] for p in rel[2]]))
+            else:
+                _, big, small, k, node = rel
+                self.relations.append(("exp", of[big], of[small], k, node, big, small))
 
 
 LAYOUT_OPS = frozenset(["Reshape", "Transpose", "Identity", "Flatten", "Squeeze", "Unsqueeze"])
@@ -213,29 +287,38 @@ def weight_like(value: Value) -> bool:
     return False
 
 
-def _components(g: nx.Graph, table: Segments, produced: list[bool]):
-    """The components in the order networkx gives them; a lone segment is yielded only
-    when something produces its space (only those can be groups)."""
+def _components(g: nx.Graph, table: Segments, cls: _Classes, maker: _GroupMaker):
+    """The components in the order of their first (space, segment), as the spaces come;
+    a lone segment of a class of one space is yielded only when something produces that
+    space (only those can be groups)."""
     seen = bytearray(len(table.space))
     adj = g.adj
-    for s in range(len(table.space)):
-        if seen[s]:
-            continue
-        if not adj[s]:
-            if produced[table.space[s]]:
-                yield {s}
-            continue
-        comp = nx.node_connected_component(g, s)
-        for t in comp:
-            seen[t] = 1
-        yield comp
+    bounds, spaces, members = table.bounds, cls.spaces, cls.members
+    for c in cls.of:
+        s0 = spaces[c].seg0
+        for s in range(s0, s0 + len(bounds[c]) - 1):
+            if seen[s]:
+                continue
+            seen[s] = 1
+            if not adj[s]:
+                if len(members[c]) > 1 or maker.produced[c]:
+                    yield {s}
+                continue
+            comp = nx.node_connected_component(g, s)
+            for t in comp:
+                seen[t] = 1
+            yield comp
 
 
 class _GroupMaker:
-    """Turns components into groups; per-space facts are worked out once per space."""
+    """Turns components (of class segments) into groups; per-space facts are worked out
+    once per space."""
 
-    def __init__(self, cg: ChannelGraph, g: nx.Graph, table: Segments, expansions) -> None:
+    def __init__(
+        self, cg: ChannelGraph, g: nx.Graph, table: Segments, expansions, cls: _Classes
+    ) -> None:
         self.spaces = cg.spaces
+        self.cls = cls
         self.g = g
         self.table = table
         self.expansions = expansions
@@ -243,8 +326,9 @@ class _GroupMaker:
         self._node_pos = {n.name: i for i, n in enumerate(cg.graph.nodes)}
         self._roles: dict[int, list[tuple[str, str, str | None]]] = {}
         self._pos: dict[int, int | None] = {}
-        # whether some node produces each space (only those start groups)
-        self.produced = [any(r[0] == "producer" for r in sp.roles) for sp in cg.spaces]
+        # whether some node produces a space of each class (only those start groups)
+        made = [any(r[0] == "producer" for r in sp.roles) for sp in cg.spaces]
+        self.produced = [any(made[sid] for sid in m) for m in cls.members]
 
     def roles(self, sid: int) -> list[tuple[str, str, str | None]]:
         roles = self._roles.get(sid)
@@ -283,20 +367,22 @@ class _GroupMaker:
         return norm, max(seg_len[s] for s in comp), [lock]
 
     def make(self, comp: set[int]) -> Group | None:
-        table, spaces = self.table, self.spaces
-        if not any(self.produced[table.space[s]] for s in comp):
+        seg_class, members_of = self.table.space, self.cls.members
+        if not any(self.produced[seg_class[s]] for s in comp):
             return None
         by_space: dict[int, list[int]] = {}
         for s in sorted(comp):
-            by_space.setdefault(table.space[s], []).append(s)
+            for sid in members_of[seg_class[s]]:
+                by_space.setdefault(sid, []).append(s)
         norm, size, locks = self.units(comp)
         members: list[Member] = []
         segments: list[Segment] = []
         order = None
-        for sid, segs in by_space.items():
+        spaces = self.spaces
+        for sid in sorted(by_space):
             sp = spaces[sid]
             locks.extend(sp.locks)
-            self._add_members(sid, segs, norm, size, members, segments)
+            self._add_members(sid, by_space[sid], norm, size, members, segments)
             pos = self.position(sid) if sp.value is not None else None
             if pos is not None:
                 order = pos if order is None else min(order, pos)

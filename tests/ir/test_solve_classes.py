@@ -1,0 +1,92 @@
+"""Grouping merges the spaces an identity ties before it cuts and walks them
+(``ir/solve.py``): checked against the plain per-space segment graph on generated
+channel graphs, where every space has its own segments and an identity is an edge."""
+
+from __future__ import annotations
+
+import itertools
+
+import networkx as nx
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from drpopt.ir.channels import ChannelGraph
+from drpopt.ir.core import Graph, Node
+from drpopt.ir.solve import propagate_cuts
+
+NODE = Node("Op", "op")
+
+
+@st.composite
+def channel_graphs(draw) -> ChannelGraph:
+    """Spaces of a few sizes tied by identities, concats and expansions at random."""
+    cg = ChannelGraph(Graph())
+    for i in range(draw(st.integers(2, 8))):
+        cg.virtual(f"s{i}", draw(st.sampled_from([2, 3, 4, 6, 8, 12])))
+    for _ in range(draw(st.integers(1, 14))):
+        kind = draw(st.sampled_from(["id", "id", "cat", "exp"]))
+        n = len(cg.spaces)
+        if kind == "id":
+            a, b = draw(st.integers(0, n - 1)), draw(st.integers(0, n - 1))
+            if cg.spaces[a].length != cg.spaces[b].length:
+                b = cg.virtual(f"s{n}", cg.spaces[a].length)  # type: ignore[arg-type]
+            cg.identity(a, b, NODE)
+        elif kind == "cat":
+            parts = draw(st.lists(st.integers(0, n - 1), min_size=2, max_size=3))
+            total = sum(cg.spaces[p].length for p in parts)  # type: ignore[misc]
+            cg.concat(cg.virtual(f"s{n}", total), parts, NODE)
+        else:
+            small, k = draw(st.integers(0, n - 1)), draw(st.sampled_from([2, 3]))
+            cg.expand(cg.virtual(f"s{n}", cg.spaces[small].length * k), small, k, NODE)  # type: ignore[operator]
+    for sid in range(len(cg.spaces)):
+        cg.role(sid, "producer", NODE)  # every component is a group
+    return cg
+
+
+def _reference(cg: ChannelGraph) -> set[frozenset[tuple[int, int]]]:
+    """Components of (space, segment start): every space cut and linked on its own."""
+    spaces = cg.spaces
+    propagate_cuts(cg.relations, spaces)
+    bounds = [[0, *sorted(sp.cuts), sp.length] for sp in spaces]
+    g = nx.Graph()
+    g.add_nodes_from((sid, b[0]) for sid, b in enumerate(bounds) for b in itertools.pairwise(b))
+    for rel in cg.relations:
+        if rel[0] == "id":
+            g.add_edges_from(((rel[1], s), (rel[2], s)) for s in bounds[rel[1]][:-1])
+        elif rel[0] == "cat":
+            offset = 0
+            for p in rel[2]:
+                g.add_edges_from(((p, s), (rel[1], offset + s)) for s in bounds[p][:-1])
+                offset += spaces[p].length  # type: ignore[operator]
+        else:
+            _, big, small, k, _node = rel
+            if not any(c % k for c in spaces[big].cuts):
+                g.add_edges_from(((small, s), (big, s * k)) for s in bounds[small][:-1])
+    return {frozenset(c) for c in nx.connected_components(g)}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(channel_graphs())
+def test_merged_identities_group_like_the_plain_segment_graph(cg: ChannelGraph) -> None:
+    relations = list(cg.relations)
+    plain = ChannelGraph(Graph())
+    plain.spaces = [type(sp)(None, 0, sp.length, sp.label) for sp in cg.spaces]
+    plain.relations = relations
+    want = _reference(plain)
+    groups, _ = cg.groups()
+    sid = {sp.label: i for i, sp in enumerate(cg.spaces)}
+    got = {frozenset((sid[s.label], s.start) for s in g.segments) for g in groups}
+    assert got == want
+
+
+def test_an_identity_between_spaces_of_different_sizes_locks_both() -> None:
+    """``identity`` refuses unequal sizes itself; a relation added past it (a plugin
+    writing ``relations`` directly) must not merge them either."""
+    cg = ChannelGraph(Graph())
+    a, b = cg.virtual("a", 4), cg.virtual("b", 6)
+    for sid in (a, b):
+        cg.role(sid, "producer", NODE)
+    cg.relations.append(("id", a, b))
+    groups, _ = cg.groups()
+    assert len(groups) == 2
+    assert all(any("differ in size" in lock.message for lock in g.locks) for g in groups)
