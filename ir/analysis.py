@@ -154,8 +154,7 @@ def _analyze(model: Any, where: str | None, start: float, input_shapes: Any = No
     uses = weight_uses(graph)
     params = {v.name: v for v in graph.values.values() if _is_param(v)}
     cg, groups, pp, pm = _best_mapping(graph, params, uses)
-    for g in groups:
-        g.params, g.macs = _removed(graph, [g], params, uses)
+    _group_totals(graph, groups, params, uses)
     result = Analysis(
         graph=graph,
         groups=groups,
@@ -349,6 +348,55 @@ def _removed(
         for a, iv in axes.items():
             merged.setdefault(a, []).extend(iv)
     total_params = sum(_covered(shape, axes) for shape, axes in by_storage.values())
+    return total_params, round(total_macs)
+
+
+def _group_totals(
+    graph: Graph, groups: list[Group], params: dict[str, Value], uses: dict[str, float]
+) -> None:
+    """Sets each group's ``params`` and ``macs``, as ``_removed`` counts them for the
+    group alone. The usual group takes one pass over its members: its members slice each
+    weight along one axis in disjoint pieces (they come sorted by tensor, axis and start)
+    and no other value holds the same weight; any other group is counted by ``_removed``."""
+    holders: dict[int, int] = {}
+    for v in params.values():
+        holders[v.storage] = holders.get(v.storage, 0) + 1
+    plain = {name for name, v in params.items() if holders[v.storage] == 1}
+    for g in groups:
+        totals = _one_axis_totals(g, params, plain, uses)
+        g.params, g.macs = totals if totals is not None else _removed(graph, [g], params, uses)
+
+
+def _one_axis_totals(
+    g: Group, params: dict[str, Value], plain: set[str], uses: dict[str, float]
+) -> tuple[int, int] | None:
+    """``_removed`` for one group in one pass, or None where that does not apply."""
+    spans: dict[str, list] = {}  # tensor -> [axis, end of the last piece, entries covered]
+    for m in g.members:
+        name = m.tensor
+        if name is None or name not in params:
+            continue
+        if name not in plain:
+            return None
+        lo = m.start
+        hi = lo + m.length * m.block
+        span = spans.get(name)
+        if span is None:
+            spans[name] = [m.axis, hi, hi - lo]
+        elif span[0] == m.axis and lo >= span[1]:
+            span[1] = hi
+            span[2] += hi - lo
+        else:
+            return None  # another axis, or pieces that overlap
+    total_params, total_macs = 0, 0.0
+    for name, (axis, end, covered) in spans.items():
+        shape = params[name].shape  # type: ignore[union-attr]
+        dim = shape[axis]
+        if end > dim:
+            return None
+        n = covered * (math.prod(shape) // dim) if dim else 0
+        total_params += n
+        total_macs += n * uses.get(name, 0.0)
     return total_params, round(total_macs)
 
 

@@ -1,0 +1,66 @@
+"""Each group's ``params`` and ``macs`` take one pass over its members where that is
+exact (``_one_axis_totals``); they must equal the general count (``_removed``) on every
+group, shared weights, concatenations and locked groups included."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from drpopt import analyze
+from drpopt.ir.analysis import (
+    _group_totals,
+    _is_param,
+    _one_axis_totals,
+    _removed,
+    weight_uses,
+)
+from drpopt.ir.channel_types import Group, Member
+from drpopt.ir.core import Graph, Value
+from drpopt.zoo import MODELS, build
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_group_totals_equal_the_general_count(name: str) -> None:
+    a = analyze(build(name))
+    graph = a.graph
+    params = {v.name: v for v in graph.values.values() if _is_param(v)}
+    uses = weight_uses(graph)
+    fast = 0
+    for g in a.groups:
+        assert (g.params, g.macs) == _removed(graph, [g], params, uses), g.id
+        fast += _one_axis_totals(g, params, set(params), uses) is not None
+    assert fast, "the one-pass count applies to some group of every model"
+
+
+def _weights() -> dict:
+    w = Value("w", shape=(4, 3, 1, 1), const=np.ones((4, 3, 1, 1), np.float32))
+    alias = Value("alias", shape=(4, 3, 1, 1))
+    alias.share_const(w)  # an exporter's shared constant, un-shared on load
+    other = Value("other", shape=(4, 2), const=np.ones((4, 2), np.float32))
+    return {v.name: v for v in (w, alias, other)}
+
+
+def _group(*slices: tuple[str, int, int, int]) -> Group:
+    members = [Member("producer", "n", t, axis, start, 1, n) for t, axis, start, n in slices]
+    return Group(0, max(n for *_, n in slices), members, [])
+
+
+@pytest.mark.parametrize(
+    "slices",
+    [
+        [("w", 0, 0, 2), ("other", 0, 0, 2)],  # the one-pass case
+        [("w", 0, 0, 2), ("alias", 0, 0, 2)],  # one weight under two names: counted once
+        [("w", 0, 0, 3), ("w", 0, 1, 3)],  # overlapping pieces (a locked group)
+        [("w", 0, 0, 2), ("w", 1, 2, 1)],  # two axes of one weight
+    ],
+)
+def test_one_pass_count_applies_only_where_exact(slices) -> None:
+    params = _weights()
+    uses = {"w": 5.0, "alias": 7.0, "other": 1.0}
+    g = _group(*slices)
+    _group_totals(Graph(), [g], params, uses)
+    assert (g.params, g.macs) == _removed(Graph(), [g], params, uses)
+    plain = {"w", "other"}  # alias shares w's storage
+    one_pass = _one_axis_totals(g, params, plain, uses)
+    assert (one_pass is not None) == (slices == [("w", 0, 0, 2), ("other", 0, 0, 2)])
