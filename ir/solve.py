@@ -324,17 +324,11 @@ class _GroupMaker:
         self.expansions = expansions
         self.exp_segs = {s for pair in expansions for s in pair}
         self._node_pos = {n.name: i for i, n in enumerate(cg.graph.nodes)}
-        self._roles: dict[int, list[tuple[str, str, str | None]]] = {}
+        self._info: list[tuple | None] = [None] * len(cg.spaces)  # see _space_info
         self._pos: dict[int, int | None] = {}
         # whether some node produces a space of each class (only those start groups)
         made = [any(r[0] == "producer" for r in sp.roles) for sp in cg.spaces]
         self.produced = [any(made[sid] for sid in m) for m in cls.members]
-
-    def roles(self, sid: int) -> list[tuple[str, str, str | None]]:
-        roles = self._roles.get(sid)
-        if roles is None:
-            roles = self._roles[sid] = sorted(self.spaces[sid].roles, key=_role_rank)
-        return roles
 
     def position(self, sid: int) -> int | None:
         """The position in the graph of the first node producing space ``sid``."""
@@ -367,47 +361,62 @@ class _GroupMaker:
         return norm, max(seg_len[s] for s in comp), [lock]
 
     def make(self, comp: set[int]) -> Group | None:
-        seg_class, members_of = self.table.space, self.cls.members
+        seg_class, members_of, of = self.table.space, self.cls.members, self.cls.of
         if not any(self.produced[seg_class[s]] for s in comp):
             return None
-        by_space: dict[int, list[int]] = {}
+        segs_of: dict[int, list[int]] = {}  # class -> its segments in the component
         for s in sorted(comp):
-            for sid in members_of[seg_class[s]]:
-                by_space.setdefault(sid, []).append(s)
+            segs_of.setdefault(seg_class[s], []).append(s)
         norm, size, locks = self.units(comp)
         members: list[Member] = []
         segments: list[Segment] = []
         order = None
-        spaces = self.spaces
-        for sid in sorted(by_space):
-            sp = spaces[sid]
-            locks.extend(sp.locks)
-            self._add_members(sid, by_space[sid], norm, size, members, segments)
-            pos = self.position(sid) if sp.value is not None else None
+        spaces, start, seg_len, infos = self.spaces, self.table.start, self.table.length, self._info
+        for sid in sorted(sid for c in segs_of for sid in members_of[c]):
+            info = infos[sid] or self._space_info(sid)
+            name, axis, label, length, kind, use, pos = info
+            if spaces[sid].locks:
+                locks.extend(spaces[sid].locks)
+            for s in segs_of[of[sid]]:
+                at, unit = start[s], norm[s]
+                segments.append(Segment(name, axis, at, unit, label, length))
+                if kind == _CONST:  # a slice of the constant, in its first role
+                    members.append(Member(use[0], use[1], name, axis, at, unit, size))
+                elif kind == _VIRTUAL:  # a slice of each node attribute the space is
+                    n = seg_len[s] // unit
+                    members.extend(
+                        Member("structure", nd, None, 0, at, unit, n, a) for nd, a in use
+                    )
             if pos is not None:
                 order = pos if order is None else min(order, pos)
         members.sort(key=_member_key)
         order = order if order is not None else 0
         return Group(0, size, members, _dedupe(locks), order=order, segments=segments)
 
-    def _add_members(self, sid, segs, norm, size, members, segments) -> None:
-        """The segments of space ``sid`` in a group, and its members: a slice of a
-        constant per segment, or of a node attribute for a virtual space."""
-        sp, start, seg_len = self.spaces[sid], self.table.start, self.table.length
-        roles = self.roles(sid)
-        name = sp.value.name if sp.value is not None else None
-        length = sp.length or 0
-        segments.extend(Segment(name, sp.axis, start[s], norm[s], sp.label, length) for s in segs)
-        if sp.value is None:
-            members.extend(
-                Member("structure", node, None, 0, start[s], norm[s], seg_len[s] // norm[s], attr)
-                for s in segs
-                for _role, node, attr in roles
-                if attr is not None
-            )
-        elif sp.value.is_const:
-            role, node = (roles[0][0], roles[0][1]) if roles else ("param", _first_user(sp.value))
-            members.extend(Member(role, node, name, sp.axis, start[s], norm[s], size) for s in segs)
+    def _space_info(self, sid: int) -> tuple:
+        """What every group holding space ``sid`` takes from it: its value's name, axis,
+        label and length, its kind (a constant, a virtual space, an activation), the role
+        and node of a constant or the (node, attribute) pairs of a virtual space, and the
+        position of its first producer."""
+        sp = self.spaces[sid]
+        roles = sorted(sp.roles, key=_role_rank)
+        value = sp.value
+        use: object = None
+        if value is None:
+            kind, use = _VIRTUAL, [(node, attr) for _r, node, attr in roles if attr is not None]
+        elif value.is_const:
+            kind = _CONST
+            use = (roles[0][0], roles[0][1]) if roles else ("param", _first_user(value))
+        else:
+            kind = _ACTIVATION
+        pos = self.position(sid) if value is not None else None
+        name = value.name if value is not None else None
+        info = (name, sp.axis, sp.label, sp.length or 0, kind, use, pos)
+        self._info[sid] = info
+        return info
+
+
+_CONST, _VIRTUAL, _ACTIVATION = 0, 1, 2
 
 
 def _role_rank(role: tuple[str, str, str | None]) -> int:
