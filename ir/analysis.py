@@ -356,47 +356,52 @@ def _group_totals(
 ) -> None:
     """Sets each group's ``params`` and ``macs``, as ``_removed`` counts them for the
     group alone. The usual group takes one pass over its members: its members slice each
-    weight along one axis in disjoint pieces (they come sorted by tensor, axis and start)
-    and no other value holds the same weight; any other group is counted by ``_removed``."""
-    holders: dict[int, int] = {}
-    for v in params.values():
-        holders[v.storage] = holders.get(v.storage, 0) + 1
-    plain = {name for name, v in params.items() if holders[v.storage] == 1}
+    weight along one axis in disjoint pieces (they come sorted by tensor, axis and start),
+    and the tensors that are one weight (an exporter's deduplicated constant, un-shared on
+    load) are sliced alike; any other group is counted by ``_removed``."""
+    storage = {name: v.storage for name, v in params.items()}
     for g in groups:
-        totals = _one_axis_totals(g, params, plain, uses)
+        totals = _one_axis_totals(g, params, storage, uses)
         g.params, g.macs = totals if totals is not None else _removed(graph, [g], params, uses)
 
 
 def _one_axis_totals(
-    g: Group, params: dict[str, Value], plain: set[str], uses: dict[str, float]
+    g: Group, params: dict[str, Value], storage: dict[str, int], uses: dict[str, float]
 ) -> tuple[int, int] | None:
-    """``_removed`` for one group in one pass, or None where that does not apply."""
-    spans: dict[str, list] = {}  # tensor -> [axis, end of the last piece, entries covered]
+    """``_removed`` for one group in one pass, or None where that does not apply: each
+    tensor sliced along one axis in disjoint pieces, and the tensors that are one weight
+    (a BN's zero bias and zero mean, deduplicated by the exporter) sliced alike."""
+    spans: dict[str, list] = {}  # tensor -> [axis, end of the last piece, covered, pieces]
     for m in g.members:
         name = m.tensor
         if name is None or name not in params:
             continue
-        if name not in plain:
-            return None
         lo = m.start
         hi = lo + m.length * m.block
         span = spans.get(name)
         if span is None:
-            spans[name] = [m.axis, hi, hi - lo]
+            spans[name] = [m.axis, hi, hi - lo, [lo, hi]]
         elif span[0] == m.axis and lo >= span[1]:
             span[1] = hi
             span[2] += hi - lo
+            span[3] += (lo, hi)
         else:
             return None  # another axis, or pieces that overlap
     total_params, total_macs = 0, 0.0
-    for name, (axis, end, covered) in spans.items():
+    counted: dict[int, list] = {}  # storage -> the span counted for it
+    for name, span in spans.items():
+        axis, end, covered, _ = span
         shape = params[name].shape  # type: ignore[union-attr]
         dim = shape[axis]
         if end > dim:
             return None
         n = covered * (math.prod(shape) // dim) if dim else 0
-        total_params += n
         total_macs += n * uses.get(name, 0.0)
+        first = counted.setdefault(storage[name], span)
+        if first is span:
+            total_params += n
+        elif first[0] != axis or first[3] != span[3]:
+            return None  # one weight sliced two ways: the union is _removed's
     return total_params, round(total_macs)
 
 
