@@ -192,6 +192,8 @@ def _best_mapping(graph: Graph, params, uses, rounds: int = 3):
     memos = (best[0].shape_memo, best[0].numeric_memo) if same else None
     for _ in range(rounds):
         cg, groups = best[0], best[1]
+        if not cg.splits:
+            break  # no reshape split or merge: nothing to map another way
         where = {(s.value, s.axis): g for g in groups for s in g.segments if s.value}
         stuck = {
             node: (level, where.get((value.name, axis)))
