@@ -186,6 +186,17 @@ def solve(cg: ChannelGraph) -> tuple[list[Group], nx.Graph]:
     return groups, g
 
 
+class _ClassSpace:
+    """The length, cuts and first segment of a class of spaces (what cutting reads)."""
+
+    __slots__ = ("cuts", "length", "seg0")
+
+    def __init__(self, length: int | None) -> None:
+        self.length = length
+        self.cuts: set[int] = set()
+        self.seg0 = 0
+
+
 class _Classes:
     """Spaces an identity relation ties, merged (union-find): they always have the same
     cuts and their segments map one to one, so a class is cut and grouped once. The
@@ -226,14 +237,14 @@ class _Classes:
         index: dict[int, int] = {}
         self.of: list[int] = []
         self.members: list[list[int]] = []
-        self.spaces: list[Space] = []
+        self.spaces: list[_ClassSpace] = []
         for sid, sp in enumerate(spaces):
             root = find(sid)
             c = index.get(root)
             if c is None:
                 c = index[root] = len(self.members)
                 self.members.append([])
-                self.spaces.append(Space(None, 0, sp.length, sp.label))
+                self.spaces.append(_ClassSpace(sp.length))
             self.of.append(c)
             self.members[c].append(sid)
             if sp.cuts:
