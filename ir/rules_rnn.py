@@ -126,18 +126,14 @@ def _weights_ok(node: Node, hidden: int, dirs: int, gates: int) -> bool:
 
 def _couple(node: Node, cg: ChannelGraph) -> None:
     op, name = node.op_type, node.name
-    x, w, r, b = node.input(0), node.input(1), node.input(2), node.input(3)
-    seq_lens = node.input(4)
-    states = [node.input(5)] + ([node.input(6)] if op == "LSTM" else [])
-    peep = node.input(7) if op == "LSTM" else None
+    x, w = node.input(0), node.input(1)
     hidden = int(node.attr("hidden_size", 0) or 0)
     dirs = DIRECTIONS.get(_text(node.attr("direction", "forward")), 0)
-    gates = GATES[op]
     why = unsupported(node)
     outs_ok = all(v.rank in (3, 4) for v in node.outputs)
     if why is None and (x is None or x.rank != 3 or not outs_ok):
         why = "has inputs or outputs of unknown rank"
-    if why is None and (hidden < 1 or not _weights_ok(node, hidden, dirs, gates)):
+    if why is None and (hidden < 1 or not _weights_ok(node, hidden, dirs, GATES[op])):
         why = "has weights that are not constants of the shapes hidden_size says"
     if why is not None:
         for v in (*node.inputs, *node.outputs):
@@ -145,57 +141,82 @@ def _couple(node: Node, cg: ChannelGraph) -> None:
         if w is not None and w.rank == 3:  # the layer's units: a locked group, named
             cg.role(cg.space(w, 1), "producer", node)
         return
-    assert x is not None and w is not None and r is not None
-    seq = f"{op} '{name}' mixes time steps (the recurrence)"
-    cg.lock(cg.space(x, 0), "rule", seq, node)
-    batch = cg.space(x, 1)
+    assert x is not None and w is not None
+    cg.lock(cg.space(x, 0), "rule", f"{op} '{name}' mixes time steps (the recurrence)", node)
     # input features: W's columns read them
     cg.identity(cg.space(x, 2), cg.space(w, 2), node)
     cg.role(cg.space(w, 2), "consumer", node)
-    # directions: not pruned (one hidden_size); a locked virtual producer, so a reshape
-    # merging them with the hidden units maps at the hidden axis
-    direction = None
-    if dirs > 1:
-        direction = cg.virtual(f"{name}.directions", dirs)
-        cg.role(direction, "producer", node)
-        msg = f"{op} '{name}' does not prune its directions (hidden_size is one for both)"
-        cg.lock(direction, "rule", msg, node)
-        for v in (w, r, b, peep):
-            if v is not None:
-                cg.lock(cg.space(v, 0), "rule", msg, node)
-    # hidden units
-    hid = cg.virtual(f"{name}.hidden", hidden) if hidden > 1 else None
+    direction = _directions(node, cg, dirs)
+    hid = _hidden_units(node, cg, hidden)
+    _states_and_outputs(node, cg, direction, cg.space(x, 1), hid, dirs)
+
+
+def _directions(node: Node, cg: ChannelGraph, dirs: int) -> int | None:
+    """The directions are not pruned (one ``hidden_size``): a locked virtual producer, so a
+    Reshape merging them with the hidden axis (torch's ``[T, B, 2*H]``) maps the units."""
+    if dirs < 2:
+        return None
+    direction = cg.virtual(f"{node.name}.directions", dirs)
+    cg.role(direction, "producer", node)
+    msg = f"{node.op_type} '{node.name}' does not prune its directions (one hidden_size)"
+    cg.lock(direction, "rule", msg, node)
+    for index in (1, 2, 3, 7):
+        v = node.input(index)
+        if v is not None:
+            cg.lock(cg.space(v, 0), "rule", msg, node)
+    return direction
+
+
+def _hidden_units(node: Node, cg: ChannelGraph, hidden: int) -> int | None:
+    """Unit ``j``: row ``j`` of every gate block of W and R, column ``j`` of R, entry ``j``
+    of every block of B (Wb, Rb) and P. Returns the units' virtual space (None for one)."""
+    name, gates = node.name, GATES[node.op_type]
+    w, r, b = node.input(1), node.input(2), node.input(3)
+    peep = node.input(7) if node.op_type == "LSTM" else None
+    assert w is not None and r is not None
     rows = cg.space(w, 1)
     cg.identity(rows, cg.space(r, 1), node)
     cg.role(rows, "producer", node)
     cg.role(cg.space(r, 1), "producer", node)
-    if hid is not None:
-        parts = [cg.virtual(f"{name}.gate{k}", hidden) for k in range(gates)]
-        for part in parts:
-            cg.identity(part, hid, node)
-        if gates > 1:
-            cg.concat(rows, parts, node)  # type: ignore[arg-type]
-        else:
-            cg.identity(rows, hid, node)
-        cg.identity(cg.space(r, 2), hid, node)
-        cg.role(cg.space(r, 2), "consumer", node)
     if b is not None:
         halves = [cg.virtual(f"{name}.{h}", gates * hidden) for h in ("wb", "rb")]
         cg.concat(cg.space(b, 1), halves, node)  # type: ignore[arg-type]
         for half in halves:
             cg.identity(half, rows, node)
         cg.role(cg.space(b, 1), "follower", node)
+    if hidden < 2:
+        return None
+    hid = cg.virtual(f"{name}.hidden", hidden)
+    _blocks(node, cg, rows, gates, hid, "gate")
+    cg.identity(cg.space(r, 2), hid, node)
+    cg.role(cg.space(r, 2), "consumer", node)
     if peep is not None:
-        cg.independent(peep, [1])
-        if hid is not None:
-            parts = [cg.virtual(f"{name}.peephole{k}", hidden) for k in range(3)]
-            cg.concat(cg.space(peep, 1), parts, node)  # type: ignore[arg-type]
-            for part in parts:
-                cg.identity(part, hid, node)
-            cg.role(cg.space(peep, 1), "follower", node)
+        _blocks(node, cg, cg.space(peep, 1), 3, hid, "peephole")
+        cg.role(cg.space(peep, 1), "follower", node)
+    return hid
+
+
+def _blocks(node: Node, cg: ChannelGraph, whole: int | None, n: int, hid: int, what: str):
+    """``whole`` is ``n`` blocks of the hidden units, one after another."""
+    if n == 1:
+        cg.identity(whole, hid, node)
+        return
+    length = cg.spaces[hid].length or 0
+    parts = [cg.virtual(f"{node.name}.{what}{k}", length) for k in range(n)]
+    for part in parts:
+        cg.identity(part, hid, node)
+    cg.concat(whole, parts, node)  # type: ignore[arg-type]
+
+
+def _states_and_outputs(node: Node, cg: ChannelGraph, direction, batch, hid, dirs: int) -> None:
+    """Initial states and outputs share the node's directions, batch and hidden units; the
+    time axis of Y is locked; computed zero initial states are left out (compact drops
+    them)."""
+    seq_lens = node.input(4)
     if seq_lens is not None and seq_lens.rank == 1:
         cg.identity(cg.space(seq_lens, 0), batch, node)
-    for s in states:
+    for index in (5, 6) if node.op_type == "LSTM" else (5,):
+        s = node.input(index)
         if s is None:
             continue
         if not s.is_const and zero_state(s):
@@ -206,14 +227,13 @@ def _couple(node: Node, cg: ChannelGraph) -> None:
             cg.role(cg.space(s, 2), "follower", node)
     for y in node.outputs:
         if y.rank == 4:  # Y [T, D, B, H]
-            cg.lock(cg.space(y, 0), "rule", seq, node)
+            why = f"{node.op_type} '{node.name}' mixes time steps (the recurrence)"
+            cg.lock(cg.space(y, 0), "rule", why, node)
             cg.identity(cg.space(y, 1), direction, node)
             cg.identity(cg.space(y, 2), batch, node)
             cg.identity(cg.space(y, 3), hid, node)
         else:  # Y_h, Y_c [D, B, H] (exporters leave unused outputs out: ranks tell them)
             _state_axes(cg, node, y, direction, batch, hid, dirs)
-    for v in (*node.inputs, *node.outputs):
-        cg.independent(v)  # every axis has been stated above (size-1 ones have no space)
 
 
 def _state_axes(cg, node, s: Value, direction, batch, hid, dirs: int) -> None:
