@@ -18,6 +18,7 @@ from onnx import helper, numpy_helper
 from torch import nn
 
 from drpopt import analyze
+from drpopt.ir.to_onnx import to_onnx
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "corpus"))
 from corpus_checks import CONFIGS, TOLERANCE, compact_counts, compare_outputs, prune
@@ -52,10 +53,12 @@ MODELS = {
 }
 
 
-def export(name: str) -> onnx.ModelProto:
+def export(name: str, dynamo: bool = False) -> onnx.ModelProto:
     torch.manual_seed(0)
     net = Recurrent(**MODELS[name]).eval()
     x = torch.randn(2, 7, 6) if net.batch_first else torch.randn(7, 2, 6)
+    if dynamo:  # torch's default exporter (opset 20): constant zero initial states
+        return torch.onnx.export(net, (x,), dynamo=True, verbose=False).model_proto
     buf = io.BytesIO()
     with torch.no_grad():
         torch.onnx.export(net, (x,), buf, opset_version=17, dynamo=False)
@@ -94,7 +97,7 @@ def _check_prunes(model: onnx.ModelProto) -> None:
                 for i in m.indices(range(group.size))
             )
             assert covered == list(range(length)), (node.name, tensor, axis)
-    assert_members_tile(a, model)
+    assert_members_tile(a, to_onnx(a.graph, reshare=False))  # shared constants un-shared
     assert_groups_complete(a, model)
     pruned = prune(model, CONFIGS["rate0.5"])
     feeds = random_feeds(model)
@@ -110,6 +113,14 @@ def _check_prunes(model: onnx.ModelProto) -> None:
 @pytest.mark.parametrize("name", list(MODELS))
 def test_torch_recurrent_layers_prune_their_hidden_units(name):
     _check_prunes(export(name))
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["lstm_2_layers_bidirectional", pytest.param("gru_bidirectional", marks=pytest.mark.slow)],
+)
+def test_dynamo_exports_prune_their_hidden_units(name):
+    _check_prunes(export(name, dynamo=True))
 
 
 # ---- ONNX forms torch does not write: set on an exported model -----------------------------
