@@ -184,7 +184,9 @@ def _hidden_units(node: Node, cg: ChannelGraph, hidden: int) -> int | None:
         for half in halves:
             cg.identity(half, rows, node)
         cg.role(cg.space(b, 1), "follower", node)
-    if hidden < 2:
+    if hidden < 2:  # the rows are the gates of one unit: nothing to prune
+        why = f"{node.op_type} '{name}' has one hidden unit (its rows are gates)"
+        cg.lock(rows, "rule", why, node)
         return None
     hid = cg.virtual(f"{name}.hidden", hidden)
     _blocks(node, cg, rows, gates, hid, "gate")

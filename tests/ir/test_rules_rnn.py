@@ -213,6 +213,18 @@ def test_unsupported_attributes_lock_the_layer_with_the_node_named(attrs, reason
     assert all(not g.prunable for g in upstream)  # the input features lock too
 
 
+def test_one_hidden_unit_is_not_a_group_of_gate_rows():
+    """With ``hidden_size=1`` W's rows are the gates of one unit: never pruned apart."""
+    torch.manual_seed(0)
+    buf = io.BytesIO()
+    with torch.no_grad():
+        torch.onnx.export(nn.LSTM(3, 1).eval(), (torch.randn(5, 1, 3),), buf, dynamo=False)
+    model = onnx.load_from_string(buf.getvalue())
+    node = _rnn_nodes(model)[0]
+    group = analyze(model).group(node.name)
+    assert not group.prunable and "has one hidden unit" in group.reason
+
+
 def test_bidirectional_outputs_drop_the_same_unit_of_each_direction():
     """The ``2 * hidden`` features after torch's Transpose + Reshape of a bidirectional
     output are the hidden units of both directions: unit ``j`` is feature ``j`` and
