@@ -106,8 +106,9 @@ def _check_prunes(model: onnx.ModelProto) -> None:
     assert err < TOLERANCE, err
     params, _ = compact_counts(pruned.compact)
     assert params == pruned.expected_params < 0.5 * pruned.before.params
+    dense = {n.name: _hidden_size(n) for n in nodes}
     for node in _rnn_nodes(pruned.compact):
-        assert _hidden_size(node) == 5, node.name  # half of 10 units
+        assert _hidden_size(node) == dense[node.name] // 2, node.name
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -211,6 +212,54 @@ def test_unsupported_attributes_lock_the_layer_with_the_node_named(attrs, reason
     assert not group.prunable and f"LSTM '{node.name}' {reason}" in group.reason
     upstream = [g for g in a.groups if any(m.tensor == node.input[1] for m in g.members)]
     assert all(not g.prunable for g in upstream)  # the input features lock too
+
+
+def test_reverse_layer_with_sequence_lengths_prunes():
+    """An ONNX GRU written by hand: ``direction=reverse``, constant ``sequence_lens`` (the
+    batch axis), Y squeezed and read by a MatMul, Y_h read by another."""
+    rng = np.random.default_rng(0)
+    t, b, i, h = 6, 3, 4, 8
+
+    def init(name, shape, dtype=np.float32):
+        return numpy_helper.from_array((rng.standard_normal(shape)).astype(dtype), name)
+
+    inits = [
+        init("W", (1, 3 * h, i)),
+        init("R", (1, 3 * h, h)),
+        init("B", (1, 6 * h)),
+        numpy_helper.from_array(np.array([6, 4, 2], dtype=np.int32), "lens"),
+        numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
+        numpy_helper.from_array(np.array([0], dtype=np.int64), "axis0"),
+        init("M1", (h, 5)),
+        init("M2", (h, 2)),
+    ]
+    nodes = [
+        helper.make_node(
+            "GRU",
+            ["x", "W", "R", "B", "lens"],
+            ["y", "yh"],
+            "gru",
+            hidden_size=h,
+            direction="reverse",
+            linear_before_reset=1,
+        ),
+        helper.make_node("Squeeze", ["y", "axis1"], ["ys"]),
+        helper.make_node("MatMul", ["ys", "M1"], ["out"]),
+        helper.make_node("Squeeze", ["yh", "axis0"], ["hs"]),
+        helper.make_node("MatMul", ["hs", "M2"], ["last"]),
+    ]
+    f32 = onnx.TensorProto.FLOAT
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", f32, [t, b, i])],
+        [
+            helper.make_tensor_value_info("out", f32, [t, b, 5]),
+            helper.make_tensor_value_info("last", f32, [b, 2]),
+        ],
+        inits,
+    )
+    _check_prunes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]))
 
 
 def test_one_hidden_unit_is_not_a_group_of_gate_rows():
