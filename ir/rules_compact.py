@@ -19,6 +19,7 @@ from dataclasses import replace
 
 import numpy as np
 
+import drpopt.ir.rules_rnn  # noqa: F401  (registers LSTM, GRU, RNN with their compaction)
 from drpopt.ir import rules_einsum  # noqa: F401  (registers the Einsum rule)
 from drpopt.ir.core import Graph, Node, Value
 from drpopt.ir.rules import RULES, CompactHook

@@ -176,8 +176,9 @@ MODELS = {
     "lraspp": (lambda: _segmenter("lraspp"), 0.99, 0.35, {OUTPUT}),
     "unet": (lambda: _segmenter("unet"), 0.99, 0.3, {OUTPUT}),
     "unet_bilinear": (lambda: _segmenter("unet_bilinear"), 0.99, 0.3, {OUTPUT}),
-    # EasyOCR's CRNN: the LSTMs have no coupling rule (their widths stay)
-    "crnn_bilstm": (_crnn, 0.6, 0.6, {"LSTM", OUTPUT}),
+    # EasyOCR's CRNN: the LSTMs' hidden units prune (ir/rules_rnn.py), the same unit in
+    # both directions; the directions axis itself stays (a locked group of no parameters)
+    "crnn_bilstm": (_crnn, 0.99, 0.27, {"prune its directions", OUTPUT}),
     "ppocr_cls": (
         lambda: _ocr("ch_ppocr_mobile_v2.0_cls_infer", [1, 3, 48, 192]),
         0.99,
