@@ -271,9 +271,33 @@ def _is_param(v: Value) -> bool:
     return (v.numel or 0) > 1 and any(n.op_type not in SHAPE_OPS for n, _ in v.uses)
 
 
+RECURRENT_OPS = frozenset(["LSTM", "GRU", "RNN"])
+
+
+def recurrent_steps(node: Node) -> int:
+    """Time steps times batch of a recurrent node's input: how often each element of its
+    W and R takes part in a multiply-accumulate (1 where the shape is unknown)."""
+    x = node.input(0)
+    if x is None or x.shape is None or len(x.shape) < 2:
+        return 1
+    steps, batch = x.shape[0], x.shape[1]
+    if node.attr("layout", 0):
+        steps, batch = batch, steps
+    return _int(steps) * _int(batch)
+
+
+def recurrent_weights(node: Node) -> list[Value]:
+    """W and R of an LSTM, GRU or RNN where they are known constants."""
+    return [w for w in (node.input(1), node.input(2)) if w is not None and w.is_const and w.numel]
+
+
 def node_macs(node: Node) -> int:
-    """Multiply-accumulates of one Conv, ConvTranspose, Gemm or MatMul (0 for other ops)."""
+    """Multiply-accumulates of one Conv, ConvTranspose, Gemm or MatMul, or of an LSTM, GRU
+    or RNN (its W and R once per time step and batch element; gates' elementwise work not
+    counted); 0 for other ops."""
     op = node.op_type
+    if op in RECURRENT_OPS:
+        return recurrent_steps(node) * sum(w.numel or 0 for w in recurrent_weights(node))
     if op in ("Conv", "ConvTranspose"):
         x, w, y = node.input(0), node.input(1), node.outputs[0]
         if w is None or w.shape is None or y.shape is None or x is None or x.shape is None:
@@ -299,6 +323,10 @@ def weight_uses(graph: Graph) -> dict[str, float]:
     """MACs each element of a weight tensor takes part in, summed over the nodes using it."""
     uses: dict[str, float] = {}
     for node in graph.nodes:
+        if node.op_type in RECURRENT_OPS:  # W and R both take part, each element alike
+            for w in recurrent_weights(node):
+                uses[w.name] = uses.get(w.name, 0.0) + recurrent_steps(node)
+            continue
         macs = node_macs(node)
         if not macs:
             continue

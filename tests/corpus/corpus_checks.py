@@ -22,7 +22,16 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from drpopt.ir.analysis import WEIGHT_OPS, Analysis, _distinct_params, _is_param, node_macs
+from drpopt.ir.analysis import (
+    RECURRENT_OPS,
+    WEIGHT_OPS,
+    Analysis,
+    _distinct_params,
+    _is_param,
+    node_macs,
+    recurrent_steps,
+    recurrent_weights,
+)
 from drpopt.ir.from_onnx import from_onnx
 from drpopt.ir.to_onnx import to_onnx
 from drpopt.passes import ApplyMasksPass, CompactPass, MaskPass
@@ -195,6 +204,10 @@ def expected_counts(masks: dict, before: Analysis) -> tuple[int, int]:
             total += values[0].numel or 0
     macs = 0.0
     for node in before.graph.nodes:
+        if node.op_type in RECURRENT_OPS:  # W and R once per step, as they are kept
+            kept = sum(kept_elems.get(w.name, w.numel or 0) for w in recurrent_weights(node))
+            macs += recurrent_steps(node) * kept
+            continue
         m = node_macs(node)
         w = node.input(1) if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") else None
         macs += m * kept_share.get(w.name, 1.0) if w is not None else m

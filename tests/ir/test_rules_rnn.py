@@ -18,6 +18,7 @@ from onnx import helper, numpy_helper
 from torch import nn
 
 from drpopt import analyze
+from drpopt.ir.analysis import node_macs
 from drpopt.ir.to_onnx import to_onnx
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "corpus"))
@@ -292,3 +293,22 @@ def test_bidirectional_outputs_drop_the_same_unit_of_each_direction():
     assert reads == [(0, 1), (10, 1)]
     locked = [g for g in a.locked_groups if "does not prune its directions" in (g.reason or "")]
     assert locked and all(g.params == 0 for g in locked)
+
+
+@pytest.mark.parametrize("name", ["lstm_bidirectional_batch_first", "gru_batch_first"])
+def test_recurrent_layers_count_their_multiply_accumulates(name):
+    """Each element of W and R takes part once per time step and batch element: the
+    layer's MACs, and the hidden group's share of them, count it."""
+    model = export(name)
+    a = analyze(model)
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    (node,) = _rnn_nodes(model)
+    x = a.graph.values[node.input[0]].shape
+    steps = x[0] * x[1]  # time steps and batch, whichever axis is which (layout 0)
+    weights = inits[node.input[1]].size + inits[node.input[2]].size
+    linear = sum(n.op_type in ("Gemm", "MatMul") for n in model.graph.node)
+    assert linear and a.macs > steps * weights  # the layer plus the Linear layers
+    rnn = next(n for n in a.graph.nodes if n.op_type == node.op_type)
+    assert node_macs(rnn) == steps * weights
+    hidden = a.group(node.name)
+    assert hidden.macs >= steps * inits[node.input[2]].size  # R's rows and columns at least
