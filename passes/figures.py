@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from drpopt.ir.analysis import node_macs
+from drpopt.ir.analysis import RECURRENT_OPS, node_macs, recurrent_steps, recurrent_weights
 from drpopt.ir.core import Graph, Value
 from drpopt.passes.common import weight_of
 
@@ -72,6 +72,11 @@ def model_figures(
             continue
         macs += m
         if not zeros:
+            continue
+        if node.op_type in RECURRENT_OPS:  # W and R: each nonzero element once per step
+            steps = recurrent_steps(node)
+            for w in recurrent_weights(node):
+                skipped += steps * (counts.get(w.storage) or _count(w, True))[1]
             continue
         w = weight_of(node)
         size, nz = (0, 0) if w is None else counts.get(w.storage) or _count(w, True)

@@ -312,3 +312,23 @@ def test_recurrent_layers_count_their_multiply_accumulates(name):
     assert node_macs(rnn) == steps * weights
     hidden = a.group(node.name)
     assert hidden.macs >= steps * inits[node.input[2]].size  # R's rows and columns at least
+
+
+def test_zero_recurrent_weights_skip_their_multiply_accumulates():
+    """``macs_nonzero`` (what a sparse engine can skip) counts a recurrent layer's zero
+    weights as skipped, like a conv's: half of W and R zero, half of the layer's MACs."""
+    from drpopt.ir.from_onnx import from_onnx
+    from drpopt.passes.figures import model_figures
+
+    model = export("lstm")
+    (node,) = _rnn_nodes(model)
+    dense = model_figures(from_onnx(model))
+    for init in model.graph.initializer:
+        if init.name in (node.input[1], node.input[2]):
+            w = numpy_helper.to_array(init).copy()
+            w.reshape(-1)[::2] = 0
+            init.CopyFrom(numpy_helper.from_array(w, init.name))
+    sparse = model_figures(from_onnx(model))
+    rnn = node_macs(next(n for n in from_onnx(model).nodes if n.op_type == "LSTM"))
+    assert dense["macs"] == sparse["macs"]
+    assert dense["macs_nonzero"] - sparse["macs_nonzero"] == rnn // 2
