@@ -11,6 +11,7 @@ Rules:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -19,12 +20,21 @@ from onnx import helper, numpy_helper
 
 from drpopt.ir.core import Graph, Node, Value
 
+TensorWriter = Callable[[Value], onnx.TensorProto]
 
-def to_onnx(graph: Graph, with_shapes: bool = False, reshare: bool = True) -> onnx.ModelProto:
+
+def to_onnx(
+    graph: Graph,
+    with_shapes: bool = False,
+    reshare: bool = True,
+    tensor: TensorWriter | None = None,
+) -> onnx.ModelProto:
     """Writes ``graph`` as a model. With ``reshare`` (default) constants that still hold one
     array (shared in the source model, un-shared on load) are written once again; without
-    it every value is its own initializer, named as the analysis names it."""
-    gp = _graph_proto(graph, with_shapes, reshare)
+    it every value is its own initializer, named as the analysis names it. ``tensor``
+    writes the main graph's initializers instead of copying their data in
+    (``ir/from_onnx_ir.py`` writes them without data and hands the arrays over)."""
+    gp = _graph_proto(graph, with_shapes, reshare, tensor or _tensor_proto)
     opsets = [helper.make_opsetid(domain, version) for domain, version in graph.opsets.items()]
     model = helper.make_model(gp, opset_imports=opsets)
     model.functions.extend(graph.functions)
@@ -63,7 +73,9 @@ def _value_info(value: Value, with_shape: bool = True) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(value.name, _elem_type(value), shape)
 
 
-def _graph_proto(graph: Graph, with_shapes: bool, reshare: bool = True) -> onnx.GraphProto:
+def _graph_proto(
+    graph: Graph, with_shapes: bool, reshare: bool = True, tensor: TensorWriter | None = None
+) -> onnx.GraphProto:
     produced = {v.name for n in graph.nodes for v in n.outputs}
     used = [v for n in graph.nodes for v in n.inputs if v is not None]
     used += [v for n in graph.nodes for v in n.meta.get("captured", ())]
@@ -83,7 +95,7 @@ def _graph_proto(graph: Graph, with_shapes: bool, reshare: bool = True) -> onnx.
         if first != v.name and v.name not in keep_names and first not in keep_names:
             rename[v.name] = first
             continue
-        initializers.append(_tensor_proto(v))
+        initializers.append((tensor or _tensor_proto)(v))
     seen = {name for name in seen if name not in rename}
     nodes = [_node_proto(n, with_shapes, rename) for n in graph.nodes]
     inputs = [_value_info(v) for v in graph.inputs]
