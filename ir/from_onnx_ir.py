@@ -158,14 +158,16 @@ class _InitializerView(_View):
 
 
 def _stand_in(tensor: Any) -> Any:
-    """What the structure proto holds for ``tensor``: a small one itself (an external one
-    read now, so the proto names no file), a larger one its dtype and dims only."""
+    """What the structure proto holds for ``tensor``: a small one a copy of it (an external
+    one read now, so the proto names no file), a larger one its dtype and dims only. Never
+    the tensor itself: the serialiser renames what it writes, and a tensor may wrap the
+    caller's own proto."""
     if tensor is None:
         return None
     if tensor.size <= MAX_ELEMENTS:
         if isinstance(tensor, onnx_ir.ExternalTensor):
-            return onnx_ir.Tensor(tensor.numpy(), dtype=tensor.dtype)
-        return tensor
+            tensor = onnx_ir.Tensor(tensor.numpy(), dtype=tensor.dtype)
+        return onnx_ir.TensorProtoTensor(onnx_ir.serde.serialize_tensor(tensor))
     return onnx_ir.TensorProtoTensor(_typed_tensor(tensor.dtype, tensor.shape.dims))
 
 
@@ -197,7 +199,10 @@ def to_onnx_ir(graph: Graph) -> onnx_ir.Model:
 def tensor_of(value: Value) -> Any:
     """The onnx_ir tensor of constant ``value``, without a copy of its data."""
     origin = value.origin
-    if origin is not None:  # unchanged since it was loaded from an onnx_ir model
+    # unchanged since it was loaded from an onnx_ir model; under another name (a copy the
+    # load un-shared) it is not handed over: serialising renames the tensor object, and
+    # it may wrap the caller's own proto
+    if origin is not None and origin.name in (None, "", value.name):
         return origin
     lazy = value.__dict__.get("_lazy")  # a weight of a proto that no pass has read
     source = getattr(lazy, "args", (None,))[0] if lazy is not None else None

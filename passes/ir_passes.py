@@ -60,7 +60,7 @@ from drpopt.passes import (
 )
 from drpopt.passes.base import Pass
 from drpopt.passes.context import PipelineContext
-from drpopt.passes.interop import from_graph, to_graph
+from drpopt.passes.interop import from_graph, to_graph, to_proto
 
 CONTEXT = "drpopt"  # model.meta key of the PipelineContext drpopt passes hand each other
 
@@ -81,9 +81,18 @@ def _run(model: onnx_ir.Model, passes: list[Pass]) -> tuple[Graph, bool, Pipelin
     graph = to_graph(model, context=ctx)
     # an in-place pass after this one may change ``model``: the reference is a snapshot
     # (tensors shared, serialised only when verify runs)
-    ctx.reference = model.clone() if carried is None else carried
+    ctx.reference = _snapshot(model) if carried is None else carried
     result = PassManager(passes)(graph, context=ctx)
     return result.model, result.modified, result.context
+
+
+def _snapshot(model: onnx_ir.Model) -> Any:
+    """``model`` as it is now: a clone (tensors shared), or its proto when it cannot be
+    cloned (a node reading a value no graph defines)."""
+    try:
+        return model.clone()
+    except Exception:
+        return to_proto(model)
 
 
 class _Adapter:
