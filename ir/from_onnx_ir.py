@@ -1,4 +1,4 @@
-"""``onnx_ir.Model`` in and out of drpopt's IR without a copy of the weights.
+"""``onnx_ir.Model`` into drpopt's IR without a copy of the weights (back: ``to_onnx_ir``).
 
 Rules:
 - ``from_onnx_ir(model)`` gives the graph ``from_onnx(onnx_ir.to_proto(model))`` gives
@@ -13,20 +13,12 @@ Rules:
   apart. The proto holds initializers of up to ``fold.MAX_ELEMENTS`` elements with their
   data (what shape inference may read as shape arguments; a few bytes each) and larger
   ones as name, dtype and dims only;
-- ``to_onnx_ir(graph)`` writes the structure with ``to_onnx`` (initializers without data),
-  reads it as an ``onnx_ir.Model`` and hands each initializer its tensor: the onnx_ir
-  tensor object it was loaded from while its constant is unchanged (read or not:
-  ``Value.origin``), a proto tensor never read wrapped as it is
-  (``onnx_ir.TensorProtoTensor``), anything else ``onnx_ir.tensor(array)`` (wraps the
-  array, no copy);
 - still copied, as before: tensors inside Constant nodes and initializers of subgraphs
-  (If/Loop/Scan bodies) ride in the proto; model-local functions are serialised (they
-  hold no initializers).
+  (If/Loop/Scan bodies) ride in the proto, and so do model-local functions.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -35,12 +27,9 @@ import numpy as np
 import onnx
 import onnx_ir
 
-from drpopt.ir.core import Graph, Value
+from drpopt.ir.core import Graph
 from drpopt.ir.fold import MAX_ELEMENTS
 from drpopt.ir.from_onnx import from_onnx
-from drpopt.ir.to_onnx import to_onnx
-
-log = logging.getLogger(__name__)
 
 
 class TensorLoader:
@@ -168,51 +157,12 @@ def _stand_in(tensor: Any) -> Any:
         if isinstance(tensor, onnx_ir.ExternalTensor):
             tensor = onnx_ir.Tensor(tensor.numpy(), dtype=tensor.dtype)
         return onnx_ir.TensorProtoTensor(onnx_ir.serde.serialize_tensor(tensor))
-    return onnx_ir.TensorProtoTensor(_typed_tensor(tensor.dtype, tensor.shape.dims))
+    return onnx_ir.TensorProtoTensor(typed_tensor(tensor.dtype, tensor.shape.dims))
 
 
-def _typed_tensor(dtype: onnx_ir.DataType, dims: Sequence[int], name: str = "") -> onnx.TensorProto:
+def typed_tensor(dtype: onnx_ir.DataType, dims: Sequence[int], name: str = "") -> onnx.TensorProto:
     proto = onnx.TensorProto()
     proto.name = name
     proto.data_type = dtype.value
     proto.dims.extend(dims)
     return proto
-
-
-# ---- drpopt -> onnx_ir --------------------------------------------------------------------
-def to_onnx_ir(graph: Graph) -> onnx_ir.Model:
-    """``graph`` as an ``onnx_ir.Model`` whose initializers hold the tensors of the graph's
-    constants without a copy (see the module rules)."""
-    tensors: dict[str, Any] = {}
-
-    def stand_in(value: Value) -> onnx.TensorProto:
-        tensor = tensors[value.name] = tensor_of(value)
-        return _typed_tensor(tensor.dtype, tensor.shape.dims, value.name)
-
-    model = onnx_ir.serde.deserialize_model(to_onnx(graph, tensor=stand_in))
-    initializers = model.graph.initializers
-    for name, tensor in tensors.items():
-        initializers[name].const_value = tensor
-    return model
-
-
-def tensor_of(value: Value) -> Any:
-    """The onnx_ir tensor of constant ``value``, without a copy of its data."""
-    origin = value.origin
-    # unchanged since it was loaded from an onnx_ir model; under another name (a copy the
-    # load un-shared) it is not handed over: serialising renames the tensor object, and
-    # it may wrap the caller's own proto
-    if origin is not None and origin.name in (None, "", value.name):
-        return origin
-    lazy = value.__dict__.get("_lazy")  # a weight of a proto that no pass has read
-    source = getattr(lazy, "args", (None,))[0] if lazy is not None else None
-    if (
-        isinstance(source, onnx.TensorProto)
-        and source.data_location != onnx.TensorProto.EXTERNAL
-        and source.name == value.name
-    ):
-        return onnx_ir.TensorProtoTensor(source)
-    array = value.peek_const()
-    if array is None:
-        raise ValueError(f"value {value.name!r} is written as an initializer but holds no constant")
-    return onnx_ir.tensor(array)

@@ -148,7 +148,7 @@ def from_graph(graph: Graph, kind: Kind) -> Any:
     if kind == "drpopt":
         return graph
     if kind == "onnx_ir":
-        from drpopt.ir.from_onnx_ir import to_onnx_ir
+        from drpopt.ir.to_onnx_ir import to_onnx_ir
 
         return to_onnx_ir(graph)
     from drpopt.ir.to_onnx import to_onnx

@@ -16,7 +16,8 @@ from onnx import TensorProto, helper, numpy_helper
 from drpopt import api, passes
 from drpopt.ir.analysis import analyze
 from drpopt.ir.from_onnx import from_onnx
-from drpopt.ir.from_onnx_ir import from_onnx_ir, to_onnx_ir
+from drpopt.ir.from_onnx_ir import from_onnx_ir
+from drpopt.ir.to_onnx_ir import to_onnx_ir
 from drpopt.passes.verify import compare_models
 from drpopt.zoo import build
 from drpopt.zoo.corpus import corpus_dir, load_corpus_model
@@ -243,3 +244,59 @@ def test_a_pass_per_adapter_leaves_the_callers_proto_as_it_was():
     feeds = _feeds(proto)
     ours = api.run(proto, "fold-batchnorm,score,mask:rate=0.5,apply-masks,compact,cleanup")
     np.testing.assert_allclose(_run(out, feeds)[0], _run(ours.model, feeds)[0], rtol=1e-5)
+
+
+def _without_weights(model: onnx_ir.Model) -> bytes:
+    proto = onnx_ir.to_proto(model)
+    for t in proto.graph.initializer:
+        t.ClearField("raw_data")
+    return proto.SerializeToString()
+
+
+@pytest.mark.parametrize("pipeline", ["", "fold-batchnorm,score,mask:rate=0.5,apply-masks,compact"])
+def test_the_model_built_directly_is_the_one_the_proto_path_gives(pipeline):
+    from drpopt.ir.to_onnx import to_onnx
+
+    model = onnx_ir.serde.deserialize_model(build("yolox_s_like"))
+    graph = api.run(model, pipeline).graph if pipeline else from_onnx_ir(model)
+    direct = to_onnx_ir(graph)
+    assert _without_weights(direct) == _without_weights(
+        onnx_ir.serde.deserialize_model(to_onnx(graph))
+    )
+
+
+def test_a_model_with_a_subgraph_goes_back_through_a_proto_and_runs():
+    then = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["t"])],
+        "then",
+        [],
+        [helper.make_tensor_value_info("t", TensorProto.FLOAT, [2, 8])],
+    )
+    other = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["e"])],
+        "else",
+        [],
+        [helper.make_tensor_value_info("e", TensorProto.FLOAT, [2, 8])],
+    )
+    w = np.random.default_rng(3).standard_normal((8, 8)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0),
+            helper.make_node("Greater", ["s", "zero"], ["c"]),
+            helper.make_node("If", ["c"], ["y"], then_branch=then, else_branch=other),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.float32(0), "zero")],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(proto)
+    model = onnx_ir.serde.deserialize_model(proto)
+    back = to_onnx_ir(from_onnx_ir(model))
+    written = onnx_ir.to_proto(back)
+    onnx.checker.check_model(written)
+    for sign in (1, -1):
+        feeds = {"x": sign * np.abs(np.random.default_rng(4).standard_normal((2, 8)))}
+        feeds = {"x": feeds["x"].astype(np.float32)}
+        np.testing.assert_allclose(_run(written, feeds)[0], _run(proto, feeds)[0], rtol=1e-6)
