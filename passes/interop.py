@@ -6,11 +6,13 @@ The public API (``drpopt.api``) and the ``onnx_ir`` pass adapters accept a path,
 path cannot hold a new model until it is written).
 
 Rules and costs (drpopt's IR is still its own, ``ir/core.py``):
-- ``onnx_ir`` <-> drpopt graph is ``ir/from_onnx_ir.py``: no weight is copied either way
-  (a weight becomes a lazy constant reading its onnx_ir tensor; an unchanged one goes back
-  as the same tensor object); only the structure goes through a proto without weights;
-  the verification reference is the onnx_ir model, serialised only when ``verify`` runs
-  (``passes.manager.reference_model``);
+- ``onnx_ir`` <-> drpopt graph is ``ir/from_onnx_ir.py`` and ``ir/to_onnx_ir.py``: no
+  weight is copied either way (a weight becomes a lazy constant reading its onnx_ir
+  tensor; an unchanged one goes back as the same tensor object); only the structure goes
+  through a proto without weights on the way in, none on the way out; the verification
+  reference is the onnx_ir model, serialised only when ``verify`` runs
+  (``passes.manager.reference_model``); ``onnx.checker`` reads its structure with the
+  large weights as typed inputs (``checkable_proto``);
 - graphsurgeon goes through an ``onnx.ModelProto`` (``export_onnx`` / ``import_onnx``),
   and so does an onnx_ir model handed to ``to_proto`` (``api.check``: onnxruntime needs
   one): ``onnx_ir.serde`` copies each weight's bytes once;

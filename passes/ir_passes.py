@@ -26,13 +26,13 @@ Rules:
   functional pass: one conversion for all of them.
 
 Cost: drpopt's IR is still its own (``ir/core.py``), so each adapter converts
-``onnx_ir.Model -> drpopt graph`` and back (``ir/from_onnx_ir.py``, via
-``passes/interop.py``) without copying a weight: a weight is read from its onnx_ir tensor
-when a pass first needs it, and an unchanged one goes back as the same tensor object.
-What each conversion still costs: the structure serialised once without weights (for ONNX
-shape inference and shape folding), the load (``from_onnx``) and the channel analysis for
-passes that need it; a ``Cleanup`` rebuilds its graph from a proto, so weights after it
-are copies. The verification reference is a clone of the input model (tensors shared),
+``onnx_ir.Model -> drpopt graph`` and back (``ir/from_onnx_ir.py``, ``ir/to_onnx_ir.py``,
+via ``passes/interop.py``) without copying a weight: a weight is read from its onnx_ir
+tensor when a pass first needs it, and an unchanged one goes back as the same tensor
+object. What each conversion still costs: the structure serialised once without weights
+(for ONNX shape inference and shape folding) and read by ``from_onnx``, the onnx_ir model
+rebuilt node by node, and the channel analysis for passes that need it; a ``Cleanup``
+rebuilds its graph from a proto, so weights after it are copies. The verification reference is a clone of the input model (tensors shared),
 serialised only when ``Verify`` runs. Group consecutive drpopt passes with ``Drpopt`` to
 pay the conversion once.
 """
