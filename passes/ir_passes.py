@@ -32,9 +32,9 @@ tensor when a pass first needs it, and an unchanged one goes back as the same te
 object. What each conversion still costs: the structure serialised once without weights
 (for ONNX shape inference and shape folding) and read by ``from_onnx``, the onnx_ir model
 rebuilt node by node, and the channel analysis for passes that need it; a ``Cleanup``
-rebuilds its graph from a proto, so weights after it are copies. The verification reference is a clone of the input model (tensors shared),
-serialised only when ``Verify`` runs. Group consecutive drpopt passes with ``Drpopt`` to
-pay the conversion once.
+rebuilds its graph from a proto, so weights after it are copies. The verification
+reference is a clone of the input model (tensors shared), serialised only when ``Verify``
+runs. Group consecutive drpopt passes with ``Drpopt`` to pay the conversion once.
 """
 
 from __future__ import annotations
