@@ -28,7 +28,7 @@ from drpopt.errors import BadInputError
 from drpopt.ir.analysis import Analysis
 from drpopt.ir.core import Graph
 from drpopt.passes.base import Pass
-from drpopt.passes.interop import from_graph, model_kind, to_graph, to_proto
+from drpopt.passes.interop import checkable_proto, from_graph, model_kind, to_graph, to_proto
 
 OnStep = Callable[[str, int], None]  # (what runs now, how many steps just finished)
 POSTS = ("reconstruct", "bias-correct", "none")
@@ -51,7 +51,11 @@ def analyze(model: Any, input_shapes: dict | None = None) -> Analysis:
     from drpopt.ir.analysis import analyze as run_analysis
 
     kind = model_kind(model)
-    if kind in ("onnx_ir", "graphsurgeon"):
+    if kind == "onnx_ir":  # weights read from the model's tensors, not copied
+        from drpopt.ir.from_onnx_ir import from_onnx_ir
+
+        return run_analysis(from_onnx_ir(model, where=kind, input_shapes=input_shapes))
+    if kind == "graphsurgeon":
         return run_analysis(to_proto(model), where=kind, input_shapes=input_shapes)
     where = os.fspath(model) if kind == "path" else None
     return run_analysis(model, where=where, input_shapes=input_shapes)
@@ -74,18 +78,17 @@ def load(
     from drpopt.passes.context import context_of
     from drpopt.passes.manager import reference_model
 
-    reference = reference_model(graph)
     if verifies and inputs is None:
         from drpopt.passes.feeds import random_inputs
 
-        random_inputs(reference)  # raises, naming the dims and --input-shape
+        random_inputs(reference_model(graph))  # raises, naming the dims and --input-shape
     if inputs is not None:
-        context_of(graph).verify_inputs = inputs.load(reference)
+        context_of(graph).verify_inputs = inputs.load(reference_model(graph))
     return graph
 
 
 def _check_valid(model: Any) -> None:
-    proto = to_proto(model)
+    proto = checkable_proto(model)  # an onnx_ir model's large weights are not copied
     try:
         onnx.checker.check_model(proto)
     except ValueError:  # over 2 GB: the checker needs the path; the passes will tell

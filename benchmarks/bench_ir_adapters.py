@@ -2,15 +2,18 @@
 
 Run by hand (not a pytest test)::
 
-    python benchmarks/bench_ir_adapters.py [--model yolox_s_like] [--repeat 3]
+    python benchmarks/bench_ir_adapters.py [--model yolox_s_like | --onnx PATH] [--repeat 3]
 
 Times one pruning pipeline (fold-batchnorm, score, mask, apply-masks, compact, cleanup) three
 ways on the same model in the same run, median of ``--repeat`` runs:
 
 1. drpopt's own ``PassManager`` on an ``onnx.ModelProto`` (the baseline);
 2. ``onnx_ir.passes.PassManager`` with one adapter per pass (``drpopt.passes.Mask()``, ...):
-   each converts onnx_ir -> ModelProto -> drpopt graph and back;
+   each converts onnx_ir -> drpopt graph and back (``ir/from_onnx_ir.py``);
 3. one ``drpopt.passes.Drpopt(...)`` adapter for the whole pipeline: one conversion.
+
+``--onnx PATH`` times a model file instead of a bundled one (a large one shows what
+copying weights would cost).
 
 Prints the seconds and the ratio of each to the baseline.
 """
@@ -22,6 +25,7 @@ import statistics
 import time
 from collections.abc import Callable
 
+import onnx
 import onnx_ir
 from rich.console import Console
 from rich.table import Table
@@ -45,9 +49,11 @@ def median_seconds(fn: Callable[[], object], repeat: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="yolox_s_like")
+    parser.add_argument("--onnx", default=None, help="an .onnx file instead of --model")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    proto = build(args.model)
+    proto = onnx.load(args.onnx) if args.onnx else build(args.model)
+    label = args.onnx or args.model
 
     def ours() -> object:
         return PassManager(parse_pipeline(PIPELINE))(proto)
@@ -70,7 +76,7 @@ def main() -> None:
         return pm(onnx_ir.serde.deserialize_model(proto))
 
     base = median_seconds(ours, args.repeat)
-    table = Table(title=f"{PIPELINE} on {args.model} (median of {args.repeat})")
+    table = Table(title=f"{PIPELINE} on {label} (median of {args.repeat})")
     for column in ("how", "seconds", "ratio to drpopt's PassManager"):
         table.add_column(column)
     table.add_row("drpopt PassManager on a ModelProto", f"{base:.3f}", "1.00")

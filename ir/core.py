@@ -55,11 +55,20 @@ class Value:
 
     def set_lazy(self, loader: Any) -> None:
         """Makes the value a constant whose array ``loader()`` makes on first read (weights
-        stay in the loaded model until a pass reads or changes them)."""
+        stay in the loaded model until a pass reads or changes them). A loader with an
+        ``origin`` attribute (the tensor it reads: ``ir/from_onnx_ir.py``) makes that the
+        value's ``origin``."""
         self.__dict__["_const"] = None
         self.__dict__["_lazy"] = loader
-        self.__dict__["_token"] = object()
+        self.__dict__["_token"] = loader if hasattr(loader, "origin") else object()
         self._touch_owner()
+
+    @property
+    def origin(self) -> Any:
+        """The ``origin`` of the loader the constant came from (``set_lazy``), while the value
+        holds that constant, read or not (shared and un-shared copies too); None once a
+        constant was assigned, or when the loader named none."""
+        return getattr(self.__dict__.get("_token"), "origin", None)
 
     def peek_const(self) -> np.ndarray | None:
         """The constant, without keeping a lazily loaded weight: one not read yet is read

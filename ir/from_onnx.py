@@ -131,19 +131,22 @@ def from_onnx(
     source: str | os.PathLike | onnx.ModelProto,
     where: str | None = None,
     input_shapes: Mapping[str | None, Sequence[int]] | None = None,
+    weights: Any = None,
 ) -> Graph:
     """Loads a model into the IR (shape-inferred); ``where`` names it in error messages.
 
     ``input_shapes`` ({input name or None: dims}) fixes symbolic input dims before shape
     inference (``ir/input_shapes.py``); ``graph.meta["input_shapes"]`` records the input
-    dims the shapes were computed for (unknown ones as their symbol).
+    dims the shapes were computed for (unknown ones as their symbol). ``weights`` reads the
+    initializers of a given proto that holds no data for them (``loader(index, tensor)``,
+    as ``onnx_scan.FileWeights``; ``ir/from_onnx_ir.py``).
     """
     # many small long-lived objects and no cycles worth collecting early: collections
     # during the load would only walk them again (as ``ir/analysis.analyze`` does)
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _from_onnx(source, where, input_shapes)
+        return _from_onnx(source, where, input_shapes, weights)
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -153,11 +156,14 @@ def _from_onnx(
     source: str | os.PathLike | onnx.ModelProto,
     where: str | None,
     input_shapes: Mapping[str | None, Sequence[int]] | None,
+    given_weights: Any = None,
 ) -> Graph:
     from drpopt.ir.input_shapes import fix_input_shapes, input_dims
     from drpopt.ir.propagate import propagate_shapes
 
     model, weights = read_for_analysis(source)
+    if given_weights is not None:
+        weights = given_weights
     where = where or (str(source) if not isinstance(source, onnx.ModelProto) else "model")
     _check_initializers(model.graph, where)
     base_dir = "" if isinstance(source, onnx.ModelProto) else str(Path(source).parent)

@@ -11,6 +11,7 @@ Rules:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -19,12 +20,21 @@ from onnx import helper, numpy_helper
 
 from drpopt.ir.core import Graph, Node, Value
 
+TensorWriter = Callable[[Value], onnx.TensorProto]
 
-def to_onnx(graph: Graph, with_shapes: bool = False, reshare: bool = True) -> onnx.ModelProto:
+
+def to_onnx(
+    graph: Graph,
+    with_shapes: bool = False,
+    reshare: bool = True,
+    tensor: TensorWriter | None = None,
+) -> onnx.ModelProto:
     """Writes ``graph`` as a model. With ``reshare`` (default) constants that still hold one
     array (shared in the source model, un-shared on load) are written once again; without
-    it every value is its own initializer, named as the analysis names it."""
-    gp = _graph_proto(graph, with_shapes, reshare)
+    it every value is its own initializer, named as the analysis names it. ``tensor``
+    writes the main graph's initializers instead of copying their data in
+    (``ir/from_onnx_ir.py`` writes them without data and hands the arrays over)."""
+    gp = _graph_proto(graph, with_shapes, reshare, tensor or _tensor_proto)
     opsets = [helper.make_opsetid(domain, version) for domain, version in graph.opsets.items()]
     model = helper.make_model(gp, opset_imports=opsets)
     model.functions.extend(graph.functions)
@@ -63,28 +73,13 @@ def _value_info(value: Value, with_shape: bool = True) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(value.name, _elem_type(value), shape)
 
 
-def _graph_proto(graph: Graph, with_shapes: bool, reshare: bool = True) -> onnx.GraphProto:
+def _graph_proto(
+    graph: Graph, with_shapes: bool, reshare: bool = True, tensor: TensorWriter | None = None
+) -> onnx.GraphProto:
     produced = {v.name for n in graph.nodes for v in n.outputs}
-    used = [v for n in graph.nodes for v in n.inputs if v is not None]
-    used += [v for n in graph.nodes for v in n.meta.get("captured", ())]
-    initializers = []
-    seen: set[str] = set()
-    # values that still hold one array object (constants the frontend un-shared and no pass
-    # changed since) are written as one initializer again
-    canonical: dict[int, str] = {}
-    rename: dict[str, str] = {}
-    keep_names = {v.name for v in graph.outputs}
-    keep_names |= {v.name for n in graph.nodes for v in n.meta.get("captured", ())}
-    for v in [*used, *graph.outputs]:
-        if not v.is_const or v.name in produced or v.name in seen:
-            continue
-        seen.add(v.name)
-        first = canonical.setdefault(v.storage, v.name) if reshare else v.name
-        if first != v.name and v.name not in keep_names and first not in keep_names:
-            rename[v.name] = first
-            continue
-        initializers.append(_tensor_proto(v))
-    seen = {name for name in seen if name not in rename}
+    written, rename = initializer_plan(graph, reshare, produced)
+    initializers = [(tensor or _tensor_proto)(v) for v in written]
+    seen = {v.name for v in written}
     nodes = [_node_proto(n, with_shapes, rename) for n in graph.nodes]
     inputs = [_value_info(v) for v in graph.inputs]
     outputs = [_value_info(v) for v in graph.outputs]  # outputs are locked: shapes hold
@@ -99,6 +94,35 @@ def _graph_proto(graph: Graph, with_shapes: bool, reshare: bool = True) -> onnx.
     return helper.make_graph(
         nodes, graph.name, inputs, outputs, initializers, value_info=value_info
     )
+
+
+def initializer_plan(
+    graph: Graph, reshare: bool = True, produced: set[str] | None = None
+) -> tuple[list[Value], dict[str, str]]:
+    """The constants written as initializers, in the order first used, and the names of
+    the others: with ``reshare``, values that still hold one array object (constants the
+    frontend un-shared and no pass changed since) are written once, under the first name
+    (graph outputs and values subgraphs capture keep theirs)."""
+    if produced is None:
+        produced = {v.name for n in graph.nodes for v in n.outputs}
+    used = [v for n in graph.nodes for v in n.inputs if v is not None]
+    used += [v for n in graph.nodes for v in n.meta.get("captured", ())]
+    written: list[Value] = []
+    seen: set[str] = set()
+    canonical: dict[int, str] = {}
+    rename: dict[str, str] = {}
+    keep_names = {v.name for v in graph.outputs}
+    keep_names |= {v.name for n in graph.nodes for v in n.meta.get("captured", ())}
+    for v in [*used, *graph.outputs]:
+        if not v.is_const or v.name in produced or v.name in seen:
+            continue
+        seen.add(v.name)
+        first = canonical.setdefault(v.storage, v.name) if reshare else v.name
+        if first != v.name and v.name not in keep_names and first not in keep_names:
+            rename[v.name] = first
+            continue
+        written.append(v)
+    return written, rename
 
 
 def _tensor_proto(v: Value) -> onnx.TensorProto:

@@ -37,7 +37,7 @@ class PipelineContext:
     """State a pipeline's passes share: see the module docstring."""
 
     plan: Plan | None = None
-    reference: onnx.ModelProto | None = None
+    reference: onnx.ModelProto | Any = None  # or an onnx_ir.Model: see reference_model
     verify_inputs: tuple[dict[str, Any], str] | None = None  # (samples, description)
     verify: Any = None  # the last VerifyReport
     calibration: Any = None  # CalibrationData

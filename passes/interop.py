@@ -6,11 +6,18 @@ The public API (``drpopt.api``) and the ``onnx_ir`` pass adapters accept a path,
 path cannot hold a new model until it is written).
 
 Rules and costs (drpopt's IR is still its own, ``ir/core.py``):
-- every kind goes through an ``onnx.ModelProto``: ``onnx_ir`` by ``onnx_ir.serde``
-  (serialising copies each weight's bytes once; deserialising wraps the proto's tensors
-  without a copy), graphsurgeon by ``export_onnx`` / ``import_onnx``;
-- proto -> drpopt graph is ``ir.from_onnx`` (weights read into numpy, one copy), drpopt
-  graph -> proto is ``ir.to_onnx`` (one copy back);
+- ``onnx_ir`` <-> drpopt graph is ``ir/from_onnx_ir.py`` and ``ir/to_onnx_ir.py``: no
+  weight is copied either way (a weight becomes a lazy constant reading its onnx_ir
+  tensor; an unchanged one goes back as the same tensor object); only the structure goes
+  through a proto without weights on the way in, none on the way out; the verification
+  reference is the onnx_ir model, serialised only when ``verify`` runs
+  (``passes.manager.reference_model``); ``onnx.checker`` reads its structure with the
+  large weights as typed inputs (``checkable_proto``);
+- graphsurgeon goes through an ``onnx.ModelProto`` (``export_onnx`` / ``import_onnx``),
+  and so does an onnx_ir model handed to ``to_proto`` (``api.check``: onnxruntime needs
+  one): ``onnx_ir.serde`` copies each weight's bytes once;
+- proto -> drpopt graph is ``ir.from_onnx`` (weights stay in the proto until read),
+  drpopt graph -> proto is ``ir.to_onnx`` (one copy back);
 - onnx_ir and graphsurgeon are imported only when a model of that kind is given;
   onnx-graphsurgeon is an optional dependency (``pip install drpopt[graphsurgeon]``): only
   this module uses it, and without it a graphsurgeon model asked for is a one-line
@@ -82,6 +89,16 @@ def to_proto(model: Any) -> onnx.ModelProto:
     return to_onnx(model)
 
 
+def checkable_proto(model: Any) -> onnx.ModelProto:
+    """What ``onnx.checker`` reads of ``model``: the model itself, but an onnx_ir model's
+    structure with its large weights as typed graph inputs (their data is not copied)."""
+    if model_kind(model) != "onnx_ir":
+        return to_proto(model)
+    from drpopt.ir.from_onnx_ir import checker_proto
+
+    return checker_proto(model)
+
+
 def from_proto(proto: onnx.ModelProto, kind: Kind) -> Any:
     """``proto`` as a model of ``kind`` (a path gives the proto itself)."""
     if kind in ("path", "proto"):
@@ -97,20 +114,45 @@ def from_proto(proto: onnx.ModelProto, kind: Kind) -> Any:
     return from_onnx(proto)
 
 
-def to_graph(model: Any, input_shapes: Any = None) -> Graph:
+def to_graph(model: Any, input_shapes: Any = None, context: Any = None) -> Graph:
     """A drpopt graph of ``model``; the model as given becomes the verification reference
-    (``passes.manager.load_graph``). A drpopt graph is returned as is."""
+    of ``context`` (default: the context the new graph remembers; see
+    ``passes.manager.load_graph``). A drpopt graph is returned as is."""
     from drpopt.passes.manager import load_graph
 
-    if model_kind(model) in ("drpopt", "path", "proto"):
-        return load_graph(model, input_shapes)
-    return load_graph(to_proto(model), input_shapes)
+    kind = model_kind(model)
+    if kind == "onnx_ir":
+        return _onnx_ir_graph(model, input_shapes, context)
+    if kind in ("drpopt", "path", "proto"):
+        return load_graph(model, input_shapes, context)
+    return load_graph(to_proto(model), input_shapes, context)
+
+
+def _onnx_ir_graph(model: Any, input_shapes: Any, context: Any) -> Graph:
+    """The graph of an onnx_ir model, weights not copied; the reference is the model
+    itself, serialised only when ``verify`` needs it (``passes.manager.reference_model``;
+    whoever may change the model before then keeps a clone instead: ``ir_passes``)."""
+    from drpopt.ir.from_onnx_ir import from_onnx_ir
+    from drpopt.passes.context import context_of
+
+    graph = from_onnx_ir(model, where="the onnx_ir model", input_shapes=input_shapes)
+    reference = model
+    if input_shapes:  # the reference needs the same fixed dims: a proto now
+        from drpopt.ir.input_shapes import fix_input_shapes
+
+        reference = fix_input_shapes(to_proto(model), input_shapes)
+    (context_of(graph) if context is None else context).reference = reference
+    return graph
 
 
 def from_graph(graph: Graph, kind: Kind) -> Any:
     """``graph`` as a model of ``kind`` (a drpopt graph is returned as is)."""
     if kind == "drpopt":
         return graph
+    if kind == "onnx_ir":
+        from drpopt.ir.to_onnx_ir import to_onnx_ir
+
+        return to_onnx_ir(graph)
     from drpopt.ir.to_onnx import to_onnx
 
     return from_proto(to_onnx(graph), kind)

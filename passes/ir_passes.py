@@ -26,9 +26,15 @@ Rules:
   functional pass: one conversion for all of them.
 
 Cost: drpopt's IR is still its own (``ir/core.py``), so each adapter converts
-``onnx_ir.Model -> ModelProto -> drpopt graph`` and back (``passes/interop.py``): one copy
-of the weights each way, plus the channel analysis for passes that need it. Group
-consecutive drpopt passes with ``Drpopt`` to pay it once.
+``onnx_ir.Model -> drpopt graph`` and back (``ir/from_onnx_ir.py``, ``ir/to_onnx_ir.py``,
+via ``passes/interop.py``) without copying a weight: a weight is read from its onnx_ir
+tensor when a pass first needs it, and an unchanged one goes back as the same tensor
+object. What each conversion still costs: the structure serialised once without weights
+(for ONNX shape inference and shape folding) and read by ``from_onnx``, the onnx_ir model
+rebuilt node by node, and the channel analysis for passes that need it; a ``Cleanup``
+rebuilds its graph from a proto, so weights after it are copies. The verification
+reference is a clone of the input model (tensors shared), serialised only when ``Verify``
+runs. Group consecutive drpopt passes with ``Drpopt`` to pay the conversion once.
 """
 
 from __future__ import annotations
@@ -54,8 +60,7 @@ from drpopt.passes import (
 )
 from drpopt.passes.base import Pass
 from drpopt.passes.context import PipelineContext
-from drpopt.passes.interop import from_graph, to_proto
-from drpopt.passes.manager import load_graph
+from drpopt.passes.interop import from_graph, to_graph, to_proto
 
 CONTEXT = "drpopt"  # model.meta key of the PipelineContext drpopt passes hand each other
 
@@ -73,11 +78,21 @@ def _run(model: onnx_ir.Model, passes: list[Pass]) -> tuple[Graph, bool, Pipelin
 
     ctx = context(model).fork()
     carried = ctx.reference
-    graph = load_graph(to_proto(model), context=ctx)  # sets ctx.reference to this model
-    if carried is not None:
-        ctx.reference = carried
+    graph = to_graph(model, context=ctx)
+    # an in-place pass after this one may change ``model``: the reference is a snapshot
+    # (tensors shared, serialised only when verify runs)
+    ctx.reference = _snapshot(model) if carried is None else carried
     result = PassManager(passes)(graph, context=ctx)
     return result.model, result.modified, result.context
+
+
+def _snapshot(model: onnx_ir.Model) -> Any:
+    """``model`` as it is now: a clone (tensors shared), or its proto when it cannot be
+    cloned (a node reading a value no graph defines)."""
+    try:
+        return model.clone()
+    except Exception:
+        return to_proto(model)
 
 
 class _Adapter:

@@ -108,12 +108,16 @@ def load_graph(
 
 def reference_model(graph: Graph) -> onnx.ModelProto:
     """The model ``verify`` compares against: the pipeline context's reference (the graph
-    itself, snapshot now, when none was recorded)."""
+    itself, snapshot now, when none was recorded; an onnx_ir model, serialised now)."""
     context = context_of(graph)
     if context.reference is None:
         from drpopt.ir.to_onnx import to_onnx
 
         context.reference = to_onnx(graph)
+    elif not isinstance(context.reference, onnx.ModelProto):
+        from drpopt.passes.interop import to_proto
+
+        context.reference = to_proto(context.reference)
     return context.reference
 
 
