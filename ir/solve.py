@@ -77,8 +77,12 @@ def _apply(rel: tuple, spaces: list[Space]) -> list[int]:
         add(out, want)
     else:
         big, small, k = rel[1], rel[2], rel[3]
-        add(big, {c * k for c in spaces[small].cuts})
-        add(small, {c // k for c in spaces[big].cuts if c % k == 0})
+        # a cut inside a block makes that block's small entry a segment of its own (locked
+        # when grouped, see segment_edges): the blocks around it still map exactly
+        inside = {c // k for c in spaces[big].cuts if c % k}
+        inside |= {b + 1 for b in inside}
+        add(big, {c * k for c in spaces[small].cuts | inside})
+        add(small, {c // k for c in spaces[big].cuts if c % k == 0} | inside)
     return changed
 
 
@@ -110,13 +114,14 @@ def segment_table(spaces: list[Space]) -> Segments:
 
 def segment_edges(
     relations: list[tuple], spaces: list[Space], bounds: list[list[int]]
-) -> tuple[list[tuple[int, int]], dict[tuple[int, int], int], dict[int, Node]]:
+) -> tuple[list[tuple[int, int]], dict[tuple[int, int], int], dict[int, tuple[Node, int]]]:
     """Edges between segments the relations tie; the expansion edges ((small segment, big
-    segment) -> entries per small entry); the spaces of expansions cut inside a block, each
-    with the node whose expansion it is."""
+    segment) -> entries per small entry); the small segments whose block a cut splits (one
+    entry each, cut so by ``propagate_cuts``), each with the node whose expansion it is and
+    the big space: tied to every piece of the block, their group stays whole."""
     edges: list[tuple[int, int]] = []
     expansions: dict[tuple[int, int], int] = {}
-    bad_expand: dict[int, Node] = {}
+    split_blocks: dict[int, tuple[Node, int]] = {}
     for rel in relations:
         kind = rel[0]
         if kind == "id":
@@ -137,17 +142,25 @@ def segment_edges(
                 j += n
         else:
             big, small, k, node = rel[1:5]
-            if any(c % k for c in spaces[big].cuts):
-                # the spaces to lock: the relation's own ones when it is between classes
-                lock_big, lock_small = rel[5:7] if len(rel) > 5 else (big, small)
-                bad_expand.setdefault(lock_big, node)
-                bad_expand.setdefault(lock_small, node)
-                continue
             sb, ss = spaces[big].seg0, spaces[small].seg0
-            for j in range(len(bounds[small]) - 1):
-                edges.append((ss + j, sb + j))
-                expansions[(ss + j, sb + j)] = k
-    return edges, expansions, bad_expand
+            if not any(c % k for c in spaces[big].cuts):
+                for j in range(len(bounds[small]) - 1):
+                    edges.append((ss + j, sb + j))
+                    expansions[(ss + j, sb + j)] = k
+                continue
+            big_bounds, b = bounds[big], 0
+            for j, end in enumerate(bounds[small][1:]):
+                first = b
+                while big_bounds[b + 1] < end * k:
+                    b += 1
+                if b == first:
+                    edges.append((ss + j, sb + b))
+                    expansions[(ss + j, sb + b)] = k
+                else:  # one entry whose block is cut: tied to each piece
+                    edges.extend((ss + j, sb + piece) for piece in range(first, b + 1))
+                    split_blocks.setdefault(ss + j, (node, rel[5] if len(rel) > 5 else big))
+                b += 1
+    return edges, expansions, split_blocks
 
 
 def solve(cg: ChannelGraph) -> tuple[list[Group], nx.Graph]:
@@ -164,14 +177,9 @@ def solve(cg: ChannelGraph) -> tuple[list[Group], nx.Graph]:
         sp.cuts, sp.seg0 = csp.cuts, csp.seg0
     g = nx.Graph()
     g.add_nodes_from(range(len(table.space)))
-    edges, expansions, bad_expand = segment_edges(cls.relations, cls.spaces, table.bounds)
+    edges, expansions, split_blocks = segment_edges(cls.relations, cls.spaces, table.bounds)
     cg.expansions = expansions
     g.add_edges_from(edges)
-    for sid, node in bad_expand.items():
-        why = (
-            f"{node.op_type} '{node.name}': a cut inside an expanded block of '{spaces[sid].label}'"
-        )
-        spaces[sid].locks.append(Lock("mismatch", why, node.name, node.op_type))
     if cg.locked_values or cg.pending_locks:
         for key, sid in cg._index.items():
             if key[0] in cg.locked_values:
@@ -179,6 +187,11 @@ def solve(cg: ChannelGraph) -> tuple[list[Group], nx.Graph]:
             if key in cg.pending_locks:
                 spaces[sid].locks.append(cg.pending_locks[key])
     maker = _GroupMaker(cg, g, table, expansions, cls)
+    for seg, (node, big) in split_blocks.items():
+        why = (
+            f"{node.op_type} '{node.name}': a cut inside an expanded block of '{spaces[big].label}'"
+        )
+        maker.seg_locks[seg] = Lock("mismatch", why, node.name, node.op_type)
     groups = [grp for comp in _components(g, table, cls, maker) if (grp := maker.make(comp))]
     groups.sort(key=lambda gr: gr.order)
     for i, gr in enumerate(groups):
@@ -334,6 +347,7 @@ class _GroupMaker:
         self.table = table
         self.expansions = expansions
         self.exp_segs = {s for pair in expansions for s in pair}
+        self.seg_locks: dict[int, Lock] = {}  # locks of single segments (a cut block)
         self._node_pos = {n.name: i for i, n in enumerate(cg.graph.nodes)}
         self._info: list[tuple | None] = [None] * len(cg.spaces)  # see _space_info
         self._pos: dict[int, int | None] = {}
@@ -379,6 +393,8 @@ class _GroupMaker:
         for s in sorted(comp):
             segs_of.setdefault(seg_class[s], []).append(s)
         norm, size, locks = self.units(comp)
+        if self.seg_locks:
+            locks = [self.seg_locks[s] for s in sorted(comp) if s in self.seg_locks] + locks
         members: list[Member] = []
         segments: list[Segment] = []
         order = None

@@ -33,10 +33,12 @@ def test_analysis_finishes_and_names_every_lock(corpus_case, request):
     corpus_case.expect_known_failure(request, "analyze")
     analysis = corpus_case.require_analysis()
     assert analysis.groups, f"{corpus_case.name}: no channel groups at all"
+    # a group of one channel (ShuffleNet-V2's deepest shuffled blocks) stays whole with no
+    # lock: the reason says so
     unnamed = [
         g.id
         for g in analysis.locked_groups
-        if not g.reason or not g.locks or not all(lock.message for lock in g.locks)
+        if not g.reason or (not g.locks and g.size > 1) or not all(lock.message for lock in g.locks)
     ]
     assert not unnamed, f"{corpus_case.name}: locked groups without a reason: {unnamed[:10]}"
     nameless = [

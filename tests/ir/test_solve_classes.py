@@ -19,12 +19,12 @@ NODE = Node("Op", "op")
 
 @st.composite
 def channel_graphs(draw) -> ChannelGraph:
-    """Spaces of a few sizes tied by identities, concats and expansions at random."""
+    """Spaces of a few sizes tied by identities, concats, splits and expansions at random."""
     cg = ChannelGraph(Graph())
     for i in range(draw(st.integers(2, 8))):
         cg.virtual(f"s{i}", draw(st.sampled_from([2, 3, 4, 6, 8, 12])))
     for _ in range(draw(st.integers(1, 14))):
-        kind = draw(st.sampled_from(["id", "id", "cat", "exp"]))
+        kind = draw(st.sampled_from(["id", "id", "cat", "exp", "split"]))
         n = len(cg.spaces)
         if kind == "id":
             a, b = draw(st.integers(0, n - 1)), draw(st.integers(0, n - 1))
@@ -35,6 +35,11 @@ def channel_graphs(draw) -> ChannelGraph:
             parts = draw(st.lists(st.integers(0, n - 1), min_size=2, max_size=3))
             total = sum(cg.spaces[p].length for p in parts)  # type: ignore[misc]
             cg.concat(cg.virtual(f"s{n}", total), parts, NODE)
+        elif kind == "split":  # cuts an existing space anywhere (inside expanded blocks too)
+            whole = draw(st.sampled_from([i for i in range(n) if cg.spaces[i].length > 1]))
+            length = cg.spaces[whole].length
+            at = draw(st.integers(1, length - 1))  # type: ignore[operator]
+            cg.concat(whole, [cg.virtual(f"s{n}", at), cg.virtual(f"s{n + 1}", length - at)], NODE)  # type: ignore[operator]
         else:
             small, k = draw(st.integers(0, n - 1)), draw(st.sampled_from([2, 3]))
             cg.expand(cg.virtual(f"s{n}", cg.spaces[small].length * k), small, k, NODE)  # type: ignore[operator]
@@ -58,10 +63,12 @@ def _reference(cg: ChannelGraph) -> set[frozenset[tuple[int, int]]]:
             for p in rel[2]:
                 g.add_edges_from(((p, s), (rel[1], offset + s)) for s in bounds[p][:-1])
                 offset += spaces[p].length  # type: ignore[operator]
-        else:
+        else:  # each small segment to the big segments its blocks cover (several: a cut block)
             _, big, small, k, _node = rel
-            if not any(c % k for c in spaces[big].cuts):
-                g.add_edges_from(((small, s), (big, s * k)) for s in bounds[small][:-1])
+            for s, e in itertools.pairwise(bounds[small]):
+                g.add_edges_from(
+                    ((small, s), (big, b)) for b in bounds[big][:-1] if s * k <= b < e * k
+                )
     return {frozenset(c) for c in nx.connected_components(g)}
 
 
