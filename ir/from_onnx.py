@@ -315,10 +315,13 @@ def _read_types(found: onnx.GraphProto, graph: Graph) -> None:
 
 def _read_nodes(gp: onnx.GraphProto, graph: Graph, scope: _Scope) -> None:
     """The nodes, named uniquely, with their attributes and subgraphs; Identity/Cast of a
-    constant and Constant nodes give constant outputs."""
+    constant and Constant nodes give constant outputs.
+
+    ``Graph.add_node`` and ``Graph.value`` written inline (this runs for every node): the
+    node is built from its own lists and its def-use links set here."""
     values, new_value = graph.values, graph.value
     names: set[str] = set()
-    lookup, add_node = scope.lookup, graph.add_node
+    lookup, nodes = scope.lookup, graph.nodes
     for i, np_node in enumerate(gp.node):
         op = np_node.op_type
         name = np_node.name or f"{op}_{i}"
@@ -328,8 +331,17 @@ def _read_nodes(gp: onnx.GraphProto, graph: Graph, scope: _Scope) -> None:
             names.add(name)
         inputs = [(values[n] if n in values else lookup(n)) if n else None for n in np_node.input]
         outputs = [values[n] if n in values else new_value(n) for n in np_node.output if n]
-        attrs, subgraphs = _read_attributes(np_node, scope)
-        node = add_node(op, name, inputs, outputs, attrs, np_node.domain)
+        if np_node.attribute:
+            attrs, subgraphs = _read_attributes(np_node, scope)
+        else:
+            attrs, subgraphs = {}, None
+        node = Node(op, name, inputs, outputs, attrs, np_node.domain)
+        for k, v in enumerate(inputs):
+            if v is not None:
+                v.uses.append((node, k))
+        for v in outputs:
+            v.producer = node
+        nodes.append(node)
         if subgraphs:
             _attach_subgraphs(node, subgraphs, lookup)
         if op == "Identity" or op == "Cast":
@@ -341,6 +353,7 @@ def _read_nodes(gp: onnx.GraphProto, graph: Graph, scope: _Scope) -> None:
             if out.is_const:
                 out.shape = tuple(out.const.shape)
                 out.dtype = out.const.dtype
+    graph.touch()
 
 
 def _read_attributes(np_node: onnx.NodeProto, scope: _Scope) -> tuple[dict, dict]:
