@@ -2,8 +2,8 @@
 
 ``onnx.load`` copies every weight into the proto, yet the analysis needs only the graph,
 the shapes and dtypes of the weights and a few small constants. ``read_light`` walks the
-protobuf wire format of the file (memory-mapped), leaves out the ``raw_data`` of each large
-initializer of the main graph, and parses the rest; ``FileWeights.loader`` gives, per left
+protobuf wire format of the file, leaves out the ``raw_data`` of each large initializer of
+the main graph, and parses the rest; ``FileWeights.loader`` gives, per left
 out tensor, a function that reads its bytes from the file on first use.
 
 Rules:
@@ -16,13 +16,16 @@ Rules:
 - the file stays open until the weights' owner is collected, so replacing it (an atomic
   write over the input) does not change what is read; one written in place since (its
   size or modification time changed) is an error naming it;
+- the walk reads the file with ``pread`` in small windows around the record headers and
+  copies the bytes it keeps in one read per run between left-out data (not a memory map:
+  each page a walk touches there is a page fault, several microseconds in a virtual
+  machine, one per initializer header: over 2 ms on a DenseNet);
 - anything unexpected (a text-format file, a malformed record, a big-endian host) makes
   ``read_light`` return None and the caller loads the file the usual way.
 """
 
 from __future__ import annotations
 
-import mmap
 import os
 import sys
 import weakref
@@ -83,46 +86,95 @@ def _encode(n: int) -> bytes:
     return bytes(out)
 
 
-def _records(buf, i: int, end: int):
-    """(field, wire type, record start, value start, value end) of each record in
-    ``buf[i:end]``."""
+class _File:
+    """An open file read through ``pread``: ``at`` gives a window holding a range (read
+    well ahead while the walk goes on near where the window ends, a little after a jump
+    over left-out data), ``read`` the exact bytes of a range."""
+
+    _AHEAD, _JUMP = 16384, 512
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.fd, self.size = fd, size
+        self.data, self.lo = b"", 0
+
+    def at(self, off: int, n: int) -> tuple[bytes, int]:
+        """(window, its file offset) with ``[off, off + n)`` inside (clipped at the end of
+        the file: a record header read past it is malformed)."""
+        lo = self.lo
+        if lo <= off and off + n <= lo + len(self.data):
+            return self.data, lo
+        end = lo + len(self.data)
+        ahead = self._AHEAD if lo <= off <= end + self._AHEAD else self._JUMP
+        self.data, self.lo = _pread(self.fd, min(max(n, ahead), self.size - off), off), off
+        return self.data, off
+
+    def read(self, off: int, n: int) -> bytes:
+        lo = self.lo
+        if lo <= off and off + n <= lo + len(self.data):
+            return self.data[off - lo : off - lo + n]
+        if n <= 0:
+            return b""
+        data = _pread(self.fd, n, off)
+        if len(data) != n:
+            raise _Malformed("record past the end of the file")
+        return data
+
+
+def _pread(fd: int, n: int, off: int) -> bytes:
+    data = os.pread(fd, n, off)
+    while 0 < len(data) < n:
+        more = os.pread(fd, n - len(data), off + len(data))
+        if not more:
+            break
+        data += more
+    return data
+
+
+def _records(f: _File, i: int, end: int):
+    """(field, wire type, record start, value start, value end) of each record in the file
+    range ``[i, end)``."""
+    buf, base, top = b"", 0, 0  # the window, its file offset, and where it ends
     while i < end:
-        start = i
-        tag = buf[i]  # one-byte tags and lengths inline: a graph has a record per node
+        if i < base or i + 21 > top:  # a tag and a length: two varints
+            buf, base = f.at(i, 21)
+            top = base + len(buf)
+        j = i - base
+        tag = buf[j]  # one-byte tags and lengths inline: a graph has a record per node
         if tag < 0x80:
-            i += 1
+            j += 1
         else:
-            tag, i = _varint(buf, i)
+            tag, j = _varint(buf, j)
         wire = tag & 7
         if wire == 2:
-            n = buf[i]
+            n = buf[j]
             if n < 0x80:
-                i += 1
+                j += 1
             else:
-                n, i = _varint(buf, i)
-            stop = i + n
+                n, j = _varint(buf, j)
+            stop = base + j + n
         elif wire == 0:
-            _, stop = _varint(buf, i)
+            stop = base + _varint(buf, j)[1]
         elif wire == 5:
-            stop = i + 4
+            stop = base + j + 4
         elif wire == 1:
-            stop = i + 8
+            stop = base + j + 8
         else:  # groups: not in onnx.proto
             raise _Malformed(f"wire type {wire}")
         if stop > end:
             raise _Malformed("record past its end")
-        yield tag >> 3, wire, start, i, stop
+        yield tag >> 3, wire, i, base + j, stop
         i = stop
 
 
-def _raw_span(buf, start: int, end: int, least: int) -> tuple[int, int, int] | None:
+def _raw_span(f: _File, start: int, end: int, least: int) -> tuple[int, int, int] | None:
     """Where a plain tensor's ``raw_data`` of more than ``least`` bytes lies (record start,
     data start, data end); None when the tensor must be parsed whole."""
     dtype = 0
     raw = None
-    for field, wire, rec, a, b in _records(buf, start, end):
+    for field, wire, rec, a, b in _records(f, start, end):
         if field == _DATA_TYPE and wire == 0:
-            dtype = _varint(buf, a)[0]
+            buf, base = f.at(a, b - a)
+            dtype = _varint(buf, a - base)[0]
         elif field == _RAW and wire == 2:
             raw = (rec, a, b)
         elif field in (_SEGMENT, _LOCATION):
@@ -132,29 +184,31 @@ def _raw_span(buf, start: int, end: int, least: int) -> tuple[int, int, int] | N
     return raw
 
 
-def _light_graph(buf, start: int, end: int, keep: int, spans: dict[int, tuple[int, int]]) -> bytes:
+def _light_graph(
+    f: _File, start: int, end: int, keep: int, spans: dict[int, tuple[int, int]]
+) -> bytes:
     """The graph record's bytes with the raw data of large initializers left out: more
     than ``8 * keep`` bytes, so more than ``keep`` elements of any plain dtype."""
     least = 8 * keep
     parts = []
     copied = start  # bytes from here on are not yet in ``parts``
     index = -1
-    for field, wire, rec, a, b in _records(buf, start, end):
+    for field, wire, rec, a, b in _records(f, start, end):
         if field != _INITIALIZER or wire != 2:
             continue
         index += 1
         if b - a <= least:
             continue
-        found = _raw_span(buf, a, b, least)
+        found = _raw_span(f, a, b, least)
         if found is None:
             continue
         raw_rec, raw_a, raw_b = found
-        body = buf[a:raw_rec] + buf[raw_b:b]
-        parts.append(buf[copied:rec])
+        body = f.read(a, raw_rec - a) + f.read(raw_b, b - raw_b)
+        parts.append(f.read(copied, rec - copied))
         parts.append(b"\x2a" + _encode(len(body)) + body)  # field 5, length-delimited
         copied = b
         spans[index] = (raw_a, raw_b - raw_a)
-    parts.append(buf[copied:end])
+    parts.append(f.read(copied, end - copied))
     return b"".join(parts)
 
 
@@ -210,8 +264,7 @@ def read_light(path: Path, keep: int) -> tuple[onnx.ModelProto, FileWeights] | N
     except OSError:  # onnx.load says what is wrong
         return None
     try:
-        with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as buf:
-            model, spans = _parse_light(buf, keep)
+        model, spans = _parse_light(_File(fd, os.fstat(fd).st_size), keep)
         if model is not None:
             return model, FileWeights(Path(path), fd, spans)
     except Exception:  # malformed or unreadable: onnx.load says what is wrong
@@ -220,17 +273,17 @@ def read_light(path: Path, keep: int) -> tuple[onnx.ModelProto, FileWeights] | N
     return None
 
 
-def _parse_light(buf, keep: int) -> tuple[onnx.ModelProto | None, dict[int, tuple[int, int]]]:
+def _parse_light(f: _File, keep: int) -> tuple[onnx.ModelProto | None, dict[int, tuple[int, int]]]:
     spans: dict[int, tuple[int, int]] = {}
     parts = []
     graphs = 0
-    for field, wire, rec, a, b in _records(buf, 0, len(buf)):
+    for field, wire, rec, a, b in _records(f, 0, f.size):
         if field == _GRAPH and wire == 2:
             graphs += 1
-            body = _light_graph(buf, a, b, keep, spans)
+            body = _light_graph(f, a, b, keep, spans)
             parts.append(b"\x3a" + _encode(len(body)) + body)  # field 7
         else:
-            parts.append(buf[rec:b])
+            parts.append(f.read(rec, b - rec))
     if graphs != 1 or not spans:  # nothing left out: parse as usual
         return None, spans
     model = onnx.ModelProto()

@@ -153,3 +153,38 @@ def test_analysing_a_model_with_external_data_reads_none_of_it(tmp_path):
     weight = from_onnx(path).values["stem.conv.weight"]
     with pytest.raises(BadInputError, match=r"ext\.data: the external data of 'stem\.conv\.w"):
         weight.const  # noqa: B018  (onnx refuses the short read)
+
+
+def test_records_that_cross_read_windows_are_read_whole(tmp_path):
+    """Names longer than a read window, and runs of small tensors between large ones: the
+    walk refills its window mid-record and still gives what ``onnx.load`` parses."""
+    rng = np.random.default_rng(0)
+    inits, nodes = [], []
+    previous = "x"
+    for i in range(40):
+        name = f"w{i}_" + "n" * (3000 if i % 3 == 0 else 10)
+        size = (100, 100) if i % 2 == 0 else (3, 3)  # large ones left out, small ones kept
+        inits.append(numpy_helper.from_array(rng.standard_normal(size).astype(np.float32), name))
+        nodes.append(
+            helper.make_node("Add", [previous, name], [f"y{i}"], name=f"add{i}_" + "a" * 700)
+        )
+        previous = f"y{i}"
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [100, 100])],
+        [helper.make_tensor_value_info(previous, onnx.TensorProto.FLOAT, [100, 100])],
+        inits,
+    )
+    path = _saved(tmp_path, helper.make_model(graph))
+    light, weights = read_light(path, keep=MAX_ELEMENTS)
+    full = onnx.load(str(path))
+    assert sorted(weights.spans) == [i for i in range(40) if i % 2 == 0]
+    for index, (got, want) in enumerate(
+        zip(light.graph.initializer, full.graph.initializer, strict=True)
+    ):
+        if index in weights.spans:
+            np.testing.assert_array_equal(weights.loader(index, got)(), numpy_helper.to_array(want))
+            want.ClearField("raw_data")
+        assert got == want
+    assert list(light.graph.node) == list(full.graph.node)
