@@ -6,7 +6,9 @@ Rules:
 - opsets 11 to the newest the installed onnx knows are accepted;
 - small integer constant subgraphs (exporters' shape arithmetic) are evaluated first
   (``ir/fold.py``), their outputs become constants, and shape inference (with data
-  propagation) fills value shapes; symbolic dims stay strings;
+  propagation) fills value shapes; symbolic dims stay strings; it runs on a light model
+  (large weights only typed), which from a path is cut from the bytes read
+  (``_shape_bytes``) and from a proto is copied from it (``_shape_copy``);
 - Constant nodes keep their node and also give their output a ``const``; Identity of a
   constant shares its storage (no copy) and Cast of a constant is computed by
   ``ir/fold.evaluate`` (numeric folding lives in ``ir/fold.py`` only);
@@ -34,7 +36,14 @@ from drpopt.ir.core import Graph, Node, Value
 from drpopt.ir.fold import MAX_ELEMENTS, evaluate, fold_constants
 from drpopt.ir.onnx_load import check_external, read_for_analysis
 from drpopt.ir.onnx_load import load_model as load_model  # re-exported: callers import it here
-from drpopt.ir.onnx_scan import FileWeights, tensor_array
+from drpopt.ir.onnx_scan import (
+    FileWeights,
+    Layout,
+    encode_varint,
+    initializer_record,
+    input_record,
+    tensor_array,
+)
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +115,30 @@ def _shape_copy(
     return light
 
 
+def _shape_bytes(
+    model: onnx.ModelProto, layout: Layout, folded: dict[str, np.ndarray], folded_nodes: list[int]
+) -> bytes:
+    """``_shape_copy(model, folded, folded_nodes)`` serialised, cut from the bytes the model
+    was read from (``ir/onnx_scan.Layout``): the same records, no proto copied."""
+    src = model.graph
+    declared = {i.name for i in src.input}
+    cut: list[int] = []
+    extra: list[bytes] = []
+    for index, t in enumerate(src.initializer):
+        if t.data_location != _EXTERNAL and math.prod(t.dims) <= SMALL_CONSTANT:
+            continue
+        cut.append(index)
+        if t.name not in declared:
+            record = input_record(t.name, t.data_type, t.dims)
+            if record is None:  # a negative dim: protobuf writes it
+                info = onnx.ValueInfoProto()
+                _typed_input(info, t)
+                record = b"\x5a" + encode_varint(info.ByteSize()) + info.SerializeToString()
+            extra.append(record)
+    extra.extend(initializer_record(numpy_helper.from_array(a, n)) for n, a in folded.items())
+    return layout.shape_model(folded_nodes, cut, extra)
+
+
 def _typed_input(info: onnx.ValueInfoProto, tensor: onnx.TensorProto) -> None:
     """``helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims))``
     written in place."""
@@ -118,13 +151,14 @@ def _typed_input(info: onnx.ValueInfoProto, tensor: onnx.TensorProto) -> None:
         shape.dim.add().dim_value = d
 
 
-def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Runs ONNX shape inference, keeping the model as it was when inference fails."""
+def infer_shapes(model: onnx.ModelProto | bytes) -> onnx.ModelProto:
+    """Runs ONNX shape inference, keeping the model as it was when inference fails (a
+    model given as bytes is parsed then)."""
     try:
         return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     except Exception as err:
         log.warning("shape inference failed (%s); continuing with the shapes the model has", err)
-        return model
+        return onnx.load_from_string(model) if isinstance(model, bytes) else model
 
 
 def from_onnx(
@@ -161,11 +195,18 @@ def _from_onnx(
     where = where or (str(source) if not isinstance(source, onnx.ModelProto) else "model")
     _check_initializers(model.graph, where)
     base_dir = "" if isinstance(source, onnx.ModelProto) else str(Path(source).parent)
+    read = model
     model = fix_input_shapes(model, input_shapes or {})
     opset = check_opset(model, where)
     folded_nodes: list[int] = []
     folded = fold_constants(model, folded_nodes)
-    inferred = infer_shapes(_shape_copy(model, folded, folded_nodes))
+    layout = weights.layout if weights is not None else None
+    if weights is not None:
+        weights.layout = None  # used once: its bytes need not live as long as the weights
+    if layout is not None and model is read:
+        inferred = infer_shapes(_shape_bytes(model, layout, folded, folded_nodes))
+    else:
+        inferred = infer_shapes(_shape_copy(model, folded, folded_nodes))
     graph = _convert_graph(
         model.graph, parent=None, shapes=inferred.graph, base_dir=base_dir, weights=weights
     )

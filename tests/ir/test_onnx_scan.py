@@ -3,6 +3,7 @@ file, what is parsed, and that analysis reads no weight while the passes still g
 
 from __future__ import annotations
 
+import importlib
 import os
 
 import numpy as np
@@ -188,3 +189,53 @@ def test_records_that_cross_read_windows_are_read_whole(tmp_path):
             want.ClearField("raw_data")
         assert got == want
     assert list(light.graph.node) == list(full.graph.node)
+
+
+def test_shape_inference_input_cut_from_the_file_is_the_proto_copy(tmp_path):
+    """From a path the model for shape inference is cut from the bytes read
+    (``from_onnx._shape_bytes``); it must type every value as the proto copy does: folded
+    nodes out and their values in, weights over the size limit typed (one of them also a
+    graph input, one small in bytes but over the limit in elements), small constants kept."""
+    frontend = importlib.import_module("drpopt.ir.from_onnx")  # the module, not the function
+    rng = np.random.default_rng(0)
+    big = numpy_helper.from_array(rng.standard_normal((16, 3, 30, 30)).astype(np.float32), "w")
+    many = numpy_helper.from_array(np.ones((5000,), np.int8), "many")  # 5000 B, 5000 elements
+    shape = numpy_helper.from_array(np.array([16, -1], np.int64), "shape")
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Constant", [], ["k"], value=numpy_helper.from_array(np.array(0))),
+        helper.make_node("Unsqueeze", ["k", "axes"], ["k1"]),  # folded
+        helper.make_node("Reshape", ["c", "shape"], ["r"]),
+        helper.make_node("Cast", ["many"], ["m"], to=onnx.TensorProto.FLOAT),
+        helper.make_node("ReduceSum", ["m", "k1"], ["s"], keepdims=0),
+        helper.make_node("Add", ["r", "s"], ["y"]),
+    ]
+    axes = numpy_helper.from_array(np.array([0], np.int64), "axes")
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [
+            helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 32, 32]),
+            helper.make_tensor_value_info("w", onnx.TensorProto.FLOAT, [16, 3, 30, 30]),
+        ],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        [big, many, shape, axes],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    path = _saved(tmp_path, model)
+    light, weights = read_light(path, keep=MAX_ELEMENTS)
+    folded_nodes: list[int] = []
+    folded = frontend.fold_constants(light, folded_nodes)
+    assert folded_nodes == [2] and list(folded) == ["k1"]
+    copy = frontend._shape_copy(light, folded, folded_nodes)
+    cut = frontend._shape_bytes(light, weights.layout, folded, folded_nodes)
+    parsed = onnx.load_from_string(cut)
+    for field in ("node", "initializer", "input", "output", "value_info"):
+        assert list(getattr(parsed.graph, field)) == list(getattr(copy.graph, field)), field
+    assert [i.name for i in parsed.graph.initializer] == ["shape", "axes", "k1"]
+    want = frontend.infer_shapes(copy).graph
+    got = frontend.infer_shapes(cut).graph
+    assert list(got.value_info) == list(want.value_info) and list(got.output) == list(want.output)
+    assert {v.name for v in want.value_info} >= {"c", "r", "m", "s"}
+    shapes = {v.name: v.shape for v in from_onnx(model).values.values()}
+    assert {v.name: v.shape for v in from_onnx(path).values.values()} == shapes
