@@ -8,7 +8,7 @@ Rules:
   (``ir/fold.py``), their outputs become constants, and shape inference (with data
   propagation) fills value shapes; symbolic dims stay strings; it runs on a light model
   (large weights only typed), which from a path is cut from the bytes read
-  (``_shape_bytes``) and from a proto is copied from it (``_shape_copy``);
+  (``_shape_bytes``) and from a proto is copied from it (``_shape_copy``), both serialised;
 - Constant nodes keep their node and also give their output a ``const``; Identity of a
   constant shares its storage (no copy) and Cast of a constant is computed by
   ``ir/fold.evaluate`` (numeric folding lives in ``ir/fold.py`` only);
@@ -82,16 +82,17 @@ def check_opset(model: onnx.ModelProto, where: str = "model") -> int:
 
 def _shape_copy(
     model: onnx.ModelProto, folded: dict[str, np.ndarray], folded_nodes: list[int]
-) -> onnx.ModelProto:
-    """What shape inference needs and no more: the nodes but the folded ones
+) -> bytes:
+    """What shape inference needs and no more, serialised: the nodes but the folded ones
     (``folded_nodes``, indices), small constants (they may be shape arguments), folded values
     as constants, large weights as typed inputs (their data never matters for shapes;
-    serialising it dominated load time)."""
+    serialising it dominated load time). The typed inputs are written as bytes after the
+    copied graph (``_typed_weights``), not built as protos."""
     light = onnx.ModelProto()
     light.ir_version = model.ir_version
     light.opset_import.extend(model.opset_import)
     light.functions.extend(model.functions)
-    src, g = model.graph, light.graph
+    src, g = model.graph, onnx.GraphProto()
     g.name = src.name
     start = 0
     for index in folded_nodes:  # the runs of nodes between folded ones, copied in C
@@ -100,30 +101,38 @@ def _shape_copy(
         start = index + 1
     g.node.extend(src.node[start:] if start else src.node)
     g.input.extend(src.input)
-    declared = {i.name for i in src.input}
-    for t in src.initializer:
-        inline = t.data_location != _EXTERNAL
-        if inline and math.prod(t.dims) <= SMALL_CONSTANT:
-            g.initializer.append(t)
-        elif t.name not in declared:
-            _typed_input(g.input.add(), t)
+    cut, records = _typed_weights(src)
+    if cut:
+        skip = set(cut)
+        g.initializer.extend(t for i, t in enumerate(src.initializer) if i not in skip)
+    else:
+        g.initializer.extend(src.initializer)
     g.sparse_initializer.extend(src.sparse_initializer)
     for name, arr in folded.items():
         g.initializer.append(numpy_helper.from_array(arr, name))
     g.output.extend(src.output)
     g.value_info.extend(src.value_info)
-    return light
+    body = g.SerializeToString() + b"".join(records)
+    return light.SerializeToString() + b"\x3a" + encode_varint(len(body)) + body
 
 
 def _shape_bytes(
     model: onnx.ModelProto, layout: Layout, folded: dict[str, np.ndarray], folded_nodes: list[int]
 ) -> bytes:
-    """``_shape_copy(model, folded, folded_nodes)`` serialised, cut from the bytes the model
-    was read from (``ir/onnx_scan.Layout``): the same records, no proto copied."""
-    src = model.graph
+    """``_shape_copy(model, folded, folded_nodes)`` cut from the bytes the model was read
+    from (``ir/onnx_scan.Layout``): the same records, no proto copied."""
+    cut, extra = _typed_weights(model.graph)
+    extra.extend(initializer_record(numpy_helper.from_array(a, n)) for n, a in folded.items())
+    return layout.shape_model(folded_nodes, cut, extra)
+
+
+def _typed_weights(src: onnx.GraphProto) -> tuple[list[int], list[bytes]]:
+    """The initializers shape inference gets as typed inputs, not as data (external, or over
+    ``SMALL_CONSTANT`` elements), by index, and an input record for each one the graph does
+    not already declare as an input."""
     declared = {i.name for i in src.input}
     cut: list[int] = []
-    extra: list[bytes] = []
+    records: list[bytes] = []
     for index, t in enumerate(src.initializer):
         if t.data_location != _EXTERNAL and math.prod(t.dims) <= SMALL_CONSTANT:
             continue
@@ -134,9 +143,8 @@ def _shape_bytes(
                 info = onnx.ValueInfoProto()
                 _typed_input(info, t)
                 record = b"\x5a" + encode_varint(info.ByteSize()) + info.SerializeToString()
-            extra.append(record)
-    extra.extend(initializer_record(numpy_helper.from_array(a, n)) for n, a in folded.items())
-    return layout.shape_model(folded_nodes, cut, extra)
+            records.append(record)
+    return cut, records
 
 
 def _typed_input(info: onnx.ValueInfoProto, tensor: onnx.TensorProto) -> None:

@@ -229,10 +229,15 @@ def test_shape_inference_input_cut_from_the_file_is_the_proto_copy(tmp_path):
     assert folded_nodes == [2] and list(folded) == ["k1"]
     copy = frontend._shape_copy(light, folded, folded_nodes)
     cut = frontend._shape_bytes(light, weights.layout, folded, folded_nodes)
-    parsed = onnx.load_from_string(cut)
+    parsed, copied = onnx.load_from_string(cut), onnx.load_from_string(copy)
     for field in ("node", "initializer", "input", "output", "value_info"):
-        assert list(getattr(parsed.graph, field)) == list(getattr(copy.graph, field)), field
+        assert list(getattr(parsed.graph, field)) == list(getattr(copied.graph, field)), field
     assert [i.name for i in parsed.graph.initializer] == ["shape", "axes", "k1"]
+    assert [i.name for i in parsed.graph.input] == ["x", "w", "many"]
+    assert parsed.graph.input[2] == helper.make_tensor_value_info(
+        "many", onnx.TensorProto.INT8, [5000]
+    )
+    assert [n.output[0] for n in parsed.graph.node] == ["c", "k", "r", "m", "s", "y"]
     want = frontend.infer_shapes(copy).graph
     got = frontend.infer_shapes(cut).graph
     assert list(got.value_info) == list(want.value_info) and list(got.output) == list(want.output)
