@@ -163,11 +163,16 @@ def register_rule(op_type: str, rule: OpRule | Rule) -> None:
 
 
 # ---- helpers ----------------------------------------------------------------------------
-def same_axes(cg: ChannelGraph, node: Node, x: Value | None, y: Value, axes=None) -> None:
+def same_axes(
+    cg: ChannelGraph, node: Node, x: Value | None, y: Value, axes=None, y_spaces=None
+) -> None:
     """Identity on every axis where the sizes agree; axes that change size are locked.
 
     An axis of size 1 on both sides has no space on either (nothing couples, and the
-    central lock skips size-1 axes): it is passed over without asking for its spaces."""
+    central lock skips size-1 axes): it is passed over without asking for its spaces.
+    ``y_spaces`` ({axis: space}) keeps ``y``'s spaces across calls with one ``y`` (every
+    part of a Concat): each is asked for once, when first needed, so spaces are made in
+    the same order as without it."""
     if x is None:
         return
     xs, ys = x.shape, y.shape
@@ -176,19 +181,28 @@ def same_axes(cg: ChannelGraph, node: Node, x: Value | None, y: Value, axes=None
         cg.lock_value(y, "rule", f"{node.op_type} '{node.name}': rank unknown", node)
         return
     space, identity = cg.space, cg.identity
+    known = y_spaces if y_spaces is not None else {}
     for ax in range(len(xs)) if axes is None else axes:
         dim = xs[ax]
         if dim == ys[ax]:
             if dim != 1:
-                identity(space(x, ax), space(y, ax), node)
+                sx = space(x, ax)
+                sy = known.get(ax, _NO_SPACE)
+                if sy is _NO_SPACE:
+                    sy = known[ax] = space(y, ax)
+                identity(sx, sy, node)
         else:
             why = f"{node.op_type} '{node.name}' changes the size of axis {ax}"
             cg.lock(space(x, ax), "resized", why, node)
             cg.lock(space(y, ax), "resized", why, node)
 
 
+_NO_SPACE = -1  # not asked for yet (space ids are >= 0, or None for size 1)
+
+
 def broadcast(cg: ChannelGraph, node: Node, inputs: list[Value | None], out: Value) -> None:
-    """Numpy broadcasting: an input axis of the output's size couples with it; size 1 does not."""
+    """Numpy broadcasting: an input axis of the output's size couples with it; size 1 does not.
+    Each space of ``out`` is asked for once, when first needed (the same order of spaces)."""
     if out.shape is None:
         for x in inputs:
             cg.lock_value(x, "rule", f"{node.op_type} '{node.name}': output rank unknown", node)
@@ -196,6 +210,7 @@ def broadcast(cg: ChannelGraph, node: Node, inputs: list[Value | None], out: Val
         return
     space, identity = cg.space, cg.identity
     rank = len(out.shape)
+    out_spaces = [_NO_SPACE] * rank
     for x in inputs:
         if x is None:
             continue
@@ -206,7 +221,11 @@ def broadcast(cg: ChannelGraph, node: Node, inputs: list[Value | None], out: Val
         off = rank - len(xs)
         for ax, dim in enumerate(xs):
             if dim != 1:
-                identity(space(x, ax), space(out, off + ax), node)
+                sx = space(x, ax)
+                so = out_spaces[off + ax]
+                if so == _NO_SPACE:
+                    so = out_spaces[off + ax] = space(out, off + ax)
+                identity(sx, so, node)
 
 
 def lock_axis(cg: ChannelGraph, node: Node, values, axes, why: str) -> None:
