@@ -550,19 +550,22 @@ def unshare_constants(graph: Graph) -> None:
     same array object (no copy: passes copy on write), and ``to_onnx`` writes an array
     that is still shared once, so an unpruned model keeps its size.
     """
+    outputs = {id(v) for v in graph.outputs}
+    new_value, fresh_name = graph.value, graph.fresh_name
     for value in list(graph.values.values()):
-        if len(value.uses) < 2 or not value.is_const or value in graph.outputs:
+        if len(value.uses) < 2 or not value.is_const or id(value) in outputs:
             continue
         uses = [(n, i) for n, i in value.uses if i >= 0]
         if len(uses) < 2:
             continue
+        name, shape, dtype = value.name, value.shape, value.dtype
+        from_node = value.producer is not None  # a Constant node's output: keep the node's
         for node, i in uses[1:]:
-            clone = graph.value(
-                graph.fresh_name(f"{value.name}__{node.name}"), shape=value.shape, dtype=value.dtype
-            )
+            clone = new_value(fresh_name(f"{name}__{node.name}"))
+            clone.shape, clone.dtype = shape, dtype
             clone.share_const(value)
-            if value.producer is not None:  # a Constant node's output: keep the node's
-                clone.meta["shared_from"] = value.name
+            if from_node:
+                clone.meta["shared_from"] = name
             node.inputs[i] = clone  # use lists fixed once below: linear in the uses
             clone.uses.append((node, i))
         value.uses = [uses[0], *((n, i) for n, i in value.uses if i < 0)]
