@@ -180,8 +180,9 @@ def from_onnx(
     ``input_shapes`` ({input name or None: dims}) fixes symbolic input dims before shape
     inference (``ir/input_shapes.py``); ``graph.meta["input_shapes"]`` records the input
     dims the shapes were computed for (unknown ones as their symbol). ``weights`` reads the
-    initializers of a given proto that holds no data for them (``loader(index, tensor)``,
-    as ``onnx_scan.FileWeights``; ``ir/from_onnx_ir.py``).
+    initializers of a given proto that holds no data for them (``loader(index, tensor)``
+    and ``layout``, the file records shape inference may cut from or None, as
+    ``onnx_scan.FileWeights``; ``ir/from_onnx_ir.py``).
     """
     # many small long-lived objects and no cycles worth collecting early: collections
     # during the load would only walk them again (as ``ir/analysis.analyze`` does)
