@@ -387,6 +387,8 @@ def _read_nodes(gp: onnx.GraphProto, graph: Graph, scope: _Scope) -> None:
             names.add(name)
         inputs = [(values[n] if n in values else lookup(n)) if n else None for n in np_node.input]
         outputs = [values[n] if n in values else new_value(n) for n in np_node.output if n]
+        if len(outputs) < len(np_node.output):
+            outputs = _outputs_with_gaps(graph, name, np_node.output)
         if np_node.attribute:
             attrs, subgraphs = _read_attributes(np_node, scope)
         else:
@@ -410,6 +412,25 @@ def _read_nodes(gp: onnx.GraphProto, graph: Graph, scope: _Scope) -> None:
                 out.shape = tuple(out.const.shape)
                 out.dtype = out.const.dtype
     graph.touch()
+
+
+def _outputs_with_gaps(graph: Graph, node: str, names) -> list[Value]:
+    """A node's outputs where some optional ones are omitted (``""``, as an LSTM written
+    ``["", "Y_h"]``): an omitted one before a given one is a placeholder value (meta
+    ``omitted``; ``to_onnx`` writes ``""`` for it again while nothing reads it), so every
+    output keeps its position; omitted ones at the end are left out."""
+    names = list(names)
+    while names and not names[-1]:
+        names.pop()
+    outputs = []
+    for k, n in enumerate(names):
+        if n:
+            outputs.append(graph.values[n] if n in graph.values else graph.value(n))
+        else:
+            placeholder = graph.value(graph.fresh_name(f"{node}:omitted{k}"))
+            placeholder.meta["omitted"] = True
+            outputs.append(placeholder)
+    return outputs
 
 
 def _read_attributes(np_node: onnx.NodeProto, scope: _Scope) -> tuple[dict, dict]:
