@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -84,3 +85,27 @@ class Group:
     @property
     def producers(self) -> list[str]:
         return list(dict.fromkeys(m.node for m in self.members if m.role == "producer" and m.node))
+
+    def segments_later(self, make: Callable[[], list[Segment]]) -> None:
+        """Makes ``segments`` on first read, from ``make`` (the solver's cut spaces): most
+        analyses never read them, and a grouped-conv stage has one per space and conv group."""
+        self.__dict__["_segments"] = None
+        self.__dict__["_make_segments"] = make
+
+
+def _get_segments(self: Group) -> list[Segment]:
+    d = self.__dict__
+    if d.get("_segments") is None:
+        make = d.pop("_make_segments", None)
+        d["_segments"] = make() if make is not None else []
+    return d["_segments"]
+
+
+def _set_segments(self: Group, segments: list[Segment]) -> None:
+    self.__dict__.pop("_make_segments", None)
+    self.__dict__["_segments"] = segments
+
+
+# ``segments`` may be made on first read (``segments_later``); the dataclass field stays the
+# constructor argument, the property replaces its class default
+Group.segments = property(_get_segments, _set_segments)  # type: ignore[assignment]

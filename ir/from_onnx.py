@@ -6,7 +6,9 @@ Rules:
 - opsets 11 to the newest the installed onnx knows are accepted;
 - small integer constant subgraphs (exporters' shape arithmetic) are evaluated first
   (``ir/fold.py``), their outputs become constants, and shape inference (with data
-  propagation) fills value shapes; symbolic dims stay strings;
+  propagation) fills value shapes; symbolic dims stay strings; it runs on a light model
+  (large weights only typed), which from a path is cut from the bytes read
+  (``_shape_bytes``) and from a proto is copied from it (``_shape_copy``), both serialised;
 - Constant nodes keep their node and also give their output a ``const``; Identity of a
   constant shares its storage (no copy) and Cast of a constant is computed by
   ``ir/fold.evaluate`` (numeric folding lives in ``ir/fold.py`` only);
@@ -34,7 +36,14 @@ from drpopt.ir.core import Graph, Node, Value
 from drpopt.ir.fold import MAX_ELEMENTS, evaluate, fold_constants
 from drpopt.ir.onnx_load import check_external, read_for_analysis
 from drpopt.ir.onnx_load import load_model as load_model  # re-exported: callers import it here
-from drpopt.ir.onnx_scan import FileWeights, tensor_array
+from drpopt.ir.onnx_scan import (
+    FileWeights,
+    Layout,
+    encode_varint,
+    initializer_record,
+    input_record,
+    tensor_array,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,16 +82,17 @@ def check_opset(model: onnx.ModelProto, where: str = "model") -> int:
 
 def _shape_copy(
     model: onnx.ModelProto, folded: dict[str, np.ndarray], folded_nodes: list[int]
-) -> onnx.ModelProto:
-    """What shape inference needs and no more: the nodes but the folded ones
+) -> bytes:
+    """What shape inference needs and no more, serialised: the nodes but the folded ones
     (``folded_nodes``, indices), small constants (they may be shape arguments), folded values
     as constants, large weights as typed inputs (their data never matters for shapes;
-    serialising it dominated load time)."""
+    serialising it dominated load time). The typed inputs are written as bytes after the
+    copied graph (``_typed_weights``), not built as protos."""
     light = onnx.ModelProto()
     light.ir_version = model.ir_version
     light.opset_import.extend(model.opset_import)
     light.functions.extend(model.functions)
-    src, g = model.graph, light.graph
+    src, g = model.graph, onnx.GraphProto()
     g.name = src.name
     start = 0
     for index in folded_nodes:  # the runs of nodes between folded ones, copied in C
@@ -91,19 +101,50 @@ def _shape_copy(
         start = index + 1
     g.node.extend(src.node[start:] if start else src.node)
     g.input.extend(src.input)
-    declared = {i.name for i in src.input}
-    for t in src.initializer:
-        inline = t.data_location != _EXTERNAL
-        if inline and math.prod(t.dims) <= SMALL_CONSTANT:
-            g.initializer.append(t)
-        elif t.name not in declared:
-            _typed_input(g.input.add(), t)
+    cut, records = _typed_weights(src)
+    if cut:
+        skip = set(cut)
+        g.initializer.extend(t for i, t in enumerate(src.initializer) if i not in skip)
+    else:
+        g.initializer.extend(src.initializer)
     g.sparse_initializer.extend(src.sparse_initializer)
     for name, arr in folded.items():
         g.initializer.append(numpy_helper.from_array(arr, name))
     g.output.extend(src.output)
     g.value_info.extend(src.value_info)
-    return light
+    body = g.SerializeToString() + b"".join(records)
+    return light.SerializeToString() + b"\x3a" + encode_varint(len(body)) + body
+
+
+def _shape_bytes(
+    model: onnx.ModelProto, layout: Layout, folded: dict[str, np.ndarray], folded_nodes: list[int]
+) -> bytes:
+    """``_shape_copy(model, folded, folded_nodes)`` cut from the bytes the model was read
+    from (``ir/onnx_scan.Layout``): the same records, no proto copied."""
+    cut, extra = _typed_weights(model.graph)
+    extra.extend(initializer_record(numpy_helper.from_array(a, n)) for n, a in folded.items())
+    return layout.shape_model(folded_nodes, cut, extra)
+
+
+def _typed_weights(src: onnx.GraphProto) -> tuple[list[int], list[bytes]]:
+    """The initializers shape inference gets as typed inputs, not as data (external, or over
+    ``SMALL_CONSTANT`` elements), by index, and an input record for each one the graph does
+    not already declare as an input."""
+    declared = {i.name for i in src.input}
+    cut: list[int] = []
+    records: list[bytes] = []
+    for index, t in enumerate(src.initializer):
+        if t.data_location != _EXTERNAL and math.prod(t.dims) <= SMALL_CONSTANT:
+            continue
+        cut.append(index)
+        if t.name not in declared:
+            record = input_record(t.name, t.data_type, t.dims)
+            if record is None:  # a negative dim: protobuf writes it
+                info = onnx.ValueInfoProto()
+                _typed_input(info, t)
+                record = b"\x5a" + encode_varint(info.ByteSize()) + info.SerializeToString()
+            records.append(record)
+    return cut, records
 
 
 def _typed_input(info: onnx.ValueInfoProto, tensor: onnx.TensorProto) -> None:
@@ -118,13 +159,14 @@ def _typed_input(info: onnx.ValueInfoProto, tensor: onnx.TensorProto) -> None:
         shape.dim.add().dim_value = d
 
 
-def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Runs ONNX shape inference, keeping the model as it was when inference fails."""
+def infer_shapes(model: onnx.ModelProto | bytes) -> onnx.ModelProto:
+    """Runs ONNX shape inference, keeping the model as it was when inference fails (a
+    model given as bytes is parsed then)."""
     try:
         return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     except Exception as err:
         log.warning("shape inference failed (%s); continuing with the shapes the model has", err)
-        return model
+        return onnx.load_from_string(model) if isinstance(model, bytes) else model
 
 
 def from_onnx(
@@ -138,8 +180,9 @@ def from_onnx(
     ``input_shapes`` ({input name or None: dims}) fixes symbolic input dims before shape
     inference (``ir/input_shapes.py``); ``graph.meta["input_shapes"]`` records the input
     dims the shapes were computed for (unknown ones as their symbol). ``weights`` reads the
-    initializers of a given proto that holds no data for them (``loader(index, tensor)``,
-    as ``onnx_scan.FileWeights``; ``ir/from_onnx_ir.py``).
+    initializers of a given proto that holds no data for them (``loader(index, tensor)``
+    and ``layout``, the file records shape inference may cut from or None, as
+    ``onnx_scan.FileWeights``; ``ir/from_onnx_ir.py``).
     """
     # many small long-lived objects and no cycles worth collecting early: collections
     # during the load would only walk them again (as ``ir/analysis.analyze`` does)
@@ -167,11 +210,18 @@ def _from_onnx(
     where = where or (str(source) if not isinstance(source, onnx.ModelProto) else "model")
     _check_initializers(model.graph, where)
     base_dir = "" if isinstance(source, onnx.ModelProto) else str(Path(source).parent)
+    read = model
     model = fix_input_shapes(model, input_shapes or {})
     opset = check_opset(model, where)
     folded_nodes: list[int] = []
     folded = fold_constants(model, folded_nodes)
-    inferred = infer_shapes(_shape_copy(model, folded, folded_nodes))
+    layout = weights.layout if weights is not None else None
+    if weights is not None:
+        weights.layout = None  # used once: its bytes need not live as long as the weights
+    if layout is not None and model is read:
+        inferred = infer_shapes(_shape_bytes(model, layout, folded, folded_nodes))
+    else:
+        inferred = infer_shapes(_shape_copy(model, folded, folded_nodes))
     graph = _convert_graph(
         model.graph, parent=None, shapes=inferred.graph, base_dir=base_dir, weights=weights
     )
@@ -321,10 +371,13 @@ def _read_types(found: onnx.GraphProto, graph: Graph) -> None:
 
 def _read_nodes(gp: onnx.GraphProto, graph: Graph, scope: _Scope) -> None:
     """The nodes, named uniquely, with their attributes and subgraphs; Identity/Cast of a
-    constant and Constant nodes give constant outputs."""
+    constant and Constant nodes give constant outputs.
+
+    ``Graph.add_node`` and ``Graph.value`` written inline (this runs for every node): the
+    node is built from its own lists and its def-use links set here."""
     values, new_value = graph.values, graph.value
     names: set[str] = set()
-    lookup, add_node = scope.lookup, graph.add_node
+    lookup, nodes = scope.lookup, graph.nodes
     for i, np_node in enumerate(gp.node):
         op = np_node.op_type
         name = np_node.name or f"{op}_{i}"
@@ -334,8 +387,19 @@ def _read_nodes(gp: onnx.GraphProto, graph: Graph, scope: _Scope) -> None:
             names.add(name)
         inputs = [(values[n] if n in values else lookup(n)) if n else None for n in np_node.input]
         outputs = [values[n] if n in values else new_value(n) for n in np_node.output if n]
-        attrs, subgraphs = _read_attributes(np_node, scope)
-        node = add_node(op, name, inputs, outputs, attrs, np_node.domain)
+        if len(outputs) < len(np_node.output):
+            outputs = _outputs_with_gaps(graph, name, np_node.output)
+        if np_node.attribute:
+            attrs, subgraphs = _read_attributes(np_node, scope)
+        else:
+            attrs, subgraphs = {}, None
+        node = Node(op, name, inputs, outputs, attrs, np_node.domain)
+        for k, v in enumerate(inputs):
+            if v is not None:
+                v.uses.append((node, k))
+        for v in outputs:
+            v.producer = node
+        nodes.append(node)
         if subgraphs:
             _attach_subgraphs(node, subgraphs, lookup)
         if op == "Identity" or op == "Cast":
@@ -347,6 +411,26 @@ def _read_nodes(gp: onnx.GraphProto, graph: Graph, scope: _Scope) -> None:
             if out.is_const:
                 out.shape = tuple(out.const.shape)
                 out.dtype = out.const.dtype
+    graph.touch()
+
+
+def _outputs_with_gaps(graph: Graph, node: str, names) -> list[Value]:
+    """A node's outputs where some optional ones are omitted (``""``, as an LSTM written
+    ``["", "Y_h"]``): an omitted one before a given one is a placeholder value (meta
+    ``omitted``; ``to_onnx`` writes ``""`` for it again while nothing reads it), so every
+    output keeps its position; omitted ones at the end are left out."""
+    names = list(names)
+    while names and not names[-1]:
+        names.pop()
+    outputs = []
+    for k, n in enumerate(names):
+        if n:
+            outputs.append(graph.values[n] if n in graph.values else graph.value(n))
+        else:
+            placeholder = graph.value(graph.fresh_name(f"{node}:omitted{k}"))
+            placeholder.meta["omitted"] = True
+            outputs.append(placeholder)
+    return outputs
 
 
 def _read_attributes(np_node: onnx.NodeProto, scope: _Scope) -> tuple[dict, dict]:
@@ -494,19 +578,22 @@ def unshare_constants(graph: Graph) -> None:
     same array object (no copy: passes copy on write), and ``to_onnx`` writes an array
     that is still shared once, so an unpruned model keeps its size.
     """
+    outputs = {id(v) for v in graph.outputs}
+    new_value, fresh_name = graph.value, graph.fresh_name
     for value in list(graph.values.values()):
-        if len(value.uses) < 2 or not value.is_const or value in graph.outputs:
+        if len(value.uses) < 2 or not value.is_const or id(value) in outputs:
             continue
         uses = [(n, i) for n, i in value.uses if i >= 0]
         if len(uses) < 2:
             continue
+        name, shape, dtype = value.name, value.shape, value.dtype
+        from_node = value.producer is not None  # a Constant node's output: keep the node's
         for node, i in uses[1:]:
-            clone = graph.value(
-                graph.fresh_name(f"{value.name}__{node.name}"), shape=value.shape, dtype=value.dtype
-            )
+            clone = new_value(fresh_name(f"{name}__{node.name}"))
+            clone.shape, clone.dtype = shape, dtype
             clone.share_const(value)
-            if value.producer is not None:  # a Constant node's output: keep the node's
-                clone.meta["shared_from"] = value.name
+            if from_node:
+                clone.meta["shared_from"] = name
             node.inputs[i] = clone  # use lists fixed once below: linear in the uses
             clone.uses.append((node, i))
         value.uses = [uses[0], *((n, i) for n, i in value.uses if i < 0)]

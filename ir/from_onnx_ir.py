@@ -53,6 +53,8 @@ class _Weights:
     """``loader(index, tensor)`` for ``from_onnx``: the onnx_ir tensor of initializer
     ``index`` of the structure proto."""
 
+    layout = None  # no file behind it: shape inference reads the structure proto itself
+
     def __init__(self, tensors: list[Any]) -> None:
         self.tensors = tensors
 

@@ -163,41 +163,69 @@ def register_rule(op_type: str, rule: OpRule | Rule) -> None:
 
 
 # ---- helpers ----------------------------------------------------------------------------
-def same_axes(cg: ChannelGraph, node: Node, x: Value | None, y: Value, axes=None) -> None:
-    """Identity on every axis where the sizes agree; axes that change size are locked."""
+def same_axes(
+    cg: ChannelGraph, node: Node, x: Value | None, y: Value, axes=None, y_spaces=None
+) -> None:
+    """Identity on every axis where the sizes agree; axes that change size are locked.
+
+    An axis of size 1 on both sides has no space on either (nothing couples, and the
+    central lock skips size-1 axes): it is passed over without asking for its spaces.
+    ``y_spaces`` ({axis: space}) keeps ``y``'s spaces across calls with one ``y`` (every
+    part of a Concat): each is asked for once, when first needed, so spaces are made in
+    the same order as without it."""
     if x is None:
         return
-    if x.rank is None or y.rank is None or x.rank != y.rank:
+    xs, ys = x.shape, y.shape
+    if xs is None or ys is None or len(xs) != len(ys):
         cg.lock_value(x, "rule", f"{node.op_type} '{node.name}': rank unknown", node)
         cg.lock_value(y, "rule", f"{node.op_type} '{node.name}': rank unknown", node)
         return
-    for ax in range(x.rank) if axes is None else axes:
-        if x.shape[ax] == y.shape[ax]:  # type: ignore[index]
-            cg.identity(cg.space(x, ax), cg.space(y, ax), node)
+    space, identity = cg.space, cg.identity
+    known = y_spaces if y_spaces is not None else {}
+    for ax in range(len(xs)) if axes is None else axes:
+        dim = xs[ax]
+        if dim == ys[ax]:
+            if dim != 1:
+                sx = space(x, ax)
+                sy = known.get(ax, _NO_SPACE)
+                if sy is _NO_SPACE:
+                    sy = known[ax] = space(y, ax)
+                identity(sx, sy, node)
         else:
             why = f"{node.op_type} '{node.name}' changes the size of axis {ax}"
-            cg.lock(cg.space(x, ax), "resized", why, node)
-            cg.lock(cg.space(y, ax), "resized", why, node)
+            cg.lock(space(x, ax), "resized", why, node)
+            cg.lock(space(y, ax), "resized", why, node)
+
+
+_NO_SPACE = -1  # not asked for yet (space ids are >= 0, or None for size 1)
 
 
 def broadcast(cg: ChannelGraph, node: Node, inputs: list[Value | None], out: Value) -> None:
-    """Numpy broadcasting: an input axis of the output's size couples with it; size 1 does not."""
-    if out.rank is None:
+    """Numpy broadcasting: an input axis of the output's size couples with it; size 1 does not.
+    Each space of ``out`` is asked for once, when first needed (the same order of spaces)."""
+    if out.shape is None:
         for x in inputs:
             cg.lock_value(x, "rule", f"{node.op_type} '{node.name}': output rank unknown", node)
         cg.lock_value(out, "rule", f"{node.op_type} '{node.name}': output rank unknown", node)
         return
+    space, identity = cg.space, cg.identity
+    rank = len(out.shape)
+    out_spaces = [_NO_SPACE] * rank
     for x in inputs:
         if x is None:
             continue
-        if x.rank is None:
+        xs = x.shape
+        if xs is None:
             cg.lock_value(x, "rule", f"{node.op_type} '{node.name}': input rank unknown", node)
             continue
-        off = out.rank - x.rank
-        for ax in range(x.rank):
-            if x.shape[ax] == 1:  # type: ignore[index]
-                continue
-            cg.identity(cg.space(x, ax), cg.space(out, off + ax), node)
+        off = rank - len(xs)
+        for ax, dim in enumerate(xs):
+            if dim != 1:
+                sx = space(x, ax)
+                so = out_spaces[off + ax]
+                if so == _NO_SPACE:
+                    so = out_spaces[off + ax] = space(out, off + ax)
+                identity(sx, so, node)
 
 
 def lock_axis(cg: ChannelGraph, node: Node, values, axes, why: str) -> None:
@@ -252,6 +280,9 @@ def rule_for(node: Node) -> OpRule | None:
     return RULES.get(op_key(node))
 
 
+_UNKNOWN: Rule = lambda node, cg: None  # noqa: E731 (a rule not looked up yet)
+
+
 def apply_rules(
     graph: Graph, reshape_levels: dict[Node, int] | None = None, memos=None
 ) -> ChannelGraph:
@@ -266,9 +297,13 @@ def apply_rules(
     for v in graph.inputs:
         cg.lock_value(v, "graph-input", f"graph input '{v.name}'")
     cg.touched.clear()
+    couples: dict[tuple[str, str], Rule | None] = {}  # by (domain, op type): one lookup each
     for node in graph.nodes:
-        op_rule = rule_for(node)
-        fn = op_rule.couple if op_rule is not None else None
+        key = (node.domain, node.op_type)
+        fn = couples.get(key, _UNKNOWN)
+        if fn is _UNKNOWN:
+            op_rule = rule_for(node)
+            fn = couples[key] = op_rule.couple if op_rule is not None else None
         if node.meta.get("folded"):
             cg.touched.clear()
             continue  # a constant computed from constants: independent of its source

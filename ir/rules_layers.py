@@ -156,8 +156,9 @@ def _norm(node: Node, cg: ChannelGraph) -> None:
     channels = cg.space(x, 1)
     for p in node.inputs[1:]:
         if p is not None and p.rank == 1:
-            cg.identity(cg.space(p, 0), channels, node)
-            cg.role(cg.space(p, 0), "follower", node)
+            param = cg.space(p, 0)
+            cg.identity(param, channels, node)
+            cg.role(param, "follower", node)
     for stat in node.outputs[1:]:
         if stat.rank == 1:
             cg.identity(cg.space(stat, 0), channels, node)
@@ -288,16 +289,20 @@ def _conv(node: Node, cg: ChannelGraph) -> None:
         for v in (x, w, y):
             cg.lock_value(v, "rule", f"Conv '{node.name}': rank unknown", node)
         return
-    groups = int(node.attr("group", 1))
-    cg.identity(cg.space(y, 1), cg.space(w, 0), node)
-    cg.role(cg.space(w, 0), "producer", node)
+    groups = int(node.attrs.get("group", 1))
+    space = cg.space  # each space asked for once, in the order the relations name them
+    out_channels, rows = space(y, 1), space(w, 0)
+    cg.identity(out_channels, rows, node)
+    cg.role(rows, "producer", node)
     if b is not None:
-        cg.identity(cg.space(b, 0), cg.space(y, 1), node)
-        cg.role(cg.space(b, 0), "follower", node)
-    cg.identity(cg.space(x, 0), cg.space(y, 0), node)
+        bias = space(b, 0)
+        cg.identity(bias, out_channels, node)
+        cg.role(bias, "follower", node)
+    cg.identity(space(x, 0), space(y, 0), node)
     if groups == 1:
-        cg.identity(cg.space(x, 1), cg.space(w, 1), node)
-        cg.role(cg.space(w, 1), "consumer", node)
+        in_channels, columns = space(x, 1), space(w, 1)
+        cg.identity(in_channels, columns, node)
+        cg.role(columns, "consumer", node)
         return
     cin, cout = x.dim(1), w.dim(0)
     if not isinstance(cin, int) or not isinstance(cout, int):

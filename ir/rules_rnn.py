@@ -130,13 +130,13 @@ def _couple(node: Node, cg: ChannelGraph) -> None:
     hidden = int(node.attr("hidden_size", 0) or 0)
     dirs = DIRECTIONS.get(_text(node.attr("direction", "forward")), 0)
     why = unsupported(node)
-    outs_ok = all(v.rank in (3, 4) for v in node.outputs)
+    outs_ok = all(v.rank in (3, 4) for v in _outputs(node))
     if why is None and (x is None or x.rank != 3 or not outs_ok):
         why = "has inputs or outputs of unknown rank"
     if why is None and (hidden < 1 or not _weights_ok(node, hidden, dirs, GATES[op])):
         why = "has weights that are not constants of the shapes hidden_size says"
     if why is not None:
-        for v in (*node.inputs, *node.outputs):
+        for v in (*node.inputs, *_outputs(node)):
             cg.lock_value(v, "rule", f"{op} '{name}' {why}", node)
         if w is not None and w.rank == 3:  # the layer's units: a locked group, named
             cg.role(cg.space(w, 1), "producer", node)
@@ -227,7 +227,7 @@ def _states_and_outputs(node: Node, cg: ChannelGraph, direction, batch, hid, dir
         _state_axes(cg, node, s, direction, batch, hid, dirs)
         if s.is_const:
             cg.role(cg.space(s, 2), "follower", node)
-    for y in node.outputs:
+    for y in _outputs(node):
         if y.rank == 4:  # Y [T, D, B, H]
             why = f"{node.op_type} '{node.name}' mixes time steps (the recurrence)"
             cg.lock(cg.space(y, 0), "rule", why, node)
@@ -236,6 +236,11 @@ def _states_and_outputs(node: Node, cg: ChannelGraph, direction, batch, hid, dir
             cg.identity(cg.space(y, 3), hid, node)
         else:  # Y_h, Y_c [D, B, H] (exporters leave unused outputs out: ranks tell them)
             _state_axes(cg, node, y, direction, batch, hid, dirs)
+
+
+def _outputs(node: Node) -> list[Value]:
+    """The outputs the model writes (an omitted Y before Y_h is a placeholder of no shape)."""
+    return [v for v in node.outputs if not v.meta.get("omitted")]
 
 
 def _state_axes(cg, node, s: Value, direction, batch, hid, dirs: int) -> None:

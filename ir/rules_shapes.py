@@ -33,8 +33,10 @@ def _concat(node: Node, cg: ChannelGraph) -> None:
     axis = node.attr("axis") % y.rank
     parts = [x for x in node.inputs if x is not None and x.shape[axis] != 0]  # type: ignore[index]
     cg.concat(cg.space(y, axis), [_part_space(cg, x, axis, node) for x in parts], node)
+    others = [a for a in range(y.rank) if a != axis]
+    y_spaces: dict[int, int | None] = {}  # y's spaces, asked for once over all the parts
     for x in parts:
-        same_axes(cg, node, x, y, axes=[a for a in range(y.rank) if a != axis])
+        same_axes(cg, node, x, y, axes=others, y_spaces=y_spaces)
 
 
 def _part_space(cg: ChannelGraph, x: Value, axis: int, node: Node) -> int:

@@ -12,6 +12,7 @@ produces is skipped before any walk: most attention and shape axes are such segm
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections import deque
@@ -396,7 +397,7 @@ class _GroupMaker:
         if self.seg_locks:
             locks = [self.seg_locks[s] for s in sorted(comp) if s in self.seg_locks] + locks
         members: list[Member] = []
-        segments: list[Segment] = []
+        pieces: list[tuple] = []  # (value name, axis, label, length, segments) per space
         order = None
         spaces, start, seg_len, infos = self.spaces, self.table.start, self.table.length, self._info
         for sid in sorted(sid for c in segs_of for sid in members_of[c]):
@@ -404,21 +405,26 @@ class _GroupMaker:
             name, axis, label, length, kind, use, pos = info
             if spaces[sid].locks:
                 locks.extend(spaces[sid].locks)
-            for s in segs_of[of[sid]]:
-                at, unit = start[s], norm[s]
-                segments.append(Segment(name, axis, at, unit, label, length))
-                if kind == _CONST:  # a slice of the constant, in its first role
-                    members.append(Member(use[0], use[1], name, axis, at, unit, size))
-                elif kind == _VIRTUAL:  # a slice of each node attribute the space is
-                    n = seg_len[s] // unit
-                    members.extend(
-                        Member("structure", nd, None, 0, at, unit, n, a) for nd, a in use
-                    )
+            segs = segs_of[of[sid]]
+            pieces.append((name, axis, label, length, segs))
+            if kind == _CONST:  # a slice of the constant per segment, in its first role
+                role, node = use
+                members.extend(
+                    Member(role, node, name, axis, start[s], norm[s], size) for s in segs
+                )
+            elif kind == _VIRTUAL:  # a slice of each node attribute the space is
+                members.extend(
+                    Member("structure", nd, None, 0, start[s], norm[s], seg_len[s] // norm[s], a)
+                    for s in segs
+                    for nd, a in use
+                )
             if pos is not None:
                 order = pos if order is None else min(order, pos)
         members.sort(key=_member_key)
         order = order if order is not None else 0
-        return Group(0, size, members, _dedupe(locks), order=order, segments=segments)
+        group = Group(0, size, members, _dedupe(locks), order=order)
+        group.segments_later(functools.partial(_segments, pieces, start, norm))
+        return group
 
     def _space_info(self, sid: int) -> tuple:
         """What every group holding space ``sid`` takes from it: its value's name, axis,
@@ -444,6 +450,15 @@ class _GroupMaker:
 
 
 _CONST, _VIRTUAL, _ACTIVATION = 0, 1, 2
+
+
+def _segments(pieces: list[tuple], start: list[int], norm: dict[int, int]) -> list[Segment]:
+    """A group's segments, space by space (what ``make`` recorded for them)."""
+    return [
+        Segment(name, axis, start[s], norm[s], label, length)
+        for name, axis, label, length, segs in pieces
+        for s in segs
+    ]
 
 
 def _role_rank(role: tuple[str, str, str | None]) -> int:

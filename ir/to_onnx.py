@@ -89,7 +89,7 @@ def _graph_proto(
         value_info = [
             _value_info(v)
             for v in graph.values.values()
-            if v.name in produced and v.name not in io and v.shape is not None
+            if v.name in produced and v.name not in io and v.shape is not None and output_name(v)
         ]
     return helper.make_graph(
         nodes, graph.name, inputs, outputs, initializers, value_info=value_info
@@ -153,11 +153,17 @@ def _node_proto(node: Node, with_shapes: bool, rename: dict[str, str]) -> onnx.N
     return helper.make_node(
         node.op_type,
         [rename.get(v.name, v.name) if v is not None else "" for v in node.inputs],
-        [v.name for v in node.outputs],
+        [output_name(v) for v in node.outputs],
         name=node.name,
         domain=node.domain or None,
         **attrs,
     )
+
+
+def output_name(v: Value) -> str:
+    """A node output's name in the written model: ``""`` for an optional output the model
+    left out (``from_onnx``'s placeholder) while nothing reads it."""
+    return "" if not v.uses and v.meta.get("omitted") else v.name
 
 
 def _attr(value: Any) -> Any:

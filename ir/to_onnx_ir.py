@@ -30,7 +30,7 @@ from onnx import helper, numpy_helper
 
 from drpopt.ir.core import Graph, Node, Value
 from drpopt.ir.from_onnx_ir import typed_tensor
-from drpopt.ir.to_onnx import initializer_plan, to_onnx
+from drpopt.ir.to_onnx import initializer_plan, output_name, to_onnx
 
 
 def to_onnx_ir(graph: Graph) -> onnx_ir.Model:
@@ -94,7 +94,8 @@ def _typed(out: onnx_ir.Value, v: Value) -> onnx_ir.Value:
 
 def _node(node: Node, value) -> onnx_ir.Node:
     inputs = [value(v) if v is not None else None for v in node.inputs]
-    outputs = [value(v) for v in node.outputs]
+    # an optional output the model left out is an unnamed value, as onnx_ir reads ""
+    outputs = [value(v) if output_name(v) else onnx_ir.Value(name="") for v in node.outputs]
     return onnx_ir.Node(
         node.domain,
         node.op_type,

@@ -3,6 +3,7 @@ file, what is parsed, and that analysis reads no weight while the passes still g
 
 from __future__ import annotations
 
+import importlib
 import os
 
 import numpy as np
@@ -153,3 +154,93 @@ def test_analysing_a_model_with_external_data_reads_none_of_it(tmp_path):
     weight = from_onnx(path).values["stem.conv.weight"]
     with pytest.raises(BadInputError, match=r"ext\.data: the external data of 'stem\.conv\.w"):
         weight.const  # noqa: B018  (onnx refuses the short read)
+
+
+def test_records_that_cross_read_windows_are_read_whole(tmp_path):
+    """Names longer than a read window, and runs of small tensors between large ones: the
+    walk refills its window mid-record and still gives what ``onnx.load`` parses."""
+    rng = np.random.default_rng(0)
+    inits, nodes = [], []
+    previous = "x"
+    for i in range(40):
+        name = f"w{i}_" + "n" * (3000 if i % 3 == 0 else 10)
+        size = (100, 100) if i % 2 == 0 else (3, 3)  # large ones left out, small ones kept
+        inits.append(numpy_helper.from_array(rng.standard_normal(size).astype(np.float32), name))
+        nodes.append(
+            helper.make_node("Add", [previous, name], [f"y{i}"], name=f"add{i}_" + "a" * 700)
+        )
+        previous = f"y{i}"
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [100, 100])],
+        [helper.make_tensor_value_info(previous, onnx.TensorProto.FLOAT, [100, 100])],
+        inits,
+    )
+    path = _saved(tmp_path, helper.make_model(graph))
+    light, weights = read_light(path, keep=MAX_ELEMENTS)
+    full = onnx.load(str(path))
+    assert sorted(weights.spans) == [i for i in range(40) if i % 2 == 0]
+    for index, (got, want) in enumerate(
+        zip(light.graph.initializer, full.graph.initializer, strict=True)
+    ):
+        if index in weights.spans:
+            np.testing.assert_array_equal(weights.loader(index, got)(), numpy_helper.to_array(want))
+            want.ClearField("raw_data")
+        assert got == want
+    assert list(light.graph.node) == list(full.graph.node)
+
+
+def test_shape_inference_input_cut_from_the_file_is_the_proto_copy(tmp_path):
+    """From a path the model for shape inference is cut from the bytes read
+    (``from_onnx._shape_bytes``); it must type every value as the proto copy does: folded
+    nodes out and their values in, weights over the size limit typed (one of them also a
+    graph input, one small in bytes but over the limit in elements), small constants kept."""
+    frontend = importlib.import_module("drpopt.ir.from_onnx")  # the module, not the function
+    rng = np.random.default_rng(0)
+    big = numpy_helper.from_array(rng.standard_normal((16, 3, 30, 30)).astype(np.float32), "w")
+    many = numpy_helper.from_array(np.ones((5000,), np.int8), "many")  # 5000 B, 5000 elements
+    shape = numpy_helper.from_array(np.array([16, -1], np.int64), "shape")
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Constant", [], ["k"], value=numpy_helper.from_array(np.array(0))),
+        helper.make_node("Unsqueeze", ["k", "axes"], ["k1"]),  # folded
+        helper.make_node("Reshape", ["c", "shape"], ["r"]),
+        helper.make_node("Cast", ["many"], ["m"], to=onnx.TensorProto.FLOAT),
+        helper.make_node("ReduceSum", ["m", "k1"], ["s"], keepdims=0),
+        helper.make_node("Add", ["r", "s"], ["y"]),
+    ]
+    axes = numpy_helper.from_array(np.array([0], np.int64), "axes")
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [
+            helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 32, 32]),
+            helper.make_tensor_value_info("w", onnx.TensorProto.FLOAT, [16, 3, 30, 30]),
+        ],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        [big, many, shape, axes],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    path = _saved(tmp_path, model)
+    light, weights = read_light(path, keep=MAX_ELEMENTS)
+    folded_nodes: list[int] = []
+    folded = frontend.fold_constants(light, folded_nodes)
+    assert folded_nodes == [2] and list(folded) == ["k1"]
+    copy = frontend._shape_copy(light, folded, folded_nodes)
+    cut = frontend._shape_bytes(light, weights.layout, folded, folded_nodes)
+    parsed, copied = onnx.load_from_string(cut), onnx.load_from_string(copy)
+    for field in ("node", "initializer", "input", "output", "value_info"):
+        assert list(getattr(parsed.graph, field)) == list(getattr(copied.graph, field)), field
+    assert [i.name for i in parsed.graph.initializer] == ["shape", "axes", "k1"]
+    assert [i.name for i in parsed.graph.input] == ["x", "w", "many"]
+    assert parsed.graph.input[2] == helper.make_tensor_value_info(
+        "many", onnx.TensorProto.INT8, [5000]
+    )
+    assert [n.output[0] for n in parsed.graph.node] == ["c", "k", "r", "m", "s", "y"]
+    want = frontend.infer_shapes(copy).graph
+    got = frontend.infer_shapes(cut).graph
+    assert list(got.value_info) == list(want.value_info) and list(got.output) == list(want.output)
+    assert {v.name for v in want.value_info} >= {"c", "r", "m", "s"}
+    shapes = {v.name: v.shape for v in from_onnx(model).values.values()}
+    assert {v.name: v.shape for v in from_onnx(path).values.values()} == shapes

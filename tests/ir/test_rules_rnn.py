@@ -332,3 +332,46 @@ def test_zero_recurrent_weights_skip_their_multiply_accumulates():
     rnn = node_macs(next(n for n in from_onnx(model).nodes if n.op_type == "LSTM"))
     assert dense["macs"] == sparse["macs"]
     assert dense["macs_nonzero"] - sparse["macs_nonzero"] == rnn // 2
+
+
+def _lstm_without_y() -> onnx.ModelProto:
+    """An LSTM whose Y is left out (``["", "Y_h"]``, as tf2onnx and Keras exports write
+    it), Y_h read by a MatMul."""
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+        for name, shape in (("W", (1, 16, 3)), ("R", (1, 16, 4)), ("P", (4, 5)))
+    ]
+    nodes = [
+        helper.make_node("LSTM", ["x", "W", "R"], ["", "yh"], name="lstm", hidden_size=4),
+        helper.make_node("MatMul", ["yh", "P"], ["out"], name="proj"),
+    ]
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [5, 1, 3])
+    out = helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, [1, 1, 5])
+    graph = helper.make_graph(nodes, "g", [x], [out], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_an_omitted_output_keeps_the_others_in_place():
+    """``["", "Y_h"]`` stays ``["", "Y_h"]`` through the IR (a dropped gap would make Y_h
+    the node's Y), in both writers; the hidden units still prune exactly."""
+    import onnx_ir
+
+    from drpopt.ir.from_onnx import from_onnx
+    from drpopt.ir.to_onnx_ir import to_onnx_ir
+
+    model = _lstm_without_y()
+    written = to_onnx(from_onnx(model))
+    assert list(written.graph.node[0].output) == ["", "yh"]
+    via_ir = onnx_ir.to_proto(to_onnx_ir(from_onnx(model)))
+    assert list(via_ir.graph.node[0].output) == ["", "yh"]
+    feeds = random_feeds(model)
+    want = run_model(model, feeds)
+    for copy in (written, via_ir):
+        assert all(np.array_equal(a, b) for a, b in zip(want, run_model(copy, feeds), strict=True))
+    a = analyze(model)
+    assert a.group("lstm").prunable, a.group("lstm").reason
+    pruned = prune(model, CONFIGS["rate0.5"])
+    sparse, compact = run_model(pruned.masked, feeds), run_model(pruned.compact, feeds)
+    assert compare_outputs(sparse, compact, "compact vs sparse") < TOLERANCE
+    assert list(pruned.compact.graph.node[0].output) == ["", "yh"]
