@@ -194,53 +194,28 @@ def _best_mapping(graph: Graph, params, uses, rounds: int = 3):
         cg, groups = best[0], best[1]
         if not cg.splits:
             break  # no reshape split or merge: nothing to map another way
-        for raise_ in _raises(graph, cg, groups):
-            trial_levels = {**levels, **raise_}
-            trial = _solve(graph, trial_levels, params, uses, memos)
-            if _gain(trial) > _gain(best):
-                best, levels = trial, trial_levels
-                break
-        else:
+        where = {(s.value, s.axis): g for g in groups for s in g.segments if s.value}
+        stuck = {
+            node: (level, where.get((value.name, axis)))
+            for node, value, axis, level, n in cg.splits
+            if level < n and not getattr(where.get((value.name, axis)), "prunable", False)
+        }
+        # a mapping locked only because another stuck one locks its component waits for
+        # that one to move (the heads after torchvision's q/k/v split stay heads)
+        names = {node.name for node in stuck}
+        raise_ = {
+            node: level + 1
+            for node, (level, group) in stuck.items()
+            if group is not None and not any(lk.node in names - {node.name} for lk in group.locks)
+        }
+        if not raise_:
             break
+        trial_levels = {**levels, **raise_}
+        trial = _solve(graph, trial_levels, params, uses, memos)
+        if _gain(trial) <= _gain(best):
+            break
+        best, levels = trial, trial_levels
     return best
-
-
-def _raises(graph: Graph, cg, groups):
-    """The next levels to try, first choice first: the stuck mappings (their channels'
-    axis locked) that wait for no other; then, if that gains nothing, the first of each
-    pair that wait for each other or for one that cannot move."""
-    where = {(s.value, s.axis): g for g in groups for s in g.segments if s.value}
-    stuck = {
-        node: (level, where.get((value.name, axis)))
-        for node, value, axis, level, n in cg.splits
-        if level < n and not getattr(where.get((value.name, axis)), "prunable", False)
-    }
-    # a mapping locked only because another stuck one locks its component waits for
-    # that one to move (the heads after torchvision's q/k/v split stay heads)
-    names = {node.name for node in stuck}
-    waits = {
-        node.name: {lk.node for lk in group.locks if lk.node in names - {node.name}}
-        for node, (_, group) in stuck.items()
-        if group is not None
-    }
-    first = {node: level + 1 for node, (level, _) in stuck.items() if waits.get(node.name) == set()}
-    if first:
-        yield first
-    # a channel shuffle's split and merge each lock the axis the other carries (or the
-    # merge's channels form no group): the split, first in the graph, moves to the axis
-    # the merge carries
-    order = {n.name: i for i, n in enumerate(graph.nodes)}
-    second = {
-        node: level + 1
-        for node, (level, _) in stuck.items()
-        if waits.get(node.name)
-        and all(
-            name not in waits or (order[name] > order[node.name] and node.name in waits[name])
-            for name in waits[node.name]
-        )
-    }
-    if second:
-        yield second
 
 
 def _gain(solved) -> tuple[int, int]:

@@ -386,7 +386,8 @@ def _map_block(cg: ChannelGraph, node: Node, x: Value, bi, y: Value, bj) -> None
             _lock_block(cg, node, x, bi, y, bj, "mixes several axes into several others")
         return
     value, axes = many
-    level = min(cg.reshape_levels.get(node, 1), len(axes))
+    shuffle = _channel_shuffle(node, kind, x, y, bi, bj)
+    level = min(cg.reshape_levels.get(node, 2 if shuffle == "split" else 1), len(axes))
     repeats = math.prod(d for _, d in axes[: level - 1])
     block = math.prod(d for _, d in axes[level:])
     if repeats > MAX_REPEATS:
@@ -401,13 +402,57 @@ def _map_block(cg: ChannelGraph, node: Node, x: Value, bi, y: Value, bj) -> None
         cg.concat(whole, parts, node)  # type: ignore[arg-type]
         for part in parts:
             cg.expand(part, target, block, node)
-    cg.splits.append((node, value, axes[level - 1][0], level, len(axes)))
+    # a shuffle's two reshapes map as they must: no other level to try
+    cg.splits.append((node, value, axes[level - 1][0], level, level if shuffle else len(axes)))
     others = [a for a in axes if a[0] != axes[level - 1][0]]
     why = f"{kind} axis {single[1]} of '{single[0].name}' with other axes"
     if kind == "merges":
         _lock_block(cg, node, x, others, y, [], why)
     else:
         _lock_block(cg, node, x, [], y, others, why)
+
+
+def _channel_shuffle(node: Node, kind: str, x: Value, y: Value, bi, bj) -> str | None:
+    """ "split" or "merge" when ``node`` is one end of a channel shuffle (torchvision's and
+    onnx-caffe2's ShuffleNets): a reshape splitting one axis into two, ``(g, n)``, a
+    Transpose swapping just those two, and a reshape merging them back to the first
+    reshape's input shape; None otherwise.
+
+    Channel ``i * n + j`` goes to ``j * g + i``: pruning entry ``j`` of every group keeps
+    the shuffle a shuffle (the reshapes' sizes follow). So the split maps its input as
+    ``g`` repeats of the ``n`` axis (level 2) and the merge maps its output as an
+    expansion of that axis with blocks of ``g`` (level 1), which a later split of the
+    shuffled channels in halves (ShuffleNet-V2) cuts at block boundaries."""
+    if kind == "splits" and len(bj) == 2 and len(y.uses) == 1:
+        transpose = y.uses[0][0]
+        out = transpose.outputs[0]
+        merge = out.uses[0][0] if len(out.uses) == 1 else None
+        a, b = bj[0][0], bj[1][0]
+        ends = (x, merge.outputs[0] if merge is not None else None, transpose, a, b)
+        return "split" if _is_shuffle(*ends) else None
+    if kind == "merges" and len(bi) == 2 and x.producer is not None:
+        transpose = x.producer
+        inner = transpose.input(0)
+        split = inner.producer if inner is not None and len(inner.uses) == 1 else None
+        if split is None or split.op_type not in RESHAPE_OPS or len(x.uses) != 1:
+            return None
+        a, b = bi[0][0], bi[1][0]
+        return "merge" if _is_shuffle(split.input(0), y, transpose, a, b) else None
+    return None
+
+
+def _is_shuffle(src: Value | None, dst: Value | None, transpose: Node, a: int, b: int) -> bool:
+    """Whether ``transpose`` swaps just the adjacent axes ``a`` and ``b`` and the shuffle
+    ends in the shape it started from."""
+    if transpose.op_type != "Transpose" or b != a + 1 or src is None or dst is None:
+        return False
+    perm = transpose.attr("perm")
+    rank = transpose.outputs[0].rank
+    if perm is None or rank is None:
+        return False
+    swapped = list(range(rank))
+    swapped[a], swapped[b] = b, a
+    return list(perm) == swapped and src.shape is not None and src.shape == dst.shape
 
 
 def _map_factor(cg: ChannelGraph, node: Node, x: Value, bi, y: Value, bj) -> bool:
