@@ -562,43 +562,35 @@ def test_grouped_conv_units() -> None:
     assert a.prunable_params == a.params - 10
 
 
-def test_channel_shuffle_locks() -> None:
+def test_channel_shuffle_prunes_each_position_in_every_group() -> None:
+    """A shuffle of g groups of n maps input channel i * n + j to output j * g + i: pruning
+    position j in every group keeps it a shuffle, so conv1's two halves (the shuffle's
+    groups) prune together and conv2 reads them as blocks of 2; the ShuffleNetV2 unit's
+    passthrough half and branch2's output are the groups of its shuffle, read by fc in
+    blocks of 2."""
     a = _analysis("channel_shuffle")
-    assert len(a.groups) == 6
-
-    def named(g: Group, *nodes: str) -> bool:
-        return any(f"'{n}'" in (g.reason or "") for n in nodes)
-
-    shuffle1 = ("shuffle.reshape1", "shuffle.reshape2")
-    shuffle2 = ("unit.shuffle.reshape1", "unit.shuffle.reshape2")
-    # conv1 feeds the first shuffle
-    ((_, g1),) = _producer_groups(a, "conv1")
-    assert not g1.prunable and named(g1, *shuffle1)
-    # conv2 is split: the first half goes straight into the concat and the unit's shuffle,
-    # the second half only into branch2.0
+    assert len(a.groups) == 5
+    ((m0, g1), (m1, g1b)) = _producer_groups(a, "conv1")
+    assert g1 is g1b and g1.prunable and g1.size == 8
+    assert [(m.start, m.block, m.length) for m in (m0, m1)] == [(0, 1, 8), (8, 1, 8)]
+    assert _consumers(g1) == {"conv2": [(0, 2)]}
+    # conv2's first half goes through the concat into the unit's shuffle with branch2's
+    # output; its second half only into branch2.0
     (m_a, g_a), (m_b, g_b) = _producer_groups(a, "conv2")
     assert (m_a.start, m_a.block * m_a.length) == (0, 8)
     assert (m_b.start, m_b.block * m_b.length) == (8, 8)
-    assert not g_a.prunable and named(g_a, *shuffle2)
-    assert g_b.prunable and g_b.size == 8
-    assert _consumers(g_b) == {"unit.branch2.0.conv": [(0, 1)]}
-    # branch2.0 -> depthwise branch2.1: prunable, with the dw conv's group attribute
+    assert g_a.prunable and set(g_a.producers) == {"conv2", "unit.branch2.2.conv"}
+    assert _consumers(g_a) == {"fc": [(0, 2)]}
+    assert g_b.prunable and _consumers(g_b) == {"unit.branch2.0.conv": [(0, 1)]}
     br = _exact(a, {"unit.branch2.0.conv", "unit.branch2.1.conv"})
     assert br.prunable and br.size == 8
     assert [(m.node, m.attr) for m in _of(br, "structure")] == [("unit.branch2.1.conv", "group")]
-    assert _consumers(br) == {"unit.branch2.2.conv": [(0, 1)]}
-    # branch2.2 ends in the concat, then the shuffle
-    ((_, g3),) = _producer_groups(a, "unit.branch2.2.conv")
-    assert not g3.prunable and named(g3, *shuffle2)
     fc = _exact(a, {"fc"})
     assert not fc.prunable and "graph output" in (fc.reason or "")
-    assert {g.id for g in a.prunable_groups} == {g_b.id, br.id}
-    hw = 16 * 16
-    # branch2.0.weight is read by both prunable groups and counted once
-    assert a.prunable_params == (8 * 16 * 9 + _bn(8) + 8 * 8) + (_bn(8) + 8 * 9 + _bn(8) + 8 * 8)
-    assert a.prunable_macs == (
-        _conv_macs(hw, 8, 16, 3)
-        + _conv_macs(hw, 8, 8, 1)
-        + _conv_macs(hw, 8, 1, 3)
-        + _conv_macs(hw, 8, 8, 1)
-    )
+    assert {g.id for g in a.locked_groups} == {fc.id}
+    assert a.prunable_params == a.params - 10  # all but fc's bias
+    # with 4 groups of 4, conv1 prunes 4 positions of each group together
+    a4 = drpopt.analyze(MODELS["channel_shuffle"](groups=4))
+    ((_, g4), *rest) = _producer_groups(a4, "conv1")
+    assert g4.prunable and g4.size == 4 and all(g is g4 for _, g in rest) and len(rest) == 3
+    assert _consumers(g4) == {"conv2": [(0, 4)]}

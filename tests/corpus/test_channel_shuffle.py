@@ -1,0 +1,204 @@
+"""Channel shuffles prune exactly: ShuffleNet-V2 as torchvision writes it (its
+``channel_shuffle`` and ``InvertedResidual``, small widths), exported by torch.onnx with a
+static batch (constant reshape targets, as the corpus export).
+
+A shuffle of g groups of n sends channel ``i * n + j`` to ``j * g + i``: pruning position
+``j`` in every group keeps it a shuffle. So a block's passthrough half and its branch's
+output prune together, position by position, and the next block's split reads them as
+blocks of 2; where a later split cuts inside such a block (n/2 odd, deep in a stage), only
+that block's channels stay.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import onnx
+import pytest
+from corpus_checks import (
+    CONFIGS,
+    TOLERANCE,
+    PruneConfig,
+    compact_counts,
+    compare_outputs,
+    prune,
+)
+from deadchannels import assert_groups_complete, random_feeds, run_model
+
+from drpopt import analyze
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+
+def channel_shuffle(x, groups: int):
+    batchsize, num_channels, height, width = x.size()
+    channels_per_group = num_channels // groups
+    x = x.view(batchsize, groups, channels_per_group, height, width)
+    x = torch.transpose(x, 1, 2).contiguous()
+    return x.view(batchsize, num_channels, height, width)
+
+
+def _conv_bn(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, relu: bool = True):
+    layers = [
+        nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(cout),
+    ]
+    return nn.Sequential(*layers, nn.ReLU()) if relu else nn.Sequential(*layers)
+
+
+class InvertedResidual(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+        half = cout // 2
+        if stride > 1:
+            self.branch1 = nn.Sequential(
+                _conv_bn(cin, cin, 3, stride, groups=cin, relu=False), _conv_bn(cin, half, 1)
+            )
+        else:
+            self.branch1 = nn.Sequential()
+        self.branch2 = nn.Sequential(
+            _conv_bn(cin if stride > 1 else half, half, 1),
+            _conv_bn(half, half, 3, stride, groups=half, relu=False),
+            _conv_bn(half, half, 1),
+        )
+
+    def forward(self, x):
+        if self.stride == 1:
+            x1, x2 = x.chunk(2, dim=1)
+            out = torch.cat((x1, self.branch2(x2)), dim=1)
+        else:
+            out = torch.cat((self.branch1(x), self.branch2(x)), dim=1)
+        return channel_shuffle(out, 2)
+
+
+class ShuffleNetV2(nn.Module):
+    """Two stages: 4 blocks of 24 channels (n = 12: the third split cuts inside a block of
+    the first shuffle), 2 of 48; conv5, global pooling, fc."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = _conv_bn(3, 16, 3, 2)
+        stages = []
+        cin = 16
+        for blocks, cout in ((4, 24), (2, 48)):
+            stages.append(
+                nn.Sequential(
+                    InvertedResidual(cin, cout, 2),
+                    *(InvertedResidual(cout, cout, 1) for _ in range(blocks - 1)),
+                )
+            )
+            cin = cout
+        self.stages = nn.Sequential(*stages)
+        self.conv5 = _conv_bn(cin, 64, 1)
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = self.conv5(self.stages(self.conv1(x)))
+        return self.fc(x.mean([2, 3]))
+
+
+def _randomize(module: nn.Module) -> nn.Module:
+    """BN statistics away from the identity, so pruned channels would show."""
+    gen = torch.Generator().manual_seed(0)
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
+    return module.eval()
+
+
+def _export() -> onnx.ModelProto:
+    torch.manual_seed(0)
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            _randomize(ShuffleNetV2()),
+            (torch.randn(1, 3, 32, 32),),
+            buf,
+            dynamo=False,
+            opset_version=13,
+            input_names=["x"],
+            output_names=["y"],
+        )
+    return onnx.load_from_string(buf.getvalue())
+
+
+@pytest.fixture(scope="module")
+def model() -> onnx.ModelProto:
+    return _export()
+
+
+def _prunable_rows(a, node: str) -> tuple[int, int]:
+    """(prunable, all) output channels of a conv."""
+    rows = [
+        (m.block * m.length, g.prunable)
+        for g in a.groups
+        for m in g.members
+        if m.role == "producer" and m.node == node
+    ]
+    return sum(n for n, ok in rows if ok), sum(n for n, _ in rows)
+
+
+def test_shuffled_channels_are_prunable_groups(model):
+    a = analyze(model)
+    assert sum(n.op_type == "Transpose" for n in a.graph.nodes) == 6
+    for g in a.locked_groups:  # none locked by a shuffle's reshapes
+        assert (
+            g.reason == "a single channel (a group keeps at least one)"
+            or "a cut inside an expanded block" in (g.reason or "")
+            or g.reason == "graph output 'y'"
+        ), g.reason
+    outputs = {  # the convs whose outputs each block's shuffle mixes
+        n.name.split("/")[3]: n.name
+        for n in a.graph.nodes
+        if n.op_type == "Conv" and "branch2.2" in n.name
+    }
+    got = {block: _prunable_rows(a, conv) for block, conv in outputs.items()}
+    # the first stage (24 channels, n = 12): block k's shuffle output is read by block k + 1
+    # in blocks of 2 (blocks of 2^k of the first block's), so halving it at 6 reaches
+    # back as a cut inside a block after two blocks: the first block keeps the channels
+    # whose block is cut (and two single-channel groups: channel 0 reaches all of the last
+    # block, channel 2 of the third), the second keeps its first half; the two deepest
+    # blocks are each one unit of the first block's channels, which stay
+    assert got == {
+        "stages.0.0": (9, 12),
+        "stages.0.1": (6, 12),
+        "stages.0.2": (0, 12),
+        "stages.0.3": (0, 12),
+        "stages.1.0": (24, 24),
+        "stages.1.1": (24, 24),
+    }
+    passthrough = next(n.name for n in a.graph.nodes if "stages.1.0/branch1/branch1.1" in n.name)
+    assert _prunable_rows(a, passthrough) == (24, 24)
+    assert_groups_complete(a, model)
+
+
+@pytest.mark.parametrize("config", ["rate0.5", "rate0.7", "drpai"])
+def test_sparse_equals_compact(model, config):
+    pruned = prune(model, CONFIGS[config])
+    feeds = random_feeds(model)
+    sparse = run_model(pruned.masked, feeds)
+    compact = run_model(pruned.compact, feeds)
+    err = compare_outputs(sparse, compact, f"{config}: compact vs sparse")
+    assert err < TOLERANCE, f"{config}: compact differs from sparse by {err:.3g}"
+    params, macs = compact_counts(pruned.compact)
+    assert params == pruned.expected_params and macs == pruned.expected_macs
+    if config == "rate0.5":
+        # the shuffled stream prunes (0.378; with the shuffles locked, 0.543)
+        assert params / pruned.before.params < 0.45, params / pruned.before.params
+
+
+def test_rate_zero_is_bit_identical(model):
+    pruned = prune(model, PruneConfig("rate0", 0.0))
+    feeds = random_feeds(model)
+    reference = run_model(model, feeds)
+    for form in (pruned.masked, pruned.compact):
+        for ref, out in zip(reference, run_model(form, feeds), strict=True):
+            np.testing.assert_array_equal(ref, out)
