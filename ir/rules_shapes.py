@@ -386,7 +386,7 @@ def _map_block(cg: ChannelGraph, node: Node, x: Value, bi, y: Value, bj) -> None
             _lock_block(cg, node, x, bi, y, bj, "mixes several axes into several others")
         return
     value, axes = many
-    shuffle = _channel_shuffle(node, kind, x, y, bi, bj)
+    shuffle = _channel_shuffle(kind, x, y, bi, bj)
     level = min(cg.reshape_levels.get(node, 2 if shuffle == "split" else 1), len(axes))
     repeats = math.prod(d for _, d in axes[: level - 1])
     block = math.prod(d for _, d in axes[level:])
@@ -412,11 +412,11 @@ def _map_block(cg: ChannelGraph, node: Node, x: Value, bi, y: Value, bj) -> None
         _lock_block(cg, node, x, [], y, others, why)
 
 
-def _channel_shuffle(node: Node, kind: str, x: Value, y: Value, bi, bj) -> str | None:
-    """ "split" or "merge" when ``node`` is one end of a channel shuffle (torchvision's and
-    onnx-caffe2's ShuffleNets): a reshape splitting one axis into two, ``(g, n)``, a
-    Transpose swapping just those two, and a reshape merging them back to the first
-    reshape's input shape; None otherwise.
+def _channel_shuffle(kind: str, x: Value, y: Value, bi, bj) -> str | None:
+    """Which end of a channel shuffle a reshape of ``x`` to ``y`` is ("split", "merge", None).
+    A shuffle (torchvision's and onnx-caffe2's ShuffleNets) is a reshape splitting one
+    axis into two, ``(g, n)``, a Transpose swapping just those two, and a reshape merging
+    them back to the first reshape's input shape.
 
     Channel ``i * n + j`` goes to ``j * g + i``: pruning entry ``j`` of every group keeps
     the shuffle a shuffle (the reshapes' sizes follow). So the split maps its input as
@@ -427,9 +427,10 @@ def _channel_shuffle(node: Node, kind: str, x: Value, y: Value, bi, bj) -> str |
         transpose = y.uses[0][0]
         out = transpose.outputs[0]
         merge = out.uses[0][0] if len(out.uses) == 1 else None
+        if merge is None or merge.op_type not in RESHAPE_OPS:
+            return None
         a, b = bj[0][0], bj[1][0]
-        ends = (x, merge.outputs[0] if merge is not None else None, transpose, a, b)
-        return "split" if _is_shuffle(*ends) else None
+        return "split" if _is_shuffle(x, merge.outputs[0], transpose, a, b) else None
     if kind == "merges" and len(bi) == 2 and x.producer is not None:
         transpose = x.producer
         inner = transpose.input(0)

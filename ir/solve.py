@@ -157,8 +157,10 @@ def segment_edges(
                 if b == first:
                     edges.append((ss + j, sb + b))
                     expansions[(ss + j, sb + b)] = k
-                else:  # one entry whose block is cut: tied to each piece
-                    edges.extend((ss + j, sb + piece) for piece in range(first, b + 1))
+                else:  # one entry whose block is cut: each piece is that entry's block there
+                    for piece in range(first, b + 1):
+                        edges.append((ss + j, sb + piece))
+                        expansions[(ss + j, sb + piece)] = big_bounds[piece + 1] - big_bounds[piece]
                     split_blocks.setdefault(ss + j, (node, rel[5] if len(rel) > 5 else big))
                 b += 1
     return edges, expansions, split_blocks
@@ -410,7 +412,8 @@ class _GroupMaker:
             if kind == _CONST:  # a slice of the constant per segment, in its first role
                 role, node = use
                 members.extend(
-                    Member(role, node, name, axis, start[s], norm[s], size) for s in segs
+                    Member(role, node, name, axis, start[s], norm[s], seg_len[s] // norm[s])
+                    for s in segs
                 )
             elif kind == _VIRTUAL:  # a slice of each node attribute the space is
                 members.extend(
