@@ -97,3 +97,32 @@ def test_an_identity_between_spaces_of_different_sizes_locks_both() -> None:
     groups, _ = cg.groups()
     assert len(groups) == 2
     assert all(any("differ in size" in lock.message for lock in g.locks) for g in groups)
+
+
+def test_a_cut_inside_an_expanded_block_keeps_only_that_block() -> None:
+    """``big`` is ``small`` in blocks of 2, cut at 3 (a split of 3 + 5): entry 1 of
+    ``small`` is block [2, 4), which the cut halves, so it stays (its group is locked,
+    naming the node); the entries around it still prune with their blocks."""
+    cg = ChannelGraph(Graph())
+    node = Node("Reshape", "shuffle")
+    small, big = cg.virtual("small", 4), cg.virtual("big", 8)
+    cg.expand(big, small, 2, node)
+    cg.concat(big, [cg.virtual("head", 3), cg.virtual("tail", 5)], NODE)
+    for sid in range(len(cg.spaces)):
+        cg.role(sid, "producer", NODE)
+    groups, _ = cg.groups()
+    got = {
+        tuple((s.label, s.start, s.block) for s in g.segments if s.label in ("small", "big")): (
+            g.size,
+            g.locks[0].message if g.locks else None,
+        )
+        for g in groups
+    }
+    assert got == {
+        (("small", 0, 1), ("big", 0, 2)): (1, None),
+        (("small", 1, 1), ("big", 2, 1), ("big", 3, 1)): (
+            1,
+            "Reshape 'shuffle': a cut inside an expanded block of 'big'",
+        ),
+        (("small", 2, 1), ("big", 4, 2)): (2, None),
+    }
