@@ -144,6 +144,10 @@ def _einsum_vit() -> onnx.ModelProto:
     return export()
 
 
+def _torch_model(module: str, name: str) -> onnx.ModelProto:
+    return getattr(importlib.import_module(module), name)()
+
+
 def _caffe2(name: str) -> onnx.ModelProto:
     from caffe2_models import available, caffe2_model
 
@@ -212,6 +216,14 @@ MODELS = {
     "caffe2_bvlc_alexnet": (lambda: _caffe2("bvlc_alexnet"), 0.99, 0.3, {"LRN", *CAFFE2}),
     "caffe2_zfnet512": (lambda: _caffe2("zfnet512"), 0.99, 0.3, {"LRN", *CAFFE2}),
     "caffe2_vgg19": (lambda: _caffe2("vgg19"), 0.99, 0.3, {*CAFFE2}),
+    # Res2Net's hierarchical split: each 3x3 conv's input is its own part of the 1x1 conv
+    # plus the previous 3x3's output (tied); parts of 3 channels keep 2 at rate 0.5
+    "res2net": (lambda: _torch_model("multibranch_torch", "res2net"), 0.99, 0.33, {OUTPUT}),
+    # ResNeSt's split attention: channel c of every radix block (reshape to (B, radix, C)),
+    # the radix softmax's (view(B, card, radix, -1)) and fc2's prune together
+    "resnest": (lambda: _torch_model("multibranch_torch", "resnest"), 0.99, 0.3, {OUTPUT}),
+    # HRNetV2: branches fused by 1x1 + interpolate up and strided 3x3 chains down, summed
+    "hrnet": (lambda: _torch_model("multibranch_torch", "hrnet"), 0.99, 0.3, {OUTPUT}),
 }
 # the large caffe2 models run with -m slow (the default run keeps three small ones)
 SLOW: set[str] = {f"caffe2_{n}" for n in ("resnet50", "densenet121", "inception_v2")}
