@@ -224,6 +224,21 @@ MODELS = {
     "resnest": (lambda: _torch_model("multibranch_torch", "resnest"), 0.99, 0.3, {OUTPUT}),
     # HRNetV2: branches fused by 1x1 + interpolate up and strided 3x3 chains down, summed
     "hrnet": (lambda: _torch_model("multibranch_torch", "hrnet"), 0.99, 0.3, {OUTPUT}),
+    # SegFormer (opset 11: LayerNorm and GELU decomposed): kv split by reshape + Gather,
+    # spatial-reduction conv and Mix-FFN's depthwise conv on tokens folded to images
+    "segformer": (
+        lambda: _torch_model("vision_transformers_torch", "segformer"),
+        0.99,
+        0.3,
+        {OUTPUT},
+    ),
+    # EfficientFormer: q/k/v interleaved per head, a constant heads x N x N attention bias
+    "efficientformer": (
+        lambda: _torch_model("vision_transformers_torch", "efficientformer"),
+        0.99,
+        0.3,
+        {OUTPUT},
+    ),
 }
 # the large caffe2 models run with -m slow (the default run keeps three small ones)
 SLOW: set[str] = {f"caffe2_{n}" for n in ("resnet50", "densenet121", "inception_v2")}
