@@ -82,7 +82,7 @@ class DWConv(nn.Module):
         self.dwconv = nn.Conv2d(dim, dim, 3, 1, 1, bias=True, groups=dim)
 
     def forward(self, x, H, W):
-        B, N, C = x.shape
+        B, _, C = x.shape
         x = x.transpose(1, 2).view(B, C, H, W)
         return self.dwconv(x).flatten(2).transpose(1, 2)
 
@@ -204,7 +204,7 @@ class Attention(nn.Module):
         return self
 
     def forward(self, x):
-        B, N, C = x.shape
+        B, N, _ = x.shape
         qkv = self.qkv(x)
         q, k, v = (
             qkv.reshape(B, N, self.num_heads, -1)
