@@ -239,6 +239,9 @@ MODELS = {
         0.3,
         {OUTPUT},
     ),
+    # YOLOv7 (export.py --grid, opset 12): E-ELAN concats, SPPCSPC, training-form RepConv,
+    # IDetect's ImplicitA/ImplicitM around the detection convs, slice decoding
+    "yolov7": (lambda: _torch_model("yolov7_torch", "yolov7"), 0.99, 0.3, {OUTPUT}),
 }
 # the large caffe2 models run with -m slow (the default run keeps three small ones)
 SLOW: set[str] = {f"caffe2_{n}" for n in ("resnet50", "densenet121", "inception_v2")}
