@@ -57,10 +57,7 @@ class ELAN(nn.Module):
         ys = [y1, y2]
         for m in self.chain:
             ys.append(m(ys[-1]))
-        if self.head:
-            parts = ys[::-1]
-        else:
-            parts = [ys[5], ys[3], ys[1], ys[0]]
+        parts = ys[::-1] if self.head else [ys[5], ys[3], ys[1], ys[0]]
         return self.out(torch.cat(parts, 1))
 
 
