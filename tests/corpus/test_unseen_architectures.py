@@ -242,10 +242,20 @@ MODELS = {
     # YOLOv7 (export.py --grid, opset 12): E-ELAN concats, SPPCSPC, training-form RepConv,
     # IDetect's ImplicitA/ImplicitM around the detection convs, slice decoding
     "yolov7": (lambda: _torch_model("yolov7_torch", "yolov7"), 0.99, 0.3, {OUTPUT}),
+    # EfficientDet (zylo117, opset 11): same-padding from the input's shape, BiFPN's learned
+    # fusion weights, separable-conv heads shared by the levels with a BN per level; the
+    # headers' anchors are merged with the pixels into the prediction list (locked)
+    "efficientdet": (
+        lambda: _torch_model("efficientdet_torch", "efficientdet"),
+        0.99,
+        0.3,
+        {"merges axis 1", OUTPUT},
+    ),
 }
 # the large caffe2 models run with -m slow (the default run keeps three small ones)
 SLOW: set[str] = {f"caffe2_{n}" for n in ("resnet50", "densenet121", "inception_v2")}
 SLOW |= {f"caffe2_{n}" for n in ("bvlc_alexnet", "zfnet512", "vgg19")}
+SLOW |= {"efficientdet"}  # 3k nodes of same-padding arithmetic: 22 s
 
 
 @functools.cache
