@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 
-import onnx
 import torch
 import torch.nn.functional as F
 from export_torch import export_as
