@@ -251,6 +251,14 @@ MODELS = {
         0.3,
         {"merges axis 1", OUTPUT},
     ),
+    # tf2onnx's layout: NHWC activations, Transposes around each Conv, folded BN, SE and
+    # Dense layers as MatMul over the last axis, a channels-last concat
+    "keras_nhwc": (
+        lambda: _torch_model("tf_layout_torch", "keras_nhwc"),
+        0.99,
+        0.3,
+        {"Softmax", OUTPUT},
+    ),
 }
 # the large caffe2 models run with -m slow (the default run keeps three small ones)
 SLOW: set[str] = {f"caffe2_{n}" for n in ("resnet50", "densenet121", "inception_v2")}
