@@ -153,6 +153,9 @@ def _norm(node: Node, cg: ChannelGraph) -> None:
     same_axes(cg, node, x, y)
     if x is None or x.rank is None or x.rank < 2:
         return
+    if node.op_type == "InstanceNormalization":  # statistics over every axis after 1, which
+        # carry channels behind a reshape (GroupNorm(1, C): Reshape(N, 1, -1) before it)
+        lock_axis(cg, node, [x, y], range(2, x.rank), "normalises over this axis")
     channels = cg.space(x, 1)
     for p in node.inputs[1:]:
         if p is not None and p.rank == 1:
