@@ -275,6 +275,9 @@ MODELS = {
         0.7,
         {"ReduceMean", OUTPUT},
     ),
+    # PP-HGNetV2 (RT-DETR's, PP-OCRv4 server's backbone): padded stem with a ceil-mode pool
+    # branch, dense concat blocks with SE or ESE aggregation, scalar learnable affines
+    "hgnetv2": (lambda: _torch_model("hgnet_torch", "hgnetv2"), 0.99, 0.3, {OUTPUT}),
 }
 # the large caffe2 models run with -m slow (the default run keeps three small ones)
 SLOW: set[str] = {f"caffe2_{n}" for n in ("resnet50", "densenet121", "inception_v2")}
