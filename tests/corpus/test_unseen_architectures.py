@@ -278,6 +278,13 @@ MODELS = {
     # PP-HGNetV2 (RT-DETR's, PP-OCRv4 server's backbone): padded stem with a ceil-mode pool
     # branch, dense concat blocks with SE or ESE aggregation, scalar learnable affines
     "hgnetv2": (lambda: _torch_model("hgnet_torch", "hgnetv2"), 0.99, 0.3, {OUTPUT}),
+    # PSPNet: adaptive pools of 1/2/3/6 bins, interpolated back and concatenated
+    "pspnet": (lambda: _torch_model("segment2_torch", "pspnet"), 0.99, 0.3, {OUTPUT}),
+    # BiSeNetV2: depthwise convs expanding each channel 6 times, context embedding, the
+    # two branches gating each other
+    "bisenetv2": (lambda: _torch_model("segment2_torch", "bisenetv2"), 0.99, 0.3, {OUTPUT}),
+    # DBNet's SegDetector: FPN adds, upsampled concat, ConvTranspose binarisation head
+    "dbnet": (lambda: _torch_model("segment2_torch", "dbnet"), 0.99, 0.3, {OUTPUT}),
 }
 # the large caffe2 models run with -m slow (the default run keeps three small ones)
 SLOW: set[str] = {f"caffe2_{n}" for n in ("resnet50", "densenet121", "inception_v2")}
