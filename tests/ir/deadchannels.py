@@ -122,13 +122,13 @@ def _mask_inner_products(model: onnx.ModelProto, groups: list[Group], chosen) ->
     changed = False
     for node in [n for n in graph.nodes if n.op_type == "MatMul"]:
         a, b = node.input(0), node.input(1)
-        if a is None or b is None or a.is_const or b.is_const or not a.rank or a.shape is None:
+        if a is None or b is None or a.is_const or b.is_const or not a.rank:
             continue
         keep = None
         for g in groups:
             for seg in g.segments:
                 if seg.value == a.name and seg.axis == a.rank - 1:
-                    keep = np.ones(int(a.shape[-1]), dtype=np.float32) if keep is None else keep
+                    keep = np.ones(seg.space_length, dtype=np.float32) if keep is None else keep
                     for j in chosen[g.id]:
                         keep[seg.start + j * seg.block : seg.start + (j + 1) * seg.block] = 0
         if keep is None:
@@ -161,7 +161,8 @@ def dead_channel_outputs(
     for g in groups:
         k = max(1, g.size // 2)
         chosen[g.id] = sorted(rng.choice(g.size, size=k, replace=False).tolist())
-    model = _mask_inner_products(_mask_layernorms(model, groups, chosen), groups, chosen)
+    # inner products first: the shapes they need are those of the model as analysed
+    model = _mask_layernorms(_mask_inner_products(model, groups, chosen), groups, chosen)
     arrays = {t.name: numpy_helper.to_array(t).copy() for t in model.graph.initializer}
     if zero_consumers:
         for g in groups:
