@@ -166,6 +166,26 @@ def _norm(node: Node, cg: ChannelGraph) -> None:
             cg.identity(cg.space(stat, 0), channels, node)
 
 
+@rule("GridSample")
+def _grid_sample(node: Node, cg: ChannelGraph) -> None:
+    """``Y[n, c, ...] = X[n, c]`` sampled at ``grid[n, ...]``: the batch of X, grid and Y
+    is one axis (deformable attention folds its heads into it), X's channels are Y's, the
+    grid's output positions are Y's; X's spatial axes are read at computed points and the
+    grid's last axis holds the coordinates (both locked)."""
+    x, grid, y = node.input(0), node.input(1), node.outputs[0]
+    if x is None or grid is None or x.rank is None or grid.rank is None or y.rank is None:
+        for v in (x, grid, y):
+            cg.lock_value(v, "rule", f"GridSample '{node.name}': rank unknown", node)
+        return
+    cg.identity(cg.space(x, 0), cg.space(y, 0), node)
+    cg.identity(cg.space(grid, 0), cg.space(y, 0), node)
+    cg.identity(cg.space(x, 1), cg.space(y, 1), node)
+    for ax in range(2, y.rank):
+        cg.identity(cg.space(grid, ax - 1), cg.space(y, ax), node)
+    lock_axis(cg, node, [x], range(2, x.rank), "samples this axis at computed points")
+    lock_axis(cg, node, [grid], [grid.rank - 1], "holds the sampling coordinates")
+
+
 @rule("GroupNormalization", "LRN", "MeanVarianceNormalization")
 def _channel_mixing_norm(node: Node, cg: ChannelGraph) -> None:
     x, y = node.input(0), node.outputs[0]

@@ -285,6 +285,15 @@ MODELS = {
     "bisenetv2": (lambda: _torch_model("segment2_torch", "bisenetv2"), 0.99, 0.3, {OUTPUT}),
     # DBNet's SegDetector: FPN adds, upsampled concat, ConvTranspose binarisation head
     "dbnet": (lambda: _torch_model("segment2_torch", "dbnet"), 0.99, 0.3, {OUTPUT}),
+    # RT-DETR-style decoder: multi-scale deformable attention (value folded per head into
+    # (bs * heads, head_dim, h, w), F.grid_sample at learned offsets): whole heads prune;
+    # the sampling coordinates' axis (x, y) stays
+    "deformable_detr": (
+        lambda: _torch_model("deformable_torch", "deformable_detr"),
+        0.99,
+        0.3,
+        {"GridSample", OUTPUT},
+    ),
 }
 # the large caffe2 models run with -m slow (the default run keeps three small ones)
 SLOW: set[str] = {f"caffe2_{n}" for n in ("resnet50", "densenet121", "inception_v2")}
@@ -538,6 +547,23 @@ def test_a_sparse_model_read_again_keeps_its_shapes():
     assert any(n.op_type == "MaskedLayerNormalization" for n in pruned.masked.graph.node)
     a = analyze(pruned.masked)
     assert a.prunable_params / a.params > 0.99, [g.reason for g in a.locked_groups]
+
+
+def test_deformable_attention_prunes_whole_heads():
+    """GridSample couples the batch axis of its input, grid and output and keeps channels
+    apart: the heads deformable attention folds into the batch (``reshape(bs * heads,
+    head_dim, h, w)``) prune together with their offsets, attention weights and the output
+    projection's columns. Without a rule every head was locked ("no coupling rule")."""
+    a = analysis("deformable_detr")
+    (heads,) = [
+        g for g in a.groups if "decoder.cross_attn.value_proj.bias" in {m.tensor for m in g.members}
+    ]
+    assert heads.prunable and heads.size == 4, heads.reason
+    tensors = {m.tensor for m in heads.members}
+    assert {
+        "decoder.cross_attn.sampling_offsets.bias",
+        "decoder.cross_attn.attention_weights.bias",
+    } <= tensors
 
 
 def _dynamo_export(name: str) -> onnx.ModelProto:
