@@ -285,6 +285,13 @@ MODELS = {
     "bisenetv2": (lambda: _torch_model("segment2_torch", "bisenetv2"), 0.99, 0.3, {OUTPUT}),
     # DBNet's SegDetector: FPN adds, upsampled concat, ConvTranspose binarisation head
     "dbnet": (lambda: _torch_model("segment2_torch", "dbnet"), 0.99, 0.3, {OUTPUT}),
+    # Attention U-Net: skips gated by a one-channel sigmoid map broadcast over them
+    "attention_unet": (
+        lambda: _torch_model("segment2_torch", "attention_unet"),
+        0.99,
+        0.3,
+        {OUTPUT},
+    ),
     # RT-DETR-style decoder: multi-scale deformable attention (value folded per head into
     # (bs * heads, head_dim, h, w), F.grid_sample at learned offsets): whole heads prune;
     # the sampling coordinates' axis (x, y) stays

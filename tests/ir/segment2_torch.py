@@ -333,3 +333,88 @@ def bisenetv2(size: int = 64, seed: int = 0) -> onnx.ModelProto:
 def dbnet(size: int = 64, seed: int = 0) -> onnx.ModelProto:
     torch.manual_seed(seed)
     return export_as(DBNet(), (1, 3, size, size), opset=11, dynamic_batch=True, seed=seed)
+
+
+# ---- Attention U-Net (LeeJunHyun/Image_Segmentation network.py: AttU_Net) ------------------
+
+
+class conv_block(nn.Module):
+    def __init__(self, ch_in, ch_out):
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv2d(ch_in, ch_out, 3, 1, 1, bias=True),
+            nn.BatchNorm2d(ch_out),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(ch_out, ch_out, 3, 1, 1, bias=True),
+            nn.BatchNorm2d(ch_out),
+            nn.ReLU(inplace=True),
+        )
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+class up_conv(nn.Module):
+    def __init__(self, ch_in, ch_out):
+        super().__init__()
+        self.up = nn.Sequential(
+            nn.Upsample(scale_factor=2),
+            nn.Conv2d(ch_in, ch_out, 3, 1, 1, bias=True),
+            nn.BatchNorm2d(ch_out),
+            nn.ReLU(inplace=True),
+        )
+
+    def forward(self, x):
+        return self.up(x)
+
+
+class Attention_block(nn.Module):
+    """``x * sigmoid(psi(relu(W_g(g) + W_x(x))))``: a one-channel gate broadcast over x."""
+
+    def __init__(self, F_g, F_l, F_int):
+        super().__init__()
+        self.W_g = nn.Sequential(nn.Conv2d(F_g, F_int, 1, 1, 0, bias=True), nn.BatchNorm2d(F_int))
+        self.W_x = nn.Sequential(nn.Conv2d(F_l, F_int, 1, 1, 0, bias=True), nn.BatchNorm2d(F_int))
+        self.psi = nn.Sequential(
+            nn.Conv2d(F_int, 1, 1, 1, 0, bias=True), nn.BatchNorm2d(1), nn.Sigmoid()
+        )
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, g, x):
+        psi = self.psi(self.relu(self.W_g(g) + self.W_x(x)))
+        return x * psi
+
+
+class AttU_Net(nn.Module):
+    def __init__(self, img_ch=3, output_ch=2, w=(8, 16, 32, 64)):
+        super().__init__()
+        self.Maxpool = nn.MaxPool2d(kernel_size=2, stride=2)
+        self.Conv1 = conv_block(img_ch, w[0])
+        self.Conv2 = conv_block(w[0], w[1])
+        self.Conv3 = conv_block(w[1], w[2])
+        self.Conv4 = conv_block(w[2], w[3])
+        self.Up4, self.Att4 = up_conv(w[3], w[2]), Attention_block(w[2], w[2], w[1])
+        self.Up_conv4 = conv_block(w[3], w[2])
+        self.Up3, self.Att3 = up_conv(w[2], w[1]), Attention_block(w[1], w[1], w[0])
+        self.Up_conv3 = conv_block(w[2], w[1])
+        self.Up2, self.Att2 = up_conv(w[1], w[0]), Attention_block(w[0], w[0], w[0] // 2)
+        self.Up_conv2 = conv_block(w[1], w[0])
+        self.Conv_1x1 = nn.Conv2d(w[0], output_ch, 1, 1, 0)
+
+    def forward(self, x):
+        x1 = self.Conv1(x)
+        x2 = self.Conv2(self.Maxpool(x1))
+        x3 = self.Conv3(self.Maxpool(x2))
+        x4 = self.Conv4(self.Maxpool(x3))
+        d4 = self.Up4(x4)
+        d4 = self.Up_conv4(torch.cat((self.Att4(g=d4, x=x3), d4), dim=1))
+        d3 = self.Up3(d4)
+        d3 = self.Up_conv3(torch.cat((self.Att3(g=d3, x=x2), d3), dim=1))
+        d2 = self.Up2(d3)
+        d2 = self.Up_conv2(torch.cat((self.Att2(g=d2, x=x1), d2), dim=1))
+        return self.Conv_1x1(d2)
+
+
+def attention_unet(size: int = 32, seed: int = 0) -> onnx.ModelProto:
+    torch.manual_seed(seed)
+    return export_as(AttU_Net(), (1, 3, size, size), opset=11, seed=seed)
