@@ -292,6 +292,15 @@ MODELS = {
         0.3,
         {OUTPUT},
     ),
+    # RTMDet as mmdeploy exports it end to end (opset 11): CSPNeXt with channel attention,
+    # level-shared head convs with a BN per level, box decoding and NonMaxSuppression in
+    # the graph (the class axis the NMS reads and the box sides stay)
+    "rtmdet": (
+        lambda: _torch_model("rtmdet_torch", "rtmdet"),
+        0.99,
+        0.3,
+        {"NonMaxSuppression", "a single channel", OUTPUT},
+    ),
     # RT-DETR-style decoder: multi-scale deformable attention (value folded per head into
     # (bs * heads, head_dim, h, w), F.grid_sample at learned offsets): whole heads prune;
     # the sampling coordinates' axis (x, y) stays
