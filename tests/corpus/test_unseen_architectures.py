@@ -301,6 +301,14 @@ MODELS = {
         0.3,
         {"NonMaxSuppression", "a single channel", OUTPUT},
     ),
+    # EfficientViT (MIT): ReLU linear attention, a row of ones padded onto v divides the
+    # rest; the q/k/v widths inside a head stay (the head split cuts inside the blocks)
+    "efficientvit": (
+        lambda: _torch_model("efficientvit_torch", "efficientvit"),
+        0.85,
+        0.45,
+        {"a cut inside an expanded block", OUTPUT},
+    ),
     # RT-DETR-style decoder: multi-scale deformable attention (value folded per head into
     # (bs * heads, head_dim, h, w), F.grid_sample at learned offsets): whole heads prune;
     # the sampling coordinates' axis (x, y) stays
