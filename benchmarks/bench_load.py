@@ -57,7 +57,7 @@ PHASES = [
     ("copy", "drpopt.ir.from_onnx", "shape_bytes"),  # from a path
     ("infer", "drpopt.ir.from_onnx", "infer_shapes"),
     ("convert", "drpopt.ir.from_onnx", "_convert_graph"),
-    ("unshare", "drpopt.ir.from_onnx", "unshare_constants"),
+    ("unshare", "drpopt.ir.fold", "unshare_constants"),
     ("propagate", "drpopt.ir.propagate", "propagate_shapes"),
     ("shapes", "drpopt.ir.shape_expr", "_fill"),  # within propagate: reading shape tensors
 ]

@@ -32,7 +32,7 @@ from onnx import numpy_helper
 
 from drpopt.errors import BadInputError, UnsupportedModelError
 from drpopt.ir.core import Graph, Node, Value
-from drpopt.ir.fold import evaluate, fold_constants
+from drpopt.ir.fold import fold_constant_node, fold_constants, unshare_constants
 from drpopt.ir.onnx_load import check_external, read_for_analysis
 from drpopt.ir.onnx_load import load_model as load_model  # re-exported: callers import it here
 from drpopt.ir.onnx_scan import FileWeights, tensor_array
@@ -317,7 +317,7 @@ def _read_nodes(gp: onnx.GraphProto, graph: Graph, scope: _Scope) -> None:
             _attach_subgraphs(node, subgraphs, lookup)
         if op == "Identity" or op == "Cast":
             if inputs and inputs[0] is not None:
-                _fold_constant(node)
+                fold_constant_node(node)
         elif op == "Constant" and outputs:
             out = outputs[0]
             out.const = _constant_value(np_node, attrs)
@@ -453,63 +453,6 @@ def _constant_value(node: onnx.NodeProto, attrs: dict[str, Any]) -> np.ndarray |
         if key in attrs:
             return np.asarray(attrs[key], dtype=dtype)
     return None
-
-
-def _fold_constant(node: Node) -> None:
-    """Identity/Cast of a constant is a constant of its own (exporters write Identity to
-    share one deduplicated initializer between layers; the layers stay independent).
-
-    Identity is not computed: its output shares the source's storage, so the shared weight
-    stays one tensor (``to_onnx`` writes it once) and is read only when a pass needs it.
-    Cast is computed by ``ir/fold.evaluate`` without its size limit (a weight stored in
-    another dtype: the analysis and the passes need its data)."""
-    src = node.inputs[0]
-    if src is None or not src.is_const:
-        return
-    out = node.outputs[0]
-    if node.op_type == "Cast":
-        try:
-            outs = evaluate("Cast", node.attrs, [src.const], max_elements=None)
-        except Exception:  # no or an unknown ``to``: left as a node
-            return
-        if not outs:
-            return
-        out.const = outs[0]
-        out.shape, out.dtype = tuple(out.const.shape), out.const.dtype
-    else:
-        out.share_const(src)  # shared, never written in place (passes copy on write)
-        out.shape, out.dtype = src.shape, src.dtype
-    node.meta["folded"] = True
-
-
-def unshare_constants(graph: Graph) -> None:
-    """Gives every use of a constant read by several node inputs a value of its own.
-
-    Exporters share one tensor between unrelated layers (torch's Identity sharing of equal
-    biases, onnxsim/onnxslim deduplicating equal initializers); a shared value would tie
-    those layers into one channel group and be sliced for one of them. The clones hold the
-    same array object (no copy: passes copy on write), and ``to_onnx`` writes an array
-    that is still shared once, so an unpruned model keeps its size.
-    """
-    outputs = {id(v) for v in graph.outputs}
-    new_value, fresh_name = graph.value, graph.fresh_name
-    for value in list(graph.values.values()):
-        if len(value.uses) < 2 or not value.is_const or id(value) in outputs:
-            continue
-        uses = [(n, i) for n, i in value.uses if i >= 0]
-        if len(uses) < 2:
-            continue
-        name, shape, dtype = value.name, value.shape, value.dtype
-        from_node = value.producer is not None  # a Constant node's output: keep the node's
-        for node, i in uses[1:]:
-            clone = new_value(fresh_name(f"{name}__{node.name}"))
-            clone.shape, clone.dtype = shape, dtype
-            clone.share_const(value)
-            if from_node:
-                clone.meta["shared_from"] = name
-            node.inputs[i] = clone  # use lists fixed once below: linear in the uses
-            clone.uses.append((node, i))
-        value.uses = [uses[0], *((n, i) for n, i in value.uses if i < 0)]
 
 
 def node_by_name(graph: Graph, name: str) -> Node:
