@@ -53,11 +53,11 @@ DEFAULT = [
 PHASES = [
     ("read", "drpopt.ir.from_onnx", "read_for_analysis"),
     ("fold", "drpopt.ir.from_onnx", "fold_constants"),
-    ("copy", "drpopt.ir.from_onnx", "_shape_copy"),  # from a proto
-    ("copy", "drpopt.ir.from_onnx", "_shape_bytes"),  # from a path
+    ("copy", "drpopt.ir.from_onnx", "shape_copy"),  # from a proto
+    ("copy", "drpopt.ir.from_onnx", "shape_bytes"),  # from a path
     ("infer", "drpopt.ir.from_onnx", "infer_shapes"),
     ("convert", "drpopt.ir.from_onnx", "_convert_graph"),
-    ("unshare", "drpopt.ir.from_onnx", "unshare_constants"),
+    ("unshare", "drpopt.ir.fold", "unshare_constants"),
     ("propagate", "drpopt.ir.propagate", "propagate_shapes"),
     ("shapes", "drpopt.ir.shape_expr", "_fill"),  # within propagate: reading shape tensors
 ]

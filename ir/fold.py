@@ -11,10 +11,12 @@ Rules:
   read, and no result larger than the limit is kept (shape arithmetic, never real tensors);
 - ``fold_constants`` runs on the ``onnx.ModelProto`` before shape inference
   (``ir/from_onnx.py``), so inference sees literal shapes;
-- ``from_onnx`` folds Cast of a constant (a weight stored in another dtype) through
-  ``evaluate`` without the limit: the analysis and the passes need that weight's data. An
-  Identity of a constant is not computed at all: its output shares the source's storage
-  (``Value.share_const``), so a weight exporters share through Identity stays one tensor;
+- ``fold_constant_node`` (``from_onnx``, on the IR) folds Cast of a constant (a weight
+  stored in another dtype) through ``evaluate`` without the limit: the analysis and the
+  passes need that weight's data. An Identity of a constant is not computed at all: its
+  output shares the source's storage (``Value.share_const``), so a weight exporters share
+  through Identity stays one tensor; ``unshare_constants`` then gives every use of a
+  shared constant a value of its own, holding the same array;
 - ``ir/shape_expr.py`` stays separate on purpose: it evaluates shape tensors whose entries
   may be symbolic (``Dim``: the size of an axis unknown until run time, or ``DERIVED``),
   which numeric folding cannot represent; it shares only this module's size limit.
@@ -31,6 +33,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from drpopt.ir.core import Graph, Node
 from drpopt.ir.onnx_scan import tensor_array
 
 log = logging.getLogger(__name__)
@@ -287,3 +290,60 @@ def fold_constants(
         if folded_nodes is not None and outputs and all(o in folded for o in outputs):
             folded_nodes.append(index)
     return folded
+
+
+def fold_constant_node(node: Node) -> None:
+    """Identity/Cast of a constant is a constant of its own (exporters write Identity to
+    share one deduplicated initializer between layers; the layers stay independent).
+
+    Identity is not computed: its output shares the source's storage, so the shared weight
+    stays one tensor (``to_onnx`` writes it once) and is read only when a pass needs it.
+    Cast is computed by ``evaluate`` without its size limit (a weight stored in
+    another dtype: the analysis and the passes need its data)."""
+    src = node.inputs[0]
+    if src is None or not src.is_const:
+        return
+    out = node.outputs[0]
+    if node.op_type == "Cast":
+        try:
+            outs = evaluate("Cast", node.attrs, [src.const], max_elements=None)
+        except Exception:  # no or an unknown ``to``: left as a node
+            return
+        if not outs:
+            return
+        out.const = outs[0]
+        out.shape, out.dtype = tuple(out.const.shape), out.const.dtype
+    else:
+        out.share_const(src)  # shared, never written in place (passes copy on write)
+        out.shape, out.dtype = src.shape, src.dtype
+    node.meta["folded"] = True
+
+
+def unshare_constants(graph: Graph) -> None:
+    """Gives every use of a constant read by several node inputs a value of its own.
+
+    Exporters share one tensor between unrelated layers (torch's Identity sharing of equal
+    biases, onnxsim/onnxslim deduplicating equal initializers); a shared value would tie
+    those layers into one channel group and be sliced for one of them. The clones hold the
+    same array object (no copy: passes copy on write), and ``to_onnx`` writes an array
+    that is still shared once, so an unpruned model keeps its size.
+    """
+    outputs = {id(v) for v in graph.outputs}
+    new_value, fresh_name = graph.value, graph.fresh_name
+    for value in list(graph.values.values()):
+        if len(value.uses) < 2 or not value.is_const or id(value) in outputs:
+            continue
+        uses = [(n, i) for n, i in value.uses if i >= 0]
+        if len(uses) < 2:
+            continue
+        name, shape, dtype = value.name, value.shape, value.dtype
+        from_node = value.producer is not None  # a Constant node's output: keep the node's
+        for node, i in uses[1:]:
+            clone = new_value(fresh_name(f"{name}__{node.name}"))
+            clone.shape, clone.dtype = shape, dtype
+            clone.share_const(value)
+            if from_node:
+                clone.meta["shared_from"] = name
+            node.inputs[i] = clone  # use lists fixed once below: linear in the uses
+            clone.uses.append((node, i))
+        value.uses = [uses[0], *((n, i) for n, i in value.uses if i < 0)]

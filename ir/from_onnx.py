@@ -7,8 +7,8 @@ Rules:
 - small integer constant subgraphs (exporters' shape arithmetic) are evaluated first
   (``ir/fold.py``), their outputs become constants, and shape inference (with data
   propagation) fills value shapes; symbolic dims stay strings; it runs on a light model
-  (large weights only typed), which from a path is cut from the bytes read
-  (``_shape_bytes``) and from a proto is copied from it (``_shape_copy``), both serialised;
+  (large weights only typed, ``ir/shape_model.py``), from a path cut from the bytes read,
+  from a proto copied from it;
 - Constant nodes keep their node and also give their output a ``const``; Identity of a
   constant shares its storage (no copy) and Cast of a constant is computed by
   ``ir/fold.evaluate`` (numeric folding lives in ``ir/fold.py`` only);
@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 import gc
 import logging
-import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -33,22 +32,15 @@ from onnx import numpy_helper
 
 from drpopt.errors import BadInputError, UnsupportedModelError
 from drpopt.ir.core import Graph, Node, Value
-from drpopt.ir.fold import MAX_ELEMENTS, evaluate, fold_constants
+from drpopt.ir.fold import fold_constant_node, fold_constants, unshare_constants
 from drpopt.ir.onnx_load import check_external, read_for_analysis
 from drpopt.ir.onnx_load import load_model as load_model  # re-exported: callers import it here
-from drpopt.ir.onnx_scan import (
-    FileWeights,
-    Layout,
-    encode_varint,
-    initializer_record,
-    input_record,
-    tensor_array,
-)
+from drpopt.ir.onnx_scan import FileWeights, tensor_array
+from drpopt.ir.shape_model import shape_bytes, shape_copy
 
 log = logging.getLogger(__name__)
 
 MIN_OPSET = 11
-SMALL_CONSTANT = MAX_ELEMENTS  # constants this small may be shape arguments
 _GRAPH_ATTR, _GRAPHS_ATTR = onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS
 _INT_ATTR, _INTS_ATTR = onnx.AttributeProto.INT, onnx.AttributeProto.INTS
 _EXTERNAL = onnx.TensorProto.EXTERNAL
@@ -78,85 +70,6 @@ def check_opset(model: onnx.ModelProto, where: str = "model") -> int:
             "upgrade onnx (pip install -U onnx)"
         )
     return version
-
-
-def _shape_copy(
-    model: onnx.ModelProto, folded: dict[str, np.ndarray], folded_nodes: list[int]
-) -> bytes:
-    """What shape inference needs and no more, serialised: the nodes but the folded ones
-    (``folded_nodes``, indices), small constants (they may be shape arguments), folded values
-    as constants, large weights as typed inputs (their data never matters for shapes;
-    serialising it dominated load time). The typed inputs are written as bytes after the
-    copied graph (``_typed_weights``), not built as protos."""
-    light = onnx.ModelProto()
-    light.ir_version = model.ir_version
-    light.opset_import.extend(model.opset_import)
-    light.functions.extend(model.functions)
-    src, g = model.graph, onnx.GraphProto()
-    g.name = src.name
-    start = 0
-    for index in folded_nodes:  # the runs of nodes between folded ones, copied in C
-        if index > start:
-            g.node.extend(src.node[start:index])
-        start = index + 1
-    g.node.extend(src.node[start:] if start else src.node)
-    g.input.extend(src.input)
-    cut, records = _typed_weights(src)
-    if cut:
-        skip = set(cut)
-        g.initializer.extend(t for i, t in enumerate(src.initializer) if i not in skip)
-    else:
-        g.initializer.extend(src.initializer)
-    g.sparse_initializer.extend(src.sparse_initializer)
-    for name, arr in folded.items():
-        g.initializer.append(numpy_helper.from_array(arr, name))
-    g.output.extend(src.output)
-    g.value_info.extend(src.value_info)
-    body = g.SerializeToString() + b"".join(records)
-    return light.SerializeToString() + b"\x3a" + encode_varint(len(body)) + body
-
-
-def _shape_bytes(
-    model: onnx.ModelProto, layout: Layout, folded: dict[str, np.ndarray], folded_nodes: list[int]
-) -> bytes:
-    """``_shape_copy(model, folded, folded_nodes)`` cut from the bytes the model was read
-    from (``ir/onnx_scan.Layout``): the same records, no proto copied."""
-    cut, extra = _typed_weights(model.graph)
-    extra.extend(initializer_record(numpy_helper.from_array(a, n)) for n, a in folded.items())
-    return layout.shape_model(folded_nodes, cut, extra)
-
-
-def _typed_weights(src: onnx.GraphProto) -> tuple[list[int], list[bytes]]:
-    """The initializers shape inference gets as typed inputs, not as data (external, or over
-    ``SMALL_CONSTANT`` elements), by index, and an input record for each one the graph does
-    not already declare as an input."""
-    declared = {i.name for i in src.input}
-    cut: list[int] = []
-    records: list[bytes] = []
-    for index, t in enumerate(src.initializer):
-        if t.data_location != _EXTERNAL and math.prod(t.dims) <= SMALL_CONSTANT:
-            continue
-        cut.append(index)
-        if t.name not in declared:
-            record = input_record(t.name, t.data_type, t.dims)
-            if record is None:  # a negative dim: protobuf writes it
-                info = onnx.ValueInfoProto()
-                _typed_input(info, t)
-                record = b"\x5a" + encode_varint(info.ByteSize()) + info.SerializeToString()
-            records.append(record)
-    return cut, records
-
-
-def _typed_input(info: onnx.ValueInfoProto, tensor: onnx.TensorProto) -> None:
-    """``helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims))``
-    written in place."""
-    info.name = tensor.name
-    tt = info.type.tensor_type
-    tt.elem_type = tensor.data_type
-    shape = tt.shape
-    shape.SetInParent()
-    for d in tensor.dims:
-        shape.dim.add().dim_value = d
 
 
 def infer_shapes(model: onnx.ModelProto | bytes) -> onnx.ModelProto:
@@ -219,9 +132,9 @@ def _from_onnx(
     if weights is not None:
         weights.layout = None  # used once: its bytes need not live as long as the weights
     if layout is not None and model is read:
-        inferred = infer_shapes(_shape_bytes(model, layout, folded, folded_nodes))
+        inferred = infer_shapes(shape_bytes(model, layout, folded, folded_nodes))
     else:
-        inferred = infer_shapes(_shape_copy(model, folded, folded_nodes))
+        inferred = infer_shapes(shape_copy(model, folded, folded_nodes))
     graph = _convert_graph(
         model.graph, parent=None, shapes=inferred.graph, base_dir=base_dir, weights=weights
     )
@@ -404,7 +317,7 @@ def _read_nodes(gp: onnx.GraphProto, graph: Graph, scope: _Scope) -> None:
             _attach_subgraphs(node, subgraphs, lookup)
         if op == "Identity" or op == "Cast":
             if inputs and inputs[0] is not None:
-                _fold_constant(node)
+                fold_constant_node(node)
         elif op == "Constant" and outputs:
             out = outputs[0]
             out.const = _constant_value(np_node, attrs)
@@ -540,63 +453,6 @@ def _constant_value(node: onnx.NodeProto, attrs: dict[str, Any]) -> np.ndarray |
         if key in attrs:
             return np.asarray(attrs[key], dtype=dtype)
     return None
-
-
-def _fold_constant(node: Node) -> None:
-    """Identity/Cast of a constant is a constant of its own (exporters write Identity to
-    share one deduplicated initializer between layers; the layers stay independent).
-
-    Identity is not computed: its output shares the source's storage, so the shared weight
-    stays one tensor (``to_onnx`` writes it once) and is read only when a pass needs it.
-    Cast is computed by ``ir/fold.evaluate`` without its size limit (a weight stored in
-    another dtype: the analysis and the passes need its data)."""
-    src = node.inputs[0]
-    if src is None or not src.is_const:
-        return
-    out = node.outputs[0]
-    if node.op_type == "Cast":
-        try:
-            outs = evaluate("Cast", node.attrs, [src.const], max_elements=None)
-        except Exception:  # no or an unknown ``to``: left as a node
-            return
-        if not outs:
-            return
-        out.const = outs[0]
-        out.shape, out.dtype = tuple(out.const.shape), out.const.dtype
-    else:
-        out.share_const(src)  # shared, never written in place (passes copy on write)
-        out.shape, out.dtype = src.shape, src.dtype
-    node.meta["folded"] = True
-
-
-def unshare_constants(graph: Graph) -> None:
-    """Gives every use of a constant read by several node inputs a value of its own.
-
-    Exporters share one tensor between unrelated layers (torch's Identity sharing of equal
-    biases, onnxsim/onnxslim deduplicating equal initializers); a shared value would tie
-    those layers into one channel group and be sliced for one of them. The clones hold the
-    same array object (no copy: passes copy on write), and ``to_onnx`` writes an array
-    that is still shared once, so an unpruned model keeps its size.
-    """
-    outputs = {id(v) for v in graph.outputs}
-    new_value, fresh_name = graph.value, graph.fresh_name
-    for value in list(graph.values.values()):
-        if len(value.uses) < 2 or not value.is_const or id(value) in outputs:
-            continue
-        uses = [(n, i) for n, i in value.uses if i >= 0]
-        if len(uses) < 2:
-            continue
-        name, shape, dtype = value.name, value.shape, value.dtype
-        from_node = value.producer is not None  # a Constant node's output: keep the node's
-        for node, i in uses[1:]:
-            clone = new_value(fresh_name(f"{name}__{node.name}"))
-            clone.shape, clone.dtype = shape, dtype
-            clone.share_const(value)
-            if from_node:
-                clone.meta["shared_from"] = name
-            node.inputs[i] = clone  # use lists fixed once below: linear in the uses
-            clone.uses.append((node, i))
-        value.uses = [uses[0], *((n, i) for n, i in value.uses if i < 0)]
 
 
 def node_by_name(graph: Graph, name: str) -> Node:

@@ -68,7 +68,8 @@ def propagate_shapes(graph: Graph, opset: int) -> int:
             outs = [o for o in outputs if o is not None and o.name]
             if not outs or all(_static(o.shape) for o in outs):
                 continue
-        if node.subgraphs or node.domain not in ("", "ai.onnx"):
+        custom = (node.domain, node.op_type) in _CUSTOM_SAME_SHAPE
+        if node.subgraphs or (node.domain not in ("", "ai.onnx") and not custom):
             continue
         ins = [v for v in node.inputs if v is not None]
         if not all(_static(v.shape) and v.dtype is not None for v in ins):
@@ -93,6 +94,9 @@ _SAME_SHAPE = frozenset(UNARY_OPS) | {
     "BatchNormalization",
 }
 _BROADCAST = frozenset(ELEMENTWISE_OPS)
+# drpopt's own ops in a sparse model read again (passes/masked_norm.py): ONNX inference
+# stops at a model-local function whose input shape it did not know
+_CUSTOM_SAME_SHAPE = frozenset({("drpopt", "MaskedLayerNormalization")})
 
 
 # inputs whose values (not only shapes) decide the output shape; other ops get none
@@ -128,7 +132,7 @@ def _fast_shape(node: Node, ins: list[Value], memo: NumericMemo) -> tuple[int, .
             return _slice_shape(node, memo)
         if op in _DATA_SHAPE:
             return _DATA_SHAPE[op](node, ins, memo)
-        if op in _SAME_SHAPE:
+        if op in _SAME_SHAPE or (node.domain, op) in _CUSTOM_SAME_SHAPE:
             return tuple(ins[0].shape)  # type: ignore[arg-type]
         if op in _BROADCAST:
             shapes = [tuple(v.shape) for v in ins]  # type: ignore[arg-type]

@@ -340,13 +340,22 @@ def _tie_shared_weights(graph: Graph, cg: ChannelGraph) -> None:
     exporter or onnxsim shares because they are equal (a zero bias read by 36 convs) stay
     apart."""
     copies: dict[tuple, list[tuple[Value, Node]]] = {}
-    for v in graph.values.values():
-        if len(v.uses) != 1 or v.shape is None or not v.is_const:
+    for node in graph.nodes:  # the layers' weights, not every value
+        if node.op_type not in _LAYER_OPS or len(node.inputs) < 2:
             continue
-        node, index = v.uses[0]
-        if index == 1 and node.op_type in _LAYER_OPS:
-            copies.setdefault((v.storage, node.op_type, v.shape), []).append((v, node))
-    for uses in copies.values():
+        v = node.inputs[1]
+        if v is None or len(v.uses) != 1 or v.shape is None or not v.is_const:
+            continue
+        copies.setdefault((v.storage, node.op_type, v.shape), []).append((v, node))
+    shared = [uses for uses in copies.values() if len(uses) > 1]
+    if not shared:
+        return
+    # tied in the order of ``graph.values`` (the order spaces are made in)
+    position = {id(v): i for i, v in enumerate(graph.values.values())}
+    for uses in shared:
+        uses.sort(key=lambda use: position[id(use[0])])
+    shared.sort(key=lambda uses: position[id(uses[0][0])])
+    for uses in shared:
         first = uses[0][0]
         for v, node in uses[1:]:
             for axis in range(len(v.shape)):  # type: ignore[arg-type]

@@ -153,6 +153,9 @@ def _norm(node: Node, cg: ChannelGraph) -> None:
     same_axes(cg, node, x, y)
     if x is None or x.rank is None or x.rank < 2:
         return
+    if node.op_type == "InstanceNormalization":  # statistics over every axis after 1, which
+        # carry channels behind a reshape (GroupNorm(1, C): Reshape(N, 1, -1) before it)
+        lock_axis(cg, node, [x, y], range(2, x.rank), "normalises over this axis")
     channels = cg.space(x, 1)
     for p in node.inputs[1:]:
         if p is not None and p.rank == 1:
@@ -162,6 +165,26 @@ def _norm(node: Node, cg: ChannelGraph) -> None:
     for stat in node.outputs[1:]:
         if stat.rank == 1:
             cg.identity(cg.space(stat, 0), channels, node)
+
+
+@rule("GridSample")
+def _grid_sample(node: Node, cg: ChannelGraph) -> None:
+    """``Y[n, c, ...] = X[n, c]`` sampled at ``grid[n, ...]``: the batch of X, grid and Y
+    is one axis (deformable attention folds its heads into it), X's channels are Y's, the
+    grid's output positions are Y's; X's spatial axes are read at computed points and the
+    grid's last axis holds the coordinates (both locked)."""
+    x, grid, y = node.input(0), node.input(1), node.outputs[0]
+    if x is None or grid is None or x.rank is None or grid.rank is None or y.rank is None:
+        for v in (x, grid, y):
+            cg.lock_value(v, "rule", f"GridSample '{node.name}': rank unknown", node)
+        return
+    cg.identity(cg.space(x, 0), cg.space(y, 0), node)
+    cg.identity(cg.space(grid, 0), cg.space(y, 0), node)
+    cg.identity(cg.space(x, 1), cg.space(y, 1), node)
+    for ax in range(2, y.rank):
+        cg.identity(cg.space(grid, ax - 1), cg.space(y, ax), node)
+    lock_axis(cg, node, [x], range(2, x.rank), "samples this axis at computed points")
+    lock_axis(cg, node, [grid], [grid.rank - 1], "holds the sampling coordinates")
 
 
 @rule("GroupNormalization", "LRN", "MeanVarianceNormalization")

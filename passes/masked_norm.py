@@ -34,7 +34,8 @@ def function_proto(opset: int) -> onnx.FunctionProto:
     """The ONNX function that defines ``drpopt.MaskedLayerNormalization``, written with the
     ops of the model's own default opset (onnxruntime inlines it at that version): before
     opset 13 ReduceSum takes its axes as an attribute, before 15 there is no CastLike (the
-    epsilon is then float32, as models of those opsets are)."""
+    epsilon is then float32, as models of those opsets are), before 12 Constant takes only a
+    tensor (the node's ``epsilon`` is then a 0-d float32 tensor)."""
 
     def reduce_sum(x: str, out: str) -> onnx.NodeProto:
         if opset >= 13:
@@ -56,6 +57,9 @@ def function_proto(opset: int) -> onnx.FunctionProto:
     ]
     nodes[-1].attribute[0].ref_attr_name = "epsilon"
     nodes[-1].attribute[0].ClearField("f")
+    if opset < 12:  # Constant has no value_float: the node's epsilon is a 0-d tensor there
+        nodes[-1].attribute[0].name = "value"
+        nodes[-1].attribute[0].type = onnx.AttributeProto.TENSOR
     if opset >= 15:
         nodes.append(helper.make_node("CastLike", ["Eps0", "X"], ["Eps"]))
     nodes += [
@@ -95,7 +99,10 @@ def mask_layernorm(graph: Graph, node: Node, keep: np.ndarray) -> None:
     for extra in node.outputs[1:]:
         extra.producer = None
     node.outputs = node.outputs[:1]
-    node.op_type, node.domain, node.attrs = OP, DOMAIN, {"epsilon": eps}
+    if graph.opsets.get("", 17) < 12:  # see function_proto
+        node.op_type, node.domain, node.attrs = OP, DOMAIN, {"epsilon": np.array(eps, np.float32)}
+    else:
+        node.op_type, node.domain, node.attrs = OP, DOMAIN, {"epsilon": eps}
     _ensure_function(graph)
 
 
@@ -107,7 +114,7 @@ def unmask_layernorm(node: Node) -> bool:
     mask.uses = [(n, j) for n, j in mask.uses if n is not node]
     node.inputs = node.inputs[:3]
     node.op_type, node.domain = "LayerNormalization", ""
-    node.attrs = {"axis": -1, "epsilon": node.attrs.get("epsilon", 1e-5)}
+    node.attrs = {"axis": -1, "epsilon": float(np.asarray(node.attrs.get("epsilon", 1e-5)))}
     return True
 
 

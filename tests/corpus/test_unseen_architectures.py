@@ -144,6 +144,10 @@ def _einsum_vit() -> onnx.ModelProto:
     return export()
 
 
+def _torch_model(module: str, name: str) -> onnx.ModelProto:
+    return getattr(importlib.import_module(module), name)()
+
+
 def _caffe2(name: str) -> onnx.ModelProto:
     from caffe2_models import available, caffe2_model
 
@@ -215,10 +219,113 @@ MODELS = {
     "caffe2_bvlc_alexnet": (lambda: _caffe2("bvlc_alexnet"), 0.99, 0.3, {"LRN", *CAFFE2}),
     "caffe2_zfnet512": (lambda: _caffe2("zfnet512"), 0.99, 0.3, {"LRN", *CAFFE2}),
     "caffe2_vgg19": (lambda: _caffe2("vgg19"), 0.99, 0.3, {*CAFFE2}),
+    # Res2Net's hierarchical split: each 3x3 conv's input is its own part of the 1x1 conv
+    # plus the previous 3x3's output (tied); parts of 3 channels keep 2 at rate 0.5
+    "res2net": (lambda: _torch_model("multibranch_torch", "res2net"), 0.99, 0.33, {OUTPUT}),
+    # ResNeSt's split attention: channel c of every radix block (reshape to (B, radix, C)),
+    # the radix softmax's (view(B, card, radix, -1)) and fc2's prune together
+    "resnest": (lambda: _torch_model("multibranch_torch", "resnest"), 0.99, 0.3, {OUTPUT}),
+    # HRNetV2: branches fused by 1x1 + interpolate up and strided 3x3 chains down, summed
+    "hrnet": (lambda: _torch_model("multibranch_torch", "hrnet"), 0.99, 0.3, {OUTPUT}),
+    # SegFormer (opset 11: LayerNorm and GELU decomposed): kv split by reshape + Gather,
+    # spatial-reduction conv and Mix-FFN's depthwise conv on tokens folded to images
+    "segformer": (
+        lambda: _torch_model("vision_transformers_torch", "segformer"),
+        0.99,
+        0.3,
+        {OUTPUT},
+    ),
+    # EfficientFormer: q/k/v interleaved per head, a constant heads x N x N attention bias
+    "efficientformer": (
+        lambda: _torch_model("vision_transformers_torch", "efficientformer"),
+        0.99,
+        0.3,
+        {OUTPUT},
+    ),
+    # YOLOv7 (export.py --grid, opset 12): E-ELAN concats, SPPCSPC, training-form RepConv,
+    # IDetect's ImplicitA/ImplicitM around the detection convs, slice decoding
+    "yolov7": (lambda: _torch_model("yolov7_torch", "yolov7"), 0.99, 0.3, {OUTPUT}),
+    # EfficientDet (zylo117, opset 11): same-padding from the input's shape, BiFPN's learned
+    # fusion weights, separable-conv heads shared by the levels with a BN per level; the
+    # headers' anchors are merged with the pixels into the prediction list (locked)
+    "efficientdet": (
+        lambda: _torch_model("efficientdet_torch", "efficientdet"),
+        0.99,
+        0.3,
+        {"merges axis 1", OUTPUT},
+    ),
+    # tf2onnx's layout: NHWC activations, Transposes around each Conv, folded BN, SE and
+    # Dense layers as MatMul over the last axis, a channels-last concat
+    "keras_nhwc": (
+        lambda: _torch_model("tf_layout_torch", "keras_nhwc"),
+        0.99,
+        0.3,
+        {"Softmax", OUTPUT},
+    ),
+    # PoolFormer: GroupNorm(1, C) (InstanceNormalization over the merged C*H*W axis) takes
+    # its statistics over every channel of the stream: the stream stays, the MLPs prune
+    "poolformer": (
+        lambda: _torch_model("norm_blocks_torch", "poolformer"),
+        0.55,
+        0.72,
+        {"InstanceNormalization", OUTPUT},
+    ),
+    # ConvNeXt V2: the channels-first LayerNorm written out as x.mean(1) (no LayerNorm
+    # pattern over axis 1) and GRN's mean over the hidden channels lock what they read
+    "convnextv2": (
+        lambda: _torch_model("norm_blocks_torch", "convnextv2"),
+        0.6,
+        0.7,
+        {"ReduceMean", OUTPUT},
+    ),
+    # PP-HGNetV2 (RT-DETR's, PP-OCRv4 server's backbone): padded stem with a ceil-mode pool
+    # branch, dense concat blocks with SE or ESE aggregation, scalar learnable affines
+    "hgnetv2": (lambda: _torch_model("hgnet_torch", "hgnetv2"), 0.99, 0.3, {OUTPUT}),
+    # PSPNet: adaptive pools of 1/2/3/6 bins, interpolated back and concatenated
+    "pspnet": (lambda: _torch_model("segment2_torch", "pspnet"), 0.99, 0.3, {OUTPUT}),
+    # BiSeNetV2: depthwise convs expanding each channel 6 times, context embedding, the
+    # two branches gating each other
+    "bisenetv2": (lambda: _torch_model("segment2_torch", "bisenetv2"), 0.99, 0.3, {OUTPUT}),
+    # DBNet's SegDetector: FPN adds, upsampled concat, ConvTranspose binarisation head
+    "dbnet": (lambda: _torch_model("segment2_torch", "dbnet"), 0.99, 0.3, {OUTPUT}),
+    # Attention U-Net: skips gated by a one-channel sigmoid map broadcast over them
+    "attention_unet": (
+        lambda: _torch_model("segment2_torch", "attention_unet"),
+        0.99,
+        0.3,
+        {OUTPUT},
+    ),
+    # RTMDet as mmdeploy exports it end to end (opset 11): CSPNeXt with channel attention,
+    # level-shared head convs with a BN per level, box decoding and NonMaxSuppression in
+    # the graph (the class axis the NMS reads and the box sides stay)
+    "rtmdet": (
+        lambda: _torch_model("rtmdet_torch", "rtmdet"),
+        0.99,
+        0.3,
+        {"NonMaxSuppression", "a single channel", OUTPUT},
+    ),
+    # EfficientViT (MIT): ReLU linear attention, a row of ones padded onto v divides the
+    # rest; the q/k/v widths inside a head stay (the head split cuts inside the blocks)
+    "efficientvit": (
+        lambda: _torch_model("efficientvit_torch", "efficientvit"),
+        0.85,
+        0.45,
+        {"a cut inside an expanded block", OUTPUT},
+    ),
+    # RT-DETR-style decoder: multi-scale deformable attention (value folded per head into
+    # (bs * heads, head_dim, h, w), F.grid_sample at learned offsets): whole heads prune;
+    # the sampling coordinates' axis (x, y) stays
+    "deformable_detr": (
+        lambda: _torch_model("deformable_torch", "deformable_detr"),
+        0.99,
+        0.3,
+        {"GridSample", OUTPUT},
+    ),
 }
 # the large caffe2 models run with -m slow (the default run keeps three small ones)
 SLOW: set[str] = {f"caffe2_{n}" for n in ("resnet50", "densenet121", "inception_v2")}
 SLOW |= {f"caffe2_{n}" for n in ("bvlc_alexnet", "zfnet512", "vgg19")}
+SLOW |= {"efficientdet"}  # 3k nodes of same-padding arithmetic: 22 s
 
 
 @functools.cache
@@ -425,6 +532,65 @@ def test_groupnorm_export_prunes_whole_groups():
     assert compare_outputs(sparse, compact) < TOLERANCE
     params, _ = compact_counts(pruned.compact)
     assert params == pruned.expected_params < pruned.before.params
+
+
+def test_groupnorm_of_one_group_keeps_its_channels_together():
+    """``nn.GroupNorm(1, C)`` (PoolFormer's norm) is exported as ``Reshape(N, 1, -1)`` ->
+    InstanceNormalization -> ``Reshape`` back: the statistics run over the merged ``C*H*W``
+    axis, so no single channel can go without changing them for the others. Mapped as a
+    plain axis, the channels pruned one by one and compact differed from sparse by 0.14."""
+    import io
+
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.GroupNorm(1, 8), nn.ReLU(), nn.Conv2d(8, 4, 1)
+    ).eval()
+    net[1].weight.data.uniform_(0.5, 1.5)
+    net[1].bias.data.uniform_(-0.2, 0.2)
+    buf = io.BytesIO()
+    with torch.no_grad():
+        torch.onnx.export(net, (torch.randn(1, 3, 8, 8),), buf, opset_version=17, dynamo=False)
+    model = onnx.load_from_string(buf.getvalue())
+    a = analyze(model)
+    assert not [g for g in a.prunable_groups if any(m.tensor == "0.weight" for m in g.members)]
+    (group,) = [g for g in a.locked_groups if any(m.tensor == "0.weight" for m in g.members)]
+    assert "InstanceNormalization" in group.reason
+    assert_groups_complete(a, model)
+    pruned = prune(model, CONFIGS["rate0.5"])
+    feeds = random_feeds(model)
+    sparse, compact = run_model(pruned.masked, feeds), run_model(pruned.compact, feeds)
+    assert compare_outputs(sparse, compact) < TOLERANCE
+
+
+def test_a_sparse_model_read_again_keeps_its_shapes():
+    """A sparse model (iterative pruning reads it again) holds drpopt's masked LayerNorm, a
+    model-local function; ONNX inference gives its output no shape when it did not know
+    the input's (EfficientFormer's flattened tokens, known only to per-node propagation),
+    and every shape after it was lost: 0.47 of the parameters stayed prunable, not 0.99."""
+    pruned = prune(case("efficientformer").model, CONFIGS["rate0.5"])
+    assert any(n.op_type == "MaskedLayerNormalization" for n in pruned.masked.graph.node)
+    a = analyze(pruned.masked)
+    assert a.prunable_params / a.params > 0.99, [g.reason for g in a.locked_groups]
+
+
+def test_deformable_attention_prunes_whole_heads():
+    """GridSample couples the batch axis of its input, grid and output and keeps channels
+    apart: the heads deformable attention folds into the batch (``reshape(bs * heads,
+    head_dim, h, w)``) prune together with their offsets, attention weights and the output
+    projection's columns. Without a rule every head was locked ("no coupling rule")."""
+    a = analysis("deformable_detr")
+    (heads,) = [
+        g for g in a.groups if "decoder.cross_attn.value_proj.bias" in {m.tensor for m in g.members}
+    ]
+    assert heads.prunable and heads.size == 4, heads.reason
+    tensors = {m.tensor for m in heads.members}
+    assert {
+        "decoder.cross_attn.sampling_offsets.bias",
+        "decoder.cross_attn.attention_weights.bias",
+    } <= tensors
 
 
 def _dynamo_export(name: str) -> onnx.ModelProto:

@@ -107,6 +107,42 @@ def _mask_layernorms(model: onnx.ModelProto, groups: list[Group], chosen) -> onn
     return to_onnx(graph, reshare=False) if changed else model
 
 
+def _mask_inner_products(model: onnx.ModelProto, groups: list[Group], chosen) -> onnx.ModelProto:
+    """A MatMul of two activations (``q @ k^T`` of an attention whose head width prunes
+    channel by channel, as a single-head one does) sums the products of its operands' inner
+    channels: a killed channel is dead there when one side is zero, as the sparse model's
+    zeroed producers make it, not when both are scrambled. The check zeroes the killed
+    channels of the first operand there (both runs), so only members missing elsewhere leak."""
+    from drpopt.ir.from_onnx import from_onnx
+    from drpopt.ir.to_onnx import to_onnx
+
+    if not any(n.op_type == "MatMul" for n in model.graph.node):
+        return model
+    graph = from_onnx(model)
+    changed = False
+    for node in [n for n in graph.nodes if n.op_type == "MatMul"]:
+        a, b = node.input(0), node.input(1)
+        if a is None or b is None or a.is_const or b.is_const or not a.rank:
+            continue
+        keep = None
+        for g in groups:
+            for seg in g.segments:
+                if seg.value == a.name and seg.axis == a.rank - 1:
+                    keep = np.ones(seg.space_length, dtype=np.float32) if keep is None else keep
+                    for j in chosen[g.id]:
+                        keep[seg.start + j * seg.block : seg.start + (j + 1) * seg.block] = 0
+        if keep is None:
+            continue
+        mask = graph.value(graph.fresh_name(f"{node.name}.dead"), const=keep, shape=keep.shape)
+        out = graph.value(graph.fresh_name(f"{a.name}.dead"), shape=a.shape, dtype=a.dtype)
+        graph.add_node(
+            "Mul", graph.fresh_name(f"{node.name}.dead"), [a, mask], [out], {}, before=node
+        )
+        graph.set_input(node, 0, out)
+        changed = True
+    return to_onnx(graph, reshare=False) if changed else model
+
+
 def _put(arr: np.ndarray, axis: int, idx: list[int], values: np.ndarray | float) -> None:
     index = [slice(None)] * arr.ndim
     index[axis] = idx  # type: ignore[call-overload]
@@ -125,7 +161,8 @@ def dead_channel_outputs(
     for g in groups:
         k = max(1, g.size // 2)
         chosen[g.id] = sorted(rng.choice(g.size, size=k, replace=False).tolist())
-    model = _mask_layernorms(model, groups, chosen)
+    # inner products first: the shapes they need are those of the model as analysed
+    model = _mask_layernorms(_mask_inner_products(model, groups, chosen), groups, chosen)
     arrays = {t.name: numpy_helper.to_array(t).copy() for t in model.graph.initializer}
     if zero_consumers:
         for g in groups:

@@ -39,3 +39,47 @@ def test_check_catches_a_missing_consumer(zoo_models):
     ]
     with pytest.raises(AssertionError):
         assert_groups_complete(analysis, model)
+
+
+def _single_head_attention():
+    import io
+
+    import onnx
+    import torch
+    from torch import nn
+
+    class Attn(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Linear(6, 8)
+            self.q, self.k, self.v = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 8)
+            self.proj = nn.Linear(8, 8)
+            self.head = nn.Linear(8, 3)
+
+        def forward(self, x):
+            x = self.embed(x)
+            q, k, v = self.q(x), self.k(x), self.v(x)
+            attn = (q @ k.transpose(-2, -1) * 8**-0.5).softmax(-1)
+            return self.head(x + self.proj(attn @ v))
+
+    torch.manual_seed(0)
+    buf = io.BytesIO()
+    with torch.no_grad():
+        torch.onnx.export(Attn().eval(), (torch.randn(1, 5, 6),), buf, dynamo=False)
+    return onnx.load_from_string(buf.getvalue())
+
+
+def test_inner_product_of_two_activations_is_dead_when_one_side_is_zero():
+    """A single-head attention prunes its q/k width channel by channel; ``q @ k^T`` sums over
+    those channels, so a killed one is dead when the sparse model zeroes it on one side, not
+    when both sides are scrambled (SegFormer's first stage). A missing member elsewhere
+    (the projection's consumer rows of the v group) still fails the check."""
+    model = _single_head_attention()
+    analysis = analyze(model)
+    tensors = [{m.tensor for m in g.members} for g in analysis.prunable_groups]
+    assert any({"q.bias", "k.bias"} <= t and "v.bias" not in t for t in tensors)
+    assert_groups_complete(analysis, model)
+    values = next(g for g in analysis.prunable_groups if "v.bias" in {m.tensor for m in g.members})
+    values.members = [m for m in values.members if m.role != "consumer"]
+    with pytest.raises(AssertionError):
+        assert_groups_complete(analysis, model)

@@ -193,10 +193,12 @@ def test_records_that_cross_read_windows_are_read_whole(tmp_path):
 
 def test_shape_inference_input_cut_from_the_file_is_the_proto_copy(tmp_path):
     """From a path the model for shape inference is cut from the bytes read
-    (``from_onnx._shape_bytes``); it must type every value as the proto copy does: folded
+    (``ir/shape_model.shape_bytes``); it must type every value as the proto copy does: folded
     nodes out and their values in, weights over the size limit typed (one of them also a
     graph input, one small in bytes but over the limit in elements), small constants kept."""
     frontend = importlib.import_module("drpopt.ir.from_onnx")  # the module, not the function
+    from drpopt.ir.shape_model import shape_bytes, shape_copy
+
     rng = np.random.default_rng(0)
     big = numpy_helper.from_array(rng.standard_normal((16, 3, 30, 30)).astype(np.float32), "w")
     many = numpy_helper.from_array(np.ones((5000,), np.int8), "many")  # 5000 B, 5000 elements
@@ -227,8 +229,8 @@ def test_shape_inference_input_cut_from_the_file_is_the_proto_copy(tmp_path):
     folded_nodes: list[int] = []
     folded = frontend.fold_constants(light, folded_nodes)
     assert folded_nodes == [2] and list(folded) == ["k1"]
-    copy = frontend._shape_copy(light, folded, folded_nodes)
-    cut = frontend._shape_bytes(light, weights.layout, folded, folded_nodes)
+    copy = shape_copy(light, folded, folded_nodes)
+    cut = shape_bytes(light, weights.layout, folded, folded_nodes)
     parsed, copied = onnx.load_from_string(cut), onnx.load_from_string(copy)
     for field in ("node", "initializer", "input", "output", "value_info"):
         assert list(getattr(parsed.graph, field)) == list(getattr(copied.graph, field)), field

@@ -1,0 +1,233 @@
+"""Turning the components of the segment graph into groups (``ir/solve.py`` builds the
+graph): the segments of every space a component holds, each with its block factor, the
+members (a slice of a constant, or of a node attribute for a virtual space), and the locks
+of its spaces. Per-space facts are worked out once per space."""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections import deque
+from fractions import Fraction
+from typing import TYPE_CHECKING
+
+import networkx as nx
+
+from drpopt.ir.channel_types import ROLE_RANK, Group, Lock, Member, Segment
+from drpopt.ir.core import Value
+
+if TYPE_CHECKING:
+    from drpopt.ir.channels import ChannelGraph
+    from drpopt.ir.solve import Segments, SpaceClasses
+
+
+def components(g: nx.Graph, table: Segments, cls: SpaceClasses, maker: GroupMaker):
+    """The components in the order of their first (space, segment), as the spaces come;
+    a lone segment of a class of one space is yielded only when something produces that
+    space (only those can be groups)."""
+    seen = bytearray(len(table.space))
+    adj = g.adj
+    bounds, spaces, members = table.bounds, cls.spaces, cls.members
+    for c in cls.of:
+        s0 = spaces[c].seg0
+        for s in range(s0, s0 + len(bounds[c]) - 1):
+            if seen[s]:
+                continue
+            seen[s] = 1
+            if not adj[s]:
+                if len(members[c]) > 1 or maker.produced[c]:
+                    yield {s}
+                continue
+            comp = nx.node_connected_component(g, s)
+            for t in comp:
+                seen[t] = 1
+            yield comp
+
+
+class GroupMaker:
+    """Turns components (of class segments) into groups; per-space facts are worked out
+    once per space."""
+
+    def __init__(
+        self, cg: ChannelGraph, g: nx.Graph, table: Segments, expansions, cls: SpaceClasses
+    ) -> None:
+        self.spaces = cg.spaces
+        self.cls = cls
+        self.g = g
+        self.table = table
+        self.expansions = expansions
+        self.exp_segs = {s for pair in expansions for s in pair}
+        self.seg_locks: dict[int, Lock] = {}  # locks of single segments (a cut block)
+        self._node_pos = {n.name: i for i, n in enumerate(cg.graph.nodes)}
+        self._info: list[tuple | None] = [None] * len(cg.spaces)  # see _space_info
+        self._pos: dict[int, int | None] = {}
+        # whether some node produces a space of each class (only those start groups)
+        made = [any(r[0] == "producer" for r in sp.roles) for sp in cg.spaces]
+        self.produced = [any(made[sid] for sid in m) for m in cls.members]
+
+    def position(self, sid: int) -> int | None:
+        """The position in the graph of the first node producing space ``sid``."""
+        if sid not in self._pos:
+            pos = self._node_pos
+            found = [pos.get(r[1], 0) for r in self.spaces[sid].roles if r[0] == "producer"]
+            self._pos[sid] = min(found) if found else None
+        return self._pos[sid]
+
+    def units(self, comp: set[int]) -> tuple[dict[int, int], int, list[Lock]]:
+        """Entries of each segment per group channel, the group size, and a lock when the
+        segments map to each other inconsistently."""
+        seg_len = self.table.length
+        consistent = True
+        norm: dict[int, int] | None
+        if self.exp_segs.isdisjoint(comp):
+            norm = dict.fromkeys(comp, 1)
+        else:
+            # block factor of every segment relative to one root, by BFS over the edges
+            factor, consistent = _block_factors(comp, self.g, self.expansions)
+            norm = _units(factor)
+        sizes = {seg_len[s] // norm[s] for s in comp} if norm else set()
+        if norm is None or any(seg_len[s] % norm[s] for s in comp) or len(sizes) != 1:
+            consistent = False
+        if consistent:
+            return norm, sizes.pop(), []  # type: ignore[return-value]
+        # a locked group: let every member cover its whole segment so counts stay true
+        norm = dict.fromkeys(comp, 1)
+        lock = Lock("mismatch", "channels map to each other inconsistently")
+        return norm, max(seg_len[s] for s in comp), [lock]
+
+    def make(self, comp: set[int]) -> Group | None:
+        seg_class, members_of, of = self.table.space, self.cls.members, self.cls.of
+        if not any(self.produced[seg_class[s]] for s in comp):
+            return None
+        segs_of: dict[int, list[int]] = {}  # class -> its segments in the component
+        for s in sorted(comp):
+            segs_of.setdefault(seg_class[s], []).append(s)
+        norm, size, locks = self.units(comp)
+        if self.seg_locks:
+            locks = [self.seg_locks[s] for s in sorted(comp) if s in self.seg_locks] + locks
+        members: list[Member] = []
+        pieces: list[tuple] = []  # (value name, axis, label, length, segments) per space
+        order = None
+        spaces, start, seg_len, infos = self.spaces, self.table.start, self.table.length, self._info
+        for sid in sorted(sid for c in segs_of for sid in members_of[c]):
+            info = infos[sid] or self._space_info(sid)
+            name, axis, label, length, kind, use, pos = info
+            if spaces[sid].locks:
+                locks.extend(spaces[sid].locks)
+            segs = segs_of[of[sid]]
+            pieces.append((name, axis, label, length, segs))
+            if kind == _CONST:  # a slice of the constant per segment, in its first role
+                role, node = use
+                members.extend(
+                    Member(role, node, name, axis, start[s], norm[s], seg_len[s] // norm[s])
+                    for s in segs
+                )
+            elif kind == _VIRTUAL:  # a slice of each node attribute the space is
+                members.extend(
+                    Member("structure", nd, None, 0, start[s], norm[s], seg_len[s] // norm[s], a)
+                    for s in segs
+                    for nd, a in use
+                )
+            if pos is not None:
+                order = pos if order is None else min(order, pos)
+        members.sort(key=_member_key)
+        order = order if order is not None else 0
+        group = Group(0, size, members, _dedupe(locks), order=order)
+        group.segments_later(functools.partial(_segments, pieces, start, norm))
+        return group
+
+    def _space_info(self, sid: int) -> tuple:
+        """What every group holding space ``sid`` takes from it: its value's name, axis,
+        label and length, its kind (a constant, a virtual space, an activation), the role
+        and node of a constant or the (node, attribute) pairs of a virtual space, and the
+        position of its first producer."""
+        sp = self.spaces[sid]
+        roles = sorted(sp.roles, key=_role_rank)
+        value = sp.value
+        use: object = None
+        if value is None:
+            kind, use = _VIRTUAL, [(node, attr) for _r, node, attr in roles if attr is not None]
+        elif value.is_const:
+            kind = _CONST
+            use = (roles[0][0], roles[0][1]) if roles else ("param", _first_user(value))
+        else:
+            kind = _ACTIVATION
+        pos = self.position(sid) if value is not None else None
+        name = value.name if value is not None else None
+        info = (name, sp.axis, sp.label, sp.length or 0, kind, use, pos)
+        self._info[sid] = info
+        return info
+
+
+_CONST, _VIRTUAL, _ACTIVATION = 0, 1, 2
+
+
+def _segments(pieces: list[tuple], start: list[int], norm: dict[int, int]) -> list[Segment]:
+    """A group's segments, space by space (what ``make`` recorded for them)."""
+    return [
+        Segment(name, axis, start[s], norm[s], label, length)
+        for name, axis, label, length, segs in pieces
+        for s in segs
+    ]
+
+
+def _role_rank(role: tuple[str, str, str | None]) -> int:
+    return ROLE_RANK[role[0]]
+
+
+def _member_key(m: Member) -> tuple[int, str, int, int]:
+    return (ROLE_RANK[m.role], m.tensor or "", m.axis, m.start)
+
+
+def _block_factors(comp, g, expansions) -> tuple[dict[int, int | Fraction], bool]:
+    """Entries per root entry of every segment, by BFS over the edges (ints while they stay
+    whole; Fractions only where an expansion is walked backwards unevenly)."""
+    root = next(iter(comp))
+    factor: dict[int, int | Fraction] = {root: 1}
+    consistent = True
+    todo = deque([root])
+    adj = g.adj
+    while todo:
+        u = todo.popleft()
+        fu = factor[u]
+        for v in adj[u]:
+            f = fu
+            if expansions:
+                k = expansions.get((u, v))
+                if k is not None:  # u is the small side
+                    f = fu * k
+                else:
+                    k = expansions.get((v, u))
+                    if k is not None:
+                        f = fu // k if isinstance(fu, int) and fu % k == 0 else Fraction(fu) / k
+            old = factor.get(v)
+            if old is None:
+                factor[v] = f
+                todo.append(v)
+            elif old != f:
+                consistent = False
+    return factor, consistent
+
+
+def _units(factor: dict[int, int | Fraction]) -> dict[int, int] | None:
+    """Entries of each segment in one pruning unit: the smallest unit that covers whole
+    entries everywhere (scale by the lcm of denominators, divide by the gcd)."""
+    lcm = 1
+    for f in factor.values():
+        if isinstance(f, Fraction):
+            lcm = math.lcm(lcm, f.denominator)
+    scaled = {s: int(f * lcm) for s, f in factor.items()}
+    gcd = 0
+    for n in scaled.values():
+        gcd = math.gcd(gcd, n)
+    if gcd <= 0:
+        return None
+    return {s: n // gcd for s, n in scaled.items()}
+
+
+def _first_user(value: Value) -> str | None:
+    return value.uses[0][0].name if value.uses else None
+
+
+def _dedupe(locks: list[Lock]) -> list[Lock]:
+    return list(dict.fromkeys(locks))
