@@ -9,7 +9,8 @@ skeletons materialized with the folder's ``materialize.py``), in a child process
 so that a hang or a crash becomes a ``timeout`` / ``crash`` row instead of stopping the run:
 
 - ``load s``: ``onnx.load`` of the materialized model saved to a temp file, and ``analyze s``:
-  ``drpopt.analyze(path)`` in process on the same file (medians of ``--runs``), with
+  ``drpopt.analyze(path)`` in process on the same file (medians of ``--runs``, the two
+  alternated after one untimed analysis that also imports what the analysis needs), with
   their ratio (the goal: at most 3);
 - ``prunable ch``: the share of channels in prunable groups;
 - ``params`` / ``MACs``: compact over dense at rate 0.5 (``mask:rate=0.5`` then ``compact``,
@@ -130,17 +131,23 @@ def measure_one(path: Path, runs: int) -> None:
     with tempfile.TemporaryDirectory(prefix="drpopt-corpus-") as tmp:
         file = Path(tmp) / path.name
         onnx.save(model, str(file))
-        load_s = _median_time(lambda: onnx.load(str(file)), runs)
+        load_s = _median_time(lambda: onnx.load(str(file)), 1)
         _emit(stage="load", load_s=load_s, nodes=len(model.graph.node))
         start = time.perf_counter()
-        analysis = drpopt.analyze(str(file))
+        analysis = drpopt.analyze(str(file))  # the first run also imports what it needs
         first = time.perf_counter() - start
-        rest = runs - 1 if first < 10 else 0  # one run is enough for a slow analysis
-        more = [_median_time(lambda: drpopt.analyze(str(file)), 1) for _ in range(rest)]
-        analyze_s = statistics.median([first, *more])
+        loads, analyses = [load_s], [first]
+        if first < 10:  # one run is enough for a slow analysis
+            # alternated, so that both see the same machine (page cache, other load)
+            loads, analyses = [], []
+            for _ in range(runs):
+                loads.append(_median_time(lambda: onnx.load(str(file)), 1))
+                analyses.append(_median_time(lambda: drpopt.analyze(str(file)), 1))
+        load_s, analyze_s = statistics.median(loads), statistics.median(analyses)
     totals = analysis.to_dict()["totals"]
     _emit(
         stage="analyze",
+        load_s=load_s,
         analyze_s=analyze_s,
         ratio=analyze_s / max(load_s, 1e-9),
         prunable_channels=totals["prunable_channels"] / max(totals["channels"], 1),
