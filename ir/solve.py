@@ -13,6 +13,7 @@ Components become groups in ``ir/group_maker.py``.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 from collections import deque
 from dataclasses import dataclass
@@ -29,61 +30,79 @@ if TYPE_CHECKING:
 
 
 def propagate_cuts(relations: list[tuple], spaces: list[Space]) -> None:
-    """Cuts every space at each boundary any related space has, to a fixpoint."""
-    touching: dict[int, list[int]] = {}
-    for ri, rel in enumerate(relations):
-        for sid in _rel_spaces(rel):
-            touching.setdefault(sid, []).append(ri)
-    # every space starts uncut, so only a concat can make the first cuts; the others
-    # join the queue when a space they touch changes
-    queued = [rel[0] == "cat" for rel in relations]
-    queue = deque(ri for ri, q in enumerate(queued) if q)
-    while queue:
-        ri = queue.popleft()
-        queued[ri] = False
-        for sid in _apply(relations[ri], spaces):
-            for rj in touching.get(sid, ()):
-                if not queued[rj]:
-                    queued[rj] = True
-                    queue.append(rj)
+    """Cuts every space at each boundary any related space has, to a fixpoint.
 
+    Every rule maps one cut to cuts of related spaces, so the fixpoint is reached cut by
+    cut: a worklist of (space, cut) pairs, each handled once by the rules of its space's
+    relations; a concat's own part boundaries are the first cuts. Linear in the cuts made
+    times the relations per space."""
+    rules = _cut_rules(relations, spaces)
+    todo: deque[tuple[int, int]] = deque()
 
-def _apply(rel: tuple, spaces: list[Space]) -> list[int]:
-    """Makes the cuts of one relation consistent; returns the spaces that changed."""
-    changed: list[int] = []
-
-    def add(sid: int, new: set[int]) -> None:
+    def add(sid: int, cut: int) -> None:
         sp = spaces[sid]
-        new = {c for c in new if 0 < c < sp.length} - sp.cuts  # type: ignore[operator]
-        if new:
-            sp.cuts |= new
-            changed.append(sid)
+        if 0 < cut < sp.length and cut not in sp.cuts:  # type: ignore[operator]
+            sp.cuts.add(cut)
+            todo.append((sid, cut))
 
-    kind = rel[0]
-    if kind == "id":
-        _, a, b = rel
-        add(a, spaces[b].cuts)
-        add(b, spaces[a].cuts)
-    elif kind == "cat":
-        _, out, parts = rel
-        offset = 0
-        want: set[int] = set()
-        for p in parts:
-            length = spaces[p].length
-            want.add(offset)
-            want |= {offset + c for c in spaces[p].cuts}
-            add(p, {c - offset for c in spaces[out].cuts if offset < c < offset + length})
-            offset += length
-        add(out, want)
-    else:
-        big, small, k = rel[1], rel[2], rel[3]
-        # a cut inside a block makes that block's small entry a segment of its own (locked
-        # when grouped, see segment_edges): the blocks around it still map exactly
-        inside = {c // k for c in spaces[big].cuts if c % k}
-        inside |= {b + 1 for b in inside}
-        add(big, {c * k for c in spaces[small].cuts | inside})
-        add(small, {c // k for c in spaces[big].cuts if c % k == 0} | inside)
-    return changed
+    for sid, sp in enumerate(spaces):
+        todo.extend((sid, c) for c in sp.cuts)
+    for rel in relations:
+        if rel[0] == "cat":
+            offset = 0
+            for p in rel[2][:-1]:
+                offset += spaces[p].length  # type: ignore[operator]
+                add(rel[1], offset)
+    while todo:
+        sid, cut = todo.popleft()
+        for kind, other, arg in rules.get(sid, ()):
+            if kind == _SAME:
+                add(other, cut)
+            elif kind == _PART:  # a part's cut, at its offset in the output
+                add(other, arg + cut)
+            elif kind == _WHOLE:  # an output's cut, in the part it falls inside
+                offsets = arg
+                i = bisect.bisect_right(offsets, cut) - 1
+                if i < len(other) and offsets[i] < cut:
+                    add(other[i], cut - offsets[i])
+            elif kind == _SMALL:  # entry boundary c of the small space: c * k of the big
+                add(other, cut * arg)
+            elif cut % arg[1] == 0:  # _BIG, on a block boundary
+                add(other, cut // arg[1])
+            else:
+                # a cut inside a block makes that block's small entry a segment of its own
+                # (locked when grouped, see segment_edges): the blocks around it still map
+                big, k = arg
+                b = cut // k
+                add(other, b)
+                add(other, b + 1)
+                add(big, b * k)
+                add(big, (b + 1) * k)
+
+
+_SAME, _PART, _WHOLE, _SMALL, _BIG = range(5)
+
+
+def _cut_rules(relations: list[tuple], spaces: list[Space]) -> dict[int, list[tuple]]:
+    """Per space, how its cuts map through each relation: (kind, target, argument)."""
+    rules: dict[int, list[tuple]] = {}
+    for rel in relations:
+        kind = rel[0]
+        if kind == "id":
+            rules.setdefault(rel[1], []).append((_SAME, rel[2], None))
+            rules.setdefault(rel[2], []).append((_SAME, rel[1], None))
+        elif kind == "cat":
+            out, parts = rel[1], rel[2]
+            offsets = [0]
+            for p in parts:
+                rules.setdefault(p, []).append((_PART, out, offsets[-1]))
+                offsets.append(offsets[-1] + spaces[p].length)  # type: ignore[operator]
+            rules.setdefault(out, []).append((_WHOLE, parts, offsets))
+        else:
+            big, small, k = rel[1], rel[2], rel[3]
+            rules.setdefault(small, []).append((_SMALL, big, k))
+            rules.setdefault(big, []).append((_BIG, small, (big, k)))
+    return rules
 
 
 @dataclass
@@ -311,11 +330,3 @@ def weight_like(value: Value) -> bool:
             return False
         value = node.input(0)  # type: ignore[assignment]
     return False
-
-
-def _rel_spaces(rel: tuple) -> list[int]:
-    if rel[0] == "id":
-        return [rel[1], rel[2]]
-    if rel[0] == "cat":
-        return [rel[1], *rel[2]]
-    return [rel[1], rel[2]]
