@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 import math
 from collections import deque
-from fractions import Fraction
 from typing import TYPE_CHECKING
 
 import networkx as nx
@@ -179,11 +178,25 @@ def _member_key(m: Member) -> tuple[int, str, int, int]:
     return (ROLE_RANK[m.role], m.tensor or "", m.axis, m.start)
 
 
-def _block_factors(comp, g, expansions) -> tuple[dict[int, int | Fraction], bool]:
-    """Entries per root entry of every segment, by BFS over the edges (ints while they stay
-    whole; Fractions only where an expansion is walked backwards unevenly)."""
+def _block_factors(comp, g, expansions) -> tuple[dict[int, int], bool]:
+    """Entries of every segment per ``scale`` entries of a root segment, by BFS over the
+    edges, as whole numbers: where an expansion walked backwards does not divide evenly,
+    the walk starts again with the root's scale multiplied to make it whole (the BFS tree
+    is the same each time, so a few restarts at most)."""
     root = next(iter(comp))
-    factor: dict[int, int | Fraction] = {root: 1}
+    scale = 1
+    while True:
+        walked = _walk_factors(root, scale, g, expansions)
+        if isinstance(walked, int):
+            scale *= walked
+            continue
+        return walked
+
+
+def _walk_factors(root: int, scale: int, g, expansions) -> tuple[dict[int, int], bool] | int:
+    """One BFS of ``_block_factors``; the multiplier its root's scale needs when a backward
+    expansion does not divide evenly."""
+    factor: dict[int, int] = {root: scale}
     consistent = True
     todo = deque([root])
     adj = g.adj
@@ -191,16 +204,21 @@ def _block_factors(comp, g, expansions) -> tuple[dict[int, int | Fraction], bool
         u = todo.popleft()
         fu = factor[u]
         for v in adj[u]:
-            f = fu
-            if expansions:
-                k = expansions.get((u, v))
-                if k is not None:  # u is the small side
-                    f = fu * k
-                else:
-                    k = expansions.get((v, u))
-                    if k is not None:
-                        f = fu // k if isinstance(fu, int) and fu % k == 0 else Fraction(fu) / k
             old = factor.get(v)
+            k = expansions.get((u, v)) if expansions else None
+            if k is not None:  # u is the small side
+                f = fu * k
+            else:
+                k = expansions.get((v, u)) if expansions else None
+                if k is None:
+                    f = fu
+                elif old is not None:  # v is the small side, seen already: v * k == u?
+                    consistent = consistent and old * k == fu
+                    continue
+                elif fu % k:
+                    return k // math.gcd(fu, k)
+                else:
+                    f = fu // k
             if old is None:
                 factor[v] = f
                 todo.append(v)
@@ -209,20 +227,15 @@ def _block_factors(comp, g, expansions) -> tuple[dict[int, int | Fraction], bool
     return factor, consistent
 
 
-def _units(factor: dict[int, int | Fraction]) -> dict[int, int] | None:
+def _units(factor: dict[int, int]) -> dict[int, int] | None:
     """Entries of each segment in one pruning unit: the smallest unit that covers whole
-    entries everywhere (scale by the lcm of denominators, divide by the gcd)."""
-    lcm = 1
-    for f in factor.values():
-        if isinstance(f, Fraction):
-            lcm = math.lcm(lcm, f.denominator)
-    scaled = {s: int(f * lcm) for s, f in factor.items()}
+    entries everywhere (the factors divided by their gcd)."""
     gcd = 0
-    for n in scaled.values():
+    for n in factor.values():
         gcd = math.gcd(gcd, n)
     if gcd <= 0:
         return None
-    return {s: n // gcd for s, n in scaled.items()}
+    return {s: n // gcd for s, n in factor.items()}
 
 
 def _first_user(value: Value) -> str | None:

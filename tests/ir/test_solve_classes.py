@@ -162,3 +162,16 @@ def test_a_cut_inside_an_expanded_block_keeps_only_that_block() -> None:
         ),
         (("small", 2, 1), ("big", 4, 2)): (2, None),
     }
+
+
+def test_block_factors_stay_whole_when_an_expansion_is_walked_backwards() -> None:
+    """From a big segment root, its small side has a third of an entry per root entry: the
+    walk starts again with the root scaled, and the units come out whole (3 : 1)."""
+    from drpopt.ir.group_maker import _block_factors, _units
+
+    g = nx.Graph([(0, 1), (1, 2)])
+    expansions = {(1, 0): 3, (1, 2): 2}  # segment 1 is the small side of both
+    factor, consistent = _block_factors({0, 1, 2}, g, expansions)
+    assert consistent and _units(factor) == {0: 3, 1: 1, 2: 2}
+    g.add_edge(0, 2)  # a plain tie between blocks of 3 and of 2: inconsistent
+    assert not _block_factors({0, 1, 2}, g, expansions)[1]
