@@ -151,7 +151,7 @@ def _analyze(model: Any, where: str | None, start: float, input_shapes: Any = No
         from drpopt.ir.from_onnx import from_onnx
 
         graph = from_onnx(model, where=where or _where(model), input_shapes=input_shapes)
-    uses = weight_uses(graph)
+    macs, uses = macs_and_weight_uses(graph)
     params = {v.name: v for v in graph.values.values() if _is_param(v)}
     cg, groups, pp, pm = _best_mapping(graph, params, uses)
     _group_totals(graph, groups, params, uses)
@@ -159,7 +159,7 @@ def _analyze(model: Any, where: str | None, start: float, input_shapes: Any = No
         graph=graph,
         groups=groups,
         params=_distinct_params(params),
-        macs=sum(node_macs(n) for n in graph.nodes),
+        macs=macs,
         prunable_params=pp,
         prunable_macs=pm,
         unsupported=[(n.op_type, n.name) for n in cg.unsupported],
@@ -264,7 +264,10 @@ SHAPE_OPS = frozenset(
 def _is_param(v: Value) -> bool:
     """Weights of layers count whatever their size; other float constants count unless
     they are scalars (Clip bounds, a scale) or feed only shape-like inputs."""
-    if not v.is_const or v.dtype is None or np.dtype(v.dtype).kind != "f":
+    if not v.is_const or v.dtype is None:
+        return False
+    dtype = v.dtype
+    if (dtype.kind if isinstance(dtype, np.dtype) else np.dtype(dtype).kind) != "f":
         return False
     if any(n.op_type in WEIGHT_OPS for n, _ in v.uses):
         return True
@@ -321,21 +324,28 @@ def _int(d: Any) -> int:
 
 def weight_uses(graph: Graph) -> dict[str, float]:
     """MACs each element of a weight tensor takes part in, summed over the nodes using it."""
+    return macs_and_weight_uses(graph)[1]
+
+
+def macs_and_weight_uses(graph: Graph) -> tuple[int, dict[str, float]]:
+    """The graph's MACs (``node_macs`` summed) and ``weight_uses``, in one pass."""
     uses: dict[str, float] = {}
+    total = 0
     for node in graph.nodes:
+        macs = node_macs(node)
+        if not macs:
+            continue
+        total += macs
         if node.op_type in RECURRENT_OPS:  # W and R both take part, each element alike
             for w in recurrent_weights(node):
                 uses[w.name] = uses.get(w.name, 0.0) + recurrent_steps(node)
-            continue
-        macs = node_macs(node)
-        if not macs:
             continue
         for i in (1, 0):
             w = node.input(i)
             if w is not None and w.is_const and w.numel:
                 uses[w.name] = uses.get(w.name, 0.0) + macs / w.numel
                 break
-    return uses
+    return total, uses
 
 
 def _distinct_params(params: dict[str, Value]) -> int:

@@ -268,22 +268,24 @@ class SpaceClasses:
             ra, rb = find(a), find(b)
             if ra != rb:
                 parent[max(ra, rb)] = min(ra, rb)
-        index: dict[int, int] = {}
+        # a parent is never after its child (a root is its class's first space), so in
+        # order every space's parent already has its class
         self.of: list[int] = []
         self.members: list[list[int]] = []
         self.spaces: list[_ClassSpace] = []
+        of, members = self.of, self.members
         for sid, sp in enumerate(spaces):
-            root = find(sid)
-            c = index.get(root)
-            if c is None:
-                c = index[root] = len(self.members)
-                self.members.append([])
+            up = parent[sid]
+            if up == sid:
+                c = len(members)
+                members.append([sid])
                 self.spaces.append(_ClassSpace(sp.length))
-            self.of.append(c)
-            self.members[c].append(sid)
+            else:
+                c = of[up]
+                members[c].append(sid)
+            of.append(c)
             if sp.cuts:
                 self.spaces[c].cuts |= sp.cuts
-        of = self.of
         self.relations: list[tuple] = []
         for rel in rest:
             if rel[0] == "cat":
