@@ -150,6 +150,8 @@ def _from_onnx(
         # inference stops at shapes computed by Mod, ConstantOfShape, a reversing Slice
         # (torch's F.pad, Swin's window padding): go on node by node with the numbers
         propagate_shapes(graph, opset)
+    elif all(v.shape is not None for v in graph.inputs):
+        propagate_shapes(graph, opset, symbolic=True)  # with the symbols (a dynamic batch)
     graph.metadata = {p.key: p.value for p in model.metadata_props}
     graph.functions = list(model.functions)
     graph.meta["ir_version"] = model.ir_version

@@ -24,7 +24,7 @@ from onnx import helper, numpy_helper
 from drpopt.ir.core import Graph, Node, Value
 from drpopt.ir.fold import MAX_ELEMENTS
 from drpopt.ir.rules import ELEMENTWISE_OPS, UNARY_OPS
-from drpopt.ir.shape_expr import NumericMemo, shape_values
+from drpopt.ir.shape_expr import NumericMemo, resolve_reshape, shape_entries, shape_values
 from drpopt.ir.to_onnx import _node_proto
 
 log = logging.getLogger(__name__)
@@ -52,37 +52,68 @@ def _static(shape) -> bool:
     return True
 
 
-def propagate_shapes(graph: Graph, opset: int) -> int:
-    """Fills static output shapes node by node; returns how many values it learnt."""
+def _known(shape) -> bool:
+    """Every dim a number or a symbol (a dynamic batch): what symbolic propagation needs."""
+    if shape is None:
+        return False
+    for d in shape:  # noqa: SIM110 (a loop, not all(): it runs for every node output)
+        if not isinstance(d, str) and (not isinstance(d, int) or d < 0):
+            return False
+    return True
+
+
+def propagate_shapes(graph: Graph, opset: int, symbolic: bool = False) -> int:
+    """Fills static output shapes node by node; returns how many values it learnt.
+
+    ``symbolic``: for a model with symbolic input dims (a dynamic batch), fills the shapes
+    inference left unknown from inputs whose dims are numbers or symbols: ONNX's inference
+    of one node takes symbols as they are, and a Reshape whose target is computed from them
+    is resolved by ``resolve_reshape`` (torch's channel shuffle ``view(b, g, c // g, h, w)``,
+    which ONNX's data propagation stops at: it does not divide)."""
     memo = NumericMemo()
+    done = _known if symbolic else _static
+    entries_memo: dict = {}
     opsets = [helper.make_opsetid(d, v) for d, v in (graph.opsets or {"": opset}).items()]
     learnt = 0
     for node in graph.nodes:
         outputs = node.outputs
         if len(outputs) == 1:  # most nodes: one check when inference gave the shape
             out = outputs[0]
-            if out is None or not out.name or _static(out.shape):
+            if out is None or not out.name or done(out.shape):
                 continue
             outs = [out]
         else:
             outs = [o for o in outputs if o is not None and o.name]
-            if not outs or all(_static(o.shape) for o in outs):
+            if not outs or all(done(o.shape) for o in outs):
                 continue
         custom = (node.domain, node.op_type) in _CUSTOM_SAME_SHAPE
         if node.subgraphs or (node.domain not in ("", "ai.onnx") and not custom):
             continue
         ins = [v for v in node.inputs if v is not None]
-        if not all(_static(v.shape) and v.dtype is not None for v in ins):
+        if not all(done(v.shape) and v.dtype is not None for v in ins):
             continue
         one = len(outs) == 1 and outs[0].dtype is not None
         shape = _fast_shape(node, ins, memo) if one else None
+        if shape is None and one and symbolic and node.op_type == "Reshape":
+            shape = _symbolic_reshape(node, ins, entries_memo)
         if shape is not None:
             if shape != outs[0].shape:
                 outs[0].shape = shape
                 learnt += 1
             continue
-        learnt += _infer(node, ins, outs, opset, opsets, memo)
+        learnt += _infer(node, ins, outs, opset, opsets, memo, done)
     return learnt
+
+
+def _symbolic_reshape(node: Node, ins: list[Value], entries_memo: dict) -> tuple | None:
+    """A Reshape's output from its target's entries (symbols and computed sizes kept)."""
+    if len(ins) < 2 or node.attr("allowzero", 0):
+        return None
+    entries = shape_entries(ins[1], entries_memo)
+    if entries is None:
+        return None
+    shape = resolve_reshape(tuple(ins[0].shape), entries)  # type: ignore[arg-type]
+    return shape if _known(shape) else None
 
 
 # ops whose output has their (first) input's shape, and broadcasting ops: no protos needed
@@ -149,7 +180,7 @@ def _fast_shape(node: Node, ins: list[Value], memo: NumericMemo) -> tuple[int, .
                 return None
             batch = np.broadcast_shapes(tuple(a[:-2]), tuple(b[:-2]))  # type: ignore[index]
             return (*batch, a[-2], b[-1])  # type: ignore[index]
-    except ValueError:  # shapes that do not broadcast: let ONNX say so
+    except (ValueError, TypeError):  # shapes that do not broadcast, symbols: let ONNX say
         return None
     return None
 
@@ -283,7 +314,10 @@ def _slice_shape(node: Node, memo: NumericMemo) -> tuple[int, ...] | None:
     return tuple(shape)
 
 
-def _infer(node: Node, ins: list[Value], outs: list[Value], opset, opsets, memo) -> int:
+def _infer(node: Node, ins: list[Value], outs: list[Value], opset, opsets, memo, done=None) -> int:
+    """ONNX's inference of one node, its numbers as data; ``done`` says which output shapes
+    to take (static ones, or with symbols too: ``_known``)."""
+    done = done or _static
     try:
         schema = onnx.defs.get_schema(node.op_type, opset, node.domain or "")
         types = {v.name: _type(v) for v in ins}
@@ -307,9 +341,12 @@ def _infer(node: Node, ins: list[Value], outs: list[Value], opset, opsets, memo)
         if tp is None or not tp.HasField("tensor_type") or not tp.tensor_type.HasField("shape"):
             continue
         dims = tuple(
-            int(d.dim_value) if d.HasField("dim_value") else None for d in tp.tensor_type.shape.dim
+            int(d.dim_value)
+            if d.HasField("dim_value")
+            else (d.dim_param if d.HasField("dim_param") and d.dim_param else None)
+            for d in tp.tensor_type.shape.dim
         )
-        if _static(dims) and dims != o.shape:
+        if done(dims) and dims != o.shape:
             o.shape = dims
             if o.dtype is None and tp.tensor_type.elem_type:
                 o.dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tp.tensor_type.elem_type))

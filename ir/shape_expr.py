@@ -440,21 +440,21 @@ def _through_wrappers(value: Value | None) -> Value | None:
 
 def resolve_reshape(in_shape: tuple, entries: list[Entry], allowzero: bool = False) -> tuple | None:
     """The output shape of a Reshape of ``in_shape`` to ``entries``, with symbolic dims kept
-    as strings; None when some entry is unknown."""
+    as strings; None when some entry is unknown. One entry computed in a way not followed
+    (``DERIVED``: ``C // groups`` of a dynamic-batch channel shuffle) is inferred as a -1
+    is, from the element count a Reshape keeps, when there is no -1 besides it."""
     out: list = []
     infer_at = None
     for k, e in enumerate(entries):
         if isinstance(e, Dim):
             d = e.value.shape[e.axis] if e.value.shape is not None else None
-        elif isinstance(e, _Derived):
-            d = None
-        elif e == 0 and not allowzero:
-            d = in_shape[k] if k < len(in_shape) else None
-        elif e == -1:
+        elif isinstance(e, _Derived) or e == -1:
             if infer_at is not None:
                 return None
             infer_at = k
             d = -1
+        elif e == 0 and not allowzero:
+            d = in_shape[k] if k < len(in_shape) else None
         else:
             d = e
         if d is None:
