@@ -141,7 +141,8 @@ def _update_slice(graph: Graph, node: Node, kept: KeptChannels) -> None:
     constants, since they would compute the split of the compact tensor's size."""
     x, memo = node.input(0), kept.memo
     starts, ends = const_ints(node.input(1)), const_ints(node.input(2))
-    if (starts is None or ends is None) and x is not None and x.static_shape is not None:
+    if (starts is None or ends is None) and x is not None and x.shape is not None:
+        # numbers only where they come from static sizes (a symbolic batch elsewhere is fine)
         starts, ends = shape_values(node.input(1), memo), shape_values(node.input(2), memo)
     if x is None or x.rank is None or starts is None or ends is None:
         return

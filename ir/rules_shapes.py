@@ -120,11 +120,12 @@ def _slice(node: Node, cg: ChannelGraph) -> None:
 def _static_bounds(
     node: Node, x: Value, y: Value, memo: dict
 ) -> tuple[list[int], list[int]] | None:
-    """The numbers computed Slice bounds take for this model's static shapes, when input
-    and output shapes are static (``torch.chunk`` exported as ``Slice`` with bounds
-    ``(C + 1) // 2 * k`` read from the sliced tensor's own shape: a channel split like any
-    other; ``compact`` writes the kept bounds as constants). None otherwise."""
-    if x.static_shape is None or y.static_shape is None:
+    """The numbers computed Slice bounds take for this model's static sizes (``torch.chunk``
+    exported as ``Slice`` with bounds ``(C + 1) // 2 * k`` read from the sliced tensor's own
+    shape: a channel split like any other; ``compact`` writes the kept bounds as
+    constants), when they are numbers: read from static sizes only (a symbolic batch
+    elsewhere in the shape does not matter). None otherwise."""
+    if x.shape is None or y.shape is None or len(x.shape) != len(y.shape):
         return None
     starts = shape_values(node.input(1), memo)  # type: ignore[arg-type]
     ends = shape_values(node.input(2), memo)  # type: ignore[arg-type]
