@@ -185,6 +185,8 @@ def _best_mapping(graph: Graph, params, uses, rounds: int = 3):
     values = list(graph.values.values())
     shapes = [v.shape for v in values]
     best = _solve(graph, levels, params, uses)
+    if not best[0].splits:
+        return best  # no reshape split or merge: nothing to map another way
     # the shape tensors read in the first round read the same in the next ones unless a
     # rule refined a shape (a reshape inference left unknown): then they are read again
     same = len(graph.values) == len(values)
@@ -192,8 +194,6 @@ def _best_mapping(graph: Graph, params, uses, rounds: int = 3):
     memos = (best[0].shape_memo, best[0].numeric_memo) if same else None
     for _ in range(rounds):
         cg, groups = best[0], best[1]
-        if not cg.splits:
-            break  # no reshape split or merge: nothing to map another way
         where = {(s.value, s.axis): g for g in groups for s in g.segments if s.value}
         stuck = {
             node: (level, where.get((value.name, axis)))
@@ -411,36 +411,34 @@ def _one_axis_totals(
     """``_removed`` for one group in one pass, or None where that does not apply: each
     tensor sliced along one axis in disjoint pieces, and the tensors that are one weight
     (a BN's zero bias and zero mean, deduplicated by the exporter) sliced alike."""
-    spans: dict[str, list] = {}  # tensor -> [axis, end of the last piece, covered, pieces]
+    spans: dict[str, tuple[int, list[int]]] = {}  # tensor -> (axis, [lo, hi, lo, hi, ...])
     for m in g.members:
         name = m.tensor
         if name is None or name not in params:
             continue
         lo = m.start
-        hi = lo + m.length * m.block
         span = spans.get(name)
         if span is None:
-            spans[name] = [m.axis, hi, hi - lo, [lo, hi]]
-        elif span[0] == m.axis and lo >= span[1]:
-            span[1] = hi
-            span[2] += hi - lo
-            span[3] += (lo, hi)
+            spans[name] = (m.axis, [lo, lo + m.length * m.block])
+        elif span[0] == m.axis and lo >= span[1][-1]:
+            span[1].extend((lo, lo + m.length * m.block))
         else:
             return None  # another axis, or pieces that overlap
     total_params, total_macs = 0, 0.0
-    counted: dict[int, list] = {}  # storage -> the span counted for it
+    counted: dict[int, tuple] = {}  # storage -> the span counted for it
     for name, span in spans.items():
-        axis, end, covered, _ = span
+        axis, pieces = span
         shape = params[name].shape  # type: ignore[union-attr]
         dim = shape[axis]
-        if end > dim:
+        if pieces[-1] > dim:
             return None
+        covered = sum(pieces[1::2]) - sum(pieces[::2])
         n = covered * (math.prod(shape) // dim) if dim else 0
         total_macs += n * uses.get(name, 0.0)
         first = counted.setdefault(storage[name], span)
         if first is span:
             total_params += n
-        elif first[0] != axis or first[3] != span[3]:
+        elif first != span:
             return None  # one weight sliced two ways: the union is _removed's
     return total_params, round(total_macs)
 

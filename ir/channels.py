@@ -185,10 +185,6 @@ class ChannelGraph:
             self.lock(s, "mismatch", f"{node.op_type} '{node.name}': {why}", node)
 
     # ---- solving (ir/solve.py) --------------------------------------------------------
-    def propagate_cuts(self) -> None:
-        """Cuts every space at each boundary any related space has, to a fixpoint."""
-        _solve.propagate_cuts(self.relations, self.spaces)
-
     def groups(self) -> tuple[list[Group], nx.Graph]:
         """Segments, the networkx segment graph, and its components as groups."""
         return _solve.solve(self)

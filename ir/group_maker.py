@@ -59,18 +59,16 @@ class GroupMaker:
         self.seg_locks: dict[int, Lock] = {}  # locks of single segments (a cut block)
         self._node_pos = {n.name: i for i, n in enumerate(cg.graph.nodes)}
         self._info: list[tuple | None] = [None] * len(cg.spaces)  # see _space_info
-        self._pos: dict[int, int | None] = {}
         # whether some node produces a space of each class (only those start groups)
         made = [any(r[0] == "producer" for r in sp.roles) for sp in cg.spaces]
         self.produced = [any(made[sid] for sid in m) for m in cls.members]
 
     def position(self, sid: int) -> int | None:
-        """The position in the graph of the first node producing space ``sid``."""
-        if sid not in self._pos:
-            pos = self._node_pos
-            found = [pos.get(r[1], 0) for r in self.spaces[sid].roles if r[0] == "producer"]
-            self._pos[sid] = min(found) if found else None
-        return self._pos[sid]
+        """The position in the graph of the first node producing space ``sid`` (read once
+        per space, by ``_space_info``)."""
+        pos = self._node_pos
+        found = [pos.get(r[1], 0) for r in self.spaces[sid].roles if r[0] == "producer"]
+        return min(found) if found else None
 
     def units(self, comp: set[int]) -> tuple[dict[int, int], int, list[Lock]]:
         """Entries of each segment per group channel, the group size, and a lock when the
@@ -98,12 +96,13 @@ class GroupMaker:
         seg_class, members_of, of = self.table.space, self.cls.members, self.cls.of
         if not any(self.produced[seg_class[s]] for s in comp):
             return None
+        ordered = sorted(comp)
         segs_of: dict[int, list[int]] = {}  # class -> its segments in the component
-        for s in sorted(comp):
+        for s in ordered:
             segs_of.setdefault(seg_class[s], []).append(s)
         norm, size, locks = self.units(comp)
         if self.seg_locks:
-            locks = [self.seg_locks[s] for s in sorted(comp) if s in self.seg_locks] + locks
+            locks = [self.seg_locks[s] for s in ordered if s in self.seg_locks] + locks
         members: list[Member] = []
         pieces: list[tuple] = []  # (value name, axis, label, length, segments) per space
         order = None

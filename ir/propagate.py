@@ -314,10 +314,11 @@ def _slice_shape(node: Node, memo: NumericMemo) -> tuple[int, ...] | None:
     return tuple(shape)
 
 
-def _infer(node: Node, ins: list[Value], outs: list[Value], opset, opsets, memo, done=None) -> int:
+def _infer(
+    node: Node, ins: list[Value], outs: list[Value], opset, opsets, memo, done=_static
+) -> int:
     """ONNX's inference of one node, its numbers as data; ``done`` says which output shapes
     to take (static ones, or with symbols too: ``_known``)."""
-    done = done or _static
     try:
         schema = onnx.defs.get_schema(node.op_type, opset, node.domain or "")
         types = {v.name: _type(v) for v in ins}

@@ -236,7 +236,7 @@ class SpaceClasses:
     cuts and their segments map one to one, so a class is cut and grouped once. The
     concats and expansions between classes remain (``relations``, on class ids; an
     expansion keeps its own spaces for the lock it may need). An identity between spaces of
-    different lengths ties nothing: both are locked, named by the relation's node."""
+    different lengths ties nothing: both are locked, named by their labels."""
 
     def __init__(self, relations: list[tuple], spaces: list[Space]) -> None:
         parent = list(range(len(spaces)))

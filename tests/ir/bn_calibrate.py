@@ -28,3 +28,13 @@ def calibrate(model: nn.Module, shape: tuple[int, ...], batches: int = 2) -> nn.
             m.weight.data.uniform_(0.5, 1.5)
             m.bias.data.uniform_(-0.2, 0.2)
     return model.eval()
+
+
+def randomize_norms(model: nn.Module, kinds: tuple[type, ...] = (nn.LayerNorm,)) -> nn.Module:
+    """Affine parameters of the given norm layers away from the identity (as ``calibrate``
+    does for BatchNorm and GroupNorm), so channels that are pruned would show."""
+    for m in model.modules():
+        if isinstance(m, kinds):
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    return model

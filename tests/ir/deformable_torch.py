@@ -20,6 +20,7 @@ from __future__ import annotations
 import onnx
 import torch
 import torch.nn.functional as F
+from bn_calibrate import randomize_norms
 from export_torch import export_as
 from torch import nn
 
@@ -161,15 +162,7 @@ class DeformableDETR(nn.Module):
         return self.score_head(out), boxes
 
 
-def _randomize_norms(model: nn.Module) -> nn.Module:
-    for m in model.modules():
-        if isinstance(m, nn.LayerNorm):
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.2, 0.2)
-    return model
-
-
 def deformable_detr(size: int = 64, seed: int = 0) -> onnx.ModelProto:
     torch.manual_seed(seed)
-    model = _randomize_norms(DeformableDETR())
+    model = randomize_norms(DeformableDETR())
     return export_as(model, (1, 3, size, size), opset=16, seed=seed)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import onnx
 import torch
 import torch.nn.functional as F
+from bn_calibrate import randomize_norms
 from export_torch import export_as
 from torch import nn
 
@@ -159,21 +160,13 @@ class PoolFormer(nn.Module):
         return self.head(self.norm(self.network(x)).mean([-2, -1]))
 
 
-def _randomize_group_norms(model: nn.Module) -> nn.Module:
-    for m in model.modules():
-        if isinstance(m, nn.GroupNorm | nn.LayerNorm):
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.2, 0.2)
-    return model
-
-
 def convnextv2(size: int = 64, seed: int = 0) -> onnx.ModelProto:
     torch.manual_seed(seed)
-    model = _randomize_group_norms(ConvNeXtV2())
+    model = randomize_norms(ConvNeXtV2(), (nn.GroupNorm, nn.LayerNorm))
     return export_as(model, (1, 3, size, size), opset=17, dynamic_batch=True, seed=seed)
 
 
 def poolformer(size: int = 64, seed: int = 0) -> onnx.ModelProto:
     torch.manual_seed(seed)
-    model = _randomize_group_norms(PoolFormer())
+    model = randomize_norms(PoolFormer(), (nn.GroupNorm, nn.LayerNorm))
     return export_as(model, (1, 3, size, size), opset=17, dynamic_batch=True, seed=seed)

@@ -26,6 +26,7 @@ import itertools
 import onnx
 import torch
 import torch.nn.functional as F
+from bn_calibrate import randomize_norms
 from export_torch import export_as
 from torch import nn
 
@@ -304,20 +305,12 @@ class EfficientFormer(nn.Module):
         return (self.head(x.mean(-2)) + self.dist_head(x.mean(-2))) / 2
 
 
-def _randomize_norms(model: nn.Module) -> nn.Module:
-    for m in model.modules():
-        if isinstance(m, nn.LayerNorm):
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.2, 0.2)
-    return model
-
-
 def segformer(size: int = 64, seed: int = 0) -> onnx.ModelProto:
     torch.manual_seed(seed)
-    return export_as(_randomize_norms(SegFormer()), (1, 3, size, size), opset=11, seed=seed)
+    return export_as(randomize_norms(SegFormer()), (1, 3, size, size), opset=11, seed=seed)
 
 
 def efficientformer(size: int = 64, seed: int = 0) -> onnx.ModelProto:
     torch.manual_seed(seed)
-    model = _randomize_norms(EfficientFormer())
+    model = randomize_norms(EfficientFormer())
     return export_as(model, (1, 3, size, size), opset=13, dynamic_batch=True, seed=seed)
