@@ -125,7 +125,7 @@ _SAME_SHAPE = frozenset(UNARY_OPS) | {
     "BatchNormalization",
 }
 _BROADCAST = frozenset(ELEMENTWISE_OPS)
-# drpopt's own ops in a sparse model read again (passes/masked_norm.py): ONNX inference
+# drpopt's own ops in a sparse model read again (ir/rules_norm.py): ONNX inference
 # stops at a model-local function whose input shape it did not know
 _CUSTOM_SAME_SHAPE = frozenset({("drpopt", "MaskedLayerNormalization")})
 
