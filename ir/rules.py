@@ -51,7 +51,8 @@ class OpRule:
       channels are zeroed, for a node whose inputs or outputs carry masked channels: it
       rewrites an op whose result would still count the zeroed channels (a normalisation's
       statistics over the channel axis) so the sparse model computes what the compact one
-      does, and returns whether it changed the graph's structure (None: zeros are enough);
+      does, and returns whether it changed the graph's structure; ``None`` where the
+      zeros alone make the sparse model right (most ops);
     - ``unmasked_inputs``: constant inputs that ``apply-masks`` leaves as they are where
       channels are masked (BatchNormalization's running mean and variance: the zeroed scale
       already silences the channel, a zeroed variance would risk 0/0); ``compact`` still

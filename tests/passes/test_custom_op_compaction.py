@@ -35,12 +35,12 @@ KEY = "acme::ChannelScale"
 
 @pytest.fixture
 def registered():
-    """Registers a rule for the test (``register_rule(KEY, rule)``), removed afterwards."""
+    """Registers a rule for the test (``register_rule(key, rule)``), removed afterwards."""
     added = []
 
-    def add(rule):
-        register_rule(KEY, rule)
-        added.append(KEY)
+    def add(rule, key=KEY):
+        register_rule(key, rule)
+        added.append(key)
 
     yield add
     for key in added:
@@ -142,17 +142,13 @@ def test_builtin_table_holds_one_rule_object_per_op():
     assert RULES["Cast"].couple is not RULES["Relu"].couple  # later registrations win
 
 
-def test_a_custom_normalisation_couples_compacts_and_masks_through_its_rule():
+def test_a_custom_normalisation_couples_compacts_and_masks_through_its_rule(registered):
     """``acme::ChannelNorm`` reads every channel for its statistic: its rule's ``sparse``
     hook gives the sparse model the masked form, so sparse equals compact; ``compact`` puts
     the plain op back (``finish`` of the masked op's rule) and drops the masked function."""
     for key, op_rule in NORM_RULES.items():
-        register_rule(key, op_rule)
-    try:
-        sparse, compact = _sparse_and_compact(channel_norm_model())
-    finally:
-        for key in NORM_RULES:
-            RULES.pop(key, None)
+        registered(op_rule, key)
+    sparse, compact = _sparse_and_compact(channel_norm_model())
     assert [n.op_type for n in sparse.graph.node if n.domain == "acme"] == ["MaskedChannelNorm"]
     (node,) = [n for n in compact.graph.node if n.domain == "acme"]
     assert node.op_type == "ChannelNorm" and node.attribute[0].i == 8
@@ -162,18 +158,14 @@ def test_a_custom_normalisation_couples_compacts_and_masks_through_its_rule():
     assert relative_error(run_model(sparse, feeds), run_model(compact, feeds)) < 1e-5
 
 
-def test_without_its_sparse_form_the_normalisation_differs():
+def test_without_its_sparse_form_the_normalisation_differs(registered):
     """The test above can fail: without ``sparse`` the sparse model's statistic still
     divides by 16 channels, the compact one's by 8."""
     rules = dict(NORM_RULES)
     rules["acme::ChannelNorm"] = replace(rules["acme::ChannelNorm"], sparse=None)
     for key, op_rule in rules.items():
-        register_rule(key, op_rule)
-    try:
-        sparse, compact = _sparse_and_compact(channel_norm_model())
-    finally:
-        for key in rules:
-            RULES.pop(key, None)
+        registered(op_rule, key)
+    sparse, compact = _sparse_and_compact(channel_norm_model())
     assert not [n for n in sparse.graph.node if n.op_type == "MaskedChannelNorm"]
     feeds = random_feeds(compact)
     assert relative_error(run_model(sparse, feeds), run_model(compact, feeds)) > 1e-2
