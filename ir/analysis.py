@@ -26,6 +26,7 @@ import numpy as np
 from drpopt.ir.channels import Group, Lock
 from drpopt.ir.core import Graph, Node, Value
 from drpopt.ir.rules import apply_rules
+from drpopt.ir.solve import CUT_BLOCK
 
 SCHEMA_VERSION = 1
 
@@ -172,7 +173,7 @@ def _solve(graph: Graph, levels: dict[Node, int], params, uses, memos=None):
     cg = apply_rules(graph, levels, memos)
     groups, _ = cg.groups()
     for g in groups:
-        _finish_group(g)
+        _finish_group(g, params)
     pp, pm = _removed(graph, [g for g in groups if g.prunable], params, uses)
     return cg, groups, pp, pm
 
@@ -231,7 +232,15 @@ def _where(model: Any) -> str:
     return os.fspath(model) if isinstance(model, str | os.PathLike) else "model"
 
 
-def _finish_group(g: Group) -> None:
+def _finish_group(g: Group, params: dict[str, Value]) -> None:
+    """Locks a group with locks (its reason says why) and a group of one channel, except
+    one unit of an expansion (a channel shuffle's position deep in a ShuffleNet stage,
+    several channels of later layers; or an entry whose block a later split cuts, locked
+    only for that and tied to each piece of its block): where its layers have other
+    channels (removing it never empties one) it prunes as a whole."""
+    if g.size == 1 and all(lk.kind == CUT_BLOCK for lk in g.locks) and _expansion_unit(g, params):
+        g.locks = []
+        return
     if g.locks:
         g.prunable = False
         g.reason = "; ".join(dict.fromkeys(lock.message for lock in g.locks[:50]))
@@ -241,6 +250,27 @@ def _finish_group(g: Group) -> None:
     elif g.size < 2:
         g.prunable = False
         g.reason = "a single channel (a group keeps at least one)"
+
+
+def _expansion_unit(g: Group, params: dict[str, Value]) -> bool:
+    """Whether the one unit of ``g`` spans several channels somewhere (an expansion's
+    entry), has no part of one channel (a size-1 axis broadcasts: where such a part goes
+    next, the analysis does not follow), and cuts weights whose every axis it cuts keeps
+    channels of other groups."""
+    spans: dict[str, int] = {}  # channels of each space the unit covers
+    for s in g.segments:
+        if s.space_length < 2:
+            return False
+        spans[s.label] = spans.get(s.label, 0) + s.block
+    if max(spans.values(), default=0) < 2:
+        return False
+    cut: dict[tuple[str, int], int] = {}
+    for m in g.members:
+        if m.tensor in params:
+            cut[(m.tensor, m.axis)] = cut.get((m.tensor, m.axis), 0) + m.block * m.length
+    return bool(cut) and all(
+        n < (params[name].shape or (0,) * (axis + 1))[axis] for (name, axis), n in cut.items()
+    )
 
 
 WEIGHT_OPS = frozenset(
