@@ -237,10 +237,14 @@ def _finish_group(g: Group, params: dict[str, Value]) -> None:
     one unit of an expansion (a channel shuffle's position deep in a ShuffleNet stage,
     several channels of later layers; or an entry whose block a later split cuts, locked
     only for that and tied to each piece of its block): where its layers have other
-    channels (removing it never empties one) it prunes as a whole."""
-    if g.size == 1 and all(lk.kind == CUT_BLOCK for lk in g.locks) and _expansion_unit(g, params):
-        g.locks = []
-        return
+    channels it prunes as a whole; where it is all of a layer's channels, that says why."""
+    if g.size == 1 and all(lk.kind == CUT_BLOCK for lk in g.locks):
+        whole = _expansion_unit(g, params)
+        if whole is None:
+            g.locks = []
+            return
+        if whole:
+            g.locks.insert(0, whole)
     if g.locks:
         g.prunable = False
         g.reason = "; ".join(dict.fromkeys(lock.message for lock in g.locks[:50]))
@@ -252,11 +256,12 @@ def _finish_group(g: Group, params: dict[str, Value]) -> None:
         g.reason = "a single channel (a group keeps at least one)"
 
 
-def _expansion_unit(g: Group, params: dict[str, Value]) -> bool:
-    """Whether the one unit of ``g`` spans several channels somewhere (an expansion's
-    entry), has no part of one channel (a size-1 axis broadcasts: where such a part goes
-    next, the analysis does not follow), and cuts weights whose every axis it cuts keeps
-    channels of other groups."""
+def _expansion_unit(g: Group, params: dict[str, Value]) -> Lock | bool | None:
+    """For a group of one unit: None when it may prune as a whole (it spans several
+    channels somewhere, an expansion's entry; no part of it is a single channel, since a
+    size-1 axis broadcasts and where it goes next the analysis does not follow; it cuts
+    weights and leaves each weight axis it cuts other channels); else a lock naming the
+    layer whose every channel it is, or False (not such a unit)."""
     spans: dict[str, int] = {}  # channels of each space the unit covers
     for s in g.segments:
         if s.space_length < 2:
@@ -264,13 +269,21 @@ def _expansion_unit(g: Group, params: dict[str, Value]) -> bool:
         spans[s.label] = spans.get(s.label, 0) + s.block
     if max(spans.values(), default=0) < 2:
         return False
-    cut: dict[tuple[str, int], int] = {}
+    cut: dict[tuple[str, int], list] = {}
     for m in g.members:
         if m.tensor in params:
-            cut[(m.tensor, m.axis)] = cut.get((m.tensor, m.axis), 0) + m.block * m.length
-    return bool(cut) and all(
-        n < (params[name].shape or (0,) * (axis + 1))[axis] for (name, axis), n in cut.items()
-    )
+            entry = cut.setdefault((m.tensor, m.axis), [0, m.node])
+            entry[0] += m.block * m.length
+    if not cut:
+        return False
+    for (name, axis), (n, node) in cut.items():
+        if n >= (params[name].shape or (0,) * (axis + 1))[axis]:
+            why = (
+                f"one unit that is all {n} channels of '{name}' (axis {axis}) of "
+                f"'{node}': removing it would leave that layer none"
+            )
+            return Lock("whole-layer", why, node)
+    return None
 
 
 WEIGHT_OPS = frozenset(

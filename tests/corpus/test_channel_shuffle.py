@@ -253,7 +253,9 @@ def test_corpus_shufflenet_v2_prunes_its_shuffled_stream():
     assert sum(g.prunable for g in ones) == 7
     # the one unit that is all of its last layers' channels stays
     (locked,) = [g for g in ones if not g.prunable]
-    assert {lk.kind for lk in locked.locks} == {"cut-block"}
+    assert locked.locks[0].kind == "whole-layer"
+    assert locked.locks[0].node == "/stage3/stage3.7/branch2/branch2.5/Conv"
+    assert {lk.kind for lk in locked.locks[1:]} == {"cut-block"}
     pruned = prune(model, CONFIGS["rate0.5"])
     feeds = random_feeds(model)
     err = compare_outputs(run_model(pruned.masked, feeds), run_model(pruned.compact, feeds), "")
@@ -261,3 +263,21 @@ def test_corpus_shufflenet_v2_prunes_its_shuffled_stream():
     params, _ = compact_counts(pruned.compact)
     assert params == pruned.expected_params
     assert params / pruned.before.params < 0.382, params / pruned.before.params
+
+
+def test_the_pruner_drops_the_same_one_unit_groups():
+    """The torch Pruner (on its fx trace) drops the one-unit groups the mask pass drops
+    from the same scores: both call ``choose_channels`` with the weight shapes."""
+    from drpopt.passes import MaskPass, PassManager, ScorePass
+    from drpopt.retrain import Pruner
+
+    torch.manual_seed(0)
+    open_ = {"keep_first": False, "keep_last": False}
+    pruner = Pruner(_randomize(ShuffleNetV2()), torch.randn(1, 3, 32, 32), 0.5, **open_)
+    pruner.update()
+    ones = {key for key, g in zip(pruner.keys, pruner.groups, strict=True) if g.size == 1}
+    from_pruner = {g.key: g.keep for g in pruner.plan.groups}
+    assert ones and any(from_pruner.get(k, [0]) == [] for k in ones), from_pruner
+    result = PassManager([ScorePass(criterion="l2"), MaskPass(rate=0.5, **open_)])(pruner.graph)
+    from_mask = {g.key: g.keep for g in result.plan.groups}
+    assert all(from_mask[k] == keep for k, keep in from_pruner.items())
