@@ -26,6 +26,7 @@ import numpy as np
 from drpopt.ir.channels import Group, Lock
 from drpopt.ir.core import Graph, Node, Value
 from drpopt.ir.rules import apply_rules
+from drpopt.ir.solve import CUT_BLOCK
 
 SCHEMA_VERSION = 1
 
@@ -172,7 +173,7 @@ def _solve(graph: Graph, levels: dict[Node, int], params, uses, memos=None):
     cg = apply_rules(graph, levels, memos)
     groups, _ = cg.groups()
     for g in groups:
-        _finish_group(g)
+        _finish_group(g, params)
     pp, pm = _removed(graph, [g for g in groups if g.prunable], params, uses)
     return cg, groups, pp, pm
 
@@ -231,7 +232,19 @@ def _where(model: Any) -> str:
     return os.fspath(model) if isinstance(model, str | os.PathLike) else "model"
 
 
-def _finish_group(g: Group) -> None:
+def _finish_group(g: Group, params: dict[str, Value]) -> None:
+    """Locks a group with locks (its reason says why) and a group of one channel, except
+    one unit of an expansion (a channel shuffle's position deep in a ShuffleNet stage,
+    several channels of later layers; or an entry whose block a later split cuts, locked
+    only for that and tied to each piece of its block): where its layers have other
+    channels it prunes as a whole; where it is all of a layer's channels, that says why."""
+    if g.size == 1 and all(lk.kind == CUT_BLOCK for lk in g.locks):
+        whole = _expansion_unit(g, params)
+        if whole is None:
+            g.locks = []
+            return
+        if whole:
+            g.locks.insert(0, whole)
     if g.locks:
         g.prunable = False
         g.reason = "; ".join(dict.fromkeys(lock.message for lock in g.locks[:50]))
@@ -241,6 +254,36 @@ def _finish_group(g: Group) -> None:
     elif g.size < 2:
         g.prunable = False
         g.reason = "a single channel (a group keeps at least one)"
+
+
+def _expansion_unit(g: Group, params: dict[str, Value]) -> Lock | bool | None:
+    """For a group of one unit: None when it may prune as a whole (it spans several
+    channels somewhere, an expansion's entry; no part of it is a single channel, since a
+    size-1 axis broadcasts and where it goes next the analysis does not follow; it cuts
+    weights and leaves each weight axis it cuts other channels); else a lock naming the
+    layer whose every channel it is, or False (not such a unit)."""
+    spans: dict[str, int] = {}  # channels of each space the unit covers
+    for s in g.segments:
+        if s.space_length < 2:
+            return False
+        spans[s.label] = spans.get(s.label, 0) + s.block
+    if max(spans.values(), default=0) < 2:
+        return False
+    cut: dict[tuple[str, int], list] = {}
+    for m in g.members:
+        if m.tensor in params:
+            entry = cut.setdefault((m.tensor, m.axis), [0, m.node])
+            entry[0] += m.block * m.length
+    if not cut:
+        return False
+    for (name, axis), (n, node) in cut.items():
+        if n >= (params[name].shape or (0,) * (axis + 1))[axis]:
+            why = (
+                f"one unit that is all {n} channels of '{name}' (axis {axis}) of "
+                f"'{node}': removing it would leave that layer none"
+            )
+            return Lock("whole-layer", why, node)
+    return None
 
 
 WEIGHT_OPS = frozenset(

@@ -81,6 +81,7 @@ def propagate_cuts(relations: list[tuple], spaces: list[Space]) -> None:
 
 
 _SAME, _PART, _WHOLE, _SMALL, _BIG = range(5)
+CUT_BLOCK = "cut-block"  # the kind of the lock on an entry whose expanded block is cut
 
 
 def _cut_rules(relations: list[tuple], spaces: list[Space]) -> dict[int, list[tuple]]:
@@ -137,7 +138,8 @@ def segment_edges(
     """Edges between segments the relations tie; the expansion edges ((small segment, big
     segment) -> entries per small entry); the small segments whose block a cut splits (one
     entry each, cut so by ``propagate_cuts``), each with the node whose expansion it is and
-    the big space: tied to every piece of the block, their group stays whole."""
+    the big space: tied to every piece of the block, their group stays whole (a lock of
+    kind ``CUT_BLOCK``, which the analysis lifts from a unit of wider layers)."""
     edges: list[tuple[int, int]] = []
     expansions: dict[tuple[int, int], int] = {}
     split_blocks: dict[int, tuple[Node, int]] = {}
@@ -212,7 +214,7 @@ def solve(cg: ChannelGraph) -> tuple[list[Group], nx.Graph]:
         why = (
             f"{node.op_type} '{node.name}': a cut inside an expanded block of '{spaces[big].label}'"
         )
-        maker.seg_locks[seg] = Lock("mismatch", why, node.name, node.op_type)
+        maker.seg_locks[seg] = Lock(CUT_BLOCK, why, node.name, node.op_type)
     groups = [grp for comp in components(g, table, cls, maker) if (grp := maker.make(comp))]
     groups.sort(key=lambda gr: gr.order)
     for i, gr in enumerate(groups):

@@ -31,7 +31,13 @@ from drpopt.passes.base import Pass, PassResult
 from drpopt.passes.common import get_analysis
 from drpopt.passes.context import context_of
 from drpopt.passes.plan import GroupPlan, Plan, group_key
-from drpopt.passes.policy import SelectionPolicy, check_rate, choose_channels, is_eligible
+from drpopt.passes.policy import (
+    SelectionPolicy,
+    check_rate,
+    choose_channels,
+    is_eligible,
+    weight_shapes,
+)
 from drpopt.passes.score import ScorePass
 from drpopt.passes.targets import TargetProfile
 
@@ -85,7 +91,8 @@ class MaskPass(Pass):
             return PassResult(model, False)
         scores = current_scores(model)
         eligible = eligible_groups(model, analysis.groups, self.policy)
-        kept = choose_channels(eligible, scores.by_group, self.policy)
+        shapes = weight_shapes(model, eligible)
+        kept = choose_channels(eligible, scores.by_group, self.policy, shapes=shapes)
         groups = [
             GroupPlan(group_key(g), g.size, kept[group_key(g)], g.producers) for g in eligible
         ]

@@ -104,15 +104,16 @@ class Plan:
         except (KeyError, TypeError, ValueError) as err:
             raise BadInputError(f"{where}: a group entry is malformed ({err})") from err
         for g in groups:
+            # a group of one unit may be dropped whole (its layers keep other channels)
             if (
-                not g.keep
-                or g.keep[0] < 0
-                or g.keep[-1] >= g.size
+                (not g.keep and g.size != 1)
+                or (g.keep and (g.keep[0] < 0 or g.keep[-1] >= g.size))
                 or len(set(g.keep)) != len(g.keep)
             ):
                 raise BadInputError(
                     f"{where}: group {g.key} keeps {len(g.keep)} channels outside 0..{g.size - 1} "
-                    "or none at all; a group keeps at least one channel"
+                    "or none at all; a group keeps at least one channel (one of one unit may "
+                    "keep none)"
                 )
         return cls(
             groups,
@@ -185,4 +186,9 @@ def keep_masks(
             for j in pruned:
                 lo = seg.start + j * seg.block
                 mask[lo : lo + seg.block] = False
+    for (value, axis), mask in masks.items():
+        if value is not None and not mask.any():  # one-unit groups dropped together
+            raise BadInputError(
+                f"the plan removes every channel of axis {axis} of '{value}'; keep at least one"
+            )
     return masks

@@ -17,6 +17,14 @@ Rules:
   rounded to a multiple of ``align`` (a group smaller than ``align`` stays whole), never
   below ``align``, ``min_channels`` or ``(1 - max_rate)`` of the group, never zero, never
   more than its candidates;
+- one-unit groups (a channel shuffle's blocks that a later split cuts: each is one unit of
+  layers that have other channels; the analysis locks a one-unit group that is all of a
+  layer) cannot lose a unit at any rate, so with ``align`` and ``min_channels`` 1 and the
+  weight shapes given they are completed per layer: lowest score first (ties: group
+  order), one is dropped whole when that brings the weight axes it cuts closer to the
+  rate, i.e. when ``sum(w * (|r + e - t*d| - |r - t*d|)) < 0`` over those axes (``d``
+  entries, ``e`` of them its own, ``r`` those the other choices remove, ``w`` parameters
+  per entry, ``t`` the rate capped at ``max_rate``) and every axis keeps an entry;
 - eligible groups: prunable (not locked), not the first layer's own output channels
   (``keep_first``; a group it shares with later layers, a residual stream it starts, is
   pruned) nor a final prediction layer's (``keep_last``; the channels a prediction layer
@@ -36,6 +44,7 @@ import numpy as np
 
 from drpopt.errors import BadInputError
 from drpopt.ir.channels import Group
+from drpopt.ir.core import Graph
 from drpopt.passes.plan import group_key
 from drpopt.passes.targets import GRANULARITIES, TargetProfile, _check, get_target
 
@@ -186,12 +195,14 @@ def choose_channels(
     scores: Mapping[str, np.ndarray],
     policy: SelectionPolicy,
     candidates: Mapping[str, Sequence[int]] | None = None,
+    shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> dict[str, list[int]]:
     """The channels each of ``groups`` (eligible ones) keeps, by group key, sorted.
 
     ``scores``: group key -> one score per channel (higher: keep). ``candidates``: group
     key -> the channels still allowed (a gradual schedule never revives one); a group not
-    listed (or no mapping) may keep any channel.
+    listed (or no mapping) may keep any channel. ``shapes``: weight name -> shape (see
+    ``weight_shapes``), for completing one-unit groups per layer; None: they stay whole.
     """
     cands = {}
     for g in groups:
@@ -208,7 +219,68 @@ def choose_channels(
         k = min(counts[key], len(cands[key]))
         order = sorted(cands[key], key=lambda j: (-score[j], j))
         out[key] = sorted(order[:k])
+    if shapes is not None and policy.align == 1 and policy.min_channels == 1:
+        _complete_one_unit_groups(groups, scores, policy, out, shapes)
     return out
+
+
+def weight_shapes(graph: Graph, groups: Iterable[Group]) -> dict[str, tuple[int, ...]]:
+    """The static shapes of the constants ``groups`` slice, by name (``choose_channels``'s
+    ``shapes``)."""
+    out = {}
+    for g in groups:
+        for m in g.members:
+            v = graph.values.get(m.tensor) if m.tensor else None
+            if v is not None and v.is_const and v.static_shape is not None:
+                out[m.tensor] = tuple(v.static_shape)
+    return out
+
+
+def _axes_cut(g: Group, shapes: Mapping[str, Sequence[int]]) -> dict[tuple[str, int], int]:
+    """Entries of each weight axis that one channel of ``g`` covers."""
+    cut: dict[tuple[str, int], int] = {}
+    for m in g.members:
+        if m.tensor in shapes:
+            key = (m.tensor, m.axis)
+            cut[key] = cut.get(key, 0) + m.block
+    return cut
+
+
+def _complete_one_unit_groups(
+    groups: Sequence[Group],
+    scores: Mapping[str, np.ndarray],
+    policy: SelectionPolicy,
+    kept: dict[str, list[int]],
+    shapes: Mapping[str, Sequence[int]],
+) -> None:
+    """Drops one-unit groups whole where that brings their layers closer to the rate (the
+    module docstring's rule); ``kept`` is updated in place."""
+    ones = [(i, g) for i, g in enumerate(groups) if g.size == 1 and kept[group_key(g)]]
+    if not ones or policy.rate <= 0:
+        return
+    rate = min(policy.rate, policy.max_rate)
+    removed: dict[tuple[str, int], int] = {}
+    for g in groups:
+        dropped = g.size - len(kept[group_key(g)])
+        if dropped:
+            for axis, n in _axes_cut(g, shapes).items():
+                removed[axis] = removed.get(axis, 0) + n * dropped
+    ones.sort(key=lambda ig: (float(np.asarray(scores[group_key(ig[1])])[0]), ig[0]))
+    for _, g in ones:
+        cut = _axes_cut(g, shapes)
+        gain = 0.0
+        for (name, axis), e in cut.items():
+            shape = shapes[name]
+            d, r = shape[axis], removed.get((name, axis), 0)
+            if r + e >= d:
+                break  # the layer would lose its last entry
+            w = math.prod(shape) / d
+            gain += w * (abs(r + e - rate * d) - abs(r - rate * d))
+        else:
+            if cut and gain < 0:
+                kept[group_key(g)] = []
+                for axis, e in cut.items():
+                    removed[axis] = removed.get(axis, 0) + e
 
 
 def _global_counts(

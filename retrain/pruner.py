@@ -51,7 +51,12 @@ from drpopt.ir.channels import Group
 from drpopt.ir.from_torch import TorchTrace, trace_module, unwrap
 from drpopt.passes.mask import eligible_groups
 from drpopt.passes.plan import GroupPlan, Plan, group_key
-from drpopt.passes.policy import SelectionPolicy, choose_channels, pattern_profile
+from drpopt.passes.policy import (
+    SelectionPolicy,
+    choose_channels,
+    pattern_profile,
+    weight_shapes,
+)
 from drpopt.passes.score import group_scores
 from drpopt.passes.targets import TargetProfile, get_target
 from drpopt.retrain.buffers import (
@@ -185,6 +190,7 @@ class Pruner:
             if self._mappable(g, params)
         ]
         self.keys = [group_key(g) for g in self.groups]
+        self._shapes = weight_shapes(self.graph, self.groups)
         self._masked: dict[str, _Masked] = {}
         for g in self.groups:
             for member in g.members:
@@ -392,7 +398,9 @@ class Pruner:
         """The channels each group keeps at ``rate`` from ``scores`` (higher: keep), by the
         policy the ``mask`` pass uses (``choose_channels``); ``candidates``: the channels
         still allowed per group (default: all)."""
-        return choose_channels(self.groups, scores, self.policy.with_rate(rate), candidates)
+        return choose_channels(
+            self.groups, scores, self.policy.with_rate(rate), candidates, self._shapes
+        )
 
     def _load_weights(self) -> None:
         """The trace graph's constants take the parameters' current values (for scoring)."""

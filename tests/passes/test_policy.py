@@ -48,3 +48,61 @@ def test_choose_channels_uniform_and_global():
     # candidates: a pruned channel is never revived, whatever its score
     kept = choose_channels(groups, scores, SelectionPolicy(rate=0.5), {"a[0]@0": [4, 5, 6, 7]})
     assert kept["a[0]@0"] == [4, 5, 6, 7]
+
+
+def slice_group(key: str, size: int, pieces: list[tuple[str, int, int]]):
+    """A group whose channel ``j`` is rows ``[start + j * block, ...)`` of each named
+    weight (axis 0); ``key`` names it as its first producer slice."""
+    members = [
+        SimpleNamespace(role="producer", tensor=t, axis=0, start=s, block=b, length=size)
+        for t, s, b in pieces
+    ]
+    members.insert(0, SimpleNamespace(role="producer", tensor=key, axis=0, start=0, block=1))
+    return SimpleNamespace(size=size, members=members, segments=[])
+
+
+def test_one_unit_groups_are_dropped_while_their_layers_approach_the_rate():
+    """Weight ``w`` has 8 rows: a group of 6 (rows 0-5) loses 3 at rate 0.5, two groups of
+    one unit hold rows 6 and 7. Dropping one brings ``w`` to half; dropping both would go
+    past it: the lower-scoring one goes. Without shapes, or with a profile's alignment
+    (layer widths stay multiples of it), both stay."""
+    groups = [
+        slice_group("a", 6, [("w", 0, 1)]),
+        slice_group("b", 1, [("w", 6, 1)]),
+        slice_group("c", 1, [("w", 7, 1)]),
+    ]
+    shapes = {"w": (8, 4), "a": (12,), "b": (2,), "c": (2,)}  # one-unit groups: wider layers
+    scores = {"a[0]@0": np.arange(6.0), "b[0]@0": np.array([0.1]), "c[0]@0": np.array([0.9])}
+    policy = SelectionPolicy(rate=0.5)
+    kept = choose_channels(groups, scores, policy, shapes=shapes)
+    assert kept == {"a[0]@0": [3, 4, 5], "b[0]@0": [], "c[0]@0": [0]}
+    scores["b[0]@0"], scores["c[0]@0"] = scores["c[0]@0"], scores["b[0]@0"]
+    assert choose_channels(groups, scores, policy, shapes=shapes)["c[0]@0"] == []
+    assert choose_channels(groups, scores, policy)["b[0]@0"] == [0]  # no shapes given
+    aligned = choose_channels(groups, scores, SelectionPolicy(rate=0.5, align=2), shapes=shapes)
+    assert aligned["b[0]@0"] == aligned["c[0]@0"] == [0]
+    # a drop that would empty a weight axis never happens
+    lone = [slice_group("d", 1, [("v", 0, 2)])]
+    got = choose_channels(lone, {"d[0]@0": np.zeros(1)}, policy, shapes={"v": (2, 3), "d": (4,)})
+    assert got == {"d[0]@0": [0]}
+
+
+def test_a_plan_may_drop_a_one_unit_group_but_never_a_whole_axis():
+    """``keep: []`` is read for a group of one unit only; masks that would leave a value
+    axis with no channel (one-unit groups covering all of it) are refused."""
+    from drpopt.ir.channel_types import Segment
+    from drpopt.passes.plan import GroupPlan, Plan, keep_masks
+
+    def data(size: int) -> dict:
+        group = {"key": "w[0]@0", "size": size, "keep": []}
+        return {"format": "drpopt-plan", "version": 1, "groups": [group]}
+
+    assert Plan.from_dict(data(1)).groups[0].keep == []
+    with pytest.raises(BadInputError, match="keeps 0 channels"):
+        Plan.from_dict(data(2))
+    seg = Segment("x", 1, 0, 2, "x[1]", 4)
+    halves = [SimpleNamespace(segments=[seg._replace(start=s)]) for s in (0, 2)]
+    plans = [GroupPlan(f"g{i}", 1, []) for i in range(2)]
+    assert not keep_masks([(halves[0], plans[0])])[("x", 1)][:2].any()
+    with pytest.raises(BadInputError, match="removes every channel of axis 1 of 'x'"):
+        keep_masks(list(zip(halves, plans, strict=True)))
