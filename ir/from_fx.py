@@ -327,6 +327,7 @@ class _Converter:
             if _has_tensor(value):
                 return self.const(n.name, _numpy(value))
             return value
+        import drpopt.ir.fx_attention  # registers the transformer rules
         import drpopt.ir.fx_functions  # noqa: F401 (registers the function rules)
         from drpopt.ir.fx_ops import FUNCTION_RULES, MODULE_RULES, _target_key, _target_name
 

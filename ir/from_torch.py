@@ -23,11 +23,12 @@ exported file and plans (keyed by tensor names) serve both sides. On the fx path
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import logging
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import onnx
@@ -136,6 +137,25 @@ def _distinct_copy(model: Any) -> Any:
     return clone
 
 
+@contextlib.contextmanager
+def _no_mha_fastpath() -> Iterator[None]:
+    """``nn.MultiheadAttention`` and the transformer layers without their fused inference
+    kernel (``_native_multi_head_attention``, which the exporter cannot write): under
+    ``no_grad`` in eval mode they would take it; the math path exports as plain ops."""
+    import torch
+
+    mha = getattr(torch.backends, "mha", None)
+    if mha is None:
+        yield
+        return
+    before = mha.get_fastpath_enabled()
+    mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        mha.set_fastpath_enabled(before)
+
+
 def _export(
     model: Any,
     args: tuple,
@@ -149,7 +169,7 @@ def _export(
     import torch
 
     buf = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), _no_mha_fastpath():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             model,
