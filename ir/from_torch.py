@@ -23,12 +23,11 @@ exported file and plans (keyed by tensor names) serve both sides. On the fx path
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import io
 import logging
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import onnx
@@ -36,6 +35,7 @@ import onnx
 from drpopt.errors import BadInputError
 from drpopt.ir.core import Graph
 from drpopt.ir.from_onnx import from_onnx
+from drpopt.ir.torch_attention import exportable_attention
 
 log = logging.getLogger(__name__)
 
@@ -137,25 +137,6 @@ def _distinct_copy(model: Any) -> Any:
     return clone
 
 
-@contextlib.contextmanager
-def _no_mha_fastpath() -> Iterator[None]:
-    """``nn.MultiheadAttention`` and the transformer layers without their fused inference
-    kernel (``_native_multi_head_attention``, which the exporter cannot write): under
-    ``no_grad`` in eval mode they would take it; the math path exports as plain ops."""
-    import torch
-
-    mha = getattr(torch.backends, "mha", None)
-    if mha is None:
-        yield
-        return
-    before = mha.get_fastpath_enabled()
-    mha.set_fastpath_enabled(False)
-    try:
-        yield
-    finally:
-        mha.set_fastpath_enabled(before)
-
-
 def _export(
     model: Any,
     args: tuple,
@@ -165,11 +146,13 @@ def _export(
     output_names: list[str] | None = None,
 ) -> onnx.ModelProto:
     """torch.onnx.export (TorchScript) with constant folding off, so initializers keep
-    their ``state_dict`` names; the mode (train/eval) is the model's own."""
+    their ``state_dict`` names; the mode (train/eval) is the model's own;
+    ``nn.MultiheadAttention`` self-attention exports with its heads visible
+    (``ir/torch_attention.py``)."""
     import torch
 
     buf = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad(), _no_mha_fastpath():
+    with warnings.catch_warnings(), torch.no_grad(), exportable_attention():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             model,
