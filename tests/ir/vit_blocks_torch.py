@@ -119,7 +119,9 @@ class TimmBlock(nn.Module):
 class TimmViT(nn.Module):
     """timm's ``VisionTransformer`` at a small size (class token, learned positions)."""
 
-    def __init__(self, size=32, patch=8, dim=32, heads=4, hidden=64, depth=2, classes=10, fused=False):
+    def __init__(
+        self, size=32, patch=8, dim=32, heads=4, hidden=64, depth=2, classes=10, fused=False
+    ):
         super().__init__()
         self.patch_embed = nn.Conv2d(3, dim, patch, patch)
         self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 0.1)
