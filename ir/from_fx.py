@@ -118,7 +118,9 @@ def _trace(module: Any, args: tuple, kwargs: dict) -> tuple[Any, list[Any]]:
                 raise FxTraceError(f"the example inputs give no value for {name!r}")
             concrete[name] = p.default
     try:
-        gm = fx.symbolic_trace(module, concrete_args=concrete or None)
+        tracer = _tracer_class()()
+        graph = tracer.trace(module, concrete_args=concrete or None)
+        gm = fx.GraphModule(tracer.root, graph, type(module).__name__)
     except Exception as err:
         raise FxTraceError(f"symbolic_trace failed: {_short(err)}") from err
     ordered: list[Any] = []
@@ -128,6 +130,21 @@ def _trace(module: Any, args: tuple, kwargs: dict) -> tuple[Any, list[Any]]:
         name = node.target.lstrip("*")
         ordered.append(bound.arguments.get(name, concrete.get(name)))
     return gm, ordered
+
+
+def _tracer_class() -> type:
+    """``fx.Tracer`` that also keeps a module whose class names the torch module it stands
+    for (``drpopt_fx_as``, e.g. drpopt's MaskedLayerNorm) as one call, mapped by that
+    module's rule."""
+    import torch.fx as fx
+
+    class Tracer(fx.Tracer):
+        def is_leaf_module(self, m: Any, qualname: str) -> bool:
+            if getattr(type(m), "drpopt_fx_as", None) is not None:
+                return True
+            return super().is_leaf_module(m, qualname)
+
+    return Tracer
 
 
 def _has_tensor(obj: Any) -> bool:
@@ -333,7 +350,7 @@ class _Converter:
 
         if n.op == "call_module":
             mod = self.modules[n.target]
-            fn = MODULE_RULES.get(type(mod))
+            fn = MODULE_RULES.get(type(mod)) or MODULE_RULES.get(getattr(mod, "drpopt_fx_as", None))
             if fn is None:
                 return self.unsupported(n, type(mod).__name__)
             return fn(self, n, mod)

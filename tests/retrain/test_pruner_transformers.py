@@ -10,9 +10,13 @@ import onnxruntime as ort
 import pytest
 import swin_torch
 import torch
+import torch.nn.functional as F
 import vit_blocks_torch as V
 
-from drpopt.retrain import Pruner, export_onnx
+from drpopt import analyze
+from drpopt.ir.from_torch import FX_PATH, trace_module
+from drpopt.retrain import Pruner, export_onnx, load_pruned_state_dict
+from drpopt.retrain.masked_norm import MaskedLayerNorm, masked_layer_norm
 
 MODELS = {
     "torchvision_vit": lambda: V.TorchvisionViT(),
@@ -49,10 +53,10 @@ def example(seed: int, batch: int = 2) -> torch.Tensor:
     return torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
 
 
-def pruned(name: str) -> tuple[torch.nn.Module, Pruner]:
+def pruned(name: str, masked_layernorm: bool = False) -> tuple[torch.nn.Module, Pruner]:
     torch.manual_seed(0)
     model = MODELS[name]().eval()
-    pruner = Pruner(model, example(0), final_rate=0.5)
+    pruner = Pruner(model, example(0), final_rate=0.5, masked_layernorm=masked_layernorm)
     pruner.update()
     return model, pruner
 
@@ -125,9 +129,73 @@ def test_swin_falls_back_to_the_export_and_still_prunes_heads():
 
 @pytest.mark.parametrize("name", ["timm_vit", "convnext"])
 def test_layernorm_channels_stay_whole_on_the_torch_path_and_say_why(name):
-    """A torch LayerNorm counts every channel in its statistics, so the channels it
-    normalises (the embedding width) stay whole in the Pruner; the reason names it."""
+    """A torch LayerNorm counts every channel in its statistics, so by default the channels
+    it normalises (the embedding width) stay whole in the Pruner; the reason names it."""
     _, pruner = pruned(name)
     locked = [g for g in pruner.analysis.groups if not g.prunable and g.size in (16, 32)]
     assert len(locked) == 1 and "LayerNormalization" in locked[0].reason
     assert "normalises over these axes" in locked[0].reason
+
+
+# ---- masked_layernorm=True: LayerNorms count only the kept channels ---------------------
+NORMS = {
+    "torchvision_vit": "layers.0.ln_1.weight",
+    "timm_vit": "blocks.0.norm1.weight",
+    "swin": "stage1.0.norm1.weight",
+    "convnext": "blocks.0.norm.weight",
+}
+
+
+def test_masked_layer_norm_is_the_layernorm_of_the_kept_channels():
+    gen = torch.Generator().manual_seed(0)
+    x, w, b = (torch.randn(s, generator=gen) for s in ((2, 5, 12), (12,), (12,)))
+    kept = torch.rand(12, generator=gen) > 0.4
+    y = masked_layer_norm(x, kept, w * kept, b * kept, 1e-5)
+    ref = F.layer_norm(x[..., kept], (int(kept.sum()),), w[kept], b[kept], 1e-5)
+    assert torch.allclose(y[..., kept], ref, atol=1e-6) and (y[..., ~kept] == 0).all()
+    full = F.layer_norm(x, (12,), w, b, 1e-5)
+    assert torch.allclose(
+        masked_layer_norm(x, torch.ones(12, dtype=torch.bool), w, b, 1e-5), full, atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("name", list(NORMS))
+def test_masked_layernorm_prunes_the_normalised_width_and_stays_exact(name, tmp_path):
+    model, pruner = pruned(name, masked_layernorm=True)
+    assert [g.size for g in pruner.analysis.groups if not g.prunable] == [10]  # the logits
+    ln = mask(pruner, NORMS[name])
+    assert ln.sum() == ln.size // 2
+    assert pruner.masked_norms and all(
+        isinstance(dict(model.named_modules())[n], MaskedLayerNorm) for n in pruner.masked_norms
+    )
+    x = example(5)
+    with torch.no_grad():
+        masked = model(x).numpy()
+    for compact in (True, False):
+        path = tmp_path / f"{compact}.onnx"
+        result = export_onnx(model, example(0), path, compact=compact)
+        sess = ort.InferenceSession(str(path))
+        (out,) = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+        assert scaled_error(out, masked) < 1e-5
+        if compact:
+            assert result.params < 0.4 * result.dense_params
+
+
+def test_a_masked_layernorm_model_survives_tracing_finalize_and_reload():
+    model, pruner = pruned("timm_vit", masked_layernorm=True)
+    trace = trace_module(model, example(0))  # MaskedLayerNorm is one fx call, a LayerNorm
+    assert trace.path.startswith(FX_PATH)
+    assert [g.size for g in analyze(trace.graph).groups if not g.prunable] == [10]
+    x = example(5)
+    with torch.no_grad():
+        masked = model(x)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.manual_seed(0)
+    fresh = MODELS["timm_vit"]().eval()
+    load_pruned_state_dict(fresh, state)
+    assert isinstance(fresh.blocks[0].norm1, MaskedLayerNorm)
+    plain = pruner.finalize()
+    with torch.no_grad():
+        assert torch.equal(plain(x), masked)
+        assert scaled_error(fresh(x).numpy(), masked.numpy()) < 1e-6
+    assert set(plain.state_dict()) == set(fresh.state_dict())
