@@ -8,10 +8,11 @@ For torchvision's and timm's ViT layouts (``tests/ir/vit_blocks_torch.py``: 32 p
 width 64, 4 heads, MLP 256, depth 4) it prints the compact/dense parameter ratio of
 
 - the torch path: ``drpopt.retrain.Pruner`` one-shot at the rate, then ``export_onnx(...,
-  compact=True)`` (verified against the masked torch model in onnxruntime);
+  compact=True)`` (verified against the masked torch model in onnxruntime), by default
+  and with ``masked_layernorm=True``;
 - the ONNX path: ``drpopt.prune`` of the model's export at the same rate, compact form;
 
-and the groups each path leaves whole (the torch path keeps the LayerNorm-normalised width).
+and the group sizes each torch run leaves whole (by default the LayerNorm-normalised width).
 """
 
 from __future__ import annotations
@@ -50,14 +51,18 @@ def main(argv: list[str] | None = None) -> None:
         proto, _ = _export_onnx(model, (x,), {}, 17)
         pruned = drpopt.prune(proto, PruneOptions(rate=args.rate, form="compact"))
         onnx_ratio = drpopt.analyze(pruned.proto).params / drpopt.analyze(proto).params
-        pruner = Pruner(model, x, final_rate=args.rate)
-        pruner.update()
-        with tempfile.TemporaryDirectory() as tmp:
-            result = export_onnx(model, x, Path(tmp) / "compact.onnx", compact=True)
-        locked = sorted({g.size for g in pruner.analysis.groups if not g.prunable})
+        torch_side = []
+        for masked in (False, True):
+            torch.manual_seed(0)
+            model = cls(**SIZE).eval()
+            pruner = Pruner(model, x, final_rate=args.rate, masked_layernorm=masked)
+            pruner.update()
+            with tempfile.TemporaryDirectory() as tmp:
+                result = export_onnx(model, x, Path(tmp) / "compact.onnx", compact=True)
+            locked = sorted({g.size for g in pruner.analysis.groups if not g.prunable})
+            torch_side.append(f"{result.params / result.dense_params:.3f} (whole: {locked})")
         print(
-            f"{name}: torch path {result.params / result.dense_params:.3f} "
-            f"({pruner.trace.path.split(' (')[0]}; whole group sizes {locked}), "
+            f"{name}: torch path {torch_side[0]}, with masked_layernorm {torch_side[1]}, "
             f"ONNX path {onnx_ratio:.3f}"
         )
 
