@@ -135,13 +135,24 @@ def _trace(module: Any, args: tuple, kwargs: dict) -> tuple[Any, list[Any]]:
 def _tracer_class() -> type:
     """``fx.Tracer`` that also keeps a module whose class names the torch module it stands
     for (``drpopt_fx_as``, e.g. drpopt's MaskedLayerNorm) as one call, mapped by that
-    module's rule."""
+    module's rule, and refuses torch's transformer layers (their forward branches on the
+    inputs; as one opaque call they would lock every channel they touch), so the torch
+    frontend takes the export path for them."""
     import torch.fx as fx
+    import torch.nn as nn
+
+    composite = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.Transformer)
+    composite += (nn.TransformerEncoder, nn.TransformerDecoder)
 
     class Tracer(fx.Tracer):
         def is_leaf_module(self, m: Any, qualname: str) -> bool:
             if getattr(type(m), "drpopt_fx_as", None) is not None:
                 return True
+            if isinstance(m, composite):
+                raise FxTraceError(
+                    f"{type(m).__name__} {qualname!r} branches on its inputs (fast-path "
+                    "checks), which fx cannot trace; the ONNX export traces it"
+                )
             return super().is_leaf_module(m, qualname)
 
     return Tracer

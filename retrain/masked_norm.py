@@ -91,5 +91,13 @@ def keep_after_masks(module: Any) -> None:
 
 
 def maskable_weights(model: Any) -> set[str]:
-    """``<name>.weight`` of every maskable LayerNorm of ``model``."""
-    return {f"{n}.weight" for n, m in model.named_modules() if maskable(m)}
+    """``<name>.weight`` of every maskable LayerNorm of ``model``, except those inside
+    torch's transformer layers, whose fused inference path reads the norms' weights
+    without calling the modules (their channels stay whole)."""
+    fused = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
+    inside = [f"{n}." for n, m in model.named_modules() if isinstance(m, fused)]
+    return {
+        f"{n}.weight"
+        for n, m in model.named_modules()
+        if maskable(m) and not any(n.startswith(p) for p in inside)
+    }

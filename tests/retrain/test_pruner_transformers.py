@@ -199,3 +199,40 @@ def test_a_masked_layernorm_model_survives_tracing_finalize_and_reload():
         assert torch.equal(plain(x), masked)
         assert scaled_error(fresh(x).numpy(), masked.numpy()) < 1e-6
     assert set(plain.state_dict()) == set(fresh.state_dict())
+
+
+class TorchEncoder(torch.nn.Module):
+    """torch's own ``nn.TransformerEncoder`` between two Linear layers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Linear(8, 32)
+        layer = torch.nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
+        self.encoder = torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = torch.nn.Linear(32, 3)
+
+    def forward(self, x):
+        return self.head(self.encoder(self.embed(x)))
+
+
+@pytest.mark.parametrize("masked_layernorm", [False, True])
+def test_torch_transformer_layers_go_through_the_export_and_prune_heads(masked_layernorm, tmp_path):
+    """fx refuses nn.TransformerEncoderLayer (its forward branches on its inputs) by name;
+    the export path finds the heads; its LayerNorms stay plain (the fused inference path
+    reads their weights directly), so the width stays whole."""
+    torch.manual_seed(0)
+    model = TorchEncoder().eval()
+    x = torch.randn(2, 7, 8, generator=torch.Generator().manual_seed(0))
+    pruner = Pruner(model, x, final_rate=0.5, masked_layernorm=masked_layernorm)
+    pruner.update()
+    assert "TransformerEncoder 'encoder' branches on its inputs" in pruner.trace.path
+    assert not pruner.masked_norms
+    for i in range(2):
+        rows = mask(pruner, f"encoder.layers.{i}.self_attn.in_proj_weight").all(axis=1)
+        assert kept_heads(rows, 4)[0].sum() == 2
+    x2 = torch.randn(2, 7, 8, generator=torch.Generator().manual_seed(5))
+    export_onnx(model, x, tmp_path / "c.onnx", compact=True)
+    sess = ort.InferenceSession(str(tmp_path / "c.onnx"))
+    (out,) = sess.run(None, {sess.get_inputs()[0].name: x2.numpy()})
+    with torch.no_grad():
+        assert scaled_error(out, model(x2).numpy()) < 1e-5
