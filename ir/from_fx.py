@@ -34,6 +34,14 @@ Mapping rules:
   method names (relu, sigmoid, silu, clamp, ...), max_pool2d, avg_pool2d,
   adaptive_avg_pool2d, interpolate (nearest or linear) -> Resize, softmax; contiguous,
   clone, detach, and ``to``/``float`` keeping the dtype -> no node, changing it -> Cast;
+- transformer layers (``ir/fx_attention.py``): LayerNorm -> LayerNormalization, ``@``/
+  matmul/bmm -> MatMul, expand -> Expand, ``F.scaled_dot_product_attention`` and
+  ``nn.MultiheadAttention`` self-attention -> the plain ops of attention with the heads
+  split by Reshape/Transpose/Split; a module whose class names the module it stands for
+  (``drpopt_fx_as``) is one call mapped by that module's rule; torch's
+  ``TransformerEncoderLayer``/``DecoderLayer``/``Encoder``/``Decoder``/``Transformer`` are
+  refused (``FxTraceError``: their forward branches on the inputs), so the torch frontend
+  exports them;
 - anything else (a module, function or method not listed, a ``torch.fx.wrap``-ed function)
   -> a node of op type ``fx::<name>`` in domain ``fx`` reading every tensor argument: it has
   no coupling rule, so the analysis locks the channels it touches and lists it as

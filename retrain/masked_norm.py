@@ -101,3 +101,26 @@ def maskable_weights(model: Any) -> set[str]:
         for n, m in model.named_modules()
         if maskable(m) and not any(n.startswith(p) for p in inside)
     }
+
+
+def mask_exported_layernorms(graph: Any, plan: Any, norms: set[str]) -> None:
+    """In a sparse export, the LayerNorms of the model's ``MaskedLayerNorm`` modules (scale
+    named in ``norms``) over channels the plan prunes count only the kept ones
+    (``drpopt.MaskedLayerNormalization``), as the modules do."""
+    from drpopt.passes.common import get_analysis
+    from drpopt.passes.masked_norm import mask_layernorm
+    from drpopt.passes.plan import keep_masks
+
+    nodes = [
+        n
+        for n in graph.nodes
+        if n.op_type == "LayerNormalization" and n.input(1) is not None and n.input(1).name in norms
+    ]
+    if not nodes or not plan.groups:
+        return
+    masks = keep_masks(plan.resolve(get_analysis(graph)))
+    for node in nodes:
+        x = node.input(0)
+        keep = masks.get((x.name, x.rank - 1)) if x is not None and x.rank else None
+        if keep is not None and not keep.all():
+            mask_layernorm(graph, node, keep)
