@@ -11,15 +11,16 @@ an exported file (``Reshape`` into ``(..., 3, heads, head_dim)`` then ``Transpos
   to the traced output shape;
 - ``F.scaled_dot_product_attention`` -> ``Mul`` (scale) on q, ``Transpose`` of k,
   ``MatMul``, ``Add`` of a float mask (``is_causal``: a constant ``-inf`` upper triangle),
-  ``Softmax``, ``MatMul`` with v; a boolean mask, ``enable_gqa`` or dropout while training
-  is not mapped (an ``fx::`` node that locks what it touches, named);
+  ``Softmax``, ``Dropout`` when ``dropout_p > 0`` (F.sdpa drops whenever it is given),
+  ``MatMul`` with v; a boolean mask or ``enable_gqa`` is not mapped (an ``fx::`` node that
+  locks what it touches, named);
 - ``nn.MultiheadAttention`` (packed ``in_proj_weight``): self-attention (query, key and value
   the same tensor) as timm writes it: one ``Gemm`` on the packed weight, ``Reshape`` to
   ``(rows, 3, heads, head_dim)``, heads moved forward, ``Split`` into q, k, v, the attention
   above, heads moved back, ``Gemm`` of ``out_proj``; so the packed rows of q, k and v map
   heads at offsets 0, E and 2E. Masks, ``bias_k``/``bias_v``, ``add_zero_attn``, separate
-  q/k/v weights, cross-attention (query is not key) and dropout while training are not
-  mapped (named ``fx::MultiheadAttention(...)`` nodes).
+  q/k/v weights and cross-attention (query is not key) are not mapped (named
+  ``fx::MultiheadAttention(...)`` nodes); its dropout while training is a ``Dropout``.
 """
 
 from __future__ import annotations
@@ -109,9 +110,10 @@ def _attention_ops(
     mask: Value | None = None,
     causal: bool = False,
     out: Value | None = None,
+    dropout: float = 0.0,
 ) -> tuple[Value, Value]:
-    """``softmax(q * scale @ k^T + mask) @ v`` on ``(..., tokens, head_dim)`` tensors:
-    (the result, the attention probabilities)."""
+    """``dropout(softmax(q * scale @ k^T + mask)) @ v`` on ``(..., tokens, head_dim)``
+    tensors: (the result, the attention probabilities before dropout)."""
     dtype = q.dtype or np.float32
     lead = tuple((q.shape or ())[:-1])
     keys = (k.shape or (None, None))[-2]
@@ -130,8 +132,13 @@ def _attention_ops(
         scores = masked
     probs = c.tmp(f"{n.name}.probs", scores_shape, dtype)
     c.emit("Softmax", n, [scores], [probs], axis=-1)
+    used = probs
+    if dropout:
+        used = c.tmp(f"{n.name}.dropped", scores_shape, dtype)
+        ratio = c.const(f"{n.name}.ratio", np.asarray(dropout, dtype))
+        c.emit("Dropout", n, [probs, ratio, c.const(f"{n.name}.train", np.asarray(True))], [used])
     y = out if out is not None else c.tmp(f"{n.name}.attn", (*lead, v.shape[-1]), dtype)
-    c.emit("MatMul", n, [probs, v], [y])
+    c.emit("MatMul", n, [used, v], [y])
     return y, probs
 
 
@@ -143,18 +150,18 @@ def _f_sdpa(c: _Converter, n: Any, key: str, args: Any, kwargs: Any) -> Any:
     scale = kwargs.get("scale")
     if not all(isinstance(t, Value) and t.shape is not None for t in (q, k, v)):
         return c.unsupported(n, key)
-    if kwargs.get("enable_gqa") or (dropout and c.gm.training):
-        return c.unsupported(n, f"{key}(enable_gqa or dropout)")
+    if kwargs.get("enable_gqa"):
+        return c.unsupported(n, f"{key}(enable_gqa)")
     if mask is not None and (not isinstance(mask, Value) or (mask.dtype or np.float32).kind != "f"):
         return c.unsupported(n, f"{key}(boolean attn_mask)")
     if causal and mask is not None:
         return c.unsupported(n, f"{key}(is_causal with attn_mask)")
     scale = float(scale) if scale is not None else 1.0 / float(np.sqrt(q.shape[-1]))
-    y, _ = _attention_ops(c, n, q, k, v, scale, mask, causal, out=c.out(n))
+    y, _ = _attention_ops(c, n, q, k, v, scale, mask, causal, c.out(n), dropout)
     return y
 
 
-def _mha_refusal(mod: Any, args: tuple, kwargs: dict, training: bool) -> str | None:
+def _mha_refusal(mod: Any, args: tuple, kwargs: dict) -> str | None:
     """Why an ``nn.MultiheadAttention`` call is not mapped (None: it is)."""
     q, k, v = args[0], _get(args, kwargs, 1, "key"), _get(args, kwargs, 2, "value")
     if not mod._qkv_same_embed_dim or mod.in_proj_weight is None:
@@ -168,8 +175,6 @@ def _mha_refusal(mod: Any, args: tuple, kwargs: dict, training: bool) -> str | N
             return name
     if _get(args, kwargs, 7, "is_causal", False):
         return "is_causal"
-    if training and mod.dropout:
-        return "dropout while training"
     if not isinstance(q, Value) or q.shape is None or len(q.shape) != 3:
         return "input not (batch, tokens, embed)"
     return None
@@ -178,7 +183,7 @@ def _mha_refusal(mod: Any, args: tuple, kwargs: dict, training: bool) -> str | N
 def _module_mha(c: _Converter, n: Any, mod: Any) -> Any:
     """See the module docstring; returns ``(output, weights or None)`` as the module."""
     args, kwargs = c.arg(n.args), c.arg(n.kwargs)
-    why = _mha_refusal(mod, args, kwargs, mod.training)
+    why = _mha_refusal(mod, args, kwargs)
     if why is not None:
         return c.unsupported(n, f"MultiheadAttention({why})")
     x: Value = args[0]
@@ -211,7 +216,8 @@ def _module_mha(c: _Converter, n: Any, mod: Any) -> Any:
         sq = c.tmp(f"{n.name}.{p}", (b_, heads, n_, hd), dtype)
         c.emit("Squeeze", n, [part, c.ints(f"{n.name}.axes0", [0])], [sq])
         qkv_.append(sq)
-    attn, probs = _attention_ops(c, n, *qkv_, 1.0 / float(np.sqrt(hd)))
+    drop = float(mod.dropout) if mod.training else 0.0
+    attn, probs = _attention_ops(c, n, *qkv_, 1.0 / float(np.sqrt(hd)), dropout=drop)
     back = [0, 2, 1, 3] if mod.batch_first else [2, 0, 1, 3]
     shape_back = (b_, n_, heads, hd) if mod.batch_first else (n_, b_, heads, hd)
     merged = c.tmp(f"{n.name}.merged", shape_back, dtype)

@@ -139,6 +139,22 @@ def test_heads_are_units_of_q_k_v_and_the_output_projection(name):
         assert tensor.endswith(("out_proj.weight", "proj.weight")) and (axis, block) == (1, 8)
 
 
+@pytest.mark.parametrize(
+    "model",
+    [
+        V.TorchvisionViT(attn_drop=0.1),
+        V.TimmViT(attn_drop=0.1),
+        V.TimmViT(fused=True, attn_drop=0.1),
+    ],
+)
+def test_attention_dropout_while_training_keeps_the_heads(model):
+    """Traced in training mode, attention dropout (nn.MultiheadAttention's, SDPA's
+    ``dropout_p``, an ``nn.Dropout``) leaves the heads prunable."""
+    a = analyze(from_fx(model.train(), example()))
+    assert not a.unsupported
+    assert len(head_groups(a)) == 2
+
+
 @pytest.mark.parametrize("name", list(MODELS))
 def test_the_fx_ir_computes_what_torch_does(name):
     model, x = build(name), example()

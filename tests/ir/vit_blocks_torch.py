@@ -30,10 +30,10 @@ class MLPBlock(nn.Sequential):
 class EncoderBlock(nn.Module):
     """torchvision's ``EncoderBlock``."""
 
-    def __init__(self, dim: int, heads: int, hidden: int) -> None:
+    def __init__(self, dim: int, heads: int, hidden: int, attn_drop: float = 0.0) -> None:
         super().__init__()
         self.ln_1 = nn.LayerNorm(dim, eps=1e-6)
-        self.self_attention = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.self_attention = nn.MultiheadAttention(dim, heads, attn_drop, batch_first=True)
         self.ln_2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = MLPBlock(dim, hidden)
 
@@ -47,14 +47,17 @@ class EncoderBlock(nn.Module):
 class TorchvisionViT(nn.Module):
     """torchvision's ``VisionTransformer`` at a small size."""
 
-    def __init__(self, size=32, patch=8, dim=32, heads=4, hidden=64, depth=2, classes=10):
+    def __init__(
+        self, size=32, patch=8, dim=32, heads=4, hidden=64, depth=2, classes=10, attn_drop=0.0
+    ):
         super().__init__()
         self.patch, self.dim = patch, dim
         self.conv_proj = nn.Conv2d(3, dim, patch, patch)
         self.class_token = nn.Parameter(torch.randn(1, 1, dim) * 0.1)
         seq = (size // patch) ** 2 + 1
         self.pos_embedding = nn.Parameter(torch.randn(1, seq, dim) * 0.1)
-        self.layers = nn.Sequential(*[EncoderBlock(dim, heads, hidden) for _ in range(depth)])
+        blocks = [EncoderBlock(dim, heads, hidden, attn_drop) for _ in range(depth)]
+        self.layers = nn.Sequential(*blocks)
         self.ln = nn.LayerNorm(dim, eps=1e-6)
         self.heads = nn.Linear(dim, classes)
 
@@ -70,9 +73,10 @@ class TorchvisionViT(nn.Module):
 class Attention(nn.Module):
     """timm's ``Attention`` (``fused``: ``F.scaled_dot_product_attention``)."""
 
-    def __init__(self, dim: int, heads: int, fused: bool = False) -> None:
+    def __init__(self, dim: int, heads: int, fused: bool = False, attn_drop: float = 0.0) -> None:
         super().__init__()
         self.num_heads, self.head_dim = heads, dim // heads
+        self.attn_drop = nn.Dropout(attn_drop)
         self.scale = self.head_dim**-0.5
         self.fused = fused
         self.qkv = nn.Linear(dim, dim * 3)
@@ -83,10 +87,11 @@ class Attention(nn.Module):
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         if self.fused:
-            x = F.scaled_dot_product_attention(q, k, v)
+            p = self.attn_drop.p if self.training else 0.0
+            x = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
         else:
             q = q * self.scale
-            attn = (q @ k.transpose(-2, -1)).softmax(dim=-1)
+            attn = self.attn_drop((q @ k.transpose(-2, -1)).softmax(dim=-1))
             x = attn @ v
         x = x.transpose(1, 2).reshape(B, N, C)
         return self.proj(x)
@@ -104,10 +109,10 @@ class Mlp(nn.Module):
 
 
 class TimmBlock(nn.Module):
-    def __init__(self, dim: int, heads: int, hidden: int, fused: bool) -> None:
+    def __init__(self, dim: int, heads: int, hidden: int, fused: bool, attn_drop: float) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = Attention(dim, heads, fused)
+        self.attn = Attention(dim, heads, fused, attn_drop)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, hidden)
 
@@ -120,13 +125,23 @@ class TimmViT(nn.Module):
     """timm's ``VisionTransformer`` at a small size (class token, learned positions)."""
 
     def __init__(
-        self, size=32, patch=8, dim=32, heads=4, hidden=64, depth=2, classes=10, fused=False
+        self,
+        size=32,
+        patch=8,
+        dim=32,
+        heads=4,
+        hidden=64,
+        depth=2,
+        classes=10,
+        fused=False,
+        attn_drop=0.0,
     ):
         super().__init__()
         self.patch_embed = nn.Conv2d(3, dim, patch, patch)
         self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 0.1)
         self.pos_embed = nn.Parameter(torch.randn(1, (size // patch) ** 2 + 1, dim) * 0.1)
-        self.blocks = nn.Sequential(*[TimmBlock(dim, heads, hidden, fused) for _ in range(depth)])
+        blocks = [TimmBlock(dim, heads, hidden, fused, attn_drop) for _ in range(depth)]
+        self.blocks = nn.Sequential(*blocks)
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, classes)
 
