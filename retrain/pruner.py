@@ -155,11 +155,7 @@ class Pruner:
     ) -> None:
         pattern_args = (granularity, pattern_rate, n, m, block, scope)
         self.model = unwrap(model)
-        norms: set[str] = set()
-        if masked_layernorm:
-            from drpopt.retrain.masked_norm import maskable_weights
-
-            norms = maskable_weights(self.model)
+        norms = _maskable_norms(self.model) if masked_layernorm else set()
         self.schedule = as_schedule(schedule, final_rate, start_step, end_step, frequency)
         self.profile = get_target(target)
         self.policy = SelectionPolicy.resolve(
@@ -179,11 +175,7 @@ class Pruner:
         self.graph = self.trace.graph
         self.analysis = analyze(self.graph)
         self._attach_masks(pattern_args, list(exclude))
-        self.masked_norms: list[str] = []
-        if norms:
-            from drpopt.retrain.masked_norm import use_masked_layernorms
-
-            self.masked_norms = use_masked_layernorms(self.model, set(self._masked) & norms)
+        self.masked_norms = _use_masked_norms(self.model, set(self._masked) & norms)
         self._install_hooks()
         self.example_inputs = example_inputs
         share_with_copies(self.model)
@@ -490,6 +482,20 @@ class Pruner:
     @property
     def masked_parameters(self) -> list[str]:
         return list(self._masked)
+
+
+def _maskable_norms(model: Any) -> set[str]:
+    """Weight names of the LayerNorms ``masked_layernorm`` may mask (torch imported late)."""
+    from drpopt.retrain.masked_norm import maskable_weights
+
+    return maskable_weights(model)
+
+
+def _use_masked_norms(model: Any, names: set[str]) -> list[str]:
+    """The LayerNorms of ``names`` made MaskedLayerNorms (``retrain/masked_norm.py``)."""
+    from drpopt.retrain.masked_norm import use_masked_layernorms
+
+    return use_masked_layernorms(model, names) if names else []
 
 
 def _pattern_profile(
