@@ -435,12 +435,22 @@ def _attr_value(a: onnx.AttributeProto) -> Any:
     if isinstance(value, onnx.TensorProto):
         return numpy_helper.to_array(value)
     if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
+        return _text(value)
     if isinstance(value, list) and value and isinstance(value[0], bytes):
-        return [v.decode("utf-8", "replace") for v in value]
+        return [_text(v) for v in value]
     if isinstance(value, list) and value and isinstance(value[0], onnx.TensorProto):
         return [numpy_helper.to_array(v) for v in value]
     return value
+
+
+def _text(value: bytes) -> str | bytes:
+    """A string attribute as ``str``, decoded here once (readers compare against ``str``;
+    the writers encode it back to the same bytes); bytes that are not UTF-8 stay bytes, so
+    they are written back unchanged."""
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value
 
 
 def _constant_value(node: onnx.NodeProto, attrs: dict[str, Any]) -> np.ndarray | None:

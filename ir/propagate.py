@@ -125,7 +125,7 @@ _SAME_SHAPE = frozenset(UNARY_OPS) | {
     "BatchNormalization",
 }
 _BROADCAST = frozenset(ELEMENTWISE_OPS)
-# drpopt's own ops in a sparse model read again (passes/masked_norm.py): ONNX inference
+# drpopt's own ops in a sparse model read again (ir/rules_norm.py): ONNX inference
 # stops at a model-local function whose input shape it did not know
 _CUSTOM_SAME_SHAPE = frozenset({("drpopt", "MaskedLayerNormalization")})
 
@@ -155,7 +155,7 @@ def _fast_shape(node: Node, ins: list[Value], memo: NumericMemo) -> tuple[int, .
     computed slice), without building protos; None leaves the node to ONNX's inference."""
     op = node.op_type
     try:
-        if op == "Conv" and node.attr("auto_pad", "NOTSET") in ("NOTSET", b"NOTSET"):
+        if op == "Conv" and node.attr("auto_pad", "NOTSET") == "NOTSET":
             return _conv_shape(node, ins[0].shape, ins[1].shape)  # type: ignore[arg-type]
         if op == "Concat":
             return _concat_shape(node, [tuple(v.shape) for v in ins])  # type: ignore[arg-type]

@@ -1,5 +1,6 @@
 """Op rules: one table, keyed by ONNX op type, of one ``OpRule`` per op: how the op ties
-channel spaces (``couple``) and how it is rewritten when channels go (``compact``).
+channel spaces (``couple``), how it is rewritten when channels go (``compact``) and how
+when they are only masked (``sparse``, ``unmasked_inputs``).
 
 A coupling function gets the node and the ``ChannelGraph`` and states relations between
 ``(value, axis)`` spaces (``identity``, ``concat``, ``expand``), the roles weights play
@@ -10,7 +11,8 @@ along), and locks. An op with no entry here locks every space of its inputs and 
 This module holds the table, the helpers rules share and the driver (``apply_rules``); the
 coupling functions are in ``ir/rules_layers.py`` (ops that compute) and ``ir/rules_shapes.py``
 (ops that move channels), the compaction hooks of the ops that need more than their members
-cut in ``ir/rules_compact.py``, all imported at the end so they register.
+cut in ``ir/rules_compact.py``, the sparse forms of normalisations in ``ir/rules_norm.py``,
+all imported at the end so they register.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from drpopt.ir.core import Graph, Node, Value
 
 Rule = Callable[[Node, ChannelGraph], None]
 CompactHook = Callable[[Graph, Node, "KeptChannels"], None]
+SparseHook = Callable[[Graph, Node, "KeptChannels"], bool]
 
 
 def follow_members(graph: Graph, node: Node, kept: KeptChannels) -> None:
@@ -33,7 +36,8 @@ def follow_members(graph: Graph, node: Node, kept: KeptChannels) -> None:
 
 @dataclass(frozen=True)
 class OpRule:
-    """One op type's entry: how it couples channels and how it is rewritten when they go.
+    """One op type's entry: how it couples channels, how it is rewritten when they go, and
+    how when they are only masked (the sparse model: dense shapes with zeros).
 
     - ``couple(node, cg)`` states the op's relations, roles and locks (see above);
     - ``compact(graph, node, kept)`` runs in ``compact`` before any tensor is cut (the old
@@ -42,12 +46,24 @@ class OpRule:
       grouped conv's ``group``); ``kept`` says which channels stay. ``follow_members`` when
       there is nothing to rewrite; ``None`` when nobody said: ``compact`` then refuses a
       model whose channels through the op were pruned, rather than guess;
-    - ``finish(graph, node, kept)`` (optional) runs after the cut, on the new shapes.
+    - ``finish(graph, node, kept)`` (optional) runs after the cut, on the new shapes;
+    - ``sparse(graph, node, kept)`` (optional) runs in ``apply-masks`` after the pruned
+      channels are zeroed, for a node whose inputs or outputs carry masked channels: it
+      rewrites an op whose result would still count the zeroed channels (a normalisation's
+      statistics over the channel axis) so the sparse model computes what the compact one
+      does, and returns whether it changed the graph's structure; ``None`` where the
+      zeros alone make the sparse model right (most ops);
+    - ``unmasked_inputs``: constant inputs that ``apply-masks`` leaves as they are where
+      channels are masked (BatchNormalization's running mean and variance: the zeroed scale
+      already silences the channel, a zeroed variance would risk 0/0); ``compact`` still
+      cuts them.
     """
 
     couple: Rule
     compact: CompactHook | None = None
     finish: CompactHook | None = None
+    sparse: SparseHook | None = None
+    unmasked_inputs: tuple[int, ...] = ()
 
 
 RULES: dict[str, OpRule] = {}
@@ -363,5 +379,7 @@ def _tie_shared_weights(graph: Graph, cg: ChannelGraph) -> None:
 
 
 # the rules register themselves on import (after everything above is defined): the
-# compaction module imports the coupling modules, then gives their rules its hooks
+# compaction module imports the coupling modules, then gives their rules its hooks; the
+# normalisations' sparse forms come last
+from drpopt.ir import rules_norm  # noqa: E402, F401
 from drpopt.ir.rules_compact import KeptChannels  # noqa: E402

@@ -38,8 +38,6 @@ def _einsum(node: Node, cg: ChannelGraph) -> None:
     inputs = [v for v in node.inputs if v is not None]
     y = node.outputs[0]
     equation = node.attr("equation", "")
-    if isinstance(equation, bytes):
-        equation = equation.decode()
     parsed = parse_einsum(str(equation), len(inputs))
     ranks_ok = all(v.rank is not None for v in (*inputs, y))
     if parsed is None or not ranks_ok or not _ranks_match(parsed, inputs, y):

@@ -227,23 +227,6 @@ def _layernorm(node: Node, cg: ChannelGraph) -> None:
     lock_axis(cg, node, [x, y], range(axis, x.rank), "normalises over these axes")
 
 
-@rule("drpopt::MaskedLayerNormalization")
-def _masked_layernorm(node: Node, cg: ChannelGraph) -> None:
-    """The sparse form of a LayerNormalization over pruned channels (passes/masked_norm.py):
-    scale, bias and mask follow the channel axis."""
-    x, y = node.input(0), node.outputs[0]
-    same_axes(cg, node, x, y)
-    if x is None or x.rank is None:
-        return
-    channels = cg.space(x, -1)
-    for p in node.inputs[1:4]:
-        if p is not None and p.rank == 1:
-            cg.identity(cg.space(p, 0), channels, node)
-            cg.role(cg.space(p, 0), "follower", node)
-        else:
-            cg.lock_value(p, "rule", f"MaskedLayerNormalization '{node.name}': not 1-D", node)
-
-
 @rule("Softmax", "LogSoftmax", "Hardmax")
 def _softmax(node: Node, cg: ChannelGraph) -> None:
     x, y = node.input(0), node.outputs[0]

@@ -67,12 +67,11 @@ def unsupported(node: Node) -> str | None:
         return "has layout=1 (batch-major tensors), which drpopt does not map"
     if node.attr("activation_alpha") is not None or node.attr("activation_beta") is not None:
         return "has activation parameters (activation_alpha/beta)"
-    direction = _text(node.attr("direction", "forward"))
+    direction = node.attr("direction", "forward")
     if direction not in DIRECTIONS:
         return f"has direction {direction!r}"
     acts = node.attr("activations")
     if acts is not None:
-        acts = [_text(a) for a in acts]
         n = len(ACTIVATIONS[op][0])
         per_dir = [tuple(acts[k : k + n]) for k in range(0, len(acts), n)]
         if len(acts) != n * DIRECTIONS[direction] or any(a not in ACTIVATIONS[op] for a in per_dir):
@@ -83,10 +82,6 @@ def unsupported(node: Node) -> str | None:
     if op == "LSTM" and int(node.attr("input_forget", 0)):
         return "couples its input and forget gates (input_forget=1)"
     return None
-
-
-def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def zero_state(value: Value | None) -> bool:
@@ -128,7 +123,7 @@ def _couple(node: Node, cg: ChannelGraph) -> None:
     op, name = node.op_type, node.name
     x, w = node.input(0), node.input(1)
     hidden = int(node.attr("hidden_size", 0) or 0)
-    dirs = DIRECTIONS.get(_text(node.attr("direction", "forward")), 0)
+    dirs = DIRECTIONS.get(node.attr("direction", "forward"), 0)
     why = unsupported(node)
     outs_ok = all(v.rank in (3, 4) for v in _outputs(node))
     if why is None and (x is None or x.rank != 3 or not outs_ok):

@@ -4,14 +4,17 @@ This is the *sparse ONNX* DRP-AI's compiler consumes (dense shapes with zeros).
 
 Rules:
 - zeroed: producer rows, consumer columns, followers (biases, BN scale and shift, PRelu
-  slopes) of every pruned channel; BN mean and variance are left as they are (the zero
-  scale already makes the channel zero, and a zero variance would only risk 0/0);
+  slopes) of every pruned channel, but for the inputs an op's rule lists in its
+  ``unmasked_inputs`` (BN mean and variance: the zero scale already makes the channel
+  zero, and a zero variance would only risk 0/0);
 - ``param`` constants (a per-channel ``Mul`` scale, a ``Div`` divisor) are left as they are:
   the zeroed consumer columns already cut the channel off, and zeroing a divisor would
   make NaN;
 - a constant shared through an exporter's Identity becomes an initializer of its own first;
-- a LayerNormalization over a pruned channel axis is rewritten to count only the kept
-  channels (``masked_norm.py``), so the sparse model computes what the compact one does;
+- then every node with masked channels whose op rule has a ``sparse`` hook is rewritten by
+  it, so the sparse model computes what the compact one does (a LayerNormalization over a
+  pruned channel axis counts only the kept channels: ``ir/rules_norm.py``); a LayerNorm
+  written out in plain ops over such an axis is folded into one node first;
 - the plan (JSON) and the per-layer sparsity go into the model's ``metadata_props``
   (``drpopt.plan``, ``drpopt.sparsity``).
 """
@@ -28,19 +31,23 @@ from drpopt.errors import BadInputError
 from drpopt.ir.analysis import Analysis
 from drpopt.ir.core import Graph
 from drpopt.ir.patterns import decomposed_layernorms
+from drpopt.ir.rules import rule_for
+from drpopt.ir.rules_compact import KeptChannels
+from drpopt.ir.rules_norm import fold_layernorm
 from drpopt.passes.base import Pass, PassResult
 from drpopt.passes.common import along, get_analysis, layer_sparsity, reshare_equal_copies
 from drpopt.passes.context import context_of
-from drpopt.passes.masked_norm import fold_layernorm, mask_layernorm
 from drpopt.passes.plan import Plan, keep_masks
 
-BN_STATS = (3, 4)  # BatchNormalization inputs left alone: running mean and variance
 
-
-def _is_bn_statistic(node, tensor: str) -> bool:
-    if node is None or node.op_type != "BatchNormalization":
+def _left_unmasked(node, tensor: str) -> bool:
+    """Whether ``tensor`` is an input of ``node`` its op rule says masking leaves alone."""
+    rule = rule_for(node) if node is not None else None
+    if rule is None or not rule.unmasked_inputs:
         return False
-    return any(node.input(i) is not None and node.input(i).name == tensor for i in BN_STATS)
+    return any(
+        node.input(i) is not None and node.input(i).name == tensor for i in rule.unmasked_inputs
+    )
 
 
 def require_plan(graph: Graph, pass_name: str) -> Plan:
@@ -81,7 +88,7 @@ class ApplyMasksPass(Pass):
             for m in group.members:
                 if m.tensor is None or m.role not in ("producer", "consumer", "follower"):
                     continue
-                if _is_bn_statistic(nodes.get(m.node or ""), m.tensor):
+                if _left_unmasked(nodes.get(m.node or ""), m.tensor):
                     continue
                 value = model.values[m.tensor]
                 if value.producer is not None and value.producer.op_type != "Constant":
@@ -104,30 +111,26 @@ class ApplyMasksPass(Pass):
         if changed:
             # copies of one layer weight cut alike hold one array again
             reshare_equal_copies(model, {k: (v[0], *sorted(v[1:])) for k, v in keys.items()})
-            if self._mask_normalisations(model, keep_masks(resolved)):
+            if _sparse_forms(model, KeptChannels(keep_masks(resolved))):
                 restructured = True
         record_metadata(model, plan)
         # zeros alone leave the groups as they were (compact resolves the plan on them);
         # scores change with the weights and go
         return PassResult(model, changed, preserves=() if restructured else (Analysis,))
 
-    @staticmethod
-    def _mask_normalisations(model: Graph, masks) -> bool:
-        """LayerNormalizations over a pruned channel axis count only the kept channels (also
-        those written out in plain ops, which become one masked node)."""
-        changed = False
-        for pattern in decomposed_layernorms(model):
-            x = pattern.x
-            keep = masks.get((x.name, x.rank - 1))  # type: ignore[operator]
-            if keep is not None and not keep.all():
-                mask_layernorm(model, fold_layernorm(model, pattern), keep)
-                changed = True
-        for node in [n for n in model.nodes if n.op_type == "LayerNormalization"]:
-            x = node.input(0)
-            if x is None or x.rank is None:
-                continue
-            keep = masks.get((x.name, x.rank - 1))
-            if keep is not None and not keep.all():
-                mask_layernorm(model, node, keep)
-                changed = True
-        return changed
+
+def _sparse_forms(model: Graph, kept: KeptChannels) -> bool:
+    """Runs the ``sparse`` hook of every node with masked channels whose rule has one;
+    LayerNorms written out in plain ops over a masked channel axis are folded into one
+    LayerNormalization node first, so its rule's hook applies. Whether anything changed."""
+    changed = False
+    for pattern in decomposed_layernorms(model):
+        keep = kept.mask(pattern.x, -1)
+        if keep is not None and not keep.all():
+            fold_layernorm(model, pattern)
+            changed = True
+    for node in list(model.nodes):
+        rule = rule_for(node)
+        if rule is not None and rule.sparse is not None and kept.touches(node):
+            changed = bool(rule.sparse(model, node, kept)) or changed
+    return changed

@@ -11,6 +11,8 @@ Rules:
 - an op whose rule has no compaction hook (a custom op registered with a bare coupling
   function) and whose channels were pruned is refused, before anything changes;
 - Concat, Flatten, pooling and elementwise ops need nothing: they follow their inputs;
+- a model-local function that the hooks left uncalled (a masked op's body once the op is
+  put back, ``ir/rules_norm.py``) goes, with its domain's opset when nothing else uses it;
 - value shapes are updated; run ``cleanup`` after it to re-infer them and check the graph.
 """
 
@@ -30,7 +32,6 @@ from drpopt.passes.apply_masks import record_metadata, require_plan
 from drpopt.passes.base import Pass, PassResult
 from drpopt.passes.common import get_analysis, reshare_equal_copies
 from drpopt.passes.context import context_of
-from drpopt.passes.masked_norm import DOMAIN, OP, unmask_layernorm, write_out_layernorm
 from drpopt.passes.plan import keep_masks
 
 
@@ -47,6 +48,7 @@ class CompactPass(Pass):
             return PassResult(model, False)
         kept = KeptChannels(masks)
         _require_hooks(model, kept)
+        called = _called_functions(model)
         _run_hooks(model, kept, "compact")
         keys: dict[str, tuple] = {}  # copies of one tensor cut alike stay one
         for (name, axis), mask in masks.items():
@@ -70,14 +72,7 @@ class CompactPass(Pass):
         reshare_equal_copies(model, {k: (v[0], *sorted(v[1:])) for k, v in keys.items()})
         kept.memo = NumericMemo()  # the shapes changed: sizes are computed again
         _run_hooks(model, kept, "finish")
-        before_17 = model.opsets.get("", 17) < 17  # no LayerNormalization op there
-        for node in list(model.nodes):
-            masked = node.domain == DOMAIN and node.op_type == OP
-            if masked and unmask_layernorm(node) and before_17:
-                write_out_layernorm(model, node)
-        if not any(n.domain == DOMAIN for n in model.nodes):  # the function is unused now
-            model.functions = [f for f in model.functions if f.domain != DOMAIN]
-            model.opsets.pop(DOMAIN, None)
+        _drop_uncalled_functions(model, called)
         context = context_of(model)
         context.dense_weights = None  # shapes changed: the dense model is gone
         context.compacted = True
@@ -107,3 +102,32 @@ def _run_hooks(graph: Graph, kept: KeptChannels, phase: str) -> None:
         hook = getattr(rule, phase) if rule is not None else None
         if hook is not None:
             hook(graph, node, kept)
+
+
+def _called_functions(graph: Graph) -> set[tuple[str, str]]:
+    """The ``(domain, name)`` of every model-local function a node of ``graph`` (or of its
+    subgraphs) calls; functions called from other functions are kept alive by those."""
+    local = {(f.domain, f.name) for f in graph.functions}
+    return {(n.domain, n.op_type) for n in _all_nodes(graph)} & local
+
+
+def _all_nodes(graph: Graph):
+    for node in graph.nodes:
+        yield node
+        for sub in node.subgraphs.values():
+            for g in sub if isinstance(sub, list) else [sub]:
+                yield from _all_nodes(g)
+
+
+def _drop_uncalled_functions(graph: Graph, called: set[tuple[str, str]]) -> None:
+    """Drops the functions the graph called before the hooks ran and calls no more (nor
+    does another function), and then the opset of a domain nothing uses any longer."""
+    gone = called - _called_functions(graph)
+    inner = {(n.domain, n.op_type) for f in graph.functions for n in f.node}
+    gone -= inner
+    if not gone:
+        return
+    graph.functions = [f for f in graph.functions if (f.domain, f.name) not in gone]
+    used = {n.domain for n in _all_nodes(graph)} | {f.domain for f in graph.functions}
+    for domain in {d for d, _ in gone} - used:
+        graph.opsets.pop(domain, None)

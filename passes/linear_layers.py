@@ -183,7 +183,6 @@ class Linear:
         d = list(self.node.attr("dilations", [1, 1]))
         pads = list(self.node.attr("pads", [0, 0, 0, 0]))
         auto = self.node.attr("auto_pad", "NOTSET")
-        auto = auto.decode() if isinstance(auto, bytes) else auto
         size = x_shape[2:]
         if auto in ("SAME_UPPER", "SAME_LOWER"):
             pads = [0, 0, 0, 0]

@@ -72,12 +72,12 @@ def materialize_folded(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def _mask_layernorms(model: onnx.ModelProto, groups: list[Group], chosen) -> onnx.ModelProto:
     """A LayerNormalization over a group's channels reads every channel for its statistics;
-    pruning gives it the masked form that ignores the pruned ones (passes/masked_norm.py).
+    pruning gives it the masked form that ignores the pruned ones (ir/rules_norm.py).
     The check does the same for the channels it kills, so only missing members leak."""
     from drpopt.ir.from_onnx import from_onnx
     from drpopt.ir.patterns import decomposed_layernorms
+    from drpopt.ir.rules_norm import fold_layernorm, mask_layernorm
     from drpopt.ir.to_onnx import to_onnx
-    from drpopt.passes.masked_norm import fold_layernorm, mask_layernorm
 
     ops = {n.op_type for n in model.graph.node}
     if "LayerNormalization" not in ops and "ReduceMean" not in ops:

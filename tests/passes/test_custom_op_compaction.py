@@ -6,11 +6,14 @@ object per op type, with the hooks compaction needs."""
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+from channel_norm import RULES as NORM_RULES
+from channel_norm import channel_norm_model
 from channel_scale import CHANNEL_SCALE, channel_scale_model, couple_channel_scale
 from deadchannels import random_feeds, run_model
 
@@ -32,12 +35,12 @@ KEY = "acme::ChannelScale"
 
 @pytest.fixture
 def registered():
-    """Registers a rule for the test (``register_rule(KEY, rule)``), removed afterwards."""
+    """Registers a rule for the test (``register_rule(key, rule)``), removed afterwards."""
     added = []
 
-    def add(rule):
-        register_rule(KEY, rule)
-        added.append(KEY)
+    def add(rule, key=KEY):
+        register_rule(key, rule)
+        added.append(key)
 
     yield add
     for key in added:
@@ -137,3 +140,41 @@ def test_builtin_table_holds_one_rule_object_per_op():
     } | {"LSTM", "GRU", "RNN"}  # hidden_size (ir/rules_rnn.py)
     assert RULES["Reshape"].finish is not None
     assert RULES["Cast"].couple is not RULES["Relu"].couple  # later registrations win
+
+
+def test_a_custom_normalisation_couples_compacts_and_masks_through_its_rule(registered):
+    """``acme::ChannelNorm`` reads every channel for its statistic: its rule's ``sparse``
+    hook gives the sparse model the masked form, so sparse equals compact; ``compact`` puts
+    the plain op back (``finish`` of the masked op's rule) and drops the masked function."""
+    for key, op_rule in NORM_RULES.items():
+        registered(op_rule, key)
+    sparse, compact = _sparse_and_compact(channel_norm_model())
+    assert [n.op_type for n in sparse.graph.node if n.domain == "acme"] == ["MaskedChannelNorm"]
+    (node,) = [n for n in compact.graph.node if n.domain == "acme"]
+    assert node.op_type == "ChannelNorm" and node.attribute[0].i == 8
+    assert [f.name for f in compact.functions] == ["ChannelNorm"]
+    onnx.checker.check_model(compact, full_check=True)
+    feeds = random_feeds(compact)
+    assert relative_error(run_model(sparse, feeds), run_model(compact, feeds)) < 1e-5
+
+
+def test_without_its_sparse_form_the_normalisation_differs(registered):
+    """The test above can fail: without ``sparse`` the sparse model's statistic still
+    divides by 16 channels, the compact one's by 8."""
+    rules = dict(NORM_RULES)
+    rules["acme::ChannelNorm"] = replace(rules["acme::ChannelNorm"], sparse=None)
+    for key, op_rule in rules.items():
+        registered(op_rule, key)
+    sparse, compact = _sparse_and_compact(channel_norm_model())
+    assert not [n for n in sparse.graph.node if n.op_type == "MaskedChannelNorm"]
+    feeds = random_feeds(compact)
+    assert relative_error(run_model(sparse, feeds), run_model(compact, feeds)) > 1e-2
+
+
+def _sparse_and_compact(model: onnx.ModelProto) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """The sparse model (score, mask, apply-masks) and the compact one of the same plan."""
+    sparse = masked(model)
+    assert {g.key.split(".")[0] for g in sparse.plan.groups if g.pruned} >= {"c2"}
+    sparse_proto = to_onnx(sparse.model)
+    compact = to_onnx(PassManager([CompactPass(), CleanupPass()])(sparse.model).model)
+    return sparse_proto, compact

@@ -11,6 +11,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import channel_norm
 import onnx
 import pytest
 from channel_scale import channel_scale_model
@@ -42,6 +43,7 @@ missing = "acme_missing_module:Nothing"
 [project.entry-points."drpopt.rules"]
 acme = "acme_drpopt:RULES"
 acme-extra = "acme_drpopt:register"
+acme-norm = "acme_drpopt.channel_norm:RULES"
 bad-rules = "acme_drpopt:NOT_A_TARGET"
 
 [project.entry-points."drpopt.targets"]
@@ -146,6 +148,7 @@ def plugin_env(tmp_path_factory) -> dict[str, str]:
     pkg.mkdir()
     (pkg / "__init__.py").write_text(PLUGIN)
     (pkg / "acme_big.toml").write_text(TOML)
+    (pkg / "channel_norm.py").write_text(Path(channel_norm.__file__).read_text())
     target = tmp_path_factory.mktemp("site")
     done = subprocess.run(
         [
@@ -316,20 +319,40 @@ def test_analyze_does_not_import_torch(plugin_env, custom_op_path):
 def test_prune_compacts_a_custom_op_through_its_plugin_rule(plugin_env, scale_path, tmp_path):
     """The plugin's ``OpRule`` couples the op and rewrites it: the compact model computes
     what the sparse model of the same plan computes (onnxruntime)."""
+    _, compact = prune_both_forms(plugin_env, scale_path, tmp_path)
+    weights = {t.name: tuple(t.dims) for t in compact.graph.initializer}
+    assert weights["cs.scale"] == (8,) and weights["out.weight"][1] == 8
+
+
+def test_prune_masks_and_compacts_a_custom_normalisation(plugin_env, tmp_path):
+    """``acme::ChannelNorm`` reads every channel for its statistic: the plugin's rule
+    couples it, compacts it (its ``channels`` attribute) and masks it (the sparse model
+    gets its masked form), so ``prune --sparse`` and ``prune`` compute the same."""
+    path = tmp_path / "norm.onnx"
+    onnx.save(channel_norm.channel_norm_model(), str(path))
+    sparse, compact = prune_both_forms(plugin_env, path, tmp_path)
+    assert "MaskedChannelNorm" in {n.op_type for n in sparse.graph.node}
+    (node,) = [n for n in compact.graph.node if n.domain == "acme"]
+    assert node.op_type == "ChannelNorm" and node.attribute[0].i == 8
+    assert [f.name for f in compact.functions] == ["ChannelNorm"]
+
+
+def prune_both_forms(env, path: Path, tmp_path: Path) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """``drpopt prune`` compact, then ``--sparse`` with its plan; asserts that both compute
+    the same (onnxruntime, errors scaled by the sparse output's spread)."""
     compact, sparse, plan = tmp_path / "compact.onnx", tmp_path / "sparse.onnx", tmp_path / "p.json"
-    done = drpopt(plugin_env, "prune", scale_path, "-o", compact, "--plan-out", plan, "-q")
+    done = drpopt(env, "prune", path, "-o", compact, "--plan-out", plan, "-q")
     assert done.returncode == 0, done.stderr
-    done = drpopt(plugin_env, "prune", scale_path, "--sparse", "--plan", plan, "-o", sparse, "-q")
+    done = drpopt(env, "prune", path, "--sparse", "--plan", plan, "-o", sparse, "-q")
     assert done.returncode == 0, done.stderr
-    feeds = random_feeds(onnx.load(str(scale_path)))
-    reference = run_model(onnx.load(str(sparse)), feeds)
-    got = run_model(onnx.load(str(compact)), feeds)
+    feeds = random_feeds(onnx.load(str(path)))
+    sparse_model, compact_model = onnx.load(str(sparse)), onnx.load(str(compact))
+    reference, got = run_model(sparse_model, feeds), run_model(compact_model, feeds)
     for ref, out in zip(reference, got, strict=True):
         spread = float(ref.max() - ref.min())
         assert spread > 1e-3 * max(1.0, float(abs(ref).max())), "degenerate reference"
         assert float(abs(ref - out).max()) / spread < 1e-5
-    weights = {t.name: tuple(t.dims) for t in onnx.load(str(compact)).graph.initializer}
-    assert weights["cs.scale"] == (8,) and weights["out.weight"][1] == 8
+    return sparse_model, compact_model
 
 
 def test_prune_refuses_a_custom_op_whose_rule_cannot_compact(plugin_env, tmp_path):

@@ -1,30 +1,41 @@
-"""LayerNormalization over a pruned channel axis, in sparse and in compact form.
+"""How normalisations are written when channels are masked (the ``sparse`` and
+``unmasked_inputs`` of their ``OpRule``), and how ``compact`` puts them back.
 
-A LayerNormalization over the channel axis computes its mean and variance over every
-channel. In the compact model the pruned channels are gone, so the statistics are over the
-kept ones; in the sparse model (dense shapes with zeros) they would still count the pruned
-channels, and the two would differ. In the sparse model such a node becomes
-``drpopt.MaskedLayerNormalization(X, Scale, Bias, Mask)``: a model-local ONNX function (plain
-ONNX ops inside, which onnxruntime runs and ``onnx.inliner.inline_local_functions`` expands)
-that normalises over the channels where ``Mask`` is 1:
+- BatchNormalization: its running mean and variance (inputs 3 and 4) are not zeroed
+  (``unmasked_inputs``); the zeroed scale and shift already make the channel zero;
+- LayerNormalization over a pruned channel axis (``sparse``): it computes its mean and
+  variance over every channel. In the compact model the pruned channels are gone, so the
+  statistics are over the kept ones; in the sparse model (dense shapes with zeros) they
+  would still count the pruned channels, and the two would differ. In the sparse model such
+  a node becomes ``drpopt.MaskedLayerNormalization(X, Scale, Bias, Mask)``: a model-local
+  ONNX function (plain ONNX ops inside, which onnxruntime runs and
+  ``onnx.inliner.inline_local_functions`` expands) that normalises over the channels where
+  ``Mask`` is 1:
 
-    XM = X * Mask;  k = ReduceSum(Mask)
-    D  = (XM - ReduceSum(XM) / k) * Mask
-    Y  = D / sqrt(ReduceSum(D * D) / k + epsilon) * Scale + Bias
+      XM = X * Mask;  k = ReduceSum(Mask)
+      D  = (XM - ReduceSum(XM) / k) * Mask
+      Y  = D / sqrt(ReduceSum(D * D) / k + epsilon) * Scale + Bias
 
-``Mask`` is a channel constant of the group like the scale and bias (zeroed by
-``apply-masks``, sliced by ``compact``); ``compact`` turns a node whose mask is all ones back
-into a plain LayerNormalization. So the sparse model computes exactly what the compact one
-does.
+  ``Mask`` is a channel constant of the group like the scale and bias (zeroed by
+  ``apply-masks``, sliced by ``compact``); the masked op's ``finish`` turns a node whose
+  mask is all ones back into a plain LayerNormalization (written out in plain ops before
+  opset 17). So the sparse model computes exactly what the compact one does. A LayerNorm
+  written out in plain ops is folded into one node first (``fold_layernorm``, by
+  ``apply-masks``).
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import onnx
 from onnx import helper
 
+from drpopt.ir.channels import ChannelGraph
 from drpopt.ir.core import Graph, Node
+from drpopt.ir.rules import RULES, rule, same_axes
+from drpopt.ir.rules_compact import KeptChannels
 
 DOMAIN = "drpopt"
 OP = "MaskedLayerNormalization"
@@ -178,3 +189,43 @@ def write_out_layernorm(graph: Graph, node: Node) -> None:
         graph.add_node(op, name, [values[i] for i in ins], [values[out]], attrs, before=node)
     graph.replace_all_uses_with(y, values[steps[-1][2]])
     graph.remove_node(node)
+
+
+# ---- the rule objects -------------------------------------------------------------------
+@rule(f"{DOMAIN}::{OP}")
+def _couple_masked_layernorm(node: Node, cg: ChannelGraph) -> None:
+    """Scale, bias and mask follow the channel axis (the last)."""
+    x, y = node.input(0), node.outputs[0]
+    same_axes(cg, node, x, y)
+    if x is None or x.rank is None:
+        return
+    channels = cg.space(x, -1)
+    for p in node.inputs[1:4]:
+        if p is not None and p.rank == 1:
+            cg.identity(cg.space(p, 0), channels, node)
+            cg.role(cg.space(p, 0), "follower", node)
+        else:
+            cg.lock_value(p, "rule", f"{OP} '{node.name}': not 1-D", node)
+
+
+def sparse_layernorm(graph: Graph, node: Node, kept: KeptChannels) -> bool:
+    """The ``sparse`` hook of LayerNormalization: the masked form where its channel axis
+    (the last, the only one its rule leaves prunable) is masked."""
+    x = node.input(0)
+    keep = kept.mask(x, -1) if x is not None and x.rank is not None else None
+    if keep is None or keep.all():
+        return False
+    mask_layernorm(graph, node, keep)
+    return True
+
+
+def finish_masked_layernorm(graph: Graph, node: Node, kept: KeptChannels) -> None:
+    """The ``finish`` hook of the masked form: once ``compact`` has cut the pruned channels
+    the mask is all ones, and the node is a plain LayerNormalization again."""
+    if unmask_layernorm(node) and graph.opsets.get("", 17) < 17:
+        write_out_layernorm(graph, node)
+
+
+RULES["LayerNormalization"] = replace(RULES["LayerNormalization"], sparse=sparse_layernorm)
+RULES["BatchNormalization"] = replace(RULES["BatchNormalization"], unmasked_inputs=(3, 4))
+RULES[f"{DOMAIN}::{OP}"] = replace(RULES[f"{DOMAIN}::{OP}"], finish=finish_masked_layernorm)
