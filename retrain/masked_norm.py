@@ -107,8 +107,8 @@ def mask_exported_layernorms(graph: Any, plan: Any, norms: set[str]) -> None:
     """In a sparse export, the LayerNorms of the model's ``MaskedLayerNorm`` modules (scale
     named in ``norms``) over channels the plan prunes count only the kept ones
     (``drpopt.MaskedLayerNormalization``), as the modules do."""
+    from drpopt.ir.rules_norm import mask_layernorm
     from drpopt.passes.common import get_analysis
-    from drpopt.passes.masked_norm import mask_layernorm
     from drpopt.passes.plan import keep_masks
 
     nodes = [
