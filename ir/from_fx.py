@@ -34,6 +34,14 @@ Mapping rules:
   method names (relu, sigmoid, silu, clamp, ...), max_pool2d, avg_pool2d,
   adaptive_avg_pool2d, interpolate (nearest or linear) -> Resize, softmax; contiguous,
   clone, detach, and ``to``/``float`` keeping the dtype -> no node, changing it -> Cast;
+- transformer layers (``ir/fx_attention.py``): LayerNorm -> LayerNormalization, ``@``/
+  matmul/bmm -> MatMul, expand -> Expand, ``F.scaled_dot_product_attention`` and
+  ``nn.MultiheadAttention`` self-attention -> the plain ops of attention with the heads
+  split by Reshape/Transpose/Split; a module whose class names the module it stands for
+  (``drpopt_fx_as``) is one call mapped by that module's rule; torch's
+  ``TransformerEncoderLayer``/``DecoderLayer``/``Encoder``/``Decoder``/``Transformer`` are
+  refused (``FxTraceError``: their forward branches on the inputs), so the torch frontend
+  exports them;
 - anything else (a module, function or method not listed, a ``torch.fx.wrap``-ed function)
   -> a node of op type ``fx::<name>`` in domain ``fx`` reading every tensor argument: it has
   no coupling rule, so the analysis locks the channels it touches and lists it as
@@ -118,7 +126,9 @@ def _trace(module: Any, args: tuple, kwargs: dict) -> tuple[Any, list[Any]]:
                 raise FxTraceError(f"the example inputs give no value for {name!r}")
             concrete[name] = p.default
     try:
-        gm = fx.symbolic_trace(module, concrete_args=concrete or None)
+        tracer = _tracer_class()()
+        graph = tracer.trace(module, concrete_args=concrete or None)
+        gm = fx.GraphModule(tracer.root, graph, type(module).__name__)
     except Exception as err:
         raise FxTraceError(f"symbolic_trace failed: {_short(err)}") from err
     ordered: list[Any] = []
@@ -128,6 +138,32 @@ def _trace(module: Any, args: tuple, kwargs: dict) -> tuple[Any, list[Any]]:
         name = node.target.lstrip("*")
         ordered.append(bound.arguments.get(name, concrete.get(name)))
     return gm, ordered
+
+
+def _tracer_class() -> type:
+    """``fx.Tracer`` that also keeps a module whose class names the torch module it stands
+    for (``drpopt_fx_as``, e.g. drpopt's MaskedLayerNorm) as one call, mapped by that
+    module's rule, and refuses torch's transformer layers (their forward branches on the
+    inputs; as one opaque call they would lock every channel they touch), so the torch
+    frontend takes the export path for them."""
+    import torch.fx as fx
+    import torch.nn as nn
+
+    composite = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.Transformer)
+    composite += (nn.TransformerEncoder, nn.TransformerDecoder)
+
+    class Tracer(fx.Tracer):
+        def is_leaf_module(self, m: Any, qualname: str) -> bool:
+            if getattr(type(m), "drpopt_fx_as", None) is not None:
+                return True
+            if isinstance(m, composite):
+                raise FxTraceError(
+                    f"{type(m).__name__} {qualname!r} branches on its inputs (fast-path "
+                    "checks), which fx cannot trace; the ONNX export traces it"
+                )
+            return super().is_leaf_module(m, qualname)
+
+    return Tracer
 
 
 def _has_tensor(obj: Any) -> bool:
@@ -327,12 +363,13 @@ class _Converter:
             if _has_tensor(value):
                 return self.const(n.name, _numpy(value))
             return value
+        import drpopt.ir.fx_attention  # registers the transformer rules
         import drpopt.ir.fx_functions  # noqa: F401 (registers the function rules)
         from drpopt.ir.fx_ops import FUNCTION_RULES, MODULE_RULES, _target_key, _target_name
 
         if n.op == "call_module":
             mod = self.modules[n.target]
-            fn = MODULE_RULES.get(type(mod))
+            fn = MODULE_RULES.get(type(mod)) or MODULE_RULES.get(getattr(mod, "drpopt_fx_as", None))
             if fn is None:
                 return self.unsupported(n, type(mod).__name__)
             return fn(self, n, mod)

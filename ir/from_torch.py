@@ -35,6 +35,7 @@ import onnx
 from drpopt.errors import BadInputError
 from drpopt.ir.core import Graph
 from drpopt.ir.from_onnx import from_onnx
+from drpopt.ir.torch_attention import exportable_attention
 
 log = logging.getLogger(__name__)
 
@@ -145,11 +146,13 @@ def _export(
     output_names: list[str] | None = None,
 ) -> onnx.ModelProto:
     """torch.onnx.export (TorchScript) with constant folding off, so initializers keep
-    their ``state_dict`` names; the mode (train/eval) is the model's own."""
+    their ``state_dict`` names; the mode (train/eval) is the model's own;
+    ``nn.MultiheadAttention`` self-attention exports with its heads visible
+    (``ir/torch_attention.py``)."""
     import torch
 
     buf = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), exportable_attention():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             model,
@@ -213,11 +216,22 @@ def _trace_fx(module: Any, args: tuple, kwargs: dict, names: set[str]) -> Graph:
     return graph
 
 
-def trace_module(model: Any, example_inputs: Any, opset: int = 17) -> TorchTrace:
-    """The IR of ``model`` run on ``example_inputs`` (see the module docstring)."""
+def trace_module(
+    model: Any, example_inputs: Any, opset: int = 17, masked_norms: set[str] | None = None
+) -> TorchTrace:
+    """The IR of ``model`` run on ``example_inputs`` (see the module docstring).
+
+    ``masked_norms``: weight names of LayerNorms whose statistics the caller restricts to
+    the kept channels (the Pruner's ``masked_layernorm``); with those of modules that
+    already do (``drpopt_masked_norm``) they go into ``graph.meta["masked_norms"]``, and the
+    analysis lets those LayerNorms' channels be pruned (a torch LayerNorm otherwise counts
+    every channel, and its channels stay whole)."""
     module = unwrap(model)
     args, kwargs = split_inputs(_to_cpu(example_inputs))
     names = {n for n, _ in module.named_parameters()} | {n for n, _ in module.named_buffers()}
+    norms = set(masked_norms or ()) | {
+        f"{n}.weight" for n, m in module.named_modules() if getattr(m, "drpopt_masked_norm", False)
+    }
     try:
         graph = _trace_fx(module, args, kwargs, names)
     except Exception as err:
@@ -227,6 +241,7 @@ def trace_module(model: Any, example_inputs: Any, opset: int = 17) -> TorchTrace
         mode = "train" if module.training else "eval"
         path = f"{FX_PATH}, {mode} mode, all example inputs"
         graph.meta["torch_path"] = path
+        graph.meta["masked_norms"] = norms
         return TorchTrace(
             graph, None, path, names, lambda: _export_onnx(module, args, kwargs, opset)[0]
         )
@@ -234,6 +249,7 @@ def trace_module(model: Any, example_inputs: Any, opset: int = 17) -> TorchTrace
     path = f"{path}; torch.fx failed: {fx_why}"
     graph = from_onnx(proto, where=type(module).__name__)
     graph.meta["torch_path"] = path
+    graph.meta["masked_norms"] = norms
     return TorchTrace(graph, proto, path, names)
 
 

@@ -214,7 +214,10 @@ def _layernorm(node: Node, cg: ChannelGraph) -> None:
     params = [p for p in node.inputs[1:3] if p is not None]
     stats_used = any(o.uses or o in cg.graph.outputs for o in node.outputs[1:])
     per_channel = all(p.rank == 1 and p.is_const for p in params)
-    if axis == x.rank - 1 and per_channel and not stats_used and "torch_path" not in cg.graph.meta:
+    counts_all = "torch_path" in cg.graph.meta and not (
+        params and params[0].name in cg.graph.meta.get("masked_norms", ())
+    )  # a torch LayerNorm, unless its module counts only kept channels (retrain/masked_norm)
+    if axis == x.rank - 1 and per_channel and not stats_used and not counts_all:
         channels = cg.space(x, axis)
         for p in params:
             cg.identity(cg.space(p, 0), channels, node)

@@ -95,6 +95,8 @@ def load_pruned_state_dict(model: Any, state_dict: Any) -> Any:
     - into a plain model the mask and state keys are dropped; into a model with a Pruner
       attached (its mask buffers exist) they are loaded too, masks binarised at 0.5; masks
       the model has but the checkpoint lacks keep their values and are applied after loading;
+    - a LayerNorm whose weight the checkpoint masks becomes a ``MaskedLayerNorm`` (its
+      statistics over the kept channels, as in training: ``retrain/masked_norm.py``);
     - all other keys must match (``BadInputError`` naming missing and unexpected keys; a
       shape mismatch is a ``BadInputError`` with torch's message).
     """
@@ -137,7 +139,24 @@ def load_pruned_state_dict(model: Any, state_dict: Any) -> Any:
     except RuntimeError as err:
         raise BadInputError(f"the checkpoint does not fit {type(module).__name__}: {err}") from err
     _apply_own_masks(module)
+    _masked_norms_from(module, masks)
     return model
+
+
+def _masked_norms_from(module: Any, masks: dict[str, Any]) -> None:
+    """LayerNorms whose weight the checkpoint masks (saved by a ``masked_layernorm``
+    Pruner) count only the kept channels, as they did in training."""
+    from drpopt.retrain.masked_norm import KEPT_ATTR, maskable, use_masked_layernorms
+
+    pruned = {k for k, m in masks.items() if k.endswith(".weight") and not bool(_kept(m).all())}
+    if not pruned:
+        return
+    mods = dict(module.named_modules())
+    names = {k for k in pruned if maskable(mods.get(k[: -len(".weight")]))}
+    for name in use_masked_layernorms(module, names):
+        sub = mods[name]
+        if sub._buffers.get("weight" + MASK_SUFFIX) is None:
+            sub.__dict__[KEPT_ATTR] = _kept(masks[f"{name}.weight"]).detach().clone()
 
 
 def _masked_pairs(module: Any) -> list[tuple[Any, str]]:

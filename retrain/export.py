@@ -152,8 +152,11 @@ def prepared_copy(model: Any) -> tuple[Any, str]:
     source = "zero weights"
     if _fold_torch_prune(work):
         source = "torch.nn.utils.prune masks"
+    from drpopt.retrain.masked_norm import keep_after_masks
+
     with torch.no_grad():
         for sub in work.modules():
+            keep_after_masks(sub)
             sub._buffers.pop(STATE_BUFFER, None)
             for name in [n for n in sub._buffers if n.endswith(MASK_SUFFIX)]:
                 mask = sub._buffers.pop(name)
@@ -393,7 +396,9 @@ def _plan_of(
     return plan, source, _live_followers(analysis, plan, params)
 
 
-def _rewrite(graph: Graph, plan: Plan, compact: bool, fold_batchnorm: bool) -> Graph:
+def _rewrite(
+    graph: Graph, plan: Plan, compact: bool, fold_batchnorm: bool, norms: set[str]
+) -> Graph:
     """The exported graph with ``plan`` recorded, compacted (``compact``), BatchNorm folded
     (``fold_batchnorm``) and cleaned up."""
     from drpopt.passes import CleanupPass, CompactPass, PassManager
@@ -402,6 +407,10 @@ def _rewrite(graph: Graph, plan: Plan, compact: bool, fold_batchnorm: bool) -> G
     from drpopt.passes.fold_batchnorm import FoldBatchNormPass
 
     record_metadata(graph, plan)
+    if not compact:
+        from drpopt.retrain.masked_norm import mask_exported_layernorms
+
+        mask_exported_layernorms(graph, plan, norms)
     passes = [CompactPass()] if compact else []
     passes += [FoldBatchNormPass()] if fold_batchnorm else []
     passes.append(CleanupPass())
@@ -468,7 +477,8 @@ def export_onnx(
     graph: Graph = from_onnx(proto, where=type(work).__name__)
     analysis = get_analysis(graph)
     plan, source, live = _plan_of(analysis, work, plan, source)
-    final = _rewrite(graph, plan, compact, fold_batchnorm)
+    norms = {f"{n}.weight" for n, m in work.named_modules() if getattr(m, "drpopt_masked_norm", 0)}
+    final = _rewrite(graph, plan, compact, fold_batchnorm, norms)
     out = to_onnx(final)
     max_abs, max_rel, failures = _verify(out, inputs, expected, rtol, atol, input_names)
     _refuse_mismatch(failures, live, compact, rtol, atol)

@@ -33,7 +33,10 @@ Rules:
   layers get their mask buffers whenever the profile has a pattern (also at rate 0, so a
   pruned checkpoint loads strictly into ``Pruner(..., final_rate=0)``);
 - ``finalize()`` zeroes the weights for good, removes hooks and buffers, and leaves a plain
-  module whose ``state_dict`` has the original keys.
+  module whose ``state_dict`` has the original keys;
+- ``masked_layernorm=True``: LayerNorms over pruned channels become ``MaskedLayerNorm``
+  (``retrain/masked_norm.py``: statistics over the kept channels, as the compact model
+  computes them; still so after ``finalize``), and the analysis prunes their channels.
 """
 
 from __future__ import annotations
@@ -118,6 +121,11 @@ def _owner(model: Any, name: str) -> tuple[Any, str]:
 class Pruner:
     """Gradual (or one-shot) structured pruning of ``model`` to ``final_rate``.
 
+    ``masked_layernorm``: the ``nn.LayerNorm`` modules over a pruned channel axis count only
+    the kept channels (they become ``retrain.masked_norm.MaskedLayerNorm``), so the channels
+    they normalise (a transformer's embedding width) can be pruned; without it those
+    channels stay whole.
+
     ``granularity``, ``pattern_rate``, ``n``, ``m``, ``block`` and ``scope`` override the
     target profile's fine-grained pattern (see the module docstring); ``pattern_rate`` is for
     ``block``/``unstructured`` (``nm`` zeroes ``1 - n/m``), ``scope`` (``layer``/``global``)
@@ -148,9 +156,11 @@ class Pruner:
         m: int | None = None,
         block: int | None = None,
         scope: str | None = None,
+        masked_layernorm: bool = False,
     ) -> None:
         pattern_args = (granularity, pattern_rate, n, m, block, scope)
         self.model = unwrap(model)
+        norms = _maskable_norms(self.model) if masked_layernorm else set()
         self.schedule = as_schedule(schedule, final_rate, start_step, end_step, frequency)
         self.profile = get_target(target)
         self.policy = SelectionPolicy.resolve(
@@ -166,10 +176,11 @@ class Pruner:
         self.criterion = criterion
         self.allow_unprune = allow_unprune
         self._rng = np.random.default_rng(seed)
-        self.trace = trace or trace_module(self.model, example_inputs)
+        self.trace = trace or trace_module(self.model, example_inputs, masked_norms=norms)
         self.graph = self.trace.graph
         self.analysis = analyze(self.graph)
         self._attach_masks(pattern_args, list(exclude))
+        self.masked_norms = _use_masked_norms(self.model, set(self._masked) & norms)
         self._install_hooks()
         self.example_inputs = example_inputs
         share_with_copies(self.model)
@@ -464,9 +475,12 @@ class Pruner:
 
     def finalize(self) -> Any:
         """Zeroes pruned weights for good and returns a plain module (original state keys)."""
+        from drpopt.retrain.masked_norm import keep_after_masks
+
         self.apply_masks()
         self.remove()
         for e in self._masked.values():
+            keep_after_masks(e.module)
             name = e.attr + MASK_SUFFIX
             if name in e.module._buffers:
                 del e.module._buffers[name]
@@ -476,6 +490,20 @@ class Pruner:
     @property
     def masked_parameters(self) -> list[str]:
         return list(self._masked)
+
+
+def _maskable_norms(model: Any) -> set[str]:
+    """Weight names of the LayerNorms ``masked_layernorm`` may mask (torch imported late)."""
+    from drpopt.retrain.masked_norm import maskable_weights
+
+    return maskable_weights(model)
+
+
+def _use_masked_norms(model: Any, names: set[str]) -> list[str]:
+    """The LayerNorms of ``names`` made MaskedLayerNorms (``retrain/masked_norm.py``)."""
+    from drpopt.retrain.masked_norm import use_masked_layernorms
+
+    return use_masked_layernorms(model, names) if names else []
 
 
 def _pattern_profile(
