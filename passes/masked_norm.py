@@ -129,9 +129,16 @@ def fold_layernorm(graph: Graph, ln) -> Node:
     by one ``LayerNormalization``-shaped node (unit scale, no bias: the pattern's own scale
     and bias ops stay after it), for ``mask_layernorm`` to turn into its masked form."""
     x, out = ln.x, ln.div.outputs[0]
+    if ln.cast is not None:
+        # a float16 model's statistics in a wider type (torch casts to double): x itself is
+        # cast to float32 first (the masked function's epsilon is float32 before opset 15)
+        cast = graph.value(graph.fresh_name(f"{x.name}.cast"), shape=x.shape, dtype=np.float32)
+        graph.add_node("Cast", f"{ln.div.name}.Cast", [x], [cast], {"to": 1}, before=ln.div)
+        x = cast
     dtype = np.dtype(x.dtype if x.dtype is not None else np.float32)
     scale = _const(graph, f"{ln.div.name}.scale", np.ones(int(x.shape[-1]), dtype=dtype))
-    result = graph.value(graph.fresh_name(f"{out.name}.ln"), shape=out.shape, dtype=out.dtype)
+    kind = dtype if ln.cast is not None else out.dtype
+    result = graph.value(graph.fresh_name(f"{out.name}.ln"), shape=out.shape, dtype=kind)
     node = graph.add_node(
         "LayerNormalization",
         f"{ln.div.name}.LayerNorm",
