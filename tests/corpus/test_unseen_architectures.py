@@ -363,11 +363,20 @@ MODELS = {
         0.4,
         {OUTPUT},
     ),
+    # MobileViT-v2 (opset 18): F.unfold / F.fold (Col2Im) patches, separable self-attention;
+    # GroupNorm(1, d) takes its statistics over the whole transformer width (locked)
+    "mobilevitv2": (
+        lambda: _torch_model("attention2_torch", "mobilevitv2"),
+        0.97,
+        0.5,
+        {"InstanceNormalization", "a single channel", OUTPUT},
+    ),
 }
 # the large caffe2 models run with -m slow (the default run keeps three small ones)
 SLOW: set[str] = {f"caffe2_{n}" for n in ("resnet50", "densenet121", "inception_v2")}
 SLOW |= {f"caffe2_{n}" for n in ("bvlc_alexnet", "zfnet512", "vgg19")}
 SLOW |= {"efficientdet"}  # 3k nodes of same-padding arithmetic: 22 s
+SLOW |= {"mobilevitv2"}  # F.unfold's export alone takes 5 s
 
 
 @functools.cache

@@ -11,7 +11,11 @@
   AIFI layer (S5 flattened to tokens, a 2-D sin-cos position embedding added to queries and
   keys but not values of an ``nn.MultiheadAttention``, post-norm FFN, folded back to an
   image) and the CCFM (1x1 lateral convs, nearest upsampling, ``CSPRepLayer`` s of
-  ``RepVggBlock`` s, strided downsample convs) on a small ResNet's three levels.
+  ``RepVggBlock`` s, strided downsample convs) on a small ResNet's three levels;
+- ``mobilevitv2``: MobileViT-v2 (HF ``MobileViTV2Layer``): patches unfolded by ``F.unfold``
+  and folded back by ``F.fold`` (Col2Im), ``GroupNorm(1, d)`` norms, separable
+  self-attention (``qkv_proj`` to ``1 + 2d`` channels split ``[1, d, d]``, a softmax over
+  the patches of the one query channel, ``relu(value) * context.expand_as(value)``).
 """
 
 from __future__ import annotations
@@ -288,6 +292,117 @@ class TinyRTDETREncoder(nn.Module):
         return outs
 
 
+# ---- MobileViT-v2 (HF transformers models/mobilevitv2, apple/ml-cvnets) -------------------
+
+
+def _conv_bn(cin, cout, k=1, s=1, groups=1, act=True):
+    layers = [
+        nn.Conv2d(cin, cout, k, s, (k - 1) // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(cout),
+    ]
+    if act:
+        layers.append(nn.SiLU())
+    return nn.Sequential(*layers)
+
+
+class LinearSelfAttention(nn.Module):
+    def __init__(self, embed_dim):
+        super().__init__()
+        self.qkv_proj = nn.Conv2d(embed_dim, 1 + 2 * embed_dim, 1, bias=True)
+        self.out_proj = nn.Conv2d(embed_dim, embed_dim, 1, bias=True)
+        self.embed_dim = embed_dim
+
+    def forward(self, hidden_states):
+        qkv = self.qkv_proj(hidden_states)
+        query, key, value = torch.split(
+            qkv, split_size_or_sections=[1, self.embed_dim, self.embed_dim], dim=1
+        )
+        context_scores = F.softmax(query, dim=-1)
+        context_vector = key * context_scores
+        context_vector = torch.sum(context_vector, dim=-1, keepdim=True)
+        out = F.relu(value) * context_vector.expand_as(value)
+        return self.out_proj(out)
+
+
+class MobileViTV2FFN(nn.Module):
+    def __init__(self, d, h):
+        super().__init__()
+        self.conv1 = nn.Conv2d(d, h, 1)
+        self.conv2 = nn.Conv2d(h, d, 1)
+
+    def forward(self, x):
+        return self.conv2(F.silu(self.conv1(x)))
+
+
+class MobileViTV2Transformer(nn.Module):
+    def __init__(self, d, h):
+        super().__init__()
+        self.layernorm_before = nn.GroupNorm(1, d)
+        self.attention = LinearSelfAttention(d)
+        self.layernorm_after = nn.GroupNorm(1, d)
+        self.ffn = MobileViTV2FFN(d, h)
+
+    def forward(self, x):
+        x = x + self.attention(self.layernorm_before(x))
+        return x + self.ffn(self.layernorm_after(x))
+
+
+class MobileViTV2Layer(nn.Module):
+    def __init__(self, cin, d, n=2, patch=2):
+        super().__init__()
+        self.conv_kxk = _conv_bn(cin, cin, 3, groups=cin)
+        self.conv_1x1 = nn.Conv2d(cin, d, 1, bias=False)
+        self.transformer = nn.Sequential(*[MobileViTV2Transformer(d, 2 * d) for _ in range(n)])
+        self.layernorm = nn.GroupNorm(1, d)
+        self.conv_projection = _conv_bn(d, cin, 1, act=False)
+        self.patch = patch
+
+    def unfolding(self, feature_map):
+        b, c, h, w = feature_map.shape
+        patches = F.unfold(
+            feature_map, kernel_size=(self.patch, self.patch), stride=(self.patch, self.patch)
+        )
+        return patches.reshape(b, c, self.patch * self.patch, -1), (int(h), int(w))
+
+    def folding(self, patches, output_size):
+        b, c, p, n = patches.shape
+        patches = patches.reshape(b, c * p, n)
+        return F.fold(patches, output_size=output_size, kernel_size=self.patch, stride=self.patch)
+
+    def forward(self, x):
+        f = self.conv_1x1(self.conv_kxk(x))
+        p, size = self.unfolding(f)
+        p = self.layernorm(self.transformer(p))
+        return self.conv_projection(self.folding(p, size))
+
+
+class InvRes(nn.Module):
+    def __init__(self, cin, cout, s, e=2):
+        super().__init__()
+        h = cin * e
+        self.b = nn.Sequential(
+            _conv_bn(cin, h), _conv_bn(h, h, 3, s, groups=h), _conv_bn(h, cout, act=False)
+        )
+        self.res = s == 1 and cin == cout
+
+    def forward(self, x):
+        return x + self.b(x) if self.res else self.b(x)
+
+
+class TinyMobileViTV2(nn.Module):
+    def __init__(self, nc=10):
+        super().__init__()
+        self.stem = _conv_bn(3, 16, 3, 2)
+        self.l1 = InvRes(16, 24, 2)
+        self.l2 = nn.Sequential(InvRes(24, 32, 2), MobileViTV2Layer(32, 32))
+        self.l3 = nn.Sequential(InvRes(32, 48, 2), MobileViTV2Layer(48, 48))
+        self.fc = nn.Linear(48, nc)
+
+    def forward(self, x):
+        x = self.l3(self.l2(self.l1(self.stem(x))))
+        return self.fc(x.mean((2, 3)))
+
+
 def _export(model: nn.Module, shape: tuple[int, ...], seed: int, **kw) -> onnx.ModelProto:
     torch.manual_seed(seed)
     calibrate_1d(model, shape)
@@ -302,3 +417,9 @@ def levit(size: int = 32, seed: int = 0) -> onnx.ModelProto:
 def rtdetr_encoder(size: int = 64, seed: int = 0) -> onnx.ModelProto:
     torch.manual_seed(seed)
     return _export(TinyRTDETREncoder(), (1, 3, size, size), seed, opset=16)
+
+
+def mobilevitv2(size: int = 32, seed: int = 0) -> onnx.ModelProto:
+    """Opset 18 (``F.fold`` is Col2Im); the fold's output size is static (``int(h)``)."""
+    torch.manual_seed(seed)
+    return _export(TinyMobileViTV2(), (1, 3, size, size), seed, opset=18)
