@@ -975,3 +975,40 @@ def test_space_to_depth_patch_merging_prunes_the_channels():
     sparse, compact = run_model(pruned.masked, feeds), run_model(pruned.compact, feeds)
     assert compare_outputs(sparse, compact) < TOLERANCE
     assert compact_counts(pruned.compact)[0] == pruned.expected_params
+
+
+def _dynamo_build(name: str) -> onnx.ModelProto:
+    """The third round's transformers through torch's default (dynamo) exporter."""
+    import torch
+    from attention2_torch import TinyLeViT
+    from audio_torch import TinyConformer, TinyWav2Vec2, calibrate_1d
+    from swinv2_torch import swinv2
+
+    if name == "swinv2":
+        return swinv2(dynamo=True)
+    net, shape = {
+        "wav2vec2": (TinyWav2Vec2, (1, 400)),
+        "conformer": (TinyConformer, (1, 48, 16)),
+        "levit": (TinyLeViT, (1, 3, 32, 32)),
+    }[name]
+    torch.manual_seed(0)
+    model = calibrate_1d(net(), shape)
+    with torch.no_grad():
+        return torch.onnx.export(model, (torch.randn(*shape),), dynamo=True).model_proto
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["wav2vec2", "conformer", "levit", "swinv2"])
+def test_dynamo_exports_of_the_third_round_prune_exactly(name):
+    """Opset 18+, packed attention weights split in the graph, other decompositions: the
+    coverage of the TorchScript export and exact compaction at every config (5-16 s each)."""
+    model = _dynamo_build(name)
+    a, ts = analyze(model), analysis(name)
+    assert a.prunable_params / a.params >= ts.prunable_params / ts.params - 0.01
+    assert_groups_complete(a, model)
+    feeds = random_feeds(model)
+    for config in CONFIGS.values():
+        pruned = prune(model, config)
+        sparse, compact = run_model(pruned.masked, feeds), run_model(pruned.compact, feeds)
+        assert compare_outputs(sparse, compact) < TOLERANCE, config.name
+        assert compact_counts(pruned.compact)[0] == pruned.expected_params, config.name
