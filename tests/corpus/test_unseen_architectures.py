@@ -374,12 +374,15 @@ MODELS = {
     # Swin V2 (timm): scaled cosine attention, the continuous position bias MLP, q/v bias
     # cat, res-post-norm, space-to-depth patch merging (reshape/permute/flatten)
     "swinv2": (lambda: _torch_model("swinv2_torch", "swinv2"), 0.98, 0.3, {OUTPUT}),
+    # YOLO11: C3k2, C2PSA's per-head interleaved q/k/v conv with a depthwise positional
+    # conv on v, the depthwise class branch of the head
+    "yolo11": (lambda: _torch_model("yolo11_torch", "yolo11"), 0.99, 0.3, {DFL, OUTPUT}),
 }
 # the large caffe2 models run with -m slow (the default run keeps three small ones)
 SLOW: set[str] = {f"caffe2_{n}" for n in ("resnet50", "densenet121", "inception_v2")}
 SLOW |= {f"caffe2_{n}" for n in ("bvlc_alexnet", "zfnet512", "vgg19")}
 SLOW |= {"efficientdet"}  # 3k nodes of same-padding arithmetic: 22 s
-SLOW |= {"mobilevitv2"}  # F.unfold's export alone takes 5 s
+SLOW |= {"mobilevitv2", "yolo11"}  # their exports alone take 5 s
 
 
 @functools.cache
