@@ -209,6 +209,7 @@ def _best_mapping(graph: Graph, params, uses, rounds: int = 3):
             for node, (level, group) in stuck.items()
             if group is not None and not any(lk.node in names - {node.name} for lk in group.locks)
         }
+        raise_.update(_past_bare_axes(cg.splits, stuck, where))
         if not raise_:
             break
         trial_levels = {**levels, **raise_}
@@ -217,6 +218,25 @@ def _best_mapping(graph: Graph, params, uses, rounds: int = 3):
             break
         best, levels = trial, trial_levels
     return best
+
+
+def _past_bare_axes(splits, stuck, where) -> dict:
+    """A merge whose coarse axes no group holds (no parameters read them: timm's Swin patch
+    merging, ``reshape(B, H/2, 2, W/2, 2, C).permute(...).flatten(3)``, merges two spatial
+    parities with the channels) maps at the first deeper axis a group holds."""
+    out = {}
+    for node, value, axis, level, n in splits:
+        if node not in stuck or stuck[node][1] is not None or value.shape is None:
+            continue
+        while level < n:
+            axis = next((a for a in range(axis + 1, len(value.shape)) if value.shape[a] != 1), None)
+            if axis is None:
+                break
+            level += 1
+            if where.get((value.name, axis)) is not None:
+                out[node] = level
+                break
+    return out
 
 
 def _gain(solved) -> tuple[int, int]:

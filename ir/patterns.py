@@ -5,6 +5,9 @@ existed (opset < 17: torch's exporter, PaddlePaddle's paddle2onnx in PP-OCR):
     var  = ReduceMean(d ** 2, axes=[-1]) (or d * d)
     y    = d / Sqrt(var + eps)        (then * scale + bias, as separate ops)
 
+A float16 model's (torch's ``.half()`` export) casts ``d`` to float32 for the statistics and
+the result back: ``d = Cast(x - mean, to=float)``; that Cast is part of the pattern.
+
 Its two ReduceMeans normalise over the channel axis; matched as a whole, the channel axis
 can be pruned like a ``LayerNormalization``'s (``apply-masks`` turns the matched nodes into
 ``drpopt.MaskedLayerNormalization``). Anything less than the whole pattern stays locked.
@@ -33,11 +36,13 @@ class DecomposedLayerNorm:
     sqrt: Node
     div: Node
     epsilon: float
+    cast: Node | None = None  # float16 models: ``d`` cast to float32 for the statistics
 
     @property
     def nodes(self) -> list[Node]:
         """In graph order, the division (whose output the rest of the graph reads) last."""
-        return [self.mean, self.sub, self.square, self.var, self.add, self.sqrt, self.div]
+        cast = [self.cast] if self.cast is not None else []
+        return [self.mean, self.sub, *cast, self.square, self.var, self.add, self.sqrt, self.div]
 
 
 def _last_axis_mean(node: Node | None) -> Value | None:
@@ -53,6 +58,9 @@ def _last_axis_mean(node: Node | None) -> Value | None:
     if axes is None or len(axes) != 1 or axes[0] % x.rank != x.rank - 1:
         return None
     return x
+
+
+_FLOATS = {1, 11}  # Cast's ``to``: float32, float64
 
 
 def _only_user(value: Value, graph: Graph) -> Node | None:
@@ -78,6 +86,11 @@ def match_layernorm(mean: Node, graph: Graph) -> DecomposedLayerNorm | None:
     if sub is None or sub.op_type != "Sub" or sub.inputs[:2] != [x, mean.outputs[0]]:
         return None
     d = sub.outputs[0]
+    cast = _only_user(d, graph)
+    if cast is not None and cast.op_type == "Cast" and cast.attr("to") in _FLOATS:
+        d = cast.outputs[0]
+    else:
+        cast = None
     users = {id(n): n for n, i in d.uses if i >= 0}
     if len(users) != 2 or d in graph.outputs:
         return None
@@ -102,7 +115,7 @@ def match_layernorm(mean: Node, graph: Graph) -> DecomposedLayerNorm | None:
         return None
     if _only_user(sqrt.outputs[0], graph) is not div or div.input(1) is not sqrt.outputs[0]:
         return None
-    return DecomposedLayerNorm(x, mean, sub, square, var, add, sqrt, div, eps)
+    return DecomposedLayerNorm(x, mean, sub, square, var, add, sqrt, div, eps, cast)
 
 
 def layernorm_statistic(node: Node, graph: Graph) -> DecomposedLayerNorm | None:
@@ -114,6 +127,8 @@ def layernorm_statistic(node: Node, graph: Graph) -> DecomposedLayerNorm | None:
     square = x.producer if x is not None else None
     d = square.input(0) if square is not None and square.op_type in ("Pow", "Mul") else None
     sub = d.producer if d is not None else None
+    if sub is not None and sub.op_type == "Cast" and sub.input(0) is not None:
+        sub = sub.input(0).producer  # a float16 model's cast of x - mean
     if sub is None or sub.op_type != "Sub" or sub.input(1) is None:
         return None
     mean = sub.input(1).producer

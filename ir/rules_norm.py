@@ -140,9 +140,20 @@ def fold_layernorm(graph: Graph, ln) -> Node:
     by one ``LayerNormalization``-shaped node (unit scale, no bias: the pattern's own scale
     and bias ops stay after it), for ``mask_layernorm`` to turn into its masked form."""
     x, out = ln.x, ln.div.outputs[0]
+    narrow = x.dtype is not None and np.dtype(x.dtype) != np.float32
+    back = None  # a float16 pattern without its own cast: the result cast back to float16
+    if ln.cast is not None or (narrow and graph.opsets.get("", 17) < 15):
+        # statistics in float32: a float16 model's own cast (torch casts to double), or a
+        # model converted to float16 whole at an opset where the masked function's epsilon
+        # is float32 (no CastLike before opset 15)
+        cast = graph.value(graph.fresh_name(f"{x.name}.cast"), shape=x.shape, dtype=np.float32)
+        graph.add_node("Cast", f"{ln.div.name}.Cast", [x], [cast], {"to": 1}, before=ln.div)
+        back = None if ln.cast is not None else x.dtype
+        x = cast
     dtype = np.dtype(x.dtype if x.dtype is not None else np.float32)
     scale = _const(graph, f"{ln.div.name}.scale", np.ones(int(x.shape[-1]), dtype=dtype))
-    result = graph.value(graph.fresh_name(f"{out.name}.ln"), shape=out.shape, dtype=out.dtype)
+    kind = dtype if x is not ln.x else out.dtype
+    result = graph.value(graph.fresh_name(f"{out.name}.ln"), shape=out.shape, dtype=kind)
     node = graph.add_node(
         "LayerNormalization",
         f"{ln.div.name}.LayerNorm",
@@ -151,6 +162,13 @@ def fold_layernorm(graph: Graph, ln) -> Node:
         {"axis": -1, "epsilon": ln.epsilon},
         before=ln.div,  # where the division was: its readers come after it
     )
+    if back is not None:
+        narrowed = graph.value(graph.fresh_name(f"{out.name}.f16"), shape=out.shape, dtype=back)
+        to = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(back))
+        graph.add_node(
+            "Cast", f"{ln.div.name}.CastBack", [result], [narrowed], {"to": to}, before=ln.div
+        )
+        result = narrowed
     graph.replace_all_uses_with(out, result)
     for n in reversed(ln.nodes):
         graph.remove_node(n)

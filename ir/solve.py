@@ -297,7 +297,11 @@ class SpaceClasses:
                 self.relations.append(("exp", of[big], of[small], k, node, big, small))
 
 
-LAYOUT_OPS = frozenset(["Reshape", "Transpose", "Identity", "Flatten", "Squeeze", "Unsqueeze"])
+# Split: torch's dynamo exporter splits nn.MultiheadAttention's packed in_proj weight at run
+# time (roles pass along the axes it keeps whole, not the one it cuts)
+LAYOUT_OPS = frozenset(
+    ["Reshape", "Transpose", "Identity", "Flatten", "Squeeze", "Unsqueeze", "Split"]
+)
 
 
 def _roles_through_layout(relations: list[tuple], spaces: list[Space]) -> None:

@@ -322,11 +322,67 @@ MODELS = {
         0.3,
         {"GridSample", OUTPUT},
     ),
+    # wav2vec 2.0 (HF, opset 14, LayerNorm written out): Conv1d feature encoder with a
+    # per-channel GroupNorm, weight-normed grouped positional conv, post-LN encoder, CTC head
+    "wav2vec2": (lambda: _torch_model("audio_torch", "wav2vec2"), 0.99, 0.3, {OUTPUT}),
+    # QuartzNet (NeMo): time-channel separable Conv1d blocks, 1x1 residuals, log_softmax;
+    # the first conv is depthwise over the mel features (the graph input's channels stay)
+    "quartznet": (
+        lambda: _torch_model("audio_torch", "quartznet"),
+        0.99,
+        0.33,
+        {"graph input", "LogSoftmax"},
+    ),
+    # Conformer (torchaudio): nn.MultiheadAttention's packed in_proj, GLU(dim=1) pairing
+    # channel c with c + D, depthwise Conv1d + BatchNorm1d, half-step FFNs
+    "conformer": (lambda: _torch_model("audio_torch", "conformer"), 0.99, 0.3, {OUTPUT}),
+    # R(2+1)D-18 (torchvision video): (1, 3, 3) + (3, 1, 1) Conv3d pairs, 3-D BatchNorm
+    "r2plus1d": (lambda: _torch_model("video_torch", "r2plus1d"), 0.99, 0.3, {OUTPUT}),
+    # X3D (pytorchvideo): depthwise 3x3x3 convs, 3-D squeeze-excitation, Swish
+    "x3d": (lambda: _torch_model("video_torch", "x3d"), 0.99, 0.35, {OUTPUT}),
+    # YOLOv8-pose: keypoints decoded per (x, y, visibility) column of a view(bs, 17, 3, -1)
+    "yolov8_pose": (lambda: _torch_model("heads_torch", "yolov8_pose"), 0.99, 0.3, {DFL, OUTPUT}),
+    # CenterNet: ConvTranspose upsampling, heads, the peak NMS (hmax == heat) in the graph
+    "centernet": (lambda: _torch_model("heads_torch", "centernet"), 0.99, 0.3, {OUTPUT}),
+    # SSDLite: per-level view(N, A, K, H, W).permute.reshape: the anchor axis of the
+    # prediction convs merges with H and W (their outputs stay whole anyway)
+    "ssdlite": (
+        lambda: _torch_model("heads_torch", "ssdlite"),
+        0.99,
+        0.4,
+        {"merges axis 1", OUTPUT},
+    ),
+    # LeViT (timm): BatchNorm1d over tokens flattened with the batch, per-head interleaved
+    # q/k/v, gathered attention biases, a strided-subsampling attention, two heads averaged
+    "levit": (lambda: _torch_model("attention2_torch", "levit"), 0.99, 0.3, {OUTPUT}),
+    # RT-DETR's hybrid encoder: AIFI (nn.MultiheadAttention with the sin-cos position added
+    # to queries and keys only) and the CCFM's RepVGG CSP blocks; its three outputs stay
+    "rtdetr_encoder": (
+        lambda: _torch_model("attention2_torch", "rtdetr_encoder"),
+        0.99,
+        0.4,
+        {OUTPUT},
+    ),
+    # MobileViT-v2 (opset 18): F.unfold / F.fold (Col2Im) patches, separable self-attention;
+    # GroupNorm(1, d) takes its statistics over the whole transformer width (locked)
+    "mobilevitv2": (
+        lambda: _torch_model("attention2_torch", "mobilevitv2"),
+        0.97,
+        0.5,
+        {"InstanceNormalization", "a single channel", OUTPUT},
+    ),
+    # Swin V2 (timm): scaled cosine attention, the continuous position bias MLP, q/v bias
+    # cat, res-post-norm, space-to-depth patch merging (reshape/permute/flatten)
+    "swinv2": (lambda: _torch_model("swinv2_torch", "swinv2"), 0.98, 0.3, {OUTPUT}),
+    # YOLO11: C3k2, C2PSA's per-head interleaved q/k/v conv with a depthwise positional
+    # conv on v, the depthwise class branch of the head
+    "yolo11": (lambda: _torch_model("yolo11_torch", "yolo11"), 0.99, 0.3, {DFL, OUTPUT}),
 }
 # the large caffe2 models run with -m slow (the default run keeps three small ones)
 SLOW: set[str] = {f"caffe2_{n}" for n in ("resnet50", "densenet121", "inception_v2")}
 SLOW |= {f"caffe2_{n}" for n in ("bvlc_alexnet", "zfnet512", "vgg19")}
 SLOW |= {"efficientdet"}  # 3k nodes of same-padding arithmetic: 22 s
+SLOW |= {"mobilevitv2", "yolo11"}  # their exports alone take 5 s
 
 
 @functools.cache
@@ -735,3 +791,282 @@ def test_a_symbolic_batch_prunes_exactly(name):
     sparse, compact = run_model(pruned.masked, feeds), run_model(pruned.compact, feeds)
     assert compare_outputs(sparse, compact) < TOLERANCE
     assert compact_counts(pruned.compact)[0] == pruned.expected_params
+
+
+# ---- float16 models (``model.half()`` before the export, as fp16 deployments do) ------------
+
+HALF = {  # name -> (the model of ``MODELS`` it is, builder of its float16 form)
+    # torch writes an fp16 LayerNorm (opset < 17) with its statistics cast to double
+    "wav2vec2": ("wav2vec2", lambda: _torch_model_kw("audio_torch", "wav2vec2", half=True)),
+    # LayerNormalization and BatchNormalization in float16 (opset 17)
+    "conformer": ("conformer", lambda: _torch_model_kw("audio_torch", "conformer", half=True)),
+    "centernet": ("centernet", lambda: _torch_model_kw("heads_torch", "centernet", half=True)),
+    # the float32 export converted whole (onnxconverter-common's keep_io_types): the
+    # written-out LayerNorm in float16 at opset 14
+    "wav2vec2_converted": ("wav2vec2", lambda: _converted(case("wav2vec2").model)),
+}
+
+
+def _converted(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``convert_float_to_float16(model, keep_io_types=True)`` for a model without Resize
+    or Range (whose float inputs it leaves alone): every float tensor and cast float16, the
+    graph inputs cast to float16 and the outputs back to float32."""
+    from onnx import helper, numpy_helper
+
+    out = copy.deepcopy(model)
+    half = onnx.TensorProto.FLOAT16
+
+    def narrow(t: onnx.TensorProto) -> None:
+        if t.data_type == onnx.TensorProto.FLOAT:
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float16), t.name))
+
+    g = out.graph
+    for t in g.initializer:
+        narrow(t)
+    rename = {v.name: f"{v.name}_fp16" for v in (*g.input, *g.output)}
+    for node in g.node:
+        for at in node.attribute:
+            if at.type == onnx.AttributeProto.TENSOR:
+                narrow(at.t)
+            elif node.op_type == "Cast" and at.name == "to" and at.i == onnx.TensorProto.FLOAT:
+                at.i = half
+        node.input[:] = [rename.get(x, x) for x in node.input]
+        node.output[:] = [rename.get(x, x) for x in node.output]
+    body = list(g.node)
+    del g.node[:], g.value_info[:]
+    g.node.extend(helper.make_node("Cast", [v.name], [rename[v.name]], to=half) for v in g.input)
+    g.node.extend(body)
+    g.node.extend(helper.make_node("Cast", [rename[v.name]], [v.name], to=1) for v in g.output)
+    return out
+
+
+def _torch_model_kw(module: str, name: str, **kw) -> onnx.ModelProto:
+    return getattr(importlib.import_module(module), name)(**kw)
+
+
+def _float32(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with every float16 tensor, cast and declared type made float32: the same
+    computation without float16 rounding (compares two models' structure exactly)."""
+    from onnx import numpy_helper
+
+    out = copy.deepcopy(model)
+    half, single = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
+
+    def widen(t: onnx.TensorProto) -> None:
+        if t.data_type == half:
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float32), t.name))
+
+    for t in out.graph.initializer:
+        widen(t)
+    for node in out.graph.node:
+        for at in node.attribute:
+            if at.type == onnx.AttributeProto.TENSOR:
+                widen(at.t)
+            elif node.op_type == "Cast" and at.name == "to" and at.i == half:
+                at.i = single
+    for info in (*out.graph.input, *out.graph.output):
+        if info.type.tensor_type.elem_type == half:
+            info.type.tensor_type.elem_type = single
+    del out.graph.value_info[:]
+    return out
+
+
+@pytest.mark.parametrize("name", list(HALF))
+def test_float16_models_prune_like_float32_ones(name):
+    """A float16 export analyses with the float32 one's coverage and prunes exactly: its
+    compact model, widened to float32, equals the widened sparse one within TOLERANCE, and
+    in float16 within float16's own rounding (1e-4 cannot hold there: a kept channel's sum
+    rounded to 11 bits moves by 5e-4 whenever the pruned zeros change its order). Before:
+    wav2vec2's LayerNorms (statistics cast to double) were locked, 0.79 prunable; converted
+    whole, its sparse model failed to load (the masked LayerNorm's float32 epsilon)."""
+    base, build = HALF[name]
+    model = build()
+    assert model.graph.initializer[0].data_type == onnx.TensorProto.FLOAT16
+    a, full = analyze(model), analysis(base)
+    assert a.prunable_params / a.params >= full.prunable_params / full.params - 1e-3
+    assert_groups_complete(a, model)
+    feeds = random_feeds(model)
+    wide = {k: v.astype(np.float32) for k, v in feeds.items()}
+    for config in (CONFIGS["rate0.5"], CONFIGS["drpai"]):
+        pruned = prune(model, config)
+        sparse, compact = run_model(pruned.masked, feeds), run_model(pruned.compact, feeds)
+        assert compare_outputs(sparse, compact) < 3e-3, config.name
+        exact = compare_outputs(
+            run_model(_float32(pruned.masked), wide), run_model(_float32(pruned.compact), wide)
+        )
+        assert exact < TOLERANCE, (config.name, exact)
+        assert compact_counts(pruned.compact)[0] == pruned.expected_params
+
+
+def _split_weight_attention() -> onnx.ModelProto:
+    """What torch's dynamo exporter writes for ``nn.MultiheadAttention(q=k=x+pos, v=x)``:
+    the packed ``in_proj_weight`` split at run time, each part transposed into a MatMul;
+    a position constant added to the stream before the queries and keys."""
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    arrays = {
+        "w1": rng.standard_normal((8, 16)),
+        "pos": rng.standard_normal((1, 6, 16)),
+        "in_proj": rng.standard_normal((48, 16)),
+        "sizes": np.array([16, 16, 16], np.int64),
+        "wo": rng.standard_normal((16, 4)),
+    }
+    inits = [
+        numpy_helper.from_array(a if a.dtype == np.int64 else a.astype(np.float32), n)
+        for n, a in arrays.items()
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["t"]),
+        helper.make_node("Relu", ["t"], ["r"]),
+        helper.make_node("Add", ["r", "pos"], ["qk_in"]),
+        helper.make_node("Split", ["in_proj", "sizes"], ["wq", "wk", "wv"], axis=0),
+        *[helper.make_node("Transpose", [w], [f"{w}_t"], perm=[1, 0]) for w in ("wq", "wk", "wv")],
+        helper.make_node("MatMul", ["qk_in", "wq_t"], ["q"]),
+        helper.make_node("MatMul", ["qk_in", "wk_t"], ["k"]),
+        helper.make_node("MatMul", ["r", "wv_t"], ["v"]),
+        helper.make_node("Mul", ["q", "k"], ["qk"]),
+        helper.make_node("Add", ["qk", "v"], ["h"]),
+        helper.make_node("MatMul", ["h", "wo"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 6, 8])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 6, 4])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_weight_split_at_run_time_is_its_matmuls_consumer():
+    """The columns of a packed weight split at run time are the MatMuls' consumers (zeroed
+    in the sparse model), not bare constants: the position constant keeps a pruned stream
+    channel alive, and with the columns left dense the sparse model still read it while
+    compact dropped it (RT-DETR's encoder exported by dynamo: 7.5e-3 of the spread)."""
+    model = _split_weight_attention()
+    a = analyze(model)
+    (stream,) = [g for g in a.prunable_groups if any(m.tensor == "w1" for m in g.members)]
+    roles = {m.tensor: m.role for m in stream.members}
+    assert roles["in_proj"] == "consumer", roles
+    pruned = prune(model, CONFIGS["rate0.5"])
+    assert pruned.plan.pruned_channels
+    feeds = random_feeds(model)
+    sparse, compact = run_model(pruned.masked, feeds), run_model(pruned.compact, feeds)
+    assert compare_outputs(sparse, compact) < TOLERANCE
+    assert compact_counts(pruned.compact)[0] == pruned.expected_params
+
+
+@pytest.mark.slow
+def test_dynamo_export_of_an_attention_with_a_position_embedding():
+    """RT-DETR's hybrid encoder through the dynamo exporter (in_proj split in the graph)."""
+    import torch
+    from attention2_torch import TinyRTDETREncoder
+    from audio_torch import calibrate_1d
+    from bn_calibrate import calibrate
+
+    torch.manual_seed(0)
+    net = calibrate(calibrate_1d(TinyRTDETREncoder(), (1, 3, 64, 64)), (1, 3, 64, 64))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        model = torch.onnx.export(net, (x,), dynamo=True, verbose=False).model_proto
+    assert "Split" in {n.op_type for n in model.graph.node}
+    feeds = random_feeds(model)
+    for config in CONFIGS.values():
+        pruned = prune(model, config)
+        sparse, compact = run_model(pruned.masked, feeds), run_model(pruned.compact, feeds)
+        assert compare_outputs(sparse, compact) < TOLERANCE, config.name
+
+
+def test_space_to_depth_patch_merging_prunes_the_channels():
+    """timm's Swin (V1 and V2) merges patches by ``reshape(B, H/2, 2, W/2, 2, C)``,
+    ``permute(0, 1, 3, 4, 2, 5)`` and ``flatten(3)``: the merged axis is the two spatial
+    parities (no parameters read them) times the channels. The channels map there as four
+    repeats; before, the merge mapped at the parity axis and the stage's width stayed
+    locked ("merges axis 3 ... with other axes"): SwinV2 kept 0.366, now 0.290."""
+    import io
+
+    import torch
+    from swinv2_torch import PatchMerging
+    from torch import nn
+
+    class Merge(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Conv2d(3, 8, 2, 2)
+            self.merge = PatchMerging(8, 12)
+            self.head = nn.Linear(12, 3)
+
+        def forward(self, x):
+            return self.head(self.merge(torch.relu(self.embed(x).permute(0, 2, 3, 1))))
+
+    torch.manual_seed(0)
+    buf = io.BytesIO()
+    with torch.no_grad():
+        torch.onnx.export(
+            Merge().eval(), (torch.randn(1, 3, 8, 8),), buf, opset_version=17, dynamo=False
+        )
+    model = onnx.load_from_string(buf.getvalue())
+    a = analyze(model)
+    (stream,) = [g for g in a.groups if any(m.tensor == "embed.weight" for m in g.members)]
+    assert stream.prunable and stream.size == 8, stream.reason
+    assert_groups_complete(a, model)
+    pruned = prune(model, CONFIGS["rate0.5"])
+    feeds = random_feeds(model)
+    sparse, compact = run_model(pruned.masked, feeds), run_model(pruned.compact, feeds)
+    assert compare_outputs(sparse, compact) < TOLERANCE
+    assert compact_counts(pruned.compact)[0] == pruned.expected_params
+
+
+def _dynamo_build(name: str) -> onnx.ModelProto:
+    """The third round's transformers through torch's default (dynamo) exporter."""
+    import torch
+    from attention2_torch import TinyLeViT
+    from audio_torch import TinyConformer, TinyWav2Vec2, calibrate_1d
+    from swinv2_torch import swinv2
+
+    if name == "swinv2":
+        return swinv2(dynamo=True)
+    net, shape = {
+        "wav2vec2": (TinyWav2Vec2, (1, 400)),
+        "conformer": (TinyConformer, (1, 48, 16)),
+        "levit": (TinyLeViT, (1, 3, 32, 32)),
+    }[name]
+    torch.manual_seed(0)
+    model = calibrate_1d(net(), shape)
+    with torch.no_grad():
+        return torch.onnx.export(model, (torch.randn(*shape),), dynamo=True).model_proto
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["wav2vec2", "conformer", "levit", "swinv2"])
+def test_dynamo_exports_of_the_third_round_prune_exactly(name):
+    """Opset 18+, packed attention weights split in the graph, other decompositions: the
+    coverage of the TorchScript export and exact compaction at every config (5-16 s each)."""
+    model = _dynamo_build(name)
+    a, ts = analyze(model), analysis(name)
+    assert a.prunable_params / a.params >= ts.prunable_params / ts.params - 0.01
+    assert_groups_complete(a, model)
+    feeds = random_feeds(model)
+    for config in CONFIGS.values():
+        pruned = prune(model, config)
+        sparse, compact = run_model(pruned.masked, feeds), run_model(pruned.compact, feeds)
+        assert compare_outputs(sparse, compact) < TOLERANCE, config.name
+        assert compact_counts(pruned.compact)[0] == pruned.expected_params, config.name
+
+
+def test_prune_verifies_a_float16_model_to_its_own_precision():
+    """``drpopt prune --target drpai`` checks its sparse model against the compact form;
+    on a model computing in float16 that check holds to float16's precision (``passes/
+    verify.py``: rtol at least 2e-3), not 1e-4, which the rounding of sums alone exceeds:
+    before, pruning the converted wav2vec2 ended in "the sparse model and its compact form
+    differ" (1.6e-4 of the spread). A float32 model keeps the 1e-4 check."""
+    from drpopt.api import PruneOptions
+    from drpopt.api import prune as api_prune
+    from drpopt.passes.verify import compare_models
+
+    model = _converted(case("wav2vec2").model)
+    result = api_prune(model, PruneOptions(target="drpai"))
+    assert result.proto is not None
+    report = compare_models(case("wav2vec2").model, case("wav2vec2").model)
+    assert report.rtol == 1e-4 and compare_models(model, model).rtol == 2e-3

@@ -37,7 +37,9 @@ def random_feeds(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]
         dims = [
             d.dim_value if d.HasField("dim_value") else 1 for d in inp.type.tensor_type.shape.dim
         ]
-        feeds[inp.name] = rng.standard_normal(dims).astype(np.float32)
+        elem = inp.type.tensor_type.elem_type
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(elem) if elem else np.float32
+        feeds[inp.name] = rng.standard_normal(dims).astype(dtype)  # float16 models too
     return feeds
 
 
@@ -92,6 +94,8 @@ def _mask_layernorms(model: onnx.ModelProto, groups: list[Group], chosen) -> onn
         x = node.input(0)
         if x is None or x.rank is None:
             continue
+        if x.producer is not None and x.producer.op_type == "Cast":
+            x = x.producer.input(0)  # a float16 model's LayerNorm folded with its cast
         keep = None
         for g in groups:  # a LayerNorm over a concat reads a group in several segments
             for seg in g.segments:

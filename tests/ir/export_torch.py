@@ -3,7 +3,8 @@
 ``export_as`` calibrates a seeded model's BatchNorm statistics (``bn_calibrate``) and exports
 it with the TorchScript exporter the way a project's own export script does: its opset, its
 ``do_constant_folding``, and a symbolic batch axis (``dynamic_batch``; the batch is then
-fixed to 1 by ``fix_input_shapes`` as a user gives ``--input-shape``).
+fixed to 1 by ``fix_input_shapes`` as a user gives ``--input-shape``). ``half``: the model and
+its input cast to float16 before the export (``model.half()``, as fp16 deployments do).
 """
 
 from __future__ import annotations
@@ -25,12 +26,15 @@ def export_as(
     dynamic_batch: bool = False,
     fold: bool = True,
     seed: int = 0,
+    half: bool = False,
 ) -> onnx.ModelProto:
     torch.manual_seed(seed)
     calibrate(model, shape)
     buf = io.BytesIO()
     axes = {"input": {0: "batch"}, "output": {0: "batch"}} if dynamic_batch else None
     x = torch.randn(*shape)
+    if half:
+        model, x = model.half(), x.half()
     with torch.no_grad():
         out = model(x)
         n_out = len(out) if isinstance(out, list | tuple) else 1
