@@ -192,7 +192,7 @@ def _grid_sample(node: Node, cg: ChannelGraph) -> None:
 
 
 @rule("GroupNormalization", "LRN", "MeanVarianceNormalization")
-def _channel_mixing_norm(node: Node, cg: ChannelGraph) -> None:
+def channel_mixing_norm(node: Node, cg: ChannelGraph) -> None:
     x, y = node.input(0), node.outputs[0]
     same_axes(cg, node, x, y)
     lock_axis(

@@ -39,177 +39,63 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
-import onnx
-from onnx import AttributeProto, helper
 
 from drpopt.ir.channels import ChannelGraph
 from drpopt.ir.core import Graph, Node, Value
+from drpopt.ir.norm_forms import (
+    DOMAIN,
+    MEAN_OP,
+    OP,
+    channel_shaped,
+    const_value,
+    drop_mask,
+    dtype_of,
+    ensure_function,
+    epsilon_attr,
+    normalised_axes,
+    write_group_normalization,
+    write_groupnorm_one,
+    write_out_layernorm,
+    write_reduce_mean,
+)
 from drpopt.ir.patterns import grn_statistic, match_groupnorm_one, reduced_axes
-from drpopt.ir.rules import RULES, lock_axis, rule
+from drpopt.ir.rules import RULES, lock_axis, rule, same_axes
 from drpopt.ir.rules_compact import KeptChannels
-
-DOMAIN = "drpopt"
-OP = "MaskedLayerNormalization"
-MEAN_OP = "MaskedReduceMean"
-
-
-# ---- the functions -----------------------------------------------------------------------
-def _ref(node: onnx.NodeProto, name: str, kind: int) -> onnx.NodeProto:
-    """Makes the first attribute of ``node`` a reference to the function's ``name``."""
-    attr = node.attribute[0]
-    attr.ref_attr_name, attr.type = name, kind
-    for field in ("f", "i", "ints", "t"):
-        attr.ClearField(field)
-    return node
-
-
-def _reduce_sum(x: str, out: str, opset: int) -> onnx.NodeProto:
-    """ReduceSum of ``x`` over the function's ``axes`` (kept dims), in the ops of ``opset``:
-    before 13 ReduceSum takes its axes as an attribute."""
-    if opset >= 13:
-        return helper.make_node("ReduceSum", [x, "Axes"], [out], keepdims=1)
-    node = helper.make_node("ReduceSum", [x], [out], axes=[0], keepdims=1)
-    node.attribute.sort(key=lambda a: a.name != "axes")
-    return _ref(node, "axes", AttributeProto.INTS)
-
-
-def _count(opset: int) -> list[onnx.NodeProto]:
-    """``Axes`` (opset 13 on) and ``K``: how many kept entries each statistic reads."""
-    axes = helper.make_node("Constant", [], ["Axes"], value_ints=[0])
-    return [
-        *([_ref(axes, "axes", AttributeProto.INTS)] if opset >= 13 else []),
-        helper.make_node("Shape", ["X"], ["XShape"]),
-        helper.make_node("Expand", ["Mask", "XShape"], ["MaskX"]),
-        _reduce_sum("MaskX", "K", opset),
-    ]
-
-
-def function_proto(opset: int) -> onnx.FunctionProto:
-    """The ONNX function that defines ``drpopt.MaskedLayerNormalization``, written with the
-    ops of the model's own default opset (onnxruntime inlines it at that version): before
-    15 there is no CastLike (the epsilon is then float32, as models of those opsets are),
-    before 12 Constant takes only a tensor (the node's ``epsilon`` is then a 0-d float32
-    tensor)."""
-    nodes = [
-        *_count(opset),
-        helper.make_node("Mul", ["X", "Mask"], ["XM"]),
-        _reduce_sum("XM", "S", opset),
-        helper.make_node("Div", ["S", "K"], ["Mean"]),
-        helper.make_node("Sub", ["XM", "Mean"], ["D0"]),
-        helper.make_node("Mul", ["D0", "Mask"], ["D"]),
-        helper.make_node("Mul", ["D", "D"], ["D2"]),
-        _reduce_sum("D2", "SS", opset),
-        helper.make_node("Div", ["SS", "K"], ["Var"]),
-    ]
-    if opset >= 12:
-        nodes.append(
-            _ref(
-                helper.make_node("Constant", [], ["Eps0"], value_float=0.0),
-                "epsilon",
-                AttributeProto.FLOAT,
-            )
-        )
-    else:  # Constant has no value_float: the node's epsilon is a 0-d tensor there
-        eps = helper.make_node(
-            "Constant", [], ["Eps0"], value=helper.make_tensor("e", 1, [], [0.0])
-        )
-        nodes.append(_ref(eps, "epsilon", AttributeProto.TENSOR))
-    if opset >= 15:
-        nodes.append(helper.make_node("CastLike", ["Eps0", "X"], ["Eps"]))
-    nodes += [
-        helper.make_node("Add", ["Var", "Eps" if opset >= 15 else "Eps0"], ["VE"]),
-        helper.make_node("Sqrt", ["VE"], ["Std"]),
-        helper.make_node("Div", ["D", "Std"], ["N"]),
-        helper.make_node("Mul", ["N", "Scale"], ["NS"]),
-        helper.make_node("Add", ["NS", "Bias"], ["Y"]),
-    ]
-    return helper.make_function(
-        DOMAIN,
-        OP,
-        ["X", "Scale", "Bias", "Mask"],
-        ["Y"],
-        nodes,
-        [helper.make_opsetid("", opset)],
-        attributes=["axes", "epsilon"],
-    )
-
-
-def mean_function_proto(opset: int) -> onnx.FunctionProto:
-    """The ONNX function that defines ``drpopt.MaskedReduceMean``."""
-    nodes = [
-        *_count(opset),
-        helper.make_node("Mul", ["X", "Mask"], ["XM"]),
-        _reduce_sum("XM", "S", opset),
-        helper.make_node("Div", ["S", "K"], ["Y"]),
-    ]
-    return helper.make_function(
-        DOMAIN,
-        MEAN_OP,
-        ["X", "Mask"],
-        ["Y"],
-        nodes,
-        [helper.make_opsetid("", opset)],
-        attributes=["axes"],
-    )
-
-
-def _ensure_function(graph: Graph, op: str) -> None:
-    if not any(f.domain == DOMAIN and f.name == op for f in graph.functions):
-        make = function_proto if op == OP else mean_function_proto
-        graph.functions.append(make(graph.opsets.get("", 17)))
-    graph.opsets.setdefault(DOMAIN, 1)
-
-
-# ---- masking -----------------------------------------------------------------------------
-def _const(graph: Graph, base: str, array: np.ndarray) -> Value:
-    return graph.value(
-        graph.fresh_name(base), const=array, shape=tuple(array.shape), dtype=array.dtype
-    )
-
-
-def _dtype(x: Value | None) -> np.dtype:
-    return np.dtype(x.dtype if x is not None and x.dtype is not None else np.float32)
-
-
-def _channel_shaped(keep: np.ndarray, axis: int, rank: int, dtype) -> np.ndarray:
-    """``keep`` as a constant that broadcasts along ``axis`` of a tensor of ``rank``."""
-    return keep.astype(dtype).reshape((keep.size,) + (1,) * (rank - 1 - axis))
-
-
-def _epsilon_attr(graph: Graph, eps: float):
-    return np.array(eps, np.float32) if graph.opsets.get("", 17) < 12 else eps  # see function_proto
+from drpopt.ir.rules_layers import channel_mixing_norm
 
 
 def mask_layernorm(graph: Graph, node: Node, keep: np.ndarray) -> None:
     """Turns the LayerNormalization ``node`` (over its last axis) into its masked form."""
     x = node.input(0)
-    dtype, eps = _dtype(x), float(node.attr("epsilon", 1e-5))
+    dtype, eps = dtype_of(x), float(node.attr("epsilon", 1e-5))
     if node.input(2) is None:
-        graph.set_input(node, 2, _const(graph, f"{node.name}.bias", np.zeros(keep.size, dtype)))
-    graph.set_input(node, 3, _const(graph, f"{node.name}.mask", keep.astype(dtype)))
+        graph.set_input(
+            node, 2, const_value(graph, f"{node.name}.bias", np.zeros(keep.size, dtype))
+        )
+    graph.set_input(node, 3, const_value(graph, f"{node.name}.mask", keep.astype(dtype)))
     for extra in node.outputs[1:]:
         extra.producer = None
     node.outputs = node.outputs[:1]
     node.op_type, node.domain = OP, DOMAIN
-    node.attrs = {"axes": [-1], "epsilon": _epsilon_attr(graph, eps)}
-    _ensure_function(graph, OP)
+    node.attrs = {"axes": [-1], "epsilon": epsilon_attr(graph, eps)}
+    ensure_function(graph, OP)
 
 
 def _masked_norm(graph, x, scale, bias, keep, channel_axis, axes, eps, out, base, before):
     """Adds ``MaskedLayerNormalization`` of ``x`` writing ``out``'s readers' new value."""
-    mask = _channel_shaped(keep, channel_axis, x.rank, _dtype(x))
+    mask = channel_shaped(keep, channel_axis, x.rank, dtype_of(x))
     result = graph.value(graph.fresh_name(f"{out.name}.masked"), shape=out.shape, dtype=out.dtype)
     node = graph.add_node(
         OP,
         graph.fresh_name(f"{base}.Masked"),
-        [x, scale, bias, _const(graph, f"{base}.mask", mask)],
+        [x, scale, bias, const_value(graph, f"{base}.mask", mask)],
         [result],
-        {"axes": list(axes), "epsilon": _epsilon_attr(graph, eps)},
+        {"axes": list(axes), "epsilon": epsilon_attr(graph, eps)},
         domain=DOMAIN,
         before=before,
     )
     graph.replace_all_uses_with(out, result)
-    _ensure_function(graph, OP)
+    ensure_function(graph, OP)
     return node
 
 
@@ -230,9 +116,9 @@ def fold_layernorm(graph: Graph, ln, keep: np.ndarray) -> Node:
     over the last axis or axis 1) by its masked form keeping ``keep`` along its axis (unit
     scale, zero bias: the pattern's own scale and bias ops stay after it)."""
     x, out = ln.x, ln.div.outputs[0]
-    ones = _channel_shaped(np.ones(keep.size, bool), ln.axis, x.rank, _dtype(x))
-    scale = _const(graph, f"{ln.div.name}.scale", ones)
-    bias = _const(graph, f"{ln.div.name}.bias", np.zeros_like(ones))
+    ones = channel_shaped(np.ones(keep.size, bool), ln.axis, x.rank, dtype_of(x))
+    scale = const_value(graph, f"{ln.div.name}.scale", ones)
+    bias = const_value(graph, f"{ln.div.name}.bias", np.zeros_like(ones))
     node = _masked_norm(
         graph, x, scale, bias, keep, ln.axis, [ln.axis], ln.epsilon, out, ln.div.name, ln.div
     )
@@ -263,123 +149,12 @@ def fold_groupnorm(graph: Graph, gn, keep: np.ndarray) -> Node:
     return node
 
 
-# ---- putting the plain forms back -----------------------------------------------------------
-def _unit(v: Value | None, value: float) -> bool:
-    return v is None or (v.is_const and bool(np.all(np.asarray(v.const) == value)))
-
-
-def _drop_mask(node: Node, keep_inputs: int) -> bool:
-    """Whether the mask (last input) keeps every channel; if so it is dropped."""
-    mask = node.inputs[-1] if node.inputs else None
-    if mask is None or not mask.is_const or not np.all(np.asarray(mask.const) == 1):
-        return False
-    mask.uses = [(n, j) for n, j in mask.uses if n is not node]
-    node.inputs = node.inputs[:keep_inputs]
-    return True
-
-
-def _axes(node: Node, rank: int) -> list[int]:
-    return sorted({int(a) % rank for a in node.attrs.get("axes", [-1])})
-
-
-def _reduce_mean(graph, x, out, axes, base, before) -> None:
-    """``out = ReduceMean(x, axes, keepdims=1)`` in the ops of the model's opset."""
-    if graph.opsets.get("", 17) >= 18:
-        axes_value = _const(graph, f"{base}.axes", np.array(axes, np.int64))
-        graph.add_node(
-            "ReduceMean",
-            graph.fresh_name(f"{base}_ReduceMean"),
-            [x, axes_value],
-            [out],
-            {"keepdims": 1},
-            before=before,
-        )
-    else:
-        graph.add_node(
-            "ReduceMean",
-            graph.fresh_name(f"{base}_ReduceMean"),
-            [x],
-            [out],
-            {"axes": list(axes), "keepdims": 1},
-            before=before,
-        )
-
-
-def write_out_layernorm(graph: Graph, node: Node, axes: list[int] | None = None) -> None:
-    """A LayerNorm (over the last axis, or ``axes``) as plain ops: mean, centred, variance,
-    sqrt, divide, scale, shift (the scale and shift only where they do something)."""
-    x, scale, bias, y = node.input(0), node.input(1), node.input(2), node.outputs[0]
-    dtype, base = _dtype(x), node.name
-    axes = axes if axes is not None else [x.rank - 1]
-    stats = tuple(1 if i in axes else d for i, d in enumerate(x.shape)) if x.shape else None
-    eps = _const(
-        graph, f"{base}.epsilon", np.array(float(np.asarray(node.attr("epsilon", 1e-5))), dtype)
-    )
-    steps = [
-        ("ReduceMean", ["x"], "mean", stats),
-        ("Sub", ["x", "mean"], "centred", y.shape),
-        ("Mul", ["centred", "centred"], "square", y.shape),
-        ("ReduceMean", ["square"], "var", stats),
-        ("Add", ["var", "eps"], "var_eps", stats),
-        ("Sqrt", ["var_eps"], "std", stats),
-        ("Div", ["centred", "std"], "normalised", y.shape),
-    ]
-    if not _unit(scale, 1):
-        steps.append(("Mul", ["normalised", "scale"], "scaled", y.shape))
-    if not _unit(bias, 0):
-        steps.append(("Add", [steps[-1][2], "bias"], "shifted", y.shape))
-    values = {"x": x, "eps": eps, "scale": scale, "bias": bias}
-    for op, ins, out, shape in steps:
-        values[out] = graph.value(graph.fresh_name(f"{base}.{out}"), shape=shape, dtype=dtype)
-        name = graph.fresh_name(f"{base}.{out}_{op}")
-        if op == "ReduceMean":
-            _reduce_mean(graph, values[ins[0]], values[out], axes, name, node)
-        else:
-            graph.add_node(op, name, [values[i] for i in ins], [values[out]], before=node)
-    graph.replace_all_uses_with(y, values[steps[-1][2]])
-    graph.remove_node(node)
-
-
-def _write_groupnorm_one(graph: Graph, node: Node) -> None:
-    """GroupNorm(1, C) as torch exports it: Reshape(x, [0, 1, -1]), InstanceNormalization
-    with the node's one-element scale and bias, Reshape back to ``Shape(x)``."""
-    x, y, base = node.input(0), node.outputs[0], node.name
-    rest = x.shape[1:] if x.shape else None
-    known = rest is not None and all(isinstance(d, int) for d in rest)
-    flat_shape = (x.shape[0], 1, int(np.prod(rest))) if known else None
-    values = [
-        graph.value(graph.fresh_name(f"{base}.{n}"), shape=s, dtype=x.dtype)
-        for n, s in (("flat", flat_shape), ("normalised", flat_shape))
-    ]
-    shape = graph.value(
-        graph.fresh_name(f"{base}.shape"), shape=(x.rank,), dtype=np.dtype(np.int64)
-    )
-    target = _const(graph, f"{base}.flat_shape", np.array([0, 1, -1], np.int64))
-    graph.add_node(
-        "Reshape", graph.fresh_name(f"{base}.Reshape"), [x, target], [values[0]], before=node
-    )
-    graph.add_node(
-        "InstanceNormalization",
-        graph.fresh_name(f"{base}.InstanceNormalization"),
-        [values[0], node.input(1), node.input(2)],
-        [values[1]],
-        {"epsilon": float(np.asarray(node.attr("epsilon", 1e-5)))},
-        before=node,
-    )
-    graph.add_node("Shape", graph.fresh_name(f"{base}.Shape"), [x], [shape], before=node)
-    out = graph.value(graph.fresh_name(f"{base}.out"), shape=y.shape, dtype=y.dtype)
-    graph.add_node(
-        "Reshape", graph.fresh_name(f"{base}.Reshape_1"), [values[1], shape], [out], before=node
-    )
-    graph.replace_all_uses_with(y, out)
-    graph.remove_node(node)
-
-
+# ---- putting the plain forms back ---------------------------------------------------------
 def unmask_layernorm(node: Node) -> bool:
     """A masked LayerNormalization over the last axis with a 1-D mask that keeps every
     channel becomes a plain one."""
     x, mask = node.input(0), node.input(3)
-    if x is None or x.rank is None or _axes(node, x.rank) != [x.rank - 1]:
+    if x is None or x.rank is None or normalised_axes(node, x.rank) != [x.rank - 1]:
         return False
     if (
         mask is None
@@ -387,7 +162,7 @@ def unmask_layernorm(node: Node) -> bool:
         or any(p is not None and (p.rank or 0) > 1 for p in node.inputs[1:3])
     ):
         return False
-    if not _drop_mask(node, 3):
+    if not drop_mask(node, 3):
         return False
     node.op_type, node.domain = "LayerNormalization", ""
     node.attrs = {"axis": -1, "epsilon": float(np.asarray(node.attrs.get("epsilon", 1e-5)))}
@@ -404,15 +179,17 @@ def finish_masked_layernorm(graph: Graph, node: Node, kept: KeptChannels) -> Non
         if graph.opsets.get("", 17) < 17:
             write_out_layernorm(graph, node)
         return
-    axes = _axes(node, x.rank)
+    axes = normalised_axes(node, x.rank)
     one = all(
         p is not None and p.is_const and np.asarray(p.const).size == 1 and p.rank == 1
         for p in node.inputs[1:3]
     )
-    if not _drop_mask(node, 3):
+    if not drop_mask(node, 3):
         return
     if axes == list(range(1, x.rank)) and one:
-        _write_groupnorm_one(graph, node)
+        write_groupnorm_one(graph, node)
+    elif axes == list(range(1, x.rank)) and graph.opsets.get("", 17) >= 21:
+        write_group_normalization(graph, node)
     else:
         write_out_layernorm(graph, node, axes)
 
@@ -420,13 +197,13 @@ def finish_masked_layernorm(graph: Graph, node: Node, kept: KeptChannels) -> Non
 def finish_masked_mean(graph: Graph, node: Node, kept: KeptChannels) -> None:
     """``MaskedReduceMean`` with a mask of all ones is a ReduceMean again."""
     x = node.input(0)
-    if x is None or x.rank is None or not _drop_mask(node, 1):
+    if x is None or x.rank is None or not drop_mask(node, 1):
         return
-    axes = _axes(node, x.rank)
+    axes = normalised_axes(node, x.rank)
     out = node.outputs[0]
     node.outputs = []
     out.producer = None
-    _reduce_mean(graph, x, out, axes, node.name, node)
+    write_reduce_mean(graph, x, out, axes, node.name, node)
     x.uses = [(n, j) for n, j in x.uses if n is not node]
     graph.nodes.remove(node)
 
@@ -441,7 +218,7 @@ def _couple_masked(node: Node, cg: ChannelGraph, params: list[Value | None]) -> 
         cg.lock_value(x, "rule", f"{node.op_type} '{node.name}': rank unknown", node)
         cg.lock_value(y, "rule", f"{node.op_type} '{node.name}': rank unknown", node)
         return
-    axes, masked = _axes(node, x.rank), set()
+    axes, masked = normalised_axes(node, x.rank), set()
     for p in params:
         if p is None or p.rank is None or p.rank > x.rank:
             why = f"{node.op_type} '{node.name}': parameter of unknown rank"
@@ -503,17 +280,81 @@ def sparse_reduce_mean(graph: Graph, node: Node, kept: KeptChannels) -> bool:
     keep = kept.mask(x, axis) if axis is not None else None
     if keep is None or keep.all():
         return False
-    mask = _const(graph, f"{node.name}.mask", _channel_shaped(keep, axis, x.rank, _dtype(x)))
+    mask = const_value(graph, f"{node.name}.mask", channel_shaped(keep, axis, x.rank, dtype_of(x)))
     axes = reduced_axes(node)
     for i in range(1, len(node.inputs)):
         graph.set_input(node, i, None)
     node.inputs = [x]
     graph.set_input(node, 1, mask)
     node.op_type, node.domain, node.attrs = MEAN_OP, DOMAIN, {"axes": axes}
-    _ensure_function(graph, MEAN_OP)
+    ensure_function(graph, MEAN_OP)
     return True
 
 
+@rule("GroupNormalization")
+def _couple_group_normalization(node: Node, cg: ChannelGraph) -> None:
+    """Statistics per group of ``num_groups`` over the channels and every later axis. One
+    group (GroupNorm(1, C)): channels prune, the scale and bias (per channel from opset 21)
+    with them, and ``apply-masks`` gives it the masked form. More groups: whole groups
+    prune (each group's statistics read only its own channels); the scale and bias follow
+    the channels (opset 21) or the groups (opset 18). Spatial axes are locked."""
+    x, y = node.input(0), node.outputs[0]
+    groups, params = int(node.attr("num_groups", 1)), node.inputs[1:3]
+    channels = x.dim(1) if x is not None and x.rank is not None and x.rank >= 2 else None
+    if not isinstance(channels, int) or channels % groups or "torch_path" in cg.graph.meta:
+        channel_mixing_norm(node, cg)
+        return
+    same_axes(cg, node, x, y)
+    lock_axis(cg, node, [x, y], range(2, x.rank), "normalises over this axis")
+    space = cg.space(x, 1)
+    if groups > 1:
+        g = cg.virtual(f"{node.name}.groups", groups)
+        cg.role(g, "structure", node, attr="num_groups")
+        cg.expand(space, g, channels // groups, node)
+    for p in params:
+        if p is None or p.rank != 1 or not p.is_const:
+            cg.lock_value(p, "rule", f"GroupNormalization '{node.name}': parameter not 1-D", node)
+            continue
+        if p.shape[0] == channels:
+            cg.identity(cg.space(p, 0), space, node)
+        elif p.shape[0] == groups and groups > 1:
+            cg.identity(cg.space(p, 0), g, node)
+        else:
+            continue
+        cg.role(cg.space(p, 0), "follower", node)
+
+
+def compact_group_normalization(graph: Graph, node: Node, kept: KeptChannels) -> None:
+    """``num_groups`` becomes the count of groups kept."""
+    mask = kept.virtual(f"{node.name}.groups")
+    if mask is not None:
+        node.attrs["num_groups"] = int(mask.sum())
+
+
+def sparse_group_normalization(graph: Graph, node: Node, kept: KeptChannels) -> bool:
+    """GroupNormalization with one group and masked channels becomes the masked form (with
+    more groups only whole groups are masked: the others' statistics do not read them)."""
+    x, y = node.input(0), node.outputs[0]
+    keep = kept.mask(x, 1) if x is not None and x.rank is not None else None
+    if keep is None or keep.all() or int(node.attr("num_groups", 1)) != 1:
+        return False
+    params = []
+    for p in node.inputs[1:3]:
+        arr = np.asarray(p.const) if p is not None and p.is_const else np.ones(1, dtype_of(x))
+        if arr.size > 1:
+            arr = channel_shaped(arr, 1, x.rank, arr.dtype)
+        params.append(const_value(graph, f"{node.name}.param", arr))
+    eps = float(node.attr("epsilon", 1e-5))
+    _masked_norm(graph, x, *params, keep, 1, range(1, x.rank), eps, y, node.name, node)
+    graph.remove_node(node)
+    return True
+
+
+RULES["GroupNormalization"] = replace(
+    RULES["GroupNormalization"],
+    compact=compact_group_normalization,
+    sparse=sparse_group_normalization,
+)
 RULES["LayerNormalization"] = replace(RULES["LayerNormalization"], sparse=sparse_layernorm)
 RULES["InstanceNormalization"] = replace(
     RULES["InstanceNormalization"], sparse=sparse_instance_norm
