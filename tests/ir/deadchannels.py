@@ -81,7 +81,12 @@ def _mask_layernorms(model: onnx.ModelProto, groups: list[Group], chosen) -> onn
     from drpopt.passes.apply_masks import sparse_forms
 
     ops = {n.op_type for n in model.graph.node}
-    if not ops & {"LayerNormalization", "ReduceMean", "InstanceNormalization"}:
+    if not ops & {
+        "LayerNormalization",
+        "ReduceMean",
+        "InstanceNormalization",
+        "GroupNormalization",
+    }:
         return model
     masks: dict = {}
     for g in groups:  # a normalisation over a concat reads a group in several segments
