@@ -263,22 +263,12 @@ MODELS = {
         0.3,
         {"Softmax", OUTPUT},
     ),
-    # PoolFormer: GroupNorm(1, C) (InstanceNormalization over the merged C*H*W axis) takes
-    # its statistics over every channel of the stream: the stream stays, the MLPs prune
-    "poolformer": (
-        lambda: _torch_model("norm_blocks_torch", "poolformer"),
-        0.55,
-        0.72,
-        {"InstanceNormalization", OUTPUT},
-    ),
-    # ConvNeXt V2: the channels-first LayerNorm written out as x.mean(1) (no LayerNorm
-    # pattern over axis 1) and GRN's mean over the hidden channels lock what they read
-    "convnextv2": (
-        lambda: _torch_model("norm_blocks_torch", "convnextv2"),
-        0.6,
-        0.7,
-        {"ReduceMean", OUTPUT},
-    ),
+    # PoolFormer: GroupNorm(1, C) (InstanceNormalization over the merged C*H*W axis)
+    # prunes with its masked form (ir/rules_norm.py): 0.265 kept at rate 0.5 (0.71 locked)
+    "poolformer": (lambda: _torch_model("norm_blocks_torch", "poolformer"), 0.99, 0.3, {OUTPUT}),
+    # ConvNeXt V2: the channels-first LayerNorm written out (x.mean(1)) and GRN's mean
+    # over the hidden channels prune with their masked forms: 0.294 kept (0.70 locked)
+    "convnextv2": (lambda: _torch_model("norm_blocks_torch", "convnextv2"), 0.99, 0.3, {OUTPUT}),
     # PP-HGNetV2 (RT-DETR's, PP-OCRv4 server's backbone): padded stem with a ceil-mode pool
     # branch, dense concat blocks with SE or ESE aggregation, scalar learnable affines
     "hgnetv2": (lambda: _torch_model("hgnet_torch", "hgnetv2"), 0.99, 0.3, {OUTPUT}),
