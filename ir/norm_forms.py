@@ -153,7 +153,7 @@ def epsilon_attr(graph: Graph, eps: float):
 
 
 # ---- putting the plain forms back -----------------------------------------------------------
-def _unit(v: Value | None, value: float) -> bool:
+def filled_with(v: Value | None, value: float) -> bool:
     return v is None or (v.is_const and bool(np.all(np.asarray(v.const) == value)))
 
 
@@ -213,9 +213,9 @@ def write_out_layernorm(graph: Graph, node: Node, axes: list[int] | None = None)
         ("Sqrt", ["var_eps"], "std", stats),
         ("Div", ["centred", "std"], "normalised", y.shape),
     ]
-    if not _unit(scale, 1):
+    if not filled_with(scale, 1):
         steps.append(("Mul", ["normalised", "scale"], "scaled", y.shape))
-    if not _unit(bias, 0):
+    if not filled_with(bias, 0):
         steps.append(("Add", [steps[-1][2], "bias"], "shifted", y.shape))
     values = {"x": x, "eps": eps, "scale": scale, "bias": bias}
     for op, ins, out, shape in steps:

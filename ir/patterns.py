@@ -10,7 +10,8 @@ the whole pattern stays locked.
       var  = ReduceMean(d ** 2, axes=[a]) (or d * d)
       y    = d / Sqrt(var + eps)        (then * scale + bias, as separate ops)
 
-  Its two ReduceMeans normalise over the channel axis ``a``;
+  Its two ReduceMeans normalise over the channel axis ``a``; written over axes 1 to the
+  last (``a`` = 1 and the spatial axes), it is GroupNorm(1, C) written out;
 - GroupNorm(1, C) as torch exports it: ``Reshape(x, [0, 1, -1])``, InstanceNormalization
   (scale and bias of one element), ``Reshape(.., Shape(x))`` (then * weight + bias);
 - GRN (ConvNeXt V2's global response normalisation): ``g = ReduceL2(x, spatial axes)``,
@@ -29,7 +30,8 @@ from drpopt.ir.shape_expr import const_ints
 
 @dataclass(frozen=True)
 class DecomposedLayerNorm:
-    """The nodes of one written-out LayerNorm over the axis ``axis`` (>= 0) of ``x``."""
+    """The nodes of one written-out LayerNorm over the axis ``axis`` (>= 0) of ``x``, the
+    channel axis, and with it the later ``spatial`` axes (GroupNorm(1, C) written out)."""
 
     x: Value
     axis: int
@@ -41,6 +43,12 @@ class DecomposedLayerNorm:
     sqrt: Node
     div: Node
     epsilon: float
+    spatial: tuple[int, ...] = ()
+
+    @property
+    def axes(self) -> list[int]:
+        """Every axis the statistics run over."""
+        return [self.axis, *self.spatial]
 
     @property
     def nodes(self) -> list[Node]:
@@ -61,18 +69,21 @@ def reduced_axes(node: Node) -> list[int] | None:
     return sorted({a % x.rank for a in axes})
 
 
-def _single_axis_mean(node: Node | None) -> tuple[Value, int] | None:
-    """The input and axis of a ReduceMean over one axis (the last, or axis 1 of a tensor
-    of rank 3 or more: channels first) that keeps dims, else None."""
+def _single_axis_mean(node: Node | None) -> tuple[Value, list[int]] | None:
+    """The input and axes of a ReduceMean that keeps dims over one axis (the last, or axis
+    1 of a tensor of rank 3 or more: channels first) or over axes 1 to the last of a tensor
+    of rank 3 or more (GroupNorm(1, C)), else None."""
     if node is None or node.op_type != "ReduceMean" or not node.attr("keepdims", 1):
         return None
     axes = reduced_axes(node)
     x = node.input(0)
-    if axes is None or len(axes) != 1 or x is None or x.rank is None:
+    if not axes or x is None or x.rank is None:
         return None
-    if axes[0] != x.rank - 1 and not (axes[0] == 1 and x.rank >= 3):
-        return None
-    return x, axes[0]
+    if axes == [x.rank - 1] or (
+        axes[0] == 1 and x.rank >= 3 and axes in ([1], list(range(1, x.rank)))
+    ):
+        return x, axes
+    return None
 
 
 def _only_user(value: Value, graph: Graph) -> Node | None:
@@ -94,7 +105,7 @@ def match_layernorm(mean: Node, graph: Graph) -> DecomposedLayerNorm | None:
     found = _single_axis_mean(mean)
     if found is None:
         return None
-    x, axis = found
+    x, axes = found
     sub = _only_user(mean.outputs[0], graph)
     if sub is None or sub.op_type != "Sub" or sub.inputs[:2] != [x, mean.outputs[0]]:
         return None
@@ -112,7 +123,7 @@ def match_layernorm(mean: Node, graph: Graph) -> DecomposedLayerNorm | None:
         return None
     var = _only_user(square.outputs[0], graph)
     stat = _single_axis_mean(var)
-    if stat is None or stat[0] is not square.outputs[0] or stat[1] != axis:
+    if stat is None or stat[0] is not square.outputs[0] or stat[1] != axes:
         return None
     add = _only_user(var.outputs[0], graph)
     if add is None or add.op_type != "Add":
@@ -124,7 +135,9 @@ def match_layernorm(mean: Node, graph: Graph) -> DecomposedLayerNorm | None:
         return None
     if _only_user(sqrt.outputs[0], graph) is not div or div.input(1) is not sqrt.outputs[0]:
         return None
-    return DecomposedLayerNorm(x, axis, mean, sub, square, var, add, sqrt, div, eps)
+    return DecomposedLayerNorm(
+        x, axes[0], mean, sub, square, var, add, sqrt, div, eps, tuple(axes[1:])
+    )
 
 
 def layernorm_statistic(node: Node, graph: Graph) -> DecomposedLayerNorm | None:

@@ -292,9 +292,11 @@ def _masked_statistic(node: Node, cg: ChannelGraph) -> bool:
     if axis is None:
         return False
     x, y = node.input(0), node.outputs[0]
+    spatial = list(ln.spatial) if ln is not None else []
     cg.independent(x, [axis])
+    lock_axis(cg, node, [x], spatial, "normalises over this axis")
     for ax in range(x.rank):  # type: ignore[arg-type]
-        if ax != axis:
+        if ax != axis and ax not in spatial:
             cg.identity(cg.space(x, ax), cg.space(y, ax), node)
     return True
 

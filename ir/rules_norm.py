@@ -21,7 +21,8 @@
 
     for a LayerNormalization over its last axis, a LayerNorm written out in plain ops over
     the last axis or over axis 1 (ConvNeXt's channels-first one), and GroupNorm(1, C) as
-    torch exports it (Reshape, InstanceNormalization, Reshape: ``axes`` 1 to the last);
+    torch exports it (Reshape, InstanceNormalization, Reshape: ``axes`` 1 to the last),
+    as the opset-21 GroupNormalization op, or written out over axes 1 to the last;
   - ``drpopt.MaskedReduceMean(X, Mask)``, attribute ``axes`` (kept dims): ``ReduceSum(X *
     Mask, axes) / ReduceSum(Expand(Mask, Shape(X)), axes)``, for GRN's mean over the
     channels (ConvNeXt V2).
@@ -52,6 +53,7 @@ from drpopt.ir.norm_forms import (
     dtype_of,
     ensure_function,
     epsilon_attr,
+    filled_with,
     normalised_axes,
     write_group_normalization,
     write_groupnorm_one,
@@ -113,14 +115,15 @@ def _remove(graph: Graph, nodes: list[Node]) -> None:
 
 def fold_layernorm(graph: Graph, ln, keep: np.ndarray) -> Node:
     """Replaces a LayerNorm written out in plain ops (``ir.patterns.DecomposedLayerNorm``,
-    over the last axis or axis 1) by its masked form keeping ``keep`` along its axis (unit
-    scale, zero bias: the pattern's own scale and bias ops stay after it)."""
+    over the last axis, axis 1, or axes 1 to the last) by its masked form keeping ``keep``
+    along its channel axis (unit scale, zero bias: the pattern's own scale and bias ops
+    stay after it)."""
     x, out = ln.x, ln.div.outputs[0]
     ones = channel_shaped(np.ones(keep.size, bool), ln.axis, x.rank, dtype_of(x))
     scale = const_value(graph, f"{ln.div.name}.scale", ones)
     bias = const_value(graph, f"{ln.div.name}.bias", np.zeros_like(ones))
     node = _masked_norm(
-        graph, x, scale, bias, keep, ln.axis, [ln.axis], ln.epsilon, out, ln.div.name, ln.div
+        graph, x, scale, bias, keep, ln.axis, ln.axes, ln.epsilon, out, ln.div.name, ln.div
     )
     _remove(graph, ln.nodes)
     return node
@@ -184,11 +187,13 @@ def finish_masked_layernorm(graph: Graph, node: Node, kept: KeptChannels) -> Non
         p is not None and p.is_const and np.asarray(p.const).size == 1 and p.rank == 1
         for p in node.inputs[1:3]
     )
+    # a written-out norm was folded with a unit scale and a zero bias (its own follow it)
+    written_out = filled_with(node.input(1), 1) and filled_with(node.input(2), 0) and not one
     if not drop_mask(node, 3):
         return
     if axes == list(range(1, x.rank)) and one:
         write_groupnorm_one(graph, node)
-    elif axes == list(range(1, x.rank)) and graph.opsets.get("", 17) >= 21:
+    elif axes == list(range(1, x.rank)) and not written_out and graph.opsets.get("", 17) >= 21:
         write_group_normalization(graph, node)
     else:
         write_out_layernorm(graph, node, axes)

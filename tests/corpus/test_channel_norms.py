@@ -64,10 +64,12 @@ class _GroupNormNet(nn.Module):
 
 
 class _ChannelsFirstLayerNormNet(nn.Module):
-    """ConvNeXt's ``LayerNorm(data_format="channels_first")``, written out."""
+    """ConvNeXt's ``LayerNorm(data_format="channels_first")``, written out (over ``dims``:
+    (1, 2, 3) is GroupNorm(1, C) written out)."""
 
-    def __init__(self) -> None:
+    def __init__(self, dims=(1,)) -> None:
         super().__init__()
+        self.dims = dims
         self.a = nn.Conv2d(3, 8, 3, padding=1)
         self.weight = nn.Parameter(torch.ones(8))
         self.bias = nn.Parameter(torch.zeros(8))
@@ -75,8 +77,8 @@ class _ChannelsFirstLayerNormNet(nn.Module):
 
     def forward(self, x):
         x = self.a(x)
-        u = x.mean(1, keepdim=True)
-        s = (x - u).pow(2).mean(1, keepdim=True)
+        u = x.mean(self.dims, keepdim=True)
+        s = (x - u).pow(2).mean(self.dims, keepdim=True)
         x = (x - u) / torch.sqrt(s + 1e-6)
         return self.b(self.weight[:, None, None] * x + self.bias[:, None, None])
 
@@ -155,6 +157,11 @@ FORMS = {
     "groupnorm1_instance_norm": (lambda: _export(_GroupNormNet()), OP, "InstanceNormalization"),
     "groupnorm1_opset21_op": (lambda: _group_normalization(1, 21), OP, "GroupNormalization"),
     "channels_first_layernorm": (lambda: _export(_ChannelsFirstLayerNormNet()), OP, "ReduceMean"),
+    "groupnorm1_written_out": (
+        lambda: _export(_ChannelsFirstLayerNormNet((1, 2, 3))),
+        OP,
+        "ReduceMean",
+    ),
     "grn": (lambda: _export(_GRNNet()), MEAN_OP, "ReduceMean"),
 }
 
@@ -176,6 +183,14 @@ def test_channel_norm_prunes_and_sparse_equals_compact(name):
     assert plain_op in ops and not ops & {OP, MEAN_OP} and not compact_model.functions
     assert sum(np.prod(t.dims) for t in compact_model.graph.initializer) < a.params
     assert_groups_complete(a, model)
+
+
+def test_a_norm_not_matched_as_a_whole_keeps_its_lock():
+    """Statistics over the channels and one spatial axis only (no form drpopt knows) still
+    lock the channels, naming the ReduceMean."""
+    a = analyze(_export(_ChannelsFirstLayerNormNet((1, 2))))
+    reasons = [g.reason for g in a.locked_groups if "output" not in g.reason]
+    assert reasons and all("ReduceMean" in r for r in reasons), reasons
 
 
 def test_the_mask_is_what_makes_sparse_equal():
