@@ -214,12 +214,6 @@ def match_groupnorm_one(norm: Node, graph: Graph) -> GroupNormOne | None:
     return GroupNormOne(x, flat, norm, back)
 
 
-def groupnorm_ones(graph: Graph) -> list[GroupNormOne]:
-    """Every GroupNorm(1, C) of ``graph`` written as torch exports it."""
-    found = (match_groupnorm_one(n, graph) for n in graph.nodes)
-    return [f for f in found if f is not None]
-
-
 def grn_statistic(mean: Node, graph: Graph) -> int | None:
     """The channel axis of GRN's mean over the channels, when ``mean`` is one, else None:
     ``ReduceMean(g, [c], keepdims)`` with ``g = ReduceL2(x, axes)`` over axes other than
