@@ -32,7 +32,10 @@
   mask is all ones back into the plain form it came from: a LayerNormalization (written
   out before opset 17), the written-out LayerNorm, the Reshape / InstanceNormalization /
   Reshape of GroupNorm(1, C), the ReduceMean. So the sparse model computes exactly what
-  the compact one does. The written-out patterns are matched in ``ir/patterns.py``.
+  the compact one does. The written-out patterns are matched in ``ir/patterns.py``, the
+  functions and the plain forms written in ``ir/norm_forms.py``;
+- GroupNormalization with several groups: whole groups prune (``num_groups`` follows);
+  each group's statistics read only its own channels, so zeros alone suffice.
 """
 
 from __future__ import annotations
