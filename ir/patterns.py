@@ -1,16 +1,23 @@
-"""LayerNorm written out in plain ops, as exporters write it before ``LayerNormalization``
-existed (opset < 17: torch's exporter, PaddlePaddle's paddle2onnx in PP-OCR):
+"""Normalisations written out in plain ops, matched as a whole so their channel axis can be
+pruned (``apply-masks`` gives them a masked form, ``ir/rules_norm.py``); anything less than
+the whole pattern stays locked.
 
-    mean = ReduceMean(x, axes=[-1]);  d = x - mean
-    var  = ReduceMean(d ** 2, axes=[-1]) (or d * d)
-    y    = d / Sqrt(var + eps)        (then * scale + bias, as separate ops)
+- LayerNorm, as exporters write it before ``LayerNormalization`` existed (opset < 17:
+  torch's exporter, PaddlePaddle's paddle2onnx in PP-OCR), over the last axis, or over
+  axis 1 as ConvNeXt's channels-first LayerNorm writes it in any opset (``x.mean(1)``):
 
-A float16 model's (torch's ``.half()`` export) casts ``d`` to float32 for the statistics and
-the result back: ``d = Cast(x - mean, to=float)``; that Cast is part of the pattern.
+      mean = ReduceMean(x, axes=[a]);  d = x - mean
+      var  = ReduceMean(d ** 2, axes=[a]) (or d * d)
+      y    = d / Sqrt(var + eps)        (then * scale + bias, as separate ops)
 
-Its two ReduceMeans normalise over the channel axis; matched as a whole, the channel axis
-can be pruned like a ``LayerNormalization``'s (``apply-masks`` turns the matched nodes into
-``drpopt.MaskedLayerNormalization``). Anything less than the whole pattern stays locked.
+  Its two ReduceMeans normalise over the channel axis ``a``; written over axes 1 to the
+  last (``a`` = 1 and the spatial axes), it is GroupNorm(1, C) written out. A float16
+  model (torch's ``.half()`` export) casts ``d`` to float32 for the statistics,
+  ``d = Cast(x - mean, to=float)``: that Cast is part of the pattern;
+- GroupNorm(1, C) as torch exports it: ``Reshape(x, [0, 1, -1])``, InstanceNormalization
+  (scale and bias of one element), ``Reshape(.., Shape(x))`` (then * weight + bias);
+- GRN (ConvNeXt V2's global response normalisation): ``g = ReduceL2(x, spatial axes)``,
+  ``g / (ReduceMean(g, channel axis) + eps)``: the mean over the channels is its statistic.
 """
 
 from __future__ import annotations
@@ -25,9 +32,11 @@ from drpopt.ir.shape_expr import const_ints
 
 @dataclass(frozen=True)
 class DecomposedLayerNorm:
-    """The nodes of one written-out LayerNorm over the last axis of ``x``."""
+    """The nodes of one written-out LayerNorm over the axis ``axis`` (>= 0) of ``x``, the
+    channel axis, and with it the later ``spatial`` axes (GroupNorm(1, C) written out)."""
 
     x: Value
+    axis: int
     mean: Node
     sub: Node
     square: Node
@@ -36,7 +45,13 @@ class DecomposedLayerNorm:
     sqrt: Node
     div: Node
     epsilon: float
+    spatial: tuple[int, ...] = ()
     cast: Node | None = None  # float16 models: ``d`` cast to float32 for the statistics
+
+    @property
+    def axes(self) -> list[int]:
+        """Every axis the statistics run over."""
+        return [self.axis, *self.spatial]
 
     @property
     def nodes(self) -> list[Node]:
@@ -45,19 +60,34 @@ class DecomposedLayerNorm:
         return [self.mean, self.sub, *cast, self.square, self.var, self.add, self.sqrt, self.div]
 
 
-def _last_axis_mean(node: Node | None) -> Value | None:
-    """The input of a ReduceMean over the last axis that keeps dims, else None."""
-    if node is None or node.op_type != "ReduceMean" or not node.attr("keepdims", 1):
-        return None
+def reduced_axes(node: Node) -> list[int] | None:
+    """The axes (>= 0, sorted) a Reduce* node reduces, when they are constants, else None."""
     x = node.input(0)
     if x is None or x.rank is None:
         return None
     axes = node.attr("axes")
     if axes is None and node.input(1) is not None:
         axes = const_ints(node.input(1))
-    if axes is None or len(axes) != 1 or axes[0] % x.rank != x.rank - 1:
+    if axes is None or not all(-x.rank <= a < x.rank for a in axes):
         return None
-    return x
+    return sorted({a % x.rank for a in axes})
+
+
+def _single_axis_mean(node: Node | None) -> tuple[Value, list[int]] | None:
+    """The input and axes of a ReduceMean that keeps dims over one axis (the last, or axis
+    1 of a tensor of rank 3 or more: channels first) or over axes 1 to the last of a tensor
+    of rank 3 or more (GroupNorm(1, C)), else None."""
+    if node is None or node.op_type != "ReduceMean" or not node.attr("keepdims", 1):
+        return None
+    axes = reduced_axes(node)
+    x = node.input(0)
+    if not axes or x is None or x.rank is None:
+        return None
+    if axes == [x.rank - 1] or (
+        axes[0] == 1 and x.rank >= 3 and axes in ([1], list(range(1, x.rank)))
+    ):
+        return x, axes
+    return None
 
 
 _FLOATS = {1, 11}  # Cast's ``to``: float32, float64
@@ -79,9 +109,10 @@ def _scalar(value: Value | None) -> float | None:
 
 def match_layernorm(mean: Node, graph: Graph) -> DecomposedLayerNorm | None:
     """The written-out LayerNorm whose first ReduceMean is ``mean``, or None."""
-    x = _last_axis_mean(mean)
-    if x is None:
+    found = _single_axis_mean(mean)
+    if found is None:
         return None
+    x, axes = found
     sub = _only_user(mean.outputs[0], graph)
     if sub is None or sub.op_type != "Sub" or sub.inputs[:2] != [x, mean.outputs[0]]:
         return None
@@ -103,7 +134,8 @@ def match_layernorm(mean: Node, graph: Graph) -> DecomposedLayerNorm | None:
     if square.op_type == "Mul" and square.inputs[:2] != [d, d]:
         return None
     var = _only_user(square.outputs[0], graph)
-    if var is None or _last_axis_mean(var) is not square.outputs[0]:
+    stat = _single_axis_mean(var)
+    if stat is None or stat[0] is not square.outputs[0] or stat[1] != axes:
         return None
     add = _only_user(var.outputs[0], graph)
     if add is None or add.op_type != "Add":
@@ -115,7 +147,9 @@ def match_layernorm(mean: Node, graph: Graph) -> DecomposedLayerNorm | None:
         return None
     if _only_user(sqrt.outputs[0], graph) is not div or div.input(1) is not sqrt.outputs[0]:
         return None
-    return DecomposedLayerNorm(x, mean, sub, square, var, add, sqrt, div, eps, cast)
+    return DecomposedLayerNorm(
+        x, axes[0], mean, sub, square, var, add, sqrt, div, eps, tuple(axes[1:]), cast
+    )
 
 
 def layernorm_statistic(node: Node, graph: Graph) -> DecomposedLayerNorm | None:
@@ -123,8 +157,8 @@ def layernorm_statistic(node: Node, graph: Graph) -> DecomposedLayerNorm | None:
     found = match_layernorm(node, graph)
     if found is not None:
         return found
-    x = _last_axis_mean(node)  # the variance: x is the square of (input - mean)
-    square = x.producer if x is not None else None
+    stat = _single_axis_mean(node)  # the variance: x is the square of (input - mean)
+    square = stat[0].producer if stat is not None else None
     d = square.input(0) if square is not None and square.op_type in ("Pow", "Mul") else None
     sub = d.producer if d is not None else None
     if sub is not None and sub.op_type == "Cast" and sub.input(0) is not None:
@@ -140,3 +174,80 @@ def decomposed_layernorms(graph: Graph) -> list[DecomposedLayerNorm]:
     """Every written-out LayerNorm of ``graph``."""
     found = (match_layernorm(n, graph) for n in graph.nodes if n.op_type == "ReduceMean")
     return [f for f in found if f is not None]
+
+
+@dataclass(frozen=True)
+class GroupNormOne:
+    """GroupNorm(1, C) as torch exports it: ``x`` (N, C, ...) reshaped to (N, 1, -1),
+    normalised by ``norm`` (an InstanceNormalization with one-element scale and bias) and
+    reshaped back to ``x``'s shape by ``back``."""
+
+    x: Value
+    flat: Node
+    norm: Node
+    back: Node
+
+    @property
+    def nodes(self) -> list[Node]:
+        return [self.flat, self.norm, self.back]
+
+
+def _same_shape_as(shape: Value | None, x: Value) -> bool:
+    """Whether ``shape`` is ``Shape(x)`` (whole) or a constant equal to ``x``'s shape."""
+    if shape is None:
+        return False
+    node = shape.producer
+    if node is not None and node.op_type == "Shape" and node.input(0) is x:
+        return node.attr("start", 0) == 0 and node.attr("end") is None
+    ints = const_ints(shape)
+    return ints is not None and x.shape is not None and tuple(ints) == tuple(x.shape)
+
+
+def match_groupnorm_one(norm: Node, graph: Graph) -> GroupNormOne | None:
+    """The GroupNorm(1, C) whose InstanceNormalization is ``norm``, or None."""
+    if norm.op_type != "InstanceNormalization" or len(norm.outputs) != 1:
+        return None
+    r = norm.input(0)
+    flat = r.producer if r is not None else None
+    if flat is None or flat.op_type != "Reshape" or _only_user(r, graph) is not norm:
+        return None
+    x = flat.input(0)
+    target = const_ints(flat.input(1))
+    if x is None or x.rank is None or x.rank < 3 or target is None or len(target) != 3:
+        return None
+    if target[1:] != [1, -1] or target[0] not in (0, x.shape[0]) or flat.attr("allowzero", 0):
+        return None
+    for p in norm.inputs[1:3]:
+        if p is None or not p.is_const or np.asarray(p.const).size != 1:
+            return None
+    back = _only_user(norm.outputs[0], graph)
+    if back is None or back.op_type != "Reshape" or back.input(0) is not norm.outputs[0]:
+        return None
+    if not _same_shape_as(back.input(1), x):
+        return None
+    return GroupNormOne(x, flat, norm, back)
+
+
+def grn_statistic(mean: Node, graph: Graph) -> int | None:
+    """The channel axis of GRN's mean over the channels, when ``mean`` is one, else None:
+    ``ReduceMean(g, [c], keepdims)`` with ``g = ReduceL2(x, axes)`` over axes other than
+    ``c`` (kept dims), read only by ``Add(., eps)`` whose only reader is ``Div(g, .)``."""
+    if mean.op_type != "ReduceMean" or not mean.attr("keepdims", 1):
+        return None
+    axes, g = reduced_axes(mean), mean.input(0)
+    norm = g.producer if g is not None else None
+    if axes is None or len(axes) != 1 or norm is None or norm.op_type != "ReduceL2":
+        return None
+    spatial = reduced_axes(norm)
+    if not spatial or axes[0] in spatial or not norm.attr("keepdims", 1):
+        return None
+    add = _only_user(mean.outputs[0], graph)
+    if add is None or add.op_type != "Add":
+        return None
+    other = add.input(1) if add.input(0) is mean.outputs[0] else add.input(0)
+    div = _only_user(add.outputs[0], graph)
+    if _scalar(other) is None or div is None or div.op_type != "Div":
+        return None
+    if div.input(0) is not g or div.input(1) is not add.outputs[0]:
+        return None
+    return axes[0]

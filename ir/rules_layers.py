@@ -8,7 +8,7 @@ import numpy as np
 
 from drpopt.ir.channels import ChannelGraph
 from drpopt.ir.core import Node, Value
-from drpopt.ir.patterns import layernorm_statistic
+from drpopt.ir.patterns import grn_statistic, layernorm_statistic, match_groupnorm_one
 from drpopt.ir.rules import (
     ELEMENTWISE_OPS,
     NO_DATA_OPS,
@@ -155,7 +155,11 @@ def _norm(node: Node, cg: ChannelGraph) -> None:
         return
     if node.op_type == "InstanceNormalization":  # statistics over every axis after 1, which
         # carry channels behind a reshape (GroupNorm(1, C): Reshape(N, 1, -1) before it)
-        lock_axis(cg, node, [x, y], range(2, x.rank), "normalises over this axis")
+        gn = None if "torch_path" in cg.graph.meta else match_groupnorm_one(node, cg.graph)
+        if gn is None:
+            lock_axis(cg, node, [x, y], range(2, x.rank), "normalises over this axis")
+        else:  # matched as a whole: apply-masks gives it the masked form (ir/rules_norm.py)
+            lock_axis(cg, node, [gn.x], range(2, gn.x.rank), "normalises over this axis")
     channels = cg.space(x, 1)
     for p in node.inputs[1:]:
         if p is not None and p.rank == 1:
@@ -188,7 +192,7 @@ def _grid_sample(node: Node, cg: ChannelGraph) -> None:
 
 
 @rule("GroupNormalization", "LRN", "MeanVarianceNormalization")
-def _channel_mixing_norm(node: Node, cg: ChannelGraph) -> None:
+def channel_mixing_norm(node: Node, cg: ChannelGraph) -> None:
     x, y = node.input(0), node.outputs[0]
     same_axes(cg, node, x, y)
     lock_axis(
@@ -244,7 +248,7 @@ def _reduce(node: Node, cg: ChannelGraph) -> None:
     if x is None or x.rank is None or y.rank is None:
         cg.lock_value(x, "rule", f"{node.op_type} '{node.name}': rank unknown", node)
         return
-    if node.op_type == "ReduceMean" and _layernorm_statistic(node, cg):
+    if node.op_type == "ReduceMean" and _masked_statistic(node, cg):
         return
     if node.op_type in ("ArgMax", "ArgMin", "TopK", "CumSum"):
         axis = node.attr("axis", -1 if node.op_type in ("TopK",) else 0)
@@ -278,16 +282,25 @@ def _reduce(node: Node, cg: ChannelGraph) -> None:
         j += 1
 
 
-def _layernorm_statistic(node: Node, cg: ChannelGraph) -> bool:
-    """A mean or variance of a LayerNorm written out in plain ops (opset < 17 exports):
-    matched as a whole (``ir/patterns.py``), its channel axis is a LayerNorm's (``apply-masks``
-    gives the pattern the masked form), so the reduction neither couples nor locks it."""
-    if "torch_path" in cg.graph.meta or layernorm_statistic(node, cg.graph) is None:
+def _masked_statistic(node: Node, cg: ChannelGraph) -> bool:
+    """A mean or variance of a LayerNorm written out in plain ops (opset < 17 exports, or
+    ConvNeXt's channels-first one over axis 1), or GRN's mean over the channels: matched as
+    a whole (``ir/patterns.py``), its channel axis can be pruned (``apply-masks`` gives it
+    the masked form that counts only the kept channels), so the reduction neither couples
+    nor locks it."""
+    if "torch_path" in cg.graph.meta:
+        return False
+    ln = layernorm_statistic(node, cg.graph)
+    axis = ln.axis if ln is not None else grn_statistic(node, cg.graph)
+    if axis is None:
         return False
     x, y = node.input(0), node.outputs[0]
-    cg.independent(x, [x.rank - 1])  # type: ignore[operator]
-    for ax in range(x.rank - 1):  # type: ignore[operator]
-        cg.identity(cg.space(x, ax), cg.space(y, ax), node)
+    spatial = list(ln.spatial) if ln is not None else []
+    cg.independent(x, [axis])
+    lock_axis(cg, node, [x], spatial, "normalises over this axis")
+    for ax in range(x.rank):  # type: ignore[arg-type]
+        if ax != axis and ax not in spatial:
+            cg.identity(cg.space(x, ax), cg.space(y, ax), node)
     return True
 
 

@@ -3,25 +3,39 @@
 
 - BatchNormalization: its running mean and variance (inputs 3 and 4) are not zeroed
   (``unmasked_inputs``); the zeroed scale and shift already make the channel zero;
-- LayerNormalization over a pruned channel axis (``sparse``): it computes its mean and
-  variance over every channel. In the compact model the pruned channels are gone, so the
-  statistics are over the kept ones; in the sparse model (dense shapes with zeros) they
-  would still count the pruned channels, and the two would differ. In the sparse model such
-  a node becomes ``drpopt.MaskedLayerNormalization(X, Scale, Bias, Mask)``: a model-local
-  ONNX function (plain ONNX ops inside, which onnxruntime runs and
-  ``onnx.inliner.inline_local_functions`` expands) that normalises over the channels where
+- normalisations whose statistics read across the channel axis: in the compact model the
+  pruned channels are gone, so the statistics are over the kept ones; in the sparse model
+  (dense shapes with zeros) they would still count the pruned channels, and the two would
+  differ. Where channels are masked (``sparse``) such a node becomes a masked form, a
+  model-local ONNX function (plain ONNX ops inside, which onnxruntime runs and
+  ``onnx.inliner.inline_local_functions`` expands) that counts only the channels where its
   ``Mask`` is 1:
 
-      XM = X * Mask;  k = ReduceSum(Mask)
-      D  = (XM - ReduceSum(XM) / k) * Mask
-      Y  = D / sqrt(ReduceSum(D * D) / k + epsilon) * Scale + Bias
+  - ``drpopt.MaskedLayerNormalization(X, Scale, Bias, Mask)``, attributes ``axes`` (the
+    normalised axes) and ``epsilon``; ``Mask`` broadcasts against ``X`` (``[C]`` over the
+    last axis, ``[C, 1, 1]`` over axis 1 of NCHW)::
 
-  ``Mask`` is a channel constant of the group like the scale and bias (zeroed by
+        XM = X * Mask;  K = ReduceSum(Expand(Mask, Shape(X)), axes)
+        D  = (XM - ReduceSum(XM, axes) / K) * Mask
+        Y  = D / sqrt(ReduceSum(D * D, axes) / K + epsilon) * Scale + Bias
+
+    for a LayerNormalization over its last axis, a LayerNorm written out in plain ops over
+    the last axis or over axis 1 (ConvNeXt's channels-first one), and GroupNorm(1, C) as
+    torch exports it (Reshape, InstanceNormalization, Reshape: ``axes`` 1 to the last),
+    as the opset-21 GroupNormalization op, or written out over axes 1 to the last;
+  - ``drpopt.MaskedReduceMean(X, Mask)``, attribute ``axes`` (kept dims): ``ReduceSum(X *
+    Mask, axes) / ReduceSum(Expand(Mask, Shape(X)), axes)``, for GRN's mean over the
+    channels (ConvNeXt V2).
+
+  ``Mask`` is a channel constant of the group like a scale or bias (zeroed by
   ``apply-masks``, sliced by ``compact``); the masked op's ``finish`` turns a node whose
-  mask is all ones back into a plain LayerNormalization (written out in plain ops before
-  opset 17). So the sparse model computes exactly what the compact one does. A LayerNorm
-  written out in plain ops is folded into one node first (``fold_layernorm``, by
-  ``apply-masks``).
+  mask is all ones back into the plain form it came from: a LayerNormalization (written
+  out before opset 17), the written-out LayerNorm, the Reshape / InstanceNormalization /
+  Reshape of GroupNorm(1, C), the ReduceMean. So the sparse model computes exactly what
+  the compact one does. The written-out patterns are matched in ``ir/patterns.py``, the
+  functions and the plain forms written in ``ir/norm_forms.py``;
+- GroupNormalization with several groups: whole groups prune (``num_groups`` follows);
+  each group's statistics read only its own channels, so zeros alone suffice.
 """
 
 from __future__ import annotations
@@ -30,200 +44,244 @@ from dataclasses import replace
 
 import numpy as np
 import onnx
-from onnx import helper
 
 from drpopt.ir.channels import ChannelGraph
-from drpopt.ir.core import Graph, Node
-from drpopt.ir.rules import RULES, rule, same_axes
+from drpopt.ir.core import Graph, Node, Value
+from drpopt.ir.norm_forms import (
+    DOMAIN,
+    MEAN_OP,
+    OP,
+    channel_shaped,
+    const_value,
+    drop_mask,
+    dtype_of,
+    ensure_function,
+    epsilon_attr,
+    filled_with,
+    normalised_axes,
+    write_group_normalization,
+    write_groupnorm_one,
+    write_out_layernorm,
+    write_reduce_mean,
+)
+from drpopt.ir.patterns import grn_statistic, match_groupnorm_one, reduced_axes
+from drpopt.ir.rules import RULES, lock_axis, rule, same_axes
 from drpopt.ir.rules_compact import KeptChannels
-
-DOMAIN = "drpopt"
-OP = "MaskedLayerNormalization"
-
-
-def function_proto(opset: int) -> onnx.FunctionProto:
-    """The ONNX function that defines ``drpopt.MaskedLayerNormalization``, written with the
-    ops of the model's own default opset (onnxruntime inlines it at that version): before
-    opset 13 ReduceSum takes its axes as an attribute, before 15 there is no CastLike (the
-    epsilon is then float32, as models of those opsets are), before 12 Constant takes only a
-    tensor (the node's ``epsilon`` is then a 0-d float32 tensor)."""
-
-    def reduce_sum(x: str, out: str) -> onnx.NodeProto:
-        if opset >= 13:
-            return helper.make_node("ReduceSum", [x, "Axes"], [out], keepdims=1)
-        return helper.make_node("ReduceSum", [x], [out], axes=[-1], keepdims=1)
-
-    nodes = [helper.make_node("Constant", [], ["Axes"], value_ints=[-1])] if opset >= 13 else []
-    nodes += [
-        helper.make_node("Mul", ["X", "Mask"], ["XM"]),
-        helper.make_node("ReduceSum", ["Mask"], ["K"], keepdims=0),
-        reduce_sum("XM", "S"),
-        helper.make_node("Div", ["S", "K"], ["Mean"]),
-        helper.make_node("Sub", ["XM", "Mean"], ["D0"]),
-        helper.make_node("Mul", ["D0", "Mask"], ["D"]),
-        helper.make_node("Mul", ["D", "D"], ["D2"]),
-        reduce_sum("D2", "SS"),
-        helper.make_node("Div", ["SS", "K"], ["Var"]),
-        helper.make_node("Constant", [], ["Eps0"], value_float=1e-5),
-    ]
-    nodes[-1].attribute[0].ref_attr_name = "epsilon"
-    nodes[-1].attribute[0].ClearField("f")
-    if opset < 12:  # Constant has no value_float: the node's epsilon is a 0-d tensor there
-        nodes[-1].attribute[0].name = "value"
-        nodes[-1].attribute[0].type = onnx.AttributeProto.TENSOR
-    if opset >= 15:
-        nodes.append(helper.make_node("CastLike", ["Eps0", "X"], ["Eps"]))
-    nodes += [
-        helper.make_node("Add", ["Var", "Eps" if opset >= 15 else "Eps0"], ["VE"]),
-        helper.make_node("Sqrt", ["VE"], ["Std"]),
-        helper.make_node("Div", ["D", "Std"], ["N"]),
-        helper.make_node("Mul", ["N", "Scale"], ["NS"]),
-        helper.make_node("Add", ["NS", "Bias"], ["Y"]),
-    ]
-    return helper.make_function(
-        DOMAIN,
-        OP,
-        ["X", "Scale", "Bias", "Mask"],
-        ["Y"],
-        nodes,
-        [helper.make_opsetid("", opset)],
-        attributes=["epsilon"],
-    )
-
-
-def _ensure_function(graph: Graph) -> None:
-    if not any(f.domain == DOMAIN and f.name == OP for f in graph.functions):
-        graph.functions.append(function_proto(graph.opsets.get("", 17)))
-    graph.opsets.setdefault(DOMAIN, 1)
+from drpopt.ir.rules_layers import channel_mixing_norm
 
 
 def mask_layernorm(graph: Graph, node: Node, keep: np.ndarray) -> None:
     """Turns the LayerNormalization ``node`` (over its last axis) into its masked form."""
     x = node.input(0)
-    dtype = np.dtype(x.dtype if x is not None and x.dtype is not None else np.float32)
-    eps = float(node.attr("epsilon", 1e-5))
-    size = keep.size
+    dtype, eps = dtype_of(x), float(node.attr("epsilon", 1e-5))
     if node.input(2) is None:
-        zeros = np.zeros(size, dtype=dtype)
-        graph.set_input(node, 2, _const(graph, f"{node.name}.bias", zeros))
-    graph.set_input(node, 3, _const(graph, f"{node.name}.mask", keep.astype(dtype)))
+        graph.set_input(
+            node, 2, const_value(graph, f"{node.name}.bias", np.zeros(keep.size, dtype))
+        )
+    graph.set_input(node, 3, const_value(graph, f"{node.name}.mask", keep.astype(dtype)))
     for extra in node.outputs[1:]:
         extra.producer = None
     node.outputs = node.outputs[:1]
-    if graph.opsets.get("", 17) < 12:  # see function_proto
-        node.op_type, node.domain, node.attrs = OP, DOMAIN, {"epsilon": np.array(eps, np.float32)}
-    else:
-        node.op_type, node.domain, node.attrs = OP, DOMAIN, {"epsilon": eps}
-    _ensure_function(graph)
+    node.op_type, node.domain = OP, DOMAIN
+    node.attrs = {"axes": [-1], "epsilon": epsilon_attr(graph, eps)}
+    ensure_function(graph, OP)
 
 
+def _masked_norm(
+    graph, x, scale, bias, keep, channel_axis, axes, eps, out, base, before, back=None
+):
+    """Adds ``MaskedLayerNormalization`` of ``x`` writing ``out``'s readers' new value (cast
+    to ``back`` when given: statistics computed in float32 for a float16 model)."""
+    mask = channel_shaped(keep, channel_axis, x.rank, dtype_of(x))
+    kind = out.dtype if back is None else np.dtype(np.float32)
+    result = graph.value(graph.fresh_name(f"{out.name}.masked"), shape=out.shape, dtype=kind)
+    node = graph.add_node(
+        OP,
+        graph.fresh_name(f"{base}.Masked"),
+        [x, scale, bias, const_value(graph, f"{base}.mask", mask)],
+        [result],
+        {"axes": list(axes), "epsilon": epsilon_attr(graph, eps)},
+        domain=DOMAIN,
+        before=before,
+    )
+    if back is not None:
+        narrowed = graph.value(graph.fresh_name(f"{out.name}.f16"), shape=out.shape, dtype=back)
+        to = onnx.helper.np_dtype_to_tensor_dtype(back)
+        graph.add_node(
+            "Cast", f"{node.name}.CastBack", [result], [narrowed], {"to": to}, before=before
+        )
+        result = narrowed
+    graph.replace_all_uses_with(out, result)
+    ensure_function(graph, OP)
+    return node
+
+
+def _remove(graph: Graph, nodes: list[Node]) -> None:
+    """Removes ``nodes`` (readers last), then what computed only their inputs' shapes."""
+    inputs = [v for n in nodes for v in n.inputs if v is not None]
+    for n in reversed(nodes):
+        graph.remove_node(n)
+    for v in inputs:  # a Shape(x) that only the last Reshape read
+        p = v.producer
+        unread = p is not None and not v.uses and v not in graph.outputs and p in graph.nodes
+        if unread and p.op_type in ("Shape", "Constant"):
+            graph.remove_node(p)
+
+
+def _float32_statistics(graph: Graph, ln) -> tuple[Value, np.dtype | None]:
+    """The input the masked form of ``ln`` normalises, and the dtype its result is cast back
+    to (None: none). Statistics run in float32 where a float16 model's own pattern casts
+    (torch casts ``x - mean`` to float), or where the model is float16 whole at an opset
+    where the masked function's epsilon is float32 (no CastLike before opset 15)."""
+    x = ln.x
+    narrow = x.dtype is not None and np.dtype(x.dtype) != np.float32
+    if ln.cast is None and not (narrow and graph.opsets.get("", 17) < 15):
+        return x, None
+    cast = graph.value(graph.fresh_name(f"{x.name}.cast"), shape=x.shape, dtype=np.float32)
+    graph.add_node("Cast", f"{ln.div.name}.Cast", [x], [cast], {"to": 1}, before=ln.div)
+    return cast, (None if ln.cast is not None else np.dtype(x.dtype))
+
+
+def fold_layernorm(graph: Graph, ln, keep: np.ndarray) -> Node:
+    """Replaces a LayerNorm written out in plain ops (``ir.patterns.DecomposedLayerNorm``,
+    over the last axis, axis 1, or axes 1 to the last) by its masked form keeping ``keep``
+    along its channel axis (unit scale, zero bias: the pattern's own scale and bias ops
+    stay after it)."""
+    out = ln.div.outputs[0]
+    x, back = _float32_statistics(graph, ln)
+    ones = channel_shaped(np.ones(keep.size, bool), ln.axis, x.rank, dtype_of(x))
+    scale = const_value(graph, f"{ln.div.name}.scale", ones)
+    bias = const_value(graph, f"{ln.div.name}.bias", np.zeros_like(ones))
+    node = _masked_norm(
+        graph, x, scale, bias, keep, ln.axis, ln.axes, ln.epsilon, out, ln.div.name, ln.div, back
+    )
+    _remove(graph, ln.nodes)
+    return node
+
+
+def fold_groupnorm(graph: Graph, gn, keep: np.ndarray) -> Node:
+    """Replaces GroupNorm(1, C) as torch exports it (``ir.patterns.GroupNormOne``) by its
+    masked form over axes 1 to the last, keeping ``keep`` along axis 1 (its one-element
+    scale and bias stay its own; the per-channel weight and bias ops stay after it)."""
+    x, norm = gn.x, gn.norm
+    eps = float(norm.attr("epsilon", 1e-5))
+    node = _masked_norm(
+        graph,
+        x,
+        norm.input(1),
+        norm.input(2),
+        keep,
+        1,
+        range(1, x.rank),
+        eps,
+        gn.back.outputs[0],
+        norm.name,
+        gn.back,
+    )
+    _remove(graph, gn.nodes)
+    return node
+
+
+# ---- putting the plain forms back ---------------------------------------------------------
 def unmask_layernorm(node: Node) -> bool:
-    """A masked LayerNormalization whose mask keeps every channel becomes a plain one."""
-    mask = node.input(3)
-    if mask is None or not mask.is_const or not np.all(np.asarray(mask.const) == 1):
+    """A masked LayerNormalization over the last axis with a 1-D mask that keeps every
+    channel becomes a plain one."""
+    x, mask = node.input(0), node.input(3)
+    if x is None or x.rank is None or normalised_axes(node, x.rank) != [x.rank - 1]:
         return False
-    mask.uses = [(n, j) for n, j in mask.uses if n is not node]
-    node.inputs = node.inputs[:3]
+    if (
+        mask is None
+        or mask.rank != 1
+        or any(p is not None and (p.rank or 0) > 1 for p in node.inputs[1:3])
+    ):
+        return False
+    if not drop_mask(node, 3):
+        return False
     node.op_type, node.domain = "LayerNormalization", ""
     node.attrs = {"axis": -1, "epsilon": float(np.asarray(node.attrs.get("epsilon", 1e-5)))}
     return True
 
 
-def _const(graph: Graph, base: str, array: np.ndarray):
-    return graph.value(
-        graph.fresh_name(base), const=array, shape=tuple(array.shape), dtype=array.dtype
-    )
-
-
-def fold_layernorm(graph: Graph, ln) -> Node:
-    """Replaces a LayerNorm written out in plain ops (``ir.patterns.DecomposedLayerNorm``)
-    by one ``LayerNormalization``-shaped node (unit scale, no bias: the pattern's own scale
-    and bias ops stay after it), for ``mask_layernorm`` to turn into its masked form."""
-    x, out = ln.x, ln.div.outputs[0]
-    narrow = x.dtype is not None and np.dtype(x.dtype) != np.float32
-    back = None  # a float16 pattern without its own cast: the result cast back to float16
-    if ln.cast is not None or (narrow and graph.opsets.get("", 17) < 15):
-        # statistics in float32: a float16 model's own cast (torch casts to double), or a
-        # model converted to float16 whole at an opset where the masked function's epsilon
-        # is float32 (no CastLike before opset 15)
-        cast = graph.value(graph.fresh_name(f"{x.name}.cast"), shape=x.shape, dtype=np.float32)
-        graph.add_node("Cast", f"{ln.div.name}.Cast", [x], [cast], {"to": 1}, before=ln.div)
-        back = None if ln.cast is not None else x.dtype
-        x = cast
-    dtype = np.dtype(x.dtype if x.dtype is not None else np.float32)
-    scale = _const(graph, f"{ln.div.name}.scale", np.ones(int(x.shape[-1]), dtype=dtype))
-    kind = dtype if x is not ln.x else out.dtype
-    result = graph.value(graph.fresh_name(f"{out.name}.ln"), shape=out.shape, dtype=kind)
-    node = graph.add_node(
-        "LayerNormalization",
-        f"{ln.div.name}.LayerNorm",
-        [x, scale],
-        [result],
-        {"axis": -1, "epsilon": ln.epsilon},
-        before=ln.div,  # where the division was: its readers come after it
-    )
-    if back is not None:
-        narrowed = graph.value(graph.fresh_name(f"{out.name}.f16"), shape=out.shape, dtype=back)
-        to = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(back))
-        graph.add_node(
-            "Cast", f"{ln.div.name}.CastBack", [result], [narrowed], {"to": to}, before=ln.div
-        )
-        result = narrowed
-    graph.replace_all_uses_with(out, result)
-    for n in reversed(ln.nodes):
-        graph.remove_node(n)
-    return node
-
-
-def write_out_layernorm(graph: Graph, node: Node) -> None:
-    """A ``LayerNormalization`` (over the last axis) as the plain ops of opsets before 17,
-    where the op does not exist: mean, centred, variance, sqrt, divide, scale, shift."""
-    x, scale, bias, y = node.input(0), node.input(1), node.input(2), node.outputs[0]
-    dtype = np.dtype(x.dtype if x is not None and x.dtype is not None else np.float32)
-    base = node.name
-    stats = (*x.shape[:-1], 1) if x is not None and x.shape is not None else None
-    eps = _const(graph, f"{base}.epsilon", np.array(node.attr("epsilon", 1e-5), dtype=dtype))
-    steps = [
-        ("ReduceMean", ["x"], "mean", stats, {"axes": [-1], "keepdims": 1}),
-        ("Sub", ["x", "mean"], "centred", y.shape, {}),
-        ("Mul", ["centred", "centred"], "square", y.shape, {}),
-        ("ReduceMean", ["square"], "var", stats, {"axes": [-1], "keepdims": 1}),
-        ("Add", ["var", "eps"], "var_eps", stats, {}),
-        ("Sqrt", ["var_eps"], "std", stats, {}),
-        ("Div", ["centred", "std"], "normalised", y.shape, {}),
-    ]
-    last = "normalised"
-    # a unit scale and a zero bias (those fold_layernorm gave a written-out LayerNorm,
-    # whose own scale and shift follow it) are left out: the model gets its ops back
-    if not (scale.is_const and np.all(np.asarray(scale.const) == 1)):
-        steps.append(("Mul", [last, "scale"], "scaled", y.shape, {}))
-        last = "scaled"
-    if bias is not None and not (bias.is_const and not np.any(np.asarray(bias.const))):
-        steps.append(("Add", [last, "bias"], "shifted", y.shape, {}))
-    values = {"x": x, "eps": eps, "scale": scale, "bias": bias}
-    for op, ins, out, shape, attrs in steps:
-        values[out] = graph.value(graph.fresh_name(f"{base}.{out}"), shape=shape, dtype=dtype)
-        name = graph.fresh_name(f"{base}.{out}_{op}")
-        graph.add_node(op, name, [values[i] for i in ins], [values[out]], attrs, before=node)
-    graph.replace_all_uses_with(y, values[steps[-1][2]])
-    graph.remove_node(node)
-
-
-# ---- the rule objects -------------------------------------------------------------------
-@rule(f"{DOMAIN}::{OP}")
-def _couple_masked_layernorm(node: Node, cg: ChannelGraph) -> None:
-    """Scale, bias and mask follow the channel axis (the last)."""
-    x, y = node.input(0), node.outputs[0]
-    same_axes(cg, node, x, y)
+def finish_masked_layernorm(graph: Graph, node: Node, kept: KeptChannels) -> None:
+    """The ``finish`` hook of the masked form: once ``compact`` has cut the pruned channels
+    the mask is all ones, and the node is the plain form it came from again."""
+    x = node.input(0)
     if x is None or x.rank is None:
         return
-    channels = cg.space(x, -1)
-    for p in node.inputs[1:4]:
-        if p is not None and p.rank == 1:
-            cg.identity(cg.space(p, 0), channels, node)
-            cg.role(cg.space(p, 0), "follower", node)
-        else:
-            cg.lock_value(p, "rule", f"{OP} '{node.name}': not 1-D", node)
+    if unmask_layernorm(node):
+        if graph.opsets.get("", 17) < 17:
+            write_out_layernorm(graph, node)
+        return
+    axes = normalised_axes(node, x.rank)
+    one = all(
+        p is not None and p.is_const and np.asarray(p.const).size == 1 and p.rank == 1
+        for p in node.inputs[1:3]
+    )
+    # a written-out norm was folded with a unit scale and a zero bias (its own follow it)
+    written_out = filled_with(node.input(1), 1) and filled_with(node.input(2), 0) and not one
+    if not drop_mask(node, 3):
+        return
+    if axes == list(range(1, x.rank)) and one:
+        write_groupnorm_one(graph, node)
+    elif axes == list(range(1, x.rank)) and not written_out and graph.opsets.get("", 17) >= 21:
+        write_group_normalization(graph, node)
+    else:
+        write_out_layernorm(graph, node, axes)
+
+
+def finish_masked_mean(graph: Graph, node: Node, kept: KeptChannels) -> None:
+    """``MaskedReduceMean`` with a mask of all ones is a ReduceMean again."""
+    x = node.input(0)
+    if x is None or x.rank is None or not drop_mask(node, 1):
+        return
+    axes = normalised_axes(node, x.rank)
+    out = node.outputs[0]
+    node.outputs = []
+    out.producer = None
+    write_reduce_mean(graph, x, out, axes, node.name, node)
+    x.uses = [(n, j) for n, j in x.uses if n is not node]
+    graph.nodes.remove(node)
+
+
+# ---- the rule objects ---------------------------------------------------------------------
+def _couple_masked(node: Node, cg: ChannelGraph, params: list[Value | None]) -> None:
+    """The masked forms: parameters (scale, bias, mask) broadcast against ``X`` follow its
+    axes; the reduced axes the mask does not cover are locked (statistics read them). The
+    output has ``X``'s shape (the normalisation) or 1 on the reduced axes (the mean)."""
+    x, y = node.input(0), node.outputs[0]
+    if x is None or x.rank is None or y.rank != x.rank:
+        cg.lock_value(x, "rule", f"{node.op_type} '{node.name}': rank unknown", node)
+        cg.lock_value(y, "rule", f"{node.op_type} '{node.name}': rank unknown", node)
+        return
+    axes, masked = normalised_axes(node, x.rank), set()
+    for p in params:
+        if p is None or p.rank is None or p.rank > x.rank:
+            why = f"{node.op_type} '{node.name}': parameter of unknown rank"
+            cg.lock_value(p, "rule", why, node)
+            continue
+        for j, size in enumerate(p.shape or ()):
+            if size != 1:
+                axis = j + x.rank - p.rank
+                cg.identity(cg.space(p, j), cg.space(x, axis), node)
+                cg.role(cg.space(p, j), "follower", node)
+                masked.add(axis)
+    same = node.op_type == OP  # the normalisation keeps every axis
+    for ax in range(x.rank):
+        if same or ax not in axes:
+            cg.identity(cg.space(x, ax), cg.space(y, ax), node)
+    cg.independent(x, sorted(masked & set(axes)))
+    locked = [a for a in axes if a not in masked]
+    lock_axis(cg, node, [x, y] if same else [x], locked, "normalises over this axis")
+
+
+@rule(f"{DOMAIN}::{OP}")
+def _couple_masked_layernorm(node: Node, cg: ChannelGraph) -> None:
+    _couple_masked(node, cg, node.inputs[1:4])
+
+
+@rule(f"{DOMAIN}::{MEAN_OP}")
+def _couple_masked_mean(node: Node, cg: ChannelGraph) -> None:
+    _couple_masked(node, cg, node.inputs[1:2])
 
 
 def sparse_layernorm(graph: Graph, node: Node, kept: KeptChannels) -> bool:
@@ -237,13 +295,106 @@ def sparse_layernorm(graph: Graph, node: Node, kept: KeptChannels) -> bool:
     return True
 
 
-def finish_masked_layernorm(graph: Graph, node: Node, kept: KeptChannels) -> None:
-    """The ``finish`` hook of the masked form: once ``compact`` has cut the pruned channels
-    the mask is all ones, and the node is a plain LayerNormalization again."""
-    if unmask_layernorm(node) and graph.opsets.get("", 17) < 17:
-        write_out_layernorm(graph, node)
+def sparse_instance_norm(graph: Graph, node: Node, kept: KeptChannels) -> bool:
+    """The ``sparse`` hook of InstanceNormalization: GroupNorm(1, C) (the only form whose
+    statistics its rule lets channels through) with masked channels is folded into its
+    masked form."""
+    gn = match_groupnorm_one(node, graph)
+    keep = kept.mask(gn.x, 1) if gn is not None else None
+    if keep is None or keep.all():
+        return False
+    fold_groupnorm(graph, gn, keep)
+    return True
 
 
+def sparse_reduce_mean(graph: Graph, node: Node, kept: KeptChannels) -> bool:
+    """The ``sparse`` hook of ReduceMean: GRN's mean over masked channels becomes
+    ``MaskedReduceMean``."""
+    axis = grn_statistic(node, graph)
+    x = node.input(0)
+    keep = kept.mask(x, axis) if axis is not None else None
+    if keep is None or keep.all():
+        return False
+    mask = const_value(graph, f"{node.name}.mask", channel_shaped(keep, axis, x.rank, dtype_of(x)))
+    axes = reduced_axes(node)
+    for i in range(1, len(node.inputs)):
+        graph.set_input(node, i, None)
+    node.inputs = [x]
+    graph.set_input(node, 1, mask)
+    node.op_type, node.domain, node.attrs = MEAN_OP, DOMAIN, {"axes": axes}
+    ensure_function(graph, MEAN_OP)
+    return True
+
+
+@rule("GroupNormalization")
+def _couple_group_normalization(node: Node, cg: ChannelGraph) -> None:
+    """Statistics per group of ``num_groups`` over the channels and every later axis. One
+    group (GroupNorm(1, C)): channels prune, the scale and bias (per channel from opset 21)
+    with them, and ``apply-masks`` gives it the masked form. More groups: whole groups
+    prune (each group's statistics read only its own channels); the scale and bias follow
+    the channels (opset 21) or the groups (opset 18). Spatial axes are locked."""
+    x, y = node.input(0), node.outputs[0]
+    groups, params = int(node.attr("num_groups", 1)), node.inputs[1:3]
+    channels = x.dim(1) if x is not None and x.rank is not None and x.rank >= 2 else None
+    if not isinstance(channels, int) or channels % groups or "torch_path" in cg.graph.meta:
+        channel_mixing_norm(node, cg)
+        return
+    same_axes(cg, node, x, y)
+    lock_axis(cg, node, [x, y], range(2, x.rank), "normalises over this axis")
+    space = cg.space(x, 1)
+    if groups > 1:
+        g = cg.virtual(f"{node.name}.groups", groups)
+        cg.role(g, "structure", node, attr="num_groups")
+        cg.expand(space, g, channels // groups, node)
+    for p in params:
+        if p is None or p.rank != 1 or not p.is_const:
+            cg.lock_value(p, "rule", f"GroupNormalization '{node.name}': parameter not 1-D", node)
+            continue
+        if p.shape[0] == channels:
+            cg.identity(cg.space(p, 0), space, node)
+        elif p.shape[0] == groups and groups > 1:
+            cg.identity(cg.space(p, 0), g, node)
+        else:
+            continue
+        cg.role(cg.space(p, 0), "follower", node)
+
+
+def compact_group_normalization(graph: Graph, node: Node, kept: KeptChannels) -> None:
+    """``num_groups`` becomes the count of groups kept."""
+    mask = kept.virtual(f"{node.name}.groups")
+    if mask is not None:
+        node.attrs["num_groups"] = int(mask.sum())
+
+
+def sparse_group_normalization(graph: Graph, node: Node, kept: KeptChannels) -> bool:
+    """GroupNormalization with one group and masked channels becomes the masked form (with
+    more groups only whole groups are masked: the others' statistics do not read them)."""
+    x, y = node.input(0), node.outputs[0]
+    keep = kept.mask(x, 1) if x is not None and x.rank is not None else None
+    if keep is None or keep.all() or int(node.attr("num_groups", 1)) != 1:
+        return False
+    params = []
+    for p in node.inputs[1:3]:
+        arr = np.asarray(p.const) if p is not None and p.is_const else np.ones(1, dtype_of(x))
+        if arr.size > 1:
+            arr = channel_shaped(arr, 1, x.rank, arr.dtype)
+        params.append(const_value(graph, f"{node.name}.param", arr))
+    eps = float(node.attr("epsilon", 1e-5))
+    _masked_norm(graph, x, *params, keep, 1, range(1, x.rank), eps, y, node.name, node)
+    graph.remove_node(node)
+    return True
+
+
+RULES["GroupNormalization"] = replace(
+    RULES["GroupNormalization"],
+    compact=compact_group_normalization,
+    sparse=sparse_group_normalization,
+)
 RULES["LayerNormalization"] = replace(RULES["LayerNormalization"], sparse=sparse_layernorm)
+RULES["InstanceNormalization"] = replace(
+    RULES["InstanceNormalization"], sparse=sparse_instance_norm
+)
+RULES["ReduceMean"] = replace(RULES["ReduceMean"], sparse=sparse_reduce_mean)
 RULES["BatchNormalization"] = replace(RULES["BatchNormalization"], unmasked_inputs=(3, 4))
 RULES[f"{DOMAIN}::{OP}"] = replace(RULES[f"{DOMAIN}::{OP}"], finish=finish_masked_layernorm)
+RULES[f"{DOMAIN}::{MEAN_OP}"] = replace(RULES[f"{DOMAIN}::{MEAN_OP}"], finish=finish_masked_mean)

@@ -111,7 +111,7 @@ class ApplyMasksPass(Pass):
         if changed:
             # copies of one layer weight cut alike hold one array again
             reshare_equal_copies(model, {k: (v[0], *sorted(v[1:])) for k, v in keys.items()})
-            if _sparse_forms(model, KeptChannels(keep_masks(resolved))):
+            if sparse_forms(model, KeptChannels(keep_masks(resolved))):
                 restructured = True
         record_metadata(model, plan)
         # zeros alone leave the groups as they were (compact resolves the plan on them);
@@ -119,15 +119,15 @@ class ApplyMasksPass(Pass):
         return PassResult(model, changed, preserves=() if restructured else (Analysis,))
 
 
-def _sparse_forms(model: Graph, kept: KeptChannels) -> bool:
+def sparse_forms(model: Graph, kept: KeptChannels) -> bool:
     """Runs the ``sparse`` hook of every node with masked channels whose rule has one;
-    LayerNorms written out in plain ops over a masked channel axis are folded into one
-    LayerNormalization node first, so its rule's hook applies. Whether anything changed."""
+    LayerNorms written out in plain ops over a masked channel axis are folded into their
+    masked form first (``ir/rules_norm.py``). Whether anything changed."""
     changed = False
     for pattern in decomposed_layernorms(model):
-        keep = kept.mask(pattern.x, -1)
+        keep = kept.mask(pattern.x, pattern.axis)
         if keep is not None and not keep.all():
-            fold_layernorm(model, pattern)
+            fold_layernorm(model, pattern, keep)
             changed = True
     for node in list(model.nodes):
         rule = rule_for(node)

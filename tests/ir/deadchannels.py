@@ -73,42 +73,31 @@ def materialize_folded(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _mask_layernorms(model: onnx.ModelProto, groups: list[Group], chosen) -> onnx.ModelProto:
-    """A LayerNormalization over a group's channels reads every channel for its statistics;
-    pruning gives it the masked form that ignores the pruned ones (ir/rules_norm.py).
-    The check does the same for the channels it kills, so only missing members leak."""
+    """A normalisation over a group's channels reads every channel for its statistics;
+    pruning gives it the masked form that ignores the pruned ones (``apply-masks``' sparse
+    forms, ir/rules_norm.py). The check does the same for the channels it kills, so only
+    missing members leak."""
     from drpopt.ir.from_onnx import from_onnx
-    from drpopt.ir.patterns import decomposed_layernorms
-    from drpopt.ir.rules_norm import fold_layernorm, mask_layernorm
+    from drpopt.ir.rules_compact import KeptChannels
     from drpopt.ir.to_onnx import to_onnx
+    from drpopt.passes.apply_masks import sparse_forms
 
     ops = {n.op_type for n in model.graph.node}
-    if "LayerNormalization" not in ops and "ReduceMean" not in ops:
+    if not ops & {
+        "LayerNormalization",
+        "ReduceMean",
+        "InstanceNormalization",
+        "GroupNormalization",
+    }:
         return model
+    masks: dict = {}
+    for g in groups:  # a normalisation over a concat reads a group in several segments
+        for seg in g.segments:
+            keep = masks.setdefault((seg.value, seg.axis), np.ones(seg.space_length, bool))
+            for j in chosen[g.id]:
+                keep[seg.start + j * seg.block : seg.start + (j + 1) * seg.block] = False
     graph = from_onnx(model)
-    changed = False
-    grouped = {(s.value, s.axis) for g in groups for s in g.segments}
-    for pattern in decomposed_layernorms(graph):  # written out in plain ops (opset < 17)
-        if (pattern.x.name, pattern.x.rank - 1) in grouped:
-            fold_layernorm(graph, pattern)
-    for node in [n for n in graph.nodes if n.op_type == "LayerNormalization"]:
-        x = node.input(0)
-        if x is None or x.rank is None:
-            continue
-        if x.producer is not None and x.producer.op_type == "Cast":
-            x = x.producer.input(0)  # a float16 model's LayerNorm folded with its cast
-        keep = None
-        for g in groups:  # a LayerNorm over a concat reads a group in several segments
-            for seg in g.segments:
-                if seg.value != x.name or seg.axis != x.rank - 1:
-                    continue
-                if keep is None:
-                    keep = np.ones(seg.space_length, dtype=bool)
-                for j in chosen[g.id]:
-                    keep[seg.start + j * seg.block : seg.start + (j + 1) * seg.block] = False
-        if keep is not None:
-            mask_layernorm(graph, node, keep)
-            changed = True
-    return to_onnx(graph, reshare=False) if changed else model
+    return to_onnx(graph, reshare=False) if sparse_forms(graph, KeptChannels(masks)) else model
 
 
 def _mask_inner_products(model: onnx.ModelProto, groups: list[Group], chosen) -> onnx.ModelProto:

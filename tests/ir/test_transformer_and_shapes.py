@@ -78,7 +78,7 @@ def test_layernorm_over_channels_prunes_exactly(with_bias):
 
 def test_masked_layernorm_is_a_layernorm_over_kept_channels():
     """Against numpy: the sparse node equals LayerNorm over the kept channels alone."""
-    from drpopt.ir.rules_norm import DOMAIN, OP, function_proto
+    from drpopt.ir.norm_forms import DOMAIN, OP, function_proto
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 5, 8)).astype(np.float32)
