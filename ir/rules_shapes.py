@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+from drpopt.ir import symdims
 from drpopt.ir.channels import ChannelGraph
 from drpopt.ir.core import Node, Value
 from drpopt.ir.rules import (
@@ -328,6 +329,9 @@ def _map_axes(node: Node, cg: ChannelGraph, x: Value, y: Value) -> None:
     """Walks both shapes (size-1 axes left out), matching runs of axes of equal product."""
     ins = [(a, d) for a, d in enumerate(x.shape) if d != 1]
     outs = [(a, d) for a, d in enumerate(y.shape) if d != 1]
+    if any(isinstance(d, str) for _, d in (*ins, *outs)):
+        _map_symbolic(node, cg, x, ins, y, outs)
+        return
     i = j = 0
     while i < len(ins) and j < len(outs):
         if ins[i][1] == outs[j][1]:
@@ -356,15 +360,59 @@ def _map_axes(node: Node, cg: ChannelGraph, x: Value, y: Value) -> None:
         _lock_block(cg, node, x, ins[i:], y, outs[j:], "maps axes in a way drpopt cannot follow")
 
 
+def _map_symbolic(node: Node, cg: ChannelGraph, x: Value, ins, y: Value, outs) -> None:
+    """``_map_axes`` where some dims are symbolic (a dynamic batch, height or width).
+
+    A reshape keeps the element count, so leading axes of equal size map 1:1 (the rest
+    holds as many elements on both sides), and so do trailing ones: they are matched from
+    both ends first. The middle maps block by block where the products of its dims divide
+    each other as monomials (``h, w`` against ``h*w``); a block with a symbolic dim has no
+    channel structure to follow and is locked, and so is a middle that cannot be matched
+    (``h`` against ``h//7, 7``)."""
+    head = 0
+    while head < min(len(ins), len(outs)) and ins[head][1] == outs[head][1]:
+        cg.identity(cg.space(x, ins[head][0]), cg.space(y, outs[head][0]), node)
+        head += 1
+    tail = 0
+    while tail < min(len(ins), len(outs)) - head and ins[-1 - tail][1] == outs[-1 - tail][1]:
+        cg.identity(cg.space(x, ins[-1 - tail][0]), cg.space(y, outs[-1 - tail][0]), node)
+        tail += 1
+    ins, outs = ins[head : len(ins) - tail], outs[head : len(outs) - tail]
+    i = j = 0
+    while i < len(ins) and j < len(outs):
+        bi, bj = [ins[i]], [outs[j]]
+        pi, pj = ins[i][1], outs[j][1]
+        while pi != pj:
+            if symdims.divides(pi, pj) and i + len(bi) < len(ins):
+                bi.append(ins[i + len(bi)])
+                pi = symdims.mul(pi, bi[-1][1])
+            elif symdims.divides(pj, pi) and j + len(bj) < len(outs):
+                bj.append(outs[j + len(bj)])
+                pj = symdims.mul(pj, bj[-1][1])
+            else:
+                break
+        if pi != pj:
+            break
+        if all(isinstance(d, int) for _, d in (*bi, *bj)):
+            if len(bi) == 1 and len(bj) == 1:
+                cg.identity(cg.space(x, bi[0][0]), cg.space(y, bj[0][0]), node)
+            else:
+                _map_block(cg, node, x, bi, y, bj)
+        else:
+            why = "merges or splits axes whose sizes are known only at run time"
+            _lock_block(cg, node, x, bi, y, bj, why)
+        i, j = i + len(bi), j + len(bj)
+    if i < len(ins) or j < len(outs):
+        why = "maps axes of sizes known only at run time in a way drpopt cannot follow"
+        _lock_block(cg, node, x, ins[i:], y, outs[j:], why)
+
+
 def _product(dims) -> int | str | None:
-    """The product of dims: an int, a lone symbol (times 1), or None."""
+    """The product of dims: an int, a symbolic monomial (``ir/symdims``), or None."""
     ints = [d for d in dims if isinstance(d, int)]
-    other = [d for d in dims if not isinstance(d, int)]
-    if not other:
+    if len(ints) == len(dims):
         return math.prod(ints)
-    if len(other) == 1 and isinstance(other[0], str) and math.prod(ints) == 1:
-        return other[0]
-    return None
+    return symdims.product(dims)
 
 
 MAX_REPEATS = 64  # parts a level-t mapping may repeat (3 for q/k/v, 3 x heads ...)

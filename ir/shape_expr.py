@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import math
 import operator
-from collections import Counter
 from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
 
+from drpopt.ir import symdims
 from drpopt.ir.core import Node, Value
 from drpopt.ir.fold import MAX_ELEMENTS
 
@@ -37,6 +37,20 @@ class _Derived:
 
 
 DERIVED: Final = _Derived()
+
+
+class Expr(_Derived):
+    """A computed entry that arithmetic on sizes gives (``H // 7``, ``B * heads``): it is
+    ``DERIVED`` to every rule (it follows the tensors it is computed from), and
+    ``entry_dim`` evaluates it on the current shapes as a symbolic dim (``ir/symdims``)."""
+
+    __slots__ = ("a", "b", "op")
+
+    def __init__(self, op: str, a: object, b: object) -> None:
+        self.op, self.a, self.b = op, a, b
+
+    def __repr__(self) -> str:
+        return f"Expr({self.op}, {self.a!r}, {self.b!r})"
 
 
 @dataclass(frozen=True)
@@ -374,7 +388,7 @@ def _where(cond: Entry, x: Entry, y: Entry) -> Entry:
 
 def _arith(op: str, x: Entry, y: Entry) -> Entry:
     if not isinstance(x, int) or not isinstance(y, int):
-        return DERIVED
+        return _symbolic(op, x, y)
     if op in _COMPARE:
         return int(_COMPARE[op](x, y))
     if op == "Max":
@@ -393,6 +407,57 @@ def _arith(op: str, x: Entry, y: Entry) -> Entry:
 
 
 _COMPARE = {"Equal": operator.eq, "Less": operator.lt, "Greater": operator.gt}
+_SIZE_ARITH = frozenset(["Mul", "Add", "Sub", "Div"])
+
+
+def _symbolic(op: str, x: Entry, y: Entry) -> Entry:
+    """Arithmetic with a size known only at run time: an ``Expr`` for the four operations
+    sizes take (``H // 7``, ``B * heads``); a comparison of a size (never negative) with a
+    negative literal is decided (torch's ``Where(size == -1, 1, size)``); else ``DERIVED``."""
+    sized = isinstance(x, int | Dim | Expr) and isinstance(y, int | Dim | Expr)
+    if op in _SIZE_ARITH and sized:
+        if y == (0 if op in ("Add", "Sub") else 1):  # x * 1, x // 1, x + 0, x - 0
+            return x
+        if (op == "Mul" and x == 1) or (op == "Add" and x == 0):
+            return y
+        return Expr(op, x, y)
+    if op in _COMPARE and sized:
+        if isinstance(y, int) and y < 0 and _nonnegative(x):
+            return int(op == "Greater")
+        if isinstance(x, int) and x < 0 and _nonnegative(y):
+            return int(op == "Less")
+    return DERIVED
+
+
+def _nonnegative(e: Entry) -> bool:
+    if isinstance(e, int):
+        return e >= 0
+    if isinstance(e, Dim):
+        return True
+    return isinstance(e, Expr) and e.op != "Sub" and _nonnegative(e.a) and _nonnegative(e.b)
+
+
+def entry_dim(e: Entry) -> int | str | None:
+    """An entry's size on the current shapes: an int, a symbolic dim (``ir/symdims``), or
+    None when it is not known (``DERIVED``, or a ``Dim`` of a tensor of unknown shape)."""
+    if isinstance(e, int):
+        return e
+    if isinstance(e, Dim):
+        shape = e.value.shape
+        return shape[e.axis] if shape is not None and -len(shape) <= e.axis < len(shape) else None
+    if isinstance(e, Expr):
+        a, b = entry_dim(e.a), entry_dim(e.b)  # type: ignore[arg-type]
+        if a is None or b is None:
+            return None
+        if isinstance(a, int) and isinstance(b, int):
+            r = _arith(e.op, a, b)
+            return r if isinstance(r, int) else None
+        if e.op == "Mul":
+            return symdims.mul(a, b)
+        if e.op == "Div":
+            return symdims.floordiv(a, b)
+        return symdims.add(a, b) if e.op == "Add" else symdims.sub(a, b)
+    return None
 
 
 def const_ints(value: Value | None) -> list[int] | None:
@@ -440,50 +505,30 @@ def _through_wrappers(value: Value | None) -> Value | None:
 
 def resolve_reshape(in_shape: tuple, entries: list[Entry], allowzero: bool = False) -> tuple | None:
     """The output shape of a Reshape of ``in_shape`` to ``entries``, with symbolic dims kept
-    as strings; None when some entry is unknown. One entry computed in a way not followed
-    (``DERIVED``: ``C // groups`` of a dynamic-batch channel shuffle) is inferred as a -1
-    is, from the element count a Reshape keeps, when there is no -1 besides it."""
+    as strings (``ir/symdims``: ``"h*w"`` for a flattened image); None when some entry is
+    unknown. One entry that is not known (``DERIVED``: ``C // groups`` of a dynamic-batch
+    channel shuffle; an ``Expr`` of unknown sizes) is inferred as a -1 is, from the element
+    count a Reshape keeps, when there is no -1 besides it; the quotient must be exact."""
     out: list = []
     infer_at = None
     for k, e in enumerate(entries):
-        if isinstance(e, Dim):
-            d = e.value.shape[e.axis] if e.value.shape is not None else None
-        elif isinstance(e, _Derived) or e == -1:
-            if infer_at is not None:
+        if isinstance(e, int) and e != -1:
+            d = in_shape[k] if e == 0 and not allowzero and k < len(in_shape) else e
+            if e == 0 and not allowzero and k >= len(in_shape):
                 return None
-            infer_at = k
-            d = -1
-        elif e == 0 and not allowzero:
-            d = in_shape[k] if k < len(in_shape) else None
         else:
-            d = e
-        if d is None:
-            return None
+            d = None if isinstance(e, int) else entry_dim(e)
+            if d is None:
+                if infer_at is not None:
+                    return None
+                infer_at = k
+                d = -1
         out.append(d)
     if infer_at is not None:
-        num, num_syms = _factor(in_shape)
-        den, den_syms = _factor(tuple(d for i, d in enumerate(out) if i != infer_at))
-        if num is None or den is None or den == 0 or num % den or den_syms - num_syms:
+        num = symdims.product(in_shape)
+        den = symdims.product(d for i, d in enumerate(out) if i != infer_at)
+        rest = symdims.divide(num, den) if num is not None and den is not None else None
+        if rest is None:
             return None
-        rest = num_syms - den_syms
-        if sum(rest.values()) > 1:
-            return None
-        if rest:
-            if num // den != 1:
-                return None
-            out[infer_at] = next(iter(rest))
-        else:
-            out[infer_at] = num // den
+        out[infer_at] = rest
     return tuple(out)
-
-
-def _factor(dims: tuple) -> tuple[int | None, Counter]:
-    prod, syms = 1, Counter()
-    for d in dims:
-        if isinstance(d, int):
-            prod *= d
-        elif isinstance(d, str):
-            syms[d] += 1
-        else:
-            return None, syms
-    return prod, syms
