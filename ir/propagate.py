@@ -63,6 +63,18 @@ def _known(shape) -> bool:
     return True
 
 
+def _settled(shape) -> bool:
+    """``_known`` without the symbols ONNX's inference invents (``unk__3``): those are
+    computed again, in terms of the input symbols where the ops allow it (a dim that
+    stays unknown keeps a fresh name), so the shapes after a computed reshape agree."""
+    if not _known(shape):
+        return False
+    for d in shape:  # noqa: SIM110 (a loop, not any(): it runs for every node output)
+        if isinstance(d, str) and d.startswith("unk__"):
+            return False
+    return True
+
+
 def propagate_shapes(graph: Graph, opset: int, symbolic: bool = False) -> int:
     """Fills static output shapes node by node; returns how many values it learnt.
 
@@ -73,6 +85,7 @@ def propagate_shapes(graph: Graph, opset: int, symbolic: bool = False) -> int:
     which ONNX's data propagation stops at: it does not divide)."""
     memo = NumericMemo()
     done = _known if symbolic else _static
+    settled = _settled if symbolic else _static  # an output shape to leave as it is
     fresh = _fresh_symbols(graph)
     entries_memo: dict = {}
     opsets = [helper.make_opsetid(d, v) for d, v in (graph.opsets or {"": opset}).items()]
@@ -81,12 +94,12 @@ def propagate_shapes(graph: Graph, opset: int, symbolic: bool = False) -> int:
         outputs = node.outputs
         if len(outputs) == 1:  # most nodes: one check when inference gave the shape
             out = outputs[0]
-            if out is None or not out.name or done(out.shape):
+            if out is None or not out.name or settled(out.shape):
                 continue
             outs = [out]
         else:
             outs = [o for o in outputs if o is not None and o.name]
-            if not outs or all(done(o.shape) for o in outs):
+            if not outs or all(settled(o.shape) for o in outs):
                 continue
         custom = (node.domain, node.op_type) in _CUSTOM_SAME_SHAPE
         if node.subgraphs or (node.domain not in ("", "ai.onnx") and not custom):

@@ -129,15 +129,48 @@ def floordiv(a: Dim, b: Dim) -> Dim | None:
     return f"({a}//{_atom(b) if not isinstance(b, int) else b})"
 
 
+def _offset(d: Dim) -> tuple[Dim, int]:
+    """``"(x+3)"`` as ``("x", 3)``, ``"(x-1)"`` as ``("x", -1)``; anything else with 0."""
+    if isinstance(d, str) and d.startswith("(") and d.endswith(")"):
+        inner, depth = d[1:-1], 0
+        for i in range(len(inner) - 1, 0, -1):
+            ch = inner[i]
+            if ch == ")":
+                depth += 1
+            elif ch == "(":
+                depth -= 1
+            elif depth == 0 and ch in "+-":
+                tail = inner[i + 1 :]
+                if tail.isdigit() and _balanced(inner[:i]):
+                    base = inner[:i]
+                    base = base if _split(base) is not None else f"({base})"
+                    return base, int(tail) if ch == "+" else -int(tail)
+                break
+            elif depth == 0 and not ch.isdigit():
+                break
+    return d, 0
+
+
+def _balanced(text: str) -> bool:
+    depth = 0
+    for ch in text:
+        depth += (ch == "(") - (ch == ")")
+        if depth < 0:
+            return False
+    return depth == 0
+
+
 def add(a: Dim, b: Dim) -> Dim:
     if isinstance(a, int) and isinstance(b, int):
         return a + b
-    if b == 0:
-        return a
-    if a == 0:
-        return b
-    if isinstance(b, int) and b < 0:
-        return f"({a}-{-b})"
+    if isinstance(a, int):
+        a, b = b, a
+    if isinstance(b, int):
+        base, offset = _offset(a)
+        offset += b
+        if offset == 0:
+            return base
+        return f"({base}+{offset})" if offset > 0 else f"({base}-{-offset})"
     return f"({a}+{b})"
 
 
@@ -176,6 +209,8 @@ def conv_dim(d: Dim, kernel: int, stride: int, dilation: int, pad: int) -> Dim:
     span = dilation * (kernel - 1) + 1
     if isinstance(d, int):
         return (d + pad - span) // stride + 1
+    if stride == 1:
+        return add(d, pad - span + 1)
     return add(floordiv(add(d, pad - span), stride), 1)  # type: ignore[arg-type]
 
 
