@@ -25,7 +25,7 @@ from drpopt.ir.core import Graph, Node, Value
 from drpopt.ir.fold import MAX_ELEMENTS
 from drpopt.ir.rules import ELEMENTWISE_OPS, UNARY_OPS
 from drpopt.ir.shape_expr import NumericMemo, shape_values
-from drpopt.ir.sym_propagate import symbolic_shape
+from drpopt.ir.sym_propagate import keep_declared_sizes, name_negative_input_dims, symbolic_shape
 from drpopt.ir.to_onnx import _node_proto
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,10 @@ def propagate_shapes(graph: Graph, opset: int, symbolic: bool = False) -> int:
     memo = NumericMemo()
     done = _known if symbolic else _static
     settled = _settled if symbolic else _static  # an output shape to leave as it is
+    recompute: frozenset = frozenset()
+    if symbolic:  # declared output dims may be exporters' symbols for fixed sizes
+        name_negative_input_dims(graph)
+        recompute = frozenset(v for v in graph.outputs if v is not None)
     fresh = _fresh_symbols(graph)
     entries_memo: dict = {}
     opsets = [helper.make_opsetid(d, v) for d, v in (graph.opsets or {"": opset}).items()]
@@ -94,12 +98,12 @@ def propagate_shapes(graph: Graph, opset: int, symbolic: bool = False) -> int:
         outputs = node.outputs
         if len(outputs) == 1:  # most nodes: one check when inference gave the shape
             out = outputs[0]
-            if out is None or not out.name or settled(out.shape):
+            if out is None or not out.name or (settled(out.shape) and out not in recompute):
                 continue
             outs = [out]
         else:
             outs = [o for o in outputs if o is not None and o.name]
-            if not outs or all(settled(o.shape) for o in outs):
+            if not outs or all(settled(o.shape) and o not in recompute for o in outs):
                 continue
         custom = (node.domain, node.op_type) in _CUSTOM_SAME_SHAPE
         if node.subgraphs or (node.domain not in ("", "ai.onnx") and not custom):
@@ -112,12 +116,17 @@ def propagate_shapes(graph: Graph, opset: int, symbolic: bool = False) -> int:
         if shape is None and one and symbolic:
             shape = symbolic_shape(node, ins, entries_memo, fresh)  # ir/sym_propagate.py
             shape = shape if _known(shape) else None
+        declared = [o.shape for o in outs] if recompute else []
         if shape is not None:
             if shape != outs[0].shape:
                 outs[0].shape = shape
                 learnt += 1
-            continue
-        learnt += _infer(node, ins, outs, opset, opsets, memo, done, fresh if symbolic else None)
+        else:
+            symbols = fresh if symbolic else None
+            learnt += _infer(node, ins, outs, opset, opsets, memo, done, symbols)
+        for o, old in zip(outs, declared, strict=False):
+            if o in recompute:
+                o.shape = keep_declared_sizes(old, o.shape)
     return learnt
 
 

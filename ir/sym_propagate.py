@@ -36,6 +36,30 @@ def symbolic_shape(node: Node, ins: list[Value], memo: dict, fresh: Fresh) -> tu
         return None
 
 
+def name_negative_input_dims(graph) -> None:
+    """Graph inputs whose dims are written ``-1`` (paddle2onnx's dynamic axes) get a symbol
+    per axis instead (``x.0``), so shapes propagate from them as from any symbolic dim;
+    the ``-1`` ONNX's inference copied onto later values is computed again from it."""
+    for v in graph.inputs:
+        if v.shape is not None and any(isinstance(d, int) and d < 0 for d in v.shape):
+            v.shape = tuple(
+                f"{v.name}.{a}".replace("*", "_") if isinstance(d, int) and d < 0 else d
+                for a, d in enumerate(v.shape)
+            )
+
+
+def keep_declared_sizes(declared: tuple | None, computed: tuple | None) -> tuple | None:
+    """A graph output's shape: the computed dims, except where the model declares a fixed
+    size and the computation gives a symbol (a symbol declared for a fixed size, torch's
+    ``Transposeoutput_dim_2``, gives way to the size)."""
+    if declared is None or computed is None or len(declared) != len(computed):
+        return computed if computed is not None else declared
+    return tuple(
+        d if isinstance(d, int) and d >= 0 and not isinstance(c, int) else c
+        for d, c in zip(declared, computed, strict=True)
+    )
+
+
 def _dims(value: Value | None, memo: dict, fresh: Fresh) -> list | None:
     """A shape tensor's entries as dims (fresh symbols where an entry is not known)."""
     entries = shape_entries(value, memo)

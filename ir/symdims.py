@@ -17,7 +17,7 @@ that needs an exact one.
 
 from __future__ import annotations
 
-import math
+import hashlib
 from collections import Counter
 
 Dim = int | str
@@ -74,7 +74,18 @@ def fmt(m: Monomial) -> Dim:
     coef, factors = m
     if not factors or coef == 0:
         return coef
-    return "*".join(([str(coef)] if coef != 1 else []) + list(factors))
+    return _short("*".join(([str(coef)] if coef != 1 else []) + list(factors)))
+
+
+MAX_LENGTH = 160  # longer expressions (deep pyramids summed by a concat) get a short name
+
+
+def _short(text: str) -> str:
+    """``text``, or a name derived from it (the same expression, the same name) when it is
+    long: an expression's length grows with the depth of the network."""
+    if len(text) <= MAX_LENGTH:
+        return text
+    return "expr#" + hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
 def mul(a: Dim, b: Dim) -> Dim | None:
@@ -126,7 +137,7 @@ def floordiv(a: Dim, b: Dim) -> Dim | None:
     exact = divide(a, b)
     if exact is not None:
         return exact
-    return f"({a}//{_atom(b) if not isinstance(b, int) else b})"
+    return _short(f"({a}//{_atom(b) if not isinstance(b, int) else b})")
 
 
 def _offset(d: Dim) -> tuple[Dim, int]:
@@ -170,8 +181,8 @@ def add(a: Dim, b: Dim) -> Dim:
         offset += b
         if offset == 0:
             return base
-        return f"({base}+{offset})" if offset > 0 else f"({base}-{-offset})"
-    return f"({a}+{b})"
+        return _short(f"({base}+{offset})" if offset > 0 else f"({base}-{-offset})")
+    return _short(f"({a}+{b})")
 
 
 def sub(a: Dim, b: Dim) -> Dim:
@@ -181,7 +192,7 @@ def sub(a: Dim, b: Dim) -> Dim:
         return 0
     if isinstance(b, int):
         return add(a, -b)
-    return f"({a}-{_atom(b)})"
+    return _short(f"({a}-{_atom(b)})")
 
 
 def broadcast(dims) -> Dim | None:
@@ -212,17 +223,3 @@ def conv_dim(d: Dim, kernel: int, stride: int, dilation: int, pad: int) -> Dim:
     if stride == 1:
         return add(d, pad - span + 1)
     return add(floordiv(add(d, pad - span), stride), 1)  # type: ignore[arg-type]
-
-
-def is_symbolic(d) -> bool:
-    return isinstance(d, str)
-
-
-def coefficient(d: Dim) -> int | None:
-    m = parse(d)
-    return None if m is None else m[0]
-
-
-def static_product(dims) -> int | None:
-    ints = [d for d in dims if isinstance(d, int)]
-    return math.prod(ints) if len(ints) == len(dims) else None
