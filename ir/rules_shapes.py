@@ -366,9 +366,10 @@ def _map_symbolic(node: Node, cg: ChannelGraph, x: Value, ins, y: Value, outs) -
     A reshape keeps the element count, so leading axes of equal size map 1:1 (the rest
     holds as many elements on both sides), and so do trailing ones: they are matched from
     both ends first. The middle maps block by block where the products of its dims divide
-    each other as monomials (``h, w`` against ``h*w``); a block with a symbolic dim has no
-    channel structure to follow and is locked, and so is a middle that cannot be matched
-    (``h`` against ``h//7, 7``)."""
+    each other as monomials (``h, w`` against ``h*w``); in a block with a symbolic dim only
+    leading fixed sizes that divide each other map (``_map_factor``: GroupNorm's ``(N, C,
+    h, w) -> (N, G, C // G * h * w)``), the rest is locked, and so is a middle that cannot
+    be matched (``h`` against ``h//7, 7``)."""
     head = 0
     while head < min(len(ins), len(outs)) and ins[head][1] == outs[head][1]:
         cg.identity(cg.space(x, ins[head][0]), cg.space(y, outs[head][0]), node)
@@ -398,7 +399,7 @@ def _map_symbolic(node: Node, cg: ChannelGraph, x: Value, ins, y: Value, outs) -
                 cg.identity(cg.space(x, bi[0][0]), cg.space(y, bj[0][0]), node)
             else:
                 _map_block(cg, node, x, bi, y, bj)
-        else:
+        elif len(bi) == 1 or len(bj) == 1 or not _map_factor(cg, node, x, bi, y, bj):
             why = "merges or splits axes whose sizes are known only at run time"
             _lock_block(cg, node, x, bi, y, bj, why)
         i, j = i + len(bi), j + len(bj)
