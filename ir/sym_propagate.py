@@ -73,12 +73,12 @@ def _dims(value: Value | None, memo: dict, fresh: Fresh) -> list | None:
 
 
 def _reshape(node, ins, memo, fresh):
-    if len(ins) < 2 or node.attr("allowzero", 0):
+    if len(ins) < 2:
         return None
     entries = shape_entries(ins[1], memo)
     if entries is None:
         return None
-    return resolve_reshape(tuple(ins[0].shape), entries)
+    return resolve_reshape(tuple(ins[0].shape), entries, bool(node.attr("allowzero", 0)))
 
 
 def _broadcast_shapes(shapes: list[tuple], fresh: Fresh) -> tuple:

@@ -137,6 +137,9 @@ def floordiv(a: Dim, b: Dim) -> Dim | None:
     exact = divide(a, b)
     if exact is not None:
         return exact
+    inner = _floor_parts(a)
+    if inner is not None and isinstance(b, int) and b > 0:  # (x // k) // b is x // (k * b)
+        return floordiv(inner[0], inner[1] * b)
     return _short(f"({a}//{_atom(b) if not isinstance(b, int) else b})")
 
 
@@ -169,6 +172,20 @@ def _balanced(text: str) -> bool:
         if depth < 0:
             return False
     return depth == 0
+
+
+def _floor_parts(d: Dim) -> tuple[str, int] | None:
+    """``"(x//4)"`` as ``("x", 4)`` (a positive literal divisor), else None."""
+    if not isinstance(d, str) or not d.startswith("(") or not d.endswith(")"):
+        return None
+    inner = d[1:-1]
+    cut = inner.rfind("//")
+    if cut <= 0 or not inner[cut + 2 :].isdigit() or not _balanced(inner[:cut]):
+        return None
+    base = inner[:cut]
+    if _split(base) is None and not (base.startswith("(") and _balanced(base[1:-1])):
+        return None  # "a+b//4" reads as a + (b // 4): not a floor of the whole
+    return base, int(inner[cut + 2 :])
 
 
 def add(a: Dim, b: Dim) -> Dim:
