@@ -98,9 +98,8 @@ def _export(model, shape, opset: int, dynamic: bool, dynamo: bool) -> onnx.Model
                 outs = out if isinstance(out, list | tuple) else [out]
                 outs2 = out2 if isinstance(out2, list | tuple) else [out2]
                 for name, a, b in zip(names, outs, outs2, strict=True):
-                    axes[name] = {
-                        i: f"{name}_{i}" for i, (p, q) in enumerate(zip(a.shape, b.shape, strict=True)) if p != q
-                    }
+                    pairs = enumerate(zip(a.shape, b.shape, strict=True))
+                    axes[name] = {i: f"{name}_{i}" for i, (p, q) in pairs if p != q}
             buf = io.BytesIO()
             torch.onnx.export(
                 model,
