@@ -25,7 +25,12 @@ from drpopt.ir.core import Graph, Node, Value
 from drpopt.ir.fold import MAX_ELEMENTS
 from drpopt.ir.rules import ELEMENTWISE_OPS, UNARY_OPS
 from drpopt.ir.shape_expr import NumericMemo, shape_values
-from drpopt.ir.sym_propagate import keep_declared_sizes, name_negative_input_dims, symbolic_shape
+from drpopt.ir.sym_propagate import (
+    has_negative_input_dims,
+    keep_declared_sizes,
+    name_negative_input_dims,
+    symbolic_shape,
+)
 from drpopt.ir.to_onnx import _node_proto
 
 log = logging.getLogger(__name__)
@@ -84,6 +89,7 @@ def propagate_shapes(graph: Graph, opset: int, symbolic: bool = False) -> int:
     is resolved by ``resolve_reshape`` (torch's channel shuffle ``view(b, g, c // g, h, w)``,
     which ONNX's data propagation stops at: it does not divide)."""
     memo = NumericMemo()
+    symbolic = symbolic or has_negative_input_dims(graph)  # paddle2onnx's -1: symbols
     done = _known if symbolic else _static
     settled = _settled if symbolic else _static  # an output shape to leave as it is
     recompute: frozenset = frozenset()

@@ -36,6 +36,13 @@ def symbolic_shape(node: Node, ins: list[Value], memo: dict, fresh: Fresh) -> tu
         return None
 
 
+def has_negative_input_dims(graph) -> bool:
+    return any(
+        v.shape is not None and any(isinstance(d, int) and d < 0 for d in v.shape)
+        for v in graph.inputs
+    )
+
+
 def name_negative_input_dims(graph) -> None:
     """Graph inputs whose dims are written ``-1`` (paddle2onnx's dynamic axes) get a symbol
     per axis instead (``x.0``), so shapes propagate from them as from any symbolic dim;
