@@ -330,8 +330,11 @@ def _map_axes(node: Node, cg: ChannelGraph, x: Value, y: Value) -> None:
     ins = [(a, d) for a, d in enumerate(x.shape) if d != 1]
     outs = [(a, d) for a, d in enumerate(y.shape) if d != 1]
     if any(isinstance(d, str) for _, d in (*ins, *outs)):
-        _map_symbolic(node, cg, x, ins, y, outs)
-        return
+        pinned = _pin_symbol(ins, outs)
+        if pinned is None:
+            _map_symbolic(node, cg, x, ins, y, outs)
+            return
+        ins, outs = pinned
     i = j = 0
     while i < len(ins) and j < len(outs):
         if ins[i][1] == outs[j][1]:
@@ -358,6 +361,26 @@ def _map_axes(node: Node, cg: ChannelGraph, x: Value, y: Value) -> None:
         i, j = i + len(bi), j + len(bj)
     if i < len(ins) or j < len(outs):
         _lock_block(cg, node, x, ins[i:], y, outs[j:], "maps axes in a way drpopt cannot follow")
+
+
+def _pin_symbol(ins, outs):
+    """One symbolic dim against fixed sizes only (a batch-1 export with a symbolic batch
+    declared: ``(batch, 64, 256) -> (1, 64, 16, 16)``): the reshape runs only when the
+    element counts agree, which fixes the symbol's size; the dims with it in place (size-1
+    axes left out), or None when that is not a single symbol solved exactly."""
+    for side, other in ((ins, outs), (outs, ins)):
+        symbolic = [d for _, d in side if not isinstance(d, int)]
+        if len(symbolic) != 1 or any(not isinstance(d, int) for _, d in other):
+            continue
+        rest = math.prod(d for _, d in side if isinstance(d, int))
+        total = math.prod(d for _, d in other)
+        if not rest or total % rest:
+            return None
+        size = total // rest
+        fixed = [(a, size if not isinstance(d, int) else d) for a, d in side]
+        fixed = [(a, d) for a, d in fixed if d != 1]
+        return (fixed, outs) if side is ins else (ins, fixed)
+    return None
 
 
 def _map_symbolic(node: Node, cg: ChannelGraph, x: Value, ins, y: Value, outs) -> None:
