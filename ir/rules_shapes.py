@@ -18,10 +18,10 @@ from drpopt.ir.rules import (
 from drpopt.ir.shape_expr import (
     const_ints,
     literal_source,
-    resolve_reshape,
     shape_entries,
     shape_values,
 )
+from drpopt.ir.shape_resolve import resolve_reshape
 
 
 @rule("Concat")
@@ -330,9 +330,11 @@ def _map_axes(node: Node, cg: ChannelGraph, x: Value, y: Value) -> None:
     ins = [(a, d) for a, d in enumerate(x.shape) if d != 1]
     outs = [(a, d) for a, d in enumerate(y.shape) if d != 1]
     if any(isinstance(d, str) for _, d in (*ins, *outs)):
-        pinned = _pin_symbol(ins, outs)
+        from drpopt.ir.reshape_symbolic import map_symbolic, pin_symbol
+
+        pinned = pin_symbol(ins, outs)
         if pinned is None:
-            _map_symbolic(node, cg, x, ins, y, outs)
+            map_symbolic(node, cg, x, ins, y, outs)
             return
         ins, outs = pinned
     i = j = 0
@@ -361,74 +363,6 @@ def _map_axes(node: Node, cg: ChannelGraph, x: Value, y: Value) -> None:
         i, j = i + len(bi), j + len(bj)
     if i < len(ins) or j < len(outs):
         _lock_block(cg, node, x, ins[i:], y, outs[j:], "maps axes in a way drpopt cannot follow")
-
-
-def _pin_symbol(ins, outs):
-    """One symbolic dim against fixed sizes only (a batch-1 export with a symbolic batch
-    declared: ``(batch, 64, 256) -> (1, 64, 16, 16)``): the reshape runs only when the
-    element counts agree, which fixes the symbol's size; the dims with it in place (size-1
-    axes left out), or None when that is not a single symbol solved exactly."""
-    for side, other in ((ins, outs), (outs, ins)):
-        symbolic = [d for _, d in side if not isinstance(d, int)]
-        if len(symbolic) != 1 or any(not isinstance(d, int) for _, d in other):
-            continue
-        rest = math.prod(d for _, d in side if isinstance(d, int))
-        total = math.prod(d for _, d in other)
-        if not rest or total % rest:
-            return None
-        size = total // rest
-        fixed = [(a, size if not isinstance(d, int) else d) for a, d in side]
-        fixed = [(a, d) for a, d in fixed if d != 1]
-        return (fixed, outs) if side is ins else (ins, fixed)
-    return None
-
-
-def _map_symbolic(node: Node, cg: ChannelGraph, x: Value, ins, y: Value, outs) -> None:
-    """``_map_axes`` where some dims are symbolic (a dynamic batch, height or width).
-
-    A reshape keeps the element count, so leading axes of equal size map 1:1 (the rest
-    holds as many elements on both sides), and so do trailing ones: they are matched from
-    both ends first. The middle maps block by block where the products of its dims divide
-    each other as monomials (``h, w`` against ``h*w``); in a block with a symbolic dim only
-    leading fixed sizes that divide each other map (``_map_factor``: GroupNorm's ``(N, C,
-    h, w) -> (N, G, C // G * h * w)``), the rest is locked, and so is a middle that cannot
-    be matched (``h`` against ``h//7, 7``)."""
-    head = 0
-    while head < min(len(ins), len(outs)) and ins[head][1] == outs[head][1]:
-        cg.identity(cg.space(x, ins[head][0]), cg.space(y, outs[head][0]), node)
-        head += 1
-    tail = 0
-    while tail < min(len(ins), len(outs)) - head and ins[-1 - tail][1] == outs[-1 - tail][1]:
-        cg.identity(cg.space(x, ins[-1 - tail][0]), cg.space(y, outs[-1 - tail][0]), node)
-        tail += 1
-    ins, outs = ins[head : len(ins) - tail], outs[head : len(outs) - tail]
-    i = j = 0
-    while i < len(ins) and j < len(outs):
-        bi, bj = [ins[i]], [outs[j]]
-        pi, pj = ins[i][1], outs[j][1]
-        while pi != pj:
-            if symdims.divides(pi, pj) and i + len(bi) < len(ins):
-                bi.append(ins[i + len(bi)])
-                pi = symdims.mul(pi, bi[-1][1])
-            elif symdims.divides(pj, pi) and j + len(bj) < len(outs):
-                bj.append(outs[j + len(bj)])
-                pj = symdims.mul(pj, bj[-1][1])
-            else:
-                break
-        if pi != pj:
-            break
-        if all(isinstance(d, int) for _, d in (*bi, *bj)):
-            if len(bi) == 1 and len(bj) == 1:
-                cg.identity(cg.space(x, bi[0][0]), cg.space(y, bj[0][0]), node)
-            else:
-                _map_block(cg, node, x, bi, y, bj)
-        elif len(bi) == 1 or len(bj) == 1 or not _map_factor(cg, node, x, bi, y, bj):
-            why = "merges or splits axes whose sizes are known only at run time"
-            _lock_block(cg, node, x, bi, y, bj, why)
-        i, j = i + len(bi), j + len(bj)
-    if i < len(ins) or j < len(outs):
-        why = "maps axes of sizes known only at run time in a way drpopt cannot follow"
-        _lock_block(cg, node, x, ins[i:], y, outs[j:], why)
 
 
 def _product(dims) -> int | str | None:

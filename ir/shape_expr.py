@@ -7,9 +7,9 @@ when it is computed at run time from some tensor's shape (so it follows that ten
 channels are removed): a ``Dim`` when it is one axis of one tensor, else ``DERIVED``. It
 returns None when the tensor is computed by anything else.
 
-``resolve_reshape`` turns such entries into the output shape (``0`` copies, ``-1`` is
-solved, symbolic dims cancel), for models whose exported shapes shape inference leaves
-unknown.
+``resolve_reshape`` (``ir/shape_resolve``) turns such entries into the output shape
+(``0`` copies, ``-1`` is solved, symbolic dims cancel), for models whose exported shapes
+shape inference leaves unknown.
 
 Why this is not ``ir/fold.py`` (drpopt's numeric constant folding): the entries here may be
 symbolic (``Dim``, a size known only at run time, or ``DERIVED``), and ``Shape`` outputs are
@@ -26,7 +26,6 @@ from typing import Final
 
 import numpy as np
 
-from drpopt.ir import symdims
 from drpopt.ir.core import Node, Value
 from drpopt.ir.fold import MAX_ELEMENTS
 
@@ -42,7 +41,8 @@ DERIVED: Final = _Derived()
 class Expr(_Derived):
     """A computed entry that arithmetic on sizes gives (``H // 7``, ``B * heads``): it is
     ``DERIVED`` to every rule (it follows the tensors it is computed from), and
-    ``entry_dim`` evaluates it on the current shapes as a symbolic dim (``ir/symdims``)."""
+    ``shape_resolve.entry_dim`` evaluates it on the current shapes as a symbolic dim
+    (``ir/symdims``)."""
 
     __slots__ = ("a", "b", "op")
 
@@ -437,29 +437,6 @@ def _nonnegative(e: Entry) -> bool:
     return isinstance(e, Expr) and e.op != "Sub" and _nonnegative(e.a) and _nonnegative(e.b)
 
 
-def entry_dim(e: Entry) -> int | str | None:
-    """An entry's size on the current shapes: an int, a symbolic dim (``ir/symdims``), or
-    None when it is not known (``DERIVED``, or a ``Dim`` of a tensor of unknown shape)."""
-    if isinstance(e, int):
-        return e
-    if isinstance(e, Dim):
-        shape = e.value.shape
-        return shape[e.axis] if shape is not None and -len(shape) <= e.axis < len(shape) else None
-    if isinstance(e, Expr):
-        a, b = entry_dim(e.a), entry_dim(e.b)  # type: ignore[arg-type]
-        if a is None or b is None:
-            return None
-        if isinstance(a, int) and isinstance(b, int):
-            r = _arith(e.op, a, b)
-            return r if isinstance(r, int) else None
-        if e.op == "Mul":
-            return symdims.mul(a, b)
-        if e.op == "Div":
-            return symdims.floordiv(a, b)
-        return symdims.add(a, b) if e.op == "Add" else symdims.sub(a, b)
-    return None
-
-
 def const_ints(value: Value | None) -> list[int] | None:
     """The flattened values of an integer constant, or None when it is not constant."""
     if value is None or not value.is_const:
@@ -501,34 +478,3 @@ def _through_wrappers(value: Value | None) -> Value | None:
             return None
         value = value.producer.input(0)
     return value
-
-
-def resolve_reshape(in_shape: tuple, entries: list[Entry], allowzero: bool = False) -> tuple | None:
-    """The output shape of a Reshape of ``in_shape`` to ``entries``, with symbolic dims kept
-    as strings (``ir/symdims``: ``"h*w"`` for a flattened image); None when some entry is
-    unknown. One entry that is not known (``DERIVED``: ``C // groups`` of a dynamic-batch
-    channel shuffle; an ``Expr`` of unknown sizes) is inferred as a -1 is, from the element
-    count a Reshape keeps, when there is no -1 besides it; the quotient must be exact."""
-    out: list = []
-    infer_at = None
-    for k, e in enumerate(entries):
-        if isinstance(e, int) and e != -1:
-            d = in_shape[k] if e == 0 and not allowzero and k < len(in_shape) else e
-            if e == 0 and not allowzero and k >= len(in_shape):
-                return None
-        else:
-            d = None if isinstance(e, int) else entry_dim(e)
-            if d is None:
-                if infer_at is not None:
-                    return None
-                infer_at = k
-                d = -1
-        out.append(d)
-    if infer_at is not None:
-        num = symdims.product(in_shape)
-        den = symdims.product(d for i, d in enumerate(out) if i != infer_at)
-        rest = symdims.divide(num, den) if num is not None and den is not None else None
-        if rest is None:
-            return None
-        out[infer_at] = rest
-    return tuple(out)

@@ -18,7 +18,8 @@ import numpy as np
 
 from drpopt.ir import symdims
 from drpopt.ir.core import Node, Value
-from drpopt.ir.shape_expr import const_ints, entry_dim, resolve_reshape, shape_entries
+from drpopt.ir.shape_expr import const_ints, shape_entries
+from drpopt.ir.shape_resolve import entry_dim, resolve_reshape
 
 Fresh = Callable[[], str]
 _BIG = 2**62  # Slice's "to the end" sentinels are larger than any size

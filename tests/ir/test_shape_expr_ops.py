@@ -20,7 +20,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from drpopt.ir.from_onnx import from_onnx
-from drpopt.ir.shape_expr import DERIVED, NumericMemo, entry_dim, shape_entries, shape_values
+from drpopt.ir.shape_expr import DERIVED, NumericMemo, shape_entries, shape_values
+from drpopt.ir.shape_resolve import entry_dim
 
 X_SHAPE = (2, 3, 5, 7)
 

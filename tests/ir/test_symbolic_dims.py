@@ -12,7 +12,8 @@ from onnx import TensorProto, helper, numpy_helper
 from drpopt import analyze
 from drpopt.ir import symdims
 from drpopt.ir.from_onnx import from_onnx
-from drpopt.ir.shape_expr import DERIVED, Dim, Expr, entry_dim, resolve_reshape, shape_entries
+from drpopt.ir.shape_expr import DERIVED, Dim, Expr, shape_entries
+from drpopt.ir.shape_resolve import entry_dim, resolve_reshape
 
 
 def test_monomials_multiply_and_divide_exactly():
