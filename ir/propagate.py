@@ -335,7 +335,7 @@ def _slice_shape(node: Node, memo: NumericMemo) -> tuple[int, ...] | None:
 
 
 def _fresh_symbols(graph: Graph):
-    """A maker of new symbol names (``unk@1``, ...) that no dim of ``graph`` uses yet."""
+    """A maker of new symbol names (``unk@1``, ...; ONNX's inference writes ``unk__1``)."""
     count = [0]
 
     def fresh() -> str:
