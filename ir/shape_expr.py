@@ -44,10 +44,12 @@ class Expr(_Derived):
     ``shape_resolve.entry_dim`` evaluates it on the current shapes as a symbolic dim
     (``ir/symdims``)."""
 
-    __slots__ = ("a", "b", "op")
+    __slots__ = ("a", "b", "op", "size")
 
     def __init__(self, op: str, a: object, b: object) -> None:
         self.op, self.a, self.b = op, a, b
+        # terms counted with repeats: what evaluating it costs (bounded by MAX_TERMS)
+        self.size = 1 + getattr(a, "size", 1) + getattr(b, "size", 1)
 
     def __repr__(self) -> str:
         return f"Expr({self.op}, {self.a!r}, {self.b!r})"
@@ -408,6 +410,7 @@ def _arith(op: str, x: Entry, y: Entry) -> Entry:
 
 _COMPARE = {"Equal": operator.eq, "Less": operator.lt, "Greater": operator.gt}
 _SIZE_ARITH = frozenset(["Mul", "Add", "Sub", "Div"])
+MAX_TERMS = 64  # an Expr evaluates in at most this many steps (shape_resolve.entry_dim)
 
 
 def _symbolic(op: str, x: Entry, y: Entry) -> Entry:
@@ -420,7 +423,8 @@ def _symbolic(op: str, x: Entry, y: Entry) -> Entry:
             return x
         if (op == "Mul" and x == 1) or (op == "Add" and x == 0):
             return y
-        return Expr(op, x, y)
+        expr = Expr(op, x, y)
+        return expr if expr.size <= MAX_TERMS else DERIVED  # deep arithmetic: not followed
     if op in _COMPARE and sized:
         if isinstance(y, int) and y < 0 and _nonnegative(x):
             return int(op == "Greater")

@@ -205,3 +205,22 @@ def test_negative_input_dims_become_symbols_and_declared_output_symbols_give_way
     graph = from_onnx(_value_graph(nodes, [x], [y], [w]))
     assert graph.values["c"].shape == ("x.0", 8, "x.2", "x.3")
     assert graph.values["y"].shape[3] == 8
+
+
+def test_deep_size_arithmetic_stays_bounded():
+    """A size doubled 40 times over (each step ``s + s``): as a tree of expressions that is
+    2**40 terms; past ``MAX_TERMS`` the entry is ``DERIVED`` (not followed), so evaluating
+    it costs nothing and never recurses deeply."""
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s0"]),
+        helper.make_node("Gather", ["s0", "i1"], ["g0"], axis=0),
+    ]
+    for k in range(40):
+        nodes.append(helper.make_node("Add", [f"g{k}", f"g{k}"], [f"g{k + 1}"]))
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "H"])
+    out = helper.make_tensor_value_info("g40", TensorProto.INT64, [1])
+    graph = from_onnx(_value_graph(nodes, [x], [out], [_const("i1", [1])]))
+    (entry,) = shape_entries(graph.values["g40"], {})
+    assert entry is DERIVED and entry_dim(entry) is None
+    (small,) = shape_entries(graph.values["g2"], {})
+    assert isinstance(small, Expr) and entry_dim(small) == "((H+H)+(H+H))"
