@@ -125,12 +125,18 @@ def pattern_of(passes, figures: dict) -> str | None:
 
 
 def shapes_line(shapes: dict | None) -> str:
-    """``computed for input shapes x: 1x3x640x640`` (symbols stay: they count as 1)."""
+    """``computed for input shapes x: 1x3x640x640``; with symbolic dims, which ones the
+    MACs took as 1 (the analysis keeps them as symbols; only the counts need numbers)."""
     from drpopt.ir.input_shapes import describe
 
     if not shapes:
         return "computed for: no graph inputs"
-    return f"computed for input shapes {describe(shapes)}"
+    line = f"computed for input shapes {describe(shapes)}"
+    symbols = [d for dims in shapes.values() for d in dims or () if not isinstance(d, int)]
+    if symbols:
+        names = ", ".join(dict.fromkeys(map(str, symbols)))
+        line += f"; MACs count {names} (and every size computed from them) as 1"
+    return line
 
 
 SHARE_ROWS = (

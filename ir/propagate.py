@@ -24,7 +24,13 @@ from onnx import helper, numpy_helper
 from drpopt.ir.core import Graph, Node, Value
 from drpopt.ir.fold import MAX_ELEMENTS
 from drpopt.ir.rules import ELEMENTWISE_OPS, UNARY_OPS
-from drpopt.ir.shape_expr import NumericMemo, resolve_reshape, shape_entries, shape_values
+from drpopt.ir.shape_expr import NumericMemo, shape_values
+from drpopt.ir.sym_propagate import (
+    has_negative_input_dims,
+    keep_declared_sizes,
+    name_negative_input_dims,
+    symbolic_shape,
+)
 from drpopt.ir.to_onnx import _node_proto
 
 log = logging.getLogger(__name__)
@@ -62,6 +68,18 @@ def _known(shape) -> bool:
     return True
 
 
+def _settled(shape) -> bool:
+    """``_known`` without the symbols ONNX's inference invents (``unk__3``): those are
+    computed again, in terms of the input symbols where the ops allow it (a dim that
+    stays unknown keeps a fresh name), so the shapes after a computed reshape agree."""
+    if not _known(shape):
+        return False
+    for d in shape:  # noqa: SIM110 (a loop, not any(): it runs for every node output)
+        if isinstance(d, str) and d.startswith("unk__"):
+            return False
+    return True
+
+
 def propagate_shapes(graph: Graph, opset: int, symbolic: bool = False) -> int:
     """Fills static output shapes node by node; returns how many values it learnt.
 
@@ -71,7 +89,14 @@ def propagate_shapes(graph: Graph, opset: int, symbolic: bool = False) -> int:
     is resolved by ``resolve_reshape`` (torch's channel shuffle ``view(b, g, c // g, h, w)``,
     which ONNX's data propagation stops at: it does not divide)."""
     memo = NumericMemo()
+    symbolic = symbolic or has_negative_input_dims(graph)  # paddle2onnx's -1: symbols
     done = _known if symbolic else _static
+    settled = _settled if symbolic else _static  # an output shape to leave as it is
+    recompute: frozenset = frozenset()
+    if symbolic:  # declared output dims may be exporters' symbols for fixed sizes
+        name_negative_input_dims(graph)
+        recompute = frozenset(v for v in graph.outputs if v is not None)
+    fresh = _fresh_symbols(graph)
     entries_memo: dict = {}
     opsets = [helper.make_opsetid(d, v) for d, v in (graph.opsets or {"": opset}).items()]
     learnt = 0
@@ -79,12 +104,12 @@ def propagate_shapes(graph: Graph, opset: int, symbolic: bool = False) -> int:
         outputs = node.outputs
         if len(outputs) == 1:  # most nodes: one check when inference gave the shape
             out = outputs[0]
-            if out is None or not out.name or done(out.shape):
+            if out is None or not out.name or (settled(out.shape) and out not in recompute):
                 continue
             outs = [out]
         else:
             outs = [o for o in outputs if o is not None and o.name]
-            if not outs or all(done(o.shape) for o in outs):
+            if not outs or all(settled(o.shape) and o not in recompute for o in outs):
                 continue
         custom = (node.domain, node.op_type) in _CUSTOM_SAME_SHAPE
         if node.subgraphs or (node.domain not in ("", "ai.onnx") and not custom):
@@ -94,26 +119,21 @@ def propagate_shapes(graph: Graph, opset: int, symbolic: bool = False) -> int:
             continue
         one = len(outs) == 1 and outs[0].dtype is not None
         shape = _fast_shape(node, ins, memo) if one else None
-        if shape is None and one and symbolic and node.op_type == "Reshape":
-            shape = _symbolic_reshape(node, ins, entries_memo)
+        if shape is None and one and symbolic:
+            shape = symbolic_shape(node, ins, entries_memo, fresh)  # ir/sym_propagate.py
+            shape = shape if _known(shape) else None
+        declared = [o.shape for o in outs] if recompute else []
         if shape is not None:
             if shape != outs[0].shape:
                 outs[0].shape = shape
                 learnt += 1
-            continue
-        learnt += _infer(node, ins, outs, opset, opsets, memo, done)
+        else:
+            symbols = fresh if symbolic else None
+            learnt += _infer(node, ins, outs, opset, opsets, memo, done, symbols)
+        for o, old in zip(outs, declared, strict=False):
+            if o in recompute:
+                o.shape = keep_declared_sizes(old, o.shape)
     return learnt
-
-
-def _symbolic_reshape(node: Node, ins: list[Value], entries_memo: dict) -> tuple | None:
-    """A Reshape's output from its target's entries (symbols and computed sizes kept)."""
-    if len(ins) < 2 or node.attr("allowzero", 0):
-        return None
-    entries = shape_entries(ins[1], entries_memo)
-    if entries is None:
-        return None
-    shape = resolve_reshape(tuple(ins[0].shape), entries)  # type: ignore[arg-type]
-    return shape if _known(shape) else None
 
 
 # ops whose output has their (first) input's shape, and broadcasting ops: no protos needed
@@ -314,11 +334,23 @@ def _slice_shape(node: Node, memo: NumericMemo) -> tuple[int, ...] | None:
     return tuple(shape)
 
 
+def _fresh_symbols(graph: Graph):
+    """A maker of new symbol names (``unk@1``, ...; ONNX's inference writes ``unk__1``)."""
+    count = [0]
+
+    def fresh() -> str:
+        count[0] += 1
+        return f"unk@{count[0]}"
+
+    return fresh
+
+
 def _infer(
-    node: Node, ins: list[Value], outs: list[Value], opset, opsets, memo, done=_static
+    node: Node, ins: list[Value], outs: list[Value], opset, opsets, memo, done=_static, fresh=None
 ) -> int:
     """ONNX's inference of one node, its numbers as data; ``done`` says which output shapes
-    to take (static ones, or with symbols too: ``_known``)."""
+    to take (static ones, or with symbols too: ``_known``); ``fresh`` names the dims it
+    leaves unknown (symbolic propagation: the rank is known, the size only equals itself)."""
     try:
         schema = onnx.defs.get_schema(node.op_type, opset, node.domain or "")
         types = {v.name: _type(v) for v in ins}
@@ -347,6 +379,8 @@ def _infer(
             else (d.dim_param if d.HasField("dim_param") and d.dim_param else None)
             for d in tp.tensor_type.shape.dim
         )
+        if fresh is not None and tp.tensor_type.shape.dim:
+            dims = tuple(fresh() if d is None else d for d in dims)
         if done(dims) and dims != o.shape:
             o.shape = dims
             if o.dtype is None and tp.tensor_type.elem_type:

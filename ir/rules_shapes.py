@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+from drpopt.ir import symdims
 from drpopt.ir.channels import ChannelGraph
 from drpopt.ir.core import Node, Value
 from drpopt.ir.rules import (
@@ -17,10 +18,10 @@ from drpopt.ir.rules import (
 from drpopt.ir.shape_expr import (
     const_ints,
     literal_source,
-    resolve_reshape,
     shape_entries,
     shape_values,
 )
+from drpopt.ir.shape_resolve import resolve_reshape
 
 
 @rule("Concat")
@@ -328,6 +329,14 @@ def _map_axes(node: Node, cg: ChannelGraph, x: Value, y: Value) -> None:
     """Walks both shapes (size-1 axes left out), matching runs of axes of equal product."""
     ins = [(a, d) for a, d in enumerate(x.shape) if d != 1]
     outs = [(a, d) for a, d in enumerate(y.shape) if d != 1]
+    if any(isinstance(d, str) for _, d in (*ins, *outs)):
+        from drpopt.ir.reshape_symbolic import map_symbolic, pin_symbol
+
+        pinned = pin_symbol(ins, outs)
+        if pinned is None:
+            map_symbolic(node, cg, x, ins, y, outs)
+            return
+        ins, outs = pinned
     i = j = 0
     while i < len(ins) and j < len(outs):
         if ins[i][1] == outs[j][1]:
@@ -357,14 +366,11 @@ def _map_axes(node: Node, cg: ChannelGraph, x: Value, y: Value) -> None:
 
 
 def _product(dims) -> int | str | None:
-    """The product of dims: an int, a lone symbol (times 1), or None."""
+    """The product of dims: an int, a symbolic monomial (``ir/symdims``), or None."""
     ints = [d for d in dims if isinstance(d, int)]
-    other = [d for d in dims if not isinstance(d, int)]
-    if not other:
+    if len(ints) == len(dims):
         return math.prod(ints)
-    if len(other) == 1 and isinstance(other[0], str) and math.prod(ints) == 1:
-        return other[0]
-    return None
+    return symdims.product(dims)
 
 
 MAX_REPEATS = 64  # parts a level-t mapping may repeat (3 for q/k/v, 3 x heads ...)

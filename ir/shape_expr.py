@@ -7,9 +7,9 @@ when it is computed at run time from some tensor's shape (so it follows that ten
 channels are removed): a ``Dim`` when it is one axis of one tensor, else ``DERIVED``. It
 returns None when the tensor is computed by anything else.
 
-``resolve_reshape`` turns such entries into the output shape (``0`` copies, ``-1`` is
-solved, symbolic dims cancel), for models whose exported shapes shape inference leaves
-unknown.
+``resolve_reshape`` (``ir/shape_resolve``) turns such entries into the output shape
+(``0`` copies, ``-1`` is solved, symbolic dims cancel), for models whose exported shapes
+shape inference leaves unknown.
 
 Why this is not ``ir/fold.py`` (drpopt's numeric constant folding): the entries here may be
 symbolic (``Dim``, a size known only at run time, or ``DERIVED``), and ``Shape`` outputs are
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 import operator
-from collections import Counter
 from dataclasses import dataclass
 from typing import Final
 
@@ -37,6 +36,23 @@ class _Derived:
 
 
 DERIVED: Final = _Derived()
+
+
+class Expr(_Derived):
+    """A computed entry that arithmetic on sizes gives (``H // 7``, ``B * heads``): it is
+    ``DERIVED`` to every rule (it follows the tensors it is computed from), and
+    ``shape_resolve.entry_dim`` evaluates it on the current shapes as a symbolic dim
+    (``ir/symdims``)."""
+
+    __slots__ = ("a", "b", "op", "size")
+
+    def __init__(self, op: str, a: object, b: object) -> None:
+        self.op, self.a, self.b = op, a, b
+        # terms counted with repeats: what evaluating it costs (bounded by MAX_TERMS)
+        self.size = 1 + getattr(a, "size", 1) + getattr(b, "size", 1)
+
+    def __repr__(self) -> str:
+        return f"Expr({self.op}, {self.a!r}, {self.b!r})"
 
 
 @dataclass(frozen=True)
@@ -374,7 +390,7 @@ def _where(cond: Entry, x: Entry, y: Entry) -> Entry:
 
 def _arith(op: str, x: Entry, y: Entry) -> Entry:
     if not isinstance(x, int) or not isinstance(y, int):
-        return DERIVED
+        return _symbolic(op, x, y)
     if op in _COMPARE:
         return int(_COMPARE[op](x, y))
     if op == "Max":
@@ -393,6 +409,36 @@ def _arith(op: str, x: Entry, y: Entry) -> Entry:
 
 
 _COMPARE = {"Equal": operator.eq, "Less": operator.lt, "Greater": operator.gt}
+_SIZE_ARITH = frozenset(["Mul", "Add", "Sub", "Div"])
+MAX_TERMS = 64  # an Expr evaluates in at most this many steps (shape_resolve.entry_dim)
+
+
+def _symbolic(op: str, x: Entry, y: Entry) -> Entry:
+    """Arithmetic with a size known only at run time: an ``Expr`` for the four operations
+    sizes take (``H // 7``, ``B * heads``); a comparison of a size (never negative) with a
+    negative literal is decided (torch's ``Where(size == -1, 1, size)``); else ``DERIVED``."""
+    sized = isinstance(x, int | Dim | Expr) and isinstance(y, int | Dim | Expr)
+    if op in _SIZE_ARITH and sized:
+        if y == (0 if op in ("Add", "Sub") else 1):  # x * 1, x // 1, x + 0, x - 0
+            return x
+        if (op == "Mul" and x == 1) or (op == "Add" and x == 0):
+            return y
+        expr = Expr(op, x, y)
+        return expr if expr.size <= MAX_TERMS else DERIVED  # deep arithmetic: not followed
+    if op in _COMPARE and sized:
+        if isinstance(y, int) and y < 0 and _nonnegative(x):
+            return int(op == "Greater")
+        if isinstance(x, int) and x < 0 and _nonnegative(y):
+            return int(op == "Less")
+    return DERIVED
+
+
+def _nonnegative(e: Entry) -> bool:
+    if isinstance(e, int):
+        return e >= 0
+    if isinstance(e, Dim):
+        return True
+    return isinstance(e, Expr) and e.op != "Sub" and _nonnegative(e.a) and _nonnegative(e.b)
 
 
 def const_ints(value: Value | None) -> list[int] | None:
@@ -436,54 +482,3 @@ def _through_wrappers(value: Value | None) -> Value | None:
             return None
         value = value.producer.input(0)
     return value
-
-
-def resolve_reshape(in_shape: tuple, entries: list[Entry], allowzero: bool = False) -> tuple | None:
-    """The output shape of a Reshape of ``in_shape`` to ``entries``, with symbolic dims kept
-    as strings; None when some entry is unknown. One entry computed in a way not followed
-    (``DERIVED``: ``C // groups`` of a dynamic-batch channel shuffle) is inferred as a -1
-    is, from the element count a Reshape keeps, when there is no -1 besides it."""
-    out: list = []
-    infer_at = None
-    for k, e in enumerate(entries):
-        if isinstance(e, Dim):
-            d = e.value.shape[e.axis] if e.value.shape is not None else None
-        elif isinstance(e, _Derived) or e == -1:
-            if infer_at is not None:
-                return None
-            infer_at = k
-            d = -1
-        elif e == 0 and not allowzero:
-            d = in_shape[k] if k < len(in_shape) else None
-        else:
-            d = e
-        if d is None:
-            return None
-        out.append(d)
-    if infer_at is not None:
-        num, num_syms = _factor(in_shape)
-        den, den_syms = _factor(tuple(d for i, d in enumerate(out) if i != infer_at))
-        if num is None or den is None or den == 0 or num % den or den_syms - num_syms:
-            return None
-        rest = num_syms - den_syms
-        if sum(rest.values()) > 1:
-            return None
-        if rest:
-            if num // den != 1:
-                return None
-            out[infer_at] = next(iter(rest))
-        else:
-            out[infer_at] = num // den
-    return tuple(out)
-
-
-def _factor(dims: tuple) -> tuple[int | None, Counter]:
-    prod, syms = 1, Counter()
-    for d in dims:
-        if isinstance(d, int):
-            prod *= d
-        elif isinstance(d, str):
-            syms[d] += 1
-        else:
-            return None, syms
-    return prod, syms
