@@ -358,8 +358,11 @@ def _distinct_params(params: dict[str, Value]) -> int:
 def _union_length(intervals: list[tuple[int, int]], dim: int) -> int:
     """How many of ``range(dim)`` the half-open intervals cover together."""
     covered, end = 0, 0
-    for lo, hi in sorted(intervals):
-        lo, hi = max(lo, end), min(hi, dim)
+    for lo, hi in sorted(intervals):  # comparisons, not max/min calls: it runs per piece
+        if lo < end:
+            lo = end
+        if hi > dim:
+            hi = dim
         if hi > lo:
             covered += hi - lo
             end = hi
@@ -375,10 +378,17 @@ def _removed(
     spans: dict[str, dict[int, list[tuple[int, int]]]] = {}
     for g in groups:
         for m in g.members:
-            if m.tensor is None or m.tensor not in params:
+            name = m.tensor
+            if name is None or name not in params:
                 continue
-            axes = spans.setdefault(m.tensor, {})
-            axes.setdefault(m.axis, []).append((m.start, m.start + m.length * m.block))
+            axes = spans.get(name)
+            if axes is None:
+                axes = spans[name] = {}
+            iv = axes.get(m.axis)
+            if iv is None:
+                iv = axes[m.axis] = []
+            lo = m.start
+            iv.append((lo, lo + m.length * m.block))
     total_macs = 0.0
     by_storage: dict[int, tuple[tuple, dict[int, list[tuple[int, int]]]]] = {}
     for name, axes in spans.items():
