@@ -273,14 +273,15 @@ def _convert_graph(
         if not v.is_const:
             _set_info(v, info)
             graph.inputs.append(v)
-    if typed is not None:
-        _values_in_inference_order(gp, graph, typed)
-        graph.meta["typed"] = True
+    first = len(graph.values)
     # what shape inference found (on a light copy of this graph, its value_info included)
     _read_types(shapes if shapes is not None else gp, graph)
     _read_nodes(gp, graph, scope)
     for info in gp.output:
         graph.outputs.append(scope.lookup(info.name))
+    if typed is not None:
+        _order_as_inferred(graph, first, typed)
+        graph.meta["typed"] = True
     graph.meta["captured_names"] = sorted(scope.captured)
     return graph
 
@@ -323,18 +324,27 @@ def _read_types(found: onnx.GraphProto, graph: Graph) -> None:
                 value.dtype = dtype
 
 
-def _values_in_inference_order(gp: onnx.GraphProto, graph: Graph, folded: set[int]) -> None:
-    """The node outputs made in the order whole-model inference lists them (the outputs of
-    the nodes it ran, graph outputs left to the end), so that ``graph.values`` keeps one
-    order whichever way the shapes were found (``infer_types`` fills them in later)."""
-    values, new_value = graph.values, graph.value
-    skip = {info.name for info in gp.output}
-    for index, node in enumerate(gp.node):
+def _order_as_inferred(graph: Graph, first: int, folded: set[int]) -> None:
+    """Puts ``graph.values`` in the order whole-model inference would have made them (the
+    constants and inputs, the outputs of the nodes it ran, the graph outputs, then what
+    the nodes made), so that it is one order however the shapes were found."""
+    items = list(graph.values.items())
+    order = dict(items[:first])
+    outputs = {v.name for v in graph.outputs}
+    for index, node in enumerate(graph.nodes):
         if index in folded:
             continue
-        for name in node.output:
-            if name and name not in values and name not in skip:
-                new_value(name)
+        for v in node.outputs:
+            name = v.name
+            if name not in order and name not in outputs and not v.meta.get("omitted"):
+                order[name] = v
+    for v in graph.outputs:
+        order.setdefault(v.name, v)
+    if len(order) < len(items):
+        for name, v in items[first:]:
+            order.setdefault(name, v)
+    graph.values.clear()
+    graph.values.update(order)
 
 
 def _read_nodes(gp: onnx.GraphProto, graph: Graph, scope: _Scope) -> None:

@@ -80,14 +80,20 @@ def infer_types(graph: Graph, opset: int) -> bool:
     memo = NumericMemo()
     opsets = [helper.make_opsetid(d, v) for d, v in (graph.opsets or {"": opset}).items()]
     for node in graph.nodes:
-        outs = [o for o in node.outputs if not o.meta.get("omitted")]
-        if all(_done(o) for o in outs):
-            continue
+        outs = node.outputs
+        if len(outs) == 1:  # most nodes: one check when the output is known (a constant)
+            if _done(outs[0]):
+                continue
+        else:
+            outs = [o for o in outs if not o.meta.get("omitted")]
+            if all(_done(o) for o in outs):
+                continue
         if node.subgraphs or node.domain not in ("", "ai.onnx"):
             return False
         ins = [v for v in node.inputs if v is not None]
-        if not all(_done(v) for v in ins):
-            return False
+        for v in ins:
+            if not _done(v):
+                return False
         if len(outs) == 1:
             dtype = _dtype(node, ins)
             shape = _shape(node, ins, memo) if dtype is not None else None
