@@ -410,13 +410,29 @@ def _group_totals(
     and the tensors that are one weight (an exporter's deduplicated constant, un-shared on
     load) are sliced alike; any other group is counted by ``_removed``."""
     storage = {name: v.storage for name, v in params.items()}
+    info = _tensor_info(params, storage, uses)
     for g in groups:
-        totals = _one_axis_totals(g, params, storage, uses)
+        totals = _one_axis_totals(g, params, storage, uses, info)
         g.params, g.macs = totals if totals is not None else _removed(graph, [g], params, uses)
 
 
+def _tensor_info(
+    params: dict[str, Value], storage: dict[str, int], uses: dict[str, float]
+) -> dict[str, tuple]:
+    """Per parameter tensor what a group's count reads: (shape, elements, storage, MACs
+    per element), read once for all groups."""
+    return {
+        name: (v.shape, math.prod(v.shape), storage[name], uses.get(name, 0.0))  # type: ignore[arg-type]
+        for name, v in params.items()
+    }
+
+
 def _one_axis_totals(
-    g: Group, params: dict[str, Value], storage: dict[str, int], uses: dict[str, float]
+    g: Group,
+    params: dict[str, Value],
+    storage: dict[str, int],
+    uses: dict[str, float],
+    info: dict[str, tuple] | None = None,
 ) -> tuple[int, int] | None:
     """``_removed`` for one group in one pass, or None where that does not apply: each
     tensor sliced along one axis in disjoint pieces, and the tensors that are one weight
@@ -436,16 +452,21 @@ def _one_axis_totals(
             return None  # another axis, or pieces that overlap
     total_params, total_macs = 0, 0.0
     counted: dict[int, tuple] = {}  # storage -> the span counted for it
+    if info is None:
+        info = _tensor_info({name: params[name] for name in spans}, storage, uses)
     for name, span in spans.items():
         axis, pieces = span
-        shape = params[name].shape  # type: ignore[union-attr]
+        shape, numel, where, use = info[name]
         dim = shape[axis]
         if pieces[-1] > dim:
             return None
-        covered = sum(pieces[1::2]) - sum(pieces[::2])
-        n = covered * (math.prod(shape) // dim) if dim else 0
-        total_macs += n * uses.get(name, 0.0)
-        first = counted.setdefault(storage[name], span)
+        if len(pieces) == 2:
+            covered = pieces[1] - pieces[0]
+        else:
+            covered = sum(pieces[1::2]) - sum(pieces[::2])
+        n = covered * (numel // dim) if dim else 0
+        total_macs += n * use
+        first = counted.setdefault(where, span)
         if first is span:
             total_params += n
         elif first != span:
