@@ -8,7 +8,9 @@ Rules:
   (``ir/fold.py``), their outputs become constants, and shape inference (with data
   propagation) fills value shapes; symbolic dims stay strings; it runs on a light model
   (large weights only typed, ``ir/shape_model.py``), from a path cut from the bytes read,
-  from a proto copied from it;
+  from a proto copied from it; a model with static inputs and no value info of its own is
+  typed node by node instead (``ir/infer_types.py``: the same shapes and dtypes, in the
+  same order of values), and inferred whole only when one output stays unknown;
 - Constant nodes keep their node and also give their output a ``const``; Identity of a
   constant shares its storage (no copy) and Cast of a constant is computed by
   ``ir/fold.evaluate`` (numeric folding lives in ``ir/fold.py`` only);
