@@ -94,14 +94,17 @@ def infer_types(graph: Graph, opset: int) -> bool:
         for v in ins:
             if not _done(v):
                 return False
-        if len(outs) == 1:
-            dtype = _dtype(node, ins)
-            shape = _shape(node, ins, memo) if dtype is not None else None
-            if shape is not None and _static(shape):
-                out = outs[0]
-                out.shape, out.dtype = shape, dtype
-                continue
-        _infer(node, ins, outs, opset, opsets, memo)
+        try:
+            if len(outs) == 1:
+                dtype = _dtype(node, ins)
+                shape = _shape(node, ins, memo) if dtype is not None else None
+                if shape is not None and _static(shape):
+                    out = outs[0]
+                    out.shape, out.dtype = shape, dtype
+                    continue
+            _infer(node, ins, outs, opset, opsets, memo)
+        except Exception:  # a dtype numpy lacks, a malformed node: inferred whole instead
+            return False
         if not all(_done(o) for o in outs):
             return False
     return True
@@ -142,9 +145,10 @@ def _shape(node: Node, ins: list[Value], memo: NumericMemo) -> tuple | None:
         if op in ("GlobalAveragePool", "GlobalMaxPool"):
             return (*x[:2], *([1] * (len(x) - 2)))  # type: ignore[index]
         if op == "Conv" and node.attr("auto_pad") in ("SAME_UPPER", "SAME_LOWER"):
-            w, strides = ins[1].shape, node.attr("strides") or [1] * (len(x) - 2)  # type: ignore[arg-type]
-            spatial = [-(-d // s) for d, s in zip(x[2:], strides, strict=True)]  # type: ignore[index]
-            return (x[0], w[0], *spatial)  # type: ignore[index]
+            # stride 1 keeps the size (other strides: ONNX's own rule for the padding)
+            if any(s != 1 for s in node.attr("strides") or ()):
+                return None
+            return (x[0], ins[1].shape[0], *x[2:])  # type: ignore[index]
         if op in ("MaxPool", "AveragePool"):
             return _pool(node, x)  # type: ignore[arg-type]
         if op == "Flatten":
