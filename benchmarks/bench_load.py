@@ -13,7 +13,8 @@ that a noisy machine slows every column alike (medians of ``--runs``):
   file), ``from proto``: ``from_onnx(model)`` on a loaded ``ModelProto``;
 - ``analyze path``: ``drpopt.analyze(path)`` (the issue's goal: at most 3x ``load``);
 - per phase of ``from_onnx(path)`` (median ms): read, fold, shape copy, ONNX shape
-  inference, conversion, un-sharing constants, per-node propagation, and the part of the
+  inference (or node-by-node typing, ``ir/infer_types.py``, where it replaces it),
+  conversion, un-sharing constants, per-node propagation, and the part of the
   propagation spent reading computed shape tensors (``ir/shape_expr.py``).
 """
 
@@ -56,6 +57,7 @@ PHASES = [
     ("copy", "drpopt.ir.from_onnx", "shape_copy"),  # from a proto
     ("copy", "drpopt.ir.from_onnx", "shape_bytes"),  # from a path
     ("infer", "drpopt.ir.from_onnx", "infer_shapes"),
+    ("types", "drpopt.ir.infer_types", "infer_types"),  # node by node, in place of infer
     ("convert", "drpopt.ir.from_onnx", "_convert_graph"),
     ("unshare", "drpopt.ir.fold", "unshare_constants"),
     ("propagate", "drpopt.ir.propagate", "propagate_shapes"),

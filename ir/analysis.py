@@ -421,8 +421,11 @@ def _distinct_params(params: dict[str, Value]) -> int:
 def _union_length(intervals: list[tuple[int, int]], dim: int) -> int:
     """How many of ``range(dim)`` the half-open intervals cover together."""
     covered, end = 0, 0
-    for lo, hi in sorted(intervals):
-        lo, hi = max(lo, end), min(hi, dim)
+    for lo, hi in sorted(intervals):  # comparisons, not max/min calls: it runs per piece
+        if lo < end:
+            lo = end
+        if hi > dim:
+            hi = dim
         if hi > lo:
             covered += hi - lo
             end = hi
@@ -438,10 +441,17 @@ def _removed(
     spans: dict[str, dict[int, list[tuple[int, int]]]] = {}
     for g in groups:
         for m in g.members:
-            if m.tensor is None or m.tensor not in params:
+            name = m.tensor
+            if name is None or name not in params:
                 continue
-            axes = spans.setdefault(m.tensor, {})
-            axes.setdefault(m.axis, []).append((m.start, m.start + m.length * m.block))
+            axes = spans.get(name)
+            if axes is None:
+                axes = spans[name] = {}
+            iv = axes.get(m.axis)
+            if iv is None:
+                iv = axes[m.axis] = []
+            lo = m.start
+            iv.append((lo, lo + m.length * m.block))
     total_macs = 0.0
     by_storage: dict[int, tuple[tuple, dict[int, list[tuple[int, int]]]]] = {}
     for name, axes in spans.items():
@@ -463,13 +473,29 @@ def _group_totals(
     and the tensors that are one weight (an exporter's deduplicated constant, un-shared on
     load) are sliced alike; any other group is counted by ``_removed``."""
     storage = {name: v.storage for name, v in params.items()}
+    info = _tensor_info(params, storage, uses)
     for g in groups:
-        totals = _one_axis_totals(g, params, storage, uses)
+        totals = _one_axis_totals(g, params, storage, uses, info)
         g.params, g.macs = totals if totals is not None else _removed(graph, [g], params, uses)
 
 
+def _tensor_info(
+    params: dict[str, Value], storage: dict[str, int], uses: dict[str, float]
+) -> dict[str, tuple]:
+    """Per parameter tensor what a group's count reads: (shape, elements, storage, MACs
+    per element), read once for all groups."""
+    return {
+        name: (v.shape, math.prod(v.shape), storage[name], uses.get(name, 0.0))  # type: ignore[arg-type]
+        for name, v in params.items()
+    }
+
+
 def _one_axis_totals(
-    g: Group, params: dict[str, Value], storage: dict[str, int], uses: dict[str, float]
+    g: Group,
+    params: dict[str, Value],
+    storage: dict[str, int],
+    uses: dict[str, float],
+    info: dict[str, tuple] | None = None,
 ) -> tuple[int, int] | None:
     """``_removed`` for one group in one pass, or None where that does not apply: each
     tensor sliced along one axis in disjoint pieces, and the tensors that are one weight
@@ -489,16 +515,21 @@ def _one_axis_totals(
             return None  # another axis, or pieces that overlap
     total_params, total_macs = 0, 0.0
     counted: dict[int, tuple] = {}  # storage -> the span counted for it
+    if info is None:
+        info = _tensor_info({name: params[name] for name in spans}, storage, uses)
     for name, span in spans.items():
         axis, pieces = span
-        shape = params[name].shape  # type: ignore[union-attr]
+        shape, numel, where, use = info[name]
         dim = shape[axis]
         if pieces[-1] > dim:
             return None
-        covered = sum(pieces[1::2]) - sum(pieces[::2])
-        n = covered * (math.prod(shape) // dim) if dim else 0
-        total_macs += n * uses.get(name, 0.0)
-        first = counted.setdefault(storage[name], span)
+        if len(pieces) == 2:
+            covered = pieces[1] - pieces[0]
+        else:
+            covered = sum(pieces[1::2]) - sum(pieces[::2])
+        n = covered * (numel // dim) if dim else 0
+        total_macs += n * use
+        first = counted.setdefault(where, span)
         if first is span:
             total_params += n
         elif first != span:

@@ -8,7 +8,9 @@ Rules:
   (``ir/fold.py``), their outputs become constants, and shape inference (with data
   propagation) fills value shapes; symbolic dims stay strings; it runs on a light model
   (large weights only typed, ``ir/shape_model.py``), from a path cut from the bytes read,
-  from a proto copied from it;
+  from a proto copied from it; a model with static inputs and no value info of its own is
+  typed node by node instead (``ir/infer_types.py``: the same shapes and dtypes, in the
+  same order of values), and inferred whole only when one output stays unknown;
 - Constant nodes keep their node and also give their output a ``const``; Identity of a
   constant shares its storage (no copy) and Cast of a constant is computed by
   ``ir/fold.evaluate`` (numeric folding lives in ``ir/fold.py`` only);
@@ -114,6 +116,7 @@ def _from_onnx(
     input_shapes: Mapping[str | None, Sequence[int]] | None,
     given_weights: Any = None,
 ) -> Graph:
+    from drpopt.ir.infer_types import infer_types
     from drpopt.ir.input_shapes import fix_input_shapes, input_dims
     from drpopt.ir.propagate import propagate_shapes
 
@@ -131,22 +134,26 @@ def _from_onnx(
     layout = weights.layout if weights is not None else None
     if weights is not None:
         weights.layout = None  # used once: its bytes need not live as long as the weights
-    if layout is not None and model is read:
-        inferred = infer_shapes(shape_bytes(model, layout, folded, folded_nodes))
-    else:
-        inferred = infer_shapes(shape_copy(model, folded, folded_nodes))
-    graph = _convert_graph(
-        model.graph, parent=None, shapes=inferred.graph, base_dir=base_dir, weights=weights
-    )
-    for name, arr in folded.items():
-        value = graph.values.get(name)
-        if value is not None and value.producer is not None:
-            value.const, value.shape, value.dtype = arr, tuple(arr.shape), arr.dtype
-            value.producer.meta["folded"] = True
-    unshare_constants(graph)
-    graph.opsets = {op.domain: op.version for op in model.opset_import}
-    graph.opsets.setdefault("", opset)
-    if all(v.static_shape is not None for v in graph.inputs):
+    graph = None
+    if _types_node_by_node(model.graph):  # no whole-model inference (ir/infer_types.py)
+        graph = _convert_graph(
+            model.graph, None, base_dir=base_dir, weights=weights, typed=set(folded_nodes)
+        )
+        _finish_load(graph, model, opset, folded)
+        if not infer_types(graph, opset):
+            graph = None  # an output it could not type: the whole model is inferred
+    if graph is None:
+        if layout is not None and model is read:
+            inferred = infer_shapes(shape_bytes(model, layout, folded, folded_nodes))
+        else:
+            inferred = infer_shapes(shape_copy(model, folded, folded_nodes))
+        graph = _convert_graph(
+            model.graph, parent=None, shapes=inferred.graph, base_dir=base_dir, weights=weights
+        )
+        _finish_load(graph, model, opset, folded)
+    if graph.meta.pop("typed", False):
+        pass  # every output has its static shape: nothing left to propagate
+    elif all(v.static_shape is not None for v in graph.inputs):
         # inference stops at shapes computed by Mod, ConstantOfShape, a reversing Slice
         # (torch's F.pad, Swin's window padding): go on node by node with the numbers
         propagate_shapes(graph, opset)
@@ -159,6 +166,36 @@ def _from_onnx(
     graph.meta["source"] = where
     graph.meta["input_shapes"] = input_dims(model)
     return graph
+
+
+def _finish_load(
+    graph: Graph, model: onnx.ModelProto, opset: int, folded: dict[str, np.ndarray]
+) -> None:
+    """The folded values as constants, shared constants un-shared, the opsets."""
+    for name, arr in folded.items():
+        value = graph.values.get(name)
+        if value is not None and value.producer is not None:
+            value.const, value.shape, value.dtype = arr, tuple(arr.shape), arr.dtype
+            value.producer.meta["folded"] = True
+    unshare_constants(graph)
+    graph.opsets = {op.domain: op.version for op in model.opset_import}
+    graph.opsets.setdefault("", opset)
+
+
+def _types_node_by_node(gp: onnx.GraphProto) -> bool:
+    """Whether ``infer_types`` may type the graph instead of whole-model inference: every
+    input static (its shapes then follow node by node) and no value info of its own (what
+    inference would merge with its own findings)."""
+    if gp.value_info or not gp.input:
+        return False
+    for info in gp.input:
+        t = info.type
+        if not t.HasField("tensor_type") or not t.tensor_type.HasField("shape"):
+            return False
+        for d in t.tensor_type.shape.dim:
+            if d.WhichOneof("value") != "dim_value":
+                return False
+    return True
 
 
 def _check_initializers(gp: onnx.GraphProto, where: str) -> None:
@@ -228,6 +265,7 @@ def _convert_graph(
     shapes: onnx.GraphProto | None = None,
     base_dir: str = "",
     weights: FileWeights | None = None,
+    typed: set[int] | None = None,
 ) -> Graph:
     graph = Graph(gp.name or "graph")
     scope = _Scope(graph, parent)
@@ -237,11 +275,15 @@ def _convert_graph(
         if not v.is_const:
             _set_info(v, info)
             graph.inputs.append(v)
+    first = len(graph.values)
     # what shape inference found (on a light copy of this graph, its value_info included)
     _read_types(shapes if shapes is not None else gp, graph)
     _read_nodes(gp, graph, scope)
     for info in gp.output:
         graph.outputs.append(scope.lookup(info.name))
+    if typed is not None:
+        _order_as_inferred(graph, first, typed)
+        graph.meta["typed"] = True
     graph.meta["captured_names"] = sorted(scope.captured)
     return graph
 
@@ -282,6 +324,29 @@ def _read_types(found: onnx.GraphProto, graph: Graph) -> None:
                 value.shape = shape
             if dtype is not _UNSET:
                 value.dtype = dtype
+
+
+def _order_as_inferred(graph: Graph, first: int, folded: set[int]) -> None:
+    """Puts ``graph.values`` in the order whole-model inference would have made them (the
+    constants and inputs, the outputs of the nodes it ran, the graph outputs, then what
+    the nodes made), so that it is one order however the shapes were found."""
+    items = list(graph.values.items())
+    order = dict(items[:first])
+    outputs = {v.name for v in graph.outputs}
+    for index, node in enumerate(graph.nodes):
+        if index in folded:
+            continue
+        for v in node.outputs:
+            name = v.name
+            if name not in order and name not in outputs and not v.meta.get("omitted"):
+                order[name] = v
+    for v in graph.outputs:
+        order.setdefault(v.name, v)
+    if len(order) < len(items):
+        for name, v in items[first:]:
+            order.setdefault(name, v)
+    graph.values.clear()
+    graph.values.update(order)
 
 
 def _read_nodes(gp: onnx.GraphProto, graph: Graph, scope: _Scope) -> None:

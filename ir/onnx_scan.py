@@ -160,6 +160,9 @@ def _records(f: _File, i: int, end: int):
             n = buf[j]
             if n < 0x80:
                 j += 1
+            elif buf[j + 1] < 0x80:  # two bytes: most node records
+                n = (n & 0x7F) | (buf[j + 1] << 7)
+                j += 2
             else:
                 n, j = _varint(buf, j)
             stop = base + j + n

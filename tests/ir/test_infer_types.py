@@ -1,0 +1,88 @@
+"""Node-by-node typing (``ir/infer_types.py``) in place of whole-model shape inference.
+
+A model with static inputs and no value info of its own is typed node by node: every
+value gets the shape and dtype, in the same order of ``graph.values``, that whole-model
+inference (still run for any other model, and whenever one output stays unknown) gives.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import onnx
+import pytest
+from onnx import TensorProto, helper
+from swin_torch import export as swin_export
+
+from drpopt.ir.from_onnx import from_onnx
+from drpopt.zoo import models
+
+from_onnx_module = importlib.import_module("drpopt.ir.from_onnx")
+
+
+def _bare(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model as torch.onnx.export writes it: no value info."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    del model.graph.value_info[:]
+    return model
+
+
+def _typed(model: onnx.ModelProto, node_by_node: bool, monkeypatch) -> list[tuple]:
+    with monkeypatch.context() as patch:
+        if not node_by_node:
+            patch.setattr(from_onnx_module, "_types_node_by_node", lambda gp: False)
+        graph = from_onnx(model)
+    return [(v.name, v.shape, str(v.dtype)) for v in graph.values.values()]
+
+
+MODELS = {
+    "resnet18": lambda: models.resnet18_like(),
+    "mobilenetv2": lambda: models.mobilenetv2_like(),
+    "yolox": lambda: models.yolox_s_like(),
+    "densenet": lambda: models.densenet_like(),
+    "shuffle": lambda: models.channel_shuffle_model(),
+    "flatten_gemm": lambda: models.flatten_gemm_model(),
+    "swin": lambda: swin_export(size=36),  # Pad, ConstantOfShape, Where, Mod: shape numbers
+}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_node_by_node_types_are_those_of_whole_model_inference(name, monkeypatch):
+    model = _bare(MODELS[name]())
+    calls = []
+    real = from_onnx_module.infer_shapes
+    monkeypatch.setattr(from_onnx_module, "infer_shapes", lambda m: calls.append(1) or real(m))
+    ours = _typed(model, True, monkeypatch)
+    assert not calls, "whole-model inference ran for a model typed node by node"
+    assert ours == _typed(model, False, monkeypatch)
+    assert calls
+    assert all(shape is not None and dtype != "None" for _, shape, dtype in ours)
+
+
+def test_an_output_it_cannot_type_falls_back_to_whole_model_inference(monkeypatch):
+    """NonZero's size depends on the data: node by node gives up, and the model gets what
+    whole-model inference gives (a symbolic dim after it)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.INT64, None)
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"]),
+        helper.make_node("NonZero", ["r"], ["nz"]),
+        helper.make_node("Transpose", ["nz"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "g", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    ours = dict((n, (s, d)) for n, s, d in _typed(model, True, monkeypatch))
+    assert ours == dict((n, (s, d)) for n, s, d in _typed(model, False, monkeypatch))
+    assert ours["nz"][0][0] == 2 and not isinstance(ours["nz"][0][1], int)
+
+
+def test_a_model_with_value_info_or_symbolic_inputs_is_inferred_whole(monkeypatch):
+    calls = []
+    real = from_onnx_module.infer_shapes
+    monkeypatch.setattr(from_onnx_module, "infer_shapes", lambda m: calls.append(1) or real(m))
+    from_onnx(models.resnet18_like())  # shape-inferred: it carries value info
+    assert len(calls) == 1
+    model = _bare(models.resnet18_like())
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "batch"
+    from_onnx(model)
+    assert len(calls) == 2
