@@ -11,8 +11,8 @@ rules (``ir/rules.py``, one table keyed by op type) relate spaces in three ways:
 
 Spaces are cut into atomic segments wherever a concat boundary falls (propagated to a
 fixpoint through every relation; spaces an identity ties share their segments), the
-segments become the nodes of a graph (``solve.SegmentGraph``), and its connected
-components are the coupled groups. Inside a group every segment maps
+segments become the nodes of a ``networkx`` graph, and its connected components are the
+coupled groups. Inside a group every segment maps
 group channel ``j`` to the block ``[start + j*block, start + (j+1)*block)`` of its space.
 
 Anything a rule cannot vouch for is *locked*: the lock travels with the component, so a
@@ -20,6 +20,8 @@ group is never silently wrong, only (conservatively) not prunable, with the reas
 """
 
 from __future__ import annotations
+
+import networkx as nx
 
 from drpopt.ir import solve as _solve
 from drpopt.ir.channel_types import ROLE_RANK, Group, Lock, Member, Segment, Space
@@ -183,7 +185,6 @@ class ChannelGraph:
             self.lock(s, "mismatch", f"{node.op_type} '{node.name}': {why}", node)
 
     # ---- solving (ir/solve.py) --------------------------------------------------------
-    def groups(self) -> tuple[list[Group], _solve.SegmentGraph]:
-        """The groups, and the segment graph whose components they are (``to_networkx``
-        gives it as a networkx graph)."""
+    def groups(self) -> tuple[list[Group], nx.Graph]:
+        """Segments, the networkx segment graph, and its components as groups."""
         return _solve.solve(self)

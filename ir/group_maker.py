@@ -10,15 +10,17 @@ import math
 from collections import deque
 from typing import TYPE_CHECKING
 
+import networkx as nx
+
 from drpopt.ir.channel_types import ROLE_RANK, Group, Lock, Member, Segment
 from drpopt.ir.core import Value
 
 if TYPE_CHECKING:
     from drpopt.ir.channels import ChannelGraph
-    from drpopt.ir.solve import SegmentGraph, Segments, SpaceClasses
+    from drpopt.ir.solve import Segments, SpaceClasses
 
 
-def components(g: SegmentGraph, table: Segments, cls: SpaceClasses, maker: GroupMaker):
+def components(g: nx.Graph, table: Segments, cls: SpaceClasses, maker: GroupMaker):
     """The components in the order of their first (space, segment), as the spaces come;
     a lone segment of a class of one space is yielded only when something produces that
     space (only those can be groups)."""
@@ -35,7 +37,7 @@ def components(g: SegmentGraph, table: Segments, cls: SpaceClasses, maker: Group
                 if len(members[c]) > 1 or maker.produced[c]:
                     yield {s}
                 continue
-            comp = g.component(s)
+            comp = nx.node_connected_component(g, s)
             for t in comp:
                 seen[t] = 1
             yield comp
@@ -46,7 +48,7 @@ class GroupMaker:
     once per space."""
 
     def __init__(
-        self, cg: ChannelGraph, g: SegmentGraph, table: Segments, expansions, cls: SpaceClasses
+        self, cg: ChannelGraph, g: nx.Graph, table: Segments, expansions, cls: SpaceClasses
     ) -> None:
         self.spaces = cg.spaces
         self.cls = cls

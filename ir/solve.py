@@ -1,6 +1,6 @@
 """Solving a channel graph: spaces an identity ties merged into classes, cuts to a
 fixpoint over the concats and expansions between classes, atomic segments per class, the
-segment graph (adjacency lists), and its connected components as coupled groups (see
+networkx segment graph, and its connected components as coupled groups (see
 ``ir/channels.py``).
 
 Most relations are identities (an activation, a BN, an add): merging their spaces first
@@ -186,47 +186,7 @@ def segment_edges(
     return edges, expansions, split_blocks
 
 
-class SegmentGraph:
-    """The segment graph: ``adj[s]`` lists the segments an edge ties to segment ``s``, in
-    the order the edges come (an edge given twice is listed twice: walks skip what they
-    saw). Plain lists, not a networkx graph: building one was a tenth of a small CNN's
-    analysis; ``to_networkx`` makes one for inspection."""
-
-    __slots__ = ("adj", "edges")
-
-    def __init__(self, n: int, edges: list[tuple[int, int]]) -> None:
-        adj: list[list[int]] = [[] for _ in range(n)]
-        for a, b in edges:
-            adj[a].append(b)
-            adj[b].append(a)
-        self.adj = adj
-        self.edges = edges
-
-    def __len__(self) -> int:
-        return len(self.adj)
-
-    def component(self, source: int) -> set[int]:
-        """The segments connected to ``source`` (as ``nx.node_connected_component``)."""
-        adj = self.adj
-        seen = {source}
-        level = [source]
-        while level:
-            here, level = level, []
-            for v in here:
-                for w in adj[v]:
-                    if w not in seen:
-                        seen.add(w)
-                        level.append(w)
-        return seen
-
-    def to_networkx(self) -> nx.Graph:
-        g = nx.Graph()
-        g.add_nodes_from(range(len(self.adj)))
-        g.add_edges_from(self.edges)
-        return g
-
-
-def solve(cg: ChannelGraph) -> tuple[list[Group], SegmentGraph]:
+def solve(cg: ChannelGraph) -> tuple[list[Group], nx.Graph]:
     """Classes of identical spaces, their segments, the networkx segment graph, and its
     components as groups. Spaces an identity relation ties (elementwise ops, BN, an
     activation) share one set of segments: only concats and expansions become edges."""
@@ -238,9 +198,11 @@ def solve(cg: ChannelGraph) -> tuple[list[Group], SegmentGraph]:
     for sid, sp in enumerate(spaces):
         csp = cls.spaces[cls.of[sid]]
         sp.cuts, sp.seg0 = csp.cuts, csp.seg0
+    g = nx.Graph()
+    g.add_nodes_from(range(len(table.space)))
     edges, expansions, split_blocks = segment_edges(cls.relations, cls.spaces, table.bounds)
     cg.expansions = expansions
-    g = SegmentGraph(len(table.space), edges)
+    g.add_edges_from(edges)
     if cg.locked_values or cg.pending_locks:
         for key, sid in cg._index.items():
             if key[0] in cg.locked_values:
