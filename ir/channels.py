@@ -37,16 +37,16 @@ class ChannelGraph:
     def __init__(self, graph: Graph) -> None:
         self.graph = graph
         self.spaces: list[Space] = []
-        self._index: dict[tuple[str, int], int] = {}
+        self._index: dict[tuple[Value, int], int] = {}  # keyed by the IR value, not its name
         self.relations: list[tuple] = []
         self.unsupported: list[Node] = []
-        self.locked_values: dict[str, Lock] = {}
+        self.locked_values: dict[Value, Lock] = {}
         self.shape_memo: dict = {}  # shape_entries results, shared by every rule
         self.numeric_memo: dict = NumericMemo()  # shape_values results, likewise
-        # (value name, axis) a rule mentioned while it ran, for the central default lock
-        self.touched: set[tuple[str, int]] = set()
+        # (value, axis) a rule mentioned while it ran, for the central default lock
+        self.touched: set[tuple[Value, int]] = set()
         # locks for spaces that may not exist (yet): attached when groups are built
-        self.pending_locks: dict[tuple[str, int], Lock] = {}
+        self.pending_locks: dict[tuple[Value, int], Lock] = {}
         # reshape splits/merges: the level each maps at (set by the analysis), and the
         # mappings made, as (node, value, axis carrying the channels, level, axes)
         self.reshape_levels: dict[Node, int] = {}
@@ -60,7 +60,7 @@ class ChannelGraph:
             return None
         if axis < 0:
             axis += len(shape)
-        key = (value.name, axis)
+        key = (value, axis)
         self.touched.add(key)
         sid = self._index.get(key)
         if sid is not None:
@@ -125,19 +125,18 @@ class ChannelGraph:
         ``value`` (all axes when ``axes`` is None): a Shape reads only metadata."""
         if value is None or value.shape is None:
             return
-        rank, name = len(value.shape), value.name
-        self.touched.update((name, ax % rank) for ax in (range(rank) if axes is None else axes))
+        rank = len(value.shape)
+        self.touched.update((value, ax % rank) for ax in (range(rank) if axes is None else axes))
 
     def lock_untouched(self, node: Node) -> None:
         """Locks every axis of the node's inputs and outputs that its rule neither related
         nor declared independent (a rule that forgets an axis never leaves it free)."""
         touched, locked = self.touched, self.locked_values
         for v in (*node.inputs, *node.outputs):
-            if v is None or v.shape is None or v.name in locked:
+            if v is None or v.shape is None or v in locked:
                 continue
-            name = v.name
             for ax, dim in enumerate(v.shape):
-                key = (name, ax)
+                key = (v, ax)
                 if dim == 1 or key in touched:
                     continue
                 lock = Lock(
@@ -166,7 +165,7 @@ class ChannelGraph:
             return
         lock = Lock(kind, message, node.name if node else None, node.op_type if node else None)
         if value.rank is None:
-            self.locked_values.setdefault(value.name, lock)
+            self.locked_values.setdefault(value, lock)
             return
         for axis in range(value.rank):
             sid = self.space(value, axis)
