@@ -8,11 +8,12 @@ For torchvision's and timm's ViT layouts (``tests/ir/vit_blocks_torch.py``: 32 p
 width 64, 4 heads, MLP 256, depth 4) it prints the compact/dense parameter ratio of
 
 - the torch path: ``drpopt.retrain.Pruner`` one-shot at the rate, then ``export_onnx(...,
-  compact=True)`` (verified against the masked torch model in onnxruntime), by default
-  and with ``masked_layernorm=True``;
+  compact=True)`` (verified against the masked torch model in onnxruntime), with
+  ``masked_layernorm=False`` and by default (``masked_layernorm=True``);
 - the ONNX path: ``drpopt.prune`` of the model's export at the same rate, compact form;
 
-and the group sizes each torch run leaves whole (by default the LayerNorm-normalised width).
+and the group sizes each torch run leaves whole (without masked LayerNorms, the
+LayerNorm-normalised width).
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ def main(argv: list[str] | None = None) -> None:
             locked = sorted({g.size for g in pruner.analysis.groups if not g.prunable})
             torch_side.append(f"{result.params / result.dense_params:.3f} (whole: {locked})")
         print(
-            f"{name}: torch path {torch_side[0]}, with masked_layernorm {torch_side[1]}, "
+            f"{name}: torch path with masked_layernorm=False {torch_side[0]}, "
+            f"default (masked LayerNorms) {torch_side[1]}, "
             f"ONNX path {onnx_ratio:.3f}"
         )
 

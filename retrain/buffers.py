@@ -110,9 +110,12 @@ def share_buffers(source: Any, clone: Any) -> int:
 
 
 def share_with_copies(source: Any) -> None:
-    """After a Pruner attached its buffers to ``source``: its earlier copies get them too."""
+    """After a Pruner attached its buffers to ``source``: its earlier copies get them too
+    (and its MaskedLayerNorm classes)."""
     from drpopt.retrain.checkpoint import install_mask_hooks
+    from drpopt.retrain.masked_norm import match_masked_norms
 
     for clone in list(_COPIES.get(source, ())):
         if share_buffers(source, clone):
             install_mask_hooks(clone)
+        match_masked_norms(source, clone)

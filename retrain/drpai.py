@@ -25,6 +25,10 @@ Rules (the idioms of the public examples):
   every floating entry leaves them alone; float masks of older checkpoints (or averaged
   ones) are binarised at 0.5 on loading and applied at once;
 - a layer removed from the list keeps its output channels (the groups it produces);
+- LayerNorms over pruned channels count only the kept ones (``MaskedLayerNorm``, as the
+  base Pruner's default ``masked_layernorm``), so a transformer's embedding width is
+  pruned too and ``final_pr`` stays the zero share of the listed layers;
+  ``make_pruning_layer_list(..., masked_layernorm=False)`` leaves the LayerNorms alone;
 - ``get_model_info`` prints a rich table and returns the :class:`ModelInfo`; its second
   argument may be ``input_data`` or a list of shapes (``get_model_info(model, [(1, 3, 640,
   640)])``, as the recipes' ``torch2onnx.py`` calls it).
@@ -143,12 +147,17 @@ def _inputs(input_data: Any, input_size: Any) -> Any:
 
 
 def make_pruning_layer_list(
-    model: Any, input_data: Any = None, input_size: Any = None
+    model: Any, input_data: Any = None, input_size: Any = None, masked_layernorm: bool = True
 ) -> PruningLayerList:
-    """Traces ``model`` (DDP unwrapped, in its current mode) and lists its prunable layers."""
+    """Traces ``model`` (DDP unwrapped, in its current mode) and lists its prunable layers;
+    ``masked_layernorm`` as the Pruner's (the LayerNorm width prunable, default on)."""
+    from drpopt.retrain.masked_norm import maskable_weights
+
     module = unwrap(model)
     example = _inputs(input_data, input_size)
-    trace = trace_module(module, example)
+    trace = trace_module(
+        module, example, masked_norms=maskable_weights(module) if masked_layernorm else None
+    )
     names = listed_layers(trace.graph, (n for n, _ in module.named_parameters()))
     layers = PruningLayerList(names, trace, example)
     layers.nodes = names
@@ -226,6 +235,9 @@ class Pruner(_BasePruner):
             )
         kwargs.pop("trace", None)
         kwargs.setdefault("target", "drpai")
+        kwargs.setdefault(
+            "masked_layernorm", bool(pruning_layer_list.trace.graph.meta.get("masked_norms"))
+        )
         super().__init__(
             module,
             pruning_layer_list.example_inputs,

@@ -9,6 +9,8 @@ Rules:
   copy was made (a Pruner attached later) are shared with the copy too;
 - after each update the averaged weights are multiplied by their masks, so pruned weights
   of the EMA are exactly zero;
+- the copy's LayerNorms are MaskedLayerNorms where the model's are (also when the Pruner
+  swapped them after the copy was made), so both count the same channels;
 - a DDP/DataParallel-wrapped model is unwrapped.
 """
 
@@ -56,6 +58,8 @@ class ModelEMA:
         """Averages ``model``'s weights into ``ema`` (call after every optimizer step)."""
         import torch
 
+        from drpopt.retrain.masked_norm import match_masked_norms
+
         with torch.no_grad():
             self.updates += 1
             d = self.current_decay()
@@ -63,6 +67,7 @@ class ModelEMA:
             msd = source.state_dict()
             if share_buffers(source, self.ema):
                 install_mask_hooks(self.ema)
+            match_masked_norms(source, self.ema)
             esd = self.ema.state_dict()
             missing = sorted(k for k in esd if k not in msd and not is_pruning_key(k))
             if missing:

@@ -2,8 +2,8 @@
 
 A torch ``nn.LayerNorm`` averages over every channel of its last axis, zeros included, so
 a masked model whose embedding width is pruned would compute something else than its
-compact form (where the pruned channels are gone). With ``Pruner(...,
-masked_layernorm=True)`` every ``nn.LayerNorm`` whose weight gets a channel mask becomes a
+compact form (where the pruned channels are gone). With the Pruner's ``masked_layernorm``
+(on by default) every ``nn.LayerNorm`` whose weight gets a channel mask becomes a
 :class:`MaskedLayerNorm` (the same module, class swapped; ``state_dict`` keys unchanged):
 
     k = sum(kept);  mean = sum(x * kept) / k;  d = (x - mean) * kept
@@ -101,6 +101,27 @@ def maskable_weights(model: Any) -> set[str]:
         for n, m in model.named_modules()
         if maskable(m) and not any(n.startswith(p) for p in inside)
     }
+
+
+def masked_weights(model: Any) -> set[str]:
+    """``<name>.weight`` of every module of ``model`` that already is a MaskedLayerNorm."""
+    return {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, MaskedLayerNorm)}
+
+
+def match_masked_norms(source: Any, clone: Any) -> int:
+    """The LayerNorms of ``clone`` (a copy of ``source``) at the names where ``source`` has
+    a MaskedLayerNorm become MaskedLayerNorms too (a copy made before the Pruner swapped the
+    source's classes); returns how many changed."""
+    count = 0
+    for name in masked_weights(source):
+        try:
+            sub = clone.get_submodule(name[: -len(".weight")])
+        except AttributeError:
+            continue
+        if maskable(sub) and not isinstance(sub, MaskedLayerNorm):
+            sub.__class__ = MaskedLayerNorm
+            count += 1
+    return count
 
 
 def mask_exported_layernorms(graph: Any, plan: Any, norms: set[str]) -> None:

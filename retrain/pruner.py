@@ -34,9 +34,13 @@ Rules:
   pruned checkpoint loads strictly into ``Pruner(..., final_rate=0)``);
 - ``finalize()`` zeroes the weights for good, removes hooks and buffers, and leaves a plain
   module whose ``state_dict`` has the original keys;
-- ``masked_layernorm=True``: LayerNorms over pruned channels become ``MaskedLayerNorm``
-  (``retrain/masked_norm.py``: statistics over the kept channels, as the compact model
-  computes them; still so after ``finalize``), and the analysis prunes their channels.
+- ``masked_layernorm`` (on by default, as the ONNX path prunes a LayerNorm's width):
+  LayerNorms over pruned channels become ``MaskedLayerNorm`` (``retrain/masked_norm.py``:
+  statistics over the kept channels, as the compact model computes them; still so after
+  ``finalize``, in ``deepcopy_model``/EMA copies and in a model a checkpoint is loaded
+  into), and the analysis prunes their channels; ``masked_layernorm=False`` leaves every
+  module's class untouched and those channels whole. With a ``trace`` given, the trace
+  decides which LayerNorms are masked (it was made with or without them).
 """
 
 from __future__ import annotations
@@ -121,10 +125,10 @@ def _owner(model: Any, name: str) -> tuple[Any, str]:
 class Pruner:
     """Gradual (or one-shot) structured pruning of ``model`` to ``final_rate``.
 
-    ``masked_layernorm``: the ``nn.LayerNorm`` modules over a pruned channel axis count only
-    the kept channels (they become ``retrain.masked_norm.MaskedLayerNorm``), so the channels
-    they normalise (a transformer's embedding width) can be pruned; without it those
-    channels stay whole.
+    ``masked_layernorm`` (default on): the ``nn.LayerNorm`` modules over a pruned channel
+    axis count only the kept channels (they become ``retrain.masked_norm.MaskedLayerNorm``),
+    so the channels they normalise (a transformer's embedding width) can be pruned, as the
+    ONNX path prunes them; ``False`` leaves the modules untouched and those channels whole.
 
     ``granularity``, ``pattern_rate``, ``n``, ``m``, ``block`` and ``scope`` override the
     target profile's fine-grained pattern (see the module docstring); ``pattern_rate`` is for
@@ -156,11 +160,11 @@ class Pruner:
         m: int | None = None,
         block: int | None = None,
         scope: str | None = None,
-        masked_layernorm: bool = False,
+        masked_layernorm: bool = True,
     ) -> None:
         pattern_args = (granularity, pattern_rate, n, m, block, scope)
         self.model = unwrap(model)
-        norms = _maskable_norms(self.model) if masked_layernorm else set()
+        norms = _norms_to_mask(self.model, masked_layernorm, trace)
         self.schedule = as_schedule(schedule, final_rate, start_step, end_step, frequency)
         self.profile = get_target(target)
         self.policy = SelectionPolicy.resolve(
@@ -492,11 +496,22 @@ class Pruner:
         return list(self._masked)
 
 
-def _maskable_norms(model: Any) -> set[str]:
-    """Weight names of the LayerNorms ``masked_layernorm`` may mask (torch imported late)."""
-    from drpopt.retrain.masked_norm import maskable_weights
+def _norms_to_mask(model: Any, masked_layernorm: bool, trace: TorchTrace | None) -> set[str]:
+    """Weight names of the LayerNorms the Pruner may mask (torch imported late): the
+    maskable ones with ``masked_layernorm``; with a ``trace`` given, those it was made with
+    (refused when ``masked_layernorm=False`` and the trace lets plain LayerNorms prune)."""
+    from drpopt.retrain.masked_norm import maskable_weights, masked_weights
 
-    return maskable_weights(model)
+    if trace is None:
+        return maskable_weights(model) if masked_layernorm else set()
+    norms = set(trace.graph.meta.get("masked_norms", ()))
+    if not masked_layernorm and norms - masked_weights(model):
+        raise BadInputError(
+            "the trace was made with masked LayerNorms but the Pruner has "
+            "masked_layernorm=False; make the trace (make_pruning_layer_list) with "
+            "masked_layernorm=False too"
+        )
+    return norms
 
 
 def _use_masked_norms(model: Any, names: set[str]) -> list[str]:

@@ -30,7 +30,8 @@ BATCH = (4, 3, 12, 12)
 
 
 class Net(nn.Module):
-    """Conv-BN-ReLU, a residual conv-BN, a strided conv, a Linear head."""
+    """Conv-BN-ReLU, a residual conv-BN, a strided conv, a LayerNorm (masked by the Pruner's
+    default ``masked_layernorm``), a Linear head."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -39,13 +40,14 @@ class Net(nn.Module):
         self.conv2 = nn.Conv2d(16, 16, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(16)
         self.conv3 = nn.Conv2d(16, 32, 3, stride=2, padding=1)
+        self.norm = nn.LayerNorm(32)
         self.fc = nn.Linear(32, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.relu(self.bn1(self.conv1(x)))
         x = torch.relu(x + self.bn2(self.conv2(x)))
         x = torch.relu(self.conv3(x))
-        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+        return self.fc(self.norm(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)))
 
 
 def train(rank: int, criterion: str) -> dict:
@@ -84,6 +86,7 @@ def train(rank: int, criterion: str) -> dict:
         "keep": pruner.keep_sets(),
         "rates": rates,
         "step": pruner.step,
+        "masked_norms": pruner.masked_norms,
     }
 
 

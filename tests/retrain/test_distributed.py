@@ -64,6 +64,7 @@ def test_ranks_end_with_identical_masks_and_weights(ranks, criterion):
     for name, p in a["params"].items():
         assert torch.equal(p, b["params"][name]), name
     assert a["keep"] == b["keep"]
+    assert a["masked_norms"] == b["masked_norms"]
 
 
 @pytest.mark.parametrize("criterion", ["l2", "random"])
@@ -81,6 +82,8 @@ def test_masks_are_not_trivial(ranks, criterion):
         "conv1.weight[0]@0": 8,
         "conv3.weight[0]@0": 16,
     }
+    assert run["masked_norms"] == ["norm"]  # the LayerNorm counts conv3's kept channels
+    assert int(run["masks"]["norm.weight_drpopt_mask"].sum()) == 16
     for name, p in run["params"].items():  # pruned weights are exactly zero
         mask = run["masks"].get(name + "_drpopt_mask")
         if mask is not None:

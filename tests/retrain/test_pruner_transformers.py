@@ -53,10 +53,10 @@ def example(seed: int, batch: int = 2) -> torch.Tensor:
     return torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
 
 
-def pruned(name: str, masked_layernorm: bool = False) -> tuple[torch.nn.Module, Pruner]:
+def pruned(name: str, **kwargs) -> tuple[torch.nn.Module, Pruner]:
     torch.manual_seed(0)
     model = MODELS[name]().eval()
-    pruner = Pruner(model, example(0), final_rate=0.5, masked_layernorm=masked_layernorm)
+    pruner = Pruner(model, example(0), final_rate=0.5, **kwargs)
     pruner.update()
     return model, pruner
 
@@ -79,11 +79,11 @@ def test_whole_heads_of_q_k_v_and_the_output_projection_are_masked(name):
     for qkv, proj in ATTENTION[name]:
         e = params[proj].shape[0]
         heads = HEADS[name][0] if HEADS[name] else e // 16  # swin: head_dim 16
-        rows = mask(pruner, qkv).all(axis=1)
+        rows = mask(pruner, qkv).any(axis=1)  # a row is kept with its kept input columns
         kept = kept_heads(rows, heads)
         assert (kept == kept[0]).all()  # the same heads of q, k and v
         assert kept[0].sum() == heads // 2
-        cols = mask(pruner, proj).all(axis=0).reshape(heads, -1)
+        cols = mask(pruner, proj).any(axis=0).reshape(heads, -1)
         assert (cols.all(axis=1) == kept[0]).all() and (cols.any(axis=1) == kept[0]).all()
 
 
@@ -91,7 +91,7 @@ def test_whole_heads_of_q_k_v_and_the_output_projection_are_masked(name):
 def test_mlp_hidden_channels_are_masked_by_half(name):
     _, pruner = pruned(name)
     for weight in MLP_IN[name]:
-        rows = mask(pruner, weight).all(axis=1)
+        rows = mask(pruner, weight).any(axis=1)
         assert rows.sum() == rows.size // 2
 
 
@@ -128,16 +128,19 @@ def test_swin_falls_back_to_the_export_and_still_prunes_heads():
 
 
 @pytest.mark.parametrize("name", ["timm_vit", "convnext"])
-def test_layernorm_channels_stay_whole_on_the_torch_path_and_say_why(name):
-    """A torch LayerNorm counts every channel in its statistics, so by default the channels
-    it normalises (the embedding width) stay whole in the Pruner; the reason names it."""
-    _, pruner = pruned(name)
+def test_layernorm_channels_stay_whole_without_masked_layernorm_and_say_why(name):
+    """A torch LayerNorm counts every channel in its statistics, so with
+    ``masked_layernorm=False`` the channels it normalises (the embedding width) stay whole
+    in the Pruner, the reason names it, and no module changes class."""
+    model, pruner = pruned(name, masked_layernorm=False)
+    assert not pruner.masked_norms
+    assert not any(isinstance(m, MaskedLayerNorm) for m in model.modules())
     locked = [g for g in pruner.analysis.groups if not g.prunable and g.size in (16, 32)]
     assert len(locked) == 1 and "LayerNormalization" in locked[0].reason
     assert "normalises over these axes" in locked[0].reason
 
 
-# ---- masked_layernorm=True: LayerNorms count only the kept channels ---------------------
+# ---- masked_layernorm (the default): LayerNorms count only the kept channels -------------
 NORMS = {
     "torchvision_vit": "layers.0.ln_1.weight",
     "timm_vit": "blocks.0.norm1.weight",
@@ -161,7 +164,7 @@ def test_masked_layer_norm_is_the_layernorm_of_the_kept_channels():
 
 @pytest.mark.parametrize("name", list(NORMS))
 def test_masked_layernorm_prunes_the_normalised_width_and_stays_exact(name, tmp_path):
-    model, pruner = pruned(name, masked_layernorm=True)
+    model, pruner = pruned(name)  # masked_layernorm is the default
     assert [g.size for g in pruner.analysis.groups if not g.prunable] == [10]  # the logits
     ln = mask(pruner, NORMS[name])
     assert ln.sum() == ln.size // 2
@@ -182,7 +185,7 @@ def test_masked_layernorm_prunes_the_normalised_width_and_stays_exact(name, tmp_
 
 
 def test_a_masked_layernorm_model_survives_tracing_finalize_and_reload():
-    model, pruner = pruned("timm_vit", masked_layernorm=True)
+    model, pruner = pruned("timm_vit")
     trace = trace_module(model, example(0))  # MaskedLayerNorm is one fx call, a LayerNorm
     assert trace.path.startswith(FX_PATH)
     assert [g.size for g in analyze(trace.graph).groups if not g.prunable] == [10]
