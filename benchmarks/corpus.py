@@ -94,7 +94,7 @@ def _compact_ratios(model, dense, keep: bool | None) -> tuple[float, float, floa
 def _per_layer_params(analysis) -> int:
     """Parameters with a shared weight counted once per layer that reads it (the analysis
     un-shares constants per use on load, so each use is a value of its own)."""
-    from drpopt.ir.analysis import _is_param
+    from drpopt.ir.counting import _is_param
 
     return sum(v.numel or 0 for v in analysis.graph.values.values() if _is_param(v))
 

@@ -37,15 +37,15 @@ from typing import Any
 
 import numpy as np
 
-from drpopt.ir.analysis import RECURRENT_OPS, node_macs, recurrent_steps, recurrent_weights
 from drpopt.ir.core import Graph, Value
+from drpopt.ir.counting import RECURRENT_OPS, node_macs, recurrent_steps, recurrent_weights
 from drpopt.passes.common import weight_of
 
 
 def _is_param(v: Value) -> bool:
-    from drpopt.ir import analysis
+    from drpopt.ir import counting
 
-    return analysis._is_param(v)  # the analysis's rule: figures and groups agree
+    return counting._is_param(v)  # the analysis's rule: figures and groups agree
 
 
 def model_figures(
@@ -146,7 +146,7 @@ def group_shares(analysis: Any) -> GroupShares:
     cached = getattr(analysis, "_drpopt_shares", None)
     if isinstance(cached, GroupShares):
         return cached
-    from drpopt.ir.analysis import weight_uses
+    from drpopt.ir.counting import weight_uses
 
     graph = analysis.graph
     params = {v.name: v for v in graph.values.values() if _is_param(v)}

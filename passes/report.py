@@ -25,8 +25,9 @@ from typing import Any
 
 import onnx
 
-from drpopt.ir.analysis import Analysis, analyze, node_macs
+from drpopt.ir.analysis import Analysis, analyze
 from drpopt.ir.core import Graph
+from drpopt.ir.counting import node_macs
 from drpopt.passes.common import LayerSparsity, human, layer_sparsity, pct
 from drpopt.passes.report_compare import compare_stats
 from drpopt.passes.report_compare import drift_reason as drift_reason  # re-exported

@@ -26,8 +26,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from drpopt.errors import BadInputError
-from drpopt.ir.analysis import node_macs
 from drpopt.ir.core import Node, Value
+from drpopt.ir.counting import node_macs
 from drpopt.ir.from_torch import TorchTrace, _to_cpu, split_inputs, trace_module, unwrap
 
 log = logging.getLogger(__name__)

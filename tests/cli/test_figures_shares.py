@@ -16,7 +16,8 @@ from dynmodels import dynamic_cnn
 from typer.testing import CliRunner
 
 from drpopt.cli.main import app
-from drpopt.ir.analysis import analyze, node_macs
+from drpopt.ir.analysis import analyze
+from drpopt.ir.counting import node_macs
 from drpopt.zoo import build
 
 runner = CliRunner()

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from drpopt.ir.analysis import (
+from drpopt.ir.analysis import Analysis
+from drpopt.ir.counting import (
     RECURRENT_OPS,
     WEIGHT_OPS,
-    Analysis,
     _distinct_params,
     _is_param,
     node_macs,

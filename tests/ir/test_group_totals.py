@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 
 from drpopt import analyze
-from drpopt.ir.analysis import (
+from drpopt.ir.channel_types import Group, Member
+from drpopt.ir.core import Graph, Value
+from drpopt.ir.counting import (
     _group_totals,
     _is_param,
     _one_axis_totals,
     _removed,
     weight_uses,
 )
-from drpopt.ir.channel_types import Group, Member
-from drpopt.ir.core import Graph, Value
 from drpopt.zoo import MODELS, build
 
 

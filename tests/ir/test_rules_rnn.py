@@ -18,7 +18,7 @@ from onnx import helper, numpy_helper
 from torch import nn
 
 from drpopt import analyze
-from drpopt.ir.analysis import node_macs
+from drpopt.ir.counting import node_macs
 from drpopt.ir.to_onnx import to_onnx
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "corpus"))

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from drpopt import analyze
-from drpopt.ir.analysis import node_macs
+from drpopt.ir.counting import node_macs
 from drpopt.ir.to_onnx import to_onnx
 from drpopt.passes import ApplyMasksPass, CompactPass, MaskPass, PassManager, ScorePass
 from drpopt.passes.common import get_analysis

@@ -14,7 +14,8 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from drpopt.errors import BadInputError, CheckFailedError
-from drpopt.ir.analysis import _is_param, analyze
+from drpopt.ir.analysis import analyze
+from drpopt.ir.counting import _is_param
 from drpopt.passes.plan import Plan, keep_masks
 from drpopt.retrain import Pruner
 from drpopt.retrain.export import export_onnx, load_builder, plan_from_zeros

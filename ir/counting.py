@@ -1,0 +1,261 @@
+"""Counting for ``analyze()``: which constants are parameters, MACs per node (recurrent
+layers once per step), how often each weight is used, and each group's parameter and MAC
+shares (``params`` / ``macs``) and the union removed by the prunable groups (the counting
+rules are in ``ir/analysis.py``'s docstring)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from drpopt.ir.channels import Group
+from drpopt.ir.core import Graph, Node, Value
+
+WEIGHT_OPS = frozenset(
+    [
+        "Conv",
+        "ConvTranspose",
+        "Gemm",
+        "MatMul",
+        "BatchNormalization",
+        "InstanceNormalization",
+        "LayerNormalization",
+        "GroupNormalization",
+        "PRelu",
+    ]
+)
+SHAPE_OPS = frozenset(
+    ["Reshape", "Slice", "Resize", "Pad", "Expand", "Tile", "ConstantOfShape", "Range"]
+)
+
+
+def _is_param(v: Value) -> bool:
+    """Weights of layers count whatever their size; other float constants count unless
+    they are scalars (Clip bounds, a scale) or feed only shape-like inputs."""
+    if not v.is_const or v.dtype is None:
+        return False
+    dtype = v.dtype
+    if (dtype.kind if isinstance(dtype, np.dtype) else np.dtype(dtype).kind) != "f":
+        return False
+    if any(n.op_type in WEIGHT_OPS for n, _ in v.uses):
+        return True
+    return (v.numel or 0) > 1 and any(n.op_type not in SHAPE_OPS for n, _ in v.uses)
+
+
+RECURRENT_OPS = frozenset(["LSTM", "GRU", "RNN"])
+
+
+def recurrent_steps(node: Node) -> int:
+    """Time steps times batch of a recurrent node's input: how often each element of its
+    W and R takes part in a multiply-accumulate (1 where the shape is unknown)."""
+    x = node.input(0)
+    if x is None or x.shape is None or len(x.shape) < 2:
+        return 1
+    steps, batch = x.shape[0], x.shape[1]
+    if node.attr("layout", 0):
+        steps, batch = batch, steps
+    return _int(steps) * _int(batch)
+
+
+def recurrent_weights(node: Node) -> list[Value]:
+    """W and R of an LSTM, GRU or RNN where they are known constants."""
+    return [w for w in (node.input(1), node.input(2)) if w is not None and w.is_const and w.numel]
+
+
+def node_macs(node: Node) -> int:
+    """Multiply-accumulates of one Conv, ConvTranspose, Gemm or MatMul, or of an LSTM, GRU
+    or RNN (its W and R once per time step and batch element; gates' elementwise work not
+    counted); 0 for other ops."""
+    op = node.op_type
+    if op in RECURRENT_OPS:
+        return recurrent_steps(node) * sum(w.numel or 0 for w in recurrent_weights(node))
+    if op in ("Conv", "ConvTranspose"):
+        x, w, y = node.input(0), node.input(1), node.outputs[0]
+        if w is None or w.shape is None or y.shape is None or x is None or x.shape is None:
+            return 0
+        kernel = math.prod(_int(d) for d in w.shape[2:])
+        if op == "Conv":
+            return math.prod(_int(d) for d in y.shape) * _int(w.shape[1]) * kernel
+        return math.prod(_int(d) for d in x.shape) * _int(w.shape[1]) * kernel
+    if op in ("Gemm", "MatMul"):
+        a, y = node.input(0), node.outputs[0]
+        if a is None or a.shape is None or y.shape is None or not a.shape:
+            return 0
+        k = _int(a.shape[0] if op == "Gemm" and node.attr("transA", 0) else a.shape[-1])
+        return math.prod(_int(d) for d in y.shape) * k
+    return 0
+
+
+def _int(d: Any) -> int:
+    return d if isinstance(d, int) and d > 0 else 1
+
+
+def weight_uses(graph: Graph) -> dict[str, float]:
+    """MACs each element of a weight tensor takes part in, summed over the nodes using it."""
+    return macs_and_weight_uses(graph)[1]
+
+
+def macs_and_weight_uses(graph: Graph) -> tuple[int, dict[str, float]]:
+    """The graph's MACs (``node_macs`` summed) and ``weight_uses``, in one pass."""
+    uses: dict[str, float] = {}
+    total = 0
+    for node in graph.nodes:
+        macs = node_macs(node)
+        if not macs:
+            continue
+        total += macs
+        if node.op_type in RECURRENT_OPS:  # W and R both take part, each element alike
+            for w in recurrent_weights(node):
+                uses[w.name] = uses.get(w.name, 0.0) + recurrent_steps(node)
+            continue
+        for i in (1, 0):
+            w = node.input(i)
+            if w is not None and w.is_const and w.numel:
+                uses[w.name] = uses.get(w.name, 0.0) + macs / w.numel
+                break
+    return total, uses
+
+
+def _distinct_params(params: dict[str, Value]) -> int:
+    """Elements of the parameter tensors, a tensor shared by several values (an exporter's
+    shared constant, un-shared on load) counted once."""
+    sizes = {v.storage: v.numel or 0 for v in params.values()}
+    return sum(sizes.values())
+
+
+def _union_length(intervals: list[tuple[int, int]], dim: int) -> int:
+    """How many of ``range(dim)`` the half-open intervals cover together."""
+    covered, end = 0, 0
+    for lo, hi in sorted(intervals):  # comparisons, not max/min calls: it runs per piece
+        if lo < end:
+            lo = end
+        if hi > dim:
+            hi = dim
+        if hi > lo:
+            covered += hi - lo
+            end = hi
+    return covered
+
+
+def _removed(
+    graph: Graph, groups: list[Group], params: dict[str, Value], uses: dict[str, float]
+) -> tuple[int, int]:
+    """Parameters and MACs covered by the channels of ``groups`` (each element once: a
+    tensor shared by several layers, un-shared per use on load, is one tensor whose element
+    counts when any of its uses covers it; MACs count per use, as each layer runs)."""
+    spans: dict[str, dict[int, list[tuple[int, int]]]] = {}
+    for g in groups:
+        for m in g.members:
+            name = m.tensor
+            if name is None or name not in params:
+                continue
+            axes = spans.get(name)
+            if axes is None:
+                axes = spans[name] = {}
+            iv = axes.get(m.axis)
+            if iv is None:
+                iv = axes[m.axis] = []
+            lo = m.start
+            iv.append((lo, lo + m.length * m.block))
+    total_macs = 0.0
+    by_storage: dict[int, tuple[tuple, dict[int, list[tuple[int, int]]]]] = {}
+    for name, axes in spans.items():
+        shape = params[name].shape  # type: ignore[union-attr]
+        total_macs += _covered(shape, axes) * uses.get(name, 0.0)
+        merged = by_storage.setdefault(params[name].storage, (shape, {}))[1]
+        for a, iv in axes.items():
+            merged.setdefault(a, []).extend(iv)
+    total_params = sum(_covered(shape, axes) for shape, axes in by_storage.values())
+    return total_params, round(total_macs)
+
+
+def _group_totals(
+    graph: Graph, groups: list[Group], params: dict[str, Value], uses: dict[str, float]
+) -> None:
+    """Sets each group's ``params`` and ``macs``, as ``_removed`` counts them for the
+    group alone. The usual group takes one pass over its members: its members slice each
+    weight along one axis in disjoint pieces (they come sorted by tensor, axis and start),
+    and the tensors that are one weight (an exporter's deduplicated constant, un-shared on
+    load) are sliced alike; any other group is counted by ``_removed``."""
+    storage = {name: v.storage for name, v in params.items()}
+    info = _tensor_info(params, storage, uses)
+    for g in groups:
+        totals = _one_axis_totals(g, params, storage, uses, info)
+        g.params, g.macs = totals if totals is not None else _removed(graph, [g], params, uses)
+
+
+def _tensor_info(
+    params: dict[str, Value], storage: dict[str, int], uses: dict[str, float]
+) -> dict[str, tuple]:
+    """Per parameter tensor what a group's count reads: (shape, elements, storage, MACs
+    per element), read once for all groups."""
+    return {
+        name: (v.shape, math.prod(v.shape), storage[name], uses.get(name, 0.0))  # type: ignore[arg-type]
+        for name, v in params.items()
+    }
+
+
+def _one_axis_totals(
+    g: Group,
+    params: dict[str, Value],
+    storage: dict[str, int],
+    uses: dict[str, float],
+    info: dict[str, tuple] | None = None,
+) -> tuple[int, int] | None:
+    """``_removed`` for one group in one pass, or None where that does not apply: each
+    tensor sliced along one axis in disjoint pieces, and the tensors that are one weight
+    (a BN's zero bias and zero mean, deduplicated by the exporter) sliced alike."""
+    spans: dict[str, tuple[int, list[int]]] = {}  # tensor -> (axis, [lo, hi, lo, hi, ...])
+    for m in g.members:
+        name = m.tensor
+        if name is None or name not in params:
+            continue
+        lo = m.start
+        span = spans.get(name)
+        if span is None:
+            spans[name] = (m.axis, [lo, lo + m.length * m.block])
+        elif span[0] == m.axis and lo >= span[1][-1]:
+            span[1].extend((lo, lo + m.length * m.block))
+        else:
+            return None  # another axis, or pieces that overlap
+    total_params, total_macs = 0, 0.0
+    counted: dict[int, tuple] = {}  # storage -> the span counted for it
+    if info is None:
+        info = _tensor_info({name: params[name] for name in spans}, storage, uses)
+    for name, span in spans.items():
+        axis, pieces = span
+        shape, numel, where, use = info[name]
+        dim = shape[axis]
+        if pieces[-1] > dim:
+            return None
+        if len(pieces) == 2:
+            covered = pieces[1] - pieces[0]
+        else:
+            covered = sum(pieces[1::2]) - sum(pieces[::2])
+        n = covered * (numel // dim) if dim else 0
+        total_macs += n * use
+        first = counted.setdefault(where, span)
+        if first is span:
+            total_params += n
+        elif first != span:
+            return None  # one weight sliced two ways: the union is _removed's
+    return total_params, round(total_macs)
+
+
+def _covered(shape, axes: dict[int, list[tuple[int, int]]]) -> int:
+    """Elements of a tensor of ``shape`` with an index inside the intervals of some axis."""
+    if len(axes) == 1:  # the common case: one axis of the tensor
+        ((a, iv),) = axes.items()
+        dim = shape[a]
+        if len(iv) == 1:
+            lo, hi = iv[0]
+            covered = max(0, min(hi, dim) - max(lo, 0))
+        else:
+            covered = _union_length(iv, dim)
+        return covered * (math.prod(shape) // dim) if dim else 0
+    kept = math.prod(
+        dim - _union_length(axes[a], dim) if a in axes else dim for a, dim in enumerate(shape)
+    )
+    return math.prod(shape) - kept
