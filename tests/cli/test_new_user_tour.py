@@ -1,0 +1,72 @@
+"""Defects a new user met on real models (h35's tour of the CLI), one regression test each."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+from typer.testing import CliRunner
+
+from drpopt.ir.from_onnx import from_onnx
+from drpopt.passes import PassManager, SparsifyPass
+from drpopt.passes.check import check_model
+from drpopt.passes.targets import get_target
+
+runner = CliRunner()
+
+
+def _conv_chain(*weights: np.ndarray) -> onnx.ModelProto:
+    """x -> Conv -> Relu -> Conv -> Relu ... -> y (1x1 convs, 8x8 input)."""
+    nodes, inits, x = [], [], "x"
+    for i, w in enumerate(weights):
+        inits.append(numpy_helper.from_array(w, f"w{i}"))
+        nodes.append(helper.make_node("Conv", [x, f"w{i}"], [f"c{i}"], name=f"conv{i}"))
+        x = f"c{i}"
+        if i < len(weights) - 1:
+            nodes.append(helper.make_node("Relu", [x], [f"r{i}"], name=f"relu{i}"))
+            x = f"r{i}"
+    graph = helper.make_graph(
+        nodes,
+        "chain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, weights[0].shape[1], 8, 8])],
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, weights[-1].shape[0], 8, 8])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _small_row_chain(seed: int) -> onnx.ModelProto:
+    """Three convs; the middle one has an output channel of small weights (every one below
+    the layer's median magnitude)."""
+    rng = np.random.default_rng(seed)
+    ws = [rng.normal(size=shape).astype(np.float32) for shape in [(16, 8), (16, 16), (8, 16)]]
+    ws[1][3] *= 1e-3
+    return _conv_chain(*(w[:, :, None, None] for w in ws))
+
+
+def _dead_rows(graph) -> dict[str, list[int]]:
+    out = {}
+    for node in graph.nodes:
+        if node.op_type == "Conv":
+            w = np.asarray(node.inputs[1].const)
+            rows = (w != 0).reshape(w.shape[0], -1).any(axis=1)
+            out[node.name] = np.flatnonzero(~rows).tolist()
+    return out
+
+
+def test_single_weight_pattern_never_removes_a_kept_channel():
+    """drpai's 50% of single weights by magnitude zeroed a kept channel whose weights were
+    all small (MobileNetV2: a layer kept 39 of 144 channels), so `prune --target drpai`
+    wrote a model that `check --target drpai` failed as misaligned."""
+    graph = from_onnx(_small_row_chain(0))
+    PassManager([SparsifyPass(target="drpai")])(graph)
+    assert _dead_rows(graph) == {"conv0": [], "conv1": [], "conv2": []}
+    report = check_model(graph, get_target("drpai"), min_sparsity=0.0)
+    assert report.layers and not any(layer.misaligned for layer in report.layers)
+    assert report.sparsity > 0.45  # the pattern still zeroes about half
+
+
+def test_block_pattern_never_removes_a_kept_channel():
+    graph = from_onnx(_small_row_chain(1))
+    PassManager([SparsifyPass(granularity="block", block=4, rate=0.5)])(graph)
+    assert _dead_rows(graph) == {"conv0": [], "conv1": [], "conv2": []}
