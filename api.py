@@ -418,8 +418,8 @@ class CheckOptions:
 
 def check(reference: Any, model: Any, options: CheckOptions | None = None) -> Any:
     """Does ``model`` compute the outputs of ``reference`` (onnxruntime, same inputs)? The
-    ``VerifyReport``: ``ok`` says it; a degenerate reference output proves nothing and
-    fails."""
+    ``VerifyReport``: ``ok`` says it; a degenerate reference output (constant or near zero,
+    or every output the same for every input sample) proves nothing and fails."""
     from drpopt.ir.input_shapes import fix_input_shapes
     from drpopt.passes.verify import compare_models
 
@@ -438,6 +438,7 @@ def check(reference: Any, model: Any, options: CheckOptions | None = None) -> An
         seed=options.seed,
         samples=options.samples,
         inputs_desc=desc,
+        input_dependent=True,
     )
 
 

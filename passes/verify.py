@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 NEAR_ZERO = 1e-6  # a reference output whose RMS is below this proves nothing
 CONSTANT = 1e-6  # nor one whose spread is below this share of its largest value
+SAME_FOR_EVERY_INPUT = "the same for every input sample"  # nor a collapsed reference
 
 
 @dataclass
@@ -114,7 +115,10 @@ class VerifyReport:
             more = len(self.degenerate) - 1
             random = "random" in self.inputs
             hint = (
-                "give real inputs (--inputs) and the input shapes the model is used at "
+                "the reference's outputs do not depend on its input (a collapsed model: if it "
+                "is a pruned one, prune less or retrain before verifying)"
+                if o.degenerate == SAME_FOR_EVERY_INPUT
+                else "give real inputs (--inputs) and the input shapes the model is used at "
                 "(--input-shape)"
                 if random
                 else "on these inputs the reference gives no signal (if it is a pruned model, "
@@ -234,6 +238,7 @@ def compare_models(
     seed: int = 0,
     samples: int = 2,
     inputs_desc: str | None = None,
+    input_dependent: bool = False,
 ) -> VerifyReport:
     """Runs both models in onnxruntime (CPU) on the same inputs and compares each output.
 
@@ -243,12 +248,14 @@ def compare_models(
       ``seed + 1``, ...) feed both models; a missing input raises ``BadInputError``;
     - each output is compared over all runs at once: an output passes iff the reference
       varies (not constant, not near zero: else the report *refuses*, ``ok`` False) and
-      ``max|out - ref| <= atol + rtol * std(ref)`` (NaN where the reference has NaN and
+      ``max|out - ref| <= atol + rtol * spread(ref)`` (NaN where the reference has NaN and
       equal infinities agree; any other NaN/Inf fails); cosine similarity is reported too;
     - outputs are matched by name: names only one model has, or a shape that differs,
       fail the check with a message saying so;
     - ``worst`` is the output furthest beyond (or closest to) its tolerance;
-    - a model onnxruntime cannot load or run raises ``ModelRunError`` (a ``BadInputError``).
+    - a model onnxruntime cannot load or run raises ``ModelRunError`` (a ``BadInputError``);
+    - ``input_dependent`` (``drpopt verify``): a reference whose every float output is the
+      same for every one of several samples (a collapsed model) is refused as degenerate.
     """
     if rtol < 0 or atol < 0:
         raise BadInputError(f"tolerances must not be negative (rtol {rtol}, atol {atol})")
@@ -275,11 +282,46 @@ def compare_models(
         for name in ref_names
         if name in out_values
     }
+    if input_dependent:
+        _mark_input_independent(reports, ref_values)
     worst = max(reports, key=lambda n: reports[n].excess(rtol, atol), default=None)
     ok = not problems and all(r.ok for r in reports.values())
     report = VerifyReport(reports, ok, worst, rtol, atol, problems, desc)
     log.info("verify: %s", report.summary())
     return report
+
+
+def _mark_input_independent(
+    reports: dict[str, OutputReport], ref_values: dict[str, list[np.ndarray]]
+) -> None:
+    """A reference whose every float output is the same for every input sample computes
+    nothing from its input (a collapsed model: a bias alone reaches the outputs), so the
+    comparison proves nothing: each such output is marked degenerate. One output that does
+    not depend on the input (a detector's anchors) beside others that do is fine."""
+    floats = {
+        n: refs
+        for n, refs in ref_values.items()
+        if n in reports and refs and all(np.asarray(r).dtype.kind == "f" for r in refs)
+    }
+    if not floats or len(next(iter(floats.values()))) < 2:
+        return
+    for name, refs in floats.items():
+        if reports[name].degenerate:
+            continue
+        first = refs[0].astype(np.float64)
+        if any(r.shape != first.shape for r in refs):
+            return
+        scale = float(np.nanmax(np.abs(first))) if first.size else 0.0
+        for r in refs[1:]:
+            with np.errstate(invalid="ignore"):
+                diff = np.abs(r.astype(np.float64) - first)
+            if np.nanmax(diff, initial=0.0) > CONSTANT * scale:
+                return
+    for name in floats:
+        report = reports[name]
+        if not report.degenerate:
+            report.degenerate = SAME_FOR_EVERY_INPUT
+            report.ok = False
 
 
 def _names_differ(ref_names: list[str], out_names: list[str]) -> str:

@@ -7,6 +7,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
+from drpopt.cli.main import app
 from drpopt.ir.from_onnx import from_onnx
 from drpopt.passes import PassManager, SparsifyPass
 from drpopt.passes.check import check_model
@@ -70,3 +71,41 @@ def test_block_pattern_never_removes_a_kept_channel():
     graph = from_onnx(_small_row_chain(1))
     PassManager([SparsifyPass(granularity="block", block=4, rate=0.5)])(graph)
     assert _dead_rows(graph) == {"conv0": [], "conv1": [], "conv2": []}
+
+
+def _biased_conv(tmp_path, zero: bool, anchors: bool = False) -> str:
+    """x -> Conv(w, b) -> y; with ``zero`` the weight is zero, so y is the bias for every
+    input; with ``anchors`` a second output that never depends on the input."""
+    rng = np.random.default_rng(2)
+    w = rng.normal(size=(4, 3, 1, 1)).astype(np.float32) * (0 if zero else 1)
+    b = rng.normal(size=4).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["y"], name="conv")]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])]
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")]
+    if anchors:
+        inits.append(numpy_helper.from_array(rng.normal(size=(1, 6)).astype(np.float32), "a0"))
+        nodes.append(helper.make_node("Identity", ["a0"], ["anchors"], name="anchors"))
+        outputs.append(helper.make_tensor_value_info("anchors", TensorProto.FLOAT, [1, 6]))
+    graph = helper.make_graph(
+        nodes,
+        "biased",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        outputs,
+        inits,
+    )
+    path = tmp_path / f"biased_{zero}_{anchors}.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return str(path)
+
+
+def test_verify_refuses_a_reference_that_ignores_its_input(tmp_path):
+    """A collapsed reference (a bias alone reaches the output: different per channel, so its
+    spread is not zero) passed `verify` against itself: nothing was checked."""
+    collapsed = _biased_conv(tmp_path, zero=True)
+    r = runner.invoke(app, ["verify", collapsed, collapsed])
+    assert r.exit_code == 1, r.output
+    assert "same for every input sample" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    live = _biased_conv(tmp_path, zero=False, anchors=True)  # one constant output is fine
+    assert runner.invoke(app, ["verify", live, live]).exit_code == 0
+    lone = runner.invoke(app, ["verify", collapsed, collapsed, "--samples", "1"])
+    assert lone.exit_code == 0  # one sample cannot tell
