@@ -225,10 +225,14 @@ class PruneOptions:
                 if value is not None
             ]
             if given:
+                verb, them = ("has", "it") if len(given) == 1 else ("have", "them")
                 raise BadInputError(
-                    f"{', '.join(given)} have no effect with --plan (plan=): the plan fixes "
-                    "the channels; drop them or drop the plan"
+                    f"{', '.join(given)} {verb} no effect with --plan: the plan fixes "
+                    f"the channels; drop {them} or drop the plan"
                 )
+            from drpopt.passes.plan import Plan
+
+            Plan.load(self.plan)  # a missing or malformed plan fails before any model is read
         self.profile = get_target(self.target)  # the one resolution of the target
         if self.form is None:
             self.form = self.profile.output

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -109,3 +111,38 @@ def test_verify_refuses_a_reference_that_ignores_its_input(tmp_path):
     assert runner.invoke(app, ["verify", live, live]).exit_code == 0
     lone = runner.invoke(app, ["verify", collapsed, collapsed, "--samples", "1"])
     assert lone.exit_code == 0  # one sample cannot tell
+
+
+def test_prune_plan_errors_name_the_option_and_come_before_any_work(tmp_path, zoo_models):
+    """`--plan` with `--rate` said "rate have no effect with --plan (plan=)"; a missing or
+    malformed plan was read only after scoring, its error prefixed by pipeline text
+    ("pass 'mask:plan=...' failed after score"); a plan listing a channel twice was said to
+    keep channels "outside 0..N"."""
+    model = tmp_path / "m.onnx"
+    onnx.save(zoo_models["resnet18"], model)
+    out = str(tmp_path / "o.onnx")
+    plan = tmp_path / "plan.json"
+    made = runner.invoke(
+        app, ["prune", str(model), "-q", "-r", "0.5", "--plan-out", str(plan), "-o", out]
+    )
+    assert made.exit_code == 0, made.output
+    both = runner.invoke(app, ["prune", str(model), "--plan", str(plan), "-r", "0.5", "-o", out])
+    assert both.exit_code == 2
+    assert "rate has no effect with --plan:" in both.stderr and "plan=" not in both.stderr
+    for text in ["{bad", "[]"]:
+        bad = tmp_path / "bad.json"
+        bad.write_text(text)
+        r = runner.invoke(app, ["prune", str(model), "--plan", str(bad), "-o", out])
+        assert r.exit_code == 2 and "failed after" not in r.stderr, r.stderr
+    missing = runner.invoke(
+        app, ["prune", str(model), "--plan", str(tmp_path / "no.json"), "-o", out]
+    )
+    assert missing.exit_code == 2 and "no such plan file" in missing.stderr
+    assert "failed after" not in missing.stderr
+    data = json.loads(plan.read_text())
+    group = next(g for g in data["groups"] if len(g["keep"]) > 1)
+    group["keep"] = [group["keep"][0]] * 2
+    twice = tmp_path / "twice.json"
+    twice.write_text(json.dumps(data))
+    r = runner.invoke(app, ["prune", str(model), "--plan", str(twice), "-o", out])
+    assert r.exit_code == 2 and "twice" in r.stderr and "outside" not in r.stderr, r.stderr
