@@ -146,3 +146,18 @@ def test_prune_plan_errors_name_the_option_and_come_before_any_work(tmp_path, zo
     twice.write_text(json.dumps(data))
     r = runner.invoke(app, ["prune", str(model), "--plan", str(twice), "-o", out])
     assert r.exit_code == 2 and "twice" in r.stderr and "outside" not in r.stderr, r.stderr
+
+
+def test_exclude_typo_shows_layer_names(tmp_path):
+    """The hint of an --exclude that matches nothing named the graph's first nodes
+    (`Identity_70, ...` on torchvision's MobileNetV2), not layers a user would exclude."""
+    model = _small_row_chain(3)
+    ident = helper.make_node("Identity", ["x"], ["x_id"], name="Identity_0")
+    model.graph.node.insert(0, ident)
+    model.graph.node[1].input[0] = "x_id"
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    r = runner.invoke(
+        app, ["prune", str(path), "--exclude", "nope*", "-o", str(tmp_path / "o.onnx")]
+    )
+    assert r.exit_code == 2 and "names look like conv0, conv1, conv2" in r.stderr, r.stderr
