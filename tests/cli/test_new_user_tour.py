@@ -161,3 +161,15 @@ def test_exclude_typo_shows_layer_names(tmp_path):
         app, ["prune", str(path), "--exclude", "nope*", "-o", str(tmp_path / "o.onnx")]
     )
     assert r.exit_code == 2 and "names look like conv0, conv1, conv2" in r.stderr, r.stderr
+
+
+def test_quiet_and_verbose_before_the_command(tmp_path):
+    """`drpopt -q prune ...` (as git takes its flags) was a usage error: no such option."""
+    path = tmp_path / "m.onnx"
+    onnx.save(_small_row_chain(4), path)
+    quiet = runner.invoke(app, ["-q", "analyze", str(path)])
+    assert quiet.exit_code == 0 and quiet.stdout == "", quiet.output
+    loud = runner.invoke(app, ["analyze", str(path)])
+    assert loud.exit_code == 0 and "analysed" in loud.stdout  # nothing left over from -q
+    verbose = runner.invoke(app, ["-v", "analyze", str(tmp_path / "none.onnx")])
+    assert verbose.exit_code == 2 and "Traceback" in verbose.stderr
