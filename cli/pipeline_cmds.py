@@ -289,7 +289,11 @@ def prune_cmd(
     refuse_overwrite(output, [model], force)
     probe_writable(output)
     if plan_out is not None:
-        refuse_overwrite(plan_out, [model, output], force)
+        refuse_overwrite(plan_out, [model], force)
+        if output is not None and plan_out.resolve() == output.resolve():
+            raise BadInputError(
+                f"{plan_out}: --plan-out and -o name the same file; choose two paths"
+            )
         probe_writable(plan_out)
     result = _prune(model, output, plan_out, options, input_shapes, inputs)
     summary = _summary(model, output, result.before, result.graph, result, options)

@@ -173,3 +173,14 @@ def test_quiet_and_verbose_before_the_command(tmp_path):
     assert loud.exit_code == 0 and "analysed" in loud.stdout  # nothing left over from -q
     verbose = runner.invoke(app, ["-v", "analyze", str(tmp_path / "none.onnx")])
     assert verbose.exit_code == 2 and "Traceback" in verbose.stderr
+
+
+def test_plan_out_equal_to_output_is_named_as_such(tmp_path):
+    """`--plan-out out.onnx -o out.onnx` said "out.onnx: is also the input", and --force
+    would have written the plan over the pruned model."""
+    path = tmp_path / "m.onnx"
+    onnx.save(_small_row_chain(5), path)
+    out = str(tmp_path / "out.onnx")
+    for extra in ([], ["--force"]):
+        r = runner.invoke(app, ["prune", str(path), "-o", out, "--plan-out", out, *extra])
+        assert r.exit_code == 2 and "--plan-out and -o name the same file" in r.stderr, r.stderr
