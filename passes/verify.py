@@ -129,6 +129,8 @@ class VerifyReport:
                 + (f" (and {more} more output(s))" if more > 0 else "")
                 + f"; an output that does not vary proves nothing: {hint}"
             )
+        if not self.outputs and self.problems:  # nothing was run: the inputs differ
+            return f"cannot compare the models: {'; '.join(self.problems)}"
         head = "outputs match" if self.ok else "outputs differ from the reference"
         parts = [f"{head} (rtol {self.rtol:g} of the reference's spread, atol {self.atol:g})"]
         if self.worst is not None:

@@ -184,3 +184,22 @@ def test_plan_out_equal_to_output_is_named_as_such(tmp_path):
     for extra in ([], ["--force"]):
         r = runner.invoke(app, ["prune", str(path), "-o", out, "--plan-out", out, *extra])
         assert r.exit_code == 2 and "--plan-out and -o name the same file" in r.stderr, r.stderr
+
+
+def test_verify_models_with_other_inputs_says_they_cannot_be_compared(tmp_path):
+    """yolox_s (input `images`) against mobilenet_v2 said "outputs differ from the reference
+    (rtol ...); the model has input(s) the reference lacks: images on 2 random input
+    sample(s)": nothing had been run or compared."""
+    a = tmp_path / "a.onnx"
+    onnx.save(_small_row_chain(6), a)
+    other = _small_row_chain(6)
+    other.graph.input[0].name = "images"
+    other.graph.node[0].input[0] = "images"
+    b = tmp_path / "b.onnx"
+    onnx.save(other, b)
+    r = runner.invoke(app, ["verify", str(a), str(b)])
+    assert r.exit_code == 1
+    assert "cannot compare the models: the model has input(s) the reference lacks: images" in (
+        r.stderr
+    )
+    assert "outputs differ" not in r.stderr and "sample" not in r.stderr
