@@ -210,7 +210,9 @@ class PruneOptions:
 
     def __post_init__(self) -> None:
         from drpopt.passes.targets import get_target
+        from drpopt.passes.verify import check_tolerances
 
+        check_tolerances(self.rtol, 0.0)
         if self.form not in (None, "compact", "sparse"):
             raise BadInputError(f"form {self.form!r} is not compact or sparse")
         if self.plan is not None:
@@ -408,10 +410,9 @@ class CheckOptions:
     inputs: InputsSource | None = None
 
     def __post_init__(self) -> None:
-        if self.rtol < 0 or self.atol < 0:
-            raise BadInputError(
-                f"tolerances must not be negative (rtol {self.rtol}, atol {self.atol})"
-            )
+        from drpopt.passes.verify import check_tolerances
+
+        check_tolerances(self.rtol, self.atol)
         if self.samples < 1:
             raise BadInputError(f"samples {self.samples} must be at least 1")
         if self.inputs is not None and (self.seed != 0 or self.samples != 2):
@@ -463,12 +464,14 @@ class ExportOptions:
     output_names: list[str] | None = None
 
     def __post_init__(self) -> None:
+        from drpopt.passes.verify import check_tolerances
+
+        check_tolerances(self.rtol, 0.0)
         if self.form not in (None, "compact", "sparse"):
             raise BadInputError(f"form {self.form!r} is not compact or sparse")
-        if self.rtol < 0 or self.atol < 0:
-            raise BadInputError(
-                f"tolerances must not be negative (rtol {self.rtol}, atol {self.atol})"
-            )
+        from drpopt.passes.verify import check_tolerances
+
+        check_tolerances(self.rtol, self.atol)
         if self.target is not None:
             from drpopt.passes.targets import get_target
 

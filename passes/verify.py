@@ -259,8 +259,7 @@ def compare_models(
     - ``input_dependent`` (``drpopt verify``): a reference whose every float output is the
       same for every one of several samples (a collapsed model) is refused as degenerate.
     """
-    if rtol < 0 or atol < 0:
-        raise BadInputError(f"tolerances must not be negative (rtol {rtol}, atol {atol})")
+    check_tolerances(rtol, atol)
     runs, desc = _feeds(reference, inputs, seed, samples)
     desc = inputs_desc or desc
     feeds = runs[0]
@@ -324,6 +323,16 @@ def _mark_input_independent(
         if not report.degenerate:
             report.degenerate = SAME_FOR_EVERY_INPUT
             report.ok = False
+
+
+def check_tolerances(rtol: float, atol: float) -> None:
+    """Tolerances are finite and not negative: an infinite one passes every comparison (it
+    could not fail), NaN fails every one."""
+    if not (math.isfinite(rtol) and math.isfinite(atol)) or rtol < 0 or atol < 0:
+        raise BadInputError(
+            f"tolerances must not be negative and must be finite (rtol {rtol}, atol {atol}); "
+            "give e.g. --rtol 1e-4"
+        )
 
 
 def _names_differ(ref_names: list[str], out_names: list[str]) -> str:

@@ -203,3 +203,17 @@ def test_verify_models_with_other_inputs_says_they_cannot_be_compared(tmp_path):
         r.stderr
     )
     assert "outputs differ" not in r.stderr and "sample" not in r.stderr
+
+
+def test_tolerances_must_be_finite(tmp_path):
+    """`verify --atol inf` passed any two models (a check that cannot fail); `--rtol nan`
+    failed identical ones, and `prune --rtol nan` failed every verification, exit 1."""
+    a = tmp_path / "a.onnx"
+    onnx.save(_small_row_chain(7), a)
+    b = tmp_path / "b.onnx"
+    onnx.save(_small_row_chain(8), b)
+    for option, value in [("--atol", "inf"), ("--rtol", "inf"), ("--rtol", "nan")]:
+        r = runner.invoke(app, ["verify", str(a), str(b), option, value])
+        assert r.exit_code == 2 and "must be finite" in r.stderr, (option, value, r.output)
+    r = runner.invoke(app, ["prune", str(a), "--rtol", "nan", "-o", str(tmp_path / "o.onnx")])
+    assert r.exit_code == 2 and "must be finite" in r.stderr, r.output
