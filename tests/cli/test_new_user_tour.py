@@ -217,3 +217,19 @@ def test_tolerances_must_be_finite(tmp_path):
         assert r.exit_code == 2 and "must be finite" in r.stderr, (option, value, r.output)
     r = runner.invoke(app, ["prune", str(a), "--rtol", "nan", "-o", str(tmp_path / "o.onnx")])
     assert r.exit_code == 2 and "must be finite" in r.stderr, r.output
+
+
+def test_external_data_gets_the_usual_file_mode(tmp_path):
+    """`prune` of a model with external data wrote `<out>.onnx.data` as 0600 (onnx's own
+    mode) beside a 0644 `.onnx`: another user or a container could read the graph only."""
+    src = tmp_path / "ext" / "m.onnx"
+    src.parent.mkdir()
+    rng = np.random.default_rng(9)
+    ws = [rng.normal(size=(64, 64, 1, 1)).astype(np.float32) for _ in range(3)]
+    onnx.save(_conv_chain(*ws), src, save_as_external_data=True, location="m.data")
+    out = tmp_path / "o.onnx"
+    r = runner.invoke(app, ["prune", str(src), "-q", "-r", "0.5", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    data = tmp_path / "o.onnx.data"
+    assert data.exists()
+    assert (data.stat().st_mode & 0o777) == (out.stat().st_mode & 0o777)
