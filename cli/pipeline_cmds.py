@@ -228,10 +228,11 @@ def _run_summary(model: Path, output: Path | None, passes: list, result) -> dict
 
 def _print_run(console: Console, summary: dict, result, time_passes: bool) -> None:
     """``drpopt run``'s lines for people."""
-    if time_passes:
+    if time_passes:  # the table says which passes changed the model
         console.print(pass_timings(result.records))
-    for r in result.records:
-        console.print(f"{r.spec}: {'modified' if r.modified else 'unchanged'}")
+    else:
+        for r in result.records:
+            console.print(f"{r.spec}: {'modified' if r.modified else 'unchanged'}")
     if summary["verify"] is not None:
         console.print(f"verify: {result.verify.summary()}", highlight=False)
     console.print(figures_line(summary["figures"]), highlight=False)

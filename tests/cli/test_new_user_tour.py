@@ -233,3 +233,25 @@ def test_external_data_gets_the_usual_file_mode(tmp_path):
     data = tmp_path / "o.onnx.data"
     assert data.exists()
     assert (data.stat().st_mode & 0o777) == (out.stat().st_mode & 0o777)
+
+
+def test_export_builder_returning_no_module_reads_well(tmp_path, monkeypatch):
+    """A builder returning 5 said "returned a int, not a torch.nn.Module"."""
+    (tmp_path / "mybuild.py").write_text("def bad():\n    return 5\n")
+    monkeypatch.chdir(tmp_path)
+    r = runner.invoke(app, ["export", "mybuild:bad", "-s", "1,3,8,8", "-o", "x.onnx"])
+    assert r.exit_code == 2, r.output
+    assert "returned int (5), not a torch.nn.Module; make it return the model" in r.stderr
+
+
+def test_run_time_passes_lists_each_pass_once(tmp_path):
+    """`run --time-passes` printed the table (pass, modified, seconds) and then every pass
+    again as 'pass: modified/unchanged'."""
+    path = tmp_path / "m.onnx"
+    onnx.save(_small_row_chain(10), path)
+    out = str(tmp_path / "o.onnx")
+    timed = runner.invoke(app, ["run", str(path), "-p", "cleanup", "-o", out, "--time-passes"])
+    assert timed.exit_code == 0, timed.output
+    assert "cleanup: " not in timed.stdout and "total" in timed.stdout
+    plain = runner.invoke(app, ["run", str(path), "-p", "cleanup", "-o", out])
+    assert plain.exit_code == 0 and "cleanup: " in plain.stdout
