@@ -255,3 +255,16 @@ def test_run_time_passes_lists_each_pass_once(tmp_path):
     assert "cleanup: " not in timed.stdout and "total" in timed.stdout
     plain = runner.invoke(app, ["run", str(path), "-p", "cleanup", "-o", out])
     assert plain.exit_code == 0 and "cleanup: " in plain.stdout
+
+
+def test_verify_inputs_of_the_wrong_shape_are_named(tmp_path):
+    """An .npz of 1x8x4x4 arrays for a 1x8x8x8 input ended in onnxruntime's native message
+    ("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Got invalid dimensions ...")."""
+    path = tmp_path / "m.onnx"
+    onnx.save(_small_row_chain(11), path)
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, x=np.zeros((1, 8, 4, 4), np.float32))
+    r = runner.invoke(app, ["verify", str(path), str(path), "--inputs", str(bad)])
+    assert r.exit_code == 2
+    assert "array 'x' is 1x8x4x4, the model input takes 1x8x8x8" in r.stderr, r.stderr
+    assert "ONNXRuntimeError" not in r.stderr
