@@ -210,7 +210,9 @@ class PruneOptions:
 
     def __post_init__(self) -> None:
         from drpopt.passes.targets import get_target
+        from drpopt.passes.verify import check_tolerances
 
+        check_tolerances(self.rtol, 0.0)
         if self.form not in (None, "compact", "sparse"):
             raise BadInputError(f"form {self.form!r} is not compact or sparse")
         if self.plan is not None:
@@ -225,10 +227,14 @@ class PruneOptions:
                 if value is not None
             ]
             if given:
+                verb, them = ("has", "it") if len(given) == 1 else ("have", "them")
                 raise BadInputError(
-                    f"{', '.join(given)} have no effect with --plan (plan=): the plan fixes "
-                    "the channels; drop them or drop the plan"
+                    f"{', '.join(given)} {verb} no effect with --plan: the plan fixes "
+                    f"the channels; drop {them} or drop the plan"
                 )
+            from drpopt.passes.plan import Plan
+
+            Plan.load(self.plan)  # a missing or malformed plan fails before any model is read
         self.profile = get_target(self.target)  # the one resolution of the target
         if self.form is None:
             self.form = self.profile.output
@@ -404,10 +410,9 @@ class CheckOptions:
     inputs: InputsSource | None = None
 
     def __post_init__(self) -> None:
-        if self.rtol < 0 or self.atol < 0:
-            raise BadInputError(
-                f"tolerances must not be negative (rtol {self.rtol}, atol {self.atol})"
-            )
+        from drpopt.passes.verify import check_tolerances
+
+        check_tolerances(self.rtol, self.atol)
         if self.samples < 1:
             raise BadInputError(f"samples {self.samples} must be at least 1")
         if self.inputs is not None and (self.seed != 0 or self.samples != 2):
@@ -418,8 +423,8 @@ class CheckOptions:
 
 def check(reference: Any, model: Any, options: CheckOptions | None = None) -> Any:
     """Does ``model`` compute the outputs of ``reference`` (onnxruntime, same inputs)? The
-    ``VerifyReport``: ``ok`` says it; a degenerate reference output proves nothing and
-    fails."""
+    ``VerifyReport``: ``ok`` says it; a degenerate reference output (constant or near zero,
+    or every output the same for every input sample) proves nothing and fails."""
     from drpopt.ir.input_shapes import fix_input_shapes
     from drpopt.passes.verify import compare_models
 
@@ -438,6 +443,7 @@ def check(reference: Any, model: Any, options: CheckOptions | None = None) -> An
         seed=options.seed,
         samples=options.samples,
         inputs_desc=desc,
+        input_dependent=True,
     )
 
 
@@ -458,12 +464,14 @@ class ExportOptions:
     output_names: list[str] | None = None
 
     def __post_init__(self) -> None:
+        from drpopt.passes.verify import check_tolerances
+
+        check_tolerances(self.rtol, 0.0)
         if self.form not in (None, "compact", "sparse"):
             raise BadInputError(f"form {self.form!r} is not compact or sparse")
-        if self.rtol < 0 or self.atol < 0:
-            raise BadInputError(
-                f"tolerances must not be negative (rtol {self.rtol}, atol {self.atol})"
-            )
+        from drpopt.passes.verify import check_tolerances
+
+        check_tolerances(self.rtol, self.atol)
         if self.target is not None:
             from drpopt.passes.targets import get_target
 

@@ -168,7 +168,8 @@ def build_model(spec: str, kwargs: dict[str, Any]) -> Any:
         ) from err
     if not isinstance(model, torch.nn.Module):
         raise BadInputError(
-            f"builder {spec} returned a {type(model).__name__}, not a torch.nn.Module"
+            f"builder {spec} returned {type(model).__name__} {_short(model)}, not a "
+            "torch.nn.Module; make it return the model"
         )
     return model
 
@@ -332,3 +333,9 @@ def _print_summary(console: Console, s: dict[str, Any]) -> None:
         highlight=False,
     )
     console.print(f"wrote {escape(s['output'])}", highlight=False)
+
+
+def _short(value: object) -> str:
+    """``value`` as one short parenthesised line, for a message."""
+    text = " ".join(repr(value).split())
+    return f"({text[:40]}{'...' if len(text) > 40 else ''})"

@@ -19,7 +19,7 @@ except ImportError:  # pragma: no cover
     from click import ClickException
 
 from drpopt.cli.options import console_for, dims_warning, handle_errors, shape_option, warn
-from drpopt.cli.params import AnalyzeJson, AnalyzeModel, CountZeros, Limit, Strict
+from drpopt.cli.params import AnalyzeJson, AnalyzeModel, CountZeros, Limit, Quiet, Strict, Verbose
 from drpopt.errors import CheckFailedError
 
 
@@ -105,9 +105,14 @@ def _root(
             "--version", callback=_version, is_eager=True, help="Print the version and exit."
         ),
     ] = False,
+    quiet: Quiet = False,
+    verbose: Verbose = 0,
 ) -> None:
     """Structured pruning for CNNs: coupled channel analysis, DRP-AI-friendly sparsity,
     sparse and compact ONNX. Exit codes: 0 success, 1 a check failed, 2 bad input."""
+    from drpopt.cli.options import STATE
+
+    STATE["root_quiet"], STATE["root_verbose"] = quiet, verbose  # drpopt -q COMMAND ...
 
 
 @app.command()

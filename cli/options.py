@@ -53,7 +53,7 @@ try:  # typer >= 0.20 vendors click
 except ImportError:  # pragma: no cover
     _CLICK = ()
 
-STATE: dict[str, Any] = {"verbose": 0, "quiet": False}
+STATE: dict[str, Any] = {"verbose": 0, "quiet": False, "root_verbose": 0, "root_quiet": False}
 # seconds of work before a progress bar shows (tests set DRPOPT_PROGRESS_DELAY=0)
 PROGRESS_DELAY = float(os.environ.get("DRPOPT_PROGRESS_DELAY", "1.0"))
 
@@ -150,8 +150,9 @@ def common(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Adds -q/-v to a command and turns every failure into one line and an exit code."""
 
     def pack(given: dict) -> dict:
-        STATE["verbose"] = given.get("verbose", 0) or 0
-        STATE["quiet"] = bool(given.get("quiet", False))
+        # given before the command (drpopt -q prune ...) or after it
+        STATE["verbose"] = (given.get("verbose", 0) or 0) + STATE["root_verbose"]
+        STATE["quiet"] = bool(given.get("quiet", False)) or STATE["root_quiet"]
         _setup_logging(STATE["verbose"], STATE["quiet"])
         return {}
 

@@ -228,10 +228,11 @@ def _run_summary(model: Path, output: Path | None, passes: list, result) -> dict
 
 def _print_run(console: Console, summary: dict, result, time_passes: bool) -> None:
     """``drpopt run``'s lines for people."""
-    if time_passes:
+    if time_passes:  # the table says which passes changed the model
         console.print(pass_timings(result.records))
-    for r in result.records:
-        console.print(f"{r.spec}: {'modified' if r.modified else 'unchanged'}")
+    else:
+        for r in result.records:
+            console.print(f"{r.spec}: {'modified' if r.modified else 'unchanged'}")
     if summary["verify"] is not None:
         console.print(f"verify: {result.verify.summary()}", highlight=False)
     console.print(figures_line(summary["figures"]), highlight=False)
@@ -289,7 +290,11 @@ def prune_cmd(
     refuse_overwrite(output, [model], force)
     probe_writable(output)
     if plan_out is not None:
-        refuse_overwrite(plan_out, [model, output], force)
+        refuse_overwrite(plan_out, [model], force)
+        if output is not None and plan_out.resolve() == output.resolve():
+            raise BadInputError(
+                f"{plan_out}: --plan-out and -o name the same file; choose two paths"
+            )
         probe_writable(plan_out)
     result = _prune(model, output, plan_out, options, input_shapes, inputs)
     summary = _summary(model, output, result.before, result.graph, result, options)

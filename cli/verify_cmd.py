@@ -54,8 +54,10 @@ def verify(
 ) -> None:
     """Check that MODEL computes the outputs of REFERENCE (onnxruntime, same inputs).
 
-    An output matches when max|B - A| <= atol + rtol * std(A); a reference output that is
-    constant or near zero over the inputs proves nothing, and the check refuses (exit 1).
+    An output matches when max|B - A| <= atol + rtol * spread(A) (its range, max - min); a
+    reference output that is constant or near zero over the inputs, or a reference whose
+    outputs are the same for every input sample, proves nothing, and the check refuses
+    (exit 1).
     """
     from drpopt import api
     from drpopt.cli.options import shape_warning, steps, warn

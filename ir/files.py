@@ -121,6 +121,7 @@ def save_model(model: onnx.ModelProto, path: Path, external: bool | None = None)
         )
         data = tmpdir / f"{path.name}.data"
         if data.exists():
+            os.chmod(data, 0o666 & ~_umask())  # onnx writes it 0600; outputs get the usual mode
             os.replace(data, parent / data.name)
         os.replace(tmpdir / path.name, path)
     finally:

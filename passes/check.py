@@ -29,7 +29,7 @@ import numpy as np
 
 from drpopt.ir.core import Graph
 from drpopt.passes.common import weight_of
-from drpopt.passes.sparsify import input_axis, targeted_layers
+from drpopt.passes.sparsify import input_axis, output_axis, targeted_layers
 from drpopt.passes.targets import TargetProfile
 
 
@@ -154,15 +154,6 @@ class CheckReport:
             ],
             "skipped": self.skipped,
         }
-
-
-def output_axis(node) -> int:
-    """The weight axis that indexes output channels."""
-    if node.op_type == "Conv":
-        return 0
-    if node.op_type == "Gemm":
-        return 0 if node.attr("transB", 0) else 1
-    return 1  # ConvTranspose [I, O/g, ...], MatMul [K, N]
 
 
 def _violations(w: np.ndarray, axis: int, profile: TargetProfile) -> tuple[int, int]:

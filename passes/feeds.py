@@ -129,7 +129,9 @@ def describe_random(model: onnx.ModelProto, samples: int, seed: int) -> str:
 
 def _fit_inputs(model: onnx.ModelProto, given: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The given arrays for the model's inputs, cast within their kind to the input dtype."""
-    feeds = {}
+    from drpopt.ir.input_shapes import input_dims
+
+    feeds, dims = {}, input_dims(model)
     for info in _graph_inputs(model):
         if info.name not in given:
             have = ", ".join(given) or "none"
@@ -145,11 +147,28 @@ def _fit_inputs(model: onnx.ModelProto, given: dict[str, np.ndarray]) -> dict[st
                     f"inputs: array '{info.name}' is {arr.dtype}, the model input wants {want}"
                 )
             arr = arr.astype(want)
+        _check_shape(info.name, dims.get(info.name), arr)
         feeds[info.name] = arr
     extra = sorted(set(given) - set(feeds))
     if extra:
         log.warning("inputs: ignoring arrays the model has no input for: %s", ", ".join(extra))
     return feeds
+
+
+def _check_shape(name: str, dims: list | None, arr: np.ndarray) -> None:
+    """An array whose rank or fixed dims differ from the input's ``dims`` is bad input
+    (onnxruntime would fail with a long native message)."""
+    from drpopt.ir.input_shapes import show
+
+    if dims is None:
+        return
+    fixed_ok = all(not isinstance(d, int) or d == n for d, n in zip(dims, arr.shape, strict=False))
+    if len(dims) != arr.ndim or not fixed_ok:
+        got = "x".join(map(str, arr.shape)) or "a scalar"
+        raise BadInputError(
+            f"inputs: array '{name}' is {got}, the model input takes {show(dims)}; give "
+            "arrays of that shape (an extra first axis holds samples)"
+        )
 
 
 # ---- running ----------------------------------------------------------------------------

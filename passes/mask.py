@@ -113,12 +113,16 @@ class MaskPass(Pass):
 def check_exclude(graph: Graph, patterns: Iterable[str]) -> None:
     """Every ``exclude`` pattern must match a layer (a typo would otherwise prune all)."""
     names = [n.name for n in graph.nodes]
+    layers = [n.name for n in graph.nodes if n.op_type in _LAYER_OPS] or names
     for pat in patterns:
         if not any(fnmatch.fnmatchcase(n, pat) for n in names):
             raise BadInputError(
                 f"exclude pattern {pat!r} matches no layer (names look like "
-                f"{', '.join(names[:3])}); fix the pattern (fnmatch: * and ? wildcards)"
+                f"{', '.join(layers[:3])}); fix the pattern (fnmatch: * and ? wildcards)"
             )
+
+
+_LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # the names a user excludes
 
 
 def eligible_groups(graph: Graph, groups: Iterable[Group], policy: SelectionPolicy) -> list[Group]:

@@ -104,6 +104,10 @@ class Plan:
         except (KeyError, TypeError, ValueError) as err:
             raise BadInputError(f"{where}: a group entry is malformed ({err})") from err
         for g in groups:
+            if len(set(g.keep)) != len(g.keep):
+                raise BadInputError(
+                    f"{where}: group {g.key} lists a kept channel twice; give each once"
+                )
             # a group of one unit may be dropped whole (its layers keep other channels)
             if (
                 (not g.keep and g.size != 1)

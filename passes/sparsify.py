@@ -9,6 +9,8 @@ Rules:
 - ``rate`` (block, unstructured) is the share of each layer's still-nonzero weights to zero
   (``scope=layer``), or one magnitude threshold across all layers (``scope=global``);
 - weights already zero stay zero (channel masks are kept); nothing is revived;
+- a pattern never removes a kept channel: ``block`` leaves every output channel its largest
+  block, ``unstructured`` its largest weight (else the kept count, and its alignment, change);
 - the input-channel axis is axis 1 of a Conv weight, axis 0 of ConvTranspose, the K axis of
   Gemm (``transB``) and MatMul; depthwise convs (one input channel per group) get no
   ``nm``/``block`` pattern;
@@ -44,6 +46,31 @@ def input_axis(node: Node) -> int:
     if node.op_type == "Gemm":
         return 1 if node.attr("transB", 0) else 0
     return 0  # MatMul: [K, N]
+
+
+def output_axis(node: Node) -> int:
+    """The weight axis that indexes output channels."""
+    if node.op_type == "Conv":
+        return 0
+    if node.op_type == "Gemm":
+        return 0 if node.attr("transB", 0) else 1
+    return 1  # ConvTranspose [I, O/g, ...], MatMul [K, N]
+
+
+def keep_rows_alive(keep: np.ndarray, w: np.ndarray, axis: int) -> np.ndarray:
+    """``keep`` with the largest weight of every output channel (along ``axis``) that had a
+    nonzero weight and would have none left: a pattern inside kept channels must not remove
+    a kept channel (its alignment, and a check of it, would break)."""
+    k = np.moveaxis(keep, axis, 0).reshape(w.shape[axis], -1)
+    a = np.abs(np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1))
+    dead = ~k.any(axis=1) & (a > 0).any(axis=1)
+    if not dead.any():
+        return keep
+    k = k.copy()
+    rows = np.flatnonzero(dead)
+    k[rows, a[rows].argmax(axis=1)] = True
+    moved = np.moveaxis(keep, axis, 0).shape
+    return np.moveaxis(k.reshape(moved), 0, axis)
 
 
 def targeted_layers(graph: Graph, profile: TargetProfile, exclude: list[str]) -> list[Node]:
@@ -195,9 +222,15 @@ class SparsifyPass(Pass):
             k = int(round(p.sparsity_rate * alive.sum()))
             if k <= 0:
                 return None
-            order = np.argsort(np.where(alive, scores, np.inf), axis=None, kind="stable")
+            # a kept channel keeps its largest block: the others are the candidates
+            candidates = alive.copy()
+            live_rows = np.flatnonzero(alive.any(axis=1))
+            candidates[live_rows, scores[live_rows].argmax(axis=1)] = False
+            k = min(k, int(candidates.sum()))
+            order = np.argsort(np.where(candidates, scores, np.inf), axis=None, kind="stable")
             dead = np.zeros(scores.size, dtype=bool)
             dead[order[:k]] = True
             return block_mask(w, axis, p.block, dead.reshape(scores.shape) | ~alive)
         threshold = cut if cut is not None else _magnitude_cut(w, p.sparsity_rate)
-        return (np.abs(w) > threshold) & (w != 0)
+        keep = (np.abs(w) > threshold) & (w != 0)
+        return keep_rows_alive(keep, w, output_axis(node))

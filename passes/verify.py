@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 FLOAT16_RTOL = 2e-3  # two float16 steps: the least tolerance of a model computing in float16
 NEAR_ZERO = 1e-6  # a reference output whose RMS is below this proves nothing
 CONSTANT = 1e-6  # nor one whose spread is below this share of its largest value
+SAME_FOR_EVERY_INPUT = "the same for every input sample"  # nor a collapsed reference
 
 
 @dataclass
@@ -115,7 +116,10 @@ class VerifyReport:
             more = len(self.degenerate) - 1
             random = "random" in self.inputs
             hint = (
-                "give real inputs (--inputs) and the input shapes the model is used at "
+                "the reference's outputs do not depend on its input (a collapsed model: if it "
+                "is a pruned one, prune less or retrain before verifying)"
+                if o.degenerate == SAME_FOR_EVERY_INPUT
+                else "give real inputs (--inputs) and the input shapes the model is used at "
                 "(--input-shape)"
                 if random
                 else "on these inputs the reference gives no signal (if it is a pruned model, "
@@ -126,6 +130,8 @@ class VerifyReport:
                 + (f" (and {more} more output(s))" if more > 0 else "")
                 + f"; an output that does not vary proves nothing: {hint}"
             )
+        if not self.outputs and self.problems:  # nothing was run: the inputs differ
+            return f"cannot compare the models: {'; '.join(self.problems)}"
         head = "outputs match" if self.ok else "outputs differ from the reference"
         parts = [f"{head} (rtol {self.rtol:g} of the reference's spread, atol {self.atol:g})"]
         if self.worst is not None:
@@ -235,6 +241,7 @@ def compare_models(
     seed: int = 0,
     samples: int = 2,
     inputs_desc: str | None = None,
+    input_dependent: bool = False,
 ) -> VerifyReport:
     """Runs both models in onnxruntime (CPU) on the same inputs and compares each output.
 
@@ -244,22 +251,19 @@ def compare_models(
       ``seed + 1``, ...) feed both models; a missing input raises ``BadInputError``;
     - each output is compared over all runs at once: an output passes iff the reference
       varies (not constant, not near zero: else the report *refuses*, ``ok`` False) and
-      ``max|out - ref| <= atol + rtol * std(ref)`` (NaN where the reference has NaN and
+      ``max|out - ref| <= atol + rtol * spread(ref)`` (NaN where the reference has NaN and
       equal infinities agree; any other NaN/Inf fails); cosine similarity is reported too;
     - where either model computes in float16 (its weights or casts), ``rtol`` is at least
       ``FLOAT16_RTOL`` (two float16 steps: sums rounded to 11 bits differ by that much);
     - outputs are matched by name: names only one model has, or a shape that differs,
       fail the check with a message saying so;
     - ``worst`` is the output furthest beyond (or closest to) its tolerance;
-    - a model onnxruntime cannot load or run raises ``ModelRunError`` (a ``BadInputError``).
+    - a model onnxruntime cannot load or run raises ``ModelRunError`` (a ``BadInputError``);
+    - ``input_dependent`` (``drpopt verify``): a reference whose every float output is the
+      same for every one of several samples (a collapsed model) is refused as degenerate.
     """
-    if rtol < 0 or atol < 0:
-        raise BadInputError(f"tolerances must not be negative (rtol {rtol}, atol {atol})")
-    if rtol < FLOAT16_RTOL and (_in_float16(reference) or _in_float16(model)):
-        # a sum rounded to 11 bits moves by a step whenever its terms change order (a pruned
-        # channel's zeros gone): two float16 models agree to their own precision, no better
-        log.info("verify: the models compute in float16: rtol %g, not %g", FLOAT16_RTOL, rtol)
-        rtol = FLOAT16_RTOL
+    check_tolerances(rtol, atol)
+    rtol = _float16_rtol(reference, model, rtol)
     runs, desc = _feeds(reference, inputs, seed, samples)
     desc = inputs_desc or desc
     feeds = runs[0]
@@ -269,12 +273,8 @@ def compare_models(
         problems.append(f"the model has input(s) the reference lacks: {', '.join(extra_inputs)}")
         return VerifyReport({}, False, None, rtol, atol, problems, desc)
 
-    ref_names = [o.name for o in reference.graph.output]
-    out_names = [o.name for o in model.graph.output]
-    ref_runs = _run(reference, runs, "reference model")
-    out_runs = _run(model, runs, "model")
-    ref_values = {n: [np.asarray(r[i]) for r in ref_runs] for i, n in enumerate(ref_names)}
-    out_values = {n: [np.asarray(r[i]) for r in out_runs] for i, n in enumerate(out_names)}
+    ref_names, ref_values = _outputs(reference, runs, "reference model")
+    out_names, out_values = _outputs(model, runs, "model")
     if set(ref_names) != set(out_names):
         problems.append(_names_differ(ref_names, out_names))
 
@@ -283,6 +283,8 @@ def compare_models(
         for name in ref_names
         if name in out_values
     }
+    if input_dependent:
+        _mark_input_independent(reports, ref_values)
     worst = max(reports, key=lambda n: reports[n].excess(rtol, atol), default=None)
     ok = not problems and all(r.ok for r in reports.values())
     report = VerifyReport(reports, ok, worst, rtol, atol, problems, desc)
@@ -299,6 +301,66 @@ def _in_float16(model: onnx.ModelProto) -> bool:
         if node.op_type == "Cast" and any(a.name == "to" and a.i in narrow for a in node.attribute):
             return True
     return False
+
+
+def _outputs(model: onnx.ModelProto, runs: list, what: str):
+    """The output names of ``model`` and, by name, its values over every run."""
+    names = [o.name for o in model.graph.output]
+    results = _run(model, runs, what)
+    return names, {n: [np.asarray(r[i]) for r in results] for i, n in enumerate(names)}
+
+
+def _float16_rtol(reference: onnx.ModelProto, model: onnx.ModelProto, rtol: float) -> float:
+    """``rtol``, raised to ``FLOAT16_RTOL`` where either model computes in float16: a sum
+    rounded to 11 bits moves by a step whenever its terms change order (a pruned channel's
+    zeros gone), so two float16 models agree to their own precision, no better."""
+    if rtol < FLOAT16_RTOL and (_in_float16(reference) or _in_float16(model)):
+        log.info("verify: the models compute in float16: rtol %g, not %g", FLOAT16_RTOL, rtol)
+        return FLOAT16_RTOL
+    return rtol
+
+
+def _mark_input_independent(
+    reports: dict[str, OutputReport], ref_values: dict[str, list[np.ndarray]]
+) -> None:
+    """A reference whose every float output is the same for every input sample computes
+    nothing from its input (a collapsed model: a bias alone reaches the outputs), so the
+    comparison proves nothing: each such output is marked degenerate. One output that does
+    not depend on the input (a detector's anchors) beside others that do is fine."""
+    floats = {
+        n: refs
+        for n, refs in ref_values.items()
+        if n in reports and refs and all(np.asarray(r).dtype.kind == "f" for r in refs)
+    }
+    if not floats or len(next(iter(floats.values()))) < 2:
+        return
+    for name, refs in floats.items():
+        if reports[name].degenerate:
+            continue
+        first = refs[0].astype(np.float64)
+        if any(r.shape != first.shape for r in refs):
+            return
+        scale = float(np.nanmax(np.abs(first))) if first.size else 0.0
+        for r in refs[1:]:
+            with np.errstate(invalid="ignore"):
+                diff = np.abs(r.astype(np.float64) - first)
+            if np.nanmax(diff, initial=0.0) > CONSTANT * scale:
+                return
+    for name in floats:
+        report = reports[name]
+        if not report.degenerate:
+            report.degenerate = SAME_FOR_EVERY_INPUT
+            report.ok = False
+
+
+def check_tolerances(rtol: float, atol: float) -> None:
+    """Tolerances are finite and not negative: an infinite one passes every comparison (it
+    could not fail), NaN fails every one."""
+    if not (math.isfinite(rtol) and math.isfinite(atol)) or rtol < 0 or atol < 0:
+        raise BadInputError(
+            f"tolerances must not be negative and must be finite (rtol {rtol}, atol {atol}); "
+            "give e.g. --rtol 1e-4"
+        )
 
 
 def _names_differ(ref_names: list[str], out_names: list[str]) -> str:

@@ -374,8 +374,9 @@ def _live_followers(analysis: Analysis, plan: Plan, params: dict[str, np.ndarray
 # ---- the entry point --------------------------------------------------------------------
 def _output_path(path: str | os.PathLike, rtol: float, atol: float) -> Path:
     """``path`` once the tolerances are valid and its folder exists."""
-    if rtol < 0 or atol < 0:
-        raise BadInputError(f"tolerances must not be negative (rtol {rtol}, atol {atol})")
+    from drpopt.passes.verify import check_tolerances
+
+    check_tolerances(rtol, atol)
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
