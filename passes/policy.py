@@ -25,6 +25,10 @@ Rules:
   rate, i.e. when ``sum(w * (|r + e - t*d| - |r - t*d|)) < 0`` over those axes (``d``
   entries, ``e`` of them its own, ``r`` those the other choices remove, ``w`` parameters
   per entry, ``t`` the rate capped at ``max_rate``) and every axis keeps an entry;
+- with ``align`` > 1 and the weight shapes given, a layer whose output channels several
+  groups produce (a channel shuffle's units) must keep a multiple of ``align`` in all:
+  where the groups' own rounded counts do not add up to one, each of those groups keeps
+  all its candidates (repeated until no partly pruned layer is misaligned);
 - eligible groups: prunable (not locked), not the first layer's own output channels
   (``keep_first``; a group it shares with later layers, a residual stream it starts, is
   pruned) nor a final prediction layer's (``keep_last``; the channels a prediction layer
@@ -221,6 +225,8 @@ def choose_channels(
         out[key] = sorted(order[:k])
     if shapes is not None and policy.align == 1 and policy.min_channels == 1:
         _complete_one_unit_groups(groups, scores, policy, out, shapes)
+    if shapes is not None and policy.align > 1:
+        _align_layers(groups, policy, out, cands, shapes)
     return out
 
 
@@ -281,6 +287,37 @@ def _complete_one_unit_groups(
                 kept[group_key(g)] = []
                 for axis, e in cut.items():
                     removed[axis] = removed.get(axis, 0) + e
+
+
+def _align_layers(
+    groups: Sequence[Group],
+    policy: SelectionPolicy,
+    kept: dict[str, list[int]],
+    cands: Mapping[str, list[int]],
+    shapes: Mapping[str, Sequence[int]],
+) -> None:
+    """Layers whose output channels several groups share (a channel shuffle's units) keep
+    the sum of those groups' counts, which need not be a multiple of ``align`` when each
+    group is rounded alone: every group that produces such a layer keeps all its
+    candidates, until no partly pruned layer is misaligned (the module docstring's rule;
+    ``kept`` is updated in place)."""
+    layers: dict[tuple[str, int], list[tuple[Group, int]]] = {}
+    for g in groups:
+        for m in g.members:
+            if m.role == "producer" and m.tensor in shapes:
+                layers.setdefault((m.tensor, m.axis), []).append((g, m.block))
+    align, changed = policy.align, True
+    while changed:  # each round keeps at least one more group whole: at most len(groups)
+        changed = False
+        for (name, axis), entries in layers.items():
+            d = shapes[name][axis]
+            k = d - sum((g.size - len(kept[group_key(g)])) * b for g, b in entries)
+            if d < align or not 0 < k < d or k % align == 0:
+                continue
+            for g, _ in entries:
+                key = group_key(g)
+                if kept[key] != cands[key]:
+                    kept[key], changed = list(cands[key]), True
 
 
 def _global_counts(

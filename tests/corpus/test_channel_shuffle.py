@@ -265,6 +265,26 @@ def test_corpus_shufflenet_v2_prunes_its_shuffled_stream():
     assert params / pruned.before.params < 0.382, params / pruned.before.params
 
 
+@pytest.mark.corpus
+def test_corpus_shufflenet_v2_meets_the_drpai_target_it_was_pruned_for():
+    """``prune --target drpai`` then ``check --target drpai``: every partly pruned layer keeps
+    a multiple of 8 channels, also the layers whose outputs several shuffle units share
+    (before: 7 of them kept 31 or 46 and the pruned model failed its own target)."""
+    from drpopt import api
+    from drpopt.ir.from_onnx import from_onnx
+    from drpopt.passes.check import check_model
+    from drpopt.passes.targets import get_target
+
+    folder = corpus_dir()
+    path = folder / "shufflenet_v2_x1_0.onnx" if folder is not None else None
+    if path is None or not path.exists():
+        pytest.skip("no corpus model shufflenet_v2_x1_0.onnx")
+    result = api.prune(load_corpus_model(path), api.PruneOptions(target="drpai", form="sparse"))
+    report = check_model(from_onnx(result.proto), get_target("drpai"))
+    assert not [x.node for x in report.layers if x.misaligned]
+    assert report.ok, report.summary()
+
+
 def test_the_pruner_drops_the_same_one_unit_groups():
     """The torch Pruner (on its fx trace) drops the one-unit groups the mask pass drops
     from the same scores: both call ``choose_channels`` with the weight shapes."""

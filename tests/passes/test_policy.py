@@ -106,3 +106,24 @@ def test_a_plan_may_drop_a_one_unit_group_but_never_a_whole_axis():
     assert not keep_masks([(halves[0], plans[0])])[("x", 1)][:2].any()
     with pytest.raises(BadInputError, match="removes every channel of axis 1 of 'x'"):
         keep_masks(list(zip(halves, plans, strict=True)))
+
+
+def test_a_layer_several_groups_produce_keeps_a_multiple_of_the_alignment():
+    """Weight ``w`` has 24 output rows from two groups (a shuffle's units): one of 5 rows,
+    smaller than the alignment 8 (whole), and one of 19, rounded alone to 8 kept. The layer
+    would keep 13, not a multiple of 8 (`check --target drpai` failed ShuffleNet-V2 so):
+    both groups keep every channel. A layer one group produces is rounded as before, and
+    without shapes nothing changes."""
+    groups = [
+        slice_group("a", 5, [("w", 0, 1)]),
+        slice_group("b", 19, [("w", 5, 1)]),
+        slice_group("c", 16, [("v", 0, 1)]),
+    ]
+    shapes = {"w": (24, 4), "v": (16, 4), "a": (5,), "b": (19,), "c": (16,)}
+    scores = {k: np.arange(float(n)) for k, n in (("a[0]@0", 5), ("b[0]@0", 19), ("c[0]@0", 16))}
+    policy = SelectionPolicy(rate=0.5, align=8)
+    unaligned = choose_channels(groups, scores, policy)  # no shapes: each group alone
+    assert len(unaligned["a[0]@0"]) + len(unaligned["b[0]@0"]) == 13
+    kept = choose_channels(groups, scores, policy, shapes=shapes)
+    assert kept["a[0]@0"] == list(range(5)) and kept["b[0]@0"] == list(range(19))
+    assert kept["c[0]@0"] == list(range(8, 16))  # alone on its layer: 8 kept, aligned
