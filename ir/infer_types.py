@@ -26,7 +26,7 @@ import numpy as np
 from onnx import helper
 
 from drpopt.ir.core import Graph, Node, Value
-from drpopt.ir.propagate import _fast_shape, _infer, _numbers, _static
+from drpopt.ir.propagate import _fast_shape, _infer, _numbers, _static, window_sizes
 from drpopt.ir.rules import ELEMENTWISE_OPS, UNARY_OPS
 from drpopt.ir.shape_expr import NumericMemo
 
@@ -174,20 +174,12 @@ def _shape(node: Node, ins: list[Value], memo: NumericMemo) -> tuple | None:
 def _pool(node: Node, x: tuple[int, ...]) -> tuple[int, ...] | None:
     """MaxPool/AveragePool without auto_pad and ceil_mode (the forms ONNX's inference and
     this agree on by the plain formula); others go to ONNX's inference."""
-    if node.attr("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET") or node.attr("ceil_mode", 0):
+    if node.attr("auto_pad", "NOTSET") != "NOTSET" or node.attr("ceil_mode", 0):
         return None
     kernel = node.attr("kernel_shape")
-    n = len(x) - 2
-    if kernel is None or len(kernel) != n or n < 1:
+    if kernel is None or len(kernel) != len(x) - 2 or len(x) < 3:
         return None
-    pads = node.attr("pads") or [0] * (2 * n)
-    strides = node.attr("strides") or [1] * n
-    dilations = node.attr("dilations") or [1] * n
-    spatial = []
-    for i in range(n):
-        span = dilations[i] * (kernel[i] - 1) + 1
-        spatial.append((x[2 + i] + pads[i] + pads[i + n] - span) // strides[i] + 1)
-    return (*x[:2], *spatial)
+    return (*x[:2], *window_sizes(node, x, kernel))
 
 
 def _shape_of_shape(node: Node, rank: int) -> tuple[int] | None:

@@ -290,18 +290,24 @@ _DATA_SHAPE = {
 }
 
 
-def _conv_shape(node: Node, x: tuple[int, ...], w: tuple[int, ...]) -> tuple[int, ...] | None:
+def window_sizes(node: Node, x: tuple[int, ...], kernel) -> list[int]:
+    """The spatial output sizes of a convolution or pooling window ``kernel`` over ``x``
+    (explicit pads, strides and dilations; the plain floor formula)."""
     n = len(x) - 2
-    if len(w) != len(x) or n < 1:
-        return None
     pads = node.attr("pads") or [0] * (2 * n)
     strides = node.attr("strides") or [1] * n
     dilations = node.attr("dilations") or [1] * n
     spatial = []
     for i in range(n):
-        span = dilations[i] * (w[2 + i] - 1) + 1
+        span = dilations[i] * (kernel[i] - 1) + 1
         spatial.append((x[2 + i] + pads[i] + pads[i + n] - span) // strides[i] + 1)
-    return (x[0], w[0], *spatial)
+    return spatial
+
+
+def _conv_shape(node: Node, x: tuple[int, ...], w: tuple[int, ...]) -> tuple[int, ...] | None:
+    if len(w) != len(x) or len(x) < 3:
+        return None
+    return (x[0], w[0], *window_sizes(node, x, w[2:]))
 
 
 def _concat_shape(node: Node, shapes: list[tuple[int, ...]]) -> tuple[int, ...] | None:

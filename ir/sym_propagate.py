@@ -117,7 +117,7 @@ def _matmul(node, ins, memo, fresh):
 
 def _conv(node, ins, memo, fresh):
     """Conv and pools (explicit pads; ``auto_pad`` and ``ceil_mode`` left to ONNX)."""
-    if node.attr("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET") or node.attr("ceil_mode", 0):
+    if node.attr("auto_pad", "NOTSET") != "NOTSET" or node.attr("ceil_mode", 0):
         return None
     x = tuple(ins[0].shape)
     n = len(x) - 2
