@@ -121,10 +121,16 @@ def describe_random(model: onnx.ModelProto, samples: int, seed: int) -> str:
     """What ``random_inputs`` feeds, for reports: shapes, distribution, seed."""
     from drpopt.ir.input_shapes import concrete, input_dims
 
-    shapes = ", ".join(
-        f"{name}: {'x'.join(map(str, concrete(d)))}" for name, d in input_dims(model).items()
-    )
+    dims = input_dims(model)
+    shapes = ", ".join(f"{name}: {'x'.join(map(str, concrete(d)))}" for name, d in dims.items())
+    symbols = dict.fromkeys("?" if x is None else str(x) for d in dims.values() for x in d or ())
+    guessed = [x for x in symbols if not x.isdigit()]
+    if guessed:  # the shapes the model declares leave these open: random inputs use 1
+        shapes += f"; {', '.join(guessed)} {GUESSED_DIMS}"
     return f"{samples} random input sample(s) ({shapes}; standard normal, seed {seed})"
+
+
+GUESSED_DIMS = "taken as 1"  # in describe_random's text: symbolic dims the inputs guessed
 
 
 def _fit_inputs(model: onnx.ModelProto, given: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

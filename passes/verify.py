@@ -19,6 +19,7 @@ from drpopt.errors import BadInputError, CheckFailedError
 from drpopt.ir.core import Graph
 from drpopt.passes.base import Pass, PassResult
 from drpopt.passes.feeds import (  # noqa: F401 (load_inputs, random_inputs: public here too)
+    GUESSED_DIMS,
     ModelRunError,
     _fit_inputs,
     _graph_inputs,
@@ -119,8 +120,12 @@ class VerifyReport:
                 "the reference's outputs do not depend on its input (a collapsed model: if it "
                 "is a pruned one, prune less or retrain before verifying)"
                 if o.degenerate == SAME_FOR_EVERY_INPUT
-                else "give real inputs (--inputs) and the input shapes the model is used at "
-                "(--input-shape)"
+                else "give real inputs (--inputs)"
+                + (
+                    " and the input shapes the model is used at (--input-shape)"
+                    if GUESSED_DIMS in self.inputs
+                    else ""
+                )
                 if random
                 else "on these inputs the reference gives no signal (if it is a pruned model, "
                 "pruning removed it: prune less, or retrain before verifying)"

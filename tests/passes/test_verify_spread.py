@@ -156,3 +156,28 @@ def test_verify_pass_uses_given_samples():
     context_of(graph).verify_inputs = (graph_samples, "one given sample")
     result = PassManager([VerifyPass()])(graph)
     assert result.verify.inputs == "one given sample"
+
+
+def _zero_output(dim):
+    """``y = x * 0``: an output that is zero whatever the input."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [dim, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [dim, 4])
+    zero = helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])
+    graph = helper.make_graph([helper.make_node("Mul", ["x", "zero"], ["y"])], "g", [x], [y])
+    graph.initializer.append(zero)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_the_hint_asks_for_input_shapes_only_where_random_inputs_guessed_them():
+    """Random inputs for a model with a symbolic dim take it as 1, and the report says so;
+    a refusal then asks for real inputs and the shapes of real use. When every size is
+    known (a static model, or one given --input-shape), it asks for real inputs only (it
+    asked for --input-shape even when one was given: PP-OCRv4 det at 1x3x320x320)."""
+    guessed = compare_models(_zero_output("batch"), _zero_output("batch"))
+    assert "batch taken as 1" in guessed.inputs and not guessed.ok
+    assert "(--input-shape)" in guessed.summary()
+    known = compare_models(_zero_output(2), _zero_output(2))
+    assert "taken as 1" not in known.inputs and not known.ok
+    assert "--inputs" in known.summary() and "--input-shape" not in known.summary()
