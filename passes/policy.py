@@ -24,7 +24,8 @@ Rules:
   order), one is dropped whole when that brings the weight axes it cuts closer to the
   rate, i.e. when ``sum(w * (|r + e - t*d| - |r - t*d|)) < 0`` over those axes (``d``
   entries, ``e`` of them its own, ``r`` those the other choices remove, ``w`` parameters
-  per entry, ``t`` the rate capped at ``max_rate``) and every axis keeps an entry;
+  per entry, ``t`` the rate capped at ``max_rate``) and every weight axis and every
+  channel space (an activation's axis too: a Slice's output) keeps an entry;
 - with ``align`` > 1 and the weight shapes given, a layer whose output channels several
   groups produce (a channel shuffle's units) must keep a multiple of ``align`` in all:
   where the groups' own rounded counts do not add up to one, each of those groups keeps
@@ -252,6 +253,16 @@ def _axes_cut(g: Group, shapes: Mapping[str, Sequence[int]]) -> dict[tuple[str, 
     return cut
 
 
+def _spaces_cut(g: Group) -> dict[tuple[str, int], tuple[int, int]]:
+    """Entries of each channel space (a value's axis, or a virtual one) that one channel
+    of ``g`` covers, with the space's length."""
+    cut: dict[tuple[str, int], tuple[int, int]] = {}
+    for s in g.segments:
+        key = (s.value if s.value is not None else s.label, s.axis)
+        cut[key] = (cut.get(key, (0, 0))[0] + s.block, s.space_length)
+    return cut
+
+
 def _complete_one_unit_groups(
     groups: Sequence[Group],
     scores: Mapping[str, np.ndarray],
@@ -259,20 +270,27 @@ def _complete_one_unit_groups(
     kept: dict[str, list[int]],
     shapes: Mapping[str, Sequence[int]],
 ) -> None:
-    """Drops one-unit groups whole where that brings their layers closer to the rate (the
-    module docstring's rule); ``kept`` is updated in place."""
+    """Drops one-unit groups whole where that brings their layers closer to the rate and
+    leaves every weight axis and every channel space an entry (the module docstring's
+    rule); ``kept`` is updated in place."""
     ones = [(i, g) for i, g in enumerate(groups) if g.size == 1 and kept[group_key(g)]]
     if not ones or policy.rate <= 0:
         return
     rate = min(policy.rate, policy.max_rate)
-    removed: dict[tuple[str, int], int] = {}
+    removed: dict[tuple[str, int], int] = {}  # weight axes
+    taken: dict[tuple[str, int], int] = {}  # channel spaces (an activation's axis too)
     for g in groups:
         dropped = g.size - len(kept[group_key(g)])
         if dropped:
             for axis, n in _axes_cut(g, shapes).items():
                 removed[axis] = removed.get(axis, 0) + n * dropped
+            for key, (n, _) in _spaces_cut(g).items():
+                taken[key] = taken.get(key, 0) + n * dropped
     ones.sort(key=lambda ig: (float(np.asarray(scores[group_key(ig[1])])[0]), ig[0]))
     for _, g in ones:
+        spaces = _spaces_cut(g)
+        if any(taken.get(k, 0) + e >= n for k, (e, n) in spaces.items()):
+            continue  # a value (a Slice's output, say) would lose its last channel
         cut = _axes_cut(g, shapes)
         gain = 0.0
         for (name, axis), e in cut.items():
@@ -287,6 +305,8 @@ def _complete_one_unit_groups(
                 kept[group_key(g)] = []
                 for axis, e in cut.items():
                     removed[axis] = removed.get(axis, 0) + e
+                for key, (e, _) in spaces.items():
+                    taken[key] = taken.get(key, 0) + e
 
 
 def _align_layers(

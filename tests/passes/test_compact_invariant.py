@@ -122,3 +122,18 @@ def test_compact_equals_masked_on_random_graphs(model, rate, allocation, criteri
     params, macs = expected_counts(model, masks, before)
     after = analyze(compact)
     assert (after.params, after.macs) == (params, macs)
+
+
+def test_one_unit_groups_never_empty_an_activation():
+    """Found by the property test above (CI): a one-unit group that is all of a Slice's
+    output channels was dropped whole (its weight axes kept others), and apply-masks
+    refused the plan ("removes every channel of axis 1 of 'slice_1'"). The policy now
+    keeps every channel space an entry, weights or not."""
+    from drpopt.zoo.random_graphs import random_model
+
+    model = random_model(seed=4810, n_blocks=10)
+    masked, compact, _plan, _masks, _before = prune_both(
+        model, criterion="l2", rate=0.5, allocation="uniform", keep_first=False, keep_last=False
+    )
+    feeds = random_feeds(model)
+    assert rel_error(run_model(masked, feeds), run_model(compact, feeds)) < 1e-4
