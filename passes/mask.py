@@ -28,7 +28,7 @@ from drpopt.ir.channels import Group
 from drpopt.ir.core import Graph
 from drpopt.passes.analyses import ANALYSES, Scores, edge_layer_names, node_by_name
 from drpopt.passes.base import Pass, PassResult
-from drpopt.passes.common import get_analysis
+from drpopt.passes.common import WEIGHTED_OPS, get_analysis
 from drpopt.passes.context import context_of
 from drpopt.passes.plan import GroupPlan, Plan, group_key
 from drpopt.passes.policy import (
@@ -113,16 +113,13 @@ class MaskPass(Pass):
 def check_exclude(graph: Graph, patterns: Iterable[str]) -> None:
     """Every ``exclude`` pattern must match a layer (a typo would otherwise prune all)."""
     names = [n.name for n in graph.nodes]
-    layers = [n.name for n in graph.nodes if n.op_type in _LAYER_OPS] or names
     for pat in patterns:
         if not any(fnmatch.fnmatchcase(n, pat) for n in names):
+            layers = [n.name for n in graph.nodes if n.op_type in WEIGHTED_OPS] or names
             raise BadInputError(
                 f"exclude pattern {pat!r} matches no layer (names look like "
                 f"{', '.join(layers[:3])}); fix the pattern (fnmatch: * and ? wildcards)"
             )
-
-
-_LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # the names a user excludes
 
 
 def eligible_groups(graph: Graph, groups: Iterable[Group], policy: SelectionPolicy) -> list[Group]:

@@ -125,9 +125,7 @@ class ShareSplit:
             return 0.0
         on = set(self.shapes) if pattern is None else set(pattern)
         off = {n: 1.0 / factor for n in self.channel_prunable if n not in on}
-        if off:
-            return self._bisect(lambda c: self.kept(c, off), target)
-        return self._bisect(self.kept, target)
+        return self._bisect(lambda c: self.kept(c, off), target)
 
     def _bisect(self, kept: Any, target: float) -> float:
         """The largest channel rate whose ``kept`` is at least ``target`` (channel-only
@@ -157,7 +155,7 @@ class ShareSplit:
         if p.granularity == "nm":
             return rate, (p.pattern_rate if share > 0 else 0.0)
         fr = self.kept_fractions(rate)
-        target = self.pattern_target(share, fr, list(pattern_params))
+        target = self.pattern_target(share, fr, pattern_params)
         out = {}
         for name in pattern_params:
             k = fr.get(name, 1.0)
