@@ -14,12 +14,18 @@ an exported file (``Reshape`` into ``(..., 3, heads, head_dim)`` then ``Transpos
   ``Softmax``, ``Dropout`` when ``dropout_p > 0`` (F.sdpa drops whenever it is given),
   ``MatMul`` with v; a boolean mask or ``enable_gqa`` is not mapped (an ``fx::`` node that
   locks what it touches, named);
-- ``nn.MultiheadAttention`` (packed ``in_proj_weight``): self-attention (query, key and value
-  the same tensor) as timm writes it: one ``Gemm`` on the packed weight, ``Reshape`` to
+- ``nn.MultiheadAttention``: self-attention (query, key and value the same tensor, no mask)
+  as timm writes it: one ``Gemm`` on the packed weight, ``Reshape`` to
   ``(rows, 3, heads, head_dim)``, heads moved forward, ``Split`` into q, k, v, the attention
   above, heads moved back, ``Gemm`` of ``out_proj``; so the packed rows of q, k and v map
-  heads at offsets 0, E and 2E. Masks, ``bias_k``/``bias_v``, ``add_zero_attn``, separate
-  q/k/v weights and cross-attention (query is not key) are not mapped (named
+  heads at offsets 0, E and 2E. Any other call (cross-attention, DETR's positions added to
+  q and k only, ``kdim``/``vdim``, masks): the packed weight and bias are ``Split`` into
+  their q, k and v row blocks (the blocks' roles pass to the packed parameter:
+  ``ir/solve.py``), one ``Gemm`` each, heads moved forward; ``key_padding_mask``
+  (batch, keys) and a 2-D ``attn_mask`` are added to the scores (boolean: ``-inf`` where
+  True). The head-averaged weights, when the forward reads them, are a ``ReduceMean``
+  over the heads (which then stay whole: their width is pruned instead). ``bias_k``/
+  ``bias_v``, ``add_zero_attn``, ``is_causal`` and 3-D masks are not mapped (named
   ``fx::MultiheadAttention(...)`` nodes); its dropout while training is a ``Dropout``.
 """
 
@@ -161,22 +167,27 @@ def _f_sdpa(c: _Converter, n: Any, key: str, args: Any, kwargs: Any) -> Any:
     return y
 
 
+def _qkv(args: tuple, kwargs: dict) -> tuple[Any, Any, Any]:
+    """query, key and value of an ``nn.MultiheadAttention`` call, positional or by keyword."""
+    names = ("query", "key", "value")
+    return tuple(_get(args, kwargs, i, name) for i, name in enumerate(names))  # type: ignore[return-value]
+
+
 def _mha_refusal(mod: Any, args: tuple, kwargs: dict) -> str | None:
     """Why an ``nn.MultiheadAttention`` call is not mapped (None: it is)."""
-    q, k, v = args[0], _get(args, kwargs, 1, "key"), _get(args, kwargs, 2, "value")
-    if not mod._qkv_same_embed_dim or mod.in_proj_weight is None:
-        return "separate q/k/v weights"
+    q, k, v = _qkv(args, kwargs)
     if mod.bias_k is not None or mod.add_zero_attn:
         return "bias_k/add_zero_attn"
-    if not (q is k is v):
-        return "cross-attention"
-    for i, name in ((3, "key_padding_mask"), (5, "attn_mask")):
-        if _get(args, kwargs, i, name) is not None:
-            return name
     if _get(args, kwargs, 7, "is_causal", False):
         return "is_causal"
-    if not isinstance(q, Value) or q.shape is None or len(q.shape) != 3:
+    if not all(
+        isinstance(t, Value) and t.shape is not None and len(t.shape) == 3 for t in (q, k, v)
+    ):
         return "input not (batch, tokens, embed)"
+    for i, name, ranks in ((3, "key_padding_mask", (2,)), (5, "attn_mask", (2,))):
+        m = _get(args, kwargs, i, name)
+        if m is not None and (not isinstance(m, Value) or m.rank not in ranks):
+            return f"{name} of rank {getattr(m, 'rank', None)}"
     return None
 
 
@@ -186,7 +197,43 @@ def _module_mha(c: _Converter, n: Any, mod: Any) -> Any:
     why = _mha_refusal(mod, args, kwargs)
     if why is not None:
         return c.unsupported(n, f"MultiheadAttention({why})")
-    x: Value = args[0]
+    q, k, v = _qkv(args, kwargs)
+    heads, hd = int(mod.num_heads), int(mod.embed_dim) // int(mod.num_heads)
+    masks = (_get(args, kwargs, 3, "key_padding_mask"), _get(args, kwargs, 5, "attn_mask"))
+    if q is k is v and mod._qkv_same_embed_dim and masks == (None, None):
+        qkv_ = _packed_self_attention(c, n, mod, q)
+    else:
+        qkv_ = _projections(c, n, mod, (q, k, v))
+    mask = _additive_mask(c, n, mod, *masks, qkv_[0].shape, qkv_[1].shape)
+    drop = float(mod.dropout) if mod.training else 0.0
+    attn, probs = _attention_ops(c, n, *qkv_, 1.0 / float(np.sqrt(hd)), mask, dropout=drop)
+    first, second = (int(d) for d in q.shape[:2])
+    rows, e = first * second, int(mod.embed_dim)
+    n_ = second if mod.batch_first else first
+    b_ = first if mod.batch_first else second
+    back = [0, 2, 1, 3] if mod.batch_first else [2, 0, 1, 3]
+    shape_back = (b_, n_, heads, hd) if mod.batch_first else (n_, b_, heads, hd)
+    merged = c.tmp(f"{n.name}.merged", shape_back, attn.dtype)
+    c.emit("Transpose", n, [attn], [merged], perm=back)
+    flat_out = c.tmp(f"{n.name}.merged_rows", (rows, e), attn.dtype)
+    c.emit("Reshape", n, [merged, c.ints(f"{n.name}.merged_shape", [rows, e])], [flat_out])
+    t = n.target
+    ow = c.tensor_const(f"{t}.out_proj.weight", mod.out_proj.weight)
+    ob = (
+        c.tensor_const(f"{t}.out_proj.bias", mod.out_proj.bias)
+        if mod.out_proj.bias is not None
+        else None
+    )
+    proj = c.tmp(f"{n.name}.proj", (rows, e), attn.dtype)
+    c.emit("Gemm", n, [flat_out, ow] + ([ob] if ob is not None else []), [proj], transB=1)
+    y = c.out(n, 0)
+    c.emit("Reshape", n, [proj, c.ints(f"{n.name}.out_shape", list(y.shape or ()))], [y])
+    return y, _mha_weights(c, n, probs, _named(args, kwargs))
+
+
+def _packed_self_attention(c: _Converter, n: Any, mod: Any, x: Value) -> list[Value]:
+    """Self-attention as timm writes it: one Gemm on the packed ``in_proj_weight``, reshaped
+    to ``(rows, 3, heads, head_dim)``, heads moved forward, split into q, k and v."""
     t, e, heads = n.target, int(mod.embed_dim), int(mod.num_heads)
     hd = e // heads
     first, second, _ = (int(d) for d in x.shape)  # batch_first: (B, N, E), else (N, B, E)
@@ -211,30 +258,94 @@ def _module_mha(c: _Converter, n: Any, mod: Any) -> Any:
     c.emit("Transpose", n, [qkv5], [moved], perm=perm)
     parts = [c.tmp(f"{n.name}.{p}1", (1, b_, heads, n_, hd), dtype) for p in "qkv"]
     c.emit("Split", n, [moved, c.ints(f"{n.name}.split", [1, 1, 1])], parts, axis=0)
-    qkv_ = []
+    out = []
     for p, part in zip("qkv", parts, strict=True):
         sq = c.tmp(f"{n.name}.{p}", (b_, heads, n_, hd), dtype)
         c.emit("Squeeze", n, [part, c.ints(f"{n.name}.axes0", [0])], [sq])
-        qkv_.append(sq)
-    drop = float(mod.dropout) if mod.training else 0.0
-    attn, probs = _attention_ops(c, n, *qkv_, 1.0 / float(np.sqrt(hd)), dropout=drop)
-    back = [0, 2, 1, 3] if mod.batch_first else [2, 0, 1, 3]
-    shape_back = (b_, n_, heads, hd) if mod.batch_first else (n_, b_, heads, hd)
-    merged = c.tmp(f"{n.name}.merged", shape_back, dtype)
-    c.emit("Transpose", n, [attn], [merged], perm=back)
-    flat_out = c.tmp(f"{n.name}.merged_rows", (rows, e), dtype)
-    c.emit("Reshape", n, [merged, c.ints(f"{n.name}.merged_shape", [rows, e])], [flat_out])
-    ow = c.tensor_const(f"{t}.out_proj.weight", mod.out_proj.weight)
-    ob = (
-        c.tensor_const(f"{t}.out_proj.bias", mod.out_proj.bias)
-        if mod.out_proj.bias is not None
-        else None
-    )
-    proj = c.tmp(f"{n.name}.proj", (rows, e), dtype)
-    c.emit("Gemm", n, [flat_out, ow] + ([ob] if ob is not None else []), [proj], transB=1)
-    y = c.out(n, 0)
-    c.emit("Reshape", n, [proj, c.ints(f"{n.name}.out_shape", list(y.shape or ()))], [y])
-    return y, _mha_weights(c, n, probs, _named(args, kwargs))
+        out.append(sq)
+    return out
+
+
+def _projections(c: _Converter, n: Any, mod: Any, xs: tuple[Value, ...]) -> list[Value]:
+    """q, k and v of cross-attention (or of self-attention with positions added to q and k
+    only, as DETR does) as ``(batch, heads, tokens, head_dim)``: the packed
+    ``in_proj_weight`` (and ``in_proj_bias``) is ``Split`` into its three row blocks, each
+    read by its own ``Gemm``, so a head's rows stay rows of the parameter the Pruner masks;
+    ``kdim``/``vdim`` modules have ``q/k/v_proj_weight`` of their own."""
+    t, e, heads = n.target, int(mod.embed_dim), int(mod.num_heads)
+    dtype = xs[0].dtype or np.float32
+    if mod._qkv_same_embed_dim:
+        packed = c.tensor_const(f"{t}.in_proj_weight", mod.in_proj_weight)
+        weights = _split_rows(c, n, packed, e, "w", dtype, (e, e))
+    else:
+        weights = [
+            c.tensor_const(f"{t}.{p}_proj_weight", getattr(mod, f"{p}_proj_weight")) for p in "qkv"
+        ]
+    biases: list[Value | None] = [None] * 3
+    if mod.in_proj_bias is not None:
+        packed_b = c.tensor_const(f"{t}.in_proj_bias", mod.in_proj_bias)
+        biases = list(_split_rows(c, n, packed_b, e, "b", dtype, (e,)))
+    out = []
+    for p, x, w, b in zip("qkv", xs, weights, biases, strict=True):
+        first, second, width = (int(d) for d in x.shape)
+        b_, n_ = (first, second) if mod.batch_first else (second, first)
+        flat = c.tmp(f"{n.name}.{p}_rows", (first * second, width), dtype)
+        c.emit(
+            "Reshape", n, [x, c.ints(f"{n.name}.{p}_rows_shape", [first * second, width])], [flat]
+        )
+        y = c.tmp(f"{n.name}.{p}_proj", (first * second, e), dtype)
+        c.emit("Gemm", n, [flat, w] + ([b] if b is not None else []), [y], transB=1)
+        split = (first, second, heads, e // heads)
+        y4 = c.tmp(f"{n.name}.{p}_heads", split, dtype)
+        c.emit("Reshape", n, [y, c.ints(f"{n.name}.{p}_heads_shape", list(split))], [y4])
+        moved = c.tmp(f"{n.name}.{p}", (b_, heads, n_, e // heads), dtype)
+        perm = [0, 2, 1, 3] if mod.batch_first else [1, 2, 0, 3]
+        c.emit("Transpose", n, [y4], [moved], perm=perm)
+        out.append(moved)
+    return out
+
+
+def _split_rows(
+    c: _Converter, n: Any, packed: Value, e: int, tag: str, dtype: Any, shape: tuple[int, ...]
+) -> list[Value]:
+    parts = [c.tmp(f"{n.name}.{p}_{tag}", shape, dtype) for p in "qkv"]
+    c.emit("Split", n, [packed, c.ints(f"{n.name}.{tag}_split", [e, e, e])], parts, axis=0)
+    return parts
+
+
+def _additive_mask(
+    c: _Converter,
+    n: Any,
+    mod: Any,
+    padding: Value | None,
+    attn: Value | None,
+    q_shape: Any,
+    k_shape: Any,
+) -> Value | None:
+    """``key_padding_mask`` (batch, keys) and ``attn_mask`` (queries, keys) as one float mask
+    added to the scores (boolean masks: ``-inf`` where True), broadcast over the heads."""
+    b_, _, l_, _ = q_shape
+    s_ = k_shape[2]
+    dtype = np.float32
+    total = None
+    for m, shape in ((padding, (b_, 1, 1, s_)), (attn, (1, 1, l_, s_))):
+        if m is None:
+            continue
+        if (m.dtype or np.dtype(np.float32)).kind == "b":
+            f = c.tmp(f"{n.name}.mask_f", tuple(m.shape), dtype)
+            ninf = c.const(f"{n.name}.ninf", np.asarray(-np.inf, dtype))
+            zero = c.const(f"{n.name}.zero", np.asarray(0.0, dtype))
+            c.emit("Where", n, [m, ninf, zero], [f])
+            m = f
+        r = c.tmp(f"{n.name}.mask4", shape, m.dtype)
+        c.emit("Reshape", n, [m, c.ints(f"{n.name}.mask_shape", list(shape))], [r])
+        if total is None:
+            total = r
+        else:
+            both = c.tmp(f"{n.name}.masks", (b_, 1, l_, s_), dtype)
+            c.emit("Add", n, [total, r], [both])
+            total = both
+    return total
 
 
 def _mha_weights(c: _Converter, n: Any, probs: Value, kwargs: dict) -> Value | None:
@@ -261,9 +372,9 @@ def _reads_output(n: Any, index: int) -> bool:
     import operator
 
     return any(
-        u.op == "call_function" and u.target is operator.getitem and u.args[1] == index
+        u.op == "call_function" and u.target is operator.getitem and u.args[1] == index and u.users
         for u in n.users
-    )
+    )  # ``out, weights = attn(...)`` with ``weights`` unused does not read them
 
 
 def _register() -> None:

@@ -310,6 +310,9 @@ def _roles_through_layout(relations: list[tuple], spaces: list[Space]) -> None:
     producer), not a bare constant. Relations come in node order: walked backwards, a chain
     of layout ops hands the roles down one op at a time."""
     for rel in reversed(relations):
+        if rel[0] == "cat":
+            _roles_through_split(rel[1], rel[2], spaces)
+            continue
         if rel[0] != "id":
             continue
         for c, o in ((rel[1], rel[2]), (rel[2], rel[1])):
@@ -324,6 +327,27 @@ def _roles_through_layout(relations: list[tuple], spaces: list[Space]) -> None:
                 and weight_like(src.value)
             ):
                 src.roles.extend(r for r in out.roles if r[2] is None)
+
+
+def _roles_through_split(whole: int, parts: list[int], spaces: list[Space]) -> None:
+    """A constant ``Split`` into row blocks, each read by its own layer (nn.MultiheadAttention's
+    packed ``in_proj_weight`` split into q, k and v): the blocks' roles pass to the packed
+    constant's split axis, so its rows are the layers' producer rows (masked, zeroed), not
+    a bare constant."""
+    src = spaces[whole]
+    if src.roles or src.value is None or not weight_like(src.value):
+        return
+    outs = [spaces[p] for p in parts]
+    if any(o.value is None or o.value.producer is None for o in outs):
+        return
+    node = outs[0].value.producer
+    if node.op_type != "Split" or node.input(0) is not src.value:
+        return
+    if any(o.value.producer is not node for o in outs):
+        return
+    kinds = {r[0] for o in outs for r in o.roles if r[2] is None}
+    if len(kinds) == 1:  # every block is read the same way (producer rows of each layer)
+        src.roles.extend(r for o in outs for r in o.roles if r[2] is None)
 
 
 def weight_like(value: Value) -> bool:
