@@ -46,9 +46,10 @@ __all__ = ["MaskPass", "check_rate", "current_scores", "eligible_groups", "kept_
 log = logging.getLogger(__name__)
 
 
-def kept_count(size: int, rate: float, profile: TargetProfile) -> int:
-    """How many of ``size`` channels a group keeps at ``rate`` under ``profile``."""
-    return SelectionPolicy.resolve(profile, rate=0.0).kept_count(size, rate)
+def kept_count(size: int, rate: float, profile: TargetProfile, rows: int = 1) -> int:
+    """How many of ``size`` channels a group keeps at ``rate`` under ``profile`` (``rows``:
+    see ``SelectionPolicy.kept_count``)."""
+    return SelectionPolicy.resolve(profile, rate=0.0).kept_count(size, rate, rows)
 
 
 @dataclass

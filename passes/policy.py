@@ -14,9 +14,11 @@ Rules:
   are no longer candidates count as removed first), so groups end up with different
   rates (each group's count then follows the rounding rules below);
 - a group keeps its highest-scoring candidates (ties: the lower index); the kept count is
-  rounded to a multiple of ``align`` (a group smaller than ``align`` stays whole), never
-  below ``align``, ``min_channels`` or ``(1 - max_rate)`` of the group, never zero, never
-  more than its candidates;
+  rounded so that the width of the layers it produces is a multiple of ``align`` (a group
+  of a grouped convolution stands for G output channels per channel, one in each of its
+  G segments, so G x kept must be; a group whose layer width is under ``align`` stays
+  whole), never below ``align`` or ``min_channels`` output channels, nor
+  ``(1 - max_rate)`` of the group, never zero, never more than its candidates;
 - one-unit groups (a channel shuffle's blocks that a later split cuts: each is one unit of
   layers that have other channels; the analysis locks a one-unit group that is all of a
   layer) cannot lose a unit at any rate, so with ``align`` and ``min_channels`` 1 and the
@@ -133,16 +135,21 @@ class SelectionPolicy:
         """The same policy at another rate (a schedule's intermediate steps)."""
         return replace(self, rate=rate)
 
-    def kept_count(self, size: int, rate: float | None = None) -> int:
-        """How many of ``size`` channels a group keeps at ``rate`` (default: the policy's)."""
+    def kept_count(self, size: int, rate: float | None = None, rows: int = 1) -> int:
+        """How many of ``size`` channels a group keeps at ``rate`` (default: the policy's).
+
+        ``rows``: the output channels of a layer one channel of the group stands for (a
+        grouped convolution's group of G segments: G), so that ``align`` and
+        ``min_channels`` hold for the layer's width, not the group's count."""
         rate = self.rate if rate is None else rate
-        align = self.align
-        if size < align or rate <= 0:
+        step = self.align // math.gcd(self.align, rows)
+        if size * rows < self.align or rate <= 0:
             return size
         want = size * (1.0 - min(rate, self.max_rate))
-        floor = max(align, self.min_channels, math.ceil(size * (1.0 - self.max_rate)))
-        floor = math.ceil(floor / align) * align
-        return min(max(int(round(want / align)) * align, floor), size)
+        least = math.ceil(self.min_channels / rows)
+        floor = max(step, least, math.ceil(size * (1.0 - self.max_rate)))
+        floor = math.ceil(floor / step) * step
+        return min(max(int(round(want / step)) * step, floor), size)
 
     def settings(self) -> dict[str, Any]:
         """The settings a plan records (what was done, for a reader of the plan)."""
@@ -213,10 +220,11 @@ def choose_channels(
     for g in groups:
         allowed = None if candidates is None else candidates.get(group_key(g))
         cands[group_key(g)] = list(range(g.size)) if allowed is None else sorted(allowed)
+    rows = {group_key(g): layer_rows(g, shapes) for g in groups}
     if policy.allocation == "global":
-        counts = _global_counts(groups, scores, policy, cands)
+        counts = _global_counts(groups, scores, policy, cands, rows)
     else:
-        counts = {group_key(g): policy.kept_count(g.size) for g in groups}
+        counts = {group_key(g): policy.kept_count(g.size, rows=rows[group_key(g)]) for g in groups}
     out = {}
     for g in groups:
         key = group_key(g)
@@ -241,6 +249,19 @@ def weight_shapes(graph: Graph, groups: Iterable[Group]) -> dict[str, tuple[int,
             if v is not None and v.is_const and v.static_shape is not None:
                 out[m.tensor] = tuple(v.static_shape)
     return out
+
+
+def layer_rows(g: Group, shapes: Mapping[str, Sequence[int]] | None) -> int:
+    """Output channels per channel of ``g`` of the layers it produces (the gcd over them:
+    1 for most groups, G for the G segments of a grouped convolution's group); 1 without
+    shapes."""
+    if not shapes:
+        return 1
+    per: dict[tuple[str, int], int] = {}
+    for m in g.members:
+        if m.role == "producer" and m.tensor in shapes:
+            per[(m.tensor, m.axis)] = per.get((m.tensor, m.axis), 0) + m.block
+    return math.gcd(*per.values()) if per else 1
 
 
 def _axes_cut(g: Group, shapes: Mapping[str, Sequence[int]]) -> dict[tuple[str, int], int]:
@@ -345,6 +366,7 @@ def _global_counts(
     scores: Mapping[str, np.ndarray],
     policy: SelectionPolicy,
     cands: Mapping[str, list[int]],
+    rows: Mapping[str, int],
 ) -> dict[str, int]:
     """Per group, the kept count one global threshold over normalised scores gives."""
     if not groups or policy.rate <= 0:
@@ -365,6 +387,6 @@ def _global_counts(
     lowest = np.lexsort((np.arange(values.size), values))[:n_prune]
     below = np.bincount(owner[lowest], minlength=len(keys))
     return {
-        key: policy.kept_count(g.size, int(below[i]) / g.size)
+        key: policy.kept_count(g.size, int(below[i]) / g.size, rows[key])
         for i, (key, g) in enumerate(zip(keys, groups, strict=True))
     }

@@ -32,7 +32,7 @@ import numpy as np
 from drpopt.ir.analysis import analyze
 from drpopt.ir.core import Graph
 from drpopt.passes.mask import eligible_groups, kept_count
-from drpopt.passes.policy import SelectionPolicy
+from drpopt.passes.policy import SelectionPolicy, layer_rows
 from drpopt.passes.sparsify import targeted_layers
 from drpopt.passes.targets import TargetProfile, get_target
 
@@ -80,7 +80,7 @@ class ShareSplit:
         """Each counted weight's kept fraction after channel pruning at ``rate``."""
         axes: dict[str, dict[int, np.ndarray]] = {}
         for g in self.groups:
-            k = kept_count(g.size, rate, self.profile)
+            k = kept_count(g.size, rate, self.profile, layer_rows(g, self.shapes))
             if k >= g.size:
                 continue
             pruned = list(range(k, g.size))

@@ -127,3 +127,38 @@ def test_a_layer_several_groups_produce_keeps_a_multiple_of_the_alignment():
     kept = choose_channels(groups, scores, policy, shapes=shapes)
     assert kept["a[0]@0"] == list(range(5)) and kept["b[0]@0"] == list(range(19))
     assert kept["c[0]@0"] == list(range(8, 16))  # alone on its layer: 8 kept, aligned
+
+
+def grouped_conv_group(key: str, per_group: int, groups: int):
+    """A grouped convolution's group: channel ``j`` is row ``j`` of each of its ``groups``
+    segments of ``per_group`` rows (the same slot in every conv group)."""
+    members = [
+        SimpleNamespace(role="producer", tensor=key, axis=0, start=i * per_group, block=1)
+        for i in range(groups)
+    ]
+    return SimpleNamespace(size=per_group, members=members, segments=[])
+
+
+@pytest.mark.parametrize(
+    ("per_group", "groups", "kept", "kept_alone"),
+    [
+        (4, 32, 1, 4),  # ResNeXt-50 32x4d: 32 x 1 = 32 rows (it used to stay whole)
+        (8, 6, 4, 8),  # RegNet 48 = 6 x 8: 6 x 4 = 24 rows (it used to stay whole)
+        (8, 13, 8, 8),  # 104 = 13 x 8: no count below 8 gives a multiple of 8: whole
+        (16, 2, 4, 8),  # RegNetX 32 = 2 x 16: 2 x 4 = 8 rows (it used to keep 2 x 8)
+    ],
+)
+def test_a_grouped_convolution_aligns_its_layer_width_not_its_group_count(
+    per_group, groups, kept, kept_alone
+):
+    """``align`` (DRP-AI: 8) holds for the layer's output channels, which are ``groups``
+    times the channels a grouped convolution's group keeps; ``min_channels`` too."""
+    g = grouped_conv_group("w", per_group, groups)
+    shapes = {"w": (per_group * groups, 4, 3, 3)}
+    policy = SelectionPolicy(rate=0.7, align=8, min_channels=8)
+    out = choose_channels([g], {"w[0]@0": np.arange(float(per_group))}, policy, shapes=shapes)
+    assert len(out["w[0]@0"]) == kept
+    assert (kept * groups) % 8 == 0 and kept * groups >= 8
+    # without shapes the group's own count is aligned, as for a plain layer
+    alone = choose_channels([g], {"w[0]@0": np.arange(float(per_group))}, policy)
+    assert len(alone["w[0]@0"]) == kept_alone
