@@ -1,10 +1,13 @@
-"""Corpus models after onnxscript's optimizer, the pass many deployment pipelines run
-before handing a model on (constant folding, shape arithmetic folded into constant
-Reshape targets, ``Flatten``/``ReduceMean`` rewritten, unused nodes removed).
+"""Corpus models after the simplifiers deployment pipelines run before handing a model on:
+onnxscript's optimizer (constant folding, shape arithmetic folded into constant Reshape
+targets, ``Flatten``/``ReduceMean`` rewritten, unused nodes removed), onnxslim and onnxsim
+(equal initializers deduplicated, so one constant is read by many unrelated layers;
+shapes folded; ops fused).
 
-Per model: the analysis names every lock, sparse and compact outputs agree at rate 0.5
-with the plan's counts, and the dead-channel check holds. Marked ``corpus`` (CI runs it);
-skipped without the corpus folder or without onnxscript (not a drpopt dependency).
+Per model and tool: the analysis names every lock, sparse and compact outputs agree at
+rate 0.5 and with the ``drpai`` target with the plan's counts, and the dead-channel check
+holds. Marked ``corpus`` (CI runs it); skipped without the corpus folder or without the
+tool (dev dependencies, not drpopt's own).
 """
 
 from __future__ import annotations
@@ -26,31 +29,50 @@ pytestmark = pytest.mark.corpus
 MODELS = ["yolox_s", "mobilenet_v2", "densenet121", "vit_b_16", "shufflenet_v2_x1_0"]
 
 
+def _onnxscript(model: onnx.ModelProto) -> onnx.ModelProto:
+    return pytest.importorskip("onnxscript.optimizer").optimize(model)
+
+
+def _onnxslim(model: onnx.ModelProto) -> onnx.ModelProto:
+    return pytest.importorskip("onnxslim").slim(model)
+
+
+def _onnxsim(model: onnx.ModelProto) -> onnx.ModelProto:
+    simplified, ok = pytest.importorskip("onnxsim").simplify(model)
+    assert ok, "onnxsim's own check failed"
+    return simplified
+
+
+TOOLS = {"onnxscript": _onnxscript, "onnxslim": _onnxslim, "onnxsim": _onnxsim}
+
+
 @functools.cache
-def optimized(name: str) -> onnx.ModelProto:
-    optimizer = pytest.importorskip("onnxscript.optimizer")
+def optimized(name: str, tool: str) -> onnx.ModelProto:
     folder = corpus_dir()
     if folder is None or not (folder / f"{name}.onnx").exists():
         pytest.skip(f"no corpus model {name}.onnx")
-    return optimizer.optimize(load_corpus_model(folder / f"{name}.onnx"))
+    return TOOLS[tool](load_corpus_model(folder / f"{name}.onnx"))
 
 
+@pytest.mark.parametrize("tool", list(TOOLS))
 @pytest.mark.parametrize("name", MODELS)
-def test_optimized_model_prunes_and_compacts(name: str) -> None:
-    model = optimized(name)
+def test_optimized_model_prunes_and_compacts(name: str, tool: str) -> None:
+    model = optimized(name, tool)
     a = analyze(model)
     unnamed = [g.id for g in a.locked_groups if not g.reason or not all(x.message for x in g.locks)]
     assert not unnamed, f"{name}: locked groups without a reason: {unnamed}"
     assert a.prunable_groups, name
-    pruned = prune(model, CONFIGS["rate0.5"])
     feeds = random_feeds(model)
-    err = compare_outputs(run_model(pruned.masked, feeds), run_model(pruned.compact, feeds))
-    assert err < TOLERANCE, f"{name}: compact differs from sparse by {err:.3g}"
-    params, _ = compact_counts(pruned.compact)
-    assert params == pruned.expected_params < pruned.before.params
+    for config in ("rate0.5", "drpai"):
+        pruned = prune(model, CONFIGS[config])
+        err = compare_outputs(run_model(pruned.masked, feeds), run_model(pruned.compact, feeds))
+        assert err < TOLERANCE, f"{name} {config}: compact differs from sparse by {err:.3g}"
+        params, _ = compact_counts(pruned.compact)
+        assert params == pruned.expected_params < pruned.before.params
 
 
+@pytest.mark.parametrize("tool", list(TOOLS))
 @pytest.mark.parametrize("name", MODELS)
-def test_optimized_model_groups_are_complete(name: str) -> None:
-    model = optimized(name)
+def test_optimized_model_groups_are_complete(name: str, tool: str) -> None:
+    model = optimized(name, tool)
     assert_groups_complete(analyze(model), model)
