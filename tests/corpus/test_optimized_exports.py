@@ -76,3 +76,28 @@ def test_optimized_model_prunes_and_compacts(name: str, tool: str) -> None:
 def test_optimized_model_groups_are_complete(name: str, tool: str) -> None:
     model = optimized(name, tool)
     assert_groups_complete(analyze(model), model)
+
+
+# detectors, a transformer detector, a BiFPN, a segmenter and an OCR model of the unseen
+# battery (tests/corpus/test_unseen_architectures.py), as onnxslim leaves them
+UNSEEN = ["yolov8_dynamic", "detr", "efficientdet", "segformer", "crnn_bilstm"]
+
+
+@pytest.mark.parametrize("name", UNSEEN)
+def test_unseen_architectures_after_onnxslim_prune_exactly(name: str) -> None:
+    import test_unseen_architectures as unseen
+
+    case = unseen.case(name)
+    model = _onnxslim(case.model)
+    a = analyze(model)
+    assert not [g.id for g in a.locked_groups if not g.reason], name
+    for config in ("rate0.5", "rate0.7", "drpai"):
+        pruned = prune(model, CONFIGS[config])
+        sparse, compact = (
+            run_model(pruned.masked, case.feeds),
+            run_model(pruned.compact, case.feeds),
+        )
+        err = compare_outputs(sparse, compact)
+        assert err < TOLERANCE, f"{name} {config}: compact differs from sparse by {err:.3g}"
+        assert compact_counts(pruned.compact)[0] == pruned.expected_params, (name, config)
+    assert_groups_complete(a, model)
