@@ -12,8 +12,9 @@ an exported file (``Reshape`` into ``(..., 3, heads, head_dim)`` then ``Transpos
 - ``F.scaled_dot_product_attention`` -> ``Mul`` (scale) on q, ``Transpose`` of k,
   ``MatMul``, ``Add`` of a float mask (``is_causal``: a constant ``-inf`` upper triangle),
   ``Softmax``, ``Dropout`` when ``dropout_p > 0`` (F.sdpa drops whenever it is given),
-  ``MatMul`` with v; a boolean mask or ``enable_gqa`` is not mapped (an ``fx::`` node that
-  locks what it touches, named);
+  ``MatMul`` with v; a boolean mask (True: may attend) is ``Where(mask, 0, -inf)`` added
+  the same way; ``enable_gqa`` is not mapped (an ``fx::`` node that locks what it touches,
+  named);
 - ``nn.MultiheadAttention``: self-attention (query, key and value the same tensor, no mask)
   as timm writes it: one ``Gemm`` on the packed weight, ``Reshape`` to
   ``(rows, 3, heads, head_dim)``, heads moved forward, ``Split`` into q, k, v, the attention
@@ -158,10 +159,12 @@ def _f_sdpa(c: _Converter, n: Any, key: str, args: Any, kwargs: Any) -> Any:
         return c.unsupported(n, key)
     if kwargs.get("enable_gqa"):
         return c.unsupported(n, f"{key}(enable_gqa)")
-    if mask is not None and (not isinstance(mask, Value) or (mask.dtype or np.float32).kind != "f"):
-        return c.unsupported(n, f"{key}(boolean attn_mask)")
+    if mask is not None and not isinstance(mask, Value):
+        return c.unsupported(n, f"{key}(attn_mask {type(mask).__name__})")
     if causal and mask is not None:
         return c.unsupported(n, f"{key}(is_causal with attn_mask)")
+    if mask is not None and (mask.dtype or np.dtype(np.float32)).kind == "b":
+        mask = _boolean_to_additive(c, n, mask, q.dtype or np.float32, keep=True)
     scale = float(scale) if scale is not None else 1.0 / float(np.sqrt(q.shape[-1]))
     y, _ = _attention_ops(c, n, q, k, v, scale, mask, causal, c.out(n), dropout)
     return y
@@ -313,6 +316,17 @@ def _split_rows(
     return parts
 
 
+def _boolean_to_additive(c: _Converter, n: Any, mask: Value, dtype: Any, keep: bool) -> Value:
+    """A boolean mask as the float one added to the scores: ``-inf`` where attention is not
+    allowed (``keep``: True marks the allowed places, as SDPA reads it; else True marks
+    those masked out, as ``nn.MultiheadAttention`` reads it), 0 elsewhere."""
+    f = c.tmp(f"{n.name}.mask_f", tuple(mask.shape or ()), dtype)
+    ninf = c.const(f"{n.name}.ninf", np.asarray(-np.inf, dtype))
+    zero = c.const(f"{n.name}.zero", np.asarray(0.0, dtype))
+    c.emit("Where", n, [mask, zero, ninf] if keep else [mask, ninf, zero], [f])
+    return f
+
+
 def _additive_mask(
     c: _Converter,
     n: Any,
@@ -332,11 +346,7 @@ def _additive_mask(
         if m is None:
             continue
         if (m.dtype or np.dtype(np.float32)).kind == "b":
-            f = c.tmp(f"{n.name}.mask_f", tuple(m.shape), dtype)
-            ninf = c.const(f"{n.name}.ninf", np.asarray(-np.inf, dtype))
-            zero = c.const(f"{n.name}.zero", np.asarray(0.0, dtype))
-            c.emit("Where", n, [m, ninf, zero], [f])
-            m = f
+            m = _boolean_to_additive(c, n, m, dtype, keep=False)
         r = c.tmp(f"{n.name}.mask4", shape, m.dtype)
         c.emit("Reshape", n, [m, c.ints(f"{n.name}.mask_shape", list(shape))], [r])
         if total is None:

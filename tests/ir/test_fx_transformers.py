@@ -213,6 +213,18 @@ class CausalSdpa(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(b, n, c))
 
 
+class BoolMaskSdpa(CausalSdpa):
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mask", torch.ones(5, 5, dtype=torch.bool).tril())
+
+    def forward(self, x):
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, 2, 8).permute(2, 0, 3, 1, 4).unbind(0)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask)
+        return self.proj(y.transpose(1, 2).reshape(b, n, c))
+
+
 @pytest.mark.parametrize(
     ("model", "x"),
     [
@@ -221,6 +233,7 @@ class CausalSdpa(nn.Module):
         (CausalSdpa(), torch.randn(2, 5, 16)),
         (CrossAttention(), torch.randn(2, 5, 16)),
         (CrossAttention(kdim=12, masks=True), torch.randn(2, 5, 16)),
+        (BoolMaskSdpa(), torch.randn(2, 5, 16)),
     ],
 )
 def test_attention_variants_compute_what_torch_does(model, x):
@@ -247,15 +260,20 @@ class UnmappedAttention(nn.Module):
         return self.attn(q, q, q, need_weights=False)[0]
 
 
-class BoolMaskSdpa(CausalSdpa):
+class GqaSdpa(CausalSdpa):
+    """Grouped-query attention: 2 heads of q share 1 head of k and v."""
+
     def __init__(self) -> None:
         super().__init__()
-        self.register_buffer("mask", torch.ones(5, 5, dtype=torch.bool).tril())
+        self.qkv = nn.Linear(16, 32)
 
     def forward(self, x):
         b, n, c = x.shape
-        q, k, v = self.qkv(x).reshape(b, n, 3, 2, 8).permute(2, 0, 3, 1, 4).unbind(0)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask)
+        qkv = self.qkv(x)
+        q = qkv[..., :16].reshape(b, n, 2, 8).transpose(1, 2)
+        k = qkv[..., 16:24].reshape(b, n, 1, 8).transpose(1, 2)
+        v = qkv[..., 24:].reshape(b, n, 1, 8).transpose(1, 2)
+        y = F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
         return self.proj(y.transpose(1, 2).reshape(b, n, c))
 
 
@@ -263,12 +281,12 @@ class BoolMaskSdpa(CausalSdpa):
     ("model", "op", "weight"),
     [
         (UnmappedAttention(), "fx::MultiheadAttention(bias_k/add_zero_attn)", "q_in.weight"),
-        (BoolMaskSdpa(), "fx::scaled_dot_product_attention(boolean attn_mask)", "qkv.weight"),
+        (GqaSdpa(), "fx::scaled_dot_product_attention(enable_gqa)", "qkv.weight"),
     ],
 )
 def test_attention_the_frontend_cannot_map_is_named_and_locked(model, op, weight):
     """The call becomes a named ``fx::`` node; the channels of the weights feeding it stay
-    whole (with a boolean mask the analysis keeps q, k and v as single units)."""
+    whole (with grouped-query attention the analysis keeps q, k and v as single units)."""
     a = analyze(from_fx(model.eval(), torch.randn(2, 5, 16)))
     assert op in [t for t, _ in a.unsupported]
     feeding = [
