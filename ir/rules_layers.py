@@ -4,6 +4,8 @@ MatMul). Registered into ``ir.rules.RULES`` on import (``ir/rules.py`` imports t
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from drpopt.ir.channels import ChannelGraph
@@ -189,6 +191,23 @@ def _grid_sample(node: Node, cg: ChannelGraph) -> None:
         cg.identity(cg.space(grid, ax - 1), cg.space(y, ax), node)
     lock_axis(cg, node, [x], range(2, x.rank), "samples this axis at computed points")
     lock_axis(cg, node, [grid], [grid.rank - 1], "holds the sampling coordinates")
+
+
+@rule("Col2Im")
+def _col2im(node: Node, cg: ChannelGraph) -> None:
+    """``F.fold`` (MobileViT-v2 folds its patches back): input ``(N, C * prod(block), L)``,
+    output ``(N, C, *image)``; channel ``c`` is rows ``[c * prod(block), ...)`` of the input
+    (an expansion by the block's size), the batch is one axis; the columns ``L`` are summed
+    into the image positions (locked, as the image's axes)."""
+    x, y, block = node.input(0), node.outputs[0], const_ints(node.input(2))
+    if x is None or x.rank != 3 or y.rank is None or block is None:
+        for v in (x, y):
+            cg.lock_value(v, "rule", f"Col2Im '{node.name}': shapes or block unknown", node)
+        return
+    cg.identity(cg.space(x, 0), cg.space(y, 0), node)
+    cg.expand(cg.space(x, 1), cg.space(y, 1), math.prod(block), node)
+    lock_axis(cg, node, [x], [2], "sums these columns into image positions")
+    lock_axis(cg, node, [y], range(2, y.rank), "places the columns on these axes")
 
 
 @rule("GroupNormalization", "LRN", "MeanVarianceNormalization")
