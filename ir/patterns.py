@@ -47,6 +47,10 @@ class DecomposedLayerNorm:
     epsilon: float
     spatial: tuple[int, ...] = ()
     cast: Node | None = None  # float16 models: ``d`` cast to float32 for the statistics
+    # ``x.var(-1, unbiased=False)`` (Restormer's LayerNorm): the variance squares its own
+    # ``x - mean`` (a second ReduceMean of x and a second Sub), not the one ``div`` reads
+    var_mean: Node | None = None
+    var_sub: Node | None = None
 
     @property
     def axes(self) -> list[int]:
@@ -57,7 +61,18 @@ class DecomposedLayerNorm:
     def nodes(self) -> list[Node]:
         """In graph order, the division (whose output the rest of the graph reads) last."""
         cast = [self.cast] if self.cast is not None else []
-        return [self.mean, self.sub, *cast, self.square, self.var, self.add, self.sqrt, self.div]
+        own = [n for n in (self.var_mean, self.var_sub) if n is not None]
+        return [
+            self.mean,
+            self.sub,
+            *own,
+            *cast,
+            self.square,
+            self.var,
+            self.add,
+            self.sqrt,
+            self.div,
+        ]
 
 
 def reduced_axes(node: Node) -> list[int] | None:
@@ -123,33 +138,100 @@ def match_layernorm(mean: Node, graph: Graph) -> DecomposedLayerNorm | None:
     else:
         cast = None
     users = {id(n): n for n, i in d.uses if i >= 0}
+    if len(users) == 1 and cast is None and d not in graph.outputs:
+        return _own_variance_mean(x, axes, mean, sub, next(iter(users.values())), graph)
     if len(users) != 2 or d in graph.outputs:
         return None
     square = next((n for n in users.values() if n.op_type in ("Pow", "Mul")), None)
     div = next((n for n in users.values() if n.op_type == "Div"), None)
-    if square is None or div is None or div.input(0) is not d:
+    if square is None or div is None or div.input(0) is not d or not _squares(square, d):
         return None
-    if square.op_type == "Pow" and not (square.input(0) is d and _scalar(square.input(1)) == 2):
+    tail = _variance_to_div(square, axes, graph)
+    if tail is None or tail[-1] is not div:
         return None
-    if square.op_type == "Mul" and square.inputs[:2] != [d, d]:
-        return None
+    var, add, sqrt, _ = tail
+    return DecomposedLayerNorm(
+        x, axes[0], mean, sub, square, var, add, sqrt, div, _eps(add, var), tuple(axes[1:]), cast
+    )
+
+
+def _squares(square: Node, d: Value) -> bool:
+    """Whether ``square`` is ``d ** 2`` or ``d * d``."""
+    if square.op_type == "Pow":
+        return square.input(0) is d and _scalar(square.input(1)) == 2
+    return square.op_type == "Mul" and square.inputs[:2] == [d, d]
+
+
+def _eps(add: Node, var: Node) -> float | None:
+    return _scalar(add.input(1) if add.input(0) is var.outputs[0] else add.input(0))
+
+
+def _variance_to_div(square: Node, axes: list[int], graph: Graph):
+    """(var, add, sqrt, div) of ``div(_, sqrt(mean(square) + eps))``, else None."""
     var = _only_user(square.outputs[0], graph)
     stat = _single_axis_mean(var)
     if stat is None or stat[0] is not square.outputs[0] or stat[1] != axes:
         return None
     add = _only_user(var.outputs[0], graph)
-    if add is None or add.op_type != "Add":
+    if add is None or add.op_type != "Add" or _eps(add, var) is None:
         return None
-    eps_value = add.input(1) if add.input(0) is var.outputs[0] else add.input(0)
-    eps = _scalar(eps_value)
     sqrt = _only_user(add.outputs[0], graph)
-    if eps is None or sqrt is None or sqrt.op_type != "Sqrt":
+    if sqrt is None or sqrt.op_type != "Sqrt":
         return None
-    if _only_user(sqrt.outputs[0], graph) is not div or div.input(1) is not sqrt.outputs[0]:
+    div = _only_user(sqrt.outputs[0], graph)
+    if div is None or div.op_type != "Div" or div.input(1) is not sqrt.outputs[0]:
         return None
-    return DecomposedLayerNorm(
-        x, axes[0], mean, sub, square, var, add, sqrt, div, eps, tuple(axes[1:]), cast
-    )
+    return var, add, sqrt, div
+
+
+def _own_variance_mean(x: Value, axes: list[int], mean: Node, sub: Node, user: Node, graph: Graph):
+    """The LayerNorm whose variance takes a mean of its own (``x.var(unbiased=False)``):
+    ``(x - m1) / sqrt(mean((x - m2) ** 2) + eps)`` with ``m1`` and ``m2`` both the mean of
+    ``x`` over the same axes. ``mean``/``sub`` are either pair; ``user`` reads ``sub``."""
+    d = sub.outputs[0]
+    if user.op_type == "Div" and user.input(0) is d:  # m1: follow the denominator back
+        sqrt = user.input(1).producer if user.input(1) is not None else None
+        add = sqrt.input(0).producer if sqrt is not None and sqrt.op_type == "Sqrt" else None
+        var = add.input(0).producer if add is not None and add.op_type == "Add" else None
+        if var is not None and var.op_type != "ReduceMean" and add.input(1) is not None:
+            var = add.input(1).producer
+        square = var.input(0).producer if var is not None and var.input(0) is not None else None
+        d2 = square.input(0) if square is not None else None
+        sub2 = d2.producer if d2 is not None else None
+        if sub2 is None or sub2.op_type != "Sub" or sub2.input(0) is not x or sub2 is sub:
+            return None
+        mean2 = sub2.input(1).producer if sub2.input(1) is not None else None
+        if _single_axis_mean(mean2) != (x, axes) or _only_user(mean2.outputs[0], graph) is not sub2:
+            return None
+        if _only_user(d2, graph) is not square or not _squares(square, d2):
+            return None
+        tail = _variance_to_div(square, axes, graph)
+        if tail is None or tail[-1] is not user:
+            return None
+        eps = _eps(add, var)
+        return DecomposedLayerNorm(
+            x,
+            axes[0],
+            mean,
+            sub,
+            square,
+            var,
+            add,
+            sqrt,
+            user,
+            eps,
+            tuple(axes[1:]),
+            var_mean=mean2,
+            var_sub=sub2,
+        )
+    if _squares(user, d):  # m2: the LayerNorm is found from the Div's mean
+        tail = _variance_to_div(user, axes, graph)
+        div = tail[-1] if tail is not None else None
+        sub1 = div.input(0).producer if div is not None and div.input(0) is not None else None
+        m1 = sub1.input(1).producer if sub1 is not None and sub1.op_type == "Sub" else None
+        found = match_layernorm(m1, graph) if m1 is not None and m1 is not mean else None
+        return found if found is not None and found.var_mean is mean else None
+    return None
 
 
 def layernorm_statistic(node: Node, graph: Graph) -> DecomposedLayerNorm | None:
@@ -172,8 +254,8 @@ def layernorm_statistic(node: Node, graph: Graph) -> DecomposedLayerNorm | None:
 
 def decomposed_layernorms(graph: Graph) -> list[DecomposedLayerNorm]:
     """Every written-out LayerNorm of ``graph``."""
-    found = (match_layernorm(n, graph) for n in graph.nodes if n.op_type == "ReduceMean")
-    return [f for f in found if f is not None]
+    found = ((n, match_layernorm(n, graph)) for n in graph.nodes if n.op_type == "ReduceMean")
+    return [f for n, f in found if f is not None and f.mean is n]  # once, from its first mean
 
 
 @dataclass(frozen=True)

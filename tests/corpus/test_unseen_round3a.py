@@ -1,0 +1,252 @@
+"""The unseen-architecture checks (``test_unseen_architectures.py``) on restoration /
+super-resolution, face detection and pose networks, written the way their projects write
+them (``tests/ir/restore_torch.py``, ``face_torch.py``, ``pose_torch.py``) and exported by
+torch.
+
+Per model: the analysis names every lock (only the reasons listed); rate 0 is
+bit-identical; every plan of ``CONFIGS`` gives compact outputs equal to the sparse ones
+(1e-4 of the spread) with the parameters and MACs the plan says; the dead-channel check
+holds on every prunable group; the model's coverage is what the architecture allows.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+
+import numpy as np
+import onnx
+import pytest
+from corpus_checks import CONFIGS, TOLERANCE, PruneConfig, compact_counts, compare_outputs, prune
+from deadchannels import assert_groups_complete, random_feeds, run_model
+
+from drpopt import analyze
+from drpopt.ir.analysis import Analysis
+
+OUTPUT = "graph output"
+INPUT = "graph input"
+
+
+def _build(module: str, name: str, **kw) -> onnx.ModelProto:
+    return getattr(importlib.import_module(module), name)(**kw)
+
+
+# name -> (builder, min prunable share, max params ratio at 0.5, allowed lock reasons)
+MODELS = {
+    # Real-ESRGAN x2: pixel_unshuffle by view/permute/reshape, dense concats, nearest x2
+    "rrdbnet": (lambda: _build("restore_torch", "rrdbnet"), 0.99, 0.3, {OUTPUT}),
+    # EDSR x4 (opset 11): two conv + PixelShuffle (DepthToSpace) upsamplings
+    "edsr": (lambda: _build("restore_torch", "edsr"), 0.99, 0.3, {OUTPUT}),
+    # NAFNet: SimpleGate pairs channel c of both halves; LayerNorm2d written out; the
+    # input added to the output (its channels stay)
+    "nafnet": (lambda: _build("restore_torch", "nafnet"), 0.99, 0.3, {INPUT, OUTPUT}),
+    # Restormer: attention across each head's channels, softmax over k's (and so v's)
+    # channels: those stay; q's, the FFN's and the width prune
+    "restormer": (
+        lambda: _build("restore_torch", "restormer"),
+        0.95,
+        0.36,
+        {"Softmax", INPUT, OUTPUT},
+    ),
+    # RetinaFace (MobileNet-0.25, opset 11): FPN, SSH concat of three branches; each head's
+    # permute + view(N, -1, k) merges its anchors with the pixels (its outputs stay anyway)
+    "retinaface": (
+        lambda: _build("face_torch", "retinaface"),
+        0.99,
+        0.3,
+        {"merges axis 1", OUTPUT},
+    ),
+    # BlazeFace (opset 13): the residual widened by a Pad of the channel axis; the padded
+    # channels stay (compaction keeps the pads), the rest of each stage prunes
+    "blazeface": (
+        lambda: _build("face_torch", "blazeface"),
+        0.5,
+        0.75,
+        {"adds these channels", "merges axis 1", OUTPUT},
+    ),
+    # SCRFD-style head: GroupNorm towers shared by the strides, permute(2, 3, 0, 1) heads
+    "scrfd": (lambda: _build("face_torch", "scrfd"), 0.99, 0.3, {"merges axis 0", OUTPUT}),
+    # RTMPose (opset 11): CSPNeXt, RTMCC head with a gated attention unit; ScaleNorm's L2
+    # norm over the token width and the keypoint axis (relative position bias) stay
+    "rtmpose": (
+        lambda: _build("pose_torch", "rtmpose"),
+        0.9,
+        0.45,
+        {"ReduceL2", "Tile", OUTPUT},
+    ),
+    # Lite-HRNet: stem chunk/shuffle, cross-resolution weighting (pool, concat, split,
+    # interpolate, multiply), shuffled conditional channel weighting, HRNet fusion
+    "litehrnet": (lambda: _build("pose_torch", "litehrnet"), 0.99, 0.36, {OUTPUT}),
+}
+SLOW: set[str] = set()
+
+
+@functools.cache
+def case(name: str) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    model = MODELS[name][0]()
+    return model, random_feeds(model)
+
+
+@functools.cache
+def analysis(name: str) -> Analysis:
+    return analyze(case(name)[0])
+
+
+def _params(names):
+    return [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in names]
+
+
+@pytest.mark.parametrize("name", _params(MODELS))
+def test_analysis_names_every_lock_and_covers_the_model(name):
+    a = analysis(name)
+    _, share, _, locked = MODELS[name]
+    unnamed = [g.id for g in a.locked_groups if not g.reason or not all(x.message for x in g.locks)]
+    assert not unnamed, f"{name}: locked groups without a reason: {unnamed}"
+    unexpected = [g.reason for g in a.locked_groups if not any(k in g.reason for k in locked)]
+    assert not unexpected, f"{name}: locked for an unexpected reason: {unexpected[:3]}"
+    assert a.prunable_params / a.params >= share, (name, a.prunable_params, a.params)
+
+
+@pytest.mark.parametrize("name", _params(MODELS))
+def test_rate_zero_is_bit_identical(name):
+    model, feeds = case(name)
+    pruned = prune(model, PruneConfig("rate0", 0.0))
+    reference = run_model(model, feeds)
+    compare_outputs(reference, reference, f"{name} reference")  # refuses degenerate outputs
+    for form, out_model in (("sparse", pruned.masked), ("compact", pruned.compact)):
+        out = run_model(out_model, feeds)
+        assert all(np.array_equal(a, b) for a, b in zip(reference, out, strict=True)), form
+
+
+@pytest.mark.parametrize("config", list(CONFIGS.values()), ids=list(CONFIGS))
+@pytest.mark.parametrize("name", _params(MODELS))
+def test_sparse_equals_compact(name, config):
+    model, feeds = case(name)
+    pruned = prune(model, config)
+    sparse = run_model(pruned.masked, feeds)
+    compact = run_model(pruned.compact, feeds)
+    err = compare_outputs(sparse, compact, f"{name} {config.name}: compact vs sparse")
+    assert err < TOLERANCE, f"{name} {config.name}: compact differs from sparse by {err:.3g}"
+    params, macs = compact_counts(pruned.compact)
+    assert params == pruned.expected_params, (params, pruned.expected_params)
+    assert macs == pruned.expected_macs or (not pruned.macs_exact and macs < pruned.expected_macs)
+    if pruned.plan.pruned_channels:  # a target's channel multiple may keep every channel
+        assert params < pruned.before.params and macs < pruned.before.macs
+    if config.name == "rate0.5":
+        ratio = params / pruned.before.params
+        assert ratio <= MODELS[name][2], f"{name}: compact keeps {ratio:.3f} of the parameters"
+
+
+@pytest.mark.parametrize("name", _params(MODELS))
+def test_dead_channels_hold_on_every_prunable_group(name):
+    assert_groups_complete(analysis(name), case(name)[0])
+
+
+# ---- the fixes these models needed, each on a small model of its own ----------------------
+
+
+def _exact(model: onnx.ModelProto, config: str = "rate0.5") -> None:
+    """Sparse equals compact with the plan's parameter count, and something was pruned."""
+    pruned = prune(model, CONFIGS[config])
+    assert pruned.plan.pruned_channels
+    feeds = random_feeds(model)
+    sparse, compact = run_model(pruned.masked, feeds), run_model(pruned.compact, feeds)
+    assert compare_outputs(sparse, compact) < TOLERANCE
+    assert compact_counts(pruned.compact)[0] == pruned.expected_params
+
+
+def _depth_space_model(op: str, mode: str | None) -> onnx.ModelProto:
+    """Conv (3 -> 16) -> Relu -> DepthToSpace / SpaceToDepth (block 2) -> Conv."""
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    wide = op == "DepthToSpace"
+    c_mid, c_out = (16, 4) if wide else (4, 16)
+    attrs = {"blocksize": 2, **({"mode": mode} if mode else {})}
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((c_mid, 3, 3, 3)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.standard_normal(c_mid).astype(np.float32), "b1"),
+        numpy_helper.from_array(rng.standard_normal((5, c_out, 1, 1)).astype(np.float32), "w2"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node(op, ["r"], ["d"], **attrs),
+        helper.make_node("Conv", ["d", "w2"], ["y"]),
+    ]
+    hw = 8 if wide else 2
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 5, hw, hw])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize(
+    "op,mode", [("DepthToSpace", "CRD"), ("DepthToSpace", "DCR"), ("SpaceToDepth", None)]
+)
+def test_depth_to_space_maps_channels_to_their_blocks(op, mode):
+    """PixelShuffle (EDSR's, NAFNet's upsampling) prunes: channel c of the narrow side is
+    the block ``4c..4c+3`` (CRD) or the repeats ``c, C + c, ...`` (DCR, SpaceToDepth) of the
+    wide side. Before, the channel axis was locked ("moves pixels into channels") and
+    NAFNet's and EDSR's upsampling convs stayed whole."""
+    model = _depth_space_model(op, mode)
+    a = analyze(model)
+    (group,) = [g for g in a.groups if any(m.tensor == "w1" for m in g.members)]
+    assert group.prunable and group.size == 4, group.reason
+    assert_groups_complete(a, model)
+    _exact(model)
+
+
+class _VarLayerNorm:
+    """Restormer's ``WithBias_LayerNorm``: ``x.var(-1, unbiased=False)`` takes a mean of
+    its own (two ReduceMeans of x, two Subs)."""
+
+    @staticmethod
+    def model(opset: int) -> onnx.ModelProto:
+        import io
+
+        import torch
+        from torch import nn
+
+        class Net(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.a = nn.Linear(6, 16)
+                self.weight = nn.Parameter(torch.rand(16) + 0.5)
+                self.bias = nn.Parameter(torch.rand(16) - 0.5)
+                self.b = nn.Linear(16, 5)
+
+            def forward(self, x):
+                x = torch.relu(self.a(x))
+                mu = x.mean(-1, keepdim=True)
+                sigma = x.var(-1, keepdim=True, unbiased=False)
+                return self.b((x - mu) / torch.sqrt(sigma + 1e-5) * self.weight + self.bias)
+
+        torch.manual_seed(0)
+        buf = io.BytesIO()
+        with torch.no_grad():
+            torch.onnx.export(
+                Net().eval(), (torch.randn(1, 7, 6),), buf, opset_version=opset, dynamo=False
+            )
+        return onnx.load_from_string(buf.getvalue())
+
+
+@pytest.mark.parametrize("opset", [13, 17])
+def test_layernorm_with_its_own_variance_mean_prunes(opset):
+    """A LayerNorm written out with ``x.var()`` (its variance squares ``x - mean`` of a
+    second ReduceMean) is a written-out LayerNorm (``ir/patterns.py``): its channels prune
+    with the masked form. Before, the ReduceMeans locked Restormer's width (0.57 of its
+    parameters prunable, now 0.96); and at opset 17 every written-out LayerNorm came back
+    from compaction as a LayerNormalization with the fold's unit scale and zero bias, 2C
+    parameters more than the plan said."""
+    model = _VarLayerNorm.model(opset)
+    assert sum(n.op_type == "ReduceMean" for n in model.graph.node) == 3
+    a = analyze(model)
+    (group,) = [g for g in a.groups if any(m.tensor == "weight" for m in g.members)]
+    assert group.prunable, group.reason
+    assert_groups_complete(a, model)
+    _exact(model)
