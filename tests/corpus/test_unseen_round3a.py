@@ -250,3 +250,104 @@ def test_layernorm_with_its_own_variance_mean_prunes(opset):
     assert group.prunable, group.reason
     assert_groups_complete(a, model)
     _exact(model)
+
+
+def _offset_attention() -> onnx.ModelProto:
+    """RTMPose's GAU in small: ``base = x @ w`` offset and scaled per channel twice
+    (``base * gamma + beta``), ``q @ k^T`` of the two, then a Linear of the attention."""
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    arrays = {
+        "w": rng.standard_normal((8, 16)),
+        "gamma": rng.uniform(0.5, 1.5, (2, 1, 1, 16)),
+        "beta": rng.uniform(0.5, 1.5, (2, 1, 1, 16)),
+        "wo": rng.standard_normal((6, 3)),
+        "zero": np.array([0], np.int64),
+        "one": np.array([1], np.int64),
+    }
+    inits = [
+        numpy_helper.from_array(a if a.dtype == np.int64 else a.astype(np.float32), n)
+        for n, a in arrays.items()
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["base"]),
+        helper.make_node("Mul", ["base", "gamma"], ["scaled"]),
+        helper.make_node("Add", ["scaled", "beta"], ["qk"]),
+        helper.make_node("Gather", ["qk", "zero"], ["q4"], axis=0),
+        helper.make_node("Gather", ["qk", "one"], ["k4"], axis=0),
+        helper.make_node("Squeeze", ["q4", "zero"], ["q"]),
+        helper.make_node("Squeeze", ["k4", "zero"], ["k"]),
+        helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["q", "kt"], ["att"]),
+        helper.make_node("MatMul", ["att", "wo"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 6, 8])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 6, 3])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_per_channel_offset_before_an_inner_product_is_zeroed():
+    """A constant added to a pruned channel (GAU's ``+ beta``) is zeroed with it in the
+    sparse model: ``q @ k^T`` sums ``q_j * k_j`` over the channels, and no weight cuts
+    channel j off there. Before, the sparse model kept ``beta_0j * beta_1j`` and differed
+    from the compact one (RTMPose: 0.27 of the spread)."""
+    model = _offset_attention()
+    a = analyze(model)
+    (group,) = [g for g in a.groups if any(m.tensor == "w" for m in g.members)]
+    assert group.prunable and {m.tensor: m.role for m in group.members}["beta"] == "follower"
+    _exact(model)
+
+
+def _channel_pad(mode: str) -> onnx.ModelProto:
+    """BlazeBlock: ``relu(conv(x) + F.pad(x, (0, 0, 0, 0, 0, 4)))`` after a conv."""
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    arrays = {
+        "w0": rng.standard_normal((8, 3, 3, 3)),
+        "w1": rng.standard_normal((12, 8, 3, 3)),
+        "w2": rng.standard_normal((5, 12, 1, 1)),
+        "pads": np.array([0, 0, 0, 0, 0, 4, 0, 0], np.int64),
+    }
+    inits = [
+        numpy_helper.from_array(a if a.dtype == np.int64 else a.astype(np.float32), n)
+        for n, a in arrays.items()
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w0"], ["a"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["a"], ["r"]),
+        helper.make_node("Conv", ["r", "w1"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Pad", ["r", "pads"], ["p"], mode=mode),
+        helper.make_node("Add", ["c", "p"], ["s"]),
+        helper.make_node("Relu", ["s"], ["t"]),
+        helper.make_node("Conv", ["t", "w2"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 6, 6])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 5, 6, 6])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_constant_pad_of_the_channels_maps_the_input_channels():
+    """BlazeFace's channel padding: the input's channels of a constant Pad on axis 1 map
+    1:1 (pruned with the residual stream), the padded ones stay. Before, "pads this axis"
+    locked every stage of BlazeFace (nothing prunable); an edge Pad still locks."""
+    model = _channel_pad("constant")
+    a = analyze(model)
+    (group,) = [g for g in a.groups if any(m.tensor == "w0" for m in g.members)]
+    assert group.prunable and group.size == 8, group.reason
+    assert_groups_complete(a, model)
+    _exact(model)
+    edge = analyze(_channel_pad("edge"))
+    (group,) = [g for g in edge.groups if any(m.tensor == "w0" for m in g.members)]
+    assert not group.prunable and "pads this axis" in group.reason
