@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from drpopt.ir import symdims
 from drpopt.ir.channels import ChannelGraph
 from drpopt.ir.core import Node, Value
@@ -215,8 +217,9 @@ def _pad(node: Node, cg: ChannelGraph) -> None:
 
 def _padded_channels(node: Node, cg: ChannelGraph, x: Value, y: Value, axes, padded) -> int | None:
     """BlazeFace widens a residual by ``F.pad(x, (0, 0, 0, 0, 0, k))``: a constant Pad of
-    the channel axis (1) is the concat of the pad's channels (locked: compaction keeps the
-    pads as they are) and ``x``'s, which map 1:1 and prune. Returns the axis mapped so."""
+    the channel axis (1) is the concat of the pad's channels and ``x``'s, which map 1:1.
+    Zeros padded prune too (``compact`` shrinks the pads: ``rules_compact._update_pad``);
+    another padding value is locked. Returns the axis mapped so."""
     mode = node.attr("mode", "constant")
     mode = mode.decode() if isinstance(mode, bytes) else mode
     if 1 not in padded or mode != "constant" or x.shape is None or y.shape is None:
@@ -238,19 +241,28 @@ def _padded_channels(node: Node, cg: ChannelGraph, x: Value, y: Value, axes, pad
         or y.shape[1] != before + width + after
     ):
         return None
-    why = f"Pad '{node.name}' adds these channels"
+    why = f"Pad '{node.name}' adds these channels with a value other than zero"
+    value = node.attr("value", 0.0) if node.input(2) is None else _scalar_const(node.input(2))
     parts = []
     for label, size in ((".before", before), ("", width), (".after", after)):
         if not size:
             continue
         if label:
             part = cg.virtual(f"{node.name}{label}", size)
-            cg.lock(part, "rule", why, node)
+            if value != 0:  # None: computed, unknown
+                cg.lock(part, "rule", why, node)
         else:
             part = cg.space(x, 1)
         parts.append(part)
     cg.concat(cg.space(y, 1), parts, node)
     return 1
+
+
+def _scalar_const(value: Value | None) -> float | None:
+    """A constant scalar's value (a Pad's ``constant_value``), else None (not 0)."""
+    if value is None or not value.is_const or np.asarray(value.const).size != 1:
+        return None
+    return float(np.asarray(value.const).reshape(-1)[0])
 
 
 @rule("Gather")

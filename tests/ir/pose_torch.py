@@ -126,8 +126,7 @@ class RTMPose(nn.Module):
         return self.head(self.backbone(x))
 
 
-def rtmpose(seed: int = 0, opset: int = 11) -> onnx.ModelProto:
-    """mmdeploy's RTMPose export (opset 11), input (1, 3, 64, 64)."""
+def rtmpose_module(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     model = RTMPose()
     with torch.no_grad():
@@ -136,7 +135,12 @@ def rtmpose(seed: int = 0, opset: int = 11) -> onnx.ModelProto:
                 m.scale.uniform_(0.5, 1.5)
             elif isinstance(m, ScaleNorm):
                 m.g.uniform_(0.5, 1.5)
-    return export_as(model, (1, 3, 64, 64), opset=opset, seed=seed)
+    return model
+
+
+def rtmpose(seed: int = 0, opset: int = 11) -> onnx.ModelProto:
+    """mmdeploy's RTMPose export (opset 11), input (1, 3, 64, 64)."""
+    return export_as(rtmpose_module(seed), (1, 3, 64, 64), opset=opset, seed=seed)
 
 
 # ---- Lite-HRNet (HRNet-Team/Lite-HRNet models/backbones/litehrnet.py) ----------------------

@@ -278,13 +278,17 @@ def _randomize(model: nn.Module, names: tuple[str, ...]) -> nn.Module:
     return model
 
 
-def nafnet(size: int = 14, seed: int = 0, opset: int = 17) -> onnx.ModelProto:
+def nafnet_module(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     model = _randomize(NAFNet(), ("beta", "gamma"))
     for m in model.modules():
         if isinstance(m, LayerNorm2d):
             _randomize(m, ("weight", "bias"))
-    return export_as(model, (1, 3, size, size), opset=opset, seed=seed)
+    return model
+
+
+def nafnet(size: int = 14, seed: int = 0, opset: int = 17) -> onnx.ModelProto:
+    return export_as(nafnet_module(seed), (1, 3, size, size), opset=opset, seed=seed)
 
 
 # ---- Restormer (swz30/Restormer basicsr/models/archs/restormer_arch.py) --------------------
