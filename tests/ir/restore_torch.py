@@ -418,3 +418,163 @@ def restormer(size: int = 8, seed: int = 0, opset: int = 17) -> onnx.ModelProto:
         if isinstance(m, WithBiasLayerNorm):
             _randomize(m, ("weight", "bias"))
     return export_as(model, (1, 3, size, size), opset=opset, seed=seed)
+
+
+# ---- Real-ESRGAN SRVGGNetCompact (realesrgan/archs/srvgg_arch.py) --------------------------
+
+
+class SRVGGNetCompact(nn.Module):
+    def __init__(self, num_in_ch=3, num_out_ch=3, num_feat=16, num_conv=4, upscale=2):
+        super().__init__()
+        self.upscale = upscale
+        self.body = nn.ModuleList([nn.Conv2d(num_in_ch, num_feat, 3, 1, 1)])
+        self.body.append(nn.PReLU(num_parameters=num_feat))
+        for _ in range(num_conv):
+            self.body.append(nn.Conv2d(num_feat, num_feat, 3, 1, 1))
+            self.body.append(nn.PReLU(num_parameters=num_feat))
+        self.body.append(nn.Conv2d(num_feat, num_out_ch * upscale * upscale, 3, 1, 1))
+        self.upsampler = nn.PixelShuffle(upscale)
+
+    def forward(self, x):
+        out = x
+        for layer in self.body:
+            out = layer(out)
+        out = self.upsampler(out)
+        base = F.interpolate(x, scale_factor=self.upscale, mode="nearest")
+        return out + base
+
+
+def srvgg(size: int = 16, seed: int = 0, opset: int = 13) -> onnx.ModelProto:
+    torch.manual_seed(seed)
+    model = SRVGGNetCompact()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.PReLU):
+                m.weight.uniform_(0.05, 0.5)
+    return export_as(model, (1, 3, size, size), opset=opset, seed=seed)
+
+
+# ---- MIRNet-v2 (swz30/MIRNetv2 basicsr/models/archs/mirnet_v2_arch.py) ---------------------
+
+
+class SKFF(nn.Module):
+    """Selective kernel feature fusion: the streams stacked by ``view(B, height, C, H, W)``,
+    a softmax over the streams, the weighted sum."""
+
+    def __init__(self, in_channels, height=2, reduction=8, bias=False):
+        super().__init__()
+        self.height = height
+        d = max(int(in_channels / reduction), 4)
+        self.avg_pool = nn.AdaptiveAvgPool2d(1)
+        self.conv_du = nn.Sequential(
+            nn.Conv2d(in_channels, d, 1, padding=0, bias=bias), nn.LeakyReLU(0.2)
+        )
+        self.fcs = nn.ModuleList(nn.Conv2d(d, in_channels, 1, 1, bias=bias) for _ in range(height))
+        self.softmax = nn.Softmax(dim=1)
+
+    def forward(self, inp_feats):
+        batch_size = inp_feats[0].shape[0]
+        n_feats = inp_feats[0].shape[1]
+        inp_feats = torch.cat(inp_feats, dim=1)
+        inp_feats = inp_feats.view(
+            batch_size, self.height, n_feats, inp_feats.shape[2], inp_feats.shape[3]
+        )
+        feats_u = torch.sum(inp_feats, dim=1)
+        feats_z = self.conv_du(self.avg_pool(feats_u))
+        attention_vectors = torch.cat([fc(feats_z) for fc in self.fcs], dim=1)
+        attention_vectors = attention_vectors.view(batch_size, self.height, n_feats, 1, 1)
+        attention_vectors = self.softmax(attention_vectors)
+        return torch.sum(inp_feats * attention_vectors, dim=1)
+
+
+class ContextBlock(nn.Module):
+    """GCNet's context block as MIRNet-v2 writes it (softmax over the pixels)."""
+
+    def __init__(self, n_feat, bias=False):
+        super().__init__()
+        self.conv_mask = nn.Conv2d(n_feat, 1, kernel_size=1, bias=bias)
+        self.softmax = nn.Softmax(dim=2)
+        self.channel_add_conv = nn.Sequential(
+            nn.Conv2d(n_feat, n_feat, kernel_size=1, bias=bias),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(n_feat, n_feat, kernel_size=1, bias=bias),
+        )
+
+    def modeling(self, x):
+        batch, channel, height, width = x.size()
+        input_x = x.view(batch, channel, height * width).unsqueeze(1)
+        context_mask = self.conv_mask(x).view(batch, 1, height * width)
+        context_mask = self.softmax(context_mask).unsqueeze(3)
+        context = torch.matmul(input_x, context_mask)
+        return context.view(batch, channel, 1, 1)
+
+    def forward(self, x):
+        return x + self.channel_add_conv(self.modeling(x))
+
+
+class RCB(nn.Module):
+    def __init__(self, n_feat, kernel_size=3, groups=1, bias=False):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(n_feat, n_feat, kernel_size, 1, 1, bias=bias, groups=groups),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(n_feat, n_feat, kernel_size, 1, 1, bias=bias, groups=groups),
+        )
+        self.act = nn.LeakyReLU(0.2)
+        self.gcnet = ContextBlock(n_feat, bias=bias)
+
+    def forward(self, x):
+        res = self.act(self.gcnet(self.body(x)))
+        return res + x
+
+
+class MRB(nn.Module):
+    """Two resolutions: strided down, bilinear up, fused by SKFF both ways."""
+
+    def __init__(self, n_feat=16, chan_factor=2, bias=False, groups=1):
+        super().__init__()
+        c2 = int(n_feat * chan_factor)
+        self.dau_top = RCB(n_feat, bias=bias, groups=groups)
+        self.dau_mid = RCB(c2, bias=bias, groups=groups)
+        self.down2 = nn.Sequential(
+            nn.AvgPool2d(2, ceil_mode=True), nn.Conv2d(n_feat, c2, 1, bias=bias)
+        )
+        self.up21 = nn.Sequential(
+            nn.Conv2d(c2, n_feat, 1, bias=bias),
+            nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+        )
+        self.skff_top = SKFF(n_feat, 2)
+        self.skff_mid = SKFF(c2, 2)
+        self.up_mid = nn.Sequential(
+            nn.Conv2d(c2, n_feat, 1, bias=bias),
+            nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+        )
+        self.conv_out = nn.Conv2d(n_feat, n_feat, kernel_size=1, padding=0, bias=bias)
+
+    def forward(self, x):
+        x_top = x.clone()
+        x_mid = self.down2(x_top)
+        x_top = self.dau_top(x_top)
+        x_mid = self.dau_mid(x_mid)
+        x_mid = self.skff_mid([x_mid, self.down2(x_top)])
+        x_top = self.skff_top([x_top, self.up21(x_mid)])
+        x_top = self.dau_top(x_top)
+        x_mid = self.dau_mid(x_mid)
+        x_top = self.skff_top([x_top, self.up_mid(x_mid)])
+        return self.conv_out(x_top) + x
+
+
+class MIRNetV2(nn.Module):
+    def __init__(self, inp_channels=3, out_channels=3, n_feat=16, n_mrb=1, bias=False):
+        super().__init__()
+        self.conv_in = nn.Conv2d(inp_channels, n_feat, 3, 1, 1, bias=bias)
+        self.body = nn.Sequential(*(MRB(n_feat, bias=bias) for _ in range(n_mrb)))
+        self.conv_out = nn.Conv2d(n_feat, out_channels, 3, 1, 1, bias=bias)
+
+    def forward(self, inp_img):
+        return self.conv_out(self.body(self.conv_in(inp_img))) + inp_img
+
+
+def mirnet(size: int = 16, seed: int = 0, opset: int = 13) -> onnx.ModelProto:
+    torch.manual_seed(seed)
+    return export_as(MIRNetV2(), (1, 3, size, size), opset=opset, seed=seed)
