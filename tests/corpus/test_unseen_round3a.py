@@ -84,9 +84,17 @@ MODELS = {
     # Lite-HRNet: stem chunk/shuffle, cross-resolution weighting (pool, concat, split,
     # interpolate, multiply), shuffled conditional channel weighting, HRNet fusion
     "litehrnet": (lambda: _build("pose_torch", "litehrnet"), 0.99, 0.36, {OUTPUT}),
+    # MoveNet-style heads decoded in the graph (argmax of the center, the regressions
+    # gathered there: GatherElements, whose channels are the keypoints output anyway)
+    "movenet": (
+        lambda: _build("pose_torch", "movenet"),
+        0.98,
+        0.36,
+        {"GatherElements", OUTPUT},
+    ),
 }
 # the default run keeps the models whose fixes have no small test of their own here
-SLOW: set[str] = {"rrdbnet", "restormer", "retinaface", "scrfd", "litehrnet", "srvgg"}
+SLOW: set[str] = {"rrdbnet", "restormer", "retinaface", "scrfd", "litehrnet", "srvgg", "movenet"}
 
 
 @functools.cache

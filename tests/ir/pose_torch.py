@@ -283,3 +283,65 @@ class LiteHRNet(nn.Module):
 def litehrnet(seed: int = 0, opset: int = 11) -> onnx.ModelProto:
     torch.manual_seed(seed)
     return export_as(LiteHRNet(), (1, 3, 64, 48), opset=opset, seed=seed)
+
+
+# ---- MoveNet-style single-pose head (CenterNet heads, decoding in the graph) ---------------
+
+
+class MoveNetLite(nn.Module):
+    """A MobileNetV2-style body and FPN, MoveNet's four heads (person center, keypoint
+    regression from the center, keypoint heatmaps, offsets: depthwise 3x3, 1x1 + ReLU,
+    1x1), and its decoding exported with the model: the center's ``argmax`` over the
+    flattened map, the regression gathered there (``gather`` along the pixels), the
+    keypoints ``center + regression`` and the heatmaps."""
+
+    def __init__(self, keypoints=17, width=16):
+        super().__init__()
+        self.k = keypoints
+
+        def ir(cin, cout, stride):
+            hidden = cin * 3
+            return nn.Sequential(
+                conv_module(cin, hidden, act=nn.ReLU6),
+                conv_module(hidden, hidden, 3, stride, groups=hidden, act=nn.ReLU6),
+                conv_module(hidden, cout, act=None),
+            )
+
+        self.stem = conv_module(3, width, 3, 2, act=nn.ReLU6)
+        self.s4 = ir(width, width, 2)
+        self.s8 = ir(width, width * 2, 2)
+        self.lat4 = nn.Conv2d(width, width, 1)
+        self.lat8 = nn.Conv2d(width * 2, width, 1)
+
+        def head(cout):
+            return nn.Sequential(
+                nn.Conv2d(width, width, 3, 1, 1, groups=width),
+                nn.Conv2d(width, width, 1),
+                nn.ReLU(),
+                nn.Conv2d(width, cout, 1),
+            )
+
+        self.center = head(1)
+        self.regs = head(2 * keypoints)
+        self.heat = head(keypoints)
+        self.offsets = head(2 * keypoints)
+
+    def forward(self, x):
+        c4 = self.s4(self.stem(x))
+        f = self.lat4(c4) + F.interpolate(self.lat8(self.s8(c4)), scale_factor=2.0)
+        center = torch.sigmoid(self.center(f))
+        regs, heat = self.regs(f), torch.sigmoid(self.heat(f))
+        b, _, _, w = center.shape
+        idx = center.flatten(1).argmax(1)
+        cy, cx = (idx // w).float(), (idx % w).float()
+        gathered = regs.flatten(2).gather(2, idx.view(b, 1, 1).expand(b, 2 * self.k, 1))
+        reg = gathered.view(b, self.k, 2)
+        offs = self.offsets(f).flatten(2).gather(2, idx.view(b, 1, 1).expand(b, 2 * self.k, 1))
+        ky = cy.view(b, 1) + reg[:, :, 0] + offs.view(b, self.k, 2)[:, :, 0]
+        kx = cx.view(b, 1) + reg[:, :, 1] + offs.view(b, self.k, 2)[:, :, 1]
+        return torch.stack([ky, kx], -1), heat
+
+
+def movenet(seed: int = 0, opset: int = 13) -> onnx.ModelProto:
+    torch.manual_seed(seed)
+    return export_as(MoveNetLite(), (1, 3, 64, 64), opset=opset, seed=seed)
