@@ -345,9 +345,12 @@ def _masked_statistic(node: Node, cg: ChannelGraph) -> bool:
     spatial = list(ln.spatial) if ln is not None else []
     cg.independent(x, [axis])
     lock_axis(cg, node, [x], spatial, "normalises over this axis")
+    reduced = [axis, *spatial]
+    keep = node.attr("keepdims", 1)  # 0: the dynamo exporter's variance (a Reshape follows)
     for ax in range(x.rank):  # type: ignore[arg-type]
-        if ax != axis and ax not in spatial:
-            cg.identity(cg.space(x, ax), cg.space(y, ax), node)
+        if ax not in reduced:
+            j = ax if keep else ax - sum(a < ax for a in reduced)
+            cg.identity(cg.space(x, ax), cg.space(y, j), node)
     return True
 
 
