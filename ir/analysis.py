@@ -213,6 +213,7 @@ def _best_mapping(graph: Graph, params, uses, rounds: int = 3):
             for node, (level, group) in stuck.items()
             if group is not None and not any(lk.node in names - {node.name} for lk in group.locks)
         }
+        raise_.update(_together(stuck, raise_, names))
         raise_.update(_past_bare_axes(cg.splits, stuck, where))
         if not raise_:
             break
@@ -222,6 +223,23 @@ def _best_mapping(graph: Graph, params, uses, rounds: int = 3):
             break
         best, levels = trial, trial_levels
     return best
+
+
+def _together(stuck, raised, names) -> dict:
+    """Stuck mappings that lock one group only through each other move together (SKNet's
+    and MIRNet's selective kernel fusion: the streams stacked by ``view(B, M, C, H, W)`` and
+    the attention weights viewed alike, both locked by the softmax and sum over ``M``); each
+    alone would wait for the other."""
+    waiting: dict[int, tuple] = {}
+    for node, (level, group) in stuck.items():
+        if group is not None and node not in raised:
+            waiting.setdefault(id(group), (group, []))[1].append((node, level))
+    out = {}
+    for group, members in waiting.values():
+        mine = {node.name for node, _ in members}
+        if len(members) > 1 and not any(lk.node in names - mine for lk in group.locks):
+            out.update({node: level + 1 for node, level in members})
+    return out
 
 
 def _past_bare_axes(splits, stuck, where) -> dict:

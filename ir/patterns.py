@@ -47,6 +47,12 @@ class DecomposedLayerNorm:
     epsilon: float
     spatial: tuple[int, ...] = ()
     cast: Node | None = None  # float16 models: ``d`` cast to float32 for the statistics
+    # ``x.var(-1, unbiased=False)`` (Restormer's LayerNorm): the variance squares its own
+    # ``x - mean`` (a second ReduceMean of x and a second Sub), not the one ``div`` reads
+    var_mean: Node | None = None
+    var_sub: Node | None = None
+    # the dynamo exporter's ``var``: the variance without kept dims, a Reshape puts them back
+    var_back: Node | None = None
 
     @property
     def axes(self) -> list[int]:
@@ -57,7 +63,19 @@ class DecomposedLayerNorm:
     def nodes(self) -> list[Node]:
         """In graph order, the division (whose output the rest of the graph reads) last."""
         cast = [self.cast] if self.cast is not None else []
-        return [self.mean, self.sub, *cast, self.square, self.var, self.add, self.sqrt, self.div]
+        own = [n for n in (self.var_mean, self.var_sub) if n is not None]
+        return [
+            self.mean,
+            self.sub,
+            *own,
+            *cast,
+            self.square,
+            self.var,
+            *([self.var_back] if self.var_back is not None else []),
+            self.add,
+            self.sqrt,
+            self.div,
+        ]
 
 
 def reduced_axes(node: Node) -> list[int] | None:
@@ -123,33 +141,135 @@ def match_layernorm(mean: Node, graph: Graph) -> DecomposedLayerNorm | None:
     else:
         cast = None
     users = {id(n): n for n, i in d.uses if i >= 0}
+    if len(users) == 1 and cast is None and d not in graph.outputs:
+        return _own_variance_mean(x, axes, mean, sub, next(iter(users.values())), graph)
     if len(users) != 2 or d in graph.outputs:
         return None
     square = next((n for n in users.values() if n.op_type in ("Pow", "Mul")), None)
     div = next((n for n in users.values() if n.op_type == "Div"), None)
-    if square is None or div is None or div.input(0) is not d:
+    if square is None or div is None or div.input(0) is not d or not _squares(square, d):
         return None
-    if square.op_type == "Pow" and not (square.input(0) is d and _scalar(square.input(1)) == 2):
+    tail = _variance_to_div(square, axes, graph)
+    if tail is None or tail[3] is not div:
         return None
-    if square.op_type == "Mul" and square.inputs[:2] != [d, d]:
-        return None
+    var, add, sqrt, _, back = tail
+    eps = _eps(add, back or var)
+    return DecomposedLayerNorm(
+        x,
+        axes[0],
+        mean,
+        sub,
+        square,
+        var,
+        add,
+        sqrt,
+        div,
+        eps,
+        tuple(axes[1:]),
+        cast,
+        var_back=back,
+    )
+
+
+def _squares(square: Node, d: Value) -> bool:
+    """Whether ``square`` is ``d ** 2`` or ``d * d``."""
+    if square.op_type == "Pow":
+        return square.input(0) is d and _scalar(square.input(1)) == 2
+    return square.op_type == "Mul" and square.inputs[:2] == [d, d]
+
+
+def _eps(add: Node, var: Node) -> float | None:
+    return _scalar(add.input(1) if add.input(0) is var.outputs[0] else add.input(0))
+
+
+def _variance_to_div(square: Node, axes: list[int], graph: Graph):
+    """(var, add, sqrt, div, back) of ``div(_, sqrt(mean(square) + eps))``, else None;
+    ``back`` is the Reshape/Unsqueeze that restores the dims a ``var`` without kept dims
+    reduced (the dynamo exporter's), else None."""
     var = _only_user(square.outputs[0], graph)
-    stat = _single_axis_mean(var)
-    if stat is None or stat[0] is not square.outputs[0] or stat[1] != axes:
+    if var is None or var.op_type != "ReduceMean" or reduced_axes(var) != axes:
         return None
-    add = _only_user(var.outputs[0], graph)
+    back = None
+    if not var.attr("keepdims", 1):
+        back = _only_user(var.outputs[0], graph)
+        d = square.outputs[0]
+        kept = tuple(1 if a in axes else n for a, n in enumerate(d.shape or ()))
+        if back is None or back.op_type not in ("Reshape", "Unsqueeze") or not kept:
+            return None
+        if back.outputs[0].shape is None or tuple(back.outputs[0].shape) != kept:
+            return None
+    last = back or var
+    add = _only_user(last.outputs[0], graph)
+    if add is None or add.op_type != "Add" or _eps(add, last) is None:
+        return None
+    sqrt = _only_user(add.outputs[0], graph)
+    if sqrt is None or sqrt.op_type != "Sqrt":
+        return None
+    div = _only_user(sqrt.outputs[0], graph)
+    if div is None or div.op_type != "Div" or div.input(1) is not sqrt.outputs[0]:
+        return None
+    return var, add, sqrt, div, back
+
+
+def _own_variance_mean(x: Value, axes: list[int], mean: Node, sub: Node, user: Node, graph: Graph):
+    """The LayerNorm whose variance takes a mean of its own (``x.var(unbiased=False)``):
+    ``(x - m1) / sqrt(mean((x - m2) ** 2) + eps)`` with ``m1`` and ``m2`` both the mean of
+    ``x`` over the same axes. ``mean``/``sub`` are either pair; ``user`` reads ``sub``."""
+    d = sub.outputs[0]
+    if user.op_type == "Div" and user.input(0) is d:  # m1: follow the denominator back
+        square = _square_under(user)
+        d2 = square.input(0) if square is not None else None
+        sub2 = d2.producer if d2 is not None else None
+        if sub2 is None or sub2.op_type != "Sub" or sub2.input(0) is not x or sub2 is sub:
+            return None
+        mean2 = sub2.input(1).producer if sub2.input(1) is not None else None
+        if _single_axis_mean(mean2) != (x, axes) or _only_user(mean2.outputs[0], graph) is not sub2:
+            return None
+        if _only_user(d2, graph) is not square or not _squares(square, d2):
+            return None
+        tail = _variance_to_div(square, axes, graph)
+        if tail is None or tail[3] is not user:
+            return None
+        var, add, sqrt, _, back = tail
+        return DecomposedLayerNorm(
+            x,
+            axes[0],
+            mean,
+            sub,
+            square,
+            var,
+            add,
+            sqrt,
+            user,
+            _eps(add, back or var),
+            tuple(axes[1:]),
+            var_mean=mean2,
+            var_sub=sub2,
+            var_back=back,
+        )
+    if _squares(user, d):  # m2: the LayerNorm is found from the Div's mean
+        tail = _variance_to_div(user, axes, graph)
+        div = tail[3] if tail is not None else None
+        sub1 = div.input(0).producer if div is not None and div.input(0) is not None else None
+        m1 = sub1.input(1).producer if sub1 is not None and sub1.op_type == "Sub" else None
+        found = match_layernorm(m1, graph) if m1 is not None and m1 is not mean else None
+        return found if found is not None and found.var_mean is mean else None
+    return None
+
+
+def _square_under(div: Node) -> Node | None:
+    """The ``square`` of ``div(_, sqrt(mean(square) [reshaped] + eps))``, else None."""
+    sqrt = div.input(1).producer if div.input(1) is not None else None
+    add = sqrt.input(0).producer if sqrt is not None and sqrt.op_type == "Sqrt" else None
     if add is None or add.op_type != "Add":
         return None
-    eps_value = add.input(1) if add.input(0) is var.outputs[0] else add.input(0)
-    eps = _scalar(eps_value)
-    sqrt = _only_user(add.outputs[0], graph)
-    if eps is None or sqrt is None or sqrt.op_type != "Sqrt":
-        return None
-    if _only_user(sqrt.outputs[0], graph) is not div or div.input(1) is not sqrt.outputs[0]:
-        return None
-    return DecomposedLayerNorm(
-        x, axes[0], mean, sub, square, var, add, sqrt, div, eps, tuple(axes[1:]), cast
-    )
+    for v in add.inputs[:2]:
+        var = v.producer if v is not None else None
+        if var is not None and var.op_type in ("Reshape", "Unsqueeze") and var.input(0):
+            var = var.input(0).producer
+        if var is not None and var.op_type == "ReduceMean" and var.input(0) is not None:
+            return var.input(0).producer
+    return None
 
 
 def layernorm_statistic(node: Node, graph: Graph) -> DecomposedLayerNorm | None:
@@ -157,8 +277,9 @@ def layernorm_statistic(node: Node, graph: Graph) -> DecomposedLayerNorm | None:
     found = match_layernorm(node, graph)
     if found is not None:
         return found
-    stat = _single_axis_mean(node)  # the variance: x is the square of (input - mean)
-    square = stat[0].producer if stat is not None else None
+    # the variance (kept dims or not): its input is the square of (input - mean)
+    stat = node.input(0) if node.op_type == "ReduceMean" else None
+    square = stat.producer if stat is not None else None
     d = square.input(0) if square is not None and square.op_type in ("Pow", "Mul") else None
     sub = d.producer if d is not None else None
     if sub is not None and sub.op_type == "Cast" and sub.input(0) is not None:
@@ -172,8 +293,8 @@ def layernorm_statistic(node: Node, graph: Graph) -> DecomposedLayerNorm | None:
 
 def decomposed_layernorms(graph: Graph) -> list[DecomposedLayerNorm]:
     """Every written-out LayerNorm of ``graph``."""
-    found = (match_layernorm(n, graph) for n in graph.nodes if n.op_type == "ReduceMean")
-    return [f for f in found if f is not None]
+    found = ((n, match_layernorm(n, graph)) for n in graph.nodes if n.op_type == "ReduceMean")
+    return [f for n, f in found if f is not None and f.mean is n]  # once, from its first mean
 
 
 @dataclass(frozen=True)

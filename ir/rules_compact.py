@@ -115,6 +115,32 @@ def _reads_resized(node: Node, resized: set[str]) -> bool:
     return not read or any(v.name in resized for v in read)
 
 
+@compaction("Pad")
+def _update_pad(graph: Graph, node: Node, kept: KeptChannels) -> None:
+    """Zeros padded onto the channel axis (``rules_shapes._padded_channels``) shrink to the
+    kept ones: the pads become constants (torch computes them in the graph)."""
+    before, after = kept.virtual(f"{node.name}.before"), kept.virtual(f"{node.name}.after")
+    x = node.input(0)
+    if (before is None and after is None) or x is None or x.rank is None:
+        return
+    pads = node.attr("pads")
+    if pads is None:
+        pads = const_ints(node.input(1)) or shape_values(node.input(1), kept.memo)
+    axes = const_ints(node.input(3)) if node.input(3) is not None else None
+    axes = [a % x.rank for a in axes] if axes is not None else list(range(x.rank))
+    if pads is None or 1 not in axes:
+        return
+    pads, i = list(pads), axes.index(1)
+    if before is not None:
+        pads[i] = int(before.sum())
+    if after is not None:
+        pads[i + len(axes)] = int(after.sum())
+    if node.attr("pads") is not None:
+        node.attrs["pads"] = pads
+    else:
+        graph.set_const_input(node, 1, np.array(pads, dtype=np.int64))
+
+
 @compaction("Split")
 def _update_split(graph: Graph, node: Node, kept: KeptChannels) -> None:
     x = node.input(0)

@@ -123,6 +123,16 @@ def _elementwise(node: Node, cg: ChannelGraph) -> None:
         if slope is not None and slope.is_const and slope.rank:
             for ax in range(slope.rank):
                 cg.role(cg.space(slope, ax), "follower", node)
+    elif node.op_type in ("Add", "Sub"):
+        # a per-channel constant added after a producer (a bias, RTMPose's GAU offset
+        # ``base * gamma + beta``) keeps a pruned channel alive: zeroed with it, as a
+        # bias is, where no consumer weight cuts the channel off (``q @ k^T`` of two
+        # activations sums the products of both offsets)
+        for c in node.inputs:
+            if c is not None and c.is_const and c.rank and c.shape is not None:
+                for ax in range(c.rank):
+                    if c.shape[ax] != 1:
+                        cg.role(cg.space(c, ax), "follower", node)
 
 
 @rule("Expand")
@@ -144,9 +154,46 @@ def _tile(node: Node, cg: ChannelGraph) -> None:
 def _pointwise_channels(node: Node, cg: ChannelGraph) -> None:
     """Pooling and resizing keep channels apart; an axis whose size changes is locked."""
     if node.op_type in ("SpaceToDepth", "DepthToSpace"):
-        lock_axis(cg, node, [node.input(0), node.outputs[0]], [1], "moves pixels into channels")
+        _depth_space(node, cg)
+        return
     for y in node.outputs:
         same_axes(cg, node, node.input(0), y)
+
+
+def _depth_space(node: Node, cg: ChannelGraph) -> None:
+    """DepthToSpace / SpaceToDepth (PixelShuffle, EDSR's and NAFNet's upsampling) map the
+    channels of the narrow side to blocks of the wide side: DepthToSpace ``CRD`` reads
+    channel ``c`` from ``c * b * b + k`` (an expansion with blocks of ``b * b``); ``DCR`` and
+    SpaceToDepth from ``k * C + c`` (``b * b`` repeats of the channels). Pruning channel
+    ``c`` of the narrow side removes its whole block or every repeat, so the op stays what
+    it was. The spatial axes change size (locked)."""
+    x, y = node.input(0), node.outputs[0]
+    b = node.attr("blocksize")
+    depth_to_space = node.op_type == "DepthToSpace"
+    wide, narrow = (x, y) if depth_to_space else (y, x)
+    known = (
+        x is not None
+        and x.shape is not None
+        and y.shape is not None
+        and len(x.shape) == len(y.shape) == 4
+        and isinstance(b, int)
+        and isinstance(narrow.shape[1], int)
+    )
+    if not known:
+        lock_axis(cg, node, [x, y], [1], "moves pixels into channels (shapes unknown)")
+        same_axes(cg, node, x, y)
+        return
+    same_axes(cg, node, x, y, axes=[0, 2, 3])
+    big, small = cg.space(wide, 1), cg.space(narrow, 1)
+    mode = node.attr("mode", "DCR")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if depth_to_space and mode == "CRD":
+        cg.expand(big, small, b * b, node)
+        return
+    parts = [cg.virtual(f"{node.name}.repeat{r}", narrow.shape[1]) for r in range(b * b)]
+    cg.concat(big, parts, node)  # type: ignore[arg-type]
+    for part in parts:
+        cg.identity(part, small, node)
 
 
 @rule("BatchNormalization", "InstanceNormalization")
@@ -317,9 +364,12 @@ def _masked_statistic(node: Node, cg: ChannelGraph) -> bool:
     spatial = list(ln.spatial) if ln is not None else []
     cg.independent(x, [axis])
     lock_axis(cg, node, [x], spatial, "normalises over this axis")
+    reduced = [axis, *spatial]
+    keep = node.attr("keepdims", 1)  # 0: the dynamo exporter's variance (a Reshape follows)
     for ax in range(x.rank):  # type: ignore[arg-type]
-        if ax != axis and ax not in spatial:
-            cg.identity(cg.space(x, ax), cg.space(y, ax), node)
+        if ax not in reduced:
+            j = ax if keep else ax - sum(a < ax for a in reduced)
+            cg.identity(cg.space(x, ax), cg.space(y, j), node)
     return True
 
 

@@ -156,6 +156,7 @@ def fold_layernorm(graph: Graph, ln, keep: np.ndarray) -> Node:
         graph, x, scale, bias, keep, ln.axis, ln.axes, ln.epsilon, out, ln.div.name, ln.div, back
     )
     _remove(graph, ln.nodes)
+    node.meta["written_out"] = True  # finish writes it out again: no unit scale, zero bias
     return node
 
 
@@ -207,6 +208,12 @@ def finish_masked_layernorm(graph: Graph, node: Node, kept: KeptChannels) -> Non
     the mask is all ones, and the node is the plain form it came from again."""
     x = node.input(0)
     if x is None or x.rank is None:
+        return
+    if node.meta.get("written_out"):
+        # plain ops again, as the model wrote it: a LayerNormalization (opset 17) would
+        # add the fold's unit scale and zero bias to the compact model's parameters
+        if drop_mask(node, 3):
+            write_out_layernorm(graph, node, normalised_axes(node, x.rank))
         return
     if unmask_layernorm(node):
         if graph.opsets.get("", 17) < 17:

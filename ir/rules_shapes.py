@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from drpopt.ir import symdims
 from drpopt.ir.channels import ChannelGraph
 from drpopt.ir.core import Node, Value
@@ -207,8 +209,60 @@ def _pad(node: Node, cg: ChannelGraph) -> None:
             x.shape[a] if a not in padded and not isinstance(old[a], int) else old[a]
             for a in range(x.rank)
         )
-    same_axes(cg, node, x, y, axes=[a for a in range(x.rank) if a not in padded])
+    channel = _padded_channels(node, cg, x, y, axes, padded)
+    padded.discard(channel)
+    same_axes(cg, node, x, y, axes=[a for a in range(x.rank) if a not in padded | {channel}])
     lock_axis(cg, node, [x, y], sorted(padded), "pads this axis")
+
+
+def _padded_channels(node: Node, cg: ChannelGraph, x: Value, y: Value, axes, padded) -> int | None:
+    """BlazeFace widens a residual by ``F.pad(x, (0, 0, 0, 0, 0, k))``: a constant Pad of
+    the channel axis (1) is the concat of the pad's channels and ``x``'s, which map 1:1.
+    Zeros padded prune too (``compact`` shrinks the pads: ``rules_compact._update_pad``);
+    another padding value is locked. Returns the axis mapped so."""
+    mode = node.attr("mode", "constant")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if 1 not in padded or mode != "constant" or x.shape is None or y.shape is None:
+        return None
+    pads = node.attr("pads")
+    if pads is None and node.input(1) is not None:
+        pads = const_ints(node.input(1))
+        if pads is None:
+            pads = shape_values(node.input(1), cg.numeric_memo)
+    n = len(axes)
+    if pads is None or len(pads) != 2 * n or 1 not in axes:
+        return None
+    before, after = pads[axes.index(1)], pads[axes.index(1) + n]
+    width = x.shape[1]
+    if (
+        before < 0
+        or after < 0
+        or not isinstance(width, int)
+        or y.shape[1] != before + width + after
+    ):
+        return None
+    why = f"Pad '{node.name}' adds these channels with a value other than zero"
+    value = node.attr("value", 0.0) if node.input(2) is None else _scalar_const(node.input(2))
+    parts = []
+    for label, size in ((".before", before), ("", width), (".after", after)):
+        if not size:
+            continue
+        if label:
+            part = cg.virtual(f"{node.name}{label}", size)
+            if value != 0:  # None: computed, unknown
+                cg.lock(part, "rule", why, node)
+        else:
+            part = cg.space(x, 1)
+        parts.append(part)
+    cg.concat(cg.space(y, 1), parts, node)
+    return 1
+
+
+def _scalar_const(value: Value | None) -> float | None:
+    """A constant scalar's value (a Pad's ``constant_value``), else None (not 0)."""
+    if value is None or not value.is_const or np.asarray(value.const).size != 1:
+        return None
+    return float(np.asarray(value.const).reshape(-1)[0])
 
 
 @rule("Gather")

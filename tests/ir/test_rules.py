@@ -76,11 +76,19 @@ def test_ops_that_mix_channels_lock(op, attrs, locked):
 
 
 def test_pad_on_channels_locks_pad_on_space_does_not():
-    for pads, locked in (([0, 0, 1, 1, 0, 0, 1, 1], False), ([0, 1, 0, 0, 0, 1, 0, 0], True)):
+    # zeros padded onto the channels map as a concat (BlazeFace); an edge pad copies
+    # channels (locked)
+    channels = [0, 1, 0, 0, 0, 1, 0, 0]
+    for pads, mode, locked in (
+        ([0, 0, 1, 1, 0, 0, 1, 1], "constant", False),
+        (channels, "constant", False),
+        (channels, "edge", True),
+    ):
         b = OnnxBuilder()
         x = stem(b)
         shape = tuple(d + pads[i] + pads[i + 4] for i, d in enumerate(b.shapes[x]))
-        y = b.op("Pad", [x, b.const("pads", np.array(pads, np.int64))], shape, name="pad")
+        pad = b.const("pads", np.array(pads, np.int64))
+        y = b.op("Pad", [x, pad], shape, name="pad", mode=mode)
         head(b, y)
         g = analyze(b.build()).group("c1")
         assert g.prunable is not locked, pads
