@@ -30,9 +30,25 @@ import math
 import onnx
 import torch
 import torch.nn.functional as F
-from bn_calibrate import randomize_norms
+from bn_calibrate import calibrate, randomize_norms
 from export_torch import export_as
 from torch import nn
+
+
+def export(
+    model: nn.Module, size: int, opset: int, seed: int, dynamo: bool, **kw
+) -> onnx.ModelProto:
+    """``export_as`` (TorchScript), or with ``dynamo``: the same calibrated model through
+    torch's default (dynamo) exporter, as ``torch.onnx.export(model, args)`` writes it."""
+    shape = (1, 3, size, size)
+    if not dynamo:
+        return export_as(model, shape, opset=opset, seed=seed, **kw)
+    torch.manual_seed(seed)
+    calibrate(model, shape)
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        return torch.onnx.export(model, (x,), dynamo=True, verbose=False).model_proto
+
 
 # ---- MobileNetV4 (timm) ---------------------------------------------------------------------
 
@@ -179,13 +195,13 @@ class TinyMobileNetV4Hybrid(nn.Module):
         return self.classifier(x.flatten(1))
 
 
-def mobilenetv4(size: int = 64, seed: int = 0) -> onnx.ModelProto:
+def mobilenetv4(size: int = 64, seed: int = 0, dynamo: bool = False) -> onnx.ModelProto:
     torch.manual_seed(seed)
     model = TinyMobileNetV4Hybrid()
     for m in model.modules():
         if isinstance(m, LayerScale2d):
             m.gamma.data.uniform_(0.5, 1.5)  # trained scales, not 1e-5: the branches count
-    return export_as(model, (1, 3, size, size), opset=17, dynamic_batch=True, seed=seed)
+    return export(model, size, 17, seed, dynamo, dynamic_batch=True)
 
 
 # ---- PVTv2 (whai362/PVT) --------------------------------------------------------------------
@@ -307,10 +323,12 @@ class TinyPVTv2(nn.Module):
         return self.head(x.mean(dim=1))
 
 
-def pvtv2(size: int = 112, seed: int = 0, linear: bool = True) -> onnx.ModelProto:
+def pvtv2(
+    size: int = 112, seed: int = 0, linear: bool = True, dynamo: bool = False
+) -> onnx.ModelProto:
     torch.manual_seed(seed)
     model = randomize_norms(TinyPVTv2(linear=linear))
-    return export_as(model, (1, 3, size, size), opset=13, seed=seed)
+    return export(model, size, 13, seed, dynamo)
 
 
 # ---- EdgeNeXt (mmaaz60/EdgeNeXt) ------------------------------------------------------------
@@ -456,10 +474,9 @@ class TinyEdgeNeXt(nn.Module):
         return self.head(self.norm(x.mean([-2, -1])))
 
 
-def edgenext(size: int = 64, seed: int = 0) -> onnx.ModelProto:
+def edgenext(size: int = 64, seed: int = 0, dynamo: bool = False) -> onnx.ModelProto:
     torch.manual_seed(seed)
-    model = randomize_norms(TinyEdgeNeXt())
-    return export_as(model, (1, 3, size, size), opset=17, seed=seed)
+    return export(randomize_norms(TinyEdgeNeXt()), size, 17, seed, dynamo)
 
 
 # ---- GhostNetV2 (huawei-noah) ---------------------------------------------------------------
@@ -589,6 +606,6 @@ class TinyGhostNetV2(nn.Module):
         return self.classifier(x.flatten(1))
 
 
-def ghostnetv2(size: int = 64, seed: int = 0) -> onnx.ModelProto:
+def ghostnetv2(size: int = 64, seed: int = 0, dynamo: bool = False) -> onnx.ModelProto:
     torch.manual_seed(seed)
-    return export_as(TinyGhostNetV2(), (1, 3, size, size), opset=11, seed=seed)
+    return export(TinyGhostNetV2(), size, 11, seed, dynamo)

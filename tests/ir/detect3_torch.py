@@ -25,7 +25,7 @@ import math
 import onnx
 import torch
 import torch.nn.functional as F
-from export_torch import export_as
+from backbones3_torch import export
 from torch import nn
 from yolo11_torch import Attention
 from yolov8_torch import SPPF, C2f, Concat, Conv, Detect, dist2bbox, make_anchors
@@ -193,7 +193,7 @@ class TinyYOLOv10(nn.Module):
         return x
 
 
-def yolov10(size: int = 64, seed: int = 0) -> onnx.ModelProto:
+def yolov10(size: int = 64, seed: int = 0, dynamo: bool = False) -> onnx.ModelProto:
     torch.manual_seed(seed)
     model = TinyYOLOv10()
     head = model.layers[-1]
@@ -207,7 +207,7 @@ def yolov10(size: int = 64, seed: int = 0) -> onnx.ModelProto:
             m.forward = m.forward_split
     with torch.no_grad():
         model.eval()(torch.randn(1, 3, size, size))  # the dry run caches the anchors
-    return export_as(model, (1, 3, size, size), opset=17, seed=seed)
+    return export(model, size, 17, seed, dynamo)
 
 
 # ---- NanoDet-Plus (RangiLu/nanodet) ---------------------------------------------------------
@@ -474,10 +474,12 @@ class TinyNanoDetPlus(nn.Module):
         return torch.cat([cls, self.integral(reg)], dim=-1)
 
 
-def nanodet_plus(size: int = 64, seed: int = 0, integral: bool = False) -> onnx.ModelProto:
+def nanodet_plus(
+    size: int = 64, seed: int = 0, integral: bool = False, dynamo: bool = False
+) -> onnx.ModelProto:
     torch.manual_seed(seed)
     model = TinyNanoDetPlus(integral=integral)
-    return export_as(model, (1, 3, size, size), opset=11, seed=seed)
+    return export(model, size, 11, seed, dynamo)
 
 
 def nanodet_plus_integral() -> onnx.ModelProto:
