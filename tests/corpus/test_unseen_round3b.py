@@ -56,8 +56,11 @@ MODELS = {
     # EfficientFormerV2: Attention4D's talking-head convs over the heads axis of the
     # attention map (heads prune through them), gathered attention biases, v_local
     "efficientformerv2": (H3, "efficientformerv2", 0.99, 0.3, {OUTPUT}),
+    # TinyViT: MBConv stage, window attention on (B, L, C) tokens padded by F.pad to whole
+    # windows and sliced back, per-head split q/k/v, attention biases, a depthwise local conv
+    "tinyvit": (H3, "tinyvit", 0.99, 0.3, {OUTPUT}),
 }
-SLOW: set[str] = {"ghostnetv2", "nanodet_plus_integral"}  # the default run keeps 7 (~20 s)
+SLOW: set[str] = {"ghostnetv2", "nanodet_plus_integral", "tinyvit"}  # default: 7 (~25 s)
 
 
 @functools.cache

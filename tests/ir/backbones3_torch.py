@@ -451,7 +451,7 @@ class SDTAEncoder(nn.Module):
 
 
 class TinyEdgeNeXt(nn.Module):
-    def __init__(self, dims=(16, 32, 48), nc=10):
+    def __init__(self, dims=(16, 32, 40), nc=10):
         super().__init__()
         self.downsample = nn.ModuleList(
             [nn.Sequential(nn.Conv2d(3, dims[0], 4, 4), ChannelsFirstLayerNorm(dims[0]))]
@@ -606,6 +606,6 @@ class TinyGhostNetV2(nn.Module):
         return self.classifier(x.flatten(1))
 
 
-def ghostnetv2(size: int = 64, seed: int = 0, dynamo: bool = False) -> onnx.ModelProto:
+def ghostnetv2(size: int = 56, seed: int = 0, dynamo: bool = False) -> onnx.ModelProto:
     torch.manual_seed(seed)
     return export(TinyGhostNetV2(), size, 11, seed, dynamo)

@@ -22,6 +22,7 @@ import onnx
 import torch
 import torch.nn.functional as F
 from backbones3_torch import export
+from bn_calibrate import randomize_norms
 from torch import nn
 
 # ---- FastViT (apple/ml-fastvit) -------------------------------------------------------------
@@ -321,3 +322,177 @@ class TinyEfficientFormerV2(nn.Module):
 def efficientformerv2(size: int = 64, seed: int = 0, dynamo: bool = False) -> onnx.ModelProto:
     torch.manual_seed(seed)
     return export(TinyEfficientFormerV2(), size, 13, seed, dynamo)
+
+
+# ---- TinyViT (microsoft/Cream TinyViT ``models/tiny_vit.py``) --------------------------------
+
+
+class Conv2dBN(nn.Sequential):
+    def __init__(self, a, b, ks=1, stride=1, pad=0, groups=1):
+        super().__init__()
+        self.add_module("c", nn.Conv2d(a, b, ks, stride, pad, groups=groups, bias=False))
+        self.add_module("bn", nn.BatchNorm2d(b))
+
+
+class TinyPatchEmbed(nn.Module):
+    def __init__(self, cin, dim):
+        super().__init__()
+        self.seq = nn.Sequential(
+            Conv2dBN(cin, dim // 2, 3, 2, 1), nn.GELU(), Conv2dBN(dim // 2, dim, 3, 2, 1)
+        )
+
+    def forward(self, x):
+        return self.seq(x)
+
+
+class MBConv(nn.Module):
+    def __init__(self, cin, cout, expand_ratio=4.0):
+        super().__init__()
+        hidden = int(cin * expand_ratio)
+        self.conv1 = Conv2dBN(cin, hidden, 1)
+        self.conv2 = Conv2dBN(hidden, hidden, 3, 1, 1, groups=hidden)
+        self.conv3 = Conv2dBN(hidden, cout, 1)
+        self.act = nn.GELU()
+
+    def forward(self, x):
+        shortcut = x
+        x = self.act(self.conv2(self.act(self.conv1(x))))
+        return self.act(self.conv3(x) + shortcut)
+
+
+class TinyPatchMerging(nn.Module):
+    def __init__(self, input_resolution, dim, out_dim):
+        super().__init__()
+        self.input_resolution = input_resolution
+        self.conv1 = Conv2dBN(dim, out_dim, 1)
+        self.conv2 = Conv2dBN(out_dim, out_dim, 3, 2, 1, groups=out_dim)
+        self.conv3 = Conv2dBN(out_dim, out_dim, 1)
+        self.act = nn.GELU()
+
+    def forward(self, x):
+        if x.ndim == 3:
+            H, W = self.input_resolution
+            B = len(x)
+            x = x.view(B, H, W, -1).permute(0, 3, 1, 2)
+        x = self.conv3(self.act(self.conv2(self.act(self.conv1(x)))))
+        return x.flatten(2).transpose(1, 2)
+
+
+class TinyAttention(nn.Module):
+    def __init__(self, dim, key_dim, num_heads=8, attn_ratio=1, resolution=(7, 7)):
+        super().__init__()
+        self.num_heads, self.key_dim = num_heads, key_dim
+        self.scale = key_dim**-0.5
+        self.d = int(attn_ratio * key_dim)
+        self.dh = self.d * num_heads
+        self.norm = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, self.dh + key_dim * num_heads * 2)
+        self.proj = nn.Linear(self.dh, dim)
+        points = list(itertools.product(range(resolution[0]), range(resolution[1])))
+        offsets, idxs = {}, []
+        for p1 in points:
+            for p2 in points:
+                off = (abs(p1[0] - p2[0]), abs(p1[1] - p2[1]))
+                offsets.setdefault(off, len(offsets))
+                idxs.append(offsets[off])
+        self.attention_biases = nn.Parameter(torch.randn(num_heads, len(offsets)) * 0.5)
+        n = len(points)
+        self.register_buffer("attention_bias_idxs", torch.LongTensor(idxs).view(n, n))
+
+    def forward(self, x):
+        B, N, _ = x.shape
+        qkv = self.qkv(self.norm(x))
+        q, k, v = qkv.view(B, N, self.num_heads, -1).split(
+            [self.key_dim, self.key_dim, self.d], dim=3
+        )
+        q, k, v = q.permute(0, 2, 1, 3), k.permute(0, 2, 1, 3), v.permute(0, 2, 1, 3)
+        attn = (q @ k.transpose(-2, -1)) * self.scale
+        attn = (attn + self.attention_biases[:, self.attention_bias_idxs]).softmax(dim=-1)
+        x = (attn @ v).transpose(1, 2).reshape(B, N, self.dh)
+        return self.proj(x)
+
+
+class TinyMlp(nn.Module):
+    def __init__(self, dim, hidden):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.act = nn.GELU()
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(self.norm(x))))
+
+
+class TinyViTBlock(nn.Module):
+    def __init__(self, dim, input_resolution, num_heads, window_size=7, mlp_ratio=4.0):
+        super().__init__()
+        self.input_resolution, self.window_size = input_resolution, window_size
+        head_dim = dim // num_heads
+        self.attn = TinyAttention(dim, head_dim, num_heads, 1, (window_size, window_size))
+        self.mlp = TinyMlp(dim, int(dim * mlp_ratio))
+        self.local_conv = Conv2dBN(dim, dim, 3, 1, 1, groups=dim)
+
+    def forward(self, x):
+        H, W = self.input_resolution
+        B, L, C = x.shape
+        res_x = x
+        ws = self.window_size
+        if ws == H and ws == W:
+            x = self.attn(x)
+        else:
+            x = x.view(B, H, W, C)
+            pad_b = (ws - H % ws) % ws
+            pad_r = (ws - W % ws) % ws
+            padding = pad_b > 0 or pad_r > 0
+            if padding:
+                x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
+            pH, pW = H + pad_b, W + pad_r
+            nH, nW = pH // ws, pW // ws
+            x = x.view(B, nH, ws, nW, ws, C).transpose(2, 3).reshape(B * nH * nW, ws * ws, C)
+            x = self.attn(x)
+            x = x.view(B, nH, nW, ws, ws, C).transpose(2, 3).reshape(B, pH, pW, C)
+            if padding:
+                x = x[:, :H, :W].contiguous()
+            x = x.view(B, L, C)
+        x = res_x + x
+        x = x.transpose(1, 2).reshape(B, C, H, W)
+        x = self.local_conv(x)
+        x = x.view(B, C, L).transpose(1, 2)
+        return x + self.mlp(x)
+
+
+class TinyTinyViT(nn.Module):
+    """TinyViT-5M's stage kinds at small widths: an MBConv stage, then window-attention
+    stages whose resolutions (8 and 4) the window (5) does not divide: padded windows."""
+
+    def __init__(self, size=32, dims=(16, 32, 48), heads=(2, 3), nc=10):
+        super().__init__()
+        r = size // 4
+        self.patch_embed = TinyPatchEmbed(3, dims[0])
+        self.conv_stage = nn.Sequential(MBConv(dims[0], dims[0]), MBConv(dims[0], dims[0]))
+        self.down0 = TinyPatchMerging((r, r), dims[0], dims[1])
+        self.stage1 = nn.ModuleList(
+            TinyViTBlock(dims[1], (r // 2, r // 2), heads[0], 5) for _ in range(2)
+        )
+        self.down1 = TinyPatchMerging((r // 2, r // 2), dims[1], dims[2])
+        self.stage2 = nn.ModuleList(
+            TinyViTBlock(dims[2], (r // 4, r // 4), heads[1], 5) for _ in range(2)
+        )
+        self.norm_head = nn.LayerNorm(dims[2])
+        self.head = nn.Linear(dims[2], nc)
+
+    def forward(self, x):
+        x = self.down0(self.conv_stage(self.patch_embed(x)))
+        for blk in self.stage1:
+            x = blk(x)
+        x = self.down1(x)
+        for blk in self.stage2:
+            x = blk(x)
+        return self.head(self.norm_head(x.mean(1)))
+
+
+def tinyvit(size: int = 64, seed: int = 0, dynamo: bool = False) -> onnx.ModelProto:
+    torch.manual_seed(seed)
+    model = randomize_norms(TinyTinyViT(size))
+    return export(model, size, 17, seed, dynamo)
