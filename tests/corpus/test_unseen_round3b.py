@@ -59,6 +59,10 @@ MODELS = {
     # TinyViT: MBConv stage, window attention on (B, L, C) tokens padded by F.pad to whole
     # windows and sliced back, per-head split q/k/v, attention biases, a depthwise local conv
     "tinyvit": (H3, "tinyvit", 0.99, 0.3, {OUTPUT}),
+    # YOLOv6 3.0 (deploy form, opset 13): fused RepVGG convs, BiFusion's ConvTranspose up and
+    # strided conv down, proj_conv over the box distribution (its 4 sides stay), anchors from
+    # the feature maps' shapes
+    "yolov6": ("yolov6_torch", "yolov6", 0.99, 0.3, {"proj_conv", OUTPUT}),
 }
 SLOW: set[str] = {"ghostnetv2", "nanodet_plus_integral", "tinyvit"}  # default: 7 (~25 s)
 
