@@ -27,13 +27,14 @@ def _build(module: str, name: str) -> onnx.ModelProto:
     return getattr(importlib.import_module(module), name)()
 
 
-B3, D3, H3 = "backbones3_torch", "detect3_torch", "hybrids3_torch"
+B3, D3, H3, C3 = "backbones3_torch", "detect3_torch", "hybrids3_torch", "convnets3_torch"
 # name -> (module, builder, min prunable share, max params ratio at 0.5, allowed lock reasons)
 MODELS = {
     # MobileNetV4 hybrid (timm): UIB blocks (extra depthwise before / between / after, layer
     # scale), Mobile MQA (one key and value head from a strided depthwise conv); timm's
     # output reshape (B, heads, HW, dv) -> (B, H, W, heads * dv) merges the heads with the
-    # pixels, so the value width stays (a locked group of no parameters)
+    # pixels, so the value width stays (a locked group of no parameters); with the queries
+    # pooled 2x2 (a 2x2 output of 4 heads) it maps as blocks of the projection's input
     "mobilenetv4": (B3, "mobilenetv4", 0.99, 0.32, {"merges the rest with other axes", OUTPUT}),
     # PVTv2-b0-li: overlapping patch embeds, linear SRA (pool, 1x1, LayerNorm, GELU), Mix-FFN
     "pvtv2": (B3, "pvtv2", 0.99, 0.3, {OUTPUT}),
@@ -63,6 +64,12 @@ MODELS = {
     # strided conv down, proj_conv over the box distribution (its 4 sides stay), anchors from
     # the feature maps' shapes
     "yolov6": ("yolov6_torch", "yolov6", 0.99, 0.3, {"proj_conv", OUTPUT}),
+    # InceptionNeXt: split into (C - 3 gc, gc, gc, gc) for identity / square / band
+    # depthwise convs, concatenated back; the MLP classifier head with its LayerNorm
+    "inceptionnext": (C3, "inceptionnext", 0.99, 0.3, {OUTPUT}),
+    # RepViT (training form): RepVggDw's identity + two depthwise branches then BN, SE, and
+    # the distilled NormLinear heads (BatchNorm1d over the pooled channels) averaged
+    "repvit": (C3, "repvit", 0.99, 0.3, {OUTPUT}),
 }
 SLOW: set[str] = {"ghostnetv2", "nanodet_plus_integral", "tinyvit"}  # default: 7 (~25 s)
 

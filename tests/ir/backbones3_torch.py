@@ -7,7 +7,8 @@ unseen-architecture battery), each exported by the TorchScript exporter.
   around ``layers/attention2d.py`` ``MultiQueryAttention2d``: one key and one value head
   from a strided depthwise conv + BN + 1x1, queries per head reshaped
   ``(B, heads, key_dim, HW)``, the output reshaped ``(B, H, W, heads * value_dim)`` as timm's
-  fused path does), opset 17 with a symbolic batch.
+  fused path does; one with queries average-pooled and the output upsampled bilinearly),
+  opset 17 with a symbolic batch.
 - ``pvtv2``: PVTv2-b0-li (whai362/PVT ``pvt_v2.py``): overlapping patch embeddings (strided
   conv + LayerNorm of the tokens), linear spatial-reduction attention (K/V from an adaptive
   average pool to 7x7, a 1x1 conv, LayerNorm and GELU), Mix-FFN with a ReLU and a depthwise
@@ -103,11 +104,17 @@ class UniversalInvertedResidual(nn.Module):
 
 
 class MultiQueryAttention2d(nn.Module):
-    def __init__(self, dim, dim_out, num_heads=4, key_dim=16, value_dim=16, kv_stride=2):
+    def __init__(
+        self, dim, dim_out, num_heads=4, key_dim=16, value_dim=16, kv_stride=2, q_stride=1
+    ):
         super().__init__()
         self.num_heads, self.key_dim, self.value_dim = num_heads, key_dim, value_dim
         self.scale = key_dim**-0.5
+        self.query_strides = q_stride
         self.query = nn.Sequential()
+        if q_stride > 1:
+            self.query.add_module("down_pool", nn.AvgPool2d(q_stride))
+            self.query.add_module("norm", nn.BatchNorm2d(dim))
         self.query.add_module("proj", nn.Conv2d(dim, num_heads * key_dim, 1, bias=False))
         self.key = nn.Sequential()
         self.value = nn.Sequential()
@@ -118,6 +125,8 @@ class MultiQueryAttention2d(nn.Module):
             seq.add_module("norm", nn.BatchNorm2d(dim))
             seq.add_module("proj", nn.Conv2d(dim, width, 1, bias=False))
         self.output = nn.Sequential()
+        if q_stride > 1:
+            self.output.add_module("upsample", nn.Upsample(scale_factor=q_stride, mode="bilinear"))
         self.output.add_module("proj", nn.Conv2d(value_dim * num_heads, dim_out, 1, bias=False))
 
     def _reshape_input(self, t):
@@ -140,14 +149,17 @@ class MultiQueryAttention2d(nn.Module):
         v = self._reshape_input(self.value(x))
         attn = (q * self.scale) @ k.transpose(-1, -2)
         o = attn.softmax(dim=-1) @ v
-        return self.output(self._reshape_output(o, self.num_heads, H, W))
+        qs = self.query_strides
+        return self.output(self._reshape_output(o, self.num_heads, H // qs, W // qs))
 
 
 class MobileAttention(nn.Module):
-    def __init__(self, dim, num_heads=4, key_dim=16, value_dim=16, kv_stride=2):
+    def __init__(self, dim, num_heads=4, key_dim=16, value_dim=16, kv_stride=2, q_stride=1):
         super().__init__()
         self.norm = nn.BatchNorm2d(dim)
-        self.attn = MultiQueryAttention2d(dim, dim, num_heads, key_dim, value_dim, kv_stride)
+        self.attn = MultiQueryAttention2d(
+            dim, dim, num_heads, key_dim, value_dim, kv_stride, q_stride
+        )
         self.layer_scale = LayerScale2d(dim)
 
     def forward(self, x):
@@ -178,7 +190,7 @@ class TinyMobileNetV4Hybrid(nn.Module):
             UniversalInvertedResidual(32, 32, start=3, mid=0),  # ExtraDW's sibling: ConvNeXt-like
             UniversalInvertedResidual(32, 32, start=0, mid=3),  # inverted bottleneck
             UniversalInvertedResidual(32, 48, start=5, mid=5, stride=2),
-            MobileAttention(48, num_heads=4, key_dim=16, value_dim=16, kv_stride=2),
+            MobileAttention(48, num_heads=4, key_dim=16, value_dim=16, kv_stride=2, q_stride=2),
             UniversalInvertedResidual(48, 48, start=3, mid=0, end=3),  # with the trailing dw
             MobileAttention(48, num_heads=4, key_dim=16, value_dim=16, kv_stride=2),
             UniversalInvertedResidual(48, 48, start=0, mid=0),  # FFN
