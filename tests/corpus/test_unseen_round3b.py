@@ -202,3 +202,65 @@ def test_a_gather_of_a_range_shaped_like_the_channels_maps_them():
     sparse, compact = run_model(pruned.masked, feeds), run_model(pruned.compact, feeds)
     assert compare_outputs(sparse, compact) < TOLERANCE
     assert compact_counts(pruned.compact)[0] == pruned.expected_params < pruned.before.params
+
+
+def _constant_node_model() -> onnx.ModelProto:
+    """As onnxsim writes a model: a conv weight and a tensor two nodes read (YOLOv6's and
+    YOLOv10's anchors, folded) are ``Constant`` nodes, not initializers."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+
+    def const(name: str, shape: tuple[int, ...]) -> onnx.NodeProto:
+        arr = rng.standard_normal(shape).astype(np.float32)
+        return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(arr))
+
+    nodes = [
+        const("w2", (4, 8, 1, 1)),
+        const("anchors", (1, 1, 8, 8)),
+        helper.make_node("Conv", ["x", "w1", "b1"], ["h"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("Conv", ["r", "w2"], ["y"]),
+        helper.make_node("Sub", ["y", "anchors"], ["lo"]),
+        helper.make_node("Add", ["y", "anchors"], ["hi"]),
+        helper.make_node("Concat", ["lo", "hi"], ["out"], axis=1),
+    ]
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.standard_normal(8).astype(np.float32), "b1"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "constant_nodes",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 8, 8, 8])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_a_constant_node_read_twice_stays_one_tensor_in_the_compact_model():
+    """The analysis gives the Add its own copy of the anchors; writing the model back, that
+    copy reads the Constant node's output again (before, it became an initializer of its
+    own: onnxsim's YOLOv6 and YOLOv10 kept 168 parameters more than the plan said)."""
+    model = _constant_node_model()
+    pruned = prune(model, CONFIGS["rate0.5"])
+    assert compact_counts(pruned.compact)[0] == pruned.expected_params < pruned.before.params
+    for written in (pruned.masked, pruned.compact):
+        assert len(written.graph.initializer) == 2, [t.name for t in written.graph.initializer]
+    feeds = random_feeds(model)
+    sparse, compact = run_model(pruned.masked, feeds), run_model(pruned.compact, feeds)
+    assert compare_outputs(sparse, compact) < TOLERANCE
+
+
+def test_dead_channel_check_scrambles_weights_written_as_constant_nodes():
+    """``deadchannels`` zeroes and scrambles a consumer weight that is a Constant node's
+    tensor too: before, it skipped it and reported complete groups (onnxsim's RepViT and
+    FastViT, every MLP) as missing a member; a group without that consumer still fails."""
+    model = _constant_node_model()
+    a = analyze(model)
+    assert_groups_complete(a, model)
+    (group,) = [g for g in a.prunable_groups if g.size == 8]
+    group.members[:] = [m for m in group.members if m.role != "consumer"]
+    with pytest.raises(AssertionError):
+        assert_groups_complete(a, model)
