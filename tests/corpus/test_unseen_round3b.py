@@ -156,6 +156,36 @@ def test_dynamo_exports_prune_like_torchscript_ones(name):
             assert compact_counts(pruned.compact)[0] / pruned.before.params <= MODELS[name][3]
 
 
+def _simplified(model: onnx.ModelProto, tool: str) -> onnx.ModelProto:
+    """The model after the simplifier the project's export runs (ultralytics: onnxslim;
+    YOLOv6, NanoDet and most deployment scripts: onnxsim)."""
+    if tool == "onnxslim":
+        onnxslim = pytest.importorskip("onnxslim")
+        return onnxslim.slim(model)
+    onnxsim = pytest.importorskip("onnxsim")
+    simplified, ok = onnxsim.simplify(model)
+    assert ok
+    return simplified
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tool", ["onnxsim", "onnxslim"])
+@pytest.mark.parametrize("name", ["yolov10", "yolov6", "nanodet_plus", "repvit", "fastvit"])
+def test_simplified_exports_prune_exactly(name, tool):
+    """Equal constants merged, weights as Constant nodes, anchors folded: the coverage of
+    the plain export, exact compaction with the counts the plan says, complete groups."""
+    model = _simplified(case(name).model, tool)
+    a, plain = analyze(model), analysis(name)
+    assert a.prunable_params / a.params >= plain.prunable_params / plain.params - 0.01
+    assert_groups_complete(a, model)
+    feeds = random_feeds(model)
+    for config in CONFIGS.values():
+        pruned = prune(model, config)
+        sparse, compact = run_model(pruned.masked, feeds), run_model(pruned.compact, feeds)
+        assert compare_outputs(sparse, compact) < TOLERANCE, config.name
+        assert compact_counts(pruned.compact)[0] == pruned.expected_params, config.name
+
+
 def _strided_pool_model() -> onnx.ModelProto:
     """Conv -> global mean -> what the dynamo exporter writes for ``as_strided`` of the
     ``(1, C, 1, 1)`` result: ``Reshape(-1)`` and a ``Gather`` of ``arange(C)`` shaped
