@@ -43,7 +43,7 @@ MODELS = {
     "edgenext": (B3, "edgenext", 0.99, 0.3, {OUTPUT}),
     # GhostNetV2: DFC attention ((1, 5) and (5, 1) depthwise convs, interpolated sigmoid gate),
     # ghost modules sliced back to odd widths, hard-sigmoid SE
-    "ghostnetv2": (B3, "ghostnetv2", 0.99, 0.3, {"a single channel", OUTPUT}),
+    "ghostnetv2": (C3, "ghostnetv2", 0.99, 0.3, {"a single channel", OUTPUT}),
     # YOLOv10: SCDown, C2fCIB with RepVGGDW, PSA; v10Detect's one-to-one export with topk
     # and gather post-processing in the graph (the class axis it reduces stays)
     "yolov10": (D3, "yolov10", 0.99, 0.3, {DFL, "ReduceMax", OUTPUT}),

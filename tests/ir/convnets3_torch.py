@@ -1,4 +1,4 @@
-"""Small modern ConvNets written the way timm computes them (round 3b of the
+"""Small modern ConvNets written the way timm (and huawei-noah) compute them (round 3b of the
 unseen-architecture battery), exported by the TorchScript exporter.
 
 - ``inceptionnext``: InceptionNeXt (``inception_next.py``): ``InceptionDWConv2d`` splits the
@@ -10,12 +10,19 @@ unseen-architecture battery), exported by the TorchScript exporter.
   conv + BN, a 1x1 depthwise conv and the identity summed, then BN), squeeze-excite every
   other block, conv MLPs, ``RepVitDownsample``, and the distilled classifier
   (``NormLinear``: BatchNorm1d + Linear, the two heads averaged). Opset 13.
+- ``ghostnetv2``: GhostNetV2 (huawei-noah ``ghostnetv2_pytorch.py``): ghost modules cut
+  back to ``oup`` by a slice, DFC attention (avg-pool, 1x1 conv, depthwise (1, 5) and (5, 1) convs,
+  sigmoid, nearest interpolation to the ghost output's size), squeeze-excite with a hard
+  sigmoid, opset 11.
 """
 
 from __future__ import annotations
 
+import math
+
 import onnx
 import torch
+import torch.nn.functional as F
 from backbones3_torch import export
 from bn_calibrate import randomize_norms
 from torch import nn
@@ -203,3 +210,135 @@ def repvit(size: int = 64, seed: int = 0, dynamo: bool = False) -> onnx.ModelPro
             m.running_mean.data.uniform_(-0.2, 0.2)
             m.running_var.data.uniform_(0.5, 1.5)
     return export(model, size, 13, seed, dynamo)
+
+
+# ---- GhostNetV2 (huawei-noah) ---------------------------------------------------------------
+
+
+def hard_sigmoid(x):
+    return F.relu6(x + 3.0) / 6.0
+
+
+class GhostSqueezeExcite(nn.Module):
+    def __init__(self, chs, se_ratio=0.25, divisor=4):
+        super().__init__()
+        reduced = max(divisor, int(chs * se_ratio + divisor / 2) // divisor * divisor)
+        self.conv_reduce = nn.Conv2d(chs, reduced, 1, bias=True)
+        self.conv_expand = nn.Conv2d(reduced, chs, 1, bias=True)
+
+    def forward(self, x):
+        se = self.conv_expand(F.relu(self.conv_reduce(F.adaptive_avg_pool2d(x, 1))))
+        return x * hard_sigmoid(se)
+
+
+class GhostModuleV2(nn.Module):
+    def __init__(self, inp, oup, kernel_size=1, ratio=2, dw_size=3, relu=True, mode="original"):
+        super().__init__()
+        self.mode, self.oup = mode, oup
+        init_channels = math.ceil(oup / ratio)
+        new_channels = init_channels * (ratio - 1)
+        act = nn.ReLU() if relu else nn.Sequential()
+        self.primary_conv = nn.Sequential(
+            nn.Conv2d(inp, init_channels, kernel_size, 1, kernel_size // 2, bias=False),
+            nn.BatchNorm2d(init_channels),
+            act,
+        )
+        self.cheap_operation = nn.Sequential(
+            nn.Conv2d(
+                init_channels,
+                new_channels,
+                dw_size,
+                1,
+                dw_size // 2,
+                groups=init_channels,
+                bias=False,
+            ),
+            nn.BatchNorm2d(new_channels),
+            nn.ReLU() if relu else nn.Sequential(),
+        )
+        if mode == "attn":
+            self.short_conv = nn.Sequential(
+                nn.Conv2d(inp, oup, kernel_size, 1, kernel_size // 2, bias=False),
+                nn.BatchNorm2d(oup),
+                nn.Conv2d(oup, oup, (1, 5), 1, (0, 2), groups=oup, bias=False),
+                nn.BatchNorm2d(oup),
+                nn.Conv2d(oup, oup, (5, 1), 1, (2, 0), groups=oup, bias=False),
+                nn.BatchNorm2d(oup),
+            )
+
+    def forward(self, x):
+        x1 = self.primary_conv(x)
+        x2 = self.cheap_operation(x1)
+        out = torch.cat([x1, x2], dim=1)
+        if self.mode == "original":
+            return out[:, : self.oup, :, :]
+        res = self.short_conv(F.avg_pool2d(x, kernel_size=2, stride=2))
+        gate = F.interpolate(
+            torch.sigmoid(res), size=(out.shape[-2], out.shape[-1]), mode="nearest"
+        )
+        return out[:, : self.oup, :, :] * gate
+
+
+class GhostBottleneckV2(nn.Module):
+    def __init__(self, cin, mid, cout, k=3, stride=1, se_ratio=0.0, layer_id=0):
+        super().__init__()
+        self.stride = stride
+        self.ghost1 = GhostModuleV2(
+            cin, mid, relu=True, mode="original" if layer_id <= 1 else "attn"
+        )
+        if stride > 1:
+            self.conv_dw = nn.Conv2d(mid, mid, k, stride, (k - 1) // 2, groups=mid, bias=False)
+            self.bn_dw = nn.BatchNorm2d(mid)
+        self.se = GhostSqueezeExcite(mid, se_ratio) if se_ratio > 0 else None
+        self.ghost2 = GhostModuleV2(mid, cout, relu=False, mode="original")
+        if cin == cout and stride == 1:
+            self.shortcut = nn.Sequential()
+        else:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cin, k, stride, (k - 1) // 2, groups=cin, bias=False),
+                nn.BatchNorm2d(cin),
+                nn.Conv2d(cin, cout, 1, 1, 0, bias=False),
+                nn.BatchNorm2d(cout),
+            )
+
+    def forward(self, x):
+        residual = x
+        x = self.ghost1(x)
+        if self.stride > 1:
+            x = self.bn_dw(self.conv_dw(x))
+        if self.se is not None:
+            x = self.se(x)
+        x = self.ghost2(x)
+        return x + self.shortcut(residual)
+
+
+class TinyGhostNetV2(nn.Module):
+    # k, exp, c, se, s (ghostnetv2's cfgs, first stages, small widths; odd widths slice)
+    CFGS = [(3, 16, 16, 0, 1), (3, 48, 24, 0, 2), (3, 72, 24, 0, 1), (5, 72, 40, 0.25, 2),
+            (5, 120, 40, 0.25, 1), (3, 240, 80, 0, 2), (3, 184, 80, 0, 1),
+            (3, 481, 112, 0.25, 1)]  # fmt: skip
+
+    def __init__(self, nc=10):
+        super().__init__()
+        self.conv_stem = nn.Conv2d(3, 16, 3, 2, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        blocks, cin = [], 16
+        for layer_id, (k, exp, c, se, s) in enumerate(self.CFGS):
+            blocks.append(GhostBottleneckV2(cin, exp, c, k, s, se, layer_id))
+            cin = c
+        self.blocks = nn.Sequential(
+            *blocks,
+            nn.Sequential(nn.Conv2d(cin, 192, 1, bias=False), nn.BatchNorm2d(192), nn.ReLU()),
+        )
+        self.conv_head = nn.Conv2d(192, 256, 1, bias=True)
+        self.classifier = nn.Linear(256, nc)
+
+    def forward(self, x):
+        x = self.blocks(F.relu(self.bn1(self.conv_stem(x))))
+        x = F.relu(self.conv_head(F.adaptive_avg_pool2d(x, 1)))
+        return self.classifier(x.flatten(1))
+
+
+def ghostnetv2(size: int = 56, seed: int = 0, dynamo: bool = False) -> onnx.ModelProto:
+    torch.manual_seed(seed)
+    return export(TinyGhostNetV2(), size, 11, seed, dynamo)
