@@ -71,7 +71,9 @@ MODELS = {
     # the distilled NormLinear heads (BatchNorm1d over the pooled channels) averaged
     "repvit": (C3, "repvit", 0.99, 0.3, {OUTPUT}),
 }
-SLOW: set[str] = {"ghostnetv2", "nanodet_plus_integral", "tinyvit"}  # default: 7 (~25 s)
+# the default run keeps six (about 30 s on a quiet machine); -m slow adds the others
+SLOW: set[str] = {"ghostnetv2", "nanodet_plus", "nanodet_plus_integral", "tinyvit", "pvtv2"}
+SLOW |= {"fastvit", "inceptionnext"}
 
 
 @functools.cache
