@@ -24,7 +24,7 @@ from drpopt.ir import rules_einsum  # noqa: F401  (registers the Einsum rule)
 from drpopt.ir.core import Graph, Node, Value
 from drpopt.ir.rules import RULES, CompactHook
 from drpopt.ir.rules_layers import _shapes_read, frozen_size_cast
-from drpopt.ir.rules_shapes import gathered_range
+from drpopt.ir.rules_shapes import gathered_range, range_axis
 from drpopt.ir.shape_expr import (
     NumericMemo,
     const_ints,
@@ -205,9 +205,11 @@ def _update_gather(graph: Graph, node: Node, kept: KeptChannels) -> None:
     start = int(mask[:lo].sum())  # type: ignore[index]
     if idx.rank == 0:
         new = np.array(start, dtype=np.asarray(idx.const).dtype)
-    else:
+    else:  # the range laid along the same axis of the indices (rank > 1: unit axes)
         count = int(mask[lo:hi].sum())  # type: ignore[index]
-        new = np.arange(start, start + count, dtype=np.asarray(idx.const).dtype)
+        shape = list(np.shape(idx.const))
+        shape[range_axis(idx)] = count
+        new = np.arange(start, start + count, dtype=np.asarray(idx.const).dtype).reshape(shape)
     graph.set_const_input(node, 1, new)
 
 

@@ -295,7 +295,7 @@ def _gather(node: Node, cg: ChannelGraph) -> None:
     if idx.rank == 0:
         parts.append(cg.virtual(f"{node.name}.picked", 1))
     else:
-        parts.append(_part_space(cg, y, axis, node))
+        parts.append(_part_space(cg, y, axis + range_axis(idx), node))
     if hi < dim:
         parts.append(cg.virtual(f"{node.name}.dropped_tail", dim - hi))
     cg.concat(cg.space(x, axis), parts, node)
@@ -303,10 +303,14 @@ def _gather(node: Node, cg: ChannelGraph) -> None:
 
 def gathered_range(x: Value, idx: Value, axis: int) -> tuple[int, int] | None:
     """``(lo, hi)`` when a Gather's constant indices pick entry ``lo`` (a scalar index) or
-    the contiguous ascending range ``[lo, hi)`` of ``axis``; None otherwise."""
+    the contiguous ascending range ``[lo, hi)`` of ``axis``, laid along one axis of the
+    indices (``range_axis``; the others of size 1, as the dynamo exporter writes
+    ``as_strided`` of a flattened ``(1, C, 1, 1)`` tensor); None otherwise."""
     indices = const_ints(idx)
     dim = x.shape[axis] if x.shape is not None else None
-    if indices is None or not isinstance(dim, int) or idx.rank not in (0, 1) or not indices:
+    if indices is None or not isinstance(dim, int) or not indices:
+        return None
+    if sum(d != 1 for d in np.shape(idx.const)) > 1:
         return None
     if any(not -dim <= i < dim for i in indices):
         return None
@@ -315,6 +319,13 @@ def gathered_range(x: Value, idx: Value, axis: int) -> tuple[int, int] | None:
     if indices != list(range(lo, lo + len(indices))):
         return None
     return lo, lo + len(indices)
+
+
+def range_axis(idx: Value) -> int:
+    """The axis of a Gather's constant indices that ``gathered_range`` reads its range
+    along: the one of more than one entry (the last when all have one)."""
+    shape = np.shape(idx.const)
+    return next((j for j, d in enumerate(shape) if d != 1), len(shape) - 1)
 
 
 @rule(*RESHAPE_OPS)

@@ -113,6 +113,12 @@ def initializer_plan(
     rename: dict[str, str] = {}
     keep_names = {v.name for v in graph.outputs}
     keep_names |= {v.name for n in graph.nodes for v in n.meta.get("captured", ())}
+    if reshare:  # a Constant node's tensor (onnxsim writes shared ones so) stays a node:
+        # the copies the frontend made of it for its other readers read its output again
+        for n in graph.nodes:
+            for v in n.outputs if n.op_type == "Constant" else ():
+                if v.is_const and v.name not in keep_names:
+                    canonical.setdefault(v.storage, v.name)
     for v in [*used, *graph.outputs]:
         if not v.is_const or v.name in produced or v.name in seen:
             continue

@@ -54,13 +54,19 @@ def with_initializers(model: onnx.ModelProto, arrays: dict[str, np.ndarray]) -> 
 
 def materialize_folded(model: onnx.ModelProto) -> onnx.ModelProto:
     """Identity/Cast of an initializer becomes an initializer of its own, as the analysis
-    treats it (exporters share one deduplicated tensor between layers through Identity)."""
+    treats it (exporters share one deduplicated tensor between layers through Identity);
+    so does a Constant node's tensor (onnxsim writes some weights so), which the check
+    could not scramble or zero otherwise."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     inits = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}
     keep = []
     for node in out.graph.node:
-        if node.op_type in ("Identity", "Cast") and node.input[0] in inits:
+        value = next((a.t for a in node.attribute if a.name == "value"), None)
+        if node.op_type == "Constant" and value is not None:  # onnxsim writes weights so too
+            arr = numpy_helper.to_array(value)
+            out.graph.initializer.append(numpy_helper.from_array(arr.copy(), node.output[0]))
+        elif node.op_type in ("Identity", "Cast") and node.input[0] in inits:
             arr = inits[node.input[0]]
             if node.op_type == "Cast":
                 arr = arr.astype(onnx.helper.tensor_dtype_to_np_dtype(node.attribute[0].i))
