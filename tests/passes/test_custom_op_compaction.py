@@ -137,6 +137,7 @@ def test_builtin_table_holds_one_rule_object_per_op():
         "Reshape",
         "Resize",
         "Expand",
+        "Pad",  # zeros padded onto the channels
     } | {"LSTM", "GRU", "RNN"} | {"GroupNormalization"}  # hidden_size, num_groups
     assert RULES["Reshape"].finish is not None
     assert RULES["Cast"].couple is not RULES["Relu"].couple  # later registrations win
