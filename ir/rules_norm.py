@@ -78,6 +78,9 @@ def mask_layernorm(graph: Graph, node: Node, keep: np.ndarray) -> None:
         graph.set_input(
             node, 2, const_value(graph, f"{node.name}.bias", np.zeros(keep.size, dtype))
         )
+        # the masked form reads its mask 4th: unmask_layernorm drops this zero bias again
+        # (compact kept it: 3 parameters more than the plan said, tests/ir/test_properties_ops)
+        node.meta["masked_zero_bias"] = True
     graph.set_input(node, 3, const_value(graph, f"{node.name}.mask", keep.astype(dtype)))
     for extra in node.outputs[1:]:
         extra.producer = None
@@ -197,6 +200,11 @@ def unmask_layernorm(node: Node) -> bool:
         return False
     if not drop_mask(node, 3):
         return False
+    bias = node.input(2)
+    added = node.meta.pop("masked_zero_bias", False) and bias is not None and bias.is_const
+    if added and not np.any(np.asarray(bias.const)):  # the zero bias mask_layernorm added
+        bias.uses = [(n, j) for n, j in bias.uses if n is not node]
+        node.inputs = node.inputs[:2]
     node.op_type, node.domain = "LayerNormalization", ""
     node.attrs = {"axis": -1, "epsilon": float(np.asarray(node.attrs.get("epsilon", 1e-5)))}
     return True
