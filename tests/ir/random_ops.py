@@ -55,6 +55,9 @@ KINDS: tuple[str, ...] = (
     "expand",
     "tile",
     "squeeze",
+    "residual",
+    "shared",
+    "dynreshape",
 )
 HEADS = ("plain", "conv", "gemm", "two")
 
@@ -70,6 +73,7 @@ class _Gen:
         self.x = x
         self.seen: list[str] = [x]
         self.rng = np.random.default_rng(0)
+        self.consts: dict[tuple, list[str]] = {}  # constants by shape, to share (dedup)
 
     # ---- helpers ----------------------------------------------------------------------
     def s(self, x: str) -> tuple[int, ...]:
@@ -85,10 +89,16 @@ class _Gen:
         return int(self.rng.integers(lo, hi + 1))
 
     def const(self, shape: Sequence[int], positive: bool = False) -> str:
+        """A new constant, or (one time in four) one of the same shape made before: the
+        deduplicated initializers onnxsim leaves, shared between unrelated layers."""
+        key = (tuple(shape), positive)
+        if self.consts.get(key) and self.coin(0.25):
+            return self.pick(self.consts[key])
         name = self.b._name("Const", None)
         arr = self.rng.standard_normal(tuple(shape)).astype(np.float32)
         if positive:
             arr = np.abs(arr) + 0.5
+        self.consts.setdefault(key, []).append(name)
         return self.b.const(name, arr)
 
     def ints(self, values: Sequence[int]) -> str:
@@ -135,9 +145,7 @@ class _Gen:
         weight = self.b._weight(f"{node}.weight", (out, c // groups, k, k), c // groups * k * k)
         ins = [x, weight]
         if self.coin():
-            ins.append(
-                self.b.const(f"{node}.bias", self.rng.standard_normal(out).astype("f") * 0.1)
-            )
+            ins.append(self.bias(node, out))
         pad = dil * (k // 2)
         oh = (h + 2 * pad - dil * (k - 1) - 1) // stride + 1
         ow = (w + 2 * pad - dil * (k - 1) - 1) // stride + 1
@@ -152,6 +160,18 @@ class _Gen:
             dilations=[dil, dil],
             group=groups,
         )
+
+    def bias(self, node: str, out: int) -> str:
+        """A conv bias: its own, or a zero bias shared by every conv of that width (read
+        through an Identity, as torch exports share it)."""
+        if self.coin(0.3):
+            key = ((out,), "zero")
+            if not self.consts.get(key):
+                zero = self.b.const(self.b._name("Zero", None), np.zeros(out, np.float32))
+                self.consts[key] = [zero]
+            zero = self.consts[key][0]
+            return self.b.op("Identity", [zero], (out,)) if self.coin() else zero
+        return self.b.const(f"{node}.bias", self.rng.standard_normal(out).astype("f") * 0.1)
 
     def bn(self, x: str) -> str:
         return self.b.bn(x)
@@ -315,7 +335,7 @@ class _Gen:
             pads[2], pads[7] = -1, -1
         else:
             pads[2], pads[3], pads[6], pads[7] = 1, 0, 1, 1
-            mode = "reflect" if form == "reflect" else "constant"
+            mode = "reflect" if form == "reflect" and min(h, w) >= 2 else "constant"
         for a in range(4):
             shape[a] += pads[a] + pads[a + 4]
         ins = [x, self.ints(pads)]
@@ -458,6 +478,41 @@ class _Gen:
         if at == 2 and self.coin():
             y = self.b.relu(y)
         return self.b.op("Squeeze", [y, self.ints((at,))], (n, c, h, w))
+
+    def residual(self, x: str) -> str:
+        """x + an earlier tensor of its shape (or a conv of x), then maybe a ReLU."""
+        y = self.b.add(x, self.partner(x, same_channels=True))
+        return self.b.relu(y) if self.coin() else y
+
+    def shared(self, x: str) -> str:
+        """One conv weight applied twice (a layer called twice), in a chain or on two
+        branches that merge."""
+        n, c, h, w = self.s(x)
+        node = self.b._name("Shared", None)
+        weight = self.b._weight(f"{node}.weight", (c, c, 1, 1), c)
+        if self.coin():
+            weight = self.b.op("Identity", [weight], (c, c, 1, 1))
+        y = self.b.op("Conv", [x, weight], (n, c, h, w), kernel_shape=[1, 1])
+        other = self.b.relu(y) if self.coin() else self.partner(x, same_channels=True)
+        z = self.b.op("Conv", [other, weight], (n, c, h, w), kernel_shape=[1, 1])
+        return self.b.add(y, z) if self.coin() else z
+
+    def dynreshape(self, x: str) -> str:
+        """Flatten the spatial axes and back with shapes computed by Shape/Gather/Concat
+        (or 0 and -1 in constant targets), as exporters write ``x.view(n, c, -1)``."""
+        n, c, h, w = self.s(x)
+        if self.coin():
+            flat = self.b.reshape(x, (0, 0, -1))
+            y = self.b.unary("Softmax", flat, axis=-1) if self.coin() else self.b.relu(flat)
+            return self.b.reshape(y, (0, -1, h, w) if self.coin() else (n, c, h, w))
+        shape = self.b.op("Shape", [x], (4,))
+        nc = self.b.op("Gather", [shape, self.ints((0, 1))], (2,), axis=0)
+        hw = self.b.op("Gather", [shape, self.ints((2, 3))], (2,), axis=0)
+        target = self.b.op("Concat", [nc, self.ints((-1,))], (3,), axis=0)
+        flat = self.b.op("Reshape", [x, target], (n, c, h * w))
+        flat = self.b.unary("Sigmoid", flat)
+        back = self.b.op("Concat", [nc, hw], (4,), axis=0)
+        return self.b.op("Reshape", [flat, back], (n, c, h, w))
 
     # ---- head ---------------------------------------------------------------------------
     def head(self, x: str, form: str) -> list[str]:
