@@ -58,8 +58,15 @@ KINDS: tuple[str, ...] = (
     "residual",
     "shared",
     "dynreshape",
+    "conv1d",
+    "maxout",
+    "sum",
+    "groupnorm",
+    "plainnorm",
+    "nhwccat",
+    "cast",
 )
-HEADS = ("plain", "conv", "gemm", "two")
+HEADS = ("plain", "conv", "gemm", "two", "flat")
 
 _CMAX = 24  # channel counts stay at or below this (a few above for concat / tile)
 _INT64_MIN = int(np.iinfo(np.int64).min)
@@ -177,7 +184,15 @@ class _Gen:
         return self.b.bn(x)
 
     def act(self, x: str) -> str:
-        op = self.pick(("Relu", "Sigmoid", "HardSwish", "Tanh", "LeakyRelu", "Elu"))
+        op = self.pick(
+            ("Relu", "Sigmoid", "HardSwish", "Tanh", "LeakyRelu", "Elu", "PRelu", "Clip")
+        )
+        if op == "PRelu":
+            c = self.s(x)[1]
+            slope = self.const(self.pick(((c, 1, 1), (1,), (1, c, 1, 1))))
+            return self.b.op("PRelu", [x, slope], self.s(x))
+        if op == "Clip":
+            return self.b.relu6(x)
         return self.b.unary(op, x)
 
     def affine(self, x: str) -> str:
@@ -514,6 +529,82 @@ class _Gen:
         back = self.b.op("Concat", [nc, hw], (4,), axis=0)
         return self.b.op("Reshape", [flat, back], (n, c, h, w))
 
+    def conv1d(self, x: str) -> str:
+        """A Conv1d over the flattened spatial axes: Reshape (n, c, h*w), Conv, back."""
+        n, c, h, w = self.s(x)
+        y = self.b.reshape(x, (n, c, h * w))
+        out, k = self.chans(), self.pick((1, 3))
+        node = self.b._name("Conv1d", None)
+        weight = self.b._weight(f"{node}.weight", (out, c, k), c * k)
+        ins = [y, weight] + ([self.bias(node, out)] if self.coin() else [])
+        y = self.b.op("Conv", ins, (n, out, h * w), name=node, kernel_shape=[k], pads=[k // 2] * 2)
+        return self.b.reshape(y, (n, out, h, w))
+
+    def maxout(self, x: str) -> str:
+        """Channel pairs merged: Reshape (n, c/2, 2, h, w), ReduceMax over the pair."""
+        n, c, h, w = self.s(x)
+        if c % 2 or c < 4:
+            return self.conv(x)
+        y = self.b.reshape(x, (n, c // 2, 2, h, w))
+        return self.b.op("ReduceMax", [y], (n, c // 2, h, w), axes=[2], keepdims=0)
+
+    def sum(self, x: str) -> str:
+        """Sum / Mean of x and one or two tensors of its shape."""
+        parts = [x, self.partner(x, same_channels=True)]
+        if self.coin():
+            parts.append(self.partner(x, same_channels=True))
+        return self.b.op(self.pick(("Sum", "Mean")), parts, self.s(x))
+
+    def groupnorm(self, x: str) -> str:
+        """GroupNorm as torch exports it: Reshape (n, g, -1), InstanceNormalization, Reshape
+        back, per-channel Mul and Add."""
+        n, c, h, w = self.s(x)
+        gs = [g for g in (1, 2, 4) if c % g == 0]
+        g = self.pick(gs)
+        y = self.b.reshape(x, (n, g, -1))
+        ones = self.b.const(self.b._name("Ones", None), np.ones(g, np.float32))
+        zeros = self.b.const(self.b._name("Zeros", None), np.zeros(g, np.float32))
+        y = self.b.op("InstanceNormalization", [y, ones, zeros], self.s(y), epsilon=1e-5)
+        y = self.b.reshape(y, (n, c, h, w))
+        y = self.b.mul(y, self.const((c, 1, 1)))
+        return self.b.add(y, self.const((c, 1, 1)))
+
+    def plainnorm(self, x: str) -> str:
+        """A LayerNorm written out in plain ops, over the channels of NCHW (ConvNeXt's
+        channels_first) or the last axis of an NHWC view."""
+        _n, c, _h, _w = self.s(x)
+        last = self.coin()
+        y = self.to_nhwc(x) if last else x
+        axis = 3 if last else 1
+        shape = self.s(y)
+        red = tuple(1 if a == axis else d for a, d in enumerate(shape))
+        mean = self.b.op("ReduceMean", [y], red, axes=[axis], keepdims=1)
+        d = self.b.binary("Sub", y, mean)
+        two = self.b.const(self.b._name("Two", None), np.array(2.0, np.float32))
+        var = self.b.op("ReduceMean", [self.b.binary("Pow", d, two)], red, axes=[axis], keepdims=1)
+        eps = self.b.const(self.b._name("Eps", None), np.array(1e-5, np.float32))
+        y = self.b.binary("Div", d, self.b.unary("Sqrt", self.b.add(var, eps)))
+        param = (c,) if last else (c, 1, 1)
+        y = self.b.add(self.b.mul(y, self.const(param)), self.const(param))
+        return self.to_nchw(y) if last else y
+
+    def nhwccat(self, x: str) -> str:
+        """Concat or Split on the channel axis of NHWC views (axis 3 or -1)."""
+        _n, c, _h, _w = self.s(x)
+        a = self.to_nhwc(x)
+        axis = self.pick((3, -1))
+        if self.coin() or c < 2:
+            other = self.to_nhwc(self.partner(x, same_channels=False))
+            return self.to_nchw(self.b.concat([a, other], axis=axis))
+        cut = int(self.rng.integers(1, c))
+        parts = self.b.split(a, [cut, c - cut], axis=axis)
+        return self.to_nchw(self.b.relu(self.pick(parts)))
+
+    def cast(self, x: str) -> str:
+        """A round trip through float16 (Cast, Cast)."""
+        y = self.b.op("Cast", [x], self.s(x), to=onnx.TensorProto.FLOAT16)
+        return self.b.op("Cast", [y], self.s(x), to=onnx.TensorProto.FLOAT)
+
     # ---- head ---------------------------------------------------------------------------
     def head(self, x: str, form: str) -> list[str]:
         if form == "conv":
@@ -523,6 +614,13 @@ class _Gen:
         if form == "two":
             side = self.pick(self.seen)
             return [self.b.conv(x, self.chans(), k=1), self.b.conv(side, self.chans(), k=1)]
+        if form == "flat":  # Flatten of a map (channel-major blocks) into a Gemm
+            n, c, h, w = self.s(x)
+            if h * w > 16:
+                x = self.b.op(
+                    "MaxPool", [x], (n, c, h // 2, w // 2), kernel_shape=[2, 2], strides=[2, 2]
+                )
+            return [self.b.gemm(self.b.flatten(x), self.chans())]
         return [x]
 
 

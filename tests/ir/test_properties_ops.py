@@ -124,6 +124,9 @@ SETTINGS = settings(
 @given(model_specs(max_blocks=6))
 # compact kept the zero bias the masked LayerNorm form needs: 3 parameters more than planned
 @example(([("layernorm", 51768)], "conv", 4, 6))
+# a LayerNorm written out over the last axis came back as a LayerNormalization with a unit
+# scale and zero bias: 2 C parameters more than planned
+@example(([("plainnorm", 61463)], "conv", 6, 6))
 # a Gemm with transB=0 (output rows on axis 1), checked as if transposed (test helper)
 @example(([("global", 47632), ("linear", 16315)], "gemm", 8, 4))
 # a grouped conv pruned by equal counts in each conv group behind a Split (test helper)
