@@ -213,8 +213,8 @@ def assert_members_tile(a: Analysis, model: onnx.ModelProto) -> None:
             if m.role in ("producer", "structure"):
                 covered.setdefault(key, []).append((m.start, m.start + m.block * m.length))
     for node in model.graph.node:
-        if node.op_type not in ("Conv", "Gemm"):
-            continue
+        if node.op_type not in ("Conv", "Gemm") or node.input[1] not in dims:
+            continue  # (a weight computed in the graph: Transpose of a TF converter's HWIO)
         # a Gemm with transB=0 keeps its output rows on axis 1 of the weight
         trans_b = next((at.i for at in node.attribute if at.name == "transB"), 0)
         out_axis = 1 if node.op_type == "Gemm" and not trans_b else 0

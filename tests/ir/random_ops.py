@@ -65,6 +65,12 @@ KINDS: tuple[str, ...] = (
     "plainnorm",
     "nhwccat",
     "cast",
+    "leftmatmul",
+    "tfweight",
+    "selfmerge",
+    "pick",
+    "nhwcsoftmax",
+    "samepad",
 )
 HEADS = ("plain", "conv", "gemm", "two", "flat")
 
@@ -304,14 +310,14 @@ class _Gen:
             if self.coin():
                 y = self.b.add(y, self.const((out,)))
             return self.to_nchw(y)
-        y = self.b.reshape(y, (h * w, c))
+        y = self.b.reshape(y, (n * h * w, c))
         node = self.b._name("Gemm", None)
         trans = self.coin()
         shape = (out, c) if trans else (c, out)
         ins = [y, self.b._weight(f"{node}.weight", shape, c)]
         if self.coin():
             ins.append(self.const((out,)))
-        y = self.b.op("Gemm", ins, (h * w, out), name=node, transB=int(trans))
+        y = self.b.op("Gemm", ins, (n * h * w, out), name=node, transB=int(trans))
         return self.to_nchw(self.b.reshape(y, (n, h, w, out)))
 
     def shuffle(self, x: str) -> str:
@@ -605,6 +611,78 @@ class _Gen:
         y = self.b.op("Cast", [x], self.s(x), to=onnx.TensorProto.FLOAT16)
         return self.b.op("Cast", [y], self.s(x), to=onnx.TensorProto.FLOAT)
 
+    def leftmatmul(self, x: str) -> str:
+        """MatMul(W, x) with the constant on the left over (n, c, h*w), or Gemm with transA
+        and alpha over (c, h*w)."""
+        n, c, h, w = self.s(x)
+        out = self.chans()
+        y = self.b.reshape(x, (n, c, h * w))
+        if n == 1 and self.coin():
+            y = self.b.reshape(y, (c, h * w))
+            z = self.b.op("Gemm", [y, self.const((c, out))], (h * w, out), transA=1, alpha=0.5)
+            return self.to_nchw(self.b.reshape(z, (n, h, w, out)))
+        weight = self.b._weight(self.b._name("LeftW", None), (out, c), c)
+        z = self.b.op("MatMul", [weight, y], (n, out, h * w))
+        return self.b.reshape(z, (n, out, h, w))
+
+    def tfweight(self, x: str) -> str:
+        """A conv whose weight is Transpose(HWIO constant) and whose bias is an Add of a
+        Reshape (c,) -> (1, c, 1, 1), as TF converters write them."""
+        n, c, h, w = self.s(x)
+        out, k = self.chans(), self.pick((1, 3))
+        hwio = self.b._weight(self.b._name("Hwio", None), (k, k, c, out), c * k * k)
+        weight = self.b.op("Transpose", [hwio], (out, c, k, k), perm=[3, 2, 0, 1])
+        y = self.b.op("Conv", [x, weight], (n, out, h, w), kernel_shape=[k, k], pads=[k // 2] * 4)
+        bias = self.b.reshape(self.const((out,)), (1, out, 1, 1))
+        return self.b.add(y, bias)
+
+    def selfmerge(self, x: str) -> str:
+        """A tensor merged with itself: x + x, x * x, Concat(x, x), an equal Split."""
+        c = self.s(x)[1]
+        form = self.pick(("add", "mul", "cat", "equal"))
+        if form == "add":
+            return self.b.add(x, x)
+        if form == "mul":
+            return self.b.mul(x, self.b.sigmoid(x))
+        if form == "cat" or c % 2:
+            return self.b.concat([x, x], axis=self.pick((1, -3)))
+        n, _, h, w = self.s(x)
+        parts = self.b.op("Split", [x], None, n_out=2, out_shapes=[(n, c // 2, h, w)] * 2, axis=1)
+        return self.b.binary("Sub", parts[0], parts[1])
+
+    def pick_(self, x: str) -> str:
+        """One channel by a scalar Gather index (rank drops), Unsqueeze back, broadcast."""
+        n, c, h, w = self.s(x)
+        idx = self.b.const(self.b._name("Idx", None), np.array(int(self.rng.integers(-c, c))))
+        one = self.b.op("Gather", [x, idx], (n, h, w), axis=1)
+        one = self.b.op("Unsqueeze", [one, self.ints((1,))], (n, 1, h, w))
+        return self.b.mul(x, self.b.sigmoid(one))
+
+    def nhwcsoftmax(self, x: str) -> str:
+        """Softmax over the last axis of an NHWC view (the channels)."""
+        if self.s(x)[1] < 2:
+            return self.conv(x)
+        return self.to_nchw(self.b.unary("Softmax", self.to_nhwc(x), axis=-1))
+
+    def samepad(self, x: str) -> str:
+        """A conv with auto_pad SAME_UPPER (stride 2) or asymmetric explicit pads."""
+        n, c, h, w = self.s(x)
+        out = self.chans()
+        weight = self.b._weight(self.b._name("Same", None), (out, c, 3, 3), 9 * c)
+        if h >= 4 and self.coin():
+            shape = (n, out, (h + 1) // 2, (w + 1) // 2)
+            return self.b.op(
+                "Conv",
+                [x, weight],
+                shape,
+                kernel_shape=[3, 3],
+                strides=[2, 2],
+                auto_pad="SAME_UPPER",
+            )
+        return self.b.op(
+            "Conv", [x, weight], (n, out, h - 1, w), kernel_shape=[3, 3], pads=[0, 1, 1, 1]
+        )
+
     # ---- head ---------------------------------------------------------------------------
     def head(self, x: str, form: str) -> list[str]:
         if form == "conv":
@@ -625,18 +703,22 @@ class _Gen:
 
 
 def build_model(
-    blocks: Sequence[tuple[str, int]], head: str = "conv", width: int = 8, size: int = 8
+    blocks: Sequence[tuple[str, int]],
+    head: str = "conv",
+    width: int = 8,
+    size: int = 8,
+    batch: int = 1,
 ) -> onnx.ModelProto:
     """The model of a stem conv, ``blocks`` ((kind, seed) each) and a head, checked by
     onnx.checker."""
     b = OnnxBuilder("random_ops", opset=17, seed=0)
-    x = b.input("x", (1, 3, size, size))
+    x = b.input("x", (batch, 3, size, size))
     gen = _Gen(b, x)
     x = gen.b.relu(gen.b.conv(x, width, k=3))
     gen.seen.append(x)
     for kind, seed in blocks:
         gen.rng = np.random.default_rng(seed)
-        x = getattr(gen, "global_" if kind == "global" else kind)(x)
+        x = getattr(gen, f"{kind}_" if kind in ("global", "pick") else kind)(x)
         gen.seen.append(x)
     gen.rng = np.random.default_rng(len(blocks))
     for out in gen.head(x, head):
@@ -644,14 +726,16 @@ def build_model(
     return b.build()
 
 
-def describe(blocks: Sequence[tuple[str, int]], head: str, width: int, size: int) -> str:
+def describe(
+    blocks: Sequence[tuple[str, int]], head: str, width: int, size: int, batch: int = 1
+) -> str:
     """One line naming a model, to paste into ``@example``."""
-    return f"build_model({list(blocks)!r}, head={head!r}, width={width}, size={size})"
+    return f"build_model({list(blocks)!r}, {head!r}, {width}, {size}, {batch})"
 
 
 @st.composite
-def model_specs(draw, max_blocks: int = 6) -> tuple[list[tuple[str, int]], str, int, int]:
-    """(blocks, head, width, size) for ``build_model``."""
+def model_specs(draw, max_blocks: int = 6) -> tuple[list[tuple[str, int]], str, int, int, int]:
+    """(blocks, head, width, size, batch) for ``build_model``."""
     blocks = draw(
         st.lists(
             st.tuples(st.sampled_from(KINDS), st.integers(0, 2**16)),
@@ -659,9 +743,7 @@ def model_specs(draw, max_blocks: int = 6) -> tuple[list[tuple[str, int]], str, 
             max_size=max_blocks,
         )
     )
-    return (
-        blocks,
-        draw(st.sampled_from(HEADS)),
-        draw(st.sampled_from((8, 4, 6, 12))),
-        draw(st.sampled_from((8, 6, 4))),
-    )
+    head = draw(st.sampled_from(HEADS))
+    width = draw(st.sampled_from((8, 4, 6, 12)))
+    size = draw(st.sampled_from((8, 6, 4)))
+    return blocks, head, width, size, draw(st.sampled_from((1, 2)))

@@ -127,18 +127,18 @@ SETTINGS = settings(
 # a LayerNorm written out over the last axis came back as a LayerNormalization with a unit
 # scale and zero bias: 2 C parameters more than planned
 @example(([("plainnorm", 61463)], "conv", 6, 6))
+# MatMul(W, x), the constant on the left: its columns were no consumer (dead channels leaked)
+@example(([("leftmatmul", 1)], "plain", 4, 4, 1))
 # a Gemm with transB=0 (output rows on axis 1), checked as if transposed (test helper)
 @example(([("global", 47632), ("linear", 16315)], "gemm", 8, 4))
 # a grouped conv pruned by equal counts in each conv group behind a Split (test helper)
 @example(([("s2d", 41718), ("d2s", 33692), ("concat", 42554), ("split", 2601)], "conv", 6, 8))
 def test_random_op_graphs_prune_right(spec):
-    blocks, head, width, size = spec
-    check_model(build_model(blocks, head=head, width=width, size=size))
+    check_model(build_model(*spec))
 
 
 @pytest.mark.slow
 @settings(SETTINGS, max_examples=400, derandomize=False)
 @given(model_specs(max_blocks=10))
 def test_random_op_graphs_prune_right_long(spec):
-    blocks, head, width, size = spec
-    check_model(build_model(blocks, head=head, width=width, size=size))
+    check_model(build_model(*spec))
