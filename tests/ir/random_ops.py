@@ -71,6 +71,8 @@ KINDS: tuple[str, ...] = (
     "pick",
     "nhwcsoftmax",
     "samepad",
+    "coordcat",
+    "posembed",
 )
 HEADS = ("plain", "conv", "gemm", "two", "flat")
 
@@ -218,7 +220,10 @@ class _Gen:
         depthwise = self.coin(0.3)
         out = c if depthwise else self.chans()
         groups = c if depthwise else 1
+        if not depthwise and c % 2 == 0 and self.coin(0.3):
+            groups, out = 2, 2 * self.chans(1, 6)
         stride, k, pad = (2, 2, 0) if h <= 8 and self.coin() else (1, 3, 1)
+        extra = 1 if stride == 2 and self.coin(0.3) else 0  # output_padding
         node = self.b._name("ConvTranspose", None)
         weight = self.b._weight(f"{node}.weight", (c, out // groups, k, k), c * k * k)
         ins = [x, weight]
@@ -226,7 +231,13 @@ class _Gen:
             ins.append(
                 self.b.const(f"{node}.bias", self.rng.standard_normal(out).astype("f") * 0.1)
             )
-        shape = (n, out, (h - 1) * stride + k - 2 * pad, (w - 1) * stride + k - 2 * pad)
+        shape = (
+            n,
+            out,
+            (h - 1) * stride + k - 2 * pad + extra,
+            (w - 1) * stride + k - 2 * pad + extra,
+        )
+        attrs = {"output_padding": [extra, extra]} if extra else {}
         return self.b.op(
             "ConvTranspose",
             ins,
@@ -236,6 +247,7 @@ class _Gen:
             strides=[stride, stride],
             pads=[pad] * 4,
             group=groups,
+            **attrs,
         )
 
     def concat(self, x: str) -> str:
@@ -352,6 +364,7 @@ class _Gen:
             pads[1], pads[5] = int(self.rng.integers(0, 3)), int(self.rng.integers(1, 3))
             if self.coin(0.3):
                 pads[1], pads[5] = -1 if c > 2 else 0, pads[5]
+            mode = "edge" if pads[1] >= 0 and self.coin(0.3) else "constant"
         elif form == "crop" and h >= 4:
             pads[2], pads[7] = -1, -1
         else:
@@ -682,6 +695,24 @@ class _Gen:
         return self.b.op(
             "Conv", [x, weight], (n, out, h - 1, w), kernel_shape=[3, 3], pads=[0, 1, 1, 1]
         )
+
+    def coordcat(self, x: str) -> str:
+        """Concat of x with constant channels (CoordConv), before or after it."""
+        n, _c, h, w = self.s(x)
+        k = int(self.rng.integers(1, 3))
+        coords = self.const((n, k, h, w))
+        parts = [x, coords] if self.coin() else [coords, x]
+        return self.b.concat(parts, axis=self.pick((1, -3)))
+
+    def posembed(self, x: str) -> str:
+        """A full-shape constant added (a positional embedding) or a spatial (1, 1, h, w) mask
+        multiplied, in NCHW or on an NHWC view."""
+        _n, c, h, w = self.s(x)
+        if self.coin():
+            return self.b.mul(x, self.const((1, 1, h, w)))
+        if self.coin():
+            return self.b.add(x, self.const((1, c, h, w)))
+        return self.to_nchw(self.b.add(self.to_nhwc(x), self.const((h, w, c))))
 
     # ---- head ---------------------------------------------------------------------------
     def head(self, x: str, form: str) -> list[str]:
