@@ -131,6 +131,14 @@ class _Gen:
             return self.pick(cands)
         return self.conv(x, out=c if same_channels else None, stride=1)
 
+    def axes_op(self, op: str, x: str, axes: Sequence[int], shape, **attrs) -> str:
+        """``op`` over ``axes``: an input from opset 13 (Squeeze, Unsqueeze, ReduceSum) or
+        18 (the other reductions), an attribute before."""
+        since = 13 if op in ("Squeeze", "Unsqueeze", "ReduceSum") else 18
+        if self.b.opset >= since:
+            return self.b.op(op, [x, self.ints(axes)], shape, **attrs)
+        return self.b.op(op, [x], shape, axes=list(axes), **attrs)
+
     def to_nhwc(self, x: str) -> str:
         return self.b.transpose(x, (0, 2, 3, 1))
 
@@ -201,6 +209,8 @@ class _Gen:
             return self.b.op("PRelu", [x, slope], self.s(x))
         if op == "Clip":
             return self.b.relu6(x)
+        if op == "HardSwish" and self.b.opset < 14:
+            return self.b.mul(x, self.b.unary("HardSigmoid", x, alpha=1 / 6))
         return self.b.unary(op, x)
 
     def affine(self, x: str) -> str:
@@ -312,7 +322,7 @@ class _Gen:
     def linear(self, x: str) -> str:
         n, c, h, w = self.s(x)
         out = self.chans()
-        form = self.pick(("matmul", "gemm", "einsum"))
+        form = self.pick(("matmul", "gemm", "einsum") if self.b.opset >= 12 else ("matmul", "gemm"))
         if form == "einsum":
             weight = self.b._weight(self.b._name("Einsum", None) + ".w", (out, c), c)
             return self.b.op("Einsum", [x, weight], (n, out, h, w), equation="nchw,oc->nohw")
@@ -397,8 +407,8 @@ class _Gen:
 
     def resize(self, x: str) -> str:
         n, c, h, w = self.s(x)
-        if h <= 8 and self.coin():
-            return self.b.resize(x, 2)
+        if (h <= 8 and self.coin()) or self.b.opset < 13:
+            return self.b.resize(x, 2) if h <= 8 else self.b.maxpool(x, 2, 2, pad=0)
         node = self.b._name("Resize", None)
         oh, ow = max(1, h // 2 + 1), max(1, w // 2 + 1)
         sizes = self.ints((n, c, oh, ow))
@@ -423,9 +433,9 @@ class _Gen:
         if form == "expand":
             e = self.b.op("Expand", [p, self.ints((n, c, h, w))], (n, c, h, w))
             return self.b.add(x, e)
-        v = self.b.op("Squeeze", [p, self.ints((2, 3))], (n, c))
+        v = self.axes_op("Squeeze", p, (2, 3), (n, c))
         v = self.b.sigmoid(self.b.gemm(v, c))
-        v = self.b.op("Unsqueeze", [v, self.ints((2, 3))], (n, c, 1, 1))
+        v = self.axes_op("Unsqueeze", v, (2, 3), (n, c, 1, 1))
         return self.b.mul(x, v)
 
     def reduce(self, x: str) -> str:
@@ -434,17 +444,11 @@ class _Gen:
         over = self.pick(("channel", "space"))
         keep = self.coin()
         axes = (1,) if over == "channel" else (2, 3)
-        attrs: dict = {"keepdims": int(keep)}
-        ins = [x]
-        if op == "ReduceMean":
-            attrs["axes"] = list(axes)
-        else:
-            ins.append(self.ints(axes))
         kept = tuple(1 if a in axes else d for a, d in enumerate((n, c, h, w)))
         shape = kept if keep else tuple(d for a, d in enumerate((n, c, h, w)) if a not in axes)
-        r = self.b.op(op, ins, shape, **attrs)
+        r = self.axes_op(op, x, axes, shape, keepdims=int(keep))
         if not keep:
-            r = self.b.op("Unsqueeze", [r, self.ints(axes)], kept)
+            r = self.axes_op("Unsqueeze", r, axes, kept)
         if op == "ReduceSum":
             r = self.b.binary("Div", r, self.b.const(self.b._name("Den", None), np.float32(c)))
         return self.b.binary(self.pick(("Mul", "Sub", "Add")), x, r)
@@ -455,6 +459,8 @@ class _Gen:
         return self.b.unary("Softmax", x, axis=self.pick((1, -3)))
 
     def layernorm(self, x: str) -> str:
+        if self.b.opset < 17:  # no LayerNormalization op: exporters write it out
+            return self.plainnorm(x)
         c = self.s(x)[1]
         y = self.to_nhwc(x)
         node = self.b._name("LayerNormalization", None)
@@ -468,7 +474,7 @@ class _Gen:
     def gate(self, x: str) -> str:
         c = self.s(x)[1]
         form = self.pick(("sigmoid", "hardswish", "spatial", "hardsigmoid"))
-        if form == "hardswish":
+        if form == "hardswish" and self.b.opset >= 14:
             return self.b.unary("HardSwish", x)
         if form == "spatial":
             return self.b.mul(x, self.b.sigmoid(self.conv(x, out=1, stride=1)))
@@ -508,10 +514,10 @@ class _Gen:
         n, c, h, w = self.s(x)
         at = self.pick((0, 2))
         shape = (1, n, c, h, w) if at == 0 else (n, c, 1, h, w)
-        y = self.b.op("Unsqueeze", [x, self.ints((at,))], shape)
+        y = self.axes_op("Unsqueeze", x, (at,), shape)
         if at == 2 and self.coin():
             y = self.b.relu(y)
-        return self.b.op("Squeeze", [y, self.ints((at,))], (n, c, h, w))
+        return self.axes_op("Squeeze", y, (at,), (n, c, h, w))
 
     def residual(self, x: str) -> str:
         """x + an earlier tensor of its shape (or a conv of x), then maybe a ReLU."""
@@ -565,7 +571,7 @@ class _Gen:
         if c % 2 or c < 4:
             return self.conv(x)
         y = self.b.reshape(x, (n, c // 2, 2, h, w))
-        return self.b.op("ReduceMax", [y], (n, c // 2, h, w), axes=[2], keepdims=0)
+        return self.axes_op("ReduceMax", y, (2,), (n, c // 2, h, w), keepdims=0)
 
     def sum(self, x: str) -> str:
         """Sum / Mean of x and one or two tensors of its shape."""
@@ -597,10 +603,10 @@ class _Gen:
         axis = 3 if last else 1
         shape = self.s(y)
         red = tuple(1 if a == axis else d for a, d in enumerate(shape))
-        mean = self.b.op("ReduceMean", [y], red, axes=[axis], keepdims=1)
+        mean = self.axes_op("ReduceMean", y, (axis,), red, keepdims=1)
         d = self.b.binary("Sub", y, mean)
         two = self.b.const(self.b._name("Two", None), np.array(2.0, np.float32))
-        var = self.b.op("ReduceMean", [self.b.binary("Pow", d, two)], red, axes=[axis], keepdims=1)
+        var = self.axes_op("ReduceMean", self.b.binary("Pow", d, two), (axis,), red, keepdims=1)
         eps = self.b.const(self.b._name("Eps", None), np.array(1e-5, np.float32))
         y = self.b.binary("Div", d, self.b.unary("Sqrt", self.b.add(var, eps)))
         param = (c,) if last else (c, 1, 1)
@@ -660,7 +666,10 @@ class _Gen:
         if form == "cat" or c % 2:
             return self.b.concat([x, x], axis=self.pick((1, -3)))
         n, _, h, w = self.s(x)
-        parts = self.b.op("Split", [x], None, n_out=2, out_shapes=[(n, c // 2, h, w)] * 2, axis=1)
+        attrs = {"num_outputs": 2} if self.b.opset >= 18 else {}
+        parts = self.b.op(
+            "Split", [x], None, n_out=2, out_shapes=[(n, c // 2, h, w)] * 2, axis=1, **attrs
+        )
         return self.b.binary("Sub", parts[0], parts[1])
 
     def pick_(self, x: str) -> str:
@@ -668,7 +677,7 @@ class _Gen:
         n, c, h, w = self.s(x)
         idx = self.b.const(self.b._name("Idx", None), np.array(int(self.rng.integers(-c, c))))
         one = self.b.op("Gather", [x, idx], (n, h, w), axis=1)
-        one = self.b.op("Unsqueeze", [one, self.ints((1,))], (n, 1, h, w))
+        one = self.axes_op("Unsqueeze", one, (1,), (n, 1, h, w))
         return self.b.mul(x, self.b.sigmoid(one))
 
     def nhwcsoftmax(self, x: str) -> str:
@@ -739,10 +748,11 @@ def build_model(
     width: int = 8,
     size: int = 8,
     batch: int = 1,
+    opset: int = 17,
 ) -> onnx.ModelProto:
     """The model of a stem conv, ``blocks`` ((kind, seed) each) and a head, checked by
     onnx.checker."""
-    b = OnnxBuilder("random_ops", opset=17, seed=0)
+    b = OnnxBuilder("random_ops", opset=opset, seed=0)
     x = b.input("x", (batch, 3, size, size))
     gen = _Gen(b, x)
     x = gen.b.relu(gen.b.conv(x, width, k=3))
@@ -752,21 +762,28 @@ def build_model(
         x = getattr(gen, f"{kind}_" if kind in ("global", "pick") else kind)(x)
         gen.seen.append(x)
     gen.rng = np.random.default_rng(len(blocks))
-    for out in gen.head(x, head):
-        b.output(out)
+    for out in gen.head(x, head):  # shapes given: inference cannot see through Shape ops
+        b.outputs.append(
+            onnx.helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, b.shapes[out])
+        )
     return b.build()
 
 
 def describe(
-    blocks: Sequence[tuple[str, int]], head: str, width: int, size: int, batch: int = 1
+    blocks: Sequence[tuple[str, int]],
+    head: str,
+    width: int,
+    size: int,
+    batch: int = 1,
+    opset: int = 17,
 ) -> str:
     """One line naming a model, to paste into ``@example``."""
-    return f"build_model({list(blocks)!r}, {head!r}, {width}, {size}, {batch})"
+    return f"build_model({list(blocks)!r}, {head!r}, {width}, {size}, {batch}, {opset})"
 
 
 @st.composite
-def model_specs(draw, max_blocks: int = 6) -> tuple[list[tuple[str, int]], str, int, int, int]:
-    """(blocks, head, width, size, batch) for ``build_model``."""
+def model_specs(draw, max_blocks: int = 6) -> tuple:
+    """(blocks, head, width, size, batch, opset) for ``build_model``."""
     blocks = draw(
         st.lists(
             st.tuples(st.sampled_from(KINDS), st.integers(0, 2**16)),
@@ -777,4 +794,5 @@ def model_specs(draw, max_blocks: int = 6) -> tuple[list[tuple[str, int]], str, 
     head = draw(st.sampled_from(HEADS))
     width = draw(st.sampled_from((8, 4, 6, 12)))
     size = draw(st.sampled_from((8, 6, 4)))
-    return blocks, head, width, size, draw(st.sampled_from((1, 2)))
+    batch = draw(st.sampled_from((1, 2)))
+    return blocks, head, width, size, batch, draw(st.sampled_from((17, 13, 11, 18)))
