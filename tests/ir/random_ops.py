@@ -73,6 +73,8 @@ KINDS: tuple[str, ...] = (
     "samepad",
     "coordcat",
     "posembed",
+    "attention",
+    "mlp",
 )
 HEADS = ("plain", "conv", "gemm", "two", "flat")
 
@@ -722,6 +724,56 @@ class _Gen:
         if self.coin():
             return self.b.add(x, self.const((1, c, h, w)))
         return self.to_nchw(self.b.add(self.to_nhwc(x), self.const((h, w, c))))
+
+    def tokens(self, x: str) -> str:
+        """(n, c, h, w) -> (n, h*w, c)."""
+        n, c, h, w = self.s(x)
+        return self.b.transpose(self.b.reshape(x, (n, c, h * w)), (0, 2, 1))
+
+    def untokens(self, t: str, h: int, w: int) -> str:
+        n, _, c = self.s(t)
+        return self.b.reshape(self.b.transpose(t, (0, 2, 1)), (n, c, h, w))
+
+    def dense(self, t: str, out: int) -> str:
+        """MatMul with a constant (in, out) weight, maybe an Add of a bias."""
+        y = self.b.matmul(t, out)
+        return self.b.add(y, self.const((out,))) if self.coin() else y
+
+    def attention(self, x: str) -> str:
+        """Multi-head self-attention over the h*w tokens: Q, K, V projections split into
+        heads by Reshape/Transpose, softmax(Q K^T * s) V, heads merged, output projection,
+        residual add."""
+        n, c, h, w = self.s(x)
+        heads, d = self.pick((1, 2, 3)), self.pick((2, 4))
+        t = self.tokens(x)
+        hw = h * w
+        q, k, v = (self.dense(t, heads * d) for _ in range(3))
+        q = self.b.transpose(self.b.reshape(q, (n, hw, heads, d)), (0, 2, 1, 3))
+        k = self.b.transpose(self.b.reshape(k, (n, hw, heads, d)), (0, 2, 3, 1))
+        v = self.b.transpose(self.b.reshape(v, (n, hw, heads, d)), (0, 2, 1, 3))
+        att = self.b.op("MatMul", [q, k], (n, heads, hw, hw))
+        scale = self.b.const(self.b._name("Scale", None), np.array(d**-0.5, np.float32))
+        att = self.b.unary("Softmax", self.b.mul(att, scale), axis=-1)
+        o = self.b.op("MatMul", [att, v], (n, heads, hw, d))
+        o = self.b.reshape(self.b.transpose(o, (0, 2, 1, 3)), (n, hw, heads * d))
+        o = self.dense(o, c)
+        return self.untokens(self.b.add(t, o) if self.coin(0.7) else o, h, w)
+
+    def mlp(self, x: str) -> str:
+        """A transformer MLP over tokens: MatMul, GELU (Erf form), MatMul, residual add."""
+        _n, c, h, w = self.s(x)
+        t = self.tokens(x)
+        y = self.dense(t, self.chans(2, 24))
+        if self.coin():
+            k = self.b.const(self.b._name("Rsqrt2", None), np.array(2**-0.5, np.float32))
+            erf = self.b.unary("Erf", self.b.mul(y, k))
+            one = self.b.const(self.b._name("One", None), np.array(1.0, np.float32))
+            half = self.b.const(self.b._name("Half", None), np.array(0.5, np.float32))
+            y = self.b.mul(self.b.mul(y, self.b.add(erf, one)), half)
+        else:
+            y = self.b.relu(y)
+        y = self.dense(y, c)
+        return self.untokens(self.b.add(t, y) if self.coin(0.7) else y, h, w)
 
     # ---- head ---------------------------------------------------------------------------
     def head(self, x: str, form: str) -> list[str]:
