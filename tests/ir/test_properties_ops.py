@@ -129,6 +129,24 @@ SETTINGS = settings(
 @example(([("plainnorm", 61463)], "conv", 6, 6))
 # MatMul(W, x), the constant on the left: its columns were no consumer (dead channels leaked)
 @example(([("leftmatmul", 1)], "plain", 4, 4, 1))
+# a one-channel block of a GroupNorm(1, C) reshape drops as a unit; in the masked form
+# (no reshape) it was locked as a single channel, and compact refused the plan
+@example(
+    (
+        [
+            ("pick", 39625),
+            ("slice", 10448),
+            ("coordcat", 45310),
+            ("groupnorm", 38267),
+            ("split", 49161),
+        ],
+        "conv",
+        6,
+        6,
+        1,
+        18,
+    )
+)
 # a Gemm with transB=0 (output rows on axis 1), checked as if transposed (test helper)
 @example(([("global", 47632), ("linear", 16315)], "gemm", 8, 4))
 # a grouped conv pruned by equal counts in each conv group behind a Split (test helper)
