@@ -122,6 +122,8 @@ SETTINGS = settings(
 
 @SETTINGS
 @given(model_specs(max_blocks=6))
+# The bugs found, replayed through build_model (each failed on the code before its fix; a
+# change to random_ops' draws can change these models: check they still reach the case)
 # compact kept the zero bias the masked LayerNorm form needs: 3 parameters more than planned
 @example(([("layernorm", 51768)], "conv", 4, 6))
 # a LayerNorm written out over the last axis came back as a LayerNormalization with a unit
@@ -156,7 +158,7 @@ def test_random_op_graphs_prune_right(spec):
 
 
 @pytest.mark.slow
-@settings(SETTINGS, max_examples=400, derandomize=False)
+@settings(SETTINGS, max_examples=400)  # derandomized too: its own 400 examples
 @given(model_specs(max_blocks=10))
 def test_random_op_graphs_prune_right_long(spec):
     check_model(build_model(*spec))
