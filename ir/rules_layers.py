@@ -502,3 +502,7 @@ def _matmul(node: Node, cg: ChannelGraph) -> None:
     if weight_like(b):
         cg.role(cg.space(b, -1), "producer", node)
         cg.role(cg.space(b, -2), "consumer", node)
+    elif weight_like(a):  # W @ x, the constant on the left: its rows produce, columns read
+        # (found by tests/ir/test_properties_ops.py: the columns were a plain 'param')
+        cg.role(cg.space(a, -2), "producer", node)
+        cg.role(cg.space(a, -1), "consumer", node)

@@ -78,6 +78,9 @@ def mask_layernorm(graph: Graph, node: Node, keep: np.ndarray) -> None:
         graph.set_input(
             node, 2, const_value(graph, f"{node.name}.bias", np.zeros(keep.size, dtype))
         )
+        # the masked form reads its mask 4th: unmask_layernorm drops this zero bias again
+        # (compact kept it: 3 parameters more than the plan said, tests/ir/test_properties_ops)
+        node.meta["masked_zero_bias"] = True
     graph.set_input(node, 3, const_value(graph, f"{node.name}.mask", keep.astype(dtype)))
     for extra in node.outputs[1:]:
         extra.producer = None
@@ -155,8 +158,11 @@ def fold_layernorm(graph: Graph, ln, keep: np.ndarray) -> Node:
     node = _masked_norm(
         graph, x, scale, bias, keep, ln.axis, ln.axes, ln.epsilon, out, ln.div.name, ln.div, back
     )
+    # finish writes it out in plain ops again, also over the last axis where the unit scale
+    # and zero bias alone would make it a LayerNormalization with 2 C parameters the plan
+    # does not count (tests/ir/test_properties_ops.py)
+    node.meta["written_out"] = True
     _remove(graph, ln.nodes)
-    node.meta["written_out"] = True  # finish writes it out again: no unit scale, zero bias
     return node
 
 
@@ -198,6 +204,11 @@ def unmask_layernorm(node: Node) -> bool:
         return False
     if not drop_mask(node, 3):
         return False
+    bias = node.input(2)
+    added = node.meta.pop("masked_zero_bias", False) and bias is not None and bias.is_const
+    if added and not np.any(np.asarray(bias.const)):  # the zero bias mask_layernorm added
+        bias.uses = [(n, j) for n, j in bias.uses if n is not node]
+        node.inputs = node.inputs[:2]
     node.op_type, node.domain = "LayerNormalization", ""
     node.attrs = {"axis": -1, "epsilon": float(np.asarray(node.attrs.get("epsilon", 1e-5)))}
     return True
@@ -209,13 +220,7 @@ def finish_masked_layernorm(graph: Graph, node: Node, kept: KeptChannels) -> Non
     x = node.input(0)
     if x is None or x.rank is None:
         return
-    if node.meta.get("written_out"):
-        # plain ops again, as the model wrote it: a LayerNormalization (opset 17) would
-        # add the fold's unit scale and zero bias to the compact model's parameters
-        if drop_mask(node, 3):
-            write_out_layernorm(graph, node, normalised_axes(node, x.rank))
-        return
-    if unmask_layernorm(node):
+    if not node.meta.get("written_out") and unmask_layernorm(node):
         if graph.opsets.get("", 17) < 17:
             write_out_layernorm(graph, node)
         return
@@ -225,7 +230,9 @@ def finish_masked_layernorm(graph: Graph, node: Node, kept: KeptChannels) -> Non
         for p in node.inputs[1:3]
     )
     # a written-out norm was folded with a unit scale and a zero bias (its own follow it)
-    written_out = filled_with(node.input(1), 1) and filled_with(node.input(2), 0) and not one
+    written_out = node.meta.get("written_out") or (
+        filled_with(node.input(1), 1) and filled_with(node.input(2), 0) and not one
+    )
     if not drop_mask(node, 3):
         return
     if axes == list(range(1, x.rank)) and one:

@@ -160,7 +160,12 @@ class Plan:
                     f"the plan does not match this model: group {gp.key} has {g.size} channels "
                     f"here, {gp.size} in the plan"
                 )
-            if not g.prunable:
+            # a one-channel group with no lock is whole only by policy (_finish_group in
+            # ir/analysis.py): the model the plan was made on may have let it drop as one unit
+            # (a channel that is a block of a GroupNorm reshape, which the masked form no longer
+            # has), and keep_masks still refuses a plan that leaves an axis empty
+            dropped_unit = g.size == 1 and not g.locks and gp.size == 1
+            if not g.prunable and not dropped_unit:
                 raise BadInputError(
                     f"the plan prunes group {gp.key}, which is locked in this model ({g.reason})"
                 )

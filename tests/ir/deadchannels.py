@@ -219,10 +219,13 @@ def assert_members_tile(a: Analysis, model: onnx.ModelProto) -> None:
             if m.role in ("producer", "structure"):
                 covered.setdefault(key, []).append((m.start, m.start + m.block * m.length))
     for node in model.graph.node:
-        if node.op_type not in ("Conv", "Gemm"):
-            continue
-        rows = dims[node.input[1]][0]
-        spans = sorted(covered.get((node.input[1], 0), []))
+        if node.op_type not in ("Conv", "Gemm") or node.input[1] not in dims:
+            continue  # (a weight computed in the graph: Transpose of a TF converter's HWIO)
+        # a Gemm with transB=0 keeps its output rows on axis 1 of the weight
+        trans_b = next((at.i for at in node.attribute if at.name == "transB"), 0)
+        out_axis = 1 if node.op_type == "Gemm" and not trans_b else 0
+        rows = dims[node.input[1]][out_axis]
+        spans = sorted(covered.get((node.input[1], out_axis), []))
         if rows > 1:
             assert spans and spans[0][0] == 0 and spans[-1][1] == rows, (node.name, spans)
             assert all(e == s for (_, e), (s, _) in itertools.pairwise(spans)), (node.name, spans)
@@ -230,10 +233,19 @@ def assert_members_tile(a: Analysis, model: onnx.ModelProto) -> None:
         if group > 1:
             spans = sorted(covered.get((f"{node.name}:group", 0), []))
             weight = node.input[1]
-            if not spans and any(
-                m.tensor == weight and m.axis == 1 and m.role == "consumer"
-                for g in a.groups
-                for m in g.members
+            per_group = rows // group
+            equal_counts = all(
+                {m.start // per_group for m in g.members if m.tensor == weight and m.axis == 0}
+                in (set(), set(range(group)))
+                for g in a.prunable_groups
+            )
+            if not spans and (
+                equal_counts
+                or any(
+                    m.tensor == weight and m.axis == 1 and m.role == "consumer"
+                    for g in a.groups
+                    for m in g.members
+                )
             ):
                 continue  # pruned inside every conv group (equal counts): group stays
             if not spans:
