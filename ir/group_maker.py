@@ -27,7 +27,9 @@ def components(g: nx.Graph, table: Segments, cls: SpaceClasses, maker: GroupMake
     seen = bytearray(len(table.space))
     adj = g.adj
     bounds, spaces, members = table.bounds, cls.spaces, cls.members
-    for c in cls.of:
+    # classes are numbered in the order their first space comes, so class by class is
+    # space by space with every later space of a class (all its segments seen) skipped
+    for c in range(len(members)):
         s0 = spaces[c].seg0
         for s in range(s0, s0 + len(bounds[c]) - 1):
             if seen[s]:
@@ -56,6 +58,7 @@ class GroupMaker:
         self.table = table
         self.expansions = expansions
         self.exp_segs = {s for pair in expansions for s in pair}
+        self._sides = expansion_sides(expansions)
         self.seg_locks: dict[int, Lock] = {}  # locks of single segments (a cut block)
         self._node_pos = {n.name: i for i, n in enumerate(cg.graph.nodes)}
         self._info: list[tuple | None] = [None] * len(cg.spaces)  # see _space_info
@@ -80,7 +83,7 @@ class GroupMaker:
             norm = dict.fromkeys(comp, 1)
         else:
             # block factor of every segment relative to one root, by BFS over the edges
-            factor, consistent = _block_factors(comp, self.g, self.expansions)
+            factor, consistent = _block_factors(comp, self.g, self.expansions, self._sides)
             norm = _units(factor)
         sizes = {seg_len[s] // norm[s] for s in comp} if norm else set()
         if norm is None or any(seg_len[s] % norm[s] for s in comp) or len(sizes) != 1:
@@ -177,46 +180,62 @@ def _member_key(m: Member) -> tuple[int, str, int, int]:
     return (ROLE_RANK[m.role], m.tensor or "", m.axis, m.start)
 
 
-def _block_factors(comp, g, expansions) -> tuple[dict[int, int], bool]:
-    """Entries of every segment per ``scale`` entries of a root segment, by BFS over the
+def expansion_sides(expansions: dict[tuple[int, int], int]) -> tuple[dict, dict]:
+    """The expansion edges by segment, read once per solve: ``small[u][v]`` is ``k`` for
+    an edge ``(u, v)`` where ``u`` is the small side, ``big[u][v]`` the ``k`` of an edge
+    ``(v, u)`` (``u`` the big side)."""
+    small: dict[int, dict[int, int]] = {}
+    big: dict[int, dict[int, int]] = {}
+    for (u, v), k in expansions.items():
+        small.setdefault(u, {})[v] = k
+        big.setdefault(v, {})[u] = k
+    return small, big
+
+
+def _block_factors(comp, g, expansions, sides=None) -> tuple[dict[int, int], bool]:
+    """Entries of every segment per entry (or entries) of a root segment, by BFS over the
     edges, as whole numbers: where an expansion walked backwards does not divide evenly,
-    the walk starts again with the root's scale multiplied to make it whole (the BFS tree
-    is the same each time, so a few restarts at most)."""
+    the factors found so far are multiplied to make it whole and the walk goes on (the
+    walk from the start with the root so scaled would take the same steps: scaling keeps
+    every earlier division whole and every comparison as it was). ``sides`` is
+    ``expansion_sides(expansions)``, made here when not given."""
+    small, big = sides if sides is not None else expansion_sides(expansions)
     root = next(iter(comp))
-    scale = 1
-    while True:
-        walked = _walk_factors(root, scale, g, expansions)
-        if isinstance(walked, int):
-            scale *= walked
-            continue
-        return walked
-
-
-def _walk_factors(root: int, scale: int, g, expansions) -> tuple[dict[int, int], bool] | int:
-    """One BFS of ``_block_factors``; the multiplier its root's scale needs when a backward
-    expansion does not divide evenly."""
-    factor: dict[int, int] = {root: scale}
+    factor: dict[int, int] = {root: 1}
     consistent = True
     todo = deque([root])
     adj = g.adj
     while todo:
         u = todo.popleft()
         fu = factor[u]
+        ks, kb = small.get(u), big.get(u)
+        if ks is None and kb is None:  # most segments: plain ties, the same factor
+            for v in adj[u]:
+                old = factor.get(v)
+                if old is None:
+                    factor[v] = fu
+                    todo.append(v)
+                elif old != fu:
+                    consistent = False
+            continue
         for v in adj[u]:
             old = factor.get(v)
-            k = expansions.get((u, v)) if expansions else None
+            k = ks.get(v) if ks is not None else None
             if k is not None:  # u is the small side
                 f = fu * k
             else:
-                k = expansions.get((v, u)) if expansions else None
+                k = kb.get(v) if kb is not None else None
                 if k is None:
                     f = fu
                 elif old is not None:  # v is the small side, seen already: v * k == u?
                     consistent = consistent and old * k == fu
                     continue
-                elif fu % k:
-                    return k // math.gcd(fu, k)
                 else:
+                    if fu % k:  # scale everything found so far to make v whole
+                        m = k // math.gcd(fu, k)
+                        for s in factor:
+                            factor[s] *= m
+                        fu *= m
                     f = fu // k
             if old is None:
                 factor[v] = f
