@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -106,32 +107,34 @@ class GroupMaker:
         norm, size, locks = self.units(comp)
         if self.seg_locks:
             locks = [self.seg_locks[s] for s in ordered if s in self.seg_locks] + locks
-        members: list[Member] = []
+        blocks: list[tuple[tuple, list[Member]]] = []  # (member key, its members) per space
         pieces: list[tuple] = []  # (value name, axis, label, length, segments) per space
         order = None
         spaces, start, seg_len, infos = self.spaces, self.table.start, self.table.length, self._info
         for sid in sorted(sid for c in segs_of for sid in members_of[c]):
             info = infos[sid] or self._space_info(sid)
-            name, axis, label, length, kind, use, pos = info
+            name, axis, label, length, kind, use, pos, key = info
             if spaces[sid].locks:
                 locks.extend(spaces[sid].locks)
             segs = segs_of[of[sid]]
             pieces.append((name, axis, label, length, segs))
             if kind == _CONST:  # a slice of the constant per segment, in its first role
                 role, node = use
-                members.extend(
+                made = [
                     Member(role, node, name, axis, start[s], norm[s], seg_len[s] // norm[s])
                     for s in segs
-                )
-            elif kind == _VIRTUAL:  # a slice of each node attribute the space is
-                members.extend(
+                ]
+                blocks.append((key, made))
+            elif kind == _VIRTUAL and use:  # a slice of each node attribute the space is
+                made = [
                     Member("structure", nd, None, 0, start[s], norm[s], seg_len[s] // norm[s], a)
                     for s in segs
                     for nd, a in use
-                )
+                ]
+                blocks.append((key, made))
             if pos is not None:
                 order = pos if order is None else min(order, pos)
-        members.sort(key=_member_key)
+        members = _sorted_members(blocks)
         order = order if order is not None else 0
         group = Group(0, size, members, _dedupe(locks), order=order)
         group.segments_later(functools.partial(_segments, pieces, start, norm))
@@ -155,7 +158,12 @@ class GroupMaker:
             kind = _ACTIVATION
         pos = self.position(sid) if value is not None else None
         name = value.name if value is not None else None
-        info = (name, sp.axis, sp.label, sp.length or 0, kind, use, pos)
+        # the sort key of its members but their start (see ``_sorted_members``)
+        if kind == _CONST:
+            key = (ROLE_RANK[use[0]], name, sp.axis)  # type: ignore[index]
+        else:
+            key = (ROLE_RANK["structure"], "", 0)
+        info = (name, sp.axis, sp.label, sp.length or 0, kind, use, pos, key)
         self._info[sid] = info
         return info
 
@@ -178,6 +186,30 @@ def _role_rank(role: tuple[str, str, str | None]) -> int:
 
 def _member_key(m: Member) -> tuple[int, str, int, int]:
     return (ROLE_RANK[m.role], m.tensor or "", m.axis, m.start)
+
+
+def _sorted_members(blocks: list[tuple[tuple, list[Member]]]) -> list[Member]:
+    """The members of a group sorted by ``_member_key`` (stable: ties keep the order the
+    spaces came in), from one block per space whose members share that key but their
+    start and come by increasing start: the blocks are sorted instead of the members. Only
+    where two blocks share a key (virtual spaces of several nodes) are the members sorted
+    one by one, from that order (equal keys keep the order of their spaces)."""
+    if len(blocks) == 1:
+        return blocks[0][1]
+    blocks.sort(key=_block_key)
+    members: list[Member] = []
+    prev = None
+    for key, made in blocks:
+        if key == prev:
+            members = [m for _key, made in blocks for m in made]
+            members.sort(key=_member_key)
+            return members
+        members += made
+        prev = key
+    return members
+
+
+_block_key = operator.itemgetter(0)
 
 
 def expansion_sides(expansions: dict[tuple[int, int], int]) -> tuple[dict, dict]:
