@@ -64,8 +64,11 @@ class GroupMaker:
         self._node_pos = {n.name: i for i, n in enumerate(cg.graph.nodes)}
         self._info: list[tuple | None] = [None] * len(cg.spaces)  # see _space_info
         # whether some node produces a space of each class (only those start groups)
-        made = [any(r[0] == "producer" for r in sp.roles) for sp in cg.spaces]
-        self.produced = [any(made[sid] for sid in m) for m in cls.members]
+        self.produced = produced = [False] * len(cls.members)
+        of = cls.of
+        for sid, sp in enumerate(cg.spaces):
+            if sp.roles and not produced[of[sid]]:
+                produced[of[sid]] = any(r[0] == "producer" for r in sp.roles)
 
     def position(self, sid: int) -> int | None:
         """The position in the graph of the first node producing space ``sid`` (read once
@@ -146,8 +149,12 @@ class GroupMaker:
         and node of a constant or the (node, attribute) pairs of a virtual space, and the
         position of its first producer."""
         sp = self.spaces[sid]
-        roles = sorted(sp.roles, key=_role_rank)
         value = sp.value
+        if not sp.roles and value is not None and not value.is_const:  # an activation
+            info = (value.name, sp.axis, sp.label, sp.length or 0, _ACTIVATION, None, None, None)
+            self._info[sid] = info
+            return info
+        roles = sorted(sp.roles, key=_role_rank)
         use: object = None
         if value is None:
             kind, use = _VIRTUAL, [(node, attr) for _r, node, attr in roles if attr is not None]

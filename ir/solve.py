@@ -203,12 +203,19 @@ def solve(cg: ChannelGraph) -> tuple[list[Group], nx.Graph]:
     edges, expansions, split_blocks = segment_edges(cls.relations, cls.spaces, table.bounds)
     cg.expansions = expansions
     g.add_edges_from(edges)
-    if cg.locked_values or cg.pending_locks:
+    locked, pending = cg.locked_values, cg.pending_locks
+    if locked:
         for key, sid in cg._index.items():
-            if key[0] in cg.locked_values:
-                spaces[sid].locks.append(cg.locked_values[key[0]])
-            if key in cg.pending_locks:
-                spaces[sid].locks.append(cg.pending_locks[key])
+            if key[0] in locked:
+                spaces[sid].locks.append(locked[key[0]])
+            if key in pending:
+                spaces[sid].locks.append(pending[key])
+    elif pending:  # (the usual case) a space has one lock from here at most: any order
+        index = cg._index
+        for key, lock in pending.items():
+            sid = index.get(key)
+            if sid is not None:
+                spaces[sid].locks.append(lock)
     maker = GroupMaker(cg, g, table, expansions, cls)
     for seg, (node, big) in split_blocks.items():
         why = (
@@ -311,6 +318,9 @@ def _roles_through_layout(relations: list[tuple], spaces: list[Space]) -> None:
     of layout ops hands the roles down one op at a time."""
     for rel in reversed(relations):
         if rel[0] != "id":
+            continue
+        # roles pass only from a space that has some to one that has none (most have none)
+        if bool(spaces[rel[1]].roles) is bool(spaces[rel[2]].roles):
             continue
         for c, o in ((rel[1], rel[2]), (rel[2], rel[1])):
             src, out = spaces[c], spaces[o]
