@@ -274,9 +274,17 @@ class SpaceClasses:
                         )
                     )
                 continue
-            ra, rb = find(a), find(b)
-            if ra != rb:
-                parent[max(ra, rb)] = min(ra, rb)
+            # a root, or a space whose parent is one, found without the call (most are)
+            ra = parent[a]
+            if parent[ra] != ra:
+                ra = find(a)
+            rb = parent[b]
+            if parent[rb] != rb:
+                rb = find(b)
+            if ra < rb:
+                parent[rb] = ra
+            elif rb < ra:
+                parent[ra] = rb
         # a parent is never after its child (a root is its class's first space), so in
         # order every space's parent already has its class
         self.of: list[int] = []
