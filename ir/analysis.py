@@ -200,12 +200,12 @@ def _best_mapping(graph: Graph, params, uses, info, rounds: int = 3):
     same = same and all(a == v.shape for a, v in zip(shapes, values, strict=True))
     memos = (best[0].shape_memo, best[0].numeric_memo) if same else None
     for _ in range(rounds):
-        cg, groups = best[0], best[1]
-        where = {(s.value, s.axis): g for g in groups for s in g.segments if s.value}
+        cg = best[0]
+        where = cg.group_at()  # the group holding (value, axis), if any
         stuck = {
-            node: (level, where.get((value.name, axis)))
+            node: (level, where(value, axis))
             for node, value, axis, level, n in cg.splits
-            if level < n and not getattr(where.get((value.name, axis)), "prunable", False)
+            if level < n and not getattr(where(value, axis), "prunable", False)
         }
         # a mapping locked only because another stuck one locks its component waits for
         # that one to move (the heads after torchvision's q/k/v split stay heads)
@@ -239,7 +239,7 @@ def _past_bare_axes(splits, stuck, where) -> dict:
             if axis is None:
                 break
             level += 1
-            if where.get((value.name, axis)) is not None:
+            if where(value, axis) is not None:
                 out[node] = level
                 break
     return out

@@ -222,7 +222,9 @@ def solve(cg: ChannelGraph) -> tuple[list[Group], nx.Graph]:
             f"{node.op_type} '{node.name}': a cut inside an expanded block of '{spaces[big].label}'"
         )
         maker.seg_locks[seg] = Lock(CUT_BLOCK, why, node.name, node.op_type)
-    groups = [grp for comp in components(g, table, cls, maker) if (grp := maker.make(comp))]
+    made = [(grp, comp) for comp in components(g, table, cls, maker) if (grp := maker.make(comp))]
+    cg.group_segments = made
+    groups = [grp for grp, _comp in made]
     groups.sort(key=lambda gr: gr.order)
     for i, gr in enumerate(groups):
         gr.id = i
