@@ -150,8 +150,10 @@ class GroupMaker:
         position of its first producer."""
         sp = self.spaces[sid]
         value = sp.value
-        if not sp.roles and value is not None and not value.is_const:  # an activation
-            info = (value.name, sp.axis, sp.label, sp.length or 0, _ACTIVATION, None, None, None)
+        if not sp.roles and (value is None or not value.is_const):
+            # an activation, or a virtual space no node attribute is: no members, no order
+            kind, name = (_VIRTUAL, None) if value is None else (_ACTIVATION, value.name)
+            info = (name, sp.axis, sp.label, sp.length or 0, kind, (), None, _VIRTUAL_KEY)
             self._info[sid] = info
             return info
         roles = sorted(sp.roles, key=_role_rank)
@@ -166,16 +168,14 @@ class GroupMaker:
         pos = self.position(sid) if value is not None else None
         name = value.name if value is not None else None
         # the sort key of its members but their start (see ``_sorted_members``)
-        if kind == _CONST:
-            key = (ROLE_RANK[use[0]], name, sp.axis)  # type: ignore[index]
-        else:
-            key = (ROLE_RANK["structure"], "", 0)
+        key = (ROLE_RANK[use[0]], name, sp.axis) if kind == _CONST else _VIRTUAL_KEY  # type: ignore[index]
         info = (name, sp.axis, sp.label, sp.length or 0, kind, use, pos, key)
         self._info[sid] = info
         return info
 
 
 _CONST, _VIRTUAL, _ACTIVATION = 0, 1, 2
+_VIRTUAL_KEY = (ROLE_RANK["structure"], "", 0)  # what ``_member_key`` starts with for them
 
 
 def _segments(pieces: list[tuple], start: list[int], norm: dict[int, int]) -> list[Segment]:
