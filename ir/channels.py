@@ -74,7 +74,7 @@ class ChannelGraph:
             return None
         length = dim if isinstance(dim, int) else None
         sid = len(self.spaces)
-        self.spaces.append(new_space(value, axis, length, f"{value.name}[{axis}]"))
+        self.spaces.append(Space(value, axis, length, f"{value.name}[{axis}]"))
         self._index[key] = sid
         if length is None:
             self.spaces[sid].locks.append(
@@ -84,7 +84,7 @@ class ChannelGraph:
 
     def virtual(self, label: str, length: int) -> int:
         sid = len(self.spaces)
-        self.spaces.append(new_space(None, 0, length, label))
+        self.spaces.append(Space(None, 0, length, label))
         return sid
 
     def identity(self, a: int | None, b: int | None, node: Node) -> None:
@@ -143,7 +143,7 @@ class ChannelGraph:
                 key = (v, ax)
                 if dim == 1 or key in touched:
                     continue
-                lock = new_lock(
+                lock = Lock(
                     "rule",
                     f"{node.op_type} '{node.name}': its rule does not say how axis {ax} of "
                     f"'{v.name}' maps",
@@ -160,7 +160,7 @@ class ChannelGraph:
     def lock(self, sid: int | None, kind: str, message: str, node: Node | None = None) -> None:
         if sid is not None:
             self.spaces[sid].locks.append(
-                new_lock(kind, message, node.name if node else None, node.op_type if node else None)
+                Lock(kind, message, node.name if node else None, node.op_type if node else None)
             )
 
     def lock_value(self, value: Value | None, kind: str, message: str, node: Node | None = None):
@@ -217,33 +217,3 @@ class ChannelGraph:
 
 def _group_id(group: Group) -> int:
     return group.id
-
-
-# A space is made for every axis a rule names and a lock for every axis a rule leaves
-# (a conv's kernel and spatial axes): the dataclass constructors (default factories, a
-# frozen class's ``object.__setattr__`` per field) cost more than the rest of that work.
-# These make the same objects, field for field (tests/ir/test_fast_objects.py).
-_object_new = object.__new__
-
-
-def new_space(value: Value | None, axis: int, length: int | None, label: str) -> Space:
-    """``Space(value, axis, length, label)``, made directly."""
-    sp = _object_new(Space)
-    sp.__dict__.update(
-        value=value,
-        axis=axis,
-        length=length,
-        label=label,
-        cuts=set(),
-        locks=[],
-        roles=[],
-        seg0=0,
-    )
-    return sp
-
-
-def new_lock(kind: str, message: str, node: str | None = None, op: str | None = None) -> Lock:
-    """``Lock(kind, message, node, op)``, made directly."""
-    lock = _object_new(Lock)
-    lock.__dict__.update(kind=kind, message=message, node=node, op=op)
-    return lock

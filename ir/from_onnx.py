@@ -355,10 +355,9 @@ def _read_nodes(gp: onnx.GraphProto, graph: Graph, scope: _Scope) -> None:
 
     ``Graph.add_node`` and ``Graph.value`` written inline (this runs for every node): the
     node is built from its own lists and its def-use links set here."""
-    values = graph.values
+    values, new_value = graph.values, graph.value
     names: set[str] = set()
     lookup, nodes = scope.lookup, graph.nodes
-    ref, made = graph._ref, 0
     for i, np_node in enumerate(gp.node):
         op = np_node.op_type
         name = np_node.name or f"{op}_{i}"
@@ -367,21 +366,14 @@ def _read_nodes(gp: onnx.GraphProto, graph: Graph, scope: _Scope) -> None:
         else:
             names.add(name)
         inputs = [(values[n] if n in values else lookup(n)) if n else None for n in np_node.input]
-        outputs = []
-        for n in np_node.output:
-            if n:
-                v = values.get(n)
-                if v is None:  # ``graph.value(n)``
-                    v = values[n] = new_value(n, ref)
-                    made += 1
-                outputs.append(v)
+        outputs = [values[n] if n in values else new_value(n) for n in np_node.output if n]
         if len(outputs) < len(np_node.output):
             outputs = _outputs_with_gaps(graph, name, np_node.output)
         if np_node.attribute:
             attrs, subgraphs = _read_attributes(np_node, scope)
         else:
             attrs, subgraphs = {}, None
-        node = new_node(op, name, inputs, outputs, attrs, np_node.domain)
+        node = Node(op, name, inputs, outputs, attrs, np_node.domain)
         for k, v in enumerate(inputs):
             if v is not None:
                 v.uses.append((node, k))
@@ -399,49 +391,7 @@ def _read_nodes(gp: onnx.GraphProto, graph: Graph, scope: _Scope) -> None:
             if out.is_const:
                 out.shape = tuple(out.const.shape)
                 out.dtype = out.const.dtype
-    graph._version += made  # as ``graph.value`` counts the values it makes
     graph.touch()
-
-
-# Every node and most values of a model are made here: the dataclass constructors (default
-# factories, ``Value.const``'s setter) cost more than the rest of reading a node. These
-# make the same objects, field for field (tests/ir/test_fast_objects.py).
-_object_new = object.__new__
-
-
-def new_value(name: str, owner: Any) -> Value:
-    """``graph.value(name)`` for a name the graph does not have yet, less the bookkeeping
-    the caller does (the graph's ``values`` and ``version``): ``owner`` is ``graph._ref``."""
-    v = _object_new(Value)
-    v.__dict__.update(
-        name=name,
-        shape=None,
-        dtype=None,
-        _const=None,
-        _lazy=None,
-        _token=None,
-        producer=None,
-        uses=[],
-        meta={},
-        _graph=owner,
-    )
-    return v
-
-
-def new_node(op: str, name: str, inputs: list, outputs: list, attrs: dict, domain: str) -> Node:
-    """``Node(op, name, inputs, outputs, attrs, domain)``, made directly."""
-    node = _object_new(Node)
-    node.__dict__.update(
-        op_type=op,
-        name=name,
-        inputs=inputs,
-        outputs=outputs,
-        attrs=attrs,
-        domain=domain,
-        subgraphs={},
-        meta={},
-    )
-    return node
 
 
 def _outputs_with_gaps(graph: Graph, node: str, names) -> list[Value]:
