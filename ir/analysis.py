@@ -28,6 +28,7 @@ from drpopt.ir.counting import (
     _is_param,
     _removed,
     macs_and_weight_uses,
+    param_info,
 )
 from drpopt.ir.rules import apply_rules
 from drpopt.ir.solve import CUT_BLOCK
@@ -158,12 +159,13 @@ def _analyze(model: Any, where: str | None, start: float, input_shapes: Any = No
         graph = from_onnx(model, where=where or _where(model), input_shapes=input_shapes)
     macs, uses = macs_and_weight_uses(graph)
     params = {v.name: v for v in graph.values.values() if _is_param(v)}
-    cg, groups, pp, pm = _best_mapping(graph, params, uses)
-    _group_totals(graph, groups, params, uses)
+    info = param_info(params, uses)  # shapes, sizes and storage, read once for every count
+    cg, groups, pp, pm = _best_mapping(graph, params, uses, info)
+    _group_totals(graph, groups, params, uses, info)
     result = Analysis(
         graph=graph,
         groups=groups,
-        params=_distinct_params(params),
+        params=_distinct_params(params, info),
         macs=macs,
         prunable_params=pp,
         prunable_macs=pm,
@@ -173,23 +175,23 @@ def _analyze(model: Any, where: str | None, start: float, input_shapes: Any = No
     return result
 
 
-def _solve(graph: Graph, levels: dict[Node, int], params, uses, memos=None):
+def _solve(graph: Graph, levels: dict[Node, int], params, uses, info, memos=None):
     cg = apply_rules(graph, levels, memos)
     groups, _ = cg.groups()
     for g in groups:
         _finish_group(g, params)
-    pp, pm = _removed(graph, [g for g in groups if g.prunable], params, uses)
+    pp, pm = _removed(graph, [g for g in groups if g.prunable], params, uses, info)
     return cg, groups, pp, pm
 
 
-def _best_mapping(graph: Graph, params, uses, rounds: int = 3):
+def _best_mapping(graph: Graph, params, uses, info, rounds: int = 3):
     """Solves the channel graph; where a reshape's split or merge leaves the axis that
     carries the channels locked (q/k/v stacked on an axis of 3 before the heads), solves
     again with the next axis carrying them, and keeps whichever prunes more parameters."""
     levels: dict[Node, int] = {}
     values = list(graph.values.values())
     shapes = [v.shape for v in values]
-    best = _solve(graph, levels, params, uses)
+    best = _solve(graph, levels, params, uses, info)
     if not best[0].splits:
         return best  # no reshape split or merge: nothing to map another way
     # the shape tensors read in the first round read the same in the next ones unless a
@@ -198,12 +200,12 @@ def _best_mapping(graph: Graph, params, uses, rounds: int = 3):
     same = same and all(a == v.shape for a, v in zip(shapes, values, strict=True))
     memos = (best[0].shape_memo, best[0].numeric_memo) if same else None
     for _ in range(rounds):
-        cg, groups = best[0], best[1]
-        where = {(s.value, s.axis): g for g in groups for s in g.segments if s.value}
+        cg = best[0]
+        where = cg.group_at()  # the group holding (value, axis), if any
         stuck = {
-            node: (level, where.get((value.name, axis)))
+            node: (level, where(value, axis))
             for node, value, axis, level, n in cg.splits
-            if level < n and not getattr(where.get((value.name, axis)), "prunable", False)
+            if level < n and not getattr(where(value, axis), "prunable", False)
         }
         # a mapping locked only because another stuck one locks its component waits for
         # that one to move (the heads after torchvision's q/k/v split stay heads)
@@ -218,7 +220,7 @@ def _best_mapping(graph: Graph, params, uses, rounds: int = 3):
         if not raise_:
             break
         trial_levels = {**levels, **raise_}
-        trial = _solve(graph, trial_levels, params, uses, memos)
+        trial = _solve(graph, trial_levels, params, uses, info, memos)
         if _gain(trial) <= _gain(best):
             break
         best, levels = trial, trial_levels
@@ -255,7 +257,7 @@ def _past_bare_axes(splits, stuck, where) -> dict:
             if axis is None:
                 break
             level += 1
-            if where.get((value.name, axis)) is not None:
+            if where(value, axis) is not None:
                 out[node] = level
                 break
     return out

@@ -21,6 +21,8 @@ group is never silently wrong, only (conservatively) not prunable, with the reas
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import networkx as nx
 
 from drpopt.ir import solve as _solve
@@ -51,6 +53,8 @@ class ChannelGraph:
         # mappings made, as (node, value, axis carrying the channels, level, axes)
         self.reshape_levels: dict[Node, int] = {}
         self.splits: list[tuple[Node, Value, int, int, int]] = []
+        # (group, its segment ids) as solving made them (see ``group_at``)
+        self.group_segments: list[tuple[Group, set[int]]] = []
 
     # ---- API for rules --------------------------------------------------------------
     def space(self, value: Value, axis: int) -> int | None:
@@ -187,3 +191,29 @@ class ChannelGraph:
     def groups(self) -> tuple[list[Group], nx.Graph]:
         """Segments, the networkx segment graph, and its components as groups."""
         return _solve.solve(self)
+
+    def group_at(self) -> Callable[[Value, int], Group | None]:
+        """After ``groups()``: ``(value, axis) -> group``, answered as a lookup over the
+        segments of every group would (the last group, by id, holding a segment of that
+        space), from the segment ids solving gave each group: no group's ``segments`` are
+        made (the analysis asks this for a few reshaped axes only)."""
+        by_segment: dict[int, Group] = {}
+        for grp, segs in self.group_segments:
+            by_segment.update(dict.fromkeys(segs, grp))
+        index, spaces = self._index, self.spaces
+
+        def at(value: Value, axis: int) -> Group | None:
+            sid = index.get((value, axis))
+            if sid is None:
+                return None
+            sp = spaces[sid]
+            first = sp.seg0
+            count = len(sp.cuts) + 1 if sp.length else 1
+            found = [by_segment[s] for s in range(first, first + count) if s in by_segment]
+            return max(found, key=_group_id) if found else None
+
+        return at
+
+
+def _group_id(group: Group) -> int:
+    return group.id

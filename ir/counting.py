@@ -118,10 +118,14 @@ def macs_and_weight_uses(graph: Graph) -> tuple[int, dict[str, float]]:
     return total, uses
 
 
-def _distinct_params(params: dict[str, Value]) -> int:
+def _distinct_params(params: dict[str, Value], info: dict[str, tuple] | None = None) -> int:
     """Elements of the parameter tensors, a tensor shared by several values (an exporter's
-    shared constant, un-shared on load) counted once."""
-    sizes = {v.storage: v.numel or 0 for v in params.values()}
+    shared constant, un-shared on load) counted once; ``info`` is ``param_info``'s, where
+    the caller has it."""
+    if info is not None:
+        sizes = {where: numel for _shape, numel, where, _use in info.values()}
+    else:
+        sizes = {v.storage: v.numel or 0 for v in params.values()}
     return sum(sizes.values())
 
 
@@ -140,11 +144,16 @@ def _union_length(intervals: list[tuple[int, int]], dim: int) -> int:
 
 
 def _removed(
-    graph: Graph, groups: list[Group], params: dict[str, Value], uses: dict[str, float]
+    graph: Graph,
+    groups: list[Group],
+    params: dict[str, Value],
+    uses: dict[str, float],
+    info: dict[str, tuple] | None = None,
 ) -> tuple[int, int]:
     """Parameters and MACs covered by the channels of ``groups`` (each element once: a
     tensor shared by several layers, un-shared per use on load, is one tensor whose element
-    counts when any of its uses covers it; MACs count per use, as each layer runs)."""
+    counts when any of its uses covers it; MACs count per use, as each layer runs).
+    ``info`` is ``param_info(params, uses)``, where the caller has it."""
     spans: dict[str, dict[int, list[tuple[int, int]]]] = {}
     for g in groups:
         for m in g.members:
@@ -162,9 +171,13 @@ def _removed(
     total_macs = 0.0
     by_storage: dict[int, tuple[tuple, dict[int, list[tuple[int, int]]]]] = {}
     for name, axes in spans.items():
-        shape = params[name].shape  # type: ignore[union-attr]
-        total_macs += _covered(shape, axes) * uses.get(name, 0.0)
-        merged = by_storage.setdefault(params[name].storage, (shape, {}))[1]
+        if info is not None:
+            shape, _numel, where, use = info[name]
+        else:
+            v = params[name]
+            shape, where, use = v.shape, v.storage, uses.get(name, 0.0)
+        total_macs += _covered(shape, axes) * use
+        merged = by_storage.setdefault(where, (shape, {}))[1]
         for a, iv in axes.items():
             merged.setdefault(a, []).extend(iv)
     total_params = sum(_covered(shape, axes) for shape, axes in by_storage.values())
@@ -172,18 +185,32 @@ def _removed(
 
 
 def _group_totals(
-    graph: Graph, groups: list[Group], params: dict[str, Value], uses: dict[str, float]
+    graph: Graph,
+    groups: list[Group],
+    params: dict[str, Value],
+    uses: dict[str, float],
+    info: dict[str, tuple] | None = None,
 ) -> None:
     """Sets each group's ``params`` and ``macs``, as ``_removed`` counts them for the
     group alone. The usual group takes one pass over its members: its members slice each
     weight along one axis in disjoint pieces (they come sorted by tensor, axis and start),
     and the tensors that are one weight (an exporter's deduplicated constant, un-shared on
-    load) are sliced alike; any other group is counted by ``_removed``."""
-    storage = {name: v.storage for name, v in params.items()}
-    info = _tensor_info(params, storage, uses)
+    load) are sliced alike; any other group is counted by ``_removed``. ``info`` is
+    ``param_info(params, uses)``, where the caller has it."""
+    if info is None:
+        info = param_info(params, uses)
+    storage = {name: where for name, (_shape, _numel, where, _use) in info.items()}
     for g in groups:
         totals = _one_axis_totals(g, params, storage, uses, info)
-        g.params, g.macs = totals if totals is not None else _removed(graph, [g], params, uses)
+        if totals is None:
+            totals = _removed(graph, [g], params, uses, info)
+        g.params, g.macs = totals
+
+
+def param_info(params: dict[str, Value], uses: dict[str, float]) -> dict[str, tuple]:
+    """Per parameter tensor what the counts read: (shape, elements, storage, MACs per
+    element), read once per analysis."""
+    return _tensor_info(params, {name: v.storage for name, v in params.items()}, uses)
 
 
 def _tensor_info(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -27,7 +28,9 @@ def components(g: nx.Graph, table: Segments, cls: SpaceClasses, maker: GroupMake
     seen = bytearray(len(table.space))
     adj = g.adj
     bounds, spaces, members = table.bounds, cls.spaces, cls.members
-    for c in cls.of:
+    # classes are numbered in the order their first space comes, so class by class is
+    # space by space with every later space of a class (all its segments seen) skipped
+    for c in range(len(members)):
         s0 = spaces[c].seg0
         for s in range(s0, s0 + len(bounds[c]) - 1):
             if seen[s]:
@@ -56,12 +59,16 @@ class GroupMaker:
         self.table = table
         self.expansions = expansions
         self.exp_segs = {s for pair in expansions for s in pair}
+        self._sides = expansion_sides(expansions)
         self.seg_locks: dict[int, Lock] = {}  # locks of single segments (a cut block)
         self._node_pos = {n.name: i for i, n in enumerate(cg.graph.nodes)}
         self._info: list[tuple | None] = [None] * len(cg.spaces)  # see _space_info
         # whether some node produces a space of each class (only those start groups)
-        made = [any(r[0] == "producer" for r in sp.roles) for sp in cg.spaces]
-        self.produced = [any(made[sid] for sid in m) for m in cls.members]
+        self.produced = produced = [False] * len(cls.members)
+        of = cls.of
+        for sid, sp in enumerate(cg.spaces):
+            if sp.roles and not produced[of[sid]]:
+                produced[of[sid]] = any(r[0] == "producer" for r in sp.roles)
 
     def position(self, sid: int) -> int | None:
         """The position in the graph of the first node producing space ``sid`` (read once
@@ -80,7 +87,7 @@ class GroupMaker:
             norm = dict.fromkeys(comp, 1)
         else:
             # block factor of every segment relative to one root, by BFS over the edges
-            factor, consistent = _block_factors(comp, self.g, self.expansions)
+            factor, consistent = _block_factors(comp, self.g, self.expansions, self._sides)
             norm = _units(factor)
         sizes = {seg_len[s] // norm[s] for s in comp} if norm else set()
         if norm is None or any(seg_len[s] % norm[s] for s in comp) or len(sizes) != 1:
@@ -103,32 +110,34 @@ class GroupMaker:
         norm, size, locks = self.units(comp)
         if self.seg_locks:
             locks = [self.seg_locks[s] for s in ordered if s in self.seg_locks] + locks
-        members: list[Member] = []
+        blocks: list[tuple[tuple, list[Member]]] = []  # (member key, its members) per space
         pieces: list[tuple] = []  # (value name, axis, label, length, segments) per space
         order = None
         spaces, start, seg_len, infos = self.spaces, self.table.start, self.table.length, self._info
         for sid in sorted(sid for c in segs_of for sid in members_of[c]):
             info = infos[sid] or self._space_info(sid)
-            name, axis, label, length, kind, use, pos = info
+            name, axis, label, length, kind, use, pos, key = info
             if spaces[sid].locks:
                 locks.extend(spaces[sid].locks)
             segs = segs_of[of[sid]]
             pieces.append((name, axis, label, length, segs))
             if kind == _CONST:  # a slice of the constant per segment, in its first role
                 role, node = use
-                members.extend(
+                made = [
                     Member(role, node, name, axis, start[s], norm[s], seg_len[s] // norm[s])
                     for s in segs
-                )
-            elif kind == _VIRTUAL:  # a slice of each node attribute the space is
-                members.extend(
+                ]
+                blocks.append((key, made))
+            elif kind == _VIRTUAL and use:  # a slice of each node attribute the space is
+                made = [
                     Member("structure", nd, None, 0, start[s], norm[s], seg_len[s] // norm[s], a)
                     for s in segs
                     for nd, a in use
-                )
+                ]
+                blocks.append((key, made))
             if pos is not None:
                 order = pos if order is None else min(order, pos)
-        members.sort(key=_member_key)
+        members = _sorted_members(blocks)
         order = order if order is not None else 0
         group = Group(0, size, members, _dedupe(locks), order=order)
         group.segments_later(functools.partial(_segments, pieces, start, norm))
@@ -140,8 +149,14 @@ class GroupMaker:
         and node of a constant or the (node, attribute) pairs of a virtual space, and the
         position of its first producer."""
         sp = self.spaces[sid]
-        roles = sorted(sp.roles, key=_role_rank)
         value = sp.value
+        if not sp.roles and (value is None or not value.is_const):
+            # an activation, or a virtual space no node attribute is: no members, no order
+            kind, name = (_VIRTUAL, None) if value is None else (_ACTIVATION, value.name)
+            info = (name, sp.axis, sp.label, sp.length or 0, kind, (), None, _VIRTUAL_KEY)
+            self._info[sid] = info
+            return info
+        roles = sorted(sp.roles, key=_role_rank)
         use: object = None
         if value is None:
             kind, use = _VIRTUAL, [(node, attr) for _r, node, attr in roles if attr is not None]
@@ -152,12 +167,15 @@ class GroupMaker:
             kind = _ACTIVATION
         pos = self.position(sid) if value is not None else None
         name = value.name if value is not None else None
-        info = (name, sp.axis, sp.label, sp.length or 0, kind, use, pos)
+        # the sort key of its members but their start (see ``_sorted_members``)
+        key = (ROLE_RANK[use[0]], name, sp.axis) if kind == _CONST else _VIRTUAL_KEY  # type: ignore[index]
+        info = (name, sp.axis, sp.label, sp.length or 0, kind, use, pos, key)
         self._info[sid] = info
         return info
 
 
 _CONST, _VIRTUAL, _ACTIVATION = 0, 1, 2
+_VIRTUAL_KEY = (ROLE_RANK["structure"], "", 0)  # what ``_member_key`` starts with for them
 
 
 def _segments(pieces: list[tuple], start: list[int], norm: dict[int, int]) -> list[Segment]:
@@ -177,46 +195,86 @@ def _member_key(m: Member) -> tuple[int, str, int, int]:
     return (ROLE_RANK[m.role], m.tensor or "", m.axis, m.start)
 
 
-def _block_factors(comp, g, expansions) -> tuple[dict[int, int], bool]:
-    """Entries of every segment per ``scale`` entries of a root segment, by BFS over the
+def _sorted_members(blocks: list[tuple[tuple, list[Member]]]) -> list[Member]:
+    """The members of a group sorted by ``_member_key`` (stable: ties keep the order the
+    spaces came in), from one block per space whose members share that key but their
+    start and come by increasing start: the blocks are sorted instead of the members. Only
+    where two blocks share a key (virtual spaces of several nodes) are the members sorted
+    one by one, from that order (equal keys keep the order of their spaces)."""
+    if len(blocks) == 1:
+        return blocks[0][1]
+    blocks.sort(key=_block_key)
+    members: list[Member] = []
+    prev = None
+    for key, made in blocks:
+        if key == prev:
+            members = [m for _key, made in blocks for m in made]
+            members.sort(key=_member_key)
+            return members
+        members += made
+        prev = key
+    return members
+
+
+_block_key = operator.itemgetter(0)
+
+
+def expansion_sides(expansions: dict[tuple[int, int], int]) -> tuple[dict, dict]:
+    """The expansion edges by segment, read once per solve: ``small[u][v]`` is ``k`` for
+    an edge ``(u, v)`` where ``u`` is the small side, ``big[u][v]`` the ``k`` of an edge
+    ``(v, u)`` (``u`` the big side)."""
+    small: dict[int, dict[int, int]] = {}
+    big: dict[int, dict[int, int]] = {}
+    for (u, v), k in expansions.items():
+        small.setdefault(u, {})[v] = k
+        big.setdefault(v, {})[u] = k
+    return small, big
+
+
+def _block_factors(comp, g, expansions, sides=None) -> tuple[dict[int, int], bool]:
+    """Entries of every segment per entry (or entries) of a root segment, by BFS over the
     edges, as whole numbers: where an expansion walked backwards does not divide evenly,
-    the walk starts again with the root's scale multiplied to make it whole (the BFS tree
-    is the same each time, so a few restarts at most)."""
+    the factors found so far are multiplied to make it whole and the walk goes on (the
+    walk from the start with the root so scaled would take the same steps: scaling keeps
+    every earlier division whole and every comparison as it was). ``sides`` is
+    ``expansion_sides(expansions)``, made here when not given."""
+    small, big = sides if sides is not None else expansion_sides(expansions)
     root = next(iter(comp))
-    scale = 1
-    while True:
-        walked = _walk_factors(root, scale, g, expansions)
-        if isinstance(walked, int):
-            scale *= walked
-            continue
-        return walked
-
-
-def _walk_factors(root: int, scale: int, g, expansions) -> tuple[dict[int, int], bool] | int:
-    """One BFS of ``_block_factors``; the multiplier its root's scale needs when a backward
-    expansion does not divide evenly."""
-    factor: dict[int, int] = {root: scale}
+    factor: dict[int, int] = {root: 1}
     consistent = True
     todo = deque([root])
     adj = g.adj
     while todo:
         u = todo.popleft()
         fu = factor[u]
+        ks, kb = small.get(u), big.get(u)
+        if ks is None and kb is None:  # most segments: plain ties, the same factor
+            for v in adj[u]:
+                old = factor.get(v)
+                if old is None:
+                    factor[v] = fu
+                    todo.append(v)
+                elif old != fu:
+                    consistent = False
+            continue
         for v in adj[u]:
             old = factor.get(v)
-            k = expansions.get((u, v)) if expansions else None
+            k = ks.get(v) if ks is not None else None
             if k is not None:  # u is the small side
                 f = fu * k
             else:
-                k = expansions.get((v, u)) if expansions else None
+                k = kb.get(v) if kb is not None else None
                 if k is None:
                     f = fu
                 elif old is not None:  # v is the small side, seen already: v * k == u?
                     consistent = consistent and old * k == fu
                     continue
-                elif fu % k:
-                    return k // math.gcd(fu, k)
                 else:
+                    if fu % k:  # scale everything found so far to make v whole
+                        m = k // math.gcd(fu, k)
+                        for s in factor:
+                            factor[s] *= m
+                        fu *= m
                     f = fu // k
             if old is None:
                 factor[v] = f

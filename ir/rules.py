@@ -323,16 +323,21 @@ def apply_rules(
         if node.meta.get("folded"):
             cg.touched.clear()
             continue  # a constant computed from constants: independent of its source
-        if fn is None or node.subgraphs:
-            if fn is None:
-                cg.unsupported.append(node)
-            why = "has no coupling rule" if fn is None else "has subgraphs"
-            kind = "no-rule" if fn is None else "subgraph"
-            for v in (*node.inputs, *node.outputs):
-                cg.lock_value(v, kind, f"{node.op_type} '{node.name}' {why}", node)
+        if fn is _metadata_only and not node.subgraphs:
+            # Constant, Shape, Size: every axis independent, so nothing to relate or lock
+            # (the rule and ``lock_untouched`` would only mark them and clear the marks)
+            cg.touched.clear()
         else:
-            fn(node, cg)
-        cg.lock_untouched(node)
+            if fn is None or node.subgraphs:
+                if fn is None:
+                    cg.unsupported.append(node)
+                why = "has no coupling rule" if fn is None else "has subgraphs"
+                kind = "no-rule" if fn is None else "subgraph"
+                for v in (*node.inputs, *node.outputs):
+                    cg.lock_value(v, kind, f"{node.op_type} '{node.name}' {why}", node)
+            else:
+                fn(node, cg)
+            cg.lock_untouched(node)
         for v in node.meta.get("captured", ()):
             cg.lock_value(
                 v, "subgraph", f"used inside a subgraph of {node.op_type} '{node.name}'", node
@@ -383,3 +388,4 @@ def _tie_shared_weights(graph: Graph, cg: ChannelGraph) -> None:
 # normalisations' sparse forms come last
 from drpopt.ir import rules_norm  # noqa: E402, F401
 from drpopt.ir.rules_compact import KeptChannels  # noqa: E402
+from drpopt.ir.rules_layers import _no_data as _metadata_only  # noqa: E402

@@ -198,28 +198,54 @@ def solve(cg: ChannelGraph) -> tuple[list[Group], nx.Graph]:
     for sid, sp in enumerate(spaces):
         csp = cls.spaces[cls.of[sid]]
         sp.cuts, sp.seg0 = csp.cuts, csp.seg0
-    g = nx.Graph()
-    g.add_nodes_from(range(len(table.space)))
     edges, expansions, split_blocks = segment_edges(cls.relations, cls.spaces, table.bounds)
     cg.expansions = expansions
-    g.add_edges_from(edges)
-    if cg.locked_values or cg.pending_locks:
+    g = segment_graph(len(table.space), edges)
+    locked, pending = cg.locked_values, cg.pending_locks
+    if locked:
         for key, sid in cg._index.items():
-            if key[0] in cg.locked_values:
-                spaces[sid].locks.append(cg.locked_values[key[0]])
-            if key in cg.pending_locks:
-                spaces[sid].locks.append(cg.pending_locks[key])
+            if key[0] in locked:
+                spaces[sid].locks.append(locked[key[0]])
+            if key in pending:
+                spaces[sid].locks.append(pending[key])
+    elif pending:  # (the usual case) a space has one lock from here at most: any order
+        index = cg._index
+        for key, lock in pending.items():
+            sid = index.get(key)
+            if sid is not None:
+                spaces[sid].locks.append(lock)
     maker = GroupMaker(cg, g, table, expansions, cls)
     for seg, (node, big) in split_blocks.items():
         why = (
             f"{node.op_type} '{node.name}': a cut inside an expanded block of '{spaces[big].label}'"
         )
         maker.seg_locks[seg] = Lock(CUT_BLOCK, why, node.name, node.op_type)
-    groups = [grp for comp in components(g, table, cls, maker) if (grp := maker.make(comp))]
+    made = [(grp, comp) for comp in components(g, table, cls, maker) if (grp := maker.make(comp))]
+    cg.group_segments = made
+    groups = [grp for grp, _comp in made]
     groups.sort(key=lambda gr: gr.order)
     for i, gr in enumerate(groups):
         gr.id = i
     return groups, g
+
+
+def segment_graph(count: int, edges: list[tuple[int, int]]) -> nx.Graph:
+    """The networkx graph of the segments: the graph ``add_nodes_from(range(count))`` then
+    ``add_edges_from(edges)`` make, its dicts filled here (networkx's checks per node and
+    edge cost more than the rest of solving a small CNN). The same dicts in the same order,
+    one attribute dict per edge shared by both ends (tests/ir/test_solve_classes.py)."""
+    g = nx.Graph()
+    node, adj = g._node, g._adj  # the graph's own node and adjacency dicts, still empty
+    node.update(zip(range(count), ({} for _ in range(count)), strict=True))
+    adj.update(zip(range(count), ({} for _ in range(count)), strict=True))
+    for u, v in edges:
+        near = adj[u]
+        data = near.get(v)
+        if data is None:
+            data = {}
+        near[v] = data
+        adj[v][u] = data
+    return g
 
 
 class _ClassSpace:
@@ -267,9 +293,17 @@ class SpaceClasses:
                         )
                     )
                 continue
-            ra, rb = find(a), find(b)
-            if ra != rb:
-                parent[max(ra, rb)] = min(ra, rb)
+            # a root, or a space whose parent is one, found without the call (most are)
+            ra = parent[a]
+            if parent[ra] != ra:
+                ra = find(a)
+            rb = parent[b]
+            if parent[rb] != rb:
+                rb = find(b)
+            if ra < rb:
+                parent[rb] = ra
+            elif rb < ra:
+                parent[ra] = rb
         # a parent is never after its child (a root is its class's first space), so in
         # order every space's parent already has its class
         self.of: list[int] = []
@@ -314,6 +348,9 @@ def _roles_through_layout(relations: list[tuple], spaces: list[Space]) -> None:
             _roles_through_split(rel[1], rel[2], spaces)
             continue
         if rel[0] != "id":
+            continue
+        # roles pass only from a space that has some to one that has none (most have none)
+        if bool(spaces[rel[1]].roles) is bool(spaces[rel[2]].roles):
             continue
         for c, o in ((rel[1], rel[2]), (rel[2], rel[1])):
             src, out = spaces[c], spaces[o]
