@@ -198,9 +198,11 @@ def solve(cg: ChannelGraph) -> tuple[list[Group], nx.Graph]:
     for sid, sp in enumerate(spaces):
         csp = cls.spaces[cls.of[sid]]
         sp.cuts, sp.seg0 = csp.cuts, csp.seg0
+    g = nx.Graph()
+    g.add_nodes_from(range(len(table.space)))
     edges, expansions, split_blocks = segment_edges(cls.relations, cls.spaces, table.bounds)
     cg.expansions = expansions
-    g = segment_graph(len(table.space), edges)
+    g.add_edges_from(edges)
     locked, pending = cg.locked_values, cg.pending_locks
     if locked:
         for key, sid in cg._index.items():
@@ -227,25 +229,6 @@ def solve(cg: ChannelGraph) -> tuple[list[Group], nx.Graph]:
     for i, gr in enumerate(groups):
         gr.id = i
     return groups, g
-
-
-def segment_graph(count: int, edges: list[tuple[int, int]]) -> nx.Graph:
-    """The networkx graph of the segments: the graph ``add_nodes_from(range(count))`` then
-    ``add_edges_from(edges)`` make, its dicts filled here (networkx's checks per node and
-    edge cost more than the rest of solving a small CNN). The same dicts in the same order,
-    one attribute dict per edge shared by both ends (tests/ir/test_solve_classes.py)."""
-    g = nx.Graph()
-    node, adj = g._node, g._adj  # the graph's own node and adjacency dicts, still empty
-    node.update(zip(range(count), ({} for _ in range(count)), strict=True))
-    adj.update(zip(range(count), ({} for _ in range(count)), strict=True))
-    for u, v in edges:
-        near = adj[u]
-        data = near.get(v)
-        if data is None:
-            data = {}
-        near[v] = data
-        adj[v][u] = data
-    return g
 
 
 class _ClassSpace:

@@ -5,7 +5,6 @@ channel graphs, where every space has its own segments and an identity is an edg
 from __future__ import annotations
 
 import itertools
-import random
 
 import networkx as nx
 from hypothesis import HealthCheck, given, settings
@@ -176,30 +175,3 @@ def test_block_factors_stay_whole_when_an_expansion_is_walked_backwards() -> Non
     assert consistent and _units(factor) == {0: 3, 1: 1, 2: 2}
     g.add_edge(0, 2)  # a plain tie between blocks of 3 and of 2: inconsistent
     assert not _block_factors({0, 1, 2}, g, expansions)[1]
-
-
-def test_segment_graph_is_what_networkx_builds() -> None:
-    """``segment_graph`` fills the networkx graph's dicts itself: the same graph, dict for
-    dict and in the same order, as ``add_nodes_from`` and ``add_edges_from`` make (repeated
-    edges, both directions and self-loops included)."""
-    from drpopt.ir.solve import segment_graph
-
-    rng = random.Random(7)
-    for count in (0, 1, 5, 40):
-        edges = [(rng.randrange(count), rng.randrange(count)) for _ in range(count * 2)]
-        edges += edges[: count // 2] + [(v, u) for u, v in edges[: count // 3]]
-        want = nx.Graph()
-        want.add_nodes_from(range(count))
-        want.add_edges_from(edges)
-        got = segment_graph(count, edges)
-        assert type(got) is nx.Graph
-        assert list(got.nodes(data=True)) == list(want.nodes(data=True))
-        assert [(u, list(nbrs.items())) for u, nbrs in got.adj.items()] == [
-            (u, list(nbrs.items())) for u, nbrs in want.adj.items()
-        ]
-        for u, v in got.edges:  # one attribute dict per edge, shared by both ends
-            assert got.adj[u][v] is got.adj[v][u]
-        assert got.number_of_edges() == want.number_of_edges()
-        assert [sorted(c) for c in nx.connected_components(got)] == [
-            sorted(c) for c in nx.connected_components(want)
-        ]
