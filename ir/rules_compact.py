@@ -24,7 +24,7 @@ from drpopt.ir import rules_einsum  # noqa: F401  (registers the Einsum rule)
 from drpopt.ir.core import Graph, Node, Value
 from drpopt.ir.rules import RULES, CompactHook
 from drpopt.ir.rules_layers import _shapes_read, frozen_size_cast
-from drpopt.ir.rules_shapes import gathered_range, range_axis
+from drpopt.ir.rules_shapes import gathered_range, gathered_runs, range_axis
 from drpopt.ir.shape_expr import (
     NumericMemo,
     const_ints,
@@ -191,15 +191,20 @@ def _update_slice(graph: Graph, node: Node, kept: KeptChannels) -> None:
 
 @compaction("Gather")
 def _update_gather(graph: Graph, node: Node, kept: KeptChannels) -> None:
-    """Constant indices that pick one entry or a contiguous range of a pruned axis are
-    renumbered to the kept entries (the analysis locks every other kind of Gather)."""
+    """Constant indices that pick one entry, a contiguous range, or (permuting or selecting)
+    each entry at most once of a pruned axis are renumbered to the kept entries (the
+    analysis locks every other kind of Gather)."""
     x, idx = node.input(0), node.input(1)
     if x is None or idx is None or x.rank is None:
         return
     axis = int(node.attr("axis", 0)) % x.rank
     mask = kept.mask(x.name, axis)
-    picked = gathered_range(x, idx, axis) if mask is not None else None
+    if mask is None:
+        return
+    picked = gathered_range(x, idx, axis)
     if picked is None:
+        if gathered_runs(x, idx, axis) is not None:  # a permutation or selection
+            _renumber_gather(graph, node, idx, mask)
         return
     lo, hi = picked
     start = int(mask[:lo].sum())  # type: ignore[index]
@@ -211,6 +216,18 @@ def _update_gather(graph: Graph, node: Node, kept: KeptChannels) -> None:
         shape[range_axis(idx)] = count
         new = np.arange(start, start + count, dtype=np.asarray(idx.const).dtype).reshape(shape)
     graph.set_const_input(node, 1, new)
+
+
+def _renumber_gather(graph: Graph, node: Node, idx: Value, mask: np.ndarray) -> None:
+    """Indices of kept entries, each renumbered to its place among the kept (a pruned
+    entry's output position is pruned with it: the same group)."""
+    old = np.asarray(idx.const)
+    flat = old.reshape(-1) % mask.size
+    new_number = np.cumsum(mask) - 1
+    picked = flat[mask[flat]]
+    shape = list(old.shape)
+    shape[range_axis(idx)] = picked.size
+    graph.set_const_input(node, 1, new_number[picked].astype(old.dtype).reshape(shape))
 
 
 @compaction("Reshape")

@@ -268,8 +268,10 @@ def _scalar_const(value: Value | None) -> float | None:
 @rule("Gather")
 def _gather(node: Node, cg: ChannelGraph) -> None:
     """Other axes pass through; along the gathered axis constant indices that pick one
-    entry or a contiguous ascending range map channels exactly (like a Slice); any other
-    selection (a permutation, repeats, computed indices) locks the axis on both sides."""
+    entry or a contiguous ascending range map channels exactly (like a Slice), and so do
+    a permutation or a selection without repeats (each run of consecutive indices is one
+    part of both sides: ``gathered_runs``); repeated or computed indices lock the axis on
+    both sides."""
     x, idx, y = node.input(0), node.input(1), node.outputs[0]
     if x is None or idx is None or x.rank is None or idx.rank is None or y.rank is None:
         cg.lock_value(x, "rule", f"Gather '{node.name}': rank unknown", node)
@@ -283,7 +285,11 @@ def _gather(node: Node, cg: ChannelGraph) -> None:
             cg.identity(cg.space(x, ax), cg.space(y, ax - 1 + idx.rank), node)
     picked = gathered_range(x, idx, axis)
     if picked is None:
-        why = "gathers along this axis (not one entry or a contiguous range of constants)"
+        runs = gathered_runs(x, idx, axis)
+        if runs is not None:
+            _gather_runs(cg, node, x, y, axis + range_axis(idx), axis, runs)
+            return
+        why = "gathers along this axis (repeated or computed indices)"
         lock_axis(cg, node, [x], [axis], why)
         lock_axis(cg, node, [y], range(axis, axis + idx.rank), why)
         return
@@ -319,6 +325,51 @@ def gathered_range(x: Value, idx: Value, axis: int) -> tuple[int, int] | None:
     if indices != list(range(lo, lo + len(indices))):
         return None
     return lo, lo + len(indices)
+
+
+def gathered_runs(x: Value, idx: Value, axis: int) -> list[tuple[int, int]] | None:
+    """A Gather's constant indices along one axis of the indices (as ``gathered_range``)
+    that pick each entry of ``axis`` at most once, as runs ``(x_start, length)`` of
+    consecutive entries in output order; None for repeats, computed indices or more than
+    one axis of indices."""
+    indices = const_ints(idx)
+    dim = x.shape[axis] if x.shape is not None else None
+    if indices is None or not isinstance(dim, int) or not indices:
+        return None
+    if sum(d != 1 for d in np.shape(idx.const)) > 1 or any(not -dim <= i < dim for i in indices):
+        return None
+    indices = [i % dim for i in indices]
+    if len(set(indices)) != len(indices):
+        return None
+    runs: list[tuple[int, int]] = []
+    for i in indices:
+        if runs and runs[-1][0] + runs[-1][1] == i:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((i, 1))
+    return runs
+
+
+def _gather_runs(
+    cg: ChannelGraph, node: Node, x: Value, y: Value, y_axis: int, axis: int, runs: list
+) -> None:
+    """Each run of a permuting or selecting Gather is one virtual part, placed in input
+    order (with the entries nobody picks) in ``x``'s axis and in output order in ``y``'s."""
+    parts = [cg.virtual(f"{node.name}.run{k}", n) for k, (_, n) in enumerate(runs)]
+    order = sorted(range(len(runs)), key=lambda k: runs[k][0])
+    x_parts: list[int | None] = []
+    at = 0
+    for k in order:
+        start, n = runs[k]
+        if start > at:
+            x_parts.append(cg.virtual(f"{node.name}.dropped{at}", start - at))
+        x_parts.append(parts[k])
+        at = start + n
+    dim = x.shape[axis]  # type: ignore[index]
+    if at < dim:
+        x_parts.append(cg.virtual(f"{node.name}.dropped{at}", dim - at))
+    cg.concat(cg.space(x, axis), x_parts, node)
+    cg.concat(cg.space(y, y_axis), list(parts), node)
 
 
 def range_axis(idx: Value) -> int:

@@ -52,9 +52,33 @@ def gather_model(indices: np.ndarray) -> onnx.ModelProto:
     return b.build()
 
 
-def test_gather_with_a_permutation_is_locked_not_wrong():
-    """Issue 8's repro: before, the gathered side stayed free and compact broke the Add."""
-    model = gather_model(np.array([3, 1, 2, 0, 7, 6, 5, 4]))
+@pytest.mark.parametrize(
+    ("indices", "sizes"),
+    [
+        (np.array([4, 5, 6, 7, 0, 1, 2, 3]), [4, 4]),  # a rotation: two runs of 4
+        (np.array([6, 7, 2, 3]), [2, 2]),  # a selection out of order
+        (np.array([3, 1, 2, 0, 7, 6, 5, 4]), [2]),  # issue 8's repro: one run of 2 (1, 2)
+    ],
+)
+def test_gather_with_a_permutation_or_selection_maps_channels_exactly(indices, sizes):
+    """Issue 8's repro: before the central default lock, the gathered side stayed free and
+    compact broke the Add; then the axis was locked. Now each run of consecutive indices
+    is one part of conv_a's and of the Add's channels, so conv_b prunes with conv_a's
+    gathered runs (a run of one channel is a group of one: kept); compact renumbers the
+    indices and equals the sparse model."""
+    model = gather_model(indices)
+    a = analyze(model)
+    assert_groups_complete(a, model)
+    runs = [g for g in a.groups if g.prunable and any(m.node == "conv_b" for m in g.members)]
+    assert sorted(g.size for g in runs) == sorted(sizes)
+    assert all(any(m.node == "conv_a" for m in g.members) for g in runs)
+    sparse, compact = prune(model)
+    assert_same(sparse, compact, random_feeds(model))
+    assert analyze(compact).params < a.params
+
+
+def test_gather_with_repeated_indices_is_locked_not_wrong():
+    model = gather_model(np.array([0, 0, 1, 2, 3, 4, 5, 6]))
     a = analyze(model)
     conv_b = a.group("conv_b")
     assert not conv_b.prunable and "gather" in conv_b.reason
