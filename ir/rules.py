@@ -9,10 +9,10 @@ along), and locks. An op with no entry here locks every space of its inputs and 
 (``apply_rules``). Size-1 axes have no space: a broadcast of size 1 couples nothing.
 
 This module holds the table, the helpers rules share and the driver (``apply_rules``); the
-coupling functions are in ``ir/rules_layers.py`` (ops that compute) and ``ir/rules_shapes.py``
-(ops that move channels), the compaction hooks of the ops that need more than their members
-cut in ``ir/rules_compact.py``, the sparse forms of normalisations in ``ir/rules_norm.py``,
-all imported at the end so they register.
+coupling functions are in ``ir/rules_layers.py`` (ops that compute), ``ir/rules_shapes.py``
+(ops that move channels) and ``ir/rules_select.py`` (Pad, Gather), the compaction hooks of
+the ops that need more than their members cut in ``ir/rules_compact.py``, the sparse forms
+of normalisations in ``ir/rules_norm.py``, all imported at the end so they register.
 """
 
 from __future__ import annotations

@@ -20,11 +20,14 @@ from dataclasses import replace
 import numpy as np
 
 import drpopt.ir.rules_rnn  # noqa: F401  (registers LSTM, GRU, RNN with their compaction)
-from drpopt.ir import rules_einsum  # noqa: F401  (registers the Einsum rule)
+from drpopt.ir import (
+    rules_einsum,  # noqa: F401  (registers the Einsum rule)
+    rules_shapes,  # noqa: F401  (registers the reshape rules)
+)
 from drpopt.ir.core import Graph, Node, Value
 from drpopt.ir.rules import RULES, CompactHook
 from drpopt.ir.rules_layers import _shapes_read, frozen_size_cast
-from drpopt.ir.rules_shapes import gathered_range, gathered_runs, range_axis
+from drpopt.ir.rules_select import gathered_range, gathered_runs, range_axis
 from drpopt.ir.shape_expr import (
     NumericMemo,
     const_ints,
@@ -117,7 +120,7 @@ def _reads_resized(node: Node, resized: set[str]) -> bool:
 
 @compaction("Pad")
 def _update_pad(graph: Graph, node: Node, kept: KeptChannels) -> None:
-    """Zeros padded onto the channel axis (``rules_shapes._padded_channels``) shrink to the
+    """Zeros padded onto the channel axis (``rules_select._padded_channels``) shrink to the
     kept ones: the pads become constants (torch computes them in the graph)."""
     before, after = kept.virtual(f"{node.name}.before"), kept.virtual(f"{node.name}.after")
     x = node.input(0)

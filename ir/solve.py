@@ -242,6 +242,50 @@ class _ClassSpace:
         self.seg0 = 0
 
 
+def _merge_identities(relations: list[tuple], spaces: list[Space]) -> tuple[list[int], list]:
+    """Union-find over the identity relations: each space's parent (a class's root is its
+    first space), and the relations that are not identities. An identity between spaces of
+    different lengths locks both instead."""
+    parent = list(range(len(spaces)))
+
+    def find(a: int) -> int:
+        root = a
+        while parent[root] != root:
+            root = parent[root]
+        while parent[a] != root:  # path compression: later finds are direct
+            parent[a], a = root, parent[a]
+        return root
+
+    rest: list[tuple] = []
+    for rel in relations:
+        if rel[0] != "id":
+            rest.append(rel)
+            continue
+        a, b = rel[1], rel[2]
+        if spaces[a].length != spaces[b].length:
+            for s in (a, b):
+                spaces[s].locks.append(
+                    Lock(
+                        "mismatch",
+                        f"'{spaces[a].label}' and '{spaces[b].label}' are "
+                        "said to be the same channels but differ in size",
+                    )
+                )
+            continue
+        # a root, or a space whose parent is one, found without the call (most are)
+        ra = parent[a]
+        if parent[ra] != ra:
+            ra = find(a)
+        rb = parent[b]
+        if parent[rb] != rb:
+            rb = find(b)
+        if ra < rb:
+            parent[rb] = ra
+        elif rb < ra:
+            parent[ra] = rb
+    return parent, rest
+
+
 class SpaceClasses:
     """Spaces an identity relation ties, merged (union-find): they always have the same
     cuts and their segments map one to one, so a class is cut and grouped once. The
@@ -250,43 +294,7 @@ class SpaceClasses:
     different lengths ties nothing: both are locked, named by their labels."""
 
     def __init__(self, relations: list[tuple], spaces: list[Space]) -> None:
-        parent = list(range(len(spaces)))
-
-        def find(a: int) -> int:
-            root = a
-            while parent[root] != root:
-                root = parent[root]
-            while parent[a] != root:  # path compression: later finds are direct
-                parent[a], a = root, parent[a]
-            return root
-
-        rest: list[tuple] = []
-        for rel in relations:
-            if rel[0] != "id":
-                rest.append(rel)
-                continue
-            a, b = rel[1], rel[2]
-            if spaces[a].length != spaces[b].length:
-                for s in (a, b):
-                    spaces[s].locks.append(
-                        Lock(
-                            "mismatch",
-                            f"'{spaces[a].label}' and '{spaces[b].label}' are "
-                            "said to be the same channels but differ in size",
-                        )
-                    )
-                continue
-            # a root, or a space whose parent is one, found without the call (most are)
-            ra = parent[a]
-            if parent[ra] != ra:
-                ra = find(a)
-            rb = parent[b]
-            if parent[rb] != rb:
-                rb = find(b)
-            if ra < rb:
-                parent[rb] = ra
-            elif rb < ra:
-                parent[ra] = rb
+        parent, rest = _merge_identities(relations, spaces)
         # a parent is never after its child (a root is its class's first space), so in
         # order every space's parent already has its class
         self.of: list[int] = []
