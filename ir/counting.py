@@ -154,6 +154,8 @@ def _removed(
     tensor shared by several layers, un-shared per use on load, is one tensor whose element
     counts when any of its uses covers it; MACs count per use, as each layer runs).
     ``info`` is ``param_info(params, uses)``, where the caller has it."""
+    if info is None:
+        info = param_info(params, uses)
     spans: dict[str, dict[int, list[tuple[int, int]]]] = {}
     for g in groups:
         for m in g.members:
@@ -171,11 +173,7 @@ def _removed(
     total_macs = 0.0
     by_storage: dict[int, tuple[tuple, dict[int, list[tuple[int, int]]]]] = {}
     for name, axes in spans.items():
-        if info is not None:
-            shape, _numel, where, use = info[name]
-        else:
-            v = params[name]
-            shape, where, use = v.shape, v.storage, uses.get(name, 0.0)
+        shape, _numel, where, use = info[name]
         total_macs += _covered(shape, axes) * use
         merged = by_storage.setdefault(where, (shape, {}))[1]
         for a, iv in axes.items():

@@ -207,7 +207,7 @@ def _module_mha(c: _Converter, n: Any, mod: Any) -> Any:
         qkv_ = _packed_self_attention(c, n, mod, q)
     else:
         qkv_ = _projections(c, n, mod, (q, k, v))
-    mask = _additive_mask(c, n, mod, *masks, qkv_[0].shape, qkv_[1].shape)
+    mask = _additive_mask(c, n, *masks, qkv_[0], qkv_[1].shape)
     drop = float(mod.dropout) if mod.training else 0.0
     attn, probs = _attention_ops(c, n, *qkv_, 1.0 / float(np.sqrt(hd)), mask, dropout=drop)
     first, second = (int(d) for d in q.shape[:2])
@@ -328,19 +328,14 @@ def _boolean_to_additive(c: _Converter, n: Any, mask: Value, dtype: Any, keep: b
 
 
 def _additive_mask(
-    c: _Converter,
-    n: Any,
-    mod: Any,
-    padding: Value | None,
-    attn: Value | None,
-    q_shape: Any,
-    k_shape: Any,
+    c: _Converter, n: Any, padding: Value | None, attn: Value | None, q: Value, k_shape: Any
 ) -> Value | None:
-    """``key_padding_mask`` (batch, keys) and ``attn_mask`` (queries, keys) as one float mask
-    added to the scores (boolean masks: ``-inf`` where True), broadcast over the heads."""
-    b_, _, l_, _ = q_shape
+    """``key_padding_mask`` (batch, keys) and ``attn_mask`` (queries, keys) as one mask in
+    q's dtype added to the scores (boolean masks: ``-inf`` where True), broadcast over the
+    heads."""
+    b_, _, l_, _ = q.shape  # type: ignore[misc]
     s_ = k_shape[2]
-    dtype = np.float32
+    dtype = q.dtype or np.float32
     total = None
     for m, shape in ((padding, (b_, 1, 1, s_)), (attn, (1, 1, l_, s_))):
         if m is None:

@@ -27,7 +27,7 @@ from drpopt.ir import (
 from drpopt.ir.core import Graph, Node, Value
 from drpopt.ir.rules import RULES, CompactHook
 from drpopt.ir.rules_layers import _shapes_read, frozen_size_cast
-from drpopt.ir.rules_select import gathered_range, gathered_runs, range_axis
+from drpopt.ir.rules_select import gathered_runs, range_axis
 from drpopt.ir.shape_expr import (
     NumericMemo,
     const_ints,
@@ -194,40 +194,23 @@ def _update_slice(graph: Graph, node: Node, kept: KeptChannels) -> None:
 
 @compaction("Gather")
 def _update_gather(graph: Graph, node: Node, kept: KeptChannels) -> None:
-    """Constant indices that pick one entry, a contiguous range, or (permuting or selecting)
-    each entry at most once of a pruned axis are renumbered to the kept entries (the
+    """Constant indices that pick one entry, or each entry at most once (a contiguous range,
+    a permutation, a selection) of a pruned axis are renumbered to the kept entries (the
     analysis locks every other kind of Gather)."""
     x, idx = node.input(0), node.input(1)
     if x is None or idx is None or x.rank is None:
         return
     axis = int(node.attr("axis", 0)) % x.rank
     mask = kept.mask(x.name, axis)
-    if mask is None:
+    if mask is None or gathered_runs(x, idx, axis) is None:
         return
-    picked = gathered_range(x, idx, axis)
-    if picked is None:
-        if gathered_runs(x, idx, axis) is not None:  # a permutation or selection
-            _renumber_gather(graph, node, idx, mask)
-        return
-    lo, hi = picked
-    start = int(mask[:lo].sum())  # type: ignore[index]
-    if idx.rank == 0:
-        new = np.array(start, dtype=np.asarray(idx.const).dtype)
-    else:  # the range laid along the same axis of the indices (rank > 1: unit axes)
-        count = int(mask[lo:hi].sum())  # type: ignore[index]
-        shape = list(np.shape(idx.const))
-        shape[range_axis(idx)] = count
-        new = np.arange(start, start + count, dtype=np.asarray(idx.const).dtype).reshape(shape)
-    graph.set_const_input(node, 1, new)
-
-
-def _renumber_gather(graph: Graph, node: Node, idx: Value, mask: np.ndarray) -> None:
-    """Indices of kept entries, each renumbered to its place among the kept (a pruned
-    entry's output position is pruned with it: the same group)."""
     old = np.asarray(idx.const)
+    new_number = np.cumsum(mask) - 1  # each kept entry's place among the kept
+    if idx.rank == 0:
+        graph.set_const_input(node, 1, np.array(new_number[int(old) % mask.size], old.dtype))
+        return
     flat = old.reshape(-1) % mask.size
-    new_number = np.cumsum(mask) - 1
-    picked = flat[mask[flat]]
+    picked = flat[mask[flat]]  # a pruned entry's output position goes with it (one group)
     shape = list(old.shape)
     shape[range_axis(idx)] = picked.size
     graph.set_const_input(node, 1, new_number[picked].astype(old.dtype).reshape(shape))

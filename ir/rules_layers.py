@@ -185,9 +185,7 @@ def _depth_space(node: Node, cg: ChannelGraph) -> None:
         return
     same_axes(cg, node, x, y, axes=[0, 2, 3])
     big, small = cg.space(wide, 1), cg.space(narrow, 1)
-    mode = node.attr("mode", "DCR")
-    mode = mode.decode() if isinstance(mode, bytes) else mode
-    if depth_to_space and mode == "CRD":
+    if depth_to_space and node.attr("mode", "DCR") == "CRD":
         cg.expand(big, small, b * b, node)
         return
     parts = [cg.virtual(f"{node.name}.repeat{r}", narrow.shape[1]) for r in range(b * b)]

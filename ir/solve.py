@@ -363,7 +363,7 @@ def _roles_through_split(whole: int, parts: list[int], spaces: list[Space]) -> N
     constant's split axis, so its rows are the layers' producer rows (masked, zeroed), not
     a bare constant."""
     src = spaces[whole]
-    if src.roles or src.value is None or not weight_like(src.value):
+    if src.roles or src.value is None:
         return
     outs = [spaces[p] for p in parts]
     if any(o.value is None or o.value.producer is None for o in outs):
@@ -371,7 +371,7 @@ def _roles_through_split(whole: int, parts: list[int], spaces: list[Space]) -> N
     node = outs[0].value.producer
     if node.op_type != "Split" or node.input(0) is not src.value:
         return
-    if any(o.value.producer is not node for o in outs):
+    if any(o.value.producer is not node for o in outs) or not weight_like(src.value):
         return
     kinds = {r[0] for o in outs for r in o.roles if r[2] is None}
     if len(kinds) == 1:  # every block is read the same way (producer rows of each layer)

@@ -255,20 +255,18 @@ def layer_rows(g: Group, shapes: Mapping[str, Sequence[int]] | None) -> int:
     """Output channels per channel of ``g`` of the layers it produces (the gcd over them:
     1 for most groups, G for the G segments of a grouped convolution's group); 1 without
     shapes."""
-    if not shapes:
-        return 1
-    per: dict[tuple[str, int], int] = {}
-    for m in g.members:
-        if m.role == "producer" and m.tensor in shapes:
-            per[(m.tensor, m.axis)] = per.get((m.tensor, m.axis), 0) + m.block
+    per = _axes_cut(g, shapes, "producer") if shapes else {}
     return math.gcd(*per.values()) if per else 1
 
 
-def _axes_cut(g: Group, shapes: Mapping[str, Sequence[int]]) -> dict[tuple[str, int], int]:
-    """Entries of each weight axis that one channel of ``g`` covers."""
+def _axes_cut(
+    g: Group, shapes: Mapping[str, Sequence[int]], role: str | None = None
+) -> dict[tuple[str, int], int]:
+    """Entries of each weight axis (of members in ``role``, any by default) that one
+    channel of ``g`` covers."""
     cut: dict[tuple[str, int], int] = {}
     for m in g.members:
-        if m.tensor in shapes:
+        if m.tensor in shapes and (role is None or m.role == role):
             key = (m.tensor, m.axis)
             cut[key] = cut.get(key, 0) + m.block
     return cut

@@ -16,8 +16,8 @@ import functools
 
 import onnx
 import pytest
-from corpus_checks import CONFIGS, TOLERANCE, compact_counts, compare_outputs, prune
-from deadchannels import assert_groups_complete, random_feeds, run_model
+from deadchannels import assert_groups_complete, random_feeds
+from unseen_battery import check_exact
 
 from drpopt import analyze
 from drpopt.zoo.corpus import corpus_dir, load_corpus_model
@@ -64,11 +64,8 @@ def test_optimized_model_prunes_and_compacts(name: str, tool: str) -> None:
     assert a.prunable_groups, name
     feeds = random_feeds(model)
     for config in ("rate0.5", "drpai"):
-        pruned = prune(model, CONFIGS[config])
-        err = compare_outputs(run_model(pruned.masked, feeds), run_model(pruned.compact, feeds))
-        assert err < TOLERANCE, f"{name} {config}: compact differs from sparse by {err:.3g}"
-        params, _ = compact_counts(pruned.compact)
-        assert params == pruned.expected_params < pruned.before.params
+        pruned = check_exact(model, config, feeds)
+        assert pruned.expected_params < pruned.before.params, (name, config)
 
 
 @pytest.mark.parametrize("tool", list(TOOLS))
@@ -92,12 +89,5 @@ def test_unseen_architectures_after_onnxslim_prune_exactly(name: str) -> None:
     a = analyze(model)
     assert not [g.id for g in a.locked_groups if not g.reason], name
     for config in ("rate0.5", "rate0.7", "drpai"):
-        pruned = prune(model, CONFIGS[config])
-        sparse, compact = (
-            run_model(pruned.masked, case.feeds),
-            run_model(pruned.compact, case.feeds),
-        )
-        err = compare_outputs(sparse, compact)
-        assert err < TOLERANCE, f"{name} {config}: compact differs from sparse by {err:.3g}"
-        assert compact_counts(pruned.compact)[0] == pruned.expected_params, (name, config)
+        check_exact(model, config, case.feeds)
     assert_groups_complete(a, model)

@@ -22,12 +22,17 @@ import pytest
 from corpus_checks import (
     CONFIGS,
     TOLERANCE,
-    PruneConfig,
     compact_counts,
     compare_outputs,
     prune,
 )
 from deadchannels import assert_groups_complete, random_feeds, run_model
+from unseen_battery import (
+    check_exact,
+    check_locks_and_coverage,
+    check_rate_zero,
+    check_sparse_equals_compact,
+)
 
 from drpopt import analyze
 from drpopt.ir.analysis import Analysis
@@ -397,43 +402,21 @@ def _params(names):
 
 @pytest.mark.parametrize("name", _params(MODELS))
 def test_analysis_names_every_lock_and_covers_the_model(name):
-    a = analysis(name)
     c = case(name)
-    unnamed = [g.id for g in a.locked_groups if not g.reason or not all(x.message for x in g.locks)]
-    assert not unnamed, f"{name}: locked groups without a reason: {unnamed}"
-    unexpected = [g.reason for g in a.locked_groups if not any(k in g.reason for k in c.locked)]
-    assert not unexpected, f"{name}: locked for an unexpected reason: {unexpected[:3]}"
-    assert a.prunable_params / a.params >= c.min_prunable, (name, a.prunable_params, a.params)
+    check_locks_and_coverage(name, analysis(name), c.locked, c.min_prunable)
 
 
 @pytest.mark.parametrize("name", _params(MODELS))
 def test_rate_zero_is_bit_identical(name):
     c = case(name)
-    pruned = prune(c.model, PruneConfig("rate0", 0.0))
-    reference = run_model(c.model, c.feeds)
-    compare_outputs(reference, reference, f"{name} reference")  # refuses degenerate outputs
-    for form, model in (("sparse", pruned.masked), ("compact", pruned.compact)):
-        out = run_model(model, c.feeds)
-        assert all(np.array_equal(a, b) for a, b in zip(reference, out, strict=True)), form
+    check_rate_zero(name, c.model, c.feeds)
 
 
 @pytest.mark.parametrize("config", list(CONFIGS.values()), ids=list(CONFIGS))
 @pytest.mark.parametrize("name", _params(MODELS))
 def test_sparse_equals_compact(name, config):
     c = case(name)
-    pruned = prune(c.model, config)
-    sparse = run_model(pruned.masked, c.feeds)
-    compact = run_model(pruned.compact, c.feeds)
-    err = compare_outputs(sparse, compact, f"{name} {config.name}: compact vs sparse")
-    assert err < TOLERANCE, f"{name} {config.name}: compact differs from sparse by {err:.3g}"
-    params, macs = compact_counts(pruned.compact)
-    assert params == pruned.expected_params, (params, pruned.expected_params)
-    assert macs == pruned.expected_macs or (not pruned.macs_exact and macs < pruned.expected_macs)
-    if pruned.plan.pruned_channels:  # a target's channel multiple may keep every channel
-        assert params < pruned.before.params and macs < pruned.before.macs
-    if config.name == "rate0.5":
-        ratio = params / pruned.before.params
-        assert ratio <= c.max_ratio, f"{name}: compact keeps {ratio:.3f} of the parameters"
+    check_sparse_equals_compact(name, c.model, c.feeds, config, c.max_ratio)
 
 
 @pytest.mark.parametrize("name", _params(MODELS))
@@ -672,11 +655,8 @@ def test_dynamo_exports_prune_like_torchscript_ones(name):
     assert a.prunable_params / a.params > 0.99
     assert_groups_complete(a, model)
     feeds = random_feeds(model)
-    for config in CONFIGS.values():
-        pruned = prune(model, config)
-        sparse, compact = run_model(pruned.masked, feeds), run_model(pruned.compact, feeds)
-        assert compare_outputs(sparse, compact) < TOLERANCE, config.name
-        assert compact_counts(pruned.compact)[0] == pruned.expected_params, config.name
+    for config in CONFIGS:
+        check_exact(model, config, feeds)
 
 
 def test_folded_range_keeps_its_type():
@@ -776,11 +756,7 @@ def test_a_symbolic_batch_prunes_exactly(name):
     static = analysis(name)
     assert a.prunable_params / a.params > 0.7 * static.prunable_params / static.params
     assert all(g.reason for g in a.groups if not g.prunable)
-    pruned = prune(model, CONFIGS["rate0.5"])
-    feeds = random_feeds(model)
-    sparse, compact = run_model(pruned.masked, feeds), run_model(pruned.compact, feeds)
-    assert compare_outputs(sparse, compact) < TOLERANCE
-    assert compact_counts(pruned.compact)[0] == pruned.expected_params
+    check_exact(model)
 
 
 # ---- float16 models (``model.half()`` before the export, as fp16 deployments do) ------------
@@ -1001,11 +977,7 @@ def test_space_to_depth_patch_merging_prunes_the_channels():
     (stream,) = [g for g in a.groups if any(m.tensor == "embed.weight" for m in g.members)]
     assert stream.prunable and stream.size == 8, stream.reason
     assert_groups_complete(a, model)
-    pruned = prune(model, CONFIGS["rate0.5"])
-    feeds = random_feeds(model)
-    sparse, compact = run_model(pruned.masked, feeds), run_model(pruned.compact, feeds)
-    assert compare_outputs(sparse, compact) < TOLERANCE
-    assert compact_counts(pruned.compact)[0] == pruned.expected_params
+    check_exact(model)
 
 
 def _dynamo_build(name: str) -> onnx.ModelProto:
@@ -1038,11 +1010,8 @@ def test_dynamo_exports_of_the_third_round_prune_exactly(name):
     assert a.prunable_params / a.params >= ts.prunable_params / ts.params - 0.01
     assert_groups_complete(a, model)
     feeds = random_feeds(model)
-    for config in CONFIGS.values():
-        pruned = prune(model, config)
-        sparse, compact = run_model(pruned.masked, feeds), run_model(pruned.compact, feeds)
-        assert compare_outputs(sparse, compact) < TOLERANCE, config.name
-        assert compact_counts(pruned.compact)[0] == pruned.expected_params, config.name
+    for config in CONFIGS:
+        check_exact(model, config, feeds)
 
 
 def test_prune_verifies_a_float16_model_to_its_own_precision():
@@ -1096,9 +1065,6 @@ def test_col2im_maps_a_channel_to_its_block_of_rows():
     a = analyze(model)
     (group,) = [g for g in a.prunable_groups if any(m.tensor == "conv1.weight" for m in g.members)]
     assert group.size == 8 and {m.block for m in group.members if m.tensor == "conv1.weight"} == {4}
-    pruned = prune(model, CONFIGS["rate0.5"])
-    feeds = random_feeds(model)
-    err = compare_outputs(run_model(pruned.masked, feeds), run_model(pruned.compact, feeds))
-    assert err < TOLERANCE
-    assert compact_counts(pruned.compact)[0] == pruned.expected_params < pruned.before.params
+    pruned = check_exact(model)
+    assert pruned.expected_params < pruned.before.params
     assert_groups_complete(a, model)

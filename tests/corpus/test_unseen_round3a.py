@@ -17,8 +17,14 @@ import importlib
 import numpy as np
 import onnx
 import pytest
-from corpus_checks import CONFIGS, TOLERANCE, PruneConfig, compact_counts, compare_outputs, prune
-from deadchannels import assert_groups_complete, random_feeds, run_model
+from corpus_checks import CONFIGS, prune
+from deadchannels import assert_groups_complete, random_feeds
+from unseen_battery import (
+    check_exact,
+    check_locks_and_coverage,
+    check_rate_zero,
+    check_sparse_equals_compact,
+)
 
 from drpopt import analyze
 from drpopt.ir.analysis import Analysis
@@ -114,43 +120,19 @@ def _params(names):
 
 @pytest.mark.parametrize("name", _params(MODELS))
 def test_analysis_names_every_lock_and_covers_the_model(name):
-    a = analysis(name)
     _, share, _, locked = MODELS[name]
-    unnamed = [g.id for g in a.locked_groups if not g.reason or not all(x.message for x in g.locks)]
-    assert not unnamed, f"{name}: locked groups without a reason: {unnamed}"
-    unexpected = [g.reason for g in a.locked_groups if not any(k in g.reason for k in locked)]
-    assert not unexpected, f"{name}: locked for an unexpected reason: {unexpected[:3]}"
-    assert a.prunable_params / a.params >= share, (name, a.prunable_params, a.params)
+    check_locks_and_coverage(name, analysis(name), locked, share)
 
 
 @pytest.mark.parametrize("name", _params(MODELS))
 def test_rate_zero_is_bit_identical(name):
-    model, feeds = case(name)
-    pruned = prune(model, PruneConfig("rate0", 0.0))
-    reference = run_model(model, feeds)
-    compare_outputs(reference, reference, f"{name} reference")  # refuses degenerate outputs
-    for form, out_model in (("sparse", pruned.masked), ("compact", pruned.compact)):
-        out = run_model(out_model, feeds)
-        assert all(np.array_equal(a, b) for a, b in zip(reference, out, strict=True)), form
+    check_rate_zero(name, *case(name))
 
 
 @pytest.mark.parametrize("config", list(CONFIGS.values()), ids=list(CONFIGS))
 @pytest.mark.parametrize("name", _params(MODELS))
 def test_sparse_equals_compact(name, config):
-    model, feeds = case(name)
-    pruned = prune(model, config)
-    sparse = run_model(pruned.masked, feeds)
-    compact = run_model(pruned.compact, feeds)
-    err = compare_outputs(sparse, compact, f"{name} {config.name}: compact vs sparse")
-    assert err < TOLERANCE, f"{name} {config.name}: compact differs from sparse by {err:.3g}"
-    params, macs = compact_counts(pruned.compact)
-    assert params == pruned.expected_params, (params, pruned.expected_params)
-    assert macs == pruned.expected_macs or (not pruned.macs_exact and macs < pruned.expected_macs)
-    if pruned.plan.pruned_channels:  # a target's channel multiple may keep every channel
-        assert params < pruned.before.params and macs < pruned.before.macs
-    if config.name == "rate0.5":
-        ratio = params / pruned.before.params
-        assert ratio <= MODELS[name][2], f"{name}: compact keeps {ratio:.3f} of the parameters"
+    check_sparse_equals_compact(name, *case(name), config, MODELS[name][2])
 
 
 @pytest.mark.parametrize("name", _params(MODELS))
@@ -199,11 +181,8 @@ def test_other_exports_prune_exactly(name):
     assert all(g.reason for g in a.locked_groups)
     assert_groups_complete(a, model)
     feeds = random_feeds(model)
-    for config in CONFIGS.values():
-        pruned = prune(model, config)
-        sparse, compact = run_model(pruned.masked, feeds), run_model(pruned.compact, feeds)
-        assert compare_outputs(sparse, compact) < TOLERANCE, config.name
-        assert compact_counts(pruned.compact)[0] == pruned.expected_params, config.name
+    for config in CONFIGS:
+        check_exact(model, config, feeds)
 
 
 # ---- the fixes these models needed, each on a small model of its own ----------------------
@@ -211,12 +190,7 @@ def test_other_exports_prune_exactly(name):
 
 def _exact(model: onnx.ModelProto, config: str = "rate0.5") -> None:
     """Sparse equals compact with the plan's parameter count, and something was pruned."""
-    pruned = prune(model, CONFIGS[config])
-    assert pruned.plan.pruned_channels
-    feeds = random_feeds(model)
-    sparse, compact = run_model(pruned.masked, feeds), run_model(pruned.compact, feeds)
-    assert compare_outputs(sparse, compact) < TOLERANCE
-    assert compact_counts(pruned.compact)[0] == pruned.expected_params
+    assert check_exact(model, config).plan.pruned_channels
 
 
 def _depth_space_model(op: str, mode: str | None) -> onnx.ModelProto:

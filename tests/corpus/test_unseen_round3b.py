@@ -15,9 +15,15 @@ import importlib
 import numpy as np
 import onnx
 import pytest
-from corpus_checks import CONFIGS, TOLERANCE, PruneConfig, compact_counts, compare_outputs, prune
+from corpus_checks import CONFIGS, TOLERANCE, compact_counts, compare_outputs, prune
 from deadchannels import assert_groups_complete, random_feeds, run_model
 from test_unseen_architectures import DFL, OUTPUT, Case
+from unseen_battery import (
+    check_exact,
+    check_locks_and_coverage,
+    check_rate_zero,
+    check_sparse_equals_compact,
+)
 
 from drpopt import analyze
 from drpopt.ir.analysis import Analysis
@@ -94,42 +100,21 @@ def _params(names):
 
 @pytest.mark.parametrize("name", _params(MODELS))
 def test_analysis_names_every_lock_and_covers_the_model(name):
-    a, c = analysis(name), case(name)
-    unnamed = [g.id for g in a.locked_groups if not g.reason or not all(x.message for x in g.locks)]
-    assert not unnamed, f"{name}: locked groups without a reason: {unnamed}"
-    unexpected = [g.reason for g in a.locked_groups if not any(k in g.reason for k in c.locked)]
-    assert not unexpected, f"{name}: locked for an unexpected reason: {unexpected[:3]}"
-    assert a.prunable_params / a.params >= c.min_prunable, (name, a.prunable_params, a.params)
+    c = case(name)
+    check_locks_and_coverage(name, analysis(name), c.locked, c.min_prunable)
 
 
 @pytest.mark.parametrize("name", _params(MODELS))
 def test_rate_zero_is_bit_identical(name):
     c = case(name)
-    pruned = prune(c.model, PruneConfig("rate0", 0.0))
-    reference = run_model(c.model, c.feeds)
-    compare_outputs(reference, reference, f"{name} reference")  # refuses degenerate outputs
-    for form, model in (("sparse", pruned.masked), ("compact", pruned.compact)):
-        out = run_model(model, c.feeds)
-        assert all(np.array_equal(a, b) for a, b in zip(reference, out, strict=True)), form
+    check_rate_zero(name, c.model, c.feeds)
 
 
 @pytest.mark.parametrize("config", list(CONFIGS.values()), ids=list(CONFIGS))
 @pytest.mark.parametrize("name", _params(MODELS))
 def test_sparse_equals_compact(name, config):
     c = case(name)
-    pruned = prune(c.model, config)
-    sparse = run_model(pruned.masked, c.feeds)
-    compact = run_model(pruned.compact, c.feeds)
-    err = compare_outputs(sparse, compact, f"{name} {config.name}: compact vs sparse")
-    assert err < TOLERANCE, f"{name} {config.name}: compact differs from sparse by {err:.3g}"
-    params, macs = compact_counts(pruned.compact)
-    assert params == pruned.expected_params, (params, pruned.expected_params)
-    assert macs == pruned.expected_macs or (not pruned.macs_exact and macs < pruned.expected_macs)
-    if pruned.plan.pruned_channels:
-        assert params < pruned.before.params and macs < pruned.before.macs
-    if config.name == "rate0.5":
-        ratio = params / pruned.before.params
-        assert ratio <= c.max_ratio, f"{name}: compact keeps {ratio:.3f} of the parameters"
+    check_sparse_equals_compact(name, c.model, c.feeds, config, c.max_ratio)
 
 
 @pytest.mark.parametrize("name", _params(MODELS))
@@ -149,12 +134,9 @@ def test_dynamo_exports_prune_like_torchscript_ones(name):
     assert a.prunable_params / a.params >= ts.prunable_params / ts.params - 0.01
     assert_groups_complete(a, model)
     feeds = random_feeds(model)
-    for config in CONFIGS.values():
-        pruned = prune(model, config)
-        sparse, compact = run_model(pruned.masked, feeds), run_model(pruned.compact, feeds)
-        assert compare_outputs(sparse, compact) < TOLERANCE, config.name
-        assert compact_counts(pruned.compact)[0] == pruned.expected_params, config.name
-        if config.name == "rate0.5":
+    for config in CONFIGS:
+        pruned = check_exact(model, config, feeds)
+        if config == "rate0.5":
             assert compact_counts(pruned.compact)[0] / pruned.before.params <= MODELS[name][3]
 
 
@@ -181,11 +163,8 @@ def test_simplified_exports_prune_exactly(name, tool):
     assert a.prunable_params / a.params >= plain.prunable_params / plain.params - 0.01
     assert_groups_complete(a, model)
     feeds = random_feeds(model)
-    for config in CONFIGS.values():
-        pruned = prune(model, config)
-        sparse, compact = run_model(pruned.masked, feeds), run_model(pruned.compact, feeds)
-        assert compare_outputs(sparse, compact) < TOLERANCE, config.name
-        assert compact_counts(pruned.compact)[0] == pruned.expected_params, config.name
+    for config in CONFIGS:
+        check_exact(model, config, feeds)
 
 
 def _strided_pool_model() -> onnx.ModelProto:
@@ -229,11 +208,8 @@ def test_a_gather_of_a_range_shaped_like_the_channels_maps_them():
     a = analyze(model)
     assert not [g for g in a.locked_groups if "Gather" in g.reason], a.locked_groups
     assert a.prunable_params == a.params  # the conv's 8 channels, through the Gather
-    feeds = random_feeds(model)
-    pruned = prune(model, CONFIGS["rate0.5"])
-    sparse, compact = run_model(pruned.masked, feeds), run_model(pruned.compact, feeds)
-    assert compare_outputs(sparse, compact) < TOLERANCE
-    assert compact_counts(pruned.compact)[0] == pruned.expected_params < pruned.before.params
+    pruned = check_exact(model)
+    assert pruned.expected_params < pruned.before.params
 
 
 def _constant_node_model() -> onnx.ModelProto:
