@@ -13,7 +13,6 @@ Counting rules:
 
 from __future__ import annotations
 
-import gc
 import os
 import time
 from collections import Counter
@@ -21,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from drpopt.ir.channels import Group, Lock
-from drpopt.ir.core import Graph, Node, Value
+from drpopt.ir.core import Graph, Node, Value, gc_paused
 from drpopt.ir.counting import (
     _distinct_params,
     _group_totals,
@@ -139,15 +138,8 @@ def analyze(model: Any, where: str | None = None, input_shapes: Any = None) -> A
     or an IR ``Graph``) and what each would save if pruned; ``input_shapes`` ({input name
     or None: dims}) fixes symbolic input dims first (see ``from_onnx``)."""
     start = time.perf_counter()
-    # the analysis makes many small long-lived objects; collection passes over them would
-    # make it superlinear on large graphs, and it creates no cycles worth collecting early
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with gc_paused():
         return _analyze(model, where, start, input_shapes)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
 
 
 def _analyze(model: Any, where: str | None, start: float, input_shapes: Any = None) -> Analysis:

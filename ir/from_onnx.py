@@ -21,7 +21,6 @@ Rules:
 from __future__ import annotations
 
 import functools
-import gc
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -33,7 +32,7 @@ import onnx
 from onnx import numpy_helper
 
 from drpopt.errors import BadInputError, UnsupportedModelError
-from drpopt.ir.core import Graph, Node, Value
+from drpopt.ir.core import Graph, Node, Value, gc_paused
 from drpopt.ir.fold import fold_constant_node, fold_constants, unshare_constants
 from drpopt.ir.onnx_load import check_external, read_for_analysis
 from drpopt.ir.onnx_load import load_model as load_model  # re-exported: callers import it here
@@ -99,15 +98,8 @@ def from_onnx(
     and ``layout``, the file records shape inference may cut from or None, as
     ``onnx_scan.FileWeights``; ``ir/from_onnx_ir.py``).
     """
-    # many small long-lived objects and no cycles worth collecting early: collections
-    # during the load would only walk them again (as ``ir/analysis.analyze`` does)
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with gc_paused():
         return _from_onnx(source, where, input_shapes, weights)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
 
 
 def _from_onnx(

@@ -254,7 +254,7 @@ def finish_masked_mean(graph: Graph, node: Node, kept: KeptChannels) -> None:
     out.producer = None
     write_reduce_mean(graph, x, out, axes, node.name, node)
     x.uses = [(n, j) for n, j in x.uses if n is not node]
-    graph.nodes.remove(node)
+    graph.detach(node)
 
 
 # ---- the rule objects ---------------------------------------------------------------------

@@ -162,9 +162,8 @@ class Linear:
             shape=(self.out_channels(),),
             dtype=np.dtype(dtype),
         )
-        add = graph.add_node("Add", graph.fresh_name(f"{self.node.name}_bias"), [mid, const], [y])
-        graph.nodes.remove(add)
-        graph.nodes.insert(graph.nodes.index(self.node) + 1, add)
+        name = graph.fresh_name(f"{self.node.name}_bias")
+        add = graph.add_node("Add", name, [mid, const], [y], after=self.node)
         return add, const
 
     def out_channels(self) -> int:

@@ -27,7 +27,7 @@ from typing import Any
 import onnx
 
 from drpopt.errors import DrpoptError
-from drpopt.ir.core import Graph
+from drpopt.ir.core import Graph, gc_paused
 from drpopt.passes.base import Pass, PassResult
 from drpopt.passes.context import PipelineContext, context_of, remember
 
@@ -143,7 +143,7 @@ class PassManager:
         remembers from an earlier pipeline or pass, else a fresh one)."""
         if context is None:
             context = context_of(model) if isinstance(model, Graph) else PipelineContext()
-        with context.bound():
+        with context.bound(), gc_paused():  # (see ``gc_paused``: linear, not superlinear)
             result = self._run(model, context)
         remember(result.model, context)
         return result

@@ -30,7 +30,14 @@ def group_key(group: Group) -> str:
     slice of any role, else its first segment. A slice of a named tensor belongs to one
     group only (members tile their tensors), so two groups with weights never share a key;
     labels of virtual spaces are built from node names and are not used while a weight is
-    there to name the group."""
+    there to name the group. Worked out once per group (its members do not change)."""
+    cached = group.__dict__.get("_plan_key")
+    if cached is None:
+        cached = group.__dict__["_plan_key"] = _group_key(group)
+    return cached
+
+
+def _group_key(group: Group) -> str:
     producers = [m for m in group.members if m.role == "producer" and m.tensor]
     weights = producers or [m for m in group.members if m.tensor]
     if weights:
