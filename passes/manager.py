@@ -16,6 +16,7 @@ Rules:
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import time
@@ -184,7 +185,13 @@ class PassManager:
             seconds = time.perf_counter() - start
             if result.modified and not getattr(type(p).call, "__drpopt_tracked__", False):
                 graph.touch()  # a pass that is no Pass subclass: nothing it saw survives
-            graph = result.model
+            replaced, graph = result.model is not graph, result.model
+            if replaced:
+                # the graph it replaced is cyclic garbage (values and nodes point at each
+                # other) holding its weights: freed now, not at the pipeline's end
+                # (collections are paused, see ``__call__``); one pass over what the
+                # pipeline allocated so far, not over every object the process has
+                gc.collect(1)
             modified |= result.modified
             records.append(PassRecord(p.spec(), result.modified, seconds))
             log.info(

@@ -154,3 +154,38 @@ def test_external_data_survives(tmp_path):
     result = CleanupPass()(graph)
     assert result.modified and result.model.meta.get("external_data") is True
     _same_outputs(model, to_onnx(result.model), {"x": X})
+
+
+def test_a_graph_cleanup_replaced_is_freed_during_the_pipeline():
+    """Collections are paused while a pipeline runs (``gc_paused``); the graph ``cleanup``
+    replaces is cyclic garbage holding its weights, and is freed when it is replaced, not
+    when the pipeline ends."""
+    import weakref
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    from drpopt.passes import PassManager
+    from drpopt.passes.base import Pass, PassResult
+    from drpopt.zoo.models import resnet18_like
+
+    seen: dict[str, object] = {}
+
+    @dataclass
+    class Remember(Pass):
+        name: ClassVar[str] = "remember"
+
+        def call(self, model):
+            conv = next(n for n in model.nodes if n.op_type == "Conv")
+            seen["old"] = weakref.ref(conv.inputs[1])  # a weight value (nodes point back)
+            return PassResult(model, False)
+
+    @dataclass
+    class Look(Pass):
+        name: ClassVar[str] = "look"
+
+        def call(self, model):
+            seen["alive"] = seen["old"]() is not None
+            return PassResult(model, False)
+
+    PassManager([Remember(), CleanupPass(), Look()]).run(resnet18_like())
+    assert seen["alive"] is False
