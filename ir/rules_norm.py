@@ -126,7 +126,8 @@ def _remove(graph: Graph, nodes: list[Node]) -> None:
         graph.remove_node(n)
     for v in inputs:  # a Shape(x) that only the last Reshape read
         p = v.producer
-        unread = p is not None and not v.uses and v not in graph.outputs and p in graph.nodes
+        # (a removed producer is no value's producer any more: no search of the node list)
+        unread = p is not None and not v.uses and v not in graph.outputs
         if unread and p.op_type in ("Shape", "Constant"):
             graph.remove_node(p)
 
