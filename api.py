@@ -28,7 +28,14 @@ from drpopt.errors import BadInputError
 from drpopt.ir.analysis import Analysis
 from drpopt.ir.core import Graph
 from drpopt.passes.base import Pass
-from drpopt.passes.interop import checkable_proto, from_graph, model_kind, to_graph, to_proto
+from drpopt.passes.interop import (
+    check_structure,
+    checkable_proto,
+    from_graph,
+    model_kind,
+    to_graph,
+    to_proto,
+)
 
 OnStep = Callable[[str, int], None]  # (what runs now, how many steps just finished)
 POSTS = ("reconstruct", "bias-correct", "none")
@@ -88,9 +95,10 @@ def load(
 
 
 def _check_valid(model: Any) -> None:
-    proto = checkable_proto(model)  # an onnx_ir model's large weights are not copied
+    """Raises ``BadInputError`` for a model ``onnx.checker`` rejects (``check_structure``:
+    an input or output typed without a shape is no error)."""
     try:
-        onnx.checker.check_model(proto)
+        check_structure(checkable_proto(model))  # an onnx_ir model's weights not copied
     except ValueError:  # over 2 GB: the checker needs the path; the passes will tell
         return
     except Exception as err:

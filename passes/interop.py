@@ -99,6 +99,27 @@ def checkable_proto(model: Any) -> onnx.ModelProto:
     return checker_proto(model)
 
 
+def check_structure(proto: onnx.ModelProto) -> None:
+    """``onnx.checker.check_model(proto)``, but a graph input or output typed without a shape
+    is checked as if it had one: onnxruntime runs such a model, the checker alone refuses
+    it, and graph editors write one for a tensor whose shape they do not know
+    (onnx-graphsurgeon, ``helper.make_tensor_value_info(name, dtype, None)``). ``proto`` is
+    left as it was."""
+    io = [*proto.graph.input, *proto.graph.output]
+    shapeless = [
+        v.type.tensor_type
+        for v in io
+        if v.type.HasField("tensor_type") and not v.type.tensor_type.HasField("shape")
+    ]
+    for t in shapeless:  # marked present for the check, cleared again after it
+        t.shape.SetInParent()
+    try:
+        onnx.checker.check_model(proto)
+    finally:
+        for t in shapeless:
+            t.ClearField("shape")
+
+
 def from_proto(proto: onnx.ModelProto, kind: Kind) -> Any:
     """``proto`` as a model of ``kind`` (a path gives the proto itself)."""
     if kind in ("path", "proto"):

@@ -207,3 +207,36 @@ def test_one_line_in_a_real_process(corpus, tmp_path):
         lines = done.stderr.strip().splitlines()
         assert done.returncode == 2, done.stderr
         assert len(lines) == 1 and lines[0].startswith("error:"), done.stderr
+
+
+@pytest.mark.parametrize("where", ["output", "input"])
+def test_an_input_or_output_typed_without_a_shape_is_no_bad_input(tmp_path, where):
+    """onnx-graphsurgeon and ``make_tensor_value_info(name, dtype, None)`` write a graph
+    input or output with a type and no shape; onnxruntime runs the model and onnx.checker
+    alone refuses it. prune takes it (exit 0), its output passes the checker, and it runs
+    like the input model at rate 0."""
+    from deadchannels import run_model
+
+    m = base()
+    info = (m.graph.output if where == "output" else m.graph.input)[0]
+    dims = [d.dim_value for d in info.type.tensor_type.shape.dim]
+    info.type.tensor_type.ClearField("shape")
+    with pytest.raises(onnx.checker.ValidationError, match="shape"):
+        onnx.checker.check_model(m)
+    src, out = tmp_path / "m.onnx", tmp_path / "o.onnx"
+    onnx.save(m, src)
+    shape = ["--input-shape", f"{m.graph.input[0].name}:1,3,16,16"] if where == "input" else []
+    result = runner.invoke(app, ["prune", str(src), "-o", str(out), "--rate", "0", *shape])
+    assert result.exit_code == 0, result.output
+    pruned = onnx.load(out)
+    onnx.checker.check_model(pruned)
+    feeds = {m.graph.input[0].name: np.random.default_rng(0).normal(size=(1, 3, 16, 16))}
+    feeds = {k: v.astype(np.float32) for k, v in feeds.items()}
+    ref, got = run_model(m, feeds)[0], run_model(pruned, feeds)[0]
+    assert np.ptp(ref) > 0 and np.allclose(ref, got, rtol=1e-5, atol=1e-6 * np.ptp(ref))
+    if where == "output":
+        assert [d.dim_value for d in pruned.graph.output[0].type.tensor_type.shape.dim] == dims
+    from drpopt.passes.interop import check_structure
+
+    check_structure(m)  # no error, and the caller's model is left as it was
+    assert not info.type.tensor_type.HasField("shape")
