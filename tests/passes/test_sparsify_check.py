@@ -149,3 +149,38 @@ def test_check_cli(tmp_path, zoo_models):
     assert missing.exit_code == 2 and len(missing.stderr.strip().splitlines()) == 1
     listed = runner.invoke(app, ["targets"], env={"COLUMNS": "200"})
     assert listed.exit_code == 0 and all(name in listed.output for name in TARGETS)
+
+
+def test_a_layer_reaches_its_rate_when_a_channel_is_kept_alive():
+    """A depthwise conv of 8 channels of 9 weights, one channel wholly under the layer's
+    magnitude cut: that channel keeps its largest weight, and the smallest weights of the
+    others go instead, so the layer zeroes exactly half (36 of 72), not 35 (48.6%, under the
+    drpai profile's per-layer floor: `drpopt check` refused what `prune --target drpai`
+    wrote, on BiSeNetV2's context branch)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = rng.uniform(1.0, 2.0, size=(8, 1, 3, 3)).astype(np.float32) * rng.choice(
+        [-1, 1], (8, 1, 3, 3)
+    )
+    w[5] *= 1e-3  # channel 5 lies wholly under the cut
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 6, 6])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 6, 6])
+    # the input and output layers stay dense: the depthwise conv sits between two 1x1 convs
+    first, last = (rng.normal(size=(8, 8, 1, 1)).astype(np.float32) for _ in range(2))
+    nodes = [
+        helper.make_node("Conv", ["x", "w0"], ["h"], name="pw"),
+        helper.make_node("Conv", ["h", "w"], ["d"], group=8, pads=[1, 1, 1, 1], name="dw"),
+        helper.make_node("Conv", ["d", "w2"], ["y"], name="pw2"),
+    ]
+    weights = [numpy_helper.from_array(a, n) for a, n in ((first, "w0"), (w, "w"), (last, "w2"))]
+    graph = helper.make_graph(nodes, "g", [x], [y], weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    out = PassManager(parse_pipeline("sparsify:granularity=unstructured:rate=0.5")).run(model)
+    got = np.asarray(next(n for n in out.model.nodes if n.name == "dw").inputs[1].const)
+    nonzero = (got != 0).reshape(8, -1)
+    assert nonzero.any(axis=1).all()  # every channel kept
+    assert (got == 0).sum() == 36
+    assert np.array_equal(got[got != 0], w[got != 0])  # the kept weights are the originals
+    kept5 = np.flatnonzero(nonzero[5])
+    assert len(kept5) == 1 and abs(w[5].ravel()[kept5[0]]) == np.abs(w[5]).max()
