@@ -321,6 +321,9 @@ class PruneResult:
     layers_before: dict
     context: Any  # passes.context.PipelineContext of score .. apply-masks
     options: PruneOptions
+    # a sparse result measured against its target as ``drpopt check`` measures it
+    # (passes.check.CheckReport; None for a compact one, whose zeros are gone)
+    target_check: Any = None
 
 
 def prune_steps(options: PruneOptions) -> int:
@@ -372,9 +375,13 @@ def prune(
         step("done", 1)
     pruned = r2.model
     proto = to_onnx(pruned)
+    target_check = None
     if not options.compact:
+        from drpopt.passes.check import check_model
+
         step("checking the sparse model against its compact form", 0)
         _check_sparse_matches_compact(proto, compact_proto, options.rtol, r1.context.verify_inputs)
+        target_check = check_model(pruned, options.profile)
         step("checked", 1)
     return PruneResult(
         model=from_graph(pruned, kind) if kind != "path" else proto,
@@ -387,6 +394,7 @@ def prune(
         layers_before=layers_before,
         context=r1.context,
         options=options,
+        target_check=target_check,
     )
 
 

@@ -373,7 +373,17 @@ def _summary(model, output, before: dict, pruned, result, options) -> dict:
         "pattern": pattern_note(options.profile, after),
         "verify": verify.to_dict() if verify is not None else None,
         "verify_summary": verify.summary() if verify is not None else None,
+        "target_check": _target_check(result),
     }
+
+
+def _target_check(result) -> dict | None:
+    """Whether a sparse result meets its target as ``drpopt check`` measures it, and if not,
+    why (groups the alignment leaves whole, layers it leaves dense)."""
+    report = result.target_check
+    if report is None:
+        return None
+    return {"ok": report.ok, "summary": report.summary()}
 
 
 FIGURE_ROWS = (
@@ -416,3 +426,14 @@ def _print_summary(console: Console, s: dict) -> None:
                 "model computes what its compact form computes"
             )
     console.print(f"wrote {s['output']}")
+    check = s.get("target_check")
+    if check is not None and not check["ok"]:
+        from drpopt.cli.options import warn
+
+        warn(
+            f"{check['summary']}; `drpopt check --target {s['target']}` exits 1 on it "
+            f"(pruned {s['pruned_groups']} of {s['eligible_groups']} eligible groups: the "
+            "others keep every channel under the target's channel alignment and minimum)"
+            if s["pruned_groups"] < s["eligible_groups"]
+            else f"{check['summary']}; `drpopt check --target {s['target']}` exits 1 on it"
+        )

@@ -201,3 +201,49 @@ def test_figures_say_the_shapes(tmp_path):
     assert "x: 1x3x32x32" in s["verify"]["inputs"]
     unfixed = runner.invoke(app, ["prune", str(path), "-o", str(tmp_path / "q.onnx")])
     assert unfixed.exit_code == 2 and "--input-shape x:1,3,H,W" in unfixed.stderr
+
+
+def _narrow_model() -> onnx.ModelProto:
+    """Three 3x3 convs of 4 channels: every group narrower than drpai's 8-channel alignment."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes, inits, x = [], [], "x"
+    for i, cin in enumerate((3, 4, 4, 4)):
+        w = rng.normal(size=(4, cin, 3, 3)).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, f"w{i}"))
+        nodes.append(helper.make_node("Conv", [x, f"w{i}"], [f"c{i}"], pads=[1] * 4))
+        nodes.append(helper.make_node("Relu", [f"c{i}"], [f"r{i}"]))
+        x = f"r{i}"
+    graph = helper.make_graph(
+        nodes,
+        "narrow",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, 4, 8, 8])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("narrow", [False, True], ids=["meets", "falls-short"])
+def test_prune_says_when_its_sparse_result_falls_short_of_the_target(model, tmp_path, narrow):
+    """`prune --target drpai` and `check --target drpai` agree on the written model: prune
+    warns (exit 0, the model is written) exactly when check will exit 1, with check's line
+    and why; its JSON carries the same verdict."""
+    src = model
+    if narrow:
+        src = tmp_path / "narrow.onnx"
+        onnx.save(_narrow_model(), str(src))
+    out = tmp_path / "s.onnx"
+    p = runner.invoke(app, ["prune", str(src), "--target", "drpai", "-o", str(out)])
+    assert p.exit_code == 0, p.output
+    c = runner.invoke(app, ["check", str(out), "--target", "drpai"])
+    assert c.exit_code == (1 if narrow else 0), c.output
+    assert ("does not meet target 'drpai'" in p.stderr) is narrow
+    if narrow:
+        assert "`drpopt check --target drpai` exits 1" in p.stderr
+        assert "pruned 0 of 2 eligible groups" in p.stderr  # (the last one is the output)
+    j = runner.invoke(app, ["prune", str(src), "--target", "drpai", "-o", str(out), "--force",
+                            "--json"])  # fmt: skip
+    assert json.loads(j.stdout)["target_check"]["ok"] is (not narrow)
