@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from drpopt.ir.channels import Group, Lock
-from drpopt.ir.core import Graph, Node, Value, gc_paused
+from drpopt.ir.core import Graph, Value, gc_paused
 from drpopt.ir.counting import (
     _distinct_params,
     _group_totals,
@@ -167,7 +167,7 @@ def _analyze(model: Any, where: str | None, start: float, input_shapes: Any = No
     return result
 
 
-def _solve(graph: Graph, levels: dict[Node, int], params, uses, info, memos=None):
+def _solve(graph: Graph, levels: dict[tuple, int], params, uses, info, memos=None):
     cg = apply_rules(graph, levels, memos)
     groups, _ = cg.groups()
     for g in groups:
@@ -179,8 +179,13 @@ def _solve(graph: Graph, levels: dict[Node, int], params, uses, info, memos=None
 def _best_mapping(graph: Graph, params, uses, info, rounds: int = 3):
     """Solves the channel graph; where a reshape's split or merge leaves the axis that
     carries the channels locked (q/k/v stacked on an axis of 3 before the heads), solves
-    again with the next axis carrying them, and keeps whichever prunes more parameters."""
-    levels: dict[Node, int] = {}
+    again with the next axis carrying them, and keeps whichever prunes more parameters.
+
+    A mapping that waited for another to move (``_raises``) may have to follow it before
+    anything gains: EfficientViT's heads split moves to the dims inside each head, and
+    only with the merge back at those dims too do they prune. So a trial that gains
+    nothing gets one step more, raising just those followers."""
+    levels: dict[tuple, int] = {}  # (node, value, first axis) of a split or merge -> level
     values = list(graph.values.values())
     shapes = [v.shape for v in values]
     best = _solve(graph, levels, params, uses, info)
@@ -192,31 +197,44 @@ def _best_mapping(graph: Graph, params, uses, info, rounds: int = 3):
     same = same and all(a == v.shape for a, v in zip(shapes, values, strict=True))
     memos = (best[0].shape_memo, best[0].numeric_memo) if same else None
     for _ in range(rounds):
-        cg = best[0]
-        where = cg.group_at()  # the group holding (value, axis), if any
-        stuck = {
-            node: (level, where(value, axis))
-            for node, value, axis, level, n in cg.splits
-            if level < n and not getattr(where(value, axis), "prunable", False)
-        }
-        # a mapping locked only because another stuck one locks its component waits for
-        # that one to move (the heads after torchvision's q/k/v split stay heads)
-        names = {node.name for node in stuck}
-        raise_ = {
-            node: level + 1
-            for node, (level, group) in stuck.items()
-            if group is not None and not any(lk.node in names - {node.name} for lk in group.locks)
-        }
-        raise_.update(_together(stuck, raise_, names))
-        raise_.update(_past_bare_axes(cg.splits, stuck, where))
+        raise_, waiting = _raises(best[0])
         if not raise_:
             break
         trial_levels = {**levels, **raise_}
         trial = _solve(graph, trial_levels, params, uses, info, memos)
         if _gain(trial) <= _gain(best):
-            break
+            follow = {k: lv for k, lv in _raises(trial[0])[0].items() if k in waiting}
+            if not follow:
+                break
+            trial_levels = {**trial_levels, **follow}
+            trial = _solve(graph, trial_levels, params, uses, info, memos)
+            if _gain(trial) <= _gain(best):
+                break
         best, levels = trial, trial_levels
     return best
+
+
+def _raises(cg) -> tuple[dict, set]:
+    """The split and merge mappings to raise a level (key -> level) where the axis that
+    carries the channels ends up locked, and the stuck ones left waiting for them."""
+    where = cg.group_at()  # the group holding (value, axis), if any
+    stuck = {
+        key: (level, where(value, axis))
+        for key, value, axis, level, n in cg.splits
+        if level < n and not getattr(where(value, axis), "prunable", False)
+    }
+    # a mapping locked only because another stuck one locks its component waits for
+    # that one to move (the heads after torchvision's q/k/v split stay heads)
+    names = {key[0].name for key in stuck}
+    raise_ = {
+        key: level + 1
+        for key, (level, group) in stuck.items()
+        if group is not None and not any(lk.node in names - {key[0].name} for lk in group.locks)
+    }
+    raise_.update(_together(stuck, raise_, names))
+    raise_.update(_past_bare_axes(cg.splits, stuck, where))
+    waiting = {key for key, (_level, group) in stuck.items() if group is not None} - set(raise_)
+    return raise_, waiting
 
 
 def _together(stuck, raised, names) -> dict:
@@ -225,14 +243,14 @@ def _together(stuck, raised, names) -> dict:
     the attention weights viewed alike, both locked by the softmax and sum over ``M``); each
     alone would wait for the other."""
     waiting: dict[int, tuple] = {}
-    for node, (level, group) in stuck.items():
-        if group is not None and node not in raised:
-            waiting.setdefault(id(group), (group, []))[1].append((node, level))
+    for key, (level, group) in stuck.items():
+        if group is not None and key not in raised:
+            waiting.setdefault(id(group), (group, []))[1].append((key, level))
     out = {}
     for group, members in waiting.values():
-        mine = {node.name for node, _ in members}
+        mine = {key[0].name for key, _ in members}
         if len(members) > 1 and not any(lk.node in names - mine for lk in group.locks):
-            out.update({node: level + 1 for node, level in members})
+            out.update({key: level + 1 for key, level in members})
     return out
 
 
@@ -241,8 +259,8 @@ def _past_bare_axes(splits, stuck, where) -> dict:
     merging, ``reshape(B, H/2, 2, W/2, 2, C).permute(...).flatten(3)``, merges two spatial
     parities with the channels) maps at the first deeper axis a group holds."""
     out = {}
-    for node, value, axis, level, n in splits:
-        if node not in stuck or stuck[node][1] is not None or value.shape is None:
+    for key, value, axis, level, n in splits:
+        if key not in stuck or stuck[key][1] is not None or value.shape is None:
             continue
         while level < n:
             axis = next((a for a in range(axis + 1, len(value.shape)) if value.shape[a] != 1), None)
@@ -250,7 +268,7 @@ def _past_bare_axes(splits, stuck, where) -> dict:
                 break
             level += 1
             if where(value, axis) is not None:
-                out[node] = level
+                out[key] = level
                 break
     return out
 

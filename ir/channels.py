@@ -49,10 +49,11 @@ class ChannelGraph:
         self.touched: set[tuple[Value, int]] = set()
         # locks for spaces that may not exist (yet): attached when groups are built
         self.pending_locks: dict[tuple[Value, int], Lock] = {}
-        # reshape splits/merges: the level each maps at (set by the analysis), and the
-        # mappings made, as (node, value, axis carrying the channels, level, axes)
-        self.reshape_levels: dict[Node, int] = {}
-        self.splits: list[tuple[Node, Value, int, int, int]] = []
+        # reshape splits/merges, each keyed by (node, the value of its several axes, the
+        # first of them): the level each maps at (set by the analysis), and the mappings
+        # made, as (key, value, axis carrying the channels, level, axes)
+        self.reshape_levels: dict[tuple[Node, Value, int], int] = {}
+        self.splits: list[tuple[tuple[Node, Value, int], Value, int, int, int]] = []
         # (group, its segment ids) as solving made them (see ``group_at``)
         self.group_segments: list[tuple[Group, set[int]]] = []
 

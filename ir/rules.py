@@ -300,11 +300,12 @@ _UNKNOWN: Rule = lambda node, cg: None  # noqa: E731 (a rule not looked up yet)
 
 
 def apply_rules(
-    graph: Graph, reshape_levels: dict[Node, int] | None = None, memos=None
+    graph: Graph, reshape_levels: dict[tuple, int] | None = None, memos=None
 ) -> ChannelGraph:
     """Runs every node's rule over ``graph``; nodes without one lock what they touch, and
     every axis of a node's inputs and outputs that its rule did not mention is locked.
-    ``reshape_levels`` says which axis carries the channels in a reshape's split or merge;
+    ``reshape_levels`` says which axis carries the channels in a reshape's split or merge
+    (keyed as ``ChannelGraph.reshape_levels``);
     ``memos`` are an earlier run's ``(shape_memo, numeric_memo)`` over the same shapes."""
     cg = ChannelGraph(graph)
     if memos is not None:

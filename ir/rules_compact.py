@@ -27,7 +27,7 @@ from drpopt.ir import (
 from drpopt.ir.core import Graph, Node, Value
 from drpopt.ir.rules import RULES, CompactHook
 from drpopt.ir.rules_layers import _shapes_read, frozen_size_cast
-from drpopt.ir.rules_select import gathered_runs, range_axis
+from drpopt.ir.rules_select import gathered_runs, padded_axis, range_axis
 from drpopt.ir.shape_expr import (
     NumericMemo,
     const_ints,
@@ -120,8 +120,9 @@ def _reads_resized(node: Node, resized: set[str]) -> bool:
 
 @compaction("Pad")
 def _update_pad(graph: Graph, node: Node, kept: KeptChannels) -> None:
-    """Zeros padded onto the channel axis (``rules_select._padded_channels``) shrink to the
-    kept ones: the pads become constants (torch computes them in the graph)."""
+    """Zeros padded onto the channel axis (or the one axis padded: ``rules_select.
+    padded_axis``) shrink to the kept ones: the pads become constants (torch computes them
+    in the graph)."""
     before, after = kept.virtual(f"{node.name}.before"), kept.virtual(f"{node.name}.after")
     x = node.input(0)
     if (before is None and after is None) or x is None or x.rank is None:
@@ -131,9 +132,12 @@ def _update_pad(graph: Graph, node: Node, kept: KeptChannels) -> None:
         pads = const_ints(node.input(1)) or shape_values(node.input(1), kept.memo)
     axes = const_ints(node.input(3)) if node.input(3) is not None else None
     axes = [a % x.rank for a in axes] if axes is not None else list(range(x.rank))
-    if pads is None or 1 not in axes:
+    if pads is None:
         return
-    pads, i = list(pads), axes.index(1)
+    ax = padded_axis(a for i, a in enumerate(axes) if pads[i] or pads[i + len(axes)])
+    if ax is None:
+        return
+    pads, i = list(pads), axes.index(ax)
     if before is not None:
         pads[i] = int(before.sum())
     if after is not None:

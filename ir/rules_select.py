@@ -51,14 +51,24 @@ def _pad(node: Node, cg: ChannelGraph) -> None:
     lock_axis(cg, node, [x, y], sorted(padded), "pads this axis")
 
 
+def padded_axis(padded) -> int | None:
+    """The axis a constant Pad maps as a concat: the channel axis (1) when it is padded,
+    else the only padded axis (EfficientViT's ``F.pad(v, (0, 0, 0, 1), value=1)`` appends
+    a row of ones to each head's value dims, axis 2), else None."""
+    padded = set(padded)
+    return 1 if 1 in padded else (next(iter(padded)) if len(padded) == 1 else None)
+
+
 def _padded_channels(node: Node, cg: ChannelGraph, x: Value, y: Value, axes, padded) -> int | None:
     """BlazeFace widens a residual by ``F.pad(x, (0, 0, 0, 0, 0, k))``: a constant Pad of
-    the channel axis (1) is the concat of the pad's channels and ``x``'s, which map 1:1.
-    Zeros padded prune too (``compact`` shrinks the pads: ``rules_compact._update_pad``);
-    another padding value is locked. Returns the axis mapped so."""
+    the channel axis (1) (or of the one axis padded, ``padded_axis``) is the concat of the
+    pad's channels and ``x``'s, which map 1:1. Zeros padded prune too (``compact`` shrinks
+    the pads: ``rules_compact._update_pad``); another padding value is locked. Returns the
+    axis mapped so."""
     mode = node.attr("mode", "constant")
     mode = mode.decode() if isinstance(mode, bytes) else mode
-    if 1 not in padded or mode != "constant" or x.shape is None or y.shape is None:
+    ax = padded_axis(padded)
+    if ax is None or mode != "constant" or x.shape is None or y.shape is None:
         return None
     pads = node.attr("pads")
     if pads is None and node.input(1) is not None:
@@ -66,15 +76,15 @@ def _padded_channels(node: Node, cg: ChannelGraph, x: Value, y: Value, axes, pad
         if pads is None:
             pads = shape_values(node.input(1), cg.numeric_memo)
     n = len(axes)
-    if pads is None or len(pads) != 2 * n or 1 not in axes:
+    if pads is None or len(pads) != 2 * n or ax not in axes:
         return None
-    before, after = pads[axes.index(1)], pads[axes.index(1) + n]
-    width = x.shape[1]
+    before, after = pads[axes.index(ax)], pads[axes.index(ax) + n]
+    width = x.shape[ax]
     if (
         before < 0
         or after < 0
         or not isinstance(width, int)
-        or y.shape[1] != before + width + after
+        or y.shape[ax] != before + width + after
     ):
         return None
     why = f"Pad '{node.name}' adds these channels with a value other than zero"
@@ -88,10 +98,10 @@ def _padded_channels(node: Node, cg: ChannelGraph, x: Value, y: Value, axes, pad
             if value != 0:  # None: computed, unknown
                 cg.lock(part, "rule", why, node)
         else:
-            part = cg.space(x, 1)
+            part = cg.space(x, ax)
         parts.append(part)
-    cg.concat(cg.space(y, 1), parts, node)
-    return 1
+    cg.concat(cg.space(y, ax), parts, node)
+    return ax
 
 
 def _scalar_const(value: Value | None) -> float | None:

@@ -308,7 +308,10 @@ def _map_block(cg: ChannelGraph, node: Node, x: Value, bi, y: Value, bj) -> None
         return
     value, axes = many
     shuffle = _channel_shuffle(kind, x, y, bi, bj)
-    level = min(cg.reshape_levels.get(node, 2 if shuffle == "split" else 1), len(axes))
+    # each split or merge of a reshape has its own level (EfficientViT's reshape splits the
+    # channels into heads and merges the pixels: raising one leaves the other alone)
+    key = (node, value, axes[0][0])
+    level = min(cg.reshape_levels.get(key, 2 if shuffle == "split" else 1), len(axes))
     repeats = math.prod(d for _, d in axes[: level - 1])
     block = math.prod(d for _, d in axes[level:])
     if repeats > MAX_REPEATS:
@@ -324,7 +327,7 @@ def _map_block(cg: ChannelGraph, node: Node, x: Value, bi, y: Value, bj) -> None
         for part in parts:
             cg.expand(part, target, block, node)
     # a shuffle's two reshapes map as they must: no other level to try
-    cg.splits.append((node, value, axes[level - 1][0], level, level if shuffle else len(axes)))
+    cg.splits.append((key, value, axes[level - 1][0], level, level if shuffle else len(axes)))
     others = [a for a in axes if a[0] != axes[level - 1][0]]
     why = f"{kind} axis {single[1]} of '{single[0].name}' with other axes"
     if kind == "merges":

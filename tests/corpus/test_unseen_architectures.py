@@ -301,12 +301,13 @@ MODELS = {
         {"NonMaxSuppression", "a single channel", OUTPUT},
     ),
     # EfficientViT (MIT): ReLU linear attention, a row of ones padded onto v divides the
-    # rest; the q/k/v widths inside a head stay (the head split cuts inside the blocks)
+    # rest; the multi-scale aggregation's grouped conv ties dim p of every q/k/v block, so
+    # the dims inside the heads prune (the same in every head), not whole heads
     "efficientvit": (
         lambda: _torch_model("efficientvit_torch", "efficientvit"),
-        0.85,
-        0.45,
-        {"a cut inside an expanded block", OUTPUT},
+        0.99,
+        0.33,
+        {OUTPUT},
     ),
     # RT-DETR-style decoder: multi-scale deformable attention (value folded per head into
     # (bs * heads, head_dim, h, w), F.grid_sample at learned offsets): whole heads prune;
