@@ -100,6 +100,13 @@ class CheckReport:
         return sorted(self.layers, key=lambda x: (x.conforms, x.sparsity))[:k]
 
     def summary(self) -> str:
+        if not self.layers:  # nothing measured: say so, not "0.0% ... worst: " (nothing)
+            return (
+                f"the model does not meet target '{self.target}': none of its layers is one "
+                "the target checks (a Conv, ConvTranspose, Gemm or MatMul reading a constant "
+                f"weight, not left dense by the profile: {len(self.skipped)} left dense), so "
+                "nothing was measured"
+            )
         verdict = "meets" if self.ok else "does not meet"
         text = (
             f"the model {verdict} target '{self.target}': {100 * self.sparsity:.1f}% of the "

@@ -184,3 +184,71 @@ def test_a_layer_reaches_its_rate_when_a_channel_is_kept_alive():
     assert np.array_equal(got[got != 0], w[got != 0])  # the kept weights are the originals
     kept5 = np.flatnonzero(nonzero[5])
     assert len(kept5) == 1 and abs(w[5].ravel()[kept5[0]]) == np.abs(w[5]).max()
+
+
+def test_an_odd_count_rounds_up_to_the_rate():
+    """Half of 33 weights is 17 zeros, not 16 (48.5%, under drpai's per-layer floor: the
+    1x11 band convs of InceptionNeXt's token mixer with 3 channels failed `check`); and
+    0.7 of 10 stays 7."""
+    from drpopt.passes.sparsify import at_least
+
+    assert (at_least(0.5, 33), at_least(0.7, 10), at_least(0.5, 72), at_least(0.3, 1)) == (
+        17,
+        7,
+        36,
+        1,
+    )
+    rng = np.random.default_rng(1)
+    w = rng.uniform(1.0, 2.0, size=(3, 11)).astype(np.float32)
+    graph = from_onnx(_band_model(w))
+    SparsifyPass(granularity="unstructured", rate=0.5).call(graph)
+    got = np.asarray(next(n for n in graph.nodes if n.name == "band").inputs[1].const)
+    assert (got == 0).sum() == 17
+    report = check_model(graph, get_target("drpai"), min_sparsity=0.0)
+    assert all(not x.below_floor for x in report.layers), report.summary()
+
+
+def _band_model(w: np.ndarray) -> onnx.ModelProto:
+    """pw (3 -> 3) -> a depthwise 1x11 band conv of ``w`` -> pw: the band conv is a middle
+    layer (the input and output layers stay dense)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    eye = np.eye(3, dtype=np.float32).reshape(3, 3, 1, 1)
+    nodes = [
+        helper.make_node("Conv", ["x", "a"], ["h"], name="pw"),
+        helper.make_node("Conv", ["h", "w"], ["d"], group=3, pads=[0, 5, 0, 5], name="band"),
+        helper.make_node("Conv", ["d", "b"], ["y"], name="pw2"),
+    ]
+    weights = [
+        numpy_helper.from_array(eye, "a"),
+        numpy_helper.from_array(w.reshape(3, 1, 1, 11), "w"),
+        numpy_helper.from_array(eye.copy(), "b"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "band",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 16])],
+        weights,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_check_of_a_model_with_no_checked_layer_says_nothing_was_measured():
+    """One conv is the input and the output layer, left dense by drpai: the verdict says no
+    layer was checked (it said "0.0% of the checked weights ... worst: " with no layer)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.ones((4, 3, 1, 1), np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], name="only")],
+        "one",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 4, 4])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    report = check_model(from_onnx(model), get_target("drpai"))
+    assert not report.ok and not report.layers
+    assert "none of its layers is one the target checks" in report.summary()
+    assert "1 left dense" in report.summary() and "worst" not in report.summary()
