@@ -58,7 +58,11 @@ def _ln(dim: int) -> nn.LayerNorm:
 class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int, out: int | None = None) -> None:
         super().__init__()
-        self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, out or dim)
+        self.fc1, self.act, self.fc2 = (
+            nn.Linear(dim, hidden),
+            nn.GELU(),
+            nn.Linear(hidden, out or dim),
+        )
 
     def forward(self, x):
         return self.fc2(self.act(self.fc1(x)))
@@ -431,7 +435,7 @@ class BeitAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x):
-        B, N, C = x.shape
+        B, N, _ = x.shape
         qkv_bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))
         qkv = F.linear(input=x, weight=self.qkv.weight, bias=qkv_bias)
         qkv = qkv.reshape(B, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
@@ -722,7 +726,7 @@ class FocalNetBlock(nn.Module):
 
     def forward(self, x):
         H = W = self.resolution
-        B, L, C = x.shape
+        B, _, C = x.shape
         shortcut = x
         x = self.norm1(x).view(B, H, W, C)
         x = self.modulation(x).view(B, H * W, C)
@@ -767,4 +771,3 @@ class TinyFocalNet(nn.Module):
 def focalnet(size: int = 32, seed: int = 0, dynamo: bool = False) -> onnx.ModelProto:
     torch.manual_seed(seed)
     return export(randomize_norms(TinyFocalNet(size)), size, 17, seed, dynamo)
-
