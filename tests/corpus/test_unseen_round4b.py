@@ -1,7 +1,7 @@
 """The unseen-architecture checks (``unseen_battery.py``) on round 4b's transformer and MLP
-families (``tests/ir/transformers4_torch.py``): DINOv2, EVA-02, SAM's image encoder, BEiT,
-CaiT, MLP-Mixer, ResMLP, gMLP and FocalNet, each exported at opset 17 by the TorchScript
-exporter; ``-m slow`` adds the dynamo exports.
+families (``tests/ir/transformers4_torch.py``): DINOv2, EVA-02 (timm's and its own repo's
+form), SAM's image encoder, BEiT, CaiT, MLP-Mixer, ResMLP, gMLP and FocalNet, each exported
+at opset 17 by the TorchScript exporter; ``-m slow`` adds the dynamo exports.
 
 Per model: the analysis names every lock (and only the expected reasons); rate 0 is
 bit-identical; every plan of ``CONFIGS`` gives compact outputs equal to the sparse ones (1e-4
@@ -45,6 +45,9 @@ MODELS = {
     # rotary q/k (pairs 2i, 2i + 1 of a head mix with a fixed frequency): whole heads prune,
     # the q/k/v biases around a zero k bias are folded into one constant that follows them
     "eva02": ("eva02", 0.97, 0.32, {OUTPUT}),
+    # the EVA-02 repo's own form: separate q/k/v, rotate_half by reshape into pairs,
+    # inner_attn_ln over all heads (its scale and bias follow the heads)
+    "eva02_subln": ("eva02_subln", 0.97, 0.32, {OUTPUT}),
     # windowed attention (padded 6 -> 8), decomposed relative positions, LayerNorm2d neck;
     # 0.345 kept at 0.5 (0.356 through dynamo: its int64 position indices count as tensors)
     "sam_vit": ("sam_vit", 0.98, 0.36, {WINDOW_HEADS, OUTPUT}),
@@ -65,9 +68,9 @@ MODELS = {
     # h's input; each of the focal_level + 1 gates is one channel broadcast over the context
     "focalnet": ("focalnet", 0.99, 0.3, {"a single channel", OUTPUT}),
 }
-# the default run keeps five (about 20 s on a quiet machine); -m slow adds the others
+# the default run keeps six (about 20 s on a quiet machine); -m slow adds the others
 SLOW = {"beit", "resmlp", "focalnet", "eva02"}
-DYNAMO = ["dinov2", "eva02", "sam_vit", "cait", "gmlp", "focalnet"]
+DYNAMO = ["dinov2", "eva02", "eva02_subln", "sam_vit", "cait", "gmlp", "focalnet"]
 
 
 @functools.cache

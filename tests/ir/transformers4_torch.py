@@ -10,7 +10,9 @@
   bias (``F.linear(x, qkv.weight, qkv_bias)``), 2-D rotary embedding of q and k (sin and cos
   ``repeat_interleave``-d, ``rot`` pairs channels ``2i`` and ``2i + 1`` of a head) after the
   class token, SwiGLU with separate gate/value Linears and a LayerNorm over the hidden width
-  (``scale_mlp``), average pooling with ``fc_norm``.
+  (``scale_mlp``), average pooling with ``fc_norm``; ``eva02_subln``: the EVA-02 repo's
+  own form (``EVA-02/asuka/modeling_finetune.py``: separate q/k/v projections, its
+  ``rotate_half`` by reshape to pairs, unbind and stack, ``inner_attn_ln`` over the heads).
 - ``sam_vit``: SAM's image encoder (facebookresearch/segment-anything
   ``modeling/image_encoder.py``): tokens as ``(B, H, W, C)``, a learned absolute position,
   windowed attention with ``window_partition`` (``F.pad`` to whole windows) and
@@ -224,10 +226,51 @@ class SwiGLU(nn.Module):
         return self.fc2(self.norm(x))
 
 
-class EvaBlock(nn.Module):
+def rotate_half(x):
+    """EVA-02's own ``rotate_half`` (einops ``'... (d r) -> ... d r'``, unbind, stack back)."""
+    x = x.reshape(*x.shape[:-1], -1, 2)
+    x1, x2 = x.unbind(dim=-1)
+    return torch.stack((-x2, x1), dim=-1).flatten(-2)
+
+
+class EvaSublnAttention(nn.Module):
+    """The EVA-02 repo's ``Attention`` with ``subln=True``: separate q/k/v projections (k
+    without a bias), the rotary embedding ``t * cos + rotate_half(t) * sin`` on the patch
+    tokens, and ``inner_attn_ln`` (a LayerNorm over all heads) before ``proj``."""
+
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
-        self.norm1, self.attn = _ln(dim), EvaAttention(dim, heads)
+        self.num_heads, self.scale = heads, (dim // heads) ** -0.5
+        self.q_proj = nn.Linear(dim, dim, bias=False)
+        self.k_proj = nn.Linear(dim, dim, bias=False)
+        self.v_proj = nn.Linear(dim, dim, bias=False)
+        self.q_bias = nn.Parameter(torch.randn(dim) * 0.1)
+        self.v_bias = nn.Parameter(torch.randn(dim) * 0.1)
+        self.inner_attn_ln, self.proj = _ln(dim), nn.Linear(dim, dim)
+
+    def forward(self, x, rope):
+        B, N, _ = x.shape
+        q = F.linear(input=x, weight=self.q_proj.weight, bias=self.q_bias)
+        k = F.linear(input=x, weight=self.k_proj.weight, bias=None)
+        v = F.linear(input=x, weight=self.v_proj.weight, bias=self.v_bias)
+        q = q.reshape(B, N, self.num_heads, -1).permute(0, 2, 1, 3)
+        k = k.reshape(B, N, self.num_heads, -1).permute(0, 2, 1, 3)
+        v = v.reshape(B, N, self.num_heads, -1).permute(0, 2, 1, 3)
+        sin, cos = rope.tensor_split(2, -1)
+        q_t = q[:, :, 1:, :]
+        q = torch.cat((q[:, :, :1, :], q_t * cos + rotate_half(q_t) * sin), -2).type_as(v)
+        k_t = k[:, :, 1:, :]
+        k = torch.cat((k[:, :, :1, :], k_t * cos + rotate_half(k_t) * sin), -2).type_as(v)
+        attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+        x = (attn @ v).transpose(1, 2).reshape(B, N, -1)
+        return self.proj(self.inner_attn_ln(x))
+
+
+class EvaBlock(nn.Module):
+    def __init__(self, dim: int, heads: int, subln: bool = False) -> None:
+        super().__init__()
+        attn = EvaSublnAttention(dim, heads) if subln else EvaAttention(dim, heads)
+        self.norm1, self.attn = _ln(dim), attn
         self.norm2, self.mlp = _ln(dim), SwiGLU(dim, int(dim * 4 * 2 / 3))
 
     def forward(self, x, rope):
@@ -236,14 +279,14 @@ class EvaBlock(nn.Module):
 
 
 class TinyEva02(nn.Module):
-    def __init__(self, size=32, patch=8, dim=48, heads=4, depth=3, classes=10):
+    def __init__(self, size=32, patch=8, dim=48, heads=4, depth=3, classes=10, subln=False):
         super().__init__()
         grid = size // patch
         self.patch_embed = PatchEmbed(patch, dim)
         self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 0.1)
         self.pos_embed = nn.Parameter(torch.randn(1, grid * grid + 1, dim) * 0.1)
         self.register_buffer("rope", rotary_embed(dim // heads, grid), persistent=False)
-        self.blocks = nn.ModuleList(EvaBlock(dim, heads) for _ in range(depth))
+        self.blocks = nn.ModuleList(EvaBlock(dim, heads, subln) for _ in range(depth))
         self.fc_norm, self.head = _ln(dim), nn.Linear(dim, classes)
 
     def forward(self, x):
@@ -257,6 +300,12 @@ class TinyEva02(nn.Module):
 def eva02(size: int = 32, seed: int = 0, dynamo: bool = False) -> onnx.ModelProto:
     torch.manual_seed(seed)
     return export(randomize_norms(TinyEva02(size)), size, 17, seed, dynamo)
+
+
+def eva02_subln(size: int = 32, seed: int = 0, dynamo: bool = False) -> onnx.ModelProto:
+    """As the EVA-02 repo (baaivision/EVA ``EVA-02/asuka/modeling_finetune.py``) writes it."""
+    torch.manual_seed(seed)
+    return export(randomize_norms(TinyEva02(size, subln=True)), size, 17, seed, dynamo)
 
 
 # ---- SAM image encoder (facebookresearch/segment-anything) ----------------------------------
