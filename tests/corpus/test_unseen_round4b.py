@@ -1,7 +1,8 @@
 """The unseen-architecture checks (``unseen_battery.py``) on round 4b's transformer and MLP
-families (``tests/ir/transformers4_torch.py``): DINOv2, EVA-02 (timm's and its own repo's
-form), SAM's image encoder, BEiT, CaiT, MLP-Mixer, ResMLP, gMLP and FocalNet, each exported
-at opset 17 by the TorchScript exporter; ``-m slow`` adds the dynamo exports.
+families (``tests/ir/transformers4_torch.py``): DINOv2 (also with its position embedding
+interpolated in the graph), EVA-02 (timm's and its own repo's form), SAM's image encoder,
+BEiT, CaiT, MLP-Mixer, ResMLP, gMLP, FocalNet and CoAtNet, each exported at opset 17 by
+the TorchScript exporter; ``-m slow`` adds the dynamo exports.
 
 Per model: the analysis names every lock (and only the expected reasons); rate 0 is
 bit-identical; every plan of ``CONFIGS`` gives compact outputs equal to the sparse ones (1e-4
@@ -42,6 +43,9 @@ MODELS = {
     # register tokens inserted after the class token, LayerScale, SwiGLU (chunk halves of
     # w12 pair up: one group), the classifier on cat(cls, patch mean)
     "dinov2": ("dinov2", 0.99, 0.3, {OUTPUT}),
+    # exported below its training size: the position embedding (a parameter of the
+    # residual width) resized bicubically in the graph, by scales from the input's size
+    "dinov2_interpolated": ("dinov2_interpolated", 0.99, 0.3, {OUTPUT}),
     # rotary q/k (pairs 2i, 2i + 1 of a head mix with a fixed frequency): whole heads prune,
     # the q/k/v biases around a zero k bias are folded into one constant that follows them
     "eva02": ("eva02", 0.97, 0.32, {OUTPUT}),
@@ -67,10 +71,13 @@ MODELS = {
     # focal modulation: q pairs with h's output, the context with the depthwise convs and
     # h's input; each of the focal_level + 1 gates is one channel broadcast over the context
     "focalnet": ("focalnet", 0.99, 0.3, {"a single channel", OUTPUT}),
+    # MBConv stages, then TransformerBlock2d on NCHW: heads first in the qkv conv (each head
+    # a block of 3 x dim_head output channels), the bias table gathered per head
+    "coatnet": ("coatnet", 0.99, 0.3, {OUTPUT}),
 }
-# the default run keeps six (about 20 s on a quiet machine); -m slow adds the others
-SLOW = {"beit", "resmlp", "focalnet", "eva02"}
-DYNAMO = ["dinov2", "eva02", "eva02_subln", "sam_vit", "cait", "gmlp", "focalnet"]
+# the default run keeps seven (about 20 s on a quiet machine); -m slow adds the others
+SLOW = {"beit", "resmlp", "focalnet", "eva02", "dinov2"}
+DYNAMO = ["dinov2", "eva02", "eva02_subln", "sam_vit", "cait", "gmlp", "focalnet", "coatnet"]
 
 
 @functools.cache

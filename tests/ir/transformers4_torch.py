@@ -5,7 +5,9 @@
   ``layers/block.py``, ``layers/attention.py``, ``layers/layer_scale.py``,
   ``layers/swiglu_ffn.py``): a class token and register tokens around the patch tokens,
   LayerScale, the SwiGLU FFN (``w12`` then ``chunk(2, -1)``, ``silu(x1) * x2``, ``w3``), and
-  the linear classifier of ``hub/classifiers.py`` on the class token and the patch mean.
+  the linear classifier of ``hub/classifiers.py`` on the class token and the patch mean;
+  ``dinov2_interpolated``: exported below its training size, so ``interpolate_pos_encoding``
+  resizes the position embedding bicubically in the graph (scales from the input's size).
 - ``eva02``: EVA-02 as timm ``eva.py`` writes it: q/k/v biases concatenated around a zero k
   bias (``F.linear(x, qkv.weight, qkv_bias)``), 2-D rotary embedding of q and k (sin and cos
   ``repeat_interleave``-d, ``rot`` pairs channels ``2i`` and ``2i + 1`` of a head) after the
@@ -39,11 +41,20 @@
   context convs accumulated with per-level gates, a global context, ``h`` 1x1 conv, ``q *
   modulator``), LayerScale, patch-embedding downsamples with LayerNorm.
 
+- ``coatnet``: CoAtNet as timm ``maxxvit.py`` writes it: a two-conv stem, ``MbConvBlock``
+  (BatchNorm pre-norm, 1x1 expand, strided depthwise 3x3, SE, 1x1 project; a pooled 1x1 conv
+  shortcut where it downsamples), then ``TransformerBlock2d`` on NCHW maps (``LayerNorm2d``
+  as permute / ``F.layer_norm`` / permute, a pooled downsample, ``Attention2d`` with the
+  heads first: ``qkv(x).view(B, heads, 3 * dim_head, -1).chunk(3, dim=2)``, a relative
+  position bias gathered per head, ``ConvMlp``), a final norm and a pooled classifier.
+
 Exported at opset 17 by the TorchScript exporter (``export_as``), or with ``dynamo=True``
 by torch's default exporter (``backbones3_torch.export``).
 """
 
 from __future__ import annotations
+
+import math
 
 import onnx
 import torch
@@ -133,21 +144,43 @@ class DinoBlock(nn.Module):
 class TinyDinoV2(nn.Module):
     def __init__(self, size=32, patch=8, dim=48, heads=4, depth=3, registers=4, classes=10):
         super().__init__()
-        self.patch_embed = PatchEmbed(patch, dim)
+        self.patch_embed, self.patch_size = PatchEmbed(patch, dim), patch
         n = (size // patch) ** 2
         self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 0.1)
         self.pos_embed = nn.Parameter(torch.randn(1, n + 1, dim) * 0.1)
         self.register_tokens = nn.Parameter(torch.randn(1, registers, dim) * 0.1)
-        self.num_register_tokens = registers
+        self.num_register_tokens, self.interpolate_offset = registers, 0.1
         self.blocks = nn.ModuleList(DinoBlock(dim, heads, i % 2 == 0) for i in range(depth))
         self.norm = _ln(dim)
         self.head = nn.Linear(2 * dim, classes)
 
+    def interpolate_pos_encoding(self, x, w, h):
+        previous_dtype = x.dtype
+        npatch = x.shape[1] - 1
+        N = self.pos_embed.shape[1] - 1
+        if npatch == N and w == h:
+            return self.pos_embed
+        pos_embed = self.pos_embed.float()
+        class_pos_embed = pos_embed[:, 0]
+        patch_pos_embed = pos_embed[:, 1:]
+        dim = x.shape[-1]
+        w0, h0 = w // self.patch_size, h // self.patch_size
+        M = int(math.sqrt(N))
+        sx = float(w0 + self.interpolate_offset) / M
+        sy = float(h0 + self.interpolate_offset) / M
+        patch_pos_embed = F.interpolate(
+            patch_pos_embed.reshape(1, M, M, dim).permute(0, 3, 1, 2),
+            mode="bicubic",
+            scale_factor=(sx, sy),
+        )
+        patch_pos_embed = patch_pos_embed.permute(0, 2, 3, 1).view(1, -1, dim)
+        return torch.cat((class_pos_embed.unsqueeze(0), patch_pos_embed), dim=1).to(previous_dtype)
+
     def forward(self, x):
-        B = x.shape[0]
+        B, _, w, h = x.shape
         x = self.patch_embed(x)
         x = torch.cat((self.cls_token.expand(B, -1, -1), x), dim=1)
-        x = x + self.pos_embed  # interpolate_pos_encoding: the training size returns it as is
+        x = x + self.interpolate_pos_encoding(x, w, h)
         x = torch.cat((x[:, :1], self.register_tokens.expand(B, -1, -1), x[:, 1:]), dim=1)
         for blk in self.blocks:
             x = blk(x)
@@ -157,9 +190,18 @@ class TinyDinoV2(nn.Module):
         return self.head(torch.cat([cls_token, patch_tokens.mean(dim=1)], dim=1))
 
 
-def dinov2(size: int = 32, seed: int = 0, dynamo: bool = False) -> onnx.ModelProto:
+def dinov2(
+    size: int = 32, seed: int = 0, dynamo: bool = False, trained_at: int | None = None
+) -> onnx.ModelProto:
+    """``trained_at``: the image size of the position embedding (DINOv2's 518 exported at
+    224): ``interpolate_pos_encoding`` resizes it bicubically in the graph."""
     torch.manual_seed(seed)
-    return export(randomize_norms(TinyDinoV2(size)), size, 17, seed, dynamo)
+    model = TinyDinoV2(trained_at or size)
+    return export(randomize_norms(model), size, 17, seed, dynamo)
+
+
+def dinov2_interpolated(size: int = 32, seed: int = 0, dynamo: bool = False) -> onnx.ModelProto:
+    return dinov2(size, seed, dynamo, trained_at=48)
 
 
 # ---- EVA-02 (timm eva.py) -------------------------------------------------------------------
@@ -820,3 +862,141 @@ class TinyFocalNet(nn.Module):
 def focalnet(size: int = 32, seed: int = 0, dynamo: bool = False) -> onnx.ModelProto:
     torch.manual_seed(seed)
     return export(randomize_norms(TinyFocalNet(size)), size, 17, seed, dynamo)
+
+
+# ---- CoAtNet (timm maxxvit.py) --------------------------------------------------------------
+
+
+class LayerNorm2dPermute(nn.LayerNorm):
+    """timm ``layers/norm.py`` ``LayerNorm2d``: a LayerNorm over the channels of NCHW."""
+
+    def forward(self, x):
+        x = x.permute(0, 2, 3, 1)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class Downsample2d(nn.Module):
+    def __init__(self, dim: int, dim_out: int) -> None:
+        super().__init__()
+        self.pool = nn.AvgPool2d(2, 2)
+        self.expand = nn.Conv2d(dim, dim_out, 1) if dim != dim_out else nn.Identity()
+
+    def forward(self, x):
+        return self.expand(self.pool(x))
+
+
+def _bn_act(c: int, act: bool = True) -> nn.Sequential:
+    return nn.Sequential(nn.BatchNorm2d(c), nn.GELU() if act else nn.Identity())
+
+
+class SEModule(nn.Module):
+    def __init__(self, c: int, rd: int) -> None:
+        super().__init__()
+        self.fc1, self.act, self.fc2 = nn.Conv2d(c, rd, 1), nn.SiLU(), nn.Conv2d(rd, c, 1)
+
+    def forward(self, x):
+        x_se = self.fc2(self.act(self.fc1(x.mean((2, 3), keepdim=True))))
+        return x * x_se.sigmoid()
+
+
+class MbConvBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int, expand_ratio: float = 4.0) -> None:
+        super().__init__()
+        mid = int(cin * expand_ratio)
+        self.shortcut = Downsample2d(cin, cout) if stride == 2 else nn.Identity()
+        self.pre_norm = _bn_act(cin, act=False)
+        self.conv1_1x1 = nn.Conv2d(cin, mid, 1, bias=False)
+        self.norm1 = _bn_act(mid)
+        self.conv2_kxk = nn.Conv2d(mid, mid, 3, stride, 1, groups=mid, bias=False)
+        self.norm2 = _bn_act(mid)
+        self.se = SEModule(mid, int(0.25 * cin))
+        self.conv3_1x1 = nn.Conv2d(mid, cout, 1)
+
+    def forward(self, x):
+        shortcut = self.shortcut(x)
+        x = self.norm1(self.conv1_1x1(self.pre_norm(x)))
+        x = self.se(self.norm2(self.conv2_kxk(x)))
+        return self.conv3_1x1(x) + shortcut
+
+
+class RelPosBias(nn.Module):
+    def __init__(self, window: int, num_heads: int) -> None:
+        super().__init__()
+        area = window * window
+        self.bias_shape = (area, area, num_heads)
+        self.relative_position_bias_table = nn.Parameter(
+            torch.randn((2 * window - 1) ** 2, num_heads) * 0.5
+        )
+        index = relative_position_index(window)[1:, 1:].contiguous()  # no class token here
+        self.register_buffer("relative_position_index", index, persistent=False)
+
+    def forward(self, attn):
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
+        bias = bias.view(self.bias_shape).permute(2, 0, 1)
+        return attn + bias.unsqueeze(0).contiguous()
+
+
+class Attention2d(nn.Module):
+    def __init__(self, dim: int, dim_out: int, window: int, dim_head: int = 8) -> None:
+        super().__init__()
+        self.num_heads, self.dim_head, self.scale = dim_out // dim_head, dim_head, dim_head**-0.5
+        self.qkv = nn.Conv2d(dim, dim_out * 3, 1)
+        self.rel_pos = RelPosBias(window, self.num_heads)
+        self.proj = nn.Conv2d(dim_out, dim_out, 1)
+
+    def forward(self, x):
+        B, _, H, W = x.shape
+        q, k, v = self.qkv(x).view(B, self.num_heads, self.dim_head * 3, -1).chunk(3, dim=2)
+        attn = (q.transpose(-2, -1) @ k) * self.scale
+        attn = self.rel_pos(attn).softmax(dim=-1)
+        x = (v @ attn.transpose(-2, -1)).view(B, -1, H, W)
+        return self.proj(x)
+
+
+class TransformerBlock2d(nn.Module):
+    def __init__(self, dim: int, dim_out: int, stride: int, window: int) -> None:
+        super().__init__()
+        if stride == 2:
+            self.shortcut = Downsample2d(dim, dim_out)
+            self.norm1 = nn.Sequential(LayerNorm2dPermute(dim), Downsample2d(dim, dim))
+        else:
+            self.shortcut, self.norm1 = nn.Identity(), LayerNorm2dPermute(dim)
+        self.attn = Attention2d(dim, dim_out, window)
+        self.norm2 = LayerNorm2dPermute(dim_out)
+        self.mlp = nn.Sequential(
+            nn.Conv2d(dim_out, 4 * dim_out, 1), nn.GELU(), nn.Conv2d(4 * dim_out, dim_out, 1)
+        )
+
+    def forward(self, x):
+        x = self.shortcut(x) + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class TinyCoAtNet(nn.Module):
+    def __init__(self, size=64, dims=(16, 24, 32, 48), classes=10):
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 12, 3, 2, 1, bias=False), _bn_act(12), nn.Conv2d(12, 16, 3, 1, 1)
+        )
+        res = size // 2
+        blocks: list[nn.Module] = []
+        cin = 16
+        for i, d in enumerate(dims):
+            res //= 2
+            if i < 2:
+                blocks += [MbConvBlock(cin, d, 2), MbConvBlock(d, d, 1)]
+            else:
+                blocks += [TransformerBlock2d(cin, d, 2, res), TransformerBlock2d(d, d, 1, res)]
+            cin = d
+        self.stages = nn.Sequential(*blocks)
+        self.norm, self.head = LayerNorm2dPermute(cin), nn.Linear(cin, classes)
+
+    def forward(self, x):
+        x = self.norm(self.stages(self.stem(x)))
+        return self.head(x.mean((2, 3)))
+
+
+def coatnet(size: int = 64, seed: int = 0, dynamo: bool = False) -> onnx.ModelProto:
+    torch.manual_seed(seed)
+    return export(randomize_norms(TinyCoAtNet(size)), size, 17, seed, dynamo)
