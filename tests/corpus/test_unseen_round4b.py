@@ -1,8 +1,9 @@
 """The unseen-architecture checks (``unseen_battery.py``) on round 4b's transformer and MLP
-families (``tests/ir/transformers4_torch.py``): DINOv2 (also with its position embedding
-interpolated in the graph), EVA-02 (timm's and its own repo's form), SAM's image encoder,
-BEiT, CaiT, MLP-Mixer, ResMLP, gMLP, FocalNet and CoAtNet, each exported at opset 17 by
-the TorchScript exporter; ``-m slow`` adds the dynamo exports.
+families (``tests/ir/transformers4_torch.py``, ``attention4_torch.py``,
+``mixers4_torch.py``): DINOv2 (also with its position embedding interpolated in the graph),
+EVA-02 (timm's and its own repo's form), SAM's image encoder, BEiT, CaiT, MLP-Mixer,
+ResMLP, gMLP, FocalNet and CoAtNet, each exported at opset 17 by the TorchScript exporter;
+``-m slow`` adds the dynamo exports.
 
 Per model: the analysis names every lock (and only the expected reasons); rate 0 is
 bit-identical; every plan of ``CONFIGS`` gives compact outputs equal to the sparse ones (1e-4
@@ -32,48 +33,48 @@ from drpopt import analyze
 from drpopt.ir.analysis import Analysis
 from drpopt.passes.plan import keep_masks
 
-T4 = "transformers4_torch"
+T4, A4, M4 = "transformers4_torch", "attention4_torch", "mixers4_torch"
 # the token axis of an MLP model: the stem conv's positions (the image fixes how many)
 TOKENS = "its rule does not say how axis 2 of '/stem/proj/Conv_output_0' maps"
 # SAM's windowed blocks: ``reshape(3, B * heads, HW, -1)`` merges the windows with the heads
 # (the analysis maps the heads of the global blocks, not of these)
 WINDOW_HEADS = "attn/Reshape_1' merges axis 1"
-# name -> (builder, min prunable share, max params ratio at 0.5, allowed lock reasons)
+# name -> (module, builder, min prunable share, max params ratio at 0.5, allowed lock reasons)
 MODELS = {
     # register tokens inserted after the class token, LayerScale, SwiGLU (chunk halves of
     # w12 pair up: one group), the classifier on cat(cls, patch mean)
-    "dinov2": ("dinov2", 0.99, 0.3, {OUTPUT}),
+    "dinov2": (T4, "dinov2", 0.99, 0.3, {OUTPUT}),
     # exported below its training size: the position embedding (a parameter of the
     # residual width) resized bicubically in the graph, by scales from the input's size
-    "dinov2_interpolated": ("dinov2_interpolated", 0.99, 0.3, {OUTPUT}),
+    "dinov2_interpolated": (T4, "dinov2_interpolated", 0.99, 0.3, {OUTPUT}),
     # rotary q/k (pairs 2i, 2i + 1 of a head mix with a fixed frequency): whole heads prune,
     # the q/k/v biases around a zero k bias are folded into one constant that follows them
-    "eva02": ("eva02", 0.97, 0.32, {OUTPUT}),
+    "eva02": (T4, "eva02", 0.97, 0.32, {OUTPUT}),
     # the EVA-02 repo's own form: separate q/k/v, rotate_half by reshape into pairs,
     # inner_attn_ln over all heads (its scale and bias follow the heads)
-    "eva02_subln": ("eva02_subln", 0.97, 0.32, {OUTPUT}),
+    "eva02_subln": (T4, "eva02_subln", 0.97, 0.32, {OUTPUT}),
     # windowed attention (padded 6 -> 8), decomposed relative positions, LayerNorm2d neck;
     # 0.345 kept at 0.5 (0.356 through dynamo: its int64 position indices count as tensors)
-    "sam_vit": ("sam_vit", 0.98, 0.36, {WINDOW_HEADS, OUTPUT}),
+    "sam_vit": (A4, "sam_vit", 0.98, 0.36, {WINDOW_HEADS, OUTPUT}),
     # the relative position bias table gathered per head (folded: a heads x N x N constant)
-    "beit": ("beit", 0.99, 0.3, {OUTPUT}),
+    "beit": (A4, "beit", 0.99, 0.3, {OUTPUT}),
     # talking heads: q/k/v heads, proj_l's input and proj_w's output are one group, the
     # heads between proj_l and proj_w another; class-attention blocks
-    "cait": ("cait", 0.99, 0.3, {OUTPUT}),
+    "cait": (A4, "cait", 0.99, 0.3, {OUTPUT}),
     # token-mixing MLP over the transposed tokens: its hidden width prunes
-    "mixer": ("mixer", 0.99, 0.33, {TOKENS, OUTPUT}),
+    "mixer": (M4, "mixer", 0.99, 0.33, {TOKENS, OUTPUT}),
     # the Linear over the patches has no hidden width: tokens in and out (about 0.31 of
     # the parameters) stay
-    "resmlp": ("resmlp", 0.68, 0.52, {TOKENS, OUTPUT}),
+    "resmlp": (M4, "resmlp", 0.68, 0.52, {TOKENS, OUTPUT}),
     # the spatial gating unit: u and v halves pair up with v's LayerNorm; its token Linear
     # stays as ResMLP's does
-    "gmlp": ("gmlp", 0.62, 0.56, {TOKENS, OUTPUT}),
+    "gmlp": (M4, "gmlp", 0.62, 0.56, {TOKENS, OUTPUT}),
     # focal modulation: q pairs with h's output, the context with the depthwise convs and
     # h's input; each of the focal_level + 1 gates is one channel broadcast over the context
-    "focalnet": ("focalnet", 0.99, 0.3, {"a single channel", OUTPUT}),
+    "focalnet": (M4, "focalnet", 0.99, 0.3, {"a single channel", OUTPUT}),
     # MBConv stages, then TransformerBlock2d on NCHW: heads first in the qkv conv (each head
     # a block of 3 x dim_head output channels), the bias table gathered per head
-    "coatnet": ("coatnet", 0.99, 0.3, {OUTPUT}),
+    "coatnet": (M4, "coatnet", 0.99, 0.3, {OUTPUT}),
 }
 # the default run keeps seven (about 20 s on a quiet machine); -m slow adds the others
 SLOW = {"beit", "resmlp", "focalnet", "eva02", "dinov2"}
@@ -82,8 +83,8 @@ DYNAMO = ["dinov2", "eva02", "eva02_subln", "sam_vit", "cait", "gmlp", "focalnet
 
 @functools.cache
 def case(name: str) -> Case:
-    builder, share, ratio, locked = MODELS[name]
-    model = getattr(importlib.import_module(T4), builder)()
+    module, builder, share, ratio, locked = MODELS[name]
+    model = getattr(importlib.import_module(module), builder)()
     return Case(model, random_feeds(model), share, ratio, locked)
 
 
@@ -176,7 +177,8 @@ def test_expected_macs_count_a_channel_axis_passed_as_a_batch_axis():
 def test_dynamo_exports_prune_like_torchscript_ones(name):
     """torch's default (dynamo) exporter on the same models: the coverage of the TorchScript
     export, exact compaction at every config, no incomplete group."""
-    model = getattr(importlib.import_module(T4), MODELS[name][0])(dynamo=True)
+    module, builder = MODELS[name][:2]
+    model = getattr(importlib.import_module(module), builder)(dynamo=True)
     a, ts = analyze(model), analysis(name)
     # the same prunable parameters (dynamo keeps SAM's int64 relative-position indices as
     # tensors of their own, which the share's denominator counts)
@@ -186,7 +188,7 @@ def test_dynamo_exports_prune_like_torchscript_ones(name):
     for config in CONFIGS:
         pruned = check_exact(model, config, feeds)
         if config == "rate0.5":
-            assert compact_counts(pruned.compact)[0] / pruned.before.params <= MODELS[name][2]
+            assert compact_counts(pruned.compact)[0] / pruned.before.params <= MODELS[name][3]
 
 
 def _range_cast_model() -> onnx.ModelProto:
