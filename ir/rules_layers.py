@@ -62,8 +62,14 @@ def _cast(node: Node, cg: ChannelGraph) -> None:
     entries = shape_entries(x, cg.shape_memo)
     why = f"{node.op_type} '{node.name}' uses its size as a number"
     if entries is None or any(isinstance(e, type(DERIVED)) for e in entries):
-        for v in _shapes_read(x):
-            cg.lock_value(v, "shape-as-data", why, node)
+        # only the axes the number is computed from where the walk can read them: SAM's
+        # ``get_rel_pos`` casts ``arange(H)`` of a window's height, which locked every
+        # axis of the windows, their channels included (the model's whole embedding width)
+        for v, axis in _sizes_read(x, cg.shape_memo):
+            if axis is None:
+                cg.lock_value(v, "shape-as-data", why, node)
+            else:
+                cg.lock(cg.space(v, axis), "shape-as-data", why, node)
         return
     for e in entries:
         if isinstance(e, Dim):
@@ -108,6 +114,34 @@ def _shapes_read(value: Value, limit: int = 256) -> list[Value]:
         if node.op_type in ("Shape", "Size"):
             if node.input(0) is not None:
                 found.append(node.input(0))
+            continue
+        if v.dtype is not None and np.dtype(v.dtype).kind not in "iu":
+            continue
+        todo.extend(i for i in node.inputs if i is not None)
+    return found
+
+
+def _sizes_read(value: Value, memo, limit: int = 256) -> list[tuple[Value, int | None]]:
+    """The sizes an integer value is computed from, walking back from it: the ``Dim``
+    entries of the first shape tensors met that ``shape_entries`` reads whole (``Range(0,
+    H)`` reads ``(x, 1)``), or ``(x, None)``, every axis, where a walk reaches ``Shape(x)``
+    through entries it cannot read (as ``_shapes_read``)."""
+    found: list[tuple[Value, int | None]] = []
+    seen: set[int] = set()
+    todo = [value]
+    while todo and len(seen) < limit:
+        v = todo.pop()
+        if id(v) in seen or v.producer is None:
+            continue
+        seen.add(id(v))
+        entries = shape_entries(v, memo) if v is not value else None
+        if entries is not None and not any(isinstance(e, type(DERIVED)) for e in entries):
+            found.extend((e.value, e.axis) for e in entries if isinstance(e, Dim))
+            continue
+        node = v.producer
+        if node.op_type in ("Shape", "Size"):
+            if node.input(0) is not None:
+                found.append((node.input(0), None))
             continue
         if v.dtype is not None and np.dtype(v.dtype).kind not in "iu":
             continue

@@ -210,8 +210,22 @@ def expected_counts(masks: dict, before: Analysis) -> tuple[int, int]:
             continue
         m = node_macs(node)
         w = node.input(1) if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") else None
-        macs += m * kept_share.get(w.name, 1.0) if w is not None else m
+        macs += m * kept_share.get(w.name, 1.0) * _batch_share(node, masks) if w is not None else m
     return total, round(macs)
+
+
+def _batch_share(node, masks: dict) -> float:
+    """The kept share of a MatMul's activation axes before the contracted one: a channel axis
+    a Linear over the tokens passes through as a batch axis (MLP-Mixer's token MLP reads
+    ``(B, C, N)``) shrinks its MACs too."""
+    if node.op_type != "MatMul" or node.input(0) is None:
+        return 1.0
+    x = node.input(0)
+    share = 1.0
+    for axis in range(len(x.static_shape or ()) - 1):
+        mask = masks.get((x.name, axis))
+        share *= float(mask.mean()) if mask is not None else 1.0
+    return share
 
 
 def _still_read(value, cut: dict) -> bool:
