@@ -117,6 +117,8 @@ def propagate_shapes(graph: Graph, opset: int, symbolic: bool = False) -> int:
         ins = [v for v in node.inputs if v is not None]
         if not all(done(v.shape) and v.dtype is not None for v in ins):
             continue
+        if outs[0].dtype is None and (node.domain, node.op_type) in _UNTYPED_SAME_SHAPE:
+            outs[0].dtype = ins[0].dtype  # Y has X's type and shape (the op's schema)
         one = len(outs) == 1 and outs[0].dtype is not None
         shape = _fast_shape(node, ins, memo) if one else None
         if shape is None and one and symbolic:
@@ -143,11 +145,21 @@ _SAME_SHAPE = frozenset(UNARY_OPS) | {
     "LayerNormalization",
     "InstanceNormalization",
     "BatchNormalization",
+    "GroupNormalization",
+    "RMSNormalization",
 }
 _BROADCAST = frozenset(ELEMENTWISE_OPS)
 # drpopt's own ops in a sparse model read again (ir/rules_norm.py): ONNX inference
 # stops at a model-local function whose input shape it did not know
-_CUSTOM_SAME_SHAPE = frozenset({("drpopt", "MaskedLayerNormalization")})
+_CUSTOM_SAME_SHAPE = frozenset({("drpopt", "MaskedLayerNormalization")}) | {
+    # onnxruntime's fused ops (transformers optimizer): ONNX does not know them, and every
+    # shape after them stayed unknown (their channels left in no group, no lock named)
+    ("com.microsoft", op)
+    for op in ("Gelu", "FastGelu", "BiasGelu", "QuickGelu", "SkipLayerNormalization")
+}
+# output 0 typed like input 0 where ONNX's inference gives it no type: the fused ops above,
+# and onnx 1.23 types no GroupNormalization-21 output (its rule was left without a rank)
+_UNTYPED_SAME_SHAPE = _CUSTOM_SAME_SHAPE | {("", "GroupNormalization"), ("", "RMSNormalization")}
 
 
 # inputs whose values (not only shapes) decide the output shape; other ops get none
