@@ -173,7 +173,7 @@ def detector_nms(seed: int = 0, size: int = 64) -> onnx.ModelProto:
     return m
 
 
-# ---- QDQ / QOperator quantized CNNs ---------------------------------------------------------------
+# ---- QDQ / QOperator quantized CNNs ----------------------------------------------------------
 
 
 class BasicBlock(nn.Module):
@@ -215,8 +215,8 @@ class InvertedResidual(nn.Module):
         self.use_res = stride == 1 and cin == cout
         self.conv = nn.Sequential(
             nn.Conv2d(cin, hid, 1, bias=False), nn.BatchNorm2d(hid), nn.ReLU6(),
-            nn.Conv2d(hid, hid, 3, stride, 1, groups=hid, bias=False), nn.BatchNorm2d(hid), nn.ReLU6(),
-            nn.Conv2d(hid, cout, 1, bias=False), nn.BatchNorm2d(cout),
+            nn.Conv2d(hid, hid, 3, stride, 1, groups=hid, bias=False), nn.BatchNorm2d(hid),
+            nn.ReLU6(), nn.Conv2d(hid, cout, 1, bias=False), nn.BatchNorm2d(cout),
         )  # fmt: skip
 
     def forward(self, x):
@@ -452,7 +452,8 @@ def _tokens(rng, d: int) -> tuple[list, list]:
 
 
 def rms_norm23() -> onnx.ModelProto:
-    """MatMul (16) -> RMSNormalization (opset 23, last axis) -> MatMul (32) -> Relu -> MatMul (5)."""
+    """MatMul (16) -> RMSNormalization (opset 23, last axis) -> MatMul (32) -> Relu ->
+    MatMul (5)."""
     rng = np.random.default_rng(0)
     nodes, inits = _tokens(rng, 16)
     nodes += [

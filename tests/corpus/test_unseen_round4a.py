@@ -1,0 +1,169 @@
+"""The unseen-architecture checks on deployment-shaped exports (round 4a): models as users
+hand them over after their own deployment tooling ran (``tests/ir/deploy_torch.py``).
+
+Per model: the analysis names every lock (and only the expected reasons); rate 0 is
+bit-identical; every plan of ``CONFIGS`` gives compact outputs equal to the sparse ones (1e-4
+of the spread; index outputs exactly) with the parameters and MACs the plan says; the
+dead-channel check holds on every prunable group; the coverage is what the model allows.
+What each model keeps locked, and why, is written beside it in ``MODELS``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import onnx
+import pytest
+from corpus_checks import CONFIGS, prune
+from deadchannels import assert_groups_complete, random_feeds, run_model
+from test_unseen_architectures import OUTPUT, Case
+from unseen_battery import (
+    check_locks_and_coverage,
+    check_rate_zero,
+    check_sparse_equals_compact,
+)
+
+from drpopt import analyze
+from drpopt.ir.analysis import Analysis
+
+pytestmark = pytest.mark.corpus
+QDQ = {"DequantizeLinear", "QuantizeLinear"}
+
+# name -> (builder, min prunable share, max params ratio at 0.5, allowed lock reasons)
+MODELS = {
+    # YOLO-style detector ending in box decoding, TopK, gathers, NonMaxSuppression and the
+    # Gather/GatherND of the kept boxes: backbone, neck and head convs all prune (share 1.0,
+    # 0.255 kept at 0.5); the 4 box sides and 3 classes stay (torch's gather of the top-k
+    # anchors is a GatherElements, and the class axis is reduced by the ReduceMax of topk)
+    "detector_nms": ("detector_nms", 0.99, 0.3, {"GatherElements", "ReduceMax"}),
+    # QDQ (per-channel int8 weights): every conv reads a DequantizeLinear of its weight and
+    # activations pass Quantize/DequantizeLinear pairs: no rule maps channels through them,
+    # so every group locks naming them (no group silently wrong; prune the float model
+    # before quantizing). The only float parameters are the Gemm's.
+    "resnet_qdq": (("quantized", "resnet", "qdq"), 0.0, 1.0, QDQ),
+    "mobilenetv2_qdq": (("quantized", "mobilenetv2", "qdq"), 0.0, 1.0, QDQ),
+    # onnxruntime's transformers optimizer (SkipLayerNormalization, Gelu, Gemm on 2-D
+    # reshapes): attention heads and the MLP hidden channels prune (0.83, was 0.0: every
+    # shape after a fused op was unknown); the hidden stream through the fused
+    # SkipLayerNormalization nodes stays, each lock naming its node
+    "bert_fused": ("bert_fused", 0.8, 0.6, {"SkipLayerNormalization", OUTPUT}),
+    # GroupNormalization-21 (4 groups of 4): whole groups prune, scale and bias follow
+    # (share 1.0, was 0.0: onnx 1.23 leaves its output untyped and the rule had no rank)
+    "group_norm21": ("group_norm21", 0.99, 0.55, {OUTPUT}),
+    # DeformConv-19: no rule (its offsets index the input's positions per kernel tap); it
+    # locks its input, weight and output channels, so the offset conv and stem lock too
+    "deform_conv19": ("deform_conv19", 0.0, 1.0, {"DeformConv", OUTPUT}),
+    # RMSNormalization-23 over the channels: no rule (its statistic reads every channel);
+    # the MLP after it prunes (0.75)
+    "rms_norm23": ("rms_norm23", 0.74, 0.63, {"RMSNormalization", OUTPUT}),
+    # Attention-23 (3-D inputs, heads split inside the op) and RotaryEmbedding-23: no rule,
+    # they lock the projections they read and write
+    "attention23": ("attention23", 0.0, 1.0, {"Attention", OUTPUT}),
+    "rotary23": ("rotary23", 0.0, 1.0, {"RotaryEmbedding", "Attention", OUTPUT}),
+}
+# QOperator models (QLinearConv, com.microsoft QLinearAdd/QGemm): int8 weights only, no float
+# parameter and no channel group: the plans must leave them exactly as they were
+QOPERATOR = ("resnet_qop", "mobilenetv2_qop")
+
+
+def _build(builder) -> onnx.ModelProto:
+    import deploy_torch
+
+    if isinstance(builder, tuple):
+        return getattr(deploy_torch, builder[0])(*builder[1:])
+    return getattr(deploy_torch, builder)()
+
+
+@functools.cache
+def case(name: str) -> Case:
+    if name in QOPERATOR:
+        model = _build(("quantized", name.split("_")[0], "qop"))
+        return Case(model, random_feeds(model), 0.0, 1.0, set())
+    builder, share, ratio, locked = MODELS[name]
+    model = _build(builder)
+    return Case(model, random_feeds(model), share, ratio, locked)
+
+
+@functools.cache
+def analysis(name: str) -> Analysis:
+    return analyze(case(name).model)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_analysis_names_every_lock_and_covers_the_model(name):
+    c = case(name)
+    check_locks_and_coverage(name, analysis(name), c.locked, c.min_prunable)
+
+
+@pytest.mark.parametrize("name", [*MODELS, *QOPERATOR])
+def test_rate_zero_is_bit_identical(name):
+    c = case(name)
+    check_rate_zero(name, c.model, c.feeds)
+
+
+@pytest.mark.parametrize("config", list(CONFIGS.values()), ids=list(CONFIGS))
+@pytest.mark.parametrize("name", MODELS)
+def test_sparse_equals_compact(name, config):
+    c = case(name)
+    check_sparse_equals_compact(name, c.model, c.feeds, config, c.max_ratio)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_dead_channels_hold_on_every_prunable_group(name):
+    assert_groups_complete(analysis(name), case(name).model)
+
+
+@pytest.mark.parametrize("name", QOPERATOR)
+def test_qoperator_models_stay_as_they_were(name):
+    """No float parameter, no group: every plan writes a model onnxruntime runs with the
+    input model's outputs, bit for bit."""
+    c = case(name)
+    a = analysis(name)
+    assert not a.prunable_groups and a.params == 0
+    reference = run_model(c.model, c.feeds)
+    for config in CONFIGS.values():
+        pruned = prune(c.model, config)
+        assert not pruned.plan.pruned_channels
+        for written in (pruned.masked, pruned.compact):
+            out = run_model(written, c.feeds)
+            assert all(np.array_equal(a, b) for a, b in zip(reference, out, strict=True))
+
+
+def test_detector_selection_is_not_degenerate_and_indices_match_exactly():
+    """The reference keeps some boxes and suppresses others (NMS and the score threshold
+    both decide), and at every plan the compact model selects exactly the sparse model's
+    boxes (int64 indices compared for equality, not within a tolerance)."""
+    c = case("detector_nms")
+    selected, boxes, scores = run_model(c.model, c.feeds)
+    candidates = 24 * 3  # top-k anchors x classes
+    assert 0 < len(selected) < candidates and len(np.unique(selected[:, 2])) > 1
+    assert boxes.shape == (len(selected), 4) and scores.shape == (len(selected),)
+    for config in CONFIGS.values():
+        pruned = prune(c.model, config)
+        sparse = run_model(pruned.masked, c.feeds)
+        compact = run_model(pruned.compact, c.feeds)
+        assert np.array_equal(sparse[0], compact[0]), config.name
+        assert len(sparse[0]) > 0, config.name
+
+
+def test_fused_bert_locks_name_the_skip_layer_norms_and_the_mlp_prunes():
+    """The com.microsoft Gelu between the MLP's Gemms couples as a unary op (its hidden
+    channels prune); each SkipLayerNormalization lock names its node."""
+    a = analysis("bert_fused")
+    assert not [g.reason for g in a.locked_groups if "Gelu" in g.reason]
+    skip = {n.name for n in a.graph.nodes if n.op_type == "SkipLayerNormalization"}
+    named = {name for g in a.locked_groups for name in skip if f"'{name}'" in g.reason}
+    assert named, [g.reason for g in a.locked_groups]
+    assert any(g.size == 64 for g in a.prunable_groups)  # the MLP hidden width
+
+
+def test_group_norm21_prunes_whole_groups_with_scale_and_bias():
+    """Compact GroupNormalization-21 keeps whole groups: ``num_groups`` is the count kept,
+    and the per-channel scale and bias keep four channels per group."""
+    pruned = prune(case("group_norm21").model, CONFIGS["rate0.5"])
+    (node,) = [n for n in pruned.compact.graph.node if n.op_type == "GroupNormalization"]
+    groups = next(a.i for a in node.attribute if a.name == "num_groups")
+    inits = {t.name: t for t in pruned.compact.graph.initializer}
+    assert 0 < groups < 4
+    assert [list(inits[i].dims) for i in node.input[1:]] == [[4 * groups], [4 * groups]]
