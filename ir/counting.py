@@ -37,7 +37,12 @@ def _is_param(v: Value) -> bool:
     if not v.is_const or v.dtype is None:
         return False
     dtype = v.dtype
-    if (dtype.kind if isinstance(dtype, np.dtype) else np.dtype(dtype).kind) != "f":
+    kind = dtype.kind if isinstance(dtype, np.dtype) else np.dtype(dtype).kind
+    if kind in "iu":  # a QDQ model's quantized weight or bias: what a DequantizeLinear reads
+        return (v.numel or 0) > 1 and any(
+            n.op_type == "DequantizeLinear" and k == 0 for n, k in v.uses
+        )
+    if kind != "f":
         return False
     if any(n.op_type in WEIGHT_OPS for n, _ in v.uses):
         return True

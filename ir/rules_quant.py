@@ -1,0 +1,51 @@
+"""Coupling rules of ``QuantizeLinear`` and ``DequantizeLinear`` (QDQ models, as
+onnxruntime's ``quantize_static`` writes them). Registered into ``ir.rules.RULES`` on import
+(``ir/rules_compact.py`` imports this).
+
+- per-tensor (a scalar scale and zero point): an elementwise op, every axis passes through;
+- per-axis (a 1-D scale and zero point as long as ``axis``): the scale and zero point follow
+  the channels of that axis. A ``DequantizeLinear`` of a constant int8 weight is that
+  weight to the layer reading it (``ir/solve.py`` passes the layer's roles back to the int8
+  tensor, as through a layout op): ``compact`` cuts the int8 weight, its scale and its zero
+  point together; ``apply-masks`` zeroes the scale too, so the masked weight dequantizes to
+  exact zeros whatever its zero point;
+- blocked quantization (opset 21 ``block_size``) and any other parameter shape lock the
+  node's axes, naming it.
+"""
+
+from __future__ import annotations
+
+from drpopt.ir.channels import ChannelGraph
+from drpopt.ir.core import Node
+from drpopt.ir.rules import lock_axis, rule, same_axes
+
+
+@rule("QuantizeLinear", "DequantizeLinear")
+def _quantize_linear(node: Node, cg: ChannelGraph) -> None:
+    x, scale, y = node.input(0), node.input(1), node.outputs[0]
+    if x is None or x.rank is None or y.rank is None or scale is None or scale.shape is None:
+        for v in (x, y):
+            cg.lock_value(v, "rule", f"{node.op_type} '{node.name}': rank unknown", node)
+        return
+    params = [p for p in node.inputs[1:3] if p is not None]
+    if all(p.numel == 1 for p in params):  # per-tensor: no parameter has a channel
+        same_axes(cg, node, x, y)
+        return
+    axis = int(node.attr("axis", 1))
+    axis = axis + x.rank if axis < 0 else axis
+    per_axis = (
+        not node.attr("block_size", 0)
+        and 0 <= axis < x.rank
+        and all(p.rank == 1 and p.shape == (x.dim(axis),) for p in params)
+    )
+    if not per_axis:
+        why = "has blocked or unknown quantization parameters"
+        lock_axis(cg, node, [x, y], range(x.rank), why)
+        for p in params:
+            cg.lock_value(p, "rule", f"{node.op_type} '{node.name}' {why}", node)
+        return
+    same_axes(cg, node, x, y)
+    channels = cg.space(x, axis)
+    for p in params:
+        cg.identity(cg.space(p, 0), channels, node)
+        cg.role(cg.space(p, 0), "follower", node)
