@@ -21,8 +21,8 @@ import numpy as np
 
 import drpopt.ir.rules_rnn  # noqa: F401  (registers LSTM, GRU, RNN with their compaction)
 from drpopt.ir import (
+    rules_deploy,  # noqa: F401  (registers Quantize/DequantizeLinear, DeformConv)
     rules_einsum,  # noqa: F401  (registers the Einsum rule)
-    rules_quant,  # noqa: F401  (registers Quantize/DequantizeLinear: follow_members)
     rules_shapes,  # noqa: F401  (registers the reshape rules)
 )
 from drpopt.ir.core import Graph, Node, Value

@@ -324,7 +324,7 @@ class SpaceClasses:
 
 # Split: torch's dynamo exporter splits nn.MultiheadAttention's packed in_proj weight at run
 # time (roles pass along the axes it keeps whole, not the one it cuts)
-# DequantizeLinear: a QDQ model's int8 weight (ir/rules_quant.py; its axes pass 1:1)
+# DequantizeLinear: a QDQ model's int8 weight (ir/rules_deploy.py; its axes pass 1:1)
 LAYOUT_OPS = frozenset(
     ["Reshape", "Transpose", "Identity", "Flatten", "Squeeze", "Unsqueeze", "Split"]
 ) | {"DequantizeLinear"}

@@ -83,7 +83,7 @@ def group_scores(
 
 def layer_weight(value: Value) -> np.ndarray:
     """A weight's values as its layer sees them: the int8 weight of a QDQ model dequantized
-    by the ``DequantizeLinear`` that reads it (``ir/rules_quant.py``): its scale differs per
+    by the ``DequantizeLinear`` that reads it (``ir/rules_deploy.py``): its scale differs per
     channel, so the raw integers (each row spanning the int8 range) would rank every
     channel alike."""
     arr = value.const

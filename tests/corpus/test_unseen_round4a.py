@@ -51,9 +51,9 @@ MODELS = {
     # GroupNormalization-21 (4 groups of 4): whole groups prune, scale and bias follow
     # (share 1.0, was 0.0: onnx 1.23 leaves its output untyped and the rule had no rank)
     "group_norm21": ("group_norm21", 0.99, 0.55, {OUTPUT}),
-    # DeformConv-19: no rule (its offsets index the input's positions per kernel tap); it
-    # locks its input, weight and output channels, so the offset conv and stem lock too
-    "deform_conv19": ("deform_conv19", 0.0, 1.0, {"DeformConv", OUTPUT}),
+    # DeformConv-19 (DCNv2: offsets and a sigmoid mask from convs): channels map as through
+    # a Conv (was 0.0: no rule); the offset and mask channels stay, per kernel tap
+    "deform_conv19": ("deform_conv19", 0.99, 0.45, {"DeformConv", OUTPUT}),
     # RMSNormalization-23 over the channels: no rule (its statistic reads every channel);
     # the MLP after it prunes (0.75)
     "rms_norm23": ("rms_norm23", 0.74, 0.63, {"RMSNormalization", OUTPUT}),
@@ -259,3 +259,15 @@ def test_blocked_dequantize_locks_naming_the_node():
     feeds = random_feeds(model)
     pruned = prune(model, CONFIGS["rate0.5"])
     assert np.array_equal(run_model(model, feeds)[0], run_model(pruned.compact, feeds)[0])
+
+
+def test_deform_conv_prunes_like_a_conv_and_keeps_its_offsets():
+    """Compact DeformConv-19: its weight loses output rows and input columns with the convs
+    around it; the offset (18 = 2 x 3 x 3) and mask (9) convs keep their outputs."""
+    pruned = prune(case("deform_conv19").model, CONFIGS["rate0.5"])
+    dims = {t.name: list(t.dims) for t in pruned.compact.graph.initializer}
+    (node,) = [n for n in pruned.compact.graph.node if n.op_type == "DeformConv"]
+    rows, columns = dims[node.input[1]][:2]
+    assert rows < 12 and columns < 16 and dims[node.input[3]] == [rows]
+    assert dims["wo"][0] == 18 and dims["wm"][0] == 9
+    assert dims["wo"][1] == dims["wm"][1] == columns  # they read the pruned stem too

@@ -1,7 +1,8 @@
-"""Coupling rules of ``QuantizeLinear`` and ``DequantizeLinear`` (QDQ models, as
-onnxruntime's ``quantize_static`` writes them). Registered into ``ir.rules.RULES`` on import
-(``ir/rules_compact.py`` imports this).
+"""Coupling rules of ops that deployment exports carry (registered into ``ir.rules.RULES``
+on import; ``ir/rules_compact.py`` imports this).
 
+``QuantizeLinear`` and ``DequantizeLinear`` (QDQ models, as onnxruntime's ``quantize_static``
+writes them):
 - per-tensor (a scalar scale and zero point): an elementwise op, every axis passes through;
 - per-axis (a 1-D scale and zero point as long as ``axis``): the scale and zero point follow
   the channels of that axis. A ``DequantizeLinear`` of a constant int8 weight is that
@@ -11,6 +12,8 @@ onnxruntime's ``quantize_static`` writes them). Registered into ``ir.rules.RULES
   exact zeros whatever its zero point;
 - blocked quantization (opset 21 ``block_size``) and any other parameter shape lock the
   node's axes, naming it.
+
+``DeformConv`` (opset 19): channels as through a Conv; its offsets and mask lock.
 """
 
 from __future__ import annotations
@@ -49,3 +52,35 @@ def _quantize_linear(node: Node, cg: ChannelGraph) -> None:
     for p in params:
         cg.identity(cg.space(p, 0), channels, node)
         cg.role(cg.space(p, 0), "follower", node)
+
+
+@rule("DeformConv")
+def _deform_conv(node: Node, cg: ChannelGraph) -> None:
+    """DeformConv (opset 19; DCNv2 as mmdeploy exports it): with one group, channels map as
+    through a Conv (output rows produce, input columns read, the bias, input 3, follows).
+    The offsets and the modulation mask are per kernel tap and offset group, not per
+    channel: their channel axes lock (the convs computing them keep their outputs).
+    Grouped: every channel axis locks."""
+    x, w, offset, b, mask = (node.input(i) for i in range(5))
+    y = node.outputs[0]
+    values = [v for v in (x, w, offset, mask, y) if v is not None]
+    if any(v.rank is None for v in values) or x is None or w is None:
+        for v in values:
+            cg.lock_value(v, "rule", f"DeformConv '{node.name}': rank unknown", node)
+        return
+    lock_axis(cg, node, [offset, mask], [1], "reads offsets and masks per kernel tap")
+    if int(node.attr("group", 1)) != 1:
+        lock_axis(cg, node, [x, w, y], [0, 1], "is grouped")
+        return
+    out_channels, rows = cg.space(y, 1), cg.space(w, 0)
+    cg.identity(out_channels, rows, node)
+    cg.role(rows, "producer", node)
+    if b is not None:
+        cg.identity(cg.space(b, 0), out_channels, node)
+        cg.role(cg.space(b, 0), "follower", node)
+    for v in (offset, mask, y):
+        if v is not None:
+            cg.identity(cg.space(x, 0), cg.space(v, 0), node)
+    columns = cg.space(w, 1)
+    cg.identity(cg.space(x, 1), columns, node)
+    cg.role(columns, "consumer", node)
