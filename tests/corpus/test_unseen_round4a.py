@@ -271,3 +271,15 @@ def test_deform_conv_prunes_like_a_conv_and_keeps_its_offsets():
     assert rows < 12 and columns < 16 and dims[node.input[3]] == [rows]
     assert dims["wo"][0] == 18 and dims["wm"][0] == 9
     assert dims["wo"][1] == dims["wm"][1] == columns  # they read the pruned stem too
+
+
+def test_activations_of_a_qdq_model_are_fetched_with_their_own_type():
+    """Calibration fetches every group's activations; a QDQ model's quantized ones are
+    uint8, which the fetching model declared float (onnxruntime refused to load it, so
+    ``score:criterion=activation|reconstruction`` failed); untyped, onnxruntime infers it."""
+    from drpopt.passes.activations import fetching
+
+    c = case("resnet_qdq")
+    names = [n.output[0] for n in c.model.graph.node if n.op_type == "QuantizeLinear"]
+    outs = run_model(fetching(c.model, names[:3]), c.feeds)
+    assert [o.dtype for o in outs] == [np.dtype(np.uint8)] * 3
