@@ -389,8 +389,3 @@ def _tie_shared_weights(graph: Graph, cg: ChannelGraph) -> None:
 from drpopt.ir import rules_norm  # noqa: E402, F401
 from drpopt.ir.rules_compact import KeptChannels  # noqa: E402
 from drpopt.ir.rules_layers import _no_data as _metadata_only  # noqa: E402
-
-# onnxruntime's fused GELUs of one input (its transformers optimizer writes them): unary
-# ops. FastGelu/BiasGelu with a bias input have no rule (the bias would not follow)
-for _op in ("Gelu", "QuickGelu"):
-    RULES[f"com.microsoft::{_op}"] = RULES["Relu"]

@@ -14,6 +14,11 @@ writes them):
   node's axes, naming it.
 
 ``DeformConv`` (opset 19): channels as through a Conv; its offsets and mask lock.
+
+onnxruntime's fused GELUs (com.microsoft ``Gelu``, ``QuickGelu``, ``FastGelu``, ``BiasGelu``,
+as its transformers optimizer writes them): elementwise; a bias over the last axis follows
+it. Its other fused ops (``Attention``, ``SkipLayerNormalization``, ...) have no rule: they
+lock what they read and write, naming the node.
 """
 
 from __future__ import annotations
@@ -84,3 +89,17 @@ def _deform_conv(node: Node, cg: ChannelGraph) -> None:
     columns = cg.space(w, 1)
     cg.identity(cg.space(x, 1), columns, node)
     cg.role(columns, "consumer", node)
+
+
+@rule(*(f"com.microsoft::{op}" for op in ("Gelu", "QuickGelu", "FastGelu", "BiasGelu")))
+def _fused_gelu(node: Node, cg: ChannelGraph) -> None:
+    x, bias, y = node.input(0), node.input(1), node.outputs[0]
+    same_axes(cg, node, x, y)
+    if bias is None or x is None or x.rank is None:
+        return
+    if bias.rank == 1 and bias.shape == x.shape[-1:]:  # type: ignore[index]
+        cg.identity(cg.space(bias, 0), cg.space(x, x.rank - 1), node)
+        cg.role(cg.space(bias, 0), "follower", node)
+    else:
+        lock_axis(cg, node, [x, y], [x.rank - 1], "adds a bias of another shape")
+        cg.lock_value(bias, "rule", f"{node.op_type} '{node.name}': bias not 1-D", node)

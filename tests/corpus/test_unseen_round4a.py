@@ -34,8 +34,14 @@ MODELS = {
     # YOLO-style detector ending in box decoding, TopK, gathers, NonMaxSuppression and the
     # Gather/GatherND of the kept boxes: backbone, neck and head convs all prune (share 1.0,
     # 0.255 kept at 0.5); the 4 box sides and 3 classes stay (torch's gather of the top-k
-    # anchors is a GatherElements, and the class axis is reduced by the ReduceMax of topk)
-    "detector_nms": ("detector_nms", 0.99, 0.3, {"GatherElements", "ReduceMax"}),
+    # anchors is a GatherElements, and the class axis is reduced by the ReduceMax of topk;
+    # were GatherElements to map its other axes, NMS and the outputs would lock them)
+    "detector_nms": (
+        "detector_nms",
+        0.99,
+        0.3,
+        {"Gather", "ReduceMax", "NonMaxSuppression", OUTPUT},
+    ),
     # QDQ (per-channel int8 weights, per-tensor activations): a DequantizeLinear of a
     # constant int8 weight is that weight to its conv (its scale and zero point follow the
     # channels) and activation Quantize/DequantizeLinear pairs pass every axis: everything
@@ -43,11 +49,16 @@ MODELS = {
     # cuts the int8 weights, scales and zero points together (0.26 and 0.33 kept at 0.5)
     "resnet_qdq": (("quantized", "resnet", "qdq"), 0.99, 0.3, {OUTPUT}),
     "mobilenetv2_qdq": (("quantized", "mobilenetv2", "qdq"), 0.99, 0.35, {OUTPUT}),
-    # onnxruntime's transformers optimizer (SkipLayerNormalization, Gelu, Gemm on 2-D
-    # reshapes): attention heads and the MLP hidden channels prune (0.83, was 0.0: every
-    # shape after a fused op was unknown); the hidden stream through the fused
-    # SkipLayerNormalization nodes stays, each lock naming its node
-    "bert_fused": ("bert_fused", 0.8, 0.6, {"SkipLayerNormalization", OUTPUT}),
+    # onnxruntime's transformers optimizer, its own fusions only (opt_level=0):
+    # com.microsoft EmbedLayerNormalization, Attention (packed QKV weight), SkipLayerNormalization
+    # and BiasGelu: the MLP hidden channels prune through BiasGelu (its bias follows; 0.41,
+    # was 0.0: every shape after EmbedLayerNormalization was unknown); the hidden stream
+    # locks naming each SkipLayerNormalization, and the Attention weights stay in no group,
+    # the nodes named as without a coupling rule (``Analysis.unsupported``)
+    "bert_fused": ("bert_fused", 0.4, 0.8, {"SkipLayerNormalization", OUTPUT}),
+    # ... with its default level (onnxruntime's basic optimizations first: Gemms between 2-D
+    # reshapes, SkipLayerNormalization, Gelu): heads and MLP widths prune (0.83, was 0.0)
+    "bert_ort": ("bert_ort", 0.8, 0.6, {"SkipLayerNormalization", OUTPUT}),
     # GroupNormalization-21 (4 groups of 4): whole groups prune, scale and bias follow
     # (share 1.0, was 0.0: onnx 1.23 leaves its output untyped and the rule had no rank)
     "group_norm21": ("group_norm21", 0.99, 0.55, {OUTPUT}),
@@ -147,15 +158,20 @@ def test_detector_selection_is_not_degenerate_and_indices_match_exactly():
         assert len(sparse[0]) > 0, config.name
 
 
-def test_fused_bert_locks_name_the_skip_layer_norms_and_the_mlp_prunes():
-    """The com.microsoft Gelu between the MLP's Gemms couples as a unary op (its hidden
-    channels prune); each SkipLayerNormalization lock names its node."""
-    a = analysis("bert_fused")
+@pytest.mark.parametrize("name", ["bert_fused", "bert_ort"])
+def test_fused_bert_locks_name_the_fused_ops_and_the_mlp_prunes(name):
+    """The com.microsoft GELUs between the MLP's layers couple elementwise (its hidden
+    channels prune); the hidden stream's locks name SkipLayerNormalization nodes, and the fused ops
+    without a rule (Attention, EmbedLayerNormalization) are named as such."""
+    a = analysis(name)
     assert not [g.reason for g in a.locked_groups if "Gelu" in g.reason]
     skip = {n.name for n in a.graph.nodes if n.op_type == "SkipLayerNormalization"}
     named = {name for g in a.locked_groups for name in skip if f"'{name}'" in g.reason}
-    assert named, [g.reason for g in a.locked_groups]
+    assert named, [g.reason for g in a.locked_groups]  # (one group may list several)
     assert any(g.size == 64 for g in a.prunable_groups)  # the MLP hidden width
+    fused = {n.op_type for n in a.graph.nodes if n.domain == "com.microsoft"}
+    ruled = {"Gelu", "BiasGelu", "FastGelu", "QuickGelu"}
+    assert {op for op, _ in a.unsupported} == fused - ruled
 
 
 def test_group_norm21_prunes_whole_groups_with_scale_and_bias():

@@ -331,9 +331,13 @@ class TinyBert(nn.Module):
         return x, torch.tanh(self.pool(x[:, 0]))
 
 
-def bert_fused(seq: int = 8) -> onnx.ModelProto:
+def bert_fused(seq: int = 8, opt_level: int | None = 0) -> onnx.ModelProto:
     """``TinyBert`` exported (opset 14, batch and sequence fixed) and run through
-    ``optimize_model(model_type="bert", num_heads=4, hidden_size=32)`` offline."""
+    ``optimize_model(model_type="bert", num_heads=4, hidden_size=32, opt_level=...)``
+    offline: level 0 (its own fusions only) writes com.microsoft ``EmbedLayerNormalization``,
+    ``Attention``, ``SkipLayerNormalization`` and ``BiasGelu``; the default (None: onnxruntime's
+    basic optimizations first) writes Gemms between 2-D reshapes, ``SkipLayerNormalization``
+    and ``Gelu``."""
     from onnxruntime.transformers.optimizer import optimize_model
 
     torch.manual_seed(0)
@@ -356,9 +360,15 @@ def bert_fused(seq: int = 8) -> onnx.ModelProto:
             output_names=["last_hidden_state", "pooler_output"],
         )
     opt = optimize_model(
-        onnx.load_from_string(buf.getvalue()), model_type="bert", num_heads=4, hidden_size=32
+        onnx.load_from_string(buf.getvalue()),
+        model_type="bert",
+        num_heads=4,
+        hidden_size=32,
+        opt_level=opt_level,
     )
-    return opt.model
+    with tempfile.TemporaryDirectory() as tmp:  # saving adds the com.microsoft opset
+        opt.save_model_to_file(str(Path(tmp, "bert.onnx")))
+        return onnx.load(Path(tmp, "bert.onnx"))
 
 
 # ---- standard ops of newer opsets ---------------------------------------------------------------
@@ -503,3 +513,7 @@ def attention23(rotary: bool = False) -> onnx.ModelProto:
 
 def rotary23() -> onnx.ModelProto:
     return attention23(rotary=True)
+
+
+def bert_ort(seq: int = 8) -> onnx.ModelProto:
+    return bert_fused(seq, opt_level=None)
