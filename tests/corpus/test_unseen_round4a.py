@@ -68,10 +68,11 @@ MODELS = {
     # RMSNormalization-23 over the channels: no rule (its statistic reads every channel);
     # the MLP after it prunes (0.75)
     "rms_norm23": ("rms_norm23", 0.74, 0.63, {"RMSNormalization", OUTPUT}),
-    # Attention-23 (3-D inputs, heads split inside the op) and RotaryEmbedding-23: no rule,
-    # they lock the projections they read and write
-    "attention23": ("attention23", 0.0, 1.0, {"Attention", OUTPUT}),
-    "rotary23": ("rotary23", 0.0, 1.0, {"RotaryEmbedding", "Attention", OUTPUT}),
+    # Attention-23 (3-D inputs, 4 heads split inside the op) and RotaryEmbedding-23
+    # (``num_heads``, cos/sin caches per position): whole heads prune through both, Q, K, V
+    # and the output projection together (was 0.0: no rule); compact rewrites the heads
+    "attention23": ("attention23", 0.99, 0.55, {OUTPUT}),
+    "rotary23": ("rotary23", 0.95, 0.55, {OUTPUT}),
 }
 # QOperator models (QLinearConv, com.microsoft QLinearAdd/QGemm): int8 weights only, no float
 # parameter and no channel group: the plans must leave them exactly as they were
@@ -299,3 +300,20 @@ def test_activations_of_a_qdq_model_are_fetched_with_their_own_type():
     names = [n.output[0] for n in c.model.graph.node if n.op_type == "QuantizeLinear"]
     outs = run_model(fetching(c.model, names[:3]), c.feeds)
     assert [o.dtype for o in outs] == [np.dtype(np.uint8)] * 3
+
+
+@pytest.mark.parametrize("name", ["attention23", "rotary23"])
+def test_attention23_prunes_whole_heads_and_rewrites_their_count(name):
+    """Compact Attention-23 (and RotaryEmbedding-23): the heads kept are the attributes'
+    counts, and each projection keeps 4 columns (the head size) per head kept."""
+    pruned = prune(case(name).model, CONFIGS["rate0.5"])
+    dims = {t.name: list(t.dims) for t in pruned.compact.graph.initializer}
+    counts = {
+        (n.op_type, a.name): a.i
+        for n in pruned.compact.graph.node
+        for a in n.attribute
+        if a.name in ("q_num_heads", "kv_num_heads", "num_heads")
+    }
+    kept = counts[("Attention", "q_num_heads")]
+    assert 0 < kept < 4 and set(counts.values()) == {kept}, counts
+    assert dims["wq"] == dims["wk"] == dims["wv"] == [12, 4 * kept] and dims["wo"] == [4 * kept, 5]

@@ -480,9 +480,10 @@ def rms_norm23() -> onnx.ModelProto:
     return _model(nodes, inits, (1, 6, 12), 23, "rms_norm23")
 
 
-def attention23(rotary: bool = False) -> onnx.ModelProto:
-    """Q, K, V projections (12 -> 16, 3-D, 2 heads) -> Attention (opset 23, ``q_num_heads=2``)
-    -> output projection (16 -> 5); with ``rotary``, RotaryEmbedding (opset 23) on Q and K first."""
+def attention23(rotary: bool = False, heads: int = 4) -> onnx.ModelProto:
+    """Q, K, V projections (12 -> 16, 3-D, ``heads`` heads) -> Attention (opset 23,
+    ``q_num_heads``) -> output projection (16 -> 5); with ``rotary``, RotaryEmbedding (opset
+    23, ``num_heads``) on Q and K first."""
     rng = np.random.default_rng(0)
     nodes, inits = [], []
     for p in "qkv":
@@ -490,21 +491,22 @@ def attention23(rotary: bool = False) -> onnx.ModelProto:
         inits.append(_const(rng, f"w{p}", (12, 16), 0.3))
     q, k = "q0", "k0"
     if rotary:
-        pos = np.arange(6, dtype=np.float32)[:, None] / (
-            10.0 ** (np.arange(4, dtype=np.float32) / 4)
-        )
+        half = 16 // heads // 2
+        pos = np.arange(6, dtype=np.float32)[:, None] / (10.0 ** (np.arange(half) / half))
         inits += [
-            numpy_helper.from_array(np.cos(pos), "cos"),
-            numpy_helper.from_array(np.sin(pos), "sin"),
+            numpy_helper.from_array(np.cos(pos).astype(np.float32), "cos"),
+            numpy_helper.from_array(np.sin(pos).astype(np.float32), "sin"),
             numpy_helper.from_array(np.arange(6, dtype=np.int64)[None], "pos"),
         ]
-        nodes += [
-            helper.make_node("RotaryEmbedding", ["q0", "cos", "sin", "pos"], ["qr"], num_heads=2),
-            helper.make_node("RotaryEmbedding", ["k0", "cos", "sin", "pos"], ["kr"], num_heads=2),
-        ]
+        for p in "qk":
+            nodes.append(
+                helper.make_node(
+                    "RotaryEmbedding", [f"{p}0", "cos", "sin", "pos"], [f"{p}r"], num_heads=heads
+                )
+            )
         q, k = "qr", "kr"
     nodes += [
-        helper.make_node("Attention", [q, k, "v0"], ["a"], q_num_heads=2, kv_num_heads=2),
+        helper.make_node("Attention", [q, k, "v0"], ["a"], q_num_heads=heads, kv_num_heads=heads),
         helper.make_node("MatMul", ["a", "wo"], ["y"]),
     ]
     inits.append(_const(rng, "wo", (16, 5), 0.3))
