@@ -317,3 +317,18 @@ def test_attention23_prunes_whole_heads_and_rewrites_their_count(name):
     kept = counts[("Attention", "q_num_heads")]
     assert 0 < kept < 4 and set(counts.values()) == {kept}, counts
     assert dims["wq"] == dims["wk"] == dims["wv"] == [12, 4 * kept] and dims["wo"] == [4 * kept, 5]
+
+
+def test_attention23_with_a_mask_locks_naming_the_node():
+    """An Attention-23 the rule does not map (here an ``attn_mask`` input) locks its axes,
+    naming the node; the model around it still compacts exactly."""
+    import deploy_torch
+
+    model = deploy_torch.attention23(mask=True)
+    a = analyze(model)
+    reasons = [g.reason for g in a.locked_groups]
+    assert any("Attention 'Attention_" in r and "plain 3-D" in r for r in reasons), reasons
+    assert not any(g.size == 16 for g in a.prunable_groups)
+    check_sparse_equals_compact(
+        "attention23_mask", model, random_feeds(model), CONFIGS["rate0.5"], 1.0
+    )

@@ -480,10 +480,10 @@ def rms_norm23() -> onnx.ModelProto:
     return _model(nodes, inits, (1, 6, 12), 23, "rms_norm23")
 
 
-def attention23(rotary: bool = False, heads: int = 4) -> onnx.ModelProto:
+def attention23(rotary: bool = False, heads: int = 4, mask: bool = False) -> onnx.ModelProto:
     """Q, K, V projections (12 -> 16, 3-D, ``heads`` heads) -> Attention (opset 23,
     ``q_num_heads``) -> output projection (16 -> 5); with ``rotary``, RotaryEmbedding (opset
-    23, ``num_heads``) on Q and K first."""
+    23, ``num_heads``) on Q and K first; with ``mask``, an additive causal ``attn_mask``."""
     rng = np.random.default_rng(0)
     nodes, inits = [], []
     for p in "qkv":
@@ -506,10 +506,19 @@ def attention23(rotary: bool = False, heads: int = 4) -> onnx.ModelProto:
             )
         q, k = "qr", "kr"
     nodes += [
-        helper.make_node("Attention", [q, k, "v0"], ["a"], q_num_heads=heads, kv_num_heads=heads),
+        helper.make_node(
+            "Attention",
+            [q, k, "v0", *(["causal"] if mask else [])],
+            ["a"],
+            q_num_heads=heads,
+            kv_num_heads=heads,
+        ),
         helper.make_node("MatMul", ["a", "wo"], ["y"]),
     ]
     inits.append(_const(rng, "wo", (16, 5), 0.3))
+    if mask:
+        causal = np.triu(np.full((6, 6), -1e4, np.float32), 1)
+        inits.append(numpy_helper.from_array(causal, "causal"))
     return _model(nodes, inits, (1, 6, 12), 23, "rotary23" if rotary else "attention23")
 
 
