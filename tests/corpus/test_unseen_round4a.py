@@ -1,5 +1,6 @@
 """The unseen-architecture checks on deployment-shaped exports (round 4a): models as users
-hand them over after their own deployment tooling ran (``tests/ir/deploy_torch.py``).
+hand them over after their own deployment tooling ran (``tests/ir/deploy_torch.py``,
+``tests/ir/deploy_ops.py``).
 
 Per model: the analysis names every lock (and only the expected reasons); rate 0 is
 bit-identical; every plan of ``CONFIGS`` gives compact outputs equal to the sparse ones (1e-4
@@ -80,11 +81,12 @@ QOPERATOR = ("resnet_qop", "mobilenetv2_qop")
 
 
 def _build(builder) -> onnx.ModelProto:
+    import deploy_ops
     import deploy_torch
 
-    if isinstance(builder, tuple):
-        return getattr(deploy_torch, builder[0])(*builder[1:])
-    return getattr(deploy_torch, builder)()
+    name, *args = builder if isinstance(builder, tuple) else (builder,)
+    module = deploy_torch if hasattr(deploy_torch, name) else deploy_ops
+    return getattr(module, name)(*args)
 
 
 @functools.cache
@@ -324,9 +326,9 @@ def test_attention23_prunes_whole_heads_and_rewrites_their_count(name):
 def test_attention23_with_a_mask_locks_naming_the_node():
     """An Attention-23 the rule does not map (here an ``attn_mask`` input) locks its axes,
     naming the node; the model around it still compacts exactly."""
-    import deploy_torch
+    import deploy_ops
 
-    model = deploy_torch.attention23(mask=True)
+    model = deploy_ops.attention23(mask=True)
     a = analyze(model)
     reasons = [g.reason for g in a.locked_groups]
     assert any("Attention 'Attention_" in r and "plain 3-D" in r for r in reasons), reasons
