@@ -31,13 +31,28 @@ SHAPE_OPS = frozenset(
 )
 
 
+# integer inputs that hold a layer's weights or bias (input indices), by op type
+_QUANT_WEIGHTS = {
+    "DequantizeLinear": (0,),
+    "QLinearConv": (3, 8),
+    "QLinearMatMul": (3,),
+    "ConvInteger": (1,),
+    "MatMulInteger": (1,),
+    "QGemm": (3, 6),  # com.microsoft
+}
+
+
 def _is_param(v: Value) -> bool:
     """Weights of layers count whatever their size; other float constants count unless
     they are scalars (Clip bounds, a scale) or feed only shape-like inputs."""
     if not v.is_const or v.dtype is None:
         return False
     dtype = v.dtype
-    if (dtype.kind if isinstance(dtype, np.dtype) else np.dtype(dtype).kind) != "f":
+    kind = dtype.kind if isinstance(dtype, np.dtype) else np.dtype(dtype).kind
+    if kind in "iu":  # a quantized weight or bias: what a DequantizeLinear (QDQ) or a
+        # QOperator layer reads as one
+        return (v.numel or 0) > 1 and any(k in _QUANT_WEIGHTS.get(n.op_type, ()) for n, k in v.uses)
+    if kind != "f":
         return False
     if any(n.op_type in WEIGHT_OPS for n, _ in v.uses):
         return True

@@ -48,6 +48,8 @@ _FIRST_DTYPE = (
     "LayerNormalization",
     "InstanceNormalization",
     "BatchNormalization",
+    "GroupNormalization",  # onnx 1.23 gives opset 21's output no type (ir/propagate.py)
+    "RMSNormalization",
     "Concat",
     "Slice",
     "Pad",

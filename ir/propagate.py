@@ -112,11 +112,17 @@ def propagate_shapes(graph: Graph, opset: int, symbolic: bool = False) -> int:
             if not outs or all(settled(o.shape) and o not in recompute for o in outs):
                 continue
         custom = (node.domain, node.op_type) in _CUSTOM_SAME_SHAPE
+        ins = [v for v in node.inputs if v is not None]
+        if node.domain == "com.microsoft" and node.op_type in _MS_SHAPES:
+            if all(done(v.shape) and v.dtype is not None for v in ins):
+                learnt += _MS_SHAPES[node.op_type](node)
+            continue
         if node.subgraphs or (node.domain not in ("", "ai.onnx") and not custom):
             continue
-        ins = [v for v in node.inputs if v is not None]
         if not all(done(v.shape) and v.dtype is not None for v in ins):
             continue
+        if outs[0].dtype is None and (node.domain, node.op_type) in _UNTYPED_SAME_SHAPE:
+            outs[0].dtype = ins[0].dtype  # Y has X's type and shape (the op's schema)
         one = len(outs) == 1 and outs[0].dtype is not None
         shape = _fast_shape(node, ins, memo) if one else None
         if shape is None and one and symbolic:
@@ -143,11 +149,51 @@ _SAME_SHAPE = frozenset(UNARY_OPS) | {
     "LayerNormalization",
     "InstanceNormalization",
     "BatchNormalization",
+    "GroupNormalization",
+    "RMSNormalization",
 }
 _BROADCAST = frozenset(ELEMENTWISE_OPS)
 # drpopt's own ops in a sparse model read again (ir/rules_norm.py): ONNX inference
 # stops at a model-local function whose input shape it did not know
-_CUSTOM_SAME_SHAPE = frozenset({("drpopt", "MaskedLayerNormalization")})
+_CUSTOM_SAME_SHAPE = frozenset({("drpopt", "MaskedLayerNormalization")}) | {
+    # onnxruntime's fused ops (transformers optimizer): ONNX does not know them, and every
+    # shape after them stayed unknown (their channels left in no group, no lock named)
+    ("com.microsoft", op)
+    for op in ("Gelu", "FastGelu", "BiasGelu", "QuickGelu", "SkipLayerNormalization")
+}
+
+
+def _ms_attention(node: Node) -> int:
+    """com.microsoft Attention: ``(batch, sequence, v_hidden)`` from its input and weights
+    (``v_hidden``: ``qkv_hidden_sizes[2]``, else a third of the packed weight's width)."""
+    x, w, out = node.input(0), node.input(1), node.outputs[0]
+    sizes = node.attr("qkv_hidden_sizes")
+    if x is None or w is None or x.rank != 3 or w.rank != 2:
+        return 0
+    v_hidden = int(sizes[2]) if sizes else w.shape[1] // 3  # type: ignore[index]
+    out.shape, out.dtype = (*x.shape[:2], v_hidden), x.dtype  # type: ignore[index]
+    return 1
+
+
+def _ms_embed_layer_norm(node: Node) -> int:
+    """com.microsoft EmbedLayerNormalization: the embeddings ``(batch, sequence, hidden)``
+    of the word table's width, and the int32 ``mask_index`` (batch,)."""
+    ids, words = node.input(0), node.input(2)
+    if ids is None or words is None or ids.rank != 2 or words.rank != 2:
+        return 0
+    node.outputs[0].shape = (*ids.shape, words.shape[1])  # type: ignore[misc, index]
+    node.outputs[0].dtype = words.dtype
+    if len(node.outputs) > 1 and node.outputs[1].name:
+        node.outputs[1].shape, node.outputs[1].dtype = ids.shape[:1], np.dtype(np.int32)  # type: ignore[index]
+    return 1
+
+
+# onnxruntime's fused ops whose outputs ONNX cannot infer (its transformers optimizer's
+# output): every shape after them stayed unknown, their channels in no group, no lock named
+_MS_SHAPES = {"Attention": _ms_attention, "EmbedLayerNormalization": _ms_embed_layer_norm}
+# output 0 typed like input 0 where ONNX's inference gives it no type: the fused ops above,
+# and onnx 1.23 types no GroupNormalization-21 output (its rule was left without a rank)
+_UNTYPED_SAME_SHAPE = _CUSTOM_SAME_SHAPE | {("", "GroupNormalization"), ("", "RMSNormalization")}
 
 
 # inputs whose values (not only shapes) decide the output shape; other ops get none

@@ -21,6 +21,7 @@ import numpy as np
 
 import drpopt.ir.rules_rnn  # noqa: F401  (registers LSTM, GRU, RNN with their compaction)
 from drpopt.ir import (
+    rules_deploy,  # noqa: F401  (registers Quantize/DequantizeLinear, DeformConv)
     rules_einsum,  # noqa: F401  (registers the Einsum rule)
     rules_shapes,  # noqa: F401  (registers the reshape rules)
 )

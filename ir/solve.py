@@ -324,9 +324,10 @@ class SpaceClasses:
 
 # Split: torch's dynamo exporter splits nn.MultiheadAttention's packed in_proj weight at run
 # time (roles pass along the axes it keeps whole, not the one it cuts)
+# DequantizeLinear: a QDQ model's int8 weight (ir/rules_deploy.py; its axes pass 1:1)
 LAYOUT_OPS = frozenset(
     ["Reshape", "Transpose", "Identity", "Flatten", "Squeeze", "Unsqueeze", "Split"]
-)
+) | {"DequantizeLinear"}
 
 
 def _roles_through_layout(relations: list[tuple], spaces: list[Space]) -> None:

@@ -85,8 +85,11 @@ def fetching(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto:
         types.setdefault(vi.name, vi.type.tensor_type.elem_type)
     del g.output[:]
     for name in names:
-        elem = types.get(name) or onnx.TensorProto.FLOAT
-        g.output.append(onnx.helper.make_tensor_value_info(name, elem, None))
+        elem = types.get(name)
+        if elem:
+            g.output.append(onnx.helper.make_tensor_value_info(name, elem, None))
+        else:  # untyped: onnxruntime infers it (a QDQ model's uint8 activations are no float)
+            g.output.add().name = name
     return out
 
 

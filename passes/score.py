@@ -24,7 +24,7 @@ from typing import ClassVar, Literal
 import numpy as np
 
 from drpopt.ir.channels import Group, Member
-from drpopt.ir.core import Graph
+from drpopt.ir.core import Graph, Value
 from drpopt.passes.analyses import ANALYSES, Scores, node_by_name
 from drpopt.passes.base import Pass, PassResult
 from drpopt.passes.common import get_analysis
@@ -77,8 +77,30 @@ def group_scores(
     p = 1 if criterion == "l1" else 2
     for m in group.members:
         if m.role in ("producer", "consumer") and m.tensor is not None:
-            total += _normalised(member_norms(graph.values[m.tensor].const, m, size, p))
+            total += _normalised(member_norms(layer_weight(graph.values[m.tensor]), m, size, p))
     return total
+
+
+def layer_weight(value: Value) -> np.ndarray:
+    """A weight's values as its layer sees them: the int8 weight of a QDQ model dequantized
+    by the ``DequantizeLinear`` that reads it (``ir/rules_deploy.py``): its scale differs per
+    channel, so the raw integers (each row spanning the int8 range) would rank every
+    channel alike."""
+    arr = value.const
+    dq = next((n for n, k in value.uses if n.op_type == "DequantizeLinear" and k == 0), None)
+    scale = dq.input(1) if dq is not None else None
+    if scale is None or not scale.is_const:
+        return arr
+    zero = dq.input(2)
+    s = np.asarray(scale.const, dtype=np.float64)
+    z = np.asarray(zero.const, dtype=np.float64) if zero is not None and zero.is_const else 0.0
+    if s.ndim == 1 and s.size > 1:  # per axis: along ``axis`` of the weight
+        axis = int(dq.attr("axis", 1)) % arr.ndim
+        shape = [1] * arr.ndim
+        shape[axis] = s.size
+        s = s.reshape(shape)
+        z = np.reshape(z, shape) if np.ndim(z) else z
+    return (np.asarray(arr, dtype=np.float64) - z) * s
 
 
 def _node(graph: Graph, name: str | None):
