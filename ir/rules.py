@@ -10,9 +10,10 @@ along), and locks. An op with no entry here locks every space of its inputs and 
 
 This module holds the table, the helpers rules share and the driver (``apply_rules``); the
 coupling functions are in ``ir/rules_layers.py`` (ops that compute), ``ir/rules_shapes.py``
-(ops that move channels) and ``ir/rules_select.py`` (Pad, Gather), the compaction hooks of
-the ops that need more than their members cut in ``ir/rules_compact.py``, the sparse forms
-of normalisations in ``ir/rules_norm.py``, all imported at the end so they register.
+(ops that move channels) and ``ir/rules_select.py`` (Pad, Gather, GatherElements), the
+compaction hooks of the ops that need more than their members cut in
+``ir/rules_compact.py``, the sparse forms of normalisations in ``ir/rules_norm.py`` and of
+sums over channels in ``ir/rules_reduce.py``, all imported at the end so they register.
 """
 
 from __future__ import annotations
