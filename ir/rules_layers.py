@@ -143,7 +143,7 @@ def _expand(node: Node, cg: ChannelGraph) -> None:
     or absent there) takes its size from the shape input: where that entry is the size of
     another tensor's axis (``expand_as(x)``: ``Shape(x)``, F.normalize's norm expanded to
     ``x``) the two axes are one space, so they prune together and the computed shape
-    follows; a literal size is free (``compact`` rewrites it); a size computed otherwise
+    follows; a size in a constant shape is free (``compact`` rewrites it); any other size
     stays locked (the central default lock)."""
     x, y = node.input(0), node.outputs[0]
     broadcast(cg, node, [x], y)
@@ -161,7 +161,8 @@ def _expand(node: Node, cg: ChannelGraph) -> None:
         if isinstance(entry, Dim) and entry.value.shape is not None:
             if entry.value.shape[entry.axis] == dim:
                 cg.identity(cg.space(y, k), cg.space(entry.value, entry.axis), node)
-        elif isinstance(entry, int):
+        elif isinstance(entry, int) and node.input(1).is_const:
+            # (a literal inside a computed shape would not be rewritten: it stays locked)
             cg.independent(y, [k])
 
 

@@ -140,6 +140,41 @@ def test_a_torch_models_channel_sum_stays_locked():
     assert locked and any(m.tensor == "a.weight" for g in locked for m in g.members)
 
 
+class ExpandGate(nn.Module):
+    """A one-channel gate expanded over the channels of another conv's output: to
+    ``h.shape`` (``Shape(h)``: the channels follow ``h``) or to a shape with the channel
+    count written as a literal among computed sizes (nothing rewrites it: locked)."""
+
+    def __init__(self, literal: bool):
+        super().__init__()
+        self.literal = literal
+        self.a, self.g, self.b = (
+            nn.Conv2d(3, 16, 3, padding=1),
+            nn.Conv2d(3, 1, 1),
+            nn.Conv2d(16, 8, 1),
+        )
+
+    def forward(self, x):
+        h, gate = F.relu(self.a(x)), torch.sigmoid(self.g(x))
+        n, _, height, width = h.shape
+        gate = gate.expand(n, 16, height, width) if self.literal else gate.expand_as(h)
+        return self.b(h * gate)
+
+
+def test_an_expanded_axis_follows_the_tensor_its_size_is_read_from():
+    _prunes_exactly(export_as(ExpandGate(literal=False), (1, 3, 8, 8), opset=13))
+
+
+def test_a_literal_channel_count_inside_a_computed_expand_shape_locks():
+    model = export_as(ExpandGate(literal=True), (1, 3, 8, 8), opset=13, dynamic_batch=True)
+    target = next(n for n in model.graph.node if n.op_type == "Expand").input[1]
+    assert target not in {t.name for t in model.graph.initializer}  # computed
+    group = _weight_group(analyze(model), _first_weight(model))
+    assert not group.prunable and "Expand" in group.reason
+    sparse, compact = prune(model)
+    assert_same(sparse, compact, random_feeds(model))
+
+
 # ---- GatherElements ------------------------------------------------------------------------
 class GatherAtPeak(nn.Module):
     """MoveNet's decoding inside the network: the features gathered at the argmax of a
