@@ -13,8 +13,8 @@ an exported file (``Reshape`` into ``(..., 3, heads, head_dim)`` then ``Transpos
   ``MatMul``, ``Add`` of a float mask (``is_causal``: a constant ``-inf`` upper triangle),
   ``Softmax``, ``Dropout`` when ``dropout_p > 0`` (F.sdpa drops whenever it is given),
   ``MatMul`` with v; a boolean mask (True: may attend) is ``Where(mask, 0, -inf)`` added
-  the same way; ``enable_gqa`` is not mapped (an ``fx::`` node that locks what it touches,
-  named);
+  the same way; ``enable_gqa``: k's and v's heads repeated for their query heads
+  (Reshape, Expand, Reshape, as the dynamo exporter writes it: ``_repeat_kv``);
 - ``nn.MultiheadAttention``: self-attention (query, key and value the same tensor, no mask)
   as timm writes it: one ``Gemm`` on the packed weight, ``Reshape`` to
   ``(rows, 3, heads, head_dim)``, heads moved forward, ``Split`` into q, k, v, the attention
@@ -158,7 +158,9 @@ def _f_sdpa(c: _Converter, n: Any, key: str, args: Any, kwargs: Any) -> Any:
     if not all(isinstance(t, Value) and t.shape is not None for t in (q, k, v)):
         return c.unsupported(n, key)
     if kwargs.get("enable_gqa"):
-        return c.unsupported(n, f"{key}(enable_gqa)")
+        k, v = _repeat_kv(c, n, q, k, "k"), _repeat_kv(c, n, q, v, "v")
+        if k is None or v is None:
+            return c.unsupported(n, f"{key}(enable_gqa)")
     if mask is not None and not isinstance(mask, Value):
         return c.unsupported(n, f"{key}(attn_mask {type(mask).__name__})")
     if causal and mask is not None:
@@ -168,6 +170,36 @@ def _f_sdpa(c: _Converter, n: Any, key: str, args: Any, kwargs: Any) -> Any:
     scale = float(scale) if scale is not None else 1.0 / float(np.sqrt(q.shape[-1]))
     y, _ = _attention_ops(c, n, q, k, v, scale, mask, causal, c.out(n), dropout)
     return y
+
+
+def _repeat_kv(c: _Converter, n: Any, q: Value, t: Value, tag: str) -> Value | None:
+    """``enable_gqa``: k's (or v's) heads (axis -3) each serve ``Hq / Hkv`` consecutive
+    query heads, torch's ``repeat_interleave`` over the heads, written as the dynamo
+    exporter does: Reshape to ``(..., Hkv, 1, S, D)``, Expand to ``(..., Hkv, Hq / Hkv, S,
+    D)``, Reshape merging the two into ``Hq``. The merge maps the query heads as blocks of
+    ``Hq / Hkv`` of the kv heads (the coarse axis carries the channels), so a kv head
+    prunes with its query heads and the output projection's columns. None when the shapes
+    are not static or do not divide."""
+    qs, ts = q.shape, t.shape
+    if qs is None or ts is None or len(qs) < 3 or len(ts) != len(qs):
+        return None
+    if not all(isinstance(d, int) for d in (*qs, *ts)):
+        return None
+    hq, hkv = qs[-3], ts[-3]
+    if hq == hkv:
+        return t
+    if hkv < 1 or hq % hkv:
+        return None
+    lead, (s, d) = tuple(ts[:-3]), ts[-2:]
+    base = f"{n.name}.{tag}_gqa"
+    steps = [(hkv, 1), (hkv, hq // hkv), (hq,)]
+    cur = t
+    for i, (op, heads) in enumerate(zip(("Reshape", "Expand", "Reshape"), steps, strict=True)):
+        shape = (*lead, *heads, s, d)
+        nxt = c.tmp(f"{base}{i}", shape, t.dtype)
+        c.emit(op, n, [cur, c.ints(f"{base}{i}.shape", list(shape))], [nxt])
+        cur = nxt
+    return cur
 
 
 def _qkv(args: tuple, kwargs: dict) -> tuple[Any, Any, Any]:

@@ -125,9 +125,11 @@ def mean_function_proto(opset: int) -> onnx.FunctionProto:
     )
 
 
-def ensure_function(graph: Graph, op: str) -> None:
+def ensure_function(graph: Graph, op: str, make=None) -> None:
+    """Adds the function of ``drpopt.<op>`` to the model once (``make(opset)`` writes it;
+    default: the norm forms here)."""
     if not any(f.domain == DOMAIN and f.name == op for f in graph.functions):
-        make = function_proto if op == OP else mean_function_proto
+        make = make or (function_proto if op == OP else mean_function_proto)
         graph.functions.append(make(graph.opsets.get("", 17)))
     graph.opsets.setdefault(DOMAIN, 1)
 

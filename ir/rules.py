@@ -10,9 +10,10 @@ along), and locks. An op with no entry here locks every space of its inputs and 
 
 This module holds the table, the helpers rules share and the driver (``apply_rules``); the
 coupling functions are in ``ir/rules_layers.py`` (ops that compute), ``ir/rules_shapes.py``
-(ops that move channels) and ``ir/rules_select.py`` (Pad, Gather), the compaction hooks of
-the ops that need more than their members cut in ``ir/rules_compact.py``, the sparse forms
-of normalisations in ``ir/rules_norm.py``, all imported at the end so they register.
+(ops that move channels) and ``ir/rules_select.py`` (Pad, Gather, GatherElements), the
+compaction hooks of the ops that need more than their members cut in
+``ir/rules_compact.py``, the sparse forms of normalisations in ``ir/rules_norm.py`` and of
+sums over channels in ``ir/rules_reduce.py``, all imported at the end so they register.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 
 from drpopt.ir.channels import ChannelGraph
 from drpopt.ir.core import Graph, Node, Value
+from drpopt.ir.shape_expr import const_ints
 
 Rule = Callable[[Node, ChannelGraph], None]
 CompactHook = Callable[[Graph, Node, "KeptChannels"], None]
@@ -155,6 +157,9 @@ REDUCE_OPS = [
     "ArgMax",
     "ArgMin",
 ]
+# Reductions whose value over the kept channels is their value over all channels with the
+# pruned ones zeroed (a mean divides by the count, a max or a log-sum-exp sees the zeros)
+SUM_LIKE = frozenset(["ReduceSum", "ReduceL1", "ReduceL2", "ReduceSumSquare"])
 RESHAPE_OPS = ["Reshape", "Flatten", "Squeeze", "Unsqueeze"]
 NO_DATA_OPS = ["Shape", "Size", "Constant"]
 
@@ -242,6 +247,23 @@ def broadcast(cg: ChannelGraph, node: Node, inputs: list[Value | None], out: Val
                 if so == _NO_SPACE:
                     so = out_spaces[off + ax] = space(out, off + ax)
                 identity(sx, so, node)
+
+
+def reduce_axes(node: Node) -> list[int] | None:
+    """The axes (>= 0, sorted) a Reduce* node reduces: its ``axes`` attribute or constant
+    input, every axis when none are given (none with ``noop_with_empty_axes``); None when
+    the axes are computed or the rank is unknown."""
+    x = node.input(0)
+    if x is None or x.rank is None:
+        return None
+    axes = node.attr("axes")
+    if axes is None and len(node.inputs) > 1 and node.input(1) is not None:
+        axes = const_ints(node.input(1))
+        if axes is None:
+            return None
+    if not axes:
+        axes = [] if node.attr("noop_with_empty_axes", 0) else list(range(x.rank))
+    return sorted(a % x.rank for a in axes)
 
 
 def lock_axis(cg: ChannelGraph, node: Node, values, axes, why: str) -> None:
@@ -386,7 +408,7 @@ def _tie_shared_weights(graph: Graph, cg: ChannelGraph) -> None:
 
 # the rules register themselves on import (after everything above is defined): the
 # compaction module imports the coupling modules, then gives their rules its hooks; the
-# normalisations' sparse forms come last
-from drpopt.ir import rules_norm  # noqa: E402, F401
+# normalisations' and the sum-like reductions' sparse forms come last
+from drpopt.ir import rules_norm, rules_reduce  # noqa: E402, F401
 from drpopt.ir.rules_compact import KeptChannels  # noqa: E402
 from drpopt.ir.rules_layers import _no_data as _metadata_only  # noqa: E402

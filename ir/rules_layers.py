@@ -16,10 +16,12 @@ from drpopt.ir.rules import (
     NO_DATA_OPS,
     POOL_OPS,
     REDUCE_OPS,
+    SUM_LIKE,
     UNARY_OPS,
     broadcast,
     lock_axis,
     node_opset,
+    reduce_axes,
     rule,
     same_axes,
 )
@@ -171,7 +173,31 @@ def _elementwise(node: Node, cg: ChannelGraph) -> None:
 
 @rule("Expand")
 def _expand(node: Node, cg: ChannelGraph) -> None:
-    broadcast(cg, node, [node.input(0)], node.outputs[0])
+    """Input axes broadcast to the output's. An output axis the input only repeats (size 1
+    or absent there) takes its size from the shape input: where that entry is the size of
+    another tensor's axis (``expand_as(x)``: ``Shape(x)``, F.normalize's norm expanded to
+    ``x``) the two axes are one space, so they prune together and the computed shape
+    follows; a size in a constant shape is free (``compact`` rewrites it); any other size
+    stays locked (the central default lock)."""
+    x, y = node.input(0), node.outputs[0]
+    broadcast(cg, node, [x], y)
+    if x is None or x.shape is None or y.shape is None:
+        return
+    entries = shape_entries(node.input(1), cg.shape_memo)
+    off = len(y.shape) - len(x.shape)
+    if entries is None or len(entries) > len(y.shape):
+        return
+    at = len(y.shape) - len(entries)
+    for k, dim in enumerate(y.shape):
+        if dim == 1 or (k >= off and x.shape[k - off] != 1) or k < at:
+            continue
+        entry = entries[k - at]
+        if isinstance(entry, Dim) and entry.value.shape is not None:
+            if entry.value.shape[entry.axis] == dim:
+                cg.identity(cg.space(y, k), cg.space(entry.value, entry.axis), node)
+        elif isinstance(entry, int) and node.input(1).is_const:
+            # (a literal inside a computed shape would not be rewritten: it stays locked)
+            cg.independent(y, [k])
 
 
 @rule("Tile")
@@ -354,17 +380,17 @@ def _reduce(node: Node, cg: ChannelGraph) -> None:
             axis = (const_ints(node.input(1)) or [0])[0]
         axes = [axis % x.rank]
     else:
-        axes = node.attr("axes")
-        if axes is None and len(node.inputs) > 1 and node.input(1) is not None:
-            axes = const_ints(node.input(1))
-            if axes is None:
-                cg.lock_value(x, "rule", f"{node.op_type} '{node.name}' has computed axes", node)
-                cg.lock_value(y, "rule", f"{node.op_type} '{node.name}' has computed axes", node)
-                return
-        if not axes:
-            axes = [] if node.attr("noop_with_empty_axes", 0) else list(range(x.rank))
-        axes = sorted(a % x.rank for a in axes)
-    lock_axis(cg, node, [x], axes, "reduces over this axis")
+        axes = reduce_axes(node)
+        if axes is None:
+            cg.lock_value(x, "rule", f"{node.op_type} '{node.name}' has computed axes", node)
+            cg.lock_value(y, "rule", f"{node.op_type} '{node.name}' has computed axes", node)
+            return
+    if node.op_type in SUM_LIKE and "torch_path" not in cg.graph.meta:
+        # a sum over channels is the sum over the kept ones once apply-masks masks its
+        # input (``ir/rules_reduce.py``): the reduced axes neither couple nor lock here
+        cg.independent(x, axes)
+    else:
+        lock_axis(cg, node, [x], axes, "reduces over this axis")
     if node.op_type in ("TopK", "CumSum"):
         lock_axis(cg, node, node.outputs, axes, "reduces over this axis")
     keep = node.attr("keepdims", 1)

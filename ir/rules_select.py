@@ -1,6 +1,7 @@
 """Coupling rules of the ops that select or add channels by constants: ``Pad`` (zeros padded
-onto the channel axis are channels of their own) and ``Gather`` (one entry, a range, a
-permutation or a selection of the channels). Registered into ``ir.rules.RULES`` on import
+onto the channel axis are channels of their own), ``Gather`` (one entry, a range, a
+permutation or a selection of the channels) and ``GatherElements`` (channels pass through
+on the axes it does not gather along). Registered into ``ir.rules.RULES`` on import
 (``ir/rules_compact.py`` imports this and holds their compaction hooks)."""
 
 from __future__ import annotations
@@ -151,6 +152,34 @@ def _gather(node: Node, cg: ChannelGraph) -> None:
     if hi < dim:
         parts.append(cg.virtual(f"{node.name}.dropped_tail", dim - hi))
     cg.concat(cg.space(x, axis), parts, node)
+
+
+@rule("GatherElements")
+def _gather_elements(node: Node, cg: ChannelGraph) -> None:
+    """``out[..., q, ...] = data[..., idx[..., q, ...], ...]`` along ``axis``; ``idx`` and
+    ``out`` have one shape. Along every other axis position ``p`` of ``out`` reads
+    position ``p`` of ``data`` and ``idx``: where the three sizes agree the axes are one
+    channel space (pruning ``p`` drops it from all three: constant indices are cut as a
+    ``param``, computed ones with what computes them); where ``idx`` is shorter it reads
+    only the first entries of ``data`` (locked). Along ``axis`` ``out`` and ``idx`` are one
+    space, and ``data``'s axis is read at the positions the indices hold (locked: constant
+    or computed, pruning it would leave them pointing at other entries)."""
+    x, idx, y = node.input(0), node.input(1), node.outputs[0]
+    ranks = {v.rank for v in (x, idx, y) if v is not None}
+    if x is None or idx is None or None in ranks or len(ranks) != 1:
+        for v in (x, idx, y):
+            cg.lock_value(v, "rule", f"GatherElements '{node.name}': rank unknown", node)
+        return
+    axis = node.attr("axis", 0) % x.rank
+    same_axes(cg, node, idx, y)
+    shorter = [
+        ax
+        for ax in range(x.rank)
+        if ax != axis and x.shape[ax] != idx.shape[ax]  # type: ignore[index]
+    ]
+    same_axes(cg, node, x, idx, axes=[a for a in range(x.rank) if a != axis and a not in shorter])
+    lock_axis(cg, node, [x], [axis], "gathers along this axis (at the positions its indices hold)")
+    lock_axis(cg, node, [x, idx, y], shorter, "reads only the first entries of this axis")
 
 
 def gathered_range(x: Value, idx: Value, axis: int) -> tuple[int, int] | None:

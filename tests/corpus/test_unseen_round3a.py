@@ -80,12 +80,13 @@ MODELS = {
     # SCRFD-style head: GroupNorm towers shared by the strides, permute(2, 3, 0, 1) heads
     "scrfd": (lambda: _build("face_torch", "scrfd"), 0.99, 0.3, {"merges axis 0", OUTPUT}),
     # RTMPose (opset 11): CSPNeXt, RTMCC head with a gated attention unit; ScaleNorm's L2
-    # norm over the token width and the keypoint axis (relative position bias) stay
+    # norm over the token width prunes (ir/rules_reduce.py), the keypoint axis (relative
+    # position bias) stays
     "rtmpose": (
         lambda: _build("pose_torch", "rtmpose"),
-        0.9,
+        0.99,
         0.45,
-        {"ReduceL2", "Tile", OUTPUT},
+        {"Tile", OUTPUT},
     ),
     # Lite-HRNet: stem chunk/shuffle, cross-resolution weighting (pool, concat, split,
     # interpolate, multiply), shuffled conditional channel weighting, HRNet fusion

@@ -18,6 +18,7 @@ from onnx import numpy_helper
 
 from drpopt.ir.analysis import Analysis
 from drpopt.ir.channels import Group
+from drpopt.ir.rules import SUM_LIKE
 
 
 def run_model(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -94,6 +95,7 @@ def _mask_layernorms(model: onnx.ModelProto, groups: list[Group], chosen) -> onn
         "ReduceMean",
         "InstanceNormalization",
         "GroupNormalization",
+        *SUM_LIKE,  # a sum over channels masks its input (ir/rules_reduce.py)
     }:
         return model
     masks: dict = {}

@@ -260,33 +260,15 @@ class UnmappedAttention(nn.Module):
         return self.attn(q, q, q, need_weights=False)[0]
 
 
-class GqaSdpa(CausalSdpa):
-    """Grouped-query attention: 2 heads of q share 1 head of k and v."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.qkv = nn.Linear(16, 32)
-
-    def forward(self, x):
-        b, n, c = x.shape
-        qkv = self.qkv(x)
-        q = qkv[..., :16].reshape(b, n, 2, 8).transpose(1, 2)
-        k = qkv[..., 16:24].reshape(b, n, 1, 8).transpose(1, 2)
-        v = qkv[..., 24:].reshape(b, n, 1, 8).transpose(1, 2)
-        y = F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
-        return self.proj(y.transpose(1, 2).reshape(b, n, c))
-
-
 @pytest.mark.parametrize(
     ("model", "op", "weight"),
     [
         (UnmappedAttention(), "fx::MultiheadAttention(bias_k/add_zero_attn)", "q_in.weight"),
-        (GqaSdpa(), "fx::scaled_dot_product_attention(enable_gqa)", "qkv.weight"),
     ],
 )
 def test_attention_the_frontend_cannot_map_is_named_and_locked(model, op, weight):
     """The call becomes a named ``fx::`` node; the channels of the weights feeding it stay
-    whole (with grouped-query attention the analysis keeps q, k and v as single units)."""
+    whole (SDPA with ``enable_gqa`` is mapped now: tests/ir/test_fx_gqa.py)."""
     a = analyze(from_fx(model.eval(), torch.randn(2, 5, 16)))
     assert op in [t for t, _ in a.unsupported]
     feeding = [
