@@ -326,6 +326,18 @@ class PruneResult:
     target_check: Any = None
 
 
+def _check_sparse(pruned: Graph, proto, compact_proto, options: PruneOptions, context, step):
+    """A sparse result computes what its compact form computes (raises otherwise); and how it
+    measures against its target, as ``drpopt check`` measures it (the report)."""
+    from drpopt.passes.check import check_model
+
+    step("checking the sparse model against its compact form", 0)
+    _check_sparse_matches_compact(proto, compact_proto, options.rtol, context.verify_inputs)
+    report = check_model(pruned, options.profile)
+    step("checked", 1)
+    return report
+
+
 def prune_steps(options: PruneOptions) -> int:
     """How many progress steps ``prune`` reports, with one for loading (the caller's when it
     passes a loaded graph) and one for writing (always the caller's)."""
@@ -376,13 +388,8 @@ def prune(
     pruned = r2.model
     proto = to_onnx(pruned)
     target_check = None
-    if not options.compact:
-        from drpopt.passes.check import check_model
-
-        step("checking the sparse model against its compact form", 0)
-        _check_sparse_matches_compact(proto, compact_proto, options.rtol, r1.context.verify_inputs)
-        target_check = check_model(pruned, options.profile)
-        step("checked", 1)
+    if not options.compact:  # (compact_proto: made above for a sparse result)
+        target_check = _check_sparse(pruned, proto, compact_proto, options, r1.context, step)
     return PruneResult(
         model=from_graph(pruned, kind) if kind != "path" else proto,
         graph=pruned,

@@ -9,7 +9,8 @@ along), and locks. An op with no entry here locks every space of its inputs and 
 (``apply_rules``). Size-1 axes have no space: a broadcast of size 1 couples nothing.
 
 This module holds the table, the helpers rules share and the driver (``apply_rules``); the
-coupling functions are in ``ir/rules_layers.py`` (ops that compute), ``ir/rules_shapes.py``
+coupling functions are in ``ir/rules_layers.py`` (ops that compute; casts in
+``ir/rules_cast.py``), ``ir/rules_shapes.py``
 (ops that move channels) and ``ir/rules_select.py`` (Pad, Gather, GatherElements), the
 compaction hooks of the ops that need more than their members cut in
 ``ir/rules_compact.py``, the sparse forms of normalisations in ``ir/rules_norm.py`` and of
@@ -409,6 +410,6 @@ def _tie_shared_weights(graph: Graph, cg: ChannelGraph) -> None:
 # the rules register themselves on import (after everything above is defined): the
 # compaction module imports the coupling modules, then gives their rules its hooks; the
 # normalisations' and the sum-like reductions' sparse forms come last
-from drpopt.ir import rules_norm, rules_reduce  # noqa: E402, F401
+from drpopt.ir import rules_cast, rules_norm, rules_reduce  # noqa: E402, F401
 from drpopt.ir.rules_compact import KeptChannels  # noqa: E402
 from drpopt.ir.rules_layers import _no_data as _metadata_only  # noqa: E402

@@ -27,7 +27,7 @@ from drpopt.ir import (
 )
 from drpopt.ir.core import Graph, Node, Value
 from drpopt.ir.rules import RULES, CompactHook
-from drpopt.ir.rules_layers import _shapes_read, frozen_size_cast
+from drpopt.ir.rules_cast import _shapes_read, frozen_size_cast
 from drpopt.ir.rules_select import gathered_runs, padded_axis, range_axis
 from drpopt.ir.shape_expr import (
     NumericMemo,

@@ -122,6 +122,22 @@ def reference_model(graph: Graph) -> onnx.ModelProto:
     return context.reference
 
 
+def _call(p: Pass, graph: Graph, records: list[PassRecord]) -> PassResult:
+    """``p.call(graph)``; a drpopt error becomes ``PassFailedError`` naming the pass and the
+    passes before it, any other error gets a note naming the pass."""
+    try:
+        result = p.call(graph)
+    except Exception as err:
+        if isinstance(err, DrpoptError):
+            raise PassFailedError(p.spec(), [r.spec for r in records], err) from err
+        if hasattr(err, "add_note"):
+            err.add_note(f"while running pass '{p.spec()}'")
+        raise
+    if not isinstance(result, PassResult):
+        raise TypeError(f"pass '{p.name}' returned {type(result).__name__}, not PassResult")
+    return result
+
+
 class PassManager:
     """Runs a sequence of passes; call it on a Graph, an ONNX model or a path."""
 
@@ -172,26 +188,13 @@ class PassManager:
             if self.on_pass is not None:
                 self.on_pass(i, p)
             start = time.perf_counter()
-            try:
-                result = p.call(graph)
-            except Exception as err:
-                if isinstance(err, DrpoptError):
-                    raise PassFailedError(p.spec(), [r.spec for r in records], err) from err
-                if hasattr(err, "add_note"):
-                    err.add_note(f"while running pass '{p.spec()}'")
-                raise
-            if not isinstance(result, PassResult):
-                raise TypeError(f"pass '{p.name}' returned {type(result).__name__}, not PassResult")
+            result = _call(p, graph, records)
             seconds = time.perf_counter() - start
             if result.modified and not getattr(type(p).call, "__drpopt_tracked__", False):
                 graph.touch()  # a pass that is no Pass subclass: nothing it saw survives
             replaced, graph = result.model is not graph, result.model
-            if replaced:
-                # the graph it replaced is cyclic garbage (values and nodes point at each
-                # other) holding its weights: freed now, not at the pipeline's end
-                # (collections are paused, see ``__call__``); one pass over what the
-                # pipeline allocated so far, not over every object the process has
-                gc.collect(1)
+            if replaced:  # (see ``__call__``: collections are paused)
+                gc.collect(1)  # the graph it replaced is cyclic garbage holding its weights
             modified |= result.modified
             records.append(PassRecord(p.spec(), result.modified, seconds))
             log.info(
