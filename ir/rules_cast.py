@@ -70,30 +70,17 @@ def frozen_size_cast(node: Node, memo=None) -> np.ndarray | None:
 
 def _shapes_read(value: Value, limit: int = 256) -> list[Value]:
     """The tensors whose ``Shape`` an integer value is computed from (a bounded walk)."""
-    found: list[Value] = []
-    seen: set[int] = set()
-    todo = [value]
-    while todo and len(seen) < limit:
-        v = todo.pop()
-        if id(v) in seen or v.producer is None:
-            continue
-        seen.add(id(v))
-        node = v.producer
-        if node.op_type in ("Shape", "Size"):
-            if node.input(0) is not None:
-                found.append(node.input(0))
-            continue
-        if v.dtype is not None and np.dtype(v.dtype).kind not in "iu":
-            continue
-        todo.extend(i for i in node.inputs if i is not None)
-    return found
+    return [v for v, _ in _sizes_read(value, None, limit, entries=False)]
 
 
-def _sizes_read(value: Value, memo, limit: int = 256) -> list[tuple[Value, int | None]]:
+def _sizes_read(
+    value: Value, memo, limit: int = 256, entries: bool = True
+) -> list[tuple[Value, int | None]]:
     """The sizes an integer value is computed from, walking back from it: the ``Dim``
     entries of the first shape tensors met that ``shape_entries`` reads whole (``Range(0,
     H)`` reads ``(x, 1)``), or ``(x, None)``, every axis, where a walk reaches ``Shape(x)``
-    through entries it cannot read (as ``_shapes_read``)."""
+    through entries it cannot read (or, ``entries=False``, every ``Shape(x)`` it reaches:
+    ``_shapes_read``)."""
     found: list[tuple[Value, int | None]] = []
     seen: set[int] = set()
     todo = [value]
@@ -102,9 +89,9 @@ def _sizes_read(value: Value, memo, limit: int = 256) -> list[tuple[Value, int |
         if id(v) in seen or v.producer is None:
             continue
         seen.add(id(v))
-        entries = shape_entries(v, memo) if v is not value else None
-        if entries is not None and not any(isinstance(e, type(DERIVED)) for e in entries):
-            found.extend((e.value, e.axis) for e in entries if isinstance(e, Dim))
+        read = shape_entries(v, memo) if entries and v is not value else None
+        if read is not None and not any(isinstance(e, type(DERIVED)) for e in read):
+            found.extend((e.value, e.axis) for e in read if isinstance(e, Dim))
             continue
         node = v.producer
         if node.op_type in ("Shape", "Size"):
