@@ -203,15 +203,29 @@ def _best_mapping(graph: Graph, params, uses, info, rounds: int = 3):
         trial_levels = {**levels, **raise_}
         trial = _solve(graph, trial_levels, params, uses, info, memos)
         if _gain(trial) <= _gain(best):
-            follow = {k: lv for k, lv in _raises(trial[0])[0].items() if k in waiting}
-            if not follow:
-                break
-            trial_levels = {**trial_levels, **follow}
-            trial = _solve(graph, trial_levels, params, uses, info, memos)
-            if _gain(trial) <= _gain(best):
+            raised = trial_levels
+            for follow in _followers(trial[0], waiting, set(raise_) | waiting):
+                trial_levels = {**raised, **follow}
+                trial = _solve(graph, trial_levels, params, uses, info, memos)
+                if _gain(trial) > _gain(best):
+                    break
+            else:
                 break
         best, levels = trial, trial_levels
     return best
+
+
+def _followers(cg, waiting: set, held: set) -> list[dict]:
+    """What may follow a raise that gained nothing, in the order to try: the mappings that
+    waited for it (EfficientViT's merge back to the dims inside the heads), then those the
+    raise newly locked (stuck now, not before): SAM's windowed attention merges the
+    windows with the heads (``reshape(3, B * heads, HW, -1)``) and splits them back
+    (``view(B, heads, H, W, -1)``); raised, the merge sends the heads into the split back,
+    which must map at the heads too."""
+    raise_ = _raises(cg)[0]
+    out = [{k: lv for k, lv in raise_.items() if k in waiting}]
+    out.append({k: lv for k, lv in raise_.items() if k not in held})
+    return [follow for follow in out if follow]
 
 
 def _raises(cg) -> tuple[dict, set]:
