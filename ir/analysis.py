@@ -47,6 +47,9 @@ class Analysis:
     prunable_macs: int
     unsupported: list[tuple[str, str]] = field(default_factory=list)  # (op_type, node name)
     seconds: float = 0.0
+    # locked channel sets nothing produces that a weight reads as its input axis (the
+    # axis behind a lock that no group reaches): not groups, listed for their reasons
+    unproduced: list[Group] = field(default_factory=list)
 
     @property
     def prunable_groups(self) -> list[Group]:
@@ -81,6 +84,7 @@ class Analysis:
                 "nodes": len(self.graph.nodes),
             },
             "groups": [_group_dict(g) for g in self.groups],
+            "unproduced": [_group_dict(g) for g in self.unproduced],
             "totals": {
                 "params": self.params,
                 "macs": self.macs,
@@ -153,7 +157,7 @@ def _analyze(model: Any, where: str | None, start: float, input_shapes: Any = No
     params = {v.name: v for v in graph.values.values() if _is_param(v)}
     info = param_info(params, uses)  # shapes, sizes and storage, read once for every count
     cg, groups, pp, pm = _best_mapping(graph, params, uses, info)
-    _group_totals(graph, groups, params, uses, info)
+    _group_totals(graph, groups + cg.unproduced, params, uses, info)
     result = Analysis(
         graph=graph,
         groups=groups,
@@ -163,6 +167,7 @@ def _analyze(model: Any, where: str | None, start: float, input_shapes: Any = No
         prunable_macs=pm,
         unsupported=[(n.op_type, n.name) for n in cg.unsupported],
         seconds=time.perf_counter() - start,
+        unproduced=cg.unproduced,
     )
     return result
 
@@ -170,7 +175,7 @@ def _analyze(model: Any, where: str | None, start: float, input_shapes: Any = No
 def _solve(graph: Graph, levels: dict[tuple, int], params, uses, info, memos=None):
     cg = apply_rules(graph, levels, memos)
     groups, _ = cg.groups()
-    for g in groups:
+    for g in groups + cg.unproduced:
         _finish_group(g, params)
     pp, pm = _removed(graph, [g for g in groups if g.prunable], params, uses, info)
     return cg, groups, pp, pm
