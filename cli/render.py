@@ -168,6 +168,11 @@ def render_analysis(
             console.print(f"  {cause}: {count} group{'s' if count != 1 else ''}")
         if len(locked_by) > 10:
             console.print(f"  ... and {len(locked_by) - 10} more causes")
+    if result.unproduced:  # weight input axes nothing produces: locked, in no group
+        console.print("[bold]weight input axes in no group[/] (no layer produces their channels)")
+        for g in result.unproduced[:5]:
+            readers = ", ".join(dict.fromkeys(f"'{m.node}'" for m in g.members if m.node))
+            console.print(f"  {readers}: {g.reason}", highlight=False)
     if result.unsupported:
         ops = sorted({op for op, _ in result.unsupported})
         console.print(

@@ -47,6 +47,9 @@ class Analysis:
     prunable_macs: int
     unsupported: list[tuple[str, str]] = field(default_factory=list)  # (op_type, node name)
     seconds: float = 0.0
+    # locked channel sets nothing produces that a weight reads as its input axis (the
+    # axis behind a lock that no group reaches): not groups, listed for their reasons
+    unproduced: list[Group] = field(default_factory=list)
 
     @property
     def prunable_groups(self) -> list[Group]:
@@ -81,6 +84,7 @@ class Analysis:
                 "nodes": len(self.graph.nodes),
             },
             "groups": [_group_dict(g) for g in self.groups],
+            "unproduced": [_group_dict(g) for g in self.unproduced],
             "totals": {
                 "params": self.params,
                 "macs": self.macs,
@@ -153,7 +157,7 @@ def _analyze(model: Any, where: str | None, start: float, input_shapes: Any = No
     params = {v.name: v for v in graph.values.values() if _is_param(v)}
     info = param_info(params, uses)  # shapes, sizes and storage, read once for every count
     cg, groups, pp, pm = _best_mapping(graph, params, uses, info)
-    _group_totals(graph, groups, params, uses, info)
+    _group_totals(graph, groups + cg.unproduced, params, uses, info)
     result = Analysis(
         graph=graph,
         groups=groups,
@@ -163,6 +167,7 @@ def _analyze(model: Any, where: str | None, start: float, input_shapes: Any = No
         prunable_macs=pm,
         unsupported=[(n.op_type, n.name) for n in cg.unsupported],
         seconds=time.perf_counter() - start,
+        unproduced=cg.unproduced,
     )
     return result
 
@@ -170,7 +175,7 @@ def _analyze(model: Any, where: str | None, start: float, input_shapes: Any = No
 def _solve(graph: Graph, levels: dict[tuple, int], params, uses, info, memos=None):
     cg = apply_rules(graph, levels, memos)
     groups, _ = cg.groups()
-    for g in groups:
+    for g in groups + cg.unproduced:
         _finish_group(g, params)
     pp, pm = _removed(graph, [g for g in groups if g.prunable], params, uses, info)
     return cg, groups, pp, pm
@@ -203,15 +208,29 @@ def _best_mapping(graph: Graph, params, uses, info, rounds: int = 3):
         trial_levels = {**levels, **raise_}
         trial = _solve(graph, trial_levels, params, uses, info, memos)
         if _gain(trial) <= _gain(best):
-            follow = {k: lv for k, lv in _raises(trial[0])[0].items() if k in waiting}
-            if not follow:
-                break
-            trial_levels = {**trial_levels, **follow}
-            trial = _solve(graph, trial_levels, params, uses, info, memos)
-            if _gain(trial) <= _gain(best):
+            raised = trial_levels
+            for follow in _followers(trial[0], waiting, set(raise_) | waiting):
+                trial_levels = {**raised, **follow}
+                trial = _solve(graph, trial_levels, params, uses, info, memos)
+                if _gain(trial) > _gain(best):
+                    break
+            else:
                 break
         best, levels = trial, trial_levels
     return best
+
+
+def _followers(cg, waiting: set, held: set) -> list[dict]:
+    """What may follow a raise that gained nothing, in the order to try: the mappings that
+    waited for it (EfficientViT's merge back to the dims inside the heads), then those the
+    raise newly locked (stuck now, not before): SAM's windowed attention merges the
+    windows with the heads (``reshape(3, B * heads, HW, -1)``) and splits them back
+    (``view(B, heads, H, W, -1)``); raised, the merge sends the heads into the split back,
+    which must map at the heads too."""
+    raise_ = _raises(cg)[0]
+    out = [{k: lv for k, lv in raise_.items() if k in waiting}]
+    out.append({k: lv for k, lv in raise_.items() if k not in held})
+    return [follow for follow in out if follow]
 
 
 def _raises(cg) -> tuple[dict, set]:

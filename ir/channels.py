@@ -56,6 +56,8 @@ class ChannelGraph:
         self.splits: list[tuple[tuple[Node, Value, int], Value, int, int, int]] = []
         # (group, its segment ids) as solving made them (see ``group_at``)
         self.group_segments: list[tuple[Group, set[int]]] = []
+        # components nothing produces that a weight reads (locked, not groups): see solve
+        self.unproduced: list[Group] = []
 
     # ---- API for rules --------------------------------------------------------------
     def space(self, value: Value, axis: int) -> int | None:

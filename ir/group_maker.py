@@ -62,6 +62,8 @@ class GroupMaker:
         self._sides = expansion_sides(expansions)
         self.seg_locks: dict[int, Lock] = {}  # locks of single segments (a cut block)
         self._node_pos = {n.name: i for i, n in enumerate(cg.graph.nodes)}
+        self._graph = cg.graph
+        self.unproduced: set[int] = set()  # ids of the groups nothing produces (locked)
         self._info: list[tuple | None] = [None] * len(cg.spaces)  # see _space_info
         # whether some node produces a space of each class (only those start groups)
         self.produced = produced = [False] * len(cls.members)
@@ -100,9 +102,13 @@ class GroupMaker:
         return norm, max(seg_len[s] for s in comp), [lock]
 
     def make(self, comp: set[int]) -> Group | None:
-        seg_class, members_of, of = self.table.space, self.cls.members, self.cls.of
+        seg_class = self.table.space
         if not any(self.produced[seg_class[s]] for s in comp):
-            return None
+            return self._unproduced(comp)
+        return self._build(comp)
+
+    def _build(self, comp: set[int]) -> Group:
+        seg_class, members_of, of = self.table.space, self.cls.members, self.cls.of
         ordered = sorted(comp)
         segs_of: dict[int, list[int]] = {}  # class -> its segments in the component
         for s in ordered:
@@ -141,6 +147,38 @@ class GroupMaker:
         order = order if order is not None else 0
         group = Group(0, size, members, _dedupe(locks), order=order)
         group.segments_later(functools.partial(_segments, pieces, start, norm))
+        return group
+
+    def _unproduced(self, comp: set[int]) -> Group | None:
+        """A component nothing produces is no group; where a layer reads its channels as a
+        weight's input axis it is made as a locked one all the same, listed apart
+        (``ChannelGraph.unproduced``), so that axis has a reason (YOLOv6's DFL conv behind
+        a softmax over the bins; EdgeNeXt's position encoding, made from constants: no
+        lock, so one naming the layer). A graph input's own channels (the stem's image
+        channels) stay out, as does every component no weight reads."""
+        seg_class, members_of = self.table.space, self.cls.members
+        spaces = self.spaces
+        readers = [
+            r[1]
+            for c in {seg_class[s] for s in comp}
+            for sid in members_of[c]
+            if spaces[sid].value is not None and spaces[sid].value.is_const
+            for r in spaces[sid].roles
+            if r[0] == "consumer"
+        ]
+        if not readers:
+            return None
+        group = self._build(comp)
+        if all(lk.kind == "graph-input" for lk in group.locks) and group.locks:
+            return None
+        if not group.locks:
+            name = min(readers, key=lambda n: self._node_pos.get(n, 0))
+            op = self._graph.nodes[self._node_pos[name]].op_type if name in self._node_pos else None
+            why = f"no layer produces the channels '{name}' reads here (constants or shapes)"
+            group.locks.append(Lock("unproduced", why, name, op))
+        # in the order of the layers reading them (numbered after every group)
+        group.order = len(self._node_pos) + min(self._node_pos.get(n, 0) for n in readers)
+        self.unproduced.add(id(group))
         return group
 
     def _space_info(self, sid: int) -> tuple:

@@ -223,12 +223,19 @@ def solve(cg: ChannelGraph) -> tuple[list[Group], nx.Graph]:
         )
         maker.seg_locks[seg] = Lock(CUT_BLOCK, why, node.name, node.op_type)
     made = [(grp, comp) for comp in components(g, table, cls, maker) if (grp := maker.make(comp))]
-    cg.group_segments = made
-    groups = [grp for grp, _comp in made]
+    # a group nothing produces (a weight's input axis behind a lock) is listed apart, for
+    # its reason: it is no group to prune, and the level search does not read it
+    cg.group_segments = [(grp, comp) for grp, comp in made if id(grp) not in maker.unproduced]
+    groups = [grp for grp, _comp in cg.group_segments]
     groups.sort(key=lambda gr: gr.order)
-    for i, gr in enumerate(groups):
+    cg.unproduced = sorted((grp for grp, _ in made if id(grp) in maker.unproduced), key=_order)
+    for i, gr in enumerate(groups + cg.unproduced):
         gr.id = i
     return groups, g
+
+
+def _order(group: Group) -> int:
+    return group.order
 
 
 class _ClassSpace:
