@@ -89,6 +89,8 @@ def _fused_matmul(node: Node, cg: ChannelGraph) -> None:
         for v in (a, b, y):
             if v is not None and v.rank is not None:
                 lock_axis(cg, node, [v], range(v.rank), "has batch transposes or 1-D operands")
+        if b is not None and b.rank and weight_like(b):  # a locked group names the node
+            cg.role(cg.space(b, 0 if node.attr("transB", 0) else -1), "producer", node)
         return
     assert a is not None and b is not None and y.rank is not None
     am, ak = (-1, -2) if node.attr("transA", 0) else (-2, -1)
