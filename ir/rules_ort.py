@@ -10,8 +10,12 @@ import (``ir/rules_deploy.py`` imports this).
   was); ``FusedGemm`` like a Gemm (its activation elementwise); ``FusedMatMul`` like a
   MatMul with its ``transA``/``transB`` (the scalar ``alpha`` touches no channel), and
   locks, naming the node, where ``transBatchA``/``transBatchB`` move a batch axis. The fused
-  GELUs are in ``ir/rules_deploy.py``; ``SkipLayerNormalization`` has no rule (its
-  statistics read every channel: the hidden stream locks, naming it).
+  GELUs are in ``ir/rules_deploy.py``. ``SkipLayerNormalization`` (``S = input + skip +
+  bias``, output 3; ``Y = LayerNorm(S)``) over its last axis: that axis is a channel axis
+  (gamma, beta, bias follow); ``apply-masks`` writes it as ``Add`` nodes and the masked
+  LayerNormalization of ``ir/rules_norm.py`` (statistics over the kept channels), which
+  ``compact`` turns into a plain LayerNormalization, so sparse equals compact. A broadcast
+  skip or read statistics (outputs 1, 2) lock that axis, naming the node.
 - ``ORT_ENABLE_ALL`` on x86 adds the NCHWc layout (domain ``com.microsoft.nchwc``): its
   ``Conv``/pooling/``Upsample`` read and write channels padded and interleaved in blocks of
   8 or 16 (the CPU's vector width, chosen when the session was made), their weights stored
@@ -29,7 +33,7 @@ from typing import TYPE_CHECKING
 
 from drpopt.ir.channels import ChannelGraph
 from drpopt.ir.core import Graph, Node
-from drpopt.ir.rules import RULES, OpRule, lock_axis, rule, same_axes
+from drpopt.ir.rules import RULES, OpRule, follow_members, lock_axis, rule, same_axes
 from drpopt.ir.solve import weight_like
 
 if TYPE_CHECKING:
@@ -125,3 +129,78 @@ def _nchwc(node: Node, cg: ChannelGraph) -> None:
     w = node.input(1)
     if node.op_type == "Conv" and w is not None and w.is_const and w.rank:
         cg.role(cg.space(w, 0), "producer", node)
+
+
+# ---- SkipLayerNormalization ---------------------------------------------------------------
+def _skip_layer_norm(node: Node, cg: ChannelGraph) -> None:
+    """com.microsoft SkipLayerNormalization: ``S = input + skip (+ bias)`` (output 3), ``Y =
+    LayerNorm(S) * gamma + beta`` over the last axis. With ``skip`` of the input's shape,
+    1-D constant parameters and its statistics (outputs 1, 2) unread, the last axis is a
+    channel axis (gamma, beta, bias follow; ``apply-masks`` writes the masked form, so the
+    statistics count the kept channels only); otherwise that axis locks, naming the node."""
+    x, skip, y = node.input(0), node.input(1), node.outputs[0]
+    total = node.outputs[3] if len(node.outputs) > 3 and node.outputs[3].name else None
+    if x is None or x.rank is None:
+        for v in (x, skip, y):
+            cg.lock_value(v, "rule", f"SkipLayerNormalization '{node.name}': rank unknown", node)
+        return
+    same_axes(cg, node, x, y)
+    same_axes(cg, node, skip, x)
+    if total is not None:
+        same_axes(cg, node, x, total)
+    params = [p for p in node.inputs[2:5] if p is not None]
+    stats_used = any(o.name and (o.uses or o in cg.graph.outputs) for o in node.outputs[1:3])
+    plain = (
+        skip is not None
+        and skip.shape == x.shape
+        and all(p.rank == 1 and p.is_const for p in params)
+        and not stats_used
+        and (total is None or total not in cg.graph.outputs)
+    )
+    if plain:
+        channels = cg.space(x, x.rank - 1)
+        for p in params:
+            cg.identity(cg.space(p, 0), channels, node)
+            cg.role(cg.space(p, 0), "follower", node)
+        return
+    why = "normalises over this axis (a broadcast skip or its statistics read)"
+    lock_axis(cg, node, [v for v in (x, skip, y, total) if v is not None], [x.rank - 1], why)
+    for p in params:
+        cg.lock_value(p, "rule", f"SkipLayerNormalization '{node.name}' {why}", node)
+
+
+def sparse_skip_layer_norm(graph: Graph, node: Node, kept: KeptChannels) -> bool:
+    """With masked channels: ``Add(input, skip)`` (and the bias), writing output 3, then the
+    masked LayerNormalization of ``ir/rules_norm.py`` (whose ``finish`` makes it a plain
+    LayerNormalization once ``compact`` has cut the channels)."""
+    from drpopt.ir.rules_norm import mask_layernorm  # (rules_norm imports this module)
+
+    x, skip = node.input(0), node.input(1)
+    keep = kept.mask(x, -1) if x is not None and x.rank is not None else None
+    if keep is None or keep.all() or skip is None:
+        return False
+    total = node.outputs[3] if len(node.outputs) > 3 and node.outputs[3].name else None
+    parts = [skip, node.input(4)] if node.input(4) is not None else [skip]
+    s = x
+    for i, part in enumerate(parts):
+        out = graph.value(graph.fresh_name(f"{node.name}.sum{i}"), shape=x.shape, dtype=x.dtype)
+        graph.add_node(
+            "Add", graph.fresh_name(f"{node.name}.Add{i}"), [s, part], [out], before=node
+        )
+        s = out
+    if total is not None:
+        graph.replace_all_uses_with(total, s)
+    gamma, beta = node.input(2), node.input(3)
+    for i in range(len(node.inputs)):
+        graph.set_input(node, i, None)
+    node.inputs = []
+    for i, v in enumerate((s, gamma, beta)):
+        graph.set_input(node, i, v)
+    node.inputs = node.inputs[:3] if beta is not None else node.inputs[:2]
+    mask_layernorm(graph, node, keep)
+    return True
+
+
+RULES["com.microsoft::SkipLayerNormalization"] = OpRule(
+    _skip_layer_norm, compact=follow_members, sparse=sparse_skip_layer_norm
+)

@@ -132,3 +132,48 @@ def fused_matmul(trans_batch: bool = False) -> onnx.ModelProto:
     model = helper.make_model(graph, opset_imports=opsets)
     model.ir_version = 8
     return model
+
+
+def skip_layer_norm(broadcast_skip: bool = False) -> onnx.ModelProto:
+    """com.microsoft SkipLayerNormalization with every input and its sum output read:
+    ``h1 = x @ W1``, ``h2 = x @ W2`` (16 channels each), ``SkipLayerNormalization(h1, h2,
+    gamma, beta, bias)`` writing ``Y`` and ``S`` (output 3), ``Y @ W3 + S @ W4``.
+    ``broadcast_skip``: the skip is a constant ``(4, 16)`` read by every batch (it locks)."""
+    rng = np.random.default_rng(0)
+
+    def const(name, *shape, scale=1.0):
+        arr = (rng.standard_normal(shape) * scale).astype(np.float32)
+        return numpy_helper.from_array(arr, name)
+
+    inits = [const("w1", 8, 16), const("w3", 16, 5), const("w4", 16, 5, scale=0.2)]
+    inits += [const("gamma", 16), const("beta", 16), const("bias", 16)]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h1"], "mm1")]
+    if broadcast_skip:
+        inits.append(const("h2", 4, 16))
+    else:
+        inits.append(const("w2", 8, 16))
+        nodes.append(helper.make_node("MatMul", ["x", "w2"], ["h2"], "mm2"))
+    nodes += [
+        helper.make_node(
+            "SkipLayerNormalization",
+            ["h1", "h2", "gamma", "beta", "bias"],
+            ["y", "", "", "s"],
+            "skip_ln",
+            domain="com.microsoft",
+            epsilon=1e-5,
+        ),
+        helper.make_node("MatMul", ["y", "w3"], ["o1"], "mm3"),
+        helper.make_node("MatMul", ["s", "w4"], ["o2"], "mm4"),
+        helper.make_node("Add", ["o1", "o2"], ["out"], "add"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "skip_layer_norm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4, 8])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2, 4, 5])],
+        inits,
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    model = helper.make_model(graph, opset_imports=opsets)
+    model.ir_version = 8
+    return model
