@@ -24,9 +24,9 @@ cos/sin caches are per position); on 4-D input the heads axis passes through.
 onnxruntime's fused GELUs (com.microsoft ``Gelu``, ``QuickGelu``, ``FastGelu``, ``BiasGelu``,
 as its transformers optimizer writes them): elementwise; a bias over the last axis follows
 it. Its other fused ops (``Attention``, ``EmbedLayerNormalization``, ...) have no rule: they
-lock what they read and write, naming the node. ``SkipLayerNormalization`` and the fusions of onnxruntime's graph
-optimizer (``FusedConv``, ``FusedGemm``, ``FusedMatMul``, the NCHWc layout) are in
-``ir/rules_ort.py``.
+lock what they read and write, naming the node. ``SkipLayerNormalization`` and the fusions
+of onnxruntime's graph optimizer (``FusedConv``, ``FusedGemm``, ``FusedMatMul``, the NCHWc
+layout) are in ``ir/rules_ort.py``.
 """
 
 from __future__ import annotations
