@@ -218,3 +218,16 @@ def test_skip_layer_norm_masked_form_counts_the_kept_channels_only():
     locked = analyze(ort_optimized_torch.skip_layer_norm(broadcast_skip=True))
     assert 16 not in [g.size for g in locked.prunable_groups]
     assert any(f"{SKIP_LN} 'skip_ln'" in g.reason for g in locked.locked_groups)
+
+
+def test_fused_conv_sum_input_couples_with_the_output():
+    """FusedConv's summed input ``Z`` passes every axis to the output: the conv writing it
+    prunes with the FusedConv (one group of 8), and sparse equals compact."""
+    import ort_optimized_torch
+
+    model = ort_optimized_torch.fused_conv_sum()
+    a = analyze(model)
+    assert [g.size for g in a.prunable_groups] == [8] and not a.unsupported
+    dims = {t.name: list(t.dims) for t in check_exact(model).compact.graph.initializer}
+    kept = dims["w1"][0]
+    assert 0 < kept < 8 and dims["w0"][0] == kept and dims["w2"][1] == kept

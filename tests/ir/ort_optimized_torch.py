@@ -177,3 +177,38 @@ def skip_layer_norm(broadcast_skip: bool = False) -> onnx.ModelProto:
     model = helper.make_model(graph, opset_imports=opsets)
     model.ir_version = 8
     return model
+
+
+def fused_conv_sum() -> onnx.ModelProto:
+    """com.microsoft FusedConv with its fourth input ``Z`` (``Relu(Conv(x) + Z)``, as
+    onnxruntime fuses a Conv, an Add and a Relu): ``Z`` is another conv's output, so both
+    convs' 8 output channels form one group with the 1x1 conv reading them."""
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
+        for n, s in (("w0", (8, 3, 3, 3)), ("w1", (8, 3, 3, 3)), ("b1", (8,)), ("w2", (4, 8, 1, 1)))
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w0"], ["z"], "conv0", pads=[1, 1, 1, 1]),
+        helper.make_node(
+            "FusedConv",
+            ["x", "w1", "b1", "z"],
+            ["y"],
+            "fused",
+            domain="com.microsoft",
+            activation="Relu",
+            pads=[1, 1, 1, 1],
+        ),
+        helper.make_node("Conv", ["y", "w2"], ["out"], "conv2"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "fused_conv_sum",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 8, 8])],
+        inits,
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    model = helper.make_model(graph, opset_imports=opsets)
+    model.ir_version = 8
+    return model
