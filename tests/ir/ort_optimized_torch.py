@@ -94,6 +94,22 @@ def optimized(name: str, level: str) -> onnx.ModelProto:
     return save_optimized(onnx.load_from_string(_exported(name)), level)
 
 
+def _model(nodes, name: str, x: list, out: tuple, inits) -> onnx.ModelProto:
+    """A model of ``nodes`` reading ``x`` (its dims) and writing ``out`` (name, dims), with
+    opset 17 and com.microsoft 1."""
+    graph = helper.make_graph(
+        nodes,
+        name,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x)],
+        [helper.make_tensor_value_info(out[0], TensorProto.FLOAT, out[1])],
+        inits,
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    model = helper.make_model(graph, opset_imports=opsets)
+    model.ir_version = 8
+    return model
+
+
 def fused_matmul(trans_batch: bool = False) -> onnx.ModelProto:
     """Two com.microsoft FusedMatMul layers with constant weights: ``0.5 * x @ W1^T``
     (``transB=1``, W1 ``(24, 12)``), Relu, a Transpose to ``(1, 24, 6)``, and
@@ -121,17 +137,7 @@ def fused_matmul(trans_batch: bool = False) -> onnx.ModelProto:
             "FusedMatMul", ["t", "w2"], ["y"], "fm2", domain="com.microsoft", transA=1, alpha=2.0
         ),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "fused_matmul",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6, 12])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6, 5])],
-        [w1, w2],
-    )
-    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
-    model = helper.make_model(graph, opset_imports=opsets)
-    model.ir_version = 8
-    return model
+    return _model(nodes, "fused_matmul", [1, 6, 12], ("y", [1, 6, 5]), [w1, w2])
 
 
 def skip_layer_norm(broadcast_skip: bool = False) -> onnx.ModelProto:
@@ -166,17 +172,7 @@ def skip_layer_norm(broadcast_skip: bool = False) -> onnx.ModelProto:
         helper.make_node("MatMul", ["s", "w4"], ["o2"], "mm4"),
         helper.make_node("Add", ["o1", "o2"], ["out"], "add"),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "skip_layer_norm",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4, 8])],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2, 4, 5])],
-        inits,
-    )
-    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
-    model = helper.make_model(graph, opset_imports=opsets)
-    model.ir_version = 8
-    return model
+    return _model(nodes, "skip_layer_norm", [2, 4, 8], ("out", [2, 4, 5]), inits)
 
 
 def fused_conv_sum() -> onnx.ModelProto:
@@ -201,14 +197,4 @@ def fused_conv_sum() -> onnx.ModelProto:
         ),
         helper.make_node("Conv", ["y", "w2"], ["out"], "conv2"),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "fused_conv_sum",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 8, 8])],
-        inits,
-    )
-    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
-    model = helper.make_model(graph, opset_imports=opsets)
-    model.ir_version = 8
-    return model
+    return _model(nodes, "fused_conv_sum", [1, 3, 8, 8], ("out", [1, 4, 8, 8]), inits)
