@@ -23,6 +23,7 @@ from onnx import helper, numpy_helper
 
 from drpopt.ir.core import Graph, Node, Value
 from drpopt.ir.fold import MAX_ELEMENTS
+from drpopt.ir.ort_shapes import ORT_SHAPES
 from drpopt.ir.rules import ELEMENTWISE_OPS, UNARY_OPS
 from drpopt.ir.shape_expr import NumericMemo, shape_values
 from drpopt.ir.sym_propagate import (
@@ -113,9 +114,10 @@ def propagate_shapes(graph: Graph, opset: int, symbolic: bool = False) -> int:
                 continue
         custom = (node.domain, node.op_type) in _CUSTOM_SAME_SHAPE
         ins = [v for v in node.inputs if v is not None]
-        if node.domain == "com.microsoft" and node.op_type in _MS_SHAPES:
+        ms_shape = _MS_SHAPES.get((node.domain, node.op_type)) if node.domain else None
+        if ms_shape is not None:
             if all(done(v.shape) and v.dtype is not None for v in ins):
-                learnt += _MS_SHAPES[node.op_type](node)
+                learnt += ms_shape(node)
             continue
         if node.subgraphs or (node.domain not in ("", "ai.onnx") and not custom):
             continue
@@ -188,75 +190,13 @@ def _ms_embed_layer_norm(node: Node) -> int:
     return 1
 
 
-def _ms_fused_layer(node: Node) -> int:
-    """onnxruntime's graph optimizer's FusedConv, FusedGemm, FusedMatMul (``ir/rules_ort.py``)
-    and SkipLayerNormalization's outputs 0 and 3 (its sum, read by the next residual add)."""
-    shape = _fused_layer_shape(node)
-    outs = [o for i, o in enumerate(node.outputs) if i in (0, 3) and o is not None and o.name]
-    if shape is None or not outs:
-        return 0
-    for o in outs:
-        o.shape, o.dtype = shape, node.inputs[0].dtype  # type: ignore[union-attr]
-    return 1
-
-
-def _fused_layer_shape(node: Node) -> tuple | None:
-    a, b = node.input(0), node.input(1)
-    if a is None or a.shape is None or b is None or b.shape is None:
-        return None
-    if node.op_type == "SkipLayerNormalization":
-        return a.shape
-    if node.op_type == "FusedGemm" and a.rank == b.rank == 2:
-        m = a.shape[1] if node.attr("transA", 0) else a.shape[0]
-        return (m, b.shape[0] if node.attr("transB", 0) else b.shape[1])
-    if node.op_type == "FusedMatMul" and a.rank >= 2 and b.rank >= 2:  # type: ignore[operator]
-        if node.attr("transBatchA", 0) or node.attr("transBatchB", 0):
-            return None
-        m = a.shape[-1] if node.attr("transA", 0) else a.shape[-2]
-        n = b.shape[-2] if node.attr("transB", 0) else b.shape[-1]
-        batch = _broadcast_dims(a.shape[:-2], b.shape[:-2])
-        return None if batch is None else (*batch, m, n)
-    if (
-        node.op_type == "FusedConv"
-        and a.rank == b.rank
-        and all(isinstance(d, int) for d in a.shape[2:] + b.shape[2:])
-    ):
-        return (a.shape[0], b.shape[0], *_conv_sizes(node, a.shape[2:], b.shape[2:]))
-    return None
-
-
-def _broadcast_dims(x: tuple, y: tuple) -> tuple | None:
-    x, y = (1,) * (len(y) - len(x)) + x, (1,) * (len(x) - len(y)) + y
-    if any(p != q and 1 not in (p, q) for p, q in zip(x, y, strict=True)):
-        return None
-    return tuple(q if p == 1 else p for p, q in zip(x, y, strict=True))
-
-
-def _conv_sizes(node: Node, sizes: tuple, kernel: tuple) -> list[int]:
-    n = len(sizes)
-    strides = node.attr("strides") or [1] * n
-    dilations = node.attr("dilations") or [1] * n
-    pads = node.attr("pads") or [0] * 2 * n
-    auto = node.attr("auto_pad", "NOTSET")
-    auto = auto.decode() if isinstance(auto, bytes) else auto
-    if auto in ("SAME_UPPER", "SAME_LOWER"):
-        return [-(-d // s) for d, s in zip(sizes, strides, strict=True)]
-    if auto == "VALID":
-        pads = [0] * 2 * n
-    return [
-        (d + pads[i] + pads[i + n] - dilations[i] * (k - 1) - 1) // strides[i] + 1
-        for i, (d, k) in enumerate(zip(sizes, kernel, strict=True))
-    ]
-
-
 # onnxruntime's fused ops whose outputs ONNX cannot infer (its transformers optimizer's
 # output): every shape after them stayed unknown, their channels in no group, no lock named
+# (and those of onnxruntime's graph optimizer, NCHWc included: ``ir/ort_shapes.py``)
 _MS_SHAPES = {
-    "Attention": _ms_attention,
-    "EmbedLayerNormalization": _ms_embed_layer_norm,
-    **dict.fromkeys(
-        ("FusedConv", "FusedGemm", "FusedMatMul", "SkipLayerNormalization"), _ms_fused_layer
-    ),
+    ("com.microsoft", "Attention"): _ms_attention,
+    ("com.microsoft", "EmbedLayerNormalization"): _ms_embed_layer_norm,
+    **ORT_SHAPES,
 }
 # output 0 typed like input 0 where ONNX's inference gives it no type: the fused ops above,
 # and onnx 1.23 types no GroupNormalization-21 output (its rule was left without a rank)

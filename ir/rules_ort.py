@@ -23,7 +23,8 @@ import (``ir/rules_deploy.py`` imports this).
   borders. Which weight element is which channel depends on the machine that saved the
   model, and compacting would have to re-block weights and pad channel counts: every axis of
   every NCHWc node locks, naming the node and the remedy (save at ``ORT_ENABLE_EXTENDED``);
-  the rest of the graph (a transformer's MLP between the reorders) prunes as usual.
+  the rest of the graph (a transformer's MLP between the reorders) prunes as usual (the
+  shapes of all these ops are in ``ir/ort_shapes.py``).
   ``NCHWC_REASON`` is that reason; ``nchwc_nodes`` finds such nodes (the CLI warns).
 """
 
