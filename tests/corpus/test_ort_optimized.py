@@ -233,3 +233,20 @@ def test_fused_conv_sum_input_couples_with_the_output():
     dims = {t.name: list(t.dims) for t in check_exact(model).compact.graph.initializer}
     kept = dims["w1"][0]
     assert 0 < kept < 8 and dims["w0"][0] == kept and dims["w2"][1] == kept
+
+
+@pytest.mark.parametrize("name", ["resnet", "mobilenetv2"])
+def test_drpai_target_sparsifies_and_checks_fused_layers_like_the_plain_ones(name):
+    """The ``drpai`` target's pattern inside kept channels and its per-layer check see a
+    FusedConv as the Conv it is (they skipped it: a model saved at ORT_ENABLE_EXTENDED kept
+    its fused layers' weights without the pattern, and ``check`` measured only the plain
+    ones): the same layers and the same zeros as the model saved at ORT_ENABLE_BASIC."""
+    from drpopt.ir.from_onnx import from_onnx
+    from drpopt.passes.common import layer_sparsity
+
+    def sparsity(level):
+        masked = prune(case(name, level).model, CONFIGS["drpai"]).masked
+        return sorted((s.shape, s.zeros) for s in layer_sparsity(from_onnx(masked)))
+
+    basic, extended = sparsity("basic"), sparsity("extended")
+    assert extended == basic and sum(z for _, z in basic) > 0
