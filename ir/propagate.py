@@ -114,8 +114,7 @@ def propagate_shapes(graph: Graph, opset: int, symbolic: bool = False) -> int:
                 continue
         custom = (node.domain, node.op_type) in _CUSTOM_SAME_SHAPE
         ins = [v for v in node.inputs if v is not None]
-        ms_shape = _MS_SHAPES.get((node.domain, node.op_type)) if node.domain else None
-        if ms_shape is not None:
+        if (ms_shape := _MS_SHAPES.get((node.domain, node.op_type))) is not None:
             if all(done(v.shape) and v.dtype is not None for v in ins):
                 learnt += ms_shape(node)
             continue
