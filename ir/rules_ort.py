@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 
 from drpopt.ir.channels import ChannelGraph
 from drpopt.ir.core import Graph, Node
+from drpopt.ir.ort_shapes import ORT_SHAPES
 from drpopt.ir.rules import RULES, OpRule, follow_members, lock_axis, rule, same_axes
 from drpopt.ir.solve import weight_like
 
@@ -116,12 +117,7 @@ def _fused_matmul(node: Node, cg: ChannelGraph) -> None:
         cg.role(cg.space(a, ak), "consumer", node)
 
 
-_NCHWC_OPS = ("Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool")
-
-
-@rule(
-    *(f"{NCHWC_DOMAIN}::{op}" for op in (*_NCHWC_OPS, "Upsample", "ReorderInput", "ReorderOutput"))
-)
+@rule(*(f"{domain}::{op}" for domain, op in ORT_SHAPES if domain == NCHWC_DOMAIN))
 def _nchwc(node: Node, cg: ChannelGraph) -> None:
     """Locks every axis; a Conv's weight rows are still its output channels' producer, so
     the analysis lists them as a locked group with this reason (not in no group at all)."""
