@@ -18,7 +18,14 @@ try:  # typer >= 0.20 vendors click
 except ImportError:  # pragma: no cover
     from click import ClickException
 
-from drpopt.cli.options import console_for, dims_warning, handle_errors, shape_option, warn
+from drpopt.cli.options import (
+    console_for,
+    dims_warning,
+    handle_errors,
+    layout_warning,
+    shape_option,
+    warn,
+)
 from drpopt.cli.params import AnalyzeJson, AnalyzeModel, CountZeros, Limit, Quiet, Strict, Verbose
 from drpopt.errors import CheckFailedError
 
@@ -142,9 +149,12 @@ def analyze(
 
     with steps(1, "analysing the channel groups"):
         result = run_analysis(model, where=str(model), input_shapes=input_shapes or {})
-    warning = dims_warning(result.graph.meta.get("input_shapes") or {})
-    if warning:
-        warn(warning)
+    for warning in (
+        dims_warning(result.graph.meta.get("input_shapes") or {}),
+        layout_warning(result.graph),
+    ):
+        if warning:
+            warn(warning)
     if as_json:
         data = analysis_dict(result, zeros=count_zeros)
         sys.stdout.write(json.dumps(data, indent=2) + "\n")

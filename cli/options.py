@@ -231,6 +231,22 @@ def shape_warning(model: Any, given: dict) -> str | None:
     return dims_warning(input_dims(model))
 
 
+def layout_warning(graph: Any) -> str | None:
+    """One line when ``graph`` holds onnxruntime's NCHWc layout (``ir/rules_ort.py``), else
+    None: every channel it touches stays locked, and only onnxruntime runs the model."""
+    from drpopt.ir.rules_ort import nchwc_nodes
+
+    nodes = nchwc_nodes(graph)
+    if not nodes:
+        return None
+    return (
+        f"{len(nodes)} nodes are in onnxruntime's NCHWc blocked layout (com.microsoft.nchwc, "
+        f"e.g. {nodes[0].op_type} '{nodes[0].name}'; saved at ORT_ENABLE_ALL, runnable only "
+        "by onnxruntime on a CPU like the one that saved it): their channels stay locked; "
+        "save the model at ORT_ENABLE_EXTENDED to prune it"
+    )
+
+
 def dims_warning(dims: dict[str, Any]) -> str | None:
     """``shape_warning`` from the input dims (``input_dims``, a graph's
     ``meta["input_shapes"]``): one line naming the unknown non-batch dims, or None."""

@@ -66,15 +66,18 @@ def load_for_pipeline(
 ):
     """``api.load`` with progress, and a warning naming the symbolic input dims left."""
     from drpopt import api
-    from drpopt.cli.options import shape_warning, warn
+    from drpopt.cli.options import layout_warning, shape_warning, warn
     from drpopt.passes.manager import reference_model
 
     if steps is not None:
         steps.update("loading the model")
     graph = api.load(model, input_shapes or {}, inputs, verifies=verifies)
-    warning = shape_warning(reference_model(graph), input_shapes or {})
-    if warning:
-        warn(warning)
+    for warning in (
+        shape_warning(reference_model(graph), input_shapes or {}),
+        layout_warning(graph),
+    ):
+        if warning:
+            warn(warning)
     if steps is not None:
         steps.update("loaded", advance=1)
     return graph

@@ -84,6 +84,8 @@ def node_macs(node: Node) -> int:
     or RNN (its W and R once per time step and batch element; gates' elementwise work not
     counted); 0 for other ops."""
     op = node.op_type
+    if node.domain == "com.microsoft":  # onnxruntime's fused layers (``ir/rules_ort.py``)
+        op = {"FusedConv": "Conv", "FusedGemm": "Gemm", "FusedMatMul": "MatMul"}.get(op, "")
     if op in RECURRENT_OPS:
         return recurrent_steps(node) * sum(w.numel or 0 for w in recurrent_weights(node))
     if op in ("Conv", "ConvTranspose"):
@@ -98,7 +100,7 @@ def node_macs(node: Node) -> int:
         a, y = node.input(0), node.outputs[0]
         if a is None or a.shape is None or y.shape is None or not a.shape:
             return 0
-        k = _int(a.shape[0] if op == "Gemm" and node.attr("transA", 0) else a.shape[-1])
+        k = _int(a.shape[-2 if op == "MatMul" else 0] if node.attr("transA", 0) else a.shape[-1])
         return math.prod(_int(d) for d in y.shape) * k
     return 0
 

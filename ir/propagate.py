@@ -23,6 +23,7 @@ from onnx import helper, numpy_helper
 
 from drpopt.ir.core import Graph, Node, Value
 from drpopt.ir.fold import MAX_ELEMENTS
+from drpopt.ir.ort_shapes import ORT_SHAPES
 from drpopt.ir.rules import ELEMENTWISE_OPS, UNARY_OPS
 from drpopt.ir.shape_expr import NumericMemo, shape_values
 from drpopt.ir.sym_propagate import (
@@ -113,9 +114,9 @@ def propagate_shapes(graph: Graph, opset: int, symbolic: bool = False) -> int:
                 continue
         custom = (node.domain, node.op_type) in _CUSTOM_SAME_SHAPE
         ins = [v for v in node.inputs if v is not None]
-        if node.domain == "com.microsoft" and node.op_type in _MS_SHAPES:
+        if (ms_shape := _MS_SHAPES.get((node.domain, node.op_type))) is not None:
             if all(done(v.shape) and v.dtype is not None for v in ins):
-                learnt += _MS_SHAPES[node.op_type](node)
+                learnt += ms_shape(node)
             continue
         if node.subgraphs or (node.domain not in ("", "ai.onnx") and not custom):
             continue
@@ -190,7 +191,12 @@ def _ms_embed_layer_norm(node: Node) -> int:
 
 # onnxruntime's fused ops whose outputs ONNX cannot infer (its transformers optimizer's
 # output): every shape after them stayed unknown, their channels in no group, no lock named
-_MS_SHAPES = {"Attention": _ms_attention, "EmbedLayerNormalization": _ms_embed_layer_norm}
+# (and those of onnxruntime's graph optimizer, NCHWc included: ``ir/ort_shapes.py``)
+_MS_SHAPES = {
+    ("com.microsoft", "Attention"): _ms_attention,
+    ("com.microsoft", "EmbedLayerNormalization"): _ms_embed_layer_norm,
+    **ORT_SHAPES,
+}
 # output 0 typed like input 0 where ONNX's inference gives it no type: the fused ops above,
 # and onnx 1.23 types no GroupNormalization-21 output (its rule was left without a rank)
 _UNTYPED_SAME_SHAPE = _CUSTOM_SAME_SHAPE | {("", "GroupNormalization"), ("", "RMSNormalization")}

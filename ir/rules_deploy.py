@@ -23,8 +23,10 @@ cos/sin caches are per position); on 4-D input the heads axis passes through.
 
 onnxruntime's fused GELUs (com.microsoft ``Gelu``, ``QuickGelu``, ``FastGelu``, ``BiasGelu``,
 as its transformers optimizer writes them): elementwise; a bias over the last axis follows
-it. Its other fused ops (``Attention``, ``SkipLayerNormalization``, ...) have no rule: they
-lock what they read and write, naming the node.
+it. Its other fused ops (``Attention``, ``EmbedLayerNormalization``, ...) have no rule: they
+lock what they read and write, naming the node. ``SkipLayerNormalization`` and the fusions
+of onnxruntime's graph optimizer (``FusedConv``, ``FusedGemm``, ``FusedMatMul``, the NCHWc
+layout) are in ``ir/rules_ort.py``.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from drpopt.ir import rules_ort  # noqa: F401  (registers onnxruntime's fused layers, NCHWc)
 from drpopt.ir.channels import ChannelGraph
 from drpopt.ir.core import Graph, Node
 from drpopt.ir.rules import RULES, lock_axis, rule, same_axes

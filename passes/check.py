@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from drpopt.ir.core import Graph
-from drpopt.passes.common import weight_of
+from drpopt.passes.common import layer_op, weight_of
 from drpopt.passes.sparsify import input_axis, output_axis, targeted_layers
 from drpopt.passes.targets import TargetProfile
 
@@ -213,7 +213,7 @@ def check_model(
             continue
         out_axis = output_axis(node)
         rows = np.moveaxis(w != 0, out_axis, 0).reshape(w.shape[out_axis], -1)
-        depthwise = node.op_type == "Conv" and w.shape[1] == 1 and int(node.attr("group", 1)) > 1
+        depthwise = layer_op(node) == "Conv" and w.shape[1] == 1 and int(node.attr("group", 1)) > 1
         violations, groups = (0, 0) if depthwise else _violations(w, input_axis(node), profile)
         channels, kept = int(rows.shape[0]), int(rows.any(axis=1).sum())
         misaligned = (

@@ -11,6 +11,16 @@ from drpopt.ir.analysis import Analysis
 from drpopt.ir.core import Graph, Node
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+# onnxruntime's fused layers (a Conv or Gemm with its activation; ``ir/rules_ort.py``)
+_FUSED_LAYERS = {"FusedConv": "Conv", "FusedGemm": "Gemm"}
+
+
+def layer_op(node: Node) -> str:
+    """The op type ``node`` weighs like: a com.microsoft FusedConv or FusedGemm is a Conv or
+    a Gemm (the same weight layout and attributes), any other node its own op type."""
+    if node.domain == "com.microsoft":
+        return _FUSED_LAYERS.get(node.op_type, node.op_type)
+    return node.op_type
 
 
 def get_analysis(graph: Graph) -> Analysis:
@@ -46,8 +56,9 @@ def reshare_equal_copies(graph: Graph, keys: dict[str, tuple]) -> None:
 
 
 def weight_of(node: Node):
-    """The constant weight of a Conv/ConvTranspose/Gemm/MatMul, or None."""
-    if node.op_type not in WEIGHTED_OPS:
+    """The constant weight of a Conv/ConvTranspose/Gemm/MatMul (or a fused Conv/Gemm), or
+    None."""
+    if layer_op(node) not in WEIGHTED_OPS:
         return None
     w = node.input(1)
     return w if w is not None and w.is_const else None

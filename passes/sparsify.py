@@ -32,7 +32,7 @@ import numpy as np
 from drpopt.ir.analysis import Analysis
 from drpopt.ir.core import Graph, Node
 from drpopt.passes.base import Pass, PassResult
-from drpopt.passes.common import edge_layers, layer_sparsity, weight_of
+from drpopt.passes.common import edge_layers, layer_op, layer_sparsity, weight_of
 from drpopt.passes.context import context_of
 from drpopt.passes.policy import pattern_profile
 from drpopt.passes.targets import TargetProfile, get_target
@@ -40,20 +40,22 @@ from drpopt.passes.targets import TargetProfile, get_target
 
 def input_axis(node: Node) -> int:
     """The weight axis that indexes input channels (features)."""
-    if node.op_type == "Conv":
+    op = layer_op(node)
+    if op == "Conv":
         return 1
-    if node.op_type == "ConvTranspose":
+    if op == "ConvTranspose":
         return 0
-    if node.op_type == "Gemm":
+    if op == "Gemm":
         return 1 if node.attr("transB", 0) else 0
     return 0  # MatMul: [K, N]
 
 
 def output_axis(node: Node) -> int:
     """The weight axis that indexes output channels."""
-    if node.op_type == "Conv":
+    op = layer_op(node)
+    if op == "Conv":
         return 0
-    if node.op_type == "Gemm":
+    if op == "Gemm":
         return 0 if node.attr("transB", 0) else 1
     return 1  # ConvTranspose [I, O/g, ...], MatMul [K, N]
 
@@ -219,7 +221,7 @@ class SparsifyPass(Pass):
     def _keep(self, node: Node, w: np.ndarray, cut: float | None) -> np.ndarray | None:
         p = self.profile
         axis = input_axis(node)
-        depthwise = node.op_type == "Conv" and w.shape[1] == 1 and int(node.attr("group", 1)) > 1
+        depthwise = layer_op(node) == "Conv" and w.shape[1] == 1 and int(node.attr("group", 1)) > 1
         if p.granularity == "nm":
             return None if depthwise else nm_mask(w, axis, p.n, p.m)
         if p.granularity == "block":

@@ -209,9 +209,13 @@ def expected_counts(masks: dict, before: Analysis) -> tuple[int, int]:
             macs += recurrent_steps(node) * kept
             continue
         m = node_macs(node)
-        w = node.input(1) if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") else None
+        w = node.input(1) if node.op_type in _LAYERS else None
         macs += m * kept_share.get(w.name, 1.0) * _batch_share(node, masks) if w is not None else m
     return total, round(macs)
+
+
+# onnxruntime's fused layers count like the layer (``ir/rules_ort.py``)
+_LAYERS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "FusedConv", "FusedGemm", "FusedMatMul")
 
 
 def _batch_share(node, masks: dict) -> float:

@@ -141,7 +141,7 @@ def test_builtin_table_holds_one_rule_object_per_op():
     } | {"LSTM", "GRU", "RNN"} | {"GroupNormalization"} | {  # hidden_size, num_groups
         "Attention",  # q_num_heads, kv_num_heads (opset 23)
         "RotaryEmbedding",  # num_heads
-    }
+    } | {"com.microsoft::FusedConv", "com.microsoft::FusedGemm"}  # their layer's (rules_ort)
     assert RULES["Reshape"].finish is not None
     assert RULES["Cast"].couple is not RULES["Relu"].couple  # later registrations win
 
