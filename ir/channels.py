@@ -185,8 +185,12 @@ class ChannelGraph:
         self._lock_all([s for s in (a, b) if s is not None], node, why)
 
     def _lock_all(self, sids: list[int], node: Node, why: str) -> None:
+        # one (frozen) Lock for all the spaces: an elementwise op between feature maps of
+        # unknown size locks thousands of pairs
+        lock = Lock("mismatch", f"{node.op_type} '{node.name}': {why}", node.name, node.op_type)
+        spaces = self.spaces
         for s in sids:
-            self.lock(s, "mismatch", f"{node.op_type} '{node.name}': {why}", node)
+            spaces[s].locks.append(lock)
 
     # ---- solving (ir/solve.py) --------------------------------------------------------
     def groups(self) -> tuple[list[Group], nx.Graph]:
