@@ -95,6 +95,8 @@ class ChannelGraph:
                 self._lock_pair(a, b, node, "sizes differ across the op")
             return
         la, lb = self.spaces[a].length, self.spaces[b].length
+        if la is None and lb is None:
+            return  # both locked already as of unknown size (``space``), neither can map
         if la is None or lb is None or la != lb:
             self._lock_pair(a, b, node, f"sizes {la} and {lb} differ across the op")
             return

@@ -21,7 +21,8 @@ Rules:
   each page a walk touches there is a page fault, several microseconds in a virtual
   machine, one per initializer header: over 2 ms on a DenseNet);
 - anything unexpected (a text-format file, a malformed record, a big-endian host) makes
-  ``read_light`` return None and the caller loads the file the usual way.
+  ``read_light`` return None and the caller loads the file the usual way; a file with no
+  weight to leave out is parsed from the bytes the walk read (not read a second time).
 """
 
 from __future__ import annotations
@@ -368,8 +369,10 @@ def _parse_light(
             layout.graph = _light_graph(f, a, b, keep, spans, layout)
         else:
             (tail if graphs else head).append(f.read(rec, b - rec))
-    if graphs != 1 or not spans:  # nothing left out: parse as usual
+    if graphs != 1:  # parse as usual
         return None, spans, layout
+    # with nothing left out (weights as Constant nodes, paddle2onnx's way) the bytes read
+    # are the file's: parsed here, not read again by ``onnx.load``, and their layout kept
     layout.head, layout.tail = b"".join(head), b"".join(tail)
     graph = layout.graph
     model = onnx.ModelProto()
