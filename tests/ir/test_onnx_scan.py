@@ -286,3 +286,21 @@ def test_large_constant_nodes_reach_shape_inference_as_typed_inputs(monkeypatch)
     monkeypatch.setattr(frontend, "large_constants", lambda gp: [])
     assert got == seen(model)
     assert ("w", (64, 8, 3, 3), np.dtype(np.float32)) in got
+
+
+@pytest.mark.parametrize("dims", [[], [1], [7], [4, 3, 1, 2]])
+def test_float_data_tensors_read_as_numpy_helper_reads_them(dims):
+    """Older paddle2onnx exports keep weights in ``float_data``: ``tensor_array`` reads the
+    packed record and gives ``numpy_helper.to_array``'s array, bit for bit, writable."""
+    size = int(np.prod(dims))
+    vals = np.random.default_rng(size).standard_normal(size).astype(np.float32)
+    vals[:2] = [np.nan, -0.0][: min(size, 2)]
+    tensor = helper.make_tensor("t", onnx.TensorProto.FLOAT, dims, vals.tolist())
+    tensor.doc_string = "after the data"  # a record after float_data is skipped
+    assert not tensor.HasField("raw_data") and len(tensor.float_data) == size
+    from drpopt.ir.onnx_scan import _packed_floats
+
+    assert _packed_floats(tensor) is not None  # the fast path, not to_array's
+    got, want = tensor_array(tensor), numpy_helper.to_array(tensor)
+    assert got.dtype == want.dtype and got.shape == want.shape and got.flags.writeable
+    assert got.tobytes() == want.tobytes()
