@@ -135,19 +135,8 @@ def _from_onnx(
         if not infer_types(graph, opset):
             graph = None  # an output it could not type: the whole model is inferred
     if graph is None:
-        consts = large_constants(model.graph)
-        if layout is not None and model is read:
-            inferred = infer_shapes(shape_bytes(model, layout, folded, folded_nodes, consts))
-        else:
-            inferred = infer_shapes(shape_copy(model, folded, folded_nodes, consts))
-        graph = _convert_graph(
-            model.graph,
-            parent=None,
-            shapes=inferred.graph,
-            base_dir=base_dir,
-            weights=weights,
-            constants=consts,
-        )
+        cut = layout if model is read else None  # from a path: cut from the bytes read
+        graph = _inferred_graph(model, cut, folded, folded_nodes, base_dir, weights)
         _finish_load(graph, model, opset, folded)
     if graph.meta.pop("typed", False):
         pass  # every output has its static shape: nothing left to propagate
@@ -164,6 +153,19 @@ def _from_onnx(
     graph.meta["source"] = where
     graph.meta["input_shapes"] = input_dims(model)
     return graph
+
+
+def _inferred_graph(
+    model: onnx.ModelProto, layout: Any, folded: dict, nodes: list[int], base_dir: str, weights: Any
+) -> Graph:
+    """The graph typed by ONNX's whole-model inference, on a light model (``shape_model``)."""
+    consts = large_constants(model.graph)
+    if layout is not None:
+        light = shape_bytes(model, layout, folded, nodes, consts)
+    else:
+        light = shape_copy(model, folded, nodes, consts)
+    found = infer_shapes(light).graph
+    return _convert_graph(model.graph, None, found, base_dir, weights, constants=consts)
 
 
 def _finish_load(
@@ -305,15 +307,10 @@ def _read_constants(
         new_value(name, shape=tuple(arr.shape), dtype=arr.dtype, const=arr)
 
 
-def _read_types(
-    found: onnx.GraphProto,
-    graph: Graph,
-    gp: onnx.GraphProto,
-    constants: list[tuple[int, str, bytes]],
-) -> None:
-    """Shapes and dtypes of the values shape inference typed. The outputs of the Constant
-    nodes it got as typed inputs (``shape_model.large_constants``) are made where it would
-    have typed them, in node order among the others (typed later, from their data)."""
+def _read_types(found: onnx.GraphProto, graph: Graph, gp: onnx.GraphProto, constants) -> None:
+    """Shapes and dtypes of the values shape inference typed; the outputs of the Constant
+    nodes it got as typed inputs (``shape_model.large_constants``) made where it would
+    have typed them, in node order (typed later, from their data)."""
     values, new_value = graph.values, graph.value
     types: dict[bytes, tuple[Any, Any]] = {}  # many values have one type: read it once
     pending = [(index, name) for index, name, _ in reversed(constants)]
