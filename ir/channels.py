@@ -97,6 +97,8 @@ class ChannelGraph:
                 self._lock_pair(a, b, node, "sizes differ across the op")
             return
         la, lb = self.spaces[a].length, self.spaces[b].length
+        if la is None and lb is None:
+            return  # both locked already as of unknown size (``space``), neither can map
         if la is None or lb is None or la != lb:
             self._lock_pair(a, b, node, f"sizes {la} and {lb} differ across the op")
             return
@@ -187,8 +189,12 @@ class ChannelGraph:
         self._lock_all([s for s in (a, b) if s is not None], node, why)
 
     def _lock_all(self, sids: list[int], node: Node, why: str) -> None:
+        # one (frozen) Lock for all the spaces: an elementwise op between feature maps of
+        # unknown size locks thousands of pairs
+        lock = Lock("mismatch", f"{node.op_type} '{node.name}': {why}", node.name, node.op_type)
+        spaces = self.spaces
         for s in sids:
-            self.lock(s, "mismatch", f"{node.op_type} '{node.name}': {why}", node)
+            spaces[s].locks.append(lock)
 
     # ---- solving (ir/solve.py) --------------------------------------------------------
     def groups(self) -> tuple[list[Group], nx.Graph]:

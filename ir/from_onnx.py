@@ -37,7 +37,7 @@ from drpopt.ir.fold import fold_constant_node, fold_constants, unshare_constants
 from drpopt.ir.onnx_load import check_external, read_for_analysis
 from drpopt.ir.onnx_load import load_model as load_model  # re-exported: callers import it here
 from drpopt.ir.onnx_scan import FileWeights, tensor_array
-from drpopt.ir.shape_model import shape_bytes, shape_copy
+from drpopt.ir.shape_model import large_constants, shape_bytes, shape_copy
 
 log = logging.getLogger(__name__)
 
@@ -135,13 +135,8 @@ def _from_onnx(
         if not infer_types(graph, opset):
             graph = None  # an output it could not type: the whole model is inferred
     if graph is None:
-        if layout is not None and model is read:
-            inferred = infer_shapes(shape_bytes(model, layout, folded, folded_nodes))
-        else:
-            inferred = infer_shapes(shape_copy(model, folded, folded_nodes))
-        graph = _convert_graph(
-            model.graph, parent=None, shapes=inferred.graph, base_dir=base_dir, weights=weights
-        )
+        cut = layout if model is read else None  # from a path: cut from the bytes read
+        graph = _inferred_graph(model, cut, folded, folded_nodes, base_dir, weights)
         _finish_load(graph, model, opset, folded)
     if graph.meta.pop("typed", False):
         pass  # every output has its static shape: nothing left to propagate
@@ -158,6 +153,19 @@ def _from_onnx(
     graph.meta["source"] = where
     graph.meta["input_shapes"] = input_dims(model)
     return graph
+
+
+def _inferred_graph(
+    model: onnx.ModelProto, layout: Any, folded: dict, nodes: list[int], base_dir: str, weights: Any
+) -> Graph:
+    """The graph typed by ONNX's whole-model inference, on a light model (``shape_model``)."""
+    consts = large_constants(model.graph)
+    if layout is not None:
+        light = shape_bytes(model, layout, folded, nodes, consts)
+    else:
+        light = shape_copy(model, folded, nodes, consts)
+    found = infer_shapes(light).graph
+    return _convert_graph(model.graph, None, found, base_dir, weights, constants=consts)
 
 
 def _finish_load(
@@ -258,6 +266,7 @@ def _convert_graph(
     base_dir: str = "",
     weights: FileWeights | None = None,
     typed: set[int] | None = None,
+    constants: list[tuple[int, str, bytes]] = (),  # type: ignore[assignment]
 ) -> Graph:
     graph = Graph(gp.name or "graph")
     scope = _Scope(graph, parent)
@@ -269,7 +278,7 @@ def _convert_graph(
             graph.inputs.append(v)
     first = len(graph.values)
     # what shape inference found (on a light copy of this graph, its value_info included)
-    _read_types(shapes if shapes is not None else gp, graph)
+    _read_types(shapes if shapes is not None else gp, graph, gp, constants)
     _read_nodes(gp, graph, scope)
     for info in gp.output:
         graph.outputs.append(scope.lookup(info.name))
@@ -298,13 +307,21 @@ def _read_constants(
         new_value(name, shape=tuple(arr.shape), dtype=arr.dtype, const=arr)
 
 
-def _read_types(found: onnx.GraphProto, graph: Graph) -> None:
-    """Shapes and dtypes of the values shape inference typed."""
+def _read_types(found: onnx.GraphProto, graph: Graph, gp: onnx.GraphProto, constants) -> None:
+    """Shapes and dtypes of the values shape inference typed; the outputs of the Constant
+    nodes it got as typed inputs (``shape_model.large_constants``) made where it would
+    have typed them, in node order (typed later, from their data)."""
     values, new_value = graph.values, graph.value
     types: dict[bytes, tuple[Any, Any]] = {}  # many values have one type: read it once
-    for infos in (found.value_info, found.output):
+    pending = [(index, name) for index, name, _ in reversed(constants)]
+    producer = {o: i for i, n in enumerate(gp.node) for o in n.output} if pending else {}
+    for outputs, infos in ((False, found.value_info), (True, found.output)):
         for info in infos:
             name = info.name
+            if pending:  # the graph outputs come after every value_info
+                at = len(gp.node) if outputs else producer.get(name, -1)
+                while pending and pending[-1][0] < at:
+                    new_value(pending.pop()[1])
             value = values[name] if name in values else new_value(name)
             t = info.type
             key = t.SerializeToString()

@@ -21,7 +21,8 @@ Rules:
   each page a walk touches there is a page fault, several microseconds in a virtual
   machine, one per initializer header: over 2 ms on a DenseNet);
 - anything unexpected (a text-format file, a malformed record, a big-endian host) makes
-  ``read_light`` return None and the caller loads the file the usual way.
+  ``read_light`` return None and the caller loads the file the usual way; a file with no
+  weight to leave out is parsed from the bytes the walk read (not read a second time).
 """
 
 from __future__ import annotations
@@ -368,8 +369,10 @@ def _parse_light(
             layout.graph = _light_graph(f, a, b, keep, spans, layout)
         else:
             (tail if graphs else head).append(f.read(rec, b - rec))
-    if graphs != 1 or not spans:  # nothing left out: parse as usual
+    if graphs != 1:  # parse as usual
         return None, spans, layout
+    # with nothing left out (weights as Constant nodes, paddle2onnx's way) the bytes read
+    # are the file's: parsed here, not read again by ``onnx.load``, and their layout kept
     layout.head, layout.tail = b"".join(head), b"".join(tail)
     graph = layout.graph
     model = onnx.ModelProto()
@@ -393,6 +396,10 @@ def tensor_array(tensor: onnx.TensorProto, base_dir: str = "") -> np.ndarray:
     ):
         return np.frombuffer(tensor.raw_data, dtype=dtype).reshape(tensor.dims)
     if tensor.data_location != _T.EXTERNAL:
+        if tensor.data_type == _T.FLOAT and tensor.float_data and sys.byteorder == "little":
+            packed = _packed_floats(tensor)  # older paddle2onnx: weights in float_data
+            if packed is not None:
+                return packed
         return numpy_helper.to_array(tensor, base_dir)
     try:
         return numpy_helper.to_array(tensor, base_dir)
@@ -403,3 +410,42 @@ def tensor_array(tensor: onnx.TensorProto, base_dir: str = "") -> np.ndarray:
             f"{Path(base_dir or '.') / where}: the external data of '{tensor.name}' could not "
             f"be read ({why}); keep the model's complete .data file beside it"
         ) from err
+
+
+_FLOAT_DATA = 4  # TensorProto.float_data: packed, 4 bytes a float, little-endian
+
+
+def _packed_floats(tensor: onnx.TensorProto) -> np.ndarray | None:
+    """``numpy_helper.to_array`` of a FLOAT tensor in ``float_data``, read from its packed
+    record (copies of the bytes, not a Python float per element); None when the record
+    is not the one packed run this expects."""
+    data = tensor.SerializeToString()
+    i, end, found = 0, len(data), None
+    try:
+        while i < end:
+            tag, i = _varint(data, i)
+            wire = tag & 7
+            if wire == 2:
+                n, i = _varint(data, i)
+                if tag >> 3 == _FLOAT_DATA:
+                    if found is not None:
+                        return None
+                    found = (i, n)
+                i += n
+            elif wire == 0:
+                i = _varint(data, i)[1]
+            elif wire == 5:
+                if tag >> 3 == _FLOAT_DATA:
+                    return None  # not packed
+                i += 4
+            elif wire == 1:
+                i += 8
+            else:
+                return None
+    except (_Malformed, IndexError):
+        return None
+    if found is None or found[1] != 4 * len(tensor.float_data) or i != end:
+        return None
+    start, n = found
+    array = np.frombuffer(data, dtype="<f4", count=n // 4, offset=start)
+    return array.reshape(tensor.dims).copy()  # writable, as ``to_array``'s is

@@ -246,3 +246,61 @@ def test_shape_inference_input_cut_from_the_file_is_the_proto_copy(tmp_path):
     assert {v.name for v in want.value_info} >= {"c", "r", "m", "s"}
     shapes = {v.name: v.shape for v in from_onnx(model).values.values()}
     assert {v.name: v.shape for v in from_onnx(path).values.values()} == shapes
+
+
+def test_large_constant_nodes_reach_shape_inference_as_typed_inputs(monkeypatch):
+    """paddle2onnx writes every weight as a Constant node: with a dynamic input, shape
+    inference gets the large ones as typed inputs (``shape_model.large_constants``), not
+    their data, and the graph has the same values, in the same order, with the same shapes
+    and dtypes as when it got them whole."""
+    frontend = importlib.import_module("drpopt.ir.from_onnx")
+    from drpopt.ir import shape_model
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((64, 8, 3, 3)).astype(np.float32))
+    b = numpy_helper.from_array(np.zeros(64, np.float32))
+    nodes = [
+        helper.make_node("Constant", [], ["b"], value=b),  # small: kept as data
+        helper.make_node("Relu", ["x"], ["r"]),
+        helper.make_node("Constant", [], ["w"], value=w),  # 4608 elements: typed input
+        helper.make_node("Conv", ["r", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["y"]),
+    ]
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 8, "h", "w"])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", [x], [y]), opset_imports=[helper.make_opsetid("", 13)]
+    )
+    consts = shape_model.large_constants(model.graph)
+    assert [(i, name) for i, name, _ in consts] == [(2, "w")]
+    light = onnx.load_from_string(shape_model.shape_copy(model, {}, [], consts))
+    assert [n.output[0] for n in light.graph.node] == ["b", "r", "c", "y"]
+    assert light.graph.input[-1] == helper.make_tensor_value_info(
+        "w", onnx.TensorProto.FLOAT, [64, 8, 3, 3]
+    )
+
+    def seen(m):
+        return [(v.name, v.shape, v.dtype) for v in from_onnx(m).values.values()]
+
+    got = seen(model)
+    monkeypatch.setattr(frontend, "large_constants", lambda gp: [])
+    assert got == seen(model)
+    assert ("w", (64, 8, 3, 3), np.dtype(np.float32)) in got
+
+
+@pytest.mark.parametrize("dims", [[], [1], [7], [4, 3, 1, 2]])
+def test_float_data_tensors_read_as_numpy_helper_reads_them(dims):
+    """Older paddle2onnx exports keep weights in ``float_data``: ``tensor_array`` reads the
+    packed record and gives ``numpy_helper.to_array``'s array, bit for bit, writable."""
+    size = int(np.prod(dims))
+    vals = np.random.default_rng(size).standard_normal(size).astype(np.float32)
+    vals[:2] = [np.nan, -0.0][: min(size, 2)]
+    tensor = helper.make_tensor("t", onnx.TensorProto.FLOAT, dims, vals.tolist())
+    tensor.doc_string = "after the data"  # a record after float_data is skipped
+    assert not tensor.HasField("raw_data") and len(tensor.float_data) == size
+    from drpopt.ir.onnx_scan import _packed_floats
+
+    assert _packed_floats(tensor) is not None  # the fast path, not to_array's
+    got, want = tensor_array(tensor), numpy_helper.to_array(tensor)
+    assert got.dtype == want.dtype and got.shape == want.shape and got.flags.writeable
+    assert got.tobytes() == want.tobytes()
