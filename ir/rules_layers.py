@@ -1,6 +1,7 @@
 """Coupling rules of the ops that compute: activations (casts: ``ir/rules_cast.py``),
 elementwise ops, normalisations, reductions, softmax, and the weighted layers (Conv,
-ConvTranspose, Gemm, MatMul). Registered into ``ir.rules.RULES`` on import (``ir/rules.py`` imports this)."""
+ConvTranspose, Gemm, MatMul). Registered into ``ir.rules.RULES`` on import (``ir/rules.py``
+imports this)."""
 
 from __future__ import annotations
 
