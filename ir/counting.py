@@ -12,6 +12,7 @@ import numpy as np
 
 from drpopt.ir.channels import Group
 from drpopt.ir.core import Graph, Node, Value
+from drpopt.ir.ort_shapes import FUSED_COMPUTE
 
 WEIGHT_OPS = frozenset(
     [
@@ -85,7 +86,7 @@ def node_macs(node: Node) -> int:
     counted); 0 for other ops."""
     op = node.op_type
     if node.domain == "com.microsoft":  # onnxruntime's fused layers (``ir/rules_ort.py``)
-        op = {"FusedConv": "Conv", "FusedGemm": "Gemm", "FusedMatMul": "MatMul"}.get(op, "")
+        op = FUSED_COMPUTE.get(op, "")
     if op in RECURRENT_OPS:
         return recurrent_steps(node) * sum(w.numel or 0 for w in recurrent_weights(node))
     if op in ("Conv", "ConvTranspose"):

@@ -14,6 +14,20 @@ from collections.abc import Callable
 
 from drpopt.ir.core import Node
 
+# onnxruntime's fused layers: a standard layer and its activation, with that layer's weight
+# layout and attributes (rules, counting, the pattern passes and check treat them as it)
+FUSED_LAYERS = {"FusedConv": "Conv", "FusedGemm": "Gemm"}
+# what each fused op computes, for MACs (FusedMatMul is a MatMul that may transpose A or B)
+FUSED_COMPUTE = {**FUSED_LAYERS, "FusedMatMul": "MatMul"}
+
+
+def layer_op(node: Node) -> str:
+    """The op type ``node`` weighs like: a com.microsoft FusedConv or FusedGemm is a Conv or
+    a Gemm, any other node its own op type."""
+    if node.domain == "com.microsoft":
+        return FUSED_LAYERS.get(node.op_type, node.op_type)
+    return node.op_type
+
 
 def _ms_fused_layer(node: Node) -> int:
     """onnxruntime's graph optimizer's FusedConv, FusedGemm, FusedMatMul (``ir/rules_ort.py``)
@@ -60,20 +74,14 @@ def _broadcast_dims(x: tuple, y: tuple) -> tuple | None:
 
 
 def _conv_sizes(node: Node, sizes: tuple, kernel: tuple) -> list[int]:
-    n = len(sizes)
-    strides = node.attr("strides") or [1] * n
-    dilations = node.attr("dilations") or [1] * n
-    pads = node.attr("pads") or [0] * 2 * n
-    auto = node.attr("auto_pad", "NOTSET")
-    auto = auto.decode() if isinstance(auto, bytes) else auto
-    if auto in ("SAME_UPPER", "SAME_LOWER"):
+    """Spatial output sizes of a window over ``sizes``: ``propagate.window_sizes`` (explicit
+    pads; VALID has none), or the ceiling division of SAME padding."""
+    from drpopt.ir.propagate import window_sizes  # (propagate imports this module)
+
+    strides = node.attr("strides") or [1] * len(sizes)
+    if node.attr("auto_pad", "NOTSET") in ("SAME_UPPER", "SAME_LOWER"):
         return [-(-d // s) for d, s in zip(sizes, strides, strict=True)]
-    if auto == "VALID":
-        pads = [0] * 2 * n
-    return [
-        (d + pads[i] + pads[i + n] - dilations[i] * (k - 1) - 1) // strides[i] + 1
-        for i, (d, k) in enumerate(zip(sizes, kernel, strict=True))
-    ]
+    return window_sizes(node, (None, None, *sizes), kernel)
 
 
 def _nchwc(node: Node) -> int:

@@ -160,7 +160,7 @@ _CUSTOM_SAME_SHAPE = frozenset({("drpopt", "MaskedLayerNormalization")}) | {
     # onnxruntime's fused ops (transformers optimizer): ONNX does not know them, and every
     # shape after them stayed unknown (their channels left in no group, no lock named)
     ("com.microsoft", op)
-    for op in ("Gelu", "FastGelu", "BiasGelu", "QuickGelu", "SkipLayerNormalization")
+    for op in ("Gelu", "FastGelu", "BiasGelu", "QuickGelu")  # (SkipLayerNorm: ORT_SHAPES)
 }
 
 

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 from drpopt.ir.channels import ChannelGraph
 from drpopt.ir.core import Graph, Node
-from drpopt.ir.ort_shapes import ORT_SHAPES
+from drpopt.ir.ort_shapes import FUSED_LAYERS, ORT_SHAPES
 from drpopt.ir.rules import RULES, OpRule, follow_members, lock_axis, rule, same_axes
 from drpopt.ir.solve import weight_like
 
@@ -46,9 +46,6 @@ NCHWC_REASON = (
     "is in onnxruntime's NCHWc blocked layout (saved at ORT_ENABLE_ALL: channels padded and "
     "interleaved per CPU vector width); save the model at ORT_ENABLE_EXTENDED to prune it"
 )
-
-# com.microsoft ops that are a standard layer plus an elementwise activation
-FUSED_LAYERS = {"FusedConv": "Conv", "FusedGemm": "Gemm"}
 
 
 def nchwc_nodes(graph: Graph) -> list[Node]:

@@ -9,18 +9,9 @@ import numpy as np
 
 from drpopt.ir.analysis import Analysis
 from drpopt.ir.core import Graph, Node
+from drpopt.ir.ort_shapes import layer_op
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-# onnxruntime's fused layers (a Conv or Gemm with its activation; ``ir/rules_ort.py``)
-_FUSED_LAYERS = {"FusedConv": "Conv", "FusedGemm": "Gemm"}
-
-
-def layer_op(node: Node) -> str:
-    """The op type ``node`` weighs like: a com.microsoft FusedConv or FusedGemm is a Conv or
-    a Gemm (the same weight layout and attributes), any other node its own op type."""
-    if node.domain == "com.microsoft":
-        return _FUSED_LAYERS.get(node.op_type, node.op_type)
-    return node.op_type
 
 
 def get_analysis(graph: Graph) -> Analysis:
