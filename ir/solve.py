@@ -227,7 +227,7 @@ def solve(cg: ChannelGraph) -> tuple[list[Group], nx.Graph]:
     # its reason: it is no group to prune, and the level search does not read it
     cg.group_segments = [(grp, comp) for grp, comp in made if id(grp) not in maker.unproduced]
     groups = [grp for grp, _comp in cg.group_segments]
-    groups.sort(key=lambda gr: gr.order)
+    groups.sort(key=_order)
     cg.unproduced = sorted((grp for grp, _ in made if id(grp) in maker.unproduced), key=_order)
     for i, gr in enumerate(groups + cg.unproduced):
         gr.id = i
@@ -333,8 +333,17 @@ class SpaceClasses:
 # time (roles pass along the axes it keeps whole, not the one it cuts)
 # DequantizeLinear: a QDQ model's int8 weight (ir/rules_deploy.py; its axes pass 1:1)
 LAYOUT_OPS = frozenset(
-    ["Reshape", "Transpose", "Identity", "Flatten", "Squeeze", "Unsqueeze", "Split"]
-) | {"DequantizeLinear"}
+    [
+        "Reshape",
+        "Transpose",
+        "Identity",
+        "Flatten",
+        "Squeeze",
+        "Unsqueeze",
+        "Split",
+        "DequantizeLinear",
+    ]
+)
 
 
 def _roles_through_layout(relations: list[tuple], spaces: list[Space]) -> None:

@@ -64,16 +64,24 @@ def keep_rows_alive(keep: np.ndarray, w: np.ndarray, axis: int) -> np.ndarray:
     """``keep`` with the largest weight of every output channel (along ``axis``) that had a
     nonzero weight and would have none left: a pattern inside kept channels must not remove
     a kept channel (its alignment, and a check of it, would break)."""
-    k = np.moveaxis(keep, axis, 0).reshape(w.shape[axis], -1)
-    a = np.abs(np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1))
+    k, a = _rows(keep, axis), np.abs(_rows(w, axis))
     dead = ~k.any(axis=1) & (a > 0).any(axis=1)
     if not dead.any():
         return keep
     k = k.copy()
     rows = np.flatnonzero(dead)
     k[rows, a[rows].argmax(axis=1)] = True
-    moved = np.moveaxis(keep, axis, 0).shape
-    return np.moveaxis(k.reshape(moved), 0, axis)
+    return _unrows(k, keep, axis)
+
+
+def _rows(x: np.ndarray, axis: int) -> np.ndarray:
+    """``x`` as one row per output channel (``axis``)."""
+    return np.moveaxis(x, axis, 0).reshape(x.shape[axis], -1)
+
+
+def _unrows(rows: np.ndarray, like: np.ndarray, axis: int) -> np.ndarray:
+    """``rows`` (``_rows`` of an array shaped as ``like``) back in ``like``'s layout."""
+    return np.moveaxis(rows.reshape(np.moveaxis(like, axis, 0).shape), 0, axis)
 
 
 def targeted_layers(graph: Graph, profile: TargetProfile, exclude: list[str]) -> list[Node]:
@@ -258,13 +266,11 @@ def _make_up(keep: np.ndarray, w: np.ndarray, k: int, node: Node) -> np.ndarray:
     if short <= 0:
         return keep
     axis = output_axis(node)
-    rows = np.moveaxis(keep, axis, 0).reshape(w.shape[axis], -1).copy()
-    a = np.abs(np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1))
+    rows, a = _rows(keep, axis).copy(), np.abs(_rows(w, axis))
     candidates = rows.copy()
     live = np.flatnonzero(rows.any(axis=1))
     candidates[live, np.where(rows[live], a[live], -1.0).argmax(axis=1)] = False
     short = min(short, int(candidates.sum()))
     order = np.argsort(np.where(candidates, a, np.inf), axis=None, kind="stable")[:short]
     rows.flat[order] = False
-    moved = np.moveaxis(keep, axis, 0).shape
-    return np.moveaxis(rows.reshape(moved), 0, axis)
+    return _unrows(rows, keep, axis)
