@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import functools
 import importlib.util
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,8 @@ from corpus_checks import (
 )
 from deadchannels import assert_groups_complete, random_feeds, run_model
 from unseen_battery import (
+    OUTPUT,
+    Case,
     check_exact,
     check_locks_and_coverage,
     check_rate_zero,
@@ -37,17 +38,6 @@ from unseen_battery import (
 from drpopt import analyze
 from drpopt.ir.analysis import Analysis
 from drpopt.ir.input_shapes import fix_input_shapes
-
-
-@dataclass
-class Case:
-    """A model, the feeds its outputs are compared on, and what its analysis must show."""
-
-    model: onnx.ModelProto
-    feeds: dict[str, np.ndarray]
-    min_prunable: float  # prunable / all parameters
-    max_ratio: float  # compact / dense parameters at rate 0.5
-    locked: set[str] = field(default_factory=set)  # substrings of the allowed lock reasons
 
 
 def _yolov8(split: bool, dry_run: bool, seg: bool = False) -> onnx.ModelProto:
@@ -163,7 +153,6 @@ def _caffe2(name: str) -> onnx.ModelProto:
 
 
 DFL = "dfl/conv/Conv"  # DFL's fixed conv reads the 4 box sides of every level as one axis
-OUTPUT = "graph output"
 CAFFE2 = {"Softmax", OUTPUT}  # the classifier's softmax and the prediction output
 
 # name -> (builder, min prunable share, max params ratio at 0.5, allowed lock reasons)
