@@ -1,4 +1,4 @@
-"""The unseen-architecture checks (``test_unseen_architectures.py``) on restoration /
+"""The unseen-architecture checks (``unseen_battery.py``) on restoration /
 super-resolution, face detection and pose networks, written the way their projects write
 them (``tests/ir/restore_torch.py``, ``face_torch.py``, ``pose_torch.py``) and exported by
 torch.

@@ -1,4 +1,4 @@
-"""The unseen-architecture checks (``test_unseen_architectures.py``) on round 3b's modern
+"""The unseen-architecture checks (``unseen_battery.py``) on round 3b's modern
 backbones, hybrids and detectors (``tests/ir/backbones3_torch.py``, ``detect3_torch.py``).
 
 Per model: the analysis names every lock (and only the expected reasons); rate 0 is

@@ -1,8 +1,14 @@
 """The battery every model of the unseen-architecture suites goes through
 (``test_unseen_architectures.py``, ``test_unseen_round3a.py`` ... ``test_unseen_round4b.py``):
-each suite lists its models and how to build them; ``battery`` makes the cached ``case`` and
-``analysis`` of a model and the four parametrized tests the suite binds in its namespace;
-the checks are these functions.
+each suite lists its models (``MODELS``) and how to build them, and binds the battery::
+
+    BATTERY = battery(MODELS, build, slow=SLOW)
+    case, analysis = BATTERY.case, BATTERY.analysis
+    globals().update(BATTERY.tests)  # collected as this module's tests
+
+``case`` and ``analysis`` build and analyse a model once (the suite's own tests use them
+too); the four tests, parametrized over the models, keep the suite's node ids
+(``test_unseen_round4b.py::test_rate_zero_is_bit_identical[dinov2]``). Their checks:
 
 - ``check_locks_and_coverage``: every locked group names its reason, each reason is one the
   architecture is expected to have, and the prunable share reaches the model's minimum;
@@ -11,6 +17,7 @@ the checks are these functions.
 - ``check_sparse_equals_compact``: a plan's compact outputs equal its sparse ones within
   ``TOLERANCE`` of the spread, with the parameters and MACs the plan says, and at rate 0.5
   the compact model keeps at most ``max_ratio`` of the parameters;
+- ``assert_groups_complete`` (``deadchannels``): the dead-channel check on every prunable group;
 - ``check_exact``: the short form for a single model and plan (outputs and parameters).
 """
 
