@@ -24,8 +24,9 @@ import onnx
 import pytest
 from corpus_checks import CONFIGS, prune
 from deadchannels import assert_groups_complete, random_feeds, run_model
-from test_unseen_architectures import OUTPUT, Case
 from unseen_battery import (
+    OUTPUT,
+    Case,
     check_exact,
     check_locks_and_coverage,
     check_rate_zero,

@@ -11,9 +11,7 @@ coverage (share of prunable parameters, what stays locked) is what the architect
 from __future__ import annotations
 
 import copy
-import functools
 import importlib.util
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,27 +25,10 @@ from corpus_checks import (
     prune,
 )
 from deadchannels import assert_groups_complete, random_feeds, run_model
-from unseen_battery import (
-    check_exact,
-    check_locks_and_coverage,
-    check_rate_zero,
-    check_sparse_equals_compact,
-)
+from unseen_battery import OUTPUT, battery, check_exact
 
 from drpopt import analyze
-from drpopt.ir.analysis import Analysis
 from drpopt.ir.input_shapes import fix_input_shapes
-
-
-@dataclass
-class Case:
-    """A model, the feeds its outputs are compared on, and what its analysis must show."""
-
-    model: onnx.ModelProto
-    feeds: dict[str, np.ndarray]
-    min_prunable: float  # prunable / all parameters
-    max_ratio: float  # compact / dense parameters at rate 0.5
-    locked: set[str] = field(default_factory=set)  # substrings of the allowed lock reasons
 
 
 def _yolov8(split: bool, dry_run: bool, seg: bool = False) -> onnx.ModelProto:
@@ -163,7 +144,6 @@ def _caffe2(name: str) -> onnx.ModelProto:
 
 
 DFL = "dfl/conv/Conv"  # DFL's fixed conv reads the 4 box sides of every level as one axis
-OUTPUT = "graph output"
 CAFFE2 = {"Softmax", OUTPUT}  # the classifier's softmax and the prediction output
 
 # name -> (builder, min prunable share, max params ratio at 0.5, allowed lock reasons)
@@ -381,48 +361,15 @@ SLOW |= {"efficientdet"}  # 3k nodes of same-padding arithmetic: 22 s
 SLOW |= {"mobilevitv2", "yolo11"}  # their exports alone take 5 s
 
 
-@functools.cache
-def case(name: str) -> Case:
-    build, share, ratio, locked = MODELS[name]
-    model = build()
-    if name == "ppocr_det":
-        feeds = {model.graph.input[0].name: _text_image(96, 160)}
-    else:
-        feeds = random_feeds(model)
-    return Case(model, feeds, share, ratio, locked)
-
-
-@functools.cache
-def analysis(name: str) -> Analysis:
-    return analyze(case(name).model)
-
-
-def _params(names):
-    return [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in names]
-
-
-@pytest.mark.parametrize("name", _params(MODELS))
-def test_analysis_names_every_lock_and_covers_the_model(name):
-    c = case(name)
-    check_locks_and_coverage(name, analysis(name), c.locked, c.min_prunable)
-
-
-@pytest.mark.parametrize("name", _params(MODELS))
-def test_rate_zero_is_bit_identical(name):
-    c = case(name)
-    check_rate_zero(name, c.model, c.feeds)
-
-
-@pytest.mark.parametrize("config", list(CONFIGS.values()), ids=list(CONFIGS))
-@pytest.mark.parametrize("name", _params(MODELS))
-def test_sparse_equals_compact(name, config):
-    c = case(name)
-    check_sparse_equals_compact(name, c.model, c.feeds, config, c.max_ratio)
-
-
-@pytest.mark.parametrize("name", _params(MODELS))
-def test_dead_channels_hold_on_every_prunable_group(name):
-    assert_groups_complete(analysis(name), case(name).model)
+BATTERY = battery(
+    MODELS,
+    lambda name: MODELS[name][0](),
+    slow=SLOW,
+    # PP-OCR's text detector is fed a page of text (``_text_image``), not noise
+    feeds={"ppocr_det": lambda model: {model.graph.input[0].name: _text_image(96, 160)}},
+)
+case, analysis = BATTERY.case, BATTERY.analysis
+globals().update(BATTERY.tests)  # collected as this module's tests
 
 
 # ---- the fixes these models needed, each on a small model of its own ----------------------

@@ -1,4 +1,4 @@
-"""The unseen-architecture checks (``test_unseen_architectures.py``) on restoration /
+"""The unseen-architecture checks (``unseen_battery.py``) on restoration /
 super-resolution, face detection and pose networks, written the way their projects write
 them (``tests/ir/restore_torch.py``, ``face_torch.py``, ``pose_torch.py``) and exported by
 torch.
@@ -11,7 +11,6 @@ holds on every prunable group; the model's coverage is what the architecture all
 
 from __future__ import annotations
 
-import functools
 import importlib
 
 import numpy as np
@@ -19,17 +18,11 @@ import onnx
 import pytest
 from corpus_checks import CONFIGS, prune
 from deadchannels import assert_groups_complete, random_feeds
-from unseen_battery import (
-    check_exact,
-    check_locks_and_coverage,
-    check_rate_zero,
-    check_sparse_equals_compact,
-)
+from unseen_battery import OUTPUT, battery, check_exact
 
 from drpopt import analyze
 from drpopt.ir.analysis import Analysis
 
-OUTPUT = "graph output"
 INPUT = "graph input"
 
 
@@ -104,41 +97,9 @@ MODELS = {
 SLOW: set[str] = {"rrdbnet", "restormer", "retinaface", "scrfd", "litehrnet", "srvgg", "movenet"}
 
 
-@functools.cache
-def case(name: str) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
-    model = MODELS[name][0]()
-    return model, random_feeds(model)
-
-
-@functools.cache
-def analysis(name: str) -> Analysis:
-    return analyze(case(name)[0])
-
-
-def _params(names):
-    return [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in names]
-
-
-@pytest.mark.parametrize("name", _params(MODELS))
-def test_analysis_names_every_lock_and_covers_the_model(name):
-    _, share, _, locked = MODELS[name]
-    check_locks_and_coverage(name, analysis(name), locked, share)
-
-
-@pytest.mark.parametrize("name", _params(MODELS))
-def test_rate_zero_is_bit_identical(name):
-    check_rate_zero(name, *case(name))
-
-
-@pytest.mark.parametrize("config", list(CONFIGS.values()), ids=list(CONFIGS))
-@pytest.mark.parametrize("name", _params(MODELS))
-def test_sparse_equals_compact(name, config):
-    check_sparse_equals_compact(name, *case(name), config, MODELS[name][2])
-
-
-@pytest.mark.parametrize("name", _params(MODELS))
-def test_dead_channels_hold_on_every_prunable_group(name):
-    assert_groups_complete(analysis(name), case(name)[0])
+BATTERY = battery(MODELS, lambda name: MODELS[name][0](), slow=SLOW)
+case, analysis = BATTERY.case, BATTERY.analysis
+globals().update(BATTERY.tests)  # collected as this module's tests
 
 
 # ---- other exports of the same networks ----------------------------------------------------

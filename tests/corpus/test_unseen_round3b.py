@@ -1,4 +1,4 @@
-"""The unseen-architecture checks (``test_unseen_architectures.py``) on round 3b's modern
+"""The unseen-architecture checks (``unseen_battery.py``) on round 3b's modern
 backbones, hybrids and detectors (``tests/ir/backbones3_torch.py``, ``detect3_torch.py``).
 
 Per model: the analysis names every lock (and only the expected reasons); rate 0 is
@@ -9,7 +9,6 @@ every prunable group; and the coverage is what the architecture allows.
 
 from __future__ import annotations
 
-import functools
 import importlib
 
 import numpy as np
@@ -17,16 +16,10 @@ import onnx
 import pytest
 from corpus_checks import CONFIGS, TOLERANCE, compact_counts, compare_outputs, prune
 from deadchannels import assert_groups_complete, random_feeds, run_model
-from test_unseen_architectures import DFL, OUTPUT, Case
-from unseen_battery import (
-    check_exact,
-    check_locks_and_coverage,
-    check_rate_zero,
-    check_sparse_equals_compact,
-)
+from test_unseen_architectures import DFL
+from unseen_battery import OUTPUT, battery, check_exact
 
 from drpopt import analyze
-from drpopt.ir.analysis import Analysis
 
 
 def _build(module: str, name: str) -> onnx.ModelProto:
@@ -82,44 +75,9 @@ SLOW: set[str] = {"ghostnetv2", "nanodet_plus", "nanodet_plus_integral", "tinyvi
 SLOW |= {"fastvit", "inceptionnext"}
 
 
-@functools.cache
-def case(name: str) -> Case:
-    module, builder, share, ratio, locked = MODELS[name]
-    model = _build(module, builder)
-    return Case(model, random_feeds(model), share, ratio, locked)
-
-
-@functools.cache
-def analysis(name: str) -> Analysis:
-    return analyze(case(name).model)
-
-
-def _params(names):
-    return [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in names]
-
-
-@pytest.mark.parametrize("name", _params(MODELS))
-def test_analysis_names_every_lock_and_covers_the_model(name):
-    c = case(name)
-    check_locks_and_coverage(name, analysis(name), c.locked, c.min_prunable)
-
-
-@pytest.mark.parametrize("name", _params(MODELS))
-def test_rate_zero_is_bit_identical(name):
-    c = case(name)
-    check_rate_zero(name, c.model, c.feeds)
-
-
-@pytest.mark.parametrize("config", list(CONFIGS.values()), ids=list(CONFIGS))
-@pytest.mark.parametrize("name", _params(MODELS))
-def test_sparse_equals_compact(name, config):
-    c = case(name)
-    check_sparse_equals_compact(name, c.model, c.feeds, config, c.max_ratio)
-
-
-@pytest.mark.parametrize("name", _params(MODELS))
-def test_dead_channels_hold_on_every_prunable_group(name):
-    assert_groups_complete(analysis(name), case(name).model)
+BATTERY = battery(MODELS, lambda name: _build(*MODELS[name][:2]), slow=SLOW)
+case, analysis = BATTERY.case, BATTERY.analysis
+globals().update(BATTERY.tests)  # collected as this module's tests
 
 
 @pytest.mark.slow

@@ -11,22 +11,14 @@ What each model keeps locked, and why, is written beside it in ``MODELS``.
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import onnx
 import pytest
 from corpus_checks import CONFIGS, prune
-from deadchannels import assert_groups_complete, random_feeds, run_model
-from test_unseen_architectures import OUTPUT, Case
-from unseen_battery import (
-    check_locks_and_coverage,
-    check_rate_zero,
-    check_sparse_equals_compact,
-)
+from deadchannels import random_feeds, run_model
+from unseen_battery import OUTPUT, battery, check_sparse_equals_compact
 
 from drpopt import analyze
-from drpopt.ir.analysis import Analysis
 
 pytestmark = pytest.mark.corpus
 
@@ -89,45 +81,17 @@ def _build(builder) -> onnx.ModelProto:
     return getattr(module, name)(*args)
 
 
-@functools.cache
-def case(name: str) -> Case:
+def _model(name: str) -> onnx.ModelProto:
     if name in QOPERATOR:
-        model = _build(("quantized", name.split("_")[0], "qop"))
-        return Case(model, random_feeds(model), 0.0, 1.0, set())
-    builder, share, ratio, locked = MODELS[name]
+        return _build(("quantized", name.split("_")[0], "qop"))
     if name.startswith("bert"):  # offline, but its own imports (sympy, coloredlogs)
         pytest.importorskip("onnxruntime.transformers.optimizer", reason="no ORT transformers")
-    model = _build(builder)
-    return Case(model, random_feeds(model), share, ratio, locked)
+    return _build(MODELS[name][0])
 
 
-@functools.cache
-def analysis(name: str) -> Analysis:
-    return analyze(case(name).model)
-
-
-@pytest.mark.parametrize("name", MODELS)
-def test_analysis_names_every_lock_and_covers_the_model(name):
-    c = case(name)
-    check_locks_and_coverage(name, analysis(name), c.locked, c.min_prunable)
-
-
-@pytest.mark.parametrize("name", [*MODELS, *QOPERATOR])
-def test_rate_zero_is_bit_identical(name):
-    c = case(name)
-    check_rate_zero(name, c.model, c.feeds)
-
-
-@pytest.mark.parametrize("config", list(CONFIGS.values()), ids=list(CONFIGS))
-@pytest.mark.parametrize("name", MODELS)
-def test_sparse_equals_compact(name, config):
-    c = case(name)
-    check_sparse_equals_compact(name, c.model, c.feeds, config, c.max_ratio)
-
-
-@pytest.mark.parametrize("name", MODELS)
-def test_dead_channels_hold_on_every_prunable_group(name):
-    assert_groups_complete(analysis(name), case(name).model)
+BATTERY = battery(MODELS, _model, rate_zero_also=QOPERATOR)
+case, analysis = BATTERY.case, BATTERY.analysis
+globals().update(BATTERY.tests)  # collected as this module's tests
 
 
 @pytest.mark.parametrize("name", QOPERATOR)

@@ -13,7 +13,6 @@ every prunable group; and the coverage is what the architecture allows.
 
 from __future__ import annotations
 
-import functools
 import importlib
 
 import numpy as np
@@ -21,13 +20,7 @@ import onnx
 import pytest
 from corpus_checks import CONFIGS, _batch_share, compact_counts, prune
 from deadchannels import assert_groups_complete, random_feeds
-from test_unseen_architectures import OUTPUT, Case
-from unseen_battery import (
-    check_exact,
-    check_locks_and_coverage,
-    check_rate_zero,
-    check_sparse_equals_compact,
-)
+from unseen_battery import OUTPUT, battery, check_exact
 
 from drpopt import analyze
 from drpopt.ir.analysis import Analysis
@@ -80,53 +73,17 @@ SLOW = {"beit", "resmlp", "focalnet", "eva02", "dinov2"}
 DYNAMO = ["dinov2", "eva02", "eva02_subln", "sam_vit", "cait", "gmlp", "focalnet", "coatnet"]
 
 
-@functools.cache
-def case(name: str) -> Case:
-    module, builder, share, ratio, locked = MODELS[name]
-    model = getattr(importlib.import_module(module), builder)()
-    return Case(model, random_feeds(model), share, ratio, locked)
-
-
-@functools.cache
-def analysis(name: str) -> Analysis:
-    return analyze(case(name).model)
-
-
-def _params(names):
-    return [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in names]
+def _build(name: str) -> onnx.ModelProto:
+    module, builder = MODELS[name][:2]
+    return getattr(importlib.import_module(module), builder)()
 
 
 # the model battery runs with the corpus (``-m corpus``); the small graphs below stay in
 # plain pytest
 corpus = pytest.mark.corpus
-
-
-@corpus
-@pytest.mark.parametrize("name", _params(MODELS))
-def test_analysis_names_every_lock_and_covers_the_model(name):
-    c = case(name)
-    check_locks_and_coverage(name, analysis(name), c.locked, c.min_prunable)
-
-
-@corpus
-@pytest.mark.parametrize("name", _params(MODELS))
-def test_rate_zero_is_bit_identical(name):
-    c = case(name)
-    check_rate_zero(name, c.model, c.feeds)
-
-
-@pytest.mark.parametrize("config", list(CONFIGS.values()), ids=list(CONFIGS))
-@corpus
-@pytest.mark.parametrize("name", _params(MODELS))
-def test_sparse_equals_compact(name, config):
-    c = case(name)
-    check_sparse_equals_compact(name, c.model, c.feeds, config, c.max_ratio)
-
-
-@corpus
-@pytest.mark.parametrize("name", _params(MODELS))
-def test_dead_channels_hold_on_every_prunable_group(name):
-    assert_groups_complete(analysis(name), case(name).model)
+BATTERY = battery(MODELS, _build, slow=SLOW, marks=[corpus])
+case, analysis = BATTERY.case, BATTERY.analysis
+globals().update(BATTERY.tests)  # collected as this module's tests
 
 
 def _heads(a: Analysis, node: str) -> list:
