@@ -141,7 +141,7 @@ class TwoAxes(nn.Module):
         self.out, self.mix = nn.Linear(12, 4), nn.Conv1d(16, 5, 1)
 
     def forward(self, x):
-        h = -self.lin(self.a(x)) ** 2
+        h = -(self.lin(self.a(x)) ** 2)
         return self.mix(self.out(h)) + h.amax((1, 2), keepdim=True)
 
 
