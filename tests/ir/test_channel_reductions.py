@@ -6,35 +6,26 @@ onnxruntime, the dead-channel check holds."""
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import onnx
 import pytest
-import torch
-import torch.nn.functional as F
 from deadchannels import random_feeds, run_model
 from deploy_ops import rms_norm23
 from export_torch import export_as
+from reduce_torch import (
+    ChannelReduce,
+    ResNetCBAM,
+    RMSBlock,
+    SquareExtreme,
+    TwoAxes,
+    export_dynamo,
+)
 from test_default_locks import FREE, assert_same, prune
 from test_rules_reduce import _prunes_exactly
-from torch import nn
 
 from drpopt import analyze
 from drpopt.ir.to_onnx import to_onnx
 from drpopt.passes import ApplyMasksPass, MaskPass, PassManager, ScorePass
-
-
-def export_dynamo(model: nn.Module, shape: tuple[int, ...], opset: int) -> onnx.ModelProto:
-    """``model`` (seeded) as torch's dynamo exporter writes it at ``opset``."""
-    torch.manual_seed(0)
-    model.eval()
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            model, (torch.randn(*shape),), dynamo=True, opset_version=opset, verbose=False
-        )
-    return program.model_proto
 
 
 def _ops(model: onnx.ModelProto) -> set[str]:
@@ -46,27 +37,6 @@ def _compact_is_plain(compact: onnx.ModelProto) -> None:
 
 
 # ---- a reduction over channels as a gate ---------------------------------------------------
-class ChannelReduce(nn.Module):
-    """Conv -> Relu -> +0.1 (the pruned channels are not zero there) -> ``how`` over
-    ``dims`` (``mean``, ``amax``, ``amin``; ``max``/``min``: ``torch.max(h, 1)[0]``) with
-    ``keepdim`` -> a gate of the conv's output (reshaped back when ``keepdim`` is off) ->
-    Conv."""
-
-    def __init__(self, how: str, dims: tuple[int, ...] = (1,), keepdim: bool = True):
-        super().__init__()
-        self.how, self.dims, self.keepdim = how, dims, keepdim
-        self.a, self.b = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 8, 1)
-
-    def forward(self, x):
-        h = F.relu(self.a(x)) + 0.1
-        if self.how in ("max", "min"):
-            r = getattr(torch, self.how)(h, self.dims[0], keepdim=self.keepdim)[0]
-        else:
-            r = getattr(torch, self.how)(h, dim=self.dims, keepdim=self.keepdim)
-        shape = [1 if i in self.dims else s for i, s in enumerate(h.shape)]
-        return self.b(h * torch.sigmoid(r.reshape(shape)))
-
-
 @pytest.mark.parametrize("opset", [13, 18])
 @pytest.mark.parametrize("keepdim", [True, False])
 @pytest.mark.parametrize(
@@ -100,23 +70,6 @@ def test_axes_given_as_an_input_prune_exactly():
 
 
 # ---- the mask is what makes the sparse model right --------------------------------------------
-class SquareExtreme(nn.Module):
-    """``-a(x)**2`` and its max over the channels (``a(x)**2`` and its min): a pruned channel
-    is 0 there, the largest (least) value any channel can have, so without its mask the
-    sparse model's max (min) would be 0 at every pixel."""
-
-    def __init__(self, how: str):
-        super().__init__()
-        self.how = how
-        self.a, self.b = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 8, 1)
-
-    def forward(self, x):
-        h = self.a(x) ** 2
-        if self.how == "amax":
-            h = -h
-        return self.b(h) + getattr(torch, self.how)(h, 1, keepdim=True)
-
-
 @pytest.mark.parametrize(("how", "op"), [("amax", "ReduceMax"), ("amin", "ReduceMin")])
 def test_the_mask_is_what_makes_the_sparse_max_right(how, op):
     model = export_as(SquareExtreme(how), (1, 3, 8, 8), opset=13)
@@ -130,21 +83,6 @@ def test_the_mask_is_what_makes_the_sparse_max_right(how, op):
 
 
 # ---- two masked axes, and a sparse model pruned again ------------------------------------------
-class TwoAxes(nn.Module):
-    """A Conv1d's channels (axis 1) and a Linear's features over the last axis (axis 2) of
-    one tensor, both reduced by one max: two groups masked on one reduction (``-z**2``: a
-    pruned entry, 0, would win the max unmasked)."""
-
-    def __init__(self):
-        super().__init__()
-        self.a, self.lin = nn.Conv1d(3, 16, 1), nn.Linear(8, 12)
-        self.out, self.mix = nn.Linear(12, 4), nn.Conv1d(16, 5, 1)
-
-    def forward(self, x):
-        h = -(self.lin(self.a(x)) ** 2)
-        return self.mix(self.out(h)) + h.amax((1, 2), keepdim=True)
-
-
 def test_a_reduction_over_two_pruned_axes_prunes_exactly():
     model = export_as(TwoAxes(), (1, 3, 8), opset=13)
     sparse, _ = _prunes_exactly(model)
@@ -168,39 +106,6 @@ def test_a_sparse_model_pruned_again_widens_the_mask():
 
 
 # ---- CBAM ------------------------------------------------------------------------------------
-class CBAM(nn.Module):
-    """CBAM (Woo et al. 2018, as detectors and segmenters copy it): channel attention (a
-    shared MLP over the average- and max-pooled channels), then spatial attention (the mean
-    and the max over the channels, concatenated, a 7x7 conv)."""
-
-    def __init__(self, c: int, r: int = 4):
-        super().__init__()
-        self.mlp = nn.Sequential(nn.Conv2d(c, c // r, 1), nn.ReLU(), nn.Conv2d(c // r, c, 1))
-        self.spatial = nn.Conv2d(2, 1, 7, padding=3)
-
-    def forward(self, x):
-        avg, peak = F.adaptive_avg_pool2d(x, 1), F.adaptive_max_pool2d(x, 1)
-        x = x * torch.sigmoid(self.mlp(avg) + self.mlp(peak))
-        s = torch.cat([torch.mean(x, 1, keepdim=True), torch.max(x, 1, keepdim=True)[0]], 1)
-        return x * torch.sigmoid(self.spatial(s))
-
-
-class ResNetCBAM(nn.Module):
-    """Stem conv, one basic residual block with CBAM before the addition, pooled head."""
-
-    def __init__(self, c: int = 16):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU())
-        self.conv1 = nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU())
-        self.conv2 = nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c))
-        self.cbam, self.fc = CBAM(c), nn.Linear(c, 5)
-
-    def forward(self, x):
-        x = self.stem(x)
-        x = F.relu(x + self.cbam(self.conv2(self.conv1(x))))
-        return self.fc(x.mean((2, 3)))
-
-
 @pytest.mark.parametrize("exporter", ["ts13", "ts18", "dynamo18"])
 def test_cbam_prunes_exactly(exporter):
     """Every group of the block prunes (the stream through CBAM's channel mean and max,
@@ -219,37 +124,6 @@ def test_cbam_prunes_exactly(exporter):
 
 
 # ---- RMS normalisation -------------------------------------------------------------------------
-class T5Norm(nn.Module):
-    """T5's and LLaMA's RMSNorm written out: ``w * x * rsqrt(mean(x**2) + eps)``."""
-
-    def __init__(self, d: int):
-        super().__init__()
-        self.weight = nn.Parameter(torch.rand(d) + 0.5)
-
-    def forward(self, x):
-        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6))
-
-
-class RMSBlock(nn.Module):
-    """A ViT-ish block: patch embedding, RMSNorm -> MLP (32 hidden) with a residual,
-    RMSNorm, mean over the tokens, classes. ``written``: T5's RMSNorm instead of
-    ``nn.RMSNorm`` (which the TorchScript exporter cannot export)."""
-
-    def __init__(self, written: bool = False, d: int = 16):
-        super().__init__()
-        norm = T5Norm if written else nn.RMSNorm
-        self.embed, self.norm1, self.norm2 = nn.Conv2d(3, d, 4, stride=4), norm(d), norm(d)
-        self.fc1, self.fc2, self.head = nn.Linear(d, 32), nn.Linear(32, d), nn.Linear(d, 5)
-        if not written:
-            for n in (self.norm1, self.norm2):
-                nn.init.uniform_(n.weight, 0.5, 1.5)
-
-    def forward(self, x):
-        t = self.embed(x).flatten(2).transpose(1, 2)
-        t = t + self.fc2(F.gelu(self.fc1(self.norm1(t))))
-        return self.head(self.norm2(t).mean(1))
-
-
 def _rms_prunes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, onnx.ModelProto]:
     """The stream (through both norms) and the MLP's hidden channels prune, exactly."""
     a = analyze(model)
