@@ -133,6 +133,21 @@ def function_proto(opset: int) -> onnx.FunctionProto:
     )
 
 
+def _reduction_function(op: str, nodes: list, opset: int) -> onnx.FunctionProto:
+    """The masked reduction ``drpopt.<op>(X, Mask) -> Y`` of ``nodes``: attributes ``axes``
+    and ``keepdims`` (default 1)."""
+    return helper.make_function(
+        DOMAIN,
+        op,
+        ["X", "Mask"],
+        ["Y"],
+        nodes,
+        [helper.make_opsetid("", opset)],
+        attributes=["axes"],
+        attribute_protos=[helper.make_attribute("keepdims", 1)],
+    )
+
+
 def mean_function_proto(opset: int) -> onnx.FunctionProto:
     """The ONNX function that defines ``drpopt.MaskedReduceMean``."""
     nodes = [
@@ -141,16 +156,7 @@ def mean_function_proto(opset: int) -> onnx.FunctionProto:
         _reduce_sum("XM", "S", opset, keep=True),
         helper.make_node("Div", ["S", "K"], ["Y"]),
     ]
-    return helper.make_function(
-        DOMAIN,
-        MEAN_OP,
-        ["X", "Mask"],
-        ["Y"],
-        nodes,
-        [helper.make_opsetid("", opset)],
-        attributes=["axes"],
-        attribute_protos=[helper.make_attribute("keepdims", 1)],
-    )
+    return _reduction_function(MEAN_OP, nodes, opset)
 
 
 def extreme_function_proto(op: str, opset: int) -> onnx.FunctionProto:
@@ -166,16 +172,7 @@ def extreme_function_proto(op: str, opset: int) -> onnx.FunctionProto:
         helper.make_node("Where", ["Keep", "X", "Fill"], ["XF"]),
         _reduce(reduce, "XF", "Y", opset, keep=True),
     ]
-    return helper.make_function(
-        DOMAIN,
-        op,
-        ["X", "Mask"],
-        ["Y"],
-        nodes,
-        [helper.make_opsetid("", opset)],
-        attributes=["axes"],
-        attribute_protos=[helper.make_attribute("keepdims", 1)],
-    )
+    return _reduction_function(op, nodes, opset)
 
 
 def rms_function_proto(opset: int) -> onnx.FunctionProto:

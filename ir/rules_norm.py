@@ -23,15 +23,21 @@
     the last axis or over axis 1 (ConvNeXt's channels-first one), and GroupNorm(1, C) as
     torch exports it (Reshape, InstanceNormalization, Reshape: ``axes`` 1 to the last),
     as the opset-21 GroupNormalization op, or written out over axes 1 to the last;
-  - ``drpopt.MaskedReduceMean(X, Mask)``, attribute ``axes`` (kept dims): ``ReduceSum(X *
-    Mask, axes) / ReduceSum(Expand(Mask, Shape(X)), axes)``, for GRN's mean over the
-    channels (ConvNeXt V2).
+  - ``drpopt.MaskedRMSNormalization(X, Scale, Mask)`` (attributes ``axes``, ``epsilon``,
+    ``stash_type``) for the opset-23 RMSNormalization over its last axis::
+
+        XS = Cast(X * Mask, stash_type);  K = ReduceSum(Expand(Mask, Shape(X)), axes)
+        Y  = CastLike(XS / sqrt(ReduceSum(XS * XS, axes) / K + epsilon), X) * Scale
+
+  - GRN's mean over the channels (ConvNeXt V2), as any ReduceMean over pruned channels,
+    becomes ``drpopt.MaskedReduceMean(X, Mask)`` (``ir/rules_reduce.py``): ``ReduceSum(X *
+    Mask, axes) / ReduceSum(Expand(Mask, Shape(X)), axes)``.
 
   ``Mask`` is a channel constant of the group like a scale or bias (zeroed by
   ``apply-masks``, sliced by ``compact``); the masked op's ``finish`` turns a node whose
   mask is all ones back into the plain form it came from: a LayerNormalization (written
   out before opset 17), the written-out LayerNorm, the Reshape / InstanceNormalization /
-  Reshape of GroupNorm(1, C), the ReduceMean. So the sparse model computes exactly what
+  Reshape of GroupNorm(1, C), the RMSNormalization. So the sparse model computes exactly what
   the compact one does. The written-out patterns are matched in ``ir/patterns.py``, the
   functions and the plain forms written in ``ir/norm_forms.py``;
 - GroupNormalization with several groups: whole groups prune (``num_groups`` follows);
