@@ -1,17 +1,23 @@
-"""The ONNX forms of the normalisations ``apply-masks`` masks and ``compact`` puts back
-(``ir/rules_norm.py`` says when each is used):
+"""The ONNX forms of the normalisations and reductions ``apply-masks`` masks and ``compact``
+puts back (``ir/rules_norm.py`` and ``ir/rules_reduce.py`` say when each is used):
 
 - the masked forms, model-local functions of the ``drpopt`` domain written with the ops of
   the model's own default opset: ``MaskedLayerNormalization(X, Scale, Bias, Mask)``
-  (attributes ``axes``, default the last, and ``epsilon``) and ``MaskedReduceMean(X,
-  Mask)`` (attribute ``axes``, kept dims), which count only the entries where ``Mask``
-  (broadcast against ``X``) is 1;
+  (attributes ``axes``, default the last, and ``epsilon``), ``MaskedRMSNormalization(X,
+  Scale, Mask)`` (``axes``, ``epsilon``, ``stash_type``) and ``MaskedReduceMean(X, Mask)``
+  (attributes ``axes``, ``keepdims``, default 1), which count only the entries where
+  ``Mask`` (broadcast against ``X``) is 1; ``MaskedReduceMax``/``MaskedReduceMin(X,
+  Mask)`` (``axes``, ``keepdims``), where an entry whose ``Mask`` is 0 takes the lowest
+  (highest) value of ``X`` over the reduced axes, so it never wins;
 - the plain forms written back: a LayerNorm written out in plain ops over given axes,
   GroupNorm(1, C) as torch exports it (Reshape, InstanceNormalization, Reshape), the
-  opset-21 ``GroupNormalization``, ReduceMean (axes as attribute or, from opset 18, input).
+  opset-21 ``GroupNormalization``, ReduceMean/Max/Min (axes as attribute or, from opset
+  18, input).
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import onnx
@@ -22,36 +28,57 @@ from drpopt.ir.core import Graph, Node, Value
 DOMAIN = "drpopt"
 OP = "MaskedLayerNormalization"
 MEAN_OP = "MaskedReduceMean"
+RMS_OP = "MaskedRMSNormalization"
+# the masked max and min: the reduction they stand for, and the one that fills masked entries
+EXTREMES = {
+    "MaskedReduceMax": ("ReduceMax", "ReduceMin"),
+    "MaskedReduceMin": ("ReduceMin", "ReduceMax"),
+}
 
 
 # ---- the functions -----------------------------------------------------------------------
-def _ref(node: onnx.NodeProto, name: str, kind: int) -> onnx.NodeProto:
-    """Makes the first attribute of ``node`` a reference to the function's ``name``."""
-    attr = node.attribute[0]
-    attr.ref_attr_name, attr.type = name, kind
+def _ref(node: onnx.NodeProto, name: str, kind: int, attr: str | None = None) -> onnx.NodeProto:
+    """Makes the attribute ``attr`` of ``node`` (default: its first) a reference to the
+    function's ``name``."""
+    a = node.attribute[0] if attr is None else next(x for x in node.attribute if x.name == attr)
+    a.ref_attr_name, a.type = name, kind
     for field in ("f", "i", "ints", "t"):
-        attr.ClearField(field)
+        a.ClearField(field)
     return node
 
 
-def _reduce_sum(x: str, out: str, opset: int) -> onnx.NodeProto:
-    """ReduceSum of ``x`` over the function's ``axes`` (kept dims), in the ops of ``opset``:
-    before 13 ReduceSum takes its axes as an attribute."""
-    if opset >= 13:
-        return helper.make_node("ReduceSum", [x, "Axes"], [out], keepdims=1)
-    node = helper.make_node("ReduceSum", [x], [out], axes=[0], keepdims=1)
-    node.attribute.sort(key=lambda a: a.name != "axes")
-    return _ref(node, "axes", AttributeProto.INTS)
+def _keepdims(node: onnx.NodeProto, keep: bool) -> onnx.NodeProto:
+    """``keep``: the node's ``keepdims`` refers to the function's (else it stays 1)."""
+    return _ref(node, "keepdims", AttributeProto.INT, "keepdims") if keep else node
 
 
-def _count(opset: int) -> list[onnx.NodeProto]:
-    """``Axes`` (opset 13 on) and ``K``: how many kept entries each statistic reads."""
+def _reduce(op: str, x: str, out: str, opset: int, keep: bool = False) -> onnx.NodeProto:
+    """``op`` (a Reduce*) of ``x`` over the function's ``axes`` (kept dims, or the
+    function's ``keepdims`` with ``keep``), in the ops of ``opset``: ReduceSum takes its axes
+    as an input from 13, the other reductions from 18 (``Axes``, see ``_axes``)."""
+    if opset >= (13 if op == "ReduceSum" else 18):
+        return _keepdims(helper.make_node(op, [x, "Axes"], [out], keepdims=1), keep)
+    node = helper.make_node(op, [x], [out], axes=[0], keepdims=1)
+    return _keepdims(_ref(node, "axes", AttributeProto.INTS, "axes"), keep)
+
+
+def _reduce_sum(x: str, out: str, opset: int, keep: bool = False) -> onnx.NodeProto:
+    return _reduce("ReduceSum", x, out, opset, keep)
+
+
+def _axes() -> onnx.NodeProto:
+    """``Axes``: the function's ``axes`` as a tensor (for reductions that take an input)."""
     axes = helper.make_node("Constant", [], ["Axes"], value_ints=[0])
+    return _ref(axes, "axes", AttributeProto.INTS)
+
+
+def _count(opset: int, keep: bool = False) -> list[onnx.NodeProto]:
+    """``Axes`` (opset 13 on) and ``K``: how many kept entries each statistic reads."""
     return [
-        *([_ref(axes, "axes", AttributeProto.INTS)] if opset >= 13 else []),
+        *([_axes()] if opset >= 13 else []),
         helper.make_node("Shape", ["X"], ["XShape"]),
         helper.make_node("Expand", ["Mask", "XShape"], ["MaskX"]),
-        _reduce_sum("MaskX", "K", opset),
+        _reduce_sum("MaskX", "K", opset, keep),
     ]
 
 
@@ -106,30 +133,102 @@ def function_proto(opset: int) -> onnx.FunctionProto:
     )
 
 
-def mean_function_proto(opset: int) -> onnx.FunctionProto:
-    """The ONNX function that defines ``drpopt.MaskedReduceMean``."""
-    nodes = [
-        *_count(opset),
-        helper.make_node("Mul", ["X", "Mask"], ["XM"]),
-        _reduce_sum("XM", "S", opset),
-        helper.make_node("Div", ["S", "K"], ["Y"]),
-    ]
+def _reduction_function(op: str, nodes: list, opset: int) -> onnx.FunctionProto:
+    """The masked reduction ``drpopt.<op>(X, Mask) -> Y`` of ``nodes``: attributes ``axes``
+    and ``keepdims`` (default 1)."""
     return helper.make_function(
         DOMAIN,
-        MEAN_OP,
+        op,
         ["X", "Mask"],
         ["Y"],
         nodes,
         [helper.make_opsetid("", opset)],
         attributes=["axes"],
+        attribute_protos=[helper.make_attribute("keepdims", 1)],
     )
+
+
+def mean_function_proto(opset: int) -> onnx.FunctionProto:
+    """The ONNX function that defines ``drpopt.MaskedReduceMean``."""
+    nodes = [
+        *_count(opset, keep=True),
+        helper.make_node("Mul", ["X", "Mask"], ["XM"]),
+        _reduce_sum("XM", "S", opset, keep=True),
+        helper.make_node("Div", ["S", "K"], ["Y"]),
+    ]
+    return _reduction_function(MEAN_OP, nodes, opset)
+
+
+def extreme_function_proto(op: str, opset: int) -> onnx.FunctionProto:
+    """The ONNX function that defines ``drpopt.MaskedReduceMax`` (``op``) or
+    ``MaskedReduceMin``: ``Y = ReduceMax(Where(Mask, X, ReduceMin(X, axes)), axes)``. A
+    masked entry takes the least value its reduction reads, so the result is the kept
+    entries' maximum exactly (a tie gives the same value), in any dtype and opset."""
+    reduce, fill = EXTREMES[op]
+    nodes = [
+        *([_axes()] if opset >= 18 else []),
+        helper.make_node("Cast", ["Mask"], ["Keep"], to=onnx.TensorProto.BOOL),
+        _reduce(fill, "X", "Fill", opset),
+        helper.make_node("Where", ["Keep", "X", "Fill"], ["XF"]),
+        _reduce(reduce, "XF", "Y", opset, keep=True),
+    ]
+    return _reduction_function(op, nodes, opset)
+
+
+def rms_function_proto(opset: int) -> onnx.FunctionProto:
+    """The ONNX function that defines ``drpopt.MaskedRMSNormalization`` (models of opset 23
+    on, where RMSNormalization exists): as the op, statistics in ``stash_type``, over the
+    entries where ``Mask`` is 1::
+
+        XS = Cast(X * Mask, stash_type);  K = ReduceSum(Expand(Mask, Shape(X)), axes)
+        Y  = CastLike(XS / sqrt(ReduceSum(XS * XS, axes) / K + epsilon), X) * Scale
+    """
+    stash = helper.make_node("Cast", ["XM"], ["XS"], to=onnx.TensorProto.FLOAT)
+    eps = helper.make_node("Constant", [], ["Eps0"], value_float=0.0)
+    nodes = [
+        *_count(opset),
+        helper.make_node("Mul", ["X", "Mask"], ["XM"]),
+        _ref(stash, "stash_type", AttributeProto.INT),
+        helper.make_node("CastLike", ["K", "XS"], ["KS"]),
+        helper.make_node("Mul", ["XS", "XS"], ["X2"]),
+        _reduce_sum("X2", "SS", opset),
+        helper.make_node("Div", ["SS", "KS"], ["MS"]),
+        _ref(eps, "epsilon", AttributeProto.FLOAT),
+        helper.make_node("CastLike", ["Eps0", "XS"], ["Eps"]),
+        helper.make_node("Add", ["MS", "Eps"], ["VE"]),
+        helper.make_node("Sqrt", ["VE"], ["R"]),
+        helper.make_node("Div", ["XS", "R"], ["NS"]),
+        helper.make_node("CastLike", ["NS", "X"], ["N"]),
+        helper.make_node("Mul", ["N", "Scale"], ["Y"]),
+    ]
+    return helper.make_function(
+        DOMAIN,
+        RMS_OP,
+        ["X", "Scale", "Mask"],
+        ["Y"],
+        nodes,
+        [helper.make_opsetid("", opset)],
+        attributes=["epsilon"],
+        attribute_protos=[
+            helper.make_attribute("axes", [-1]),
+            helper.make_attribute("stash_type", 1),
+        ],
+    )
+
+
+_MAKERS = {
+    OP: function_proto,
+    MEAN_OP: mean_function_proto,
+    RMS_OP: rms_function_proto,
+    **{op: functools.partial(extreme_function_proto, op) for op in EXTREMES},
+}
 
 
 def ensure_function(graph: Graph, op: str, make=None) -> None:
     """Adds the function of ``drpopt.<op>`` to the model once (``make(opset)`` writes it;
     default: the norm forms here)."""
     if not any(f.domain == DOMAIN and f.name == op for f in graph.functions):
-        make = make or (function_proto if op == OP else mean_function_proto)
+        make = make or _MAKERS[op]
         graph.functions.append(make(graph.opsets.get("", 17)))
     graph.opsets.setdefault(DOMAIN, 1)
 

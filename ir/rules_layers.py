@@ -261,6 +261,17 @@ def _softmax(node: Node, cg: ChannelGraph) -> None:
     lock_axis(cg, node, [x, y], axes, "normalises over this axis")
 
 
+# reductions with a masked form over pruned channels (``ir/rules_reduce.py``)
+MASKED_REDUCTIONS = SUM_LIKE | {"ReduceMean", "ReduceMax", "ReduceMin"}
+# why the others lock the axes they reduce
+_REDUCE_LOCKS = {
+    "ArgMax": "returns an index along this axis (pruning renumbers it)",
+    "ArgMin": "returns an index along this axis (pruning renumbers it)",
+    "ReduceProd": "reduces over this axis (no masked form: a product needs the pruned at 1)",
+    "ReduceLogSumExp": "reduces over this axis (no masked form: exp(0) of a pruned one adds 1)",
+}
+
+
 @rule(*REDUCE_OPS, "TopK", "CumSum")
 def _reduce(node: Node, cg: ChannelGraph) -> None:
     x, y = node.input(0), node.outputs[0]
@@ -280,12 +291,12 @@ def _reduce(node: Node, cg: ChannelGraph) -> None:
             cg.lock_value(x, "rule", f"{node.op_type} '{node.name}' has computed axes", node)
             cg.lock_value(y, "rule", f"{node.op_type} '{node.name}' has computed axes", node)
             return
-    if node.op_type in SUM_LIKE and "torch_path" not in cg.graph.meta:
-        # a sum over channels is the sum over the kept ones once apply-masks masks its
-        # input (``ir/rules_reduce.py``): the reduced axes neither couple nor lock here
+    if node.op_type in MASKED_REDUCTIONS and "torch_path" not in cg.graph.meta:
+        # apply-masks makes a sum, mean, max or min over channels one over the kept ones
+        # (``ir/rules_reduce.py``): the reduced axes neither couple nor lock here
         cg.independent(x, axes)
     else:
-        lock_axis(cg, node, [x], axes, "reduces over this axis")
+        lock_axis(cg, node, [x], axes, _REDUCE_LOCKS.get(node.op_type, "reduces over this axis"))
     if node.op_type in ("TopK", "CumSum"):
         lock_axis(cg, node, node.outputs, axes, "reduces over this axis")
     keep = node.attr("keepdims", 1)

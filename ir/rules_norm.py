@@ -23,15 +23,21 @@
     the last axis or over axis 1 (ConvNeXt's channels-first one), and GroupNorm(1, C) as
     torch exports it (Reshape, InstanceNormalization, Reshape: ``axes`` 1 to the last),
     as the opset-21 GroupNormalization op, or written out over axes 1 to the last;
-  - ``drpopt.MaskedReduceMean(X, Mask)``, attribute ``axes`` (kept dims): ``ReduceSum(X *
-    Mask, axes) / ReduceSum(Expand(Mask, Shape(X)), axes)``, for GRN's mean over the
-    channels (ConvNeXt V2).
+  - ``drpopt.MaskedRMSNormalization(X, Scale, Mask)`` (attributes ``axes``, ``epsilon``,
+    ``stash_type``) for the opset-23 RMSNormalization over its last axis::
+
+        XS = Cast(X * Mask, stash_type);  K = ReduceSum(Expand(Mask, Shape(X)), axes)
+        Y  = CastLike(XS / sqrt(ReduceSum(XS * XS, axes) / K + epsilon), X) * Scale
+
+  - GRN's mean over the channels (ConvNeXt V2), as any ReduceMean over pruned channels,
+    becomes ``drpopt.MaskedReduceMean(X, Mask)`` (``ir/rules_reduce.py``): ``ReduceSum(X *
+    Mask, axes) / ReduceSum(Expand(Mask, Shape(X)), axes)``.
 
   ``Mask`` is a channel constant of the group like a scale or bias (zeroed by
   ``apply-masks``, sliced by ``compact``); the masked op's ``finish`` turns a node whose
   mask is all ones back into the plain form it came from: a LayerNormalization (written
   out before opset 17), the written-out LayerNorm, the Reshape / InstanceNormalization /
-  Reshape of GroupNorm(1, C), the ReduceMean. So the sparse model computes exactly what
+  Reshape of GroupNorm(1, C), the RMSNormalization. So the sparse model computes exactly what
   the compact one does. The written-out patterns are matched in ``ir/patterns.py``, the
   functions and the plain forms written in ``ir/norm_forms.py``;
 - GroupNormalization with several groups: whole groups prune (``num_groups`` follows);
@@ -49,8 +55,8 @@ from drpopt.ir.channels import ChannelGraph
 from drpopt.ir.core import Graph, Node, Value
 from drpopt.ir.norm_forms import (
     DOMAIN,
-    MEAN_OP,
     OP,
+    RMS_OP,
     channel_shaped,
     const_value,
     drop_mask,
@@ -62,10 +68,9 @@ from drpopt.ir.norm_forms import (
     write_group_normalization,
     write_groupnorm_one,
     write_out_layernorm,
-    write_reduce_mean,
 )
-from drpopt.ir.patterns import grn_statistic, match_groupnorm_one, reduced_axes
-from drpopt.ir.rules import RULES, lock_axis, rule, same_axes
+from drpopt.ir.patterns import match_groupnorm_one
+from drpopt.ir.rules import RULES, broadcast, lock_axis, rule, same_axes
 from drpopt.ir.rules_compact import KeptChannels
 from drpopt.ir.rules_layers import channel_mixing_norm
 
@@ -244,31 +249,22 @@ def finish_masked_layernorm(graph: Graph, node: Node, kept: KeptChannels) -> Non
         write_out_layernorm(graph, node, axes)
 
 
-def finish_masked_mean(graph: Graph, node: Node, kept: KeptChannels) -> None:
-    """``MaskedReduceMean`` with a mask of all ones is a ReduceMean again."""
-    x = node.input(0)
-    if x is None or x.rank is None or not drop_mask(node, 1):
-        return
-    axes = normalised_axes(node, x.rank)
-    out = node.outputs[0]
-    node.outputs = []
-    out.producer = None
-    write_reduce_mean(graph, x, out, axes, node.name, node)
-    x.uses = [(n, j) for n, j in x.uses if n is not node]
-    graph.detach(node)
-
-
 # ---- the rule objects ---------------------------------------------------------------------
-def _couple_masked(node: Node, cg: ChannelGraph, params: list[Value | None]) -> None:
+def couple_masked(node: Node, cg: ChannelGraph, params: list[Value | None]) -> None:
     """The masked forms: parameters (scale, bias, mask) broadcast against ``X`` follow its
-    axes; the reduced axes the mask does not cover are locked (statistics read them). The
-    output has ``X``'s shape (the normalisation) or 1 on the reduced axes (the mean)."""
+    axes. A normalisation (output of ``X``'s shape) locks the normalised axes its mask does
+    not cover (its statistics read them); a masked reduction (the reduced axes of size 1,
+    or gone without ``keepdims``) leaves every reduced axis independent (its ``sparse``
+    hook widens the mask to an axis masked later: ``ir/rules_reduce.py``)."""
     x, y = node.input(0), node.outputs[0]
-    if x is None or x.rank is None or y.rank != x.rank:
+    same = node.op_type in (OP, RMS_OP)  # the normalisations keep every axis
+    axes = normalised_axes(node, x.rank) if x is not None and x.rank is not None else []
+    keep = same or bool(node.attrs.get("keepdims", 1))
+    if x is None or x.rank is None or y.rank != (x.rank if keep else x.rank - len(axes)):
         cg.lock_value(x, "rule", f"{node.op_type} '{node.name}': rank unknown", node)
         cg.lock_value(y, "rule", f"{node.op_type} '{node.name}': rank unknown", node)
         return
-    axes, masked = normalised_axes(node, x.rank), set()
+    masked = set()
     for p in params:
         if p is None or p.rank is None or p.rank > x.rank:
             why = f"{node.op_type} '{node.name}': parameter of unknown rank"
@@ -280,23 +276,18 @@ def _couple_masked(node: Node, cg: ChannelGraph, params: list[Value | None]) -> 
                 cg.identity(cg.space(p, j), cg.space(x, axis), node)
                 cg.role(cg.space(p, j), "follower", node)
                 masked.add(axis)
-    same = node.op_type == OP  # the normalisation keeps every axis
     for ax in range(x.rank):
         if same or ax not in axes:
-            cg.identity(cg.space(x, ax), cg.space(y, ax), node)
-    cg.independent(x, sorted(masked & set(axes)))
-    locked = [a for a in axes if a not in masked]
-    lock_axis(cg, node, [x, y] if same else [x], locked, "normalises over this axis")
+            j = ax if keep else ax - sum(a < ax for a in axes)
+            cg.identity(cg.space(x, ax), cg.space(y, j), node)
+    cg.independent(x, sorted(masked & set(axes)) if same else axes)
+    locked = [a for a in axes if a not in masked] if same else []
+    lock_axis(cg, node, [x, y], locked, "normalises over this axis")
 
 
 @rule(f"{DOMAIN}::{OP}")
 def _couple_masked_layernorm(node: Node, cg: ChannelGraph) -> None:
-    _couple_masked(node, cg, node.inputs[1:4])
-
-
-@rule(f"{DOMAIN}::{MEAN_OP}")
-def _couple_masked_mean(node: Node, cg: ChannelGraph) -> None:
-    _couple_masked(node, cg, node.inputs[1:2])
+    couple_masked(node, cg, node.inputs[1:4])
 
 
 def sparse_layernorm(graph: Graph, node: Node, kept: KeptChannels) -> bool:
@@ -322,23 +313,61 @@ def sparse_instance_norm(graph: Graph, node: Node, kept: KeptChannels) -> bool:
     return True
 
 
-def sparse_reduce_mean(graph: Graph, node: Node, kept: KeptChannels) -> bool:
-    """The ``sparse`` hook of ReduceMean: GRN's mean over masked channels becomes
-    ``MaskedReduceMean``."""
-    axis = grn_statistic(node, graph)
+@rule("RMSNormalization")
+def _rms_normalization(node: Node, cg: ChannelGraph) -> None:
+    """RMSNormalization (opset 23; ``axis``: it and every later axis are normalised). Over
+    the last axis alone with a per-channel constant scale (torch's ``nn.RMSNorm``), in an
+    ONNX model, that axis is a channel axis with the scale following it (``apply-masks``
+    gives it the masked form, statistics over the kept channels; ``compact`` the op
+    back); otherwise the normalised axes lock."""
+    x, scale, y = node.input(0), node.input(1), node.outputs[0]
+    same_axes(cg, node, x, y)
+    if x is None or x.rank is None:
+        return
+    axis = node.attr("axis", -1) % x.rank
+    per_channel = scale is not None and scale.is_const and scale.shape == x.shape[-1:]
+    if axis == x.rank - 1 and per_channel and "torch_path" not in cg.graph.meta:
+        cg.identity(cg.space(scale, 0), cg.space(x, axis), node)
+        cg.role(cg.space(scale, 0), "follower", node)
+        return
+    broadcast(cg, node, [p for p in (scale,) if p is not None], y)
+    lock_axis(cg, node, [x, y], range(axis, x.rank), "normalises over these axes")
+
+
+def sparse_rms_normalization(graph: Graph, node: Node, kept: KeptChannels) -> bool:
+    """The ``sparse`` hook of RMSNormalization: the masked form where its channel axis (the
+    last, the only one its rule leaves prunable) is masked."""
     x = node.input(0)
-    keep = kept.mask(x, axis) if axis is not None else None
+    keep = kept.mask(x, -1) if x is not None and x.rank is not None else None
     if keep is None or keep.all():
         return False
-    mask = const_value(graph, f"{node.name}.mask", channel_shaped(keep, axis, x.rank, dtype_of(x)))
-    axes = reduced_axes(node)
-    for i in range(1, len(node.inputs)):
-        graph.set_input(node, i, None)
-    node.inputs = [x]
-    graph.set_input(node, 1, mask)
-    node.op_type, node.domain, node.attrs = MEAN_OP, DOMAIN, {"axes": axes}
-    ensure_function(graph, MEAN_OP)
+    graph.set_input(node, 2, const_value(graph, f"{node.name}.mask", keep.astype(dtype_of(x))))
+    node.attrs = {
+        "axes": [-1],
+        "epsilon": float(node.attr("epsilon", 1e-5)),
+        "stash_type": int(node.attr("stash_type", 1)),
+    }
+    node.op_type, node.domain = RMS_OP, DOMAIN
+    ensure_function(graph, RMS_OP)
     return True
+
+
+def finish_masked_rms(graph: Graph, node: Node, kept: KeptChannels) -> None:
+    """``MaskedRMSNormalization`` with a mask of all ones is an RMSNormalization again."""
+    if not drop_mask(node, 2):
+        return
+    node.op_type, node.domain = "RMSNormalization", ""
+    node.attrs = {
+        "axis": -1,
+        "epsilon": float(node.attrs.get("epsilon", 1e-5)),
+        "stash_type": int(node.attrs.get("stash_type", 1)),
+    }
+    graph.touch()
+
+
+@rule(f"{DOMAIN}::{RMS_OP}")
+def _couple_masked_rms(node: Node, cg: ChannelGraph) -> None:
+    couple_masked(node, cg, node.inputs[1:3])
 
 
 @rule("GroupNormalization")
@@ -409,7 +438,7 @@ RULES["LayerNormalization"] = replace(RULES["LayerNormalization"], sparse=sparse
 RULES["InstanceNormalization"] = replace(
     RULES["InstanceNormalization"], sparse=sparse_instance_norm
 )
-RULES["ReduceMean"] = replace(RULES["ReduceMean"], sparse=sparse_reduce_mean)
+RULES["RMSNormalization"] = replace(RULES["RMSNormalization"], sparse=sparse_rms_normalization)
+RULES[f"{DOMAIN}::{RMS_OP}"] = replace(RULES[f"{DOMAIN}::{RMS_OP}"], finish=finish_masked_rms)
 RULES["BatchNormalization"] = replace(RULES["BatchNormalization"], unmasked_inputs=(3, 4))
 RULES[f"{DOMAIN}::{OP}"] = replace(RULES[f"{DOMAIN}::{OP}"], finish=finish_masked_layernorm)
-RULES[f"{DOMAIN}::{MEAN_OP}"] = replace(RULES[f"{DOMAIN}::{MEAN_OP}"], finish=finish_masked_mean)

@@ -185,12 +185,19 @@ def test_channel_norm_prunes_and_sparse_equals_compact(name):
     assert_groups_complete(a, model)
 
 
-def test_a_norm_not_matched_as_a_whole_keeps_its_lock():
-    """Statistics over the channels and one spatial axis only (no form drpopt knows) still
-    lock the channels, naming the ReduceMean."""
-    a = analyze(_export(_ChannelsFirstLayerNormNet((1, 2))))
-    reasons = [g.reason for g in a.locked_groups if "output" not in g.reason]
-    assert reasons and all("ReduceMean" in r for r in reasons), reasons
+def test_a_norm_not_matched_as_a_whole_prunes_through_its_means():
+    """Statistics over the channels and one spatial axis only (no norm form drpopt knows):
+    each ReduceMean over the channels becomes ``MaskedReduceMean`` on its own (statistics
+    over the kept channels, ``ir/rules_reduce.py``), so sparse still equals compact."""
+    model = _export(_ChannelsFirstLayerNormNet((1, 2)))
+    a = analyze(model)
+    assert all("output" in g.reason for g in a.locked_groups), [g.reason for g in a.locked_groups]
+    masked, compact_model = _prune(model, shapes=False)
+    assert sum(n.op_type == MEAN_OP for n in masked.graph.node) == 2  # the mean, the variance
+    feeds = random_feeds(model)
+    err = compare_outputs(run_model(masked, feeds), run_model(compact_model, feeds), "(1, 2)")
+    assert err < 1e-4 and not compact_model.functions
+    assert_groups_complete(a, model)
 
 
 def test_the_mask_is_what_makes_sparse_equal():

@@ -44,8 +44,9 @@ MODELS = {
     # ghost modules sliced back to odd widths, hard-sigmoid SE
     "ghostnetv2": (C3, "ghostnetv2", 0.99, 0.3, {"a single channel", OUTPUT}),
     # YOLOv10: SCDown, C2fCIB with RepVGGDW, PSA; v10Detect's one-to-one export with topk
-    # and gather post-processing in the graph (the class axis it reduces stays)
-    "yolov10": (D3, "yolov10", 0.99, 0.3, {DFL, "ReduceMax", OUTPUT}),
+    # and gather post-processing in the graph (the class axis its ReduceMax reads stays,
+    # tiled and flattened by the post-processing)
+    "yolov10": (D3, "yolov10", 0.99, 0.3, {DFL, "Tile", OUTPUT}),
     # NanoDet-Plus: ShuffleNetV2 (chunk, channel shuffle), GhostPAN, depthwise GFL head
     "nanodet_plus": (D3, "nanodet_plus", 0.99, 0.35, {OUTPUT}),
     # ... with the Integral decoding in the graph (F.linear over the distribution's bins)

@@ -18,7 +18,7 @@ from onnx import numpy_helper
 
 from drpopt.ir.analysis import Analysis
 from drpopt.ir.channels import Group
-from drpopt.ir.rules import SUM_LIKE
+from drpopt.ir.rules_layers import MASKED_REDUCTIONS
 
 
 def run_model(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -92,10 +92,10 @@ def _mask_layernorms(model: onnx.ModelProto, groups: list[Group], chosen) -> onn
     ops = {n.op_type for n in model.graph.node}
     if not ops & {
         "LayerNormalization",
-        "ReduceMean",
+        "RMSNormalization",
         "InstanceNormalization",
         "GroupNormalization",
-        *SUM_LIKE,  # a sum over channels masks its input (ir/rules_reduce.py)
+        *MASKED_REDUCTIONS,  # a reduction over channels ignores the pruned (ir/rules_reduce.py)
     }:
         return model
     masks: dict = {}

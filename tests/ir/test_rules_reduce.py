@@ -1,8 +1,9 @@
 """Sum-like reductions over channels (``ir/rules_reduce.py``) and GatherElements
 (``ir/rules_select.py``) on small torch models exported as their projects do: the channels
 they read prune, sparse equals compact in onnxruntime, the dead-channel check holds; what
-is not provably right (a mean or a max over channels, gathering along the channels) stays
-locked with the node named."""
+is not provably right (a product or an argmax over channels, gathering along the channels)
+stays locked with the node named. Means, maxima and minima over channels:
+``test_channel_reductions.py``."""
 
 from __future__ import annotations
 
@@ -125,18 +126,59 @@ def test_the_mask_is_what_makes_the_sparse_model_right():
 
 
 @pytest.mark.parametrize(("how", "op"), [("mean", "ReduceMean"), ("max", "ReduceMax")])
-def test_mean_and_max_over_channels_stay_locked(how, op):
-    model = export_as(ConvReduce(how), (1, 3, 8, 8), opset=13)
+@pytest.mark.parametrize("opset", [13, 18])
+def test_mean_and_max_over_channels_prune(how, op, opset):
+    """A mean or a max over channels (locked before: the count, the zeros) prunes: the
+    sparse model has the masked form over the kept channels, the compact one the plain op."""
+    model = export_as(ConvReduce(how), (1, 3, 8, 8), opset=opset)
+    sparse, compact = _prunes_exactly(model)
+    assert any(n.op_type == f"Masked{op}" and n.domain == "drpopt" for n in sparse.graph.node)
+    assert any(n.op_type == op for n in compact.graph.node)
+    assert not any(n.domain == "drpopt" for n in compact.graph.node) and not compact.functions
+
+
+class ConvArg(nn.Module):
+    """Conv -> a product, a log-sum-exp or an argmax over the channels as a gate -> Conv."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+        self.a, self.b = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 8, 1)
+
+    def forward(self, x):
+        h = torch.sigmoid(self.a(x))
+        if self.how == "prod":
+            gate = h.prod(1, keepdim=True)
+        elif self.how == "logsumexp":
+            gate = h.logsumexp(1, keepdim=True)
+        else:  # the position of the strongest channel, as a float gate
+            gate = h.argmax(1, keepdim=True).float() / 16
+        return self.b(h * gate)
+
+
+@pytest.mark.parametrize(
+    ("how", "op", "why"),
+    [
+        ("prod", "ReduceProd", "no masked form"),
+        ("logsumexp", "ReduceLogSumExp", "no masked form"),
+        ("argmax", "ArgMax", "returns an index along this axis"),
+    ],
+)
+def test_a_product_log_sum_exp_or_argmax_over_channels_stays_locked(how, op, why):
+    model = export_as(ConvArg(how), (1, 3, 8, 8), opset=13)
     group = _weight_group(analyze(model), _first_weight(model))
     assert not group.prunable
-    assert op in group.reason and "reduces over this axis" in group.reason
+    assert op in group.reason and why in group.reason
 
 
-def test_a_torch_models_channel_sum_stays_locked():
-    """Analysed from the module (fx), the reduction sums what the retrained layers leave
-    there, which nothing proves zero: locked as before."""
-    a = analyze(trace_module(ConvReduce("sum").eval(), torch.randn(1, 3, 8, 8)).graph)
-    locked = [g for g in a.locked_groups if "ReduceSum" in g.reason]
+@pytest.mark.parametrize(
+    ("how", "op"), [("sum", "ReduceSum"), ("mean", "ReduceMean"), ("max", "amax")]
+)
+def test_a_torch_models_channel_sum_stays_locked(how, op):
+    """Analysed from the module (fx), the reduction reads what the retrained layers leave
+    there, which nothing proves ignored (no masked form in torch): locked as before."""
+    a = analyze(trace_module(ConvReduce(how).eval(), torch.randn(1, 3, 8, 8)).graph)
+    locked = [g for g in a.locked_groups if op in g.reason]
     assert locked and any(m.tensor == "a.weight" for g in locked for m in g.members)
 
 
