@@ -27,14 +27,9 @@ MODELS = {
     # YOLO-style detector ending in box decoding, TopK, gathers, NonMaxSuppression and the
     # Gather/GatherND of the kept boxes: backbone, neck and head convs all prune (share 1.0,
     # 0.255 kept at 0.5); the 4 box sides and 3 classes stay (torch's gather of the top-k
-    # anchors is a GatherElements, and the class axis is reduced by the ReduceMax of topk;
-    # were GatherElements to map its other axes, NMS and the outputs would lock them)
-    "detector_nms": (
-        "detector_nms",
-        0.99,
-        0.3,
-        {"Gather", "ReduceMax", "NonMaxSuppression", OUTPUT},
-    ),
+    # anchors is a GatherElements, and the classes' maximum is gathered into NMS: the
+    # GatherND and NonMaxSuppression lock them; the ReduceMax over them no longer does)
+    "detector_nms": ("detector_nms", 0.99, 0.3, {"Gather", "NonMaxSuppression", OUTPUT}),
     # QDQ (per-channel int8 weights, per-tensor activations): a DequantizeLinear of a
     # constant int8 weight is that weight to its conv (its scale and zero point follow the
     # channels) and activation Quantize/DequantizeLinear pairs pass every axis: everything
@@ -58,9 +53,10 @@ MODELS = {
     # DeformConv-19 (DCNv2: offsets and a sigmoid mask from convs): channels map as through
     # a Conv (was 0.0: no rule); the offset and mask channels stay, per kernel tap
     "deform_conv19": ("deform_conv19", 0.99, 0.45, {"DeformConv", OUTPUT}),
-    # RMSNormalization-23 over the channels: no rule (its statistic reads every channel);
-    # the MLP after it prunes (0.75)
-    "rms_norm23": ("rms_norm23", 0.74, 0.63, {"RMSNormalization", OUTPUT}),
+    # RMSNormalization-23 over the channels: the masked form drpopt.MaskedRMSNormalization
+    # (statistics over the kept channels), the op back in compact; everything but the
+    # output prunes (0.36 kept at 0.5; was 0.75 prunable, 0.63 kept, before that rule)
+    "rms_norm23": ("rms_norm23", 0.99, 0.4, {OUTPUT}),
     # Attention-23 (3-D inputs, 4 heads split inside the op) and RotaryEmbedding-23
     # (``num_heads``, cos/sin caches per position): whole heads prune through both, Q, K, V
     # and the output projection together (was 0.0: no rule); compact rewrites the heads
