@@ -168,7 +168,8 @@ MODELS = {
     "unet_bilinear": (lambda: _segmenter("unet_bilinear"), 0.99, 0.3, {OUTPUT}),
     # EasyOCR's CRNN: the LSTMs' hidden units prune (ir/rules_rnn.py), the same unit in
     # both directions; the directions axis itself stays (a locked group of no parameters)
-    "crnn_bilstm": (_crnn, 0.99, 0.27, {"prune its directions", OUTPUT}),
+    # (the LSTM's output Reshape merges its directions with their channels)
+    "crnn_bilstm": (_crnn, 0.99, 0.27, {"prune its directions", "merges axis 2", OUTPUT}),
     "ppocr_cls": (
         lambda: _ocr("ch_ppocr_mobile_v2.0_cls_infer", [1, 3, 48, 192]),
         0.99,
@@ -198,7 +199,12 @@ MODELS = {
     # ShuffleNet v1: its shuffles of 4 groups prune position by position in every group;
     # only the blocks a grouped conv cuts at its group boundaries stay (0.369 kept at rate
     # 0.5; with the shuffles locked, 0.527)
-    "caffe2_shufflenet": (lambda: _caffe2("shufflenet"), 0.99, 0.4, {"Reshape", *CAFFE2}),
+    "caffe2_shufflenet": (
+        lambda: _caffe2("shufflenet"),
+        0.99,
+        0.4,
+        {"Reshape", "removing it would leave", *CAFFE2},
+    ),
     "caffe2_resnet50": (lambda: _caffe2("resnet50"), 0.99, 0.3, {*CAFFE2}),
     "caffe2_densenet121": (lambda: _caffe2("densenet121"), 0.99, 0.35, {*CAFFE2}),
     "caffe2_inception_v2": (lambda: _caffe2("inception_v2"), 0.99, 0.3, {*CAFFE2}),
@@ -278,7 +284,7 @@ MODELS = {
         lambda: _torch_model("rtmdet_torch", "rtmdet"),
         0.99,
         0.3,
-        {"NonMaxSuppression", "a single channel", OUTPUT},
+        {"NonMaxSuppression", "a single channel", "repeated or computed indices", OUTPUT},
     ),
     # EfficientViT (MIT): ReLU linear attention, a row of ones padded onto v divides the
     # rest; the multi-scale aggregation's grouped conv ties dim p of every q/k/v block, so
@@ -296,7 +302,7 @@ MODELS = {
         lambda: _torch_model("deformable_torch", "deformable_detr"),
         0.99,
         0.3,
-        {"GridSample", OUTPUT},
+        {"GridSample", "sampling_offsets", OUTPUT},
     ),
     # wav2vec 2.0 (HF, opset 14, LayerNorm written out): Conv1d feature encoder with a
     # per-channel GroupNorm, weight-normed grouped positional conv, post-LN encoder, CTC head
@@ -307,7 +313,7 @@ MODELS = {
         lambda: _torch_model("audio_torch", "quartznet"),
         0.99,
         0.33,
-        {"graph input", "LogSoftmax"},
+        {"graph input", "LogSoftmax", OUTPUT},
     ),
     # Conformer (torchaudio): nn.MultiheadAttention's packed in_proj, GLU(dim=1) pairing
     # channel c with c + D, depthwise Conv1d + BatchNorm1d, half-step FFNs

@@ -79,7 +79,7 @@ MODELS = {
         lambda: _build("pose_torch", "rtmpose"),
         0.99,
         0.45,
-        {"Tile", OUTPUT},
+        {"Tile", "gau/Reshape", OUTPUT},
     ),
     # Lite-HRNet: stem chunk/shuffle, cross-resolution weighting (pool, concat, split,
     # interpolate, multiply), shuffled conditional channel weighting, HRNet fusion

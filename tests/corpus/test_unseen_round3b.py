@@ -46,7 +46,7 @@ MODELS = {
     # YOLOv10: SCDown, C2fCIB with RepVGGDW, PSA; v10Detect's one-to-one export with topk
     # and gather post-processing in the graph (the class axis its ReduceMax reads stays,
     # tiled and flattened by the post-processing)
-    "yolov10": (D3, "yolov10", 0.99, 0.3, {DFL, "Tile", OUTPUT}),
+    "yolov10": (D3, "yolov10", 0.99, 0.3, {DFL, "Tile", "Flatten", OUTPUT}),
     # NanoDet-Plus: ShuffleNetV2 (chunk, channel shuffle), GhostPAN, depthwise GFL head
     "nanodet_plus": (D3, "nanodet_plus", 0.99, 0.35, {OUTPUT}),
     # ... with the Integral decoding in the graph (F.linear over the distribution's bins)

@@ -43,7 +43,12 @@ MODELS = {
     # was 0.0: every shape after EmbedLayerNormalization was unknown); the hidden stream
     # locks naming each SkipLayerNormalization, and the Attention weights stay in no group,
     # the nodes named as without a coupling rule (``Analysis.unsupported``)
-    "bert_fused": ("bert_fused", 0.4, 0.8, {"SkipLayerNormalization", OUTPUT}),
+    "bert_fused": (
+        "bert_fused",
+        0.4,
+        0.8,
+        {"SkipLayerNormalization", "Attention", "EmbedLayerNormalization", OUTPUT},
+    ),
     # ... with its default level (onnxruntime's basic optimizations first: Gemms between 2-D
     # reshapes, SkipLayerNormalization, Gelu): heads and MLP widths prune (0.83, was 0.0)
     "bert_ort": ("bert_ort", 0.8, 0.6, {"SkipLayerNormalization", OUTPUT}),
