@@ -109,7 +109,6 @@ def _from_onnx(
     input_shapes: Mapping[str | None, Sequence[int]] | None,
     given_weights: Any = None,
 ) -> Graph:
-    from drpopt.ir.infer_types import infer_types
     from drpopt.ir.input_shapes import fix_input_shapes, input_dims
     from drpopt.ir.propagate import propagate_shapes
 
@@ -133,7 +132,7 @@ def _from_onnx(
             model.graph, None, base_dir=base_dir, weights=weights, typed=set(folded_nodes)
         )
         _finish_load(graph, model, opset, folded)
-        if not infer_types(graph, opset):
+        if not _typed(graph, opset):
             graph = None  # an output it could not type: the whole model is inferred
     if graph is None:
         cut = layout if model is read else None  # from a path: cut from the bytes read
@@ -183,10 +182,26 @@ def _finish_load(
     graph.opsets.setdefault("", opset)
 
 
+def _typed(graph: Graph, opset: int) -> bool:
+    """Types ``graph`` node by node (``infer_types``, or ``infer_symbolic`` with symbolic
+    input dims, which also propagates the symbols); False when an output stays untyped."""
+    from drpopt.ir.infer_types import infer_symbolic, infer_types
+
+    if all(v.static_shape is not None for v in graph.inputs):
+        return infer_types(graph, opset)
+    graph.meta.pop("typed")  # what ``_from_onnx`` would propagate next is done here
+    if not infer_symbolic(graph, opset):
+        return False
+    graph.meta["typed"] = True
+    return True
+
+
 def _types_node_by_node(gp: onnx.GraphProto) -> bool:
     """Whether ``infer_types`` may type the graph instead of whole-model inference: every
-    input static (its shapes then follow node by node) and no value info of its own (what
-    inference would merge with its own findings)."""
+    input dim a size or a symbol (the shapes then follow node by node; paddle2onnx's ``-1``
+    for a dynamic dim is not: its inputs are inferred whole, then propagated with symbols
+    in its place) and no value info of its own (what inference would merge with its own
+    findings)."""
     if gp.value_info or not gp.input:
         return False
     for info in gp.input:
@@ -194,7 +209,8 @@ def _types_node_by_node(gp: onnx.GraphProto) -> bool:
         if not t.HasField("tensor_type") or not t.tensor_type.HasField("shape"):
             return False
         for d in t.tensor_type.shape.dim:
-            if d.WhichOneof("value") != "dim_value":
+            which = d.WhichOneof("value")
+            if which is None or (which == "dim_value" and d.dim_value < 0):
                 return False
     return True
 

@@ -81,8 +81,11 @@ def _settled(shape) -> bool:
     return True
 
 
-def propagate_shapes(graph: Graph, opset: int, symbolic: bool = False) -> int:
+def propagate_shapes(graph: Graph, opset: int, symbolic: bool = False, dtype_of=None) -> int:
     """Fills static output shapes node by node; returns how many values it learnt.
+
+    ``dtype_of(node, ins, out, opset, opsets)`` gives a one-output node's output dtype where
+    it has none yet (a graph typed here from the start: ``infer_types.infer_symbolic``).
 
     ``symbolic``: for a model with symbolic input dims (a dynamic batch), fills the shapes
     inference left unknown from inputs whose dims are numbers or symbols: ONNX's inference
@@ -124,6 +127,8 @@ def propagate_shapes(graph: Graph, opset: int, symbolic: bool = False) -> int:
             continue
         if outs[0].dtype is None and (node.domain, node.op_type) in _UNTYPED_SAME_SHAPE:
             outs[0].dtype = ins[0].dtype  # Y has X's type and shape (the op's schema)
+        if dtype_of is not None and len(outs) == 1 and outs[0].dtype is None:
+            outs[0].dtype = dtype_of(node, ins, outs[0], opset, opsets)
         one = len(outs) == 1 and outs[0].dtype is not None
         shape = _fast_shape(node, ins, memo) if one else None
         if shape is None and one and symbolic:
