@@ -312,9 +312,10 @@ def _read_nodes(gp: onnx.GraphProto, graph: Graph, scope: _Scope) -> None:
 
     ``Graph.add_node`` and ``Graph.value`` written inline (this runs for every node): the
     node is built from its own lists and its def-use links set here."""
-    values, new_value = graph.values, graph.value
+    values = graph.values
     names: set[str] = set()
     lookup, nodes = scope.lookup, graph.nodes
+    ref = graph._ref
     for i, np_node in enumerate(gp.node):
         op = np_node.op_type
         name = np_node.name or f"{op}_{i}"
@@ -323,7 +324,14 @@ def _read_nodes(gp: onnx.GraphProto, graph: Graph, scope: _Scope) -> None:
         else:
             names.add(name)
         inputs = [(values[n] if n in values else lookup(n)) if n else None for n in np_node.input]
-        outputs = [values[n] if n in values else new_value(n) for n in np_node.output if n]
+        outputs = []
+        for n in np_node.output:  # ``graph.value`` inline (the version moves once, below)
+            if n in values:
+                outputs.append(values[n])
+            elif n:
+                v = values[n] = Value(n)
+                v.__dict__["_graph"] = ref
+                outputs.append(v)
         if len(outputs) < len(np_node.output):
             outputs = _outputs_with_gaps(graph, name, np_node.output)
         if np_node.attribute:
@@ -343,11 +351,10 @@ def _read_nodes(gp: onnx.GraphProto, graph: Graph, scope: _Scope) -> None:
             if inputs and inputs[0] is not None:
                 fold_constant_node(node)
         elif op == "Constant" and outputs:
-            out = outputs[0]
-            out.const = constant_value(np_node, attrs)
-            if out.is_const:
-                out.shape = tuple(out.const.shape)
-                out.dtype = out.const.dtype
+            out, array = outputs[0], constant_value(np_node, attrs)
+            out.const = array
+            if array is not None:
+                out.shape, out.dtype = array.shape, array.dtype
     graph.touch()
 
 
