@@ -37,6 +37,7 @@ from drpopt.ir.fold import fold_constant_node, fold_constants, unshare_constants
 from drpopt.ir.onnx_load import check_external, read_for_analysis
 from drpopt.ir.onnx_load import load_model as load_model  # re-exported: callers import it here
 from drpopt.ir.onnx_scan import FileWeights, tensor_array
+from drpopt.ir.onnx_types import attr_value, constant_value, np_dtype, read_types, set_info
 from drpopt.ir.shape_model import large_constants, shape_bytes, shape_copy
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,6 @@ def _from_onnx(
     input_shapes: Mapping[str | None, Sequence[int]] | None,
     given_weights: Any = None,
 ) -> Graph:
-    from drpopt.ir.infer_types import infer_types
     from drpopt.ir.input_shapes import fix_input_shapes, input_dims
     from drpopt.ir.propagate import propagate_shapes
 
@@ -132,7 +132,7 @@ def _from_onnx(
             model.graph, None, base_dir=base_dir, weights=weights, typed=set(folded_nodes)
         )
         _finish_load(graph, model, opset, folded)
-        if not infer_types(graph, opset):
+        if not _typed(graph, opset):
             graph = None  # an output it could not type: the whole model is inferred
     if graph is None:
         cut = layout if model is read else None  # from a path: cut from the bytes read
@@ -182,10 +182,26 @@ def _finish_load(
     graph.opsets.setdefault("", opset)
 
 
+def _typed(graph: Graph, opset: int) -> bool:
+    """Types ``graph`` node by node (``infer_types``, or ``infer_symbolic`` with symbolic
+    input dims, which also propagates the symbols); False when an output stays untyped."""
+    from drpopt.ir.infer_types import infer_symbolic, infer_types
+
+    if all(v.static_shape is not None for v in graph.inputs):
+        return infer_types(graph, opset)
+    graph.meta.pop("typed")  # what ``_from_onnx`` would propagate next is done here
+    if not infer_symbolic(graph, opset):
+        return False
+    graph.meta["typed"] = True
+    return True
+
+
 def _types_node_by_node(gp: onnx.GraphProto) -> bool:
     """Whether ``infer_types`` may type the graph instead of whole-model inference: every
-    input static (its shapes then follow node by node) and no value info of its own (what
-    inference would merge with its own findings)."""
+    input dim a size or a symbol (the shapes then follow node by node; paddle2onnx's ``-1``
+    for a dynamic dim is not: its inputs are inferred whole, then propagated with symbols
+    in its place) and no value info of its own (what inference would merge with its own
+    findings)."""
     if gp.value_info or not gp.input:
         return False
     for info in gp.input:
@@ -193,7 +209,8 @@ def _types_node_by_node(gp: onnx.GraphProto) -> bool:
         if not t.HasField("tensor_type") or not t.tensor_type.HasField("shape"):
             return False
         for d in t.tensor_type.shape.dim:
-            if d.WhichOneof("value") != "dim_value":
+            which = d.WhichOneof("value")
+            if which is None or (which == "dim_value" and d.dim_value < 0):
                 return False
     return True
 
@@ -209,7 +226,7 @@ def _check_initializers(gp: onnx.GraphProto, where: str) -> None:
         here = (init.data_type, tuple(init.dims))
         first = seen.setdefault(init.name, here)
         if first != here:
-            kinds = [f"{_np_dtype(t)} {dims}" for t, dims in (first, here)]
+            kinds = [f"{np_dtype(t)} {dims}" for t, dims in (first, here)]
             raise BadInputError(
                 f"{where}: initializer '{init.name}' is defined twice, as {kinds[0]} and as "
                 f"{kinds[1]} (onnxruntime refuses such a model too); re-export the model, or "
@@ -218,47 +235,6 @@ def _check_initializers(gp: onnx.GraphProto, where: str) -> None:
 
 
 # ---- conversion -------------------------------------------------------------------------
-_DTYPES: dict[int, np.dtype | None] = {}
-
-
-def _np_dtype(elem_type: int) -> np.dtype | None:
-    dtype = _DTYPES.get(elem_type, False)
-    if dtype is False:
-        try:
-            dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type))
-        except Exception:
-            dtype = None
-        _DTYPES[elem_type] = dtype
-    return dtype  # type: ignore[return-value]
-
-
-_UNSET = object()  # a field the value info leaves as it is
-
-
-def _type_info(t: onnx.TypeProto) -> tuple[Any, Any]:
-    """(shape, dtype) a tensor type gives, ``_UNSET`` for what it does not say."""
-    if not t.HasField("tensor_type"):
-        return _UNSET, _UNSET
-    tt = t.tensor_type
-    shape: Any = _UNSET
-    if tt.HasField("shape"):
-        dims: list[Any] = []
-        for d in tt.shape.dim:
-            which = d.WhichOneof("value")
-            dims.append(d.dim_value if which == "dim_value" else d.dim_param if which else None)
-        shape = tuple(dims)
-    elem = tt.elem_type
-    return shape, _np_dtype(elem) if elem else _UNSET
-
-
-def _set_info(value: Value, info: onnx.ValueInfoProto) -> None:
-    shape, dtype = _type_info(info.type)
-    if shape is not _UNSET:
-        value.shape = shape
-    if dtype is not _UNSET:
-        value.dtype = dtype
-
-
 def _convert_graph(
     gp: onnx.GraphProto,
     parent: _Scope | None,
@@ -274,11 +250,11 @@ def _convert_graph(
     for info in gp.input:
         v = graph.value(info.name)
         if not v.is_const:
-            _set_info(v, info)
+            set_info(v, info)
             graph.inputs.append(v)
     first = len(graph.values)
     # what shape inference found (on a light copy of this graph, its value_info included)
-    _read_types(shapes if shapes is not None else gp, graph, gp, constants)
+    read_types(shapes if shapes is not None else gp, graph, gp, constants)
     _read_nodes(gp, graph, scope)
     for info in gp.output:
         graph.outputs.append(scope.lookup(info.name))
@@ -295,7 +271,7 @@ def _read_constants(
     """Initializers as lazy constants (read on first use), sparse ones as arrays."""
     new_value = graph.value
     for index, init in enumerate(gp.initializer):
-        value = new_value(init.name, shape=tuple(init.dims), dtype=_np_dtype(init.data_type))
+        value = new_value(init.name, shape=tuple(init.dims), dtype=np_dtype(init.data_type))
         loader = weights.loader(index, init) if weights is not None else None
         value.set_lazy(loader or functools.partial(tensor_array, init, base_dir))
         if init.data_location == _EXTERNAL:
@@ -305,34 +281,6 @@ def _read_constants(
         arr = numpy_helper.to_array(sparse)
         name = sparse.values.name
         new_value(name, shape=tuple(arr.shape), dtype=arr.dtype, const=arr)
-
-
-def _read_types(found: onnx.GraphProto, graph: Graph, gp: onnx.GraphProto, constants) -> None:
-    """Shapes and dtypes of the values shape inference typed; the outputs of the Constant
-    nodes it got as typed inputs (``shape_model.large_constants``) made where it would
-    have typed them, in node order (typed later, from their data)."""
-    values, new_value = graph.values, graph.value
-    types: dict[bytes, tuple[Any, Any]] = {}  # many values have one type: read it once
-    pending = [(index, name) for index, name, _ in reversed(constants)]
-    producer = {o: i for i, n in enumerate(gp.node) for o in n.output} if pending else {}
-    for outputs, infos in ((False, found.value_info), (True, found.output)):
-        for info in infos:
-            name = info.name
-            if pending:  # the graph outputs come after every value_info
-                at = len(gp.node) if outputs else producer.get(name, -1)
-                while pending and pending[-1][0] < at:
-                    new_value(pending.pop()[1])
-            value = values[name] if name in values else new_value(name)
-            t = info.type
-            key = t.SerializeToString()
-            known = types.get(key)
-            if known is None:
-                known = types[key] = _type_info(t)
-            shape, dtype = known
-            if shape is not _UNSET:
-                value.shape = shape
-            if dtype is not _UNSET:
-                value.dtype = dtype
 
 
 def _order_as_inferred(graph: Graph, first: int, folded: set[int]) -> None:
@@ -364,9 +312,10 @@ def _read_nodes(gp: onnx.GraphProto, graph: Graph, scope: _Scope) -> None:
 
     ``Graph.add_node`` and ``Graph.value`` written inline (this runs for every node): the
     node is built from its own lists and its def-use links set here."""
-    values, new_value = graph.values, graph.value
+    values = graph.values
     names: set[str] = set()
     lookup, nodes = scope.lookup, graph.nodes
+    ref = graph._ref
     for i, np_node in enumerate(gp.node):
         op = np_node.op_type
         name = np_node.name or f"{op}_{i}"
@@ -375,7 +324,14 @@ def _read_nodes(gp: onnx.GraphProto, graph: Graph, scope: _Scope) -> None:
         else:
             names.add(name)
         inputs = [(values[n] if n in values else lookup(n)) if n else None for n in np_node.input]
-        outputs = [values[n] if n in values else new_value(n) for n in np_node.output if n]
+        outputs = []
+        for n in np_node.output:  # ``graph.value`` inline (the version moves once, below)
+            if n in values:
+                outputs.append(values[n])
+            elif n:
+                v = values[n] = Value(n)
+                v.__dict__["_graph"] = ref
+                outputs.append(v)
         if len(outputs) < len(np_node.output):
             outputs = _outputs_with_gaps(graph, name, np_node.output)
         if np_node.attribute:
@@ -395,11 +351,10 @@ def _read_nodes(gp: onnx.GraphProto, graph: Graph, scope: _Scope) -> None:
             if inputs and inputs[0] is not None:
                 fold_constant_node(node)
         elif op == "Constant" and outputs:
-            out = outputs[0]
-            out.const = _constant_value(np_node, attrs)
-            if out.is_const:
-                out.shape = tuple(out.const.shape)
-                out.dtype = out.const.dtype
+            out, array = outputs[0], constant_value(np_node, attrs)
+            out.const = array
+            if array is not None:
+                out.shape, out.dtype = array.shape, array.dtype
     graph.touch()
 
 
@@ -436,7 +391,7 @@ def _read_attributes(np_node: onnx.NodeProto, scope: _Scope) -> tuple[dict, dict
         elif kind == _GRAPHS_ATTR:
             subgraphs[a.name] = [_convert_graph(g, scope) for g in a.graphs]
         else:
-            attrs[a.name] = _attr_value(a)
+            attrs[a.name] = attr_value(a)
     return attrs, subgraphs
 
 
@@ -490,55 +445,6 @@ class _Scope:
 
     def has(self, name: str) -> bool:
         return name in self.graph.values or (self.parent is not None and self.parent.has(name))
-
-
-_AP = onnx.AttributeProto
-
-
-def _attr_value(a: onnx.AttributeProto) -> Any:
-    kind = a.type  # the common kinds read directly (get_attribute_value tries each field)
-    if kind == _AP.INT:
-        return a.i
-    if kind == _AP.INTS:
-        return list(a.ints)
-    if kind == _AP.FLOAT:
-        return a.f
-    if kind == _AP.TENSOR:
-        return tensor_array(a.t)
-    value = onnx.helper.get_attribute_value(a)
-    if isinstance(value, onnx.TensorProto):
-        return numpy_helper.to_array(value)
-    if isinstance(value, bytes):
-        return _text(value)
-    if isinstance(value, list) and value and isinstance(value[0], bytes):
-        return [_text(v) for v in value]
-    if isinstance(value, list) and value and isinstance(value[0], onnx.TensorProto):
-        return [numpy_helper.to_array(v) for v in value]
-    return value
-
-
-def _text(value: bytes) -> str | bytes:
-    """A string attribute as ``str``, decoded here once (readers compare against ``str``;
-    the writers encode it back to the same bytes); bytes that are not UTF-8 stay bytes, so
-    they are written back unchanged."""
-    try:
-        return value.decode("utf-8")
-    except UnicodeDecodeError:
-        return value
-
-
-def _constant_value(node: onnx.NodeProto, attrs: dict[str, Any]) -> np.ndarray | None:
-    if "value" in attrs:
-        return np.asarray(attrs["value"])
-    for key, dtype in (
-        ("value_float", np.float32),
-        ("value_floats", np.float32),
-        ("value_int", np.int64),
-        ("value_ints", np.int64),
-    ):
-        if key in attrs:
-            return np.asarray(attrs[key], dtype=dtype)
-    return None
 
 
 def node_by_name(graph: Graph, name: str) -> Node:

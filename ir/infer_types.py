@@ -15,7 +15,13 @@ Rules:
   to ONNX's one-node inference;
 - it answers False as soon as one output stays without a static shape or a dtype (an op
   ONNX cannot infer from static inputs, a data-dependent size): the caller then runs the
-  whole-model inference as before, so a model gets the same shapes either way.
+  whole-model inference as before, so a model gets the same shapes either way;
+- inputs with symbolic dims (``infer_symbolic``): the symbolic propagation that follows
+  whole-model inference (``propagate_shapes(symbolic=True)``, which computes again every
+  dim inference leaves to an ``unk__`` symbol) types every node output from the start,
+  each output's dtype given as above or by ONNX's inference of that one node; it answers
+  False when one output stays without a shape or a dtype (the whole model is inferred
+  then). Checked to give the same analyses as inference followed by propagation.
 """
 
 from __future__ import annotations
@@ -23,12 +29,22 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import onnx
 from onnx import helper
 
 from drpopt.ir.core import Graph, Node, Value
-from drpopt.ir.propagate import _fast_shape, _infer, _numbers, _static, window_sizes
+from drpopt.ir.propagate import (
+    _fast_shape,
+    _infer,
+    _numbers,
+    _static,
+    _type,
+    propagate_shapes,
+    window_sizes,
+)
 from drpopt.ir.rules import ELEMENTWISE_OPS, UNARY_OPS
 from drpopt.ir.shape_expr import NumericMemo
+from drpopt.ir.to_onnx import _node_proto
 
 _BOOL_OPS = frozenset(
     ["Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "Not"]
@@ -110,6 +126,35 @@ def infer_types(graph: Graph, opset: int) -> bool:
         if not all(_done(o) for o in outs):
             return False
     return True
+
+
+def infer_symbolic(graph: Graph, opset: int) -> bool:
+    """Gives every node output of ``graph`` (inputs with symbolic dims) its shape and
+    dtype by symbolic propagation; False when one stays without either."""
+    propagate_shapes(graph, opset, symbolic=True, dtype_of=_dtype_of)
+    for node in graph.nodes:
+        for o in node.outputs:
+            if (o.shape is None or o.dtype is None) and not o.meta.get("omitted"):
+                return False
+    return True
+
+
+def _dtype_of(node: Node, ins: list[Value], out: Value, opset: int, opsets) -> np.dtype | None:
+    """``out``'s dtype: by the simple rules here, else by ONNX's inference of ``node``."""
+    dtype = _dtype(node, ins)
+    if dtype is not None:
+        return dtype
+    try:
+        schema = onnx.defs.get_schema(node.op_type, opset, node.domain or "")
+        types = {v.name: _type(v) for v in ins}
+        proto = _node_proto(node, False, {})
+        found = onnx.shape_inference.infer_node_outputs(schema, proto, types, {}, opsets)
+    except Exception:  # an op inference rejects: the output stays untyped
+        return None
+    t = found.get(out.name)
+    if t is None or not t.HasField("tensor_type") or not t.tensor_type.elem_type:
+        return None
+    return np.dtype(helper.tensor_dtype_to_np_dtype(t.tensor_type.elem_type))
 
 
 def _done(v: Value) -> bool:

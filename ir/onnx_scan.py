@@ -394,7 +394,11 @@ def tensor_array(tensor: onnx.TensorProto, base_dir: str = "") -> np.ndarray:
         and not tensor.HasField("segment")
         and sys.byteorder == "little"
     ):
-        return np.frombuffer(tensor.raw_data, dtype=dtype).reshape(tensor.dims)
+        array = np.frombuffer(tensor.raw_data, dtype=dtype)
+        dims = tensor.dims
+        if len(dims) == 1 and dims[0] == array.size:  # most constants: no reshape needed
+            return array
+        return array.reshape(dims)
     if tensor.data_location != _T.EXTERNAL:
         if tensor.data_type == _T.FLOAT and tensor.float_data and sys.byteorder == "little":
             packed = _packed_floats(tensor)  # older paddle2onnx: weights in float_data

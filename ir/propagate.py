@@ -81,8 +81,11 @@ def _settled(shape) -> bool:
     return True
 
 
-def propagate_shapes(graph: Graph, opset: int, symbolic: bool = False) -> int:
+def propagate_shapes(graph: Graph, opset: int, symbolic: bool = False, dtype_of=None) -> int:
     """Fills static output shapes node by node; returns how many values it learnt.
+
+    ``dtype_of(node, ins, out, opset, opsets)`` gives a one-output node's output dtype where
+    it has none yet (a graph typed here from the start: ``infer_types.infer_symbolic``).
 
     ``symbolic``: for a model with symbolic input dims (a dynamic batch), fills the shapes
     inference left unknown from inputs whose dims are numbers or symbols: ONNX's inference
@@ -102,16 +105,9 @@ def propagate_shapes(graph: Graph, opset: int, symbolic: bool = False) -> int:
     opsets = [helper.make_opsetid(d, v) for d, v in (graph.opsets or {"": opset}).items()]
     learnt = 0
     for node in graph.nodes:
-        outputs = node.outputs
-        if len(outputs) == 1:  # most nodes: one check when inference gave the shape
-            out = outputs[0]
-            if out is None or not out.name or (settled(out.shape) and out not in recompute):
-                continue
-            outs = [out]
-        else:
-            outs = [o for o in outputs if o is not None and o.name]
-            if not outs or all(settled(o.shape) and o not in recompute for o in outs):
-                continue
+        outs = _unsettled(node.outputs, settled, recompute)
+        if not outs:
+            continue
         custom = (node.domain, node.op_type) in _CUSTOM_SAME_SHAPE
         ins = [v for v in node.inputs if v is not None]
         if (ms_shape := _MS_SHAPES.get((node.domain, node.op_type))) is not None:
@@ -122,8 +118,8 @@ def propagate_shapes(graph: Graph, opset: int, symbolic: bool = False) -> int:
             continue
         if not all(done(v.shape) and v.dtype is not None for v in ins):
             continue
-        if outs[0].dtype is None and (node.domain, node.op_type) in _UNTYPED_SAME_SHAPE:
-            outs[0].dtype = ins[0].dtype  # Y has X's type and shape (the op's schema)
+        if outs[0].dtype is None:
+            _give_dtype(node, ins, outs, dtype_of, opset, opsets)
         one = len(outs) == 1 and outs[0].dtype is not None
         shape = _fast_shape(node, ins, memo) if one else None
         if shape is None and one and symbolic:
@@ -141,6 +137,28 @@ def propagate_shapes(graph: Graph, opset: int, symbolic: bool = False) -> int:
             if o in recompute:
                 o.shape = keep_declared_sizes(old, o.shape)
     return learnt
+
+
+def _unsettled(outputs: list[Value], settled, recompute: frozenset) -> list[Value]:
+    """A node's named outputs to compute; none when each is settled and not recomputed."""
+    if len(outputs) == 1:  # most nodes: one check when inference gave the shape
+        out = outputs[0]
+        if out is None or not out.name or (settled(out.shape) and out not in recompute):
+            return []
+        return [out]
+    outs = [o for o in outputs if o is not None and o.name]
+    if all(settled(o.shape) and o not in recompute for o in outs):
+        return []
+    return outs
+
+
+def _give_dtype(node: Node, ins: list[Value], outs: list[Value], dtype_of, opset, opsets) -> None:
+    """Output 0's dtype where it has none: input 0's for the ops whose schema says so
+    (``_UNTYPED_SAME_SHAPE``), else ``dtype_of``'s for a one-output node."""
+    if (node.domain, node.op_type) in _UNTYPED_SAME_SHAPE:
+        outs[0].dtype = ins[0].dtype  # Y has X's type and shape (the op's schema)
+    if dtype_of is not None and len(outs) == 1 and outs[0].dtype is None:
+        outs[0].dtype = dtype_of(node, ins, outs[0], opset, opsets)
 
 
 # ops whose output has their (first) input's shape, and broadcasting ops: no protos needed

@@ -93,7 +93,7 @@ def large_constants(src: onnx.GraphProto) -> list[tuple[int, str, bytes]]:
     every weight so), as (node index, output, input record typing it): shape inference gets
     them as typed inputs, like large initializers. Only for a graph with no value info of
     its own, so the values inference types come in node order (``from_onnx`` puts these
-    outputs back in their place, ``_read_types``); none where one is a graph output."""
+    outputs back in their place, ``onnx_types.read_types``); none where one is a graph output."""
     if src.value_info:
         return []
     found = []

@@ -3,6 +3,8 @@
 A model with static inputs and no value info of its own is typed node by node: every
 value gets the shape and dtype, in the same order of ``graph.values``, that whole-model
 inference (still run for any other model, and whenever one output stays unknown) gives.
+With symbolic input dims it is typed by symbolic propagation node by node, and analyses
+as it does after whole-model inference.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import pytest
 from onnx import TensorProto, helper
 from swin_torch import export as swin_export
 
+from drpopt.ir.analysis import analyze
 from drpopt.ir.from_onnx import from_onnx
 from drpopt.zoo import models
 
@@ -76,13 +79,45 @@ def test_an_output_it_cannot_type_falls_back_to_whole_model_inference(monkeypatc
     assert ours["nz"][0][0] == 2 and not isinstance(ours["nz"][0][1], int)
 
 
-def test_a_model_with_value_info_or_symbolic_inputs_is_inferred_whole(monkeypatch):
+def test_a_model_with_value_info_is_inferred_whole(monkeypatch):
     calls = []
     real = from_onnx_module.infer_shapes
     monkeypatch.setattr(from_onnx_module, "infer_shapes", lambda m: calls.append(1) or real(m))
     from_onnx(models.resnet18_like())  # shape-inferred: it carries value info
     assert len(calls) == 1
-    model = _bare(models.resnet18_like())
-    model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "batch"
-    from_onnx(model)
-    assert len(calls) == 2
+
+
+def _symbolic(model: onnx.ModelProto, spatial: bool) -> onnx.ModelProto:
+    """``model`` exported with a dynamic batch (and height and width with ``spatial``)."""
+    model = _bare(model)
+    for info in model.graph.input:
+        dims = info.type.tensor_type.shape.dim
+        for k, d in enumerate(dims):
+            if k == 0 or (spatial and len(dims) == 4 and k >= 2):
+                d.dim_param = f"{info.name}_{k}"
+    return model
+
+
+def _analysed(model: onnx.ModelProto, node_by_node: bool, monkeypatch) -> dict:
+    with monkeypatch.context() as patch:
+        if not node_by_node:
+            patch.setattr(from_onnx_module, "_types_node_by_node", lambda gp: False)
+        found = analyze(from_onnx(model)).to_dict()
+    return {k: v for k, v in found.items() if k != "seconds"}
+
+
+@pytest.mark.parametrize("spatial", [False, True])
+@pytest.mark.parametrize("name", ["resnet18", "shuffle", "yolox", "swin"])
+def test_symbolic_inputs_are_typed_node_by_node_with_the_same_analysis(name, spatial, monkeypatch):
+    model = _symbolic(MODELS[name](), spatial)
+    calls = []
+    real = from_onnx_module.infer_shapes
+    monkeypatch.setattr(from_onnx_module, "infer_shapes", lambda m: calls.append(1) or real(m))
+    ours = _analysed(model, True, monkeypatch)
+    assert not calls, "whole-model inference ran for a model typed node by node"
+    theirs = _analysed(model, False, monkeypatch)
+    assert calls
+    assert ours == theirs
+    assert any(g["prunable"] for g in ours["groups"])
+    graph = from_onnx(model)
+    assert all(o.shape is not None and o.dtype is not None for n in graph.nodes for o in n.outputs)
