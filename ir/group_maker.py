@@ -11,8 +11,6 @@ import operator
 from collections import deque
 from typing import TYPE_CHECKING
 
-import networkx as nx
-
 from drpopt.ir.channel_types import ROLE_RANK, Group, Lock, Member, Segment
 from drpopt.ir.core import Value
 
@@ -21,12 +19,11 @@ if TYPE_CHECKING:
     from drpopt.ir.solve import Segments, SpaceClasses
 
 
-def components(g: nx.Graph, table: Segments, cls: SpaceClasses, maker: GroupMaker):
-    """The components in the order of their first (space, segment), as the spaces come;
-    a lone segment of a class of one space is yielded only when something produces that
-    space (only those can be groups)."""
+def components(adj: list[list[int]], table: Segments, cls: SpaceClasses, maker: GroupMaker):
+    """The components (lists of segments, from the first by BFS) in the order of their
+    first (space, segment), as the spaces come; a lone segment of a class of one space is
+    yielded only when something produces that space (only those can be groups)."""
     seen = bytearray(len(table.space))
-    adj = g.adj
     bounds, spaces, members = table.bounds, cls.spaces, cls.members
     # classes are numbered in the order their first space comes, so class by class is
     # space by space with every later space of a class (all its segments seen) skipped
@@ -38,11 +35,14 @@ def components(g: nx.Graph, table: Segments, cls: SpaceClasses, maker: GroupMake
             seen[s] = 1
             if not adj[s]:
                 if len(members[c]) > 1 or maker.produced[c]:
-                    yield {s}
+                    yield [s]
                 continue
-            comp = nx.node_connected_component(g, s)
-            for t in comp:
-                seen[t] = 1
+            comp = [s]
+            for u in comp:  # (the list grows as the walk finds more)
+                for v in adj[u]:
+                    if not seen[v]:
+                        seen[v] = 1
+                        comp.append(v)
             yield comp
 
 
@@ -51,11 +51,11 @@ class GroupMaker:
     once per space."""
 
     def __init__(
-        self, cg: ChannelGraph, g: nx.Graph, table: Segments, expansions, cls: SpaceClasses
+        self, cg: ChannelGraph, adj: list[list[int]], table: Segments, expansions, cls: SpaceClasses
     ) -> None:
         self.spaces = cg.spaces
         self.cls = cls
-        self.g = g
+        self.adj = adj
         self.table = table
         self.expansions = expansions
         self.exp_segs = {s for pair in expansions for s in pair}
@@ -79,7 +79,7 @@ class GroupMaker:
         found = [pos.get(r[1], 0) for r in self.spaces[sid].roles if r[0] == "producer"]
         return min(found) if found else None
 
-    def units(self, comp: set[int]) -> tuple[dict[int, int], int, list[Lock]]:
+    def units(self, comp: list[int]) -> tuple[dict[int, int], int, list[Lock]]:
         """Entries of each segment per group channel, the group size, and a lock when the
         segments map to each other inconsistently."""
         seg_len = self.table.length
@@ -89,7 +89,7 @@ class GroupMaker:
             norm = dict.fromkeys(comp, 1)
         else:
             # block factor of every segment relative to one root, by BFS over the edges
-            factor, consistent = _block_factors(comp, self.g, self.expansions, self._sides)
+            factor, consistent = _block_factors(comp, self.adj, self.expansions, self._sides)
             norm = _units(factor)
         sizes = {seg_len[s] // norm[s] for s in comp} if norm else set()
         if norm is None or any(seg_len[s] % norm[s] for s in comp) or len(sizes) != 1:
@@ -101,13 +101,13 @@ class GroupMaker:
         lock = Lock("mismatch", "channels map to each other inconsistently")
         return norm, max(seg_len[s] for s in comp), [lock]
 
-    def make(self, comp: set[int]) -> Group | None:
+    def make(self, comp: list[int]) -> Group | None:
         seg_class = self.table.space
         if not any(self.produced[seg_class[s]] for s in comp):
             return self._unproduced(comp)
         return self._build(comp)
 
-    def _build(self, comp: set[int]) -> Group:
+    def _build(self, comp: list[int]) -> Group:
         seg_class, members_of, of = self.table.space, self.cls.members, self.cls.of
         ordered = sorted(comp)
         segs_of: dict[int, list[int]] = {}  # class -> its segments in the component
@@ -149,7 +149,7 @@ class GroupMaker:
         group.segments_later(functools.partial(_segments, pieces, start, norm))
         return group
 
-    def _unproduced(self, comp: set[int]) -> Group | None:
+    def _unproduced(self, comp: list[int]) -> Group | None:
         """A component nothing produces is no group; where a layer reads its channels as a
         weight's input axis it is made as a locked one all the same, listed apart
         (``ChannelGraph.unproduced``), so that axis has a reason (YOLOv6's DFL conv behind
@@ -269,19 +269,19 @@ def expansion_sides(expansions: dict[tuple[int, int], int]) -> tuple[dict, dict]
     return small, big
 
 
-def _block_factors(comp, g, expansions, sides=None) -> tuple[dict[int, int], bool]:
+def _block_factors(comp, adj, expansions, sides=None) -> tuple[dict[int, int], bool]:
     """Entries of every segment per entry (or entries) of a root segment, by BFS over the
     edges, as whole numbers: where an expansion walked backwards does not divide evenly,
     the factors found so far are multiplied to make it whole and the walk goes on (the
     walk from the start with the root so scaled would take the same steps: scaling keeps
     every earlier division whole and every comparison as it was). ``sides`` is
-    ``expansion_sides(expansions)``, made here when not given."""
+    ``expansion_sides(expansions)``, made here when not given; ``adj[u]`` are the
+    neighbours of segment ``u``."""
     small, big = sides if sides is not None else expansion_sides(expansions)
     root = next(iter(comp))
     factor: dict[int, int] = {root: 1}
     consistent = True
     todo = deque([root])
-    adj = g.adj
     while todo:
         u = todo.popleft()
         fu = factor[u]
