@@ -56,6 +56,8 @@ class ChannelGraph:
         self.group_segments: list[tuple[Group, list[int]]] = []
         # components nothing produces that a weight reads (locked, not groups): see solve
         self.unproduced: list[Group] = []
+        # the analysis' count: ``counting.member_spans`` of each prunable group, by id
+        self.member_spans: dict[int, tuple] = {}
 
     # ---- API for rules --------------------------------------------------------------
     def space(self, value: Value, axis: int) -> int | None:
