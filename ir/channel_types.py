@@ -22,7 +22,7 @@ class Lock:
     op: str | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class Member:
     """One slice that a group's channels index: group channel ``j`` is the block
     ``[start + j*block, start + (j+1)*block)`` of ``axis`` of ``tensor`` (a weight or other

@@ -130,10 +130,15 @@ class GroupMaker:
                 locks.extend(space_locks)
             if kind == _CONST:  # a slice of the constant per segment, in its first role
                 role, node = use
-                made = [
-                    Member(role, node, name, axis, start[s], norm[s], seg_len[s] // norm[s])
-                    for s in segs
-                ]
+                if len(segs) == 1:  # (most are one segment: no list comprehension)
+                    s = segs[0]
+                    unit = norm[s]
+                    made = [Member(role, node, name, axis, start[s], unit, seg_len[s] // unit)]
+                else:
+                    made = [
+                        Member(role, node, name, axis, start[s], norm[s], seg_len[s] // norm[s])
+                        for s in segs
+                    ]
                 blocks.append((key, made))
             elif kind == _VIRTUAL and use:  # a slice of each node attribute the space is
                 made = [
