@@ -149,6 +149,9 @@ def _distinct_params(params: dict[str, Value], info: dict[str, tuple] | None = N
 
 def _union_length(intervals: list[tuple[int, int]], dim: int) -> int:
     """How many of ``range(dim)`` the half-open intervals cover together."""
+    if len(intervals) == 1:
+        lo, hi = intervals[0]
+        return max(0, min(hi, dim) - max(lo, 0))
     covered, end = 0, 0
     for lo, hi in sorted(intervals):  # comparisons, not max/min calls: it runs per piece
         if lo < end:
@@ -254,29 +257,38 @@ def _spans_totals(merged: dict[str, list[tuple[int, Pieces]]], info: dict[str, t
     by_storage: dict[int, list] = {}  # storage -> [count or None, shape, (axis, pieces)...]
     for name, got in merged.items():
         shape, numel, where, use = info[name]
-        if len(got) == 1:
-            axis, pieces = got[0]
-            dim = shape[axis]
-            if len(pieces) == 1:
-                lo, hi = pieces[0]
-                covered = max(0, min(hi, dim) - max(lo, 0))
-            else:
-                covered = _union_length(pieces, dim)
-            n = covered * (numel // dim) if dim else 0
-        else:
-            n = _covered(shape, _joined(got))
+        n = _count(shape, numel, got)
         total_macs += n * use
         same = by_storage.get(where)
         if same is None:
             by_storage[where] = [n, shape, got]
         else:  # a storage several tensors are: the union of their pieces
             same[0] = None
-            same[2] = same[2] + got
+            same[2].extend(got)  # (the first tensor's list: counted already)
     total_params = sum(
-        n if n is not None else _covered(shape, _joined(got))
+        n if n is not None else _count(shape, math.prod(shape), got)
         for n, shape, got in by_storage.values()
     )
     return total_params, round(total_macs)
+
+
+def _count(shape: tuple, numel: int, got: list[tuple[int, Pieces]]) -> int:
+    """Elements of a tensor of ``shape`` (``numel`` of them) inside the pieces of some
+    ``(axis, pieces)``."""
+    axis, pieces = got[0]
+    if len(got) > 1:
+        pieces = list(pieces)
+        for a, more in got[1:]:
+            if a != axis:  # several axes of the tensor
+                return _covered(shape, _joined(got))
+            pieces += more
+    dim = shape[axis]
+    if len(pieces) == 1:
+        lo, hi = pieces[0]
+        covered = max(0, min(hi, dim) - max(lo, 0))
+    else:
+        covered = _union_length(pieces, dim)
+    return covered * (numel // dim) if dim else 0
 
 
 def _joined(got: list[tuple[int, Pieces]]) -> dict[int, Pieces]:
