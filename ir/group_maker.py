@@ -234,8 +234,9 @@ def _segments(parts: list[tuple], start: list[int], norm: dict[int, int]) -> lis
         items = [(row, segs) for row in rows]
     else:  # the spaces of several classes, in the order of the spaces
         items = sorted((row, segs) for rows, segs in parts for row in rows)
+    new = tuple.__new__  # (a Segment without its Python __new__: a group can have thousands)
     return [
-        Segment(name, axis, start[s], norm[s], label, length)
+        new(Segment, (name, axis, start[s], norm[s], label, length))
         for (_sid, name, axis, label, length), segs in items
         for s in segs
     ]
