@@ -44,7 +44,8 @@ def propagate_cuts(relations: list[tuple], spaces: list[Space]) -> None:
             todo.append((sid, cut))
 
     for sid, sp in enumerate(spaces):
-        todo.extend((sid, c) for c in sp.cuts)
+        if sp.cuts:
+            todo.extend((sid, c) for c in sp.cuts)
     for rel in relations:
         if rel[0] == "cat":
             offset = 0
@@ -118,15 +119,21 @@ class Segments:
 def segment_table(spaces: list[Space]) -> Segments:
     """Cuts every space into its segments (a space of unknown size is one empty segment)."""
     table = Segments([], [], [], [])
+    space, start, size, bounds = table.space, table.start, table.length, table.bounds
     for sid, sp in enumerate(spaces):
-        sp.seg0 = len(table.space)
+        sp.seg0 = len(space)
         length = sp.length or 0
-        b = [0, *sorted(sp.cuts), length] if length else [0, 0]
-        table.bounds.append(b)
-        for s, e in itertools.pairwise(b):
-            table.space.append(sid)
-            table.start.append(s)
-            table.length.append(e - s)
+        if not sp.cuts:  # most spaces: one segment, the whole space
+            bounds.append([0, length])
+            space.append(sid)
+            start.append(0)
+            size.append(length)
+            continue
+        b = [0, *sorted(sp.cuts), length]
+        bounds.append(b)
+        space += [sid] * (len(b) - 1)
+        start += b[:-1]
+        size += [e - s for s, e in itertools.pairwise(b)]
     return table
 
 
@@ -194,8 +201,9 @@ def solve(cg: ChannelGraph) -> tuple[list[Group], list[list[int]]]:
     cls = SpaceClasses(cg.relations, spaces)
     propagate_cuts(cls.relations, cls.spaces)
     table = segment_table(cls.spaces)
-    for sid, sp in enumerate(spaces):
-        csp = cls.spaces[cls.of[sid]]
+    class_spaces = cls.spaces
+    for sp, c in zip(spaces, cls.of, strict=True):
+        csp = class_spaces[c]
         sp.cuts, sp.seg0 = csp.cuts, csp.seg0
     edges, expansions, split_blocks = segment_edges(cls.relations, cls.spaces, table.bounds)
     cg.expansions = expansions
