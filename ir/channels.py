@@ -145,8 +145,10 @@ class ChannelGraph:
             if v is None or v.shape is None or v in locked:
                 continue
             for ax, dim in enumerate(v.shape):
+                if dim == 1:
+                    continue
                 key = (v, ax)
-                if dim == 1 or key in touched:
+                if key in touched:
                     continue
                 lock = Lock(
                     "rule",
