@@ -102,10 +102,12 @@ class GroupMaker:
         return norm, max(seg_len[s] for s in comp), [lock]
 
     def make(self, comp: list[int]) -> Group | None:
-        seg_class = self.table.space
-        if not any(self.produced[seg_class[s]] for s in comp):
-            return self._unproduced(comp)
-        return self._build(comp)
+        seg_class, produced = self.table.space, self.produced
+        if len(comp) == 1:  # (most components: a lone segment)
+            made = produced[seg_class[comp[0]]]
+        else:
+            made = any(produced[seg_class[s]] for s in comp)
+        return self._build(comp) if made else self._unproduced(comp)
 
     def _build(self, comp: list[int]) -> Group:
         seg_class, start, seg_len = self.table.space, self.table.start, self.table.length
@@ -162,14 +164,12 @@ class GroupMaker:
         channels) stay out, as does every component no weight reads."""
         seg_class, members_of = self.table.space, self.cls.members
         spaces = self.spaces
-        readers = [
-            r[1]
-            for c in {seg_class[s] for s in comp}
-            for sid in members_of[c]
-            if spaces[sid].value is not None and spaces[sid].value.is_const
-            for r in spaces[sid].roles
-            if r[0] == "consumer"
-        ]
+        readers = []
+        for c in {seg_class[s] for s in comp}:
+            for sid in members_of[c]:
+                sp = spaces[sid]
+                if sp.roles and sp.value is not None and sp.value.is_const:
+                    readers += [r[1] for r in sp.roles if r[0] == "consumer"]
         if not readers:
             return None
         group = self._build(comp)
