@@ -282,13 +282,13 @@ def _count(shape: tuple, numel: int, got: list[tuple[int, Pieces]]) -> int:
             if a != axis:  # several axes of the tensor
                 return _covered(shape, _joined(got))
             pieces += more
+    return _axis_covered(shape, numel, axis, pieces)
+
+
+def _axis_covered(shape: tuple, numel: int, axis: int, pieces: Pieces) -> int:
+    """Elements of a tensor of ``shape`` (``numel`` of them) inside ``pieces`` of ``axis``."""
     dim = shape[axis]
-    if len(pieces) == 1:
-        lo, hi = pieces[0]
-        covered = max(0, min(hi, dim) - max(lo, 0))
-    else:
-        covered = _union_length(pieces, dim)
-    return covered * (numel // dim) if dim else 0
+    return _union_length(pieces, dim) * (numel // dim) if dim else 0
 
 
 def _joined(got: list[tuple[int, Pieces]]) -> dict[int, Pieces]:
@@ -394,13 +394,7 @@ def _covered(shape, axes: dict[int, Pieces]) -> int:
     """Elements of a tensor of ``shape`` with an index inside the intervals of some axis."""
     if len(axes) == 1:  # the common case: one axis of the tensor
         ((a, iv),) = axes.items()
-        dim = shape[a]
-        if len(iv) == 1:
-            lo, hi = iv[0]
-            covered = max(0, min(hi, dim) - max(lo, 0))
-        else:
-            covered = _union_length(iv, dim)
-        return covered * (math.prod(shape) // dim) if dim else 0
+        return _axis_covered(shape, math.prod(shape), a, iv)
     kept = math.prod(
         dim - _union_length(axes[a], dim) if a in axes else dim for a, dim in enumerate(shape)
     )
