@@ -27,6 +27,7 @@ from drpopt.ir.counting import (
     _is_param,
     _removed,
     macs_and_weight_uses,
+    member_spans,
     param_info,
 )
 from drpopt.ir.rules import apply_rules
@@ -157,7 +158,7 @@ def _analyze(model: Any, where: str | None, start: float, input_shapes: Any = No
     params = {v.name: v for v in graph.values.values() if _is_param(v)}
     info = param_info(params, uses)  # shapes, sizes and storage, read once for every count
     cg, groups, pp, pm = _best_mapping(graph, params, uses, info)
-    _group_totals(graph, groups + cg.unproduced, params, uses, info)
+    _group_totals(graph, groups + cg.unproduced, params, uses, info, cg.member_spans)
     result = Analysis(
         graph=graph,
         groups=groups,
@@ -177,7 +178,10 @@ def _solve(graph: Graph, levels: dict[tuple, int], params, uses, info, memos=Non
     groups, _ = cg.groups()
     for g in groups + cg.unproduced:
         _finish_group(g, params)
-    pp, pm = _removed(graph, [g for g in groups if g.prunable], params, uses, info)
+    prunable = [g for g in groups if g.prunable]
+    # the pieces each group's members slice, read once for this count and the group totals
+    cg.member_spans = {id(g): member_spans(g, params) for g in prunable}
+    pp, pm = _removed(graph, prunable, params, uses, info, cg.member_spans)
     return cg, groups, pp, pm
 
 

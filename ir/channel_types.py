@@ -21,8 +21,15 @@ class Lock:
     node: str | None = None
     op: str | None = None
 
+    def __init__(
+        self, kind: str, message: str, node: str | None = None, op: str | None = None
+    ) -> None:
+        # what the generated __init__ does, without its object.__setattr__ per field (an
+        # analysis makes thousands of locks: every axis of unknown size has one)
+        self.__dict__.update(kind=kind, message=message, node=node, op=op)
 
-@dataclass
+
+@dataclass(slots=True)
 class Member:
     """One slice that a group's channels index: group channel ``j`` is the block
     ``[start + j*block, start + (j+1)*block)`` of ``axis`` of ``tensor`` (a weight or other
@@ -55,7 +62,7 @@ class Segment(NamedTuple):
     space_length: int
 
 
-@dataclass
+@dataclass(slots=True)
 class Space:
     value: Value | None
     axis: int

@@ -11,7 +11,7 @@ rules (``ir/rules.py``, one table keyed by op type) relate spaces in three ways:
 
 Spaces are cut into atomic segments wherever a concat boundary falls (propagated to a
 fixpoint through every relation; spaces an identity ties share their segments), the
-segments become the nodes of a ``networkx`` graph, and its connected components are the
+segments become the nodes of a graph, and its connected components are the
 coupled groups. Inside a group every segment maps
 group channel ``j`` to the block ``[start + j*block, start + (j+1)*block)`` of its space.
 
@@ -22,8 +22,6 @@ group is never silently wrong, only (conservatively) not prunable, with the reas
 from __future__ import annotations
 
 from collections.abc import Callable
-
-import networkx as nx
 
 from drpopt.ir import solve as _solve
 from drpopt.ir.channel_types import ROLE_RANK, Group, Lock, Member, Segment, Space
@@ -55,9 +53,11 @@ class ChannelGraph:
         self.reshape_levels: dict[tuple[Node, Value, int], int] = {}
         self.splits: list[tuple[tuple[Node, Value, int], Value, int, int, int]] = []
         # (group, its segment ids) as solving made them (see ``group_at``)
-        self.group_segments: list[tuple[Group, set[int]]] = []
+        self.group_segments: list[tuple[Group, list[int]]] = []
         # components nothing produces that a weight reads (locked, not groups): see solve
         self.unproduced: list[Group] = []
+        # the analysis' count: ``counting.member_spans`` of each prunable group, by id
+        self.member_spans: dict[int, tuple] = {}
 
     # ---- API for rules --------------------------------------------------------------
     def space(self, value: Value, axis: int) -> int | None:
@@ -145,8 +145,10 @@ class ChannelGraph:
             if v is None or v.shape is None or v in locked:
                 continue
             for ax, dim in enumerate(v.shape):
+                if dim == 1:
+                    continue
                 key = (v, ax)
-                if dim == 1 or key in touched:
+                if key in touched:
                     continue
                 lock = Lock(
                     "rule",
@@ -197,8 +199,9 @@ class ChannelGraph:
             spaces[s].locks.append(lock)
 
     # ---- solving (ir/solve.py) --------------------------------------------------------
-    def groups(self) -> tuple[list[Group], nx.Graph]:
-        """Segments, the networkx segment graph, and its components as groups."""
+    def groups(self) -> tuple[list[Group], list[list[int]]]:
+        """The groups, and the segment graph they are the components of (the neighbours of
+        each segment)."""
         return _solve.solve(self)
 
     def group_at(self) -> Callable[[Value, int], Group | None]:

@@ -149,6 +149,9 @@ def _distinct_params(params: dict[str, Value], info: dict[str, tuple] | None = N
 
 def _union_length(intervals: list[tuple[int, int]], dim: int) -> int:
     """How many of ``range(dim)`` the half-open intervals cover together."""
+    if len(intervals) == 1:
+        lo, hi = intervals[0]
+        return max(0, min(hi, dim) - max(lo, 0))
     covered, end = 0, 0
     for lo, hi in sorted(intervals):  # comparisons, not max/min calls: it runs per piece
         if lo < end:
@@ -161,43 +164,139 @@ def _union_length(intervals: list[tuple[int, int]], dim: int) -> int:
     return covered
 
 
+Pieces = list[tuple[int, int]]  # half-open intervals [lo, hi) of one axis
+# a group's ``member_spans``: tensor -> (axis, pieces), and whether pieces come in order
+OneAxis = tuple[dict[str, tuple[int, Pieces]], bool]
+
+
+def member_spans(g: Group, params: dict[str, Value]) -> OneAxis | None:
+    """The pieces of each parameter tensor a group's members slice, as the members come (a
+    piece that starts where the one before ends extends it: the union is the same), and
+    whether each tensor's pieces come in order without overlapping (what the one-pass count
+    needs); None where a tensor is sliced along two axes. One pass over the members, shared
+    by the group's count and the count of all prunable groups."""
+    spans: dict[str, tuple[int, Pieces]] = {}
+    ordered = True
+    runs = 0  # runs of members of one parameter tensor (and axis)
+    last_name, axis, iv = None, 0, None
+    for m in g.members:
+        name = m.tensor
+        if name is None:
+            continue
+        # members come by tensor, axis and start: a space's members share their name
+        if name is not last_name or m.axis != axis:
+            last_name, axis = name, m.axis
+            if name not in params:
+                iv = None
+                continue
+            lo = m.start
+            iv = [(lo, lo + m.length * m.block)]
+            spans[name] = (axis, iv)
+            runs += 1
+            continue
+        if iv is None:
+            continue
+        lo = m.start
+        hi = lo + m.length * m.block
+        last = iv[-1]
+        if lo == last[1]:
+            iv[-1] = (last[0], hi)
+            continue
+        if lo < last[1]:
+            ordered = False
+        iv.append((lo, hi))
+    # a tensor in two runs is one sliced along two axes (a space, one tensor and axis,
+    # has one block of members)
+    return (spans, ordered) if runs == len(spans) else None
+
+
+def _all_spans(g: Group, params: dict[str, Value]) -> list[tuple[str, tuple[int, Pieces]]]:
+    """The pieces of each parameter tensor a group's members slice, per tensor and axis
+    (any group)."""
+    spans: dict[str, dict[int, Pieces]] = {}
+    for m in g.members:
+        name = m.tensor
+        if name is not None and name in params:
+            lo = m.start
+            spans.setdefault(name, {}).setdefault(m.axis, []).append((lo, lo + m.length * m.block))
+    return [(name, (a, iv)) for name, axes in spans.items() for a, iv in axes.items()]
+
+
 def _removed(
     graph: Graph,
     groups: list[Group],
     params: dict[str, Value],
     uses: dict[str, float],
     info: dict[str, tuple] | None = None,
+    spans: dict[int, OneAxis | None] | None = None,
 ) -> tuple[int, int]:
     """Parameters and MACs covered by the channels of ``groups`` (each element once: a
     tensor shared by several layers, un-shared per use on load, is one tensor whose element
     counts when any of its uses covers it; MACs count per use, as each layer runs).
-    ``info`` is ``param_info(params, uses)``, where the caller has it."""
+    ``info`` is ``param_info(params, uses)``, ``spans`` the groups' ``member_spans`` by
+    ``id``, where the caller has them."""
     if info is None:
         info = param_info(params, uses)
-    spans: dict[str, dict[int, list[tuple[int, int]]]] = {}
+    merged: dict[str, list[tuple[int, Pieces]]] = {}  # tensor -> (axis, pieces) per group
     for g in groups:
-        for m in g.members:
-            name = m.tensor
-            if name is None or name not in params:
-                continue
-            axes = spans.get(name)
-            if axes is None:
-                axes = spans[name] = {}
-            iv = axes.get(m.axis)
-            if iv is None:
-                iv = axes[m.axis] = []
-            lo = m.start
-            iv.append((lo, lo + m.length * m.block))
+        one = spans[id(g)] if spans and id(g) in spans else member_spans(g, params)
+        for name, span in one[0].items() if one is not None else _all_spans(g, params):
+            got = merged.get(name)
+            if got is None:
+                merged[name] = [span]
+            else:
+                got.append(span)
+    return _spans_totals(merged, info)
+
+
+def _spans_totals(merged: dict[str, list[tuple[int, Pieces]]], info: dict[str, tuple]):
+    """``_removed``'s count of the pieces of each tensor (tensor -> (axis, pieces) per
+    group): MACs per tensor, parameters per storage (a storage one tensor has counts as
+    that tensor)."""
     total_macs = 0.0
-    by_storage: dict[int, tuple[tuple, dict[int, list[tuple[int, int]]]]] = {}
-    for name, axes in spans.items():
-        shape, _numel, where, use = info[name]
-        total_macs += _covered(shape, axes) * use
-        merged = by_storage.setdefault(where, (shape, {}))[1]
-        for a, iv in axes.items():
-            merged.setdefault(a, []).extend(iv)
-    total_params = sum(_covered(shape, axes) for shape, axes in by_storage.values())
+    by_storage: dict[int, list] = {}  # storage -> [count or None, shape, (axis, pieces)...]
+    for name, got in merged.items():
+        shape, numel, where, use = info[name]
+        n = _count(shape, numel, got)
+        total_macs += n * use
+        same = by_storage.get(where)
+        if same is None:
+            by_storage[where] = [n, shape, got]
+        else:  # a storage several tensors are: the union of their pieces
+            same[0] = None
+            same[2].extend(got)  # (the first tensor's list: counted already)
+    total_params = sum(
+        n if n is not None else _count(shape, math.prod(shape), got)
+        for n, shape, got in by_storage.values()
+    )
     return total_params, round(total_macs)
+
+
+def _count(shape: tuple, numel: int, got: list[tuple[int, Pieces]]) -> int:
+    """Elements of a tensor of ``shape`` (``numel`` of them) inside the pieces of some
+    ``(axis, pieces)``."""
+    axis, pieces = got[0]
+    if len(got) > 1:
+        pieces = list(pieces)
+        for a, more in got[1:]:
+            if a != axis:  # several axes of the tensor
+                return _covered(shape, _joined(got))
+            pieces += more
+    return _axis_covered(shape, numel, axis, pieces)
+
+
+def _axis_covered(shape: tuple, numel: int, axis: int, pieces: Pieces) -> int:
+    """Elements of a tensor of ``shape`` (``numel`` of them) inside ``pieces`` of ``axis``."""
+    dim = shape[axis]
+    return _union_length(pieces, dim) * (numel // dim) if dim else 0
+
+
+def _joined(got: list[tuple[int, Pieces]]) -> dict[int, Pieces]:
+    """The pieces of every axis, of several ``(axis, pieces)``."""
+    axes: dict[int, Pieces] = {}
+    for axis, pieces in got:
+        axes.setdefault(axis, []).extend(pieces)
+    return axes
 
 
 def _group_totals(
@@ -206,20 +305,25 @@ def _group_totals(
     params: dict[str, Value],
     uses: dict[str, float],
     info: dict[str, tuple] | None = None,
+    spans: dict[int, OneAxis | None] | None = None,
 ) -> None:
     """Sets each group's ``params`` and ``macs``, as ``_removed`` counts them for the
     group alone. The usual group takes one pass over its members: its members slice each
     weight along one axis in disjoint pieces (they come sorted by tensor, axis and start),
     and the tensors that are one weight (an exporter's deduplicated constant, un-shared on
     load) are sliced alike; any other group is counted by ``_removed``. ``info`` is
-    ``param_info(params, uses)``, where the caller has it."""
+    ``param_info(params, uses)``, ``spans`` the groups' ``member_spans`` by ``id``, where
+    the caller has them."""
     if info is None:
         info = param_info(params, uses)
-    storage = {name: where for name, (_shape, _numel, where, _use) in info.items()}
     for g in groups:
-        totals = _one_axis_totals(g, params, storage, uses, info)
+        one = spans[id(g)] if spans and id(g) in spans else member_spans(g, params)
+        totals = _one_axis_count(one, info) if one is not None else None
         if totals is None:
-            totals = _removed(graph, [g], params, uses, info)
+            merged: dict[str, list] = {}
+            for name, span in one[0].items() if one is not None else _all_spans(g, params):
+                merged.setdefault(name, []).append(span)
+            totals = _spans_totals(merged, info)
         g.params, g.macs = totals
 
 
@@ -250,33 +354,32 @@ def _one_axis_totals(
     """``_removed`` for one group in one pass, or None where that does not apply: each
     tensor sliced along one axis in disjoint pieces, and the tensors that are one weight
     (a BN's zero bias and zero mean, deduplicated by the exporter) sliced alike."""
-    spans: dict[str, tuple[int, list[int]]] = {}  # tensor -> (axis, [lo, hi, lo, hi, ...])
-    for m in g.members:
-        name = m.tensor
-        if name is None or name not in params:
-            continue
-        lo = m.start
-        span = spans.get(name)
-        if span is None:
-            spans[name] = (m.axis, [lo, lo + m.length * m.block])
-        elif span[0] == m.axis and lo >= span[1][-1]:
-            span[1].extend((lo, lo + m.length * m.block))
-        else:
-            return None  # another axis, or pieces that overlap
+    one = member_spans(g, params)
+    if one is None:
+        return None  # a tensor sliced along two axes
+    if info is None:
+        info = _tensor_info({name: params[name] for name in one[0]}, storage, uses)
+    return _one_axis_count(one, info)
+
+
+def _one_axis_count(one: OneAxis, info: dict[str, tuple]) -> tuple[int, int] | None:
+    """``_one_axis_totals`` from a group's ``member_spans``."""
+    spans, ordered = one
+    if not ordered:
+        return None  # pieces that overlap
     total_params, total_macs = 0, 0.0
     counted: dict[int, tuple] = {}  # storage -> the span counted for it
-    if info is None:
-        info = _tensor_info({name: params[name] for name in spans}, storage, uses)
     for name, span in spans.items():
         axis, pieces = span
         shape, numel, where, use = info[name]
         dim = shape[axis]
-        if pieces[-1] > dim:
+        if pieces[-1][1] > dim:
             return None
-        if len(pieces) == 2:
-            covered = pieces[1] - pieces[0]
+        if len(pieces) == 1:
+            lo, hi = pieces[0]
+            covered = hi - lo
         else:
-            covered = sum(pieces[1::2]) - sum(pieces[::2])
+            covered = sum([hi for _lo, hi in pieces]) - sum([lo for lo, _hi in pieces])
         n = covered * (numel // dim) if dim else 0
         total_macs += n * use
         first = counted.setdefault(where, span)
@@ -287,17 +390,11 @@ def _one_axis_totals(
     return total_params, round(total_macs)
 
 
-def _covered(shape, axes: dict[int, list[tuple[int, int]]]) -> int:
+def _covered(shape, axes: dict[int, Pieces]) -> int:
     """Elements of a tensor of ``shape`` with an index inside the intervals of some axis."""
     if len(axes) == 1:  # the common case: one axis of the tensor
         ((a, iv),) = axes.items()
-        dim = shape[a]
-        if len(iv) == 1:
-            lo, hi = iv[0]
-            covered = max(0, min(hi, dim) - max(lo, 0))
-        else:
-            covered = _union_length(iv, dim)
-        return covered * (math.prod(shape) // dim) if dim else 0
+        return _axis_covered(shape, math.prod(shape), a, iv)
     kept = math.prod(
         dim - _union_length(axes[a], dim) if a in axes else dim for a, dim in enumerate(shape)
     )

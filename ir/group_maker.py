@@ -11,8 +11,6 @@ import operator
 from collections import deque
 from typing import TYPE_CHECKING
 
-import networkx as nx
-
 from drpopt.ir.channel_types import ROLE_RANK, Group, Lock, Member, Segment
 from drpopt.ir.core import Value
 
@@ -21,12 +19,11 @@ if TYPE_CHECKING:
     from drpopt.ir.solve import Segments, SpaceClasses
 
 
-def components(g: nx.Graph, table: Segments, cls: SpaceClasses, maker: GroupMaker):
-    """The components in the order of their first (space, segment), as the spaces come;
-    a lone segment of a class of one space is yielded only when something produces that
-    space (only those can be groups)."""
+def components(adj: list[list[int]], table: Segments, cls: SpaceClasses, maker: GroupMaker):
+    """The components (lists of segments, from the first by BFS) in the order of their
+    first (space, segment), as the spaces come; a lone segment of a class of one space is
+    yielded only when something produces that space (only those can be groups)."""
     seen = bytearray(len(table.space))
-    adj = g.adj
     bounds, spaces, members = table.bounds, cls.spaces, cls.members
     # classes are numbered in the order their first space comes, so class by class is
     # space by space with every later space of a class (all its segments seen) skipped
@@ -38,11 +35,14 @@ def components(g: nx.Graph, table: Segments, cls: SpaceClasses, maker: GroupMake
             seen[s] = 1
             if not adj[s]:
                 if len(members[c]) > 1 or maker.produced[c]:
-                    yield {s}
+                    yield [s]
                 continue
-            comp = nx.node_connected_component(g, s)
-            for t in comp:
-                seen[t] = 1
+            comp = [s]
+            for u in comp:  # (the list grows as the walk finds more)
+                for v in adj[u]:
+                    if not seen[v]:
+                        seen[v] = 1
+                        comp.append(v)
             yield comp
 
 
@@ -51,11 +51,11 @@ class GroupMaker:
     once per space."""
 
     def __init__(
-        self, cg: ChannelGraph, g: nx.Graph, table: Segments, expansions, cls: SpaceClasses
+        self, cg: ChannelGraph, adj: list[list[int]], table: Segments, expansions, cls: SpaceClasses
     ) -> None:
         self.spaces = cg.spaces
         self.cls = cls
-        self.g = g
+        self.adj = adj
         self.table = table
         self.expansions = expansions
         self.exp_segs = {s for pair in expansions for s in pair}
@@ -64,7 +64,7 @@ class GroupMaker:
         self._node_pos = {n.name: i for i, n in enumerate(cg.graph.nodes)}
         self._graph = cg.graph
         self.unproduced: set[int] = set()  # ids of the groups nothing produces (locked)
-        self._info: list[tuple | None] = [None] * len(cg.spaces)  # see _space_info
+        self._templates: list[tuple | None] = [None] * len(cls.members)  # see _template
         # whether some node produces a space of each class (only those start groups)
         self.produced = produced = [False] * len(cls.members)
         of = cls.of
@@ -74,12 +74,12 @@ class GroupMaker:
 
     def position(self, sid: int) -> int | None:
         """The position in the graph of the first node producing space ``sid`` (read once
-        per space, by ``_space_info``)."""
+        per space, by ``_template``)."""
         pos = self._node_pos
         found = [pos.get(r[1], 0) for r in self.spaces[sid].roles if r[0] == "producer"]
         return min(found) if found else None
 
-    def units(self, comp: set[int]) -> tuple[dict[int, int], int, list[Lock]]:
+    def units(self, comp: list[int]) -> tuple[dict[int, int], int, list[Lock]]:
         """Entries of each segment per group channel, the group size, and a lock when the
         segments map to each other inconsistently."""
         seg_len = self.table.length
@@ -89,7 +89,7 @@ class GroupMaker:
             norm = dict.fromkeys(comp, 1)
         else:
             # block factor of every segment relative to one root, by BFS over the edges
-            factor, consistent = _block_factors(comp, self.g, self.expansions, self._sides)
+            factor, consistent = _block_factors(comp, self.adj, self.expansions, self._sides)
             norm = _units(factor)
         sizes = {seg_len[s] // norm[s] for s in comp} if norm else set()
         if norm is None or any(seg_len[s] % norm[s] for s in comp) or len(sizes) != 1:
@@ -101,14 +101,16 @@ class GroupMaker:
         lock = Lock("mismatch", "channels map to each other inconsistently")
         return norm, max(seg_len[s] for s in comp), [lock]
 
-    def make(self, comp: set[int]) -> Group | None:
-        seg_class = self.table.space
-        if not any(self.produced[seg_class[s]] for s in comp):
-            return self._unproduced(comp)
-        return self._build(comp)
+    def make(self, comp: list[int]) -> Group | None:
+        seg_class, produced = self.table.space, self.produced
+        if len(comp) == 1:  # (most components: a lone segment)
+            made = produced[seg_class[comp[0]]]
+        else:
+            made = any(produced[seg_class[s]] for s in comp)
+        return self._build(comp) if made else self._unproduced(comp)
 
-    def _build(self, comp: set[int]) -> Group:
-        seg_class, members_of, of = self.table.space, self.cls.members, self.cls.of
+    def _build(self, comp: list[int]) -> Group:
+        seg_class, start, seg_len = self.table.space, self.table.start, self.table.length
         ordered = sorted(comp)
         segs_of: dict[int, list[int]] = {}  # class -> its segments in the component
         for s in ordered:
@@ -116,23 +118,29 @@ class GroupMaker:
         norm, size, locks = self.units(comp)
         if self.seg_locks:
             locks = [self.seg_locks[s] for s in ordered if s in self.seg_locks] + locks
+        templates = self._templates
+        parts = [(templates[c] or self._template(c), segs) for c, segs in segs_of.items()]
+        order = min((t[2] for t, _ in parts if t[2] is not None), default=0)
+        if len(parts) == 1:
+            (_rows, special, _pos), segs = parts[0]
+            special = [(info, segs) for info in special]
+        else:  # the spaces of several classes, in the order of the spaces
+            special = sorted((info, segs) for t, segs in parts for info in t[1])
         blocks: list[tuple[tuple, list[Member]]] = []  # (member key, its members) per space
-        pieces: list[tuple] = []  # (value name, axis, label, length, segments) per space
-        order = None
-        spaces, start, seg_len, infos = self.spaces, self.table.start, self.table.length, self._info
-        for sid in sorted(sid for c in segs_of for sid in members_of[c]):
-            info = infos[sid] or self._space_info(sid)
-            name, axis, label, length, kind, use, pos, key = info
-            if spaces[sid].locks:
-                locks.extend(spaces[sid].locks)
-            segs = segs_of[of[sid]]
-            pieces.append((name, axis, label, length, segs))
+        for (_sid, space_locks, kind, use, key, name, axis), segs in special:
+            if space_locks:
+                locks.extend(space_locks)
             if kind == _CONST:  # a slice of the constant per segment, in its first role
                 role, node = use
-                made = [
-                    Member(role, node, name, axis, start[s], norm[s], seg_len[s] // norm[s])
-                    for s in segs
-                ]
+                if len(segs) == 1:  # (most are one segment: no list comprehension)
+                    s = segs[0]
+                    unit = norm[s]
+                    made = [Member(role, node, name, axis, start[s], unit, seg_len[s] // unit)]
+                else:
+                    made = [
+                        Member(role, node, name, axis, start[s], norm[s], seg_len[s] // norm[s])
+                        for s in segs
+                    ]
                 blocks.append((key, made))
             elif kind == _VIRTUAL and use:  # a slice of each node attribute the space is
                 made = [
@@ -141,15 +149,13 @@ class GroupMaker:
                     for nd, a in use
                 ]
                 blocks.append((key, made))
-            if pos is not None:
-                order = pos if order is None else min(order, pos)
         members = _sorted_members(blocks)
-        order = order if order is not None else 0
         group = Group(0, size, members, _dedupe(locks), order=order)
-        group.segments_later(functools.partial(_segments, pieces, start, norm))
+        rows = [(t[0], segs) for t, segs in parts]
+        group.segments_later(functools.partial(_segments, rows, start, norm))
         return group
 
-    def _unproduced(self, comp: set[int]) -> Group | None:
+    def _unproduced(self, comp: list[int]) -> Group | None:
         """A component nothing produces is no group; where a layer reads its channels as a
         weight's input axis it is made as a locked one all the same, listed apart
         (``ChannelGraph.unproduced``), so that axis has a reason (YOLOv6's DFL conv behind
@@ -158,14 +164,12 @@ class GroupMaker:
         channels) stay out, as does every component no weight reads."""
         seg_class, members_of = self.table.space, self.cls.members
         spaces = self.spaces
-        readers = [
-            r[1]
-            for c in {seg_class[s] for s in comp}
-            for sid in members_of[c]
-            if spaces[sid].value is not None and spaces[sid].value.is_const
-            for r in spaces[sid].roles
-            if r[0] == "consumer"
-        ]
+        readers = []
+        for c in {seg_class[s] for s in comp}:
+            for sid in members_of[c]:
+                sp = spaces[sid]
+                if sp.roles and sp.value is not None and sp.value.is_const:
+                    readers += [r[1] for r in sp.roles if r[0] == "consumer"]
         if not readers:
             return None
         group = self._build(comp)
@@ -181,46 +185,59 @@ class GroupMaker:
         self.unproduced.add(id(group))
         return group
 
-    def _space_info(self, sid: int) -> tuple:
-        """What every group holding space ``sid`` takes from it: its value's name, axis,
-        label and length, its kind (a constant, a virtual space, an activation), the role
-        and node of a constant or the (node, attribute) pairs of a virtual space, and the
-        position of its first producer."""
-        sp = self.spaces[sid]
-        value = sp.value
-        if not sp.roles and (value is None or not value.is_const):
-            # an activation, or a virtual space no node attribute is: no members, no order
-            kind, name = (_VIRTUAL, None) if value is None else (_ACTIVATION, value.name)
-            info = (name, sp.axis, sp.label, sp.length or 0, kind, (), None, _VIRTUAL_KEY)
-            self._info[sid] = info
-            return info
-        roles = sorted(sp.roles, key=_role_rank)
-        use: object = None
-        if value is None:
-            kind, use = _VIRTUAL, [(node, attr) for _r, node, attr in roles if attr is not None]
-        elif value.is_const:
-            kind = _CONST
-            use = (roles[0][0], roles[0][1]) if roles else ("param", _first_user(value))
-        else:
-            kind = _ACTIVATION
-        pos = self.position(sid) if value is not None else None
-        name = value.name if value is not None else None
-        # the sort key of its members but their start (see ``_sorted_members``)
-        key = (ROLE_RANK[use[0]], name, sp.axis) if kind == _CONST else _VIRTUAL_KEY  # type: ignore[index]
-        info = (name, sp.axis, sp.label, sp.length or 0, kind, use, pos, key)
-        self._info[sid] = info
-        return info
+    def _template(self, c: int) -> tuple:
+        """What every group holding class ``c`` takes from its spaces, worked out once per
+        class: a row (space id, value name, axis, label, length) per space for the
+        segments; per space with members, locks or roles, (space id, its locks, its kind (a
+        constant, a virtual space, an activation), the role and node of a constant or the
+        (node, attribute) pairs of a virtual space, its members' sort key, value name,
+        axis); the position of the class's first producer (None if none)."""
+        rows, special, pos = [], [], None
+        for sid in self.cls.members[c]:
+            sp = self.spaces[sid]
+            value = sp.value
+            name = value.name if value is not None else None
+            rows.append((sid, name, sp.axis, sp.label, sp.length or 0))
+            const = value is not None and value.is_const
+            if not (sp.roles or sp.locks or const):
+                continue  # an activation, or a virtual space no node attribute is
+            roles = sorted(sp.roles, key=_role_rank)
+            use: object = ()
+            if value is None:
+                kind, use = _VIRTUAL, [(node, attr) for _r, node, attr in roles if attr is not None]
+            elif const:
+                kind = _CONST
+                use = (roles[0][0], roles[0][1]) if roles else ("param", _first_user(value))
+            else:
+                kind = _ACTIVATION
+            if value is not None and roles:
+                here = self.position(sid)
+                if here is not None and (pos is None or here < pos):
+                    pos = here
+            # the sort key of its members but their start (see ``_sorted_members``)
+            key = (ROLE_RANK[use[0]], name, sp.axis) if kind == _CONST else _VIRTUAL_KEY  # type: ignore[index]
+            special.append((sid, sp.locks, kind, use, key, name, sp.axis))
+        template = (rows, special, pos)
+        self._templates[c] = template
+        return template
 
 
 _CONST, _VIRTUAL, _ACTIVATION = 0, 1, 2
 _VIRTUAL_KEY = (ROLE_RANK["structure"], "", 0)  # what ``_member_key`` starts with for them
 
 
-def _segments(pieces: list[tuple], start: list[int], norm: dict[int, int]) -> list[Segment]:
-    """A group's segments, space by space (what ``make`` recorded for them)."""
+def _segments(parts: list[tuple], start: list[int], norm: dict[int, int]) -> list[Segment]:
+    """A group's segments, space by space: ``parts`` are the rows of each class's spaces
+    (``GroupMaker._template``) with the class's segments in the group."""
+    if len(parts) == 1:
+        rows, segs = parts[0]
+        items = [(row, segs) for row in rows]
+    else:  # the spaces of several classes, in the order of the spaces
+        items = sorted((row, segs) for rows, segs in parts for row in rows)
+    new = tuple.__new__  # (a Segment without its Python __new__: a group can have thousands)
     return [
-        Segment(name, axis, start[s], norm[s], label, length)
-        for name, axis, label, length, segs in pieces
+        new(Segment, (name, axis, start[s], norm[s], label, length))
+        for (_sid, name, axis, label, length), segs in items
         for s in segs
     ]
 
@@ -269,19 +286,19 @@ def expansion_sides(expansions: dict[tuple[int, int], int]) -> tuple[dict, dict]
     return small, big
 
 
-def _block_factors(comp, g, expansions, sides=None) -> tuple[dict[int, int], bool]:
+def _block_factors(comp, adj, expansions, sides=None) -> tuple[dict[int, int], bool]:
     """Entries of every segment per entry (or entries) of a root segment, by BFS over the
     edges, as whole numbers: where an expansion walked backwards does not divide evenly,
     the factors found so far are multiplied to make it whole and the walk goes on (the
     walk from the start with the root so scaled would take the same steps: scaling keeps
     every earlier division whole and every comparison as it was). ``sides`` is
-    ``expansion_sides(expansions)``, made here when not given."""
+    ``expansion_sides(expansions)``, made here when not given; ``adj[u]`` are the
+    neighbours of segment ``u``."""
     small, big = sides if sides is not None else expansion_sides(expansions)
     root = next(iter(comp))
     factor: dict[int, int] = {root: 1}
     consistent = True
     todo = deque([root])
-    adj = g.adj
     while todo:
         u = todo.popleft()
         fu = factor[u]

@@ -1,6 +1,6 @@
 """Solving a channel graph: spaces an identity ties merged into classes, cuts to a
 fixpoint over the concats and expansions between classes, atomic segments per class, the
-networkx segment graph, and its connected components as coupled groups (see
+segment graph (adjacency lists), and its connected components as coupled groups (see
 ``ir/channels.py``).
 
 Most relations are identities (an activation, a BN, an add): merging their spaces first
@@ -18,8 +18,6 @@ import itertools
 from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-
-import networkx as nx
 
 from drpopt.ir.channel_types import Group, Lock, Space
 from drpopt.ir.core import Node, Value
@@ -46,7 +44,8 @@ def propagate_cuts(relations: list[tuple], spaces: list[Space]) -> None:
             todo.append((sid, cut))
 
     for sid, sp in enumerate(spaces):
-        todo.extend((sid, c) for c in sp.cuts)
+        if sp.cuts:
+            todo.extend((sid, c) for c in sp.cuts)
     for rel in relations:
         if rel[0] == "cat":
             offset = 0
@@ -120,15 +119,21 @@ class Segments:
 def segment_table(spaces: list[Space]) -> Segments:
     """Cuts every space into its segments (a space of unknown size is one empty segment)."""
     table = Segments([], [], [], [])
+    space, start, size, bounds = table.space, table.start, table.length, table.bounds
     for sid, sp in enumerate(spaces):
-        sp.seg0 = len(table.space)
+        sp.seg0 = len(space)
         length = sp.length or 0
-        b = [0, *sorted(sp.cuts), length] if length else [0, 0]
-        table.bounds.append(b)
-        for s, e in itertools.pairwise(b):
-            table.space.append(sid)
-            table.start.append(s)
-            table.length.append(e - s)
+        if not sp.cuts:  # most spaces: one segment, the whole space
+            bounds.append([0, length])
+            space.append(sid)
+            start.append(0)
+            size.append(length)
+            continue
+        b = [0, *sorted(sp.cuts), length]
+        bounds.append(b)
+        space += [sid] * (len(b) - 1)
+        start += b[:-1]
+        size += [e - s for s, e in itertools.pairwise(b)]
     return table
 
 
@@ -186,23 +191,23 @@ def segment_edges(
     return edges, expansions, split_blocks
 
 
-def solve(cg: ChannelGraph) -> tuple[list[Group], nx.Graph]:
-    """Classes of identical spaces, their segments, the networkx segment graph, and its
-    components as groups. Spaces an identity relation ties (elementwise ops, BN, an
-    activation) share one set of segments: only concats and expansions become edges."""
+def solve(cg: ChannelGraph) -> tuple[list[Group], list[list[int]]]:
+    """Classes of identical spaces, their segments, the segment graph (each segment's
+    neighbours), and its components as groups. Spaces an identity relation ties
+    (elementwise ops, BN, an activation) share one set of segments: only concats and
+    expansions become edges."""
     spaces = cg.spaces
     _roles_through_layout(cg.relations, spaces)
     cls = SpaceClasses(cg.relations, spaces)
     propagate_cuts(cls.relations, cls.spaces)
     table = segment_table(cls.spaces)
-    for sid, sp in enumerate(spaces):
-        csp = cls.spaces[cls.of[sid]]
+    class_spaces = cls.spaces
+    for sp, c in zip(spaces, cls.of, strict=True):
+        csp = class_spaces[c]
         sp.cuts, sp.seg0 = csp.cuts, csp.seg0
-    g = nx.Graph()
-    g.add_nodes_from(range(len(table.space)))
     edges, expansions, split_blocks = segment_edges(cls.relations, cls.spaces, table.bounds)
     cg.expansions = expansions
-    g.add_edges_from(edges)
+    g = adjacency(len(table.space), edges)
     locked, pending = cg.locked_values, cg.pending_locks
     if locked:
         for key, sid in cg._index.items():
@@ -232,6 +237,16 @@ def solve(cg: ChannelGraph) -> tuple[list[Group], nx.Graph]:
     for i, gr in enumerate(groups + cg.unproduced):
         gr.id = i
     return groups, g
+
+
+def adjacency(n: int, edges: list[tuple[int, int]]) -> list[list[int]]:
+    """The neighbours of each of ``n`` segments (an edge given twice is listed twice: the
+    walks over them skip what they have seen)."""
+    adj: list[list[int]] = [[] for _ in range(n)]
+    for u, v in edges:
+        adj[u].append(v)
+        adj[v].append(u)
+    return adj
 
 
 def _order(group: Group) -> int:

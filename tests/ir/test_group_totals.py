@@ -57,6 +57,7 @@ def _group(*slices: tuple[str, int, int, int]) -> Group:
         ([("w", 0, 0, 2), ("alias", 0, 0, 2)], True),
         ([("w", 0, 0, 2), ("alias", 0, 1, 2)], False),
         ([("w", 0, 0, 2), ("alias", 0, 0, 1)], False),
+        ([("w", 0, 0, 2), ("w", 0, 2, 2)], True),  # adjacent pieces: one piece counted
         ([("w", 0, 0, 3), ("w", 0, 1, 3)], False),  # overlapping pieces (a locked group)
         ([("w", 0, 0, 2), ("w", 1, 2, 1)], False),  # two axes of one weight
     ],
@@ -69,3 +70,45 @@ def test_one_pass_count_applies_only_where_exact(slices, one_pass) -> None:
     assert (g.params, g.macs) == _removed(Graph(), [g], params, uses)
     storage = {n: v.storage for n, v in params.items()}  # alias shares w's
     assert (_one_axis_totals(g, params, storage, uses) is not None) == one_pass
+
+
+def _brute_force(groups: list[Group], params: dict, uses: dict) -> tuple[int, int]:
+    """Parameters and MACs the groups cover, element by element (a mask per storage)."""
+    masks: dict[int, np.ndarray] = {}
+    macs = 0.0
+    for name, v in params.items():
+        mask = np.zeros(v.shape, bool)
+        for g in groups:
+            for m in g.members:
+                if m.tensor == name:
+                    index = [slice(None)] * len(v.shape)
+                    index[m.axis] = slice(m.start, m.start + m.length * m.block)
+                    mask[tuple(index)] = True
+        macs += int(mask.sum()) * uses[name]
+        masks[v.storage] = masks.get(v.storage, np.zeros(v.shape, bool)) | mask
+    return sum(int(mask.sum()) for mask in masks.values()), round(macs)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_counts_of_several_groups_equal_an_element_count(seed: int) -> None:
+    """Groups of random pieces (adjacent ones, which the count joins; overlapping ones;
+    two axes of one weight; a weight shared under two names): ``_removed`` over all of
+    them, and each group's totals, count what a mask of every element counts."""
+    rng = np.random.default_rng(seed)
+    params = _weights()
+    uses = {"w": 5.0, "alias": 7.0, "other": 1.0}
+    groups = []
+    for _ in range(3):
+        slices = []
+        for _ in range(int(rng.integers(1, 5))):
+            name = str(rng.choice(["w", "alias", "other"]))
+            axis = int(rng.integers(0, 2))
+            dim = params[name].shape[axis]
+            start = int(rng.integers(0, dim))
+            slices.append((name, axis, start, int(rng.integers(1, dim - start + 1))))
+        slices.sort()
+        groups.append(_group(*slices))
+    assert _removed(Graph(), groups, params, uses) == _brute_force(groups, params, uses)
+    _group_totals(Graph(), groups, params, uses)
+    for g in groups:
+        assert (g.params, g.macs) == _brute_force([g], params, uses)
