@@ -11,7 +11,7 @@ rules (``ir/rules.py``, one table keyed by op type) relate spaces in three ways:
 
 Spaces are cut into atomic segments wherever a concat boundary falls (propagated to a
 fixpoint through every relation; spaces an identity ties share their segments), the
-segments become the nodes of a graph, and its connected components are the
+segments become the nodes of a ``networkx`` graph, and its connected components are the
 coupled groups. Inside a group every segment maps
 group channel ``j`` to the block ``[start + j*block, start + (j+1)*block)`` of its space.
 
@@ -22,6 +22,8 @@ group is never silently wrong, only (conservatively) not prunable, with the reas
 from __future__ import annotations
 
 from collections.abc import Callable
+
+import networkx as nx
 
 from drpopt.ir import solve as _solve
 from drpopt.ir.channel_types import ROLE_RANK, Group, Lock, Member, Segment, Space
@@ -199,9 +201,9 @@ class ChannelGraph:
             spaces[s].locks.append(lock)
 
     # ---- solving (ir/solve.py) --------------------------------------------------------
-    def groups(self) -> tuple[list[Group], list[list[int]]]:
-        """The groups, and the segment graph they are the components of (the neighbours of
-        each segment)."""
+    def groups(self) -> tuple[list[Group], nx.Graph]:
+        """The groups, and the networkx segment graph they are the components of (the
+        segments an edge relates; any other segment is a component of its own)."""
         return _solve.solve(self)
 
     def group_at(self) -> Callable[[Value, int], Group | None]:

@@ -11,6 +11,8 @@ import operator
 from collections import deque
 from typing import TYPE_CHECKING
 
+import networkx as nx
+
 from drpopt.ir.channel_types import ROLE_RANK, Group, Lock, Member, Segment
 from drpopt.ir.core import Value
 
@@ -19,10 +21,15 @@ if TYPE_CHECKING:
     from drpopt.ir.solve import Segments, SpaceClasses
 
 
-def components(adj: list[list[int]], table: Segments, cls: SpaceClasses, maker: GroupMaker):
-    """The components (lists of segments, from the first by BFS) in the order of their
-    first (space, segment), as the spaces come; a lone segment of a class of one space is
-    yielded only when something produces that space (only those can be groups)."""
+def components(g: nx.Graph, table: Segments, cls: SpaceClasses, maker: GroupMaker):
+    """The components (lists of segments, the first first) in the order of their first
+    (space, segment), as the spaces come; a lone segment (not in ``g``: no edge) of a
+    class of one space is yielded only when something produces that space (only those can
+    be groups). networkx finds the components of ``g`` once, in one walk."""
+    comp_of = {}
+    for comp in nx.connected_components(g):
+        for t in comp:
+            comp_of[t] = comp
     seen = bytearray(len(table.space))
     bounds, spaces, members = table.bounds, cls.spaces, cls.members
     # classes are numbered in the order their first space comes, so class by class is
@@ -32,18 +39,15 @@ def components(adj: list[list[int]], table: Segments, cls: SpaceClasses, maker: 
         for s in range(s0, s0 + len(bounds[c]) - 1):
             if seen[s]:
                 continue
-            seen[s] = 1
-            if not adj[s]:
+            comp = comp_of.get(s)
+            if comp is None:
+                seen[s] = 1
                 if len(members[c]) > 1 or maker.produced[c]:
                     yield [s]
                 continue
-            comp = [s]
-            for u in comp:  # (the list grows as the walk finds more)
-                for v in adj[u]:
-                    if not seen[v]:
-                        seen[v] = 1
-                        comp.append(v)
-            yield comp
+            for t in comp:
+                seen[t] = 1
+            yield [s, *(t for t in comp if t != s)]
 
 
 class GroupMaker:
@@ -51,11 +55,11 @@ class GroupMaker:
     once per space."""
 
     def __init__(
-        self, cg: ChannelGraph, adj: list[list[int]], table: Segments, expansions, cls: SpaceClasses
+        self, cg: ChannelGraph, g: nx.Graph, table: Segments, expansions, cls: SpaceClasses
     ) -> None:
         self.spaces = cg.spaces
         self.cls = cls
-        self.adj = adj
+        self.neighbours = g.neighbors
         self.table = table
         self.expansions = expansions
         self.exp_segs = {s for pair in expansions for s in pair}
@@ -89,7 +93,7 @@ class GroupMaker:
             norm = dict.fromkeys(comp, 1)
         else:
             # block factor of every segment relative to one root, by BFS over the edges
-            factor, consistent = _block_factors(comp, self.adj, self.expansions, self._sides)
+            factor, consistent = _block_factors(comp, self.neighbours, self.expansions, self._sides)
             norm = _units(factor)
         sizes = {seg_len[s] // norm[s] for s in comp} if norm else set()
         if norm is None or any(seg_len[s] % norm[s] for s in comp) or len(sizes) != 1:
@@ -286,13 +290,13 @@ def expansion_sides(expansions: dict[tuple[int, int], int]) -> tuple[dict, dict]
     return small, big
 
 
-def _block_factors(comp, adj, expansions, sides=None) -> tuple[dict[int, int], bool]:
+def _block_factors(comp, neighbours, expansions, sides=None) -> tuple[dict[int, int], bool]:
     """Entries of every segment per entry (or entries) of a root segment, by BFS over the
     edges, as whole numbers: where an expansion walked backwards does not divide evenly,
     the factors found so far are multiplied to make it whole and the walk goes on (the
     walk from the start with the root so scaled would take the same steps: scaling keeps
     every earlier division whole and every comparison as it was). ``sides`` is
-    ``expansion_sides(expansions)``, made here when not given; ``adj[u]`` are the
+    ``expansion_sides(expansions)``, made here when not given; ``neighbours(u)`` are the
     neighbours of segment ``u``."""
     small, big = sides if sides is not None else expansion_sides(expansions)
     root = next(iter(comp))
@@ -304,7 +308,7 @@ def _block_factors(comp, adj, expansions, sides=None) -> tuple[dict[int, int], b
         fu = factor[u]
         ks, kb = small.get(u), big.get(u)
         if ks is None and kb is None:  # most segments: plain ties, the same factor
-            for v in adj[u]:
+            for v in neighbours(u):
                 old = factor.get(v)
                 if old is None:
                     factor[v] = fu
@@ -312,7 +316,7 @@ def _block_factors(comp, adj, expansions, sides=None) -> tuple[dict[int, int], b
                 elif old != fu:
                     consistent = False
             continue
-        for v in adj[u]:
+        for v in neighbours(u):
             old = factor.get(v)
             k = ks.get(v) if ks is not None else None
             if k is not None:  # u is the small side

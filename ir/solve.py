@@ -1,6 +1,6 @@
 """Solving a channel graph: spaces an identity ties merged into classes, cuts to a
 fixpoint over the concats and expansions between classes, atomic segments per class, the
-segment graph (adjacency lists), and its connected components as coupled groups (see
+networkx segment graph, and its connected components as coupled groups (see
 ``ir/channels.py``).
 
 Most relations are identities (an activation, a BN, an add): merging their spaces first
@@ -18,6 +18,8 @@ import itertools
 from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+import networkx as nx
 
 from drpopt.ir.channel_types import Group, Lock, Space
 from drpopt.ir.core import Node, Value
@@ -191,9 +193,9 @@ def segment_edges(
     return edges, expansions, split_blocks
 
 
-def solve(cg: ChannelGraph) -> tuple[list[Group], list[list[int]]]:
-    """Classes of identical spaces, their segments, the segment graph (each segment's
-    neighbours), and its components as groups. Spaces an identity relation ties
+def solve(cg: ChannelGraph) -> tuple[list[Group], nx.Graph]:
+    """Classes of identical spaces, their segments, the networkx segment graph (the
+    segments an edge relates), and its components as groups. Spaces an identity relation ties
     (elementwise ops, BN, an activation) share one set of segments: only concats and
     expansions become edges."""
     spaces = cg.spaces
@@ -207,7 +209,8 @@ def solve(cg: ChannelGraph) -> tuple[list[Group], list[list[int]]]:
         sp.cuts, sp.seg0 = csp.cuts, csp.seg0
     edges, expansions, split_blocks = segment_edges(cls.relations, cls.spaces, table.bounds)
     cg.expansions = expansions
-    g = adjacency(len(table.space), edges)
+    g = nx.Graph()
+    g.add_edges_from(edges)
     locked, pending = cg.locked_values, cg.pending_locks
     if locked:
         for key, sid in cg._index.items():
@@ -237,16 +240,6 @@ def solve(cg: ChannelGraph) -> tuple[list[Group], list[list[int]]]:
     for i, gr in enumerate(groups + cg.unproduced):
         gr.id = i
     return groups, g
-
-
-def adjacency(n: int, edges: list[tuple[int, int]]) -> list[list[int]]:
-    """The neighbours of each of ``n`` segments (an edge given twice is listed twice: the
-    walks over them skip what they have seen)."""
-    adj: list[list[int]] = [[] for _ in range(n)]
-    for u, v in edges:
-        adj[u].append(v)
-        adj[v].append(u)
-    return adj
 
 
 def _order(group: Group) -> int:

@@ -330,7 +330,7 @@ def test_yolox_focus_input_channels_locked_by_graph_input() -> None:
     _, segments = cg.groups()
     sp = cg.spaces[cg.space(graph.values["backbone.stem.conv.conv.weight"], 1)]
     assert sorted(sp.cuts) == [3, 6, 9]
-    comp = nx.node_connected_component(nx.Graph(dict(enumerate(segments))), sp.seg0)
+    comp = nx.node_connected_component(segments, sp.seg0)
     assert set(range(sp.seg0, sp.seg0 + 4)) <= comp
     # a space's segments are seg0 .. seg0 + len(cuts) (spaces an identity ties share them)
     spaces = {

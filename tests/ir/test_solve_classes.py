@@ -171,7 +171,7 @@ def test_block_factors_stay_whole_when_an_expansion_is_walked_backwards() -> Non
 
     g = nx.Graph([(0, 1), (1, 2)])
     expansions = {(1, 0): 3, (1, 2): 2}  # segment 1 is the small side of both
-    factor, consistent = _block_factors([0, 1, 2], g.adj, expansions)
+    factor, consistent = _block_factors([0, 1, 2], g.neighbors, expansions)
     assert consistent and _units(factor) == {0: 3, 1: 1, 2: 2}
     g.add_edge(0, 2)  # a plain tie between blocks of 3 and of 2: inconsistent
-    assert not _block_factors([0, 1, 2], g.adj, expansions)[1]
+    assert not _block_factors([0, 1, 2], g.neighbors, expansions)[1]
