@@ -95,6 +95,8 @@ def check_cmd(
         warn(warning)
     with steps(1, "checking the layers"):
         report = check_model(graph, profile, min_sparsity)
+        if min_sparsity is None:
+            _refuse_compact_result(graph, profile, report, model)
         figures = model_figures(graph, analysis=get_analysis(graph))
     if as_json:
         data = report.to_dict()
@@ -104,6 +106,25 @@ def check_cmd(
         _print_check(console_for(), report, profile, figures)
     if not report.ok:
         raise CheckFailedError(report.summary())
+
+
+def _refuse_compact_result(graph, profile, report, model) -> None:
+    """A model drpopt pruned (it carries its plan) for a target that exports compact models
+    (``cpu``), with no zero channel in any checked layer, is that compact result: its
+    pruned channels are gone, so there are no zeros for ``check`` to measure and a verdict
+    on them would be wrong. Bad input, naming what to check instead."""
+    from drpopt.errors import BadInputError
+
+    if profile.output != "compact" or "drpopt.plan" not in graph.metadata:
+        return
+    if any(layer.zero_channels for layer in report.layers):
+        return  # a sparse form (prune --sparse): its zeros are measured as for any target
+    raise BadInputError(
+        f"{model} is a compact model (pruned channels removed, it carries its drpopt plan) "
+        f"and target '{profile.name}' exports compact models: check measures the zeros of "
+        f"sparse models; check the sparse form (drpopt prune ORIGINAL --target "
+        f"{profile.name} --sparse), or give --min-sparsity to measure this model anyway"
+    )
 
 
 def _check_table(report, profile) -> Table:

@@ -247,3 +247,26 @@ def test_prune_says_when_its_sparse_result_falls_short_of_the_target(model, tmp_
     j = runner.invoke(app, ["prune", str(src), "--target", "drpai", "-o", str(out), "--force",
                             "--json"])  # fmt: skip
     assert json.loads(j.stdout)["target_check"]["ok"] is (not narrow)
+
+
+def test_check_refuses_the_compact_result_of_a_compact_target(model, tmp_path):
+    """`cpu` exports compact models: `check --target cpu` on what `prune --target cpu` wrote
+    has no zeros to measure (it said "0.0% ... does not meet", exit 1, on a right result):
+    bad input, one line naming the sparse form; the sparse form is measured as usual, and
+    --min-sparsity still measures the compact model as asked."""
+    compact, sparse = tmp_path / "c.onnx", tmp_path / "s.onnx"
+    p = runner.invoke(app, ["prune", str(model), "--target", "cpu", "-o", str(compact)])
+    assert p.exit_code == 0, p.output
+    c = runner.invoke(app, ["check", str(compact), "--target", "cpu"])
+    assert c.exit_code == 2, c.output
+    assert "is a compact model" in c.stderr and "--sparse" in c.stderr
+    assert len(c.stderr.strip().splitlines()) == 1 and "Traceback" not in c.output
+    forced = runner.invoke(app, ["check", str(compact), "--target", "cpu", "--min-sparsity", "0"])
+    assert forced.exit_code == 0, forced.output
+    p = runner.invoke(app, ["prune", str(model), "--target", "cpu", "--sparse", "-o", str(sparse)])
+    assert p.exit_code == 0, p.output
+    s = runner.invoke(app, ["check", str(sparse), "--target", "cpu"])
+    assert s.exit_code == 0, s.output
+    # a dense model carries no plan: it is measured, and falls short
+    d = runner.invoke(app, ["check", str(model), "--target", "cpu"])
+    assert d.exit_code == 1, d.output
