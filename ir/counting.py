@@ -319,11 +319,8 @@ def _group_totals(
     for g in groups:
         one = spans[id(g)] if spans and id(g) in spans else member_spans(g, params)
         totals = _one_axis_count(one, info) if one is not None else None
-        if totals is None:
-            merged: dict[str, list] = {}
-            for name, span in one[0].items() if one is not None else _all_spans(g, params):
-                merged.setdefault(name, []).append(span)
-            totals = _spans_totals(merged, info)
+        if totals is None:  # the general count, from the pieces read above
+            totals = _removed(graph, [g], params, uses, info, {id(g): one})
         g.params, g.macs = totals
 
 

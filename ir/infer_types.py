@@ -29,7 +29,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import onnx
 from onnx import helper
 
 from drpopt.ir.core import Graph, Node, Value
@@ -38,13 +37,13 @@ from drpopt.ir.propagate import (
     _infer,
     _numbers,
     _static,
-    _type,
+    elem_dtype,
+    infer_node,
     propagate_shapes,
     window_sizes,
 )
 from drpopt.ir.rules import ELEMENTWISE_OPS, UNARY_OPS
 from drpopt.ir.shape_expr import NumericMemo
-from drpopt.ir.to_onnx import _node_proto
 
 _BOOL_OPS = frozenset(
     ["Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "Not"]
@@ -145,16 +144,10 @@ def _dtype_of(node: Node, ins: list[Value], out: Value, opset: int, opsets) -> n
     if dtype is not None:
         return dtype
     try:
-        schema = onnx.defs.get_schema(node.op_type, opset, node.domain or "")
-        types = {v.name: _type(v) for v in ins}
-        proto = _node_proto(node, False, {})
-        found = onnx.shape_inference.infer_node_outputs(schema, proto, types, {}, opsets)
+        found = infer_node(node, ins, opset, opsets)
     except Exception:  # an op inference rejects: the output stays untyped
         return None
-    t = found.get(out.name)
-    if t is None or not t.HasField("tensor_type") or not t.tensor_type.elem_type:
-        return None
-    return np.dtype(helper.tensor_dtype_to_np_dtype(t.tensor_type.elem_type))
+    return elem_dtype(found.get(out.name))
 
 
 def _done(v: Value) -> bool:

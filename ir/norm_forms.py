@@ -272,27 +272,19 @@ def normalised_axes(node: Node, rank: int) -> list[int]:
     return sorted({int(a) % rank for a in node.attrs.get("axes", [-1])})
 
 
+def reduction_axes(graph: Graph, axes, base: str) -> tuple[list[Value], dict]:
+    """The axes of a ReduceMean, ReduceMax or ReduceMin in the ops of the model's opset:
+    (extra inputs, attributes): an input from opset 18, an attribute before."""
+    if graph.opsets.get("", 17) >= 18:
+        return [const_value(graph, f"{base}.axes", np.array(axes, np.int64))], {}
+    return [], {"axes": list(axes)}
+
+
 def write_reduce_mean(graph, x, out, axes, base, before) -> None:
     """``out = ReduceMean(x, axes, keepdims=1)`` in the ops of the model's opset."""
-    if graph.opsets.get("", 17) >= 18:
-        axes_value = const_value(graph, f"{base}.axes", np.array(axes, np.int64))
-        graph.add_node(
-            "ReduceMean",
-            graph.fresh_name(f"{base}_ReduceMean"),
-            [x, axes_value],
-            [out],
-            {"keepdims": 1},
-            before=before,
-        )
-    else:
-        graph.add_node(
-            "ReduceMean",
-            graph.fresh_name(f"{base}_ReduceMean"),
-            [x],
-            [out],
-            {"axes": list(axes), "keepdims": 1},
-            before=before,
-        )
+    more, attrs = reduction_axes(graph, axes, base)
+    name = graph.fresh_name(f"{base}_ReduceMean")
+    graph.add_node("ReduceMean", name, [x, *more], [out], {**attrs, "keepdims": 1}, before=before)
 
 
 def write_out_layernorm(graph: Graph, node: Node, axes: list[int] | None = None) -> None:

@@ -428,8 +428,6 @@ def _infer(
     to take (static ones, or with symbols too: ``_known``); ``fresh`` names the dims it
     leaves unknown (symbolic propagation: the rank is known, the size only equals itself)."""
     try:
-        schema = onnx.defs.get_schema(node.op_type, opset, node.domain or "")
-        types = {v.name: _type(v) for v in ins}
         data = {}
         wanted = _DATA_INPUTS.get(node.op_type)
         for i, v in enumerate(node.inputs):
@@ -438,9 +436,7 @@ def _infer(
             arr = _data(v, memo)
             if arr is not None:
                 data[v.name] = numpy_helper.from_array(arr, v.name)
-        result = onnx.shape_inference.infer_node_outputs(
-            schema, _node_proto(node, False, {}), types, data, opset_imports=opsets
-        )
+        result = infer_node(node, ins, opset, opsets, data)
     except Exception as err:  # an op inference rejects: leave its shapes as they were
         log.debug("no shape for %s '%s': %s", node.op_type, node.name, err)
         return 0
@@ -459,10 +455,27 @@ def _infer(
             dims = tuple(fresh() if d is None else d for d in dims)
         if done(dims) and dims != o.shape:
             o.shape = dims
-            if o.dtype is None and tp.tensor_type.elem_type:
-                o.dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tp.tensor_type.elem_type))
+            if o.dtype is None:
+                o.dtype = elem_dtype(tp)
             learnt += 1
     return learnt
+
+
+def infer_node(node: Node, ins: list[Value], opset, opsets, data=None) -> dict:
+    """ONNX's inference of ``node`` alone (its typed inputs ``ins``, the numbers ``data``
+    holds): output name -> TypeProto. Raises where the op's inference rejects it."""
+    schema = onnx.defs.get_schema(node.op_type, opset, node.domain or "")
+    types = {v.name: _type(v) for v in ins}
+    return onnx.shape_inference.infer_node_outputs(
+        schema, _node_proto(node, False, {}), types, data or {}, opset_imports=opsets
+    )
+
+
+def elem_dtype(tp: onnx.TypeProto | None) -> np.dtype | None:
+    """The element dtype an inferred tensor type names; None when it names none."""
+    if tp is None or not tp.HasField("tensor_type") or not tp.tensor_type.elem_type:
+        return None
+    return np.dtype(helper.tensor_dtype_to_np_dtype(tp.tensor_type.elem_type))
 
 
 def _type(v: Value) -> onnx.TypeProto:

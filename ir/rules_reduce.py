@@ -50,6 +50,7 @@ from drpopt.ir.norm_forms import (
     dtype_of,
     ensure_function,
     normalised_axes,
+    reduction_axes,
 )
 from drpopt.ir.rules import RULES, SUM_LIKE, broadcast, reduce_axes, rule
 from drpopt.ir.rules_compact import KeptChannels
@@ -199,11 +200,10 @@ def finish_masked_reduction(graph: Graph, node: Node, kept: KeptChannels) -> Non
         return
     axes, keepdims = normalised_axes(node, x.rank), int(node.attrs.get("keepdims", 1))
     node.op_type, node.domain = PLAIN_FORMS[node.op_type], ""
-    if graph.opsets.get("", 17) >= 18:
-        node.attrs = {"keepdims": keepdims}
-        graph.set_input(node, 1, const_value(graph, f"{node.name}.axes", np.array(axes, np.int64)))
-    else:
-        node.attrs = {"axes": axes, "keepdims": keepdims}
+    more, attrs = reduction_axes(graph, axes, node.name)
+    node.attrs = {**attrs, "keepdims": keepdims}
+    for value in more:
+        graph.set_input(node, 1, value)
     graph.touch()
 
 
