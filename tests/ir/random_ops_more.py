@@ -260,8 +260,11 @@ class MoreBlocks:
         return self.to_nchw(self.b.unary("Softmax", self.to_nhwc(x), axis=-1))
 
     def samepad(self, x: str) -> str:
-        """A conv with auto_pad SAME_UPPER (stride 2) or asymmetric explicit pads."""
+        """A conv with auto_pad SAME_UPPER (stride 2) or asymmetric explicit pads (which take
+        a row off: below two rows the 3x3 kernel would not fit, so a plain conv instead)."""
         n, c, h, w = self.s(x)
+        if h < 2:
+            return self.conv(x)
         out = self.chans()
         weight = self.b._weight(self.b._name("Same", None), (out, c, 3, 3), 9 * c)
         if h >= 4 and self.coin():

@@ -153,6 +153,9 @@ SETTINGS = settings(
 @example(([("global", 47632), ("linear", 16315)], "gemm", 8, 4))
 # a grouped conv pruned by equal counts in each conv group behind a Split (test helper)
 @example(([("s2d", 41718), ("d2s", 33692), ("concat", 42554), ("split", 2601)], "conv", 6, 8))
+# explicit-pad "same" convs, each a row less, shrank a 1-row map below the 3x3 kernel: the
+# generated model itself did not run (test helper)
+@example(([("conv", 0), ("d2s", 0), ("samepad", 0), ("samepad", 0), ("samepad", 0)], "plain", 8, 8))
 def test_random_op_graphs_prune_right(spec):
     check_model(build_model(*spec))
 
