@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 import pytest
 from corpus_checks import CONFIGS, TOLERANCE, PruneConfig, compact_counts, compare_outputs, prune
-from deadchannels import run_model
+from deadchannels import random_feeds, run_model
 
 from drpopt import analyze
 
@@ -193,12 +193,13 @@ def test_a_symbolic_batch_over_batch_one_constants_keeps_the_static_coverage(nam
     is the only one, so the reshape maps as in the static model. Before: DETR kept 0.804 of
     its parameters in prunable groups (0.976 static), HRNet 0.817 (1.0)."""
     import test_unseen_architectures as unseen
+    from test_unseen_fixes import _symbolic_batch
 
-    model = unseen._symbolic_batch(unseen.case(name).model)
+    model = _symbolic_batch(unseen.case(name).model)
     a, static = analyze(model), unseen.analysis(name)
     assert a.prunable_params == static.prunable_params
     pruned = prune(model, CONFIGS["rate0.5"])
-    feeds = unseen.random_feeds(model)
+    feeds = random_feeds(model)
     sparse, compact = run_model(pruned.masked, feeds), run_model(pruned.compact, feeds)
     assert compare_outputs(sparse, compact) < TOLERANCE
     assert compact_counts(pruned.compact)[0] == pruned.expected_params

@@ -19,8 +19,7 @@ import numpy as np
 import onnx
 import pytest
 from corpus_checks import CONFIGS, _batch_share, compact_counts, prune
-from deadchannels import assert_groups_complete, random_feeds
-from unseen_battery import OUTPUT, battery, check_exact
+from unseen_battery import OUTPUT, battery, check_another_export, check_exact
 
 from drpopt import analyze
 from drpopt.ir.analysis import Analysis
@@ -135,16 +134,9 @@ def test_dynamo_exports_prune_like_torchscript_ones(name):
     export, exact compaction at every config, no incomplete group."""
     module, builder = MODELS[name][:2]
     model = getattr(importlib.import_module(module), builder)(dynamo=True)
-    a, ts = analyze(model), analysis(name)
     # the same prunable parameters (dynamo keeps SAM's int64 relative-position indices as
     # tensors of their own, which the share's denominator counts)
-    assert a.prunable_params >= ts.prunable_params - 0.01 * ts.params
-    assert_groups_complete(a, model)
-    feeds = random_feeds(model)
-    for config in CONFIGS:
-        pruned = check_exact(model, config, feeds)
-        if config == "rate0.5":
-            assert compact_counts(pruned.compact)[0] / pruned.before.params <= MODELS[name][3]
+    check_another_export(model, analysis(name), max_ratio=MODELS[name][3], by_params=True)
 
 
 def _range_cast_model() -> onnx.ModelProto:

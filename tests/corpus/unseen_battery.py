@@ -18,7 +18,8 @@ too); the four tests, parametrized over the models, keep the suite's node ids
   ``TOLERANCE`` of the spread, with the parameters and MACs the plan says, and at rate 0.5
   the compact model keeps at most ``max_ratio`` of the parameters;
 - ``assert_groups_complete`` (``deadchannels``): the dead-channel check on every prunable group;
-- ``check_exact``: the short form for a single model and plan (outputs and parameters).
+- ``check_exact``: the short form for a single model and plan (outputs and parameters);
+- ``check_another_export``: another export of a suite's model prunes as the first does.
 """
 
 from __future__ import annotations
@@ -112,6 +113,38 @@ def check_exact(
     assert compare_outputs(sparse, compact) < TOLERANCE, config
     assert compact_counts(pruned.compact)[0] == pruned.expected_params, config
     return pruned
+
+
+def check_another_export(
+    model: onnx.ModelProto,
+    first: Analysis | None,
+    *,
+    max_ratio: float | None = None,
+    by_params: bool = False,
+) -> Analysis:
+    """Another export of a battery model (torch's dynamo exporter, another opset, a
+    simplifier's rewrite) prunes as the first one does: nearly the coverage of ``first``
+    (the first export's analysis; None: the caller checks the coverage), 1% of the
+    parameters less at most (of the share, or with ``by_params`` of the prunable parameters
+    themselves, where the other export counts more tensors); every lock named; every
+    prunable group complete; exact compaction at every config, at rate 0.5 keeping at most
+    ``max_ratio`` of the parameters where given. Returns the export's analysis."""
+    a = analyze(model)
+    if first is None:  # no first export to compare with: the caller checks the coverage
+        pass
+    elif by_params:
+        assert a.prunable_params >= first.prunable_params - 0.01 * first.params
+    else:
+        assert a.prunable_params / a.params >= first.prunable_params / first.params - 0.01
+    assert all(g.reason for g in a.locked_groups), "a locked group names no reason"
+    assert_groups_complete(a, model)
+    feeds = random_feeds(model)
+    for config in CONFIGS:
+        pruned = check_exact(model, config, feeds)
+        if config == "rate0.5" and max_ratio is not None:
+            ratio = compact_counts(pruned.compact)[0] / pruned.before.params
+            assert ratio <= max_ratio, f"compact keeps {ratio:.3f} of the parameters"
+    return a
 
 
 @dataclass
