@@ -8,12 +8,13 @@ give ``PassManager(...)(graph, context=PipelineContext(calibration=CalibrationDa
 Rules:
 - ``.npz``: one array per model input, named like the input, the first axis being samples
   (a single array feeds a model with a single input whatever its name);
-- a folder: every ``.png``/``.jpg``/``.jpeg``/``.bmp``/``.ppm``/``.pgm``/``.npy`` file in
-  it (sorted by name, not recursive); each image is resized to ``size`` (H, W; default: the
-  model input's), scaled by ``scale`` (default 1/255), normalised as ``(x - mean) / std``
-  per channel in ``order`` (``rgb``/``bgr``) and laid out as ``nchw`` or ``nhwc``; a model
-  input with one channel gets grey images. Decoding needs Pillow (``pip install pillow``);
-  ``.npy`` files are taken as HxWxC arrays already in [0, 255];
+- a folder: every image file in it (``passes/inputs.IMAGE_SUFFIXES``, sorted by name, not
+  recursive), read as ``--inputs`` reads one (``inputs.image_array``: PNG and ``.npy``
+  built in, the other formats through Pillow; an ``.npy`` is an HxWxC array in [0, 255]),
+  resized (bilinear) to ``size`` (H, W; default: the model input's), scaled by ``scale``
+  (default 1/255), normalised as ``(x - mean) / std`` per channel in ``order``
+  (``rgb``/``bgr``) and laid out as ``nchw`` or ``nhwc``; a model input with one channel
+  gets grey images;
 - batches are read lazily (images are decoded one batch at a time); ``holdout`` keeps the
   last share of the samples aside (``CalibrationData.split``) for drift reports.
 """
@@ -34,10 +35,9 @@ from drpopt.errors import BadInputError
 from drpopt.ir.core import Graph
 from drpopt.passes.base import Pass, PassResult
 from drpopt.passes.context import context_of
+from drpopt.passes.inputs import IMAGE_SUFFIXES, image_array
 
 log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".npy")
 
 
 @dataclass
@@ -60,48 +60,11 @@ class Preprocess:
             raise BadInputError("calibration std must not contain 0")
 
     def __call__(self, path: Path, channels: int, size: tuple[int, int]) -> np.ndarray:
-        img = _read_image(path, channels, size)  # H, W, C float in [0, 255]
-        if self.order == "bgr" and img.shape[2] == 3:
-            img = img[:, :, ::-1]
-        img = img * self.scale
+        img = image_array(path, channels, size, bgr=self.order == "bgr") * self.scale
         img = (img - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         if self.layout == "nchw":
             img = np.transpose(img, (2, 0, 1))
         return np.ascontiguousarray(img, dtype=np.float32)
-
-
-def _read_image(path: Path, channels: int, size: tuple[int, int]) -> np.ndarray:
-    if path.suffix.lower() == ".npy":
-        arr = np.load(path, allow_pickle=False).astype(np.float32)
-        arr = arr[:, :, None] if arr.ndim == 2 else arr
-        if arr.shape[2] != channels:
-            arr = (
-                arr.mean(axis=2, keepdims=True) if channels == 1 else np.repeat(arr[:, :, :1], 3, 2)
-            )
-        if arr.shape[:2] != size:
-            arr = _resize_nearest(arr, size)
-        return arr
-    try:
-        from PIL import Image
-    except ImportError as err:
-        raise BadInputError(
-            f"{path}: decoding images needs Pillow (pip install pillow), "
-            "or give the calibration inputs as an .npz"
-        ) from err
-    try:
-        with Image.open(path) as im:
-            im = im.convert("L" if channels == 1 else "RGB")
-            im = im.resize((size[1], size[0]), Image.BILINEAR)
-            arr = np.asarray(im, dtype=np.float32)
-    except OSError as err:
-        raise BadInputError(f"{path}: not a readable image ({err})") from err
-    return arr[:, :, None] if arr.ndim == 2 else arr
-
-
-def _resize_nearest(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    rows = (np.arange(size[0]) * arr.shape[0] / size[0]).astype(int)
-    cols = (np.arange(size[1]) * arr.shape[1] / size[1]).astype(int)
-    return arr[rows][:, cols]
 
 
 @dataclass

@@ -26,7 +26,9 @@ import onnx
 
 from drpopt.errors import BadInputError
 
-IMAGE_SUFFIXES = (".png", ".npy", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+# what a folder of images may hold (``--inputs`` and ``calibrate``): PNG and ``.npy`` are
+# read here, the others through Pillow
+IMAGE_SUFFIXES = (".png", ".npy", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".webp", ".tif", ".tiff")
 
 
 @dataclass
@@ -118,15 +120,7 @@ def _image_samples(
         raise BadInputError("--std: a channel's std is 0")
     samples = []
     for f in files[:limit]:
-        img = _read_image(f)  # HxWxC float64 in the file's range
-        img = img[..., :3] if img.shape[2] >= 3 else img
-        if n_ch == 3 and img.shape[2] == 1:
-            img = np.repeat(img, 3, axis=2)
-        elif n_ch == 1 and img.shape[2] == 3:
-            img = img.mean(axis=2, keepdims=True)
-        if pre.channels == "bgr" and img.shape[2] == 3:
-            img = img[..., ::-1]
-        img = resize_bilinear(img, size) * pre.scale
+        img = image_array(f, n_ch, size, bgr=pre.channels == "bgr") * pre.scale
         img = (img - np.asarray(mean)) / np.asarray(std)
         arr = img.transpose(2, 0, 1) if layout == "nchw" else img
         samples.append({name: arr[None].astype(np.float32)})
@@ -155,6 +149,22 @@ def resize_bilinear(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         w = (pos - lo).reshape([-1 if a == axis else 1 for a in range(out.ndim)])
         out = np.take(out, lo, axis=axis) * (1 - w) + np.take(out, hi, axis=axis) * w
     return out
+
+
+def image_array(path: Path, channels: int, size: tuple[int, int], bgr: bool = False) -> np.ndarray:
+    """The image file ``path`` as an HxWxC float64 array in the file's range (0-255 for
+    8-bit images; an ``.npy`` as it is stored): alpha dropped, grey repeated to three
+    channels or RGB averaged to one as ``channels`` asks, reversed to BGR with ``bgr``, and
+    resized (bilinear) to ``size`` (height, width)."""
+    img = _read_image(path)
+    img = img[..., :3] if img.shape[2] >= 3 else img
+    if channels == 3 and img.shape[2] == 1:
+        img = np.repeat(img, 3, axis=2)
+    elif channels == 1 and img.shape[2] == 3:
+        img = img.mean(axis=2, keepdims=True)
+    if bgr and img.shape[2] == 3:
+        img = img[..., ::-1]
+    return resize_bilinear(img, size)
 
 
 def _read_image(path: Path) -> np.ndarray:

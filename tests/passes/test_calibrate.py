@@ -3,6 +3,8 @@ activations fetched through onnxruntime one batch at a time."""
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import onnx
 import pytest
@@ -11,6 +13,7 @@ from drpopt.errors import BadInputError
 from drpopt.passes import PassManager, parse_pipeline
 from drpopt.passes.activations import ChannelMoments, fetching, run_batches, session
 from drpopt.passes.calibrate import CalibrationData, InputSpec, Preprocess
+from drpopt.passes.inputs import write_png
 from drpopt.zoo.builder import OnnxBuilder
 
 SPEC = [InputSpec("x", ("N", 3, 8, 8))]
@@ -57,10 +60,11 @@ def test_missing_inputs_and_files_are_bad_input(tmp_path):
         CalibrationData({"a": np.zeros((2, 3)), "b": np.zeros((3, 3))})
 
 
-def test_image_folder_preprocessing_as_stated(tmp_path):
-    image = pytest.importorskip("PIL.Image")
+def test_image_folder_preprocessing_as_stated(tmp_path, monkeypatch):
+    # PNG and .npy are read without Pillow (the README's image examples run without it)
+    monkeypatch.setitem(sys.modules, "PIL", None)
     for i, color in enumerate([(10, 20, 30), (200, 100, 50)]):
-        image.new("RGB", (9, 7), color).save(tmp_path / f"{i}.png")
+        write_png(tmp_path / f"{i}.png", np.broadcast_to(np.uint8(color), (7, 9, 3)))
     np.save(tmp_path / "2.npy", np.full((5, 5, 3), 255, np.uint8))
     pre = Preprocess(
         size=(4, 6), mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.5), order="bgr", layout="nhwc"
