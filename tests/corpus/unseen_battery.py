@@ -24,6 +24,7 @@ too); the four tests, parametrized over the models, keep the suite's node ids
 from __future__ import annotations
 
 import functools
+import importlib
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -112,6 +113,17 @@ def check_exact(
     assert compare_outputs(sparse, compact) < TOLERANCE, config
     assert compact_counts(pruned.compact)[0] == pruned.expected_params, config
     return pruned
+
+
+def by_module(models: Mapping[str, tuple]) -> Callable[[str], onnx.ModelProto]:
+    """``build`` for models listed as ``name -> (module, builder, ...)``: calls
+    ``module.builder()`` (a model-definition module of ``tests/ir``)."""
+
+    def build(name: str) -> onnx.ModelProto:
+        module, builder = models[name][:2]
+        return getattr(importlib.import_module(module), builder)()
+
+    return build
 
 
 @dataclass

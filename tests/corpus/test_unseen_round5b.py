@@ -1,0 +1,52 @@
+"""The unseen-architecture checks (``unseen_battery.py``) on round 5b's detectors, segmenters
+and OCR models (``tests/ir/round5b_torch.py``, ``round5b_det_torch.py``,
+``round5b_seg_torch.py``, ``round5b_ocr_torch.py``): YOLOv9/GELAN,
+PP-YOLOE, SSD300 with L2Norm, RetinaNet with heads shared by the levels, ENet (max-unpool by
+indices, dynamo), DDRNet, U^2-Net, CRAFT, DeepLabV3+ and SVTR with its CTC head, each exported
+as its project does (opset, dynamic batch, post-processing kept in the graph).
+
+Per model: the analysis names every lock (and only the expected reasons); rate 0 is
+bit-identical; every plan of ``CONFIGS`` gives compact outputs equal to the sparse ones (1e-4
+of the spread) with the parameters and MACs the plan says; the dead-channel check holds on
+every prunable group; and the coverage is what the architecture allows.
+"""
+
+from __future__ import annotations
+
+import pytest
+from unseen_battery import OUTPUT, battery, by_module
+
+D, DT = "round5b_torch", "round5b_det_torch"
+S, OC = "round5b_seg_torch", "round5b_ocr_torch"
+# the per-anchor prediction convs' outputs, merged with the anchors by the head's reshape
+MERGES = "merges axis 1 of"
+# name -> (module, builder, min prunable share, max params ratio at 0.5, allowed lock reasons)
+MODELS = {
+    # RepNCSPELAN4 chunks, ADown halves, SPPELAN; the DFL conv reads the 4 box sides
+    "yolov9": (D, "yolov9", 0.99, 0.28, {"'/detect/dfl/conv/Conv'", OUTPUT}),
+    # ESE attention, ET-head (cls reads stem + feat), proj_conv over the softmax bins
+    "ppyoloe": (D, "ppyoloe", 0.99, 0.32, {"/head/proj_conv", OUTPUT}),
+    # L2Norm over conv4_3's channels prunes with it; only the prediction convs (anchors x
+    # classes / box sides merged by the head's view) stay
+    "ssd300": (DT, "ssd300", 0.9, 0.39, {MERGES, OUTPUT}),
+    # the class / box predictors, shared by the five levels, merged with the anchors
+    "retinanet": (DT, "retinanet", 0.97, 0.3, {MERGES, OUTPUT}),
+    # max-unpool by flattened indices (ScatterND, channel offsets a constant): the streams
+    # the pooling indices come from lock, the bottlenecks' inner widths prune
+    "enet": (S, "enet", 0.75, 0.5, {"ScatterND", "graph input", OUTPUT}),
+    "ddrnet": (S, "ddrnet", 0.99, 0.27, {OUTPUT}),
+    "u2net": (S, "u2net", 0.99, 0.27, {OUTPUT}),
+    "craft": (OC, "craft", 0.99, 0.27, {OUTPUT}),
+    "deeplabv3plus": (OC, "deeplabv3plus", 0.99, 0.27, {OUTPUT}),
+    # the local mixers' window masks (constants of h*w x h*w, 0.37 of the weights) do not
+    # shrink; every weight prunes but the CTC classes
+    "svtr": (OC, "svtr", 0.62, 0.56, {"Softmax '/Softmax'", OUTPUT}),
+}
+# all ten take about 45 s here; ENet (a 20 s dynamo export) and YOLOv9 are marked slow
+SLOW = {"enet", "yolov9"}
+
+
+corpus = pytest.mark.corpus
+BATTERY = battery(MODELS, by_module(MODELS), slow=SLOW, marks=[corpus])
+case, analysis = BATTERY.case, BATTERY.analysis
+globals().update(BATTERY.tests)  # collected as this module's tests
