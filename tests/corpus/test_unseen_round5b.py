@@ -1,9 +1,10 @@
 """The unseen-architecture checks (``unseen_battery.py``) on round 5b's detectors, segmenters
 and OCR models (``tests/ir/round5b_torch.py``, ``round5b_det_torch.py``,
-``round5b_seg_torch.py``, ``round5b_ocr_torch.py``): YOLOv9/GELAN,
-PP-YOLOE, SSD300 with L2Norm, RetinaNet with heads shared by the levels, ENet (max-unpool by
-indices, dynamo), DDRNet, U^2-Net, CRAFT, DeepLabV3+ and SVTR with its CTC head, each exported
-as its project does (opset, dynamic batch, post-processing kept in the graph).
+``round5b_seg_torch.py``, ``round5b_ocr_torch.py``, ``round5b_bilateral_torch.py``,
+``round5b_dense_torch.py``): YOLOv9/GELAN, PP-YOLOE, SSD300 with L2Norm, RetinaNet with heads
+shared by the levels, YOLACT's mask assembly, ENet (max-unpool by indices, dynamo), DDRNet,
+PIDNet, STDC, Fast-SCNN, UPerNet, U^2-Net, CRAFT, DeepLabV3+ and SVTR with its CTC head, each
+exported as its project does (opset, dynamic batch, post-processing kept in the graph).
 
 Per model: the analysis names every lock (and only the expected reasons); rate 0 is
 bit-identical; every plan of ``CONFIGS`` gives compact outputs equal to the sparse ones (1e-4
@@ -18,6 +19,7 @@ from unseen_battery import OUTPUT, battery, by_module
 
 D, DT = "round5b_torch", "round5b_det_torch"
 S, OC = "round5b_seg_torch", "round5b_ocr_torch"
+B, DN = "round5b_bilateral_torch", "round5b_dense_torch"
 # the per-anchor prediction convs' outputs, merged with the anchors by the head's reshape
 MERGES = "merges axis 1 of"
 # name -> (module, builder, min prunable share, max params ratio at 0.5, allowed lock reasons)
@@ -40,13 +42,40 @@ MODELS = {
     "deeplabv3plus": (OC, "deeplabv3plus", 0.99, 0.27, {OUTPUT}),
     # the local mixers' window masks (constants of h*w x h*w, 0.37 of the weights) do not
     # shrink; every weight prunes but the CTC classes
+    # PagFM's sum over channels of f_x(x) * f_y(y) couples the two convs; PAPPM's grouped
+    # conv over the concatenated scales
+    "pidnet": (B, "pidnet", 0.99, 0.27, {OUTPUT}),
+    # CatBottleneck's cascade of halving widths concatenated, ARM / FFM attention
+    "stdc": (B, "stdc", 0.99, 0.27, {OUTPUT}),
+    # the prototypes contract against the mask coefficients the head's reshape merged with
+    # the priors (split again on the 1x1 level): those k channels stay with the predictors'
+    "yolact": (DN, "yolact", 0.99, 0.29, {"Reshape '/prediction", OUTPUT}),
+    "fastscnn": (DN, "fastscnn", 0.99, 0.31, {OUTPUT}),
+    "upernet": (DN, "upernet", 0.99, 0.27, {OUTPUT}),
     "svtr": (OC, "svtr", 0.62, 0.56, {"Softmax '/Softmax'", OUTPUT}),
 }
-# all ten take about 45 s here; ENet (a 20 s dynamo export) and YOLOv9 are marked slow
-SLOW = {"enet", "yolov9"}
+# all fifteen take about 70 s (-m corpus); -m 'corpus and not slow' leaves out ENet (a 20 s
+# dynamo export), YOLOv9, U^2-Net, PIDNet and DDRNet (8-15 s each)
+SLOW = {"enet", "yolov9", "u2net", "pidnet", "ddrnet"}
 
 
 corpus = pytest.mark.corpus
 BATTERY = battery(MODELS, by_module(MODELS), slow=SLOW, marks=[corpus])
 case, analysis = BATTERY.case, BATTERY.analysis
 globals().update(BATTERY.tests)  # collected as this module's tests
+
+
+@corpus
+def test_yolact_prototypes_lock_with_the_mask_coefficients():
+    """``proto @ coeffs.T`` contracts the prototypes' k channels against the coefficients'
+    k, which the head's ``view(N, -1, k)`` merged with the priors: the last proto conv's
+    outputs are one locked group with them (pruned alone, the compact MatMul would not fit),
+    and the proto convs before it prune."""
+    groups = [g for g in analysis("yolact").groups if any("proto_out" in m.node for m in g.members)]
+    (last,) = [
+        g
+        for g in groups
+        if any(m.node.endswith("proto_out.2/Conv") and m.role == "producer" for m in g.members)
+    ]
+    assert not last.prunable and last.size == 8 and "Reshape '/prediction" in last.reason
+    assert all(g.prunable for g in groups if g is not last)

@@ -213,17 +213,18 @@ def _bn_relu_conv(cin, cout, k=1):
     )
 
 
+def pooled_scales(cin, branch) -> nn.ModuleList:
+    """DAPPM's (and PAPPM's) scales: average pools 5/2, 9/4, 17/8 and a global one, each
+    followed by BN-ReLU-conv 1x1."""
+    pools = [nn.AvgPool2d(k, s, s) for k, s in ((5, 2), (9, 4), (17, 8))]
+    pools.append(nn.AdaptiveAvgPool2d((1, 1)))
+    return nn.ModuleList(nn.Sequential(p, _bn_relu_conv(cin, branch)) for p in pools)
+
+
 class DAPPM(nn.Module):
     def __init__(self, cin, branch, cout):
         super().__init__()
-        self.scales = nn.ModuleList(
-            [
-                nn.Sequential(nn.AvgPool2d(k, s, s), _bn_relu_conv(cin, branch))
-                for k, s in ((5, 2), (9, 4), (17, 8))
-            ]
-            + [nn.Sequential(nn.AdaptiveAvgPool2d((1, 1)), _bn_relu_conv(cin, branch))]
-        )
-        self.scale0 = _bn_relu_conv(cin, branch)
+        self.scales, self.scale0 = pooled_scales(cin, branch), _bn_relu_conv(cin, branch)
         self.process = nn.ModuleList(_bn_relu_conv(branch, branch, 3) for _ in range(4))
         self.compression = _bn_relu_conv(branch * 5, cout)
         self.shortcut = _bn_relu_conv(cin, cout)
