@@ -2,9 +2,10 @@
 and OCR models (``tests/ir/round5b_torch.py``, ``round5b_det_torch.py``,
 ``round5b_seg_torch.py``, ``round5b_ocr_torch.py``, ``round5b_bilateral_torch.py``,
 ``round5b_dense_torch.py``): YOLOv9/GELAN, PP-YOLOE, SSD300 with L2Norm, RetinaNet with heads
-shared by the levels, YOLACT's mask assembly, ENet (max-unpool by indices, dynamo), DDRNet,
-PIDNet, STDC, Fast-SCNN, UPerNet, U^2-Net, CRAFT, DeepLabV3+ and SVTR with its CTC head, each
-exported as its project does (opset, dynamic batch, post-processing kept in the graph).
+shared by the levels, YOLACT's mask assembly, SOLOv2's dynamic kernels, ENet (max-unpool by
+indices, dynamo), DDRNet, PIDNet, STDC, Fast-SCNN, UPerNet, U^2-Net, CRAFT, DBNet++ (ASF),
+DeepLabV3+ and SVTR with its CTC head, each exported as its project does (opset, dynamic batch,
+post-processing kept in the graph).
 
 Per model: the analysis names every lock (and only the expected reasons); rate 0 is
 bit-identical; every plan of ``CONFIGS`` gives compact outputs equal to the sparse ones (1e-4
@@ -50,11 +51,16 @@ MODELS = {
     # the prototypes contract against the mask coefficients the head's reshape merged with
     # the priors (split again on the 1x1 level): those k channels stay with the predictors'
     "yolact": (DN, "yolact", 0.99, 0.29, {"Reshape '/prediction", OUTPUT}),
+    # the dynamic 1x1 conv: the kernel branch's E outputs (every grid cell's kernel) and the
+    # mask features' E channels are one prunable group; the grid rows stay
+    "solov2": (DN, "solov2", 0.99, 0.27, {"/conv_kernel", OUTPUT}),
+    # ASF: the mean over the fused channels, one attention weight per stage (single channels)
+    "dbnetpp": (DN, "dbnetpp", 0.99, 0.27, {"a single channel", OUTPUT}),
     "fastscnn": (DN, "fastscnn", 0.99, 0.31, {OUTPUT}),
     "upernet": (DN, "upernet", 0.99, 0.27, {OUTPUT}),
     "svtr": (OC, "svtr", 0.62, 0.56, {"Softmax '/Softmax'", OUTPUT}),
 }
-# all fifteen take about 70 s (-m corpus); -m 'corpus and not slow' leaves out ENet (a 20 s
+# all seventeen take about 80 s (-m corpus); -m 'corpus and not slow' leaves out ENet (a 20 s
 # dynamo export), YOLOv9, U^2-Net, PIDNet and DDRNet (8-15 s each)
 SLOW = {"enet", "yolov9", "u2net", "pidnet", "ddrnet"}
 
@@ -79,3 +85,17 @@ def test_yolact_prototypes_lock_with_the_mask_coefficients():
     ]
     assert not last.prunable and last.size == 8 and "Reshape '/prediction" in last.reason
     assert all(g.prunable for g in groups if g is not last)
+
+
+@corpus
+def test_solov2_dynamic_kernels_prune_with_the_mask_features():
+    """``conv2d(mask_feats, kernel_preds.view(-1, E, 1, 1))``: the weight of that conv is an
+    activation whose axis 1 is the E outputs of every level's ``conv_kernel``; they and the
+    mask feature head's E channels (in GroupNorm's groups) are one prunable group (the
+    dead-channel check zeroes the killed input channels of such a conv, as it does for a
+    MatMul of two activations)."""
+    groups = [g for g in analysis("solov2").groups if any("conv_pred" in m.node for m in g.members)]
+    (dynamic,) = [
+        g for g in groups if sum(m.node.startswith("/conv_kernel") for m in g.members) >= 3
+    ]
+    assert dynamic.prunable and dynamic.size == 4  # conv_pred's GroupNorm: 4 groups of 2

@@ -230,3 +230,149 @@ class TinyUPerNet(nn.Module):
 
 def upernet(size: int = 192, seed: int = 0, dynamo: bool = False) -> onnx.ModelProto:
     return export(TinyUPerNet(), size, 11, seed, dynamo)
+
+
+# ---- DBNet++ (PaddleOCR) ----------------------------------------------------------------------
+
+
+class ASFBlock(nn.Module):
+    """PaddleOCR ``necks/db_fpn.py`` ``ASFBlock``: a spatial scale from the mean over the
+    channels, added back to the features, a 1x1 conv to one weight per stage, each stage's
+    slice ``attention_scores[:, i:i + 1]`` times its features, concatenated."""
+
+    def __init__(self, cin, inter, n=4):
+        super().__init__()
+        self.conv, self.n = nn.Conv2d(cin, inter, 3, padding=1), n
+        self.spatial_scale = nn.Sequential(
+            nn.Conv2d(1, 1, 3, padding=1, bias=False),
+            nn.ReLU(),
+            nn.Conv2d(1, 1, 1, bias=False),
+            nn.Sigmoid(),
+        )
+        self.channel_scale = nn.Sequential(nn.Conv2d(inter, n, 1, bias=False), nn.Sigmoid())
+
+    def forward(self, fuse, features):
+        fuse = self.conv(fuse)
+        scores = self.channel_scale(
+            self.spatial_scale(torch.mean(fuse, dim=1, keepdim=True)) + fuse
+        )
+        return torch.cat([scores[:, i : i + 1] * features[i] for i in range(self.n)], dim=1)
+
+
+class TinyDBNetPP(nn.Module):
+    """DBNet++ (``det_r50_db++``): ResNet, ``DBFPN(use_asf=True)``, the DB head's shrink map."""
+
+    def __init__(self, c=32):
+        super().__init__()
+        self.backbone = TinyResNet()
+        self.ins = nn.ModuleList(nn.Conv2d(w, c, 1, bias=False) for w in (8, 16, 32, 64))
+        self.ps = nn.ModuleList(nn.Conv2d(c, c // 4, 3, padding=1, bias=False) for _ in range(4))
+        self.asf = ASFBlock(c, c // 4)
+        self.binarize = nn.Sequential(
+            nn.Conv2d(c, c // 4, 3, padding=1, bias=False),
+            nn.BatchNorm2d(c // 4),
+            nn.ReLU(),
+            nn.ConvTranspose2d(c // 4, c // 4, 2, 2),
+            nn.BatchNorm2d(c // 4),
+            nn.ReLU(),
+            nn.ConvTranspose2d(c // 4, 1, 2, 2),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, x):
+        ins = [conv(f) for conv, f in zip(self.ins, self.backbone(x), strict=True)]
+        for i in (2, 1, 0):
+            ins[i] = ins[i] + F.interpolate(ins[i + 1], scale_factor=2.0, mode="nearest")
+        ps = [conv(f) for conv, f in zip(self.ps, ins, strict=True)]
+        ps = [ps[0]] + [
+            F.interpolate(p, scale_factor=2.0**i, mode="nearest") for i, p in enumerate(ps[1:], 1)
+        ]
+        fuse = torch.cat(ps[::-1], dim=1)
+        return self.binarize(self.asf(fuse, ps[::-1]))
+
+
+def dbnetpp(size: int = 64, seed: int = 0, dynamo: bool = False) -> onnx.ModelProto:
+    return export(TinyDBNetPP(), size, 11, seed, dynamo)
+
+
+# ---- SOLOv2 (mmdetection) ---------------------------------------------------------------------
+
+
+def coordinate(x):
+    """mmdet ``generate_coordinate``: x and y in [-1, 1] as two channels."""
+    n, _, h, w = x.shape
+    y_range, x_range = torch.linspace(-1, 1, h), torch.linspace(-1, 1, w)
+    yy, xx = torch.meshgrid(y_range, x_range, indexing="ij")
+    return torch.cat([xx.expand([n, 1, -1, -1]), yy.expand([n, 1, -1, -1])], 1)
+
+
+def _cgr(cin, cout, k=3):  # ConvModule with GN
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.GroupNorm(4, cout), nn.ReLU(True)
+    )
+
+
+class MaskFeatModule(nn.Module):
+    def __init__(self, cin, feat, out):
+        super().__init__()
+        up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+        self.levels = nn.ModuleList(
+            [
+                _cgr(cin, feat),
+                nn.Sequential(_cgr(cin, feat), up),
+                nn.Sequential(_cgr(cin + 2, feat), up, _cgr(feat, feat), up),
+            ]
+        )
+        self.conv_pred = _cgr(feat, out, 1)
+
+    def forward(self, feats):
+        out = self.levels[0](feats[0])
+        for i in (1, 2):
+            x = torch.cat([feats[i], coordinate(feats[i])], 1) if i == 2 else feats[i]
+            out = out + self.levels[i](x)
+        return self.conv_pred(out)
+
+
+class TinySOLOv2(nn.Module):
+    """SOLOv2 (mmdet ``solov2_head.py``): CoordConv kernel branch (the coordinates concatenated,
+    resized to each level's grid, sliced off ``[:, :-2]`` for the category branch), point NMS of
+    the category maps, the dynamic 1x1 conv ``conv2d(mask_feats, kernel_preds.view(-1, E, 1, 1))``
+    over every grid cell, sigmoid."""
+
+    def __init__(self, c=16, e=8, nc=3, grids=(8, 6, 4)):
+        super().__init__()
+        self.backbone, self.grids, self.e = TinyResNet(), grids, e
+        self.lat = nn.ModuleList(nn.Conv2d(w, c, 1) for w in (16, 32, 64))
+        self.fpn = nn.ModuleList(nn.Conv2d(c, c, 3, padding=1) for _ in range(3))
+        self.kernel_convs = nn.Sequential(_cgr(c + 2, c), _cgr(c, c))
+        self.cls_convs = nn.Sequential(_cgr(c, c), _cgr(c, c))
+        self.conv_kernel, self.conv_cls = (
+            nn.Conv2d(c, e, 3, padding=1),
+            nn.Conv2d(c, nc, 3, padding=1),
+        )
+        self.mask_feature_head = MaskFeatModule(c, c, e)
+
+    def forward(self, x):
+        _, c3, c4, c5 = self.backbone(x)
+        p = [self.lat[2](c5)]
+        for i, f in ((1, c4), (0, c3)):
+            p.insert(0, self.lat[i](f) + F.interpolate(p[0], size=f.shape[2:], mode="nearest"))
+        feats = [conv(f) for conv, f in zip(self.fpn, p, strict=True)]
+        kernels, cates = [], []
+        for feat, grid in zip(feats, self.grids, strict=True):
+            feat = torch.cat([feat, coordinate(feat)], 1)
+            kernel_feat = F.interpolate(feat, size=grid, mode="bilinear", align_corners=False)
+            cate = torch.sigmoid(self.conv_cls(self.cls_convs(kernel_feat[:, :-2, :, :])))
+            hmax = F.max_pool2d(cate, (2, 2), stride=1, padding=1)
+            point_nms = cate * (hmax[:, :, :-1, :-1] == cate).float()
+            cates.append(point_nms.permute(0, 2, 3, 1).reshape(-1, grid * grid, cate.shape[1]))
+            kernel = self.conv_kernel(self.kernel_convs(kernel_feat))
+            kernels.append(kernel.permute(0, 2, 3, 1).reshape(-1, grid * grid, self.e))
+        mask_feats = self.mask_feature_head(feats)
+        # mmdet's single-image inference: the first image's kernels over its mask features
+        kernel = torch.cat(kernels, 1)[0].view(sum(g * g for g in self.grids), self.e, 1, 1)
+        return torch.cat(cates, 1), F.conv2d(mask_feats[0:1], kernel).sigmoid()
+
+
+def solov2(size: int = 64, seed: int = 0, dynamo: bool = False) -> onnx.ModelProto:
+    return export(TinySOLOv2(), size, 11, seed, dynamo)
