@@ -376,3 +376,47 @@ class TinySOLOv2(nn.Module):
 
 def solov2(size: int = 64, seed: int = 0, dynamo: bool = False) -> onnx.ModelProto:
     return export(TinySOLOv2(), size, 11, seed, dynamo)
+
+
+# ---- CondInst (AdelaiDet) ---------------------------------------------------------------------
+
+
+class TinyCondInst(nn.Module):
+    """CondInst's dynamic mask head (AdelaiDet ``dynamic_mask_head.py``): the controller conv's
+    outputs at K instance locations split (``split_with_sizes``) into the weights and biases of
+    three 1x1 convs per instance, run as grouped convs (``groups`` = K) over the mask branch's
+    E channels expanded per instance beside each instance's relative coordinates; the first K
+    locations of P3 stand for the selected instances (as an export without the selection)."""
+
+    def __init__(self, e=8, c=8, k=4, nc=3):
+        super().__init__()
+        self.e, self.c, self.k = e, c, k
+        self.weight_nums, self.bias_nums = [(e + 2) * c, c * c, c], [c, c, 1]
+        self.backbone, self.lat = TinyResNet(), nn.Conv2d(16, 16, 1)
+        self.tower = nn.Sequential(_cgr(16, 16), _cgr(16, 16))
+        self.controller = nn.Conv2d(16, sum(self.weight_nums) + sum(self.bias_nums), 3, padding=1)
+        self.cls_logits = nn.Conv2d(16, nc, 3, padding=1)
+        self.mask_branch = nn.Sequential(_cgr(16, 16), nn.Conv2d(16, e, 1))
+
+    def forward(self, x):
+        p3 = self.lat(self.backbone(x)[1])
+        t = self.tower(p3)
+        n_params, (h, w) = sum(self.weight_nums) + sum(self.bias_nums), p3.shape[2:]
+        params = self.controller(t).permute(0, 2, 3, 1).reshape(-1, n_params)[: self.k]
+        parts = torch.split(params, self.weight_nums + self.bias_nums, dim=1)
+        rows = (self.k * self.c, self.k * self.c, self.k)
+        weights = [p.reshape(r, -1, 1, 1) for p, r in zip(parts[:3], rows, strict=True)]
+        biases = [p.reshape(r) for p, r in zip(parts[3:], rows, strict=True)]
+        ys, xs = torch.meshgrid(torch.arange(h).float(), torch.arange(w).float(), indexing="ij")
+        locs = torch.stack([xs, ys]).reshape(2, -1)[:, : self.k]  # the instances' locations
+        rel = (torch.stack([xs, ys])[None] - locs.t()[:, :, None, None]) / 8.0
+        feats = self.mask_branch(p3).expand(self.k, self.e, h, w)
+        y = torch.cat([rel, feats], 1).reshape(1, -1, h, w)
+        for i, (wt, b) in enumerate(zip(weights, biases, strict=True)):
+            y = F.conv2d(y, wt, bias=b, groups=self.k)
+            y = F.relu(y) if i < 2 else y
+        return torch.sigmoid(self.cls_logits(t)), torch.sigmoid(y.reshape(self.k, h, w))
+
+
+def condinst(size: int = 64, seed: int = 0, dynamo: bool = False) -> onnx.ModelProto:
+    return export(TinyCondInst(), size, 11, seed, dynamo)
