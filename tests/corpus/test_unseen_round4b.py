@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 import pytest
 from corpus_checks import CONFIGS, _batch_share, compact_counts, prune
-from unseen_battery import OUTPUT, battery, check_another_export, check_exact
+from unseen_battery import OUTPUT, battery, by_module, check_another_export, check_exact
 
 from drpopt import analyze
 from drpopt.ir.analysis import Analysis
@@ -72,15 +72,10 @@ SLOW = {"beit", "resmlp", "focalnet", "eva02", "dinov2"}
 DYNAMO = ["dinov2", "eva02", "eva02_subln", "sam_vit", "cait", "gmlp", "focalnet", "coatnet"]
 
 
-def _build(name: str) -> onnx.ModelProto:
-    module, builder = MODELS[name][:2]
-    return getattr(importlib.import_module(module), builder)()
-
-
 # the model battery runs with the corpus (``-m corpus``); the small graphs below stay in
 # plain pytest
 corpus = pytest.mark.corpus
-BATTERY = battery(MODELS, _build, slow=SLOW, marks=[corpus])
+BATTERY = battery(MODELS, by_module(MODELS), slow=SLOW, marks=[corpus])
 case, analysis = BATTERY.case, BATTERY.analysis
 globals().update(BATTERY.tests)  # collected as this module's tests
 

@@ -25,6 +25,7 @@ too); the four tests, parametrized over the models, keep the suite's node ids
 from __future__ import annotations
 
 import functools
+import importlib
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -145,6 +146,17 @@ def check_another_export(
             ratio = compact_counts(pruned.compact)[0] / pruned.before.params
             assert ratio <= max_ratio, f"compact keeps {ratio:.3f} of the parameters"
     return a
+
+
+def by_module(models: Mapping[str, tuple]) -> Callable[[str], onnx.ModelProto]:
+    """``build`` for models listed as ``name -> (module, builder, ...)``: calls
+    ``module.builder()`` (a model-definition module of ``tests/ir``)."""
+
+    def build(name: str) -> onnx.ModelProto:
+        module, builder = models[name][:2]
+        return getattr(importlib.import_module(module), builder)()
+
+    return build
 
 
 @dataclass

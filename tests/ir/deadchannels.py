@@ -108,32 +108,62 @@ def _mask_layernorms(model: onnx.ModelProto, groups: list[Group], chosen) -> onn
     return to_onnx(graph, reshare=False) if sparse_forms(graph, KeptChannels(masks)) else model
 
 
+def _input_dependent(model: onnx.ModelProto) -> set[str]:
+    """The values computed from a graph input (not from constants alone: a QDQ model's
+    dequantized weights, a TF converter's transposed ones)."""
+    inits = {t.name for t in model.graph.initializer}
+    live = {i.name for i in model.graph.input if i.name not in inits}
+    for node in model.graph.node:  # topological order
+        if any(i in live for i in node.input):
+            live.update(node.output)
+    return live
+
+
+def _inner_axis(node, a, b, live: set[str]) -> int | None:
+    """The axis of ``a`` that ``node`` sums against ``b``, both computed from the input: the
+    last of a MatMul's first operand; the channels of a Conv's input when its weight is
+    (SOLOv2's, CondInst's dynamic kernels); None otherwise."""
+    if a is None or b is None or a.is_const or b.is_const or not a.rank:
+        return None
+    if node.op_type == "MatMul":
+        return a.rank - 1
+    return 1 if node.op_type == "Conv" and b.name in live else None
+
+
 def _mask_inner_products(model: onnx.ModelProto, groups: list[Group], chosen) -> onnx.ModelProto:
     """A MatMul of two activations (``q @ k^T`` of an attention whose head width prunes
     channel by channel, as a single-head one does) sums the products of its operands' inner
     channels: a killed channel is dead there when one side is zero, as the sparse model's
     zeroed producers make it, not when both are scrambled. The check zeroes the killed
-    channels of the first operand there (both runs), so only members missing elsewhere leak."""
+    channels of the first operand there (both runs), so only members missing elsewhere leak.
+    A Conv whose weight is an activation (a dynamic kernel) sums its input's channels
+    against the kernel's so: the same for its input."""
     from drpopt.ir.from_onnx import from_onnx
     from drpopt.ir.to_onnx import to_onnx
 
-    if not any(n.op_type == "MatMul" for n in model.graph.node):
+    live = _input_dependent(model)
+    if not any(
+        n.op_type == "MatMul" or (n.op_type == "Conv" and n.input[1] in live)
+        for n in model.graph.node
+    ):
         return model
     graph = from_onnx(model)
     changed = False
-    for node in [n for n in graph.nodes if n.op_type == "MatMul"]:
-        a, b = node.input(0), node.input(1)
-        if a is None or b is None or a.is_const or b.is_const or not a.rank:
+    for node in [n for n in graph.nodes if n.op_type in ("MatMul", "Conv")]:
+        a = node.input(0)
+        axis = _inner_axis(node, a, node.input(1), live)
+        if axis is None:
             continue
         keep = None
         for g in groups:
             for seg in g.segments:
-                if seg.value == a.name and seg.axis == a.rank - 1:
+                if seg.value == a.name and seg.axis == axis:
                     keep = np.ones(seg.space_length, dtype=np.float32) if keep is None else keep
                     for j in chosen[g.id]:
                         keep[seg.start + j * seg.block : seg.start + (j + 1) * seg.block] = 0
         if keep is None:
             continue
+        keep = keep.reshape((-1,) + (1,) * (a.rank - 1 - axis))  # broadcast on that axis
         mask = graph.value(graph.fresh_name(f"{node.name}.dead"), const=keep, shape=keep.shape)
         out = graph.value(graph.fresh_name(f"{a.name}.dead"), shape=a.shape, dtype=a.dtype)
         graph.add_node(

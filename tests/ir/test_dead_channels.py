@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 from deadchannels import assert_groups_complete, dead_channel_outputs
 
@@ -81,5 +82,52 @@ def test_inner_product_of_two_activations_is_dead_when_one_side_is_zero():
     assert_groups_complete(analysis, model)
     values = next(g for g in analysis.prunable_groups if "v.bias" in {m.tensor for m in g.members})
     values.members = [m for m in values.members if m.role != "consumer"]
+    with pytest.raises(AssertionError):
+        assert_groups_complete(analysis, model)
+
+
+def _dynamic_kernel() -> onnx.ModelProto:
+    """SOLOv2's dynamic conv in small: ``conv2d(features, kernels)`` whose 1x1 kernels come
+    from another conv's pooled outputs, then a conv of the masks; a 1x1 conv of the features
+    beside it."""
+    import io
+
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    class DynamicKernel(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.feat, self.kernel = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(3, 6, 3, padding=1)
+            self.head, self.tail = nn.Conv2d(2, 2, 1), nn.Conv2d(6, 2, 1)
+
+        def forward(self, x):
+            kernels = self.kernel(x).mean((2, 3)).view(1, 6, 1, 1)  # one kernel of 6 inputs
+            feat = torch.relu(self.feat(x))
+            return self.head(F.conv2d(feat, torch.cat([kernels, -kernels]))) + self.tail(feat)
+
+    torch.manual_seed(0)
+    buf = io.BytesIO()
+    with torch.no_grad():
+        torch.onnx.export(DynamicKernel().eval(), (torch.randn(1, 3, 8, 8),), buf, dynamo=False)
+    return onnx.load_from_string(buf.getvalue())
+
+
+def test_a_conv_with_a_computed_weight_is_an_inner_product_of_two_activations():
+    """A Conv whose weight is computed from the input (SOLOv2's, CondInst's dynamic kernels)
+    sums its input's channels against the kernels' axis 1: the feature and kernel convs are
+    one group, and a killed channel is dead when the sparse model zeroes one side. The check
+    used to scramble both sides (SOLOv2 failed it on a right group); a missing member still
+    fails it (the side conv's consumer columns)."""
+    model = _dynamic_kernel()
+    analysis = analyze(model)
+    tensors = [{m.tensor for m in g.members} for g in analysis.prunable_groups]
+    assert {"feat.bias", "kernel.bias"} <= next(t for t in tensors if "feat.bias" in t)
+    assert_groups_complete(analysis, model)
+    group = next(
+        g for g in analysis.prunable_groups if "feat.bias" in {m.tensor for m in g.members}
+    )
+    group.members = [m for m in group.members if m.tensor != "tail.weight"]
     with pytest.raises(AssertionError):
         assert_groups_complete(analysis, model)
