@@ -17,7 +17,7 @@ import pytest
 from corpus_checks import CONFIGS, TOLERANCE, compact_counts, compare_outputs, prune
 from deadchannels import assert_groups_complete, random_feeds, run_model
 from test_unseen_architectures import DFL
-from unseen_battery import OUTPUT, battery, check_exact
+from unseen_battery import OUTPUT, battery, check_exact, check_like_torchscript
 
 from drpopt import analyze
 
@@ -89,14 +89,7 @@ def test_dynamo_exports_prune_like_torchscript_ones(name):
     config, no incomplete group (30-50 s each: the export)."""
     module, builder = MODELS[name][:2]
     model = getattr(importlib.import_module(module), builder)(dynamo=True)
-    a, ts = analyze(model), analysis(name)
-    assert a.prunable_params / a.params >= ts.prunable_params / ts.params - 0.01
-    assert_groups_complete(a, model)
-    feeds = random_feeds(model)
-    for config in CONFIGS:
-        pruned = check_exact(model, config, feeds)
-        if config == "rate0.5":
-            assert compact_counts(pruned.compact)[0] / pruned.before.params <= MODELS[name][3]
+    check_like_torchscript(model, analysis(name), MODELS[name][3])
 
 
 def _simplified(model: onnx.ModelProto, tool: str) -> onnx.ModelProto:

@@ -18,7 +18,8 @@ too); the four tests, parametrized over the models, keep the suite's node ids
   ``TOLERANCE`` of the spread, with the parameters and MACs the plan says, and at rate 0.5
   the compact model keeps at most ``max_ratio`` of the parameters;
 - ``assert_groups_complete`` (``deadchannels``): the dead-channel check on every prunable group;
-- ``check_exact``: the short form for a single model and plan (outputs and parameters).
+- ``check_exact``: the short form for a single model and plan (outputs and parameters);
+- ``check_like_torchscript``: a dynamo export against its TorchScript export's analysis.
 """
 
 from __future__ import annotations
@@ -112,6 +113,20 @@ def check_exact(
     assert compare_outputs(sparse, compact) < TOLERANCE, config
     assert compact_counts(pruned.compact)[0] == pruned.expected_params, config
     return pruned
+
+
+def check_like_torchscript(model: onnx.ModelProto, ts: Analysis, max_ratio: float) -> None:
+    """A model exported by torch's default (dynamo) exporter against the analysis ``ts`` of
+    its TorchScript export: the same prunable share, no incomplete group, exact compaction
+    at every config, and at rate 0.5 at most ``max_ratio`` of the parameters kept."""
+    a = analyze(model)
+    assert a.prunable_params / a.params >= ts.prunable_params / ts.params - 0.01
+    assert_groups_complete(a, model)
+    feeds = random_feeds(model)
+    for config in CONFIGS:
+        pruned = check_exact(model, config, feeds)
+        if config == "rate0.5":
+            assert compact_counts(pruned.compact)[0] / pruned.before.params <= max_ratio
 
 
 @dataclass
