@@ -105,6 +105,17 @@ MODELS = {
     # involution: kernels per group of 8 channels from a 1x1 conv, nn.Unfold exported as
     # pads, gathers and reshapes: groups and the channels within them prune (0.28 at 0.5)
     "rednet": (ATTN, "rednet", 0.99, 0.3, {OUTPUT}),
+    # Sequencer2D: bidirectional LSTMs over the columns (batch B * W) and the rows (B * H)
+    # of an NHWC map, concatenated, a Linear: C and the LSTMs' hidden units prune (0.27
+    # kept at 0.5); the direction axis, merged with the hidden one by the Reshape after
+    # each LSTM, locks naming both
+    "sequencer": (
+        ATTN,
+        "sequencer",
+        0.99,
+        0.3,
+        {"does not prune its directions", "/Reshape' merges axis 2 of", OUTPUT},
+    ),
 }
 SLOW: set[str] = set()
 DYNAMO = ["fasternet", "sknet", "condconv", "rednet"]

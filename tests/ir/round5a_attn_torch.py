@@ -20,6 +20,9 @@ reference code writes it.
 - ``rednet``: RedNet (d-li14/involution ``involution_naive.py``): involution kernels from
   a 1x1 conv ``view(b, groups, K * K, h, w).unsqueeze(2)`` times ``nn.Unfold(x)`` viewed as
   ``(b, groups, group_channels, K * K, h, w)``, summed over the kernel positions.
+- ``sequencer``: Sequencer2D (timm ``sequencer.py``): ``LSTM2d``, bidirectional LSTMs over
+  the columns and the rows of an NHWC map (``reshape(-1, H, C)``, ``reshape(-1, W, C)``),
+  their outputs reshaped back, concatenated and mixed by a Linear; channel MLPs.
 """
 
 from __future__ import annotations
@@ -349,3 +352,74 @@ class RedNet(nn.Module):
 def rednet(size: int = 32, seed: int = 0, dynamo: bool = False) -> onnx.ModelProto:
     torch.manual_seed(seed)
     return export(RedNet(), size, 17, seed, dynamo)
+
+
+# ---- Sequencer2D (timm sequencer.py) ------------------------------------------------------------
+
+
+class LSTM2d(nn.Module):
+    """``RNN2dBase`` with ``nn.LSTM``: bidirectional LSTMs over the columns and the rows of
+    an NHWC map (batch ``B * W`` and ``B * H``), concatenated, a Linear back to C."""
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        super().__init__()
+        self.rnn_v = nn.LSTM(input_size, hidden_size, 1, batch_first=True, bidirectional=True)
+        self.rnn_h = nn.LSTM(input_size, hidden_size, 1, batch_first=True, bidirectional=True)
+        self.fc = nn.Linear(4 * hidden_size, input_size)  # union "cat", with_fc
+
+    def forward(self, x):
+        B, H, W, C = x.shape
+        v = x.permute(0, 2, 1, 3)
+        v = v.reshape(-1, H, C)
+        v, _ = self.rnn_v(v)
+        v = v.reshape(B, W, H, -1)
+        v = v.permute(0, 2, 1, 3)
+        h = x.reshape(-1, W, C)
+        h, _ = self.rnn_h(h)
+        h = h.reshape(B, H, W, -1)
+        return self.fc(torch.cat([v, h], dim=-1))
+
+
+class Sequencer2dBlock(nn.Module):
+    def __init__(self, dim: int, hidden_size: int, mlp_ratio: float = 3.0) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim, eps=1e-6), nn.LayerNorm(dim, eps=1e-6)
+        self.rnn_tokens_mixer = LSTM2d(dim, hidden_size)
+        hidden = int(dim * mlp_ratio)
+        self.mlp_channels = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, x):
+        x = x + self.rnn_tokens_mixer(self.norm1(x))
+        return x + self.mlp_channels(self.norm2(x))
+
+
+class Downsample2d(nn.Module):
+    def __init__(self, cin: int, cout: int, patch_size: int) -> None:
+        super().__init__()
+        self.down = nn.Conv2d(cin, cout, patch_size, patch_size)
+
+    def forward(self, x):
+        return self.down(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+class Sequencer2d(nn.Module):
+    def __init__(self, dims=(32, 64), hidden=(12, 16), depths=(1, 2), num_classes=10) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, dims[0], 7, 7)  # PatchEmbed, output NHWC
+        stages = []
+        for i, (dim, h, depth) in enumerate(zip(dims, hidden, depths, strict=True)):
+            if i > 0:
+                stages.append(Downsample2d(dims[i - 1], dim, 2))
+            stages += [Sequencer2dBlock(dim, h) for _ in range(depth)]
+        self.stages = nn.Sequential(*stages)
+        self.norm = nn.LayerNorm(dims[-1], eps=1e-6)
+        self.head = nn.Linear(dims[-1], num_classes)
+
+    def forward(self, x):
+        x = self.stages(self.stem(x).permute(0, 2, 3, 1))
+        return self.head(self.norm(x).mean(dim=(1, 2)))
+
+
+def sequencer(size: int = 56, seed: int = 0, dynamo: bool = False) -> onnx.ModelProto:
+    torch.manual_seed(seed)
+    return export(randomize_norms(Sequencer2d()), size, 17, seed, dynamo)
