@@ -116,6 +116,10 @@ MODELS = {
         0.3,
         {"does not prune its directions", "/Reshape' merges axis 2 of", OUTPUT},
     ),
+    # ReXNet's partial residual ``x[:, 0:in_chs] += shortcut``: ScatterNDs with computed
+    # indices, no rule; the streams they write lock naming them, the expansions, depthwise
+    # and SE widths prune (0.45 kept at 0.5)
+    "rexnet": (ATTN, "rexnet", 0.95, 0.47, {"ScatterND '/features/", OUTPUT}),
 }
 SLOW: set[str] = set()
 DYNAMO = ["fasternet", "sknet", "condconv", "rednet"]

@@ -23,6 +23,9 @@ reference code writes it.
 - ``sequencer``: Sequencer2D (timm ``sequencer.py``): ``LSTM2d``, bidirectional LSTMs over
   the columns and the rows of an NHWC map (``reshape(-1, H, C)``, ``reshape(-1, W, C)``),
   their outputs reshaped back, concatenated and mixed by a Linear; channel MLPs.
+- ``rexnet``: ReXNet (timm ``rexnet.py``): the partial residual ``x[:, 0:in_chs] +=
+  shortcut`` of a block that widens its channels (exported as ScatterND), SE with a
+  BatchNorm between its convs.
 """
 
 from __future__ import annotations
@@ -423,3 +426,72 @@ class Sequencer2d(nn.Module):
 def sequencer(size: int = 56, seed: int = 0, dynamo: bool = False) -> onnx.ModelProto:
     torch.manual_seed(seed)
     return export(randomize_norms(Sequencer2d()), size, 17, seed, dynamo)
+
+
+# ---- ReXNet (timm rexnet.py) --------------------------------------------------------------------
+
+
+class SEWithNorm(nn.Module):
+    def __init__(self, channels: int, rd: int) -> None:
+        super().__init__()
+        self.fc1, self.bn, self.fc2 = (
+            nn.Conv2d(channels, rd, 1),
+            nn.BatchNorm2d(rd),
+            nn.Conv2d(rd, channels, 1),
+        )
+
+    def forward(self, x):
+        x_se = self.fc2(F.relu(self.bn(self.fc1(x.mean((2, 3), keepdim=True)))))
+        return x * torch.sigmoid(x_se)
+
+
+class LinearBottleneck(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int, exp_ratio: float, se_ratio: float):
+        super().__init__()
+        self.use_shortcut = stride == 1 and cin <= cout
+        self.in_channels = cin
+        dw_chs = round(cin * exp_ratio) if exp_ratio != 1.0 else cin
+        self.conv_exp = None if exp_ratio == 1.0 else _conv_bn(cin, dw_chs, 1, act=False)
+        self.conv_dw = _conv_bn(dw_chs, dw_chs, 3, stride, groups=dw_chs, act=False)
+        self.se = SEWithNorm(dw_chs, max(8, int(dw_chs * se_ratio))) if se_ratio > 0 else None
+        self.act_dw = nn.ReLU6()
+        self.conv_pwl = _conv_bn(dw_chs, cout, 1, act=False)
+
+    def forward(self, x):
+        shortcut = x
+        if self.conv_exp is not None:
+            x = F.silu(self.conv_exp(x))
+        x = self.conv_dw(x)
+        if self.se is not None:
+            x = self.se(x)
+        x = self.conv_pwl(self.act_dw(x))
+        if self.use_shortcut:
+            x[:, 0 : self.in_channels] += shortcut
+        return x
+
+
+class ReXNet(nn.Module):
+    # (in, out, stride, exp, se): ReXNet's linearly growing widths, narrowed
+    CFG = (
+        (16, 16, 1, 1.0, 0.0),
+        (16, 27, 2, 6.0, 0.0),
+        (27, 38, 1, 6.0, 0.0),
+        (38, 50, 2, 6.0, 1 / 12),
+        (50, 61, 1, 6.0, 1 / 12),
+    )
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.stem = _conv_bn(3, 16, 3, 2)
+        self.features = nn.Sequential(*(LinearBottleneck(*c) for c in self.CFG))
+        self.head = _conv_bn(61, 128, 1)
+        self.fc = nn.Linear(128, num_classes)
+
+    def forward(self, x):
+        x = F.silu(self.head(self.features(self.stem(x))))
+        return self.fc(x.mean((2, 3)))
+
+
+def rexnet(size: int = 32, seed: int = 0, dynamo: bool = False) -> onnx.ModelProto:
+    torch.manual_seed(seed)
+    return export(ReXNet(), size, 17, seed, dynamo)
