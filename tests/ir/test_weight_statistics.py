@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
 from deadchannels import assert_groups_complete
 from onnx import TensorProto, helper, numpy_helper
 
 from drpopt import analyze
 
 
-def _std_conv_model() -> onnx.ModelProto:
+def _std_conv_model(opset: int = 17) -> onnx.ModelProto:
     """Conv (8 channels) -> Relu -> Conv whose (6, 8, 3, 3) weight is a training-mode
-    BatchNormalization of the (1, 6, 72) weight -> Relu -> Conv to 4 outputs."""
+    BatchNormalization of the (1, 6, 72) weight -> Relu -> Conv to 4 outputs. Below opset
+    14 the mode is its five outputs (no ``training_mode`` attribute)."""
     rng = np.random.default_rng(0)
 
     def init(name, *shape):
@@ -39,9 +41,9 @@ def _std_conv_model() -> onnx.ModelProto:
         helper.make_node(
             "BatchNormalization",
             ["w2", "gain", "beta", "mean", "var"],
-            ["wn", "rm", "rv"],
-            training_mode=1,
+            ["wn", "rm", "rv", *(["sm", "sv"] if opset < 14 else [])],
             momentum=1.0,
+            **({"training_mode": 1} if opset >= 14 else {}),
         ),
         helper.make_node("Reshape", ["wn", "wshape"], ["w2r"]),
         helper.make_node("Conv", ["r1", "w2r"], ["h2"], pads=[1, 1, 1, 1]),
@@ -55,11 +57,12 @@ def _std_conv_model() -> onnx.ModelProto:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
         inits,
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
-def test_training_mode_batchnorm_of_a_weight_locks_the_conv_inputs_only():
-    model = onnx.shape_inference.infer_shapes(_std_conv_model())
+@pytest.mark.parametrize("opset", [17, 13])
+def test_training_mode_batchnorm_of_a_weight_locks_the_conv_inputs_only(opset):
+    model = onnx.shape_inference.infer_shapes(_std_conv_model(opset))
     a = analyze(model)
     (inputs,) = [g for g in a.groups if g.size == 8]
     assert not inputs.prunable and "BatchNormalization" in inputs.reason, inputs.reason
