@@ -54,6 +54,15 @@ MODELS = {
     # compact standardised over fewer columns than sparse); the SE hidden widths and the
     # final conv's outputs prune (0.81 kept at 0.5)
     "nf_resnet": (R, "nf_resnet", 0.35, 0.83, {"(training mode)", OUTPUT}),
+    # ... exported at opset 13: no training_mode attribute, the BatchNormalization's five
+    # outputs are the training mode (they pruned: outputs 0.43 of the spread apart)
+    "nf_resnet_op13": (
+        R,
+        ("nf_resnet", {"opset": 13}),
+        0.35,
+        0.83,
+        {"(training mode)", OUTPUT},
+    ),
     # dual paths: slices at num_1x1_c, residual add on the first part, concat on the rest,
     # BN + ReLU over the concatenated paths: all prune (0.27 kept at 0.5)
     "dpn": (R, "dpn", 0.99, 0.3, {OUTPUT}),

@@ -414,13 +414,15 @@ class NfResNet(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
-def nf_resnet(size: int = 64, seed: int = 0, dynamo: bool = False) -> onnx.ModelProto:
+def nf_resnet(
+    size: int = 64, seed: int = 0, dynamo: bool = False, opset: int = 17
+) -> onnx.ModelProto:
     torch.manual_seed(seed)
     model = NfResNet()
     for m in model.modules():
         if isinstance(m, ScaledStdConv2d):
             m.gain.data.uniform_(0.5, 1.5)  # trained gains, not 1
-    return export(model, size, 17, seed, dynamo)
+    return export(model, size, opset, seed, dynamo)
 
 
 # ---- DPN (timm dpn.py) --------------------------------------------------------------------------
