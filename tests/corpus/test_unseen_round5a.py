@@ -1,7 +1,7 @@
 """The unseen-architecture checks (``unseen_battery.py``) on round 5a's classifiers whose
 channel operations are unusual (``tests/ir/round5a_torch.py``, ``round5a_more_torch.py``,
 ``round5a_attn_torch.py``), each exported at opset 17 by the TorchScript exporter;
-``-m slow`` adds dynamo exports.
+``-m slow`` adds three models (``SLOW``) and dynamo exports.
 
 Per model: the analysis names every lock (and only the expected reasons); rate 0 is
 bit-identical; every plan of ``CONFIGS`` gives compact outputs equal to the sparse ones (1e-4
@@ -130,7 +130,7 @@ MODELS = {
     # and SE widths prune (0.45 kept at 0.5)
     "rexnet": (ATTN, "rexnet", 0.95, 0.47, {"ScatterND '/features/", OUTPUT}),
 }
-SLOW: set[str] = set()
+SLOW = {"nf_resnet_op13", "sequencer", "coordatt"}  # -m slow adds them
 DYNAMO = ["fasternet", "sknet", "condconv", "rednet"]
 
 
