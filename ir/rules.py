@@ -284,6 +284,16 @@ def node_opset(node: Node, graph: Graph) -> int:
     return graph.opsets.get(node.domain or "", graph.opsets.get("", 17))
 
 
+def batch_statistics(node: Node, graph: Graph) -> bool:
+    """Whether the BatchNormalization ``node`` normalises by the statistics of its input
+    (training mode) rather than its running mean and variance: ``training_mode=1`` from
+    opset 14; in opsets 7 to 13 its extra outputs (mean, var, saved mean and variance) say
+    so (onnxruntime computes the batch's statistics when they are there)."""
+    if node_opset(node, graph) >= 14:
+        return bool(node.attr("training_mode", 0))
+    return node_opset(node, graph) >= 7 and len(node.outputs) > 1
+
+
 _plugins_loaded = False
 _plugin_loader: Callable[[], None] | None = None
 

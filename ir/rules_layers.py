@@ -17,6 +17,7 @@ from drpopt.ir.rules import (
     REDUCE_OPS,
     SUM_LIKE,
     UNARY_OPS,
+    batch_statistics,
     broadcast,
     lock_axis,
     node_opset,
@@ -162,6 +163,10 @@ def _norm(node: Node, cg: ChannelGraph) -> None:
             lock_axis(cg, node, [x, y], range(2, x.rank), "normalises over this axis")
         else:  # matched as a whole: apply-masks gives it the masked form (ir/rules_norm.py)
             lock_axis(cg, node, [gn.x], range(2, gn.x.rank), "normalises over this axis")
+    elif batch_statistics(node, cg.graph):  # of this batch, over every axis but 1
+        # (NF-ResNet's ScaledStdConv2d: the weight's rows over its merged input channels)
+        axes = [0, *range(2, x.rank)]
+        lock_axis(cg, node, [x, y], axes, "normalises over this axis (training mode)")
     channels = cg.space(x, 1)
     for p in node.inputs[1:]:
         if p is not None and p.rank == 1:

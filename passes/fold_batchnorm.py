@@ -14,6 +14,7 @@ from typing import ClassVar
 import numpy as np
 
 from drpopt.ir.core import Graph, Node, Value
+from drpopt.ir.rules import batch_statistics
 from drpopt.passes.base import Pass, PassResult
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ def _bias_fits(layer: Node, bias: np.ndarray, channels: int) -> bool:
 def _fold(graph: Graph, bn: Node) -> bool:
     """Folds ``bn`` into its producer when the rules allow; True when it did."""
     x = bn.input(0)
-    if x is None or int(bn.attr("training_mode", 0)) != 0 or not _only_output0_used(graph, bn):
+    if x is None or batch_statistics(bn, graph) or not _only_output0_used(graph, bn):
         return False
     layer = x.producer
     if layer is None or layer.op_type not in FOLDABLE_OPS or layer.outputs[0] is not x:

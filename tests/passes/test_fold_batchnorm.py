@@ -218,6 +218,14 @@ def test_not_folded_in_training_mode_or_with_used_stat_outputs():
     graph = from_onnx(model)
     assert not FoldBatchNormPass()(graph).modified
 
+    # opsets 7 to 13: the extra outputs (unused here) are the training mode
+    model = conv_bn()
+    model.opset_import[0].version = 13
+    bn = next(n for n in model.graph.node if n.op_type == "BatchNormalization")
+    bn.output.extend(["bn.mean_out", "bn.var_out", "bn.saved_mean", "bn.saved_var"])
+    graph = from_onnx(model)
+    assert not FoldBatchNormPass()(graph).modified
+
 
 def test_params_from_constant_nodes_and_shared_weights():
     """BN params and the conv weight are Constant outputs; a second conv shares the weight."""
