@@ -1,9 +1,10 @@
 """The unseen-architecture checks (``unseen_battery.py``) on round 5c's generative, depth,
-flow, language and speech models (``tests/ir/round5c_torch.py``, ``round5c_seq_torch.py``):
-a diffusers UNet2DModel and AutoencoderKL decoder, a StyleGAN2 generator (modulated convs),
+flow, language and speech models (``tests/ir/round5c_torch.py``, ``round5c_seq_torch.py``,
+``round5c_cond_torch.py``): a diffusers UNet2DModel, Stable Diffusion's
+UNet2DConditionModel and AutoencoderKL's decoder, a StyleGAN2 generator (modulated convs),
 CycleGAN's ResnetGenerator, DPT/MiDaS, RAFT-small, GPT-2 (as optimum exports it: token ids
-and an attention mask, dynamic axes, also left dynamic), Whisper's encoder and TC-ResNet8,
-each exported as its project does; ``-m slow`` adds the dynamo exports.
+and an attention mask, dynamic axes, also left dynamic), Whisper's encoder, TC-ResNet8 and
+DeepSpeech2, each exported as its project does; ``-m slow`` adds the dynamo exports.
 
 Per model: the analysis names every lock (and only the expected reasons); rate 0 is
 bit-identical; every plan of ``CONFIGS`` gives compact outputs equal to the sparse ones (1e-4
@@ -24,7 +25,7 @@ from unseen_battery import OUTPUT, battery, check_exact
 
 from drpopt import analyze
 
-G, S = "round5c_torch", "round5c_seq_torch"
+G, S, C = "round5c_torch", "round5c_seq_torch", "round5c_cond_torch"
 # name -> (module, builder, min prunable share, max params ratio at 0.5, allowed lock reasons)
 MODELS = {
     # time embedding added per channel after conv1, GroupNorm(32) over cat(h, skip) with
@@ -40,6 +41,10 @@ MODELS = {
     "stylegan2": (G, "stylegan2", 0.99, 0.3, {"ScatterND", "Reshape", OUTPUT}),
     # InstanceNorm (no affine), reflection padding, ConvTranspose with output_padding
     "cyclegan": (G, "cyclegan", 0.99, 0.3, {OUTPUT}),
+    # Stable Diffusion's: Transformer2D blocks (self- and cross-attention, the keys and values
+    # of a text context of another width: their heads prune with the queries'), GEGLU
+    # (chunk halves pair up: one group of the inner width)
+    "sd_unet": (C, "sd_unet", 0.99, 0.3, {OUTPUT}),
     # ViT taps with the project readout (class token concatenated to every token), maps
     # resized by ConvTranspose / strided conv, fusion blocks with align_corners upsampling
     "dpt": (S, "dpt", 0.99, 0.3, {OUTPUT}),
@@ -54,11 +59,14 @@ MODELS = {
     # the encoder's output width (the residual stream, read by the decoder) stays: about
     # 0.05 of the parameters
     "whisper_encoder": (S, "whisper_encoder", 0.94, 0.55, {OUTPUT}),
+    # bidirectional LSTMs whose directions are summed (view(T, N, 2, -1).sum(2)): hidden
+    # units prune alike in both; the direction axis (2) and the 29 labels stay
+    "deepspeech2": (C, "deepspeech2", 0.99, 0.3, {"LSTM", "merges axis", "Softmax", OUTPUT}),
     # the classifier's 12 classes stay (a Softmax over them, the graph output)
     "tc_resnet": (S, "tc_resnet", 0.99, 0.3, {"Softmax", OUTPUT}),
 }
-SLOW = {"dpt", "raft"}
-DYNAMO = ["diffusion_unet", "stylegan2", "cyclegan", "gpt2", "whisper_encoder", "tc_resnet"]
+SLOW = {"dpt", "raft", "sd_unet"}
+DYNAMO = ["sd_unet", "stylegan2", "cyclegan", "gpt2", "whisper_encoder", "deepspeech2"]
 
 
 def _build(name: str, dynamo: bool = False) -> onnx.ModelProto:
