@@ -27,10 +27,10 @@ from bn_calibrate import calibrate
 from round5c_torch import (
     Downsample2D,
     ResnetBlock2D,
+    UNetStem,
     Upsample2D,
     _randomize,
     export_inputs,
-    timestep_embedding,
 )
 from torch import nn
 
@@ -104,18 +104,15 @@ class Transformer2DModel(nn.Module):
         return x + residual
 
 
-class UNet2DConditionModel(nn.Module):
+class UNet2DConditionModel(UNetStem):
     """``block_out_channels=(32, 64)``, ``down_block_types=("CrossAttnDownBlock2D",
     "DownBlock2D")``, ``up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")``,
     ``layers_per_block=1``, ``cross_attention_dim=24``, ``attention_head_dim=8``."""
 
     def __init__(self, cin: int = 4, widths=(32, 64), context_dim: int = 24, head_dim=8):
-        super().__init__()
         c0, c1 = widths
-        temb = 4 * c0
-        self.c0 = c0
-        self.time_embedding = nn.Sequential(nn.Linear(c0, temb), nn.SiLU(), nn.Linear(temb, temb))
-        self.conv_in = nn.Conv2d(cin, c0, 3, 1, 1)
+        super().__init__(cin, c0)
+        temb = self.temb
         self.down0 = ResnetBlock2D(c0, c0, temb)
         self.down0_attn = Transformer2DModel(c0, c0 // head_dim, context_dim)
         self.downsample0 = Downsample2D(c0)
@@ -137,8 +134,7 @@ class UNet2DConditionModel(nn.Module):
 
     def forward(self, sample, timestep, encoder_hidden_states):
         ctx = encoder_hidden_states
-        temb = self.time_embedding(timestep_embedding(timestep, self.c0))
-        x = self.conv_in(sample)
+        temb, x = self.embed(sample, timestep)
         skips = [x]
         x = self.down0_attn(self.down0(x, temb), ctx)
         skips.append(x)

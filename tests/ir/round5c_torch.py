@@ -169,18 +169,31 @@ class Upsample2D(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
-class UNet2DModel(nn.Module):
+class UNetStem(nn.Module):
+    """What every diffusers UNet starts with: ``time_proj`` (sinusoids), ``time_embedding``
+    (Linear, SiLU, Linear to ``4 * c0``) and ``conv_in``."""
+
+    def __init__(self, cin: int, c0: int) -> None:
+        super().__init__()
+        self.c0, self.temb = c0, 4 * c0
+        self.time_embedding = nn.Sequential(
+            nn.Linear(c0, self.temb), nn.SiLU(), nn.Linear(self.temb, self.temb)
+        )
+        self.conv_in = nn.Conv2d(cin, c0, 3, 1, 1)
+
+    def embed(self, sample, timestep):
+        return self.time_embedding(timestep_embedding(timestep, self.c0)), self.conv_in(sample)
+
+
+class UNet2DModel(UNetStem):
     """``block_out_channels=(32, 64)``, ``down_block_types=("DownBlock2D",
     "AttnDownBlock2D")``, ``up_block_types=("AttnUpBlock2D", "UpBlock2D")``,
     ``layers_per_block=1``, ``attention_head_dim=16``."""
 
     def __init__(self, cin: int = 3, widths=(32, 64), head_dim: int = 16) -> None:
-        super().__init__()
         c0, c1 = widths
-        temb = 4 * c0
-        self.c0 = c0
-        self.time_embedding = nn.Sequential(nn.Linear(c0, temb), nn.SiLU(), nn.Linear(temb, temb))
-        self.conv_in = nn.Conv2d(cin, c0, 3, 1, 1)
+        super().__init__(cin, c0)
+        temb = self.temb
         self.down0, self.downsample0 = ResnetBlock2D(c0, c0, temb), Downsample2D(c0)
         self.down1, self.down1_attn = ResnetBlock2D(c0, c1, temb), AttnBlock(c1, head_dim)
         self.mid0, self.mid_attn = ResnetBlock2D(c1, c1, temb), AttnBlock(c1, head_dim)
@@ -198,8 +211,7 @@ class UNet2DModel(nn.Module):
         self.conv_out = nn.Conv2d(c0, cin, 3, 1, 1)
 
     def forward(self, sample, timestep):
-        temb = self.time_embedding(timestep_embedding(timestep, self.c0))
-        x = self.conv_in(sample)
+        temb, x = self.embed(sample, timestep)
         skips = [x]
         x = self.down0(x, temb)
         skips.append(x)
