@@ -3,8 +3,9 @@ flow, language and speech models (``tests/ir/round5c_torch.py``, ``round5c_seq_t
 ``round5c_cond_torch.py``): a diffusers UNet2DModel, Stable Diffusion's
 UNet2DConditionModel and AutoencoderKL's decoder, a StyleGAN2 generator (modulated convs),
 CycleGAN's ResnetGenerator, DPT/MiDaS, RAFT-small, GPT-2 (as optimum exports it: token ids
-and an attention mask, dynamic axes, also left dynamic), Whisper's encoder, TC-ResNet8 and
-DeepSpeech2, each exported as its project does; ``-m slow`` adds the dynamo exports.
+and an attention mask, dynamic axes, also left dynamic, and with its key/value cache),
+Whisper's encoder, TC-ResNet8 and DeepSpeech2, each exported as its project does;
+``-m slow`` adds the dynamo exports.
 
 Per model: the analysis names every lock (and only the expected reasons); rate 0 is
 bit-identical; every plan of ``CONFIGS`` gives compact outputs equal to the sparse ones (1e-4
@@ -56,6 +57,9 @@ MODELS = {
     # too; the vocabulary (lm_head's output) stays
     "gpt2": (S, "gpt2", 0.99, 0.35, {OUTPUT}),
     "gpt2_dynamic": (S, "gpt2", 0.99, 0.35, {OUTPUT}),
+    # optimum's decoder_with_past: the heads of q/k/v stay, locked by the cache's inputs and
+    # outputs (past_key_values, present); the MLP and the residual width prune
+    "gpt2_with_past": (C, "gpt2_with_past", 0.99, 0.4, {"graph input", OUTPUT}),
     # the encoder's output width (the residual stream, read by the decoder) stays: about
     # 0.05 of the parameters
     "whisper_encoder": (S, "whisper_encoder", 0.94, 0.55, {OUTPUT}),
@@ -66,7 +70,8 @@ MODELS = {
     "tc_resnet": (S, "tc_resnet", 0.99, 0.3, {"Softmax", OUTPUT}),
 }
 SLOW = {"dpt", "raft", "sd_unet"}
-DYNAMO = ["sd_unet", "stylegan2", "cyclegan", "gpt2", "whisper_encoder", "deepspeech2"]
+DYNAMO = ["sd_unet", "stylegan2", "cyclegan", "gpt2", "gpt2_with_past", "whisper_encoder"]
+DYNAMO += ["deepspeech2"]
 
 
 def _build(name: str, dynamo: bool = False) -> onnx.ModelProto:
@@ -76,15 +81,18 @@ def _build(name: str, dynamo: bool = False) -> onnx.ModelProto:
 
 
 def _token_feeds(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """Token ids in the vocabulary, a mask of ones but the last position, 8 positions
-    where the sequence axis is left symbolic."""
+    """Token ids in the vocabulary and a mask of ones but the first position (8 of each
+    where the sequence axis is left symbolic); a key/value cache random."""
     feeds = random_feeds(model)
-    ids = feeds["input_ids"]
-    shape = (1, 8) if ids.shape == (1, 1) else ids.shape
     rng = np.random.default_rng(0)
-    mask = np.ones(shape, dtype=np.int64)
-    mask[:, -1] = 0
-    return {"input_ids": rng.integers(0, 96, shape, dtype=np.int64), "attention_mask": mask}
+    symbolic = model.graph.input[0].type.tensor_type.shape.dim[1].HasField("dim_param")
+    ids, mask = (
+        ((1, 8), (1, 8)) if symbolic else (feeds["input_ids"].shape, feeds["attention_mask"].shape)
+    )
+    feeds["input_ids"] = rng.integers(0, 96, ids, dtype=np.int64)
+    feeds["attention_mask"] = np.ones(mask, dtype=np.int64)
+    feeds["attention_mask"][:, 0] = 0
+    return feeds
 
 
 corpus = pytest.mark.corpus
@@ -93,7 +101,7 @@ BATTERY = battery(
     _build,
     slow=SLOW,
     marks=[corpus],
-    feeds={"gpt2": _token_feeds, "gpt2_dynamic": _token_feeds},
+    feeds={n: _token_feeds for n in ("gpt2", "gpt2_dynamic", "gpt2_with_past")},
 )
 case, analysis = BATTERY.case, BATTERY.analysis
 globals().update(BATTERY.tests)  # collected as this module's tests
@@ -115,7 +123,7 @@ def test_dynamo_exports_prune_like_torchscript_ones(name):
         or a.prunable_params / a.params >= ts.prunable_params / ts.params - 0.01
     )
     assert_groups_complete(a, model)
-    feeds = (_token_feeds if name == "gpt2" else random_feeds)(model)
+    feeds = (_token_feeds if name.startswith("gpt2") else random_feeds)(model)
     for config in CONFIGS:
         pruned = check_exact(model, config, feeds)
         if config == "rate0.5":

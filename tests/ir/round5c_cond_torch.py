@@ -245,3 +245,66 @@ def deepspeech2(seed: int = 0, dynamo: bool = False) -> onnx.ModelProto:
             m.bias.data.uniform_(-0.2, 0.2)
     args = (torch.randn(1, 1, 33, 40),)
     return export_inputs(model, args, ["spect"], 11 if not dynamo else 17, dynamo, seed=seed)
+
+
+# ---- GPT-2 with its key/value cache (optimum's decoder_with_past) ------------------------------
+
+
+class GPT2WithPast(nn.Module):
+    """``GPT2LMHead`` (``round5c_seq_torch.py``) fed ``past_key_values`` (per layer a key and a
+    value of ``(batch, heads, past, head_dim)``): each block's new key and value concatenated
+    after the past ones on the sequence axis and returned as ``present``; the positions
+    start after the past."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from round5c_seq_torch import GPT2LMHead
+
+        self.lm = GPT2LMHead()
+
+    def _attn(self, block, x, mask, past_k, past_v):
+        q, k, v = block.c_attn(x).split(block.heads * block.head_dim, dim=2)
+        q, k, v = block._split_heads(q), block._split_heads(k), block._split_heads(v)
+        k, v = torch.cat((past_k, k), dim=-2), torch.cat((past_v, v), dim=-2)
+        w = torch.matmul(q, k.transpose(-1, -2)) / torch.full([], v.size(-1) ** 0.5)
+        qlen, klen = q.size(-2), k.size(-2)
+        causal = block.bias[:, :, klen - qlen : klen, :klen]
+        w = torch.where(causal, w, torch.full([], torch.finfo(w.dtype).min, dtype=w.dtype))
+        y = torch.matmul(F.softmax(w + mask, dim=-1), v).permute(0, 2, 1, 3).contiguous()
+        y = block.attn_proj(y.view((*y.size()[:-2], block.heads * block.head_dim)))
+        return y, k, v
+
+    def forward(self, input_ids, attention_mask, *past):
+        lm = self.lm
+        start = past[0].size(-2)
+        position_ids = torch.arange(start, start + input_ids.size(-1)).unsqueeze(0)
+        mask = attention_mask.view(input_ids.size(0), -1)[:, None, None, :].to(torch.float32)
+        mask = (1.0 - mask) * torch.finfo(torch.float32).min
+        x = lm.wte(input_ids) + lm.wpe(position_ids)
+        present = []
+        for i, block in enumerate(lm.h):
+            y, k, v = self._attn(block, block.ln_1(x), mask, past[2 * i], past[2 * i + 1])
+            x = x + y
+            x = x + block.mlp_proj(F.gelu(block.c_fc(block.ln_2(x)), approximate="tanh"))
+            present += [k, v]
+        return (lm.lm_head(lm.ln_f(x)), *present)
+
+
+def gpt2_with_past(past: int = 7, seed: int = 0, dynamo: bool = False) -> onnx.ModelProto:
+    """optimum's ``decoder_with_past_model.onnx`` (opset 13): ``input_ids`` of one new token,
+    ``attention_mask`` over past and new, ``past_key_values.{i}.key/value``; outputs
+    ``logits`` and ``present.{i}.key/value``; batch, sequence and past axes dynamic (fixed
+    here)."""
+    torch.manual_seed(seed)
+    model = _randomize(GPT2WithPast(), seed)
+    layers, heads, head_dim = len(model.lm.h), model.lm.h[0].heads, model.lm.h[0].head_dim
+    kv = [torch.randn(1, heads, past, head_dim) for _ in range(2 * layers)]
+    args = (torch.randint(0, 96, (1, 1)), torch.ones(1, past + 1, dtype=torch.int64), *kv)
+    past_names = [f"past_key_values.{i}.{t}" for i in range(layers) for t in ("key", "value")]
+    names = ["input_ids", "attention_mask", *past_names]
+    outputs = ["logits"] + [n.replace("past_key_values", "present") for n in past_names]
+    dynamic = {"input_ids": {0: "batch_size", 1: "sequence_length"}}
+    dynamic["attention_mask"] = {0: "batch_size", 1: "past_sequence_length + 1"}
+    for n in past_names:
+        dynamic[n] = {0: "batch_size", 2: "past_sequence_length"}
+    return export_inputs(model, args, names, 13, dynamo, dynamic, seed=seed, output_names=outputs)

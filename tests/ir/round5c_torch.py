@@ -51,10 +51,11 @@ def export_inputs(
     dynamic: dict | None = None,
     fix: bool = True,
     seed: int = 0,
+    output_names: list[str] | None = None,
 ) -> onnx.ModelProto:
-    """``model(*args)`` exported with named inputs (``names``) and ``output``; ``dynamic``:
-    the TorchScript exporter's ``dynamic_axes`` (fixed back to ``args``' shapes when
-    ``fix``, as a user gives ``--input-shape``)."""
+    """``model(*args)`` exported with named inputs (``names``) and outputs (``output``
+    unless ``output_names``); ``dynamic``: the TorchScript exporter's ``dynamic_axes``
+    (fixed back to ``args``' shapes when ``fix``, as a user gives ``--input-shape``)."""
     torch.manual_seed(seed)
     model.eval()
     with torch.no_grad():
@@ -70,7 +71,7 @@ def export_inputs(
             opset_version=opset,
             dynamo=False,
             input_names=names,
-            output_names=["output"],
+            output_names=output_names or ["output"],
             dynamic_axes=dynamic,
         )
     proto = onnx.load_from_string(buf.getvalue())
