@@ -4,7 +4,7 @@ flow, language and speech models (``tests/ir/round5c_torch.py``, ``round5c_seq_t
 UNet2DConditionModel and AutoencoderKL's decoder, a StyleGAN2 generator (modulated convs),
 CycleGAN's ResnetGenerator, DPT/MiDaS, RAFT-small, GPT-2 (as optimum exports it: token ids
 and an attention mask, dynamic axes, also left dynamic, and with its key/value cache),
-Whisper's encoder, TC-ResNet8 and DeepSpeech2, each exported as its project does;
+Whisper's encoder, TC-ResNet8, DeepSpeech2 and Conv-TasNet, each exported as its project does;
 ``-m slow`` adds the dynamo exports.
 
 Per model: the analysis names every lock (and only the expected reasons); rate 0 is
@@ -66,12 +66,17 @@ MODELS = {
     # bidirectional LSTMs whose directions are summed (view(T, N, 2, -1).sum(2)): hidden
     # units prune alike in both; the direction axis (2) and the 29 labels stay
     "deepspeech2": (C, "deepspeech2", 0.99, 0.3, {"LSTM", "merges axis", "Softmax", OUTPUT}),
+    # Conv-TasNet: gLN (mean over the channels, then the time steps) and cLN prune with
+    # masked statistics; the mask conv's C * N outputs viewed as (C, N) pair each source's
+    # N with the encoder's N channels; the sources are folded into the batch for the
+    # ConvTranspose1d decoder (the output has no channel axis: nothing locks)
+    "conv_tasnet": (C, "conv_tasnet", 0.99, 0.32, {OUTPUT}),
     # the classifier's 12 classes stay (a Softmax over them, the graph output)
     "tc_resnet": (S, "tc_resnet", 0.99, 0.3, {"Softmax", OUTPUT}),
 }
 SLOW = {"dpt", "raft", "sd_unet"}
 DYNAMO = ["sd_unet", "stylegan2", "cyclegan", "gpt2", "gpt2_with_past", "whisper_encoder"]
-DYNAMO += ["deepspeech2"]
+DYNAMO += ["deepspeech2", "conv_tasnet"]
 
 
 def _build(name: str, dynamo: bool = False) -> onnx.ModelProto:

@@ -16,6 +16,13 @@ structure and ops intact.
   (``SequenceWise(BatchNorm1d)`` from the second on, a bidirectional ``nn.LSTM``, the two
   directions summed: ``x.view(T, N, 2, -1).sum(2)``), the ``fc`` of BatchNorm1d + Linear
   without bias, ``InferenceBatchSoftmax``.
+- ``gpt2_with_past``: GPT-2 as optimum's ``decoder_with_past`` exports it (a key/value cache
+  in and out).
+- ``conv_tasnet``: Conv-TasNet (kaituoxu/Conv-TasNet ``conv_tasnet.py``): the Conv1d
+  encoder, cLN, the bottleneck, temporal blocks (1x1 conv, PReLU, gLN over channels and
+  time, dilated depthwise conv, PReLU, gLN, pointwise conv, residual), the mask conv's
+  ``C * N`` outputs viewed as ``(C, N)``, ReLU masks times the encoded mixture, and
+  asteroid's ConvTranspose1d decoder over the sources folded into the batch.
 """
 
 from __future__ import annotations
@@ -308,3 +315,86 @@ def gpt2_with_past(past: int = 7, seed: int = 0, dynamo: bool = False) -> onnx.M
     for n in past_names:
         dynamic[n] = {0: "batch_size", 2: "past_sequence_length"}
     return export_inputs(model, args, names, 13, dynamo, dynamic, seed=seed, output_names=outputs)
+
+
+# ---- Conv-TasNet (kaituoxu/Conv-TasNet conv_tasnet.py; asteroid's ConvTranspose1d decoder) ----
+
+
+class GlobalLayerNorm(nn.Module):
+    """gLN: statistics over the channels and the time steps of each utterance."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.rand(1, dim, 1) + 0.5)
+        self.beta = nn.Parameter(0.4 * torch.rand(1, dim, 1) - 0.2)
+
+    def forward(self, y):
+        mean = y.mean(dim=1, keepdim=True).mean(dim=2, keepdim=True)
+        var = (torch.pow(y - mean, 2)).mean(dim=1, keepdim=True).mean(dim=2, keepdim=True)
+        return self.gamma * (y - mean) / torch.pow(var + 1e-8, 0.5) + self.beta
+
+
+class ChannelwiseLayerNorm(nn.Module):
+    """cLN: statistics over the channels of each time step."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.rand(1, dim, 1) + 0.5)
+        self.beta = nn.Parameter(0.4 * torch.rand(1, dim, 1) - 0.2)
+
+    def forward(self, y):
+        mean = torch.mean(y, dim=1, keepdim=True)
+        var = torch.var(y, dim=1, keepdim=True, unbiased=False)
+        return self.gamma * (y - mean) / torch.pow(var + 1e-8, 0.5) + self.beta
+
+
+class TemporalBlock(nn.Module):
+    def __init__(self, b: int, h: int, p: int, dilation: int) -> None:
+        super().__init__()
+        self.conv1x1, self.prelu, self.norm = (
+            nn.Conv1d(b, h, 1, bias=False),
+            nn.PReLU(),
+            GlobalLayerNorm(h),
+        )
+        pad = (p - 1) * dilation // 2
+        self.depthwise = nn.Conv1d(h, h, p, padding=pad, dilation=dilation, groups=h, bias=False)
+        self.prelu2, self.norm2 = nn.PReLU(), GlobalLayerNorm(h)
+        self.pointwise = nn.Conv1d(h, b, 1, bias=False)
+
+    def forward(self, x):
+        y = self.norm(self.prelu(self.conv1x1(x)))
+        y = self.pointwise(self.norm2(self.prelu2(self.depthwise(y))))
+        return x + y
+
+
+class ConvTasNet(nn.Module):
+    """N=32 filters of L=8 samples, B=16, H=32, P=3, X=3 blocks, R=2 repeats, C=2 sources,
+    ``norm_type="gLN"``, ``mask_nonlinear="relu"``."""
+
+    def __init__(self, n=32, length=8, b=16, h=32, p=3, x=3, r=2, sources=2) -> None:
+        super().__init__()
+        self.n, self.sources = n, sources
+        self.encoder = nn.Conv1d(1, n, length, stride=length // 2, bias=False)
+        blocks = [TemporalBlock(b, h, p, 2**i) for _ in range(r) for i in range(x)]
+        self.separator = nn.Sequential(
+            ChannelwiseLayerNorm(n), nn.Conv1d(n, b, 1, bias=False), *blocks
+        )
+        self.mask_conv1x1 = nn.Conv1d(b, sources * n, 1, bias=False)
+        self.decoder = nn.ConvTranspose1d(n, 1, length, stride=length // 2, bias=False)
+
+    def forward(self, mixture):  # (M, T)
+        m = mixture.size(0)
+        mixture_w = F.relu(self.encoder(mixture.unsqueeze(1)))  # (M, N, K)
+        k = mixture_w.size(2)
+        score = self.mask_conv1x1(self.separator(mixture_w)).view(m, self.sources, self.n, k)
+        source_w = F.relu(score) * mixture_w.unsqueeze(1)  # (M, C, N, K)
+        out = self.decoder(source_w.view(m * self.sources, self.n, k))
+        return out.view(m, self.sources, -1)
+
+
+def conv_tasnet(seed: int = 0, dynamo: bool = False) -> onnx.ModelProto:
+    """A mixture of 256 samples; opset 13 (asteroid's users' export)."""
+    torch.manual_seed(seed)
+    model = ConvTasNet()
+    args = (torch.randn(1, 256),)
+    return export_inputs(model, args, ["mixture"], 13 if not dynamo else 17, dynamo, seed=seed)
