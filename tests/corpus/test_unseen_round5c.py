@@ -3,7 +3,8 @@ flow, language and speech models (``tests/ir/round5c_torch.py``, ``round5c_seq_t
 ``round5c_cond_torch.py``): a diffusers UNet2DModel, Stable Diffusion's
 UNet2DConditionModel and AutoencoderKL's decoder, a StyleGAN2 generator (modulated convs),
 CycleGAN's ResnetGenerator, DPT/MiDaS, RAFT-small, GPT-2 (as optimum exports it: token ids
-and an attention mask, dynamic axes, also left dynamic, and with its key/value cache),
+and an attention mask, dynamic axes, also left dynamic, with its key/value cache, and
+through onnxruntime's transformers optimizer),
 Whisper's encoder, TC-ResNet8, DeepSpeech2 and Conv-TasNet, each exported as its project does;
 ``-m slow`` adds the dynamo exports.
 
@@ -60,6 +61,11 @@ MODELS = {
     # optimum's decoder_with_past: the heads of q/k/v stay, locked by the cache's inputs and
     # outputs (past_key_values, present); the MLP and the residual width prune
     "gpt2_with_past": (C, "gpt2_with_past", 0.99, 0.4, {"graph input", OUTPUT}),
+    # through onnxruntime's transformers optimizer: a chain of SkipLayerNormalization (the
+    # residual stream through their sums; masked in the sparse model, each one) and FastGelu;
+    # with the cache, the heads lock as in gpt2_with_past (its default level: below)
+    "gpt2_ort": (C, ("gpt2_ort", 0), 0.99, 0.35, {OUTPUT}),
+    "gpt2_with_past_ort": (C, ("gpt2_ort", 0, True), 0.99, 0.4, {"graph input", OUTPUT}),
     # the encoder's output width (the residual stream, read by the decoder) stays: about
     # 0.05 of the parameters
     "whisper_encoder": (S, "whisper_encoder", 0.94, 0.55, {OUTPUT}),
@@ -74,13 +80,17 @@ MODELS = {
     # the classifier's 12 classes stay (a Softmax over them, the graph output)
     "tc_resnet": (S, "tc_resnet", 0.99, 0.3, {"Softmax", OUTPUT}),
 }
-SLOW = {"dpt", "raft", "sd_unet"}
+SLOW = {"dpt", "raft", "sd_unet", "gpt2_dynamic", "gpt2_with_past_ort"}
 DYNAMO = ["sd_unet", "stylegan2", "cyclegan", "gpt2", "gpt2_with_past", "whisper_encoder"]
 DYNAMO += ["deepspeech2", "conv_tasnet"]
 
 
 def _build(name: str, dynamo: bool = False) -> onnx.ModelProto:
     module, builder = MODELS[name][:2]
+    if isinstance(builder, tuple):  # through onnxruntime's optimizer (its own imports)
+        pytest.importorskip("onnxruntime.transformers.optimizer", reason="no ORT transformers")
+        builder, *args = builder
+        return getattr(importlib.import_module(module), builder)(*args)
     kw = {"fix": False} if name == "gpt2_dynamic" else {}
     return getattr(importlib.import_module(module), builder)(dynamo=dynamo, **kw)
 
@@ -106,7 +116,7 @@ BATTERY = battery(
     _build,
     slow=SLOW,
     marks=[corpus],
-    feeds={n: _token_feeds for n in ("gpt2", "gpt2_dynamic", "gpt2_with_past")},
+    feeds={n: _token_feeds for n in MODELS if n.startswith("gpt2")},
 )
 case, analysis = BATTERY.case, BATTERY.analysis
 globals().update(BATTERY.tests)  # collected as this module's tests
@@ -133,3 +143,25 @@ def test_dynamo_exports_prune_like_torchscript_ones(name):
         pruned = check_exact(model, config, feeds)
         if config == "rate0.5":
             assert compact_counts(pruned.compact)[0] / pruned.before.params <= MODELS[name][3]
+
+
+@corpus
+def test_gpt2_at_the_ort_optimizers_default_level_prunes_every_plan():
+    """The optimizer's default level also writes a LayerNormalization into the opset-13
+    model (onnxruntime registers it there; ONNX defines it from 17): typed by its first
+    definition, the model prunes like the export, exactly, at every config (not at rate 0:
+    the written model would keep that LayerNormalization, which onnx.checker refuses as it
+    refuses the input)."""
+    pytest.importorskip("onnxruntime.transformers.optimizer", reason="no ORT transformers")
+    from round5c_cond_torch import gpt2_ort
+
+    model = gpt2_ort(opt_level=None)
+    assert "LayerNormalization" in {n.op_type for n in model.graph.node}
+    a = analyze(model)
+    assert a.prunable_params == a.params and not a.unsupported
+    assert_groups_complete(a, model)
+    feeds = _token_feeds(model)
+    for config in CONFIGS:
+        pruned = check_exact(model, config, feeds)
+        if config == "rate0.5":
+            assert compact_counts(pruned.compact)[0] / pruned.before.params <= 0.35

@@ -23,9 +23,14 @@ structure and ops intact.
   time, dilated depthwise conv, PReLU, gLN, pointwise conv, residual), the mask conv's
   ``C * N`` outputs viewed as ``(C, N)``, ReLU masks times the encoded mixture, and
   asteroid's ConvTranspose1d decoder over the sources folded into the batch.
+- ``gpt2_ort``: GPT-2 (with or without its cache) through onnxruntime's transformers
+  optimizer.
 """
 
 from __future__ import annotations
+
+import tempfile
+from pathlib import Path
 
 import onnx
 import torch
@@ -398,3 +403,23 @@ def conv_tasnet(seed: int = 0, dynamo: bool = False) -> onnx.ModelProto:
     model = ConvTasNet()
     args = (torch.randn(1, 256),)
     return export_inputs(model, args, ["mixture"], 13 if not dynamo else 17, dynamo, seed=seed)
+
+
+# ---- GPT-2 through onnxruntime's transformers optimizer -----------------------------------------
+
+
+def gpt2_ort(opt_level: int | None = 0, with_past: bool = False) -> onnx.ModelProto:
+    """``gpt2`` (or ``gpt2_with_past``) run through ``optimize_model(model_type="gpt2",
+    num_heads=4, hidden_size=32, opt_level=...)`` offline, as GPT-2 deployments do: level 0
+    writes a chain of com.microsoft ``SkipLayerNormalization`` (each reading the previous
+    one's sum, output 3: the pre-LN residual stream) and ``FastGelu`` with the fc bias;
+    the default (None: onnxruntime's basic optimizations first) also a
+    ``LayerNormalization`` in the opset-13 model (onnxruntime registers it there)."""
+    from onnxruntime.transformers.optimizer import optimize_model
+    from round5c_seq_torch import gpt2
+
+    model = gpt2_with_past() if with_past else gpt2()
+    opt = optimize_model(model, model_type="gpt2", num_heads=4, hidden_size=32, opt_level=opt_level)
+    with tempfile.TemporaryDirectory() as tmp:  # saving adds the com.microsoft opset
+        opt.save_model_to_file(str(Path(tmp, "gpt2.onnx")))
+        return onnx.load(Path(tmp, "gpt2.onnx"))
