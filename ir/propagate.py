@@ -464,11 +464,29 @@ def _infer(
 def infer_node(node: Node, ins: list[Value], opset, opsets, data=None) -> dict:
     """ONNX's inference of ``node`` alone (its typed inputs ``ins``, the numbers ``data``
     holds): output name -> TypeProto. Raises where the op's inference rejects it."""
-    schema = onnx.defs.get_schema(node.op_type, opset, node.domain or "")
+    try:
+        schema = onnx.defs.get_schema(node.op_type, opset, node.domain or "")
+    except onnx.defs.SchemaError:
+        if node.domain not in ("", "ai.onnx"):
+            raise
+        schema = _first_schema(node.op_type)
     types = {v.name: _type(v) for v in ins}
     return onnx.shape_inference.infer_node_outputs(
         schema, _node_proto(node, False, {}), types, data or {}, opset_imports=opsets
     )
+
+
+def _first_schema(op_type: str) -> onnx.defs.OpSchema:
+    """The first definition of an ONNX op newer than a model's opset: onnxruntime registers
+    some in the ONNX domain at older opsets (its optimizer writes LayerNormalization into
+    opset-13 models), agreeing with that definition."""
+    schema = onnx.defs.get_schema(op_type, onnx.defs.onnx_opset_version(), "")
+    while schema.since_version > 1:
+        try:
+            schema = onnx.defs.get_schema(op_type, schema.since_version - 1, "")
+        except onnx.defs.SchemaError:
+            break
+    return schema
 
 
 def elem_dtype(tp: onnx.TypeProto | None) -> np.dtype | None:

@@ -174,16 +174,21 @@ def sparse_skip_layer_norm(graph: Graph, node: Node, kept: KeptChannels) -> bool
     if keep is None or keep.all() or skip is None:
         return False
     total = node.outputs[3] if len(node.outputs) > 3 and node.outputs[3].name else None
+    if total is not None:
+        # the last Add writes output 3's own value: a later SkipLayerNormalization reading
+        # it (a pre-LN residual stream) finds its kept channels by it
+        node.outputs = node.outputs[:1]
     parts = [skip, node.input(4)] if node.input(4) is not None else [skip]
     s = x
     for i, part in enumerate(parts):
-        out = graph.value(graph.fresh_name(f"{node.name}.sum{i}"), shape=x.shape, dtype=x.dtype)
+        out = total if total is not None and i == len(parts) - 1 else None
+        if out is None:
+            name = graph.fresh_name(f"{node.name}.sum{i}")
+            out = graph.value(name, shape=x.shape, dtype=x.dtype)
         graph.add_node(
             "Add", graph.fresh_name(f"{node.name}.Add{i}"), [s, part], [out], before=node
         )
         s = out
-    if total is not None:
-        graph.replace_all_uses_with(total, s)
     gamma, beta = node.input(2), node.input(3)
     for i in range(len(node.inputs)):
         graph.set_input(node, i, None)

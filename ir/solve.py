@@ -373,13 +373,14 @@ def _roles_through_layout(relations: list[tuple], spaces: list[Space]) -> None:
             if src.roles or not out.roles or src.value is None or out.value is None:
                 continue
             node = out.value.producer
-            if (
-                node is not None
-                and node.op_type in LAYOUT_OPS
-                and node.input(0) is src.value
-                and weight_like(src.value)
-            ):
-                src.roles.extend(r for r in out.roles if r[2] is None)
+            if node is not None and _weight_operand(node) is src.value and weight_like(src.value):
+                # through a modulation only the columns a layer reads: its rows may be
+                # scaled by their own norm at run time (StyleGAN2's demodulation; dynamo
+                # writes rsqrt(sum(w^2)) without the epsilon), zeroed rows would be 0 * inf
+                layout = node.op_type in LAYOUT_OPS
+                src.roles.extend(
+                    r for r in out.roles if r[2] is None and (layout or r[0] == "consumer")
+                )
 
 
 def _roles_through_split(whole: int, parts: list[int], spaces: list[Space]) -> None:
@@ -403,15 +404,29 @@ def _roles_through_split(whole: int, parts: list[int], spaces: list[Space]) -> N
         src.roles.extend(r for o in outs for r in o.roles if r[2] is None)
 
 
+def _weight_operand(node: Node) -> Value | None:
+    """The input of ``node`` that a weight read through it is: a layout op's data, or the
+    one operand of a Mul with the product's own shape (a weight modulated at run time,
+    StyleGAN2's ``weight * style * demod``: the other operands broadcast over it)."""
+    if node.op_type in LAYOUT_OPS:
+        return node.input(0)
+    if node.op_type != "Mul" or node.outputs[0].shape is None:
+        return None
+    full = [v for v in node.inputs if v is not None and v.shape == node.outputs[0].shape]
+    return full[0] if len(full) == 1 else None
+
+
 def weight_like(value: Value) -> bool:
     """A constant, or a constant seen through layout ops the loader did not fold (too large
-    to fold: onnx-caffe2's ``Reshape(classifier_w, [1000, 1024])`` before its Gemm). The
-    layer's roles on such a value pass to the constant's axes (``ir/solve.py``)."""
-    for _ in range(8):  # a few layout ops at most; bounded, whatever the graph
+    to fold: onnx-caffe2's ``Reshape(classifier_w, [1000, 1024])`` before its Gemm) or
+    through run-time modulations (``_weight_operand``). The layer's roles on such a value
+    pass to the constant's axes (``ir/solve.py``)."""
+    for _ in range(8):  # a few ops at most; bounded, whatever the graph
         if value.is_const:
             return True
         node = value.producer
-        if node is None or node.op_type not in LAYOUT_OPS or node.input(0) is None:
+        operand = _weight_operand(node) if node is not None else None
+        if operand is None:
             return False
-        value = node.input(0)  # type: ignore[assignment]
+        value = operand
     return False

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from drpopt.ir.analysis import Analysis
-from drpopt.ir.core import Graph, Node
+from drpopt.ir.core import Graph, Node, Value
 from drpopt.ir.ort_shapes import layer_op
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -57,7 +57,11 @@ def weight_of(node: Node):
 
 def edge_layers(graph: Graph) -> tuple[set[str], set[str]]:
     """(first, last) weighted layers: those a graph input reaches, and those that reach a
-    graph output, without passing through another weighted layer."""
+    graph output, without passing through another weighted layer (nor through a Shape:
+    sizes reach layers only as reshape targets). A lookup in a constant table (a token
+    embedding's Gather by the input ids) is the first layer of what it reads: the layers
+    after it are not (a language model's every block reads the stream the embedding starts
+    through its residual adds)."""
     first = _reach(graph, forward=True)
     last = _reach(graph, forward=False)
     return first, last
@@ -75,7 +79,9 @@ def _reach(graph: Graph, forward: bool) -> set[str]:
         seen.add(v.name)
         nodes = [n for n, _ in v.uses] if forward else ([v.producer] if v.producer else [])
         for n in nodes:
-            if weight_of(n) is not None:
+            if forward and n.op_type in ("Shape", "Size"):
+                continue  # a size reaches layers only as a reshape's target, not as data
+            if weight_of(n) is not None or (forward and _table_lookup(n, v)):
                 found.add(n.name)
                 continue
             nxt = (
@@ -83,6 +89,14 @@ def _reach(graph: Graph, forward: bool) -> set[str]:
             )
             todo.extend(nxt)
     return found
+
+
+def _table_lookup(node: Node, index: Value) -> bool:
+    """``node`` gathers rows of a constant table by ``index`` (an embedding)."""
+    table = node.input(0)
+    return (
+        node.op_type == "Gather" and table is not None and table.is_const and node.input(1) is index
+    )
 
 
 def along(arr: np.ndarray, axis: int, index) -> tuple:

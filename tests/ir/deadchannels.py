@@ -95,6 +95,7 @@ def _mask_layernorms(model: onnx.ModelProto, groups: list[Group], chosen) -> onn
         "RMSNormalization",
         "InstanceNormalization",
         "GroupNormalization",
+        "SkipLayerNormalization",  # com.microsoft (ir/rules_ort.py)
         *MASKED_REDUCTIONS,  # a reduction over channels ignores the pruned (ir/rules_reduce.py)
     }:
         return model
