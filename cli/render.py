@@ -173,6 +173,12 @@ def render_analysis(
         for g in result.unproduced[:5]:
             readers = ", ".join(dict.fromkeys(f"'{m.node}'" for m in g.members if m.node))
             console.print(f"  {readers}: {g.reason}", highlight=False)
+    if result.ungrouped:  # counted "in no group": why, largest first
+        console.print("[bold]weights in no group[/] (not pruned)")
+        for tensor, n, why in result.ungrouped[:5]:
+            console.print(f"  '{tensor}' ({n:,} elements): {why}", highlight=False)
+        if len(result.ungrouped) > 5:
+            console.print(f"  ... and {len(result.ungrouped) - 5} more (--json lists them)")
     if result.unsupported:
         ops = sorted({op for op, _ in result.unsupported})
         console.print(

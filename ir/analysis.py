@@ -51,6 +51,9 @@ class Analysis:
     # locked channel sets nothing produces that a weight reads as its input axis (the
     # axis behind a lock that no group reaches): not groups, listed for their reasons
     unproduced: list[Group] = field(default_factory=list)
+    # the weights no group and no listed lock indexes, largest first: (tensor, elements,
+    # why; the lock of an axis of it no rule mapped, else the nodes that read it)
+    ungrouped: list[tuple[str, int, str]] = field(default_factory=list)
 
     @property
     def prunable_groups(self) -> list[Group]:
@@ -86,6 +89,9 @@ class Analysis:
             },
             "groups": [_group_dict(g) for g in self.groups],
             "unproduced": [_group_dict(g) for g in self.unproduced],
+            "ungrouped": [
+                {"tensor": t, "params": n, "reason": why} for t, n, why in self.ungrouped
+            ],
             "totals": {
                 "params": self.params,
                 "macs": self.macs,
@@ -169,8 +175,34 @@ def _analyze(model: Any, where: str | None, start: float, input_shapes: Any = No
         unsupported=[(n.op_type, n.name) for n in cg.unsupported],
         seconds=time.perf_counter() - start,
         unproduced=cg.unproduced,
+        ungrouped=_ungrouped(groups + cg.unproduced, params, cg.pending_locks),
     )
     return result
+
+
+def _ungrouped(groups: list[Group], params: dict, pending: dict) -> list:
+    """(tensor, elements, why) of the weights no member of ``groups`` indexes (a tensor
+    shared by several values once, as the totals count it): in no group, and ``analyze``
+    says why instead of leaving it silent."""
+    seen = {params[m.tensor].storage for g in groups for m in g.members if m.tensor in params}
+    out = []
+    for name, v in params.items():
+        if v.storage in seen:
+            continue
+        seen.add(v.storage)
+        lock = next((pending[(v, ax)] for ax in range(v.rank or 0) if (v, ax) in pending), None)
+        if lock is not None:
+            why = lock.message
+        else:
+            readers = ", ".join(dict.fromkeys(f"{n.op_type} '{n.name}'" for n, _ in v.uses))
+            unknown = [x for n, _ in v.uses for x in n.inputs if x is not None and x.shape is None]
+            why = f"read by {readers or 'no node'}; " + (
+                f"no shape is known for its input '{unknown[0].name}'"
+                if unknown
+                else "no rule relates its axes to channels"
+            )
+        out.append((name, int(v.numel or 0), why))
+    return sorted(out, key=lambda t: -t[1])
 
 
 def _solve(graph: Graph, levels: dict[tuple, int], params, uses, info, memos=None):

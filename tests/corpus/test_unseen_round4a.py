@@ -143,6 +143,10 @@ def test_fused_bert_locks_name_the_fused_ops_and_the_mlp_prunes(name):
     fused = {n.op_type for n in a.graph.nodes if n.domain == "com.microsoft"}
     ruled = {"Gelu", "BiasGelu", "FastGelu", "QuickGelu", "SkipLayerNormalization"}
     assert {op for op, _ in a.unsupported} == fused - ruled
+    # the weights only those ops read are in no group, each listed naming its reader
+    for tensor, _, why in a.ungrouped:
+        readers = {n.op_type for n in a.graph.nodes if tensor in [v.name for v in n.inputs if v]}
+        assert readers and readers <= fused - ruled and f"read by {min(readers)}" in why, why
 
 
 def test_group_norm21_prunes_whole_groups_with_scale_and_bias():
