@@ -337,8 +337,9 @@ def _read_nodes(gp: onnx.GraphProto, graph: Graph, scope: _Scope) -> None:
                 outputs.append(v)
         if len(outputs) < len(out_names):
             outputs = _outputs_with_gaps(graph, name, out_names)
-        if np_node.attribute:
-            attrs, subgraphs = _read_attributes(np_node, scope)
+        attributes = np_node.attribute[:]  # (each read of a repeated field makes a wrapper)
+        if attributes:
+            attrs, subgraphs = _read_attributes(attributes, scope)
         else:
             attrs, subgraphs = {}, None
         node = Node(op, name, inputs, outputs, attrs, np_node.domain)
@@ -380,10 +381,10 @@ def _outputs_with_gaps(graph: Graph, node: str, names) -> list[Value]:
     return outputs
 
 
-def _read_attributes(np_node: onnx.NodeProto, scope: _Scope) -> tuple[dict, dict]:
+def _read_attributes(attributes: list[onnx.AttributeProto], scope: _Scope) -> tuple[dict, dict]:
     attrs: dict[str, Any] = {}
     subgraphs: dict[str, Any] = {}
-    for a in np_node.attribute[:]:
+    for a in attributes:
         kind = a.type
         if kind == _INT_ATTR:  # the common kinds inline (this runs for every node)
             attrs[a.name] = a.i
