@@ -25,8 +25,10 @@ class Lock:
         self, kind: str, message: str, node: str | None = None, op: str | None = None
     ) -> None:
         # what the generated __init__ does, without its object.__setattr__ per field (an
-        # analysis makes thousands of locks: every axis of unknown size has one)
-        self.__dict__.update(kind=kind, message=message, node=node, op=op)
+        # analysis makes thousands of locks: every axis of unknown size has one), one store
+        # per field (no keyword dict for an update)
+        d = self.__dict__
+        d["kind"], d["message"], d["node"], d["op"] = kind, message, node, op
 
 
 @dataclass(slots=True)

@@ -231,7 +231,7 @@ FOLDABLE = frozenset(_EVAL)
 def _constant(node: onnx.NodeProto) -> np.ndarray | None:
     """The value of a Constant node with a small ``value`` tensor, else None."""
     value = next((a.t for a in node.attribute if a.name == "value" and a.type == _TENSOR), None)
-    if value is None or math.prod(value.dims) > MAX_ELEMENTS:
+    if value is None or math.prod(value.dims[:]) > MAX_ELEMENTS:
         return None
     return tensor_array(value)
 
@@ -261,7 +261,7 @@ def fold_constants(
     for init in model.graph.initializer:
         # shape arithmetic runs on integers: float weights (biases) are never read here
         int_inline = init.data_type in _INT_TYPES and init.data_location != _EXTERNAL
-        if int_inline and math.prod(init.dims) <= MAX_ELEMENTS:
+        if int_inline and math.prod(init.dims[:]) <= MAX_ELEMENTS:  # (see ``onnx_types``)
             consts[init.name] = tensor_array(init)
     folded: dict[str, np.ndarray] = {}
     for index, node in enumerate(model.graph.node):
@@ -271,7 +271,7 @@ def fold_constants(
             continue
         if op not in FOLDABLE or node.domain not in ("", "ai.onnx"):
             continue
-        names = list(node.input)
+        names = node.input[:]  # a list (see ``onnx_types``)
         if not names or any(n and n not in consts for n in names):
             continue
         vals = _values(names, consts)
@@ -284,7 +284,7 @@ def fold_constants(
             continue
         if not outs:
             continue
-        outputs = list(node.output)
+        outputs = node.output[:]
         for name, arr in zip(outputs, outs, strict=False):
             consts[name] = folded[name] = arr
         if folded_nodes is not None and outputs and all(o in folded for o in outputs):

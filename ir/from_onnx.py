@@ -323,19 +323,23 @@ def _read_nodes(gp: onnx.GraphProto, graph: Graph, scope: _Scope) -> None:
             name = _unique(name, names)
         else:
             names.add(name)
-        inputs = [(values[n] if n in values else lookup(n)) if n else None for n in np_node.input]
+        # repeated fields sliced into lists (see ``onnx_types``: no IndexError per loop)
+        in_names = np_node.input[:]
+        inputs = [(values[n] if n in values else lookup(n)) if n else None for n in in_names]
+        out_names = np_node.output[:]
         outputs = []
-        for n in np_node.output:  # ``graph.value`` inline (the version moves once, below)
+        for n in out_names:  # ``graph.value`` inline (the version moves once, below)
             if n in values:
                 outputs.append(values[n])
             elif n:
                 v = values[n] = Value(n)
                 v.__dict__["_graph"] = ref
                 outputs.append(v)
-        if len(outputs) < len(np_node.output):
-            outputs = _outputs_with_gaps(graph, name, np_node.output)
-        if np_node.attribute:
-            attrs, subgraphs = _read_attributes(np_node, scope)
+        if len(outputs) < len(out_names):
+            outputs = _outputs_with_gaps(graph, name, out_names)
+        attributes = np_node.attribute[:]  # (each read of a repeated field makes a wrapper)
+        if attributes:
+            attrs, subgraphs = _read_attributes(attributes, scope)
         else:
             attrs, subgraphs = {}, None
         node = Node(op, name, inputs, outputs, attrs, np_node.domain)
@@ -377,15 +381,15 @@ def _outputs_with_gaps(graph: Graph, node: str, names) -> list[Value]:
     return outputs
 
 
-def _read_attributes(np_node: onnx.NodeProto, scope: _Scope) -> tuple[dict, dict]:
+def _read_attributes(attributes: list[onnx.AttributeProto], scope: _Scope) -> tuple[dict, dict]:
     attrs: dict[str, Any] = {}
     subgraphs: dict[str, Any] = {}
-    for a in np_node.attribute:
+    for a in attributes:
         kind = a.type
         if kind == _INT_ATTR:  # the common kinds inline (this runs for every node)
             attrs[a.name] = a.i
         elif kind == _INTS_ATTR:
-            attrs[a.name] = list(a.ints)
+            attrs[a.name] = a.ints[:]
         elif kind == _GRAPH_ATTR:
             subgraphs[a.name] = _convert_graph(a.g, scope)
         elif kind == _GRAPHS_ATTR:

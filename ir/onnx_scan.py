@@ -395,7 +395,7 @@ def tensor_array(tensor: onnx.TensorProto, base_dir: str = "") -> np.ndarray:
         and sys.byteorder == "little"
     ):
         array = np.frombuffer(tensor.raw_data, dtype=dtype)
-        dims = tensor.dims
+        dims = tensor.dims[:]  # a list (see ``onnx_types``)
         if len(dims) == 1 and dims[0] == array.size:  # most constants: no reshape needed
             return array
         return array.reshape(dims)

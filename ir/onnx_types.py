@@ -36,6 +36,10 @@ def np_dtype(elem_type: int) -> np.dtype | None:
 
 UNSET = object()  # a field the value info leaves as it is
 
+# Repeated protobuf fields read per node or value are sliced (``field[:]``, a list) before a
+# loop or ``list()``: upb's containers have no iterator, so a loop over one ends in an
+# IndexError whose message is formatted (over 1,000 instructions, several times per node).
+
 
 def type_info(t: onnx.TypeProto) -> tuple[Any, Any]:
     """(shape, dtype) a tensor type gives, ``UNSET`` for what it does not say."""
@@ -45,7 +49,7 @@ def type_info(t: onnx.TypeProto) -> tuple[Any, Any]:
     shape: Any = UNSET
     if tt.HasField("shape"):
         dims: list[Any] = []
-        for d in tt.shape.dim:
+        for d in tt.shape.dim[:]:
             which = d.WhichOneof("value")
             dims.append(d.dim_value if which == "dim_value" else d.dim_param if which else None)
         shape = tuple(dims)
@@ -69,7 +73,7 @@ def read_types(found: onnx.GraphProto, graph: Graph, gp: onnx.GraphProto, consta
     values, new_value = graph.values, graph.value
     types: dict[bytes, tuple[Any, Any]] = {}  # many values have one type: read it once
     pending = [(index, name) for index, name, _ in reversed(constants)]
-    producer = {o: i for i, n in enumerate(gp.node) for o in n.output} if pending else {}
+    producer = {o: i for i, n in enumerate(gp.node) for o in n.output[:]} if pending else {}
     for outputs, infos in ((False, found.value_info), (True, found.output)):
         for info in infos:
             name = info.name
@@ -99,7 +103,7 @@ def attr_value(a: onnx.AttributeProto) -> Any:
     if kind == _AP.INT:
         return a.i
     if kind == _AP.INTS:
-        return list(a.ints)
+        return a.ints[:]
     if kind == _AP.FLOAT:
         return a.f
     if kind == _AP.TENSOR:

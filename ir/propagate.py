@@ -449,7 +449,7 @@ def _infer(
             int(d.dim_value)
             if d.HasField("dim_value")
             else (d.dim_param if d.HasField("dim_param") and d.dim_param else None)
-            for d in tp.tensor_type.shape.dim
+            for d in tp.tensor_type.shape.dim[:]  # (a list: see ``onnx_types``)
         )
         if fresh is not None and tp.tensor_type.shape.dim:
             dims = tuple(fresh() if d is None else d for d in dims)

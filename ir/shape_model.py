@@ -105,9 +105,10 @@ def large_constants(src: onnx.GraphProto) -> list[tuple[int, str, bytes]]:
         a = node.attribute[0]
         if a.type != _TENSOR_ATTR or a.name != "value" or a.t.data_location == _EXTERNAL:
             continue
-        if math.prod(a.t.dims) <= SMALL_CONSTANT:
+        dims = a.t.dims[:]  # a list (see ``onnx_types``)
+        if math.prod(dims) <= SMALL_CONSTANT:
             continue
-        record = input_record(node.output[0], a.t.data_type, a.t.dims)
+        record = input_record(node.output[0], a.t.data_type, dims)
         if record is not None:
             found.append((index, node.output[0], record))
     if found:
@@ -125,7 +126,7 @@ def _typed_weights(src: onnx.GraphProto) -> tuple[list[int], list[bytes]]:
     cut: list[int] = []
     records: list[bytes] = []
     for index, t in enumerate(src.initializer):
-        if t.data_location != _EXTERNAL and math.prod(t.dims) <= SMALL_CONSTANT:
+        if t.data_location != _EXTERNAL and math.prod(t.dims[:]) <= SMALL_CONSTANT:
             continue
         cut.append(index)
         if t.name not in declared:

@@ -250,7 +250,42 @@ def _pad(node, ins, memo, fresh):
     return tuple(symdims.add(symdims.add(d, pads[i]), pads[i + n]) for i, d in enumerate(x))
 
 
+def _global_pool(node, ins, memo, fresh):
+    """GlobalAveragePool/GlobalMaxPool: the batch and channel dims, then 1s (as ONNX's
+    inference of the node, which rejects a rank under 2)."""
+    x = tuple(ins[0].shape)
+    return (*x[:2], *([1] * (len(x) - 2))) if len(x) >= 2 else None
+
+
+def _reduce(node, ins, memo, fresh):
+    """ReduceMean/Max/Min over the ``axes`` attribute (an ``axes`` input, opset 18, goes to
+    ONNX's inference): reduced dims 1 or dropped, the others as they are; an axis out of
+    range is left to ONNX's inference (which rejects it), as is everything else."""
+    x = tuple(ins[0].shape)
+    rank = len(x)
+    if node.input(1) is not None:
+        return None
+    axes = node.attr("axes")
+    if not axes:
+        if node.attr("noop_with_empty_axes", 0):
+            return x
+        axes = range(rank)
+    if any(not -rank <= a < rank for a in axes):
+        return None
+    drop = {a % rank for a in axes}
+    if node.attr("keepdims", 1):
+        return tuple(1 if i in drop else d for i, d in enumerate(x))
+    return tuple(d for i, d in enumerate(x) if i not in drop)
+
+
+# (ONNX's one-node inference costs about 250k instructions a node: each op answered here
+# is one call fewer for a dynamic-input model)
 _RULES = {
+    "GlobalAveragePool": _global_pool,
+    "GlobalMaxPool": _global_pool,
+    "ReduceMean": _reduce,
+    "ReduceMax": _reduce,
+    "ReduceMin": _reduce,
     "Reshape": _reshape,
     "Conv": _conv,
     "MaxPool": _conv,

@@ -17,6 +17,7 @@ from onnx import TensorProto, helper
 from swin_torch import export as swin_export
 
 from drpopt.ir.analysis import analyze
+from drpopt.ir.core import Node, Value
 from drpopt.ir.from_onnx import from_onnx
 from drpopt.zoo import models
 
@@ -121,3 +122,37 @@ def test_symbolic_inputs_are_typed_node_by_node_with_the_same_analysis(name, spa
     assert any(g["prunable"] for g in ours["groups"])
     graph = from_onnx(model)
     assert all(o.shape is not None and o.dtype is not None for n in graph.nodes for o in n.outputs)
+
+
+def test_symbolic_pools_and_reductions_are_those_of_onnx_inference(monkeypatch):
+    """Global pools and ReduceMean/Max/Min over the ``axes`` attribute get their symbolic
+    shapes from ``sym_propagate`` (no one-node ONNX inference): the same shapes and dtypes
+    ONNX's inference of each node gives; an axis out of range is left to ONNX's inference."""
+    sym = importlib.import_module("drpopt.ir.sym_propagate")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8, "h", 5])
+    outs = ["g", "m", "r1", "r2", "r3", "r4"]
+    nodes = [
+        helper.make_node("GlobalAveragePool", ["x"], ["g"]),
+        helper.make_node("GlobalMaxPool", ["x"], ["m"]),
+        helper.make_node("ReduceMean", ["x"], ["r1"], axes=[-1, 2]),
+        helper.make_node("ReduceMean", ["x"], ["r2"], axes=[1], keepdims=0),
+        helper.make_node("ReduceMax", ["x"], ["r3"]),
+        helper.make_node("ReduceMin", ["x"], ["r4"], axes=[0, 3], keepdims=0),
+    ]
+    ys = [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outs]
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", [x], ys), opset_imports=[helper.make_opsetid("", 13)]
+    )
+    calls = []
+    real = sym._RULES["ReduceMean"]
+    monkeypatch.setitem(sym._RULES, "ReduceMean", lambda *a: calls.append(1) or real(*a))
+    ours = _typed(model, True, monkeypatch)
+    assert len(calls) == 2
+    for op in ("GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax", "ReduceMin"):
+        monkeypatch.delitem(sym._RULES, op)
+    assert ours == _typed(model, True, monkeypatch)
+    shapes = {name: shape for name, shape, _ in ours}
+    assert shapes["g"] == ("n", 8, 1, 1) and shapes["r2"] == ("n", "h", 5)
+    v = Value("v", ("n", 8))
+    node = Node("ReduceMean", "r", [v], [Value("w")], {"axes": [2]})
+    assert sym.symbolic_shape(node, [v], {}, lambda: "s") is None
