@@ -13,6 +13,7 @@ Counting rules:
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections import Counter
@@ -51,9 +52,16 @@ class Analysis:
     # locked channel sets nothing produces that a weight reads as its input axis (the
     # axis behind a lock that no group reaches): not groups, listed for their reasons
     unproduced: list[Group] = field(default_factory=list)
-    # the weights no group and no listed lock indexes, largest first: (tensor, elements,
-    # why; the lock of an axis of it no rule mapped, else the nodes that read it)
-    ungrouped: list[tuple[str, int, str]] = field(default_factory=list)
+    # the locks of axes no rule mapped and no channel space holds (``ungrouped``'s reasons)
+    pending_locks: dict = field(default_factory=dict, repr=False)
+
+    @functools.cached_property
+    def ungrouped(self) -> list[tuple[str, int, str]]:
+        """The weights no group and no listed lock indexes, largest first: (tensor,
+        elements, why: the lock of an axis of it no rule mapped, else the nodes that read
+        it). Made on first read: most analyses never read it."""
+        params = {v.name: v for v in self.graph.values.values() if _is_param(v)}
+        return _ungrouped(self.groups + self.unproduced, params, self.pending_locks)
 
     @property
     def prunable_groups(self) -> list[Group]:
@@ -175,7 +183,7 @@ def _analyze(model: Any, where: str | None, start: float, input_shapes: Any = No
         unsupported=[(n.op_type, n.name) for n in cg.unsupported],
         seconds=time.perf_counter() - start,
         unproduced=cg.unproduced,
-        ungrouped=_ungrouped(groups + cg.unproduced, params, cg.pending_locks),
+        pending_locks=cg.pending_locks,
     )
     return result
 

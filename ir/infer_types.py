@@ -44,6 +44,7 @@ from drpopt.ir.propagate import (
 )
 from drpopt.ir.rules import ELEMENTWISE_OPS, UNARY_OPS
 from drpopt.ir.shape_expr import NumericMemo
+from drpopt.ir.sym_propagate import global_pool_shape, reduced_shape
 
 _BOOL_OPS = frozenset(
     ["Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "Not"]
@@ -183,7 +184,7 @@ def _shape(node: Node, ins: list[Value], memo: NumericMemo) -> tuple | None:
     x = ins[0].shape
     try:
         if op in ("GlobalAveragePool", "GlobalMaxPool"):
-            return (*x[:2], *([1] * (len(x) - 2)))  # type: ignore[index]
+            return global_pool_shape(tuple(x))  # type: ignore[arg-type]
         if op == "Conv" and node.attr("auto_pad") in ("SAME_UPPER", "SAME_LOWER"):
             # stride 1 keeps the size (other strides: ONNX's own rule for the padding)
             if any(s != 1 for s in node.attr("strides") or ()):
@@ -244,18 +245,9 @@ def _squeeze(node: Node, ins: list[Value], memo: NumericMemo) -> tuple | None:
 
 
 def _reduce(node: Node, ins: list[Value], memo: NumericMemo) -> tuple | None:
-    x = ins[0].shape
-    rank = len(x)  # type: ignore[arg-type]
     axes = node.attr("axes")
     if axes is None and len(ins) > 1:
         axes = _numbers(ins[1], memo)
         if axes is None:
             return None
-    if not axes:
-        if node.attr("noop_with_empty_axes", 0):
-            return tuple(x)  # type: ignore[arg-type]
-        axes = list(range(rank))
-    drop = {a % rank for a in axes}
-    if node.attr("keepdims", 1):
-        return tuple(1 if i in drop else d for i, d in enumerate(x))  # type: ignore[arg-type]
-    return tuple(d for i, d in enumerate(x) if i not in drop)  # type: ignore[arg-type]
+    return reduced_shape(node, tuple(ins[0].shape), axes)  # type: ignore[arg-type]

@@ -250,25 +250,21 @@ def _pad(node, ins, memo, fresh):
     return tuple(symdims.add(symdims.add(d, pads[i]), pads[i + n]) for i, d in enumerate(x))
 
 
-def _global_pool(node, ins, memo, fresh):
-    """GlobalAveragePool/GlobalMaxPool: the batch and channel dims, then 1s (as ONNX's
-    inference of the node, which rejects a rank under 2)."""
-    x = tuple(ins[0].shape)
+def global_pool_shape(x: tuple) -> tuple | None:
+    """GlobalAveragePool/GlobalMaxPool of a tensor of shape ``x``: the batch and channel
+    dims, then 1s (None under rank 2, which ONNX's inference rejects)."""
     return (*x[:2], *([1] * (len(x) - 2))) if len(x) >= 2 else None
 
 
-def _reduce(node, ins, memo, fresh):
-    """ReduceMean/Max/Min over the ``axes`` attribute (an ``axes`` input, opset 18, goes to
-    ONNX's inference): reduced dims 1 or dropped, the others as they are; an axis out of
-    range is left to ONNX's inference (which rejects it), as is everything else."""
-    x = tuple(ins[0].shape)
+def reduced_shape(node: Node, x: tuple, axes) -> tuple | None:
+    """The output shape of the reduction ``node`` of a tensor of shape ``x`` over ``axes``
+    (none: every axis, or none with ``noop_with_empty_axes``): reduced dims 1 or dropped
+    as ``keepdims`` says, the others as they are. None for an axis out of range (left to
+    ONNX's inference, which rejects it)."""
     rank = len(x)
-    if node.input(1) is not None:
-        return None
-    axes = node.attr("axes")
     if not axes:
         if node.attr("noop_with_empty_axes", 0):
-            return x
+            return tuple(x)
         axes = range(rank)
     if any(not -rank <= a < rank for a in axes):
         return None
@@ -276,6 +272,18 @@ def _reduce(node, ins, memo, fresh):
     if node.attr("keepdims", 1):
         return tuple(1 if i in drop else d for i, d in enumerate(x))
     return tuple(d for i, d in enumerate(x) if i not in drop)
+
+
+def _global_pool(node, ins, memo, fresh):
+    return global_pool_shape(tuple(ins[0].shape))
+
+
+def _reduce(node, ins, memo, fresh):
+    """ReduceMean/Max/Min over the ``axes`` attribute (an ``axes`` input, opset 18, goes to
+    ONNX's inference)."""
+    if node.input(1) is not None:
+        return None
+    return reduced_shape(node, tuple(ins[0].shape), node.attr("axes"))
 
 
 # (ONNX's one-node inference costs about 250k instructions a node: each op answered here
